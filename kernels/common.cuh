@@ -1,0 +1,32 @@
+// Shared device helpers: bf16 loads/stores and warp reductions.
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+// Element types are chosen at run time by the Rust side; kernels come in _f32 and _bf16 variants.
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+// Round to nearest even, as half::bf16::from_f32 does on the CPU side.
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over a block of up to 1024 threads; every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    const int warps = (blockDim.x + 31) / 32;
+    v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();  // partial[] may be reused by a following call
+    return v;
+}

@@ -1,0 +1,169 @@
+//! GEMM through cuBLASLt: bf16 (or f32) operands, f32 accumulation, f32 or bf16 output.
+//! cuBLASLt is column-major; a row-major C = op(A)·op(B) is computed as the column-major
+//! Cᵀ = op(B)ᵀ·op(A)ᵀ, i.e. by swapping the operands, with no data movement.
+
+use crate::backend::{DType, Gemm};
+use anyhow::{Context, Result};
+use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::{CudaSlice, CudaStream};
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::sync::Arc;
+
+/// cuBLASLt's recommended workspace on Hopper (32 MiB; 4 MiB suffices before it).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+pub struct Lt {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    workspace_ptr: u64,
+}
+
+// SAFETY: the handle is used from one stream, under the backend's ownership.
+unsafe impl Send for Lt {}
+unsafe impl Sync for Lt {}
+
+impl Lt {
+    pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
+        let handle = lt::create_handle().context("cuBLASLt could not be initialised (is libcublasLt on LD_LIBRARY_PATH?)")?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
+        let workspace_ptr = super::slice_ptr(&workspace, stream);
+        Ok(Lt { handle, workspace, workspace_ptr })
+    }
+
+    /// Runs `g` on device pointers (already offset to their windows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(&self, stream: &CudaStream, g: &Gemm, ab: DType, c_dtype: DType, a: u64, b: u64, c: u64) -> Result<()> {
+        let ty = |d: DType| match d {
+            DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+        };
+        let (m, n, k) = (g.m as u64, g.n as u64, g.k as u64);
+        // Column-major view: Lt's A is our B, Lt's B is our A, Lt's C is our C (n×m, ld n).
+        let (la_rows, la_cols, la_ld) = if g.trans_b { (k, n, k) } else { (n, k, n) };
+        let (lb_rows, lb_cols, lb_ld) = if g.trans_a { (m, k, m) } else { (k, m, k) };
+        let layout_a = Layout::new(ty(ab), la_rows, la_cols, la_ld, g.batch, g.stride_b)?;
+        let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lb_ld, g.batch, g.stride_a)?;
+        let layout_c = Layout::new(ty(c_dtype), n, m, n, g.batch, g.stride_c)?;
+        let desc = Desc::new(g.trans_b, g.trans_a)?;
+        let pref = Pref::new([b, a, c, c])?;
+        // SAFETY: every descriptor is alive; pointers come from live buffers checked by Gemm::check.
+        unsafe {
+            let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc.0, layout_a.0, layout_b.0, layout_c.0, layout_c.0, pref.0)
+                .with_context(|| format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})"))?;
+            lt::matmul(
+                self.handle,
+                desc.0,
+                &g.alpha as *const f32 as *const c_void,
+                &g.beta as *const f32 as *const c_void,
+                b as *const c_void,
+                layout_a.0,
+                a as *const c_void,
+                layout_b.0,
+                c as *const c_void,
+                layout_c.0,
+                c as *mut c_void,
+                layout_c.0,
+                &heuristic.algo,
+                self.workspace_ptr as *mut c_void,
+                self.workspace.len(),
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+            .with_context(|| format!("cuBLASLt matmul failed for {g:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+struct Layout(sys::cublasLtMatrixLayout_t);
+
+impl Layout {
+    fn new(ty: sys::cudaDataType, rows: u64, cols: u64, ld: u64, batch: usize, stride: usize) -> Result<Self> {
+        let l = Layout(lt::create_matrix_layout(ty, rows, cols, ld as i64)?);
+        if batch > 1 {
+            let (count, stride) = (batch as i32, stride as i64);
+            // SAFETY: attribute buffers have the sizes cuBLASLt documents for these attributes.
+            unsafe {
+                lt::set_matrix_layout_attribute(l.0, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count as *const i32 as *const c_void, size_of::<i32>())?;
+                lt::set_matrix_layout_attribute(l.0, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride as *const i64 as *const c_void, size_of::<i64>())?;
+            }
+        }
+        Ok(l)
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.0);
+        }
+    }
+}
+
+struct Desc(sys::cublasLtMatmulDesc_t);
+
+impl Desc {
+    fn new(trans_a: bool, trans_b: bool) -> Result<Self> {
+        let d = Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)?);
+        for (attr, t) in [
+            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, trans_a),
+            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, trans_b),
+        ] {
+            // cublasOperation_t as an int32: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
+            let op: i32 = t as i32;
+            // SAFETY: the attribute is a 32-bit cublasOperation_t.
+            unsafe { lt::set_matmul_desc_attribute(d.0, attr, &op as *const i32 as *const c_void, size_of::<i32>())? };
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.0);
+        }
+    }
+}
+
+struct Pref(sys::cublasLtMatmulPreference_t);
+
+impl Pref {
+    /// Preferences with our workspace size and the real alignment of each pointer: cuBLASLt otherwise
+    /// assumes 256-byte alignment, which windows into planned buffers need not have.
+    fn new(ptrs: [u64; 4]) -> Result<Self> {
+        let p = Pref(lt::create_matmul_pref()?);
+        let ws = WORKSPACE_BYTES;
+        use sys::cublasLtMatmulPreferenceAttributes_t as A;
+        // SAFETY: attribute sizes as documented (usize workspace, u32 alignments).
+        unsafe {
+            lt::set_matmul_pref_attribute(p.0, A::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, size_of::<usize>())?;
+            let attrs = [A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES];
+            for (attr, ptr) in attrs.into_iter().zip(ptrs) {
+                let align: u32 = 1u32 << ptr.trailing_zeros().min(8);
+                lt::set_matmul_pref_attribute(p.0, attr, &align as *const u32 as *const c_void, size_of::<u32>())?;
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(self.0);
+        }
+    }
+}

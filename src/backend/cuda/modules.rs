@@ -1,0 +1,48 @@
+//! The kernel registry: embedded fatbins loaded lazily, once per file, and functions cached by name.
+//! The driver picks the cubin for the device's arch from the fatbin, else JIT-compiles its PTX.
+
+use crate::kernels;
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub struct Modules {
+    ctx: Arc<CudaContext>,
+    loaded: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+}
+
+impl Modules {
+    pub fn new(ctx: Arc<CudaContext>) -> Self {
+        Modules { ctx, loaded: Mutex::default(), functions: Mutex::default() }
+    }
+
+    /// Kernel `kernel` from kernels/`file`.cu.
+    pub fn function(&self, file: &'static str, kernel: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(&(file, kernel)) {
+            return Ok(f.clone());
+        }
+        let module = self.module(file)?;
+        let f = module.load_function(kernel).with_context(|| format!("kernel {kernel} missing from kernels/{file}.cu"))?;
+        self.functions.lock().unwrap().insert((file, kernel), f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+        let mut loaded = self.loaded.lock().unwrap();
+        if let Some(m) = loaded.get(file) {
+            return Ok(m.clone());
+        }
+        let image = kernels::file(file).ok_or_else(|| {
+            anyhow!("this binary was built without CUDA kernels (no nvcc at build time); rebuild after scripts/install-cuda-compiler.sh")
+        })?;
+        let m = self
+            .ctx
+            .load_module(Ptx::from_binary(image.fatbin.to_vec()))
+            .with_context(|| format!("the driver rejected kernels/{file}.cu's fatbin (no cubin for this GPU and PTX too new for the driver?)"))?;
+        loaded.insert(file, m.clone());
+        Ok(m)
+    }
+}

@@ -1,0 +1,110 @@
+//! Launchers for the elementwise and reduction kernels (kernels/cast.cu, adamw.cu, reduce.cu).
+
+use super::{Cuda, CudaBuf};
+use crate::backend::{AdamW, DType, Mut, Ref};
+use anyhow::Result;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Threads per block for elementwise kernels: a multiple of the warp size that keeps several
+/// blocks resident per SM, as llm.c uses.
+const BLOCK: u32 = 512;
+/// Blocks of the sum-of-squares kernel: ~8 per SM on a 132-SM H100, so every SM is busy and the
+/// host adds at most this many partials.
+const REDUCE_BLOCKS: u32 = 1024;
+
+fn grid_for(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+pub fn fill(cuda: &Cuda, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
+    if dst.len == 0 {
+        return Ok(());
+    }
+    let name = match dst.dtype() {
+        DType::F32 => "fill_f32",
+        DType::BF16 => "fill_bf16",
+    };
+    let f = cuda.modules.function("cast", name)?;
+    let (ptr, n) = (dst.ptr(), dst.len);
+    // SAFETY: the window holds n elements of the kernel's type.
+    unsafe { cuda.stream.launch_builder(&f).arg(&ptr).arg(&value).arg(&n).launch(grid_for(n))? };
+    Ok(())
+}
+
+pub fn cast(cuda: &Cuda, src: Ref<CudaBuf>, dst: Mut<CudaBuf>) -> Result<()> {
+    if dst.len == 0 {
+        return Ok(());
+    }
+    let name = match (src.dtype(), dst.dtype()) {
+        (DType::F32, DType::BF16) => "cast_f32_bf16",
+        (DType::BF16, DType::F32) => "cast_bf16_f32",
+        (DType::F32, DType::F32) => "cast_f32_f32",
+        (DType::BF16, DType::BF16) => "cast_bf16_bf16",
+    };
+    let f = cuda.modules.function("cast", name)?;
+    let (s, d, n) = (src.ptr(), dst.ptr(), dst.len);
+    // SAFETY: both windows hold n elements of the kernel's types.
+    unsafe { cuda.stream.launch_builder(&f).arg(&s).arg(&d).arg(&n).launch(grid_for(n))? };
+    Ok(())
+}
+
+pub fn adamw(
+    cuda: &Cuda,
+    hp: &AdamW,
+    params: Mut<CudaBuf>,
+    grads: Ref<CudaBuf>,
+    m: Mut<CudaBuf>,
+    v: Mut<CudaBuf>,
+    copy: Option<Mut<CudaBuf>>,
+) -> Result<()> {
+    let n = params.len;
+    if n == 0 {
+        return Ok(());
+    }
+    let (copy_bf16, copy_f32) = match &copy {
+        Some(c) if c.dtype() == DType::BF16 => (c.ptr(), 0u64),
+        Some(c) => (0u64, c.ptr()),
+        None => (0, 0),
+    };
+    let (bc1, bc2) = hp.bias_corrections();
+    let f = cuda.modules.function("adamw", "adamw_f32")?;
+    let (p, g, mp, vp) = (params.ptr(), grads.ptr(), m.ptr(), v.ptr());
+    // SAFETY: check_adamw verified lengths and dtypes; null copy pointers are skipped by the kernel.
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&copy_bf16)
+            .arg(&copy_f32)
+            .arg(&g)
+            .arg(&mp)
+            .arg(&vp)
+            .arg(&n)
+            .arg(&hp.lr)
+            .arg(&hp.beta1)
+            .arg(&hp.beta2)
+            .arg(&bc1)
+            .arg(&bc2)
+            .arg(&hp.eps)
+            .arg(&hp.weight_decay)
+            .arg(&hp.grad_scale)
+            .launch(grid_for(n))?
+    };
+    Ok(())
+}
+
+pub fn sum_squares(cuda: &Cuda, x: Ref<CudaBuf>) -> Result<f64> {
+    let n = x.len;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let blocks = REDUCE_BLOCKS.min((n as u32).div_ceil(BLOCK));
+    let partials = cuda.stream.alloc_zeros::<f32>(blocks as usize)?;
+    let f = cuda.modules.function("reduce", if x.dtype() == DType::F32 { "sum_squares_f32" } else { "sum_squares_bf16" })?;
+    let (xp, pp) = (x.ptr(), super::slice_ptr(&partials, &cuda.stream));
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: x holds n elements; partials holds one f32 per block.
+    unsafe { cuda.stream.launch_builder(&f).arg(&xp).arg(&pp).arg(&n).launch(cfg)? };
+    let host = cuda.stream.clone_dtoh(&partials)?;
+    Ok(host.iter().map(|&p| p as f64).sum())
+}

@@ -1,0 +1,261 @@
+//! The Backend trait: the instruction set of a training step.
+//!
+//! Model, low-rank methods, optimisers and the training loop are written once against it. Ops take
+//! buffer windows plus explicit shapes and never synchronise unless they return a host value.
+//! `cpu` is the f32 reference (and the test oracle); `cuda` computes in bf16 with fp32 master weights.
+
+pub mod cpu;
+pub mod cuda;
+
+use anyhow::{ensure, Result};
+
+/// Element type of a buffer. The CPU backend stores BF16 buffers as f32 values rounded to bf16,
+/// so a CPU op sees the same numbers a GPU op reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DType {
+    F32,
+    BF16,
+}
+
+impl DType {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 => 2,
+        }
+    }
+}
+
+/// A buffer on some device: a dtype and a length in elements.
+pub trait Buffer {
+    fn dtype(&self) -> DType;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The whole buffer, read-only.
+    fn all(&self) -> Ref<'_, Self>
+    where
+        Self: Sized,
+    {
+        Ref { buf: self, off: 0, len: self.len() }
+    }
+    /// `len` elements from `off`, read-only. Panics when out of range: a planning bug, not bad input.
+    fn at(&self, off: usize, len: usize) -> Ref<'_, Self>
+    where
+        Self: Sized,
+    {
+        assert!(off + len <= self.len(), "window {off}+{len} past buffer of {}", self.len());
+        Ref { buf: self, off, len }
+    }
+    fn all_mut(&mut self) -> Mut<'_, Self>
+    where
+        Self: Sized,
+    {
+        let len = self.len();
+        Mut { buf: self, off: 0, len }
+    }
+    fn at_mut(&mut self, off: usize, len: usize) -> Mut<'_, Self>
+    where
+        Self: Sized,
+    {
+        assert!(off + len <= self.len(), "window {off}+{len} past buffer of {}", self.len());
+        Mut { buf: self, off, len }
+    }
+}
+
+/// A read-only window of a buffer: `len` elements starting at `off`.
+pub struct Ref<'a, T> {
+    pub buf: &'a T,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<T> Clone for Ref<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ref<'_, T> {}
+
+/// A writable window of a buffer.
+pub struct Mut<'a, T> {
+    pub buf: &'a mut T,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<T: Buffer> Ref<'_, T> {
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+}
+
+impl<T: Buffer> Mut<'_, T> {
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+    /// A shorter-lived read-only view of the same window.
+    pub fn as_ref(&self) -> Ref<'_, T> {
+        Ref { buf: self.buf, off: self.off, len: self.len }
+    }
+    /// A shorter-lived writable view of the same window.
+    pub fn reborrow(&mut self) -> Mut<'_, T> {
+        Mut { buf: self.buf, off: self.off, len: self.len }
+    }
+}
+
+/// C = alpha · op(A) · op(B) + beta · C, all row-major, repeated `batch` times with the given strides
+/// (in elements). op(A) is m×k, op(B) is k×n, C is m×n. With `trans_a`, A is stored k×m; with `trans_b`,
+/// B is stored n×k. A linear layer y = x·W is `m=N, k=n_in, n=n_out`; dx = dy·Wᵀ sets `trans_b`;
+/// dW += xᵀ·dy sets `trans_a` and `beta = 1`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+impl Gemm {
+    /// A single (unbatched) C = op(A)·op(B).
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, batch: 1, stride_a: m * k, stride_b: k * n, stride_c: m * n }
+    }
+    pub fn trans_a(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+    pub fn trans_b(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    /// Repeats the product `batch` times over contiguous matrices.
+    pub fn batched(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The element count each operand window must have.
+    pub fn required_lens(&self) -> (usize, usize, usize) {
+        let last = self.batch.saturating_sub(1);
+        (
+            last * self.stride_a + self.m * self.k,
+            last * self.stride_b + self.k * self.n,
+            last * self.stride_c + self.m * self.n,
+        )
+    }
+
+    /// Checks window sizes: a wrong shape is caught here, before any device touches memory.
+    pub fn check<T: Buffer>(&self, a: &Ref<T>, b: &Ref<T>, c: &Mut<T>) -> Result<()> {
+        let (la, lb, lc) = self.required_lens();
+        ensure!(self.batch >= 1, "gemm batch must be at least 1");
+        ensure!(a.len >= la && b.len >= lb && c.len >= lc,
+            "gemm {:?}: windows too small (A {} < {la}, B {} < {lb} or C {} < {lc})", self, a.len, b.len, c.len);
+        ensure!(a.dtype() == b.dtype(), "gemm operands differ in dtype: A {:?}, B {:?}", a.dtype(), b.dtype());
+        Ok(())
+    }
+
+    /// FLOPs of the product (2·m·n·k per batch entry).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}
+
+/// Hyperparameters of one AdamW step (decoupled weight decay, bias-corrected moments).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u32,
+    /// Multiplies every gradient before use (clipping by global norm, or 1/accumulation).
+    pub grad_scale: f32,
+}
+
+impl AdamW {
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        (1.0 - self.beta1.powi(self.step as i32), 1.0 - self.beta2.powi(self.step as i32))
+    }
+}
+
+/// The instruction set of a training step. Grows issue by issue; each op has a CPU reference in
+/// `cpu` and a CUDA twin compared with it by `lowrank selftest`.
+pub trait Backend {
+    type Buf: Buffer;
+
+    /// "cpu" or "cuda:N (device name)".
+    fn name(&self) -> String;
+    /// The dtype activations and weight copies are computed in (f32 on CPU, bf16 on CUDA).
+    fn compute_dtype(&self) -> DType;
+
+    /// A zero-filled buffer.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
+    /// Copies host values into a window, rounding to the window's dtype.
+    fn upload(&self, src: &[f32], dst: Mut<Self::Buf>) -> Result<()>;
+    /// Copies a window to the host as f32 (waits for pending work).
+    fn download(&self, src: Ref<Self::Buf>) -> Result<Vec<f32>>;
+    /// Sets every element of a window to `value` (NaN poisons outputs in tests).
+    fn fill(&self, dst: Mut<Self::Buf>, value: f32) -> Result<()>;
+    /// Copies a window into another of the same length, converting dtype (f32 → bf16 rounds to nearest even).
+    fn cast(&self, src: Ref<Self::Buf>, dst: Mut<Self::Buf>) -> Result<()>;
+
+    /// See [`Gemm`]. Operands share a dtype; C may be f32 or bf16; accumulation is f32.
+    fn gemm(&self, g: &Gemm, a: Ref<Self::Buf>, b: Ref<Self::Buf>, c: Mut<Self::Buf>) -> Result<()>;
+
+    /// One fused AdamW step over f32 master `params`, f32 `grads` and moments `m`, `v`; when given,
+    /// `compute_copy` receives the updated parameters in its own dtype (the bf16 copy on CUDA).
+    fn adamw(
+        &self,
+        hp: &AdamW,
+        params: Mut<Self::Buf>,
+        grads: Ref<Self::Buf>,
+        m: Mut<Self::Buf>,
+        v: Mut<Self::Buf>,
+        compute_copy: Option<Mut<Self::Buf>>,
+    ) -> Result<()>;
+
+    /// Σ x², accumulated in at least f32 per element and f64 across blocks (for gradient norms).
+    fn sum_squares(&self, x: Ref<Self::Buf>) -> Result<f64>;
+
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// Checks that two windows have the same length, naming the op.
+pub(crate) fn same_len(op: &str, a: usize, b: usize) -> Result<()> {
+    ensure!(a == b, "{op}: window lengths differ ({a} vs {b})");
+    Ok(())
+}
+
+/// Checks AdamW operands: f32 master state of equal lengths.
+pub(crate) fn check_adamw<T: Buffer>(params: &Mut<T>, grads: &Ref<T>, m: &Mut<T>, v: &Mut<T>, copy: &Option<Mut<T>>) -> Result<()> {
+    let n = params.len;
+    for (what, len, dtype) in [("grads", grads.len, grads.dtype()), ("m", m.len, m.dtype()), ("v", v.len, v.dtype())] {
+        ensure!(len == n, "adamw: {what} has {len} elements, params {n}");
+        ensure!(dtype == DType::F32, "adamw: {what} must be f32, is {dtype:?}");
+    }
+    ensure!(params.dtype() == DType::F32, "adamw: master params must be f32");
+    if let Some(c) = copy {
+        ensure!(c.len == n, "adamw: compute copy has {} elements, params {n}", c.len);
+    }
+    Ok(())
+}

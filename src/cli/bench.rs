@@ -1,0 +1,155 @@
+//! `lowrank bench`: times ops on the GPU with CUDA events (warm-up, median of many, inputs rotated
+//! past L2) and reports each against the device's ceilings, nominal and measured in the same run.
+
+use crate::backend::cuda::{Cuda, CudaBuf};
+use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
+use anyhow::{Context, Result};
+use cudarc::driver::sys::CUevent_flags;
+use serde::Serialize;
+
+/// Nominal ceilings of an H100 (../shared/GPU.md): cuBLAS bf16 8192³ on random data, and
+/// device-to-device copy counting bytes read plus written.
+const PEAK_TFLOPS: f64 = 790.0;
+const PEAK_TBPS: f64 = 3.0;
+/// Rotate through input sets totalling at least this many bytes, twice the H100's 50 MB L2, so
+/// every timed launch reads from HBM as it would in training.
+const ROTATE_BYTES: usize = 100 << 20;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Which ops to time
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    /// Timed repetitions per op (the median is reported)
+    #[arg(long, default_value_t = 50)]
+    reps: usize,
+    /// Write the results as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Which {
+    All,
+    Gemm,
+    Adamw,
+    Copy,
+}
+
+#[derive(Serialize)]
+struct Row {
+    op: String,
+    shape: String,
+    median_ms: f64,
+    /// TFLOP/s for compute-bound ops, TB/s for memory-bound ones.
+    achieved: f64,
+    unit: &'static str,
+    /// Achieved over the nominal ceiling (790 TFLOP/s or 3.0 TB/s).
+    frac_of_peak: f64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
+    println!("bench on {} (median of {} reps, inputs rotated past L2)", gpu.name(), args.reps);
+    let mut rows = Vec::new();
+    if matches!(args.which, Which::All | Which::Copy) {
+        rows.push(bench_copy(&gpu, args.reps)?);
+    }
+    if matches!(args.which, Which::All | Which::Gemm) {
+        for (m, n, k) in [(4096, 4096, 4096), (8192, 4096, 1024), (8192, 1024, 4096), (8192, 8192, 8192)] {
+            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), args.reps)?);
+        }
+    }
+    if matches!(args.which, Which::All | Which::Adamw) {
+        rows.push(bench_adamw(&gpu, 124_475_904, args.reps)?);
+    }
+    println!("{:<22} {:<18} {:>10} {:>12} {:>9}", "op", "shape", "median ms", "achieved", "of peak");
+    for r in &rows {
+        println!("{:<22} {:<18} {:>10.4} {:>7.1} {:<4} {:>8.1}%", r.op, r.shape, r.median_ms, r.achieved, r.unit, 100.0 * r.frac_of_peak);
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Median time in ms of `reps` calls of `f(i)` (i counts up, for rotating inputs), after warm-up.
+fn time_median(gpu: &Cuda, reps: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    for i in 0..5 {
+        f(i)?;
+    }
+    let ctx = gpu.context();
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..reps.max(1) {
+        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        let stop = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        start.record(gpu.stream())?;
+        f(i)?;
+        stop.record(gpu.stream())?;
+        stop.synchronize()?;
+        times.push(start.elapsed_ms(&stop)? as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// Enough copies of an operand of `bytes` to fill ROTATE_BYTES (at least one).
+fn rotation(bytes: usize) -> usize {
+    ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, 16)
+}
+
+fn random_bufs(gpu: &Cuda, dtype: DType, len: usize, count: usize) -> Result<Vec<CudaBuf>> {
+    let mut rng = crate::util::rng::Rng::new(len as u64);
+    let host = rng.normal_vec(len, 1.0);
+    (0..count)
+        .map(|_| {
+            let mut b = gpu.alloc(dtype, len)?;
+            gpu.upload(&host, b.all_mut())?;
+            Ok(b)
+        })
+        .collect()
+}
+
+fn bench_copy(gpu: &Cuda, reps: usize) -> Result<Row> {
+    let n = 256 << 20; // 1 GiB of f32
+    let src = random_bufs(gpu, DType::F32, n, 1)?;
+    let mut dst = gpu.alloc(DType::F32, n)?;
+    let ms = time_median(gpu, reps, |_| gpu.cast(src[0].all(), dst.all_mut()))?;
+    let tbps = 2.0 * (n * 4) as f64 / (ms * 1e-3) / 1e12;
+    Ok(Row { op: "copy_f32".into(), shape: format!("{n}"), median_ms: ms, achieved: tbps, unit: "TB/s", frac_of_peak: tbps / PEAK_TBPS })
+}
+
+fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
+    let (la, lb, lc) = g.required_lens();
+    let sets = rotation((la + lb) * 2);
+    let a = random_bufs(gpu, DType::BF16, la, sets)?;
+    let b = random_bufs(gpu, DType::BF16, lb, sets)?;
+    let mut c = gpu.alloc(DType::BF16, lc)?;
+    let ms = time_median(gpu, reps, |i| gpu.gemm(&g, a[i % sets].all(), b[i % sets].all(), c.all_mut()))?;
+    let tflops = g.flops() / (ms * 1e-3) / 1e12;
+    Ok(Row {
+        op: "gemm_cublaslt_bf16".into(),
+        shape: format!("{}x{}x{}", g.m, g.n, g.k),
+        median_ms: ms,
+        achieved: tflops,
+        unit: "TF/s",
+        frac_of_peak: tflops / PEAK_TFLOPS,
+    })
+}
+
+fn bench_adamw(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
+    let mut p = gpu.alloc(DType::F32, n)?;
+    let g = random_bufs(gpu, DType::F32, n, 1)?;
+    let mut m = gpu.alloc(DType::F32, n)?;
+    let mut v = gpu.alloc(DType::F32, n)?;
+    let mut copy = gpu.alloc(DType::BF16, n)?;
+    let mut hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+    let ms = time_median(gpu, reps, |i| {
+        hp.step = i as u32 + 1;
+        gpu.adamw(&hp, p.all_mut(), g[0].all(), m.all_mut(), v.all_mut(), Some(copy.all_mut()))
+    })?;
+    // Reads params, grads, m, v (16 B); writes params, m, v (12 B) and the bf16 copy (2 B).
+    let tbps = 30.0 * n as f64 / (ms * 1e-3) / 1e12;
+    Ok(Row { op: "adamw_f32+bf16copy".into(), shape: format!("{n}"), median_ms: ms, achieved: tbps, unit: "TB/s", frac_of_peak: tbps / PEAK_TBPS })
+}

@@ -1,0 +1,8 @@
+//! lowrank: low-rank pre-training of GPT-2-class models on a Rust runtime with hand-written CUDA
+//! kernels. See README.md for the architecture.
+
+pub mod backend;
+pub mod cli;
+pub mod kernels;
+pub mod selftest;
+pub mod util;

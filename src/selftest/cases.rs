@@ -1,0 +1,165 @@
+//! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
+
+use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
+use crate::util::rng::Rng;
+use anyhow::Result;
+
+/// Bound for ops whose output is f32 and whose only difference is summation order.
+const F32_BOUND: f64 = 1e-5;
+/// Bound for GEMMs with f32 output: bf16 products are exact in f32, so only accumulation order
+/// differs, which grows like √k·2⁻²⁴.
+const GEMM_F32_BOUND: f64 = 1e-4;
+/// Bound for bf16 outputs: one rounding to 8 mantissa bits (2⁻⁹ relative) plus ties that may round
+/// the other way when the f32 values differ in their last bits.
+const BF16_BOUND: f64 = 1e-2;
+
+#[derive(Clone, Debug)]
+pub enum Case {
+    Gemm { g: Gemm, ab: DType, out: DType },
+    Cast { from: DType, to: DType, n: usize },
+    Fill { dtype: DType, n: usize },
+    /// AdamW's f32 state (params, m, v) or, with `copy`, the compute copy it writes.
+    AdamW { n: usize, copy: Option<DType> },
+    SumSquares { dtype: DType, n: usize },
+}
+
+fn dt(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+    }
+}
+
+/// Every case the selftest runs.
+pub fn all_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let shapes = [(1, 1, 1), (17, 33, 65), (128, 256, 64), (257, 129, 1023), (1024, 768, 3072), (512, 4096, 1024)];
+    for &(m, n, k) in &shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut g = Gemm::new(m, n, k);
+            g.trans_a = ta;
+            g.trans_b = tb;
+            for out in [DType::F32, DType::BF16] {
+                cases.push(Case::Gemm { g, ab: DType::BF16, out });
+            }
+        }
+    }
+    // Accumulating into C (the dW += xᵀ·dy of a backward pass), f32 operands, and a batch.
+    cases.push(Case::Gemm { g: Gemm::new(96, 80, 200).trans_a().beta(1.0).alpha(0.5), ab: DType::BF16, out: DType::F32 });
+    cases.push(Case::Gemm { g: Gemm::new(65, 47, 129), ab: DType::F32, out: DType::F32 });
+    cases.push(Case::Gemm { g: Gemm::new(65, 33, 17).trans_b().batched(12), ab: DType::BF16, out: DType::F32 });
+    for n in [1, 1_000_003] {
+        for (from, to) in [(DType::F32, DType::BF16), (DType::BF16, DType::F32), (DType::F32, DType::F32)] {
+            cases.push(Case::Cast { from, to, n });
+        }
+    }
+    cases.push(Case::Fill { dtype: DType::F32, n: 12_345 });
+    cases.push(Case::Fill { dtype: DType::BF16, n: 12_345 });
+    for n in [1, 100_003] {
+        cases.push(Case::AdamW { n, copy: None });
+        cases.push(Case::AdamW { n, copy: Some(DType::BF16) });
+    }
+    for n in [1, 3_000_017] {
+        cases.push(Case::SumSquares { dtype: DType::F32, n });
+        cases.push(Case::SumSquares { dtype: DType::BF16, n });
+    }
+    cases
+}
+
+impl Case {
+    pub fn op(&self) -> String {
+        match self {
+            Case::Gemm { g, ab, out } => format!(
+                "gemm_{}{}_{}->{}{}",
+                if g.trans_a { "t" } else { "n" },
+                if g.trans_b { "t" } else { "n" },
+                dt(*ab),
+                dt(*out),
+                if g.beta != 0.0 { "_acc" } else { "" }
+            ),
+            Case::Cast { from, to, .. } => format!("cast_{}_{}", dt(*from), dt(*to)),
+            Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
+            Case::AdamW { copy: None, .. } => "adamw_state".into(),
+            Case::AdamW { copy: Some(d), .. } => format!("adamw_copy_{}", dt(*d)),
+            Case::SumSquares { dtype, .. } => format!("sum_squares_{}", dt(*dtype)),
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        match self {
+            Case::Gemm { g, .. } if g.batch > 1 => format!("{}x{}x{} x{}", g.m, g.n, g.k, g.batch),
+            Case::Gemm { g, .. } => format!("{}x{}x{}", g.m, g.n, g.k),
+            Case::Cast { n, .. } | Case::Fill { n, .. } | Case::AdamW { n, .. } | Case::SumSquares { n, .. } => n.to_string(),
+        }
+    }
+
+    pub fn bound(&self) -> f64 {
+        match self {
+            Case::Gemm { out: DType::BF16, .. } | Case::Cast { to: DType::BF16, .. } | Case::AdamW { copy: Some(DType::BF16), .. } => BF16_BOUND,
+            Case::Gemm { .. } => GEMM_F32_BOUND,
+            _ => F32_BOUND,
+        }
+    }
+
+    /// Runs the case on `b` with inputs drawn from `seed`, returning the output as f64.
+    pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f64>> {
+        let mut rng = Rng::new(seed);
+        let input = |b: &B, rng: &mut Rng, dtype: DType, n: usize| -> Result<B::Buf> {
+            let mut buf = b.alloc(dtype, n)?;
+            b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
+            Ok(buf)
+        };
+        let poisoned = |b: &B, dtype: DType, n: usize| -> Result<B::Buf> {
+            let mut buf = b.alloc(dtype, n)?;
+            b.fill(buf.all_mut(), f32::NAN)?;
+            Ok(buf)
+        };
+        let out: Vec<f32> = match self {
+            Case::Gemm { g, ab, out } => {
+                let (la, lb, lc) = g.required_lens();
+                let a = input(b, &mut rng, *ab, la)?;
+                let bm = input(b, &mut rng, *ab, lb)?;
+                let mut c = if g.beta != 0.0 { input(b, &mut rng, *out, lc)? } else { poisoned(b, *out, lc)? };
+                b.gemm(g, a.all(), bm.all(), c.all_mut())?;
+                b.download(c.all())?
+            }
+            Case::Cast { from, to, n } => {
+                let src = input(b, &mut rng, *from, *n)?;
+                let mut dst = poisoned(b, *to, *n)?;
+                b.cast(src.all(), dst.all_mut())?;
+                b.download(dst.all())?
+            }
+            Case::Fill { dtype, n } => {
+                let mut dst = input(b, &mut rng, *dtype, *n)?;
+                b.fill(dst.all_mut(), 0.3)?;
+                b.download(dst.all())?
+            }
+            Case::AdamW { n, copy } => {
+                let mut p = input(b, &mut rng, DType::F32, *n)?;
+                let g = input(b, &mut rng, DType::F32, *n)?;
+                let mut m = input(b, &mut rng, DType::F32, *n)?;
+                // v must be non-negative: square a normal draw.
+                let v_host: Vec<f32> = rng.normal_vec(*n, 1.0).iter().map(|x| x * x).collect();
+                let mut v = b.alloc(DType::F32, *n)?;
+                b.upload(&v_host, v.all_mut())?;
+                let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 7, grad_scale: 0.5 };
+                match copy {
+                    None => {
+                        b.adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), None)?;
+                        [b.download(p.all())?, b.download(m.all())?, b.download(v.all())?].concat()
+                    }
+                    Some(d) => {
+                        let mut c = poisoned(b, *d, *n)?;
+                        b.adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), Some(c.all_mut()))?;
+                        b.download(c.all())?
+                    }
+                }
+            }
+            Case::SumSquares { dtype, n } => {
+                let x = input(b, &mut rng, *dtype, *n)?;
+                return Ok(vec![b.sum_squares(x.all())?]);
+            }
+        };
+        Ok(out.into_iter().map(f64::from).collect())
+    }
+}

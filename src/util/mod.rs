@@ -1,0 +1,3 @@
+//! Small shared helpers with no better home.
+
+pub mod rng;
