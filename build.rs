@@ -33,7 +33,13 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let kernels_dir = manifest.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "LOWRANK_REQUIRE_KERNELS", "LOWRANK_NVCC_FLAGS"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "LOWRANK_REQUIRE_KERNELS",
+        "LOWRANK_NVCC_FLAGS",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let require = env::var("LOWRANK_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
@@ -54,7 +60,9 @@ fn main() {
             let msg = "nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, $PATH and .cuda/ \
                        from scripts/install-cuda-compiler.sh): building a CPU-only binary without kernels";
             if require {
-                panic!("LOWRANK_REQUIRE_KERNELS=1 but {msg}. Run scripts/install-cuda-compiler.sh.");
+                panic!(
+                    "LOWRANK_REQUIRE_KERNELS=1 but {msg}. Run scripts/install-cuda-compiler.sh."
+                );
             }
             println!("cargo:warning={msg}");
             write_table(&out, &[], None);
@@ -106,13 +114,25 @@ fn nvcc_version(nvcc: &Path) -> String {
     }
 }
 
-fn compile(nvcc: &Path, include: &Path, src: &Path, out: &Path) -> (String, PathBuf, Vec<Resource>) {
+fn compile(
+    nvcc: &Path,
+    include: &Path,
+    src: &Path,
+    out: &Path,
+) -> (String, PathBuf, Vec<Resource>) {
     let name = src.file_stem().unwrap().to_string_lossy().to_string();
     let fatbin = out.join(format!("{name}.fatbin"));
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
         .args(GENCODES)
-        .args(["-O3", "-std=c++17", "-Xptxas", "-v", "--expt-relaxed-constexpr", "-lineinfo"])
+        .args([
+            "-O3",
+            "-std=c++17",
+            "-Xptxas",
+            "-v",
+            "--expt-relaxed-constexpr",
+            "-lineinfo",
+        ])
         .arg("-I")
         .arg(include)
         .arg("-o")
@@ -141,8 +161,21 @@ fn parse_ptxas(log: &str) -> Vec<Resource> {
                 res.push(r);
             }
             let kernel = rest.split('\'').next().unwrap_or("").to_string();
-            let arch = rest.split("for '").nth(1).and_then(|s| s.split('\'').next()).unwrap_or("").to_string();
-            current = Some(Resource { kernel, arch, registers: 0, shared_bytes: 0, stack_bytes: 0, spill_stores: 0, spill_loads: 0 });
+            let arch = rest
+                .split("for '")
+                .nth(1)
+                .and_then(|s| s.split('\'').next())
+                .unwrap_or("")
+                .to_string();
+            current = Some(Resource {
+                kernel,
+                arch,
+                registers: 0,
+                shared_bytes: 0,
+                stack_bytes: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+            });
         } else if let Some(r) = current.as_mut() {
             if line.contains("bytes stack frame") {
                 r.stack_bytes = number_before(line, "bytes stack frame");
@@ -160,18 +193,37 @@ fn parse_ptxas(log: &str) -> Vec<Resource> {
 
 /// The integer immediately before `marker` in `line`, or 0 when the marker is absent.
 fn number_before(line: &str, marker: &str) -> u32 {
-    let Some(idx) = line.find(marker) else { return 0 };
-    line[..idx].split_whitespace().last().and_then(|w| w.trim_matches(',').parse().ok()).unwrap_or(0)
+    let Some(idx) = line.find(marker) else {
+        return 0;
+    };
+    line[..idx]
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.trim_matches(',').parse().ok())
+        .unwrap_or(0)
 }
 
 fn write_table(out: &Path, files: &[(String, PathBuf, Vec<Resource>)], nvcc: Option<&str>) {
     let mut s = String::new();
-    writeln!(s, "/// nvcc's version line, or None when the binary was built without kernels.").unwrap();
+    writeln!(
+        s,
+        "/// nvcc's version line, or None when the binary was built without kernels."
+    )
+    .unwrap();
     writeln!(s, "pub const NVCC_VERSION: Option<&str> = {:?};", nvcc).unwrap();
-    writeln!(s, "/// Every kernels/*.cu, compiled to a fatbin, with ptxas's resource report.").unwrap();
+    writeln!(
+        s,
+        "/// Every kernels/*.cu, compiled to a fatbin, with ptxas's resource report."
+    )
+    .unwrap();
     writeln!(s, "pub static KERNEL_FILES: &[KernelFile] = &[").unwrap();
     for (name, fatbin, resources) in files {
-        writeln!(s, "    KernelFile {{ name: {name:?}, fatbin: include_bytes!({:?}), resources: &[", fatbin.display().to_string()).unwrap();
+        writeln!(
+            s,
+            "    KernelFile {{ name: {name:?}, fatbin: include_bytes!({:?}), resources: &[",
+            fatbin.display().to_string()
+        )
+        .unwrap();
         for r in resources {
             writeln!(
                 s,

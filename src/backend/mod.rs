@@ -38,29 +38,53 @@ pub trait Buffer {
     where
         Self: Sized,
     {
-        Ref { buf: self, off: 0, len: self.len() }
+        Ref {
+            buf: self,
+            off: 0,
+            len: self.len(),
+        }
     }
     /// `len` elements from `off`, read-only. Panics when out of range: a planning bug, not bad input.
     fn at(&self, off: usize, len: usize) -> Ref<'_, Self>
     where
         Self: Sized,
     {
-        assert!(off + len <= self.len(), "window {off}+{len} past buffer of {}", self.len());
-        Ref { buf: self, off, len }
+        assert!(
+            off + len <= self.len(),
+            "window {off}+{len} past buffer of {}",
+            self.len()
+        );
+        Ref {
+            buf: self,
+            off,
+            len,
+        }
     }
     fn all_mut(&mut self) -> Mut<'_, Self>
     where
         Self: Sized,
     {
         let len = self.len();
-        Mut { buf: self, off: 0, len }
+        Mut {
+            buf: self,
+            off: 0,
+            len,
+        }
     }
     fn at_mut(&mut self, off: usize, len: usize) -> Mut<'_, Self>
     where
         Self: Sized,
     {
-        assert!(off + len <= self.len(), "window {off}+{len} past buffer of {}", self.len());
-        Mut { buf: self, off, len }
+        assert!(
+            off + len <= self.len(),
+            "window {off}+{len} past buffer of {}",
+            self.len()
+        );
+        Mut {
+            buf: self,
+            off,
+            len,
+        }
     }
 }
 
@@ -97,11 +121,19 @@ impl<T: Buffer> Mut<'_, T> {
     }
     /// A shorter-lived read-only view of the same window.
     pub fn as_ref(&self) -> Ref<'_, T> {
-        Ref { buf: self.buf, off: self.off, len: self.len }
+        Ref {
+            buf: self.buf,
+            off: self.off,
+            len: self.len,
+        }
     }
     /// A shorter-lived writable view of the same window.
     pub fn reborrow(&mut self) -> Mut<'_, T> {
-        Mut { buf: self.buf, off: self.off, len: self.len }
+        Mut {
+            buf: self.buf,
+            off: self.off,
+            len: self.len,
+        }
     }
 }
 
@@ -127,7 +159,19 @@ pub struct Gemm {
 impl Gemm {
     /// A single (unbatched) C = op(A)·op(B).
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Gemm { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, batch: 1, stride_a: m * k, stride_b: k * n, stride_c: m * n }
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            stride_a: m * k,
+            stride_b: k * n,
+            stride_c: m * n,
+        }
     }
     pub fn trans_a(mut self) -> Self {
         self.trans_a = true;
@@ -165,9 +209,20 @@ impl Gemm {
     pub fn check<T: Buffer>(&self, a: &Ref<T>, b: &Ref<T>, c: &Mut<T>) -> Result<()> {
         let (la, lb, lc) = self.required_lens();
         ensure!(self.batch >= 1, "gemm batch must be at least 1");
-        ensure!(a.len >= la && b.len >= lb && c.len >= lc,
-            "gemm {:?}: windows too small (A {} < {la}, B {} < {lb} or C {} < {lc})", self, a.len, b.len, c.len);
-        ensure!(a.dtype() == b.dtype(), "gemm operands differ in dtype: A {:?}, B {:?}", a.dtype(), b.dtype());
+        ensure!(
+            a.len >= la && b.len >= lb && c.len >= lc,
+            "gemm {:?}: windows too small (A {} < {la}, B {} < {lb} or C {} < {lc})",
+            self,
+            a.len,
+            b.len,
+            c.len
+        );
+        ensure!(
+            a.dtype() == b.dtype(),
+            "gemm operands differ in dtype: A {:?}, B {:?}",
+            a.dtype(),
+            b.dtype()
+        );
         Ok(())
     }
 
@@ -193,7 +248,10 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn bias_corrections(&self) -> (f32, f32) {
-        (1.0 - self.beta1.powi(self.step as i32), 1.0 - self.beta2.powi(self.step as i32))
+        (
+            1.0 - self.beta1.powi(self.step as i32),
+            1.0 - self.beta2.powi(self.step as i32),
+        )
     }
 }
 
@@ -219,7 +277,8 @@ pub trait Backend {
     fn cast(&self, src: Ref<Self::Buf>, dst: Mut<Self::Buf>) -> Result<()>;
 
     /// See [`Gemm`]. Operands share a dtype; C may be f32 or bf16; accumulation is f32.
-    fn gemm(&self, g: &Gemm, a: Ref<Self::Buf>, b: Ref<Self::Buf>, c: Mut<Self::Buf>) -> Result<()>;
+    fn gemm(&self, g: &Gemm, a: Ref<Self::Buf>, b: Ref<Self::Buf>, c: Mut<Self::Buf>)
+        -> Result<()>;
 
     /// One fused AdamW step over f32 master `params`, f32 `grads` and moments `m`, `v`; when given,
     /// `compute_copy` receives the updated parameters in its own dtype (the bf16 copy on CUDA).
@@ -247,15 +306,35 @@ pub(crate) fn same_len(op: &str, a: usize, b: usize) -> Result<()> {
 }
 
 /// Checks AdamW operands: f32 master state of equal lengths.
-pub(crate) fn check_adamw<T: Buffer>(params: &Mut<T>, grads: &Ref<T>, m: &Mut<T>, v: &Mut<T>, copy: &Option<Mut<T>>) -> Result<()> {
+pub(crate) fn check_adamw<T: Buffer>(
+    params: &Mut<T>,
+    grads: &Ref<T>,
+    m: &Mut<T>,
+    v: &Mut<T>,
+    copy: &Option<Mut<T>>,
+) -> Result<()> {
     let n = params.len;
-    for (what, len, dtype) in [("grads", grads.len, grads.dtype()), ("m", m.len, m.dtype()), ("v", v.len, v.dtype())] {
+    for (what, len, dtype) in [
+        ("grads", grads.len, grads.dtype()),
+        ("m", m.len, m.dtype()),
+        ("v", v.len, v.dtype()),
+    ] {
         ensure!(len == n, "adamw: {what} has {len} elements, params {n}");
-        ensure!(dtype == DType::F32, "adamw: {what} must be f32, is {dtype:?}");
+        ensure!(
+            dtype == DType::F32,
+            "adamw: {what} must be f32, is {dtype:?}"
+        );
     }
-    ensure!(params.dtype() == DType::F32, "adamw: master params must be f32");
+    ensure!(
+        params.dtype() == DType::F32,
+        "adamw: master params must be f32"
+    );
     if let Some(c) = copy {
-        ensure!(c.len == n, "adamw: compute copy has {} elements, params {n}", c.len);
+        ensure!(
+            c.len == n,
+            "adamw: compute copy has {} elements, params {n}",
+            c.len
+        );
     }
     Ok(())
 }

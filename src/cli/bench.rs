@@ -50,26 +50,47 @@ struct Row {
 
 pub fn run(args: Args) -> Result<()> {
     let gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
-    println!("bench on {} (median of {} reps, inputs rotated past L2)", gpu.name(), args.reps);
+    println!(
+        "bench on {} (median of {} reps, inputs rotated past L2)",
+        gpu.name(),
+        args.reps
+    );
     let mut rows = Vec::new();
     if matches!(args.which, Which::All | Which::Copy) {
         rows.push(bench_copy(&gpu, args.reps)?);
     }
     if matches!(args.which, Which::All | Which::Gemm) {
-        for (m, n, k) in [(4096, 4096, 4096), (8192, 4096, 1024), (8192, 1024, 4096), (8192, 8192, 8192)] {
+        for (m, n, k) in [
+            (4096, 4096, 4096),
+            (8192, 4096, 1024),
+            (8192, 1024, 4096),
+            (8192, 8192, 8192),
+        ] {
             rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), args.reps)?);
         }
     }
     if matches!(args.which, Which::All | Which::Adamw) {
         rows.push(bench_adamw(&gpu, 124_475_904, args.reps)?);
     }
-    println!("{:<22} {:<18} {:>10} {:>12} {:>9}", "op", "shape", "median ms", "achieved", "of peak");
+    println!(
+        "{:<22} {:<18} {:>10} {:>12} {:>9}",
+        "op", "shape", "median ms", "achieved", "of peak"
+    );
     for r in &rows {
-        println!("{:<22} {:<18} {:>10.4} {:>7.1} {:<4} {:>8.1}%", r.op, r.shape, r.median_ms, r.achieved, r.unit, 100.0 * r.frac_of_peak);
+        println!(
+            "{:<22} {:<18} {:>10.4} {:>7.1} {:<4} {:>8.1}%",
+            r.op,
+            r.shape,
+            r.median_ms,
+            r.achieved,
+            r.unit,
+            100.0 * r.frac_of_peak
+        );
     }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -117,7 +138,14 @@ fn bench_copy(gpu: &Cuda, reps: usize) -> Result<Row> {
     let mut dst = gpu.alloc(DType::F32, n)?;
     let ms = time_median(gpu, reps, |_| gpu.cast(src[0].all(), dst.all_mut()))?;
     let tbps = 2.0 * (n * 4) as f64 / (ms * 1e-3) / 1e12;
-    Ok(Row { op: "copy_f32".into(), shape: format!("{n}"), median_ms: ms, achieved: tbps, unit: "TB/s", frac_of_peak: tbps / PEAK_TBPS })
+    Ok(Row {
+        op: "copy_f32".into(),
+        shape: format!("{n}"),
+        median_ms: ms,
+        achieved: tbps,
+        unit: "TB/s",
+        frac_of_peak: tbps / PEAK_TBPS,
+    })
 }
 
 fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
@@ -126,7 +154,9 @@ fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
     let a = random_bufs(gpu, DType::BF16, la, sets)?;
     let b = random_bufs(gpu, DType::BF16, lb, sets)?;
     let mut c = gpu.alloc(DType::BF16, lc)?;
-    let ms = time_median(gpu, reps, |i| gpu.gemm(&g, a[i % sets].all(), b[i % sets].all(), c.all_mut()))?;
+    let ms = time_median(gpu, reps, |i| {
+        gpu.gemm(&g, a[i % sets].all(), b[i % sets].all(), c.all_mut())
+    })?;
     let tflops = g.flops() / (ms * 1e-3) / 1e12;
     Ok(Row {
         op: "gemm_cublaslt_bf16".into(),
@@ -144,12 +174,34 @@ fn bench_adamw(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
     let mut m = gpu.alloc(DType::F32, n)?;
     let mut v = gpu.alloc(DType::F32, n)?;
     let mut copy = gpu.alloc(DType::BF16, n)?;
-    let mut hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+    let mut hp = AdamW {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 1,
+        grad_scale: 1.0,
+    };
     let ms = time_median(gpu, reps, |i| {
         hp.step = i as u32 + 1;
-        gpu.adamw(&hp, p.all_mut(), g[0].all(), m.all_mut(), v.all_mut(), Some(copy.all_mut()))
+        gpu.adamw(
+            &hp,
+            p.all_mut(),
+            g[0].all(),
+            m.all_mut(),
+            v.all_mut(),
+            Some(copy.all_mut()),
+        )
     })?;
     // Reads params, grads, m, v (16 B); writes params, m, v (12 B) and the bf16 copy (2 B).
     let tbps = 30.0 * n as f64 / (ms * 1e-3) / 1e12;
-    Ok(Row { op: "adamw_f32+bf16copy".into(), shape: format!("{n}"), median_ms: ms, achieved: tbps, unit: "TB/s", frac_of_peak: tbps / PEAK_TBPS })
+    Ok(Row {
+        op: "adamw_f32+bf16copy".into(),
+        shape: format!("{n}"),
+        median_ms: ms,
+        achieved: tbps,
+        unit: "TB/s",
+        frac_of_peak: tbps / PEAK_TBPS,
+    })
 }

@@ -26,10 +26,23 @@ pub fn run(args: Args) -> Result<()> {
         None => println!("kernels: none (built without nvcc: a CPU-only binary; run scripts/install-cuda-compiler.sh and rebuild)"),
     }
     if !KERNEL_FILES.is_empty() {
-        println!("{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}", "file", "kernel", "arch", "regs", "smem", "stack", "spill-st", "spill-ld");
+        println!(
+            "{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}",
+            "file", "kernel", "arch", "regs", "smem", "stack", "spill-st", "spill-ld"
+        );
         for f in KERNEL_FILES {
             for r in f.resources {
-                println!("{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}", f.name, r.kernel, r.arch, r.registers, r.shared_bytes, r.stack_bytes, r.spill_stores, r.spill_loads);
+                println!(
+                    "{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}",
+                    f.name,
+                    r.kernel,
+                    r.arch,
+                    r.registers,
+                    r.shared_bytes,
+                    r.stack_bytes,
+                    r.spill_stores,
+                    r.spill_loads
+                );
             }
         }
     }
@@ -39,7 +52,10 @@ pub fn run(args: Args) -> Result<()> {
     let libs = library_facts();
 
     if let Some(path) = &args.json {
-        let files: Vec<_> = KERNEL_FILES.iter().map(|f| json!({"name": f.name, "resources": f.resources})).collect();
+        let files: Vec<_> = KERNEL_FILES
+            .iter()
+            .map(|f| json!({"name": f.name, "resources": f.resources}))
+            .collect();
         let doc = json!({"version": env!("CARGO_PKG_VERSION"), "nvcc": NVCC_VERSION, "kernels": files, "device": device, "libraries": libs});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
@@ -50,7 +66,10 @@ pub fn run(args: Args) -> Result<()> {
         let bad = kernels::unexcused_spills(kernels::SPILL_ALLOW_LIST);
         if !bad.is_empty() {
             for r in &bad {
-                eprintln!("spill: {} on {}: {} bytes stored, {} loaded", r.kernel, r.arch, r.spill_stores, r.spill_loads);
+                eprintln!(
+                    "spill: {} on {}: {} bytes stored, {} loaded",
+                    r.kernel, r.arch, r.spill_stores, r.spill_loads
+                );
             }
             bail!("{} kernel(s) spill registers on sm_90a; fix them or list them with a reason in kernels/spill-allow.txt", bad.len());
         }
@@ -61,7 +80,9 @@ pub fn run(args: Args) -> Result<()> {
 
 fn runtime_facts() -> serde_json::Value {
     if !cuda::driver_present() {
-        println!("no NVIDIA driver found: this machine has no usable GPU (the CPU backend still works)");
+        println!(
+            "no NVIDIA driver found: this machine has no usable GPU (the CPU backend still works)"
+        );
         return serde_json::Value::Null;
     }
     let version = cuda::driver_version().unwrap_or_else(|e| format!("unknown ({e})"));
@@ -71,7 +92,12 @@ fn runtime_facts() -> serde_json::Value {
             let i = gpu.info();
             println!(
                 "device {}: {} (compute {}.{}), {} SMs, {:.1} GiB",
-                i.ordinal, i.name, i.compute_capability.0, i.compute_capability.1, i.sms, i.memory_bytes as f64 / (1u64 << 30) as f64
+                i.ordinal,
+                i.name,
+                i.compute_capability.0,
+                i.compute_capability.1,
+                i.sms,
+                i.memory_bytes as f64 / (1u64 << 30) as f64
             );
             if let Ok(n) = cuda::device_count() {
                 println!("devices visible: {n} (LOWRANK_DEVICE picks one)");
@@ -97,7 +123,14 @@ fn library_facts() -> serde_json::Value {
             ("NVTX", cudarc::nvtx::sys::is_culib_present()),
         ]
     };
-    let line: Vec<String> = libs.iter().map(|(n, ok)| format!("{n} {}", if *ok { "yes" } else { "no" })).collect();
+    let line: Vec<String> = libs
+        .iter()
+        .map(|(n, ok)| format!("{n} {}", if *ok { "yes" } else { "no" }))
+        .collect();
     println!("libraries loadable: {}", line.join(", "));
-    serde_json::Value::Object(libs.iter().map(|(n, ok)| (n.to_string(), json!(ok))).collect())
+    serde_json::Value::Object(
+        libs.iter()
+            .map(|(n, ok)| (n.to_string(), json!(ok)))
+            .collect(),
+    )
 }

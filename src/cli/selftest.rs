@@ -18,15 +18,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let gpu = Cuda::new().context("selftest compares CUDA ops with the CPU reference and needs a GPU")?;
+    let gpu =
+        Cuda::new().context("selftest compares CUDA ops with the CPU reference and needs a GPU")?;
     println!("selftest: {} against {}", gpu.name(), Cpu.name());
-    println!("{:<28} {:<16} {:>10} {:>8}  result", "op", "shape", "rel err", "bound");
+    println!(
+        "{:<28} {:<16} {:>10} {:>8}  result",
+        "op", "shape", "rel err", "bound"
+    );
     let mut outcomes: Vec<Outcome> = Vec::new();
     for (i, case) in all_cases().iter().enumerate() {
-        if args.filter.as_ref().is_some_and(|f| !case.op().contains(f.as_str())) {
+        if args
+            .filter
+            .as_ref()
+            .is_some_and(|f| !case.op().contains(f.as_str()))
+        {
             continue;
         }
-        let o = check(case, &gpu, &Cpu, args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+        let o = check(
+            case,
+            &gpu,
+            &Cpu,
+            args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+        );
         println!(
             "{:<28} {:<16} {:>10.2e} {:>8.0e}  {}{}",
             o.op,
@@ -34,7 +47,10 @@ pub fn run(args: Args) -> Result<()> {
             o.rel_err,
             o.bound,
             if o.pass { "pass" } else { "FAIL" },
-            o.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            o.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         );
         outcomes.push(o);
     }
@@ -42,7 +58,8 @@ pub fn run(args: Args) -> Result<()> {
     println!("{} passed, {} failed", outcomes.len() - failed, failed);
     if let Some(path) = &args.json {
         let doc = serde_json::json!({"device": gpu.info(), "seed": args.seed, "cases": outcomes});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if failed > 0 {
         bail!("{failed} selftest case(s) failed");

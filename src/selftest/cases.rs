@@ -15,12 +15,29 @@ const BF16_BOUND: f64 = 1e-2;
 
 #[derive(Clone, Debug)]
 pub enum Case {
-    Gemm { g: Gemm, ab: DType, out: DType },
-    Cast { from: DType, to: DType, n: usize },
-    Fill { dtype: DType, n: usize },
+    Gemm {
+        g: Gemm,
+        ab: DType,
+        out: DType,
+    },
+    Cast {
+        from: DType,
+        to: DType,
+        n: usize,
+    },
+    Fill {
+        dtype: DType,
+        n: usize,
+    },
     /// AdamW's f32 state (params, m, v) or, with `copy`, the compute copy it writes.
-    AdamW { n: usize, copy: Option<DType> },
-    SumSquares { dtype: DType, n: usize },
+    AdamW {
+        n: usize,
+        copy: Option<DType>,
+    },
+    SumSquares {
+        dtype: DType,
+        n: usize,
+    },
 }
 
 fn dt(d: DType) -> &'static str {
@@ -33,35 +50,77 @@ fn dt(d: DType) -> &'static str {
 /// Every case the selftest runs.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    let shapes = [(1, 1, 1), (17, 33, 65), (128, 256, 64), (257, 129, 1023), (1024, 768, 3072), (512, 4096, 1024)];
+    let shapes = [
+        (1, 1, 1),
+        (17, 33, 65),
+        (128, 256, 64),
+        (257, 129, 1023),
+        (1024, 768, 3072),
+        (512, 4096, 1024),
+    ];
     for &(m, n, k) in &shapes {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let mut g = Gemm::new(m, n, k);
             g.trans_a = ta;
             g.trans_b = tb;
             for out in [DType::F32, DType::BF16] {
-                cases.push(Case::Gemm { g, ab: DType::BF16, out });
+                cases.push(Case::Gemm {
+                    g,
+                    ab: DType::BF16,
+                    out,
+                });
             }
         }
     }
     // Accumulating into C (the dW += xᵀ·dy of a backward pass), f32 operands, and a batch.
-    cases.push(Case::Gemm { g: Gemm::new(96, 80, 200).trans_a().beta(1.0).alpha(0.5), ab: DType::BF16, out: DType::F32 });
-    cases.push(Case::Gemm { g: Gemm::new(65, 47, 129), ab: DType::F32, out: DType::F32 });
-    cases.push(Case::Gemm { g: Gemm::new(65, 33, 17).trans_b().batched(12), ab: DType::BF16, out: DType::F32 });
+    cases.push(Case::Gemm {
+        g: Gemm::new(96, 80, 200).trans_a().beta(1.0).alpha(0.5),
+        ab: DType::BF16,
+        out: DType::F32,
+    });
+    cases.push(Case::Gemm {
+        g: Gemm::new(65, 47, 129),
+        ab: DType::F32,
+        out: DType::F32,
+    });
+    cases.push(Case::Gemm {
+        g: Gemm::new(65, 33, 17).trans_b().batched(12),
+        ab: DType::BF16,
+        out: DType::F32,
+    });
     for n in [1, 1_000_003] {
-        for (from, to) in [(DType::F32, DType::BF16), (DType::BF16, DType::F32), (DType::F32, DType::F32)] {
+        for (from, to) in [
+            (DType::F32, DType::BF16),
+            (DType::BF16, DType::F32),
+            (DType::F32, DType::F32),
+        ] {
             cases.push(Case::Cast { from, to, n });
         }
     }
-    cases.push(Case::Fill { dtype: DType::F32, n: 12_345 });
-    cases.push(Case::Fill { dtype: DType::BF16, n: 12_345 });
+    cases.push(Case::Fill {
+        dtype: DType::F32,
+        n: 12_345,
+    });
+    cases.push(Case::Fill {
+        dtype: DType::BF16,
+        n: 12_345,
+    });
     for n in [1, 100_003] {
         cases.push(Case::AdamW { n, copy: None });
-        cases.push(Case::AdamW { n, copy: Some(DType::BF16) });
+        cases.push(Case::AdamW {
+            n,
+            copy: Some(DType::BF16),
+        });
     }
     for n in [1, 3_000_017] {
-        cases.push(Case::SumSquares { dtype: DType::F32, n });
-        cases.push(Case::SumSquares { dtype: DType::BF16, n });
+        cases.push(Case::SumSquares {
+            dtype: DType::F32,
+            n,
+        });
+        cases.push(Case::SumSquares {
+            dtype: DType::BF16,
+            n,
+        });
     }
     cases
 }
@@ -89,13 +148,25 @@ impl Case {
         match self {
             Case::Gemm { g, .. } if g.batch > 1 => format!("{}x{}x{} x{}", g.m, g.n, g.k, g.batch),
             Case::Gemm { g, .. } => format!("{}x{}x{}", g.m, g.n, g.k),
-            Case::Cast { n, .. } | Case::Fill { n, .. } | Case::AdamW { n, .. } | Case::SumSquares { n, .. } => n.to_string(),
+            Case::Cast { n, .. }
+            | Case::Fill { n, .. }
+            | Case::AdamW { n, .. }
+            | Case::SumSquares { n, .. } => n.to_string(),
         }
     }
 
     pub fn bound(&self) -> f64 {
         match self {
-            Case::Gemm { out: DType::BF16, .. } | Case::Cast { to: DType::BF16, .. } | Case::AdamW { copy: Some(DType::BF16), .. } => BF16_BOUND,
+            Case::Gemm {
+                out: DType::BF16, ..
+            }
+            | Case::Cast {
+                to: DType::BF16, ..
+            }
+            | Case::AdamW {
+                copy: Some(DType::BF16),
+                ..
+            } => BF16_BOUND,
             Case::Gemm { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
         }
@@ -119,7 +190,11 @@ impl Case {
                 let (la, lb, lc) = g.required_lens();
                 let a = input(b, &mut rng, *ab, la)?;
                 let bm = input(b, &mut rng, *ab, lb)?;
-                let mut c = if g.beta != 0.0 { input(b, &mut rng, *out, lc)? } else { poisoned(b, *out, lc)? };
+                let mut c = if g.beta != 0.0 {
+                    input(b, &mut rng, *out, lc)?
+                } else {
+                    poisoned(b, *out, lc)?
+                };
                 b.gemm(g, a.all(), bm.all(), c.all_mut())?;
                 b.download(c.all())?
             }
@@ -142,15 +217,35 @@ impl Case {
                 let v_host: Vec<f32> = rng.normal_vec(*n, 1.0).iter().map(|x| x * x).collect();
                 let mut v = b.alloc(DType::F32, *n)?;
                 b.upload(&v_host, v.all_mut())?;
-                let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 7, grad_scale: 0.5 };
+                let hp = AdamW {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    step: 7,
+                    grad_scale: 0.5,
+                };
                 match copy {
                     None => {
                         b.adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), None)?;
-                        [b.download(p.all())?, b.download(m.all())?, b.download(v.all())?].concat()
+                        [
+                            b.download(p.all())?,
+                            b.download(m.all())?,
+                            b.download(v.all())?,
+                        ]
+                        .concat()
                     }
                     Some(d) => {
                         let mut c = poisoned(b, *d, *n)?;
-                        b.adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), Some(c.all_mut()))?;
+                        b.adamw(
+                            &hp,
+                            p.all_mut(),
+                            g.all(),
+                            m.all_mut(),
+                            v.all_mut(),
+                            Some(c.all_mut()),
+                        )?;
                         b.download(c.all())?
                     }
                 }

@@ -43,13 +43,21 @@ pub fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
 
 /// Runs one case on `test` and on the reference backend with the same seed and compares.
 pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed: u64) -> Outcome {
-    let result: Result<(Vec<f64>, Vec<f64>)> = (|| Ok((case.run(test, seed)?, case.run(reference, seed)?)))();
+    let result: Result<(Vec<f64>, Vec<f64>)> =
+        (|| Ok((case.run(test, seed)?, case.run(reference, seed)?)))();
     let (rel_err, error) = match result {
         Ok((out, want)) => (rel_err(&out, &want), None),
         Err(e) => (f64::INFINITY, Some(format!("{e:#}"))),
     };
     let bound = case.bound();
-    Outcome { op: case.op(), shape: case.shape(), rel_err, bound, pass: error.is_none() && rel_err <= bound, error }
+    Outcome {
+        op: case.op(),
+        shape: case.shape(),
+        rel_err,
+        bound,
+        pass: error.is_none() && rel_err <= bound,
+        error,
+    }
 }
 
 #[cfg(test)]

@@ -22,3 +22,82 @@ pub fn adamw(hp: &AdamW, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &m
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::{cpu::Cpu, AdamW, Backend, Buffer, DType};
+
+    #[test]
+    fn two_steps_match_hand_computation() {
+        // One parameter p=1, gradient g=2 (scaled by 0.5 → 1), lr 0.1, β1 0.9, β2 0.99, wd 0.1, eps 0.
+        // Step 1: m = 0.1, v = 0.01, m̂ = 0.1/0.1 = 1, v̂ = 0.01/0.01 = 1 → p = 1 − 0.1·(1 + 0.1·1) = 0.89.
+        // Step 2 (same gradient): m = 0.09 + 0.1 = 0.19, v = 0.0099 + 0.01 = 0.0199,
+        //   m̂ = 0.19/0.19 = 1, v̂ = 0.0199/0.0199 = 1 → p = 0.89 − 0.1·(1 + 0.089) = 0.7811.
+        let mut hp = AdamW {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 0.0,
+            weight_decay: 0.1,
+            step: 1,
+            grad_scale: 0.5,
+        };
+        let mut p = Cpu.alloc(DType::F32, 1).unwrap();
+        Cpu.upload(&[1.0], p.all_mut()).unwrap();
+        let mut g = Cpu.alloc(DType::F32, 1).unwrap();
+        Cpu.upload(&[2.0], g.all_mut()).unwrap();
+        let (mut m, mut v) = (
+            Cpu.alloc(DType::F32, 1).unwrap(),
+            Cpu.alloc(DType::F32, 1).unwrap(),
+        );
+        let mut copy = Cpu.alloc(DType::BF16, 1).unwrap();
+        Cpu.adamw(
+            &hp,
+            p.all_mut(),
+            g.all(),
+            m.all_mut(),
+            v.all_mut(),
+            Some(copy.all_mut()),
+        )
+        .unwrap();
+        assert!((p.as_slice()[0] - 0.89).abs() < 1e-6, "{:?}", p.as_slice());
+        assert_eq!(copy.as_slice()[0], half::bf16::from_f32(0.89).to_f32());
+        hp.step = 2;
+        Cpu.adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), None)
+            .unwrap();
+        assert!((m.as_slice()[0] - 0.19).abs() < 1e-6 && (v.as_slice()[0] - 0.0199).abs() < 1e-6);
+        assert!(
+            (p.as_slice()[0] - 0.7811).abs() < 1e-6,
+            "{:?}",
+            p.as_slice()
+        );
+    }
+
+    #[test]
+    fn rejects_mismatched_state() {
+        let hp = AdamW {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0,
+        };
+        let mut p = Cpu.alloc(DType::F32, 3).unwrap();
+        let g = Cpu.alloc(DType::F32, 2).unwrap();
+        let (mut m, mut v) = (
+            Cpu.alloc(DType::F32, 3).unwrap(),
+            Cpu.alloc(DType::BF16, 3).unwrap(),
+        );
+        let err = Cpu
+            .adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("grads has 2 elements"), "{err}");
+        let g = Cpu.alloc(DType::F32, 3).unwrap();
+        let err = Cpu
+            .adamw(&hp, p.all_mut(), g.all(), m.all_mut(), v.all_mut(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("v must be f32"), "{err}");
+    }
+}

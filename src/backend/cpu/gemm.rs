@@ -6,9 +6,21 @@ use gemm::Parallelism;
 /// C = alpha·op(A)·op(B) + beta·C for each batch entry. Slices are checked by `Gemm::check`.
 pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     // Row-major strides (column stride, row stride) of op(A) and op(B) as stored.
-    let (a_cs, a_rs) = if g.trans_a { (g.m as isize, 1) } else { (1, g.k as isize) };
-    let (b_cs, b_rs) = if g.trans_b { (g.k as isize, 1) } else { (1, g.n as isize) };
-    let par = if g.m * g.n * g.k >= 1 << 18 { Parallelism::Rayon(0) } else { Parallelism::None };
+    let (a_cs, a_rs) = if g.trans_a {
+        (g.m as isize, 1)
+    } else {
+        (1, g.k as isize)
+    };
+    let (b_cs, b_rs) = if g.trans_b {
+        (g.k as isize, 1)
+    } else {
+        (1, g.n as isize)
+    };
+    let par = if g.m * g.n * g.k >= 1 << 18 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     for i in 0..g.batch {
         let (a, b) = (&a[i * g.stride_a..], &b[i * g.stride_b..]);
         let c = &mut c[i * g.stride_c..i * g.stride_c + g.m * g.n];
@@ -19,15 +31,141 @@ pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         // SAFETY: `Gemm::check` ensured every window holds the m×k, k×n and m×n elements addressed here.
         unsafe {
             gemm::gemm(
-                g.m, g.n, g.k,
-                c.as_mut_ptr(), 1, g.n as isize,
+                g.m,
+                g.n,
+                g.k,
+                c.as_mut_ptr(),
+                1,
+                g.n as isize,
                 g.beta != 0.0,
-                a.as_ptr(), a_cs, a_rs,
-                b.as_ptr(), b_cs, b_rs,
-                g.beta, g.alpha,
-                false, false, false,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                g.beta,
+                g.alpha,
+                false,
+                false,
+                false,
                 par,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::{cpu::Cpu, Backend, Buffer, DType, Gemm};
+    use crate::util::rng::Rng;
+
+    /// Naive f64 reference of `Gemm` on row-major data, written from the definition.
+    fn reference(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f64> {
+        let mut c: Vec<f64> = c0.iter().map(|&x| x as f64).collect();
+        for bi in 0..g.batch {
+            let (a, b) = (&a[bi * g.stride_a..], &b[bi * g.stride_b..]);
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let mut acc = 0.0f64;
+                    for p in 0..g.k {
+                        let av = if g.trans_a {
+                            a[p * g.m + i]
+                        } else {
+                            a[i * g.k + p]
+                        };
+                        let bv = if g.trans_b {
+                            b[j * g.k + p]
+                        } else {
+                            b[p * g.n + j]
+                        };
+                        acc += av as f64 * bv as f64;
+                    }
+                    let idx = bi * g.stride_c + i * g.n + j;
+                    c[idx] = g.alpha as f64 * acc + g.beta as f64 * c[idx];
+                }
+            }
+        }
+        c
+    }
+
+    fn max_rel(out: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+        out.iter()
+            .zip(want)
+            .map(|(&o, &w)| (o as f64 - w).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn matches_f64_reference_on_ragged_shapes_all_transposes() {
+        let mut rng = Rng::new(11);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (64, 1, 129),
+            (130, 70, 300),
+        ] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)] {
+                    let mut g = Gemm::new(m, n, k).alpha(alpha).beta(beta);
+                    g.trans_a = ta;
+                    g.trans_b = tb;
+                    let (la, lb, lc) = g.required_lens();
+                    let (a, b, c0) = (
+                        rng.normal_vec(la, 1.0),
+                        rng.normal_vec(lb, 1.0),
+                        rng.normal_vec(lc, 1.0),
+                    );
+                    let mut bufs = [
+                        Cpu.alloc(DType::F32, la).unwrap(),
+                        Cpu.alloc(DType::F32, lb).unwrap(),
+                        Cpu.alloc(DType::F32, lc).unwrap(),
+                    ];
+                    for (buf, host) in bufs.iter_mut().zip([&a, &b, &c0]) {
+                        Cpu.upload(host, buf.all_mut()).unwrap();
+                    }
+                    let [ab, bb, mut cb] = bufs;
+                    Cpu.gemm(&g, ab.all(), bb.all(), cb.all_mut()).unwrap();
+                    let err = max_rel(cb.as_slice(), &reference(&g, &a, &b, &c0));
+                    assert!(err < 1e-5, "{g:?}: max rel err {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_with_strides_and_window_offsets() {
+        let mut rng = Rng::new(5);
+        let mut g = Gemm::new(9, 7, 5).trans_b().batched(3);
+        g.stride_a = 50; // gaps between matrices are left alone
+        let (la, lb, lc) = g.required_lens();
+        let (a, b) = (rng.normal_vec(la, 1.0), rng.normal_vec(lb, 1.0));
+        let mut ab = Cpu.alloc(DType::F32, la + 4).unwrap();
+        Cpu.upload(&a, ab.at_mut(4, la)).unwrap();
+        let mut bb = Cpu.alloc(DType::F32, lb).unwrap();
+        Cpu.upload(&b, bb.all_mut()).unwrap();
+        let mut cb = Cpu.alloc(DType::F32, lc).unwrap();
+        Cpu.gemm(&g, ab.at(4, la), bb.all(), cb.all_mut()).unwrap();
+        let err = max_rel(cb.as_slice(), &reference(&g, &a, &b, &vec![0.0; lc]));
+        assert!(err < 1e-5, "max rel err {err}");
+    }
+
+    #[test]
+    fn bf16_output_is_rounded_and_undersized_windows_are_rejected() {
+        let g = Gemm::new(1, 1, 2);
+        let mut a = Cpu.alloc(DType::F32, 2).unwrap();
+        Cpu.upload(&[1.0, 1.0], a.all_mut()).unwrap();
+        let mut b = Cpu.alloc(DType::F32, 2).unwrap();
+        // 1 + 2⁻¹⁰ is not representable in bf16 (8 mantissa bits): it rounds to 1.
+        Cpu.upload(&[1.0, 1.0 / 1024.0], b.all_mut()).unwrap();
+        let mut c = Cpu.alloc(DType::BF16, 1).unwrap();
+        Cpu.gemm(&g, a.all(), b.all(), c.all_mut()).unwrap();
+        assert_eq!(c.as_slice(), &[1.0]);
+        let err = Cpu
+            .gemm(&Gemm::new(2, 1, 2), a.all(), b.all(), c.all_mut())
+            .unwrap_err();
+        assert!(err.to_string().contains("windows too small"), "{err}");
     }
 }

@@ -65,7 +65,10 @@ impl Backend for Cpu {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf { dtype, data: vec![0.0; len] })
+        Ok(CpuBuf {
+            dtype,
+            data: vec![0.0; len],
+        })
     }
     fn upload(&self, src: &[f32], mut dst: Mut<CpuBuf>) -> Result<()> {
         same_len("upload", src.len(), dst.len)?;
@@ -105,7 +108,13 @@ impl Backend for Cpu {
         compute_copy: Option<Mut<CpuBuf>>,
     ) -> Result<()> {
         check_adamw(&params, &grads, &m, &v, &compute_copy)?;
-        adamw::adamw(hp, params.slice_mut(), grads.slice(), m.slice_mut(), v.slice_mut());
+        adamw::adamw(
+            hp,
+            params.slice_mut(),
+            grads.slice(),
+            m.slice_mut(),
+            v.slice_mut(),
+        );
         if let Some(mut copy) = compute_copy {
             copy.slice_mut().copy_from_slice(params.slice_mut());
             copy.round_to_dtype();

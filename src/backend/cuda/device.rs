@@ -45,7 +45,9 @@ fn ensure_driver() -> Result<()> {
 /// Number of CUDA devices visible to this process.
 pub fn device_count() -> Result<usize> {
     ensure_driver()?;
-    let n = CudaContext::device_count().context("the NVIDIA driver is present but cuInit failed (is the GPU visible to this process?)")?;
+    let n = CudaContext::device_count().context(
+        "the NVIDIA driver is present but cuInit failed (is the GPU visible to this process?)",
+    )?;
     Ok(n.max(0) as usize)
 }
 
@@ -57,12 +59,18 @@ pub fn selected_ordinal() -> Result<usize> {
     }
     let ordinal = match std::env::var("LOWRANK_DEVICE") {
         Ok(s) => s.trim().parse::<usize>().map_err(|_| {
-            anyhow::anyhow!("LOWRANK_DEVICE={s:?} is not a device number; use an integer from 0 to {}", n - 1)
+            anyhow::anyhow!(
+                "LOWRANK_DEVICE={s:?} is not a device number; use an integer from 0 to {}",
+                n - 1
+            )
         })?,
         Err(_) => 0,
     };
     if ordinal >= n {
-        bail!("LOWRANK_DEVICE={ordinal} but this machine has {n} CUDA device(s), numbered 0 to {}", n - 1);
+        bail!(
+            "LOWRANK_DEVICE={ordinal} but this machine has {n} CUDA device(s), numbered 0 to {}",
+            n - 1
+        );
     }
     Ok(ordinal)
 }
@@ -70,7 +78,8 @@ pub fn selected_ordinal() -> Result<usize> {
 /// Opens a context on the selected device.
 pub fn open_context() -> Result<Arc<CudaContext>> {
     let ordinal = selected_ordinal()?;
-    let ctx = CudaContext::new(ordinal).with_context(|| format!("cannot create a CUDA context on device {ordinal}"))?;
+    let ctx = CudaContext::new(ordinal)
+        .with_context(|| format!("cannot create a CUDA context on device {ordinal}"))?;
     // One stream, ordered work: cudarc's per-buffer event tracking would only add overhead.
     // SAFETY: called before any buffer or stream exists.
     unsafe { ctx.disable_event_tracking() };

@@ -25,15 +25,29 @@ unsafe impl Sync for Lt {}
 
 impl Lt {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
-        let handle = lt::create_handle().context("cuBLASLt could not be initialised (is libcublasLt on LD_LIBRARY_PATH?)")?;
+        let handle = lt::create_handle()
+            .context("cuBLASLt could not be initialised (is libcublasLt on LD_LIBRARY_PATH?)")?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
         let workspace_ptr = super::slice_ptr(&workspace, stream);
-        Ok(Lt { handle, workspace, workspace_ptr })
+        Ok(Lt {
+            handle,
+            workspace,
+            workspace_ptr,
+        })
     }
 
     /// Runs `g` on device pointers (already offset to their windows).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(&self, stream: &CudaStream, g: &Gemm, ab: DType, c_dtype: DType, a: u64, b: u64, c: u64) -> Result<()> {
+    pub fn gemm(
+        &self,
+        stream: &CudaStream,
+        g: &Gemm,
+        ab: DType,
+        c_dtype: DType,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<()> {
         let ty = |d: DType| match d {
             DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
@@ -49,8 +63,18 @@ impl Lt {
         let pref = Pref::new([b, a, c, c])?;
         // SAFETY: every descriptor is alive; pointers come from live buffers checked by Gemm::check.
         unsafe {
-            let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc.0, layout_a.0, layout_b.0, layout_c.0, layout_c.0, pref.0)
-                .with_context(|| format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})"))?;
+            let heuristic = lt::get_matmul_algo_heuristic(
+                self.handle,
+                desc.0,
+                layout_a.0,
+                layout_b.0,
+                layout_c.0,
+                layout_c.0,
+                pref.0,
+            )
+            .with_context(|| {
+                format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})")
+            })?;
             lt::matmul(
                 self.handle,
                 desc.0,
@@ -87,13 +111,25 @@ impl Drop for Lt {
 struct Layout(sys::cublasLtMatrixLayout_t);
 
 impl Layout {
-    fn new(ty: sys::cudaDataType, rows: u64, cols: u64, ld: u64, batch: usize, stride: usize) -> Result<Self> {
+    fn new(
+        ty: sys::cudaDataType,
+        rows: u64,
+        cols: u64,
+        ld: u64,
+        batch: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let l = Layout(lt::create_matrix_layout(ty, rows, cols, ld as i64)?);
         if batch > 1 {
             let (count, stride) = (batch as i32, stride as i64);
             // SAFETY: attribute buffers have the sizes cuBLASLt documents for these attributes.
             unsafe {
-                lt::set_matrix_layout_attribute(l.0, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count as *const i32 as *const c_void, size_of::<i32>())?;
+                lt::set_matrix_layout_attribute(
+                    l.0,
+                    sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    &count as *const i32 as *const c_void,
+                    size_of::<i32>(),
+                )?;
                 lt::set_matrix_layout_attribute(l.0, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride as *const i64 as *const c_void, size_of::<i64>())?;
             }
         }
@@ -114,15 +150,31 @@ struct Desc(sys::cublasLtMatmulDesc_t);
 
 impl Desc {
     fn new(trans_a: bool, trans_b: bool) -> Result<Self> {
-        let d = Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)?);
+        let d = Desc(lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType_t::CUDA_R_32F,
+        )?);
         for (attr, t) in [
-            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, trans_a),
-            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, trans_b),
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                trans_a,
+            ),
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                trans_b,
+            ),
         ] {
             // cublasOperation_t as an int32: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
             let op: i32 = t as i32;
             // SAFETY: the attribute is a 32-bit cublasOperation_t.
-            unsafe { lt::set_matmul_desc_attribute(d.0, attr, &op as *const i32 as *const c_void, size_of::<i32>())? };
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    d.0,
+                    attr,
+                    &op as *const i32 as *const c_void,
+                    size_of::<i32>(),
+                )?
+            };
         }
         Ok(d)
     }
@@ -148,11 +200,26 @@ impl Pref {
         use sys::cublasLtMatmulPreferenceAttributes_t as A;
         // SAFETY: attribute sizes as documented (usize workspace, u32 alignments).
         unsafe {
-            lt::set_matmul_pref_attribute(p.0, A::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, size_of::<usize>())?;
-            let attrs = [A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES];
+            lt::set_matmul_pref_attribute(
+                p.0,
+                A::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                size_of::<usize>(),
+            )?;
+            let attrs = [
+                A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ];
             for (attr, ptr) in attrs.into_iter().zip(ptrs) {
                 let align: u32 = 1u32 << ptr.trailing_zeros().min(8);
-                lt::set_matmul_pref_attribute(p.0, attr, &align as *const u32 as *const c_void, size_of::<u32>())?;
+                lt::set_matmul_pref_attribute(
+                    p.0,
+                    attr,
+                    &align as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
             }
         }
         Ok(p)

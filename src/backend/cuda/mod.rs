@@ -66,7 +66,13 @@ impl Cuda {
         let stream = ctx.default_stream();
         let lt = gemm::Lt::new(&stream)?;
         let modules = modules::Modules::new(ctx.clone());
-        Ok(Cuda { ctx, stream, modules, lt, info })
+        Ok(Cuda {
+            ctx,
+            stream,
+            modules,
+            lt,
+            info,
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -104,7 +110,12 @@ impl Backend for Cuda {
             .alloc_zeros::<u8>(bytes)
             .with_context(|| format!("cannot allocate {} MiB on {}", bytes >> 20, self.name()))?;
         let ptr = slice_ptr(&mem, &self.stream);
-        Ok(CudaBuf { dtype, len, ptr, mem })
+        Ok(CudaBuf {
+            dtype,
+            len,
+            ptr,
+            mem,
+        })
     }
 
     fn upload(&self, src: &[f32], dst: Mut<CudaBuf>) -> Result<()> {
@@ -118,15 +129,21 @@ impl Backend for Cuda {
                 bytemuck::cast_slice(&converted)
             }
         };
-        self.stream.memcpy_htod(bytes, &mut dst.buf.mem.slice_mut(range))?;
+        self.stream
+            .memcpy_htod(bytes, &mut dst.buf.mem.slice_mut(range))?;
         Ok(())
     }
 
     fn download(&self, src: Ref<CudaBuf>) -> Result<Vec<f32>> {
-        let bytes: Vec<u8> = self.stream.clone_dtoh(&src.buf.mem.slice(Self::byte_range(&src)))?;
+        let bytes: Vec<u8> = self
+            .stream
+            .clone_dtoh(&src.buf.mem.slice(Self::byte_range(&src)))?;
         Ok(match src.dtype() {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
-            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(&bytes).into_iter().map(f32::from).collect(),
+            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(&bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
         })
     }
 
@@ -144,8 +161,19 @@ impl Backend for Cuda {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        ensure!(g.k > 0, "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)");
-        self.lt.gemm(&self.stream, g, a.dtype(), c.dtype(), a.ptr(), b.ptr(), c.ptr())
+        ensure!(
+            g.k > 0,
+            "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)"
+        );
+        self.lt.gemm(
+            &self.stream,
+            g,
+            a.dtype(),
+            c.dtype(),
+            a.ptr(),
+            b.ptr(),
+            c.ptr(),
+        )
     }
 
     fn adamw(

@@ -16,7 +16,11 @@ pub struct Modules {
 
 impl Modules {
     pub fn new(ctx: Arc<CudaContext>) -> Self {
-        Modules { ctx, loaded: Mutex::default(), functions: Mutex::default() }
+        Modules {
+            ctx,
+            loaded: Mutex::default(),
+            functions: Mutex::default(),
+        }
     }
 
     /// Kernel `kernel` from kernels/`file`.cu.
@@ -25,8 +29,13 @@ impl Modules {
             return Ok(f.clone());
         }
         let module = self.module(file)?;
-        let f = module.load_function(kernel).with_context(|| format!("kernel {kernel} missing from kernels/{file}.cu"))?;
-        self.functions.lock().unwrap().insert((file, kernel), f.clone());
+        let f = module
+            .load_function(kernel)
+            .with_context(|| format!("kernel {kernel} missing from kernels/{file}.cu"))?;
+        self.functions
+            .lock()
+            .unwrap()
+            .insert((file, kernel), f.clone());
         Ok(f)
     }
 

@@ -13,7 +13,11 @@ const BLOCK: u32 = 512;
 const REDUCE_BLOCKS: u32 = 1024;
 
 fn grid_for(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 pub fn fill(cuda: &Cuda, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
@@ -27,7 +31,14 @@ pub fn fill(cuda: &Cuda, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
     let f = cuda.modules.function("cast", name)?;
     let (ptr, n) = (dst.ptr(), dst.len);
     // SAFETY: the window holds n elements of the kernel's type.
-    unsafe { cuda.stream.launch_builder(&f).arg(&ptr).arg(&value).arg(&n).launch(grid_for(n))? };
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&ptr)
+            .arg(&value)
+            .arg(&n)
+            .launch(grid_for(n))?
+    };
     Ok(())
 }
 
@@ -44,7 +55,14 @@ pub fn cast(cuda: &Cuda, src: Ref<CudaBuf>, dst: Mut<CudaBuf>) -> Result<()> {
     let f = cuda.modules.function("cast", name)?;
     let (s, d, n) = (src.ptr(), dst.ptr(), dst.len);
     // SAFETY: both windows hold n elements of the kernel's types.
-    unsafe { cuda.stream.launch_builder(&f).arg(&s).arg(&d).arg(&n).launch(grid_for(n))? };
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&s)
+            .arg(&d)
+            .arg(&n)
+            .launch(grid_for(n))?
+    };
     Ok(())
 }
 
@@ -100,11 +118,29 @@ pub fn sum_squares(cuda: &Cuda, x: Ref<CudaBuf>) -> Result<f64> {
     }
     let blocks = REDUCE_BLOCKS.min((n as u32).div_ceil(BLOCK));
     let partials = cuda.stream.alloc_zeros::<f32>(blocks as usize)?;
-    let f = cuda.modules.function("reduce", if x.dtype() == DType::F32 { "sum_squares_f32" } else { "sum_squares_bf16" })?;
+    let f = cuda.modules.function(
+        "reduce",
+        if x.dtype() == DType::F32 {
+            "sum_squares_f32"
+        } else {
+            "sum_squares_bf16"
+        },
+    )?;
     let (xp, pp) = (x.ptr(), super::slice_ptr(&partials, &cuda.stream));
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: x holds n elements; partials holds one f32 per block.
-    unsafe { cuda.stream.launch_builder(&f).arg(&xp).arg(&pp).arg(&n).launch(cfg)? };
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&xp)
+            .arg(&pp)
+            .arg(&n)
+            .launch(cfg)?
+    };
     let host = cuda.stream.clone_dtoh(&partials)?;
     Ok(host.iter().map(|&p| p as f64).sum())
 }

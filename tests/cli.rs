@@ -1,0 +1,91 @@
+//! The binary as a user runs it: doctor, selftest and bench without a GPU, and bad command lines.
+
+use std::process::{Command, Output};
+
+fn lowrank(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lowrank"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the lowrank binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn has_gpu() -> bool {
+    lowrank::backend::cuda::driver_present()
+}
+
+#[test]
+fn doctor_reports_build_and_runtime_facts() {
+    let dir = std::env::temp_dir().join(format!("lowrank-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("doctor.json");
+    let o = lowrank(&["doctor", "--json", json.to_str().unwrap()], &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("== build") && out.contains("== runtime"),
+        "{out}"
+    );
+    if lowrank::kernels::KERNEL_FILES.is_empty() {
+        assert!(out.contains("kernels: none"), "{out}");
+    } else {
+        assert!(out.contains("adamw_f32") && out.contains("sm_90a"), "{out}");
+    }
+    if !has_gpu() {
+        assert!(out.contains("no NVIDIA driver found"), "{out}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        doc["kernels"].as_array().unwrap().len(),
+        lowrank::kernels::KERNEL_FILES.len()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn selftest_and_bench_without_gpu_fail_with_a_sentence() {
+    if has_gpu() {
+        return; // scripts/gpu-run.sh exercises them on a GPU machine
+    }
+    for cmd in ["selftest", "bench"] {
+        let o = lowrank(&[cmd], &[]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {out}");
+        assert!(
+            out.contains("needs a GPU") && out.contains("no NVIDIA driver found"),
+            "{cmd}: {out}"
+        );
+        assert!(!out.contains("panicked"), "{cmd}: {out}");
+    }
+}
+
+#[test]
+fn bad_device_number_is_a_sentence_not_a_panic() {
+    let o = lowrank(&["selftest"], &[("LOWRANK_DEVICE", "7")]);
+    let out = text(&o);
+    assert!(!o.status.success());
+    assert!(!out.contains("panicked"), "{out}");
+    if has_gpu() {
+        assert!(out.contains("LOWRANK_DEVICE=7"), "{out}");
+    }
+}
+
+#[test]
+fn unknown_subcommand_and_flag_get_clap_errors() {
+    let o = lowrank(&["frobnicate"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("unrecognized subcommand 'frobnicate'"));
+    let o = lowrank(&["doctor", "--no-such-flag"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("unexpected argument '--no-such-flag'"));
+}
