@@ -4,5 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod kernels;
+pub mod optim;
 pub mod selftest;
+pub mod train;
 pub mod util;

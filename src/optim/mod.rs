@@ -1,0 +1,7 @@
+//! Optimisation: AdamW over parameter groups, the learning-rate schedule, clipping by global norm.
+
+pub mod adamw;
+pub mod schedule;
+
+pub use adamw::{AdamWConfig, AdamWOptimizer, ParamGroup};
+pub use schedule::{Decay, LrSchedule};

@@ -1,0 +1,4 @@
+//! The training loop, checkpoints, metrics and progress.
+
+pub mod atomic;
+pub mod tensor_file;
