@@ -30,3 +30,25 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();  // partial[] may be reused by a following call
     return v;
 }
+
+// Max over a block of up to 1024 threads; every thread gets the result.
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    const int warps = (blockDim.x + 31) / 32;
+    v = (threadIdx.x < warps) ? partial[threadIdx.x] : -INFINITY;
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    __syncthreads();
+    return v;
+}
+
+// Column sums are reduced in two deterministic stages: blocks of COLUMN_CHUNK_ROWS rows write one
+// partial per column (coalesced: adjacent threads own adjacent columns), then sum_partials adds the
+// partials of each column in chunk order. No atomics, so gradients are bit-identical across runs.
+#define COLUMN_CHUNK_ROWS 64
+
+// Instantiates one extern "C" kernel per activation type: NAME_f32 and NAME_bf16.
+#define FOR_EACH_ACT(MACRO) MACRO(f32, float) MACRO(bf16, __nv_bfloat16)
