@@ -1,8 +1,14 @@
 //! The CUDA backend: bf16 compute, fp32 master weights and optimiser state, one stream.
 //! One file per op family, mirroring kernels/ (launchers live here, kernels there).
 
+mod attention;
+mod classifier;
 mod device;
+mod elementwise;
+mod embedding;
 mod gemm;
+mod launch;
+mod layernorm;
 mod modules;
 mod ops;
 

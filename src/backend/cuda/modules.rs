@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 pub struct Modules {
     ctx: Arc<CudaContext>,
     loaded: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 impl Modules {
@@ -24,18 +24,16 @@ impl Modules {
     }
 
     /// Kernel `kernel` from kernels/`file`.cu.
-    pub fn function(&self, file: &'static str, kernel: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap().get(&(file, kernel)) {
+    pub fn function(&self, file: &'static str, kernel: &str) -> Result<CudaFunction> {
+        let key = (file, kernel.to_string());
+        if let Some(f) = self.functions.lock().unwrap().get(&key) {
             return Ok(f.clone());
         }
         let module = self.module(file)?;
         let f = module
             .load_function(kernel)
             .with_context(|| format!("kernel {kernel} missing from kernels/{file}.cu"))?;
-        self.functions
-            .lock()
-            .unwrap()
-            .insert((file, kernel), f.clone());
+        self.functions.lock().unwrap().insert(key, f.clone());
         Ok(f)
     }
 

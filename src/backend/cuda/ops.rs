@@ -1,24 +1,14 @@
 //! Launchers for the elementwise and reduction kernels (kernels/cast.cu, adamw.cu, reduce.cu).
 
+use super::launch::{grid_for, BLOCK};
 use super::{Cuda, CudaBuf};
 use crate::backend::{AdamW, DType, Mut, Ref};
 use anyhow::Result;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-/// Threads per block for elementwise kernels: a multiple of the warp size that keeps several
-/// blocks resident per SM, as llm.c uses.
-const BLOCK: u32 = 512;
 /// Blocks of the sum-of-squares kernel: ~8 per SM on a 132-SM H100, so every SM is busy and the
 /// host adds at most this many partials.
 const REDUCE_BLOCKS: u32 = 1024;
-
-fn grid_for(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 pub fn fill(cuda: &Cuda, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
     if dst.len == 0 {
@@ -143,4 +133,84 @@ pub fn sum_squares(cuda: &Cuda, x: Ref<CudaBuf>) -> Result<f64> {
     };
     let host = cuda.stream.clone_dtoh(&partials)?;
     Ok(host.iter().map(|&p| p as f64).sum())
+}
+
+/// Must match COLUMN_CHUNK_ROWS in kernels/common.cuh.
+const COLUMN_CHUNK_ROWS: usize = 64;
+/// Columns per block of the column-reduction kernels.
+const COLUMN_BLOCK: u32 = 256;
+
+/// Number of row chunks stage 1 of a column reduction writes partials for.
+pub fn column_chunks(rows: usize) -> usize {
+    rows.div_ceil(COLUMN_CHUNK_ROWS).max(1)
+}
+
+/// Stage 1 grid: column blocks × row chunks.
+pub fn column_grid(rows: usize, cols: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            (cols as u32).div_ceil(COLUMN_BLOCK),
+            column_chunks(rows) as u32,
+            1,
+        ),
+        block_dim: (COLUMN_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Stage 2: dst[c] += Σ partials[chunk, c] (dst and partials are f32 device addresses).
+pub fn sum_partials(
+    cuda: &Cuda,
+    dst: u64,
+    partials: u64,
+    chunks: usize,
+    cols: usize,
+) -> Result<()> {
+    let f = cuda.modules.function("reduce", "sum_partials_f32")?;
+    let (nch, nc) = (chunks as i32, cols as i32);
+    let cfg = LaunchConfig {
+        grid_dim: ((cols as u32).div_ceil(COLUMN_BLOCK), 1, 1),
+        block_dim: (COLUMN_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the caller passes a dst of cols floats and partials of chunks·cols floats.
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&dst)
+            .arg(&partials)
+            .arg(&nch)
+            .arg(&nc)
+            .launch(cfg)?
+    };
+    Ok(())
+}
+
+/// dst (f32) += column sums of src (rows × cols).
+pub fn add_column_sums(
+    cuda: &Cuda,
+    dst: Mut<CudaBuf>,
+    src: Ref<CudaBuf>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    super::launch::ensure_f32("add_column_sums", "dst", dst.dtype())?;
+    let sfx = super::launch::act_suffix("add_column_sums", &[src.dtype()])?;
+    let chunks = column_chunks(rows);
+    let (_p, p) = cuda.scratch_f32(chunks * cols)?;
+    let f = cuda
+        .modules
+        .function("reduce", &format!("column_partials_{sfx}"))?;
+    let (s, nr, nc) = (src.ptr(), rows as i32, cols as i32);
+    // SAFETY: src holds rows·cols elements (checked by the trait), partials chunks·cols floats.
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&s)
+            .arg(&nr)
+            .arg(&nc)
+            .launch(column_grid(rows, cols))?
+    };
+    sum_partials(cuda, dst.ptr(), p, chunks, cols)
 }
