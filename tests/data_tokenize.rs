@@ -204,6 +204,10 @@ fn corrupt_shard_files_are_refused_by_name() {
     lowrank::data::write_shard(&path, &[50256, 15496, 995]).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 1030);
+    assert_eq!(raw_tokens(&path), [50256, 15496, 995]);
+    let intact = ShardSet::open(path_str(&path)).unwrap();
+    assert_eq!(intact.shards()[0].tokens(), [50256, 15496, 995]);
+    drop(intact); // unmap before rewriting the file
 
     std::fs::write(&path, &bytes[..1028]).unwrap();
     let err = ShardSet::open(path_str(&path)).err().unwrap();

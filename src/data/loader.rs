@@ -46,15 +46,15 @@ pub struct LoaderPosition {
 }
 
 /// The windows of a shard set for one context length.
-struct Windows<'a> {
-    set: &'a ShardSet,
+struct Windows {
+    set: ShardSet,
     seq_len: usize,
     /// `ends[s]`: windows in shards 0..=s.
     ends: Vec<usize>,
 }
 
-impl<'a> Windows<'a> {
-    fn new(set: &'a ShardSet, shape: BatchShape) -> Result<Self, DataError> {
+impl Windows {
+    fn new(set: &ShardSet, shape: BatchShape) -> Result<Self, DataError> {
         if shape.batch == 0 || shape.seq_len == 0 {
             return Err(DataError::EmptyBatchShape {
                 batch: shape.batch,
@@ -77,7 +77,7 @@ impl<'a> Windows<'a> {
             });
         }
         Ok(Windows {
-            set,
+            set: set.clone(),
             seq_len: shape.seq_len,
             ends,
         })
@@ -99,25 +99,25 @@ impl<'a> Windows<'a> {
     }
 
     /// Fills `buffer` (B·(T+1)) with the windows `ids`, one row each.
-    fn fill(&self, ids: &[usize], buffer: &mut [u32]) {
-        for (&w, row) in ids.iter().zip(buffer.chunks_exact_mut(self.seq_len + 1)) {
+    fn fill(&self, ids: impl Iterator<Item = usize>, buffer: &mut [u32]) {
+        for (w, row) in ids.zip(buffer.chunks_exact_mut(self.seq_len + 1)) {
             self.copy(w, row);
         }
     }
 }
 
 /// Shuffled training batches, epoch after epoch.
-pub struct Loader<'a> {
-    windows: Windows<'a>,
+pub struct Loader {
+    windows: Windows,
     batch: usize,
     position: LoaderPosition,
     order: Vec<usize>,
     buffer: Vec<u32>,
 }
 
-impl<'a> Loader<'a> {
+impl Loader {
     /// A loader at the start of epoch 0. Errors if the set holds fewer than B windows.
-    pub fn new(set: &'a ShardSet, shape: BatchShape, seed: u64) -> Result<Self, DataError> {
+    pub fn new(set: &ShardSet, shape: BatchShape, seed: u64) -> Result<Self, DataError> {
         let windows = Windows::new(set, shape)?;
         let position = LoaderPosition {
             seed,
@@ -143,7 +143,7 @@ impl<'a> Loader<'a> {
             self.order = epoch_order(self.order.len(), self.position.seed, self.position.epoch);
         }
         let ids = &self.order[self.position.index..self.position.index + self.batch];
-        self.windows.fill(ids, &mut self.buffer);
+        self.windows.fill(ids.iter().copied(), &mut self.buffer);
         self.position.index += self.batch;
         &self.buffer
     }
@@ -188,18 +188,18 @@ pub fn epoch_order(windows: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// Sequential, non-overlapping evaluation batches.
-pub struct EvalLoader<'a> {
-    windows: Windows<'a>,
+pub struct EvalLoader {
+    windows: Windows,
     batch: usize,
     batches: usize,
     next: usize,
     buffer: Vec<u32>,
 }
 
-impl<'a> EvalLoader<'a> {
+impl EvalLoader {
     /// `max_batches` None: the whole split (⌊W/B⌋ batches); Some(n): the first min(n, ⌊W/B⌋).
     pub fn new(
-        set: &'a ShardSet,
+        set: &ShardSet,
         shape: BatchShape,
         max_batches: Option<usize>,
     ) -> Result<Self, DataError> {
@@ -225,8 +225,8 @@ impl<'a> EvalLoader<'a> {
         if self.next == self.batches {
             return None;
         }
-        let ids: Vec<usize> = (self.next * self.batch..(self.next + 1) * self.batch).collect();
-        self.windows.fill(&ids, &mut self.buffer);
+        let ids = self.next * self.batch..(self.next + 1) * self.batch;
+        self.windows.fill(ids, &mut self.buffer);
         self.next += 1;
         Some(&self.buffer)
     }

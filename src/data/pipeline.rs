@@ -93,21 +93,7 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
     let mut free_documents = 0; // documents not pinned to a split by their file name, so far
     for group in group_files(&files) {
         let texts = read_texts(group)?;
-        let mut documents = Vec::new();
-        for (path, text) in group.iter().map(|(p, _)| p).zip(&texts) {
-            let pinned = pinned_split(path);
-            for doc in wikitext::split_documents(text) {
-                let split = pinned.unwrap_or_else(|| {
-                    free_documents += 1;
-                    if is_val_document(free_documents - 1, config.val_fraction) {
-                        Split::Val
-                    } else {
-                        Split::Train
-                    }
-                });
-                documents.push((split, doc.text));
-            }
-        }
+        let documents = assign_splits(group, &texts, &mut free_documents, config.val_fraction);
         let tokens: Vec<Vec<u16>> = documents
             .par_iter()
             .map(|(_, text)| {
@@ -117,7 +103,7 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
             })
             .collect();
         for ((split, _), ids) in documents.iter().zip(&tokens) {
-            writers[*split as usize].push(ids)?;
+            writers[split.index()].push(ids)?;
         }
         // Whitespace between and before documents counts too, so the bar ends at 100 %.
         let text_bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
@@ -131,10 +117,39 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
         test: test?,
         seconds: start.elapsed().as_secs_f64(),
     };
+    if summary.train.tokens + summary.val.tokens + summary.test.tokens == 0 {
+        bail!("the inputs hold no text (every file empty or whitespace)");
+    }
     if summary.train.tokens == 0 {
-        bail!("no training documents: every input was empty or went to val/test; give more text or a smaller --val-fraction");
+        eprintln!("warning: no training documents: every document went to val or test");
     }
     Ok(summary)
+}
+
+/// Each document of a group's files with its split, in input order; `free_documents` counts the
+/// documents whose split the val fraction decides, across groups.
+fn assign_splits<'t>(
+    group: &[(PathBuf, u64)],
+    texts: &'t [String],
+    free_documents: &mut usize,
+    val_fraction: f64,
+) -> Vec<(Split, &'t str)> {
+    let mut documents = Vec::new();
+    for ((path, _), text) in group.iter().zip(texts) {
+        let pinned = pinned_split(path);
+        for doc in wikitext::split_documents(text) {
+            let split = pinned.unwrap_or_else(|| {
+                *free_documents += 1;
+                if is_val_document(*free_documents - 1, val_fraction) {
+                    Split::Val
+                } else {
+                    Split::Train
+                }
+            });
+            documents.push((split, doc.text));
+        }
+    }
+    documents
 }
 
 /// Whether free document `i` goes to val: ⌈(i+1)·F⌉ > ⌈i·F⌉.

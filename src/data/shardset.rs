@@ -5,13 +5,14 @@ use super::error::DataError;
 use super::shard::{validate, HEADER_BYTES};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which part of a dataset; names the shards `NAME_{train,val,test}_NNNNNN.bin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
-    Train,
-    Val,
-    Test,
+    Train = 0,
+    Val = 1,
+    Test = 2,
 }
 
 impl Split {
@@ -21,6 +22,11 @@ impl Split {
             Split::Val => "val",
             Split::Test => "test",
         }
+    }
+
+    /// 0, 1, 2 for train, val, test: a position in per-split arrays.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -63,9 +69,11 @@ impl Shard {
     }
 }
 
-/// The shards of one split, in file-name order.
+/// The shards of one split, in file-name order. Cloning is cheap (the shards are shared), so loaders
+/// hold their own handle and need no lifetime.
+#[derive(Clone)]
 pub struct ShardSet {
-    shards: Vec<Shard>,
+    shards: Arc<[Shard]>,
 }
 
 impl ShardSet {
@@ -103,7 +111,9 @@ impl ShardSet {
             .par_iter()
             .map(|p| Shard::open(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ShardSet { shards })
+        Ok(ShardSet {
+            shards: shards.into(),
+        })
     }
 
     /// A set held in memory; `name` labels the shards in messages. Token ids must be < 50257.
