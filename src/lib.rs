@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod kernels;
 pub mod optim;
 pub mod selftest;

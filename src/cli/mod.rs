@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod selftest;
+pub mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ pub enum Command {
     Selftest(selftest::Args),
     /// Time ops on the GPU with CUDA events and report them against the device's ceilings
     Bench(bench::Args),
+    /// Tokenize text (WikiText-103 or any UTF-8 files) into GPT-2 token shards in llm.c's format
+    Tokenize(tokenize::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(a) => doctor::run(a),
         Command::Selftest(a) => selftest::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
     }
 }

@@ -1,0 +1,281 @@
+//! `lowrank tokenize` run as a user would, then its shards read back through the library.
+
+use lowrank::data::{BatchShape, DataError, EvalLoader, ShardSet, Split};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh, empty folder for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lowrank-data-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tokenize(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .arg("tokenize")
+        .args(args)
+        .output()
+        .expect("run lowrank")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A shard file's tokens, parsed by hand from llm.c's layout (not through the library).
+fn raw_tokens(path: &Path) -> Vec<u16> {
+    let bytes = std::fs::read(path).unwrap();
+    let word = |i: usize| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    assert_eq!((word(0), word(1)), (20240520, 1), "{}", path.display());
+    assert_eq!(bytes.len(), 1024 + 2 * word(2) as usize);
+    bytes[1024..]
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn wikitext_files_keep_their_splits() {
+    let dir = scratch("wikitext");
+    let raw = dir.join("wikitext-103-raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let article = |title: &str| {
+        format!(
+            " \n = {title} = \n \n Some text about {title} . \n \n = = Section = = \n \n More . \n"
+        )
+    };
+    std::fs::write(
+        raw.join("wiki.train.raw"),
+        [article("A"), article("B"), article("C")].concat(),
+    )
+    .unwrap();
+    std::fs::write(raw.join("wiki.valid.raw"), article("D")).unwrap();
+    std::fs::write(
+        raw.join("wiki.test.raw"),
+        [article("E"), article("F")].concat(),
+    )
+    .unwrap();
+    let out = dir.join("wt");
+    let run = tokenize(&[path_str(&raw), "--out", path_str(&out)]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("tokenized 6 documents"), "{summary}");
+
+    // The shard name defaults to the --out folder's name.
+    assert_eq!(
+        file_names(&out),
+        [
+            "wt_test_000000.bin",
+            "wt_train_000000.bin",
+            "wt_val_000000.bin"
+        ]
+    );
+    let eot_count = |name: &str| {
+        raw_tokens(&out.join(name))
+            .iter()
+            .filter(|&&t| t == 50256)
+            .count()
+    };
+    assert_eq!(eot_count("wt_train_000000.bin"), 3);
+    assert_eq!(eot_count("wt_val_000000.bin"), 1);
+    assert_eq!(eot_count("wt_test_000000.bin"), 2);
+    assert_eq!(
+        raw_tokens(&out.join("wt_train_000000.bin"))[0],
+        50256,
+        "documents start with <|endoftext|>"
+    );
+
+    let train = ShardSet::open_split(&out, Split::Train).unwrap();
+    assert_eq!(
+        train.shards()[0].tokens(),
+        raw_tokens(&out.join("wt_train_000000.bin"))
+    );
+}
+
+#[test]
+fn plain_files_split_by_fraction_and_fill_shards() {
+    let dir = scratch("plain");
+    let input = dir.join("texts");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    for name in ["a.txt", "b.txt", "c.txt", "sub/d.txt"] {
+        std::fs::write(input.join(name), "Hello world").unwrap();
+    }
+    std::fs::write(input.join(".hidden"), "skipped").unwrap();
+    let out = dir.join("out");
+    let run = tokenize(&[
+        path_str(&input),
+        "--out",
+        path_str(&out),
+        "--name",
+        "hw",
+        "--val-fraction",
+        "0.5",
+        "--shard-tokens",
+        "4",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Documents a, b, c, sub/d; val gets documents 0 and 2 (⌈(i+1)/2⌉ > ⌈i/2⌉), train 1 and 3.
+    // "Hello world" is [15496, 995] in GPT-2 BPE; shards hold 4 tokens each.
+    let doc = [50256u16, 15496, 995];
+    assert_eq!(
+        file_names(&out),
+        [
+            "hw_train_000000.bin",
+            "hw_train_000001.bin",
+            "hw_val_000000.bin",
+            "hw_val_000001.bin"
+        ]
+    );
+    assert_eq!(
+        raw_tokens(&out.join("hw_train_000000.bin")),
+        [50256, 15496, 995, 50256]
+    );
+    assert_eq!(raw_tokens(&out.join("hw_train_000001.bin")), [15496, 995]);
+    let val = ShardSet::open(path_str(&out.join("hw_val_*.bin"))).unwrap();
+    let val_tokens: Vec<u16> = val
+        .shards()
+        .iter()
+        .flat_map(|s| s.tokens().to_vec())
+        .collect();
+    assert_eq!(val_tokens, [doc, doc].concat());
+
+    let again = tokenize(&[path_str(&input), "--out", path_str(&out), "--name", "hw"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    let overwrite = tokenize(&[
+        path_str(&input),
+        "--out",
+        path_str(&out),
+        "--name",
+        "hw",
+        "--val-fraction",
+        "0",
+        "--overwrite",
+    ]);
+    assert!(
+        overwrite.status.success(),
+        "{}",
+        String::from_utf8_lossy(&overwrite.stderr)
+    );
+    assert_eq!(
+        file_names(&out),
+        ["hw_train_000000.bin"],
+        "old shards removed"
+    );
+}
+
+#[test]
+fn invalid_utf8_input_names_the_file_and_offset() {
+    let dir = scratch("utf8");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, b"good text \xC3\x28 more").unwrap();
+    let run = tokenize(&[path_str(&bad), "--out", path_str(&dir.join("out"))]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("bad.txt") && stderr.contains("invalid UTF-8 at byte offset 10"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn corrupt_shard_files_are_refused_by_name() {
+    let dir = scratch("corrupt");
+    let path = dir.join("c_train_000000.bin");
+    lowrank::data::write_shard(&path, &[50256, 15496, 995]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 1030);
+    assert_eq!(raw_tokens(&path), [50256, 15496, 995]);
+    let intact = ShardSet::open(path_str(&path)).unwrap();
+    assert_eq!(intact.shards()[0].tokens(), [50256, 15496, 995]);
+    drop(intact); // unmap before rewriting the file
+
+    std::fs::write(&path, &bytes[..1028]).unwrap();
+    let err = ShardSet::open(path_str(&path)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            DataError::SizeMismatch {
+                expected: 1030,
+                actual: 1028,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("c_train_000000.bin"), "{err}");
+
+    std::fs::write(&path, []).unwrap();
+    assert!(matches!(
+        ShardSet::open(path_str(&path)),
+        Err(DataError::EmptyShard { .. })
+    ));
+
+    let mut bad_token = bytes.clone();
+    bad_token[1028..1030].copy_from_slice(&60000u16.to_le_bytes());
+    std::fs::write(&path, &bad_token).unwrap();
+    assert!(matches!(
+        ShardSet::open(path_str(&path)),
+        Err(DataError::TokenOutOfVocab {
+            index: 2,
+            token: 60000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn shards_on_disk_feed_the_loader() {
+    let dir = scratch("loader");
+    // Two shards whose tokens are their positions; with T = 3 each 10-token shard holds 3 windows.
+    lowrank::data::write_shard(
+        &dir.join("s_val_000001.bin"),
+        &(100..110).collect::<Vec<u16>>(),
+    )
+    .unwrap();
+    lowrank::data::write_shard(
+        &dir.join("s_val_000000.bin"),
+        &(0..10).collect::<Vec<u16>>(),
+    )
+    .unwrap();
+    let set = ShardSet::open_split(&dir, Split::Val).unwrap();
+    let mut eval = EvalLoader::new(
+        &set,
+        BatchShape {
+            batch: 2,
+            seq_len: 3,
+        },
+        None,
+    )
+    .unwrap();
+    let mut batches = Vec::new();
+    while let Some(b) = eval.next_batch() {
+        batches.push(b.to_vec());
+    }
+    // Shards in name order: windows [0..4), [3..7), [6..10) of shard 0, then of shard 1.
+    let expected: Vec<Vec<u32>> = vec![
+        vec![0, 1, 2, 3, 3, 4, 5, 6],
+        vec![6, 7, 8, 9, 100, 101, 102, 103],
+        vec![103, 104, 105, 106, 106, 107, 108, 109],
+    ];
+    assert_eq!(batches, expected);
+}
