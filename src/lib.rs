@@ -4,5 +4,6 @@
 pub mod backend;
 pub mod cli;
 pub mod kernels;
+pub mod model;
 pub mod selftest;
 pub mod util;
