@@ -19,7 +19,11 @@ fn main() -> Result<()> {
     let cpu = Cpu;
     let mut gpt = Gpt::new(&cpu, config, batch, seq, 0)?;
     let mut rng = Rng::new(1);
-    let mut tokens = || (0..batch * seq).map(|_| rng.below(config.vocab_size as u64) as u32).collect::<Vec<_>>();
+    let mut tokens = || {
+        (0..batch * seq)
+            .map(|_| rng.below(config.vocab_size as u64) as u32)
+            .collect::<Vec<_>>()
+    };
     let (inputs, targets) = (tokens(), tokens());
     gpt.zero_grads(&cpu)?;
     gpt.forward(&cpu, &inputs, Some(&targets))?; // warm-up: page in every buffer

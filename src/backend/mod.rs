@@ -243,10 +243,23 @@ pub trait Backend {
 
     /// out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]. `wte` holds whole rows of `channels`; `wpe` at
     /// least `seq` rows.
-    fn embedding_forward(&self, out: Mut<Self::Buf>, tokens: &[u32], wte: Ref<Self::Buf>, wpe: Ref<Self::Buf>, shape: SeqShape) -> Result<()>;
+    fn embedding_forward(
+        &self,
+        out: Mut<Self::Buf>,
+        tokens: &[u32],
+        wte: Ref<Self::Buf>,
+        wpe: Ref<Self::Buf>,
+        shape: SeqShape,
+    ) -> Result<()>;
     /// dwte[tokens[i],:] += dout[i,:] (scatter-add over B·T rows of `channels`). The position
     /// table's gradient is a column sum: `add_column_sums(dwpe, dout, (B, T·C))`.
-    fn embedding_backward(&self, dwte: Mut<Self::Buf>, dout: Ref<Self::Buf>, tokens: &[u32], channels: usize) -> Result<()>;
+    fn embedding_backward(
+        &self,
+        dwte: Mut<Self::Buf>,
+        dout: Ref<Self::Buf>,
+        tokens: &[u32],
+        channels: usize,
+    ) -> Result<()>;
 
     /// LayerNorm over the `cols` of each row (eps 1e-5, biased variance): out = (x − mean)·rstd·w + b.
     /// `weight_bias` is w then b (2·cols, as the parameter layout stores them); mean and rstd are
@@ -278,7 +291,12 @@ pub trait Backend {
     /// out[r,:] += bias (the bias of a linear layer after its GEMM).
     fn add_bias(&self, out: Mut<Self::Buf>, bias: Ref<Self::Buf>, shape: MatShape) -> Result<()>;
     /// dst += Σ_r src[r,:] (a bias gradient; also the position-embedding gradient).
-    fn add_column_sums(&self, dst: Mut<Self::Buf>, src: Ref<Self::Buf>, shape: MatShape) -> Result<()>;
+    fn add_column_sums(
+        &self,
+        dst: Mut<Self::Buf>,
+        src: Ref<Self::Buf>,
+        shape: MatShape,
+    ) -> Result<()>;
     /// out += x, elementwise (the residual connection).
     fn add(&self, out: Mut<Self::Buf>, x: Ref<Self::Buf>) -> Result<()>;
 
@@ -290,7 +308,14 @@ pub trait Backend {
     /// Causal multi-head self-attention from the fused qkv (B,T,3C: q, k, v each C = heads·hs wide)
     /// to out (B,T,C), scores scaled by 1/√hs. Saves the softmax probabilities in att (B,heads,T,T),
     /// zero above the diagonal.
-    fn attention_forward(&self, out: Mut<Self::Buf>, att: Mut<Self::Buf>, qkv: Ref<Self::Buf>, shape: SeqShape, heads: usize) -> Result<()>;
+    fn attention_forward(
+        &self,
+        out: Mut<Self::Buf>,
+        att: Mut<Self::Buf>,
+        qkv: Ref<Self::Buf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()>;
     /// Attention backward: WRITES dqkv (B,T,3C) from dout (B,T,C), the forward's qkv and att.
     fn attention_backward(
         &self,

@@ -81,7 +81,7 @@ pub(crate) fn check_embedding<T: Buffer>(
     window_len(op, "tokens", tokens.len(), s.tokens())?;
     window_len(op, "out", out.len, s.len())?;
     ensure!(
-        wte.len % s.channels == 0,
+        wte.len.is_multiple_of(s.channels),
         "{op}: wte window of {} is not a whole number of rows of {}",
         wte.len,
         s.channels
@@ -125,7 +125,7 @@ pub(crate) fn check_attention(
     heads: usize,
 ) -> Result<()> {
     ensure!(
-        heads > 0 && s.channels % heads == 0,
+        heads > 0 && s.channels.is_multiple_of(heads),
         "{op}: {} channels do not split into {heads} heads",
         s.channels
     );

@@ -78,9 +78,25 @@ impl<B: Backend> Activations<B> {
     /// Bytes held, for the start-up banner.
     pub fn bytes(&self) -> usize {
         [
-            &self.encoded, &self.ln1, &self.ln1_mean, &self.ln1_rstd, &self.qkv, &self.atty, &self.att,
-            &self.residual2, &self.ln2, &self.ln2_mean, &self.ln2_rstd, &self.fch, &self.fch_gelu,
-            &self.residual3, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.losses,
+            &self.encoded,
+            &self.ln1,
+            &self.ln1_mean,
+            &self.ln1_rstd,
+            &self.qkv,
+            &self.atty,
+            &self.att,
+            &self.residual2,
+            &self.ln2,
+            &self.ln2_mean,
+            &self.ln2_rstd,
+            &self.fch,
+            &self.fch_gelu,
+            &self.residual3,
+            &self.lnf,
+            &self.lnf_mean,
+            &self.lnf_rstd,
+            &self.logits,
+            &self.losses,
         ]
         .iter()
         .map(|b| b.len() * b.dtype().size_bytes())
@@ -104,11 +120,19 @@ pub struct ActivationGrads<B: Backend> {
 impl<B: Backend> ActivationGrads<B> {
     pub fn new(b: &B, shape: SeqShape) -> Result<Self> {
         let (dt, btc) = (b.compute_dtype(), shape.len());
-        Ok(ActivationGrads { dresidual: b.alloc(dt, btc)?, dbtc: b.alloc(dt, btc)?, dqkv: b.alloc(dt, 3 * btc)?, dfch: b.alloc(dt, 4 * btc)? })
+        Ok(ActivationGrads {
+            dresidual: b.alloc(dt, btc)?,
+            dbtc: b.alloc(dt, btc)?,
+            dqkv: b.alloc(dt, 3 * btc)?,
+            dfch: b.alloc(dt, 4 * btc)?,
+        })
     }
 
     pub fn bytes(&self) -> usize {
-        [&self.dresidual, &self.dbtc, &self.dqkv, &self.dfch].iter().map(|b| b.len() * b.dtype().size_bytes()).sum()
+        [&self.dresidual, &self.dbtc, &self.dqkv, &self.dfch]
+            .iter()
+            .map(|b| b.len() * b.dtype().size_bytes())
+            .sum()
     }
 }
 

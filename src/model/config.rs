@@ -27,26 +27,42 @@ pub const PRESETS: [&str; 4] = ["tiny", "gpt2", "gpt2-medium", "gpt2-large"];
 impl GptConfig {
     /// A GPT-2-vocabulary network of the given depth and width, with GPT-2's 1024-token context.
     fn gpt2_shaped(n_layer: usize, n_head: usize, n_embd: usize) -> Self {
-        GptConfig { n_layer, n_head, n_embd, vocab_size: GPT2_VOCAB, padded_vocab: GPT2_PADDED_VOCAB, max_seq: 1024 }
+        GptConfig {
+            n_layer,
+            n_head,
+            n_embd,
+            vocab_size: GPT2_VOCAB,
+            padded_vocab: GPT2_PADDED_VOCAB,
+            max_seq: 1024,
+        }
     }
 
     /// A preset by name: `tiny` (4 layers, 4 heads, width 128, context 128: trains visibly on two CPU
     /// cores in minutes), `gpt2` (124M), `gpt2-medium` (355M), `gpt2-large` (774M).
     pub fn preset(name: &str) -> Result<Self> {
         Ok(match name {
-            "tiny" => GptConfig { max_seq: 128, ..Self::gpt2_shaped(4, 4, 128) },
+            "tiny" => GptConfig {
+                max_seq: 128,
+                ..Self::gpt2_shaped(4, 4, 128)
+            },
             "gpt2" => Self::gpt2_shaped(12, 12, 768),
             "gpt2-medium" => Self::gpt2_shaped(24, 16, 1024),
             "gpt2-large" => Self::gpt2_shaped(36, 20, 1280),
-            _ => bail!("unknown model config {name:?}; valid names are: {}", PRESETS.join(", ")),
+            _ => bail!(
+                "unknown model config {name:?}; valid names are: {}",
+                PRESETS.join(", ")
+            ),
         })
     }
 
     /// Checks the shape is buildable.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.n_layer > 0 && self.n_head > 0 && self.n_embd > 0, "model config {self:?}: sizes must be positive");
         ensure!(
-            self.n_embd % self.n_head == 0,
+            self.n_layer > 0 && self.n_head > 0 && self.n_embd > 0,
+            "model config {self:?}: sizes must be positive"
+        );
+        ensure!(
+            self.n_embd.is_multiple_of(self.n_head),
             "model config: width {} does not split into {} heads",
             self.n_embd,
             self.n_head
@@ -101,8 +117,14 @@ mod tests {
     fn presets_have_published_parameter_counts() {
         // GPT-2 paper / HF checkpoints, tied head, with position embeddings.
         assert_eq!(GptConfig::preset("gpt2").unwrap().num_params(), 124_439_808);
-        assert_eq!(GptConfig::preset("gpt2-medium").unwrap().num_params(), 354_823_168);
-        assert_eq!(GptConfig::preset("gpt2-large").unwrap().num_params(), 774_030_080);
+        assert_eq!(
+            GptConfig::preset("gpt2-medium").unwrap().num_params(),
+            354_823_168
+        );
+        assert_eq!(
+            GptConfig::preset("gpt2-large").unwrap().num_params(),
+            774_030_080
+        );
         for name in PRESETS {
             GptConfig::preset(name).unwrap().validate().unwrap();
         }
@@ -111,13 +133,21 @@ mod tests {
     #[test]
     fn unknown_preset_lists_the_valid_names() {
         let err = GptConfig::preset("gpt3").unwrap_err().to_string();
-        assert!(err.contains("\"gpt3\"") && err.contains("tiny, gpt2, gpt2-medium, gpt2-large"), "{err}");
+        assert!(
+            err.contains("\"gpt3\"") && err.contains("tiny, gpt2, gpt2-medium, gpt2-large"),
+            "{err}"
+        );
     }
 
     #[test]
     fn forward_flops_match_hand_count_for_gpt2() {
         // 2·(12·12·768² + 768·50304) + 12·4·1024·768, by hand.
         let want = 284_884_992.0;
-        assert_eq!(GptConfig::preset("gpt2").unwrap().forward_flops_per_token(1024), want);
+        assert_eq!(
+            GptConfig::preset("gpt2")
+                .unwrap()
+                .forward_flops_per_token(1024),
+            want
+        );
     }
 }

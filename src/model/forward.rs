@@ -17,7 +17,12 @@ pub(super) fn linear_forward<B: Backend>(
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let rows = x.len / n_in;
     let mut y = y;
-    b.gemm(&Gemm::new(rows, n_out, n_in), x, view(w, weight), y.reborrow())?;
+    b.gemm(
+        &Gemm::new(rows, n_out, n_in),
+        x,
+        view(w, weight),
+        y.reborrow(),
+    )?;
     b.add_bias(y, view(w, bias), MatShape::new(rows, n_out))
 }
 
@@ -27,20 +32,44 @@ pub(super) fn view<'a, T: Buffer>(buf: &'a T, t: &TensorView) -> Ref<'a, T> {
 }
 
 /// Runs embedding, every block and ln_f, then the logits (B·T × padded_vocab) into `a.logits`.
-pub(super) fn forward<B: Backend>(b: &B, layout: &ParamLayout, w: &B::Buf, a: &mut Activations<B>, inputs: &[u32]) -> Result<()> {
+pub(super) fn forward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    a: &mut Activations<B>,
+    inputs: &[u32],
+) -> Result<()> {
     let s = a.shape;
     let wpe = layout.wpe();
-    b.embedding_forward(a.encoded.all_mut(), inputs, view(w, layout.wte()), w.at(wpe.offset, s.seq * s.channels), s)?;
+    b.embedding_forward(
+        a.encoded.all_mut(),
+        inputs,
+        view(w, layout.wte()),
+        w.at(wpe.offset, s.seq * s.channels),
+        s,
+    )?;
     let n_layer = a.ln1.len() / s.len();
     for l in 0..n_layer {
         block_forward(b, layout, w, a, n_layer, l)?;
     }
     let ((off, len), shape) = (layout.ln_f(), rows(a));
     let last = layer(&a.residual3, n_layer, n_layer - 1);
-    b.layernorm_forward(a.lnf.all_mut(), a.lnf_mean.all_mut(), a.lnf_rstd.all_mut(), last, w.at(off, len), shape)?;
+    b.layernorm_forward(
+        a.lnf.all_mut(),
+        a.lnf_mean.all_mut(),
+        a.lnf_rstd.all_mut(),
+        last,
+        w.at(off, len),
+        shape,
+    )?;
     // The tied LM head: logits = lnf · wteᵀ.
     let head = Gemm::new(s.tokens(), a.padded_vocab, s.channels).trans_b();
-    b.gemm(&head, a.lnf.all(), view(w, layout.wte()), a.logits.all_mut())
+    b.gemm(
+        &head,
+        a.lnf.all(),
+        view(w, layout.wte()),
+        a.logits.all_mut(),
+    )
 }
 
 /// (B·T × C): the shape of the residual stream as rows of tokens.
@@ -49,7 +78,12 @@ pub(super) fn rows<B: Backend>(a: &Activations<B>) -> MatShape {
 }
 
 /// The input of block `l`: the embeddings, or the previous block's output.
-pub(super) fn block_input<'a, T: Buffer>(encoded: &'a T, residual3: &'a T, n_layer: usize, l: usize) -> Ref<'a, T> {
+pub(super) fn block_input<'a, T: Buffer>(
+    encoded: &'a T,
+    residual3: &'a T,
+    n_layer: usize,
+    l: usize,
+) -> Ref<'a, T> {
     if l == 0 {
         encoded.all()
     } else {
@@ -57,7 +91,14 @@ pub(super) fn block_input<'a, T: Buffer>(encoded: &'a T, residual3: &'a T, n_lay
     }
 }
 
-fn block_forward<B: Backend>(b: &B, layout: &ParamLayout, w: &B::Buf, a: &mut Activations<B>, n_layer: usize, l: usize) -> Result<()> {
+fn block_forward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    a: &mut Activations<B>,
+    n_layer: usize,
+    l: usize,
+) -> Result<()> {
     use BlockTensor::*;
     let (s, heads, shape) = (a.shape, a.heads, rows(a));
     let t = |kind| layout.block(l, kind);
@@ -70,17 +111,68 @@ fn block_forward<B: Backend>(b: &B, layout: &ParamLayout, w: &B::Buf, a: &mut Ac
     // Attention: residual2 = x + proj(attention(ln1(x))).
     let x = block_input(&a.encoded, &a.residual3, n_layer, l);
     let (ln1, mean, rstd) = (&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd);
-    b.layernorm_forward(layer_mut(ln1, n_layer, l), layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l), x, ln(Ln1Weight), shape)?;
-    linear_forward(b, layer_mut(&mut a.qkv, n_layer, l), lay(&a.ln1), w, t(QkvWeight), t(QkvBias))?;
-    b.attention_forward(layer_mut(&mut a.atty, n_layer, l), layer_mut(&mut a.att, n_layer, l), lay(&a.qkv), s, heads)?;
-    linear_forward(b, layer_mut(&mut a.residual2, n_layer, l), lay(&a.atty), w, t(AttnProjWeight), t(AttnProjBias))?;
-    b.add(layer_mut(&mut a.residual2, n_layer, l), block_input(&a.encoded, &a.residual3, n_layer, l))?;
+    b.layernorm_forward(
+        layer_mut(ln1, n_layer, l),
+        layer_mut(mean, n_layer, l),
+        layer_mut(rstd, n_layer, l),
+        x,
+        ln(Ln1Weight),
+        shape,
+    )?;
+    linear_forward(
+        b,
+        layer_mut(&mut a.qkv, n_layer, l),
+        lay(&a.ln1),
+        w,
+        t(QkvWeight),
+        t(QkvBias),
+    )?;
+    b.attention_forward(
+        layer_mut(&mut a.atty, n_layer, l),
+        layer_mut(&mut a.att, n_layer, l),
+        lay(&a.qkv),
+        s,
+        heads,
+    )?;
+    linear_forward(
+        b,
+        layer_mut(&mut a.residual2, n_layer, l),
+        lay(&a.atty),
+        w,
+        t(AttnProjWeight),
+        t(AttnProjBias),
+    )?;
+    b.add(
+        layer_mut(&mut a.residual2, n_layer, l),
+        block_input(&a.encoded, &a.residual3, n_layer, l),
+    )?;
 
     // MLP: residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
     let (ln2, mean, rstd) = (&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd);
-    b.layernorm_forward(layer_mut(ln2, n_layer, l), layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l), lay(&a.residual2), ln(Ln2Weight), shape)?;
-    linear_forward(b, layer_mut(&mut a.fch, n_layer, l), lay(&a.ln2), w, t(FcWeight), t(FcBias))?;
+    b.layernorm_forward(
+        layer_mut(ln2, n_layer, l),
+        layer_mut(mean, n_layer, l),
+        layer_mut(rstd, n_layer, l),
+        lay(&a.residual2),
+        ln(Ln2Weight),
+        shape,
+    )?;
+    linear_forward(
+        b,
+        layer_mut(&mut a.fch, n_layer, l),
+        lay(&a.ln2),
+        w,
+        t(FcWeight),
+        t(FcBias),
+    )?;
     b.gelu_forward(layer_mut(&mut a.fch_gelu, n_layer, l), lay(&a.fch))?;
-    linear_forward(b, layer_mut(&mut a.residual3, n_layer, l), lay(&a.fch_gelu), w, t(FcProjWeight), t(FcProjBias))?;
+    linear_forward(
+        b,
+        layer_mut(&mut a.residual3, n_layer, l),
+        lay(&a.fch_gelu),
+        w,
+        t(FcProjWeight),
+        t(FcProjBias),
+    )?;
     b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
 }

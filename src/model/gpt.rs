@@ -37,9 +37,18 @@ pub struct OptimizerBuffers<'a, B: Backend> {
 impl<B: Backend> Gpt<B> {
     /// A freshly initialised model (GPT-2 init, deterministic by `seed`) for batches of
     /// `batch` sequences of `seq` tokens.
-    pub fn new(backend: &B, config: GptConfig, batch: usize, seq: usize, seed: u64) -> Result<Self> {
+    pub fn new(
+        backend: &B,
+        config: GptConfig,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate()?;
-        ensure!(batch > 0 && seq > 0, "batch ({batch}) and sequence length ({seq}) must be positive");
+        ensure!(
+            batch > 0 && seq > 0,
+            "batch ({batch}) and sequence length ({seq}) must be positive"
+        );
         ensure!(
             seq <= config.max_seq,
             "sequence length {seq} exceeds the model's context of {} tokens; use --seq {} or less",
@@ -47,16 +56,36 @@ impl<B: Backend> Gpt<B> {
             config.max_seq
         );
         let layout = ParamLayout::new(&config);
-        let mut params = backend.alloc(DType::F32, layout.len()).context("allocating the parameters")?;
+        let mut params = backend
+            .alloc(DType::F32, layout.len())
+            .context("allocating the parameters")?;
         backend.upload(&layout.init_values(seed), params.all_mut())?;
         let compute_copy = match backend.compute_dtype() {
             DType::F32 => None,
-            dtype => Some(backend.alloc(dtype, layout.len()).context("allocating the compute copy of the weights")?),
+            dtype => Some(
+                backend
+                    .alloc(dtype, layout.len())
+                    .context("allocating the compute copy of the weights")?,
+            ),
         };
-        let grads = backend.alloc(DType::F32, layout.len()).context("allocating the gradients")?;
-        let acts = Activations::new(backend, &config, batch, seq).context("allocating the activations")?;
-        let dacts = ActivationGrads::new(backend, acts.shape).context("allocating the activation gradients")?;
-        let mut gpt = Gpt { config, layout, params, compute_copy, grads, acts, dacts, inputs: Vec::new(), has_loss_gradient: false };
+        let grads = backend
+            .alloc(DType::F32, layout.len())
+            .context("allocating the gradients")?;
+        let acts =
+            Activations::new(backend, &config, batch, seq).context("allocating the activations")?;
+        let dacts = ActivationGrads::new(backend, acts.shape)
+            .context("allocating the activation gradients")?;
+        let mut gpt = Gpt {
+            config,
+            layout,
+            params,
+            compute_copy,
+            grads,
+            acts,
+            dacts,
+            inputs: Vec::new(),
+            has_loss_gradient: false,
+        };
         gpt.refresh_compute_copy(backend)?;
         Ok(gpt)
     }
@@ -64,7 +93,12 @@ impl<B: Backend> Gpt<B> {
     /// Runs the network on `inputs` (batch·seq token ids, row-major). With `targets` (same
     /// shape), returns the mean cross-entropy over all B·T positions and leaves its gradient ready
     /// for `backward`; without, leaves the logits in `logits()`.
-    pub fn forward(&mut self, b: &B, inputs: &[u32], targets: Option<&[u32]>) -> Result<Option<f32>> {
+    pub fn forward(
+        &mut self,
+        b: &B,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+    ) -> Result<Option<f32>> {
         self.check_tokens("inputs", inputs)?;
         if let Some(t) = targets {
             self.check_tokens("targets", t)?;
@@ -74,14 +108,25 @@ impl<B: Backend> Gpt<B> {
         self.inputs.extend_from_slice(inputs);
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
         forward(b, &self.layout, w, &mut self.acts, inputs)?;
-        let Some(targets) = targets else { return Ok(None) };
+        let Some(targets) = targets else {
+            return Ok(None);
+        };
         let a = &mut self.acts;
         let (tokens, vocab) = (a.shape.tokens(), self.config.vocab_size);
         let shape = MatShape::new(tokens, a.padded_vocab);
-        b.fused_classifier(a.logits.all_mut(), a.losses.all_mut(), targets, shape, vocab, 1.0 / tokens as f32)?;
+        b.fused_classifier(
+            a.logits.all_mut(),
+            a.losses.all_mut(),
+            targets,
+            shape,
+            vocab,
+            1.0 / tokens as f32,
+        )?;
         let losses = b.download(a.losses.all())?;
         self.has_loss_gradient = true;
-        Ok(Some((losses.iter().map(|&x| x as f64).sum::<f64>() / tokens as f64) as f32))
+        Ok(Some(
+            (losses.iter().map(|&x| x as f64).sum::<f64>() / tokens as f64) as f32,
+        ))
     }
 
     /// Adds the gradient of `loss_scale` · (the last forward's mean loss) to `grads()`: call
@@ -92,7 +137,12 @@ impl<B: Backend> Gpt<B> {
         }
         self.has_loss_gradient = false;
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
-        let saved = Saved { layout: &self.layout, w, a: &self.acts, inputs: &self.inputs };
+        let saved = Saved {
+            layout: &self.layout,
+            w,
+            a: &self.acts,
+            inputs: &self.inputs,
+        };
         backward(b, &saved, &mut self.grads, &mut self.dacts, loss_scale)
     }
 
@@ -131,7 +181,11 @@ impl<B: Backend> Gpt<B> {
     }
     /// Parameters, gradients and compute copy together, for an optimiser step.
     pub fn optimizer_buffers(&mut self) -> OptimizerBuffers<'_, B> {
-        OptimizerBuffers { params: &mut self.params, grads: &self.grads, compute_copy: self.compute_copy.as_mut() }
+        OptimizerBuffers {
+            params: &mut self.params,
+            grads: &self.grads,
+            compute_copy: self.compute_copy.as_mut(),
+        }
     }
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
@@ -167,7 +221,11 @@ impl<B: Backend> Gpt<B> {
             self.batch(),
             self.seq()
         );
-        if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+        if let Some((i, &t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= vocab)
+        {
             bail!("{what}: token id {t} at position {i} is outside the vocabulary of {vocab}; was the data tokenized with another tokenizer?");
         }
         Ok(())

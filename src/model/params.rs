@@ -34,7 +34,16 @@ use BlockTensor::*;
 
 /// The block's matrices (weight-decayed) and its vectors (not), each in layout order.
 const BLOCK_MATRICES: [BlockTensor; 4] = [QkvWeight, AttnProjWeight, FcWeight, FcProjWeight];
-const BLOCK_VECTORS: [BlockTensor; 8] = [Ln1Weight, Ln1Bias, QkvBias, AttnProjBias, Ln2Weight, Ln2Bias, FcBias, FcProjBias];
+const BLOCK_VECTORS: [BlockTensor; 8] = [
+    Ln1Weight,
+    Ln1Bias,
+    QkvBias,
+    AttnProjBias,
+    Ln2Weight,
+    Ln2Bias,
+    FcBias,
+    FcProjBias,
+];
 
 impl BlockTensor {
     /// The name after `transformer.h.{i}.` in a Hugging Face GPT-2 checkpoint.
@@ -70,9 +79,15 @@ impl BlockTensor {
     fn init(self, cfg: &GptConfig) -> Init {
         match self {
             Ln1Weight | Ln2Weight => Init::Ones,
-            QkvWeight | FcWeight => Init::Normal { std: INIT_STD, drawn: usize::MAX },
+            QkvWeight | FcWeight => Init::Normal {
+                std: INIT_STD,
+                drawn: usize::MAX,
+            },
             // Residual projections: each block adds two to the residual stream, so scale by 1/√(2L).
-            AttnProjWeight | FcProjWeight => Init::Normal { std: INIT_STD / (2.0 * cfg.n_layer as f64).sqrt(), drawn: usize::MAX },
+            AttnProjWeight | FcProjWeight => Init::Normal {
+                std: INIT_STD / (2.0 * cfg.n_layer as f64).sqrt(),
+                drawn: usize::MAX,
+            },
             _ => Init::Zeros,
         }
     }
@@ -85,7 +100,10 @@ pub enum Init {
     Ones,
     /// N(0, std²) for the first `drawn` elements (all of them when larger), zero after: the
     /// embedding's padding rows stay zero.
-    Normal { std: f64, drawn: usize },
+    Normal {
+        std: f64,
+        drawn: usize,
+    },
 }
 
 /// A named tensor in the flat parameter buffer.
@@ -131,15 +149,38 @@ pub struct ParamLayout {
 impl ParamLayout {
     pub fn new(cfg: &GptConfig) -> Self {
         let c = cfg.n_embd;
-        let mut layout = ParamLayout { tensors: Vec::new(), len: 0, blocks: vec![[usize::MAX; 12]; cfg.n_layer], c };
-        let embedding = |drawn| Init::Normal { std: INIT_STD, drawn };
-        layout.push("transformer.wte.weight".into(), vec![cfg.padded_vocab, c], true, embedding(cfg.vocab_size * c));
-        layout.push("transformer.wpe.weight".into(), vec![cfg.max_seq, c], true, embedding(usize::MAX));
+        let mut layout = ParamLayout {
+            tensors: Vec::new(),
+            len: 0,
+            blocks: vec![[usize::MAX; 12]; cfg.n_layer],
+            c,
+        };
+        let embedding = |drawn| Init::Normal {
+            std: INIT_STD,
+            drawn,
+        };
+        layout.push(
+            "transformer.wte.weight".into(),
+            vec![cfg.padded_vocab, c],
+            true,
+            embedding(cfg.vocab_size * c),
+        );
+        layout.push(
+            "transformer.wpe.weight".into(),
+            vec![cfg.max_seq, c],
+            true,
+            embedding(usize::MAX),
+        );
         for (group, decay) in [(&BLOCK_MATRICES[..], true), (&BLOCK_VECTORS[..], false)] {
             for l in 0..cfg.n_layer {
                 for &t in group {
                     layout.blocks[l][t as usize] = layout.tensors.len();
-                    layout.push(format!("transformer.h.{l}.{}", t.hf_suffix()), t.shape(c), decay, t.init(cfg));
+                    layout.push(
+                        format!("transformer.h.{l}.{}", t.hf_suffix()),
+                        t.shape(c),
+                        decay,
+                        t.init(cfg),
+                    );
                 }
             }
         }
@@ -149,7 +190,13 @@ impl ParamLayout {
     }
 
     fn push(&mut self, name: String, shape: Vec<usize>, weight_decay: bool, init: Init) {
-        let view = TensorView { name, shape, offset: self.len, weight_decay, init };
+        let view = TensorView {
+            name,
+            shape,
+            offset: self.len,
+            weight_decay,
+            init,
+        };
         self.len += view.len();
         self.tensors.push(view);
     }
@@ -196,7 +243,11 @@ impl ParamLayout {
         for t in &self.tensors {
             match spans.last_mut() {
                 Some(s) if s.weight_decay == t.weight_decay => s.len += t.len(),
-                _ => spans.push(DecaySpan { offset: t.offset, len: t.len(), weight_decay: t.weight_decay }),
+                _ => spans.push(DecaySpan {
+                    offset: t.offset,
+                    len: t.len(),
+                    weight_decay: t.weight_decay,
+                }),
             }
         }
         spans
@@ -214,15 +265,22 @@ impl ParamLayout {
             parts.push(part);
             rest = tail;
         }
-        parts.into_par_iter().zip(&self.tensors).enumerate().for_each(|(i, (part, t))| match t.init {
-            Init::Zeros => {}
-            Init::Ones => part.fill(1.0),
-            Init::Normal { std, drawn } => {
-                let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let n = drawn.min(part.len());
-                part[..n].iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
-            }
-        });
+        parts
+            .into_par_iter()
+            .zip(&self.tensors)
+            .enumerate()
+            .for_each(|(i, (part, t))| match t.init {
+                Init::Zeros => {}
+                Init::Ones => part.fill(1.0),
+                Init::Normal { std, drawn } => {
+                    let mut rng =
+                        Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let n = drawn.min(part.len());
+                    part[..n]
+                        .iter_mut()
+                        .for_each(|x| *x = (rng.normal() * std) as f32);
+                }
+            });
         values
     }
 }
@@ -236,8 +294,17 @@ mod tests {
         let cfg = GptConfig::preset("gpt2").unwrap();
         let layout = ParamLayout::new(&cfg);
         assert_eq!(layout.tensors().len(), 2 + 12 * 12 + 2);
-        assert_eq!(layout.len(), cfg.num_params() + (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd);
-        let shape = |name: &str| layout.find(name).unwrap_or_else(|| panic!("{name} missing")).shape.clone();
+        assert_eq!(
+            layout.len(),
+            cfg.num_params() + (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd
+        );
+        let shape = |name: &str| {
+            layout
+                .find(name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .shape
+                .clone()
+        };
         // Shapes as stored in the Hugging Face `gpt2` checkpoint (Conv1D: n_in × n_out).
         assert_eq!(shape("transformer.wte.weight"), [50304, 768]);
         assert_eq!(shape("transformer.wpe.weight"), [1024, 768]);
@@ -254,7 +321,8 @@ mod tests {
             assert_eq!(t.offset, next, "{}", t.name);
             next += t.len();
         }
-        let names: std::collections::HashSet<_> = layout.tensors().iter().map(|t| &t.name).collect();
+        let names: std::collections::HashSet<_> =
+            layout.tensors().iter().map(|t| &t.name).collect();
         assert_eq!(names.len(), layout.tensors().len());
     }
 
@@ -263,7 +331,12 @@ mod tests {
         let cfg = GptConfig::preset("tiny").unwrap();
         let layout = ParamLayout::new(&cfg);
         for t in layout.tensors() {
-            assert_eq!(t.weight_decay, t.shape.len() == 2, "{}: decay exactly the 2-D tensors", t.name);
+            assert_eq!(
+                t.weight_decay,
+                t.shape.len() == 2,
+                "{}: decay exactly the 2-D tensors",
+                t.name
+            );
         }
         let spans = layout.decay_spans();
         assert_eq!(spans.len(), 2);
@@ -271,12 +344,24 @@ mod tests {
         assert_eq!(spans[0].len + spans[1].len, layout.len());
         for l in 0..cfg.n_layer {
             for (w, b) in [(Ln1Weight, Ln1Bias), (Ln2Weight, Ln2Bias)] {
-                assert_eq!(layout.block(l, w).offset + cfg.n_embd, layout.block(l, b).offset);
-                assert_eq!(layout.block_ln(l, w), (layout.block(l, w).offset, 2 * cfg.n_embd));
+                assert_eq!(
+                    layout.block(l, w).offset + cfg.n_embd,
+                    layout.block(l, b).offset
+                );
+                assert_eq!(
+                    layout.block_ln(l, w),
+                    (layout.block(l, w).offset, 2 * cfg.n_embd)
+                );
             }
         }
-        assert_eq!(layout.ln_f().0, layout.find("transformer.ln_f.weight").unwrap().offset);
-        assert_eq!(layout.ln_f().0 + cfg.n_embd, layout.find("transformer.ln_f.bias").unwrap().offset);
+        assert_eq!(
+            layout.ln_f().0,
+            layout.find("transformer.ln_f.weight").unwrap().offset
+        );
+        assert_eq!(
+            layout.ln_f().0 + cfg.n_embd,
+            layout.find("transformer.ln_f.bias").unwrap().offset
+        );
     }
 
     #[test]
@@ -290,13 +375,19 @@ mod tests {
             let t = layout.find(name).unwrap();
             &values[t.offset..t.offset + t.len()]
         };
-        let std = |x: &[f32]| (x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+        let std = |x: &[f32]| {
+            (x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+        };
         // Sample std of n normals has relative standard error 1/√(2n) ≤ 0.6% here; allow 3%.
-        let close = |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.03, "std {got} vs {want}");
+        let close =
+            |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.03, "std {got} vs {want}");
         let wte = of("transformer.wte.weight");
         let real = cfg.vocab_size * cfg.n_embd;
         close(std(&wte[..real]), 0.02);
-        assert!(wte[real..].iter().all(|&v| v == 0.0), "padding rows must start at zero");
+        assert!(
+            wte[real..].iter().all(|&v| v == 0.0),
+            "padding rows must start at zero"
+        );
         close(std(of("transformer.wpe.weight")), 0.02);
         close(std(of("transformer.h.2.attn.c_attn.weight")), 0.02);
         close(std(of("transformer.h.2.mlp.c_fc.weight")), 0.02);
@@ -305,7 +396,9 @@ mod tests {
         close(std(of("transformer.h.3.mlp.c_proj.weight")), residual);
         assert!(of("transformer.h.0.ln_1.weight").iter().all(|&v| v == 1.0));
         assert!(of("transformer.h.0.ln_1.bias").iter().all(|&v| v == 0.0));
-        assert!(of("transformer.h.0.mlp.c_fc.bias").iter().all(|&v| v == 0.0));
+        assert!(of("transformer.h.0.mlp.c_fc.bias")
+            .iter()
+            .all(|&v| v == 0.0));
         assert!(of("transformer.ln_f.weight").iter().all(|&v| v == 1.0));
     }
 }

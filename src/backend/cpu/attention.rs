@@ -79,8 +79,8 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
             for t in 0..t_len {
                 let q = &head.q[t * hs..][..hs];
                 let row = &mut att[t * t_len..][..t_len];
-                for t2 in 0..=t {
-                    row[t2] = dot(q, &head.k[t2 * hs..][..hs]) * scale;
+                for (score, k) in row[..=t].iter_mut().zip(head.k.chunks(hs)) {
+                    *score = dot(q, k) * scale;
                 }
                 let max = row[..=t].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let mut sum = 0.0f32;
@@ -91,8 +91,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
                 row[..=t].iter_mut().for_each(|x| *x /= sum);
                 row[t + 1..].fill(0.0);
                 let yt = &mut y[t * hs..][..hs];
-                for t2 in 0..=t {
-                    let (a, v) = (row[t2], &head.v[t2 * hs..][..hs]);
+                for (&a, v) in row[..=t].iter().zip(head.v.chunks(hs)) {
                     yt.iter_mut().zip(v).for_each(|(y, v)| *y += a * v);
                 }
             }

@@ -64,7 +64,7 @@ mod tests {
             let z: f64 = row.iter().map(|v| v.exp()).sum();
             want_loss.push(z.ln() - row[targets[r] as usize]);
             for i in 0..s.cols {
-                let p = if i < vocab { row[i].exp() / z } else { 0.0 };
+                let p = row.get(i).map_or(0.0, |v| v.exp() / z);
                 let onehot = if i == targets[r] as usize { 1.0 } else { 0.0 };
                 want_d.push((p - onehot) * dloss as f64);
             }

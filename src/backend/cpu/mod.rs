@@ -14,8 +14,12 @@ mod reduce;
 #[cfg(test)]
 mod test_util;
 
-use super::shapes::{check_attention, check_classifier, check_embedding, check_layernorm, token_ids, window_len};
-use super::{check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape};
+use super::shapes::{
+    check_attention, check_classifier, check_embedding, check_layernorm, token_ids, window_len,
+};
+use super::{
+    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape,
+};
 use anyhow::{ensure, Result};
 
 /// A host buffer. BF16 buffers hold f32 values already rounded to bf16.
@@ -130,15 +134,32 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn embedding_forward(&self, mut out: Mut<CpuBuf>, tokens: &[u32], wte: Ref<CpuBuf>, wpe: Ref<CpuBuf>, shape: SeqShape) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        mut out: Mut<CpuBuf>,
+        tokens: &[u32],
+        wte: Ref<CpuBuf>,
+        wpe: Ref<CpuBuf>,
+        shape: SeqShape,
+    ) -> Result<()> {
         check_embedding(&out, tokens, &wte, &wpe, shape)?;
         embedding::forward(out.slice_mut(), tokens, wte.slice(), wpe.slice(), shape);
         out.round_to_dtype();
         Ok(())
     }
-    fn embedding_backward(&self, mut dwte: Mut<CpuBuf>, dout: Ref<CpuBuf>, tokens: &[u32], channels: usize) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        mut dwte: Mut<CpuBuf>,
+        dout: Ref<CpuBuf>,
+        tokens: &[u32],
+        channels: usize,
+    ) -> Result<()> {
         let op = "embedding_backward";
-        ensure!(channels > 0 && dwte.len % channels == 0, "{op}: dwte window of {} is not whole rows of {channels}", dwte.len);
+        ensure!(
+            channels > 0 && dwte.len.is_multiple_of(channels),
+            "{op}: dwte window of {} is not whole rows of {channels}",
+            dwte.len
+        );
         window_len(op, "dout", dout.len, tokens.len() * channels)?;
         token_ids(op, tokens, dwte.len / channels)?;
         embedding::backward(dwte.slice_mut(), dout.slice(), tokens, channels);
@@ -155,9 +176,23 @@ impl Backend for Cpu {
         weight_bias: Ref<CpuBuf>,
         shape: MatShape,
     ) -> Result<()> {
-        check_layernorm("layernorm_forward", inp.len, weight_bias.len, mean.len, rstd.len, shape)?;
+        check_layernorm(
+            "layernorm_forward",
+            inp.len,
+            weight_bias.len,
+            mean.len,
+            rstd.len,
+            shape,
+        )?;
         window_len("layernorm_forward", "out", out.len, shape.len())?;
-        layernorm::forward(out.slice_mut(), mean.slice_mut(), rstd.slice_mut(), inp.slice(), weight_bias.slice(), shape);
+        layernorm::forward(
+            out.slice_mut(),
+            mean.slice_mut(),
+            rstd.slice_mut(),
+            inp.slice(),
+            weight_bias.slice(),
+            shape,
+        );
         out.round_to_dtype();
         Ok(())
     }
@@ -178,7 +213,16 @@ impl Backend for Cpu {
         window_len(op, "dout", dout.len, shape.len())?;
         window_len(op, "dweight_bias", dweight_bias.len, 2 * shape.cols)?;
         let dw = dweight_bias.slice_mut();
-        layernorm::backward(dinp.slice_mut(), dw, dout.slice(), inp.slice(), weight_bias.slice(), mean.slice(), rstd.slice(), shape);
+        layernorm::backward(
+            dinp.slice_mut(),
+            dw,
+            dout.slice(),
+            inp.slice(),
+            weight_bias.slice(),
+            mean.slice(),
+            rstd.slice(),
+            shape,
+        );
         dinp.round_to_dtype();
         dweight_bias.round_to_dtype();
         Ok(())
@@ -191,7 +235,12 @@ impl Backend for Cpu {
         out.round_to_dtype();
         Ok(())
     }
-    fn add_column_sums(&self, mut dst: Mut<CpuBuf>, src: Ref<CpuBuf>, shape: MatShape) -> Result<()> {
+    fn add_column_sums(
+        &self,
+        mut dst: Mut<CpuBuf>,
+        src: Ref<CpuBuf>,
+        shape: MatShape,
+    ) -> Result<()> {
         window_len("add_column_sums", "src", src.len, shape.len())?;
         window_len("add_column_sums", "dst", dst.len, shape.cols)?;
         elementwise::add_column_sums(dst.slice_mut(), src.slice(), shape);
@@ -218,7 +267,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn attention_forward(&self, mut out: Mut<CpuBuf>, mut att: Mut<CpuBuf>, qkv: Ref<CpuBuf>, shape: SeqShape, heads: usize) -> Result<()> {
+    fn attention_forward(
+        &self,
+        mut out: Mut<CpuBuf>,
+        mut att: Mut<CpuBuf>,
+        qkv: Ref<CpuBuf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()> {
         check_attention("attention_forward", qkv.len, out.len, att.len, shape, heads)?;
         attention::forward(out.slice_mut(), att.slice_mut(), qkv.slice(), shape, heads);
         out.round_to_dtype();
@@ -234,9 +290,23 @@ impl Backend for Cpu {
         shape: SeqShape,
         heads: usize,
     ) -> Result<()> {
-        check_attention("attention_backward", qkv.len, dout.len, att.len, shape, heads)?;
+        check_attention(
+            "attention_backward",
+            qkv.len,
+            dout.len,
+            att.len,
+            shape,
+            heads,
+        )?;
         window_len("attention_backward", "dqkv", dqkv.len, qkv.len)?;
-        attention::backward(dqkv.slice_mut(), dout.slice(), qkv.slice(), att.slice(), shape, heads);
+        attention::backward(
+            dqkv.slice_mut(),
+            dout.slice(),
+            qkv.slice(),
+            att.slice(),
+            shape,
+            heads,
+        );
         dqkv.round_to_dtype();
         Ok(())
     }
@@ -251,7 +321,14 @@ impl Backend for Cpu {
         dloss: f32,
     ) -> Result<()> {
         check_classifier(logits.len, losses.len, targets, shape, vocab)?;
-        classifier::fused(logits.slice_mut(), losses.slice_mut(), targets, shape, vocab, dloss);
+        classifier::fused(
+            logits.slice_mut(),
+            losses.slice_mut(),
+            targets,
+            shape,
+            vocab,
+            dloss,
+        );
         logits.round_to_dtype();
         losses.round_to_dtype();
         Ok(())

@@ -170,13 +170,34 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn embedding_forward(&self, _: Mut<CudaBuf>, _: &[u32], _: Ref<CudaBuf>, _: Ref<CudaBuf>, _: SeqShape) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: &[u32],
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+    ) -> Result<()> {
         Err(no_kernel_yet("embedding_forward"))
     }
-    fn embedding_backward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: &[u32], _: usize) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: &[u32],
+        _: usize,
+    ) -> Result<()> {
         Err(no_kernel_yet("embedding_backward"))
     }
-    fn layernorm_forward(&self, _: Mut<CudaBuf>, _: Mut<CudaBuf>, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: Ref<CudaBuf>, _: MatShape) -> Result<()> {
+    fn layernorm_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: MatShape,
+    ) -> Result<()> {
         Err(no_kernel_yet("layernorm_forward"))
     }
     fn layernorm_backward(
@@ -207,13 +228,36 @@ impl Backend for Cuda {
     fn gelu_backward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
         Err(no_kernel_yet("gelu_backward"))
     }
-    fn attention_forward(&self, _: Mut<CudaBuf>, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: SeqShape, _: usize) -> Result<()> {
+    fn attention_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+        _: usize,
+    ) -> Result<()> {
         Err(no_kernel_yet("attention_forward"))
     }
-    fn attention_backward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: Ref<CudaBuf>, _: Ref<CudaBuf>, _: SeqShape, _: usize) -> Result<()> {
+    fn attention_backward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+        _: usize,
+    ) -> Result<()> {
         Err(no_kernel_yet("attention_backward"))
     }
-    fn fused_classifier(&self, _: Mut<CudaBuf>, _: Mut<CudaBuf>, _: &[u32], _: MatShape, _: usize, _: f32) -> Result<()> {
+    fn fused_classifier(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: &[u32],
+        _: MatShape,
+        _: usize,
+        _: f32,
+    ) -> Result<()> {
         Err(no_kernel_yet("fused_classifier"))
     }
 }
