@@ -109,87 +109,123 @@ fn block_backward<B: Backend>(
     n_layer: usize,
     l: usize,
 ) -> Result<()> {
-    use BlockTensor::*;
-    let (a, w, shape) = (m.a, m.w, rows(m.a));
-    let t = |kind| m.layout.block(l, kind);
-    let lay = |buf| layer(buf, n_layer, l);
-    let ln_backward = |grads: &mut B::Buf, d: &mut ActivationGrads<B>, weight, x, mean, rstd| {
-        let (off, len) = m.layout.block_ln(l, weight);
-        let (lw, dlw) = (w.at(off, len), grads.at_mut(off, len));
+    let blk = Block { m, n_layer, l };
+    mlp_part(b, &blk, grads, d)?;
+    attention_part(b, &blk, grads, d)
+}
+
+/// Block `l` of the saved forward pass.
+struct Block<'a, 'm, B: Backend> {
+    m: &'a Saved<'m, B>,
+    n_layer: usize,
+    l: usize,
+}
+
+impl<B: Backend> Block<'_, '_, B> {
+    fn lay<'b>(&self, buf: &'b B::Buf) -> Ref<'b, B::Buf> {
+        layer(buf, self.n_layer, self.l)
+    }
+    fn linear(&self, weight: BlockTensor, bias: BlockTensor) -> (&TensorView, &TensorView) {
+        (
+            self.m.layout.block(self.l, weight),
+            self.m.layout.block(self.l, bias),
+        )
+    }
+    /// LayerNorm backward with d.dbtc as the output gradient, accumulating into d.dresidual.
+    fn ln_backward(
+        &self,
+        b: &B,
+        grads: &mut B::Buf,
+        d: &mut ActivationGrads<B>,
+        weight: BlockTensor,
+        x: Ref<B::Buf>,
+        stats: (&B::Buf, &B::Buf),
+    ) -> Result<()> {
+        let (off, len) = self.m.layout.block_ln(self.l, weight);
+        let (lw, dlw) = (self.m.w.at(off, len), grads.at_mut(off, len));
+        let (mean, rstd) = (self.lay(stats.0), self.lay(stats.1));
         b.layernorm_backward(
             d.dresidual.all_mut(),
             dlw,
             d.dbtc.all(),
             x,
             lw,
-            lay(mean),
-            lay(rstd),
-            shape,
+            mean,
+            rstd,
+            rows(self.m.a),
         )
-    };
+    }
+}
 
-    // MLP: residual3 = residual2 + fch_gelu·W + b, so the projection's dy is dresidual itself.
+/// residual3 = residual2 + fch_gelu·W + b, so the projection's dy is dresidual itself.
+fn mlp_part<B: Backend>(
+    b: &B,
+    blk: &Block<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+) -> Result<()> {
+    use BlockTensor::*;
+    let (a, w) = (blk.m.a, blk.m.w);
+    let proj = blk.linear(FcProjWeight, FcProjBias);
     linear_backward(
         b,
         d.dfch.all_mut(),
         grads,
-        lay(&a.fch_gelu),
+        blk.lay(&a.fch_gelu),
         d.dresidual.all(),
         w,
-        (t(FcProjWeight), t(FcProjBias)),
+        proj,
     )?;
-    b.gelu_backward(d.dfch.all_mut(), lay(&a.fch))?;
+    b.gelu_backward(d.dfch.all_mut(), blk.lay(&a.fch))?;
     linear_backward(
         b,
         d.dbtc.all_mut(),
         grads,
-        lay(&a.ln2),
+        blk.lay(&a.ln2),
         d.dfch.all(),
         w,
-        (t(FcWeight), t(FcBias)),
+        blk.linear(FcWeight, FcBias),
     )?;
-    ln_backward(
+    blk.ln_backward(
+        b,
         grads,
         d,
         Ln2Weight,
-        lay(&a.residual2),
-        &a.ln2_mean,
-        &a.ln2_rstd,
-    )?;
+        blk.lay(&a.residual2),
+        (&a.ln2_mean, &a.ln2_rstd),
+    )
+}
 
-    // Attention: residual2 = x + atty·W + b.
+/// residual2 = x + atty·W + b, atty = attention(ln1(x) · Wqkv + bqkv).
+fn attention_part<B: Backend>(
+    b: &B,
+    blk: &Block<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+) -> Result<()> {
+    use BlockTensor::*;
+    let (a, w) = (blk.m.a, blk.m.w);
+    let proj = blk.linear(AttnProjWeight, AttnProjBias);
     linear_backward(
         b,
         d.dbtc.all_mut(),
         grads,
-        lay(&a.atty),
+        blk.lay(&a.atty),
         d.dresidual.all(),
         w,
-        (t(AttnProjWeight), t(AttnProjBias)),
+        proj,
     )?;
-    b.attention_backward(
-        d.dqkv.all_mut(),
-        d.dbtc.all(),
-        lay(&a.qkv),
-        lay(&a.att),
-        a.shape,
-        a.heads,
-    )?;
+    let (qkv, att) = (blk.lay(&a.qkv), blk.lay(&a.att));
+    b.attention_backward(d.dqkv.all_mut(), d.dbtc.all(), qkv, att, a.shape, a.heads)?;
     linear_backward(
         b,
         d.dbtc.all_mut(),
         grads,
-        lay(&a.ln1),
+        blk.lay(&a.ln1),
         d.dqkv.all(),
         w,
-        (t(QkvWeight), t(QkvBias)),
+        blk.linear(QkvWeight, QkvBias),
     )?;
-    ln_backward(
-        grads,
-        d,
-        Ln1Weight,
-        block_input(&a.encoded, &a.residual3, n_layer, l),
-        &a.ln1_mean,
-        &a.ln1_rstd,
-    )
+    let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);
+    blk.ln_backward(b, grads, d, Ln1Weight, x, (&a.ln1_mean, &a.ln1_rstd))
 }

@@ -91,6 +91,25 @@ pub(super) fn block_input<'a, T: Buffer>(
     }
 }
 
+/// Where block `l`'s weights and per-layer activation slices live.
+struct Block<'a, T> {
+    layout: &'a ParamLayout,
+    w: &'a T,
+    n_layer: usize,
+    l: usize,
+}
+
+impl<'a, T: Buffer> Block<'a, T> {
+    fn tensor(&self, kind: BlockTensor) -> &'a TensorView {
+        self.layout.block(self.l, kind)
+    }
+    /// A LayerNorm's weight-then-bias window.
+    fn ln(&self, weight: BlockTensor) -> Ref<'a, T> {
+        let (off, len) = self.layout.block_ln(self.l, weight);
+        self.w.at(off, len)
+    }
+}
+
 fn block_forward<B: Backend>(
     b: &B,
     layout: &ParamLayout,
@@ -99,80 +118,91 @@ fn block_forward<B: Backend>(
     n_layer: usize,
     l: usize,
 ) -> Result<()> {
-    use BlockTensor::*;
-    let (s, heads, shape) = (a.shape, a.heads, rows(a));
-    let t = |kind| layout.block(l, kind);
-    let ln = |kind| {
-        let (off, len) = layout.block_ln(l, kind);
-        w.at(off, len)
+    let blk = Block {
+        layout,
+        w,
+        n_layer,
+        l,
     };
-    let lay = |buf| layer(buf, n_layer, l);
+    attention_part(b, &blk, a)?;
+    mlp_part(b, &blk, a)
+}
 
-    // Attention: residual2 = x + proj(attention(ln1(x))).
+/// residual2 = x + proj(attention(ln1(x))).
+fn attention_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+    use BlockTensor::*;
+    let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
     let x = block_input(&a.encoded, &a.residual3, n_layer, l);
     let (ln1, mean, rstd) = (&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd);
+    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
     b.layernorm_forward(
         layer_mut(ln1, n_layer, l),
-        layer_mut(mean, n_layer, l),
-        layer_mut(rstd, n_layer, l),
+        mean,
+        rstd,
         x,
-        ln(Ln1Weight),
+        blk.ln(Ln1Weight),
         shape,
     )?;
+    let qkv = layer_mut(&mut a.qkv, n_layer, l);
     linear_forward(
         b,
-        layer_mut(&mut a.qkv, n_layer, l),
-        lay(&a.ln1),
-        w,
-        t(QkvWeight),
-        t(QkvBias),
+        qkv,
+        layer(&a.ln1, n_layer, l),
+        blk.w,
+        blk.tensor(QkvWeight),
+        blk.tensor(QkvBias),
     )?;
-    b.attention_forward(
+    let (atty, att) = (
         layer_mut(&mut a.atty, n_layer, l),
         layer_mut(&mut a.att, n_layer, l),
-        lay(&a.qkv),
-        s,
-        heads,
-    )?;
+    );
+    b.attention_forward(atty, att, layer(&a.qkv, n_layer, l), a.shape, a.heads)?;
+    let (proj, proj_bias) = (blk.tensor(AttnProjWeight), blk.tensor(AttnProjBias));
     linear_forward(
         b,
         layer_mut(&mut a.residual2, n_layer, l),
-        lay(&a.atty),
-        w,
-        t(AttnProjWeight),
-        t(AttnProjBias),
+        layer(&a.atty, n_layer, l),
+        blk.w,
+        proj,
+        proj_bias,
     )?;
-    b.add(
-        layer_mut(&mut a.residual2, n_layer, l),
-        block_input(&a.encoded, &a.residual3, n_layer, l),
-    )?;
+    let x = block_input(&a.encoded, &a.residual3, n_layer, l);
+    b.add(layer_mut(&mut a.residual2, n_layer, l), x)
+}
 
-    // MLP: residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
+/// residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
+fn mlp_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+    use BlockTensor::*;
+    let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
+    let lay = |buf| layer(buf, n_layer, l);
     let (ln2, mean, rstd) = (&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd);
+    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
     b.layernorm_forward(
         layer_mut(ln2, n_layer, l),
-        layer_mut(mean, n_layer, l),
-        layer_mut(rstd, n_layer, l),
+        mean,
+        rstd,
         lay(&a.residual2),
-        ln(Ln2Weight),
+        blk.ln(Ln2Weight),
         shape,
     )?;
+    let fch = layer_mut(&mut a.fch, n_layer, l);
     linear_forward(
         b,
-        layer_mut(&mut a.fch, n_layer, l),
+        fch,
         lay(&a.ln2),
-        w,
-        t(FcWeight),
-        t(FcBias),
+        blk.w,
+        blk.tensor(FcWeight),
+        blk.tensor(FcBias),
     )?;
     b.gelu_forward(layer_mut(&mut a.fch_gelu, n_layer, l), lay(&a.fch))?;
+    let (proj, proj_bias) = (blk.tensor(FcProjWeight), blk.tensor(FcProjBias));
     linear_forward(
         b,
         layer_mut(&mut a.residual3, n_layer, l),
         lay(&a.fch_gelu),
-        w,
-        t(FcProjWeight),
-        t(FcProjBias),
+        blk.w,
+        proj,
+        proj_bias,
     )?;
     b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
 }
