@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod kernels;
+pub mod model;
 pub mod optim;
 pub mod selftest;
 pub mod train;

@@ -6,6 +6,9 @@
 
 pub mod cpu;
 pub mod cuda;
+mod shapes;
+
+pub use shapes::{MatShape, SeqShape};
 
 use anyhow::{ensure, Result};
 
@@ -294,6 +297,107 @@ pub trait Backend {
 
     /// Σ x², accumulated in at least f32 per element and f64 across blocks (for gradient norms).
     fn sum_squares(&self, x: Ref<Self::Buf>) -> Result<f64>;
+
+    // ---- Model ops (GPT-2). Token ids and targets are host slices; the backend stages them. ----
+
+    /// out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]. `wte` holds whole rows of `channels`; `wpe` at
+    /// least `seq` rows.
+    fn embedding_forward(
+        &self,
+        out: Mut<Self::Buf>,
+        tokens: &[u32],
+        wte: Ref<Self::Buf>,
+        wpe: Ref<Self::Buf>,
+        shape: SeqShape,
+    ) -> Result<()>;
+    /// dwte[tokens[i],:] += dout[i,:] (scatter-add over B·T rows of `channels`). The position
+    /// table's gradient is a column sum: `add_column_sums(dwpe, dout, (B, T·C))`.
+    fn embedding_backward(
+        &self,
+        dwte: Mut<Self::Buf>,
+        dout: Ref<Self::Buf>,
+        tokens: &[u32],
+        channels: usize,
+    ) -> Result<()>;
+
+    /// LayerNorm over the `cols` of each row (eps 1e-5, biased variance): out = (x − mean)·rstd·w + b.
+    /// `weight_bias` is w then b (2·cols, as the parameter layout stores them); mean and rstd are
+    /// saved per row for the backward pass.
+    fn layernorm_forward(
+        &self,
+        out: Mut<Self::Buf>,
+        mean: Mut<Self::Buf>,
+        rstd: Mut<Self::Buf>,
+        inp: Ref<Self::Buf>,
+        weight_bias: Ref<Self::Buf>,
+        shape: MatShape,
+    ) -> Result<()>;
+    /// LayerNorm backward. ACCUMULATES: dinp += ∂/∂x (into the residual gradient) and
+    /// dweight_bias += (∂/∂w then ∂/∂b).
+    #[allow(clippy::too_many_arguments)] // one operand per kernel argument, as the launcher takes them
+    fn layernorm_backward(
+        &self,
+        dinp: Mut<Self::Buf>,
+        dweight_bias: Mut<Self::Buf>,
+        dout: Ref<Self::Buf>,
+        inp: Ref<Self::Buf>,
+        weight_bias: Ref<Self::Buf>,
+        mean: Ref<Self::Buf>,
+        rstd: Ref<Self::Buf>,
+        shape: MatShape,
+    ) -> Result<()>;
+
+    /// out[r,:] += bias (the bias of a linear layer after its GEMM).
+    fn add_bias(&self, out: Mut<Self::Buf>, bias: Ref<Self::Buf>, shape: MatShape) -> Result<()>;
+    /// dst += Σ_r src[r,:] (a bias gradient; also the position-embedding gradient).
+    fn add_column_sums(
+        &self,
+        dst: Mut<Self::Buf>,
+        src: Ref<Self::Buf>,
+        shape: MatShape,
+    ) -> Result<()>;
+    /// out += x, elementwise (the residual connection).
+    fn add(&self, out: Mut<Self::Buf>, x: Ref<Self::Buf>) -> Result<()>;
+
+    /// GPT-2's tanh GELU: out = ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+    fn gelu_forward(&self, out: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
+    /// In place: d ← d · GELU′(inp), turning the output gradient into the input gradient.
+    fn gelu_backward(&self, d: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
+
+    /// Causal multi-head self-attention from the fused qkv (B,T,3C: q, k, v each C = heads·hs wide)
+    /// to out (B,T,C), scores scaled by 1/√hs. Saves the softmax probabilities in att (B,heads,T,T),
+    /// zero above the diagonal.
+    fn attention_forward(
+        &self,
+        out: Mut<Self::Buf>,
+        att: Mut<Self::Buf>,
+        qkv: Ref<Self::Buf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()>;
+    /// Attention backward: WRITES dqkv (B,T,3C) from dout (B,T,C), the forward's qkv and att.
+    fn attention_backward(
+        &self,
+        dqkv: Mut<Self::Buf>,
+        dout: Ref<Self::Buf>,
+        qkv: Ref<Self::Buf>,
+        att: Ref<Self::Buf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()>;
+
+    /// The fused classifier over rows of `shape.cols` (padded vocab) logits, of which the first
+    /// `vocab` are real: losses[r] = −log softmax(logits[r,..vocab])[targets[r]] (f32), and in
+    /// place of the logits dlogits = (softmax − onehot(target))·dloss, zero in the padding columns.
+    fn fused_classifier(
+        &self,
+        logits: Mut<Self::Buf>,
+        losses: Mut<Self::Buf>,
+        targets: &[u32],
+        shape: MatShape,
+        vocab: usize,
+        dloss: f32,
+    ) -> Result<()>;
 
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;

@@ -2,12 +2,25 @@
 //! Every CUDA kernel has its twin here, one file per op family, mirroring kernels/.
 
 mod adamw;
+mod attention;
 mod cast;
+mod classifier;
+mod elementwise;
+mod embedding;
+mod gelu;
 mod gemm;
+mod layernorm;
 mod reduce;
+#[cfg(test)]
+mod test_util;
 
-use super::{check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, Mut, Ref};
-use anyhow::Result;
+use super::shapes::{
+    check_attention, check_classifier, check_embedding, check_layernorm, token_ids, window_len,
+};
+use super::{
+    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape,
+};
+use anyhow::{ensure, Result};
 
 /// A host buffer. BF16 buffers hold f32 values already rounded to bf16.
 #[derive(Clone, Debug)]
@@ -127,6 +140,206 @@ impl Backend for Cpu {
     }
 
     fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn embedding_forward(
+        &self,
+        mut out: Mut<CpuBuf>,
+        tokens: &[u32],
+        wte: Ref<CpuBuf>,
+        wpe: Ref<CpuBuf>,
+        shape: SeqShape,
+    ) -> Result<()> {
+        check_embedding(&out, tokens, &wte, &wpe, shape)?;
+        embedding::forward(out.slice_mut(), tokens, wte.slice(), wpe.slice(), shape);
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn embedding_backward(
+        &self,
+        mut dwte: Mut<CpuBuf>,
+        dout: Ref<CpuBuf>,
+        tokens: &[u32],
+        channels: usize,
+    ) -> Result<()> {
+        let op = "embedding_backward";
+        ensure!(
+            channels > 0 && dwte.len.is_multiple_of(channels),
+            "{op}: dwte window of {} is not whole rows of {channels}",
+            dwte.len
+        );
+        window_len(op, "dout", dout.len, tokens.len() * channels)?;
+        token_ids(op, tokens, dwte.len / channels)?;
+        embedding::backward(dwte.slice_mut(), dout.slice(), tokens, channels);
+        dwte.round_to_dtype();
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        mut out: Mut<CpuBuf>,
+        mut mean: Mut<CpuBuf>,
+        mut rstd: Mut<CpuBuf>,
+        inp: Ref<CpuBuf>,
+        weight_bias: Ref<CpuBuf>,
+        shape: MatShape,
+    ) -> Result<()> {
+        check_layernorm(
+            "layernorm_forward",
+            inp.len,
+            weight_bias.len,
+            mean.len,
+            rstd.len,
+            shape,
+        )?;
+        window_len("layernorm_forward", "out", out.len, shape.len())?;
+        layernorm::forward(
+            out.slice_mut(),
+            mean.slice_mut(),
+            rstd.slice_mut(),
+            inp.slice(),
+            weight_bias.slice(),
+            shape,
+        );
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn layernorm_backward(
+        &self,
+        mut dinp: Mut<CpuBuf>,
+        mut dweight_bias: Mut<CpuBuf>,
+        dout: Ref<CpuBuf>,
+        inp: Ref<CpuBuf>,
+        weight_bias: Ref<CpuBuf>,
+        mean: Ref<CpuBuf>,
+        rstd: Ref<CpuBuf>,
+        shape: MatShape,
+    ) -> Result<()> {
+        let op = "layernorm_backward";
+        check_layernorm(op, inp.len, weight_bias.len, mean.len, rstd.len, shape)?;
+        window_len(op, "dinp", dinp.len, shape.len())?;
+        window_len(op, "dout", dout.len, shape.len())?;
+        window_len(op, "dweight_bias", dweight_bias.len, 2 * shape.cols)?;
+        let dw = dweight_bias.slice_mut();
+        layernorm::backward(
+            dinp.slice_mut(),
+            dw,
+            dout.slice(),
+            inp.slice(),
+            weight_bias.slice(),
+            mean.slice(),
+            rstd.slice(),
+            shape,
+        );
+        dinp.round_to_dtype();
+        dweight_bias.round_to_dtype();
+        Ok(())
+    }
+
+    fn add_bias(&self, mut out: Mut<CpuBuf>, bias: Ref<CpuBuf>, shape: MatShape) -> Result<()> {
+        window_len("add_bias", "out", out.len, shape.len())?;
+        window_len("add_bias", "bias", bias.len, shape.cols)?;
+        elementwise::add_bias(out.slice_mut(), bias.slice(), shape);
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn add_column_sums(
+        &self,
+        mut dst: Mut<CpuBuf>,
+        src: Ref<CpuBuf>,
+        shape: MatShape,
+    ) -> Result<()> {
+        window_len("add_column_sums", "src", src.len, shape.len())?;
+        window_len("add_column_sums", "dst", dst.len, shape.cols)?;
+        elementwise::add_column_sums(dst.slice_mut(), src.slice(), shape);
+        dst.round_to_dtype();
+        Ok(())
+    }
+    fn add(&self, mut out: Mut<CpuBuf>, x: Ref<CpuBuf>) -> Result<()> {
+        same_len("add", out.len, x.len)?;
+        elementwise::add(out.slice_mut(), x.slice());
+        out.round_to_dtype();
+        Ok(())
+    }
+
+    fn gelu_forward(&self, mut out: Mut<CpuBuf>, inp: Ref<CpuBuf>) -> Result<()> {
+        same_len("gelu_forward", out.len, inp.len)?;
+        gelu::forward(out.slice_mut(), inp.slice());
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn gelu_backward(&self, mut d: Mut<CpuBuf>, inp: Ref<CpuBuf>) -> Result<()> {
+        same_len("gelu_backward", d.len, inp.len)?;
+        gelu::backward_inplace(d.slice_mut(), inp.slice());
+        d.round_to_dtype();
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        mut out: Mut<CpuBuf>,
+        mut att: Mut<CpuBuf>,
+        qkv: Ref<CpuBuf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()> {
+        check_attention("attention_forward", qkv.len, out.len, att.len, shape, heads)?;
+        attention::forward(out.slice_mut(), att.slice_mut(), qkv.slice(), shape, heads);
+        out.round_to_dtype();
+        att.round_to_dtype();
+        Ok(())
+    }
+    fn attention_backward(
+        &self,
+        mut dqkv: Mut<CpuBuf>,
+        dout: Ref<CpuBuf>,
+        qkv: Ref<CpuBuf>,
+        att: Ref<CpuBuf>,
+        shape: SeqShape,
+        heads: usize,
+    ) -> Result<()> {
+        check_attention(
+            "attention_backward",
+            qkv.len,
+            dout.len,
+            att.len,
+            shape,
+            heads,
+        )?;
+        window_len("attention_backward", "dqkv", dqkv.len, qkv.len)?;
+        attention::backward(
+            dqkv.slice_mut(),
+            dout.slice(),
+            qkv.slice(),
+            att.slice(),
+            shape,
+            heads,
+        );
+        dqkv.round_to_dtype();
+        Ok(())
+    }
+
+    fn fused_classifier(
+        &self,
+        mut logits: Mut<CpuBuf>,
+        mut losses: Mut<CpuBuf>,
+        targets: &[u32],
+        shape: MatShape,
+        vocab: usize,
+        dloss: f32,
+    ) -> Result<()> {
+        check_classifier(logits.len, losses.len, targets, shape, vocab)?;
+        classifier::fused(
+            logits.slice_mut(),
+            losses.slice_mut(),
+            targets,
+            shape,
+            vocab,
+            dloss,
+        );
+        logits.round_to_dtype();
+        losses.round_to_dtype();
         Ok(())
     }
 }

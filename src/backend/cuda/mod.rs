@@ -14,8 +14,8 @@ mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
 
-use super::{same_len, AdamW, Backend, Buffer, DType, Gemm, Mut, Ref};
-use anyhow::{ensure, Context, Result};
+use super::{same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape};
+use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 use std::sync::Arc;
@@ -203,4 +203,100 @@ impl Backend for Cuda {
         self.stream.synchronize()?;
         Ok(())
     }
+
+    fn embedding_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: &[u32],
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+    ) -> Result<()> {
+        Err(no_kernel_yet("embedding_forward"))
+    }
+    fn embedding_backward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: &[u32],
+        _: usize,
+    ) -> Result<()> {
+        Err(no_kernel_yet("embedding_backward"))
+    }
+    fn layernorm_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: MatShape,
+    ) -> Result<()> {
+        Err(no_kernel_yet("layernorm_forward"))
+    }
+    fn layernorm_backward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: MatShape,
+    ) -> Result<()> {
+        Err(no_kernel_yet("layernorm_backward"))
+    }
+    fn add_bias(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: MatShape) -> Result<()> {
+        Err(no_kernel_yet("add_bias"))
+    }
+    fn add_column_sums(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: MatShape) -> Result<()> {
+        Err(no_kernel_yet("add_column_sums"))
+    }
+    fn add(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
+        Err(no_kernel_yet("add"))
+    }
+    fn gelu_forward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
+        Err(no_kernel_yet("gelu_forward"))
+    }
+    fn gelu_backward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
+        Err(no_kernel_yet("gelu_backward"))
+    }
+    fn attention_forward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+        _: usize,
+    ) -> Result<()> {
+        Err(no_kernel_yet("attention_forward"))
+    }
+    fn attention_backward(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: Ref<CudaBuf>,
+        _: SeqShape,
+        _: usize,
+    ) -> Result<()> {
+        Err(no_kernel_yet("attention_backward"))
+    }
+    fn fused_classifier(
+        &self,
+        _: Mut<CudaBuf>,
+        _: Mut<CudaBuf>,
+        _: &[u32],
+        _: MatShape,
+        _: usize,
+        _: f32,
+    ) -> Result<()> {
+        Err(no_kernel_yet("fused_classifier"))
+    }
+}
+
+/// The error of a model op whose CUDA kernel is not written yet.
+fn no_kernel_yet(op: &str) -> anyhow::Error {
+    anyhow!("op {op} has no CUDA kernel yet; run on the CPU backend")
 }

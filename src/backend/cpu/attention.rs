@@ -1,0 +1,267 @@
+//! Causal multi-head self-attention, forward and backward (CPU twin of kernels/attention.cu).
+//!
+//! Each (batch, head) pair is one parallel task: it gathers its q, k, v (T × hs) into contiguous
+//! scratch, owns its (T × T) slice of `att`, and its results are scattered back into the
+//! interleaved (B, T, C) layouts afterwards, so no two tasks write the same memory.
+
+use crate::backend::SeqShape;
+use rayon::prelude::*;
+
+/// One head's q, k and v (or their gradients), each T × hs, row-major.
+struct Head {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Where (batch b, head h) lives in the interleaved layouts.
+#[derive(Clone, Copy)]
+struct Geometry {
+    s: SeqShape,
+    hs: usize,
+}
+
+impl Geometry {
+    fn new(s: SeqShape, heads: usize) -> Self {
+        Geometry {
+            s,
+            hs: s.channels / heads,
+        }
+    }
+    fn heads(&self) -> usize {
+        self.s.channels / self.hs
+    }
+    /// Offset of (b, t, part, h) in qkv (B,T,3C), part 0/1/2 = q/k/v.
+    fn qkv_at(&self, b: usize, t: usize, part: usize, h: usize) -> usize {
+        let c = self.s.channels;
+        (b * self.s.seq + t) * 3 * c + part * c + h * self.hs
+    }
+    /// Offset of (b, t, h) in a (B,T,C) tensor.
+    fn btc_at(&self, b: usize, t: usize, h: usize) -> usize {
+        (b * self.s.seq + t) * self.s.channels + h * self.hs
+    }
+    fn gather_head(&self, qkv: &[f32], b: usize, h: usize) -> Head {
+        let part = |p| {
+            (0..self.s.seq)
+                .flat_map(|t| &qkv[self.qkv_at(b, t, p, h)..][..self.hs])
+                .copied()
+                .collect()
+        };
+        Head {
+            q: part(0),
+            k: part(1),
+            v: part(2),
+        }
+    }
+    fn gather_btc(&self, x: &[f32], b: usize, h: usize) -> Vec<f32> {
+        (0..self.s.seq)
+            .flat_map(|t| &x[self.btc_at(b, t, h)..][..self.hs])
+            .copied()
+            .collect()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// out = softmax(q·kᵀ/√hs, causal)·v per head; att keeps the probabilities.
+pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads: usize) {
+    let g = Geometry::new(s, heads);
+    let (t_len, hs) = (s.seq, g.hs);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let outs: Vec<Vec<f32>> = att
+        .par_chunks_mut(t_len * t_len)
+        .enumerate()
+        .map(|(bh, att)| {
+            let head = g.gather_head(qkv, bh / heads, bh % heads);
+            let mut y = vec![0.0f32; t_len * hs];
+            for t in 0..t_len {
+                let q = &head.q[t * hs..][..hs];
+                let row = &mut att[t * t_len..][..t_len];
+                for (score, k) in row[..=t].iter_mut().zip(head.k.chunks(hs)) {
+                    *score = dot(q, k) * scale;
+                }
+                let max = row[..=t].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in &mut row[..=t] {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                row[..=t].iter_mut().for_each(|x| *x /= sum);
+                row[t + 1..].fill(0.0);
+                let yt = &mut y[t * hs..][..hs];
+                for (&a, v) in row[..=t].iter().zip(head.v.chunks(hs)) {
+                    yt.iter_mut().zip(v).for_each(|(y, v)| *y += a * v);
+                }
+            }
+            y
+        })
+        .collect();
+    for (bh, y) in outs.iter().enumerate() {
+        for t in 0..t_len {
+            out[g.btc_at(bh / heads, t, bh % heads)..][..hs].copy_from_slice(&y[t * hs..][..hs]);
+        }
+    }
+}
+
+/// dqkv from dout, the forward's qkv and att (llm.c's attention_backward, per head).
+pub fn backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    s: SeqShape,
+    heads: usize,
+) {
+    let g = Geometry::new(s, heads);
+    let grads: Vec<Head> = att
+        .par_chunks(s.seq * s.seq)
+        .enumerate()
+        .map(|(bh, att)| {
+            let (b, h) = (bh / heads, bh % heads);
+            head_backward(&g.gather_head(qkv, b, h), &g.gather_btc(dout, b, h), att, g)
+        })
+        .collect();
+    for (bh, d) in grads.iter().enumerate() {
+        let (b, h) = (bh / g.heads(), bh % g.heads());
+        for t in 0..s.seq {
+            for (part, src) in [&d.q, &d.k, &d.v].into_iter().enumerate() {
+                dqkv[g.qkv_at(b, t, part, h)..][..g.hs].copy_from_slice(&src[t * g.hs..][..g.hs]);
+            }
+        }
+    }
+}
+
+/// Gradients of one head's q, k, v.
+fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
+    let (t_len, hs) = (g.s.seq, g.hs);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut d = Head {
+        q: vec![0.0; t_len * hs],
+        k: vec![0.0; t_len * hs],
+        v: vec![0.0; t_len * hs],
+    };
+    let mut dpre = vec![0.0f32; t_len];
+    for t in 0..t_len {
+        let (row, dyt) = (&att[t * t_len..][..t_len], &dy[t * hs..][..hs]);
+        // datt = dy·vᵀ; dv += att·dy
+        for t2 in 0..=t {
+            dpre[t2] = dot(dyt, &x.v[t2 * hs..][..hs]);
+            d.v[t2 * hs..][..hs]
+                .iter_mut()
+                .zip(dyt)
+                .for_each(|(dv, g)| *dv += row[t2] * g);
+        }
+        // Softmax backward: dpre = att ⊙ (datt − Σ att·datt), then through the scaled q·kᵀ.
+        let mean = (0..=t).map(|t2| row[t2] * dpre[t2]).sum::<f32>();
+        let qt = &x.q[t * hs..][..hs];
+        for t2 in 0..=t {
+            let dp = row[t2] * (dpre[t2] - mean) * scale;
+            let k = &x.k[t2 * hs..][..hs];
+            d.q[t * hs..][..hs]
+                .iter_mut()
+                .zip(k)
+                .for_each(|(dq, k)| *dq += dp * k);
+            d.k[t2 * hs..][..hs]
+                .iter_mut()
+                .zip(qt)
+                .for_each(|(dk, q)| *dk += dp * q);
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::cpu::test_util::{assert_close, random, upload};
+    use crate::backend::cpu::Cpu;
+    use crate::backend::{Backend, Buffer, DType, SeqShape};
+
+    /// Naive f64 causal attention: (out (B,T,C), att (B,NH,T,T)).
+    fn attention64(qkv: &[f64], s: SeqShape, nh: usize) -> (Vec<f64>, Vec<f64>) {
+        let (t_len, c) = (s.seq, s.channels);
+        let hs = c / nh;
+        let mut out = vec![0.0; s.len()];
+        let mut att = vec![0.0; s.batch * nh * t_len * t_len];
+        for b in 0..s.batch {
+            for h in 0..nh {
+                let at = |t: usize, part: usize, i: usize| {
+                    qkv[(b * t_len + t) * 3 * c + part * c + h * hs + i]
+                };
+                for t in 0..t_len {
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|t2| {
+                            (0..hs).map(|i| at(t, 0, i) * at(t2, 1, i)).sum::<f64>()
+                                / (hs as f64).sqrt()
+                        })
+                        .collect();
+                    let z: f64 = scores.iter().map(|x| x.exp()).sum();
+                    for t2 in 0..=t {
+                        let p = scores[t2].exp() / z;
+                        att[((b * nh + h) * t_len + t) * t_len + t2] = p;
+                        for i in 0..hs {
+                            out[(b * t_len + t) * c + h * hs + i] += p * at(t2, 2, i);
+                        }
+                    }
+                }
+            }
+        }
+        (out, att)
+    }
+
+    #[test]
+    fn attention_matches_naive_and_finite_differences() {
+        let cpu = Cpu;
+        let (s, nh) = (SeqShape::new(2, 7, 15), 3); // T = 7, head size 5
+        let qkv = random(3 * s.len(), 1);
+        let dy = random(s.len(), 2);
+        let (qkv_b, dy_b) = (upload(&cpu, &qkv), upload(&cpu, &dy));
+        let mut out = upload(&cpu, &vec![f32::NAN; s.len()]);
+        let mut att = upload(&cpu, &vec![f32::NAN; s.batch * nh * s.seq * s.seq]);
+        cpu.attention_forward(out.all_mut(), att.all_mut(), qkv_b.all(), s, nh)
+            .unwrap();
+        let qkv64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+        let (want_out, want_att) = attention64(&qkv64, s, nh);
+        assert_close("attention out", out.as_slice(), &want_out, 1e-5);
+        assert_close("attention att", att.as_slice(), &want_att, 1e-6);
+
+        let mut dqkv = upload(&cpu, &vec![f32::NAN; 3 * s.len()]); // written, not accumulated
+        cpu.attention_backward(dqkv.all_mut(), dy_b.all(), qkv_b.all(), att.all(), s, nh)
+            .unwrap();
+        let loss = |x: &[f64]| {
+            attention64(x, s, nh)
+                .0
+                .iter()
+                .zip(&dy)
+                .map(|(o, &d)| o * d as f64)
+                .sum::<f64>()
+        };
+        let h = 1e-6;
+        let want: Vec<f64> = (0..qkv.len())
+            .map(|i| {
+                let (mut p, mut m) = (qkv64.clone(), qkv64.clone());
+                p[i] += h;
+                m[i] -= h;
+                (loss(&p) - loss(&m)) / (2.0 * h)
+            })
+            .collect();
+        assert_close("attention dqkv", dqkv.as_slice(), &want, 1e-4);
+    }
+
+    #[test]
+    fn attention_rejects_heads_that_do_not_divide_channels() {
+        let cpu = Cpu;
+        let s = SeqShape::new(1, 2, 10);
+        let qkv = upload(&cpu, &[0.0; 60]);
+        let mut out = cpu.alloc(DType::F32, 20).unwrap();
+        let mut att = cpu.alloc(DType::F32, 3 * 4).unwrap();
+        let err = cpu
+            .attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, 3)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("do not split into 3 heads"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! Shapes of the model ops and the window checks every backend runs before touching memory.
+
+use super::{Buffer, Mut, Ref};
+use anyhow::{ensure, Result};
+
+/// A row-major matrix of `rows` × `cols`, e.g. B·T tokens × C channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatShape {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl MatShape {
+    pub fn new(rows: usize, cols: usize) -> Self {
+        MatShape { rows, cols }
+    }
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch of token sequences with `channels` features per token: (batch, seq, channels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub channels: usize,
+}
+
+impl SeqShape {
+    pub fn new(batch: usize, seq: usize, channels: usize) -> Self {
+        SeqShape {
+            batch,
+            seq,
+            channels,
+        }
+    }
+    /// Number of tokens, B·T.
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+    /// Elements of a (B, T, C) tensor.
+    pub fn len(&self) -> usize {
+        self.tokens() * self.channels
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks that a window holds exactly `want` elements, naming the op and the operand.
+pub(crate) fn window_len(op: &str, operand: &str, len: usize, want: usize) -> Result<()> {
+    ensure!(
+        len == want,
+        "{op}: {operand} window has {len} elements, the shape needs {want}"
+    );
+    Ok(())
+}
+
+/// Checks that every token id indexes a row of a table with `rows` rows.
+pub(crate) fn token_ids(op: &str, tokens: &[u32], rows: usize) -> Result<()> {
+    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= rows) {
+        anyhow::bail!("{op}: token id {t} at position {i} is outside the table of {rows} rows");
+    }
+    Ok(())
+}
+
+/// Checks the operands of `embedding_forward`.
+pub(crate) fn check_embedding<T: Buffer>(
+    out: &Mut<T>,
+    tokens: &[u32],
+    wte: &Ref<T>,
+    wpe: &Ref<T>,
+    s: SeqShape,
+) -> Result<()> {
+    let op = "embedding_forward";
+    ensure!(s.channels > 0, "{op}: channels must be positive");
+    window_len(op, "tokens", tokens.len(), s.tokens())?;
+    window_len(op, "out", out.len, s.len())?;
+    ensure!(
+        wte.len.is_multiple_of(s.channels),
+        "{op}: wte window of {} is not a whole number of rows of {}",
+        wte.len,
+        s.channels
+    );
+    ensure!(
+        wpe.len >= s.seq * s.channels,
+        "{op}: wpe window of {} holds fewer than seq = {} positions",
+        wpe.len,
+        s.seq
+    );
+    token_ids(op, tokens, wte.len / s.channels)
+}
+
+/// Checks the operands of `layernorm_forward` / `layernorm_backward` that both share.
+pub(crate) fn check_layernorm(
+    op: &str,
+    x: usize,
+    weight_bias: usize,
+    mean: usize,
+    rstd: usize,
+    s: MatShape,
+) -> Result<()> {
+    window_len(op, "input", x, s.len())?;
+    window_len(
+        op,
+        "weight_bias (weight then bias)",
+        weight_bias,
+        2 * s.cols,
+    )?;
+    window_len(op, "mean", mean, s.rows)?;
+    window_len(op, "rstd", rstd, s.rows)
+}
+
+/// Checks the operands of the attention ops: qkv (B,T,3C), out (B,T,C), att (B,NH,T,T).
+pub(crate) fn check_attention(
+    op: &str,
+    qkv: usize,
+    out: usize,
+    att: usize,
+    s: SeqShape,
+    heads: usize,
+) -> Result<()> {
+    ensure!(
+        heads > 0 && s.channels.is_multiple_of(heads),
+        "{op}: {} channels do not split into {heads} heads",
+        s.channels
+    );
+    window_len(op, "qkv", qkv, 3 * s.len())?;
+    window_len(op, "out", out, s.len())?;
+    window_len(op, "att", att, s.batch * heads * s.seq * s.seq)
+}
+
+/// Checks the operands of `fused_classifier`.
+pub(crate) fn check_classifier(
+    logits: usize,
+    losses: usize,
+    targets: &[u32],
+    s: MatShape,
+    vocab: usize,
+) -> Result<()> {
+    let op = "fused_classifier";
+    ensure!(
+        vocab > 0 && vocab <= s.cols,
+        "{op}: vocab {vocab} must be in 1..={} (the padded row width)",
+        s.cols
+    );
+    window_len(op, "logits", logits, s.len())?;
+    window_len(op, "losses", losses, s.rows)?;
+    window_len(op, "targets", targets.len(), s.rows)?;
+    token_ids(op, targets, vocab)
+}

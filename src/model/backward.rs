@@ -1,0 +1,231 @@
+//! The backward pass, the forward's blocks in reverse: gradients of the parameters ACCUMULATE into
+//! a buffer with the parameters' layout; activation gradients live in a few reused buffers.
+
+use super::activations::{layer, ActivationGrads, Activations};
+use super::forward::{block_input, rows, view};
+use super::params::{BlockTensor, ParamLayout, TensorView};
+use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use anyhow::Result;
+
+/// The model state the backward pass reads: layout, compute-dtype weights, activations, inputs.
+pub(super) struct Saved<'a, B: Backend> {
+    pub layout: &'a ParamLayout,
+    pub w: &'a B::Buf,
+    pub a: &'a Activations<B>,
+    pub inputs: &'a [u32],
+}
+
+/// For y = x·W + bias: dW += xᵀ·dy, dbias += Σ_rows dy, and dx = dy·Wᵀ (written).
+fn linear_backward<B: Backend>(
+    b: &B,
+    dx: Mut<B::Buf>,
+    grads: &mut B::Buf,
+    x: Ref<B::Buf>,
+    dy: Ref<B::Buf>,
+    w: &B::Buf,
+    (weight, bias): (&TensorView, &TensorView),
+) -> Result<()> {
+    let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
+    let rows = x.len / n_in;
+    b.gemm(
+        &Gemm::new(n_in, n_out, rows).trans_a().beta(1.0),
+        x,
+        dy,
+        grad_of(grads, weight),
+    )?;
+    b.add_column_sums(grad_of(grads, bias), dy, MatShape::new(rows, n_out))?;
+    b.gemm(
+        &Gemm::new(rows, n_in, n_out).trans_b(),
+        dy,
+        view(w, weight),
+        dx,
+    )
+}
+
+/// A tensor's window in the gradient buffer.
+fn grad_of<'a, T: Buffer>(grads: &'a mut T, t: &TensorView) -> Mut<'a, T> {
+    grads.at_mut(t.offset, t.len())
+}
+
+/// Gradients of `loss_scale` · (the mean loss whose dlogits the forward's classifier left in
+/// `a.logits`), accumulated into `grads`.
+pub(super) fn backward<B: Backend>(
+    b: &B,
+    m: &Saved<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+    loss_scale: f32,
+) -> Result<()> {
+    let (a, layout, s) = (m.a, m.layout, m.a.shape);
+    let n_layer = a.ln1.len() / s.len();
+    b.fill(d.dresidual.all_mut(), 0.0)?;
+
+    // The tied LM head. The classifier's dlogits hold 1/(B·T); alpha applies the loss scale.
+    let (wte, vp) = (layout.wte(), a.padded_vocab);
+    b.gemm(
+        &Gemm::new(s.tokens(), s.channels, vp).alpha(loss_scale),
+        a.logits.all(),
+        view(m.w, wte),
+        d.dbtc.all_mut(),
+    )?;
+    let dwte = Gemm::new(vp, s.channels, s.tokens())
+        .trans_a()
+        .beta(1.0)
+        .alpha(loss_scale);
+    b.gemm(&dwte, a.logits.all(), a.lnf.all(), grad_of(grads, wte))?;
+    let (off, len) = layout.ln_f();
+    let last = layer(&a.residual3, n_layer, n_layer - 1);
+    let (lnf_w, dlnf_w) = (m.w.at(off, len), grads.at_mut(off, len));
+    b.layernorm_backward(
+        d.dresidual.all_mut(),
+        dlnf_w,
+        d.dbtc.all(),
+        last,
+        lnf_w,
+        a.lnf_mean.all(),
+        a.lnf_rstd.all(),
+        rows(a),
+    )?;
+
+    for l in (0..n_layer).rev() {
+        block_backward(b, m, grads, d, n_layer, l)?;
+    }
+
+    b.embedding_backward(grad_of(grads, wte), d.dresidual.all(), m.inputs, s.channels)?;
+    let dwpe = grads.at_mut(layout.wpe().offset, s.seq * s.channels);
+    b.add_column_sums(
+        dwpe,
+        d.dresidual.all(),
+        MatShape::new(s.batch, s.seq * s.channels),
+    )
+}
+
+/// One block in reverse. On entry `d.dresidual` is ∂/∂(block output); on exit ∂/∂(block input).
+fn block_backward<B: Backend>(
+    b: &B,
+    m: &Saved<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+    n_layer: usize,
+    l: usize,
+) -> Result<()> {
+    let blk = Block { m, n_layer, l };
+    mlp_part(b, &blk, grads, d)?;
+    attention_part(b, &blk, grads, d)
+}
+
+/// Block `l` of the saved forward pass.
+struct Block<'a, 'm, B: Backend> {
+    m: &'a Saved<'m, B>,
+    n_layer: usize,
+    l: usize,
+}
+
+impl<B: Backend> Block<'_, '_, B> {
+    fn lay<'b>(&self, buf: &'b B::Buf) -> Ref<'b, B::Buf> {
+        layer(buf, self.n_layer, self.l)
+    }
+    fn linear(&self, weight: BlockTensor, bias: BlockTensor) -> (&TensorView, &TensorView) {
+        (
+            self.m.layout.block(self.l, weight),
+            self.m.layout.block(self.l, bias),
+        )
+    }
+    /// LayerNorm backward with d.dbtc as the output gradient, accumulating into d.dresidual.
+    fn ln_backward(
+        &self,
+        b: &B,
+        grads: &mut B::Buf,
+        d: &mut ActivationGrads<B>,
+        weight: BlockTensor,
+        x: Ref<B::Buf>,
+        stats: (&B::Buf, &B::Buf),
+    ) -> Result<()> {
+        let (off, len) = self.m.layout.block_ln(self.l, weight);
+        let (lw, dlw) = (self.m.w.at(off, len), grads.at_mut(off, len));
+        let (mean, rstd) = (self.lay(stats.0), self.lay(stats.1));
+        b.layernorm_backward(
+            d.dresidual.all_mut(),
+            dlw,
+            d.dbtc.all(),
+            x,
+            lw,
+            mean,
+            rstd,
+            rows(self.m.a),
+        )
+    }
+}
+
+/// residual3 = residual2 + fch_gelu·W + b, so the projection's dy is dresidual itself.
+fn mlp_part<B: Backend>(
+    b: &B,
+    blk: &Block<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+) -> Result<()> {
+    use BlockTensor::*;
+    let (a, w) = (blk.m.a, blk.m.w);
+    let proj = blk.linear(FcProjWeight, FcProjBias);
+    linear_backward(
+        b,
+        d.dfch.all_mut(),
+        grads,
+        blk.lay(&a.fch_gelu),
+        d.dresidual.all(),
+        w,
+        proj,
+    )?;
+    b.gelu_backward(d.dfch.all_mut(), blk.lay(&a.fch))?;
+    linear_backward(
+        b,
+        d.dbtc.all_mut(),
+        grads,
+        blk.lay(&a.ln2),
+        d.dfch.all(),
+        w,
+        blk.linear(FcWeight, FcBias),
+    )?;
+    blk.ln_backward(
+        b,
+        grads,
+        d,
+        Ln2Weight,
+        blk.lay(&a.residual2),
+        (&a.ln2_mean, &a.ln2_rstd),
+    )
+}
+
+/// residual2 = x + atty·W + b, atty = attention(ln1(x) · Wqkv + bqkv).
+fn attention_part<B: Backend>(
+    b: &B,
+    blk: &Block<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+) -> Result<()> {
+    use BlockTensor::*;
+    let (a, w) = (blk.m.a, blk.m.w);
+    let proj = blk.linear(AttnProjWeight, AttnProjBias);
+    linear_backward(
+        b,
+        d.dbtc.all_mut(),
+        grads,
+        blk.lay(&a.atty),
+        d.dresidual.all(),
+        w,
+        proj,
+    )?;
+    let (qkv, att) = (blk.lay(&a.qkv), blk.lay(&a.att));
+    b.attention_backward(d.dqkv.all_mut(), d.dbtc.all(), qkv, att, a.shape, a.heads)?;
+    linear_backward(
+        b,
+        d.dbtc.all_mut(),
+        grads,
+        blk.lay(&a.ln1),
+        d.dqkv.all(),
+        w,
+        blk.linear(QkvWeight, QkvBias),
+    )?;
+    let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);
+    blk.ln_backward(b, grads, d, Ln1Weight, x, (&a.ln1_mean, &a.ln1_rstd))
+}

@@ -1,0 +1,208 @@
+//! The forward pass, written once against `Backend`: embedding → blocks → ln_f → logits.
+
+use super::activations::{layer, layer_mut, Activations};
+use super::params::{BlockTensor, ParamLayout, TensorView};
+use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use anyhow::Result;
+
+/// y = x·W + bias over the rows of x, W stored (n_in × n_out).
+pub(super) fn linear_forward<B: Backend>(
+    b: &B,
+    y: Mut<B::Buf>,
+    x: Ref<B::Buf>,
+    w: &B::Buf,
+    weight: &TensorView,
+    bias: &TensorView,
+) -> Result<()> {
+    let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
+    let rows = x.len / n_in;
+    let mut y = y;
+    b.gemm(
+        &Gemm::new(rows, n_out, n_in),
+        x,
+        view(w, weight),
+        y.reborrow(),
+    )?;
+    b.add_bias(y, view(w, bias), MatShape::new(rows, n_out))
+}
+
+/// A tensor's window in a buffer with the parameters' layout.
+pub(super) fn view<'a, T: Buffer>(buf: &'a T, t: &TensorView) -> Ref<'a, T> {
+    buf.at(t.offset, t.len())
+}
+
+/// Runs embedding, every block and ln_f, then the logits (B·T × padded_vocab) into `a.logits`.
+pub(super) fn forward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    a: &mut Activations<B>,
+    inputs: &[u32],
+) -> Result<()> {
+    let s = a.shape;
+    let wpe = layout.wpe();
+    b.embedding_forward(
+        a.encoded.all_mut(),
+        inputs,
+        view(w, layout.wte()),
+        w.at(wpe.offset, s.seq * s.channels),
+        s,
+    )?;
+    let n_layer = a.ln1.len() / s.len();
+    for l in 0..n_layer {
+        block_forward(b, layout, w, a, n_layer, l)?;
+    }
+    let ((off, len), shape) = (layout.ln_f(), rows(a));
+    let last = layer(&a.residual3, n_layer, n_layer - 1);
+    b.layernorm_forward(
+        a.lnf.all_mut(),
+        a.lnf_mean.all_mut(),
+        a.lnf_rstd.all_mut(),
+        last,
+        w.at(off, len),
+        shape,
+    )?;
+    // The tied LM head: logits = lnf · wteᵀ.
+    let head = Gemm::new(s.tokens(), a.padded_vocab, s.channels).trans_b();
+    b.gemm(
+        &head,
+        a.lnf.all(),
+        view(w, layout.wte()),
+        a.logits.all_mut(),
+    )
+}
+
+/// (B·T × C): the shape of the residual stream as rows of tokens.
+pub(super) fn rows<B: Backend>(a: &Activations<B>) -> MatShape {
+    MatShape::new(a.shape.tokens(), a.shape.channels)
+}
+
+/// The input of block `l`: the embeddings, or the previous block's output.
+pub(super) fn block_input<'a, T: Buffer>(
+    encoded: &'a T,
+    residual3: &'a T,
+    n_layer: usize,
+    l: usize,
+) -> Ref<'a, T> {
+    if l == 0 {
+        encoded.all()
+    } else {
+        layer(residual3, n_layer, l - 1)
+    }
+}
+
+/// Where block `l`'s weights and per-layer activation slices live.
+struct Block<'a, T> {
+    layout: &'a ParamLayout,
+    w: &'a T,
+    n_layer: usize,
+    l: usize,
+}
+
+impl<'a, T: Buffer> Block<'a, T> {
+    fn tensor(&self, kind: BlockTensor) -> &'a TensorView {
+        self.layout.block(self.l, kind)
+    }
+    /// A LayerNorm's weight-then-bias window.
+    fn ln(&self, weight: BlockTensor) -> Ref<'a, T> {
+        let (off, len) = self.layout.block_ln(self.l, weight);
+        self.w.at(off, len)
+    }
+}
+
+fn block_forward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    a: &mut Activations<B>,
+    n_layer: usize,
+    l: usize,
+) -> Result<()> {
+    let blk = Block {
+        layout,
+        w,
+        n_layer,
+        l,
+    };
+    attention_part(b, &blk, a)?;
+    mlp_part(b, &blk, a)
+}
+
+/// residual2 = x + proj(attention(ln1(x))).
+fn attention_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+    use BlockTensor::*;
+    let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
+    let x = block_input(&a.encoded, &a.residual3, n_layer, l);
+    let (ln1, mean, rstd) = (&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd);
+    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
+    b.layernorm_forward(
+        layer_mut(ln1, n_layer, l),
+        mean,
+        rstd,
+        x,
+        blk.ln(Ln1Weight),
+        shape,
+    )?;
+    let qkv = layer_mut(&mut a.qkv, n_layer, l);
+    linear_forward(
+        b,
+        qkv,
+        layer(&a.ln1, n_layer, l),
+        blk.w,
+        blk.tensor(QkvWeight),
+        blk.tensor(QkvBias),
+    )?;
+    let (atty, att) = (
+        layer_mut(&mut a.atty, n_layer, l),
+        layer_mut(&mut a.att, n_layer, l),
+    );
+    b.attention_forward(atty, att, layer(&a.qkv, n_layer, l), a.shape, a.heads)?;
+    let (proj, proj_bias) = (blk.tensor(AttnProjWeight), blk.tensor(AttnProjBias));
+    linear_forward(
+        b,
+        layer_mut(&mut a.residual2, n_layer, l),
+        layer(&a.atty, n_layer, l),
+        blk.w,
+        proj,
+        proj_bias,
+    )?;
+    let x = block_input(&a.encoded, &a.residual3, n_layer, l);
+    b.add(layer_mut(&mut a.residual2, n_layer, l), x)
+}
+
+/// residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
+fn mlp_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+    use BlockTensor::*;
+    let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
+    let lay = |buf| layer(buf, n_layer, l);
+    let (ln2, mean, rstd) = (&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd);
+    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
+    b.layernorm_forward(
+        layer_mut(ln2, n_layer, l),
+        mean,
+        rstd,
+        lay(&a.residual2),
+        blk.ln(Ln2Weight),
+        shape,
+    )?;
+    let fch = layer_mut(&mut a.fch, n_layer, l);
+    linear_forward(
+        b,
+        fch,
+        lay(&a.ln2),
+        blk.w,
+        blk.tensor(FcWeight),
+        blk.tensor(FcBias),
+    )?;
+    b.gelu_forward(layer_mut(&mut a.fch_gelu, n_layer, l), lay(&a.fch))?;
+    let (proj, proj_bias) = (blk.tensor(FcProjWeight), blk.tensor(FcProjBias));
+    linear_forward(
+        b,
+        layer_mut(&mut a.residual3, n_layer, l),
+        lay(&a.fch_gelu),
+        blk.w,
+        proj,
+        proj_bias,
+    )?;
+    b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
+}

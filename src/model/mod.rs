@@ -1,0 +1,15 @@
+//! GPT-2: configurations, the flat parameter layout with Hugging Face names, activations, and the
+//! forward and backward passes written once against `Backend` (llm.c's train_gpt2.c, no autograd).
+
+mod activations;
+mod backward;
+pub mod config;
+mod forward;
+mod gpt;
+pub mod params;
+#[cfg(test)]
+mod tests;
+
+pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
+pub use gpt::{Gpt, OptimizerBuffers};
+pub use params::{BlockTensor, DecaySpan, Init, ParamLayout, TensorView};

@@ -1,0 +1,404 @@
+//! The parameter layout: one flat f32 buffer, named tensor views into it, Hugging Face names, the
+//! weight-decay flag of each tensor, and GPT-2's initialisation.
+//!
+//! Order: all weight-decayed tensors first (wte, wpe, then every block's four matrices), then all
+//! the others (every block's LayerNorms and biases, then ln_f), so the optimiser sees two
+//! contiguous spans. Each LayerNorm's weight is directly followed by its bias: the layernorm ops
+//! take them as one (2·C) window. Weights are (n_in × n_out) so y = x·W, as in HF's Conv1D.
+
+use super::config::GptConfig;
+use crate::util::rng::Rng;
+use rayon::prelude::*;
+
+/// GPT-2's initialisation standard deviation.
+const INIT_STD: f64 = 0.02;
+
+/// A tensor of one transformer block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockTensor {
+    Ln1Weight,
+    Ln1Bias,
+    QkvWeight,
+    QkvBias,
+    AttnProjWeight,
+    AttnProjBias,
+    Ln2Weight,
+    Ln2Bias,
+    FcWeight,
+    FcBias,
+    FcProjWeight,
+    FcProjBias,
+}
+
+use BlockTensor::*;
+
+/// The block's matrices (weight-decayed) and its vectors (not), each in layout order.
+const BLOCK_MATRICES: [BlockTensor; 4] = [QkvWeight, AttnProjWeight, FcWeight, FcProjWeight];
+const BLOCK_VECTORS: [BlockTensor; 8] = [
+    Ln1Weight,
+    Ln1Bias,
+    QkvBias,
+    AttnProjBias,
+    Ln2Weight,
+    Ln2Bias,
+    FcBias,
+    FcProjBias,
+];
+
+impl BlockTensor {
+    /// The name after `transformer.h.{i}.` in a Hugging Face GPT-2 checkpoint.
+    pub fn hf_suffix(self) -> &'static str {
+        match self {
+            Ln1Weight => "ln_1.weight",
+            Ln1Bias => "ln_1.bias",
+            QkvWeight => "attn.c_attn.weight",
+            QkvBias => "attn.c_attn.bias",
+            AttnProjWeight => "attn.c_proj.weight",
+            AttnProjBias => "attn.c_proj.bias",
+            Ln2Weight => "ln_2.weight",
+            Ln2Bias => "ln_2.bias",
+            FcWeight => "mlp.c_fc.weight",
+            FcBias => "mlp.c_fc.bias",
+            FcProjWeight => "mlp.c_proj.weight",
+            FcProjBias => "mlp.c_proj.bias",
+        }
+    }
+
+    fn shape(self, c: usize) -> Vec<usize> {
+        match self {
+            Ln1Weight | Ln1Bias | AttnProjBias | Ln2Weight | Ln2Bias | FcProjBias => vec![c],
+            QkvWeight => vec![c, 3 * c],
+            QkvBias => vec![3 * c],
+            AttnProjWeight => vec![c, c],
+            FcWeight => vec![c, 4 * c],
+            FcBias => vec![4 * c],
+            FcProjWeight => vec![4 * c, c],
+        }
+    }
+
+    fn init(self, cfg: &GptConfig) -> Init {
+        match self {
+            Ln1Weight | Ln2Weight => Init::Ones,
+            QkvWeight | FcWeight => Init::Normal {
+                std: INIT_STD,
+                drawn: usize::MAX,
+            },
+            // Residual projections: each block adds two to the residual stream, so scale by 1/√(2L).
+            AttnProjWeight | FcProjWeight => Init::Normal {
+                std: INIT_STD / (2.0 * cfg.n_layer as f64).sqrt(),
+                drawn: usize::MAX,
+            },
+            _ => Init::Zeros,
+        }
+    }
+}
+
+/// How a tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// N(0, std²) for the first `drawn` elements (all of them when larger), zero after: the
+    /// embedding's padding rows stay zero.
+    Normal {
+        std: f64,
+        drawn: usize,
+    },
+}
+
+/// A named tensor in the flat parameter buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorView {
+    /// Hugging Face GPT-2 name, e.g. `transformer.h.3.mlp.c_fc.weight`.
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// First element in the flat buffer.
+    pub offset: usize,
+    /// Matrices and embeddings are decayed (as llm.c and nanoGPT do); biases and LayerNorms not.
+    pub weight_decay: bool,
+    pub init: Init,
+}
+
+impl TensorView {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A contiguous run of tensors sharing the weight-decay flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecaySpan {
+    pub offset: usize,
+    pub len: usize,
+    pub weight_decay: bool,
+}
+
+/// The named tensors of a GPT-2 in one flat buffer.
+#[derive(Clone, Debug)]
+pub struct ParamLayout {
+    tensors: Vec<TensorView>,
+    len: usize,
+    /// Index in `tensors` of each block's tensors, by `BlockTensor as usize`.
+    blocks: Vec<[usize; 12]>,
+    c: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &GptConfig) -> Self {
+        let c = cfg.n_embd;
+        let mut layout = ParamLayout {
+            tensors: Vec::new(),
+            len: 0,
+            blocks: vec![[usize::MAX; 12]; cfg.n_layer],
+            c,
+        };
+        let embedding = |drawn| Init::Normal {
+            std: INIT_STD,
+            drawn,
+        };
+        layout.push(
+            "transformer.wte.weight".into(),
+            vec![cfg.padded_vocab, c],
+            true,
+            embedding(cfg.vocab_size * c),
+        );
+        layout.push(
+            "transformer.wpe.weight".into(),
+            vec![cfg.max_seq, c],
+            true,
+            embedding(usize::MAX),
+        );
+        for (group, decay) in [(&BLOCK_MATRICES[..], true), (&BLOCK_VECTORS[..], false)] {
+            for l in 0..cfg.n_layer {
+                for &t in group {
+                    layout.blocks[l][t as usize] = layout.tensors.len();
+                    layout.push(
+                        format!("transformer.h.{l}.{}", t.hf_suffix()),
+                        t.shape(c),
+                        decay,
+                        t.init(cfg),
+                    );
+                }
+            }
+        }
+        layout.push("transformer.ln_f.weight".into(), vec![c], false, Init::Ones);
+        layout.push("transformer.ln_f.bias".into(), vec![c], false, Init::Zeros);
+        layout
+    }
+
+    fn push(&mut self, name: String, shape: Vec<usize>, weight_decay: bool, init: Init) {
+        let view = TensorView {
+            name,
+            shape,
+            offset: self.len,
+            weight_decay,
+            init,
+        };
+        self.len += view.len();
+        self.tensors.push(view);
+    }
+
+    /// Elements of the flat buffer (including the embedding's padding rows).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Every tensor, in buffer order.
+    pub fn tensors(&self) -> &[TensorView] {
+        &self.tensors
+    }
+    /// The tensor with this Hugging Face name.
+    pub fn find(&self, name: &str) -> Option<&TensorView> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+    /// The token embedding, (padded_vocab × C), also the tied LM head.
+    pub fn wte(&self) -> &TensorView {
+        &self.tensors[0]
+    }
+    /// The position embedding, (max_seq × C).
+    pub fn wpe(&self) -> &TensorView {
+        &self.tensors[1]
+    }
+    pub fn block(&self, layer: usize, t: BlockTensor) -> &TensorView {
+        &self.tensors[self.blocks[layer][t as usize]]
+    }
+    /// (offset, 2·C) window of a block LayerNorm's weight followed by its bias.
+    pub fn block_ln(&self, layer: usize, weight: BlockTensor) -> (usize, usize) {
+        debug_assert!(matches!(weight, Ln1Weight | Ln2Weight));
+        (self.block(layer, weight).offset, 2 * self.c)
+    }
+    /// (offset, 2·C) window of the final LayerNorm's weight and bias.
+    pub fn ln_f(&self) -> (usize, usize) {
+        (self.tensors[self.tensors.len() - 2].offset, 2 * self.c)
+    }
+
+    /// Maximal contiguous runs of tensors with the same weight-decay flag, in buffer order.
+    pub fn decay_spans(&self) -> Vec<DecaySpan> {
+        let mut spans: Vec<DecaySpan> = Vec::new();
+        for t in &self.tensors {
+            match spans.last_mut() {
+                Some(s) if s.weight_decay == t.weight_decay => s.len += t.len(),
+                _ => spans.push(DecaySpan {
+                    offset: t.offset,
+                    len: t.len(),
+                    weight_decay: t.weight_decay,
+                }),
+            }
+        }
+        spans
+    }
+
+    /// GPT-2's initial parameters. Each tensor draws from its own generator, seeded by `seed` and
+    /// its index, so tensors initialise in parallel and one tensor's values do not depend on
+    /// another's size.
+    pub fn init_values(&self, seed: u64) -> Vec<f32> {
+        let mut values = vec![0.0f32; self.len];
+        let mut rest = values.as_mut_slice();
+        let mut parts = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let (part, tail) = rest.split_at_mut(t.len());
+            parts.push(part);
+            rest = tail;
+        }
+        parts
+            .into_par_iter()
+            .zip(&self.tensors)
+            .enumerate()
+            .for_each(|(i, (part, t))| match t.init {
+                Init::Zeros => {}
+                Init::Ones => part.fill(1.0),
+                Init::Normal { std, drawn } => {
+                    let mut rng =
+                        Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let n = drawn.min(part.len());
+                    part[..n]
+                        .iter_mut()
+                        .for_each(|x| *x = (rng.normal() * std) as f32);
+                }
+            });
+        values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_has_hf_names_shapes_and_covers_the_buffer() {
+        let cfg = GptConfig::preset("gpt2").unwrap();
+        let layout = ParamLayout::new(&cfg);
+        assert_eq!(layout.tensors().len(), 2 + 12 * 12 + 2);
+        assert_eq!(
+            layout.len(),
+            cfg.num_params() + (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd
+        );
+        let shape = |name: &str| {
+            layout
+                .find(name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .shape
+                .clone()
+        };
+        // Shapes as stored in the Hugging Face `gpt2` checkpoint (Conv1D: n_in × n_out).
+        assert_eq!(shape("transformer.wte.weight"), [50304, 768]);
+        assert_eq!(shape("transformer.wpe.weight"), [1024, 768]);
+        assert_eq!(shape("transformer.h.11.attn.c_attn.weight"), [768, 2304]);
+        assert_eq!(shape("transformer.h.0.attn.c_attn.bias"), [2304]);
+        assert_eq!(shape("transformer.h.5.attn.c_proj.weight"), [768, 768]);
+        assert_eq!(shape("transformer.h.5.mlp.c_fc.weight"), [768, 3072]);
+        assert_eq!(shape("transformer.h.5.mlp.c_proj.weight"), [3072, 768]);
+        assert_eq!(shape("transformer.h.7.ln_2.bias"), [768]);
+        assert_eq!(shape("transformer.ln_f.weight"), [768]);
+        // Contiguous, non-overlapping, in order; names unique.
+        let mut next = 0;
+        for t in layout.tensors() {
+            assert_eq!(t.offset, next, "{}", t.name);
+            next += t.len();
+        }
+        let names: std::collections::HashSet<_> =
+            layout.tensors().iter().map(|t| &t.name).collect();
+        assert_eq!(names.len(), layout.tensors().len());
+    }
+
+    #[test]
+    fn decay_flags_form_two_spans_and_layernorm_bias_follows_weight() {
+        let cfg = GptConfig::preset("tiny").unwrap();
+        let layout = ParamLayout::new(&cfg);
+        for t in layout.tensors() {
+            assert_eq!(
+                t.weight_decay,
+                t.shape.len() == 2,
+                "{}: decay exactly the 2-D tensors",
+                t.name
+            );
+        }
+        let spans = layout.decay_spans();
+        assert_eq!(spans.len(), 2);
+        assert!(spans[0].weight_decay && !spans[1].weight_decay);
+        assert_eq!(spans[0].len + spans[1].len, layout.len());
+        for l in 0..cfg.n_layer {
+            for (w, b) in [(Ln1Weight, Ln1Bias), (Ln2Weight, Ln2Bias)] {
+                assert_eq!(
+                    layout.block(l, w).offset + cfg.n_embd,
+                    layout.block(l, b).offset
+                );
+                assert_eq!(
+                    layout.block_ln(l, w),
+                    (layout.block(l, w).offset, 2 * cfg.n_embd)
+                );
+            }
+        }
+        assert_eq!(
+            layout.ln_f().0,
+            layout.find("transformer.ln_f.weight").unwrap().offset
+        );
+        assert_eq!(
+            layout.ln_f().0 + cfg.n_embd,
+            layout.find("transformer.ln_f.bias").unwrap().offset
+        );
+    }
+
+    #[test]
+    fn init_follows_gpt2_and_is_deterministic_by_seed() {
+        let cfg = GptConfig::preset("tiny").unwrap();
+        let layout = ParamLayout::new(&cfg);
+        let values = layout.init_values(42);
+        assert_eq!(values, layout.init_values(42));
+        assert_ne!(values, layout.init_values(43));
+        let of = |name: &str| {
+            let t = layout.find(name).unwrap();
+            &values[t.offset..t.offset + t.len()]
+        };
+        let std = |x: &[f32]| {
+            (x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+        };
+        // Sample std of n normals has relative standard error 1/√(2n) ≤ 0.6% here; allow 3%.
+        let close =
+            |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.03, "std {got} vs {want}");
+        let wte = of("transformer.wte.weight");
+        let real = cfg.vocab_size * cfg.n_embd;
+        close(std(&wte[..real]), 0.02);
+        assert!(
+            wte[real..].iter().all(|&v| v == 0.0),
+            "padding rows must start at zero"
+        );
+        close(std(of("transformer.wpe.weight")), 0.02);
+        close(std(of("transformer.h.2.attn.c_attn.weight")), 0.02);
+        close(std(of("transformer.h.2.mlp.c_fc.weight")), 0.02);
+        let residual = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        close(std(of("transformer.h.1.attn.c_proj.weight")), residual);
+        close(std(of("transformer.h.3.mlp.c_proj.weight")), residual);
+        assert!(of("transformer.h.0.ln_1.weight").iter().all(|&v| v == 1.0));
+        assert!(of("transformer.h.0.ln_1.bias").iter().all(|&v| v == 0.0));
+        assert!(of("transformer.h.0.mlp.c_fc.bias")
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(of("transformer.ln_f.weight").iter().all(|&v| v == 1.0));
+    }
+}

@@ -1,0 +1,368 @@
+//! Whole-model tests: an independent f64 reference forward (plain loops over the Hugging Face
+//! names), the loss and EVERY parameter's gradient against it, the loss at init, and bad input.
+
+use super::{Gpt, GptConfig, ParamLayout};
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Buffer};
+use crate::util::rng::Rng;
+
+/// Parameters in f64, looked up by Hugging Face name.
+struct Reference<'a> {
+    cfg: GptConfig,
+    layout: &'a ParamLayout,
+    p: &'a [f64],
+}
+
+type Rows = Vec<Vec<f64>>;
+
+impl Reference<'_> {
+    fn tensor(&self, name: &str) -> &[f64] {
+        let t = self
+            .layout
+            .find(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
+        &self.p[t.offset..t.offset + t.len()]
+    }
+
+    /// x·W + b with W stored (n_in × n_out).
+    fn linear(&self, x: &Rows, prefix: &str) -> Rows {
+        let (w, b) = (
+            self.tensor(&format!("{prefix}.weight")),
+            self.tensor(&format!("{prefix}.bias")),
+        );
+        let n_out = b.len();
+        x.iter()
+            .map(|row| {
+                (0..n_out)
+                    .map(|o| {
+                        b[o] + row
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| v * w[i * n_out + o])
+                            .sum::<f64>()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn layernorm(&self, x: &Rows, prefix: &str) -> Rows {
+        let (w, b) = (
+            self.tensor(&format!("{prefix}.weight")),
+            self.tensor(&format!("{prefix}.bias")),
+        );
+        x.iter()
+            .map(|row| {
+                let n = row.len() as f64;
+                let mean = row.iter().sum::<f64>() / n;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| (v - mean) / (var + 1e-5).sqrt() * w[i] + b[i])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Causal multi-head attention from qkv rows (3C wide) to C-wide rows.
+    fn attention(&self, qkv: &Rows) -> Rows {
+        let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
+        let hs = c / nh;
+        let mut out = vec![vec![0.0; c]; qkv.len()];
+        for h in 0..nh {
+            for t in 0..qkv.len() {
+                let score = |t2: usize| {
+                    (0..hs)
+                        .map(|i| qkv[t][h * hs + i] * qkv[t2][c + h * hs + i])
+                        .sum::<f64>()
+                        / (hs as f64).sqrt()
+                };
+                let scores: Vec<f64> = (0..=t).map(score).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (t2, s) in scores.iter().enumerate() {
+                    for i in 0..hs {
+                        out[t][h * hs + i] += (s - max).exp() / z * qkv[t2][2 * c + h * hs + i];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Mean cross-entropy over all positions of `batch` sequences.
+    fn loss(&self, inputs: &[u32], targets: &[u32], batch: usize) -> f64 {
+        let (c, seq) = (self.cfg.n_embd, inputs.len() / batch);
+        let (wte, wpe) = (
+            self.tensor("transformer.wte.weight"),
+            self.tensor("transformer.wpe.weight"),
+        );
+        let gelu = |x: f64| {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+        };
+        let add = |a: &Rows, b: &Rows| -> Rows {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
+                .collect()
+        };
+        let mut total = 0.0;
+        for bi in 0..batch {
+            let tokens = &inputs[bi * seq..(bi + 1) * seq];
+            let mut x: Rows = tokens
+                .iter()
+                .enumerate()
+                .map(|(t, &tok)| {
+                    (0..c)
+                        .map(|i| wte[tok as usize * c + i] + wpe[t * c + i])
+                        .collect()
+                })
+                .collect();
+            for l in 0..self.cfg.n_layer {
+                let h = format!("transformer.h.{l}");
+                let qkv = self.linear(
+                    &self.layernorm(&x, &format!("{h}.ln_1")),
+                    &format!("{h}.attn.c_attn"),
+                );
+                x = add(
+                    &x,
+                    &self.linear(&self.attention(&qkv), &format!("{h}.attn.c_proj")),
+                );
+                let fc = self.linear(
+                    &self.layernorm(&x, &format!("{h}.ln_2")),
+                    &format!("{h}.mlp.c_fc"),
+                );
+                let fc: Rows = fc
+                    .iter()
+                    .map(|r| r.iter().map(|&v| gelu(v)).collect())
+                    .collect();
+                x = add(&x, &self.linear(&fc, &format!("{h}.mlp.c_proj")));
+            }
+            for (t, row) in self.layernorm(&x, "transformer.ln_f").iter().enumerate() {
+                // Only the real vocabulary: padding rows of wte never reach the loss.
+                let logits: Vec<f64> = (0..self.cfg.vocab_size)
+                    .map(|v| (0..c).map(|i| row[i] * wte[v * c + i]).sum())
+                    .collect();
+                let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + logits.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+                total += lse - logits[targets[bi * seq + t] as usize];
+            }
+        }
+        total / inputs.len() as f64
+    }
+}
+
+/// A micro GPT: 2 layers, 2 heads, width 8, a vocabulary of 11 padded to 16, context 6.
+fn micro() -> GptConfig {
+    GptConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+        vocab_size: 11,
+        padded_vocab: 16,
+        max_seq: 6,
+    }
+}
+
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+#[test]
+fn loss_and_every_gradient_match_f64_reference() {
+    let (cpu, cfg, batch, seq) = (Cpu, micro(), 2, 5);
+    let mut gpt = Gpt::new(&cpu, cfg, batch, seq, 1).unwrap();
+    // Large random weights everywhere, padding rows included (they must not matter): GPT-2's
+    // small init would leave attention nearly uniform and hide errors in its gradient.
+    let mut rng = Rng::new(2);
+    let p: Vec<f32> = gpt
+        .layout()
+        .tensors()
+        .iter()
+        .flat_map(|t| {
+            let shift = if t.name.contains("ln_") && t.name.ends_with("weight") {
+                1.0
+            } else {
+                0.0
+            };
+            (0..t.len())
+                .map(|_| (shift + 0.4 * rng.normal()) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    cpu.upload(&p, gpt.params_mut().all_mut()).unwrap();
+    gpt.refresh_compute_copy(&cpu).unwrap();
+    let (inputs, targets) = (
+        random_tokens(batch * seq, cfg.vocab_size, 3),
+        random_tokens(batch * seq, cfg.vocab_size, 4),
+    );
+
+    // Two accumulated micro-steps with scales 0.75 and 0.25 must give the gradient of the loss.
+    gpt.zero_grads(&cpu).unwrap();
+    let loss = gpt.forward(&cpu, &inputs, Some(&targets)).unwrap().unwrap();
+    gpt.backward(&cpu, 0.75).unwrap();
+    gpt.forward(&cpu, &inputs, Some(&targets)).unwrap();
+    gpt.backward(&cpu, 0.25).unwrap();
+    let grads = cpu.download(gpt.grads().all()).unwrap();
+
+    let layout = gpt.layout().clone();
+    let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
+    let want = Reference {
+        cfg,
+        layout: &layout,
+        p: &p64,
+    }
+    .loss(&inputs, &targets, batch);
+    assert!(
+        ((loss as f64 - want) / want).abs() < 1e-5,
+        "loss {loss} vs f64 reference {want}"
+    );
+
+    let h = 1e-5;
+    let mut worst = (0.0f64, String::new());
+    for t in layout.tensors() {
+        let (mut diff2, mut norm2) = (0.0, 0.0);
+        for i in t.offset..t.offset + t.len() {
+            let x = p64[i];
+            p64[i] = x + h;
+            let up = Reference {
+                cfg,
+                layout: &layout,
+                p: &p64,
+            }
+            .loss(&inputs, &targets, batch);
+            p64[i] = x - h;
+            let down = Reference {
+                cfg,
+                layout: &layout,
+                p: &p64,
+            }
+            .loss(&inputs, &targets, batch);
+            p64[i] = x;
+            let fd = (up - down) / (2.0 * h);
+            diff2 += (grads[i] as f64 - fd).powi(2);
+            norm2 += fd * fd;
+        }
+        assert!(
+            norm2 > 0.0 || t.name == "transformer.wte.weight",
+            "{}: zero gradient, the check would be vacuous",
+            t.name
+        );
+        let rel = (diff2 / norm2).sqrt();
+        assert!(
+            rel < 1e-3,
+            "{}: relative gradient error {rel:e} (‖fd‖ = {:e})",
+            t.name,
+            norm2.sqrt()
+        );
+        if rel > worst.0 {
+            worst = (rel, t.name.clone());
+        }
+    }
+    let wte = layout.wte();
+    let padding = &grads[wte.offset + cfg.vocab_size * cfg.n_embd..wte.offset + wte.len()];
+    assert!(
+        padding.iter().all(|&g| g == 0.0),
+        "padding rows of wte got gradient"
+    );
+    eprintln!("worst relative gradient error {:e} in {}", worst.0, worst.1);
+}
+
+#[test]
+fn loss_at_init_is_log_vocab_plus_logit_variance() {
+    // At init every lnf row has Σ x² = C (LayerNorm, weight 1, bias 0), so each logit is
+    // N(0, C·0.02²) over the random wte, and E[loss] ≈ ln V + C·0.02²/2. The target's logit
+    // averages over 512 tokens with standard error ≈ √(C·0.02²/512) ≈ 0.01; allow 0.05.
+    let (cpu, cfg, batch, seq) = (Cpu, GptConfig::preset("tiny").unwrap(), 8, 64);
+    let mut gpt = Gpt::new(&cpu, cfg, batch, seq, 7).unwrap();
+    let (inputs, targets) = (
+        random_tokens(batch * seq, cfg.vocab_size, 8),
+        random_tokens(batch * seq, cfg.vocab_size, 9),
+    );
+    let loss = gpt.forward(&cpu, &inputs, Some(&targets)).unwrap().unwrap() as f64;
+    let want = (cfg.vocab_size as f64).ln() + cfg.n_embd as f64 * 0.02f64.powi(2) / 2.0;
+    assert!(
+        (loss - want).abs() < 0.05,
+        "loss at init {loss}, expected ≈ {want}"
+    );
+}
+
+#[test]
+fn forward_without_targets_gives_logits_matching_the_reference_loss() {
+    let (cpu, cfg) = (Cpu, micro());
+    let mut gpt = Gpt::new(&cpu, cfg, 1, 4, 5).unwrap();
+    let (inputs, targets) = (
+        random_tokens(4, cfg.vocab_size, 6),
+        random_tokens(4, cfg.vocab_size, 7),
+    );
+    assert_eq!(gpt.forward(&cpu, &inputs, None).unwrap(), None);
+    let logits = cpu.download(gpt.logits()).unwrap();
+    let from_logits: f64 = (0..4)
+        .map(|r| {
+            let row: Vec<f64> = logits[r * cfg.padded_vocab..][..cfg.vocab_size]
+                .iter()
+                .map(|&z| z as f64)
+                .collect();
+            row.iter().map(|z| z.exp()).sum::<f64>().ln() - row[targets[r] as usize]
+        })
+        .sum::<f64>()
+        / 4.0;
+    let p: Vec<f64> = cpu
+        .download(gpt.params().all())
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let want = Reference {
+        cfg,
+        layout: gpt.layout(),
+        p: &p,
+    }
+    .loss(&inputs, &targets, 1);
+    assert!(
+        (from_logits - want).abs() < 1e-5 * want,
+        "{from_logits} vs {want}"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let (cpu, cfg) = (Cpu, micro());
+    let err = Gpt::new(&cpu, cfg, 1, 7, 0).err().unwrap().to_string();
+    assert!(
+        err.contains("sequence length 7 exceeds the model's context of 6"),
+        "{err}"
+    );
+    let mut gpt = Gpt::new(&cpu, cfg, 2, 3, 0).unwrap();
+    let err = gpt.forward(&cpu, &[0, 1, 2], None).unwrap_err().to_string();
+    assert!(
+        err.contains("got 3 token ids") && err.contains("batch 2 × seq 3 = 6"),
+        "{err}"
+    );
+    let err = gpt
+        .forward(&cpu, &[0, 1, 2, 3, 11, 5], None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 11 at position 4 is outside the vocabulary of 11"),
+        "{err}"
+    );
+    let err = gpt
+        .forward(&cpu, &[0; 6], Some(&[0; 5]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("targets: got 5 token ids"), "{err}");
+    gpt.forward(&cpu, &[0; 6], None).unwrap();
+    let err = gpt.backward(&cpu, 1.0).unwrap_err().to_string();
+    assert!(
+        err.contains("backward needs a forward with targets"),
+        "{err}"
+    );
+    let err = Gpt::new(&cpu, GptConfig { n_head: 3, ..cfg }, 1, 2, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not split into 3 heads"), "{err}");
+}
