@@ -153,3 +153,38 @@ pub(crate) fn check_classifier(
     window_len(op, "targets", targets.len(), s.rows)?;
     token_ids(op, targets, vocab)
 }
+
+/// Checks the operands of `embedding_backward`.
+pub(crate) fn check_embedding_backward(
+    dwte: usize,
+    dout: usize,
+    tokens: &[u32],
+    channels: usize,
+) -> Result<()> {
+    let op = "embedding_backward";
+    ensure!(
+        channels > 0 && dwte.is_multiple_of(channels),
+        "{op}: dwte window of {dwte} is not whole rows of {channels}"
+    );
+    window_len(op, "dout", dout, tokens.len() * channels)?;
+    token_ids(op, tokens, dwte / channels)
+}
+
+/// Checks the operands of `layernorm_backward` beyond those it shares with the forward.
+pub(crate) fn check_layernorm_backward(
+    dinp: usize,
+    dout: usize,
+    dweight_bias: usize,
+    s: MatShape,
+) -> Result<()> {
+    let op = "layernorm_backward";
+    window_len(op, "dinp", dinp, s.len())?;
+    window_len(op, "dout", dout, s.len())?;
+    window_len(op, "dweight_bias", dweight_bias, 2 * s.cols)
+}
+
+/// Checks the operands of `add_bias` (out, bias) and `add_column_sums` (src, dst): a matrix and a row.
+pub(crate) fn check_matrix_and_row(op: &str, matrix: usize, row: usize, s: MatShape) -> Result<()> {
+    window_len(op, "matrix", matrix, s.len())?;
+    window_len(op, "row", row, s.cols)
+}

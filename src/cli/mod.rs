@@ -1,9 +1,13 @@
 //! The command line: one file per subcommand, each with its flags (and their help) and its `run`.
 
 pub mod bench;
+pub mod bench_train;
 pub mod doctor;
+pub mod eval;
+pub mod plot;
 pub mod selftest;
 pub mod tokenize;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +27,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Pre-train a GPT-2-class model (with no --data: the tiny model on the built-in corpus)
+    Train(train::Args),
+    /// Loss and perplexity of a checkpoint on a split
+    Eval(eval::Args),
+    /// Draw DIR/loss.png from a training run's metrics.jsonl
+    Plot(plot::Args),
     /// Build and machine facts: embedded kernels and their resources, the GPU, the CUDA libraries
     Doctor(doctor::Args),
     /// Compare every CUDA op with its CPU reference on fresh random inputs (needs a GPU)
@@ -31,10 +41,16 @@ pub enum Command {
     Bench(bench::Args),
     /// Tokenize text (WikiText-103 or any UTF-8 files) into GPT-2 token shards in llm.c's format
     Tokenize(tokenize::Args),
+    /// Training-step throughput (forward, backward, AdamW) on random tokens, as JSON lines
+    BenchTrain(bench_train::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::BenchTrain(a) => bench_train::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Selftest(a) => selftest::run(a),
         Command::Bench(a) => bench::run(a),

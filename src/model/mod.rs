@@ -6,6 +6,7 @@ mod backward;
 pub mod config;
 mod forward;
 mod gpt;
+pub mod hf;
 pub mod params;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,13 @@
 //! The training loop, checkpoints, metrics and progress.
 
 pub mod atomic;
+pub mod checkpoint;
+pub mod config;
+pub mod evaluate;
+pub mod metrics;
+pub mod progress;
+pub mod run;
 pub mod tensor_file;
+
+pub use config::TrainConfig;
+pub use run::{run, RunOptions, RunSummary};

@@ -15,12 +15,13 @@ mod reduce;
 mod test_util;
 
 use super::shapes::{
-    check_attention, check_classifier, check_embedding, check_layernorm, token_ids, window_len,
+    check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
+    check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
     check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape,
 };
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 /// A host buffer. BF16 buffers hold f32 values already rounded to bf16.
 #[derive(Clone, Debug)]
@@ -163,14 +164,7 @@ impl Backend for Cpu {
         tokens: &[u32],
         channels: usize,
     ) -> Result<()> {
-        let op = "embedding_backward";
-        ensure!(
-            channels > 0 && dwte.len.is_multiple_of(channels),
-            "{op}: dwte window of {} is not whole rows of {channels}",
-            dwte.len
-        );
-        window_len(op, "dout", dout.len, tokens.len() * channels)?;
-        token_ids(op, tokens, dwte.len / channels)?;
+        check_embedding_backward(dwte.len, dout.len, tokens, channels)?;
         embedding::backward(dwte.slice_mut(), dout.slice(), tokens, channels);
         dwte.round_to_dtype();
         Ok(())
@@ -218,9 +212,7 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let op = "layernorm_backward";
         check_layernorm(op, inp.len, weight_bias.len, mean.len, rstd.len, shape)?;
-        window_len(op, "dinp", dinp.len, shape.len())?;
-        window_len(op, "dout", dout.len, shape.len())?;
-        window_len(op, "dweight_bias", dweight_bias.len, 2 * shape.cols)?;
+        check_layernorm_backward(dinp.len, dout.len, dweight_bias.len, shape)?;
         let dw = dweight_bias.slice_mut();
         layernorm::backward(
             dinp.slice_mut(),
@@ -238,8 +230,7 @@ impl Backend for Cpu {
     }
 
     fn add_bias(&self, mut out: Mut<CpuBuf>, bias: Ref<CpuBuf>, shape: MatShape) -> Result<()> {
-        window_len("add_bias", "out", out.len, shape.len())?;
-        window_len("add_bias", "bias", bias.len, shape.cols)?;
+        check_matrix_and_row("add_bias", out.len, bias.len, shape)?;
         elementwise::add_bias(out.slice_mut(), bias.slice(), shape);
         out.round_to_dtype();
         Ok(())
@@ -250,8 +241,7 @@ impl Backend for Cpu {
         src: Ref<CpuBuf>,
         shape: MatShape,
     ) -> Result<()> {
-        window_len("add_column_sums", "src", src.len, shape.len())?;
-        window_len("add_column_sums", "dst", dst.len, shape.cols)?;
+        check_matrix_and_row("add_column_sums", src.len, dst.len, shape)?;
         elementwise::add_column_sums(dst.slice_mut(), src.slice(), shape);
         dst.round_to_dtype();
         Ok(())

@@ -2,11 +2,15 @@
 
 use rayon::prelude::*;
 
-/// Σ x² in f64.
+/// Σ x² in f64. Chunk sums are collected in order and added sequentially: rayon's own `sum`
+/// reduces in an order that depends on work stealing, and a gradient norm that changed from run to
+/// run would break bit-exact resumption.
 pub fn sum_squares(x: &[f32]) -> f64 {
-    x.par_chunks(1 << 14)
+    let partials: Vec<f64> = x
+        .par_chunks(1 << 14)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .sum()
+        .collect();
+    partials.iter().sum()
 }
 
 #[cfg(test)]

@@ -14,8 +14,12 @@ mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
 
+use super::shapes::{
+    check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
+    check_layernorm_backward, check_matrix_and_row, window_len,
+};
 use super::{same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape};
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 use std::sync::Arc;
@@ -206,97 +210,167 @@ impl Backend for Cuda {
 
     fn embedding_forward(
         &self,
-        _: Mut<CudaBuf>,
-        _: &[u32],
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: SeqShape,
+        out: Mut<CudaBuf>,
+        tokens: &[u32],
+        wte: Ref<CudaBuf>,
+        wpe: Ref<CudaBuf>,
+        shape: SeqShape,
     ) -> Result<()> {
-        Err(no_kernel_yet("embedding_forward"))
+        check_embedding(&out, tokens, &wte, &wpe, shape)?;
+        embedding::forward(self, out, tokens, wte, wpe, shape.seq, shape.channels)
     }
     fn embedding_backward(
         &self,
-        _: Mut<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: &[u32],
-        _: usize,
+        dwte: Mut<CudaBuf>,
+        dout: Ref<CudaBuf>,
+        tokens: &[u32],
+        channels: usize,
     ) -> Result<()> {
-        Err(no_kernel_yet("embedding_backward"))
+        check_embedding_backward(dwte.len, dout.len, tokens, channels)?;
+        embedding::backward(self, dwte, dout, tokens, channels)
     }
     fn layernorm_forward(
         &self,
-        _: Mut<CudaBuf>,
-        _: Mut<CudaBuf>,
-        _: Mut<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: MatShape,
+        out: Mut<CudaBuf>,
+        mean: Mut<CudaBuf>,
+        rstd: Mut<CudaBuf>,
+        inp: Ref<CudaBuf>,
+        weight_bias: Ref<CudaBuf>,
+        shape: MatShape,
     ) -> Result<()> {
-        Err(no_kernel_yet("layernorm_forward"))
+        check_layernorm(
+            "layernorm_forward",
+            inp.len,
+            weight_bias.len,
+            mean.len,
+            rstd.len,
+            shape,
+        )?;
+        window_len("layernorm_forward", "out", out.len, shape.len())?;
+        layernorm::forward(
+            self,
+            out,
+            mean,
+            rstd,
+            inp,
+            weight_bias,
+            shape.rows,
+            shape.cols,
+        )
     }
     fn layernorm_backward(
         &self,
-        _: Mut<CudaBuf>,
-        _: Mut<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: MatShape,
+        dinp: Mut<CudaBuf>,
+        dweight_bias: Mut<CudaBuf>,
+        dout: Ref<CudaBuf>,
+        inp: Ref<CudaBuf>,
+        weight_bias: Ref<CudaBuf>,
+        mean: Ref<CudaBuf>,
+        rstd: Ref<CudaBuf>,
+        shape: MatShape,
     ) -> Result<()> {
-        Err(no_kernel_yet("layernorm_backward"))
+        check_layernorm(
+            "layernorm_backward",
+            inp.len,
+            weight_bias.len,
+            mean.len,
+            rstd.len,
+            shape,
+        )?;
+        check_layernorm_backward(dinp.len, dout.len, dweight_bias.len, shape)?;
+        layernorm::backward(
+            self,
+            dinp,
+            dweight_bias,
+            dout,
+            inp,
+            weight_bias,
+            mean,
+            rstd,
+            shape.rows,
+            shape.cols,
+        )
     }
-    fn add_bias(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: MatShape) -> Result<()> {
-        Err(no_kernel_yet("add_bias"))
+    fn add_bias(&self, out: Mut<CudaBuf>, bias: Ref<CudaBuf>, shape: MatShape) -> Result<()> {
+        check_matrix_and_row("add_bias", out.len, bias.len, shape)?;
+        elementwise::add_bias(self, out, bias, shape.rows, shape.cols)
     }
-    fn add_column_sums(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>, _: MatShape) -> Result<()> {
-        Err(no_kernel_yet("add_column_sums"))
+    fn add_column_sums(&self, dst: Mut<CudaBuf>, src: Ref<CudaBuf>, shape: MatShape) -> Result<()> {
+        check_matrix_and_row("add_column_sums", src.len, dst.len, shape)?;
+        ops::add_column_sums(self, dst, src, shape.rows, shape.cols)
     }
-    fn add(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
-        Err(no_kernel_yet("add"))
+    fn add(&self, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
+        same_len("add", out.len, x.len)?;
+        elementwise::add(self, out, x)
     }
-    fn gelu_forward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
-        Err(no_kernel_yet("gelu_forward"))
+    fn gelu_forward(&self, out: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+        same_len("gelu_forward", out.len, inp.len)?;
+        elementwise::gelu_forward(self, out, inp)
     }
-    fn gelu_backward(&self, _: Mut<CudaBuf>, _: Ref<CudaBuf>) -> Result<()> {
-        Err(no_kernel_yet("gelu_backward"))
+    fn gelu_backward(&self, d: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+        same_len("gelu_backward", d.len, inp.len)?;
+        elementwise::gelu_backward(self, d, inp)
     }
     fn attention_forward(
         &self,
-        _: Mut<CudaBuf>,
-        _: Mut<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: SeqShape,
-        _: usize,
+        out: Mut<CudaBuf>,
+        att: Mut<CudaBuf>,
+        qkv: Ref<CudaBuf>,
+        shape: SeqShape,
+        heads: usize,
     ) -> Result<()> {
-        Err(no_kernel_yet("attention_forward"))
+        check_attention("attention_forward", qkv.len, out.len, att.len, shape, heads)?;
+        attention::forward(
+            self,
+            out,
+            att,
+            qkv,
+            shape.batch,
+            shape.seq,
+            shape.channels,
+            heads,
+        )
     }
     fn attention_backward(
         &self,
-        _: Mut<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: Ref<CudaBuf>,
-        _: SeqShape,
-        _: usize,
+        dqkv: Mut<CudaBuf>,
+        dout: Ref<CudaBuf>,
+        qkv: Ref<CudaBuf>,
+        att: Ref<CudaBuf>,
+        shape: SeqShape,
+        heads: usize,
     ) -> Result<()> {
-        Err(no_kernel_yet("attention_backward"))
+        check_attention(
+            "attention_backward",
+            qkv.len,
+            dout.len,
+            att.len,
+            shape,
+            heads,
+        )?;
+        window_len("attention_backward", "dqkv", dqkv.len, qkv.len)?;
+        attention::backward(
+            self,
+            dqkv,
+            dout,
+            qkv,
+            att,
+            shape.batch,
+            shape.seq,
+            shape.channels,
+            heads,
+        )
     }
     fn fused_classifier(
         &self,
-        _: Mut<CudaBuf>,
-        _: Mut<CudaBuf>,
-        _: &[u32],
-        _: MatShape,
-        _: usize,
-        _: f32,
+        logits: Mut<CudaBuf>,
+        losses: Mut<CudaBuf>,
+        targets: &[u32],
+        shape: MatShape,
+        vocab: usize,
+        dloss: f32,
     ) -> Result<()> {
-        Err(no_kernel_yet("fused_classifier"))
+        check_classifier(logits.len, losses.len, targets, shape, vocab)?;
+        classifier::fused(self, logits, losses, targets, shape.cols, vocab, dloss)
     }
-}
-
-/// The error of a model op whose CUDA kernel is not written yet.
-fn no_kernel_yet(op: &str) -> anyhow::Error {
-    anyhow!("op {op} has no CUDA kernel yet; run on the CPU backend")
 }

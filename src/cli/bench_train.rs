@@ -1,0 +1,77 @@
+//! `lowrank bench-train`: training-step throughput (forward, backward, AdamW) on random tokens, one
+//! JSON line per model, in the format of scripts/peer-train.py so the two compare side by side
+//! (scripts/cpu-train-bench.sh runs both).
+
+use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::cli::train::Device;
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{AdamWConfig, AdamWOptimizer};
+use crate::util::rng::Rng;
+use anyhow::{Context, Result};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model presets to time (repeatable)
+    #[arg(long = "model", default_values_t = ["tiny".to_string(), "gpt2".to_string()])]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Timed steps (after two warm-up steps); the median is reported
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.device {
+        Device::Cpu => bench(&Cpu, &a),
+        Device::Cuda => bench(&Cuda::new().context("--device cuda needs a GPU")?, &a),
+    }
+}
+
+fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
+    for name in &a.models {
+        let config = GptConfig::preset(name)?;
+        let mut model = Gpt::new(b, config, a.batch, a.seq, 0)?;
+        let mut opt = AdamWOptimizer::new(
+            b,
+            AdamWConfig::default(),
+            model.layout().len(),
+            &model.param_groups(),
+        )?;
+        let mut rng = Rng::new(0);
+        let tokens: Vec<u32> = (0..a.batch * (a.seq + 1))
+            .map(|_| rng.below(50257) as u32)
+            .collect();
+        let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+        crate::train::run::split_windows(&tokens, a.batch, a.seq, &mut inputs, &mut targets);
+        let mut times = Vec::new();
+        let mut loss = 0.0;
+        for _ in 0..a.steps + 2 {
+            let t0 = Instant::now();
+            model.zero_grads(b)?;
+            loss = model
+                .forward(b, &inputs, Some(&targets))?
+                .unwrap_or(f32::NAN);
+            model.backward(b, 1.0)?;
+            let bufs = model.optimizer_buffers();
+            opt.step(b, 1e-4, bufs.params, bufs.grads, bufs.compute_copy)?;
+            b.synchronize()?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let mut timed = times[2..].to_vec();
+        timed.sort_by(f64::total_cmp);
+        let med = timed[timed.len() / 2];
+        let line = serde_json::json!({
+            "peer": "lowrank", "backend": b.name(), "model": name, "batch": a.batch, "seq": a.seq,
+            "threads": rayon::current_num_threads(), "median_step_s": med,
+            "tok_per_s": (a.batch * a.seq) as f64 / med, "params": model.num_params(), "loss": loss,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}

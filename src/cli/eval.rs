@@ -1,0 +1,62 @@
+//! `lowrank eval`: loss and perplexity of a checkpoint on a split.
+
+use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::cli::train::Device;
+use crate::data::{BatchShape, ShardSet};
+use crate::model::{hf, Gpt};
+use crate::train::evaluate;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A run directory, a checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's)
+    #[arg(long, value_name = "PATH")]
+    ckpt: PathBuf,
+    /// Shards to evaluate on (a file or a pattern with `*`)
+    #[arg(long, value_name = "GLOB")]
+    data: String,
+    /// Sequences per batch
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per sequence
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Evaluate at most this many batches [default: the whole split]
+    #[arg(long)]
+    max_batches: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.device {
+        Device::Cpu => eval(&Cpu, &a),
+        Device::Cuda => eval(&Cuda::new().context("--device cuda needs a GPU")?, &a),
+    }
+}
+
+fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
+    let (config, tensors) = hf::load_checkpoint(&a.ckpt)?;
+    let set = ShardSet::open(&a.data).with_context(|| format!("cannot open {:?}", a.data))?;
+    let mut model = Gpt::new(b, config, a.batch, a.seq, 0)?;
+    model.load_hf_tensors(b, &tensors)?;
+    let shape = BatchShape {
+        batch: a.batch,
+        seq_len: a.seq,
+    };
+    let loss = evaluate::mean_loss(
+        b,
+        &mut model,
+        &set,
+        shape,
+        a.max_batches.unwrap_or(usize::MAX),
+    )?;
+    println!(
+        "{}: loss {loss:.4}, perplexity {:.3} on {}",
+        a.ckpt.display(),
+        loss.exp(),
+        set.describe()
+    );
+    Ok(())
+}

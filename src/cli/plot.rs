@@ -1,0 +1,82 @@
+//! `lowrank plot DIR`: DIR/loss.png, the training and validation loss curves from metrics.jsonl.
+
+use crate::train::metrics::{self, StepRecord};
+use crate::util::plot::register_font;
+use anyhow::{ensure, Context, Result};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A training run's output directory (holding metrics.jsonl)
+    dir: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let records = metrics::read(&a.dir.join("metrics.jsonl"))?;
+    ensure!(
+        !records.is_empty(),
+        "{} has no metrics.jsonl records to plot",
+        a.dir.display()
+    );
+    let out = a.dir.join("loss.png");
+    loss_figure(&records, &out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Training loss per step and validation loss at each evaluation, on one chart.
+pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
+    register_font()?;
+    let train: Vec<(f64, f64)> = records
+        .iter()
+        .map(|r| (r.step as f64, r.train_loss as f64))
+        .collect();
+    let val: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
+        .collect();
+    let finite = train
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .filter(|y| y.is_finite());
+    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let max_step = records.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
+    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("loss", ("sans-serif", 28))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_step, (lo * 0.95)..(hi * 1.02))?;
+        chart
+            .configure_mesh()
+            .x_desc("optimiser step")
+            .y_desc("cross-entropy (nats)")
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(train.clone(), &BLUE))?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        if !val.is_empty() {
+            chart
+                .draw_series(LineSeries::new(val.clone(), RED.stroke_width(2)))?
+                .label("validation")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot draw {}", out.display()))
+}

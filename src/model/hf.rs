@@ -1,0 +1,199 @@
+//! Hugging Face GPT-2 tensors in and out: our checkpoints carry HF's names and shapes (wte without
+//! the padding rows), so a user can load ours in transformers and we can load theirs.
+
+use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
+use super::gpt::Gpt;
+use crate::backend::{Backend, Buffer};
+use crate::optim::ParamGroup;
+use crate::train::checkpoint;
+use crate::train::tensor_file::{self, HostTensor};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// GPT-2 checkpoints from transformers may or may not prefix names with "transformer.".
+fn canonical(name: &str) -> &str {
+    name.strip_prefix("transformer.").unwrap_or(name)
+}
+
+/// Tensors HF files carry that are not parameters: causal-mask buffers and the tied LM head.
+fn ignorable(name: &str) -> bool {
+    name.ends_with(".attn.bias") && !name.contains("c_attn")
+        || name.ends_with(".attn.masked_bias")
+        || name == "lm_head.weight"
+}
+
+/// The HF shape of a tensor: the token embedding without our padding rows.
+fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if canonical(name) == "wte.weight" {
+        s[0] = vocab;
+    }
+    s
+}
+
+impl<B: Backend> Gpt<B> {
+    /// AdamW's parameter groups: the layout's weight-decay spans.
+    pub fn param_groups(&self) -> Vec<ParamGroup> {
+        self.layout()
+            .decay_spans()
+            .iter()
+            .map(|s| ParamGroup {
+                offset: s.offset,
+                len: s.len,
+                decay: s.weight_decay,
+            })
+            .collect()
+    }
+
+    /// Every parameter tensor with its HF name and shape (f32, on the host).
+    pub fn to_hf_tensors(&self, b: &B) -> Result<Vec<HostTensor>> {
+        let host = b.download(self.params().all())?;
+        let vocab = self.config().vocab_size;
+        Ok(self
+            .layout()
+            .tensors()
+            .iter()
+            .map(|t| {
+                let shape = hf_rows(&t.name, &t.shape, vocab);
+                let len: usize = shape.iter().product();
+                HostTensor {
+                    name: t.name.clone(),
+                    shape,
+                    data: host[t.offset..t.offset + len].to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
+    /// Every parameter must be present with its HF shape.
+    pub fn load_hf_tensors(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
+        let by_name: HashMap<&str, &HostTensor> =
+            tensors.iter().map(|t| (canonical(&t.name), t)).collect();
+        let vocab = self.config().vocab_size;
+        let mut host = vec![0.0f32; self.layout().len()];
+        for t in self.layout().tensors() {
+            let want = hf_rows(&t.name, &t.shape, vocab);
+            let src = by_name
+                .get(canonical(&t.name))
+                .with_context(|| format!("the checkpoint lacks tensor {}", t.name))?;
+            ensure!(
+                src.shape == want,
+                "checkpoint of another shape: tensor {} is {:?}, this model needs {:?}",
+                t.name,
+                src.shape,
+                want
+            );
+            host[t.offset..t.offset + src.data.len()].copy_from_slice(&src.data);
+        }
+        let known: Vec<&str> = self
+            .layout()
+            .tensors()
+            .iter()
+            .map(|t| canonical(&t.name))
+            .collect();
+        if let Some(extra) = tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .find(|n| !ignorable(n) && !known.contains(&canonical(n)))
+        {
+            bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
+        }
+        b.upload(&host, self.params_mut().all_mut())?;
+        self.refresh_compute_copy(b)
+    }
+}
+
+/// The configuration a set of HF tensors describes: width from wte, depth from the h.N blocks,
+/// context from wpe, and GPT-2's 64-wide heads.
+pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
+    let find = |n: &str| {
+        tensors
+            .iter()
+            .find(|t| canonical(&t.name) == n)
+            .with_context(|| format!("not a GPT-2 checkpoint: no {n}"))
+    };
+    let (wte, wpe) = (find("wte.weight")?, find("wpe.weight")?);
+    ensure!(
+        wte.shape.len() == 2 && wpe.shape.len() == 2,
+        "not a GPT-2 checkpoint: embeddings are not matrices"
+    );
+    let n_layer = tensors
+        .iter()
+        .filter_map(|t| {
+            canonical(&t.name)
+                .strip_prefix("h.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |l| l + 1);
+    let n_embd = wte.shape[1];
+    ensure!(
+        wte.shape[0] == GPT2_VOCAB,
+        "the checkpoint's vocabulary has {} tokens; GPT-2's has {GPT2_VOCAB}",
+        wte.shape[0]
+    );
+    let config = GptConfig {
+        n_layer,
+        n_head: (n_embd / 64).max(1),
+        n_embd,
+        vocab_size: GPT2_VOCAB,
+        padded_vocab: GPT2_PADDED_VOCAB,
+        max_seq: wpe.shape[0],
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A model's configuration and tensors from a run directory, a checkpoint directory, or a
+/// safetensors file (ours or Hugging Face's).
+pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
+    if path.is_file() {
+        let (tensors, _) = tensor_file::load(path)?;
+        return Ok((infer_config(&tensors)?, tensors));
+    }
+    let ck = checkpoint::load(path)?;
+    Ok((GptConfig::preset(&ck.state.config.model)?, ck.model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn round_trip_through_hf_tensors_and_shape_errors() {
+        let cfg = GptConfig::preset("tiny").unwrap();
+        let a = Gpt::new(&Cpu, cfg.clone(), 1, 8, 1).unwrap();
+        let ts = a.to_hf_tensors(&Cpu).unwrap();
+        let wte = ts.iter().find(|t| t.name.ends_with("wte.weight")).unwrap();
+        assert_eq!(
+            wte.shape,
+            vec![GPT2_VOCAB, 128],
+            "HF's wte has no padding rows"
+        );
+        assert_eq!(infer_config(&ts).unwrap(), cfg);
+        let mut b = Gpt::new(&Cpu, cfg.clone(), 1, 8, 2).unwrap();
+        assert_ne!(b.params().as_slice(), a.params().as_slice());
+        // Unprefixed names, as in the files transformers publishes, load too.
+        let unprefixed: Vec<HostTensor> = ts
+            .iter()
+            .map(|t| HostTensor {
+                name: canonical(&t.name).to_string(),
+                ..t.clone()
+            })
+            .collect();
+        b.load_hf_tensors(&Cpu, &unprefixed).unwrap();
+        assert_eq!(b.params().as_slice(), a.params().as_slice());
+        let mut wrong = ts.clone();
+        wrong[0].shape = vec![7];
+        let e = b.load_hf_tensors(&Cpu, &wrong).unwrap_err();
+        assert!(e.to_string().contains("another shape"), "{e}");
+        let e = b.load_hf_tensors(&Cpu, &ts[1..]).unwrap_err();
+        assert!(e.to_string().contains("lacks tensor"), "{e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Checkpoints: DIR/checkpoint-NNNNNNN/ holds model.safetensors (Hugging Face GPT-2 names),
+//! optimizer.safetensors (AdamW moments) and state.json (step, loader position, config). Each file
+//! is written atomically, the directory is complete before DIR/latest is switched to it, and only
+//! then is the previous checkpoint removed: an interruption at any point leaves a loadable one.
+
+use super::atomic;
+use super::config::TrainConfig;
+use super::tensor_file::{self, HostTensor};
+use crate::data::LoaderPosition;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const LATEST: &str = "latest";
+
+/// Everything besides tensors that a resumed run needs to continue exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u32,
+    pub tokens: u64,
+    pub loader: LoaderPosition,
+    pub config: TrainConfig,
+}
+
+/// A checkpoint read back from disk.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub model: Vec<HostTensor>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub state: TrainState,
+}
+
+/// Writes a checkpoint of `state.step` under `run_dir` and makes it the latest.
+pub fn save(
+    run_dir: &Path,
+    model: &[HostTensor],
+    m: Vec<f32>,
+    v: Vec<f32>,
+    state: &TrainState,
+) -> Result<PathBuf> {
+    let name = format!("checkpoint-{:07}", state.step);
+    let dir = run_dir.join(&name);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("lowrank_model".to_string(), state.config.model.clone()),
+    ]);
+    tensor_file::save(&dir.join("model.safetensors"), model, meta)?;
+    let moments = [
+        HostTensor {
+            name: "adamw.m".into(),
+            shape: vec![m.len()],
+            data: m,
+        },
+        HostTensor {
+            name: "adamw.v".into(),
+            shape: vec![v.len()],
+            data: v,
+        },
+    ];
+    tensor_file::save(&dir.join("optimizer.safetensors"), &moments, HashMap::new())?;
+    atomic::write(
+        &dir.join("state.json"),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    let previous = latest_dir(run_dir).ok().flatten();
+    atomic::write(&run_dir.join(LATEST), name.as_bytes())?;
+    if let Some(prev) = previous.filter(|p| *p != dir) {
+        fs::remove_dir_all(&prev).ok();
+    }
+    Ok(dir)
+}
+
+/// The directory DIR/latest points at, if any.
+pub fn latest_dir(run_dir: &Path) -> Result<Option<PathBuf>> {
+    match fs::read_to_string(run_dir.join(LATEST)) {
+        Ok(name) => Ok(Some(run_dir.join(name.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", run_dir.join(LATEST).display())),
+    }
+}
+
+/// Loads the latest checkpoint of a run directory (or a checkpoint directory itself).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = if path.join("state.json").is_file() {
+        path.to_path_buf()
+    } else {
+        match latest_dir(path)? {
+            Some(d) => d,
+            None => bail!(
+                "{} holds no checkpoint (no `latest` file and no state.json)",
+                path.display()
+            ),
+        }
+    };
+    let state_path = dir.join("state.json");
+    let state: TrainState = serde_json::from_str(
+        &fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?,
+    )
+    .with_context(|| format!("{} is not a lowrank training state", state_path.display()))?;
+    let (model, _) = tensor_file::load(&dir.join("model.safetensors"))?;
+    let (mut moments, _) = tensor_file::load(&dir.join("optimizer.safetensors"))?;
+    let mut take = |name: &str| -> Result<Vec<f32>> {
+        let i = moments
+            .iter()
+            .position(|t| t.name == name)
+            .with_context(|| format!("{}: optimizer state lacks {name}", dir.display()))?;
+        Ok(moments.swap_remove(i).data)
+    };
+    let (m, v) = (take("adamw.m")?, take("adamw.v")?);
+    Ok(Checkpoint {
+        dir,
+        model,
+        m,
+        v,
+        state,
+    })
+}

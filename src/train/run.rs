@@ -1,0 +1,279 @@
+//! The training loop, written once against `Backend`: micro-batches with gradient accumulation,
+//! AdamW with clipping and the LR schedule, evaluation, metrics, progress, checkpoints, Ctrl-C.
+
+use super::checkpoint::{self, TrainState};
+use super::config::TrainConfig;
+use super::metrics::{MetricsWriter, StepRecord};
+use super::progress::Progress;
+use super::{atomic, evaluate};
+use crate::backend::{Backend, Buffer};
+use crate::data::{default_corpus, BatchShape, Loader, ShardSet};
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a run writes, and how it starts and stops.
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+    /// Stop after this step with a checkpoint, as an interruption would (time-sliced clusters; tests).
+    pub stop_at: Option<u32>,
+    /// Set by Ctrl-C (or SIGTERM): the loop checkpoints after the current step and returns.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub step: u32,
+    pub last_train_loss: Option<f32>,
+    pub last_val_loss: Option<f32>,
+    pub interrupted: bool,
+}
+
+/// The train and validation shard sets of a configuration.
+pub fn open_data(cfg: &TrainConfig) -> Result<(ShardSet, Option<ShardSet>)> {
+    let Some(pattern) = &cfg.data else {
+        let corpus = default_corpus();
+        return Ok((corpus.train, Some(corpus.val)));
+    };
+    let train = ShardSet::open(pattern)
+        .with_context(|| format!("cannot open training data {pattern:?}"))?;
+    let val = match cfg.val_pattern() {
+        Some(p) => Some(ShardSet::open(&p).with_context(|| format!("cannot open validation data {p:?} (set --val-data, or --eval-every 0 to skip evaluation)"))?),
+        None => None,
+    };
+    ensure!(
+        val.is_some() || cfg.eval_every == 0,
+        "no validation data: pass --val-data, or --eval-every 0 to train without evaluation"
+    );
+    Ok((train, val))
+}
+
+/// Splits (B, T+1) windows into inputs and targets (each B·T, targets shifted by one).
+pub fn split_windows(
+    windows: &[u32],
+    batch: usize,
+    seq: usize,
+    inputs: &mut Vec<u32>,
+    targets: &mut Vec<u32>,
+) {
+    inputs.clear();
+    targets.clear();
+    for w in windows.chunks_exact(seq + 1).take(batch) {
+        inputs.extend_from_slice(&w[..seq]);
+        targets.extend_from_slice(&w[1..]);
+    }
+}
+
+pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    let gpt_config = GptConfig::preset(&cfg.model)?;
+    let resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
+    if let Some(ck) = &resume {
+        if let Some(diff) = cfg.resume_mismatch(&ck.state.config) {
+            bail!("cannot resume from {}: it was trained with different {diff}; pass the same settings or start a new run", ck.dir.display());
+        }
+    } else {
+        refuse_to_overwrite(&opts.out)?;
+    }
+    let (train_set, val_set) = open_data(&cfg)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    atomic::write(
+        &opts.out.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+
+    let mut model = Gpt::new(b, gpt_config, cfg.batch, cfg.seq, cfg.seed)?;
+    let adamw = AdamWConfig {
+        weight_decay: cfg.weight_decay,
+        clip: cfg.clip,
+        ..Default::default()
+    };
+    let mut opt = AdamWOptimizer::new(b, adamw, model.layout().len(), &model.param_groups())?;
+    let shape = BatchShape {
+        batch: cfg.batch,
+        seq_len: cfg.seq,
+    };
+    let mut loader = Loader::new(&train_set, shape, cfg.seed)?;
+    let (mut step, mut tokens) = (0u32, 0u64);
+    if let Some(ck) = &resume {
+        model.load_hf_tensors(b, &ck.model)?;
+        ensure!(
+            ck.m.len() == model.layout().len() && ck.v.len() == model.layout().len(),
+            "{}: optimizer state does not match the model's size",
+            ck.dir.display()
+        );
+        b.upload(&ck.m, opt.m.all_mut())?;
+        b.upload(&ck.v, opt.v.all_mut())?;
+        opt.step = ck.state.step;
+        loader.restore(&ck.state.loader)?;
+        (step, tokens) = (ck.state.step, ck.state.tokens);
+    }
+    let schedule = LrSchedule::new(cfg.lr, cfg.final_lr_frac, cfg.warmup, cfg.steps, cfg.decay)?;
+    let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
+    let progress = Progress::new(step, cfg.steps);
+    progress.println(&banner(b, &cfg, &model, &train_set, step));
+
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    let mut summary = RunSummary {
+        step,
+        last_train_loss: None,
+        last_val_loss: None,
+        interrupted: false,
+    };
+    while step < cfg.steps {
+        let started = Instant::now();
+        model.zero_grads(b)?;
+        let mut loss_sum = 0.0f64;
+        for _ in 0..cfg.accum {
+            split_windows(
+                loader.next_batch(),
+                cfg.batch,
+                cfg.seq,
+                &mut inputs,
+                &mut targets,
+            );
+            let loss = model
+                .forward(b, &inputs, Some(&targets))?
+                .context("forward with targets returns a loss")?;
+            model.backward(b, 1.0 / cfg.accum as f32)?;
+            loss_sum += loss as f64;
+        }
+        let train_loss = (loss_sum / cfg.accum as f64) as f32;
+        if !train_loss.is_finite() {
+            bail!(
+                "the training loss is {train_loss} at step {}: training diverged; the last checkpoint in {} is intact (lower --lr or raise --warmup)",
+                step + 1,
+                opts.out.display()
+            );
+        }
+        let lr = schedule.lr(step + 1);
+        let bufs = model.optimizer_buffers();
+        let report = opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)?;
+        b.synchronize()?;
+        step += 1;
+        tokens += cfg.tokens_per_step() as u64;
+        let tok_per_s = cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64();
+
+        let eval_now = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
+        let val_loss = match (&val_set, eval_now) {
+            (Some(val), true) => Some(evaluate::mean_loss(
+                b,
+                &mut model,
+                val,
+                shape,
+                cfg.eval_batches,
+            )?),
+            _ => None,
+        };
+        let record = StepRecord {
+            step,
+            tokens,
+            train_loss,
+            lr,
+            tok_per_s,
+            params: model.num_params(),
+            grad_norm: report.grad_norm,
+            val_loss,
+            val_ppl: val_loss.map(f32::exp),
+        };
+        metrics.write(&record)?;
+        let mut line = format!(
+            "loss {train_loss:.4} lr {lr:.2e} |g| {:.3} {tok_per_s:.0} tok/s",
+            report.grad_norm
+        );
+        if let Some(v) = val_loss {
+            line += &format!(" val {v:.4} (ppl {:.2})", v.exp());
+        }
+        progress.step(step, cfg.steps, &line, val_loss.is_some());
+        summary.last_train_loss = Some(train_loss);
+        summary.last_val_loss = val_loss.or(summary.last_val_loss);
+
+        let interrupted = opts.interrupted.load(Ordering::SeqCst);
+        let stop = interrupted || opts.stop_at == Some(step);
+        if stop
+            || step == cfg.steps
+            || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
+        {
+            let state = TrainState {
+                step,
+                tokens,
+                loader: loader.position(),
+                config: cfg.clone(),
+            };
+            let dir = checkpoint::save(
+                &opts.out,
+                &model.to_hf_tensors(b)?,
+                b.download(opt.m.all())?,
+                b.download(opt.v.all())?,
+                &state,
+            )?;
+            if stop {
+                progress.println(&format!(
+                    "{} at step {step}: checkpoint {}; continue with --resume {}",
+                    if interrupted {
+                        "interrupted"
+                    } else {
+                        "stopped"
+                    },
+                    dir.display(),
+                    opts.out.display()
+                ));
+                summary.interrupted = true;
+                break;
+            }
+        }
+    }
+    progress.finish();
+    summary.step = step;
+    Ok(summary)
+}
+
+/// A fresh run must not silently mix its metrics and checkpoints with an earlier run's.
+fn refuse_to_overwrite(out: &Path) -> Result<()> {
+    if checkpoint::latest_dir(out)?.is_some() || out.join("metrics.jsonl").exists() {
+        bail!("{} already holds a training run: continue it with --resume {}, or choose another --out", out.display(), out.display());
+    }
+    Ok(())
+}
+
+fn banner<B: Backend>(
+    b: &B,
+    cfg: &TrainConfig,
+    model: &Gpt<B>,
+    data: &ShardSet,
+    step: u32,
+) -> String {
+    format!(
+        "training {} on {}: {:.2}M parameters, {:.2} MFLOP/token (forward + backward), {} tokens/step (B={} T={} accum={}), data {}{}",
+        cfg.model,
+        b.name(),
+        model.num_params() as f64 / 1e6,
+        model.training_flops_per_token() / 1e6,
+        cfg.tokens_per_step(),
+        cfg.batch,
+        cfg.seq,
+        cfg.accum,
+        data.describe(),
+        if step > 0 { format!(", resuming at step {step}") } else { String::new() }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_windows;
+
+    #[test]
+    fn windows_split_into_shifted_inputs_and_targets() {
+        let (mut i, mut t) = (Vec::new(), Vec::new());
+        split_windows(&[1, 2, 3, 4, 5, 6, 7, 8], 2, 3, &mut i, &mut t);
+        assert_eq!(i, vec![1, 2, 3, 5, 6, 7]);
+        assert_eq!(t, vec![2, 3, 4, 6, 7, 8]);
+    }
+}
