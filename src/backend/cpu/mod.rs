@@ -4,9 +4,13 @@
 mod adamw;
 mod cast;
 mod gemm;
+mod lowrank_linear;
 mod reduce;
 
-use super::{check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, Mut, Ref};
+use super::{
+    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape,
+    LowRankWeights, Mut, Ref,
+};
 use anyhow::Result;
 
 /// A host buffer. BF16 buffers hold f32 values already rounded to bf16.
@@ -128,5 +132,31 @@ impl Backend for Cpu {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn lowrank_linear_forward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CpuBuf>,
+        w: LowRankWeights<CpuBuf>,
+        bias: Option<Ref<CpuBuf>>,
+        t: Mut<CpuBuf>,
+        y: Mut<CpuBuf>,
+    ) -> Result<()> {
+        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+    }
+
+    fn lowrank_linear_backward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CpuBuf>,
+        w: LowRankWeights<CpuBuf>,
+        t: Ref<CpuBuf>,
+        dy: Ref<CpuBuf>,
+        s: Mut<CpuBuf>,
+        dx: Mut<CpuBuf>,
+        grads: LowRankGrads<CpuBuf>,
+    ) -> Result<()> {
+        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
     }
 }

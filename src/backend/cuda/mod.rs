@@ -3,12 +3,17 @@
 
 mod device;
 mod gemm;
+mod lowrank_linear;
 mod modules;
 mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
+pub use lowrank_linear::LowRankImpl;
 
-use super::{same_len, AdamW, Backend, Buffer, DType, Gemm, Mut, Ref};
+use super::{
+    same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut,
+    Ref,
+};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
@@ -56,6 +61,7 @@ pub struct Cuda {
     modules: modules::Modules,
     lt: gemm::Lt,
     info: DeviceInfo,
+    lowrank_impl: LowRankImpl,
 }
 
 impl Cuda {
@@ -66,13 +72,20 @@ impl Cuda {
         let stream = ctx.default_stream();
         let lt = gemm::Lt::new(&stream)?;
         let modules = modules::Modules::new(ctx.clone());
+        let lowrank_impl = LowRankImpl::from_env()?;
         Ok(Cuda {
             ctx,
             stream,
             modules,
             lt,
             info,
+            lowrank_impl,
         })
+    }
+
+    /// Picks the low-rank linear implementation (LOWRANK_LOWRANK_IMPL sets it at start-up).
+    pub fn set_lowrank_impl(&mut self, imp: LowRankImpl) {
+        self.lowrank_impl = imp;
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -196,5 +209,31 @@ impl Backend for Cuda {
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    fn lowrank_linear_forward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CudaBuf>,
+        w: LowRankWeights<CudaBuf>,
+        bias: Option<Ref<CudaBuf>>,
+        t: Mut<CudaBuf>,
+        y: Mut<CudaBuf>,
+    ) -> Result<()> {
+        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+    }
+
+    fn lowrank_linear_backward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CudaBuf>,
+        w: LowRankWeights<CudaBuf>,
+        t: Ref<CudaBuf>,
+        dy: Ref<CudaBuf>,
+        s: Mut<CudaBuf>,
+        dx: Mut<CudaBuf>,
+        grads: LowRankGrads<CudaBuf>,
+    ) -> Result<()> {
+        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
     }
 }
