@@ -305,8 +305,8 @@ pub trait Backend {
 
     /// y = x·W0 + t·Vt[:k] + b with t = x·Ut[:k]ᵀ, k = `sh.rank`; W0 and b are optional.
     ///
-    /// x (n × n_in), W0, Ut, Vt, b and t share the backend's compute dtype (bf16 on CUDA); y may be
-    /// f32 or bf16 and is overwritten (one rounding, after f32 accumulation). t is saved for the
+    /// x (n × n_in), W0, Ut, Vt, b and t share one operand dtype (CUDA requires bf16; the CPU takes
+    /// f32, or bf16 to see exactly what the GPU sees); y may be f32 or bf16 and is overwritten (one rounding, after f32 accumulation). t is saved for the
     /// backward: n rows of stride `sh.scratch_stride()` (`sh.scratch_len()` elements), whose columns
     /// ≥ k are written as zeros.
     fn lowrank_linear_forward(
