@@ -27,6 +27,7 @@ step() { # name, command...: runs, logs, records pass/fail
 
 step doctor "$bin" doctor --json "$out/doctor.json"
 step selftest "$bin" selftest --json "$out/selftest.json"
+step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
 if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest
 fi

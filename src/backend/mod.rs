@@ -9,6 +9,9 @@ pub mod cuda;
 mod shapes;
 
 pub use shapes::{MatShape, SeqShape};
+mod lowrank;
+
+pub use lowrank::{LowRankGrads, LowRankShape, LowRankWeights, SCRATCH_ROW_ALIGN};
 
 use anyhow::{ensure, Result};
 
@@ -401,6 +404,41 @@ pub trait Backend {
 
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+
+    // ---- Low-rank linear layer (issue 5). See [`LowRankShape`] for the layout of the factors. ----
+
+    /// y = x·W0 + t·Vt[:k] + b with t = x·Ut[:k]ᵀ, k = `sh.rank`; W0 and b are optional.
+    ///
+    /// x (n × n_in), W0, Ut, Vt, b and t share one operand dtype (CUDA requires bf16; the CPU takes
+    /// f32, or bf16 to see exactly what the GPU sees); y may be f32 or bf16 and is overwritten (one rounding, after f32 accumulation). t is saved for the
+    /// backward: n rows of stride `sh.scratch_stride()` (`sh.scratch_len()` elements), whose columns
+    /// ≥ k are written as zeros.
+    fn lowrank_linear_forward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<Self::Buf>,
+        w: LowRankWeights<'_, Self::Buf>,
+        bias: Option<Ref<Self::Buf>>,
+        t: Mut<Self::Buf>,
+        y: Mut<Self::Buf>,
+    ) -> Result<()>;
+
+    /// The backward of [`Backend::lowrank_linear_forward`] given dy (n × n_out) and the forward's t:
+    /// s = dy·Vt[:k]ᵀ (written to `s`, same layout as t); dx = dy·W0ᵀ + s·Ut[:k] (overwritten, f32 or
+    /// bf16); dUt[:k] += sᵀ·x, dVt[:k] += tᵀ·dy and db += Σ_rows dy (accumulated, f32). Rows ≥ k of
+    /// dUt and dVt are untouched; W0 gets no gradient. t and s are each computed once.
+    #[allow(clippy::too_many_arguments)]
+    fn lowrank_linear_backward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<Self::Buf>,
+        w: LowRankWeights<'_, Self::Buf>,
+        t: Ref<Self::Buf>,
+        dy: Ref<Self::Buf>,
+        s: Mut<Self::Buf>,
+        dx: Mut<Self::Buf>,
+        grads: LowRankGrads<'_, Self::Buf>,
+    ) -> Result<()>;
 }
 
 /// Checks that two windows have the same length, naming the op.

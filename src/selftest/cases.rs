@@ -4,6 +4,10 @@ use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
+#[path = "lowrank_cases.rs"]
+mod lowrank_cases;
+pub use lowrank_cases::LowRankCase;
+
 /// Bound for ops whose output is f32 and whose only difference is summation order.
 const F32_BOUND: f64 = 1e-5;
 /// Bound for GEMMs with f32 output: bf16 products are exact in f32, so only accumulation order
@@ -38,6 +42,8 @@ pub enum Case {
         dtype: DType,
         n: usize,
     },
+    /// One output of the low-rank linear layer's forward or backward.
+    LowRank(LowRankCase),
 }
 
 fn dt(d: DType) -> &'static str {
@@ -122,6 +128,7 @@ pub fn all_cases() -> Vec<Case> {
             n,
         });
     }
+    cases.extend(lowrank_cases::cases().into_iter().map(Case::LowRank));
     cases
 }
 
@@ -141,6 +148,7 @@ impl Case {
             Case::AdamW { copy: None, .. } => "adamw_state".into(),
             Case::AdamW { copy: Some(d), .. } => format!("adamw_copy_{}", dt(*d)),
             Case::SumSquares { dtype, .. } => format!("sum_squares_{}", dt(*dtype)),
+            Case::LowRank(c) => c.op(),
         }
     }
 
@@ -152,6 +160,7 @@ impl Case {
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
             | Case::SumSquares { n, .. } => n.to_string(),
+            Case::LowRank(c) => c.shape(),
         }
     }
 
@@ -167,6 +176,9 @@ impl Case {
                 copy: Some(DType::BF16),
                 ..
             } => BF16_BOUND,
+            // bf16 operands and a bf16 t or s on both sides: an element of t that rounds the other
+            // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
+            Case::LowRank(_) => BF16_BOUND,
             Case::Gemm { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
         }
@@ -254,6 +266,7 @@ impl Case {
                 let x = input(b, &mut rng, *dtype, *n)?;
                 return Ok(vec![b.sum_squares(x.all())?]);
             }
+            Case::LowRank(c) => c.run(b, seed)?,
         };
         Ok(out.into_iter().map(f64::from).collect())
     }

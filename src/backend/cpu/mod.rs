@@ -10,6 +10,7 @@ mod embedding;
 mod gelu;
 mod gemm;
 mod layernorm;
+mod lowrank_linear;
 mod reduce;
 #[cfg(test)]
 mod test_util;
@@ -19,7 +20,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape,
+    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape,
+    LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::Result;
 
@@ -331,5 +333,31 @@ impl Backend for Cpu {
         logits.round_to_dtype();
         losses.round_to_dtype();
         Ok(())
+    }
+
+    fn lowrank_linear_forward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CpuBuf>,
+        w: LowRankWeights<CpuBuf>,
+        bias: Option<Ref<CpuBuf>>,
+        t: Mut<CpuBuf>,
+        y: Mut<CpuBuf>,
+    ) -> Result<()> {
+        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+    }
+
+    fn lowrank_linear_backward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CpuBuf>,
+        w: LowRankWeights<CpuBuf>,
+        t: Ref<CpuBuf>,
+        dy: Ref<CpuBuf>,
+        s: Mut<CpuBuf>,
+        dx: Mut<CpuBuf>,
+        grads: LowRankGrads<CpuBuf>,
+    ) -> Result<()> {
+        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
     }
 }

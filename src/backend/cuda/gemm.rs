@@ -13,6 +13,25 @@ use std::sync::Arc;
 /// cuBLASLt's recommended workspace on Hopper (32 MiB; 4 MiB suffices before it).
 const WORKSPACE_BYTES: usize = 32 << 20;
 
+/// Row strides (in elements) of the stored row-major A, B and C of a [`Gemm`].
+#[derive(Clone, Copy, Debug)]
+pub struct RowStrides {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl RowStrides {
+    /// Rows stored back to back: the stored row lengths of A, B and C.
+    pub fn packed(g: &Gemm) -> Self {
+        RowStrides {
+            a: if g.trans_a { g.m } else { g.k },
+            b: if g.trans_b { g.k } else { g.n },
+            c: g.n,
+        }
+    }
+}
+
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
@@ -36,12 +55,28 @@ impl Lt {
         })
     }
 
-    /// Runs `g` on device pointers (already offset to their windows).
+    /// Runs `g` on device pointers (already offset to their windows), rows packed.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
         stream: &CudaStream,
         g: &Gemm,
+        ab: DType,
+        c_dtype: DType,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<()> {
+        self.gemm_strided(stream, g, RowStrides::packed(g), ab, c_dtype, a, b, c)
+    }
+
+    /// Runs `g` with explicit row strides (e.g. the padded low-rank scratch t and s).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_strided(
+        &self,
+        stream: &CudaStream,
+        g: &Gemm,
+        ld: RowStrides,
         ab: DType,
         c_dtype: DType,
         a: u64,
@@ -54,11 +89,12 @@ impl Lt {
         };
         let (m, n, k) = (g.m as u64, g.n as u64, g.k as u64);
         // Column-major view: Lt's A is our B, Lt's B is our A, Lt's C is our C (n×m, ld n).
-        let (la_rows, la_cols, la_ld) = if g.trans_b { (k, n, k) } else { (n, k, n) };
-        let (lb_rows, lb_cols, lb_ld) = if g.trans_a { (m, k, m) } else { (k, m, k) };
-        let layout_a = Layout::new(ty(ab), la_rows, la_cols, la_ld, g.batch, g.stride_b)?;
-        let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lb_ld, g.batch, g.stride_a)?;
-        let layout_c = Layout::new(ty(c_dtype), n, m, n, g.batch, g.stride_c)?;
+        let (la_rows, la_cols) = if g.trans_b { (k, n) } else { (n, k) };
+        let (lb_rows, lb_cols) = if g.trans_a { (m, k) } else { (k, m) };
+        let (lda, ldb, ldc) = (ld.a as u64, ld.b as u64, ld.c as u64);
+        let layout_a = Layout::new(ty(ab), la_rows, la_cols, ldb, g.batch, g.stride_b)?;
+        let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lda, g.batch, g.stride_a)?;
+        let layout_c = Layout::new(ty(c_dtype), n, m, ldc, g.batch, g.stride_c)?;
         let desc = Desc::new(g.trans_b, g.trans_a)?;
         let pref = Pref::new([b, a, c, c])?;
         // SAFETY: every descriptor is alive; pointers come from live buffers checked by Gemm::check.

@@ -9,16 +9,21 @@ mod embedding;
 mod gemm;
 mod launch;
 mod layernorm;
+mod lowrank_linear;
 mod modules;
 mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
+pub use lowrank_linear::LowRankImpl;
 
 use super::shapes::{
     check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
-use super::{same_len, AdamW, Backend, Buffer, DType, Gemm, MatShape, Mut, Ref, SeqShape};
+use super::{
+    same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights,
+    MatShape, Mut, Ref, SeqShape,
+};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
@@ -66,6 +71,7 @@ pub struct Cuda {
     modules: modules::Modules,
     lt: gemm::Lt,
     info: DeviceInfo,
+    lowrank_impl: LowRankImpl,
 }
 
 impl Cuda {
@@ -76,13 +82,20 @@ impl Cuda {
         let stream = ctx.default_stream();
         let lt = gemm::Lt::new(&stream)?;
         let modules = modules::Modules::new(ctx.clone());
+        let lowrank_impl = LowRankImpl::from_env()?;
         Ok(Cuda {
             ctx,
             stream,
             modules,
             lt,
             info,
+            lowrank_impl,
         })
+    }
+
+    /// Picks the low-rank linear implementation (LOWRANK_LOWRANK_IMPL sets it at start-up).
+    pub fn set_lowrank_impl(&mut self, imp: LowRankImpl) {
+        self.lowrank_impl = imp;
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -372,5 +385,31 @@ impl Backend for Cuda {
     ) -> Result<()> {
         check_classifier(logits.len, losses.len, targets, shape, vocab)?;
         classifier::fused(self, logits, losses, targets, shape.cols, vocab, dloss)
+    }
+
+    fn lowrank_linear_forward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CudaBuf>,
+        w: LowRankWeights<CudaBuf>,
+        bias: Option<Ref<CudaBuf>>,
+        t: Mut<CudaBuf>,
+        y: Mut<CudaBuf>,
+    ) -> Result<()> {
+        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+    }
+
+    fn lowrank_linear_backward(
+        &self,
+        sh: &LowRankShape,
+        x: Ref<CudaBuf>,
+        w: LowRankWeights<CudaBuf>,
+        t: Ref<CudaBuf>,
+        dy: Ref<CudaBuf>,
+        s: Mut<CudaBuf>,
+        dx: Mut<CudaBuf>,
+        grads: LowRankGrads<CudaBuf>,
+    ) -> Result<()> {
+        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
     }
 }

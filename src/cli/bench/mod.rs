@@ -1,5 +1,8 @@
 //! `lowrank bench`: times ops on the GPU with CUDA events (warm-up, median of many, inputs rotated
 //! past L2) and reports each against the device's ceilings, nominal and measured in the same run.
+//! One file per op family beyond the basics (lowrank.rs: the low-rank linear layer).
+
+mod lowrank;
 
 use crate::backend::cuda::{Cuda, CudaBuf};
 use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
@@ -34,6 +37,8 @@ enum Which {
     Gemm,
     Adamw,
     Copy,
+    /// The fused low-rank linear layer against cuBLASLt (dense and unfused), GPT-2 MLP shapes
+    LowrankLinear,
 }
 
 #[derive(Serialize)]
@@ -49,7 +54,7 @@ struct Row {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
+    let mut gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
     println!(
         "bench on {} (median of {} reps, inputs rotated past L2)",
         gpu.name(),
@@ -87,8 +92,17 @@ pub fn run(args: Args) -> Result<()> {
             100.0 * r.frac_of_peak
         );
     }
+    let lowrank_rows = if matches!(args.which, Which::All | Which::LowrankLinear) {
+        lowrank::run(&mut gpu, args.reps)?
+    } else {
+        Vec::new()
+    };
+    if !lowrank_rows.is_empty() {
+        println!();
+        lowrank::print(&lowrank_rows);
+    }
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows});
+        let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -1,0 +1,173 @@
+//! The low-rank linear layer y = x·W0 + (x·U)·Vᵀ + b, forward and backward (CPU twin of
+//! kernels/lowrank_linear.cu), composed from the `gemm` op: plain and obviously correct.
+//! Sums go to f32 temporaries and each output is rounded to its dtype once, as the fused kernels do.
+
+use super::{Cpu, CpuBuf};
+use crate::backend::{
+    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
+};
+use anyhow::Result;
+
+pub fn forward(
+    cpu: &Cpu,
+    sh: &LowRankShape,
+    x: Ref<CpuBuf>,
+    w: LowRankWeights<CpuBuf>,
+    bias: Option<Ref<CpuBuf>>,
+    mut t: Mut<CpuBuf>,
+    y: Mut<CpuBuf>,
+) -> Result<()> {
+    sh.check_forward(&x, &w, &bias, &t, &y)?;
+    let LowRankShape {
+        n,
+        n_in,
+        n_out,
+        rank: k,
+    } = *sh;
+    // t = x·Ut[:k]ᵀ, rounded to the operand dtype as the GPU stores it, then laid out padded.
+    let mut t_live = cpu.alloc(x.dtype(), n * k)?;
+    cpu.gemm(&Gemm::new(n, k, n_in).trans_b(), x, w.ut, t_live.all_mut())?;
+    scatter_padded(t_live.as_slice(), k, sh.scratch_stride(), t.slice_mut());
+
+    let mut acc = cpu.alloc(DType::F32, n * n_out)?;
+    if let Some(b) = bias {
+        for row in acc.data.chunks_mut(n_out) {
+            row.copy_from_slice(&b.slice()[..n_out]);
+        }
+    }
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    if let Some(w0) = w.w0 {
+        cpu.gemm(&Gemm::new(n, n_out, n_in).beta(beta), x, w0, acc.all_mut())?;
+    }
+    let beta = if bias.is_some() || w.w0.is_some() {
+        1.0
+    } else {
+        0.0
+    };
+    cpu.gemm(
+        &Gemm::new(n, n_out, k).beta(beta),
+        t_live.all(),
+        w.vt,
+        acc.all_mut(),
+    )?;
+    cpu.cast(
+        acc.all(),
+        Mut {
+            len: n * n_out,
+            ..y
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    cpu: &Cpu,
+    sh: &LowRankShape,
+    x: Ref<CpuBuf>,
+    w: LowRankWeights<CpuBuf>,
+    t: Ref<CpuBuf>,
+    dy: Ref<CpuBuf>,
+    mut s: Mut<CpuBuf>,
+    dx: Mut<CpuBuf>,
+    g: LowRankGrads<CpuBuf>,
+) -> Result<()> {
+    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &g)?;
+    let LowRankShape {
+        n,
+        n_in,
+        n_out,
+        rank: k,
+    } = *sh;
+    let stride = sh.scratch_stride();
+    // s = dy·Vt[:k]ᵀ, stored like t.
+    let mut s_live = cpu.alloc(x.dtype(), n * k)?;
+    cpu.gemm(
+        &Gemm::new(n, k, n_out).trans_b(),
+        dy,
+        w.vt,
+        s_live.all_mut(),
+    )?;
+    scatter_padded(s_live.as_slice(), k, stride, s.slice_mut());
+
+    // dx = dy·W0ᵀ + s·Ut[:k], accumulated in f32 and rounded once.
+    let mut acc = cpu.alloc(DType::F32, n * n_in)?;
+    if let Some(w0) = w.w0 {
+        cpu.gemm(&Gemm::new(n, n_in, n_out).trans_b(), dy, w0, acc.all_mut())?;
+    }
+    let beta = if w.w0.is_some() { 1.0 } else { 0.0 };
+    cpu.gemm(
+        &Gemm::new(n, n_in, k).beta(beta),
+        s_live.all(),
+        w.ut,
+        acc.all_mut(),
+    )?;
+    cpu.cast(
+        acc.all(),
+        Mut {
+            len: n * n_in,
+            ..dx
+        },
+    )?;
+
+    // dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy: only the first k rows of each window are written.
+    let mut t_live = cpu.alloc(t.dtype(), n * k)?;
+    gather_live(t.slice(), k, stride, &mut t_live.data);
+    cpu.gemm(
+        &Gemm::new(k, n_in, n).trans_a().beta(1.0),
+        s_live.all(),
+        x,
+        Mut {
+            len: k * n_in,
+            ..g.dut
+        },
+    )?;
+    cpu.gemm(
+        &Gemm::new(k, n_out, n).trans_a().beta(1.0),
+        t_live.all(),
+        dy,
+        Mut {
+            len: k * n_out,
+            ..g.dvt
+        },
+    )?;
+    if let Some(mut db) = g.dbias {
+        add_column_sums(
+            &dy.slice()[..n * n_out],
+            n_out,
+            &mut db.slice_mut()[..n_out],
+        );
+    }
+    Ok(())
+}
+
+/// Writes rows of `cols` values into rows of `stride` (≥ cols), zeroing the padding.
+fn scatter_padded(live: &[f32], cols: usize, stride: usize, dst: &mut [f32]) {
+    for (src, row) in live.chunks(cols).zip(dst.chunks_mut(stride)) {
+        row[..cols].copy_from_slice(src);
+        row[cols..].fill(0.0);
+    }
+}
+
+/// The inverse of `scatter_padded`: the first `cols` values of each row of `stride`.
+fn gather_live(padded: &[f32], cols: usize, stride: usize, dst: &mut [f32]) {
+    for (row, out) in padded.chunks(stride).zip(dst.chunks_mut(cols)) {
+        out.copy_from_slice(&row[..cols]);
+    }
+}
+
+/// out[j] += Σ_i m[i][j] for a row-major matrix with `cols` columns, summed in f64.
+fn add_column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
+    let mut sums = vec![0.0f64; cols];
+    for row in m.chunks(cols) {
+        for (s, &v) in sums.iter_mut().zip(row) {
+            *s += v as f64;
+        }
+    }
+    for (o, s) in out.iter_mut().zip(sums) {
+        *o = (*o as f64 + s) as f32;
+    }
+}
+
+#[cfg(test)]
+#[path = "lowrank_linear_tests.rs"]
+mod tests;

@@ -1,0 +1,470 @@
+//! Launchers of the low-rank linear layer (kernels/lowrank_linear.cu) and of its unfused cuBLASLt
+//! path, which is both the baseline the fused kernels are measured against and the fallback for
+//! shapes they do not take (a dimension not a multiple of 8, or a window not 16-byte aligned).
+//!
+//! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel).
+//! Fused backward: s = dy·Vt[:k]ᵀ (skinny), dx = [dy | s]·[W0ᵀ ; Ut[:k]] (one kernel), then
+//! dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy through cuBLASLt (reductions over n, which cuBLASLt splits
+//! over K well) and db += Σ dy by a deterministic column sum.
+
+mod cublas;
+
+use super::{Cuda, CudaBuf};
+use crate::backend::{
+    DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
+};
+use anyhow::{bail, ensure, Context, Result};
+use cublas::{dx_cublas, forward_cublas, strides};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Which implementation runs the low-rank layer on CUDA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum LowRankImpl {
+    /// The fused tensor-core kernels (falling back to `Cublas` for shapes they do not take).
+    Fused,
+    /// Unfused: three cuBLASLt GEMMs per direction plus a bias broadcast.
+    Cublas,
+}
+
+impl LowRankImpl {
+    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, or `cublas`).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("LOWRANK_LOWRANK_IMPL") {
+            Err(_) => Ok(LowRankImpl::Fused),
+            Ok(v) => match v.trim() {
+                "fused" | "" => Ok(LowRankImpl::Fused),
+                "cublas" => Ok(LowRankImpl::Cublas),
+                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused` or `cublas`"),
+            },
+        }
+    }
+}
+
+/// Mirrors `SegGemmParams` in kernels/lowrank_linear.cu field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct SegGemmParams {
+    a: [u64; 2],
+    b: [u64; 2],
+    bias: u64,
+    c: u64,
+    lda: [i32; 2],
+    ldb: [i32; 2],
+    k: [i32; 2],
+    m: i32,
+    n_valid: i32,
+    n_store: i32,
+    ldc: i32,
+}
+
+// SAFETY: plain old data with the C layout the kernel reads.
+unsafe impl DeviceRepr for SegGemmParams {}
+
+/// One operand pair A (m × k, row stride lda) · B (row stride ldb) of a segmented GEMM.
+#[derive(Clone, Copy)]
+struct Segment {
+    a: u64,
+    lda: usize,
+    b: u64,
+    ldb: usize,
+    k: usize,
+}
+
+/// Mirrors `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu: block tile, threads and the
+/// dynamic shared memory of 4 stages of (BM × 40 + max(32 × (BN + 8), BN × 40)) bf16.
+#[derive(Clone, Copy)]
+struct Tile {
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    smem_bytes: u32,
+}
+const WIDE: Tile = Tile {
+    name: "wide",
+    bm: 128,
+    bn: 128,
+    smem_bytes: 4 * (128 * 40 + 128 * 40) * 2,
+};
+const NARROW: Tile = Tile {
+    name: "narrow",
+    bm: 128,
+    bn: 64,
+    smem_bytes: 4 * (128 * 40 + 64 * 40) * 2,
+};
+const GEMM_THREADS: u32 = 256;
+/// Rows summed per column-sum block (kernels/lowrank_linear.cu COLSUM_ROWS) and its 32 columns.
+const COLSUM_ROWS: u32 = 16;
+const COLSUM_COLS: usize = 32;
+
+/// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
+/// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Y,
+    Dx,
+    Project,
+}
+
+/// The output of a segmented GEMM: m × n_store at `ptr` with row stride ldc; B has n_valid columns.
+struct Output {
+    ptr: u64,
+    dtype: DType,
+    m: usize,
+    n_valid: usize,
+    n_store: usize,
+    ldc: usize,
+}
+
+fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
+    Ok(match (role, tile.name, out) {
+        (Role::Y, "wide", DType::BF16) => "lowrank_y_wide_bf16",
+        (Role::Y, "wide", DType::F32) => "lowrank_y_wide_f32",
+        (Role::Y, "narrow", DType::BF16) => "lowrank_y_narrow_bf16",
+        (Role::Y, "narrow", DType::F32) => "lowrank_y_narrow_f32",
+        (Role::Dx, "wide", DType::BF16) => "lowrank_dx_wide_bf16",
+        (Role::Dx, "wide", DType::F32) => "lowrank_dx_wide_f32",
+        (Role::Dx, "narrow", DType::BF16) => "lowrank_dx_narrow_bf16",
+        (Role::Dx, "narrow", DType::F32) => "lowrank_dx_narrow_f32",
+        (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
+        _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
+    })
+}
+
+/// The wide tile where it still gives every SM a block, else the narrow one (twice the blocks);
+/// the skinny projections always take the narrow tile (N = rank is small).
+fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Tile {
+    let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
+    if role == Role::Project || wide_blocks < cuda.info.sms.max(1) as usize {
+        NARROW
+    } else {
+        WIDE
+    }
+}
+
+fn launch_seg_gemm(
+    cuda: &Cuda,
+    role: Role,
+    segs: [Option<Segment>; 2],
+    bias: u64,
+    out: &Output,
+) -> Result<()> {
+    let tile = pick_tile(cuda, role, out.m, out.n_store);
+    let name = kernel_name(role, tile, out.dtype)?;
+    let f = cuda.modules.function("lowrank_linear", name)?;
+    // Above 48 KB, dynamic shared memory must be opted into per function; setting it is a host-side
+    // attribute write, cheap next to the launch.
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        tile.smem_bytes as i32,
+    )
+    .with_context(|| {
+        format!(
+            "{name}: the GPU refused {} bytes of shared memory",
+            tile.smem_bytes
+        )
+    })?;
+    let mut p = SegGemmParams {
+        bias,
+        c: out.ptr,
+        m: out.m as i32,
+        n_valid: out.n_valid as i32,
+        n_store: out.n_store as i32,
+        ldc: out.ldc as i32,
+        ..Default::default()
+    };
+    let present = segs.iter().flatten().next().copied();
+    for (i, seg) in segs.iter().enumerate() {
+        // An absent segment has k = 0 (no tiles) and borrows the other's valid pointers.
+        let s = seg.or(present).context("segmented GEMM with no segment")?;
+        p.a[i] = s.a;
+        p.b[i] = s.b;
+        p.lda[i] = s.lda as i32;
+        p.ldb[i] = s.ldb as i32;
+        p.k[i] = if seg.is_some() { s.k as i32 } else { 0 };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (
+            out.n_store.div_ceil(tile.bn) as u32,
+            out.m.div_ceil(tile.bm) as u32,
+            1,
+        ),
+        block_dim: (GEMM_THREADS, 1, 1),
+        shared_mem_bytes: tile.smem_bytes,
+    };
+    // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements.
+    unsafe { cuda.stream.launch_builder(&f).arg(&p).launch(cfg)? };
+    Ok(())
+}
+
+/// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
+/// rows), 16-byte aligned operand windows, outputs aligned for paired stores, sizes within i32.
+fn fused_fits(sh: &LowRankShape, operands: &[u64], outputs: &[(u64, DType)]) -> bool {
+    let dims_ok =
+        sh.n_in.is_multiple_of(SCRATCH_ROW_ALIGN) && sh.n_out.is_multiple_of(SCRATCH_ROW_ALIGN);
+    let small = [sh.n, sh.n_in, sh.n_out, sh.scratch_stride()]
+        .iter()
+        .all(|&d| d < i32::MAX as usize);
+    let aligned = operands.iter().all(|p| p.is_multiple_of(16))
+        && outputs
+            .iter()
+            .all(|&(p, d)| p.is_multiple_of(2 * d.size_bytes() as u64));
+    dims_ok && small && aligned
+}
+
+fn ensure_bf16(x: &Ref<CudaBuf>) -> Result<()> {
+    ensure!(
+        x.dtype() == DType::BF16,
+        "CUDA low-rank linear computes in bf16: pass bf16 operands (x is {:?})",
+        x.dtype()
+    );
+    Ok(())
+}
+
+pub fn forward(
+    cuda: &Cuda,
+    sh: &LowRankShape,
+    x: Ref<CudaBuf>,
+    w: LowRankWeights<CudaBuf>,
+    bias: Option<Ref<CudaBuf>>,
+    t: Mut<CudaBuf>,
+    y: Mut<CudaBuf>,
+) -> Result<()> {
+    sh.check_forward(&x, &w, &bias, &t, &y)?;
+    ensure_bf16(&x)?;
+    let (k, stride) = (sh.rank, sh.scratch_stride());
+    let w0 = w.w0.map(|r| r.ptr());
+    let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), t.ptr()];
+    operands.extend(w0);
+    let fused = cuda.lowrank_impl == LowRankImpl::Fused
+        && fused_fits(sh, &operands, &[(y.ptr(), y.dtype())]);
+    let bias_ptr = bias.map_or(0, |b| b.ptr());
+    if !fused {
+        return forward_cublas(cuda, sh, x, w, bias, t, y);
+    }
+    let project = Segment {
+        a: x.ptr(),
+        lda: sh.n_in,
+        b: w.ut.ptr(),
+        ldb: sh.n_in,
+        k: sh.n_in,
+    };
+    let t_out = Output {
+        ptr: t.ptr(),
+        dtype: DType::BF16,
+        m: sh.n,
+        n_valid: k,
+        n_store: stride,
+        ldc: stride,
+    };
+    launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &t_out)?;
+    let base = w0.map(|b| Segment {
+        a: x.ptr(),
+        lda: sh.n_in,
+        b,
+        ldb: sh.n_out,
+        k: sh.n_in,
+    });
+    let low = Segment {
+        a: t.ptr(),
+        lda: stride,
+        b: w.vt.ptr(),
+        ldb: sh.n_out,
+        k,
+    };
+    let y_out = Output {
+        ptr: y.ptr(),
+        dtype: y.dtype(),
+        m: sh.n,
+        n_valid: sh.n_out,
+        n_store: sh.n_out,
+        ldc: sh.n_out,
+    };
+    launch_seg_gemm(cuda, Role::Y, [base, Some(low)], bias_ptr, &y_out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    cuda: &Cuda,
+    sh: &LowRankShape,
+    x: Ref<CudaBuf>,
+    w: LowRankWeights<CudaBuf>,
+    t: Ref<CudaBuf>,
+    dy: Ref<CudaBuf>,
+    mut s: Mut<CudaBuf>,
+    dx: Mut<CudaBuf>,
+    g: LowRankGrads<CudaBuf>,
+) -> Result<()> {
+    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &g)?;
+    ensure_bf16(&x)?;
+    let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), dy.ptr(), s.ptr()];
+    operands.extend(w.w0.map(|r| r.ptr()));
+    let fused = cuda.lowrank_impl == LowRankImpl::Fused
+        && fused_fits(sh, &operands, &[(dx.ptr(), dx.dtype())]);
+    if fused {
+        dx_fused(cuda, sh, dy, w, s.reborrow(), &dx)?;
+    } else {
+        dx_cublas(cuda, sh, dy, w, s.reborrow(), &dx)?;
+    }
+    factor_grads(cuda, sh, x, t, dy, s.as_ref(), g)
+}
+
+/// s = dy·Vt[:k]ᵀ (skinny kernel), then dx = [dy | s]·[W0ᵀ ; Ut[:k]] in one kernel.
+fn dx_fused(
+    cuda: &Cuda,
+    sh: &LowRankShape,
+    dy: Ref<CudaBuf>,
+    w: LowRankWeights<CudaBuf>,
+    s: Mut<CudaBuf>,
+    dx: &Mut<CudaBuf>,
+) -> Result<()> {
+    let stride = sh.scratch_stride();
+    let project = Segment {
+        a: dy.ptr(),
+        lda: sh.n_out,
+        b: w.vt.ptr(),
+        ldb: sh.n_out,
+        k: sh.n_out,
+    };
+    let s_out = Output {
+        ptr: s.ptr(),
+        dtype: DType::BF16,
+        m: sh.n,
+        n_valid: sh.rank,
+        n_store: stride,
+        ldc: stride,
+    };
+    launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &s_out)?;
+    let base = w.w0.map(|w0| Segment {
+        a: dy.ptr(),
+        lda: sh.n_out,
+        b: w0.ptr(),
+        ldb: sh.n_out,
+        k: sh.n_out,
+    });
+    let low = Segment {
+        a: s.ptr(),
+        lda: stride,
+        b: w.ut.ptr(),
+        ldb: sh.n_in,
+        k: sh.rank,
+    };
+    let dx_out = Output {
+        ptr: dx.ptr(),
+        dtype: dx.dtype(),
+        m: sh.n,
+        n_valid: sh.n_in,
+        n_store: sh.n_in,
+        ldc: sh.n_in,
+    };
+    launch_seg_gemm(cuda, Role::Dx, [base, Some(low)], 0, &dx_out)
+}
+
+/// dUt[:k] += sᵀ·x, dVt[:k] += tᵀ·dy (cuBLASLt, f32 accumulation into f32) and db += Σ_rows dy.
+fn factor_grads(
+    cuda: &Cuda,
+    sh: &LowRankShape,
+    x: Ref<CudaBuf>,
+    t: Ref<CudaBuf>,
+    dy: Ref<CudaBuf>,
+    s: Ref<CudaBuf>,
+    g: LowRankGrads<CudaBuf>,
+) -> Result<()> {
+    let LowRankShape {
+        n,
+        n_in,
+        n_out,
+        rank: k,
+    } = *sh;
+    let stride = sh.scratch_stride();
+    let (bf, f32) = (DType::BF16, DType::F32);
+    let du = Gemm::new(k, n_in, n).trans_a().beta(1.0);
+    cuda.lt.gemm_strided(
+        &cuda.stream,
+        &du,
+        strides(stride, n_in, n_in),
+        bf,
+        f32,
+        s.ptr(),
+        x.ptr(),
+        g.dut.ptr(),
+    )?;
+    let dv = Gemm::new(k, n_out, n).trans_a().beta(1.0);
+    cuda.lt.gemm_strided(
+        &cuda.stream,
+        &dv,
+        strides(stride, n_out, n_out),
+        bf,
+        f32,
+        t.ptr(),
+        dy.ptr(),
+        g.dvt.ptr(),
+    )?;
+    match g.dbias {
+        Some(db) => add_column_sums(cuda, dy, n, n_out, db),
+        None => Ok(()),
+    }
+}
+
+/// out[j] += Σ_i m[i][j] for a bf16 row-major rows × cols matrix, deterministically (two passes).
+fn add_column_sums(
+    cuda: &Cuda,
+    m: Ref<CudaBuf>,
+    rows: usize,
+    cols: usize,
+    out: Mut<CudaBuf>,
+) -> Result<()> {
+    // Enough row chunks for ~4 blocks per SM, each chunk at least 64 rows.
+    let col_blocks = cols.div_ceil(COLSUM_COLS);
+    let want_chunks = (4 * cuda.info.sms.max(1) as usize).div_ceil(col_blocks);
+    let rows_per_chunk = rows.div_ceil(want_chunks.clamp(1, rows.div_ceil(64).max(1)));
+    let chunks = rows.div_ceil(rows_per_chunk);
+    // Freed stream-ordered (cuMemFreeAsync) when dropped, after the kernels below have read it.
+    let partials = cuda.stream.alloc_zeros::<f32>(chunks * cols)?;
+    let pp = super::slice_ptr(&partials, &cuda.stream);
+    let (mp, op) = (m.ptr(), out.ptr());
+    let (rows_i, cols_i, rpc_i, chunks_i) = (
+        rows as i32,
+        cols as i32,
+        rows_per_chunk as i32,
+        chunks as i32,
+    );
+    let f = cuda
+        .modules
+        .function("lowrank_linear", "column_sum_partials_bf16")?;
+    let cfg = LaunchConfig {
+        grid_dim: (col_blocks as u32, chunks as u32, 1),
+        block_dim: (COLSUM_COLS as u32, COLSUM_ROWS, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: m holds rows · cols elements (check_backward); partials holds chunks · cols.
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&mp)
+            .arg(&pp)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&rpc_i)
+            .launch(cfg)?
+    };
+    let f = cuda
+        .modules
+        .function("lowrank_linear", "column_sum_finish")?;
+    let cfg = LaunchConfig {
+        grid_dim: (cols.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: out holds cols f32 values (check_backward).
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&pp)
+            .arg(&op)
+            .arg(&chunks_i)
+            .arg(&cols_i)
+            .launch(cfg)?
+    };
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! `lowrank bench lowrank-linear`: the low-rank linear layer, fused kernels against the unfused
+//! cuBLASLt path and against dense cuBLASLt x·W0 of the same layer, on GPT-2 MLP shapes.
+
+use super::{random_bufs, rotation, time_median, PEAK_TFLOPS};
+use crate::backend::cuda::{Cuda, CudaBuf, LowRankImpl};
+use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
+use anyhow::Result;
+use serde::Serialize;
+
+/// GPT-2 small and medium MLP projections (n_in, n_out): up and down.
+const LAYERS: [(usize, usize); 4] = [(1024, 4096), (4096, 1024), (768, 3072), (3072, 768)];
+const ROWS: [usize; 3] = [1024, 4096, 16384];
+const RANKS: [usize; 5] = [16, 64, 128, 256, 512];
+
+#[derive(Serialize)]
+pub struct LowRankRow {
+    /// e.g. "fwd w0+lr" (frozen base plus low-rank) or "bwd lr" (pure low-rank).
+    pass: String,
+    shape: String,
+    imp: &'static str,
+    median_ms: f64,
+    tflops: f64,
+    frac_of_peak: f64,
+    /// Dense cuBLASLt time over this time: with a base, dense x·W0 (forward) or dy·W0ᵀ
+    /// (backward); without, the full-rank layer it replaces (backward: dx and dW).
+    speedup_vs_dense: f64,
+    /// Unfused cuBLASLt time over this time (1 for the unfused rows themselves).
+    speedup_vs_unfused: f64,
+    /// With a base: this time over (dense time × total FLOPs / dense FLOPs), i.e. how far from
+    /// running the low-rank share at dense cuBLAS efficiency (target ≤ 1.10).
+    vs_flop_budget: Option<f64>,
+}
+
+/// One layer's read-only device buffers at the largest rank's capacity; activations rotated past L2.
+struct Inputs {
+    x: Vec<CudaBuf>,
+    dy: Vec<CudaBuf>,
+    w0: CudaBuf,
+    ut: CudaBuf,
+    vt: CudaBuf,
+    bias: CudaBuf,
+}
+
+/// What the layer writes: scratch, outputs and gradients.
+struct Outputs {
+    t: CudaBuf,
+    s: CudaBuf,
+    y: CudaBuf,
+    dx: CudaBuf,
+    dut: CudaBuf,
+    dvt: CudaBuf,
+    db: CudaBuf,
+}
+
+impl Inputs {
+    fn new(gpu: &Cuda, n: usize, n_in: usize, n_out: usize, cap: usize) -> Result<Self> {
+        let sets = rotation(2 * n * (n_in + n_out));
+        let one = |len: usize| -> Result<CudaBuf> {
+            Ok(random_bufs(gpu, DType::BF16, len, 1)?.remove(0))
+        };
+        Ok(Inputs {
+            x: random_bufs(gpu, DType::BF16, n * n_in, sets)?,
+            dy: random_bufs(gpu, DType::BF16, n * n_out, sets)?,
+            w0: one(n_in * n_out)?,
+            ut: one(cap * n_in)?,
+            vt: one(cap * n_out)?,
+            bias: one(n_out)?,
+        })
+    }
+
+    fn weights(&self, base: bool) -> LowRankWeights<'_, CudaBuf> {
+        LowRankWeights {
+            w0: base.then(|| self.w0.all()),
+            ut: self.ut.all(),
+            vt: self.vt.all(),
+        }
+    }
+}
+
+impl Outputs {
+    fn new(gpu: &Cuda, sh: &LowRankShape) -> Result<Self> {
+        let (bf, f32) = (DType::BF16, DType::F32);
+        Ok(Outputs {
+            t: gpu.alloc(bf, sh.scratch_len())?,
+            s: gpu.alloc(bf, sh.scratch_len())?,
+            y: gpu.alloc(bf, sh.n * sh.n_out)?,
+            dx: gpu.alloc(bf, sh.n * sh.n_in)?,
+            dut: gpu.alloc(f32, sh.rank * sh.n_in)?,
+            dvt: gpu.alloc(f32, sh.rank * sh.n_out)?,
+            db: gpu.alloc(f32, sh.n_out)?,
+        })
+    }
+}
+
+fn time_forward(
+    gpu: &Cuda,
+    sh: &LowRankShape,
+    base: bool,
+    inp: &Inputs,
+    out: &mut Outputs,
+    reps: usize,
+) -> Result<f64> {
+    let sets = inp.x.len();
+    time_median(gpu, reps, |i| {
+        gpu.lowrank_linear_forward(
+            sh,
+            inp.x[i % sets].all(),
+            inp.weights(base),
+            Some(inp.bias.all()),
+            out.t.all_mut(),
+            out.y.all_mut(),
+        )
+    })
+}
+
+fn time_backward(
+    gpu: &Cuda,
+    sh: &LowRankShape,
+    base: bool,
+    inp: &Inputs,
+    out: &mut Outputs,
+    reps: usize,
+) -> Result<f64> {
+    let sets = inp.x.len();
+    let Outputs {
+        t,
+        s,
+        dx,
+        dut,
+        dvt,
+        db,
+        ..
+    } = out;
+    time_median(gpu, reps, |i| {
+        let grads = LowRankGrads {
+            dut: dut.all_mut(),
+            dvt: dvt.all_mut(),
+            dbias: Some(db.all_mut()),
+        };
+        gpu.lowrank_linear_backward(
+            sh,
+            inp.x[i % sets].all(),
+            inp.weights(base),
+            t.all(),
+            inp.dy[i % sets].all(),
+            s.all_mut(),
+            dx.all_mut(),
+            grads,
+        )
+    })
+}
+
+/// Dense cuBLASLt times of the full-rank layer: (x·W0, dy·W0ᵀ, dy·W0ᵀ plus dW0 += xᵀ·dy).
+fn time_dense(
+    gpu: &Cuda,
+    n: usize,
+    n_in: usize,
+    n_out: usize,
+    inp: &Inputs,
+    reps: usize,
+) -> Result<[f64; 3]> {
+    let sets = inp.x.len();
+    let mut y = gpu.alloc(DType::BF16, n * n_out)?;
+    let mut dx = gpu.alloc(DType::BF16, n * n_in)?;
+    let mut dw = gpu.alloc(DType::F32, n_in * n_out)?;
+    let fwd = Gemm::new(n, n_out, n_in);
+    let dgrad = Gemm::new(n, n_in, n_out).trans_b();
+    let wgrad = Gemm::new(n_in, n_out, n).trans_a().beta(1.0);
+    let f = time_median(gpu, reps, |i| {
+        gpu.gemm(&fwd, inp.x[i % sets].all(), inp.w0.all(), y.all_mut())
+    })?;
+    let d = time_median(gpu, reps, |i| {
+        gpu.gemm(&dgrad, inp.dy[i % sets].all(), inp.w0.all(), dx.all_mut())
+    })?;
+    let full = time_median(gpu, reps, |i| {
+        gpu.gemm(&dgrad, inp.dy[i % sets].all(), inp.w0.all(), dx.all_mut())?;
+        gpu.gemm(
+            &wgrad,
+            inp.x[i % sets].all(),
+            inp.dy[i % sets].all(),
+            dw.all_mut(),
+        )
+    })?;
+    Ok([f, d, full])
+}
+
+/// Every shape, rank, pass and variant; restores the backend's implementation choice at the end.
+pub fn run(gpu: &mut Cuda, reps: usize) -> Result<Vec<LowRankRow>> {
+    let cap = RANKS[RANKS.len() - 1];
+    let mut rows = Vec::new();
+    for (n_in, n_out) in LAYERS {
+        for n in ROWS {
+            let inp = Inputs::new(gpu, n, n_in, n_out, cap)?;
+            let [dense_fwd, dense_bwd, dense_full_bwd] =
+                time_dense(gpu, n, n_in, n_out, &inp, reps)?;
+            let dense_flops = 2.0 * (n * n_in * n_out) as f64;
+            for rank in RANKS {
+                let sh = LowRankShape {
+                    n,
+                    n_in,
+                    n_out,
+                    rank,
+                };
+                let mut out = Outputs::new(gpu, &sh)?;
+                for forward in [true, false] {
+                    for base in [true, false] {
+                        let mut times = [0.0; 2];
+                        for (slot, imp) in [LowRankImpl::Fused, LowRankImpl::Cublas]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            gpu.set_lowrank_impl(imp);
+                            times[slot] = if forward {
+                                time_forward(gpu, &sh, base, &inp, &mut out, reps)?
+                            } else {
+                                time_backward(gpu, &sh, base, &inp, &mut out, reps)?
+                            };
+                        }
+                        let dense = match (forward, base) {
+                            (true, _) => dense_fwd,
+                            (false, true) => dense_bwd,
+                            (false, false) => dense_full_bwd,
+                        };
+                        let flops = if forward {
+                            sh.forward_flops(base)
+                        } else {
+                            sh.backward_flops(base)
+                        };
+                        let pass = format!(
+                            "{} {}",
+                            if forward { "fwd" } else { "bwd" },
+                            if base { "w0+lr" } else { "lr" }
+                        );
+                        for (slot, imp) in ["fused", "cublas"].into_iter().enumerate() {
+                            let ms = times[slot];
+                            let tflops = flops / (ms * 1e-3) / 1e12;
+                            rows.push(LowRankRow {
+                                pass: pass.clone(),
+                                shape: format!("{n}x{n_in}>{n_out} r{rank}"),
+                                imp,
+                                median_ms: ms,
+                                tflops,
+                                frac_of_peak: tflops / PEAK_TFLOPS,
+                                speedup_vs_dense: dense / ms,
+                                speedup_vs_unfused: times[1] / ms,
+                                vs_flop_budget: base.then(|| ms / (dense * flops / dense_flops)),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    gpu.set_lowrank_impl(LowRankImpl::from_env()?);
+    Ok(rows)
+}
+
+pub fn print(rows: &[LowRankRow]) {
+    println!(
+        "{:<12} {:<22} {:<7} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}",
+        "pass", "shape", "impl", "median ms", "TF/s", "of peak", "x dense", "x unfused", "budget"
+    );
+    for r in rows {
+        let budget = r
+            .vs_flop_budget
+            .map_or("-".to_string(), |b| format!("{b:.2}"));
+        println!(
+            "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}",
+            r.pass,
+            r.shape,
+            r.imp,
+            r.median_ms,
+            r.tflops,
+            100.0 * r.frac_of_peak,
+            r.speedup_vs_dense,
+            r.speedup_vs_unfused,
+            budget
+        );
+    }
+}

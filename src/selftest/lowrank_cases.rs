@@ -1,0 +1,266 @@
+//! Selftest cases of the low-rank linear layer: each output of the forward and of the backward is
+//! its own case, so a small output (db) is not hidden behind a large one (dx) in one relative error.
+
+use crate::backend::{Backend, Buffer, DType, LowRankGrads, LowRankShape, LowRankWeights};
+use crate::util::rng::Rng;
+use anyhow::{bail, Result};
+
+/// Which output a case compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowRankOutput {
+    /// Forward: y.
+    Y,
+    /// Forward: t with its padding (which must come out zero).
+    T,
+    /// Backward: s with its padding.
+    S,
+    Dx,
+    /// Backward: the live rows of dUt (accumulated onto random values).
+    DUt,
+    DVt,
+    Db,
+    /// Backward: rows ≥ rank of dUt and dVt, which must keep their initial values.
+    DeadRows,
+}
+
+const FORWARD: [LowRankOutput; 2] = [LowRankOutput::Y, LowRankOutput::T];
+const BACKWARD: [LowRankOutput; 6] = [
+    LowRankOutput::S,
+    LowRankOutput::Dx,
+    LowRankOutput::DUt,
+    LowRankOutput::DVt,
+    LowRankOutput::Db,
+    LowRankOutput::DeadRows,
+];
+
+#[derive(Clone, Debug)]
+pub struct LowRankCase {
+    pub sh: LowRankShape,
+    /// Rows of Ut and Vt allocated (≥ rank): the rows past rank must be ignored and left alone.
+    pub capacity: usize,
+    pub base: bool,
+    pub bias: bool,
+    /// dtype of y or dx.
+    pub out: DType,
+    pub output: LowRankOutput,
+}
+
+fn shape(n: usize, n_in: usize, n_out: usize, rank: usize) -> LowRankShape {
+    LowRankShape {
+        n,
+        n_in,
+        n_out,
+        rank,
+    }
+}
+
+/// Every variant on a ragged shape, a GPT-2 shape, and one the fused kernels hand to the cuBLASLt
+/// path (n_in not a multiple of 8); the realistic outputs on the other GPT-2 MLP shapes and ranks.
+pub fn cases() -> Vec<LowRankCase> {
+    let mut cases = Vec::new();
+    let full = [
+        (shape(1000, 200, 72, 37), 40),
+        (shape(1024, 768, 3072, 100), 104),
+        (shape(513, 203, 77, 19), 24),
+    ];
+    for (sh, capacity) in full {
+        for base in [true, false] {
+            for bias in [true, false] {
+                for out in [DType::BF16, DType::F32] {
+                    for output in FORWARD.into_iter().chain(BACKWARD) {
+                        cases.push(LowRankCase {
+                            sh,
+                            capacity,
+                            base,
+                            bias,
+                            out,
+                            output,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for (n_in, n_out) in [(768, 3072), (3072, 768), (1024, 4096), (4096, 1024)] {
+        for rank in [16, 100, 256] {
+            if (n_in, n_out, rank) == (768, 3072, 100) {
+                continue; // in the full set above
+            }
+            for output in FORWARD.into_iter().chain(BACKWARD) {
+                cases.push(LowRankCase {
+                    sh: shape(1024, n_in, n_out, rank),
+                    capacity: rank + 8,
+                    base: true,
+                    bias: true,
+                    out: DType::BF16,
+                    output,
+                });
+            }
+        }
+        // Pure low-rank (efficient InRank) at the largest rank.
+        for output in [LowRankOutput::Y, LowRankOutput::Dx] {
+            cases.push(LowRankCase {
+                sh: shape(1024, n_in, n_out, 256),
+                capacity: 256,
+                base: false,
+                bias: true,
+                out: DType::BF16,
+                output,
+            });
+        }
+    }
+    cases
+}
+
+impl LowRankCase {
+    pub fn op(&self) -> String {
+        let dt = match self.out {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+        };
+        format!(
+            "lowrank_{:?}{}{}_{dt}",
+            self.output,
+            if self.base { "_w0" } else { "" },
+            if self.bias { "_b" } else { "" }
+        )
+        .to_lowercase()
+    }
+
+    pub fn shape(&self) -> String {
+        let LowRankShape {
+            n,
+            n_in,
+            n_out,
+            rank,
+        } = self.sh;
+        format!("{n}x{n_in}>{n_out} r{rank}/{}", self.capacity)
+    }
+
+    fn is_forward(&self) -> bool {
+        FORWARD.contains(&self.output)
+    }
+
+    /// Runs the layer on `b` with inputs drawn from `seed` and returns the selected output.
+    pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f32>> {
+        // bf16 operands on both backends, so the CPU reference sees exactly the GPU's inputs.
+        let (sh, cap, op) = (self.sh, self.capacity, DType::BF16);
+        let mut rng = Rng::new(seed);
+        let x = random(b, &mut rng, sh.n * sh.n_in, op)?;
+        let w0 = random(b, &mut rng, sh.n_in * sh.n_out, op)?;
+        let ut = random(b, &mut rng, cap * sh.n_in, op)?;
+        let vt = random(b, &mut rng, cap * sh.n_out, op)?;
+        let bias = random(b, &mut rng, sh.n_out, op)?;
+        let w = LowRankWeights {
+            w0: self.base.then(|| w0.all()),
+            ut: ut.all(),
+            vt: vt.all(),
+        };
+        let poisoned = |n: usize, dtype: DType| -> Result<B::Buf> {
+            let mut buf = b.alloc(dtype, n)?;
+            b.fill(buf.all_mut(), f32::NAN)?;
+            Ok(buf)
+        };
+        if self.is_forward() {
+            let mut t = poisoned(sh.scratch_len(), op)?;
+            let mut y = poisoned(sh.n * sh.n_out, self.out)?;
+            let bias = self.bias.then(|| bias.all());
+            b.lowrank_linear_forward(&sh, x.all(), w, bias, t.all_mut(), y.all_mut())?;
+            return b.download(if self.output == LowRankOutput::Y {
+                y.all()
+            } else {
+                t.all()
+            });
+        }
+        // A saved t whose padding is NaN: the backward must read only its live columns.
+        let stride = sh.scratch_stride();
+        let t_host: Vec<f32> = (0..sh.scratch_len())
+            .map(|i| {
+                let v = rng.normal() as f32;
+                if i % stride < sh.rank {
+                    v
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect();
+        let mut t = b.alloc(op, t_host.len())?;
+        b.upload(&t_host, t.all_mut())?;
+        let dy = random(b, &mut rng, sh.n * sh.n_out, op)?;
+        let mut dut = random(b, &mut rng, cap * sh.n_in, DType::F32)?;
+        let mut dvt = random(b, &mut rng, cap * sh.n_out, DType::F32)?;
+        let mut db = random(b, &mut rng, sh.n_out, DType::F32)?;
+        let mut s = poisoned(sh.scratch_len(), op)?;
+        let mut dx = poisoned(sh.n * sh.n_in, self.out)?;
+        let grads = LowRankGrads {
+            dut: dut.all_mut(),
+            dvt: dvt.all_mut(),
+            dbias: self.bias.then(|| db.all_mut()),
+        };
+        b.lowrank_linear_backward(
+            &sh,
+            x.all(),
+            w,
+            t.all(),
+            dy.all(),
+            s.all_mut(),
+            dx.all_mut(),
+            grads,
+        )?;
+        let (live_u, live_v) = (sh.rank * sh.n_in, sh.rank * sh.n_out);
+        Ok(match self.output {
+            LowRankOutput::S => b.download(s.all())?,
+            LowRankOutput::Dx => b.download(dx.all())?,
+            LowRankOutput::DUt => b.download(dut.at(0, live_u))?,
+            LowRankOutput::DVt => b.download(dvt.at(0, live_v))?,
+            LowRankOutput::Db => b.download(db.all())?,
+            LowRankOutput::DeadRows => [
+                b.download(dut.at(live_u, dut.len() - live_u))?,
+                b.download(dvt.at(live_v, dvt.len() - live_v))?,
+            ]
+            .concat(),
+            LowRankOutput::Y | LowRankOutput::T => bail!("{:?} is a forward output", self.output),
+        })
+    }
+}
+
+/// A buffer of N(0, 1) values drawn from `rng`.
+fn random<B: Backend>(b: &B, rng: &mut Rng, n: usize, dtype: DType) -> Result<B::Buf> {
+    let mut buf = b.alloc(dtype, n)?;
+    b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    /// The harness itself on the CPU: every ragged case runs, overwrites its poisoned output
+    /// completely, returns the expected length, and dead rows keep their drawn values.
+    #[test]
+    fn ragged_cases_run_on_the_cpu_and_fill_their_outputs() {
+        let ragged: Vec<LowRankCase> = cases().into_iter().filter(|c| c.sh.n == 1000).collect();
+        assert_eq!(ragged.len(), 2 * 2 * 2 * (FORWARD.len() + BACKWARD.len()));
+        for case in &ragged {
+            let out = case.run(&Cpu, 7).unwrap();
+            let sh = case.sh;
+            let dead = (case.capacity - sh.rank) * (sh.n_in + sh.n_out);
+            let want_len = match case.output {
+                LowRankOutput::Y => sh.n * sh.n_out,
+                LowRankOutput::T | LowRankOutput::S => sh.scratch_len(),
+                LowRankOutput::Dx => sh.n * sh.n_in,
+                LowRankOutput::DUt => sh.rank * sh.n_in,
+                LowRankOutput::DVt => sh.rank * sh.n_out,
+                LowRankOutput::Db => sh.n_out,
+                LowRankOutput::DeadRows => dead,
+            };
+            assert_eq!(out.len(), want_len, "{}", case.op());
+            assert!(
+                out.iter().all(|v| v.is_finite()),
+                "{}: poison left",
+                case.op()
+            );
+        }
+    }
+}
