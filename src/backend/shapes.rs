@@ -183,8 +183,14 @@ pub(crate) fn check_layernorm_backward(
     window_len(op, "dweight_bias", dweight_bias, 2 * s.cols)
 }
 
-/// Checks the operands of `add_bias` (out, bias) and `add_column_sums` (src, dst): a matrix and a row.
-pub(crate) fn check_matrix_and_row(op: &str, matrix: usize, row: usize, s: MatShape) -> Result<()> {
-    window_len(op, "matrix", matrix, s.len())?;
-    window_len(op, "row", row, s.cols)
+/// Checks the operands of `add_bias` (out, bias) and `add_column_sums` (src, dst): a matrix and a
+/// row, each given as (operand name, window length).
+pub(crate) fn check_matrix_and_row(
+    op: &str,
+    matrix: (&str, usize),
+    row: (&str, usize),
+    s: MatShape,
+) -> Result<()> {
+    window_len(op, matrix.0, matrix.1, s.len())?;
+    window_len(op, row.0, row.1, s.cols)
 }

@@ -150,11 +150,16 @@ pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
 }
 
 /// A model's configuration and tensors from a run directory, a checkpoint directory, or a
-/// safetensors file (ours or Hugging Face's).
+/// safetensors file: ours names its preset in the metadata; for Hugging Face's the shape is
+/// inferred from the tensors.
 pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
     if path.is_file() {
-        let (tensors, _) = tensor_file::load(path)?;
-        return Ok((infer_config(&tensors)?, tensors));
+        let (tensors, meta) = tensor_file::load(path)?;
+        let config = match meta.get("lowrank_model") {
+            Some(name) => GptConfig::preset(name)?,
+            None => infer_config(&tensors)?,
+        };
+        return Ok((config, tensors));
     }
     let ck = checkpoint::load(path)?;
     Ok((GptConfig::preset(&ck.state.config.model)?, ck.model))
@@ -168,7 +173,7 @@ mod tests {
     #[test]
     fn round_trip_through_hf_tensors_and_shape_errors() {
         let cfg = GptConfig::preset("tiny").unwrap();
-        let a = Gpt::new(&Cpu, cfg.clone(), 1, 8, 1).unwrap();
+        let a = Gpt::new(&Cpu, cfg, 1, 8, 1).unwrap();
         let ts = a.to_hf_tensors(&Cpu).unwrap();
         let wte = ts.iter().find(|t| t.name.ends_with("wte.weight")).unwrap();
         assert_eq!(
@@ -176,8 +181,9 @@ mod tests {
             vec![GPT2_VOCAB, 128],
             "HF's wte has no padding rows"
         );
-        assert_eq!(infer_config(&ts).unwrap(), cfg);
-        let mut b = Gpt::new(&Cpu, cfg.clone(), 1, 8, 2).unwrap();
+        // Without our metadata, GPT-2's 64-wide heads are assumed: tiny's 128 channels → 2 heads.
+        assert_eq!(infer_config(&ts).unwrap(), GptConfig { n_head: 2, ..cfg });
+        let mut b = Gpt::new(&Cpu, cfg, 1, 8, 2).unwrap();
         assert_ne!(b.params().as_slice(), a.params().as_slice());
         // Unprefixed names, as in the files transformers publishes, load too.
         let unprefixed: Vec<HostTensor> = ts

@@ -232,7 +232,7 @@ impl Backend for Cpu {
     }
 
     fn add_bias(&self, mut out: Mut<CpuBuf>, bias: Ref<CpuBuf>, shape: MatShape) -> Result<()> {
-        check_matrix_and_row("add_bias", out.len, bias.len, shape)?;
+        check_matrix_and_row("add_bias", ("out", out.len), ("bias", bias.len), shape)?;
         elementwise::add_bias(out.slice_mut(), bias.slice(), shape);
         out.round_to_dtype();
         Ok(())
@@ -243,7 +243,7 @@ impl Backend for Cpu {
         src: Ref<CpuBuf>,
         shape: MatShape,
     ) -> Result<()> {
-        check_matrix_and_row("add_column_sums", src.len, dst.len, shape)?;
+        check_matrix_and_row("add_column_sums", ("src", src.len), ("dst", dst.len), shape)?;
         elementwise::add_column_sums(dst.slice_mut(), src.slice(), shape);
         dst.round_to_dtype();
         Ok(())

@@ -305,11 +305,11 @@ impl Backend for Cuda {
         )
     }
     fn add_bias(&self, out: Mut<CudaBuf>, bias: Ref<CudaBuf>, shape: MatShape) -> Result<()> {
-        check_matrix_and_row("add_bias", out.len, bias.len, shape)?;
+        check_matrix_and_row("add_bias", ("out", out.len), ("bias", bias.len), shape)?;
         elementwise::add_bias(self, out, bias, shape.rows, shape.cols)
     }
     fn add_column_sums(&self, dst: Mut<CudaBuf>, src: Ref<CudaBuf>, shape: MatShape) -> Result<()> {
-        check_matrix_and_row("add_column_sums", src.len, dst.len, shape)?;
+        check_matrix_and_row("add_column_sums", ("src", src.len), ("dst", dst.len), shape)?;
         ops::add_column_sums(self, dst, src, shape.rows, shape.cols)
     }
     fn add(&self, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
