@@ -7,6 +7,9 @@ use anyhow::Result;
 #[path = "lowrank_cases.rs"]
 mod lowrank_cases;
 pub use lowrank_cases::LowRankCase;
+#[path = "gpt_cases.rs"]
+mod gpt_cases;
+pub use gpt_cases::GptCase;
 
 /// Bound for ops whose output is f32 and whose only difference is summation order.
 const F32_BOUND: f64 = 1e-5;
@@ -44,6 +47,8 @@ pub enum Case {
     },
     /// One output of the low-rank linear layer's forward or backward.
     LowRank(LowRankCase),
+    /// An op of the GPT-2 step.
+    Gpt(GptCase),
 }
 
 fn dt(d: DType) -> &'static str {
@@ -128,6 +133,7 @@ pub fn all_cases() -> Vec<Case> {
             n,
         });
     }
+    cases.extend(gpt_cases::cases().into_iter().map(Case::Gpt));
     cases.extend(lowrank_cases::cases().into_iter().map(Case::LowRank));
     cases
 }
@@ -149,6 +155,7 @@ impl Case {
             Case::AdamW { copy: Some(d), .. } => format!("adamw_copy_{}", dt(*d)),
             Case::SumSquares { dtype, .. } => format!("sum_squares_{}", dt(*dtype)),
             Case::LowRank(c) => c.op(),
+            Case::Gpt(c) => c.op(),
         }
     }
 
@@ -161,6 +168,7 @@ impl Case {
             | Case::AdamW { n, .. }
             | Case::SumSquares { n, .. } => n.to_string(),
             Case::LowRank(c) => c.shape(),
+            Case::Gpt(c) => c.shape(),
         }
     }
 
@@ -179,6 +187,7 @@ impl Case {
             // bf16 operands and a bf16 t or s on both sides: an element of t that rounds the other
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
+            Case::Gpt(c) => c.bound(),
             Case::Gemm { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
         }
@@ -267,6 +276,7 @@ impl Case {
                 return Ok(vec![b.sum_squares(x.all())?]);
             }
             Case::LowRank(c) => c.run(b, seed)?,
+            Case::Gpt(c) => c.run(b, seed)?,
         };
         Ok(out.into_iter().map(f64::from).collect())
     }

@@ -1,0 +1,276 @@
+//! Selftest cases of the GPT-2 step's ops (embedding, LayerNorm, adds, GELU, attention, fused
+//! classifier): activations in bf16 on both sides, gradients of parameters and statistics in f32,
+//! each output its own case so a small one is not hidden behind a large one.
+
+use crate::backend::{Backend, Buffer, DType, MatShape, SeqShape};
+use crate::util::rng::Rng;
+use anyhow::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GptOp {
+    EmbeddingForward,
+    EmbeddingBackward,
+    LayernormForward,
+    LayernormBackwardInput,
+    LayernormBackwardParams,
+    Add,
+    AddBias,
+    ColumnSums,
+    GeluForward,
+    GeluBackward,
+    AttentionForwardOut,
+    AttentionForwardAtt,
+    AttentionBackward,
+    ClassifierLosses,
+    ClassifierGrads,
+}
+
+const ALL: [GptOp; 15] = [
+    GptOp::EmbeddingForward,
+    GptOp::EmbeddingBackward,
+    GptOp::LayernormForward,
+    GptOp::LayernormBackwardInput,
+    GptOp::LayernormBackwardParams,
+    GptOp::Add,
+    GptOp::AddBias,
+    GptOp::ColumnSums,
+    GptOp::GeluForward,
+    GptOp::GeluBackward,
+    GptOp::AttentionForwardOut,
+    GptOp::AttentionForwardAtt,
+    GptOp::AttentionBackward,
+    GptOp::ClassifierLosses,
+    GptOp::ClassifierGrads,
+];
+
+#[derive(Clone, Debug)]
+pub struct GptCase {
+    pub op: GptOp,
+    pub s: SeqShape,
+    pub heads: usize,
+    /// Real vocabulary (classifier, embedding table rows); the classifier's rows are padded to a
+    /// multiple of 64 as the model pads 50257 to 50304.
+    pub vocab: usize,
+}
+
+/// Every op on a ragged shape (T=7, C=48, 3 heads of 16) and on GPT-2 small's widths.
+pub fn cases() -> Vec<GptCase> {
+    let shapes = [
+        (SeqShape::new(2, 7, 48), 3, 1000),
+        (SeqShape::new(4, 64, 768), 12, 50257),
+    ];
+    let mut out = Vec::new();
+    for (s, heads, vocab) in shapes {
+        for op in ALL {
+            out.push(GptCase {
+                op,
+                s,
+                heads,
+                vocab,
+            });
+        }
+    }
+    out
+}
+
+fn padded(vocab: usize) -> usize {
+    vocab.div_ceil(64) * 64
+}
+
+impl GptCase {
+    pub fn op(&self) -> String {
+        format!("{:?}", self.op)
+            .chars()
+            .fold(String::new(), |mut acc, c| {
+                if c.is_uppercase() && !acc.is_empty() {
+                    acc.push('_');
+                }
+                acc.push(c.to_ascii_lowercase());
+                acc
+            })
+    }
+
+    pub fn shape(&self) -> String {
+        format!(
+            "B{} T{} C{} h{}",
+            self.s.batch, self.s.seq, self.s.channels, self.heads
+        )
+    }
+
+    /// Attention's scores are rounded to bf16 before the softmax on the GPU (as llm.c does) but not
+    /// on the CPU: probabilities differ by up to ~1% where scores are large, so its cases get twice
+    /// the bf16 bound. Everything else: one bf16 rounding of the output.
+    pub fn bound(&self) -> f64 {
+        match self.op {
+            GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
+                2e-2
+            }
+            _ => 1e-2,
+        }
+    }
+
+    pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f32>> {
+        let mut rng = Rng::new(seed);
+        let (s, bf, f32t) = (self.s, DType::BF16, DType::F32);
+        let (rows, c) = (s.tokens(), s.channels);
+        let m = MatShape::new(rows, c);
+        let mut rand = |dtype: DType, n: usize, std: f64| -> Result<B::Buf> {
+            let mut buf = b.alloc(dtype, n)?;
+            b.upload(&rng.normal_vec(n, std), buf.all_mut())?;
+            Ok(buf)
+        };
+        let poisoned = |dtype: DType, n: usize| -> Result<B::Buf> {
+            let mut buf = b.alloc(dtype, n)?;
+            b.fill(buf.all_mut(), f32::NAN)?;
+            Ok(buf)
+        };
+        let mut ids = Rng::new(seed ^ 0xABCD);
+        let tokens: Vec<u32> = (0..rows)
+            .map(|_| ids.below(self.vocab as u64) as u32)
+            .collect();
+        Ok(match self.op {
+            GptOp::EmbeddingForward => {
+                let (wte, wpe) = (rand(bf, self.vocab * c, 0.02)?, rand(bf, s.seq * c, 0.02)?);
+                let mut out = poisoned(bf, rows * c)?;
+                b.embedding_forward(out.all_mut(), &tokens, wte.all(), wpe.all(), s)?;
+                b.download(out.all())?
+            }
+            GptOp::EmbeddingBackward => {
+                let (mut dwte, dout) = (rand(f32t, self.vocab * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                b.embedding_backward(dwte.all_mut(), dout.all(), &tokens, c)?;
+                b.download(dwte.all())?
+            }
+            GptOp::LayernormForward
+            | GptOp::LayernormBackwardInput
+            | GptOp::LayernormBackwardParams => {
+                let (inp, wb) = (rand(bf, rows * c, 1.0)?, rand(bf, 2 * c, 1.0)?);
+                let (mut out, mut mean, mut rstd) = (
+                    poisoned(bf, rows * c)?,
+                    poisoned(f32t, rows)?,
+                    poisoned(f32t, rows)?,
+                );
+                b.layernorm_forward(
+                    out.all_mut(),
+                    mean.all_mut(),
+                    rstd.all_mut(),
+                    inp.all(),
+                    wb.all(),
+                    m,
+                )?;
+                if self.op == GptOp::LayernormForward {
+                    return Ok([
+                        b.download(out.all())?,
+                        b.download(mean.all())?,
+                        b.download(rstd.all())?,
+                    ]
+                    .concat());
+                }
+                let (mut dinp, mut dwb, dout) = (
+                    rand(bf, rows * c, 1.0)?,
+                    rand(f32t, 2 * c, 1.0)?,
+                    rand(bf, rows * c, 1.0)?,
+                );
+                b.layernorm_backward(
+                    dinp.all_mut(),
+                    dwb.all_mut(),
+                    dout.all(),
+                    inp.all(),
+                    wb.all(),
+                    mean.all(),
+                    rstd.all(),
+                    m,
+                )?;
+                b.download(if self.op == GptOp::LayernormBackwardInput {
+                    dinp.all()
+                } else {
+                    dwb.all()
+                })?
+            }
+            GptOp::Add => {
+                let (mut out, x) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                b.add(out.all_mut(), x.all())?;
+                b.download(out.all())?
+            }
+            GptOp::AddBias => {
+                let (mut out, bias) = (rand(bf, rows * c, 1.0)?, rand(bf, c, 1.0)?);
+                b.add_bias(out.all_mut(), bias.all(), m)?;
+                b.download(out.all())?
+            }
+            GptOp::ColumnSums => {
+                let (mut dst, src) = (rand(f32t, c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                b.add_column_sums(dst.all_mut(), src.all(), m)?;
+                b.download(dst.all())?
+            }
+            GptOp::GeluForward => {
+                let (inp, mut out) = (rand(bf, rows * c, 2.0)?, poisoned(bf, rows * c)?);
+                b.gelu_forward(out.all_mut(), inp.all())?;
+                b.download(out.all())?
+            }
+            GptOp::GeluBackward => {
+                let (inp, mut d) = (rand(bf, rows * c, 2.0)?, rand(bf, rows * c, 1.0)?);
+                b.gelu_backward(d.all_mut(), inp.all())?;
+                b.download(d.all())?
+            }
+            GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
+                let att_len = s.batch * self.heads * s.seq * s.seq;
+                let qkv = rand(bf, 3 * rows * c, 1.0)?;
+                let (mut out, mut att) = (poisoned(bf, rows * c)?, poisoned(bf, att_len)?);
+                b.attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, self.heads)?;
+                match self.op {
+                    GptOp::AttentionForwardOut => b.download(out.all())?,
+                    GptOp::AttentionForwardAtt => b.download(att.all())?,
+                    _ => {
+                        let (dout, mut dqkv) =
+                            (rand(bf, rows * c, 1.0)?, poisoned(bf, 3 * rows * c)?);
+                        b.attention_backward(
+                            dqkv.all_mut(),
+                            dout.all(),
+                            qkv.all(),
+                            att.all(),
+                            s,
+                            self.heads,
+                        )?;
+                        b.download(dqkv.all())?
+                    }
+                }
+            }
+            GptOp::ClassifierLosses | GptOp::ClassifierGrads => {
+                let cols = padded(self.vocab);
+                let mut logits = rand(bf, rows * cols, 2.0)?;
+                let mut losses = poisoned(f32t, rows)?;
+                b.fused_classifier(
+                    logits.all_mut(),
+                    losses.all_mut(),
+                    &tokens,
+                    MatShape::new(rows, cols),
+                    self.vocab,
+                    1.0 / rows as f32,
+                )?;
+                b.download(if self.op == GptOp::ClassifierLosses {
+                    losses.all()
+                } else {
+                    logits.all()
+                })?
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn every_ragged_case_runs_on_the_cpu_and_fills_its_output() {
+        for case in cases().into_iter().filter(|c| c.s.channels == 48) {
+            let out = case.run(&Cpu, 3).unwrap();
+            assert!(
+                !out.is_empty() && out.iter().all(|x| x.is_finite()),
+                "{}: poison left in the output",
+                case.op()
+            );
+        }
+        assert_eq!(cases()[0].op(), "embedding_forward");
+    }
+}
