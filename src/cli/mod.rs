@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "lowrank",
+    args_override_self = true,
     version,
     about = "Low-rank pre-training of GPT-2-class language models (CPU reference, CUDA kernels)",
     long_about = "Low-rank pre-training of GPT-2-class language models.\n\n\

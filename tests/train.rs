@@ -1,0 +1,277 @@
+//! `lowrank train`, `eval` and `plot` as a user runs them, on the built-in corpus with tiny shapes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn lowrank(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .args(args)
+        .output()
+        .expect("the lowrank binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowrank-train-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+/// Small, fast settings: 2 sequences of 16 tokens, evaluation every 2 steps on one batch.
+const SMALL: [&str; 10] = [
+    "--batch",
+    "2",
+    "--seq",
+    "16",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+    "--warmup",
+    "2",
+];
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    lowrank(&args)
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The fields of a record that must match bit for bit (all but the wall-clock rate).
+fn trajectory(rs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    rs.iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("tok_per_s");
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    let (a, b) = (tmp("straight"), tmp("resumed"));
+    let o = train(&a, &["--steps", "6"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(&b, &["--steps", "6", "--stop-at", "3"]);
+    assert!(
+        o.status.success() && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(records(&b).len(), 3);
+    let o = train(&b, &["--steps", "6", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (ra, rb) = (records(&a), records(&b));
+    assert_eq!(ra.len(), 6);
+    assert_eq!(
+        trajectory(&ra),
+        trajectory(&rb),
+        "resumed run diverged from the uninterrupted one"
+    );
+    for key in [
+        "step",
+        "tokens",
+        "train_loss",
+        "lr",
+        "tok_per_s",
+        "params",
+        "grad_norm",
+    ] {
+        assert!(ra[0].get(key).is_some(), "metrics lack {key}: {}", ra[0]);
+    }
+    assert!(
+        ra[1].get("val_loss").is_some() && ra[1].get("val_ppl").is_some(),
+        "{}",
+        ra[1]
+    );
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tmp("sigint");
+    let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", "100000"];
+    args.extend_from_slice(&SMALL);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !dir.join("metrics.jsonl").exists() || records(&dir).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted at step"));
+    let step = records(&dir).last().unwrap()["step"].as_u64().unwrap();
+    let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
+    assert_eq!(latest, format!("checkpoint-{step:07}"));
+    // It resumes from there.
+    let next = (step + 1).to_string();
+    let o = train(
+        &dir,
+        &[
+            "--steps",
+            "100000",
+            "--stop-at",
+            &next,
+            "--resume",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        records(&dir).last().unwrap()["step"].as_u64(),
+        Some(step + 1)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_and_plot_read_what_train_wrote() {
+    let dir = tmp("evalplot");
+    let o = train(&dir, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lowrank(&["plot", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let png = std::fs::read(dir.join("loss.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // Evaluate the checkpoint on a shard written by `tokenize`.
+    let corpus = dir.join("text");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(
+        corpus.join("a.txt"),
+        "The baker walked to the market and sold bread. ".repeat(40),
+    )
+    .unwrap();
+    let shards = dir.join("shards");
+    let o = lowrank(&[
+        "tokenize",
+        corpus.to_str().unwrap(),
+        "--out",
+        shards.to_str().unwrap(),
+        "--val-fraction",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pattern = shards.join("shards_train_*.bin");
+    let o = lowrank(&[
+        "eval",
+        "--ckpt",
+        dir.to_str().unwrap(),
+        "--data",
+        pattern.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("perplexity"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_settings_fail_before_training_with_a_sentence() {
+    let dir = tmp("bad");
+    let o = train(&dir, &["--seq", "500"]);
+    assert!(
+        !o.status.success() && text(&o).contains("exceeds the model's context"),
+        "{}",
+        text(&o)
+    );
+    let o = train(&dir, &["--data", "/nonexistent/x_train_*.bin"]);
+    assert!(
+        !o.status.success() && text(&o).contains("/nonexistent"),
+        "{}",
+        text(&o)
+    );
+    let o = train(&dir, &["--model", "gpt5"]);
+    assert!(
+        !o.status.success() && text(&o).contains("valid names are"),
+        "{}",
+        text(&o)
+    );
+    // A finished run refuses a fresh start into the same directory, and a resume with other settings.
+    assert!(train(&dir, &["--steps", "2"]).status.success());
+    let o = train(&dir, &["--steps", "2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("already holds a training run"),
+        "{}",
+        text(&o)
+    );
+    let o = lowrank(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--batch",
+        "3",
+        "--seq",
+        "16",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("different batch"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+    let dir = tmp("nan");
+    let o = train(
+        &dir,
+        &[
+            "--steps",
+            "50",
+            "--lr",
+            "1e30",
+            "--clip",
+            "0",
+            "--checkpoint-every",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("diverged"), "{}", text(&o));
+    if let Ok(latest) = std::fs::read_to_string(dir.join("latest")) {
+        assert!(dir.join(latest.trim()).join("model.safetensors").exists());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
