@@ -111,7 +111,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
     let dir = tmp("sigint");
     let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", "100000"];
     args.extend_from_slice(&SMALL);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lowrank"))
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
