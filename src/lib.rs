@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod experiments;
 pub mod kernels;
 pub mod selftest;
 pub mod util;

@@ -1,3 +1,4 @@
 //! Small shared helpers with no better home.
 
+pub mod plot;
 pub mod rng;
