@@ -100,16 +100,26 @@ pub fn run(args: Args) -> Result<()> {
     };
     let report = dln::run(&cfg)?;
     println!(
-        "{:<11} {:>6} {:>8} {:>3} {:>12} {:>10} {:>10} {:>10} {:>12}",
-        "network", "width", "params", "thr", "iters→tol", "s→tol", "iters", "it/s", "final error"
+        "{:<11} {:>6} {:>8} {:>3} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "network",
+        "width",
+        "params",
+        "thr",
+        "iters→tol",
+        "s→tol",
+        "iters",
+        "it/s",
+        "cpu s",
+        "final error"
     );
     for s in [&report.original, &report.compressed] {
         let it = s
             .iters_to_tol
             .map_or("not reached".into(), |i| i.to_string());
         let sec = s.seconds_to_tol.map_or("-".into(), |x| format!("{x:.2}"));
+        let cpu = s.cpu_seconds_run.map_or("-".into(), |x| format!("{x:.2}"));
         println!(
-            "{:<11} {:>6} {:>8} {:>3} {:>12} {:>10} {:>10} {:>10.0} {:>12.3e}{}",
+            "{:<11} {:>6} {:>8} {:>3} {:>12} {:>10} {:>10} {:>10.0} {:>10} {:>12.3e}{}",
             s.network,
             s.width,
             s.parameters,
@@ -118,6 +128,7 @@ pub fn run(args: Args) -> Result<()> {
             sec,
             s.iters_run,
             s.iters_per_second,
+            cpu,
             s.final_recovery_error,
             if s.diverged { "  (diverged)" } else { "" }
         );

@@ -8,14 +8,10 @@ pub mod selftest;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "lowrank",
-    version,
-    about = "Low-rank pre-training of GPT-2-class language models (CPU reference, CUDA kernels)",
+#[command(name = "lowrank", version, about = "Low-rank pre-training of GPT-2-class language models (CPU reference, CUDA kernels)",
     long_about = "Low-rank pre-training of GPT-2-class language models.\n\n\
     Start with `lowrank doctor` to see what this machine and binary can do.\n\
-    Environment: LOWRANK_DEVICE=N picks the GPU (default 0)."
-)]
+    Environment: LOWRANK_DEVICE=N picks the GPU (default 0).")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

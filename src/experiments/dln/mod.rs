@@ -106,7 +106,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Report> {
         cfg.threads_original,
         &mut problem,
         &opts,
-    );
+    )?;
     drop(original);
 
     let width = cfg.width_factor * cfg.problem.rank;
@@ -125,7 +125,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Report> {
         cfg.threads_compressed,
         &mut problem,
         &opts,
-    );
+    )?;
 
     let (worse, compared) = compare_curves(&orig_curve, &comp_curve);
     let wall_clock_speedup = orig
@@ -178,4 +178,66 @@ pub fn write_outputs(report: &Report, dir: &PathBuf) -> Result<()> {
         report.config.depth
     );
     plot::plot_curves(&report.curves, &title, &dir.join("curves.png"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use problem::Task;
+
+    type Edit = fn(&mut ExperimentConfig);
+
+    fn small(task: Task) -> ExperimentConfig {
+        ExperimentConfig {
+            problem: ProblemSpec {
+                task,
+                d: 20,
+                rank: 2,
+                measurements: 400,
+                observed: 0.5,
+                seed: 1,
+            },
+            depth: 3,
+            eps: 1e-2,
+            lr: 5.0,
+            alpha: 1.0,
+            width_factor: 2,
+            compressed_init: CompressedInit::Spectral,
+            iters: 200_000,
+            tol: 1e-10,
+            log_every: 50,
+            threads_original: 1,
+            threads_compressed: 1,
+        }
+    }
+
+    #[test]
+    fn bad_depth_width_and_steps_are_refused_with_the_flag_named() {
+        let cases: [(Edit, &str); 5] = [
+            (|c| c.depth = 1, "--depth 1"),
+            (|c| c.width_factor = 11, "--width-factor 11"),
+            (|c| c.lr = -1.0, "--lr"),
+            (|c| c.eps = f64::NAN, "--eps"),
+            (|c| c.threads_original = 3, "--threads-original"),
+        ];
+        for (edit, needle) in cases {
+            let mut c = small(Task::Factorization);
+            edit(&mut c);
+            let err = run(&c).expect_err("bad input accepted").to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn spectral_compression_reaches_tolerance_first_with_lower_error_on_small_factorization() {
+        let r = run(&small(Task::Factorization)).unwrap();
+        let (o, c) = (
+            r.original.iters_to_tol.unwrap(),
+            r.compressed.iters_to_tol.unwrap(),
+        );
+        assert!(c < o, "compressed {c} iterations vs original {o}");
+        assert_eq!(r.iterations_where_compressed_is_worse, 0);
+        assert!(r.logged_iterations_compared > 10);
+        assert!(r.compressed.final_recovery_error < 1e-4);
+    }
 }

@@ -57,6 +57,7 @@ fn panel(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc("‖W − Φ‖_F / ‖Φ‖_F")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;

@@ -208,6 +208,8 @@ pub fn spread_spectrum_target(d: usize, rank: usize, rng: &mut Rng) -> Mat {
 mod tests {
     use super::*;
 
+    type Edit = fn(&mut ProblemSpec);
+
     fn spec(task: Task) -> ProblemSpec {
         ProblemSpec {
             task,
@@ -266,7 +268,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_with_the_flag_named() {
-        let cases: [(fn(&mut ProblemSpec), &str); 5] = [
+        let cases: [(Edit, &str); 5] = [
             (|s| s.rank = 20, "--rank 20"),
             (|s| s.rank = 0, "--rank 0"),
             (|s| s.rank = 11, "2·rank ≤ d"),
