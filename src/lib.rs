@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod experiments;
 pub mod kernels;
 pub mod model;
 pub mod optim;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_train;
+pub mod dln;
 pub mod doctor;
 pub mod eval;
 pub mod plot;
@@ -44,6 +45,8 @@ pub enum Command {
     Tokenize(tokenize::Args),
     /// Training-step throughput (forward, backward, AdamW) on random tokens, as JSON lines
     BenchTrain(bench_train::Args),
+    /// Deep linear networks: train the original and the compressed network side by side (CPU, f64)
+    Dln(dln::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Selftest(a) => selftest::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Dln(a) => dln::run(a),
     }
 }
