@@ -21,7 +21,8 @@ status=0
 step() { # name, command...: runs, logs, records pass/fail
   local name=$1; shift
   echo "== $name: $*"
-  if "$@" > "$out/$name.log" 2>&1; then echo "ok" > "$out/$name.status"; else echo "FAILED" > "$out/$name.status"; status=1; fi
+  # Each step has its own time limit, so one slow step cannot starve the rest of the call.
+  if timeout "${STEP_TIMEOUT:-240}" "$@" > "$out/$name.log" 2>&1; then echo "ok" > "$out/$name.status"; else echo "FAILED" > "$out/$name.status"; status=1; fi
   tail -n 60 "$out/$name.log"
 }
 
@@ -32,8 +33,13 @@ if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest
 fi
 step bench "$bin" bench --json "$out/bench.json"
+# The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
+# step throughput beside PyTorch's (bf16 autocast) on the same shapes.
+step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --out "$out/train-smoke"
+step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" --json "$out/peer.json"
+  step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10
 fi
 
 echo

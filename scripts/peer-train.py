@@ -40,7 +40,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for blk in self.blocks:
             x = blk(x)
         logits = self.ln_f(x) @ self.wte.weight.T  # tied LM head
@@ -54,24 +54,29 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (then bf16 autocast, as our bf16 backend)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for spec in args.config:
         name, layers, heads, c = spec.split(":")
-        model = GPT(int(layers), int(heads), int(c))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-        idx = torch.randint(0, 50257, (args.batch, args.seq + 1))
+        model = GPT(int(layers), int(heads), int(c)).to(args.device)
+        gpu = args.device.startswith("cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=gpu)
+        idx = torch.randint(0, 50257, (args.batch, args.seq + 1), device=args.device)
         times = []
         for step in range(args.steps + 2):  # two warm-up steps
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = model(idx[:, :-1], idx[:, 1:])
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=gpu):
+                loss = model(idx[:, :-1], idx[:, 1:])
             loss.backward()
             opt.step()
+            if gpu:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         med = sorted(times[2:])[len(times[2:]) // 2]
-        print(json.dumps(dict(peer="pytorch", torch=torch.__version__, model=name, batch=args.batch, seq=args.seq,
+        print(json.dumps(dict(peer="pytorch", torch=torch.__version__, device=args.device, model=name, batch=args.batch, seq=args.seq,
                               threads=args.threads, median_step_s=med, tok_per_s=args.batch * args.seq / med,
                               params=sum(p.numel() for p in model.parameters()), loss=loss.item())), flush=True)
 
