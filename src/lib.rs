@@ -5,6 +5,8 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod kernels;
+pub mod linalg;
+pub mod lowrank;
 pub mod model;
 pub mod optim;
 pub mod selftest;
