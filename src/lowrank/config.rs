@@ -134,7 +134,7 @@ impl LowRankConfig {
         self.grows()
             && step >= self.rank_warmup
             && step < self.stage1_steps
-            && (step - self.rank_warmup) % self.rank_gap == 0
+            && (step - self.rank_warmup).is_multiple_of(self.rank_gap)
     }
 
     /// LoRA's scale α/r (1 in other modes).

@@ -118,6 +118,13 @@ fn block_backward<B: Backend>(
     attention_part(b, &mut blk, grads, d)
 }
 
+/// A linear layer's input x, output gradient dy and input gradient dx (written).
+type LinearIo<'a, B> = (
+    Ref<'a, <B as Backend>::Buf>,
+    Ref<'a, <B as Backend>::Buf>,
+    Mut<'a, <B as Backend>::Buf>,
+);
+
 /// Block `l` of the saved forward pass.
 struct Block<'a, 'm, B: Backend> {
     m: &'a Saved<'m, B>,
@@ -136,7 +143,7 @@ impl<B: Backend> Block<'_, '_, B> {
         b: &B,
         grads: &mut B::Buf,
         pair: Pair,
-        (x, dy, dx): (Ref<B::Buf>, Ref<B::Buf>, Mut<B::Buf>),
+        (x, dy, dx): LinearIo<B>,
     ) -> Result<()> {
         let (layout, w, l) = (self.m.layout, self.m.w, self.l);
         linear::backward(b, layout, w, self.lr, grads, l, pair, x, dy, dx)

@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn round_trip_through_hf_tensors_and_shape_errors() {
         let cfg = GptConfig::preset("tiny").unwrap();
-        let a = Gpt::new(&Cpu, cfg.clone(), 1, 8, 1).unwrap();
+        let a = Gpt::new(&Cpu, cfg, 1, 8, 1).unwrap();
         let ts = a.to_hf_tensors(&Cpu).unwrap();
         let wte = ts.iter().find(|t| t.name.ends_with("wte.weight")).unwrap();
         assert_eq!(
@@ -211,7 +211,7 @@ mod tests {
             "HF's wte has no padding rows"
         );
         assert_eq!(infer_config(&ts).unwrap(), cfg);
-        let mut b = Gpt::new(&Cpu, cfg.clone(), 1, 8, 2).unwrap();
+        let mut b = Gpt::new(&Cpu, cfg, 1, 8, 2).unwrap();
         assert_ne!(b.params().as_slice(), a.params().as_slice());
         // Unprefixed names, as in the files transformers publishes, load too.
         let unprefixed: Vec<HostTensor> = ts

@@ -39,7 +39,7 @@ impl Progress {
                     bar.println(format!("step {step}/{total} {line}"));
                 }
             }
-            None if force_line || step % self.every == 0 || step == total => {
+            None if force_line || step.is_multiple_of(self.every) || step == total => {
                 eprintln!("step {step}/{total} {line}")
             }
             None => {}

@@ -79,7 +79,7 @@ impl RankSchedule {
             ev.truncated = true;
         }
         let every = self.cfg.rank_log_every;
-        if every > 0 && (step % every == 0 || step == last) {
+        if every > 0 && (step.is_multiple_of(every) || step == last) {
             ev.ranks = Some(match &mut self.dense {
                 Some(d) => d.ranks(b, model)?,
                 None => lowrank_ranks(b, model)?,
