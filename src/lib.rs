@@ -6,6 +6,8 @@ pub mod cli;
 pub mod data;
 pub mod experiments;
 pub mod kernels;
+pub mod linalg;
+pub mod lowrank;
 pub mod model;
 pub mod optim;
 pub mod selftest;

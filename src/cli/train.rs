@@ -2,6 +2,7 @@
 //! built into the binary).
 
 use crate::backend::{cpu::Cpu, cuda::Cuda};
+use crate::lowrank::{LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport};
 use crate::optim::Decay;
 use crate::train::{self, RunOptions, TrainConfig};
 use anyhow::{Context, Result};
@@ -75,6 +76,73 @@ pub struct Args {
     /// Backend: cpu (f32 reference) or cuda (bf16; not yet verified on a GPU)
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    #[command(flatten)]
+    lowrank: LowRankArgs,
+}
+
+/// Low-rank layers and rank growth (SCIENCE.md §1).
+#[derive(clap::Args, Debug)]
+pub struct LowRankArgs {
+    /// Parameterisation of the selected layers: dense; inrank (W0 + U·Vᵀ, growing rank);
+    /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (frozen --lora-base + (α/r)·U·Vᵀ)
+    #[arg(long = "lowrank", value_enum, default_value_t = LowRankMode::Dense)]
+    mode: LowRankMode,
+    /// Initial rank r0 (lora: the fixed rank r)
+    #[arg(long, default_value_t = 2)]
+    rank_init: usize,
+    /// Rank buffer b: rows trained beyond the rank while growing (clamped to ⌊R/4⌋ per layer)
+    #[arg(long, default_value_t = 100)]
+    rank_buffer: usize,
+    /// Growth threshold α in (0, 1]: the rank explains more than α of Σ s²
+    #[arg(long, default_value_t = 0.9)]
+    rank_alpha: f64,
+    /// First growth check after this many optimiser steps
+    #[arg(long, default_value_t = 25)]
+    rank_warmup: u32,
+    /// Optimiser steps between growth checks
+    #[arg(long, default_value_t = 3)]
+    rank_gap: u32,
+    /// Stage-1 length in optimiser steps; then truncation to the ranks and fixed-rank training
+    #[arg(long, default_value_t = 130)]
+    stage1_steps: u32,
+    /// Which layers are low-rank: mlp (c_fc, c_proj), attn (c_attn, c_proj) or all
+    #[arg(long, value_enum, default_value_t = LowRankLayers::Mlp)]
+    lowrank_layers: LowRankLayers,
+    /// AdamW moments at truncation: rotate (carried into the new basis) or slice (reference code)
+    #[arg(long, value_enum, default_value_t = MomentTransport::Rotate)]
+    moment_transport: MomentTransport,
+    /// Initialisation of the low-rank factors
+    #[arg(long, value_enum, default_value_t = LowRankInit::Random)]
+    lowrank_init: LowRankInit,
+    /// LoRA's frozen base: a run or checkpoint directory, or a GPT-2 safetensors file
+    #[arg(long, value_name = "CKPT")]
+    lora_base: Option<String>,
+    /// LoRA's α: the update is scaled by α/r [default: 2r]
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// Log each layer's rank and r90 to metrics.jsonl every K steps (0: never)
+    #[arg(long, default_value_t = 10)]
+    rank_log_every: u32,
+}
+
+impl LowRankArgs {
+    fn config(self) -> LowRankConfig {
+        LowRankConfig {
+            mode: self.mode,
+            layers: self.lowrank_layers,
+            rank_init: self.rank_init,
+            rank_buffer: self.rank_buffer,
+            rank_alpha: self.rank_alpha,
+            rank_warmup: self.rank_warmup,
+            rank_gap: self.rank_gap,
+            stage1_steps: self.stage1_steps,
+            moment_transport: self.moment_transport,
+            init: self.lowrank_init,
+            lora_base: self.lora_base,
+            lora_alpha: self.lora_alpha,
+            rank_log_every: self.rank_log_every,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -102,6 +170,7 @@ pub fn run(a: Args) -> Result<()> {
         eval_batches: a.eval_batches,
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
+        lowrank: a.lowrank.config(),
     };
     let out = a.resume.clone().unwrap_or(a.out);
     let interrupted = Arc::new(AtomicBool::new(false));

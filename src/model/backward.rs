@@ -3,8 +3,10 @@
 
 use super::activations::{layer, ActivationGrads, Activations};
 use super::forward::{block_input, rows, view};
+use super::linear::{self, Pair};
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
 
 /// The model state the backward pass reads: layout, compute-dtype weights, activations, inputs.
@@ -16,7 +18,7 @@ pub(super) struct Saved<'a, B: Backend> {
 }
 
 /// For y = x·W + bias: dW += xᵀ·dy, dbias += Σ_rows dy, and dx = dy·Wᵀ (written).
-fn linear_backward<B: Backend>(
+pub(super) fn linear_backward<B: Backend>(
     b: &B,
     dx: Mut<B::Buf>,
     grads: &mut B::Buf,
@@ -52,6 +54,7 @@ fn grad_of<'a, T: Buffer>(grads: &'a mut T, t: &TensorView) -> Mut<'a, T> {
 pub(super) fn backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
+    lr: &mut LowRankRuntime<B>,
     grads: &mut B::Buf,
     d: &mut ActivationGrads<B>,
     loss_scale: f32,
@@ -88,7 +91,7 @@ pub(super) fn backward<B: Backend>(
     )?;
 
     for l in (0..n_layer).rev() {
-        block_backward(b, m, grads, d, n_layer, l)?;
+        block_backward(b, m, lr, grads, d, n_layer, l)?;
     }
 
     b.embedding_backward(grad_of(grads, wte), d.dresidual.all(), m.inputs, s.channels)?;
@@ -104,19 +107,28 @@ pub(super) fn backward<B: Backend>(
 fn block_backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
+    lr: &mut LowRankRuntime<B>,
     grads: &mut B::Buf,
     d: &mut ActivationGrads<B>,
     n_layer: usize,
     l: usize,
 ) -> Result<()> {
-    let blk = Block { m, n_layer, l };
-    mlp_part(b, &blk, grads, d)?;
-    attention_part(b, &blk, grads, d)
+    let mut blk = Block { m, lr, n_layer, l };
+    mlp_part(b, &mut blk, grads, d)?;
+    attention_part(b, &mut blk, grads, d)
 }
+
+/// A linear layer's input x, output gradient dy and input gradient dx (written).
+type LinearIo<'a, B> = (
+    Ref<'a, <B as Backend>::Buf>,
+    Ref<'a, <B as Backend>::Buf>,
+    Mut<'a, <B as Backend>::Buf>,
+);
 
 /// Block `l` of the saved forward pass.
 struct Block<'a, 'm, B: Backend> {
     m: &'a Saved<'m, B>,
+    lr: &'a mut LowRankRuntime<B>,
     n_layer: usize,
     l: usize,
 }
@@ -125,11 +137,16 @@ impl<B: Backend> Block<'_, '_, B> {
     fn lay<'b>(&self, buf: &'b B::Buf) -> Ref<'b, B::Buf> {
         layer(buf, self.n_layer, self.l)
     }
-    fn linear(&self, weight: BlockTensor, bias: BlockTensor) -> (&TensorView, &TensorView) {
-        (
-            self.m.layout.block(self.l, weight),
-            self.m.layout.block(self.l, bias),
-        )
+    /// Layer `pair`'s backward: dx written, its parameter gradients accumulated.
+    fn linear(
+        &mut self,
+        b: &B,
+        grads: &mut B::Buf,
+        pair: Pair,
+        (x, dy, dx): LinearIo<B>,
+    ) -> Result<()> {
+        let (layout, w, l) = (self.m.layout, self.m.w, self.l);
+        linear::backward(b, layout, w, self.lr, grads, l, pair, x, dy, dx)
     }
     /// LayerNorm backward with d.dbtc as the output gradient, accumulating into d.dresidual.
     fn ln_backward(
@@ -160,32 +177,17 @@ impl<B: Backend> Block<'_, '_, B> {
 /// residual3 = residual2 + fch_gelu·W + b, so the projection's dy is dresidual itself.
 fn mlp_part<B: Backend>(
     b: &B,
-    blk: &Block<B>,
+    blk: &mut Block<B>,
     grads: &mut B::Buf,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;
-    let (a, w) = (blk.m.a, blk.m.w);
-    let proj = blk.linear(FcProjWeight, FcProjBias);
-    linear_backward(
-        b,
-        d.dfch.all_mut(),
-        grads,
-        blk.lay(&a.fch_gelu),
-        d.dresidual.all(),
-        w,
-        proj,
-    )?;
+    let a = blk.m.a;
+    let io = (blk.lay(&a.fch_gelu), d.dresidual.all(), d.dfch.all_mut());
+    blk.linear(b, grads, (FcProjWeight, FcProjBias), io)?;
     b.gelu_backward(d.dfch.all_mut(), blk.lay(&a.fch))?;
-    linear_backward(
-        b,
-        d.dbtc.all_mut(),
-        grads,
-        blk.lay(&a.ln2),
-        d.dfch.all(),
-        w,
-        blk.linear(FcWeight, FcBias),
-    )?;
+    let io = (blk.lay(&a.ln2), d.dfch.all(), d.dbtc.all_mut());
+    blk.linear(b, grads, (FcWeight, FcBias), io)?;
     blk.ln_backward(
         b,
         grads,
@@ -199,33 +201,18 @@ fn mlp_part<B: Backend>(
 /// residual2 = x + atty·W + b, atty = attention(ln1(x) · Wqkv + bqkv).
 fn attention_part<B: Backend>(
     b: &B,
-    blk: &Block<B>,
+    blk: &mut Block<B>,
     grads: &mut B::Buf,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;
-    let (a, w) = (blk.m.a, blk.m.w);
-    let proj = blk.linear(AttnProjWeight, AttnProjBias);
-    linear_backward(
-        b,
-        d.dbtc.all_mut(),
-        grads,
-        blk.lay(&a.atty),
-        d.dresidual.all(),
-        w,
-        proj,
-    )?;
+    let a = blk.m.a;
+    let io = (blk.lay(&a.atty), d.dresidual.all(), d.dbtc.all_mut());
+    blk.linear(b, grads, (AttnProjWeight, AttnProjBias), io)?;
     let (qkv, att) = (blk.lay(&a.qkv), blk.lay(&a.att));
     b.attention_backward(d.dqkv.all_mut(), d.dbtc.all(), qkv, att, a.shape, a.heads)?;
-    linear_backward(
-        b,
-        d.dbtc.all_mut(),
-        grads,
-        blk.lay(&a.ln1),
-        d.dqkv.all(),
-        w,
-        blk.linear(QkvWeight, QkvBias),
-    )?;
+    let io = (blk.lay(&a.ln1), d.dqkv.all(), d.dbtc.all_mut());
+    blk.linear(b, grads, (QkvWeight, QkvBias), io)?;
     let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);
     blk.ln_backward(b, grads, d, Ln1Weight, x, (&a.ln1_mean, &a.ln1_rstd))
 }

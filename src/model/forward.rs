@@ -1,8 +1,10 @@
 //! The forward pass, written once against `Backend`: embedding → blocks → ln_f → logits.
 
 use super::activations::{layer, layer_mut, Activations};
+use super::linear;
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
 
 /// y = x·W + bias over the rows of x, W stored (n_in × n_out).
@@ -36,6 +38,7 @@ pub(super) fn forward<B: Backend>(
     b: &B,
     layout: &ParamLayout,
     w: &B::Buf,
+    lr: &mut LowRankRuntime<B>,
     a: &mut Activations<B>,
     inputs: &[u32],
 ) -> Result<()> {
@@ -50,7 +53,7 @@ pub(super) fn forward<B: Backend>(
     )?;
     let n_layer = a.ln1.len() / s.len();
     for l in 0..n_layer {
-        block_forward(b, layout, w, a, n_layer, l)?;
+        block_forward(b, layout, w, lr, a, n_layer, l)?;
     }
     let ((off, len), shape) = (layout.ln_f(), rows(a));
     let last = layer(&a.residual3, n_layer, n_layer - 1);
@@ -100,9 +103,6 @@ struct Block<'a, T> {
 }
 
 impl<'a, T: Buffer> Block<'a, T> {
-    fn tensor(&self, kind: BlockTensor) -> &'a TensorView {
-        self.layout.block(self.l, kind)
-    }
     /// A LayerNorm's weight-then-bias window.
     fn ln(&self, weight: BlockTensor) -> Ref<'a, T> {
         let (off, len) = self.layout.block_ln(self.l, weight);
@@ -114,6 +114,7 @@ fn block_forward<B: Backend>(
     b: &B,
     layout: &ParamLayout,
     w: &B::Buf,
+    lr: &mut LowRankRuntime<B>,
     a: &mut Activations<B>,
     n_layer: usize,
     l: usize,
@@ -124,12 +125,17 @@ fn block_forward<B: Backend>(
         n_layer,
         l,
     };
-    attention_part(b, &blk, a)?;
-    mlp_part(b, &blk, a)
+    attention_part(b, &blk, lr, a)?;
+    mlp_part(b, &blk, lr, a)
 }
 
 /// residual2 = x + proj(attention(ln1(x))).
-fn attention_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+fn attention_part<B: Backend>(
+    b: &B,
+    blk: &Block<B::Buf>,
+    lr: &mut LowRankRuntime<B>,
+    a: &mut Activations<B>,
+) -> Result<()> {
     use BlockTensor::*;
     let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
     let x = block_input(&a.encoded, &a.residual3, n_layer, l);
@@ -143,35 +149,31 @@ fn attention_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>
         blk.ln(Ln1Weight),
         shape,
     )?;
+    let (lay, w) = (blk.layout, blk.w);
     let qkv = layer_mut(&mut a.qkv, n_layer, l);
-    linear_forward(
-        b,
-        qkv,
-        layer(&a.ln1, n_layer, l),
-        blk.w,
-        blk.tensor(QkvWeight),
-        blk.tensor(QkvBias),
-    )?;
+    let x = layer(&a.ln1, n_layer, l);
+    linear::forward(b, lay, w, lr, l, (QkvWeight, QkvBias), x, qkv)?;
     let (atty, att) = (
         layer_mut(&mut a.atty, n_layer, l),
         layer_mut(&mut a.att, n_layer, l),
     );
     b.attention_forward(atty, att, layer(&a.qkv, n_layer, l), a.shape, a.heads)?;
-    let (proj, proj_bias) = (blk.tensor(AttnProjWeight), blk.tensor(AttnProjBias));
-    linear_forward(
-        b,
+    let (y, x) = (
         layer_mut(&mut a.residual2, n_layer, l),
         layer(&a.atty, n_layer, l),
-        blk.w,
-        proj,
-        proj_bias,
-    )?;
+    );
+    linear::forward(b, lay, w, lr, l, (AttnProjWeight, AttnProjBias), x, y)?;
     let x = block_input(&a.encoded, &a.residual3, n_layer, l);
     b.add(layer_mut(&mut a.residual2, n_layer, l), x)
 }
 
 /// residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
-fn mlp_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> Result<()> {
+fn mlp_part<B: Backend>(
+    b: &B,
+    blk: &Block<B::Buf>,
+    lr: &mut LowRankRuntime<B>,
+    a: &mut Activations<B>,
+) -> Result<()> {
     use BlockTensor::*;
     let (n_layer, l, shape) = (blk.n_layer, blk.l, rows(a));
     let lay = |buf| layer(buf, n_layer, l);
@@ -185,24 +187,20 @@ fn mlp_part<B: Backend>(b: &B, blk: &Block<B::Buf>, a: &mut Activations<B>) -> R
         blk.ln(Ln2Weight),
         shape,
     )?;
+    let (layout, w) = (blk.layout, blk.w);
     let fch = layer_mut(&mut a.fch, n_layer, l);
-    linear_forward(
-        b,
-        fch,
-        lay(&a.ln2),
-        blk.w,
-        blk.tensor(FcWeight),
-        blk.tensor(FcBias),
-    )?;
+    linear::forward(b, layout, w, lr, l, (FcWeight, FcBias), lay(&a.ln2), fch)?;
     b.gelu_forward(layer_mut(&mut a.fch_gelu, n_layer, l), lay(&a.fch))?;
-    let (proj, proj_bias) = (blk.tensor(FcProjWeight), blk.tensor(FcProjBias));
-    linear_forward(
+    let y = layer_mut(&mut a.residual3, n_layer, l);
+    linear::forward(
         b,
-        layer_mut(&mut a.residual3, n_layer, l),
+        layout,
+        w,
+        lr,
+        l,
+        (FcProjWeight, FcProjBias),
         lay(&a.fch_gelu),
-        blk.w,
-        proj,
-        proj_bias,
+        y,
     )?;
     b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
 }

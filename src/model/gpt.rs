@@ -7,6 +7,9 @@ use super::config::GptConfig;
 use super::forward::forward;
 use super::params::ParamLayout;
 use crate::backend::{Backend, Buffer, DType, MatShape, Ref};
+use crate::lowrank::cost::{cost, Cost};
+use crate::lowrank::{layer, start_factors, LowRankConfig, LowRankMode, LowRankRuntime};
+use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
 /// A GPT-2 on a backend: f32 master parameters, their compute-dtype copy, f32 gradients with the
@@ -20,6 +23,8 @@ pub struct Gpt<B: Backend> {
     grads: B::Buf,
     acts: Activations<B>,
     dacts: ActivationGrads<B>,
+    /// Live ranks and scratch of the low-rank layers (none in a dense model).
+    lowrank: LowRankRuntime<B>,
     /// The last forward's token ids, for the embedding backward.
     inputs: Vec<u32>,
     /// Set by a forward with targets, cleared by the backward that consumes its dlogits.
@@ -35,7 +40,7 @@ pub struct OptimizerBuffers<'a, B: Backend> {
 }
 
 impl<B: Backend> Gpt<B> {
-    /// A freshly initialised model (GPT-2 init, deterministic by `seed`) for batches of
+    /// A freshly initialised dense model (GPT-2 init, deterministic by `seed`) for batches of
     /// `batch` sequences of `seq` tokens.
     pub fn new(
         backend: &B,
@@ -44,7 +49,22 @@ impl<B: Backend> Gpt<B> {
         seq: usize,
         seed: u64,
     ) -> Result<Self> {
+        Self::with_lowrank(backend, config, &LowRankConfig::default(), batch, seq, seed)
+    }
+
+    /// A freshly initialised model whose layers `lr` selects are low-rank (see `lowrank`); a
+    /// rank that does not fit a layer is an error here, before anything is allocated.
+    pub fn with_lowrank(
+        backend: &B,
+        config: GptConfig,
+        lr: &LowRankConfig,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate()?;
+        lr.validate()?;
+        let layers = layer::plan(lr, &config)?;
         ensure!(
             batch > 0 && seq > 0,
             "batch ({batch}) and sequence length ({seq}) must be positive"
@@ -55,11 +75,11 @@ impl<B: Backend> Gpt<B> {
             config.max_seq,
             config.max_seq
         );
-        let layout = ParamLayout::new(&config);
+        let layout = ParamLayout::with_lowrank(&config, &layers);
         let mut params = backend
             .alloc(DType::F32, layout.len())
             .context("allocating the parameters")?;
-        backend.upload(&layout.init_values(seed), params.all_mut())?;
+        backend.upload(&initial_values(&layout, lr, seed)?, params.all_mut())?;
         let compute_copy = match backend.compute_dtype() {
             DType::F32 => None,
             dtype => Some(
@@ -75,6 +95,9 @@ impl<B: Backend> Gpt<B> {
             Activations::new(backend, &config, batch, seq).context("allocating the activations")?;
         let dacts = ActivationGrads::new(backend, acts.shape)
             .context("allocating the activation gradients")?;
+        let lora_scale = (lr.mode == LowRankMode::Lora).then(|| lr.lora_scale());
+        let lowrank = LowRankRuntime::new(backend, layers, batch * seq, lr.rank_init, lora_scale)
+            .context("allocating the low-rank scratch")?;
         let mut gpt = Gpt {
             config,
             layout,
@@ -83,6 +106,7 @@ impl<B: Backend> Gpt<B> {
             grads,
             acts,
             dacts,
+            lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
         };
@@ -107,7 +131,14 @@ impl<B: Backend> Gpt<B> {
         self.inputs.clear();
         self.inputs.extend_from_slice(inputs);
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
-        forward(b, &self.layout, w, &mut self.acts, inputs)?;
+        forward(
+            b,
+            &self.layout,
+            w,
+            &mut self.lowrank,
+            &mut self.acts,
+            inputs,
+        )?;
         let Some(targets) = targets else {
             return Ok(None);
         };
@@ -143,7 +174,8 @@ impl<B: Backend> Gpt<B> {
             a: &self.acts,
             inputs: &self.inputs,
         };
-        backward(b, &saved, &mut self.grads, &mut self.dacts, loss_scale)
+        let (grads, d) = (&mut self.grads, &mut self.dacts);
+        backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
     }
 
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
@@ -199,17 +231,30 @@ impl<B: Backend> Gpt<B> {
     pub fn seq(&self) -> usize {
         self.acts.shape.seq
     }
-    /// Trainable parameters (without embedding padding).
+    /// Trainable parameters at the live ranks (without embedding padding, frozen bases or dormant
+    /// factor rows).
     pub fn num_params(&self) -> usize {
-        self.config.num_params()
+        self.cost().params
     }
-    /// Training FLOPs (forward + backward) per token at this model's sequence length.
+    /// Training FLOPs (forward + backward) per token at this model's sequence length and live ranks.
     pub fn training_flops_per_token(&self) -> f64 {
-        self.config.training_flops_per_token(self.seq())
+        self.cost().flops_per_token
     }
-    /// Bytes of activations and activation gradients.
+    /// Parameters and FLOPs per token at the live ranks.
+    pub fn cost(&self) -> Cost {
+        let lr = &self.lowrank;
+        cost(&self.config, self.seq(), &lr.layers, &lr.live)
+    }
+    /// The low-rank layers' live ranks and scratch.
+    pub fn lowrank(&self) -> &LowRankRuntime<B> {
+        &self.lowrank
+    }
+    pub fn lowrank_mut(&mut self) -> &mut LowRankRuntime<B> {
+        &mut self.lowrank
+    }
+    /// Bytes of activations, activation gradients and low-rank scratch.
     pub fn activation_bytes(&self) -> usize {
-        self.acts.bytes() + self.dacts.bytes()
+        self.acts.bytes() + self.dacts.bytes() + self.lowrank.bytes()
     }
 
     fn check_tokens(&self, what: &str, tokens: &[u32]) -> Result<()> {
@@ -230,4 +275,21 @@ impl<B: Backend> Gpt<B> {
         }
         Ok(())
     }
+}
+
+/// The layout's GPT-2 init, with each low-rank layer's factors from `lowrank::start_factors`
+/// (each layer on its own generator, seeded by `seed` and the layer's index).
+fn initial_values(layout: &ParamLayout, lr: &LowRankConfig, seed: u64) -> Result<Vec<f32>> {
+    let mut values = layout.init_values(seed);
+    for (i, lt) in layout.lowrank().iter().enumerate() {
+        let l = &lt.layer;
+        let width = l.width(lr.rank_init.min(l.capacity));
+        let mut rng = Rng::new(seed ^ (0xFAC7_0125 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (ut, vt) = start_factors(lr.init, lr.mode, l, width, &mut rng)?;
+        for (t, data) in [(lt.ut, ut), (lt.vt, vt)] {
+            let off = layout.tensors()[t].offset;
+            values[off..off + data.len()].copy_from_slice(&data);
+        }
+    }
+    Ok(values)
 }

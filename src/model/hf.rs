@@ -105,6 +105,40 @@ impl<B: Backend> Gpt<B> {
     }
 }
 
+impl<B: Backend> Gpt<B> {
+    /// LoRA's frozen base: every dense tensor, and each low-rank layer's W0 from the base's
+    /// `{prefix}.weight`, taken from a dense GPT-2 checkpoint of this shape; the factors keep their
+    /// starting values.
+    pub fn load_lora_base(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
+        let by_name: HashMap<&str, &HostTensor> =
+            tensors.iter().map(|t| (canonical(&t.name), t)).collect();
+        let vocab = self.config().vocab_size;
+        let mut host = b.download(self.params().all())?;
+        for t in self.layout().tensors() {
+            if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
+                continue;
+            }
+            let name = match t.name.strip_suffix(".lowrank_w0") {
+                Some(prefix) => format!("{prefix}.weight"),
+                None => t.name.clone(),
+            };
+            let want = hf_rows(&name, &t.shape, vocab);
+            let src = by_name.get(canonical(&name)).with_context(|| {
+                format!("--lora-base lacks tensor {name}: it must be a dense GPT-2 checkpoint")
+            })?;
+            ensure!(
+                src.shape == want,
+                "--lora-base is a checkpoint of another shape: tensor {name} is {:?}, this model (--model) needs {:?}",
+                src.shape,
+                want
+            );
+            host[t.offset..t.offset + src.data.len()].copy_from_slice(&src.data);
+        }
+        b.upload(&host, self.params_mut().all_mut())?;
+        self.refresh_compute_copy(b)
+    }
+}
+
 /// The configuration a set of HF tensors describes: width from wte, depth from the h.N blocks,
 /// context from wpe, and GPT-2's 64-wide heads.
 pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {

@@ -7,10 +7,13 @@ pub mod config;
 mod forward;
 mod gpt;
 pub mod hf;
+mod linear;
 pub mod params;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lowrank;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
 pub use gpt::{Gpt, OptimizerBuffers};
-pub use params::{BlockTensor, DecaySpan, Init, ParamLayout, TensorView};
+pub use params::{BlockTensor, DecaySpan, Init, LowRankTensors, ParamLayout, TensorView};

@@ -3,10 +3,15 @@
 //!
 //! Order: all weight-decayed tensors first (wte, wpe, then every block's four matrices), then all
 //! the others (every block's LayerNorms and biases, then ln_f), so the optimiser sees two
-//! contiguous spans. Each LayerNorm's weight is directly followed by its bias: the layernorm ops
+//! contiguous spans. With low-rank layers, each replaced matrix contributes its transposed factors
+//! `{prefix}.lowrank_ut` (R × n_in) and `{prefix}.lowrank_vt` (R × n_out) in its place, and a frozen
+//! base `{prefix}.lowrank_w0` (inrank, lora) goes after everything trainable: the optimiser's
+//! buffers cover only `trainable_len()`, so a frozen tensor has no moments and is never updated.
+//! Each LayerNorm's weight is directly followed by its bias: the layernorm ops
 //! take them as one (2·C) window. Weights are (n_in × n_out) so y = x·W, as in HF's Conv1D.
 
 use super::config::GptConfig;
+use crate::lowrank::LowRankLayer;
 use crate::util::rng::Rng;
 use rayon::prelude::*;
 
@@ -64,7 +69,8 @@ impl BlockTensor {
         }
     }
 
-    fn shape(self, c: usize) -> Vec<usize> {
+    /// Shape (n_in × n_out for matrices) in a model of width `c`.
+    pub(crate) fn shape(self, c: usize) -> Vec<usize> {
         match self {
             Ln1Weight | Ln1Bias | AttnProjBias | Ln2Weight | Ln2Bias | FcProjBias => vec![c],
             QkvWeight => vec![c, 3 * c],
@@ -73,6 +79,14 @@ impl BlockTensor {
             FcWeight => vec![c, 4 * c],
             FcBias => vec![4 * c],
             FcProjWeight => vec![4 * c, c],
+        }
+    }
+
+    /// The std of a matrix's normal init (0 for tensors that start constant).
+    pub(crate) fn init_std(self, cfg: &GptConfig) -> f64 {
+        match self.init(cfg) {
+            Init::Normal { std, .. } => std,
+            _ => 0.0,
         }
     }
 
@@ -116,6 +130,8 @@ pub struct TensorView {
     pub offset: usize,
     /// Matrices and embeddings are decayed (as llm.c and nanoGPT do); biases and LayerNorms not.
     pub weight_decay: bool,
+    /// False for a frozen base W0: outside the optimiser's span.
+    pub trainable: bool,
     pub init: Init,
 }
 
@@ -136,22 +152,41 @@ pub struct DecaySpan {
     pub weight_decay: bool,
 }
 
+/// Indices in the layout's tensors of one low-rank layer's factors and frozen base.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRankTensors {
+    pub layer: LowRankLayer,
+    pub ut: usize,
+    pub vt: usize,
+    pub w0: Option<usize>,
+}
+
 /// The named tensors of a GPT-2 in one flat buffer.
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
     tensors: Vec<TensorView>,
     len: usize,
+    trainable_len: usize,
+    lowrank: Vec<LowRankTensors>,
     /// Index in `tensors` of each block's tensors, by `BlockTensor as usize`.
     blocks: Vec<[usize; 12]>,
     c: usize,
 }
 
 impl ParamLayout {
+    /// The dense GPT-2 layout.
     pub fn new(cfg: &GptConfig) -> Self {
+        Self::with_lowrank(cfg, &[])
+    }
+
+    /// The layout with the given layers' matrices replaced by low-rank factors.
+    pub fn with_lowrank(cfg: &GptConfig, lowrank: &[LowRankLayer]) -> Self {
         let c = cfg.n_embd;
         let mut layout = ParamLayout {
             tensors: Vec::new(),
             len: 0,
+            trainable_len: 0,
+            lowrank: Vec::new(),
             blocks: vec![[usize::MAX; 12]; cfg.n_layer],
             c,
         };
@@ -174,6 +209,10 @@ impl ParamLayout {
         for (group, decay) in [(&BLOCK_MATRICES[..], true), (&BLOCK_VECTORS[..], false)] {
             for l in 0..cfg.n_layer {
                 for &t in group {
+                    if let Some(lr) = lowrank.iter().find(|x| x.block == l && x.weight == t) {
+                        layout.push_factors(lr);
+                        continue;
+                    }
                     layout.blocks[l][t as usize] = layout.tensors.len();
                     layout.push(
                         format!("transformer.h.{l}.{}", t.hf_suffix()),
@@ -186,7 +225,47 @@ impl ParamLayout {
         }
         layout.push("transformer.ln_f.weight".into(), vec![c], false, Init::Ones);
         layout.push("transformer.ln_f.bias".into(), vec![c], false, Init::Zeros);
+        layout.trainable_len = layout.len;
+        for i in 0..layout.lowrank.len() {
+            let l = layout.lowrank[i].layer.clone();
+            if l.has_w0 {
+                layout.lowrank[i].w0 = Some(layout.tensors.len());
+                let init = l.weight.init(cfg);
+                layout.push(
+                    format!("{}.lowrank_w0", l.prefix),
+                    vec![l.n_in, l.n_out],
+                    false,
+                    init,
+                );
+                layout.tensors.last_mut().unwrap().trainable = false;
+            }
+        }
         layout
+    }
+
+    /// Ut and Vt of a low-rank layer, decayed like the matrix they replace; values come from
+    /// `lowrank::start_factors`.
+    fn push_factors(&mut self, l: &LowRankLayer) {
+        let ut = self.tensors.len();
+        let (r, p) = (l.capacity, &l.prefix);
+        self.push(
+            format!("{p}.lowrank_ut"),
+            vec![r, l.n_in],
+            true,
+            Init::Zeros,
+        );
+        self.push(
+            format!("{p}.lowrank_vt"),
+            vec![r, l.n_out],
+            true,
+            Init::Zeros,
+        );
+        self.lowrank.push(LowRankTensors {
+            layer: l.clone(),
+            ut,
+            vt: ut + 1,
+            w0: None,
+        });
     }
 
     fn push(&mut self, name: String, shape: Vec<usize>, weight_decay: bool, init: Init) {
@@ -195,6 +274,7 @@ impl ParamLayout {
             shape,
             offset: self.len,
             weight_decay,
+            trainable: true,
             init,
         };
         self.len += view.len();
@@ -207,6 +287,20 @@ impl ParamLayout {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Elements the optimiser updates: everything but the frozen bases, which come last.
+    pub fn trainable_len(&self) -> usize {
+        self.trainable_len
+    }
+    /// The low-rank layers, in layout order.
+    pub fn lowrank(&self) -> &[LowRankTensors] {
+        &self.lowrank
+    }
+    /// The index in `lowrank()` of block `layer`'s matrix `weight`, when it is low-rank.
+    pub fn lowrank_index(&self, layer: usize, weight: BlockTensor) -> Option<usize> {
+        self.lowrank
+            .iter()
+            .position(|x| x.layer.block == layer && x.layer.weight == weight)
     }
     /// Every tensor, in buffer order.
     pub fn tensors(&self) -> &[TensorView] {
@@ -234,13 +328,14 @@ impl ParamLayout {
     }
     /// (offset, 2·C) window of the final LayerNorm's weight and bias.
     pub fn ln_f(&self) -> (usize, usize) {
-        (self.tensors[self.tensors.len() - 2].offset, 2 * self.c)
+        // The trainable part ends with ln_f's weight and bias (frozen bases follow it).
+        (self.trainable_len - 2 * self.c, 2 * self.c)
     }
 
-    /// Maximal contiguous runs of tensors with the same weight-decay flag, in buffer order.
+    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag, in buffer order.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
         let mut spans: Vec<DecaySpan> = Vec::new();
-        for t in &self.tensors {
+        for t in self.tensors.iter().filter(|t| t.trainable) {
             match spans.last_mut() {
                 Some(s) if s.weight_decay == t.weight_decay => s.len += t.len(),
                 _ => spans.push(DecaySpan {

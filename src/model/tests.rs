@@ -7,10 +7,19 @@ use crate::backend::{Backend, Buffer};
 use crate::util::rng::Rng;
 
 /// Parameters in f64, looked up by Hugging Face name.
-struct Reference<'a> {
-    cfg: GptConfig,
-    layout: &'a ParamLayout,
-    p: &'a [f64],
+pub(super) struct Reference<'a> {
+    pub cfg: GptConfig,
+    pub layout: &'a ParamLayout,
+    pub p: &'a [f64],
+    /// Low-rank layers: W = W0 (when stored) + scale · Σ_{j<width} Ut[j]ᵀ·Vt[j].
+    pub lowrank: &'a [LowRankRef],
+}
+
+/// How the reference reads one low-rank layer.
+pub(super) struct LowRankRef {
+    pub prefix: String,
+    pub width: usize,
+    pub scale: f64,
 }
 
 type Rows = Vec<Vec<f64>>;
@@ -24,13 +33,33 @@ impl Reference<'_> {
         &self.p[t.offset..t.offset + t.len()]
     }
 
+    /// The (n_in × n_out) weight of a layer, dense or composed from its low-rank tensors.
+    fn weight(&self, prefix: &str, n_out: usize) -> Vec<f64> {
+        let Some(lr) = self.lowrank.iter().find(|l| l.prefix == prefix) else {
+            return self.tensor(&format!("{prefix}.weight")).to_vec();
+        };
+        let vt = self.tensor(&format!("{prefix}.lowrank_vt"));
+        let ut = self.tensor(&format!("{prefix}.lowrank_ut"));
+        let n_in = ut.len() / (vt.len() / n_out);
+        let mut w = match self.layout.find(&format!("{prefix}.lowrank_w0")) {
+            Some(_) => self.tensor(&format!("{prefix}.lowrank_w0")).to_vec(),
+            None => vec![0.0; n_in * n_out],
+        };
+        for j in 0..lr.width {
+            for i in 0..n_in {
+                for o in 0..n_out {
+                    w[i * n_out + o] += lr.scale * ut[j * n_in + i] * vt[j * n_out + o];
+                }
+            }
+        }
+        w
+    }
+
     /// x·W + b with W stored (n_in × n_out).
     fn linear(&self, x: &Rows, prefix: &str) -> Rows {
-        let (w, b) = (
-            self.tensor(&format!("{prefix}.weight")),
-            self.tensor(&format!("{prefix}.bias")),
-        );
+        let b = self.tensor(&format!("{prefix}.bias"));
         let n_out = b.len();
+        let w = &self.weight(prefix, n_out);
         x.iter()
             .map(|row| {
                 (0..n_out)
@@ -91,7 +120,7 @@ impl Reference<'_> {
     }
 
     /// Mean cross-entropy over all positions of `batch` sequences.
-    fn loss(&self, inputs: &[u32], targets: &[u32], batch: usize) -> f64 {
+    pub(super) fn loss(&self, inputs: &[u32], targets: &[u32], batch: usize) -> f64 {
         let (c, seq) = (self.cfg.n_embd, inputs.len() / batch);
         let (wte, wpe) = (
             self.tensor("transformer.wte.weight"),
@@ -154,7 +183,7 @@ impl Reference<'_> {
 }
 
 /// A micro GPT: 2 layers, 2 heads, width 8, a vocabulary of 11 padded to 16, context 6.
-fn micro() -> GptConfig {
+pub(super) fn micro() -> GptConfig {
     GptConfig {
         n_layer: 2,
         n_head: 2,
@@ -165,17 +194,23 @@ fn micro() -> GptConfig {
     }
 }
 
-fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub(super) fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
 
 #[test]
 fn loss_and_every_gradient_match_f64_reference() {
-    let (cpu, cfg, batch, seq) = (Cpu, micro(), 2, 5);
-    let mut gpt = Gpt::new(&cpu, cfg, batch, seq, 1).unwrap();
-    // Large random weights everywhere, padding rows included (they must not matter): GPT-2's
-    // small init would leave attention nearly uniform and hide errors in its gradient.
+    let gpt = Gpt::new(&Cpu, micro(), 2, 5, 1).unwrap();
+    assert_gradients_match_reference(gpt, &[]);
+}
+
+/// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
+/// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
+/// differences. Frozen tensors (low-rank bases) must get exactly zero gradient.
+pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
+    let (cpu, cfg, batch, seq) = (Cpu, *gpt.config(), gpt.batch(), gpt.seq());
+    // GPT-2's small init would leave attention nearly uniform and hide errors in its gradient.
     let mut rng = Rng::new(2);
     let p: Vec<f32> = gpt
         .layout()
@@ -209,12 +244,16 @@ fn loss_and_every_gradient_match_f64_reference() {
 
     let layout = gpt.layout().clone();
     let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
-    let want = Reference {
-        cfg,
-        layout: &layout,
-        p: &p64,
-    }
-    .loss(&inputs, &targets, batch);
+    let reference = |p: &[f64]| {
+        Reference {
+            cfg,
+            layout: &layout,
+            p,
+            lowrank,
+        }
+        .loss(&inputs, &targets, batch)
+    };
+    let want = reference(&p64);
     assert!(
         ((loss as f64 - want) / want).abs() < 1e-5,
         "loss {loss} vs f64 reference {want}"
@@ -223,26 +262,25 @@ fn loss_and_every_gradient_match_f64_reference() {
     let h = 1e-5;
     let mut worst = (0.0f64, String::new());
     for t in layout.tensors() {
+        let ours = &grads[t.offset..t.offset + t.len()];
+        if !t.trainable {
+            assert!(
+                ours.iter().all(|&g| g == 0.0),
+                "{}: frozen, got gradient",
+                t.name
+            );
+            continue;
+        }
         let (mut diff2, mut norm2) = (0.0, 0.0);
-        for i in t.offset..t.offset + t.len() {
+        for (i, g) in (t.offset..t.offset + t.len()).zip(ours) {
             let x = p64[i];
             p64[i] = x + h;
-            let up = Reference {
-                cfg,
-                layout: &layout,
-                p: &p64,
-            }
-            .loss(&inputs, &targets, batch);
+            let up = reference(&p64);
             p64[i] = x - h;
-            let down = Reference {
-                cfg,
-                layout: &layout,
-                p: &p64,
-            }
-            .loss(&inputs, &targets, batch);
+            let down = reference(&p64);
             p64[i] = x;
             let fd = (up - down) / (2.0 * h);
-            diff2 += (grads[i] as f64 - fd).powi(2);
+            diff2 += (*g as f64 - fd).powi(2);
             norm2 += fd * fd;
         }
         assert!(
@@ -319,6 +357,7 @@ fn forward_without_targets_gives_logits_matching_the_reference_loss() {
         cfg,
         layout: gpt.layout(),
         p: &p,
+        lowrank: &[],
     }
     .loss(&inputs, &targets, 1);
     assert!(

@@ -7,6 +7,7 @@ use super::atomic;
 use super::config::TrainConfig;
 use super::tensor_file::{self, HostTensor};
 use crate::data::LoaderPosition;
+use crate::lowrank::LiveRank;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -22,6 +23,15 @@ pub struct TrainState {
     pub tokens: u64,
     pub loader: LoaderPosition,
     pub config: TrainConfig,
+    /// Live ranks of the low-rank layers and whether stage 2 has truncated them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<RankState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankState {
+    pub live: Vec<LiveRank>,
+    pub truncated: bool,
 }
 
 /// A checkpoint read back from disk.

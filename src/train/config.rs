@@ -1,5 +1,6 @@
 //! What a training run is: every setting, saved as DIR/config.json and checked on resume.
 
+use crate::lowrank::LowRankConfig;
 use crate::optim::Decay;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     pub checkpoint_every: u32,
     pub seed: u64,
+    /// Low-rank layers and rank growth (dense by default; absent in configs from before them).
+    #[serde(default)]
+    pub lowrank: LowRankConfig,
 }
 
 impl TrainConfig {
@@ -44,7 +48,7 @@ impl TrainConfig {
             self.weight_decay >= 0.0,
             "--weight-decay must be non-negative"
         );
-        Ok(())
+        self.lowrank.validate()
     }
 
     /// Tokens consumed by one optimiser step.
@@ -73,7 +77,8 @@ impl TrainConfig {
             ("accum", self.accum != saved.accum),
             ("seed", self.seed != saved.seed),
         ];
-        let diff: Vec<&str> = pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
+        let mut diff: Vec<&str> = pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
+        diff.extend(self.lowrank.resume_differences(&saved.lowrank));
         (!diff.is_empty()).then(|| diff.join(", "))
     }
 }

@@ -1,6 +1,7 @@
 //! DIR/metrics.jsonl: one JSON object per logged step, flushed as it is written so a crash loses
 //! at most the line being written.
 
+use crate::lowrank::LayerRank;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -22,6 +23,9 @@ pub struct StepRecord {
     pub val_loss: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_ppl: Option<f32>,
+    /// Per-layer live rank and r90, every `--rank-log-every` steps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ranks: Option<Vec<LayerRank>>,
 }
 
 pub struct MetricsWriter {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod evaluate;
 pub mod metrics;
 pub mod progress;
+pub mod ranks;
 pub mod run;
 pub mod tensor_file;
 

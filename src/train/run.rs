@@ -5,9 +5,13 @@ use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
 use super::metrics::{MetricsWriter, StepRecord};
 use super::progress::Progress;
+use super::ranks::RankSchedule;
 use super::{atomic, evaluate};
 use crate::backend::{Backend, Buffer};
 use crate::data::{default_corpus, BatchShape, Loader, ShardSet};
+use crate::lowrank::cost::cost;
+use crate::lowrank::{LowRankConfig, LowRankMode};
+use crate::model::hf::load_checkpoint;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
 use anyhow::{bail, ensure, Context, Result};
@@ -73,6 +77,8 @@ pub fn split_windows(
 pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
     let gpt_config = GptConfig::preset(&cfg.model)?;
+    // Capacities first: a rank that does not fit is refused before anything is written.
+    crate::lowrank::layer::plan(&cfg.lowrank, &gpt_config)?;
     let resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
     if let Some(ck) = &resume {
         if let Some(diff) = cfg.resume_mismatch(&ck.state.config) {
@@ -89,13 +95,19 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
 
-    let mut model = Gpt::new(b, gpt_config, cfg.batch, cfg.seq, cfg.seed)?;
+    let mut model = Gpt::with_lowrank(b, gpt_config, &cfg.lowrank, cfg.batch, cfg.seq, cfg.seed)?;
+    if let (Some(base), None) = (&cfg.lowrank.lora_base, &resume) {
+        let (_, tensors) = load_checkpoint(Path::new(base))
+            .with_context(|| format!("cannot load --lora-base {base}"))?;
+        model.load_lora_base(b, &tensors)?;
+    }
     let adamw = AdamWConfig {
         weight_decay: cfg.weight_decay,
         clip: cfg.clip,
         ..Default::default()
     };
-    let mut opt = AdamWOptimizer::new(b, adamw, model.layout().len(), &model.param_groups())?;
+    let trainable = model.layout().trainable_len();
+    let mut opt = AdamWOptimizer::new(b, adamw, trainable, &model.param_groups())?;
     let shape = BatchShape {
         batch: cfg.batch,
         seq_len: cfg.seq,
@@ -104,8 +116,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let (mut step, mut tokens) = (0u32, 0u64);
     if let Some(ck) = &resume {
         model.load_hf_tensors(b, &ck.model)?;
+        RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
         ensure!(
-            ck.m.len() == model.layout().len() && ck.v.len() == model.layout().len(),
+            ck.m.len() == trainable && ck.v.len() == trainable,
             "{}: optimizer state does not match the model's size",
             ck.dir.display()
         );
@@ -119,6 +132,14 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
+    // A dense run's W0 for rank monitoring: its seeded init, regenerated on resume.
+    let initial = match (&resume, cfg.lowrank.is_low_rank()) {
+        (_, true) => None,
+        (None, false) => Some(b.download(model.params().all())?),
+        (Some(_), false) => Some(model.layout().init_values(cfg.seed)),
+    };
+    let mut ranks = RankSchedule::new(&cfg.lowrank, &model, initial.as_deref());
+    drop(initial);
 
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let mut summary = RunSummary {
@@ -158,6 +179,20 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let report = opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)?;
         b.synchronize()?;
         step += 1;
+        let events = ranks.after_step(b, &mut model, &mut opt, step, cfg.steps)?;
+        for c in &events.changes {
+            progress.println(&format!(
+                "step {step}: {} rank {} → {}",
+                c.layer, c.from, c.to
+            ));
+        }
+        if events.truncated {
+            progress.println(&format!(
+                "step {step}: stage 2, factors truncated to their ranks ({:?} moment transport); {:.2}M parameters",
+                cfg.lowrank.moment_transport,
+                model.num_params() as f64 / 1e6
+            ));
+        }
         tokens += cfg.tokens_per_step() as u64;
         let tok_per_s = cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64();
 
@@ -182,6 +217,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             grad_norm: report.grad_norm,
             val_loss,
             val_ppl: val_loss.map(f32::exp),
+            ranks: events.ranks,
         };
         metrics.write(&record)?;
         let mut line = format!(
@@ -206,6 +242,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 tokens,
                 loader: loader.position(),
                 config: cfg.clone(),
+                ranks: RankSchedule::state(&model),
             };
             let dir = checkpoint::save(
                 &opts.out,
@@ -235,6 +272,38 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     Ok(summary)
 }
 
+/// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.
+fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
+    let (c, dense) = (model.cost(), cost(model.config(), model.seq(), &[], &[]));
+    let text = |p: usize, f: f64| {
+        format!(
+            "{:.2}M parameters, {:.2} MFLOP/token",
+            p as f64 / 1e6,
+            f / 1e6
+        )
+    };
+    if lr.mode == LowRankMode::Dense {
+        return text(c.params, c.flops_per_token) + " (forward + backward)";
+    }
+    let layers = &model.lowrank().layers;
+    let sizes = layers.first().map_or(String::new(), |l| {
+        format!(
+            "capacity R = {}, buffer b = {}, ranks up to {}",
+            l.capacity, l.buffer, l.max_rank
+        )
+    });
+    format!(
+        "{:?} on {} {:?} layers ({sizes}): {} trainable (forward + backward), {:.2}× the parameters and {:.2}× the FLOPs of dense ({})",
+        lr.mode,
+        layers.len(),
+        lr.layers,
+        text(c.params, c.flops_per_token),
+        c.params as f64 / dense.params as f64,
+        c.flops_per_token / dense.flops_per_token,
+        text(dense.params, dense.flops_per_token)
+    )
+}
+
 /// A fresh run must not silently mix its metrics and checkpoints with an earlier run's.
 fn refuse_to_overwrite(out: &Path) -> Result<()> {
     if checkpoint::latest_dir(out)?.is_some() || out.join("metrics.jsonl").exists() {
@@ -251,17 +320,20 @@ fn banner<B: Backend>(
     step: u32,
 ) -> String {
     format!(
-        "training {} on {}: {:.2}M parameters, {:.2} MFLOP/token (forward + backward), {} tokens/step (B={} T={} accum={}), data {}{}",
+        "training {} on {}: {}, {} tokens/step (B={} T={} accum={}), data {}{}",
         cfg.model,
         b.name(),
-        model.num_params() as f64 / 1e6,
-        model.training_flops_per_token() / 1e6,
+        cost_line(&cfg.lowrank, model),
         cfg.tokens_per_step(),
         cfg.batch,
         cfg.seq,
         cfg.accum,
         data.describe(),
-        if step > 0 { format!(", resuming at step {step}") } else { String::new() }
+        if step > 0 {
+            format!(", resuming at step {step}")
+        } else {
+            String::new()
+        }
     )
 }
 

@@ -1,0 +1,235 @@
+//! A run's low-rank settings (`lowrank train --lowrank ...`), saved in config.json and checked on
+//! resume. Defaults follow SCIENCE.md §1 (r0 = 2, b = 100, α = 0.9, warm-up 25 and gap 3 optimiser
+//! steps, stage 1 of 130 steps as in the reference code).
+
+use super::start::LowRankInit;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+
+/// How the selected linear layers are parameterised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LowRankMode {
+    /// Ordinary dense weights (rank is only monitored).
+    #[default]
+    Dense,
+    /// W = W0 + U·Vᵀ, W0 the frozen initial weight, growing rank.
+    Inrank,
+    /// W = U·Vᵀ with a rank buffer, no W0, growing rank (what the reference code trains).
+    Efficient,
+    /// W = W0 + (α/r)·U·Vᵀ, W0 frozen from `--lora-base`, fixed rank r = `--rank-init`.
+    Lora,
+}
+
+/// Which linear layers of each block are low-rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LowRankLayers {
+    /// mlp.c_fc and mlp.c_proj.
+    #[default]
+    Mlp,
+    /// attn.c_attn and attn.c_proj.
+    Attn,
+    /// All four.
+    All,
+}
+
+/// What happens to AdamW's moments when stage 2 truncates the factors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MomentTransport {
+    /// Carried into the new basis (SCIENCE.md §3's rule, see `growth::transport_moments`).
+    #[default]
+    Rotate,
+    /// The first r rows kept as they are, as the reference code does.
+    Slice,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LowRankConfig {
+    pub mode: LowRankMode,
+    pub layers: LowRankLayers,
+    /// Initial rank r0 (LoRA: the fixed rank).
+    pub rank_init: usize,
+    /// Rank buffer b (clamped per layer to ⌊R/4⌋ so small layers keep room to grow).
+    pub rank_buffer: usize,
+    /// Explained-variance threshold α of rank growth, in (0, 1].
+    pub rank_alpha: f64,
+    /// First growth check after this many optimiser steps.
+    pub rank_warmup: u32,
+    /// Optimiser steps between growth checks.
+    pub rank_gap: u32,
+    /// Stage 1 (growth) lasts this many optimiser steps; then truncation and fixed rank.
+    pub stage1_steps: u32,
+    pub moment_transport: MomentTransport,
+    pub init: LowRankInit,
+    /// LoRA's frozen base: a run or checkpoint directory, or a safetensors file.
+    pub lora_base: Option<String>,
+    /// LoRA's α (scaling α/r); default 2r.
+    pub lora_alpha: Option<f32>,
+    /// Log per-layer ranks every K optimiser steps (0: never).
+    pub rank_log_every: u32,
+}
+
+impl Default for LowRankConfig {
+    fn default() -> Self {
+        LowRankConfig {
+            mode: LowRankMode::Dense,
+            layers: LowRankLayers::Mlp,
+            rank_init: 2,
+            rank_buffer: 100,
+            rank_alpha: 0.9,
+            rank_warmup: 25,
+            rank_gap: 3,
+            stage1_steps: 130,
+            moment_transport: MomentTransport::Rotate,
+            init: LowRankInit::Random,
+            lora_base: None,
+            lora_alpha: None,
+            rank_log_every: 10,
+        }
+    }
+}
+
+impl LowRankConfig {
+    /// Checks what needs no model shape (capacities are checked by `layer::plan`).
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.rank_alpha > 0.0 && self.rank_alpha <= 1.0,
+            "--rank-alpha {} is outside (0, 1]: it is the fraction of the squared singular values the rank must explain (default 0.9)",
+            self.rank_alpha
+        );
+        ensure!(self.rank_init >= 1, "--rank-init must be at least 1");
+        ensure!(
+            self.rank_gap >= 1,
+            "--rank-gap must be at least 1 optimiser step"
+        );
+        ensure!(
+            self.mode != LowRankMode::Lora || self.lora_base.is_some(),
+            "--lowrank lora needs the frozen base weights: pass --lora-base CKPT (a run or checkpoint directory, or a GPT-2 safetensors file)"
+        );
+        ensure!(
+            self.lora_base.is_none() || self.mode == LowRankMode::Lora,
+            "--lora-base is only used with --lowrank lora"
+        );
+        if let Some(a) = self.lora_alpha {
+            ensure!(a > 0.0 && a.is_finite(), "--lora-alpha must be positive");
+        }
+        Ok(())
+    }
+
+    /// True when the selected layers carry factors (every mode but dense).
+    pub fn is_low_rank(&self) -> bool {
+        self.mode != LowRankMode::Dense
+    }
+
+    /// True while a growing mode may still change ranks at `step` (stage 1).
+    pub fn grows(&self) -> bool {
+        matches!(self.mode, LowRankMode::Inrank | LowRankMode::Efficient)
+    }
+
+    /// Whether a growth check runs after optimiser step `step` (1-based).
+    pub fn check_due(&self, step: u32) -> bool {
+        self.grows()
+            && step >= self.rank_warmup
+            && step < self.stage1_steps
+            && (step - self.rank_warmup).is_multiple_of(self.rank_gap)
+    }
+
+    /// LoRA's scale α/r (1 in other modes).
+    pub fn lora_scale(&self) -> f32 {
+        match self.mode {
+            LowRankMode::Lora => {
+                let r = self.rank_init as f32;
+                self.lora_alpha.unwrap_or(2.0 * r) / r
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// Settings a resumed run must share, as (flag, differs) pairs.
+    pub fn resume_differences(&self, saved: &LowRankConfig) -> Vec<&'static str> {
+        let pairs = [
+            ("--lowrank", self.mode != saved.mode),
+            ("--lowrank-layers", self.layers != saved.layers),
+            ("--rank-init", self.rank_init != saved.rank_init),
+            ("--rank-buffer", self.rank_buffer != saved.rank_buffer),
+            ("--rank-alpha", self.rank_alpha != saved.rank_alpha),
+            ("--rank-warmup", self.rank_warmup != saved.rank_warmup),
+            ("--rank-gap", self.rank_gap != saved.rank_gap),
+            ("--stage1-steps", self.stage1_steps != saved.stage1_steps),
+            (
+                "--moment-transport",
+                self.moment_transport != saved.moment_transport,
+            ),
+            ("--lowrank-init", self.init != saved.init),
+            ("--lora-base", self.lora_base != saved.lora_base),
+            ("--lora-alpha", self.lora_alpha != saved.lora_alpha),
+        ];
+        pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        let bad = |c: LowRankConfig, want: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        for alpha in [0.0, -0.5, 1.5, f64::NAN] {
+            bad(
+                LowRankConfig {
+                    rank_alpha: alpha,
+                    ..Default::default()
+                },
+                "--rank-alpha",
+            );
+        }
+        bad(
+            LowRankConfig {
+                mode: LowRankMode::Lora,
+                ..Default::default()
+            },
+            "--lora-base",
+        );
+        bad(
+            LowRankConfig {
+                rank_gap: 0,
+                ..Default::default()
+            },
+            "--rank-gap",
+        );
+        LowRankConfig {
+            rank_alpha: 1.0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn checks_fall_on_the_schedule_and_lora_scales_by_alpha_over_r() {
+        let c = LowRankConfig {
+            mode: LowRankMode::Efficient,
+            rank_warmup: 5,
+            rank_gap: 3,
+            stage1_steps: 12,
+            ..Default::default()
+        };
+        let due: Vec<u32> = (1..20).filter(|&s| c.check_due(s)).collect();
+        assert_eq!(due, vec![5, 8, 11]);
+        let lora = LowRankConfig {
+            mode: LowRankMode::Lora,
+            rank_init: 4,
+            lora_alpha: Some(6.0),
+            ..Default::default()
+        };
+        assert_eq!(lora.lora_scale(), 1.5);
+        assert!(!lora.check_due(5));
+    }
+}

@@ -1,0 +1,62 @@
+//! Parameter count and training FLOPs per token of a configuration, for the start-up banner.
+
+use super::layer::LowRankLayer;
+use super::runtime::LiveRank;
+use crate::backend::LowRankShape;
+use crate::model::GptConfig;
+
+/// What one configuration costs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cost {
+    /// Trainable parameters at the live widths (frozen bases and dormant rows excluded).
+    pub params: usize,
+    /// Training FLOPs (forward + backward) per token.
+    pub flops_per_token: f64,
+}
+
+/// The model's cost with `layers` at widths `live`: each low-rank layer's dense matrix (n_in·n_out
+/// parameters, 6·n_in·n_out FLOPs per token) replaced by k·(n_in + n_out) parameters and the fused
+/// op's forward and backward FLOPs (which include x·W0 and dy·W0ᵀ when there is a base).
+pub fn cost(model: &GptConfig, seq: usize, layers: &[LowRankLayer], live: &[LiveRank]) -> Cost {
+    let mut params = model.num_params() as f64;
+    let mut flops = model.training_flops_per_token(seq);
+    for (l, lr) in layers.iter().zip(live) {
+        let (i, o) = (l.n_in as f64, l.n_out as f64);
+        let sh = LowRankShape {
+            n: 1,
+            n_in: l.n_in,
+            n_out: l.n_out,
+            rank: lr.width,
+        };
+        params += lr.width as f64 * (i + o) - i * o;
+        flops += sh.forward_flops(l.has_w0) + sh.backward_flops(l.has_w0) - 6.0 * i * o;
+    }
+    Cost {
+        params: params as usize,
+        flops_per_token: flops,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lowrank::{layer::plan, LowRankConfig, LowRankMode};
+
+    #[test]
+    fn efficient_tiny_costs_by_hand() {
+        let model = GptConfig::preset("tiny").unwrap();
+        let cfg = LowRankConfig {
+            mode: LowRankMode::Efficient,
+            ..Default::default()
+        };
+        let layers = plan(&cfg, &model).unwrap();
+        let live = vec![LiveRank { rank: 2, width: 18 }; layers.len()];
+        let c = cost(&model, 64, &layers, &live);
+        // Each of 8 MLP matrices (128×512): −65536 + 18·640 = −54016 parameters and
+        // 6·18·640 − 6·65536 = −324096 FLOPs per token.
+        assert_eq!(c.params, model.num_params() - 8 * 54016);
+        let want = model.training_flops_per_token(64) - 8.0 * 324096.0;
+        assert!((c.flops_per_token - want).abs() < 1e-6 * want);
+        assert_eq!(cost(&model, 64, &[], &[]).params, model.num_params());
+    }
+}

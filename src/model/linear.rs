@@ -1,0 +1,65 @@
+//! A block's linear layer, dense (GEMM + bias) or low-rank (the Backend's fused op), chosen per
+//! layer by the parameter layout.
+
+use super::backward::linear_backward;
+use super::forward::linear_forward;
+use super::params::{BlockTensor, ParamLayout};
+use crate::backend::{Backend, Mut, Ref};
+use crate::lowrank::runtime::LayerViews;
+use crate::lowrank::LowRankRuntime;
+use anyhow::Result;
+
+/// Block `l`'s (weight, bias) pair, e.g. (FcWeight, FcBias).
+pub(super) type Pair = (BlockTensor, BlockTensor);
+
+/// y = x·W + bias for block `l`'s layer `pair`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    lr: &mut LowRankRuntime<B>,
+    l: usize,
+    (weight, bias): Pair,
+    x: Ref<B::Buf>,
+    y: Mut<B::Buf>,
+) -> Result<()> {
+    match layout.lowrank_index(l, weight) {
+        None => linear_forward(b, y, x, w, layout.block(l, weight), layout.block(l, bias)),
+        Some(i) => lr.forward(b, i, &views(layout, i, l, bias), w, x, y),
+    }
+}
+
+/// dx = dy·Wᵀ (written); the layer's parameter gradients accumulate into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward<B: Backend>(
+    b: &B,
+    layout: &ParamLayout,
+    w: &B::Buf,
+    lr: &mut LowRankRuntime<B>,
+    grads: &mut B::Buf,
+    l: usize,
+    (weight, bias): Pair,
+    x: Ref<B::Buf>,
+    dy: Ref<B::Buf>,
+    dx: Mut<B::Buf>,
+) -> Result<()> {
+    match layout.lowrank_index(l, weight) {
+        None => {
+            let pair = (layout.block(l, weight), layout.block(l, bias));
+            linear_backward(b, dx, grads, x, dy, w, pair)
+        }
+        Some(i) => lr.backward(b, i, &views(layout, i, l, bias), w, grads, x, dy, dx),
+    }
+}
+
+fn views<'a>(layout: &'a ParamLayout, i: usize, l: usize, bias: BlockTensor) -> LayerViews<'a> {
+    let lt = &layout.lowrank()[i];
+    let t = |idx: usize| &layout.tensors()[idx];
+    LayerViews {
+        ut: t(lt.ut),
+        vt: t(lt.vt),
+        w0: lt.w0.map(t),
+        bias: layout.block(l, bias),
+    }
+}

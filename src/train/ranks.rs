@@ -1,0 +1,90 @@
+//! The training loop's low-rank schedule and rank monitoring: growth checks in stage 1,
+//! truncation when stage 2 begins, and the per-layer ranks logged to metrics.jsonl.
+
+use super::checkpoint::RankState;
+use crate::backend::Backend;
+use crate::lowrank::growth::{self, RankChange};
+use crate::lowrank::monitor::{lowrank_ranks, DenseMonitor};
+use crate::lowrank::{LayerRank, LowRankConfig};
+use crate::model::Gpt;
+use crate::optim::AdamWOptimizer;
+use anyhow::{ensure, Result};
+
+/// What happened to the ranks after one optimiser step.
+#[derive(Default)]
+pub struct RankEvents {
+    pub changes: Vec<RankChange>,
+    pub truncated: bool,
+    /// Set on logging steps.
+    pub ranks: Option<Vec<LayerRank>>,
+}
+
+pub struct RankSchedule {
+    cfg: LowRankConfig,
+    /// r90 of W − W0 for a dense run's MLP matrices.
+    dense: Option<DenseMonitor>,
+}
+
+impl RankSchedule {
+    /// `initial` is the dense run's parameters at step 0 (regenerated from the seed on resume).
+    pub fn new<B: Backend>(cfg: &LowRankConfig, model: &Gpt<B>, initial: Option<&[f32]>) -> Self {
+        let dense = initial
+            .filter(|_| !cfg.is_low_rank() && cfg.rank_log_every > 0)
+            .map(|w0| DenseMonitor::new(model.layout(), model.config().n_layer, w0));
+        RankSchedule {
+            cfg: cfg.clone(),
+            dense,
+        }
+    }
+
+    /// Restores the live ranks a checkpoint recorded.
+    pub fn restore<B: Backend>(model: &mut Gpt<B>, state: Option<&RankState>) -> Result<()> {
+        let Some(state) = state else { return Ok(()) };
+        let lr = model.lowrank_mut();
+        ensure!(
+            state.live.len() == lr.live.len(),
+            "the checkpoint records ranks of {} low-rank layers, this model has {}",
+            state.live.len(),
+            lr.live.len()
+        );
+        lr.live = state.live.clone();
+        lr.truncated = state.truncated;
+        Ok(())
+    }
+
+    /// The live ranks, for a checkpoint (None in a dense model).
+    pub fn state<B: Backend>(model: &Gpt<B>) -> Option<RankState> {
+        let lr = model.lowrank();
+        (!lr.live.is_empty()).then(|| RankState {
+            live: lr.live.clone(),
+            truncated: lr.truncated,
+        })
+    }
+
+    /// Runs after optimiser step `step` (1-based) of `last`.
+    pub fn after_step<B: Backend>(
+        &mut self,
+        b: &B,
+        model: &mut Gpt<B>,
+        opt: &mut AdamWOptimizer<B>,
+        step: u32,
+        last: u32,
+    ) -> Result<RankEvents> {
+        let mut ev = RankEvents::default();
+        if self.cfg.check_due(step) && !model.lowrank().truncated {
+            ev.changes = growth::grow(b, model, self.cfg.rank_alpha)?;
+        }
+        if self.cfg.grows() && step >= self.cfg.stage1_steps && !model.lowrank().truncated {
+            growth::truncate(b, model, opt, self.cfg.moment_transport)?;
+            ev.truncated = true;
+        }
+        let every = self.cfg.rank_log_every;
+        if every > 0 && (step.is_multiple_of(every) || step == last) {
+            ev.ranks = Some(match &mut self.dense {
+                Some(d) => d.ranks(b, model)?,
+                None => lowrank_ranks(b, model)?,
+            });
+        }
+        Ok(ev)
+    }
+}
