@@ -1,4 +1,5 @@
-//! `lowrank plot DIR`: DIR/loss.png, the training and validation loss curves from metrics.jsonl.
+//! `lowrank plot DIR`: DIR/loss.png, the training and validation loss curves from metrics.jsonl,
+//! and DIR/ranks.png, each layer's rank over training, when the run logged ranks.
 
 use crate::train::metrics::{self, StepRecord};
 use crate::util::plot::register_font;
@@ -22,7 +23,93 @@ pub fn run(a: Args) -> Result<()> {
     let out = a.dir.join("loss.png");
     loss_figure(&records, &out)?;
     println!("wrote {}", out.display());
+    if records.iter().any(|r| r.ranks.is_some()) {
+        let out = a.dir.join("ranks.png");
+        rank_figure(&records, &out)?;
+        println!("wrote {}", out.display());
+    }
     Ok(())
+}
+
+/// Per layer over steps: the live rank of low-rank layers, solid, and r90 (the smallest rank
+/// explaining 90% of the energy: of the live product, or of W − W0 in a dense run), dashed.
+/// A dense layer's "rank" is its full rank, which is not drawn.
+pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
+    register_font()?;
+    let logged: Vec<(f64, &Vec<crate::lowrank::LayerRank>)> = records
+        .iter()
+        .filter_map(|r| r.ranks.as_ref().map(|k| (r.step as f64, k)))
+        .collect();
+    let layers: Vec<String> = logged[0].1.iter().map(|l| l.layer.clone()).collect();
+    let series = |pick: fn(&crate::lowrank::LayerRank) -> usize, i: usize| -> Vec<(f64, f64)> {
+        logged
+            .iter()
+            .filter_map(|(s, ks)| ks.get(i).map(|k| (*s, pick(k) as f64)))
+            .collect()
+    };
+    let full: Vec<usize> = logged[0].1.iter().map(|l| l.rank).collect();
+    let dense = logged
+        .iter()
+        .all(|(_, ks)| ks.iter().zip(&full).all(|(k, f)| k.rank == *f));
+    let top = logged
+        .iter()
+        .flat_map(|(_, ks)| {
+            ks.iter()
+                .map(|k| if dense { k.r90 } else { k.rank.max(k.r90) })
+        })
+        .max()
+        .unwrap_or(1);
+    let max_step = logged.last().map_or(1.0, |l| l.0).max(1.0);
+    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let title = if dense {
+            "r90 of W − W0 per layer"
+        } else {
+            "rank (solid) and r90 (dashed) per layer"
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 26))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_step, 0.0..(top as f64 * 1.1 + 1.0))?;
+        chart
+            .configure_mesh()
+            .x_desc("optimiser step")
+            .y_desc("rank")
+            .draw()?;
+        for (i, name) in layers.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            if !dense {
+                chart
+                    .draw_series(LineSeries::new(
+                        series(|k| k.rank, i),
+                        color.stroke_width(2),
+                    ))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            }
+            let r90 = series(|k| k.r90, i);
+            let dashed = DashedLineSeries::new(r90, 6, 4, color.stroke_width(1));
+            let drawn = chart.draw_series(dashed)?;
+            if dense {
+                drawn
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot draw {}", out.display()))
 }
 
 /// Training loss per step and validation loss at each evaluation, on one chart.
