@@ -1,0 +1,142 @@
+//! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
+//! a LoRA base of another shape is refused, and an efficient-InRank run logs its ranks.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn lowrank(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .args(args)
+        .output()
+        .expect("the lowrank binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowrank-lr-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+const SMALL: [&str; 8] = [
+    "--batch",
+    "2",
+    "--seq",
+    "16",
+    "--warmup",
+    "1",
+    "--eval-every",
+    "0",
+];
+
+fn train(out: &PathBuf, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    lowrank(&args)
+}
+
+#[test]
+fn bad_low_rank_settings_fail_before_training() {
+    let dir = tmp("bad");
+    for (flags, says) in [
+        (
+            vec!["--lowrank", "efficient", "--rank-alpha", "1.5"],
+            "outside (0, 1]",
+        ),
+        (
+            vec!["--lowrank", "efficient", "--rank-alpha", "0"],
+            "outside (0, 1]",
+        ),
+        (vec!["--lowrank", "lora"], "--lora-base"),
+        (
+            vec!["--lowrank", "efficient", "--rank-init", "100"],
+            "above the capacity",
+        ),
+    ] {
+        let o = train(&dir, &flags);
+        assert!(!o.status.success(), "{flags:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{flags:?}: {}", text(&o));
+        assert!(
+            !dir.join("metrics.jsonl").exists(),
+            "{flags:?} started training"
+        );
+    }
+}
+
+#[test]
+fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
+    let (base, lora, eff) = (tmp("base"), tmp("lora"), tmp("eff"));
+    // A base checkpoint from a dense run, then LoRA over it with another context length works …
+    assert!(train(&base, &["--steps", "2"]).status.success());
+    let o = train(
+        &lora,
+        &[
+            "--steps",
+            "2",
+            "--lowrank",
+            "lora",
+            "--lora-base",
+            base.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // … and a base of another model shape is refused with a sentence.
+    let o = train(
+        &tmp("lora2"),
+        &[
+            "--steps",
+            "2",
+            "--model",
+            "gpt2",
+            "--lowrank",
+            "lora",
+            "--lora-base",
+            base.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("another shape") || text(&o).contains("lacks tensor"),
+        "{}",
+        text(&o)
+    );
+    // An efficient-InRank run records per-layer ranks in its metrics.
+    let o = train(
+        &eff,
+        &[
+            "--steps",
+            "3",
+            "--lowrank",
+            "efficient",
+            "--rank-log-every",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let last = std::fs::read_to_string(eff.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let rec: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let ranks = rec["ranks"].as_array().expect("ranks logged");
+    assert_eq!(ranks.len(), 8, "fc and proj of tiny's 4 blocks: {last}");
+    assert!(
+        ranks
+            .iter()
+            .all(|r| r["rank"].as_u64().unwrap() >= 2 && r.get("r90").is_some()),
+        "{last}"
+    );
+    for d in [base, lora, eff] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
