@@ -1,7 +1,7 @@
 //! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
 //! a LoRA base of another shape is refused, and an efficient-InRank run logs its ranks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn lowrank(args: &[&str]) -> Output {
@@ -36,7 +36,7 @@ const SMALL: [&str; 8] = [
     "0",
 ];
 
-fn train(out: &PathBuf, extra: &[&str]) -> Output {
+fn train(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--out", out.to_str().unwrap()];
     args.extend_from_slice(&SMALL);
     args.extend_from_slice(extra);
