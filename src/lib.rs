@@ -4,7 +4,9 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod experiments;
 pub mod kernels;
+pub mod lowrank;
 pub mod model;
 pub mod optim;
 pub mod selftest;

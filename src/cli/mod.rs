@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_train;
 pub mod doctor;
 pub mod eval;
+pub mod init_study;
 pub mod plot;
 pub mod selftest;
 pub mod tokenize;
@@ -43,6 +44,8 @@ pub enum Command {
     Tokenize(tokenize::Args),
     /// Training-step throughput (forward, backward, AdamW) on random tokens, as JSON lines
     BenchTrain(bench_train::Args),
+    /// Function error of the spectral, function-closed and function low-rank inits per shape and rank
+    InitStudy(init_study::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Selftest(a) => selftest::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::InitStudy(a) => init_study::run(a),
     }
 }

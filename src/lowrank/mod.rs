@@ -1,0 +1,3 @@
+//! Low-rank layers and their methods (SCIENCE.md §1, §2, §5).
+
+pub mod init;
