@@ -367,6 +367,13 @@ pub trait Backend {
     /// In place: d ← d · GELU′(inp), turning the output gradient into the input gradient.
     fn gelu_backward(&self, d: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
 
+    /// out −= x, elementwise (an output minus its target, in the function-aware init's loss).
+    fn sub(&self, out: Mut<Self::Buf>, x: Ref<Self::Buf>) -> Result<()>;
+    /// out = max(inp, 0).
+    fn relu_forward(&self, out: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
+    /// In place: d ← d · [inp > 0] (the subgradient 0 at inp = 0, as PyTorch takes it).
+    fn relu_backward(&self, d: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
+
     /// Causal multi-head self-attention from the fused qkv (B,T,3C: q, k, v each C = heads·hs wide)
     /// to out (B,T,C), scores scaled by 1/√hs. Saves the softmax probabilities in att (B,heads,T,T),
     /// zero above the diagonal.

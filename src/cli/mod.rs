@@ -5,6 +5,7 @@ pub mod bench_train;
 pub mod dln;
 pub mod doctor;
 pub mod eval;
+pub mod init_study;
 pub mod plot;
 pub mod selftest;
 pub mod tokenize;
@@ -47,6 +48,8 @@ pub enum Command {
     BenchTrain(bench_train::Args),
     /// Deep linear networks: train the original and the compressed network side by side (CPU, f64)
     Dln(dln::Args),
+    /// Function error of the spectral, function-closed and function low-rank inits per shape and rank
+    InitStudy(init_study::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,5 +63,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Dln(a) => dln::run(a),
+        Command::InitStudy(a) => init_study::run(a),
     }
 }

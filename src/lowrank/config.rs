@@ -2,7 +2,7 @@
 //! resume. Defaults follow SCIENCE.md §1 (r0 = 2, b = 100, α = 0.9, warm-up 25 and gap 3 optimiser
 //! steps, stage 1 of 130 steps as in the reference code).
 
-use super::start::LowRankInit;
+use super::init::LowRankInit;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 

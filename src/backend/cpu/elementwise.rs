@@ -1,4 +1,5 @@
-//! Bias, residual and column-sum helpers around the GEMMs (CPU twin of kernels/elementwise.cu).
+//! Bias, residual, difference, ReLU and column-sum helpers around the GEMMs (CPU twin of
+//! kernels/elementwise.cu).
 
 use crate::backend::MatShape;
 use rayon::prelude::*;
@@ -30,11 +31,31 @@ pub fn add_column_sums(dst: &mut [f32], src: &[f32], s: MatShape) {
     }
 }
 
-/// out += x.
-pub fn add(out: &mut [f32], x: &[f32]) {
+/// out[i] = f(out[i], x[i]) over equal-length slices, in parallel chunks.
+fn zip_apply(out: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, x)| *o += x));
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(*o, x)));
+}
+
+/// out += x.
+pub fn add(out: &mut [f32], x: &[f32]) {
+    zip_apply(out, x, |o, x| o + x);
+}
+
+/// out −= x.
+pub fn sub(out: &mut [f32], x: &[f32]) {
+    zip_apply(out, x, |o, x| o - x);
+}
+
+/// out = max(inp, 0).
+pub fn relu_forward(out: &mut [f32], inp: &[f32]) {
+    zip_apply(out, inp, |_, x| x.max(0.0));
+}
+
+/// d ← d · [inp > 0].
+pub fn relu_backward_inplace(d: &mut [f32], inp: &[f32]) {
+    zip_apply(d, inp, |d, x| if x > 0.0 { d } else { 0.0 });
 }
 
 #[cfg(test)]
@@ -68,6 +89,38 @@ mod tests {
             .map(|j| bias[j] as f64 + (0..s.rows).map(|r| y[r * s.cols + j] as f64).sum::<f64>())
             .collect();
         assert_close("add_column_sums", dst.as_slice(), &want, 1e-5);
+    }
+
+    #[test]
+    fn sub_and_relu_match_naive() {
+        let cpu = Cpu;
+        let n = 40_009; // more than two chunks, ragged
+        let (x, y, d) = (random(n, 4), random(n, 5), random(n, 6));
+        let (xb, yb) = (upload(&cpu, &x), upload(&cpu, &y));
+
+        let mut out = upload(&cpu, &x);
+        cpu.sub(out.all_mut(), yb.all()).unwrap();
+        let want: Vec<f64> = (0..n).map(|i| x[i] as f64 - y[i] as f64).collect();
+        assert_close("sub", out.as_slice(), &want, 1e-6);
+
+        let mut out = upload(&cpu, &vec![f32::NAN; n]);
+        cpu.relu_forward(out.all_mut(), xb.all()).unwrap();
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| if v > 0.0 { v as f64 } else { 0.0 })
+            .collect();
+        assert_close("relu_forward", out.as_slice(), &want, 0.0);
+
+        let mut dd = upload(&cpu, &d);
+        cpu.relu_backward(dd.all_mut(), xb.all()).unwrap();
+        let want: Vec<f64> = (0..n)
+            .map(|i| if x[i] > 0.0 { d[i] as f64 } else { 0.0 })
+            .collect();
+        assert_close("relu_backward", dd.as_slice(), &want, 0.0);
+        let err = cpu
+            .sub(dd.all_mut(), upload(&cpu, &[1.0]).all())
+            .unwrap_err();
+        assert!(err.to_string().contains("sub"), "{err}");
     }
 
     #[test]

@@ -267,6 +267,24 @@ impl Backend for Cpu {
         d.round_to_dtype();
         Ok(())
     }
+    fn sub(&self, mut out: Mut<CpuBuf>, x: Ref<CpuBuf>) -> Result<()> {
+        same_len("sub", out.len, x.len)?;
+        elementwise::sub(out.slice_mut(), x.slice());
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn relu_forward(&self, mut out: Mut<CpuBuf>, inp: Ref<CpuBuf>) -> Result<()> {
+        same_len("relu_forward", out.len, inp.len)?;
+        elementwise::relu_forward(out.slice_mut(), inp.slice());
+        out.round_to_dtype();
+        Ok(())
+    }
+    fn relu_backward(&self, mut d: Mut<CpuBuf>, inp: Ref<CpuBuf>) -> Result<()> {
+        same_len("relu_backward", d.len, inp.len)?;
+        elementwise::relu_backward_inplace(d.slice_mut(), inp.slice());
+        d.round_to_dtype();
+        Ok(())
+    }
 
     fn attention_forward(
         &self,

@@ -1,4 +1,4 @@
-//! Launchers for kernels/elementwise.cu (residual and bias adds) and kernels/gelu.cu.
+//! Launchers for kernels/elementwise.cu (residual and bias adds, difference, ReLU) and kernels/gelu.cu.
 
 use super::launch::{act_suffix, grid_for};
 use super::{Cuda, CudaBuf};
@@ -24,40 +24,47 @@ fn binary(cuda: &Cuda, file: &'static str, kernel: &str, a: u64, b: u64, n: usiz
     Ok(())
 }
 
-pub fn add(cuda: &Cuda, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
-    let sfx = act_suffix("add", &[out.dtype(), x.dtype()])?;
+/// Launches `{op}_{dtype}` from `file` on a written window and a same-dtype, same-length input.
+fn same_dtype_binary(
+    cuda: &Cuda,
+    file: &'static str,
+    op: &str,
+    out: Mut<CudaBuf>,
+    inp: Ref<CudaBuf>,
+) -> Result<()> {
+    let sfx = act_suffix(op, &[out.dtype(), inp.dtype()])?;
     binary(
         cuda,
-        "elementwise",
-        &format!("add_{sfx}"),
+        file,
+        &format!("{op}_{sfx}"),
         out.ptr(),
-        x.ptr(),
+        inp.ptr(),
         out.len,
     )
+}
+
+pub fn add(cuda: &Cuda, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
+    same_dtype_binary(cuda, "elementwise", "add", out, x)
+}
+
+pub fn sub(cuda: &Cuda, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
+    same_dtype_binary(cuda, "elementwise", "sub", out, x)
+}
+
+pub fn relu_forward(cuda: &Cuda, out: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+    same_dtype_binary(cuda, "elementwise", "relu_forward", out, inp)
+}
+
+pub fn relu_backward(cuda: &Cuda, d: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+    same_dtype_binary(cuda, "elementwise", "relu_backward", d, inp)
 }
 
 pub fn gelu_forward(cuda: &Cuda, out: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
-    let sfx = act_suffix("gelu_forward", &[out.dtype(), inp.dtype()])?;
-    binary(
-        cuda,
-        "gelu",
-        &format!("gelu_forward_{sfx}"),
-        out.ptr(),
-        inp.ptr(),
-        out.len,
-    )
+    same_dtype_binary(cuda, "gelu", "gelu_forward", out, inp)
 }
 
 pub fn gelu_backward(cuda: &Cuda, d: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
-    let sfx = act_suffix("gelu_backward", &[d.dtype(), inp.dtype()])?;
-    binary(
-        cuda,
-        "gelu",
-        &format!("gelu_backward_{sfx}"),
-        d.ptr(),
-        inp.ptr(),
-        d.len,
-    )
+    same_dtype_binary(cuda, "gelu", "gelu_backward", d, inp)
 }
 
 pub fn add_bias(

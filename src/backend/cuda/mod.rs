@@ -324,6 +324,18 @@ impl Backend for Cuda {
         same_len("gelu_backward", d.len, inp.len)?;
         elementwise::gelu_backward(self, d, inp)
     }
+    fn sub(&self, out: Mut<CudaBuf>, x: Ref<CudaBuf>) -> Result<()> {
+        same_len("sub", out.len, x.len)?;
+        elementwise::sub(self, out, x)
+    }
+    fn relu_forward(&self, out: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+        same_len("relu_forward", out.len, inp.len)?;
+        elementwise::relu_forward(self, out, inp)
+    }
+    fn relu_backward(&self, d: Mut<CudaBuf>, inp: Ref<CudaBuf>) -> Result<()> {
+        same_len("relu_backward", d.len, inp.len)?;
+        elementwise::relu_backward(self, d, inp)
+    }
     fn attention_forward(
         &self,
         out: Mut<CudaBuf>,

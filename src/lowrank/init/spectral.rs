@@ -1,0 +1,72 @@
+//! The thin SVD of a dense weight (faer, in f64) and the spectral init built from it:
+//! U = U_r·√Σ_r, V = V_r·√Σ_r, the best rank-r approximation of W in Frobenius norm (Eckart–Young).
+
+use super::{DenseLayer, Factors};
+use anyhow::{anyhow, ensure, Result};
+use faer::Mat;
+
+/// W = U·diag(s)·Vᵀ with U (n_in × m), V (n_out × m), m = min(n_in, n_out), s non-increasing.
+/// Computed once per weight; every rank's spectral and closed-form init is read off it.
+pub struct ThinSvd {
+    n_in: usize,
+    n_out: usize,
+    u: Mat<f64>,
+    s: Vec<f64>,
+    v: Mat<f64>,
+}
+
+impl ThinSvd {
+    pub fn new(layer: &DenseLayer) -> Result<ThinSvd> {
+        let (n_in, n_out) = (layer.n_in, layer.n_out);
+        layer.check(1)?;
+        let w = Mat::<f64>::from_fn(n_in, n_out, |i, j| layer.w[i * n_out + j] as f64);
+        let svd = w
+            .thin_svd()
+            .map_err(|e| anyhow!("SVD of the {n_in}x{n_out} weight did not converge: {e:?}"))?;
+        let s_diag = svd.S().column_vector();
+        let s = (0..n_in.min(n_out)).map(|k| s_diag[k]).collect();
+        Ok(ThinSvd {
+            n_in,
+            n_out,
+            u: svd.U().to_owned(),
+            s,
+            v: svd.V().to_owned(),
+        })
+    }
+
+    /// All min(n_in, n_out) singular values, largest first.
+    pub fn singular_values(&self) -> &[f64] {
+        &self.s
+    }
+
+    /// Spectral factors of rank `rank`: Ut[k, :] = √s_k·U[:, k]ᵀ, Vt[k, :] = √s_k·V[:, k]ᵀ.
+    pub fn spectral_factors(&self, rank: usize) -> Result<Factors> {
+        ensure!(
+            (1..=self.s.len()).contains(&rank),
+            "spectral init: rank {rank} is outside 1..={} for a {}x{} layer",
+            self.s.len(),
+            self.n_in,
+            self.n_out
+        );
+        let mut ut = Vec::with_capacity(rank * self.n_in);
+        let mut vt = Vec::with_capacity(rank * self.n_out);
+        for k in 0..rank {
+            let root = self.s[k].sqrt();
+            ut.extend((0..self.n_in).map(|i| (self.u[(i, k)] * root) as f32));
+            vt.extend((0..self.n_out).map(|j| (self.v[(j, k)] * root) as f32));
+        }
+        Ok(Factors { rank, ut, vt })
+    }
+
+    /// ‖ŵ_j‖² for every output column j of the rank-`rank` truncation Ŵ: Σ_{k<rank} s_k²·V[j, k]²
+    /// (U's columns are orthonormal).
+    pub fn truncated_column_norms_sq(&self, rank: usize) -> Vec<f64> {
+        (0..self.n_out)
+            .map(|j| {
+                (0..rank)
+                    .map(|k| (self.s[k] * self.v[(j, k)]).powi(2))
+                    .sum()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,470 @@
+//! Tests of the low-rank inits against independent references: Monte Carlo for the ReLU kernel,
+//! a Jacobi eigensolver for Eckart–Young, finite differences of an f64 loss for the fit's
+//! gradient, numerical integration for the truncated normal.
+
+use super::fit::{loss_and_grads, FitDims, Scratch};
+use super::*;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Buffer, DType};
+use std::f64::consts::PI;
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn relu(z: f64) -> f64 {
+    z.max(0.0)
+}
+
+fn gelu(z: f64) -> f64 {
+    0.5 * z * (1.0 + ((2.0 / PI).sqrt() * (z + 0.044715 * z.powi(3))).tanh())
+}
+
+#[test]
+fn relu_kernel_has_its_endpoint_values() {
+    assert!((relu_kernel(1.0) - 0.5).abs() < 1e-15);
+    assert!((relu_kernel(0.0) - 1.0 / (2.0 * PI)).abs() < 1e-15);
+    assert!(relu_kernel(-1.0).abs() < 1e-15);
+}
+
+#[test]
+fn relu_kernel_matches_monte_carlo() {
+    let mut rng = Rng::new(11);
+    let d = 6;
+    let n = 400_000;
+    for (rho, norm_w, norm_h) in [
+        (-0.6f64, 1.3, 0.4),
+        (0.2, 0.7, 2.0),
+        (0.7, 1.0, 1.0),
+        (0.95, 2.5, 0.3),
+    ] {
+        // w along e0, ŵ at cosine ρ in the (e0, e1) plane; the other coordinates only add noise-free
+        // dimensions, as in a real layer.
+        let mut w = vec![0.0; d];
+        let mut h = vec![0.0; d];
+        w[0] = norm_w;
+        h[0] = norm_h * rho;
+        h[1] = norm_h * (1.0 - rho * rho).sqrt();
+        let prods: Vec<f64> = (0..n)
+            .map(|_| {
+                let x: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+                relu(dot(&w, &x)) * relu(dot(&h, &x))
+            })
+            .collect();
+        let mean = prods.iter().sum::<f64>() / n as f64;
+        let var = prods.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let stderr = (var / n as f64).sqrt();
+        let want = norm_w * norm_h * relu_kernel(rho);
+        assert!(
+            (mean - want).abs() < 4.0 * stderr,
+            "ρ={rho}: Monte Carlo {mean} ± {stderr}, closed form {want}"
+        );
+    }
+}
+
+/// Eigenvalues (descending) and eigenvectors (columns, row-major n × n) of a symmetric matrix by
+/// cyclic Jacobi rotations: the independent reference for the SVD.
+fn jacobi_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v: Vec<f64> = (0..n * n)
+        .map(|k| if k / n == k % n { 1.0 } else { 0.0 })
+        .collect();
+    for _sweep in 0..100 {
+        let off: f64 = (0..n * n)
+            .filter(|k| k / n != k % n)
+            .map(|k| a[k] * a[k])
+            .sum();
+        if off < 1e-26 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                if a[p * n + q].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * a[p * n + q]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| a[j * n + j].total_cmp(&a[i * n + i]));
+    let vals = order.iter().map(|&i| a[i * n + i]).collect();
+    let vecs = (0..n * n).map(|k| v[(k / n) * n + order[k % n]]).collect();
+    (vals, vecs)
+}
+
+#[test]
+fn spectral_init_is_the_best_rank_r_approximation() {
+    let (n_in, n_out, rank) = (40, 24, 5);
+    let mut rng = Rng::new(3);
+    let w = draw_dense(n_in, n_out, &mut rng);
+    let layer = DenseLayer { w: &w, n_in, n_out };
+    let f = init_factors(
+        &Cpu,
+        LowRankInit::Spectral,
+        &layer,
+        rank,
+        &InitOptions::default(),
+        &mut rng,
+    )
+    .unwrap();
+
+    // Reference: eigen-decomposition of WᵀW = V·Σ²·Vᵀ by Jacobi; Ŵ = W·V_r·V_rᵀ.
+    let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    let gram: Vec<f64> = (0..n_out * n_out)
+        .map(|k| {
+            (0..n_in)
+                .map(|i| w64[i * n_out + k / n_out] * w64[i * n_out + k % n_out])
+                .sum()
+        })
+        .collect();
+    let (eig, vecs) = jacobi_eigen(gram, n_out);
+    let discarded: f64 = eig[rank..].iter().sum();
+    let proj: Vec<f64> = (0..n_out * n_out)
+        .map(|k| {
+            (0..rank)
+                .map(|l| vecs[(k / n_out) * n_out + l] * vecs[(k % n_out) * n_out + l])
+                .sum()
+        })
+        .collect();
+    let want: Vec<f64> = (0..n_in * n_out)
+        .map(|k| {
+            (0..n_out)
+                .map(|l| w64[(k / n_out) * n_out + l] * proj[l * n_out + k % n_out])
+                .sum()
+        })
+        .collect();
+
+    let got = f.product(n_in, n_out);
+    let residual: f64 = w64.iter().zip(&got).map(|(a, b)| (a - b).powi(2)).sum();
+    assert!(
+        (residual - discarded).abs() < 1e-5 * discarded,
+        "‖W − Ŵ‖² = {residual}, discarded σ² sum to {discarded}"
+    );
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-5,
+        "factor product differs from W·V_r·V_rᵀ by {worst}"
+    );
+    // U = U_r·√Σ_r and V = V_r·√Σ_r: row k of each factor has squared norm σ_k = √λ_k.
+    for k in 0..rank {
+        let sigma = eig[k].sqrt();
+        for (fac, n) in [(&f.ut, n_in), (&f.vt, n_out)] {
+            let sq: f64 = fac[k * n..(k + 1) * n]
+                .iter()
+                .map(|&x| (x as f64).powi(2))
+                .sum();
+            assert!(
+                (sq - sigma).abs() < 1e-5 * sigma,
+                "row {k}: {sq} vs σ {sigma}"
+            );
+        }
+    }
+}
+
+/// E‖ReLU(xW) − ReLU(xŴ)‖² / E‖ReLU(xW)‖² in closed form: Σ_j ½‖w‖² + ½‖ŵ‖² − 2‖w‖‖ŵ‖κ(ρ),
+/// over Σ_j ½‖w‖², with ρ the cosine of each column pair computed from the dense matrices.
+fn relu_error_closed_form(w: &[f32], w_hat: &[f64], n_in: usize, n_out: usize) -> f64 {
+    let col = |m: &dyn Fn(usize) -> f64, j: usize| -> Vec<f64> {
+        (0..n_in).map(|i| m(i * n_out + j)).collect()
+    };
+    let (mut err, mut norm) = (0.0, 0.0);
+    for j in 0..n_out {
+        let a = col(&|k| w[k] as f64, j);
+        let b = col(&|k| w_hat[k], j);
+        let (na, nb) = (dot(&a, &a).sqrt(), dot(&b, &b).sqrt());
+        let rho = dot(&a, &b) / (na * nb);
+        err += 0.5 * na * na + 0.5 * nb * nb - 2.0 * na * nb * relu_kernel(rho);
+        norm += 0.5 * na * na;
+    }
+    err / norm
+}
+
+#[test]
+fn function_closed_lowers_relu_error_below_spectral_as_monte_carlo_confirms() {
+    let (n_in, n_out, rank) = (64, 128, 4);
+    let mut rng = Rng::new(5);
+    let w = draw_dense(n_in, n_out, &mut rng);
+    let layer = DenseLayer { w: &w, n_in, n_out };
+    let opts = InitOptions {
+        activation: Activation::Relu,
+        ..InitOptions::default()
+    };
+    let probe = FunctionErrorProbe::new(&Cpu, &layer, Activation::Relu, 16_384, &mut rng).unwrap();
+    let mut exact = Vec::new();
+    for kind in [LowRankInit::Spectral, LowRankInit::FunctionClosed] {
+        let f = init_factors(&Cpu, kind, &layer, rank, &opts, &mut rng).unwrap();
+        let want = relu_error_closed_form(&w, &f.product(n_in, n_out), n_in, n_out);
+        let got = probe.error(&Cpu, &f).unwrap();
+        assert!(
+            (got.relative - want).abs() < 4.0 * got.stderr,
+            "{kind:?}: Monte Carlo {got:?}, closed form {want}"
+        );
+        exact.push(want);
+    }
+    // At r/n_in = 1/16 every column keeps a cosine of about 0.3 with its original; rescaling to
+    // the optimal norm removes about 3 % of the relative error (0.76 → 0.74 here).
+    assert!(
+        exact[1] < exact[0] - 0.01,
+        "spectral {} vs function-closed {}",
+        exact[0],
+        exact[1]
+    );
+}
+
+/// (1/n)·Σ‖σ(x·Utᵀ·Vt) − σ(x·W)‖² in f64, naive loops.
+fn loss64(act: fn(f64) -> f64, x: &[f64], w: &[f64], p: &[f64], d: &FitDims) -> f64 {
+    let (n, i, o, r) = (d.rows, d.n_in, d.n_out, d.rank);
+    let (ut, vt) = p.split_at(r * i);
+    let mut loss = 0.0;
+    for row in 0..n {
+        let xr = &x[row * i..(row + 1) * i];
+        let a: Vec<f64> = (0..r).map(|k| dot(xr, &ut[k * i..(k + 1) * i])).collect();
+        for j in 0..o {
+            let z: f64 = (0..r).map(|k| a[k] * vt[k * o + j]).sum();
+            let t: f64 = (0..i).map(|l| xr[l] * w[l * o + j]).sum();
+            loss += (act(z) - act(t)).powi(2);
+        }
+    }
+    loss / n as f64
+}
+
+#[test]
+fn function_fit_gradient_matches_finite_differences() {
+    let d = FitDims {
+        rows: 9,
+        n_in: 6,
+        n_out: 5,
+        rank: 2,
+    };
+    let (n, i, o, r) = (d.rows, d.n_in, d.n_out, d.rank);
+    let mut rng = Rng::new(9);
+    let x = rng.normal_vec(n * i, 1.0);
+    let w = draw_dense(i, o, &mut rng);
+    let p = rng.normal_vec(r * (i + o), 0.5);
+    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let (x64, w64, p64) = (to64(&x), to64(&w), to64(&p));
+    let cpu = Cpu;
+    for (act, f) in [
+        (Activation::Relu, relu as fn(f64) -> f64),
+        (Activation::Gelu, gelu),
+    ] {
+        let up = |v: &[f32]| {
+            let mut buf = cpu.alloc(DType::F32, v.len()).unwrap();
+            cpu.upload(v, buf.all_mut()).unwrap();
+            buf
+        };
+        let (xb, pb) = (up(&x), up(&p));
+        let mut target = cpu.alloc(DType::F32, n * o).unwrap();
+        let t_host: Vec<f32> = (0..n * o)
+            .map(|k| {
+                f((0..i)
+                    .map(|l| x64[(k / o) * i + l] * w64[l * o + k % o])
+                    .sum()) as f32
+            })
+            .collect();
+        cpu.upload(&t_host, target.all_mut()).unwrap();
+        let mut grads = up(&vec![f32::NAN; p.len()]);
+        let mut scratch = Scratch::new(&cpu, &d).unwrap();
+        let loss = loss_and_grads(
+            &cpu,
+            &d,
+            act,
+            xb.all(),
+            target.all(),
+            &pb,
+            &mut grads,
+            &mut scratch,
+        )
+        .unwrap();
+        let want_loss = loss64(f, &x64, &w64, &p64, &d);
+        assert!(
+            (loss - want_loss).abs() < 1e-5 * want_loss,
+            "{act:?}: loss {loss} vs {want_loss}"
+        );
+        let h = 1e-6;
+        for (k, &g) in grads.as_slice().iter().enumerate() {
+            let (mut plus, mut minus) = (p64.clone(), p64.clone());
+            plus[k] += h;
+            minus[k] -= h;
+            let fd =
+                (loss64(f, &x64, &w64, &plus, &d) - loss64(f, &x64, &w64, &minus, &d)) / (2.0 * h);
+            assert!(
+                (g as f64 - fd).abs() < 1e-4 * fd.abs().max(1.0),
+                "{act:?}: ∂L/∂p[{k}] = {g}, finite differences {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn function_fit_lowers_fresh_error_below_spectral() {
+    let (n_in, n_out, rank) = (32, 96, 3);
+    let mut rng = Rng::new(21);
+    let w = draw_dense(n_in, n_out, &mut rng);
+    let layer = DenseLayer { w: &w, n_in, n_out };
+    // A pool of 8192 inputs: with the authors' 1000 the fit overfits the pool at this width and
+    // its fresh error lands near the spectral start's.
+    let fit = FitConfig {
+        samples: 8192,
+        steps: 300,
+        ..FitConfig::default()
+    };
+    let opts = InitOptions {
+        activation: Activation::Relu,
+        fit,
+    };
+    let probe = FunctionErrorProbe::new(&Cpu, &layer, Activation::Relu, 8192, &mut rng).unwrap();
+    let err = |kind, rng: &mut Rng| {
+        let f = init_factors(&Cpu, kind, &layer, rank, &opts, rng).unwrap();
+        probe.error(&Cpu, &f).unwrap()
+    };
+    let spectral = err(LowRankInit::Spectral, &mut rng);
+    let function = err(LowRankInit::Function, &mut rng);
+    // The ReLU closed form puts the optimum given spectral directions 0.022 below spectral here
+    // (0.694 → 0.672); the fit must recover at least half of that on the fresh samples, where
+    // the paired Monte Carlo noise is far smaller.
+    assert!(
+        function.relative < spectral.relative - 0.011,
+        "spectral {spectral:?}, function {function:?}"
+    );
+}
+
+#[test]
+fn truncated_normal_has_the_truncated_moments() {
+    // Reference: Var = ∫_{-2}^{2} z²φ(z)dz / ∫_{-2}^{2} φ(z)dz by Simpson's rule.
+    let simpson = |f: &dyn Fn(f64) -> f64| {
+        let m = 20_000;
+        let h = 4.0 / m as f64;
+        (0..=m)
+            .map(|k| {
+                let weight = if k == 0 || k == m {
+                    1.0
+                } else if k % 2 == 1 {
+                    4.0
+                } else {
+                    2.0
+                };
+                weight * f(-2.0 + k as f64 * h)
+            })
+            .sum::<f64>()
+            * h
+            / 3.0
+    };
+    let phi = |z: f64| (-0.5 * z * z).exp() / (2.0 * PI).sqrt();
+    let ratio = (simpson(&|z| z * z * phi(z)) / simpson(&phi)).sqrt();
+    assert!((ratio - TRUNCATED_STD_RATIO).abs() < 1e-10, "{ratio}");
+    assert!((ratio - 0.8796).abs() < 1e-4);
+
+    let (n, std) = (400_000, 0.5);
+    let xs = truncated_normal(&mut Rng::new(2), n, std);
+    assert!(xs.iter().all(|x| x.abs() <= 2.0 * std as f32));
+    let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let sd = (xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    // Standard errors: 0.44/√n ≈ 7e-4 for the mean, about 0.0003 for the sd.
+    assert!(mean.abs() < 3e-3, "mean {mean}");
+    assert!(
+        (sd / (std * ratio) - 1.0).abs() < 4e-3,
+        "sd {sd}, expected {}",
+        std * ratio
+    );
+}
+
+#[test]
+fn random_factors_product_has_the_scale_of_w() {
+    let (n_in, n_out, rank) = (256, 384, 32);
+    let mut rng = Rng::new(8);
+    let f = random_factors(n_in, n_out, rank, &mut rng);
+    let prod = f.product(n_in, n_out);
+    let var = prod.iter().map(|x| x * x).sum::<f64>() / prod.len() as f64;
+    let want = TRUNCATED_STD_RATIO.powi(2) / n_in as f64;
+    assert!(
+        (var / want - 1.0).abs() < 0.03,
+        "product variance {var}, W's {want}"
+    );
+}
+
+#[test]
+fn bad_input_is_rejected_with_a_clear_message() {
+    let cpu = Cpu;
+    let mut rng = Rng::new(1);
+    let w = draw_dense(8, 6, &mut rng);
+    let layer = DenseLayer {
+        w: &w,
+        n_in: 8,
+        n_out: 6,
+    };
+    let opts = InitOptions::default();
+    for kind in [
+        LowRankInit::Random,
+        LowRankInit::Spectral,
+        LowRankInit::Function,
+        LowRankInit::FunctionClosed,
+    ] {
+        for rank in [0, 7] {
+            let err = init_factors(&cpu, kind, &layer, rank, &opts, &mut rng).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("rank {rank} is outside 1..=6")),
+                "{err}"
+            );
+        }
+    }
+    let short = DenseLayer {
+        w: &w[..40],
+        ..layer
+    };
+    let err = init_factors(&cpu, LowRankInit::Spectral, &short, 2, &opts, &mut rng).unwrap_err();
+    assert!(err.to_string().contains("W has 40 entries"), "{err}");
+    let mut bad = w.clone();
+    bad[3] = f32::NAN;
+    let nan = DenseLayer { w: &bad, ..layer };
+    let err = init_layers(
+        &cpu,
+        LowRankInit::Spectral,
+        &[layer, nan],
+        2,
+        &opts,
+        &mut rng,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("non-finite"), "{err}");
+    let big_batch = InitOptions {
+        fit: FitConfig {
+            batch: 2000,
+            ..FitConfig::default()
+        },
+        ..opts
+    };
+    let err =
+        init_factors(&cpu, LowRankInit::Function, &layer, 2, &big_batch, &mut rng).unwrap_err();
+    assert!(
+        err.to_string().contains("batch 2000 must be in 1..=1000"),
+        "{err}"
+    );
+    let err = FunctionErrorProbe::new(&cpu, &layer, Activation::Relu, 1000, &mut rng)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("multiple of 256"), "{err}");
+}
