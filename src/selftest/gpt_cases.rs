@@ -1,5 +1,5 @@
 //! Selftest cases of the GPT-2 step's ops (embedding, LayerNorm, adds, GELU, attention, fused
-//! classifier): activations in bf16 on both sides, gradients of parameters and statistics in f32,
+//! classifier) and the function-aware init's (sub, ReLU): activations in bf16 on both sides, gradients of parameters and statistics in f32,
 //! each output its own case so a small one is not hidden behind a large one.
 
 use crate::backend::{Backend, Buffer, DType, MatShape, SeqShape};
@@ -18,6 +18,9 @@ pub enum GptOp {
     ColumnSums,
     GeluForward,
     GeluBackward,
+    Sub,
+    ReluForward,
+    ReluBackward,
     AttentionForwardOut,
     AttentionForwardAtt,
     AttentionBackward,
@@ -25,7 +28,7 @@ pub enum GptOp {
     ClassifierGrads,
 }
 
-const ALL: [GptOp; 15] = [
+const ALL: [GptOp; 18] = [
     GptOp::EmbeddingForward,
     GptOp::EmbeddingBackward,
     GptOp::LayernormForward,
@@ -36,6 +39,9 @@ const ALL: [GptOp; 15] = [
     GptOp::ColumnSums,
     GptOp::GeluForward,
     GptOp::GeluBackward,
+    GptOp::Sub,
+    GptOp::ReluForward,
+    GptOp::ReluBackward,
     GptOp::AttentionForwardOut,
     GptOp::AttentionForwardAtt,
     GptOp::AttentionBackward,
@@ -209,6 +215,21 @@ impl GptCase {
             GptOp::GeluBackward => {
                 let (inp, mut d) = (rand(bf, rows * c, 2.0)?, rand(bf, rows * c, 1.0)?);
                 b.gelu_backward(d.all_mut(), inp.all())?;
+                b.download(d.all())?
+            }
+            GptOp::Sub => {
+                let (mut out, x) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                b.sub(out.all_mut(), x.all())?;
+                b.download(out.all())?
+            }
+            GptOp::ReluForward => {
+                let (inp, mut out) = (rand(bf, rows * c, 1.0)?, poisoned(bf, rows * c)?);
+                b.relu_forward(out.all_mut(), inp.all())?;
+                b.download(out.all())?
+            }
+            GptOp::ReluBackward => {
+                let (inp, mut d) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                b.relu_backward(d.all_mut(), inp.all())?;
                 b.download(d.all())?
             }
             GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
