@@ -64,9 +64,9 @@ pub struct Args {
     /// Seed of the initialisation and the data order
     #[arg(long, default_value_t = 1337)]
     seed: u64,
-    /// Output directory: config.json, metrics.jsonl, checkpoints
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
+    /// Output directory: config.json, metrics.jsonl, checkpoints [default: runs/MODEL-YYYYMMDD-HHMMSS]
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint (same settings required)
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -153,7 +153,7 @@ pub enum Device {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = TrainConfig {
-        model: a.model,
+        model: a.model.clone(),
         data: a.data,
         val_data: a.val_data,
         batch: a.batch,
@@ -172,7 +172,14 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         lowrank: a.lowrank.config(),
     };
-    let out = a.resume.clone().unwrap_or(a.out);
+    let fresh = || {
+        PathBuf::from("runs").join(format!(
+            "{}-{}",
+            a.model,
+            utc_stamp(std::time::SystemTime::now())
+        ))
+    };
+    let out = a.resume.clone().or(a.out).unwrap_or_else(fresh);
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     ctrlc::set_handler(move || {
@@ -211,4 +218,40 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// "YYYYMMDD-HHMMSS" in UTC, for default run directories that never collide with an earlier run.
+fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamp_matches_known_dates() {
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(super::utc_stamp(at(0)), "19700101-000000");
+        // 2000-02-29 12:34:56 UTC = 951827696 s; 2026-11-23 00:00:00 UTC = 1795392000 s.
+        assert_eq!(super::utc_stamp(at(951_827_696)), "20000229-123456");
+        assert_eq!(super::utc_stamp(at(1_795_392_000)), "20261123-000000");
+    }
 }
