@@ -1,23 +1,8 @@
 //! The binary as a user runs it: doctor, selftest and bench without a GPU, and bad command lines.
 
-use std::process::{Command, Output};
+mod common;
 
-fn lowrank(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lowrank"));
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the lowrank binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{lowrank_env as lowrank, text};
 
 fn has_gpu() -> bool {
     lowrank::backend::cuda::driver_present()

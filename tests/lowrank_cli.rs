@@ -1,29 +1,11 @@
 //! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
 //! a LoRA base of another shape is refused, and an efficient-InRank run logs its ranks.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn lowrank(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowrank"))
-        .args(args)
-        .output()
-        .expect("the lowrank binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowrank-lr-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    d
-}
+use common::{lowrank, text, tmp};
+use std::path::Path;
+use std::process::Output;
 
 const SMALL: [&str; 8] = [
     "--batch",

@@ -1,29 +1,11 @@
 //! `lowrank train`, `eval` and `plot` as a user runs them, on the built-in corpus with tiny shapes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{lowrank, text, tmp};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn lowrank(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowrank"))
-        .args(args)
-        .output()
-        .expect("the lowrank binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowrank-train-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    d
-}
 
 /// Small, fast settings: 2 sequences of 16 tokens, evaluation every 2 steps on one batch.
 const SMALL: [&str; 10] = [

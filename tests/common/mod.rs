@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests that run the binary as a user would.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs `lowrank ARGS` with extra environment variables and returns its output.
+pub fn lowrank_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lowrank"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the lowrank binary runs")
+}
+
+/// Runs `lowrank ARGS`.
+pub fn lowrank(args: &[&str]) -> Output {
+    lowrank_env(args, &[])
+}
+
+/// Standard output followed by standard error.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A fresh (removed) temporary directory path unique to this test process.
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowrank-test-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
