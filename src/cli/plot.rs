@@ -4,6 +4,7 @@
 use crate::train::metrics::{self, StepRecord};
 use crate::util::plot::register_font;
 use anyhow::{ensure, Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -60,15 +61,13 @@ pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
         .max()
         .unwrap_or(1);
     let max_step = logged.last().map_or(1.0, |l| l.0).max(1.0);
-    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
+    render(out, |root| {
         let title = if dense {
             "r90 of W − W0 per layer"
         } else {
             "rank (solid) and r90 (dashed) per layer"
         };
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 26))
             .margin(15)
             .x_label_area_size(45)
@@ -104,12 +103,8 @@ pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
-        root.present()?;
         Ok(())
-    };
-    draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot draw {}", out.display()))
+    })
 }
 
 /// Training loss per step and validation loss at each evaluation, on one chart.
@@ -130,10 +125,8 @@ pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
         .filter(|y| y.is_finite());
     let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let max_step = records.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
-    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    render(out, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption("loss", ("sans-serif", 28))
             .margin(15)
             .x_label_area_size(45)
@@ -160,10 +153,26 @@ pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
+        Ok(())
+    })
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// A 1000×600 PNG at `out`: a white canvas handed to `draw`, then written; plotters' errors become
+/// one message naming the file.
+fn render(
+    out: &Path,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+) -> Result<()> {
+    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
+    let result: DrawResult = (|| {
+        root.fill(&WHITE)?;
+        draw(&root)?;
         root.present()?;
         Ok(())
-    };
-    draw()
+    })();
+    result
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot draw {}", out.display()))
 }
