@@ -41,7 +41,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             b,
             AdamWConfig::default(),
             model.layout().len(),
-            &model.param_groups(),
+            &model.param_groups(1.0),
         )?;
         let mut rng = Rng::new(0);
         let tokens: Vec<u32> = (0..a.batch * (a.seq + 1))

@@ -4,7 +4,7 @@
 use crate::backend::{cpu::Cpu, cuda::Cuda};
 use crate::cli::train::Device;
 use crate::experiments::init_study::{self, StudyConfig, StudyReport};
-use crate::lowrank::init::{Activation, FitConfig};
+use crate::lowrank::init::{Activation, FitConfig, FitStart};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -22,8 +22,9 @@ pub struct Args {
     /// Fresh Gaussian inputs each error is measured on (a multiple of 256, at least 512)
     #[arg(long, default_value_t = 4096)]
     samples: usize,
-    /// Gaussian inputs the `function` init fits on (the authors use 1000)
-    #[arg(long, default_value_t = 1000)]
+    /// Gaussian inputs the `function` init fits on as a fixed pool (the authors use 1000); 0 draws
+    /// fresh inputs every step
+    #[arg(long, default_value_t = 0)]
     fit_samples: usize,
     /// Rows per Adam step of the `function` init
     #[arg(long, default_value_t = 512)]
@@ -31,9 +32,19 @@ pub struct Args {
     /// Adam steps of the `function` init
     #[arg(long, default_value_t = 770)]
     fit_steps: usize,
-    /// Adam learning rate of the `function` init
-    #[arg(long, default_value_t = 5e-3)]
+    /// Peak Adam learning rate of the `function` init (the authors use 5e-3, constant)
+    #[arg(long, default_value_t = 1e-3)]
     fit_lr: f32,
+    /// Keep the `function` init's learning rate constant instead of decaying it on a cosine
+    #[arg(long)]
+    fit_constant_lr: bool,
+    /// Where the `function` init's fit starts (the authors start from spectral)
+    #[arg(long, value_enum, default_value_t = FitStart::Closed)]
+    fit_start: FitStart,
+    /// The authors' recipe for the `function` init: a pool of 1000, constant lr 5e-3, spectral
+    /// start (overrides the other --fit-* settings but --fit-steps and --fit-batch)
+    #[arg(long)]
+    fit_authors: bool,
     /// Seed of the weights, the fitting pools and the fresh samples
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -62,11 +73,21 @@ pub fn run(a: Args) -> Result<()> {
         ranks: a.ranks,
         activations: a.activations,
         samples: a.samples,
-        fit: FitConfig {
-            samples: a.fit_samples,
-            batch: a.fit_batch,
-            steps: a.fit_steps,
-            lr: a.fit_lr,
+        fit: if a.fit_authors {
+            FitConfig {
+                batch: a.fit_batch,
+                steps: a.fit_steps,
+                ..FitConfig::authors()
+            }
+        } else {
+            FitConfig {
+                samples: a.fit_samples,
+                batch: a.fit_batch,
+                steps: a.fit_steps,
+                lr: a.fit_lr,
+                cosine: !a.fit_constant_lr,
+                start: a.fit_start,
+            }
         },
         seed: a.seed,
     };

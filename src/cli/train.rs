@@ -123,6 +123,9 @@ pub struct LowRankArgs {
     /// Log each layer's rank and r90 to metrics.jsonl every K steps (0: never)
     #[arg(long, default_value_t = 10)]
     rank_log_every: u32,
+    /// Learning rate of the low-rank factors U and V as a multiple of --lr (other parameters: 1)
+    #[arg(long, default_value_t = 1.0)]
+    factor_lr_scale: f32,
 }
 
 impl LowRankArgs {
@@ -141,6 +144,7 @@ impl LowRankArgs {
             lora_base: self.lora_base,
             lora_alpha: self.lora_alpha,
             rank_log_every: self.rank_log_every,
+            factor_lr_scale: self.factor_lr_scale,
         }
     }
 }

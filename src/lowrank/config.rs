@@ -70,6 +70,8 @@ pub struct LowRankConfig {
     pub lora_alpha: Option<f32>,
     /// Log per-layer ranks every K optimiser steps (0: never).
     pub rank_log_every: u32,
+    /// The factors' (U, V) learning rate as a multiple of the schedule's.
+    pub factor_lr_scale: f32,
 }
 
 impl Default for LowRankConfig {
@@ -88,6 +90,7 @@ impl Default for LowRankConfig {
             lora_base: None,
             lora_alpha: None,
             rank_log_every: 10,
+            factor_lr_scale: 1.0,
         }
     }
 }
@@ -112,6 +115,11 @@ impl LowRankConfig {
         ensure!(
             self.lora_base.is_none() || self.mode == LowRankMode::Lora,
             "--lora-base is only used with --lowrank lora"
+        );
+        ensure!(
+            self.factor_lr_scale > 0.0 && self.factor_lr_scale.is_finite(),
+            "--factor-lr-scale {} must be positive: it multiplies the learning rate of the factors U and V",
+            self.factor_lr_scale
         );
         if let Some(a) = self.lora_alpha {
             ensure!(a > 0.0 && a.is_finite(), "--lora-alpha must be positive");
@@ -166,6 +174,10 @@ impl LowRankConfig {
             ("--lowrank-init", self.init != saved.init),
             ("--lora-base", self.lora_base != saved.lora_base),
             ("--lora-alpha", self.lora_alpha != saved.lora_alpha),
+            (
+                "--factor-lr-scale",
+                self.factor_lr_scale != saved.factor_lr_scale,
+            ),
         ];
         pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
     }
@@ -196,6 +208,13 @@ mod tests {
                 ..Default::default()
             },
             "--lora-base",
+        );
+        bad(
+            LowRankConfig {
+                factor_lr_scale: 0.0,
+                ..Default::default()
+            },
+            "--factor-lr-scale",
         );
         bad(
             LowRankConfig {

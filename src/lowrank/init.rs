@@ -22,7 +22,7 @@ mod tests;
 
 pub use closed::relu_kernel;
 pub use eval::{FunctionError, FunctionErrorProbe};
-pub use fit::FitConfig;
+pub use fit::{FitConfig, FitStart};
 pub use sample::{draw_dense, truncated_normal, TRUNCATED_STD_RATIO};
 pub use spectral::ThinSvd;
 
@@ -222,7 +222,13 @@ pub fn init_from_svd<B: Backend>(
     match kind {
         LowRankInit::Spectral => Ok(spectral),
         LowRankInit::FunctionClosed => Ok(closed::rescale_columns(spectral, svd, layer)),
-        LowRankInit::Function => fit::refine(b, layer, spectral, opts.activation, &opts.fit, rng),
+        LowRankInit::Function => {
+            let start = match opts.fit.start {
+                FitStart::Spectral => spectral,
+                FitStart::Closed => closed::rescale_columns(spectral, svd, layer),
+            };
+            fit::refine(b, layer, start, opts.activation, &opts.fit, rng)
+        }
         LowRankInit::Random => {
             anyhow::bail!("low-rank init: `random` does not start from an SVD; call init_factors")
         }

@@ -33,8 +33,9 @@ fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
 }
 
 impl<B: Backend> Gpt<B> {
-    /// AdamW's parameter groups: the layout's weight-decay spans.
-    pub fn param_groups(&self) -> Vec<ParamGroup> {
+    /// AdamW's parameter groups: the layout's weight-decay spans, the low-rank factors' at
+    /// `factor_lr_scale` times the learning rate.
+    pub fn param_groups(&self, factor_lr_scale: f32) -> Vec<ParamGroup> {
         self.layout()
             .decay_spans()
             .iter()
@@ -42,6 +43,7 @@ impl<B: Backend> Gpt<B> {
                 offset: s.offset,
                 len: s.len,
                 decay: s.weight_decay,
+                lr_scale: if s.factor { factor_lr_scale } else { 1.0 },
             })
             .collect()
     }

@@ -150,6 +150,8 @@ pub struct DecaySpan {
     pub offset: usize,
     pub len: usize,
     pub weight_decay: bool,
+    /// The span holds low-rank factors (U, V), which may take their own learning-rate scale.
+    pub factor: bool,
 }
 
 /// Indices in the layout's tensors of one low-rank layer's factors and frozen base.
@@ -332,16 +334,22 @@ impl ParamLayout {
         (self.trainable_len - 2 * self.c, 2 * self.c)
     }
 
-    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag, in buffer order.
+    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and factor
+    /// flag, in buffer order.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
+        let factors: Vec<usize> = self.lowrank.iter().flat_map(|l| [l.ut, l.vt]).collect();
         let mut spans: Vec<DecaySpan> = Vec::new();
-        for t in self.tensors.iter().filter(|t| t.trainable) {
+        for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.trainable) {
+            let factor = factors.contains(&i);
             match spans.last_mut() {
-                Some(s) if s.weight_decay == t.weight_decay => s.len += t.len(),
+                Some(s) if s.weight_decay == t.weight_decay && s.factor == factor => {
+                    s.len += t.len()
+                }
                 _ => spans.push(DecaySpan {
                     offset: t.offset,
                     len: t.len(),
                     weight_decay: t.weight_decay,
+                    factor,
                 }),
             }
         }

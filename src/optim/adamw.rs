@@ -4,12 +4,14 @@
 use crate::backend::{AdamW, Backend, Buffer, DType};
 use anyhow::{ensure, Result};
 
-/// A contiguous run of parameters sharing a weight-decay setting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A contiguous run of parameters sharing a weight-decay setting and a learning-rate scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ParamGroup {
     pub offset: usize,
     pub len: usize,
     pub decay: bool,
+    /// The group's learning rate is `lr_scale` times the schedule's.
+    pub lr_scale: f32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +67,9 @@ impl<B: Backend> AdamWOptimizer<B> {
             );
             next += g.len;
             match merged.last_mut() {
-                Some(last) if last.decay == g.decay => last.len += g.len,
+                Some(last) if last.decay == g.decay && last.lr_scale == g.lr_scale => {
+                    last.len += g.len
+                }
                 _ => merged.push(*g),
             }
         }
@@ -106,7 +110,7 @@ impl<B: Backend> AdamWOptimizer<B> {
         self.step += 1;
         for g in &self.groups {
             let hp = AdamW {
-                lr,
+                lr: lr * g.lr_scale,
                 beta1: self.config.beta1,
                 beta2: self.config.beta2,
                 eps: self.config.eps,
@@ -149,19 +153,22 @@ mod tests {
     }
 
     #[test]
-    fn clips_by_global_norm_and_decays_only_marked_groups() {
+    fn clips_by_global_norm_decays_only_marked_groups_and_scales_group_lr() {
         // Gradient (3, 4): norm 5, clipped to 1 → scaled by 0.2. With m = v = 0 the first Adam step
-        // moves each parameter by lr·sign(g) (m̂/√v̂ = g/|g|), plus lr·wd·p where decay applies.
+        // moves each parameter by lr·sign(g) (m̂/√v̂ = g/|g|), plus lr·wd·p where decay applies;
+        // the second group's learning rate is halved by its scale.
         let groups = [
             ParamGroup {
                 offset: 0,
                 len: 1,
                 decay: true,
+                lr_scale: 1.0,
             },
             ParamGroup {
                 offset: 1,
                 len: 1,
                 decay: false,
+                lr_scale: 0.5,
             },
         ];
         let cfg = AdamWConfig {
@@ -180,7 +187,7 @@ mod tests {
             (p[0] - (2.0 - 0.1 * (1.0 + 0.5 * 2.0))).abs() < 1e-6,
             "{p:?}"
         );
-        assert!((p[1] - (2.0 - 0.1)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - (2.0 - 0.05)).abs() < 1e-6, "{p:?}");
     }
 
     #[test]
@@ -190,11 +197,13 @@ mod tests {
                 offset: 0,
                 len: 1,
                 decay: true,
+                lr_scale: 1.0,
             },
             ParamGroup {
                 offset: 2,
                 len: 1,
                 decay: true,
+                lr_scale: 1.0,
             },
         ];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &gap).is_err());
@@ -202,6 +211,7 @@ mod tests {
             offset: 0,
             len: 2,
             decay: true,
+            lr_scale: 1.0,
         }];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &short).is_err());
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 2, &short[..]).unwrap();

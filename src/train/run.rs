@@ -107,7 +107,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         ..Default::default()
     };
     let trainable = model.layout().trainable_len();
-    let mut opt = AdamWOptimizer::new(b, adamw, trainable, &model.param_groups())?;
+    let mut opt = AdamWOptimizer::new(
+        b,
+        adamw,
+        trainable,
+        &model.param_groups(cfg.lowrank.factor_lr_scale),
+    )?;
     let shape = BatchShape {
         batch: cfg.batch,
         seq_len: cfg.seq,
