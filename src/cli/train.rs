@@ -84,10 +84,15 @@ pub struct Args {
 #[derive(clap::Args, Debug)]
 pub struct LowRankArgs {
     /// Parameterisation of the selected layers: dense; inrank (W0 + U·Vᵀ, growing rank);
-    /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (frozen --lora-base + (α/r)·U·Vᵀ)
+    /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (frozen --lora-base + (α/r)·U·Vᵀ);
+    /// dln (U·M·Vᵀ, a compressed deep linear block of width 2r)
     #[arg(long = "lowrank", value_enum, default_value_t = LowRankMode::Dense)]
     mode: LowRankMode,
-    /// Initial rank r0 (lora: the fixed rank r)
+    /// Factor each MLP matrix as a compressed deep linear block: short for --lowrank dln
+    /// --lowrank-layers mlp (width 2r with r = --rank-init)
+    #[arg(long, conflicts_with_all = ["mode", "lowrank_layers"])]
+    mlp_dln: bool,
+    /// Initial rank r0 (lora: the fixed rank r; dln: the block's width is 2r)
     #[arg(long, default_value_t = 2)]
     rank_init: usize,
     /// Rank buffer b: rows trained beyond the rank while growing (clamped to ⌊R/4⌋ per layer)
@@ -126,13 +131,21 @@ pub struct LowRankArgs {
     /// Learning rate of the low-rank factors U and V as a multiple of --lr (other parameters: 1)
     #[arg(long, default_value_t = 1.0)]
     factor_lr_scale: f32,
+    /// dln: scale ε of each factor at init, W = ε³·Û·V̂ᵀ [default: the cube root of the
+    /// surrogate's mean top-2r singular value, so the block starts at the surrogate's scale]
+    #[arg(long)]
+    dln_eps: Option<f32>,
 }
 
 impl LowRankArgs {
     fn config(self) -> LowRankConfig {
+        let (mode, layers) = match self.mlp_dln {
+            true => (LowRankMode::Dln, LowRankLayers::Mlp),
+            false => (self.mode, self.lowrank_layers),
+        };
         LowRankConfig {
-            mode: self.mode,
-            layers: self.lowrank_layers,
+            mode,
+            layers,
             rank_init: self.rank_init,
             rank_buffer: self.rank_buffer,
             rank_alpha: self.rank_alpha,
@@ -145,6 +158,7 @@ impl LowRankArgs {
             lora_alpha: self.lora_alpha,
             rank_log_every: self.rank_log_every,
             factor_lr_scale: self.factor_lr_scale,
+            dln_eps: self.dln_eps,
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum LowRankMode {
     Efficient,
     /// W = W0 + (α/r)·U·Vᵀ, W0 frozen from `--lora-base`, fixed rank r = `--rank-init`.
     Lora,
+    /// W = U·M·Vᵀ, a compressed deep linear block of depth 3 and width 2r (r = `--rank-init`),
+    /// started from the layer's surrogate (SCIENCE.md §4): fixed width, every factor trained.
+    Dln,
 }
 
 /// Which linear layers of each block are low-rank.
@@ -72,6 +75,9 @@ pub struct LowRankConfig {
     pub rank_log_every: u32,
     /// The factors' (U, V) learning rate as a multiple of the schedule's.
     pub factor_lr_scale: f32,
+    /// `dln`: the scale ε of each factor at init (None: the surrogate's mean top singular value
+    /// to the power 1/3, so the block starts at the surrogate's scale).
+    pub dln_eps: Option<f32>,
 }
 
 impl Default for LowRankConfig {
@@ -91,6 +97,7 @@ impl Default for LowRankConfig {
             lora_alpha: None,
             rank_log_every: 10,
             factor_lr_scale: 1.0,
+            dln_eps: None,
         }
     }
 }
@@ -120,6 +127,16 @@ impl LowRankConfig {
             self.factor_lr_scale > 0.0 && self.factor_lr_scale.is_finite(),
             "--factor-lr-scale {} must be positive: it multiplies the learning rate of the factors U and V",
             self.factor_lr_scale
+        );
+        if let Some(e) = self.dln_eps {
+            ensure!(
+                e > 0.0 && e.is_finite(),
+                "--dln-eps {e} must be positive: it scales each factor of the compressed block at init"
+            );
+        }
+        ensure!(
+            self.dln_eps.is_none() || self.mode == LowRankMode::Dln,
+            "--dln-eps is only used with --lowrank dln"
         );
         if let Some(a) = self.lora_alpha {
             ensure!(a > 0.0 && a.is_finite(), "--lora-alpha must be positive");
@@ -178,6 +195,7 @@ impl LowRankConfig {
                 "--factor-lr-scale",
                 self.factor_lr_scale != saved.factor_lr_scale,
             ),
+            ("--dln-eps", self.dln_eps != saved.dln_eps),
         ];
         pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
     }
@@ -208,6 +226,13 @@ mod tests {
                 ..Default::default()
             },
             "--lora-base",
+        );
+        bad(
+            LowRankConfig {
+                dln_eps: Some(0.1),
+                ..Default::default()
+            },
+            "--dln-eps is only used with --lowrank dln",
         );
         bad(
             LowRankConfig {

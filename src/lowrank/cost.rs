@@ -15,8 +15,10 @@ pub struct Cost {
 }
 
 /// The model's cost with `layers` at widths `live`: each low-rank layer's dense matrix (n_in·n_out
-/// parameters, 6·n_in·n_out FLOPs per token) replaced by k·(n_in + n_out) parameters and the fused
-/// op's forward and backward FLOPs (which include x·W0 and dy·W0ᵀ when there is a base).
+/// parameters, 6·n_in·n_out FLOPs per token) replaced by k·(n_in + n_out) parameters (plus k² for a
+/// compressed block's middle) and the fused op's forward and backward FLOPs (which include x·W0 and
+/// dy·W0ᵀ when there is a base). A middle factor's GEMMs run once per micro-batch, not per token,
+/// and are left out.
 pub fn cost(model: &GptConfig, seq: usize, layers: &[LowRankLayer], live: &[LiveRank]) -> Cost {
     let mut params = model.num_params() as f64;
     let mut flops = model.training_flops_per_token(seq);
@@ -28,7 +30,9 @@ pub fn cost(model: &GptConfig, seq: usize, layers: &[LowRankLayer], live: &[Live
             n_out: l.n_out,
             rank: lr.width,
         };
-        params += lr.width as f64 * (i + o) - i * o;
+        let k = lr.width as f64;
+        let mid = if l.has_mid { k * k } else { 0.0 };
+        params += k * (i + o) + mid - i * o;
         flops += sh.forward_flops(l.has_w0) + sh.backward_flops(l.has_w0) - 6.0 * i * o;
     }
     Cost {
@@ -58,5 +62,24 @@ mod tests {
         let want = model.training_flops_per_token(64) - 8.0 * 324096.0;
         assert!((c.flops_per_token - want).abs() < 1e-6 * want);
         assert_eq!(cost(&model, 64, &[], &[]).params, model.num_params());
+        // A compressed block of width 2r = 16 on each: 2·d·r̂ + r̂² per matrix (SCIENCE.md §4).
+        let dln = LowRankConfig {
+            mode: LowRankMode::Dln,
+            rank_init: 8,
+            ..Default::default()
+        };
+        let layers = plan(&dln, &model).unwrap();
+        let live = vec![
+            LiveRank {
+                rank: 16,
+                width: 16
+            };
+            layers.len()
+        ];
+        let c = cost(&model, 64, &layers, &live);
+        assert_eq!(
+            c.params,
+            model.num_params() - 8 * (65536 - 16 * 640 - 16 * 16)
+        );
     }
 }

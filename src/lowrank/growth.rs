@@ -31,7 +31,8 @@ pub struct RankChange {
     pub to: usize,
 }
 
-/// Host copies of low-rank layer `i`'s live rows of Ut and Vt, with the live width.
+/// Host copies of low-rank layer `i`'s live rows of Ut and Vt (M·Vt for a compressed block, so
+/// that Utᵀ·Vt is the layer's product), with the live width.
 pub fn live_factors<B: Backend>(
     b: &B,
     model: &Gpt<B>,
@@ -43,7 +44,20 @@ pub fn live_factors<B: Backend>(
         let off = model.layout().tensors()[t].offset;
         b.download(model.params().at(off, k * n))
     };
-    Ok((at(lt.ut, l.n_in)?, at(lt.vt, l.n_out)?, k))
+    let (ut, vt) = (at(lt.ut, l.n_in)?, at(lt.vt, l.n_out)?);
+    let Some(mid) = lt.mid else {
+        return Ok((ut, vt, k));
+    };
+    // A compressed block's product is Utᵀ·(M·Vt): fold M into Vt (k × k times k × n_out).
+    let m = at(mid, k)?;
+    let n = l.n_out;
+    let mut folded = vec![0.0f32; k * n];
+    for (row, m_row) in folded.chunks_mut(n).zip(m.chunks(k)) {
+        for (&mjk, vt_row) in m_row.iter().zip(vt.chunks(n)) {
+            row.iter_mut().zip(vt_row).for_each(|(o, &v)| *o += mjk * v);
+        }
+    }
+    Ok((ut, folded, k))
 }
 
 /// One growth check: each layer's new rank is the smallest j ≥ r with explained ratio g(j) > α

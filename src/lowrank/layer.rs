@@ -24,6 +24,8 @@ pub struct LowRankLayer {
     pub max_rank: usize,
     /// Whether W = W0 + U·Vᵀ (inrank, lora) rather than U·Vᵀ.
     pub has_w0: bool,
+    /// Whether a trained middle factor sits between the two: W = U·M·Vᵀ (dln).
+    pub has_mid: bool,
     /// Init std of the dense weight this layer replaces.
     pub dense_std: f64,
 }
@@ -32,6 +34,16 @@ impl LowRankLayer {
     /// Rows of the factors the layer computes with at `rank`: rank plus the buffer, within capacity.
     pub fn width(&self, rank: usize) -> usize {
         (rank + self.buffer).min(self.capacity)
+    }
+
+    /// The rank a run starts at: `rank_init` for a growing layer, the whole capacity for a
+    /// fixed-width one (lora, dln: no buffer).
+    pub fn start_rank(&self, rank_init: usize) -> usize {
+        if self.buffer == 0 {
+            self.capacity
+        } else {
+            rank_init.min(self.capacity)
+        }
     }
 }
 
@@ -87,6 +99,14 @@ fn sized(cfg: &LowRankConfig, prefix: String, n_in: usize, n_out: usize) -> Resu
             "--rank-init {r0} is above the rank {full} of {prefix} ({n_in}×{n_out}); LoRA's rank must be at most {full}"
         );
         (r0, 0, r0)
+    } else if cfg.mode == LowRankMode::Dln {
+        ensure!(
+            2 * r0 <= full,
+            "--rank-init {r0} gives the compressed block of {prefix} ({n_in}×{n_out}) width 2r = {}, above its rank {full}; use --rank-init {} or less",
+            2 * r0,
+            full / 2
+        );
+        (2 * r0, 0, 2 * r0)
     } else {
         let capacity = full / 2;
         let buffer = cfg.rank_buffer.min(capacity / 4).max(1);
@@ -107,7 +127,8 @@ fn sized(cfg: &LowRankConfig, prefix: String, n_in: usize, n_out: usize) -> Resu
         capacity,
         buffer,
         max_rank,
-        has_w0: cfg.mode != LowRankMode::Efficient,
+        has_w0: matches!(cfg.mode, LowRankMode::Inrank | LowRankMode::Lora),
+        has_mid: cfg.mode == LowRankMode::Dln,
         dense_std: 0.0,
     })
 }
@@ -170,5 +191,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("LoRA's rank must be at most 128"), "{e}");
+        let dln = |r| {
+            let cfg = LowRankConfig {
+                mode: LowRankMode::Dln,
+                rank_init: r,
+                ..Default::default()
+            };
+            plan(&cfg, &model)
+        };
+        let fc = &dln(64).unwrap()[0];
+        assert_eq!((fc.capacity, fc.buffer, fc.start_rank(64)), (128, 0, 128));
+        assert!(fc.has_mid && !fc.has_w0);
+        let e = dln(65).unwrap_err().to_string();
+        assert!(
+            e.contains("width 2r = 130") && e.contains("--rank-init 64 or less"),
+            "{e}"
+        );
     }
 }

@@ -22,18 +22,24 @@ pub struct LayerViews<'a> {
     pub ut: &'a TensorView,
     pub vt: &'a TensorView,
     pub w0: Option<&'a TensorView>,
+    /// The trained middle factor M of a compressed block (dln).
+    pub mid: Option<&'a TensorView>,
     pub bias: &'a TensorView,
 }
 
-/// LoRA's scale α/r enters as Vt_scaled = (α/r)·Vt, formed by a GEMM with an R×R identity (so every
-/// backend runs it), and the gradient of Vt as (α/r)·(the op's dVt). dUt and dx are exact through
-/// Vt_scaled.
-struct LoraScale<B: Backend> {
-    scale: f32,
-    /// R×R identity in the compute dtype and in f32.
-    eye: B::Buf,
-    eye_f32: B::Buf,
-    vt_scaled: Vec<B::Buf>,
+/// A middle factor M between the two: W = W0 + Utᵀ·M·Vt. LoRA's M is the constant (α/r)·I, a
+/// compressed deep linear block's (dln) is the layer's trained `lowrank_mid`. The fused op runs on
+/// Vt_eff = M·Vt, formed by a GEMM before each forward; its dUt and dx are exact through Vt_eff,
+/// and the chain rule gives dVt = Mᵀ·dVt_eff and dM = dVt_eff·Vtᵀ. Only models with a middle
+/// carry this state.
+struct Middle<B: Backend> {
+    /// LoRA's constant M, in the compute dtype and in f32 (None: M is a trained tensor).
+    fixed: Option<(B::Buf, B::Buf)>,
+    /// Per layer: Vt_eff = M·Vt in the compute dtype.
+    vt_eff: Vec<B::Buf>,
+    /// f32 copies of a trained M and of Vt, the backward GEMMs' operands beside f32 gradients.
+    m_f32: B::Buf,
+    vt_f32: B::Buf,
 }
 
 pub struct LowRankRuntime<B: Backend> {
@@ -49,11 +55,12 @@ pub struct LowRankRuntime<B: Backend> {
     s: B::Buf,
     dut: B::Buf,
     dvt: B::Buf,
-    lora: Option<LoraScale<B>>,
+    middle: Option<Middle<B>>,
 }
 
 impl<B: Backend> LowRankRuntime<B> {
-    /// Scratch for `rows` tokens per call; every layer starts at `rank_init` (capacity for LoRA).
+    /// Scratch for `rows` tokens per call; every layer starts at `rank_init` (the capacity for
+    /// fixed-width layers). `lora_scale` makes LoRA's constant middle (α/r)·I.
     pub fn new(
         b: &B,
         layers: Vec<LowRankLayer>,
@@ -68,22 +75,32 @@ impl<B: Backend> LowRankRuntime<B> {
             .iter()
             .map(|l| b.alloc(dt, scratch(l)))
             .collect::<Result<_>>()?;
-        let lora = match lora_scale {
-            Some(scale) => Some(LoraScale {
-                scale,
-                eye: identity(b, dt, rank_init)?,
-                eye_f32: identity(b, DType::F32, rank_init)?,
-                vt_scaled: layers
+        let trained_mid = layers.iter().any(|l| l.has_mid);
+        let middle = if lora_scale.is_some() || trained_mid {
+            let fixed = match lora_scale {
+                Some(scale) => Some((
+                    scaled_identity(b, dt, rank_init, scale)?,
+                    scaled_identity(b, DType::F32, rank_init, scale)?,
+                )),
+                None => None,
+            };
+            let trained = |n: usize| if trained_mid { n.max(1) } else { 1 };
+            Some(Middle {
+                fixed,
+                vt_eff: layers
                     .iter()
                     .map(|l| b.alloc(dt, l.capacity * l.n_out))
                     .collect::<Result<_>>()?,
-            }),
-            None => None,
+                m_f32: b.alloc(DType::F32, trained(max(&|l| l.capacity * l.capacity)))?,
+                vt_f32: b.alloc(DType::F32, trained(max(&|l| l.capacity * l.n_out)))?,
+            })
+        } else {
+            None
         };
         let live = layers
             .iter()
             .map(|l| {
-                let rank = rank_init.min(l.capacity);
+                let rank = l.start_rank(rank_init);
                 LiveRank {
                     rank,
                     width: l.width(rank),
@@ -95,7 +112,7 @@ impl<B: Backend> LowRankRuntime<B> {
             dut: b.alloc(DType::F32, max(&|l| l.capacity * l.n_in).max(1))?,
             dvt: b.alloc(DType::F32, max(&|l| l.capacity * l.n_out).max(1))?,
             t,
-            lora,
+            middle,
             live,
             layers,
             truncated: false,
@@ -114,16 +131,22 @@ impl<B: Backend> LowRankRuntime<B> {
         y: Mut<B::Buf>,
     ) -> Result<()> {
         let sh = self.shape(i, x.len);
-        if let Some(lora) = &mut self.lora {
-            let g = Gemm::new(sh.rank, sh.n_out, sh.rank).alpha(lora.scale);
+        if let Some(mid) = &mut self.middle {
+            let k = sh.rank;
+            let m = match (&mid.fixed, v.mid) {
+                (Some((m, _)), _) => m.all(),
+                (None, Some(t)) => view(w, t),
+                (None, None) => unreachable!("a middle factor is fixed or a tensor"),
+            };
+            let vt = w.at(v.vt.offset, k * sh.n_out);
             b.gemm(
-                &g,
-                lora.eye.all(),
-                view(w, v.vt),
-                lora.vt_scaled[i].all_mut(),
+                &Gemm::new(k, sh.n_out, k),
+                m,
+                vt,
+                mid.vt_eff[i].at_mut(0, k * sh.n_out),
             )?;
         }
-        let weights = weights(&self.lora, i, v, w);
+        let weights = weights(&self.middle, i, v, w);
         let t = self.t[i].at_mut(0, sh.scratch_len());
         b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y)
     }
@@ -145,7 +168,7 @@ impl<B: Backend> LowRankRuntime<B> {
         let (k, n_in, n_out) = (sh.rank, sh.n_in, sh.n_out);
         b.fill(self.dut.at_mut(0, k * n_in), 0.0)?;
         b.fill(self.dvt.at_mut(0, k * n_out), 0.0)?;
-        let weights = weights(&self.lora, i, v, w);
+        let weights = weights(&self.middle, i, v, w);
         let (t, s) = (
             self.t[i].at(0, sh.scratch_len()),
             self.s.at_mut(0, sh.scratch_len()),
@@ -160,13 +183,32 @@ impl<B: Backend> LowRankRuntime<B> {
             grads.at_mut(v.ut.offset, k * n_in),
             self.dut.at(0, k * n_in),
         )?;
-        let dvt = grads.at_mut(v.vt.offset, k * n_out);
-        match &self.lora {
-            Some(lora) => {
-                let g = Gemm::new(k, n_out, k).alpha(lora.scale).beta(1.0);
-                b.gemm(&g, lora.eye_f32.all(), self.dvt.at(0, k * n_out), dvt)?;
+        let dvt_eff = self.dvt.at(0, k * n_out);
+        match &mut self.middle {
+            None => b.add(grads.at_mut(v.vt.offset, k * n_out), dvt_eff)?,
+            Some(mid) => {
+                if let Some(t) = v.mid {
+                    // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
+                    b.cast(view(w, t), mid.m_f32.at_mut(0, k * k))?;
+                    b.cast(
+                        w.at(v.vt.offset, k * n_out),
+                        mid.vt_f32.at_mut(0, k * n_out),
+                    )?;
+                    let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
+                    b.gemm(
+                        &dm,
+                        dvt_eff,
+                        mid.vt_f32.at(0, k * n_out),
+                        grads.at_mut(t.offset, k * k),
+                    )?;
+                }
+                let m = match &mid.fixed {
+                    Some((_, m)) => m.all(),
+                    None => mid.m_f32.at(0, k * k),
+                };
+                let dvt = Gemm::new(k, n_out, k).trans_a().beta(1.0);
+                b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
             }
-            None => b.add(dvt, self.dvt.at(0, k * n_out))?,
         }
         let db = grads.at_mut(v.bias.offset, n_out);
         b.add_column_sums(db, dy, MatShape::new(sh.n, n_out))
@@ -184,19 +226,23 @@ impl<B: Backend> LowRankRuntime<B> {
 
     /// Bytes of scratch held.
     pub fn bytes(&self) -> usize {
-        let lora = self.lora.iter().flat_map(|l| l.vt_scaled.iter());
+        let middle = self.middle.iter().flat_map(|m| {
+            let fixed = m.fixed.iter().flat_map(|(a, b)| [a, b]);
+            m.vt_eff.iter().chain([&m.m_f32, &m.vt_f32]).chain(fixed)
+        });
         self.t
             .iter()
             .chain([&self.s, &self.dut, &self.dvt])
-            .chain(lora)
+            .chain(middle)
             .map(|x| x.len() * x.dtype().size_bytes())
             .sum()
     }
 }
 
-/// The operands of layer `i`: W0 and Ut from the weights, Vt from them or LoRA's scaled copy.
+/// The operands of layer `i`: W0 and Ut from the weights, Vt from them or, with a middle factor,
+/// Vt_eff = M·Vt.
 fn weights<'a, B: Backend>(
-    lora: &'a Option<LoraScale<B>>,
+    middle: &'a Option<Middle<B>>,
     i: usize,
     v: &LayerViews,
     w: &'a B::Buf,
@@ -204,8 +250,8 @@ fn weights<'a, B: Backend>(
     LowRankWeights {
         w0: v.w0.map(|t| view(w, t)),
         ut: view(w, v.ut),
-        vt: match lora {
-            Some(lora) => lora.vt_scaled[i].all(),
+        vt: match middle {
+            Some(m) => m.vt_eff[i].all(),
             None => view(w, v.vt),
         },
     }
@@ -225,9 +271,10 @@ fn view<'a, T: Buffer>(buf: &'a T, t: &TensorView) -> Ref<'a, T> {
     buf.at(t.offset, t.len())
 }
 
-fn identity<B: Backend>(b: &B, dtype: DType, n: usize) -> Result<B::Buf> {
+/// scale·I (n × n).
+fn scaled_identity<B: Backend>(b: &B, dtype: DType, n: usize, scale: f32) -> Result<B::Buf> {
     let mut eye = vec![0.0f32; n * n];
-    eye.iter_mut().step_by(n + 1).for_each(|x| *x = 1.0);
+    eye.iter_mut().step_by(n + 1).for_each(|x| *x = scale);
     let mut buf = b.alloc(dtype, n * n)?;
     b.upload(&eye, buf.all_mut())?;
     Ok(buf)

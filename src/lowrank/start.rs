@@ -6,18 +6,70 @@
 //! distribution and factor it with `init::init_factors` at the live width. The function-aware
 //! kinds target the nonlinearity after the layer: GELU after `mlp.c_fc`; a layer followed by no
 //! nonlinearity (c_proj, attention) has function error = parameter error, so it gets spectral.
+//!
+//! `dln` (a compressed deep linear block, SCIENCE.md §4) has its own init: the layer's surrogate is
+//! the dense weight its init would draw (a GPT has no target to take it from); with Û, V̂ its top
+//! 2r singular vectors, Ut = ε·Ûᵀ, M = ε·I, Vt = ε·V̂ᵀ, so W = ε³·Û·V̂ᵀ.
 
-use super::config::LowRankMode;
-use super::init::{self, sample::truncated_normal, DenseLayer, InitOptions, LowRankInit};
+use super::config::{LowRankConfig, LowRankMode};
+use super::init::{self, sample::truncated_normal, DenseLayer, InitOptions, LowRankInit, ThinSvd};
 use super::layer::LowRankLayer;
 use crate::backend::cpu::Cpu;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 
-/// The starting Ut (R × n_in) and Vt (R × n_out) of a layer, row-major, for a live width of
-/// `width` rows. Rows beyond the width have U random and V zero in every mode, so a row that
-/// becomes live when the rank grows leaves W unchanged (SCIENCE.md §1, project choice).
+/// A layer's starting factors, row-major: Ut (R × n_in), Vt (R × n_out) and, for a compressed
+/// block, M (R × R).
+pub struct StartFactors {
+    pub ut: Vec<f32>,
+    pub vt: Vec<f32>,
+    pub mid: Option<Vec<f32>>,
+}
+
+/// The starting factors of a layer for a live width of `width` rows. Rows beyond the width have
+/// U random and V zero in every mode, so a row that becomes live when the rank grows leaves W
+/// unchanged (SCIENCE.md §1, project choice).
 pub fn start_factors(
+    cfg: &LowRankConfig,
+    layer: &LowRankLayer,
+    width: usize,
+    rng: &mut Rng,
+) -> Result<StartFactors> {
+    let (ut, vt) = match cfg.mode {
+        LowRankMode::Dln => return compressed_block(cfg, layer, rng),
+        mode => two_factors(cfg.init, mode, layer, width, rng)?,
+    };
+    Ok(StartFactors { ut, vt, mid: None })
+}
+
+/// Ut = ε·Ûᵀ, M = ε·I, Vt = ε·V̂ᵀ from the top R singular vectors of a dense draw of the layer.
+fn compressed_block(
+    cfg: &LowRankConfig,
+    layer: &LowRankLayer,
+    rng: &mut Rng,
+) -> Result<StartFactors> {
+    if cfg.init != LowRankInit::Random {
+        bail!("--lowrank dln starts from its surrogate's singular vectors (SCIENCE.md §4); --lowrank-init does not apply to it");
+    }
+    let (r, n_in, n_out) = (layer.capacity, layer.n_in, layer.n_out);
+    let w = truncated_normal(rng, n_in * n_out, layer.dense_std);
+    let svd = ThinSvd::new(&DenseLayer { w: &w, n_in, n_out })
+        .with_context(|| format!("the surrogate of {}", layer.prefix))?;
+    let eps = match cfg.dln_eps {
+        Some(e) => e as f64,
+        None => (svd.singular_values()[..r].iter().sum::<f64>() / r as f64).cbrt(),
+    };
+    let f = svd.scaled_factors(r, |_| eps)?;
+    let mut mid = vec![0.0f32; r * r];
+    mid.iter_mut().step_by(r + 1).for_each(|m| *m = eps as f32);
+    Ok(StartFactors {
+        ut: f.ut,
+        vt: f.vt,
+        mid: Some(mid),
+    })
+}
+
+fn two_factors(
     init: LowRankInit,
     mode: LowRankMode,
     layer: &LowRankLayer,

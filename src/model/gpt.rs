@@ -283,10 +283,11 @@ fn initial_values(layout: &ParamLayout, lr: &LowRankConfig, seed: u64) -> Result
     let mut values = layout.init_values(seed);
     for (i, lt) in layout.lowrank().iter().enumerate() {
         let l = &lt.layer;
-        let width = l.width(lr.rank_init.min(l.capacity));
+        let width = l.width(l.start_rank(lr.rank_init));
         let mut rng = Rng::new(seed ^ (0xFAC7_0125 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (ut, vt) = start_factors(lr.init, lr.mode, l, width, &mut rng)?;
-        for (t, data) in [(lt.ut, ut), (lt.vt, vt)] {
+        let f = start_factors(lr, l, width, &mut rng)?;
+        let mid = lt.mid.zip(f.mid);
+        for (t, data) in [(lt.ut, f.ut), (lt.vt, f.vt)].into_iter().chain(mid) {
             let off = layout.tensors()[t].offset;
             values[off..off + data.len()].copy_from_slice(&data);
         }

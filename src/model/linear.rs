@@ -60,6 +60,7 @@ fn views<'a>(layout: &'a ParamLayout, i: usize, l: usize, bias: BlockTensor) -> 
         ut: t(lt.ut),
         vt: t(lt.vt),
         w0: lt.w0.map(t),
+        mid: lt.mid.map(t),
         bias: layout.block(l, bias),
     }
 }

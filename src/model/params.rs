@@ -4,7 +4,8 @@
 //! Order: all weight-decayed tensors first (wte, wpe, then every block's four matrices), then all
 //! the others (every block's LayerNorms and biases, then ln_f), so the optimiser sees two
 //! contiguous spans. With low-rank layers, each replaced matrix contributes its transposed factors
-//! `{prefix}.lowrank_ut` (R × n_in) and `{prefix}.lowrank_vt` (R × n_out) in its place, and a frozen
+//! `{prefix}.lowrank_ut` (R × n_in) and `{prefix}.lowrank_vt` (R × n_out) in its place (and a
+//! compressed block's middle `{prefix}.lowrank_mid`, R × R, after them), and a frozen
 //! base `{prefix}.lowrank_w0` (inrank, lora) goes after everything trainable: the optimiser's
 //! buffers cover only `trainable_len()`, so a frozen tensor has no moments and is never updated.
 //! Each LayerNorm's weight is directly followed by its bias: the layernorm ops
@@ -161,6 +162,8 @@ pub struct LowRankTensors {
     pub ut: usize,
     pub vt: usize,
     pub w0: Option<usize>,
+    /// The middle factor M (R × R) of a compressed block: W = Utᵀ·M·Vt.
+    pub mid: Option<usize>,
 }
 
 /// The named tensors of a GPT-2 in one flat buffer.
@@ -262,11 +265,16 @@ impl ParamLayout {
             true,
             Init::Zeros,
         );
+        let mid = l.has_mid.then(|| {
+            self.push(format!("{p}.lowrank_mid"), vec![r, r], true, Init::Zeros);
+            ut + 2
+        });
         self.lowrank.push(LowRankTensors {
             layer: l.clone(),
             ut,
             vt: ut + 1,
             w0: None,
+            mid,
         });
     }
 
@@ -337,7 +345,12 @@ impl ParamLayout {
     /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and factor
     /// flag, in buffer order.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
-        let factors: Vec<usize> = self.lowrank.iter().flat_map(|l| [l.ut, l.vt]).collect();
+        let factors: Vec<usize> = self
+            .lowrank
+            .iter()
+            .flat_map(|l| [Some(l.ut), Some(l.vt), l.mid])
+            .flatten()
+            .collect();
         let mut spans: Vec<DecaySpan> = Vec::new();
         for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.trainable) {
             let factor = factors.contains(&i);

@@ -11,7 +11,8 @@ pub(super) struct Reference<'a> {
     pub cfg: GptConfig,
     pub layout: &'a ParamLayout,
     pub p: &'a [f64],
-    /// Low-rank layers: W = W0 (when stored) + scale · Σ_{j<width} Ut[j]ᵀ·Vt[j].
+    /// Low-rank layers: W = W0 (when stored) + scale · Σ_{j,k<width} Ut[j]ᵀ·M[j,k]·Vt[k], M the
+    /// stored middle of a compressed block or else I.
     pub lowrank: &'a [LowRankRef],
 }
 
@@ -45,10 +46,22 @@ impl Reference<'_> {
             Some(_) => self.tensor(&format!("{prefix}.lowrank_w0")).to_vec(),
             None => vec![0.0; n_in * n_out],
         };
+        // A compressed block: W = Σ_{j,k} Ut[j]ᵀ·M[j, k]·Vt[k]; otherwise M = I.
+        let r = vt.len() / n_out;
+        let mid = |j: usize, k: usize| match self.layout.find(&format!("{prefix}.lowrank_mid")) {
+            Some(_) => self.tensor(&format!("{prefix}.lowrank_mid"))[j * r + k],
+            None => f64::from(j == k),
+        };
         for j in 0..lr.width {
-            for i in 0..n_in {
-                for o in 0..n_out {
-                    w[i * n_out + o] += lr.scale * ut[j * n_in + i] * vt[j * n_out + o];
+            for k in 0..lr.width {
+                let m = lr.scale * mid(j, k);
+                if m == 0.0 {
+                    continue;
+                }
+                for i in 0..n_in {
+                    for o in 0..n_out {
+                        w[i * n_out + o] += m * ut[j * n_in + i] * vt[k * n_out + o];
+                    }
                 }
             }
         }

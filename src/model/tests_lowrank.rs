@@ -44,6 +44,7 @@ fn every_gradient_matches_the_reference_in_every_low_rank_mode() {
         (Lora, Mlp),
         (Efficient, All),
         (Inrank, Attn),
+        (Dln, Mlp),
     ] {
         let cfg = config(mode, layers);
         let gpt = Gpt::with_lowrank(&Cpu, micro(), &cfg, 2, 5, 1).unwrap();

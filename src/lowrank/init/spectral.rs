@@ -41,6 +41,12 @@ impl ThinSvd {
 
     /// Spectral factors of rank `rank`: Ut[k, :] = √s_k·U[:, k]ᵀ, Vt[k, :] = √s_k·V[:, k]ᵀ.
     pub fn spectral_factors(&self, rank: usize) -> Result<Factors> {
+        self.scaled_factors(rank, f64::sqrt)
+    }
+
+    /// The top `rank` singular vectors as factors, each pair scaled by `scale(s_k)`:
+    /// Ut[k, :] = scale(s_k)·U[:, k]ᵀ, Vt[k, :] = scale(s_k)·V[:, k]ᵀ.
+    pub fn scaled_factors(&self, rank: usize, scale: impl Fn(f64) -> f64) -> Result<Factors> {
         ensure!(
             (1..=self.s.len()).contains(&rank),
             "spectral init: rank {rank} is outside 1..={} for a {}x{} layer",
@@ -51,7 +57,7 @@ impl ThinSvd {
         let mut ut = Vec::with_capacity(rank * self.n_in);
         let mut vt = Vec::with_capacity(rank * self.n_out);
         for k in 0..rank {
-            let root = self.s[k].sqrt();
+            let root = scale(self.s[k]);
             ut.extend((0..self.n_in).map(|i| (self.u[(i, k)] * root) as f32));
             vt.extend((0..self.n_out).map(|j| (self.v[(j, k)] * root) as f32));
         }
