@@ -33,8 +33,9 @@ pub struct LayerViews<'a> {
 /// and the chain rule gives dVt = Mᵀ·dVt_eff and dM = dVt_eff·Vtᵀ. Only models with a middle
 /// carry this state.
 struct Middle<B: Backend> {
-    /// LoRA's constant M, in the compute dtype and in f32 (None: M is a trained tensor).
-    fixed: Option<(B::Buf, B::Buf)>,
+    /// LoRA's constant M = scale·I: I in the compute dtype and in f32, with the scale applied as
+    /// the GEMMs' alpha so it keeps f32 precision (None: M is a trained tensor).
+    fixed: Option<(B::Buf, B::Buf, f32)>,
     /// Per layer: Vt_eff = M·Vt in the compute dtype.
     vt_eff: Vec<B::Buf>,
     /// f32 copies of a trained M and of Vt, the backward GEMMs' operands beside f32 gradients.
@@ -79,8 +80,9 @@ impl<B: Backend> LowRankRuntime<B> {
         let middle = if lora_scale.is_some() || trained_mid {
             let fixed = match lora_scale {
                 Some(scale) => Some((
-                    scaled_identity(b, dt, rank_init, scale)?,
-                    scaled_identity(b, DType::F32, rank_init, scale)?,
+                    identity(b, dt, rank_init)?,
+                    identity(b, DType::F32, rank_init)?,
+                    scale,
                 )),
                 None => None,
             };
@@ -133,14 +135,14 @@ impl<B: Backend> LowRankRuntime<B> {
         let sh = self.shape(i, x.len);
         if let Some(mid) = &mut self.middle {
             let k = sh.rank;
-            let m = match (&mid.fixed, v.mid) {
-                (Some((m, _)), _) => m.all(),
-                (None, Some(t)) => view(w, t),
+            let (m, scale) = match (&mid.fixed, v.mid) {
+                (Some((eye, _, scale)), _) => (eye.all(), *scale),
+                (None, Some(t)) => (view(w, t), 1.0),
                 (None, None) => unreachable!("a middle factor is fixed or a tensor"),
             };
             let vt = w.at(v.vt.offset, k * sh.n_out);
             b.gemm(
-                &Gemm::new(k, sh.n_out, k),
+                &Gemm::new(k, sh.n_out, k).alpha(scale),
                 m,
                 vt,
                 mid.vt_eff[i].at_mut(0, k * sh.n_out),
@@ -202,11 +204,11 @@ impl<B: Backend> LowRankRuntime<B> {
                         grads.at_mut(t.offset, k * k),
                     )?;
                 }
-                let m = match &mid.fixed {
-                    Some((_, m)) => m.all(),
-                    None => mid.m_f32.at(0, k * k),
+                let (m, scale) = match &mid.fixed {
+                    Some((_, eye, scale)) => (eye.all(), *scale),
+                    None => (mid.m_f32.at(0, k * k), 1.0),
                 };
-                let dvt = Gemm::new(k, n_out, k).trans_a().beta(1.0);
+                let dvt = Gemm::new(k, n_out, k).trans_a().alpha(scale).beta(1.0);
                 b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
             }
         }
@@ -227,7 +229,7 @@ impl<B: Backend> LowRankRuntime<B> {
     /// Bytes of scratch held.
     pub fn bytes(&self) -> usize {
         let middle = self.middle.iter().flat_map(|m| {
-            let fixed = m.fixed.iter().flat_map(|(a, b)| [a, b]);
+            let fixed = m.fixed.iter().flat_map(|(a, b, _)| [a, b]);
             m.vt_eff.iter().chain([&m.m_f32, &m.vt_f32]).chain(fixed)
         });
         self.t
@@ -271,10 +273,9 @@ fn view<'a, T: Buffer>(buf: &'a T, t: &TensorView) -> Ref<'a, T> {
     buf.at(t.offset, t.len())
 }
 
-/// scale·I (n × n).
-fn scaled_identity<B: Backend>(b: &B, dtype: DType, n: usize, scale: f32) -> Result<B::Buf> {
+fn identity<B: Backend>(b: &B, dtype: DType, n: usize) -> Result<B::Buf> {
     let mut eye = vec![0.0f32; n * n];
-    eye.iter_mut().step_by(n + 1).for_each(|x| *x = scale);
+    eye.iter_mut().step_by(n + 1).for_each(|x| *x = 1.0);
     let mut buf = b.alloc(dtype, n * n)?;
     b.upload(&eye, buf.all_mut())?;
     Ok(buf)
