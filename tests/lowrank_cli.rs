@@ -42,6 +42,20 @@ fn bad_low_rank_settings_fail_before_training() {
             vec!["--lowrank", "efficient", "--rank-init", "100"],
             "above the capacity",
         ),
+        (vec!["--mlp-dln", "--rank-init", "65"], "width 2r = 130"),
+        (
+            vec!["--mlp-dln", "--lowrank", "efficient"],
+            "cannot be used with",
+        ),
+        (vec!["--dln-eps", "0.1"], "only used with --lowrank dln"),
+        (
+            vec!["--mlp-dln", "--lowrank-init", "spectral"],
+            "--lowrank-init does not apply",
+        ),
+        (
+            vec!["--lowrank", "efficient", "--factor-lr-scale", "0"],
+            "--factor-lr-scale 0 must be positive",
+        ),
     ] {
         let o = train(&dir, &flags);
         assert!(!o.status.success(), "{flags:?}: {}", text(&o));
