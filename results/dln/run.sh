@@ -21,3 +21,7 @@ run completion completion
 # at ~5 it/s on this shared 2-core machine and did not finish in the session's time; this smaller
 # instance keeps η/m (the effective step) and the measurement ratio m/(r·(2d − r)) of about 2.
 run sensing-d100-m2000 sensing --d 100 --measurements 2000 --lr 10
+# Second session: the factorisation again on a quiet machine, then the authors' method in JAX timed
+# on the same machine for the same iteration counts (needs `pip install "jax[cpu]"`).
+run factorization-quiet factorization
+python3 scripts/peer-dln.py --ours "$out/factorization-quiet/summary.json" --json "$out/peer-jax.json"
