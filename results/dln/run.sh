@@ -25,3 +25,4 @@ run sensing-d100-m2000 sensing --d 100 --measurements 2000 --lr 10
 # on the same machine for the same iteration counts (needs `pip install "jax[cpu]"`).
 run factorization-quiet factorization
 python3 scripts/peer-dln.py --ours "$out/factorization-quiet/summary.json" --json "$out/peer-jax.json"
+run sensing-paper-4000it sensing --iters 4000
