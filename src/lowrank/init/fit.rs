@@ -179,13 +179,18 @@ pub(super) fn loss_and_grads<B: Backend>(
 /// cyclically (start = step·batch mod samples), so every sample is used equally often. Fresh
 /// inputs are drawn for every step instead, and their targets computed through W on the device.
 struct Inputs<B: Backend> {
-    /// None: fresh inputs each step (x holds one batch).
-    pool: Option<usize>,
+    source: Source<B>,
     x: B::Buf,
     target: B::Buf,
-    /// W and the pre-activation x·W of one batch (fresh inputs only).
-    w: Option<B::Buf>,
-    pre: Option<B::Buf>,
+}
+
+/// Where a step's inputs come from.
+enum Source<B: Backend> {
+    /// A pool of this many samples (x and target hold it twice).
+    Pool(usize),
+    /// Fresh inputs each step (x and target hold one batch), mapped through W into the
+    /// pre-activation x·W.
+    Fresh { w: B::Buf, pre: B::Buf },
 }
 
 impl<B: Backend> Inputs<B> {
@@ -201,11 +206,12 @@ impl<B: Backend> Inputs<B> {
         b.upload(layer.w, w.all_mut())?;
         if cfg.samples == 0 {
             return Ok(Inputs {
-                pool: None,
+                source: Source::Fresh {
+                    w,
+                    pre: b.alloc(DType::F32, cfg.batch * o)?,
+                },
                 x: b.alloc(DType::F32, cfg.batch * i)?,
                 target: b.alloc(DType::F32, cfg.batch * o)?,
-                w: Some(w),
-                pre: Some(b.alloc(DType::F32, cfg.batch * o)?),
             });
         }
         let samples = cfg.samples;
@@ -226,11 +232,9 @@ impl<B: Backend> Inputs<B> {
         b.cast(once.all(), target.at_mut(0, samples * o))?;
         b.cast(once.all(), target.at_mut(samples * o, samples * o))?;
         Ok(Inputs {
-            pool: Some(samples),
+            source: Source::Pool(samples),
             x,
             target,
-            w: None,
-            pre: None,
         })
     }
 
@@ -246,15 +250,14 @@ impl<B: Backend> Inputs<B> {
         rng: &mut Rng,
     ) -> Result<(Ref<'_, B::Buf>, Ref<'_, B::Buf>)> {
         let (i, o) = (layer.n_in, layer.n_out);
-        let start = match (self.pool, &self.w, &mut self.pre) {
-            (Some(samples), _, _) => (step * rows) % samples,
-            (None, Some(w), Some(pre)) => {
+        let start = match &mut self.source {
+            Source::Pool(samples) => (step * rows) % *samples,
+            Source::Fresh { w, pre } => {
                 b.upload(&rng.normal_vec(rows * i, 1.0), self.x.all_mut())?;
                 b.gemm(&Gemm::new(rows, o, i), self.x.all(), w.all(), pre.all_mut())?;
                 act.forward(b, self.target.all_mut(), pre.all())?;
                 0
             }
-            _ => unreachable!("fresh inputs keep W and a pre-activation buffer"),
         };
         Ok((
             self.x.at(start * i, rows * i),
