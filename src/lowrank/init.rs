@@ -5,7 +5,8 @@
 //! - `random`: both factors drawn like ordinary layers, scaled so U·Vᵀ has W's entrywise variance.
 //! - `spectral`: the truncated SVD of W, U = U_r·√Σ_r, V = V_r·√Σ_r (the best *parameter* fit).
 //! - `function-closed`: the spectral Ŵ with each output column rescaled to the norm that minimises
-//!   the ReLU function error given its direction (closed form, see [`closed`]).
+//!   its function error given its direction (closed form for ReLU, quadrature for GELU; see
+//!   [`closed`]).
 //! - `function`: the authors' method: from the spectral start, Adam on Gaussian inputs minimising
 //!   the layer's function error E‖σ(xW) − σ(xUVᵀ)‖² (see [`fit`]), through the Backend.
 //!
@@ -15,14 +16,16 @@
 mod closed;
 mod eval;
 mod fit;
+mod quadrature;
 pub mod sample;
 mod spectral;
 #[cfg(test)]
 mod tests;
 
-pub use closed::relu_kernel;
+pub use closed::{optimal_column_norm, relu_kernel};
 pub use eval::{FunctionError, FunctionErrorProbe};
 pub use fit::{FitConfig, FitStart};
+pub use quadrature::GaussHermite;
 pub use sample::{draw_dense, truncated_normal, TRUNCATED_STD_RATIO};
 pub use spectral::ThinSvd;
 
@@ -65,6 +68,17 @@ impl Activation {
         match self {
             Activation::Relu => "relu",
             Activation::Gelu => "gelu",
+        }
+    }
+
+    /// σ(z) in f64, the same function the backend's op computes (GPT-2's tanh GELU).
+    pub fn eval(self, z: f64) -> f64 {
+        match self {
+            Activation::Relu => z.max(0.0),
+            Activation::Gelu => {
+                let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * z * (1.0 + (sqrt_2_over_pi * (z + 0.044715 * z.powi(3))).tanh())
+            }
         }
     }
 
@@ -221,11 +235,13 @@ pub fn init_from_svd<B: Backend>(
     let spectral = svd.spectral_factors(rank)?;
     match kind {
         LowRankInit::Spectral => Ok(spectral),
-        LowRankInit::FunctionClosed => Ok(closed::rescale_columns(spectral, svd, layer)),
+        LowRankInit::FunctionClosed => {
+            closed::rescale_columns(spectral, svd, layer, opts.activation)
+        }
         LowRankInit::Function => {
             let start = match opts.fit.start {
                 FitStart::Spectral => spectral,
-                FitStart::Closed => closed::rescale_columns(spectral, svd, layer),
+                FitStart::Closed => closed::rescale_columns(spectral, svd, layer, opts.activation)?,
             };
             fit::refine(b, layer, start, opts.activation, &opts.fit, rng)
         }
