@@ -29,7 +29,7 @@ pub struct Args {
     /// Rows per Adam step of the `function` init
     #[arg(long, default_value_t = 512)]
     fit_batch: usize,
-    /// Adam steps of the `function` init
+    /// Adam steps of the `function` init (0: no fit, `function` is its start)
     #[arg(long, default_value_t = 770)]
     fit_steps: usize,
     /// Peak Adam learning rate of the `function` init (the authors use 5e-3, constant)
@@ -45,6 +45,10 @@ pub struct Args {
     /// start (overrides the other --fit-* settings but --fit-steps and --fit-batch)
     #[arg(long)]
     fit_authors: bool,
+    /// Multiplies the std W is drawn with (1 is the usual 1/√n_in); larger values push σ's
+    /// inputs into its nonlinear range
+    #[arg(long, default_value_t = 1.0)]
+    weight_scale: f64,
     /// Seed of the weights, the fitting pools and the fresh samples
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
                 start: a.fit_start,
             }
         },
+        weight_scale: a.weight_scale,
         seed: a.seed,
     };
     let mut progress = |line: String| eprintln!("{line}");

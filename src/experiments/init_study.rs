@@ -28,6 +28,9 @@ pub struct StudyConfig {
     /// Fresh Gaussian inputs each error is measured on (a multiple of 256).
     pub samples: usize,
     pub fit: FitConfig,
+    /// Multiplies the standard deviation W is drawn with (1: the usual 1/√n_in). Larger scales
+    /// push σ's inputs into its nonlinear range.
+    pub weight_scale: f64,
     pub seed: u64,
 }
 
@@ -46,6 +49,11 @@ impl StudyConfig {
                 );
             }
         }
+        ensure!(
+            self.weight_scale.is_finite() && self.weight_scale > 0.0,
+            "init-study: weight scale {} must be positive",
+            self.weight_scale
+        );
         self.fit.check()
     }
 }
@@ -109,7 +117,9 @@ pub fn run<B: Backend>(
     let total = cfg.shapes.len() * cfg.activations.len() * cfg.ranks.len();
     let mut done = 0;
     for &(n_in, n_out) in &cfg.shapes {
-        let w = draw_dense(n_in, n_out, &mut rng);
+        let mut w = draw_dense(n_in, n_out, &mut rng);
+        w.iter_mut()
+            .for_each(|v| *v = (*v as f64 * cfg.weight_scale) as f32);
         let layer = DenseLayer { w: &w, n_in, n_out };
         let clock = Instant::now();
         let svd = ThinSvd::new(&layer).with_context(|| format!("init-study {n_in}x{n_out}"))?;

@@ -25,7 +25,7 @@ use anyhow::{ensure, Result};
 pub enum FitStart {
     /// The truncated SVD (the authors' warm start).
     Spectral,
-    /// The spectral factors with ReLU-optimal column norms (`function-closed`).
+    /// The spectral factors with each column at its optimal norm under σ (`function-closed`).
     Closed,
 }
 
@@ -36,7 +36,7 @@ pub struct FitConfig {
     pub samples: usize,
     /// Rows per Adam step (at most `samples` when a pool is used).
     pub batch: usize,
-    /// Adam steps.
+    /// Adam steps; 0 returns the start unchanged.
     pub steps: usize,
     /// Peak Adam learning rate (β = 0.9, 0.999, ε = 1e-8, no weight decay: PyTorch's Adam defaults).
     pub lr: f32,
@@ -75,10 +75,9 @@ impl FitConfig {
     /// Checks the settings, naming the bad one.
     pub fn check(&self) -> Result<()> {
         ensure!(
-            self.batch >= 1 && self.steps >= 1,
-            "function init: batch ({}) and steps ({}) must be positive",
-            self.batch,
-            self.steps
+            self.batch >= 1,
+            "function init: batch ({}) must be positive",
+            self.batch
         );
         ensure!(
             self.samples == 0 || self.batch <= self.samples,
@@ -276,6 +275,9 @@ pub(super) fn refine<B: Backend>(
     rng: &mut Rng,
 ) -> Result<Factors> {
     cfg.check()?;
+    if cfg.steps == 0 {
+        return Ok(start);
+    }
     let (i, o, r) = (layer.n_in, layer.n_out, start.rank);
     let mut inputs = Inputs::new(b, layer, act, cfg, rng)?;
     let n_params = r * (i + o);
