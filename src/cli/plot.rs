@@ -4,6 +4,7 @@
 use crate::train::metrics::{self, StepRecord};
 use crate::util::plot::register_font;
 use anyhow::{ensure, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -26,16 +27,38 @@ pub fn run(a: Args) -> Result<()> {
     println!("wrote {}", out.display());
     if records.iter().any(|r| r.ranks.is_some()) {
         let out = a.dir.join("ranks.png");
-        rank_figure(&records, &out)?;
+        rank_figure(&records, dense_run(&a.dir, &records)?, &out)?;
         println!("wrote {}", out.display());
     }
     Ok(())
 }
 
+/// Whether the run in `dir` trained dense weights, from its config.json (`lowrank.mode`). A
+/// metrics file without its config (copied alone) falls back to the ranks: a dense layer logs its
+/// full rank at every step, so a run whose logged ranks never change is taken as dense, which a
+/// fixed-rank low-rank run would also be (its solid rank lines are then not drawn).
+fn dense_run(dir: &Path, records: &[StepRecord]) -> Result<bool> {
+    let path = dir.join("config.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let mode = &config["lowrank"]["mode"];
+        return Ok(mode.is_null() || mode == "dense");
+    }
+    let logged: Vec<_> = records.iter().filter_map(|r| r.ranks.as_ref()).collect();
+    Ok(logged.iter().all(|ks| {
+        ks.iter()
+            .zip(logged[0].iter())
+            .all(|(k, first)| k.rank == first.rank)
+    }))
+}
+
 /// Per layer over steps: the live rank of low-rank layers, solid, and r90 (the smallest rank
 /// explaining 90% of the energy: of the live product, or of W − W0 in a dense run), dashed.
 /// A dense layer's "rank" is its full rank, which is not drawn.
-pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
+pub fn rank_figure(records: &[StepRecord], dense: bool, out: &Path) -> Result<()> {
     register_font()?;
     let logged: Vec<(f64, &Vec<crate::lowrank::LayerRank>)> = records
         .iter()
@@ -48,10 +71,6 @@ pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
             .filter_map(|(s, ks)| ks.get(i).map(|k| (*s, pick(k) as f64)))
             .collect()
     };
-    let full: Vec<usize> = logged[0].1.iter().map(|l| l.rank).collect();
-    let dense = logged
-        .iter()
-        .all(|(_, ks)| ks.iter().zip(&full).all(|(k, f)| k.rank == *f));
     let top = logged
         .iter()
         .flat_map(|(_, ks)| {
@@ -67,17 +86,7 @@ pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
         } else {
             "rank (solid) and r90 (dashed) per layer"
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 26))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max_step, 0.0..(top as f64 * 1.1 + 1.0))?;
-        chart
-            .configure_mesh()
-            .x_desc("optimiser step")
-            .y_desc("rank")
-            .draw()?;
+        let mut chart = step_chart(root, title, max_step, 0.0..(top as f64 * 1.1 + 1.0), "rank")?;
         for (i, name) in layers.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             if !dense {
@@ -87,23 +96,16 @@ pub fn rank_figure(records: &[StepRecord], out: &Path) -> Result<()> {
                         color.stroke_width(2),
                     ))?
                     .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                    .legend(legend_mark(color));
             }
             let r90 = series(|k| k.r90, i);
             let dashed = DashedLineSeries::new(r90, 6, 4, color.stroke_width(1));
             let drawn = chart.draw_series(dashed)?;
             if dense {
-                drawn
-                    .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                drawn.label(name.as_str()).legend(legend_mark(color));
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart)
     })
 }
 
@@ -126,38 +128,70 @@ pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
     let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let max_step = records.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
     render(out, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("loss", ("sans-serif", 28))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max_step, (lo * 0.95)..(hi * 1.02))?;
-        chart
-            .configure_mesh()
-            .x_desc("optimiser step")
-            .y_desc("cross-entropy (nats)")
-            .draw()?;
+        let y_range = (lo * 0.95)..(hi * 1.02);
+        let mut chart = step_chart(root, "loss", max_step, y_range, "cross-entropy (nats)")?;
         chart
             .draw_series(LineSeries::new(train.clone(), &BLUE))?
             .label("train")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+            .legend(legend_mark(BLUE.to_rgba()));
         if !val.is_empty() {
             chart
                 .draw_series(LineSeries::new(val.clone(), RED.stroke_width(2)))?
                 .label("validation")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+                .legend(legend_mark(RED.to_rgba()));
             chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart)
     })
 }
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+type StepChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart over optimiser steps 0..max_step and `y`, its mesh drawn.
+fn step_chart<'a, DB>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    max_step: f64,
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+) -> std::result::Result<StepChart<'a, DB>, Box<dyn std::error::Error>>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 26))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_step, y)?;
+    chart
+        .configure_mesh()
+        .x_desc("optimiser step")
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
+/// A short line in `color`, the legend's mark of a series.
+fn legend_mark(color: RGBAColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color)
+}
+
+/// The series labels in a framed box.
+fn draw_legend<'a, DB>(chart: &mut StepChart<'a, DB>) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
 
 /// A 1000×600 PNG at `out`: a white canvas handed to `draw`, then written; plotters' errors become
 /// one message naming the file.

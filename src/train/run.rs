@@ -298,15 +298,21 @@ fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
         )
     });
     format!(
-        "{:?} on {} {:?} layers ({sizes}): {} trainable (forward + backward), {:.2}× the parameters and {:.2}× the FLOPs of dense ({})",
-        lr.mode,
+        "--lowrank {} on {} {} layers ({sizes}): {} trainable (forward + backward), {:.2}× the parameters and {:.2}× the FLOPs of dense ({})",
+        flag_value(&lr.mode),
         layers.len(),
-        lr.layers,
+        flag_value(&lr.layers),
         text(c.params, c.flops_per_token),
         c.params as f64 / dense.params as f64,
         c.flops_per_token / dense.flops_per_token,
         text(dense.params, dense.flops_per_token)
     )
+}
+
+/// A value as the user types it on the command line (`efficient`, not `Efficient`).
+fn flag_value(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
 }
 
 /// A fresh run must not silently mix its metrics and checkpoints with an earlier run's.
