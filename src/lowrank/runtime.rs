@@ -7,7 +7,7 @@ use crate::backend::{
     Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref,
 };
 use crate::model::TensorView;
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 /// A layer's live rank r and width k (the rows of Ut and Vt the op reads: r plus the buffer while
 /// growing, r after truncation).
@@ -33,14 +33,44 @@ pub struct LayerViews<'a> {
 /// and the chain rule gives dVt = Mᵀ·dVt_eff and dM = dVt_eff·Vtᵀ. Only models with a middle
 /// carry this state.
 struct Middle<B: Backend> {
-    /// LoRA's constant M = scale·I: I in the compute dtype and in f32, with the scale applied as
-    /// the GEMMs' alpha so it keeps f32 precision (None: M is a trained tensor).
-    fixed: Option<(B::Buf, B::Buf, f32)>,
+    kind: MiddleKind<B>,
     /// Per layer: Vt_eff = M·Vt in the compute dtype.
     vt_eff: Vec<B::Buf>,
-    /// f32 copies of a trained M and of Vt, the backward GEMMs' operands beside f32 gradients.
-    m_f32: B::Buf,
-    vt_f32: B::Buf,
+}
+
+enum MiddleKind<B: Backend> {
+    /// LoRA's constant M = scale·I: I in the compute dtype and in f32, with the scale applied as
+    /// the GEMMs' alpha so it keeps f32 precision.
+    Fixed {
+        eye: B::Buf,
+        eye_f32: B::Buf,
+        scale: f32,
+    },
+    /// Each layer's `lowrank_mid` tensor, with scratch for f32 copies of M and Vt, the backward
+    /// GEMMs' operands beside f32 gradients.
+    Trained { m_f32: B::Buf, vt_f32: B::Buf },
+}
+
+impl<B: Backend> MiddleKind<B> {
+    /// Layer `i`'s M (in the compute dtype) and the alpha its GEMMs take.
+    fn operand<'a>(
+        &'a self,
+        i: usize,
+        v: &LayerViews,
+        w: &'a B::Buf,
+    ) -> Result<(Ref<'a, B::Buf>, f32)> {
+        match self {
+            MiddleKind::Fixed { eye, scale, .. } => Ok((eye.all(), *scale)),
+            MiddleKind::Trained { .. } => Ok((view(w, trained_mid(i, v)?), 1.0)),
+        }
+    }
+}
+
+/// The `lowrank_mid` tensor of a layer whose middle factor is trained.
+fn trained_mid<'a>(i: usize, v: &LayerViews<'a>) -> Result<&'a TensorView> {
+    v.mid.ok_or_else(|| {
+        anyhow!("low-rank layer {i} has a trained middle factor but its parameters hold no lowrank_mid tensor (a layout and runtime of different modes)")
+    })
 }
 
 pub struct LowRankRuntime<B: Backend> {
@@ -76,28 +106,28 @@ impl<B: Backend> LowRankRuntime<B> {
             .iter()
             .map(|l| b.alloc(dt, scratch(l)))
             .collect::<Result<_>>()?;
-        let trained_mid = layers.iter().any(|l| l.has_mid);
-        let middle = if lora_scale.is_some() || trained_mid {
-            let fixed = match lora_scale {
-                Some(scale) => Some((
-                    identity(b, dt, rank_init)?,
-                    identity(b, DType::F32, rank_init)?,
-                    scale,
-                )),
-                None => None,
-            };
-            let trained = |n: usize| if trained_mid { n.max(1) } else { 1 };
-            Some(Middle {
-                fixed,
+        let trained = layers.iter().any(|l| l.has_mid);
+        let kind = match lora_scale {
+            Some(scale) => Some(MiddleKind::Fixed {
+                eye: identity(b, dt, rank_init)?,
+                eye_f32: identity(b, DType::F32, rank_init)?,
+                scale,
+            }),
+            None if trained => Some(MiddleKind::Trained {
+                m_f32: b.alloc(DType::F32, max(&|l| l.capacity * l.capacity))?,
+                vt_f32: b.alloc(DType::F32, max(&|l| l.capacity * l.n_out))?,
+            }),
+            None => None,
+        };
+        let middle = match kind {
+            Some(kind) => Some(Middle {
+                kind,
                 vt_eff: layers
                     .iter()
                     .map(|l| b.alloc(dt, l.capacity * l.n_out))
                     .collect::<Result<_>>()?,
-                m_f32: b.alloc(DType::F32, trained(max(&|l| l.capacity * l.capacity)))?,
-                vt_f32: b.alloc(DType::F32, trained(max(&|l| l.capacity * l.n_out)))?,
-            })
-        } else {
-            None
+            }),
+            None => None,
         };
         let live = layers
             .iter()
@@ -135,18 +165,10 @@ impl<B: Backend> LowRankRuntime<B> {
         let sh = self.shape(i, x.len);
         if let Some(mid) = &mut self.middle {
             let k = sh.rank;
-            let (m, scale) = match (&mid.fixed, v.mid) {
-                (Some((eye, _, scale)), _) => (eye.all(), *scale),
-                (None, Some(t)) => (view(w, t), 1.0),
-                (None, None) => unreachable!("a middle factor is fixed or a tensor"),
-            };
+            let (m, scale) = mid.kind.operand(i, v, w)?;
             let vt = w.at(v.vt.offset, k * sh.n_out);
-            b.gemm(
-                &Gemm::new(k, sh.n_out, k).alpha(scale),
-                m,
-                vt,
-                mid.vt_eff[i].at_mut(0, k * sh.n_out),
-            )?;
+            let vt_eff = mid.vt_eff[i].at_mut(0, k * sh.n_out);
+            b.gemm(&Gemm::new(k, sh.n_out, k).alpha(scale), m, vt, vt_eff)?;
         }
         let weights = weights(&self.middle, i, v, w);
         let t = self.t[i].at_mut(0, sh.scratch_len());
@@ -189,24 +211,18 @@ impl<B: Backend> LowRankRuntime<B> {
         match &mut self.middle {
             None => b.add(grads.at_mut(v.vt.offset, k * n_out), dvt_eff)?,
             Some(mid) => {
-                if let Some(t) = v.mid {
-                    // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
-                    b.cast(view(w, t), mid.m_f32.at_mut(0, k * k))?;
-                    b.cast(
-                        w.at(v.vt.offset, k * n_out),
-                        mid.vt_f32.at_mut(0, k * n_out),
-                    )?;
-                    let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
-                    b.gemm(
-                        &dm,
-                        dvt_eff,
-                        mid.vt_f32.at(0, k * n_out),
-                        grads.at_mut(t.offset, k * k),
-                    )?;
-                }
-                let (m, scale) = match &mid.fixed {
-                    Some((_, eye, scale)) => (eye.all(), *scale),
-                    None => (mid.m_f32.at(0, k * k), 1.0),
+                let (m, scale) = match &mut mid.kind {
+                    MiddleKind::Fixed { eye_f32, scale, .. } => (eye_f32.all(), *scale),
+                    MiddleKind::Trained { m_f32, vt_f32 } => {
+                        // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
+                        let t = trained_mid(i, v)?;
+                        b.cast(view(w, t), m_f32.at_mut(0, k * k))?;
+                        b.cast(w.at(v.vt.offset, k * n_out), vt_f32.at_mut(0, k * n_out))?;
+                        let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
+                        let vt = vt_f32.at(0, k * n_out);
+                        b.gemm(&dm, dvt_eff, vt, grads.at_mut(t.offset, k * k))?;
+                        (m_f32.at(0, k * k), 1.0)
+                    }
                 };
                 let dvt = Gemm::new(k, n_out, k).trans_a().alpha(scale).beta(1.0);
                 b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
@@ -229,8 +245,11 @@ impl<B: Backend> LowRankRuntime<B> {
     /// Bytes of scratch held.
     pub fn bytes(&self) -> usize {
         let middle = self.middle.iter().flat_map(|m| {
-            let fixed = m.fixed.iter().flat_map(|(a, b, _)| [a, b]);
-            m.vt_eff.iter().chain([&m.m_f32, &m.vt_f32]).chain(fixed)
+            let own = match &m.kind {
+                MiddleKind::Fixed { eye, eye_f32, .. } => [eye, eye_f32],
+                MiddleKind::Trained { m_f32, vt_f32 } => [m_f32, vt_f32],
+            };
+            m.vt_eff.iter().chain(own)
         });
         self.t
             .iter()
