@@ -37,7 +37,8 @@ pub struct Args {
     /// Learning rate at the last step, as a fraction of the peak
     #[arg(long, default_value_t = 0.1)]
     final_lr_frac: f32,
-    /// Linear warm-up steps
+    /// Linear warm-up steps (low-rank runs want a longer one: 300 of 1500 steps removed their
+    /// end-of-warm-up loss spike in results/inrank)
     #[arg(long, default_value_t = 10)]
     warmup: u32,
     /// Optimiser steps
