@@ -1,6 +1,8 @@
 //! `lowrank plot DIR`: DIR/loss.png, the training and validation loss curves from metrics.jsonl,
 //! and DIR/ranks.png, each layer's rank over training, when the run logged ranks.
 
+use crate::lowrank::LowRankMode;
+use crate::train::config::TrainConfig;
 use crate::train::metrics::{self, StepRecord};
 use crate::util::plot::register_font;
 use anyhow::{ensure, Context, Result};
@@ -42,10 +44,9 @@ fn dense_run(dir: &Path, records: &[StepRecord]) -> Result<bool> {
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        let mode = &config["lowrank"]["mode"];
-        return Ok(mode.is_null() || mode == "dense");
+        let config: TrainConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a training run's config", path.display()))?;
+        return Ok(config.lowrank.mode == LowRankMode::Dense);
     }
     let logged: Vec<_> = records.iter().filter_map(|r| r.ranks.as_ref()).collect();
     Ok(logged.iter().all(|ks| {
