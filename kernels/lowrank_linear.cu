@@ -4,29 +4,10 @@
 // [dy | s]·[W0ᵀ ; Ut[:k]] (backward dx) are each ONE kernel with one rounding of the output.
 // Plus the deterministic column sum behind the bias gradient, and the bias broadcast used by the
 // cuBLASLt fallback. Launchers: src/backend/cuda/lowrank_linear.rs.
-#include "common.cuh"
+#include "seg_gemm.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // kernels
-
-typedef __nv_bfloat16 bf16;
-
-// One call's operands, mirrored field for field by `SegGemmParams` in the Rust launcher (#[repr(C)]).
-// Segment s multiplies A_s (m × k[s], row-major, row stride lda[s]) by B_s, stored k[s] × N ("NN") or
-// N × k[s] ("NT", i.e. Bᵀ row-major), row stride ldb[s]; a segment with k[s] = 0 is skipped.
-// Requirements checked by the launcher: every row stride and the A segments' k[s] rounded up to 8
-// lie in the buffer (16-byte cp.async chunks), pointers 16-byte aligned, n_valid and n_store even.
-struct SegGemmParams {
-    const bf16* a[2];
-    const bf16* b[2];
-    const bf16* bias;  // n_valid values added in the epilogue, or null
-    void* c;           // m × n_store output (bf16 or f32), row stride ldc
-    int lda[2], ldb[2], k[2];
-    int m;
-    int n_valid;  // B columns that exist; columns in [n_valid, n_store) come out exactly 0
-    int n_store;  // output columns written (the padded width of t and s)
-    int ldc;
-};
 
 // Block tile BM × BN × BK, WARPS_M × WARPS_N warps each owning a (BM/WARPS_M) × (BN/WARPS_N) piece.
 // BK = 32: two m16n8k16 steps per stage, 64-byte smem rows; with 4 stages there are 3 tiles of
@@ -56,16 +37,6 @@ using WideTile = TileConfig<128, 128, 2, 4, 4>;
 // so a 128-wide tile would mostly multiply zeros at small ranks) and for grids too small to fill
 // the GPU with the wide tile. 60 KB smem.
 using NarrowTile = TileConfig<128, 64, 4, 2, 4>;
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16-byte global → shared copy, zero-filled when !pred (src-size 0 reads nothing).
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -146,9 +117,6 @@ __device__ __forceinline__ void mma_stage(float (&acc)[T::MFRAG][T::NFRAG][4], u
             for (int ni = 0; ni < T::NFRAG; ++ni) mma_bf16(acc[mi][ni], af[mi], bfr[ni][0], bfr[ni][1]);
     }
 }
-
-__device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
-__device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }
 
 // C = Σ_s A_s·B_s (+ bias), one block per BM × BN output tile. The pipeline keeps STAGES−1 tiles of
 // loads in flight; the tile index runs through segment 0's k-tiles, then segment 1's, so the two

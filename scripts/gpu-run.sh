@@ -29,6 +29,8 @@ step() { # name, command...: runs, logs, records pass/fail
 step doctor "$bin" doctor --json "$out/doctor.json"
 step selftest "$bin" selftest --json "$out/selftest.json"
 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
+# On Hopper the default fused path runs the wgmma mainloop where it applies; this covers mma.sync there.
+step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-mma.json"
 if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest
 fi

@@ -2,6 +2,9 @@
 //! path, which is both the baseline the fused kernels are measured against and the fallback for
 //! shapes they do not take (a dimension not a multiple of 8, or a window not 16-byte aligned).
 //!
+//! The segmented GEMM has two mainloops behind one contract: mma.sync (kernels/lowrank_linear.cu,
+//! every GPU) and wgmma (kernels/lowrank_wgmma.cu, Hopper), picked per call by `pick_tile`.
+//!
 //! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel).
 //! Fused backward: s = dy·Vt[:k]ᵀ (skinny), dx = [dy | s]·[W0ᵀ ; Ut[:k]] (one kernel), then
 //! dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy through cuBLASLt (reductions over n, which cuBLASLt splits
@@ -21,21 +24,26 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LowRankImpl {
-    /// The fused tensor-core kernels (falling back to `Cublas` for shapes they do not take).
+    /// The fused tensor-core kernels, on Hopper with the wgmma mainloop where the grid fills the
+    /// GPU (falling back to `Cublas` for shapes they do not take).
     Fused,
+    /// The fused kernels with the mma.sync mainloop only: on Hopper, the comparison that shows
+    /// what wgmma buys (elsewhere the same as `Fused`).
+    Mma,
     /// Unfused: three cuBLASLt GEMMs per direction plus a bias broadcast.
     Cublas,
 }
 
 impl LowRankImpl {
-    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, or `cublas`).
+    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `mma` or `cublas`).
     pub fn from_env() -> Result<Self> {
         match std::env::var("LOWRANK_LOWRANK_IMPL") {
             Err(_) => Ok(LowRankImpl::Fused),
             Ok(v) => match v.trim() {
                 "fused" | "" => Ok(LowRankImpl::Fused),
+                "mma" => Ok(LowRankImpl::Mma),
                 "cublas" => Ok(LowRankImpl::Cublas),
-                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused` or `cublas`"),
+                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `mma` or `cublas`"),
             },
         }
     }
@@ -71,26 +79,38 @@ struct Segment {
     k: usize,
 }
 
-/// Mirrors `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu: block tile, threads and the
-/// dynamic shared memory of 4 stages of (BM × 40 + max(32 × (BN + 8), BN × 40)) bf16.
+/// A mainloop's block tile: `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu (dynamic shared
+/// memory of 4 stages of BM × 40 + max(32 × (BN + 8), BN × 40) bf16) and `wg` in
+/// kernels/lowrank_wgmma.cu (5 stages of 128 × 64 + 64 × 128 bf16, plus 1 KB to align the base).
+/// Every one runs 256 threads.
 #[derive(Clone, Copy)]
 struct Tile {
+    file: &'static str,
     name: &'static str,
     bm: usize,
     bn: usize,
     smem_bytes: u32,
 }
 const WIDE: Tile = Tile {
+    file: "lowrank_linear",
     name: "wide",
     bm: 128,
     bn: 128,
     smem_bytes: 4 * (128 * 40 + 128 * 40) * 2,
 };
 const NARROW: Tile = Tile {
+    file: "lowrank_linear",
     name: "narrow",
     bm: 128,
     bn: 64,
     smem_bytes: 4 * (128 * 40 + 64 * 40) * 2,
+};
+const WGMMA: Tile = Tile {
+    file: "lowrank_wgmma",
+    name: "wgmma",
+    bm: 128,
+    bn: 128,
+    smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
 };
 const GEMM_THREADS: u32 = 256;
 /// Rows summed per column-sum block (kernels/lowrank_linear.cu COLSUM_ROWS) and its 32 columns.
@@ -126,17 +146,24 @@ fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
         (Role::Dx, "wide", DType::F32) => "lowrank_dx_wide_f32",
         (Role::Dx, "narrow", DType::BF16) => "lowrank_dx_narrow_bf16",
         (Role::Dx, "narrow", DType::F32) => "lowrank_dx_narrow_f32",
+        (Role::Y, "wgmma", DType::BF16) => "lowrank_y_wgmma_bf16",
+        (Role::Y, "wgmma", DType::F32) => "lowrank_y_wgmma_f32",
+        (Role::Dx, "wgmma", DType::BF16) => "lowrank_dx_wgmma_bf16",
+        (Role::Dx, "wgmma", DType::F32) => "lowrank_dx_wgmma_f32",
         (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
         _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
     })
 }
 
-/// The wide tile where it still gives every SM a block, else the narrow one (twice the blocks);
-/// the skinny projections always take the narrow tile (N = rank is small).
+/// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, its
+/// wgmma version), else the narrow one (twice the blocks); the skinny projections always take the
+/// narrow tile (N = rank is small, and they are bound by reading their input).
 fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Tile {
     let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
     if role == Role::Project || wide_blocks < cuda.info.sms.max(1) as usize {
         NARROW
+    } else if cuda.lowrank_impl == LowRankImpl::Fused && cuda.info.compute_capability.0 == 9 {
+        WGMMA
     } else {
         WIDE
     }
@@ -151,7 +178,7 @@ fn launch_seg_gemm(
 ) -> Result<()> {
     let tile = pick_tile(cuda, role, out.m, out.n_store);
     let name = kernel_name(role, tile, out.dtype)?;
-    let f = cuda.modules.function("lowrank_linear", name)?;
+    let f = cuda.modules.function(tile.file, name)?;
     // Above 48 KB, dynamic shared memory must be opted into per function; setting it is a host-side
     // attribute write, cheap next to the launch.
     f.set_attribute(
@@ -236,7 +263,7 @@ pub fn forward(
     let w0 = w.w0.map(|r| r.ptr());
     let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), t.ptr()];
     operands.extend(w0);
-    let fused = cuda.lowrank_impl == LowRankImpl::Fused
+    let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(y.ptr(), y.dtype())]);
     let bias_ptr = bias.map_or(0, |b| b.ptr());
     if !fused {
@@ -299,7 +326,7 @@ pub fn backward(
     ensure_bf16(&x)?;
     let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), dy.ptr(), s.ptr()];
     operands.extend(w.w0.map(|r| r.ptr()));
-    let fused = cuda.lowrank_impl == LowRankImpl::Fused
+    let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(dx.ptr(), dx.dtype())]);
     if fused {
         dx_fused(cuda, sh, dy, w, s.reborrow(), &dx)?;

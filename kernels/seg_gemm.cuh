@@ -1,0 +1,38 @@
+// The segmented GEMM's contract, shared by its two mainloops: mma.sync (lowrank_linear.cu, every
+// GPU) and wgmma (lowrank_wgmma.cu, sm_90a). Both read the same SegGemmParams, load tiles with the
+// same zero-filling cp.async predicates and write the same epilogue, so the launcher can pick either.
+#pragma once
+#include "common.cuh"
+
+typedef __nv_bfloat16 bf16;
+
+// One call's operands, mirrored field for field by `SegGemmParams` in the Rust launcher (#[repr(C)]).
+// Segment s multiplies A_s (m × k[s], row-major, row stride lda[s]) by B_s, stored k[s] × N ("NN") or
+// N × k[s] ("NT", i.e. Bᵀ row-major), row stride ldb[s]; a segment with k[s] = 0 is skipped.
+// Requirements checked by the launcher: every row stride and the A segments' k[s] rounded up to 8
+// lie in the buffer (16-byte cp.async chunks), pointers 16-byte aligned, n_valid and n_store even.
+struct SegGemmParams {
+    const bf16* a[2];
+    const bf16* b[2];
+    const bf16* bias;  // n_valid values added in the epilogue, or null
+    void* c;           // m × n_store output (bf16 or f32), row stride ldc
+    int lda[2], ldb[2], k[2];
+    int m;
+    int n_valid;  // B columns that exist; columns in [n_valid, n_store) come out exactly 0
+    int n_store;  // output columns written (the padded width of t and s)
+    int ldc;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16-byte global → shared copy, zero-filled when !pred (src-size 0 reads nothing).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
+__device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }
+
