@@ -184,16 +184,22 @@ fn time_dense(
     Ok([f, d, full])
 }
 
-/// Every shape, rank, pass and variant; restores the backend's implementation choice at the end.
-pub fn run(gpu: &mut Cuda, reps: usize) -> Result<Vec<LowRankRow>> {
+/// Every shape, rank, pass and variant, each row printed as it is measured (a run cut short keeps
+/// what it measured); restores the backend's implementation choice at the end.
+pub fn run(gpu: &mut Cuda, reps: usize, wgmma: bool) -> Result<Vec<LowRankRow>> {
     let cap = RANKS[RANKS.len() - 1];
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
     // fused kernels run twice, with the wgmma mainloop (`fused`) and with mma.sync only (`mma`).
-    let mut impls = vec![(LowRankImpl::Fused, "fused")];
-    if gpu.info().compute_capability.0 == 9 {
+    let hopper = gpu.info().compute_capability.0 == 9;
+    let mut impls = Vec::new();
+    if !hopper || wgmma {
+        impls.push((LowRankImpl::Fused, "fused"));
+    }
+    if hopper {
         impls.push((LowRankImpl::Mma, "mma"));
     }
     impls.push((LowRankImpl::Cublas, "cublas"));
+    print_header();
     let mut rows = Vec::new();
     for (n_in, n_out) in LAYERS {
         for n in ROWS {
@@ -238,7 +244,7 @@ pub fn run(gpu: &mut Cuda, reps: usize) -> Result<Vec<LowRankRow>> {
                         );
                         for (&(_, imp), &ms) in impls.iter().zip(&times) {
                             let tflops = flops / (ms * 1e-3) / 1e12;
-                            rows.push(LowRankRow {
+                            let row = LowRankRow {
                                 pass: pass.clone(),
                                 shape: format!("{n}x{n_in}>{n_out} r{rank}"),
                                 imp,
@@ -248,7 +254,9 @@ pub fn run(gpu: &mut Cuda, reps: usize) -> Result<Vec<LowRankRow>> {
                                 speedup_vs_dense: dense / ms,
                                 speedup_vs_unfused: unfused / ms,
                                 vs_flop_budget: base.then(|| ms / (dense * flops / dense_flops)),
-                            });
+                            };
+                            print_row(&row);
+                            rows.push(row);
                         }
                     }
                 }
@@ -259,26 +267,27 @@ pub fn run(gpu: &mut Cuda, reps: usize) -> Result<Vec<LowRankRow>> {
     Ok(rows)
 }
 
-pub fn print(rows: &[LowRankRow]) {
+fn print_header() {
     println!(
         "{:<12} {:<22} {:<7} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}",
         "pass", "shape", "impl", "median ms", "TF/s", "of peak", "x dense", "x unfused", "budget"
     );
-    for r in rows {
-        let budget = r
-            .vs_flop_budget
-            .map_or("-".to_string(), |b| format!("{b:.2}"));
-        println!(
-            "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}",
-            r.pass,
-            r.shape,
-            r.imp,
-            r.median_ms,
-            r.tflops,
-            100.0 * r.frac_of_peak,
-            r.speedup_vs_dense,
-            r.speedup_vs_unfused,
-            budget
-        );
-    }
+}
+
+fn print_row(r: &LowRankRow) {
+    let budget = r
+        .vs_flop_budget
+        .map_or("-".to_string(), |b| format!("{b:.2}"));
+    println!(
+        "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}",
+        r.pass,
+        r.shape,
+        r.imp,
+        r.median_ms,
+        r.tflops,
+        100.0 * r.frac_of_peak,
+        r.speedup_vs_dense,
+        r.speedup_vs_unfused,
+        budget
+    );
 }

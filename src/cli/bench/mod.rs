@@ -29,6 +29,10 @@ pub struct Args {
     /// Write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Time the fused low-rank kernels on mma.sync only, skipping Hopper's wgmma mainloop (for a
+    /// GPU where it failed `selftest`)
+    #[arg(long)]
+    no_wgmma: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -93,14 +97,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let lowrank_rows = if matches!(args.which, Which::All | Which::LowrankLinear) {
-        lowrank::run(&mut gpu, args.reps)?
+        println!();
+        lowrank::run(&mut gpu, args.reps, !args.no_wgmma)?
     } else {
         Vec::new()
     };
-    if !lowrank_rows.is_empty() {
-        println!();
-        lowrank::print(&lowrank_rows);
-    }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
