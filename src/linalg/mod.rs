@@ -1,13 +1,13 @@
 //! Host linear algebra on small matrices (faer, f64): the singular values of a low-rank product
-//! from thin QR of its factors plus an SVD of the k×k core, the core's truncation, and randomized
-//! range finding for the rank of a dense update. Factors come in the transposed storage of
+//! from thin QR of its factors plus an SVD of the k×k core, the core's truncation, and the explained
+//! rank of a dense update from its Gram matrix. Factors come in the transposed storage of
 //! `backend::LowRankShape` (Ut is k × n_in, Vt is k × n_out, row-major).
 
 pub mod factor;
-pub mod range;
+pub mod gram;
 
 pub use factor::{CoreSvd, Truncation};
-pub use range::randomized_explained_rank;
+pub use gram::gram_explained_rank;
 
 /// Explained ratio g(j) = Σ_{i≤j} s_i² / total: the smallest j with g(j) > `alpha`, at least `min`
 /// (1-based count of singular values). `s` is sorted descending; `total` is Σ s_i² over the whole

@@ -1,15 +1,13 @@
 //! Rank monitoring for every run (SCIENCE.md §5): per layer, the live rank and r90 (the smallest j
 //! whose singular values explain more than 90% of Σ s²). Low-rank layers take r90 of their live
 //! product U·Vᵀ (the update itself in inrank and lora) from the QR core; dense runs take r90 of
-//! each MLP matrix's cumulative update W − W0 by randomized range finding.
+//! each MLP matrix's cumulative update W − W0 from its Gram matrix, formed by the backend.
 
 use super::growth::live_factors;
-use crate::backend::{Backend, Buffer};
-use crate::linalg::{explained_rank, randomized_explained_rank, CoreSvd};
+use crate::backend::{Backend, Buffer, DType, Gemm, Ref};
+use crate::linalg::{explained_rank, gram_explained_rank, CoreSvd};
 use crate::model::{BlockTensor, Gpt, ParamLayout};
-use crate::util::rng::Rng;
 use anyhow::Result;
-use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 /// The explained-variance threshold of the logged r90.
@@ -46,18 +44,12 @@ struct DenseLayer {
     n_in: usize,
     n_out: usize,
     w0: Vec<f32>,
-    /// Columns of the next sketch: the last r90 plus a margin, so one sketch usually suffices.
-    sketch: usize,
 }
 
 /// r90 of W − W0 for each dense MLP matrix.
 pub struct DenseMonitor {
     layers: Vec<DenseLayer>,
-    rng: Rng,
 }
-
-/// Columns a sketch holds beyond the last r90.
-const SKETCH_MARGIN: usize = 8;
 
 impl DenseMonitor {
     /// Keeps W0 of every dense MLP matrix from `initial` (the parameters at step 0, host f32).
@@ -75,32 +67,106 @@ impl DenseMonitor {
                     n_in: t.shape[0],
                     n_out: t.shape[1],
                     w0: initial[t.offset..t.offset + t.len()].to_vec(),
-                    sketch: SKETCH_MARGIN,
                 });
             }
         }
-        DenseMonitor {
-            layers,
-            rng: Rng::new(0x5EED_4A11),
-        }
+        DenseMonitor { layers }
     }
 
     pub fn ranks<B: Backend>(&mut self, b: &B, model: &Gpt<B>) -> Result<Vec<LayerRank>> {
-        let mut out = Vec::with_capacity(self.layers.len());
-        for d in &mut self.layers {
-            let w = b.download(model.params().at(d.offset, d.n_in * d.n_out))?;
-            let delta = Mat::from_fn(d.n_in, d.n_out, |i, j| {
-                let k = i * d.n_out + j;
-                w[k] as f64 - d.w0[k] as f64
-            });
-            let r90 = randomized_explained_rank(delta.as_ref(), R90, d.sketch, &mut self.rng)?;
-            d.sketch = r90 + SKETCH_MARGIN;
-            out.push(LayerRank {
-                layer: d.prefix.clone(),
-                rank: d.n_in.min(d.n_out),
-                r90,
-            });
+        self.layers
+            .iter()
+            .map(|d| {
+                let w = model.params().at(d.offset, d.n_in * d.n_out);
+                Ok(LayerRank {
+                    layer: d.prefix.clone(),
+                    rank: d.n_in.min(d.n_out),
+                    r90: update_r90(b, w, &d.w0, d.n_in, d.n_out)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// r90 of D = W − W0 (n_in × n_out, row-major; W on the backend, W0 on the host): D is formed and its
+/// Gram matrix G = D·Dᵀ or Dᵀ·D, whichever is smaller, multiplied where W lives (in the backend's
+/// compute type: on CUDA bf16 operands, f32 accumulation); only G comes back to the host.
+fn update_r90<B: Backend>(
+    b: &B,
+    w: Ref<B::Buf>,
+    w0: &[f32],
+    n_in: usize,
+    n_out: usize,
+) -> Result<usize> {
+    let len = n_in * n_out;
+    let mut d = b.alloc(DType::F32, len)?;
+    b.cast(w, d.all_mut())?;
+    let mut w0_dev = b.alloc(DType::F32, len)?;
+    b.upload(w0, w0_dev.all_mut())?;
+    b.sub(d.all_mut(), w0_dev.all())?;
+    let compute = b.compute_dtype();
+    let d = if compute == DType::F32 {
+        d
+    } else {
+        let mut dc = b.alloc(compute, len)?;
+        b.cast(d.all(), dc.all_mut())?;
+        dc
+    };
+    let n = n_in.min(n_out);
+    let gram = if n_in <= n_out {
+        Gemm::new(n_in, n_in, n_out).trans_b()
+    } else {
+        Gemm::new(n_out, n_out, n_in).trans_a()
+    };
+    let mut g = b.alloc(DType::F32, n * n)?;
+    b.gemm(&gram, d.all(), d.all(), g.all_mut())?;
+    gram_explained_rank(&b.download(g.all())?, n, R90)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::linalg::factor::thin_qr;
+    use crate::util::rng::Rng;
+    use faer::Mat;
+
+    /// D = Q1·diag(s)·Q2ᵀ with random orthonormal Q1, Q2: its spectrum is `s` by construction.
+    fn with_spectrum(rows: usize, cols: usize, s: &[f64], rng: &mut Rng) -> Mat<f64> {
+        let k = s.len();
+        let (q1, _) = thin_qr(Mat::from_fn(rows, k, |_, _| rng.normal()).as_ref());
+        let (q2, _) = thin_qr(Mat::from_fn(cols, k, |_, _| rng.normal()).as_ref());
+        let sd = Mat::from_fn(k, k, |i, j| if i == j { s[i] } else { 0.0 });
+        q1 * sd * q2.transpose()
+    }
+
+    /// W = W0 + D for a random W0 and a D of known spectrum: r90 of the update in closed form, for
+    /// a wide and a tall matrix (the Gram matrix is taken on the smaller side).
+    #[test]
+    fn update_r90_matches_the_closed_form_of_a_known_spectrum() {
+        let mut rng = Rng::new(5);
+        // s_i = 0.8^i over 60 values: r90 is the smallest j with 1 − 0.64^j > 0.9·(1 − 0.64^60),
+        // i.e. j = 6 (0.64^5 = 0.107, 0.64^6 = 0.069).
+        let geometric: Vec<f64> = (0..60).map(|i| 0.8f64.powi(i)).collect();
+        // A flat spectrum of 30 at α = 0.9 needs 28 directions (27/30 = 0.9 is not above it).
+        let flat = [0.5; 30];
+        for (n_in, n_out) in [(96, 160), (160, 96)] {
+            for (s, want) in [(&geometric[..], 6), (&flat[..], 28)] {
+                let d = with_spectrum(n_in, n_out, s, &mut rng);
+                let w0 = rng.normal_vec(n_in * n_out, 0.02);
+                let w: Vec<f32> = (0..n_in * n_out)
+                    .map(|k| w0[k] + d[(k / n_out, k % n_out)] as f32)
+                    .collect();
+                let mut wb = Cpu.alloc(DType::F32, w.len()).unwrap();
+                Cpu.upload(&w, wb.all_mut()).unwrap();
+                let r90 = update_r90(&Cpu, wb.all(), &w0, n_in, n_out).unwrap();
+                assert_eq!(r90, want, "{n_in} × {n_out}, {} values", s.len());
+            }
         }
-        Ok(out)
+        // No update at all: rank 1, not a division by zero.
+        let w0 = rng.normal_vec(8 * 5, 0.02);
+        let mut wb = Cpu.alloc(DType::F32, w0.len()).unwrap();
+        Cpu.upload(&w0, wb.all_mut()).unwrap();
+        assert_eq!(update_r90(&Cpu, wb.all(), &w0, 8, 5).unwrap(), 1);
     }
 }
