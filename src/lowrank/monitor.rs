@@ -8,6 +8,7 @@ use crate::backend::{Backend, Buffer, DType, Gemm, Ref};
 use crate::linalg::{explained_rank, gram_explained_rank, CoreSvd};
 use crate::model::{BlockTensor, Gpt, ParamLayout};
 use anyhow::Result;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The explained-variance threshold of the logged r90.
@@ -74,30 +75,42 @@ impl DenseMonitor {
     }
 
     pub fn ranks<B: Backend>(&mut self, b: &B, model: &Gpt<B>) -> Result<Vec<LayerRank>> {
-        self.layers
+        // The Gram matrices one after the other on the backend, then the host eigensolves in
+        // parallel (on a GPU run they are the host's whole share of the cost).
+        let grams = self
+            .layers
             .iter()
             .map(|d| {
                 let w = model.params().at(d.offset, d.n_in * d.n_out);
+                update_gram(b, w, &d.w0, d.n_in, d.n_out)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.layers
+            .par_iter()
+            .zip(grams)
+            .map(|(d, g)| {
+                let n = d.n_in.min(d.n_out);
                 Ok(LayerRank {
                     layer: d.prefix.clone(),
-                    rank: d.n_in.min(d.n_out),
-                    r90: update_r90(b, w, &d.w0, d.n_in, d.n_out)?,
+                    rank: n,
+                    r90: gram_explained_rank(&g, n, R90)?,
                 })
             })
             .collect()
     }
 }
 
-/// r90 of D = W − W0 (n_in × n_out, row-major; W on the backend, W0 on the host): D is formed and its
-/// Gram matrix G = D·Dᵀ or Dᵀ·D, whichever is smaller, multiplied where W lives (in the backend's
-/// compute type: on CUDA bf16 operands, f32 accumulation); only G comes back to the host.
-fn update_r90<B: Backend>(
+/// The Gram matrix (row-major f32, min(n_in, n_out)² values) of D = W − W0, n_in × n_out row-major
+/// with W on the backend and W0 on the host: D is formed and G = D·Dᵀ or Dᵀ·D, whichever is
+/// smaller, multiplied where W lives (in the backend's compute type: on CUDA bf16 operands, f32
+/// accumulation); only G comes back to the host.
+fn update_gram<B: Backend>(
     b: &B,
     w: Ref<B::Buf>,
     w0: &[f32],
     n_in: usize,
     n_out: usize,
-) -> Result<usize> {
+) -> Result<Vec<f32>> {
     let len = n_in * n_out;
     let mut d = b.alloc(DType::F32, len)?;
     b.cast(w, d.all_mut())?;
@@ -120,7 +133,7 @@ fn update_r90<B: Backend>(
     };
     let mut g = b.alloc(DType::F32, n * n)?;
     b.gemm(&gram, d.all(), d.all(), g.all_mut())?;
-    gram_explained_rank(&b.download(g.all())?, n, R90)
+    b.download(g.all())
 }
 
 #[cfg(test)]
@@ -143,7 +156,7 @@ mod tests {
     /// W = W0 + D for a random W0 and a D of known spectrum: r90 of the update in closed form, for
     /// a wide and a tall matrix (the Gram matrix is taken on the smaller side).
     #[test]
-    fn update_r90_matches_the_closed_form_of_a_known_spectrum() {
+    fn gram_r90_matches_the_closed_form_of_a_known_spectrum() {
         let mut rng = Rng::new(5);
         // s_i = 0.8^i over 60 values: r90 is the smallest j with 1 − 0.64^j > 0.9·(1 − 0.64^60),
         // i.e. j = 6 (0.64^5 = 0.107, 0.64^6 = 0.069).
@@ -159,7 +172,8 @@ mod tests {
                     .collect();
                 let mut wb = Cpu.alloc(DType::F32, w.len()).unwrap();
                 Cpu.upload(&w, wb.all_mut()).unwrap();
-                let r90 = update_r90(&Cpu, wb.all(), &w0, n_in, n_out).unwrap();
+                let g = update_gram(&Cpu, wb.all(), &w0, n_in, n_out).unwrap();
+                let r90 = gram_explained_rank(&g, n_in.min(n_out), R90).unwrap();
                 assert_eq!(r90, want, "{n_in} × {n_out}, {} values", s.len());
             }
         }
@@ -167,6 +181,7 @@ mod tests {
         let w0 = rng.normal_vec(8 * 5, 0.02);
         let mut wb = Cpu.alloc(DType::F32, w0.len()).unwrap();
         Cpu.upload(&w0, wb.all_mut()).unwrap();
-        assert_eq!(update_r90(&Cpu, wb.all(), &w0, 8, 5).unwrap(), 1);
+        let g = update_gram(&Cpu, wb.all(), &w0, 8, 5).unwrap();
+        assert_eq!(gram_explained_rank(&g, 5, R90).unwrap(), 1);
     }
 }
