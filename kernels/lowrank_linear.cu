@@ -118,11 +118,45 @@ __device__ __forceinline__ void mma_stage(float (&acc)[T::MFRAG][T::NFRAG][4], u
     }
 }
 
+// Column sums of A riding on the GEMM (COLSUM): with one segment, the blocks of the first column
+// block (blockIdx.x == 0) see every element of A once, in shared memory. Each thread sums 16 rows
+// of one of the tile's 32 columns into red[tile % 2][group][col]; after the next barrier warp 0
+// adds the 8 groups in order and writes partials[blockIdx.y][col]. Double-buffered, so the
+// barriers the pipeline already has are the only ones. Deterministic: fixed order everywhere.
+// `red` lies in dynamic shared memory past the pipeline's stages (BYTES more for this kernel).
+template <class T>
+struct ColumnSums {
+    static constexpr int GROUPS = T::THREADS / T::BK, ROWS = T::BM / GROUPS;
+    static constexpr int BYTES = 2 * GROUPS * T::BK * (int)sizeof(float);
+    float (*red)[GROUPS][T::BK];
+
+    __device__ __forceinline__ explicit ColumnSums(unsigned char* past_stages)
+        : red(reinterpret_cast<float (*)[GROUPS][T::BK]>(past_stages)) {}
+
+    __device__ __forceinline__ void add_tile(const unsigned char* stage, int tile) {
+        const bf16* a = reinterpret_cast<const bf16*>(stage);
+        const int col = threadIdx.x % T::BK, group = threadIdx.x / T::BK;
+        float sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) sum += to_float(a[(group * ROWS + r) * T::A_LD + col]);
+        red[tile & 1][group][col] = sum;
+    }
+    // Warp 0 only, after a barrier that follows add_tile(tile).
+    __device__ __forceinline__ void flush(float* partials, int k, int tile) const {
+        const int col = threadIdx.x, gcol = tile * T::BK + col;
+        float sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < GROUPS; ++g) sum += red[tile & 1][g][col];
+        if (gcol < k) partials[(size_t)blockIdx.y * k + gcol] = sum;
+    }
+};
+
 // C = Σ_s A_s·B_s (+ bias), one block per BM × BN output tile. The pipeline keeps STAGES−1 tiles of
 // loads in flight; the tile index runs through segment 0's k-tiles, then segment 1's, so the two
-// products accumulate in the same registers and the pipeline never drains between them.
-template <class T, bool NT0, bool NT1, class OutT>
-__device__ __forceinline__ void seg_gemm(const SegGemmParams& p) {
+// products accumulate in the same registers and the pipeline never drains between them. With
+// COLSUM (one segment), also the column sums of A into `partials` (k[0] per row block).
+template <class T, bool NT0, bool NT1, class OutT, bool COLSUM = false>
+__device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials = nullptr) {
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t s0 = smem_addr(smem);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -151,13 +185,23 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p) {
         if (s < tiles) load(s);
         cp_async_commit();
     }
+    ColumnSums<T> sums(smem + T::SMEM_BYTES);
+    const bool colsum = COLSUM && blockIdx.x == 0;  // uniform per block
     for (int tile = 0; tile < tiles; ++tile) {
         cp_async_wait<T::STAGES - 2>();  // this tile has landed ...
         __syncthreads();                 // ... for every thread, and the stage refilled below is free
         if (tile + T::STAGES - 1 < tiles) load(tile + T::STAGES - 1);
         cp_async_commit();
+        if (colsum) {
+            if (tile > 0 && warp == 0) sums.flush(partials, p.k[0], tile - 1);
+            sums.add_tile(smem + (tile % T::STAGES) * T::STAGE_ELEMS * sizeof(bf16), tile);
+        }
         if (tile >= tiles0) mma_stage<T, NT1>(acc, stage_a(tile), stage_b(tile), warp_m0, warp_n0, lane);
         else mma_stage<T, NT0>(acc, stage_a(tile), stage_b(tile), warp_m0, warp_n0, lane);
+    }
+    if (colsum) {
+        __syncthreads();
+        if (warp == 0 && tiles > 0) sums.flush(partials, p.k[0], tiles - 1);
     }
 
     // Epilogue: accumulator pairs (c0,c1) and (c2,c3) are two adjacent columns of rows lane/4 and
@@ -191,6 +235,12 @@ SEG_GEMM(lowrank_dx_wide_f32, WideTile, true, false, float)
 SEG_GEMM(lowrank_dx_narrow_bf16, NarrowTile, true, false, bf16)
 SEG_GEMM(lowrank_dx_narrow_f32, NarrowTile, true, false, float)
 SEG_GEMM(lowrank_project_narrow_bf16, NarrowTile, true, true, bf16)
+// s = dy·Vtᵀ plus partials[row block][j] = Σ of dy's rows in the block, column j (the bias gradient's
+// first pass, without a second read of dy); column_sum_finish adds the row blocks.
+extern "C" __global__ void __launch_bounds__(NarrowTile::THREADS)
+    lowrank_project_colsum_narrow_bf16(const SegGemmParams p, float* partials) {
+    seg_gemm<NarrowTile, true, true, bf16, true>(p, partials);
+}
 
 // Column sums (db += Σ_rows dy) in two deterministic passes, no atomics: a (32 × COLSUM_ROWS) block
 // sums one chunk of rows for 32 columns into partials[chunk][col]; the finishing kernel adds the

@@ -6,10 +6,11 @@
 //! every GPU) and wgmma (kernels/lowrank_wgmma.cu, Hopper), picked per call by `pick_tile`.
 //!
 //! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel).
-//! Fused backward: s = dy·Vt[:k]ᵀ (skinny), dx = [dy | s]·[W0ᵀ ; Ut[:k]] (one kernel), then
-//! dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy through cuBLASLt (reductions over n, which cuBLASLt splits
-//! over K well) and db += Σ dy by a deterministic column sum.
+//! Fused backward: s = dy·Vt[:k]ᵀ (skinny, also summing dy's columns per row block for db),
+//! dx = [dy | s]·[W0ᵀ ; Ut[:k]] (one kernel), then dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy through
+//! cuBLASLt (reductions over n, which cuBLASLt splits over K well) and db += the row blocks' sums.
 
+mod column_sums;
 mod cublas;
 
 use super::{Cuda, CudaBuf};
@@ -17,6 +18,7 @@ use crate::backend::{
     DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
 };
 use anyhow::{bail, ensure, Context, Result};
+use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
 use cublas::{dx_cublas, forward_cublas, strides};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -113,9 +115,9 @@ const WGMMA: Tile = Tile {
     smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
 };
 const GEMM_THREADS: u32 = 256;
-/// Rows summed per column-sum block (kernels/lowrank_linear.cu COLSUM_ROWS) and its 32 columns.
-const COLSUM_ROWS: u32 = 16;
-const COLSUM_COLS: usize = 32;
+/// Extra dynamic shared memory of the projection that also sums A's columns (`ColumnSums::BYTES`
+/// of the narrow tile: 2 buffers × 8 row groups × 32 columns of f32).
+const COLSUM_SMEM: u32 = 2 * 8 * 32 * 4;
 
 /// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
 /// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
@@ -169,15 +171,26 @@ fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Tile {
     }
 }
 
+/// One segmented GEMM. `colsum` (projections only): also write A's column sums per row block of
+/// the tile, `partials[m.div_ceil(bm)][k]`, for the bias gradient.
 fn launch_seg_gemm(
     cuda: &Cuda,
     role: Role,
     segs: [Option<Segment>; 2],
     bias: u64,
     out: &Output,
+    colsum: Option<u64>,
 ) -> Result<()> {
-    let tile = pick_tile(cuda, role, out.m, out.n_store);
-    let name = kernel_name(role, tile, out.dtype)?;
+    let mut tile = pick_tile(cuda, role, out.m, out.n_store);
+    let mut name = kernel_name(role, tile, out.dtype)?;
+    if colsum.is_some() {
+        ensure!(
+            role == Role::Project && tile.name == NARROW.name && out.dtype == DType::BF16,
+            "column sums ride only on the bf16 projection"
+        );
+        name = "lowrank_project_colsum_narrow_bf16";
+        tile.smem_bytes += COLSUM_SMEM;
+    }
     let f = cuda.modules.function(tile.file, name)?;
     // Above 48 KB, dynamic shared memory must be opted into per function; setting it is a host-side
     // attribute write, cheap next to the launch.
@@ -219,8 +232,14 @@ fn launch_seg_gemm(
         block_dim: (GEMM_THREADS, 1, 1),
         shared_mem_bytes: tile.smem_bytes,
     };
-    // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements.
-    unsafe { cuda.stream.launch_builder(&f).arg(&p).launch(cfg)? };
+    let mut launch = cuda.stream.launch_builder(&f);
+    launch.arg(&p);
+    if let Some(partials) = &colsum {
+        launch.arg(partials);
+    }
+    // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements;
+    // the caller sized `partials` for the grid's row blocks.
+    unsafe { launch.launch(cfg)? };
     Ok(())
 }
 
@@ -284,7 +303,7 @@ pub fn forward(
         n_store: stride,
         ldc: stride,
     };
-    launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &t_out)?;
+    launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &t_out, None)?;
     let base = w0.map(|b| Segment {
         a: x.ptr(),
         lda: sh.n_in,
@@ -307,7 +326,7 @@ pub fn forward(
         n_store: sh.n_out,
         ldc: sh.n_out,
     };
-    launch_seg_gemm(cuda, Role::Y, [base, Some(low)], bias_ptr, &y_out)
+    launch_seg_gemm(cuda, Role::Y, [base, Some(low)], bias_ptr, &y_out, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,15 +347,17 @@ pub fn backward(
     operands.extend(w.w0.map(|r| r.ptr()));
     let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(dx.ptr(), dx.dtype())]);
-    if fused {
-        dx_fused(cuda, sh, dy, w, s.reborrow(), &dx)?;
+    let dy_sums = if fused {
+        dx_fused(cuda, sh, dy, w, s.reborrow(), &dx, g.dbias.is_some())?
     } else {
         dx_cublas(cuda, sh, dy, w, s.reborrow(), &dx)?;
-    }
-    factor_grads(cuda, sh, x, t, dy, s.as_ref(), g)
+        None
+    };
+    factor_grads(cuda, sh, x, t, dy, s.as_ref(), g, dy_sums)
 }
 
-/// s = dy·Vt[:k]ᵀ (skinny kernel), then dx = [dy | s]·[W0ᵀ ; Ut[:k]] in one kernel.
+/// s = dy·Vt[:k]ᵀ (skinny kernel; with `want_dy_sums`, also dy's column sums per row block), then
+/// dx = [dy | s]·[W0ᵀ ; Ut[:k]] in one kernel.
 fn dx_fused(
     cuda: &Cuda,
     sh: &LowRankShape,
@@ -344,7 +365,8 @@ fn dx_fused(
     w: LowRankWeights<CudaBuf>,
     s: Mut<CudaBuf>,
     dx: &Mut<CudaBuf>,
-) -> Result<()> {
+    want_dy_sums: bool,
+) -> Result<Option<RowBlockSums>> {
     let stride = sh.scratch_stride();
     let project = Segment {
         a: dy.ptr(),
@@ -361,7 +383,25 @@ fn dx_fused(
         n_store: stride,
         ldc: stride,
     };
-    launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &s_out)?;
+    let dy_sums = if want_dy_sums {
+        let blocks = sh.n.div_ceil(NARROW.bm);
+        // Freed stream-ordered (cuMemFreeAsync) when dropped, after the kernels that read it.
+        let partials = cuda.stream.alloc_zeros::<f32>(blocks * sh.n_out)?;
+        Some(RowBlockSums { partials, blocks })
+    } else {
+        None
+    };
+    let partials_ptr = dy_sums
+        .as_ref()
+        .map(|d| super::slice_ptr(&d.partials, &cuda.stream));
+    launch_seg_gemm(
+        cuda,
+        Role::Project,
+        [Some(project), None],
+        0,
+        &s_out,
+        partials_ptr,
+    )?;
     let base = w.w0.map(|w0| Segment {
         a: dy.ptr(),
         lda: sh.n_out,
@@ -384,10 +424,13 @@ fn dx_fused(
         n_store: sh.n_in,
         ldc: sh.n_in,
     };
-    launch_seg_gemm(cuda, Role::Dx, [base, Some(low)], 0, &dx_out)
+    launch_seg_gemm(cuda, Role::Dx, [base, Some(low)], 0, &dx_out, None)?;
+    Ok(dy_sums)
 }
 
-/// dUt[:k] += sᵀ·x, dVt[:k] += tᵀ·dy (cuBLASLt, f32 accumulation into f32) and db += Σ_rows dy.
+/// dUt[:k] += sᵀ·x, dVt[:k] += tᵀ·dy (cuBLASLt, f32 accumulation into f32) and db += Σ_rows dy,
+/// from the projection's row-block sums when it left them, else by reading dy again.
+#[allow(clippy::too_many_arguments)]
 fn factor_grads(
     cuda: &Cuda,
     sh: &LowRankShape,
@@ -396,6 +439,7 @@ fn factor_grads(
     dy: Ref<CudaBuf>,
     s: Ref<CudaBuf>,
     g: LowRankGrads<CudaBuf>,
+    dy_sums: Option<RowBlockSums>,
 ) -> Result<()> {
     let LowRankShape {
         n,
@@ -427,71 +471,12 @@ fn factor_grads(
         dy.ptr(),
         g.dvt.ptr(),
     )?;
-    match g.dbias {
-        Some(db) => add_column_sums(cuda, dy, n, n_out, db),
-        None => Ok(()),
+    match (g.dbias, dy_sums) {
+        (Some(db), Some(sums)) => {
+            let pp = super::slice_ptr(&sums.partials, &cuda.stream);
+            finish_column_sums(cuda, pp, sums.blocks, n_out, db)
+        }
+        (Some(db), None) => add_column_sums(cuda, dy, n, n_out, db),
+        (None, _) => Ok(()),
     }
-}
-
-/// out[j] += Σ_i m[i][j] for a bf16 row-major rows × cols matrix, deterministically (two passes).
-fn add_column_sums(
-    cuda: &Cuda,
-    m: Ref<CudaBuf>,
-    rows: usize,
-    cols: usize,
-    out: Mut<CudaBuf>,
-) -> Result<()> {
-    // Enough row chunks for ~4 blocks per SM, each chunk at least 64 rows.
-    let col_blocks = cols.div_ceil(COLSUM_COLS);
-    let want_chunks = (4 * cuda.info.sms.max(1) as usize).div_ceil(col_blocks);
-    let rows_per_chunk = rows.div_ceil(want_chunks.clamp(1, rows.div_ceil(64).max(1)));
-    let chunks = rows.div_ceil(rows_per_chunk);
-    // Freed stream-ordered (cuMemFreeAsync) when dropped, after the kernels below have read it.
-    let partials = cuda.stream.alloc_zeros::<f32>(chunks * cols)?;
-    let pp = super::slice_ptr(&partials, &cuda.stream);
-    let (mp, op) = (m.ptr(), out.ptr());
-    let (rows_i, cols_i, rpc_i, chunks_i) = (
-        rows as i32,
-        cols as i32,
-        rows_per_chunk as i32,
-        chunks as i32,
-    );
-    let f = cuda
-        .modules
-        .function("lowrank_linear", "column_sum_partials_bf16")?;
-    let cfg = LaunchConfig {
-        grid_dim: (col_blocks as u32, chunks as u32, 1),
-        block_dim: (COLSUM_COLS as u32, COLSUM_ROWS, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: m holds rows · cols elements (check_backward); partials holds chunks · cols.
-    unsafe {
-        cuda.stream
-            .launch_builder(&f)
-            .arg(&mp)
-            .arg(&pp)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&rpc_i)
-            .launch(cfg)?
-    };
-    let f = cuda
-        .modules
-        .function("lowrank_linear", "column_sum_finish")?;
-    let cfg = LaunchConfig {
-        grid_dim: (cols.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: out holds cols f32 values (check_backward).
-    unsafe {
-        cuda.stream
-            .launch_builder(&f)
-            .arg(&pp)
-            .arg(&op)
-            .arg(&chunks_i)
-            .arg(&cols_i)
-            .launch(cfg)?
-    };
-    Ok(())
 }
