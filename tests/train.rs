@@ -195,9 +195,25 @@ fn bad_settings_fail_before_training_with_a_sentence() {
         "{}",
         text(&o)
     );
+    assert!(!dir.exists(), "a refused run created {}", dir.display());
     let o = train(&dir, &["--data", "/nonexistent/x_train_*.bin"]);
     assert!(
         !o.status.success() && text(&o).contains("/nonexistent"),
+        "{}",
+        text(&o)
+    );
+    // A profiling window outside the run, before anything is written.
+    let o = train(&dir, &["--steps", "3", "--profile-steps", "2:4"]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("must lie within the steps this run trains, 1..=3"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.exists(), "a refused run created {}", dir.display());
+    let o = train(&dir, &["--steps", "3", "--profile-steps", "3"]);
+    assert!(
+        !o.status.success() && text(&o).contains("FIRST:LAST"),
         "{}",
         text(&o)
     );
@@ -208,7 +224,10 @@ fn bad_settings_fail_before_training_with_a_sentence() {
         text(&o)
     );
     // A finished run refuses a fresh start into the same directory, and a resume with other settings.
-    assert!(train(&dir, &["--steps", "2"]).status.success());
+    // (Its profiling window is inert on the CPU: no profiler, and no NVTX library to record into.)
+    assert!(train(&dir, &["--steps", "2", "--profile-steps", "1:2"])
+        .status
+        .success());
     let o = train(&dir, &["--steps", "2"]);
     assert!(
         !o.status.success() && text(&o).contains("already holds a training run"),

@@ -412,6 +412,12 @@ pub trait Backend {
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
 
+    /// Starts (`true`) or stops the profiler's capture (Nsight's `--capture-range=cudaProfilerApi`);
+    /// nothing to capture on the CPU.
+    fn profiler_capture(&self, _on: bool) -> Result<()> {
+        Ok(())
+    }
+
     // ---- Low-rank linear layer (issue 5). See [`LowRankShape`] for the layout of the factors. ----
 
     /// y = x·W0 + t·Vt[:k] + b with t = x·Ut[:k]ᵀ, k = `sh.rank`; W0 and b are optional.

@@ -5,6 +5,7 @@ use crate::backend::{cpu::Cpu, cuda::Cuda};
 use crate::lowrank::{LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport};
 use crate::optim::Decay;
 use crate::train::{self, RunOptions, TrainConfig};
+use crate::util::profile::CaptureWindow;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,10 @@ pub struct Args {
     /// Stop after this step with a checkpoint, as an interruption would
     #[arg(long, value_name = "STEP")]
     stop_at: Option<u32>,
+    /// Run steps FIRST..=LAST under the CUDA profiler's capture, for
+    /// `nsys profile --capture-range=cudaProfilerApi`; NVTX ranges name each step's phases and blocks
+    #[arg(long, value_name = "FIRST:LAST")]
+    profile_steps: Option<CaptureWindow>,
     /// Backend: cpu (f32 reference) or cuda (bf16; not yet verified on a GPU)
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -214,6 +219,7 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
         stop_at: a.stop_at,
         interrupted,
+        profile: a.profile_steps,
     };
     let summary = match a.device {
         Device::Cpu => train::run(&Cpu, cfg, opts)?,

@@ -91,6 +91,7 @@ pub(super) fn backward<B: Backend>(
     )?;
 
     for l in (0..n_layer).rev() {
+        let _range = crate::util::profile::range(|| format!("block {l} backward"));
         block_backward(b, m, lr, grads, d, n_layer, l)?;
     }
 

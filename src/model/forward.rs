@@ -53,6 +53,7 @@ pub(super) fn forward<B: Backend>(
     )?;
     let n_layer = a.ln1.len() / s.len();
     for l in 0..n_layer {
+        let _range = crate::util::profile::range(|| format!("block {l} forward"));
         block_forward(b, layout, w, lr, a, n_layer, l)?;
     }
     let ((off, len), shape) = (layout.ln_f(), rows(a));

@@ -14,6 +14,7 @@ use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::hf::load_checkpoint;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
+use crate::util::profile::{self, CaptureWindow};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,8 @@ pub struct RunOptions {
     pub stop_at: Option<u32>,
     /// Set by Ctrl-C (or SIGTERM): the loop checkpoints after the current step and returns.
     pub interrupted: Arc<AtomicBool>,
+    /// Steps to run under the profiler's capture (Nsight Systems, `--capture-range=cudaProfilerApi`).
+    pub profile: Option<CaptureWindow>,
 }
 
 /// How a run ended.
@@ -87,15 +90,27 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     } else {
         refuse_to_overwrite(&opts.out)?;
     }
+    if let Some(w) = opts.profile {
+        let done = resume.as_ref().map_or(0, |ck| ck.state.step);
+        ensure!(
+            w.last <= cfg.steps && w.first > done,
+            "--profile-steps {}:{} must lie within the steps this run trains, {}..={}",
+            w.first,
+            w.last,
+            done + 1,
+            cfg.steps
+        );
+    }
     let (train_set, val_set) = open_data(&cfg)?;
+    // The model first: its shape checks (--seq against the context, say) refuse a run before the
+    // output directory exists.
+    let mut model = Gpt::with_lowrank(b, gpt_config, &cfg.lowrank, cfg.batch, cfg.seq, cfg.seed)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(
         &opts.out.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
-
-    let mut model = Gpt::with_lowrank(b, gpt_config, &cfg.lowrank, cfg.batch, cfg.seq, cfg.seed)?;
     if let (Some(base), None) = (&cfg.lowrank.lora_base, &resume) {
         let (_, tensors) = load_checkpoint(Path::new(base))
             .with_context(|| format!("cannot load --lora-base {base}"))?;
@@ -154,6 +169,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         interrupted: false,
     };
     while step < cfg.steps {
+        if opts.profile.is_some_and(|w| w.starts_at(step + 1)) {
+            b.profiler_capture(true)?;
+        }
+        let step_range = profile::range(|| format!("step {}", step + 1));
         let started = Instant::now();
         model.zero_grads(b)?;
         let mut loss_sum = 0.0f64;
@@ -165,9 +184,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 &mut inputs,
                 &mut targets,
             );
+            let forward = profile::range(|| "forward".into());
             let loss = model
                 .forward(b, &inputs, Some(&targets))?
                 .context("forward with targets returns a loss")?;
+            drop(forward);
+            let _backward = profile::range(|| "backward".into());
             model.backward(b, 1.0 / cfg.accum as f32)?;
             loss_sum += loss as f64;
         }
@@ -181,10 +203,14 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         let lr = schedule.lr(step + 1);
         let bufs = model.optimizer_buffers();
+        let optimizer = profile::range(|| "optimizer".into());
         let report = opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)?;
         b.synchronize()?;
+        drop(optimizer);
         step += 1;
+        let rank_range = profile::range(|| "ranks".into());
         let events = ranks.after_step(b, &mut model, &mut opt, step, cfg.steps)?;
+        drop(rank_range);
         for c in &events.changes {
             progress.println(&format!(
                 "step {step}: {} rank {} → {}",
@@ -203,13 +229,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
 
         let eval_now = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
         let val_loss = match (&val_set, eval_now) {
-            (Some(val), true) => Some(evaluate::mean_loss(
-                b,
-                &mut model,
-                val,
-                shape,
-                cfg.eval_batches,
-            )?),
+            (Some(val), true) => Some({
+                let _eval = profile::range(|| "eval".into());
+                evaluate::mean_loss(b, &mut model, val, shape, cfg.eval_batches)?
+            }),
             _ => None,
         };
         let record = StepRecord {
@@ -235,6 +258,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         progress.step(step, cfg.steps, &line, val_loss.is_some());
         summary.last_train_loss = Some(train_loss);
         summary.last_val_loss = val_loss.or(summary.last_val_loss);
+        drop(step_range);
+        if opts.profile.is_some_and(|w| w.stops_after(step)) {
+            b.synchronize()?;
+            b.profiler_capture(false)?;
+        }
 
         let interrupted = opts.interrupted.load(Ordering::SeqCst);
         let stop = interrupted || opts.stop_at == Some(step);
@@ -242,6 +270,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             || step == cfg.steps
             || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
         {
+            let _checkpoint = profile::range(|| "checkpoint".into());
             let state = TrainState {
                 step,
                 tokens,

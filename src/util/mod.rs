@@ -1,4 +1,5 @@
 //! Small shared helpers with no better home.
 
 pub mod plot;
+pub mod profile;
 pub mod rng;

@@ -221,6 +221,20 @@ impl Backend for Cuda {
         Ok(())
     }
 
+    fn profiler_capture(&self, on: bool) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: plain driver calls on the bound context.
+        let rc = unsafe {
+            if on {
+                cudarc::driver::sys::cuProfilerStart()
+            } else {
+                cudarc::driver::sys::cuProfilerStop()
+            }
+        };
+        rc.result()
+            .with_context(|| format!("cuProfiler{} failed", if on { "Start" } else { "Stop" }))
+    }
+
     fn embedding_forward(
         &self,
         out: Mut<CudaBuf>,
