@@ -154,7 +154,8 @@ struct ColumnSums {
 // C = Σ_s A_s·B_s (+ bias), one block per BM × BN output tile. The pipeline keeps STAGES−1 tiles of
 // loads in flight; the tile index runs through segment 0's k-tiles, then segment 1's, so the two
 // products accumulate in the same registers and the pipeline never drains between them. With
-// COLSUM (one segment), also the column sums of A into `partials` (k[0] per row block).
+// COLSUM (one segment), also the column sums of A into `partials` (k[0] per row block). With
+// p.split_tiles, each z-slice of the grid runs its own range of k-tiles (split K).
 template <class T, bool NT0, bool NT1, class OutT, bool COLSUM = false>
 __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials = nullptr) {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -179,21 +180,31 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials
         }
     };
 
+    int tile_begin = 0, tile_end = tiles;
+    OutT* c = static_cast<OutT*>(p.c);
+    const bf16* bias = p.bias;
+    if (p.split_tiles > 0) {
+        tile_begin = min(tiles, (int)blockIdx.z * p.split_tiles);
+        tile_end = min(tiles, tile_begin + p.split_tiles);
+        c += blockIdx.z * p.split_stride;
+        if (blockIdx.z > 0) bias = nullptr;
+    }
+
     float acc[T::MFRAG][T::NFRAG][4] = {};
 #pragma unroll
     for (int s = 0; s < T::STAGES - 1; ++s) {
-        if (s < tiles) load(s);
+        if (tile_begin + s < tile_end) load(tile_begin + s);
         cp_async_commit();
     }
     ColumnSums<T> sums(smem + T::SMEM_BYTES);
     const bool colsum = COLSUM && blockIdx.x == 0;  // uniform per block
-    for (int tile = 0; tile < tiles; ++tile) {
+    for (int tile = tile_begin; tile < tile_end; ++tile) {
         cp_async_wait<T::STAGES - 2>();  // this tile has landed ...
         __syncthreads();                 // ... for every thread, and the stage refilled below is free
-        if (tile + T::STAGES - 1 < tiles) load(tile + T::STAGES - 1);
+        if (tile + T::STAGES - 1 < tile_end) load(tile + T::STAGES - 1);
         cp_async_commit();
         if (colsum) {
-            if (tile > 0 && warp == 0) sums.flush(partials, p.k[0], tile - 1);
+            if (tile > tile_begin && warp == 0) sums.flush(partials, p.k[0], tile - 1);
             sums.add_tile(smem + (tile % T::STAGES) * T::STAGE_ELEMS * sizeof(bf16), tile);
         }
         if (tile >= tiles0) mma_stage<T, NT1>(acc, stage_a(tile), stage_b(tile), warp_m0, warp_n0, lane);
@@ -201,17 +212,16 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials
     }
     if (colsum) {
         __syncthreads();
-        if (warp == 0 && tiles > 0) sums.flush(partials, p.k[0], tiles - 1);
+        if (warp == 0 && tile_end > tile_begin) sums.flush(partials, p.k[0], tile_end - 1);
     }
 
     // Epilogue: accumulator pairs (c0,c1) and (c2,c3) are two adjacent columns of rows lane/4 and
     // lane/4 + 8; bias added in f32, then one rounding to the output type.
-    OutT* c = static_cast<OutT*>(p.c);
 #pragma unroll
     for (int ni = 0; ni < T::NFRAG; ++ni) {
         const int col = n0 + warp_n0 + ni * 8 + (lane & 3) * 2;
         if (col >= p.n_store) continue;
-        const float b0 = p.bias ? to_float(p.bias[col]) : 0.0f, b1 = p.bias ? to_float(p.bias[col + 1]) : 0.0f;
+        const float b0 = bias ? to_float(bias[col]) : 0.0f, b1 = bias ? to_float(bias[col + 1]) : 0.0f;
 #pragma unroll
         for (int mi = 0; mi < T::MFRAG; ++mi)
 #pragma unroll
@@ -235,11 +245,26 @@ SEG_GEMM(lowrank_dx_wide_f32, WideTile, true, false, float)
 SEG_GEMM(lowrank_dx_narrow_bf16, NarrowTile, true, false, bf16)
 SEG_GEMM(lowrank_dx_narrow_f32, NarrowTile, true, false, float)
 SEG_GEMM(lowrank_project_narrow_bf16, NarrowTile, true, true, bf16)
+SEG_GEMM(lowrank_project_narrow_f32, NarrowTile, true, true, float)  // split K's partial products
 // s = dy·Vtᵀ plus partials[row block][j] = Σ of dy's rows in the block, column j (the bias gradient's
 // first pass, without a second read of dy); column_sum_finish adds the row blocks.
-extern "C" __global__ void __launch_bounds__(NarrowTile::THREADS)
-    lowrank_project_colsum_narrow_bf16(const SegGemmParams p, float* partials) {
-    seg_gemm<NarrowTile, true, true, bf16, true>(p, partials);
+#define SEG_GEMM_COLSUM(name, OutT)                                                                \
+    extern "C" __global__ void __launch_bounds__(NarrowTile::THREADS) name(const SegGemmParams p, \
+                                                                           float* partials) {     \
+        seg_gemm<NarrowTile, true, true, OutT, true>(p, partials);                                 \
+    }
+SEG_GEMM_COLSUM(lowrank_project_colsum_narrow_bf16, bf16)
+SEG_GEMM_COLSUM(lowrank_project_colsum_narrow_f32, float)
+
+// Split K's second pass: out[i][j] = Σ_z ws[z][i][j] (z in order, deterministic), one rounding to
+// bf16. ws holds `splits` m × n row-major partials, `stride` apart; out has row stride ldc.
+extern "C" __global__ void split_sum_bf16(const float* __restrict__ ws, bf16* __restrict__ out, int splits, int m, int n,
+                                          int ldc, long long stride) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)m * n) return;
+    float sum = 0.0f;
+    for (int z = 0; z < splits; ++z) sum += ws[z * stride + i];
+    out[(i / n) * ldc + i % n] = __float2bfloat16_rn(sum);
 }
 
 // Column sums (db += Σ_rows dy) in two deterministic passes, no atomics: a (32 × COLSUM_ROWS) block

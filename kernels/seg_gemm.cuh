@@ -21,6 +21,11 @@ struct SegGemmParams {
     int n_valid;  // B columns that exist; columns in [n_valid, n_store) come out exactly 0
     int n_store;  // output columns written (the padded width of t and s)
     int ldc;
+    // Split K (mma.sync kernels; 0: off): block z multiplies k-tiles [z·split_tiles, (z+1)·split_tiles)
+    // of the concatenated segments and writes its partial product (f32, no bias past z = 0) at
+    // c + z·split_stride; split_sum adds the partials in order.
+    int split_tiles;
+    long long split_stride;
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }

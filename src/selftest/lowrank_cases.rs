@@ -55,8 +55,9 @@ fn shape(n: usize, n_in: usize, n_out: usize, rank: usize) -> LowRankShape {
 }
 
 /// Every variant on a ragged shape, a GPT-2 shape, and one the fused kernels hand to the cuBLASLt
-/// path (n_in not a multiple of 8); y and dx on a ragged shape big enough for the wide (on Hopper,
-/// wgmma) tile; the realistic outputs on the other GPT-2 MLP shapes and ranks.
+/// path (n_in not a multiple of 8); the products on a ragged shape big enough for the wide (on
+/// Hopper, wgmma) tile and for split-K projections; the realistic outputs on the other GPT-2 MLP
+/// shapes and ranks (at n = 1024 their projections split K too).
 pub fn cases() -> Vec<LowRankCase> {
     let mut cases = Vec::new();
     let full = [
@@ -84,10 +85,17 @@ pub fn cases() -> Vec<LowRankCase> {
     }
     // Ragged in every dimension of the wide tiles (n, n_out and n_in not multiples of 128, K not of
     // 64, rank not of 8), yet with enough blocks (20 × 10 for y, 20 × 8 for dx) that on Hopper the
-    // y and dx products take the wgmma mainloop.
+    // y and dx products take the wgmma mainloop; its projections have 20 blocks, so they split K
+    // (s unevenly: 37 k-tiles) and s carries the bias gradient's column sums.
     for base in [true, false] {
         for out in [DType::BF16, DType::F32] {
-            for output in [LowRankOutput::Y, LowRankOutput::Dx] {
+            for output in [
+                LowRankOutput::Y,
+                LowRankOutput::T,
+                LowRankOutput::Dx,
+                LowRankOutput::S,
+                LowRankOutput::Db,
+            ] {
                 cases.push(LowRankCase {
                     sh: shape(2500, 1000, 1160, 37),
                     capacity: 40,

@@ -12,6 +12,7 @@
 
 mod column_sums;
 mod cublas;
+mod split_k;
 
 use super::{Cuda, CudaBuf};
 use crate::backend::{
@@ -22,6 +23,7 @@ use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
 use cublas::{dx_cublas, forward_cublas, strides};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use split_k::{split_count, split_sum, BK};
 
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -66,6 +68,8 @@ struct SegGemmParams {
     n_valid: i32,
     n_store: i32,
     ldc: i32,
+    split_tiles: i32,
+    split_stride: i64,
 }
 
 // SAFETY: plain old data with the C layout the kernel reads.
@@ -153,6 +157,7 @@ fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
         (Role::Dx, "wgmma", DType::BF16) => "lowrank_dx_wgmma_bf16",
         (Role::Dx, "wgmma", DType::F32) => "lowrank_dx_wgmma_f32",
         (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
+        (Role::Project, "narrow", DType::F32) => "lowrank_project_narrow_f32",
         _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
     })
 }
@@ -182,13 +187,26 @@ fn launch_seg_gemm(
     colsum: Option<u64>,
 ) -> Result<()> {
     let mut tile = pick_tile(cuda, role, out.m, out.n_store);
-    let mut name = kernel_name(role, tile, out.dtype)?;
+    let k_tiles: usize = segs.iter().flatten().map(|s| s.k.div_ceil(BK)).sum();
+    let splits = if role == Role::Project {
+        let blocks = out.m.div_ceil(tile.bm) * out.n_store.div_ceil(tile.bn);
+        split_count(cuda.info.sms.max(1) as usize, blocks, k_tiles)
+    } else {
+        1
+    };
+    // Split K writes f32 partial products to a workspace, summed into `out` afterwards.
+    let out_dtype = if splits > 1 { DType::F32 } else { out.dtype };
+    let mut name = kernel_name(role, tile, out_dtype)?;
     if colsum.is_some() {
         ensure!(
-            role == Role::Project && tile.name == NARROW.name && out.dtype == DType::BF16,
-            "column sums ride only on the bf16 projection"
+            role == Role::Project && tile.name == NARROW.name,
+            "column sums ride only on the projection"
         );
-        name = "lowrank_project_colsum_narrow_bf16";
+        name = if splits > 1 {
+            "lowrank_project_colsum_narrow_f32"
+        } else {
+            "lowrank_project_colsum_narrow_bf16"
+        };
         tile.smem_bytes += COLSUM_SMEM;
     }
     let f = cuda.modules.function(tile.file, name)?;
@@ -223,11 +241,26 @@ fn launch_seg_gemm(
         p.ldb[i] = s.ldb as i32;
         p.k[i] = if seg.is_some() { s.k as i32 } else { 0 };
     }
+    // Freed stream-ordered (cuMemFreeAsync) when dropped, after split_sum has read it.
+    let mut workspace = None;
+    let mut z = 1;
+    if splits > 1 {
+        ensure!(out.dtype == DType::BF16, "split K sums into a bf16 output");
+        let split_tiles = k_tiles.div_ceil(splits);
+        z = k_tiles.div_ceil(split_tiles);
+        let stride = out.m * out.n_store;
+        let ws = cuda.stream.alloc_zeros::<f32>(z * stride)?;
+        p.c = super::slice_ptr(&ws, &cuda.stream);
+        p.ldc = out.n_store as i32;
+        p.split_tiles = split_tiles as i32;
+        p.split_stride = stride as i64;
+        workspace = Some(ws);
+    }
     let cfg = LaunchConfig {
         grid_dim: (
             out.n_store.div_ceil(tile.bn) as u32,
             out.m.div_ceil(tile.bm) as u32,
-            1,
+            z as u32,
         ),
         block_dim: (GEMM_THREADS, 1, 1),
         shared_mem_bytes: tile.smem_bytes,
@@ -238,9 +271,12 @@ fn launch_seg_gemm(
         launch.arg(partials);
     }
     // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements;
-    // the caller sized `partials` for the grid's row blocks.
+    // the caller sized `partials` for the grid's row blocks, and the workspace holds z partials.
     unsafe { launch.launch(cfg)? };
-    Ok(())
+    match workspace {
+        Some(ws) => split_sum(cuda, &ws, z, out),
+        None => Ok(()),
+    }
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
