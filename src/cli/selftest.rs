@@ -50,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
             o.error
                 .as_deref()
                 .map(|e| format!(" ({e})"))
+                .or_else(|| o.mismatch.as_ref().map(|m| format!(" ({m})")))
                 .unwrap_or_default()
         );
         outcomes.push(o);

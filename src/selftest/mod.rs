@@ -18,6 +18,58 @@ pub struct Outcome {
     pub bound: f64,
     pub pass: bool,
     pub error: Option<String>,
+    /// Where a failure lies, to tell a layout bug (whole blocks off) from rounding (scattered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<Mismatch>,
+}
+
+/// The pattern of a failing output: its worst element and how many elements are off.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Mismatch {
+    /// Flat index of the largest |out − ref| (row-major; the case's shape gives the width).
+    pub worst_index: usize,
+    pub worst_out: f64,
+    pub worst_ref: f64,
+    /// Fraction of elements with |out − ref| above 1 % of max |ref| (or non-finite).
+    pub frac_off: f64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worst at element {}: {:.4e} vs {:.4e}; {:.1}% of elements off",
+            self.worst_index,
+            self.worst_out,
+            self.worst_ref,
+            100.0 * self.frac_off
+        )
+    }
+}
+
+/// The mismatch pattern of `out` against `reference` (same lengths).
+pub fn mismatch(out: &[f64], reference: &[f64]) -> Mismatch {
+    let scale = reference.iter().fold(0.0f64, |m, r| m.max(r.abs()));
+    let (mut worst_index, mut worst, mut off) = (0, -1.0f64, 0usize);
+    for (i, (&o, &r)) in out.iter().zip(reference).enumerate() {
+        let e = if o.is_finite() {
+            (o - r).abs()
+        } else {
+            f64::INFINITY
+        };
+        if e > worst {
+            (worst_index, worst) = (i, e);
+        }
+        if e > 0.01 * scale {
+            off += 1;
+        }
+    }
+    Mismatch {
+        worst_index,
+        worst_out: out.get(worst_index).copied().unwrap_or(f64::NAN),
+        worst_ref: reference.get(worst_index).copied().unwrap_or(f64::NAN),
+        frac_off: off as f64 / out.len().max(1) as f64,
+    }
 }
 
 /// ‖out − ref‖₂ / ‖ref‖₂, or the absolute norm when the reference is zero. A NaN or infinity in the
@@ -45,11 +97,15 @@ pub fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
 pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed: u64) -> Outcome {
     let result: Result<(Vec<f64>, Vec<f64>)> =
         (|| Ok((case.run(test, seed)?, case.run(reference, seed)?)))();
-    let (rel_err, error) = match result {
-        Ok((out, want)) => (rel_err(&out, &want), None),
-        Err(e) => (f64::INFINITY, Some(format!("{e:#}"))),
-    };
     let bound = case.bound();
+    let (rel_err, error, mismatch) = match result {
+        Ok((out, want)) => {
+            let e = rel_err(&out, &want);
+            let m = (e > bound && out.len() == want.len()).then(|| mismatch(&out, &want));
+            (e, None, m)
+        }
+        Err(e) => (f64::INFINITY, Some(format!("{e:#}")), None),
+    };
     Outcome {
         op: case.op(),
         shape: case.shape(),
@@ -57,6 +113,7 @@ pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed:
         bound,
         pass: error.is_none() && rel_err <= bound,
         error,
+        mismatch,
     }
 }
 
@@ -75,5 +132,18 @@ mod tests {
     fn poison_left_in_output_fails() {
         assert_eq!(rel_err(&[1.0, f64::NAN], &[1.0, 2.0]), f64::INFINITY);
         assert_eq!(rel_err(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn mismatch_finds_the_worst_element_and_counts_the_ones_off() {
+        let reference = [1.0, -2.0, 4.0, 0.5];
+        // Off by 0.01 (below 1 % of max |ref| = 0.04), 3.0 (the worst) and 0.05.
+        let out = [1.01, 1.0, 4.0, 0.55];
+        let m = mismatch(&out, &reference);
+        assert_eq!(m.worst_index, 1);
+        assert_eq!((m.worst_out, m.worst_ref), (1.0, -2.0));
+        assert_eq!(m.frac_off, 0.5);
+        // A NaN is the worst of all.
+        assert_eq!(mismatch(&[1.0, f64::NAN], &[1.0, 1.0]).worst_index, 1);
     }
 }
