@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_train;
 pub mod dln;
+pub mod dlra;
 pub mod doctor;
 pub mod eval;
 pub mod init_study;
@@ -48,6 +49,9 @@ pub enum Command {
     BenchTrain(bench_train::Args),
     /// Deep linear networks: train the original and the compressed network side by side (CPU, f64)
     Dln(dln::Args),
+    /// Geometry-aware low-rank optimisers (DLRA Adam and heavy ball) against Adam and heavy ball on
+    /// the factors, on a rank-constrained quadratic (CPU, f64)
+    Dlra(dlra::Args),
     /// Function error of the spectral, function-closed and function low-rank inits per shape and rank
     InitStudy(init_study::Args),
 }
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Dln(a) => dln::run(a),
+        Command::Dlra(a) => dlra::run(a),
         Command::InitStudy(a) => init_study::run(a),
     }
 }

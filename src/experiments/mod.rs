@@ -2,4 +2,5 @@
 //! numbers for the CLI to print and save.
 
 pub mod dln;
+pub mod dlra;
 pub mod init_study;

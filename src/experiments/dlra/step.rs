@@ -1,0 +1,365 @@
+//! One optimiser step of each method the DLRA study compares (SCIENCE.md §3), on W = U·S·Vᵀ (DLRA)
+//! or W = U·Vᵀ (factors), given the loss gradient G = ∂L/∂W in float64.
+//!
+//! DLRA, the parallel (augment-and-truncate-every-step) integrator: with G_U = G·V and G_V = Gᵀ·U,
+//! the bases grow to Û = [U, Ũ], V̂ = [V, Ṽ] where Ũ, Ṽ span the parts of G_U, G_V orthogonal to U,
+//! V; the optimiser steps the 2r × 2r coefficients Ŝ = [[S, 0], [0, 0]] along Ĝ = Ûᵀ·G·V̂ with its
+//! lower-right block zeroed (so Û·Ĝ·V̂ᵀ is exactly the tangent-space projection of G), and an SVD
+//! of Ŝ truncates back to rank r. The optimiser state lives in S coordinates and is carried along
+//! each basis change: into the augmented basis it is padded with zeros (ÛᵀU = [I; 0]), through the
+//! truncation P·Σ·Qᵀ it maps m ← P_rᵀ·m·Q_r, v ← (P_rᵀ·√v·Q_r)².
+
+use crate::linalg::factor::thin_qr;
+use anyhow::{anyhow, Context, Result};
+use faer::{Mat, MatRef};
+
+/// The update rule applied to the coordinates (S for DLRA, U and V for factors).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// θ ← θ − h·g.
+    Sgd,
+    /// Heavy ball in friction form: z ← (1 − γ)·z − h·g, θ ← θ + h·z.
+    HeavyBall { gamma: f64 },
+    /// Adam (β1, β2, ε) with bias correction.
+    Adam { beta1: f64, beta2: f64, eps: f64 },
+}
+
+/// Per-coordinate optimiser state: the first moment (or the velocity) and the second moment.
+#[derive(Clone, Debug)]
+pub struct Moments {
+    pub m: Mat<f64>,
+    pub v: Mat<f64>,
+}
+
+impl Moments {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Moments {
+            m: Mat::zeros(rows, cols),
+            v: Mat::zeros(rows, cols),
+        }
+    }
+}
+
+/// θ ← rule(θ, g) at step t (1-based, for Adam's bias correction), updating the moments.
+pub fn apply(rule: Rule, h: f64, t: u64, theta: &mut Mat<f64>, g: MatRef<f64>, st: &mut Moments) {
+    match rule {
+        Rule::Sgd => *theta -= h * g,
+        Rule::HeavyBall { gamma } => {
+            st.m = (1.0 - gamma) * &st.m - h * g;
+            *theta += h * &st.m;
+        }
+        Rule::Adam { beta1, beta2, eps } => {
+            let (bc1, bc2) = (1.0 - beta1.powi(t as i32), 1.0 - beta2.powi(t as i32));
+            for j in 0..theta.ncols() {
+                for i in 0..theta.nrows() {
+                    let gi = g[(i, j)];
+                    let m = beta1 * st.m[(i, j)] + (1.0 - beta1) * gi;
+                    let v = beta2 * st.v[(i, j)] + (1.0 - beta2) * gi * gi;
+                    st.m[(i, j)] = m;
+                    st.v[(i, j)] = v;
+                    theta[(i, j)] -= h * (m / bc1) / ((v / bc2).sqrt() + eps);
+                }
+            }
+        }
+    }
+}
+
+/// W = U·S·Vᵀ with orthonormal U, V, and its optimiser state in S coordinates.
+#[derive(Clone, Debug)]
+pub struct Dlra {
+    pub u: Mat<f64>,
+    pub s: Mat<f64>,
+    pub v: Mat<f64>,
+    pub state: Moments,
+}
+
+/// How far the truncation keeps: a fixed rank, or the smallest r with ‖σ_{r+1:}‖ ≤ τ·‖σ‖, clamped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Keep {
+    Rank(usize),
+    Tolerance { tau: f64, min: usize, max: usize },
+}
+
+impl Keep {
+    /// The rank kept from singular values `s` (descending).
+    pub fn rank(self, s: &[f64]) -> usize {
+        match self {
+            Keep::Rank(r) => r.min(s.len()),
+            Keep::Tolerance { tau, min, max } => {
+                let total: f64 = s.iter().map(|x| x * x).sum();
+                let mut tail = total;
+                let mut r = 0;
+                // Drop from the top until what is left is within τ of the whole.
+                while r < s.len() && tail.sqrt() > tau * total.sqrt() {
+                    tail -= s[r] * s[r];
+                    r += 1;
+                }
+                r.clamp(min.min(s.len()), max.min(s.len()))
+            }
+        }
+    }
+}
+
+impl Dlra {
+    pub fn w(&self) -> Mat<f64> {
+        &self.u * &self.s * self.v.transpose()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.s.nrows()
+    }
+
+    /// One step of the parallel integrator with gradient `g` (d_in × d_out) of the loss at W:
+    /// augment, step the coefficients along the tangent part of G, truncate.
+    pub fn step(&mut self, g: MatRef<f64>, rule: Rule, h: f64, t: u64, keep: Keep) -> Result<()> {
+        let r = self.rank();
+        self.augment(g);
+        self.coefficient_step(g, rule, h, t, Some(r));
+        self.truncate(keep)
+    }
+
+    /// Û = [U, Ũ], V̂ = [V, Ṽ] with Ũ, Ṽ spanning the parts of G·V, Gᵀ·U outside span(U), span(V);
+    /// S and the state padded with zeros (the change of basis ÛᵀU is [I; 0]).
+    pub fn augment(&mut self, g: MatRef<f64>) {
+        let r = self.rank();
+        let uh = augment(self.u.as_ref(), (g * &self.v).as_ref());
+        let vh = augment(self.v.as_ref(), (g.transpose() * &self.u).as_ref());
+        self.u = uh;
+        self.v = vh;
+        self.s = pad(self.s.as_ref(), 2 * r);
+        self.state = Moments {
+            m: pad(self.state.m.as_ref(), 2 * r),
+            v: pad(self.state.v.as_ref(), 2 * r),
+        };
+    }
+
+    /// S ← rule(S, Uᵀ·G·V) in the current bases. `tangent_of`: Some(r) zeroes the block of the
+    /// gradient outside the first r columns of both bases (the parallel integrator's tangent step);
+    /// None takes the whole Galerkin gradient (steps inside a window of frozen augmented bases).
+    pub fn coefficient_step(
+        &mut self,
+        g: MatRef<f64>,
+        rule: Rule,
+        h: f64,
+        t: u64,
+        tangent_of: Option<usize>,
+    ) {
+        let mut gs = self.u.transpose() * g * &self.v;
+        if let Some(r) = tangent_of {
+            for j in r..gs.ncols() {
+                for i in r..gs.nrows() {
+                    gs[(i, j)] = 0.0;
+                }
+            }
+        }
+        apply(rule, h, t, &mut self.s, gs.as_ref(), &mut self.state);
+    }
+
+    /// SVD S = P·Σ·Qᵀ, kept to the rank `keep` gives: U ← U·P_r, V ← V·Q_r, S ← Σ_r, and the state
+    /// carried along: m ← P_rᵀ·m·Q_r, v ← (P_rᵀ·√v·Q_r)².
+    pub fn truncate(&mut self, keep: Keep) -> Result<()> {
+        let n = self.rank();
+        let svd = self
+            .s
+            .svd()
+            .map_err(|e| anyhow!("{e:?}"))
+            .context("SVD of the coefficients did not converge")?;
+        let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+        let k = keep.rank(&sigma).max(1);
+        let (p, q) = (svd.U().get(.., ..k), svd.V().get(.., ..k));
+        self.u = &self.u * p;
+        self.v = &self.v * q;
+        self.s = Mat::from_fn(k, k, |i, j| if i == j { sigma[i] } else { 0.0 });
+        let sqrt_v = Mat::from_fn(n, n, |i, j| self.state.v[(i, j)].sqrt());
+        let root = p.transpose() * sqrt_v * q;
+        self.state = Moments {
+            m: p.transpose() * &self.state.m * q,
+            v: Mat::from_fn(k, k, |i, j| root[(i, j)] * root[(i, j)]),
+        };
+        Ok(())
+    }
+}
+
+/// W = U·Vᵀ with the optimiser acting on U and V independently (the baselines).
+#[derive(Clone, Debug)]
+pub struct Factors {
+    pub u: Mat<f64>,
+    pub v: Mat<f64>,
+    pub state_u: Moments,
+    pub state_v: Moments,
+}
+
+impl Factors {
+    pub fn w(&self) -> Mat<f64> {
+        &self.u * self.v.transpose()
+    }
+
+    /// One step with gradient `g` of the loss at W: ∂L/∂U = G·V, ∂L/∂V = Gᵀ·U.
+    pub fn step(&mut self, g: MatRef<f64>, rule: Rule, h: f64, t: u64) {
+        let gu = g * &self.v;
+        let gv = g.transpose() * &self.u;
+        apply(rule, h, t, &mut self.u, gu.as_ref(), &mut self.state_u);
+        apply(rule, h, t, &mut self.v, gv.as_ref(), &mut self.state_v);
+    }
+}
+
+/// [B | B̃]: the orthonormal basis B (n × r) followed by r orthonormal columns orthogonal to it that
+/// span the part of `dir` outside span(B) (completed arbitrarily, still orthogonal to B, when that
+/// part has rank below r). From the Householder QR of [B | dir], whose first r columns are B up to
+/// signs; B itself is kept so the coefficients S stay valid.
+fn augment(b: MatRef<f64>, dir: MatRef<f64>) -> Mat<f64> {
+    let r = b.ncols();
+    let q = thin_qr(concat(b, dir).as_ref()).0;
+    concat(b, q.get(.., r..2 * r))
+}
+
+/// [a | b] side by side.
+fn concat(a: MatRef<f64>, b: MatRef<f64>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols() + b.ncols(), |i, j| {
+        if j < a.ncols() {
+            a[(i, j)]
+        } else {
+            b[(i, j - a.ncols())]
+        }
+    })
+}
+
+/// `a` in the top-left corner of an n × n zero matrix.
+fn pad(a: MatRef<f64>, n: usize) -> Mat<f64> {
+    Mat::from_fn(n, n, |i, j| {
+        if i < a.nrows() && j < a.ncols() {
+            a[(i, j)]
+        } else {
+            0.0
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rng::Rng;
+
+    fn gaussian(rows: usize, cols: usize, rng: &mut Rng) -> Mat<f64> {
+        Mat::from_fn(rows, cols, |_, _| rng.normal())
+    }
+
+    fn orthonormal(rows: usize, cols: usize, rng: &mut Rng) -> Mat<f64> {
+        thin_qr(gaussian(rows, cols, rng).as_ref()).0
+    }
+
+    fn max_abs_diff(a: MatRef<f64>, b: MatRef<f64>) -> f64 {
+        let mut m = 0.0f64;
+        for j in 0..a.ncols() {
+            for i in 0..a.nrows() {
+                m = m.max((a[(i, j)] - b[(i, j)]).abs());
+            }
+        }
+        m
+    }
+
+    fn start(d_in: usize, d_out: usize, r: usize, rng: &mut Rng) -> Dlra {
+        Dlra {
+            u: orthonormal(d_in, r, rng),
+            s: gaussian(r, r, rng),
+            v: orthonormal(d_out, r, rng),
+            state: Moments::zeros(r, r),
+        }
+    }
+
+    /// Kept at rank 2r, a plain step is W − h·P_T(G) with the tangent projection
+    /// P_T(G) = U·Uᵀ·G + G·V·Vᵀ − U·Uᵀ·G·V·Vᵀ, formed densely here.
+    #[test]
+    fn an_untruncated_sgd_step_is_the_tangent_projected_gradient_step() {
+        let mut rng = Rng::new(3);
+        let (d_in, d_out, r, h) = (12, 9, 3, 0.1);
+        let mut x = start(d_in, d_out, r, &mut rng);
+        let g = gaussian(d_in, d_out, &mut rng);
+        let (pu, pv) = (&x.u * x.u.transpose(), &x.v * x.v.transpose());
+        let tangent = &pu * &g + &g * &pv - &pu * &g * &pv;
+        let want = x.w() - h * tangent;
+        x.step(g.as_ref(), Rule::Sgd, h, 1, Keep::Rank(2 * r))
+            .unwrap();
+        assert_eq!(x.rank(), 2 * r);
+        assert!(max_abs_diff(x.w().as_ref(), want.as_ref()) < 1e-12);
+        // The bases stay orthonormal.
+        let eye = Mat::<f64>::identity(2 * r, 2 * r);
+        assert!(max_abs_diff((x.u.transpose() * &x.u).as_ref(), eye.as_ref()) < 1e-12);
+        assert!(max_abs_diff((x.v.transpose() * &x.v).as_ref(), eye.as_ref()) < 1e-12);
+    }
+
+    /// Heavy ball is linear in the coefficients, so with its velocity transported the trajectory
+    /// of W must not depend on which orthonormal bases represent the same start: U·Qu, Quᵀ·S·Qv,
+    /// V·Qv for random rotations Qu, Qv. (Adam's elementwise second moment breaks this symmetry.)
+    #[test]
+    fn heavy_ball_trajectories_do_not_depend_on_the_basis() {
+        let mut rng = Rng::new(4);
+        let (d_in, d_out, r) = (10, 8, 3);
+        let a = start(d_in, d_out, r, &mut rng);
+        let (qu, qv) = (orthonormal(r, r, &mut rng), orthonormal(r, r, &mut rng));
+        let mut b = Dlra {
+            u: &a.u * &qu,
+            s: qu.transpose() * &a.s * &qv,
+            v: &a.v * &qv,
+            state: Moments::zeros(r, r),
+        };
+        let mut a = a;
+        // A fixed quadratic loss ½‖W − T‖²: G = W − T.
+        let target = gaussian(d_in, d_out, &mut rng);
+        let rule = Rule::HeavyBall { gamma: 0.2 };
+        for t in 1..=6 {
+            for x in [&mut a, &mut b] {
+                let g = x.w() - &target;
+                x.step(g.as_ref(), rule, 0.3, t, Keep::Rank(r)).unwrap();
+            }
+        }
+        assert!(max_abs_diff(a.w().as_ref(), b.w().as_ref()) < 1e-10);
+    }
+
+    #[test]
+    fn tolerance_truncation_keeps_the_smallest_rank_within_tau() {
+        // ‖σ‖² = 16 + 4 + 1 + 0.01 = 21.01; tails: 5.01, 1.01, 0.01, 0.
+        let s = [4.0, 2.0, 1.0, 0.1];
+        let keep = |tau: f64| {
+            Keep::Tolerance {
+                tau,
+                min: 1,
+                max: 4,
+            }
+            .rank(&s)
+        };
+        assert_eq!(keep(0.5), 1); // √5.01 = 2.24 ≤ 0.5·4.58 = 2.29
+        assert_eq!(keep(0.2), 3); // √1.01 = 1.005 > 0.917, √0.01 = 0.1 ≤ 0.917
+        assert_eq!(keep(0.01), 4); // √0.01 = 0.1 > 0.0458: all four
+        assert_eq!(
+            Keep::Tolerance {
+                tau: 0.5,
+                min: 2,
+                max: 3
+            }
+            .rank(&s),
+            2
+        );
+        assert_eq!(Keep::Rank(3).rank(&s), 3);
+    }
+
+    /// Adam's first moment is carried through the basis change as the matrix it represents.
+    #[test]
+    fn adam_moments_follow_the_coefficients_through_the_svd() {
+        let mut rng = Rng::new(5);
+        let (d, r) = (7, 2);
+        let mut x = start(d, d, r, &mut rng);
+        // G inside span(U)·span(V): nothing to add to the bases (they are completed arbitrarily).
+        let g = 0.5 * x.w();
+        let rule = Rule::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        x.step(g.as_ref(), rule, 0.01, 1, Keep::Rank(r)).unwrap();
+        // The first moment is (1 − β1)·G as a matrix, whatever the basis: in the new coordinates
+        // U_newᵀ·(0.1·G)·V_new.
+        let want = x.u.transpose() * (0.1 * &g) * &x.v;
+        assert!(max_abs_diff(x.state.m.as_ref(), want.as_ref()) < 1e-12);
+    }
+}

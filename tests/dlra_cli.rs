@@ -1,0 +1,64 @@
+//! `lowrank dlra` as a user runs it: bad flags give sentences, a short study writes its files.
+
+mod common;
+
+use common::{lowrank, text, tmp};
+
+#[test]
+fn bad_dlra_flags_fail_with_a_sentence() {
+    let o = lowrank(&["dlra", "--rank", "60"]);
+    assert!(
+        !o.status.success() && text(&o).contains("at most half the smaller dimension"),
+        "{}",
+        text(&o)
+    );
+    let o = lowrank(&["dlra", "--cond", "0.5"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--cond 0.5 must be at least 1"),
+        "{}",
+        text(&o)
+    );
+    let o = lowrank(&["dlra", "--methods", "sgd"]);
+    assert!(
+        !o.status.success() && text(&o).contains("invalid value"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_short_study_reports_every_method_and_writes_its_files() {
+    let dir = tmp("dlra");
+    let o = lowrank(&[
+        "dlra",
+        "--d-in",
+        "20",
+        "--d-out",
+        "16",
+        "--rank",
+        "3",
+        "--target-rank",
+        "2",
+        "--steps",
+        "30",
+        "--lrs",
+        "0.01,0.1,100",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for m in ["factor-adam", "factor-hb", "dlra-adam", "dlra-hb"] {
+        assert!(text(&o).contains(m), "{m} missing:\n{}", text(&o));
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let best = summary["best"].as_array().unwrap();
+    assert_eq!(best.len(), 4);
+    for b in best {
+        // Step size 100 diverges for heavy ball (θ moves by h² per unit of velocity) and is never best.
+        assert_ne!(b["lr"].as_f64().unwrap(), 100.0, "{b}");
+        assert!(b["final_rel_loss"].as_f64().unwrap() < 1.0, "{b}");
+    }
+    assert!(dir.join("curves.png").exists() && dir.join("curves.jsonl").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
