@@ -13,3 +13,10 @@ run k1 --cond 1
 run k100-r10 --cond 100 --rank 10
 run k100-target10 --cond 100 --target-rank 10
 for s in 1 2; do run k100-seed$s --cond 100 --seed $s; done
+# Ablation: DLRA Adam with the new directions' second moment started at the mean of the transported
+# one instead of zero.
+for c in "k100 --cond 100" "k1 --cond 1" "k100-r10 --cond 100 --rank 10" "k100-window10 --cond 100 --window 10" \
+         "k100-seed1 --cond 100 --seed 1" "k100-seed2 --cond 100 --seed 2"; do
+  set -- $c; name=$1; shift
+  run "$name-fresh-mean" --methods dlra-adam --fresh-moment mean "$@"
+done

@@ -1,5 +1,6 @@
 //! `lowrank dlra`: the geometry-aware low-rank optimiser study (SCIENCE.md §3) on the CPU in float64.
 
+use crate::experiments::dlra::step::FreshMoment;
 use crate::experiments::dlra::{self, plot::plot_curves, Method, StudyConfig};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ pub struct Args {
     /// the start of each window of K steps, coefficient steps with frozen bases, truncate at its end
     #[arg(long, default_value_t = 1)]
     window: u64,
+    /// DLRA Adam's second moment in the directions each augmentation adds: zero (carried by the
+    /// change of basis, as specified) or mean (the mean of the transported one)
+    #[arg(long, value_enum, default_value_t = FreshMoment::Zero)]
+    fresh_moment: FreshMoment,
     /// Scale of the start W0 = scale·U0·V0ᵀ (U0, V0 random orthonormal)
     #[arg(long, default_value_t = 1e-2)]
     init_scale: f64,
@@ -66,6 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         lrs: a.lrs,
         gamma: a.gamma,
         window: a.window,
+        fresh_moment: a.fresh_moment,
         init_scale: a.init_scale,
         seed: a.seed,
         log_every: a.log_every,

@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use faer::Mat;
 use serde::Serialize;
 use std::time::Instant;
-use step::{Dlra, Factors, Keep, Moments, Rule};
+use step::{Dlra, Factors, FreshMoment, Keep, Moments, Rule};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Method {
@@ -62,6 +62,8 @@ pub struct StudyConfig {
     /// steps); K > 1 augments on the first step of each window of K, takes Galerkin steps on the
     /// 2r × 2r coefficients with the bases frozen, and truncates to r on the last.
     pub window: u64,
+    /// DLRA Adam's second moment in newly added directions.
+    pub fresh_moment: FreshMoment,
     /// W0 = init_scale·U0·V0ᵀ for random orthonormal U0, V0.
     pub init_scale: f64,
     pub seed: u64,
@@ -237,11 +239,18 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
                 match &mut model {
                     Model::Factors(f) => f.step(g.as_ref(), rule, h, t),
                     Model::Dlra(d) if cfg.window <= 1 => d
-                        .step(g.as_ref(), rule, h, t, Keep::Rank(cfg.rank))
+                        .step(
+                            g.as_ref(),
+                            rule,
+                            h,
+                            t,
+                            Keep::Rank(cfg.rank),
+                            cfg.fresh_moment,
+                        )
                         .with_context(|| format!("{} at lr {h}, step {t}", method.name()))?,
                     Model::Dlra(d) => {
                         if (t - 1) % cfg.window == 0 {
-                            d.augment(g.as_ref());
+                            d.augment(g.as_ref(), cfg.fresh_moment);
                         }
                         d.coefficient_step(g.as_ref(), rule, h, t, None);
                         if t % cfg.window == 0 {

@@ -64,6 +64,17 @@ pub fn apply(rule: Rule, h: f64, t: u64, theta: &mut Mat<f64>, g: MatRef<f64>, s
     }
 }
 
+/// What Adam's second moment starts at in the directions an augmentation adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum FreshMoment {
+    /// Zero, as the change of basis [I; 0] carries it (the brief's transport): Adam's first step
+    /// there is a full-size ±h whatever the gradient's size.
+    Zero,
+    /// The mean of the transported second moment: new directions are normalised on the scale of
+    /// the old ones.
+    Mean,
+}
+
 /// W = U·S·Vᵀ with orthonormal U, V, and its optimiser state in S coordinates.
 #[derive(Clone, Debug)]
 pub struct Dlra {
@@ -111,25 +122,46 @@ impl Dlra {
 
     /// One step of the parallel integrator with gradient `g` (d_in × d_out) of the loss at W:
     /// augment, step the coefficients along the tangent part of G, truncate.
-    pub fn step(&mut self, g: MatRef<f64>, rule: Rule, h: f64, t: u64, keep: Keep) -> Result<()> {
+    pub fn step(
+        &mut self,
+        g: MatRef<f64>,
+        rule: Rule,
+        h: f64,
+        t: u64,
+        keep: Keep,
+        fresh: FreshMoment,
+    ) -> Result<()> {
         let r = self.rank();
-        self.augment(g);
+        self.augment(g, fresh);
         self.coefficient_step(g, rule, h, t, Some(r));
         self.truncate(keep)
     }
 
     /// Û = [U, Ũ], V̂ = [V, Ṽ] with Ũ, Ṽ spanning the parts of G·V, Gᵀ·U outside span(U), span(V);
-    /// S and the state padded with zeros (the change of basis ÛᵀU is [I; 0]).
-    pub fn augment(&mut self, g: MatRef<f64>) {
+    /// S and the first moment padded with zeros (the change of basis ÛᵀU is [I; 0]), the second
+    /// moment as `fresh` says.
+    pub fn augment(&mut self, g: MatRef<f64>, fresh: FreshMoment) {
         let r = self.rank();
         let uh = augment(self.u.as_ref(), (g * &self.v).as_ref());
         let vh = augment(self.v.as_ref(), (g.transpose() * &self.u).as_ref());
         self.u = uh;
         self.v = vh;
         self.s = pad(self.s.as_ref(), 2 * r);
+        let fill = match fresh {
+            FreshMoment::Zero => 0.0,
+            FreshMoment::Mean => self.state.v.sum() / (r * r) as f64,
+        };
+        let old = self.state.v.as_ref();
+        let v = Mat::from_fn(2 * r, 2 * r, |i, j| {
+            if i < r && j < r {
+                old[(i, j)]
+            } else {
+                fill
+            }
+        });
         self.state = Moments {
             m: pad(self.state.m.as_ref(), 2 * r),
-            v: pad(self.state.v.as_ref(), 2 * r),
+            v,
         };
     }
 
@@ -278,8 +310,15 @@ mod tests {
         let (pu, pv) = (&x.u * x.u.transpose(), &x.v * x.v.transpose());
         let tangent = &pu * &g + &g * &pv - &pu * &g * &pv;
         let want = x.w() - h * tangent;
-        x.step(g.as_ref(), Rule::Sgd, h, 1, Keep::Rank(2 * r))
-            .unwrap();
+        x.step(
+            g.as_ref(),
+            Rule::Sgd,
+            h,
+            1,
+            Keep::Rank(2 * r),
+            FreshMoment::Zero,
+        )
+        .unwrap();
         assert_eq!(x.rank(), 2 * r);
         assert!(max_abs_diff(x.w().as_ref(), want.as_ref()) < 1e-12);
         // The bases stay orthonormal.
@@ -310,10 +349,33 @@ mod tests {
         for t in 1..=6 {
             for x in [&mut a, &mut b] {
                 let g = x.w() - &target;
-                x.step(g.as_ref(), rule, 0.3, t, Keep::Rank(r)).unwrap();
+                x.step(g.as_ref(), rule, 0.3, t, Keep::Rank(r), FreshMoment::Zero)
+                    .unwrap();
             }
         }
         assert!(max_abs_diff(a.w().as_ref(), b.w().as_ref()) < 1e-10);
+    }
+
+    #[test]
+    fn augmentation_pads_the_moments_as_asked() {
+        let mut rng = Rng::new(6);
+        let (d, r) = (9, 2);
+        let g = gaussian(d, d, &mut rng);
+        let v0 = Mat::from_fn(r, r, |i, j| (1 + i + 2 * j) as f64); // 1, 3; 2, 4: mean 2.5
+        for (fresh, fill) in [(FreshMoment::Zero, 0.0), (FreshMoment::Mean, 2.5)] {
+            let mut x = start(d, d, r, &mut rng);
+            x.state.v = v0.clone();
+            x.state.m = v0.clone();
+            x.augment(g.as_ref(), fresh);
+            for i in 0..2 * r {
+                for j in 0..2 * r {
+                    let old = i < r && j < r;
+                    let want_v = if old { v0[(i, j)] } else { fill };
+                    let want_m = if old { v0[(i, j)] } else { 0.0 };
+                    assert_eq!((x.state.v[(i, j)], x.state.m[(i, j)]), (want_v, want_m));
+                }
+            }
+        }
     }
 
     #[test]
@@ -356,7 +418,8 @@ mod tests {
             beta2: 0.999,
             eps: 1e-8,
         };
-        x.step(g.as_ref(), rule, 0.01, 1, Keep::Rank(r)).unwrap();
+        x.step(g.as_ref(), rule, 0.01, 1, Keep::Rank(r), FreshMoment::Zero)
+            .unwrap();
         // The first moment is (1 − β1)·G as a matrix, whatever the basis: in the new coordinates
         // U_newᵀ·(0.1·G)·V_new.
         let want = x.u.transpose() * (0.1 * &g) * &x.v;
