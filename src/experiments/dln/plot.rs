@@ -1,7 +1,7 @@
 //! Recovery error of both networks against iterations and against seconds, one PNG.
 
 use super::train::LogPoint;
-use crate::util::plot::register_font;
+use crate::util::plot::{framed_legend, labelled_line, register_font};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -66,19 +66,7 @@ fn panel(
             .filter(|p| p.network == name)
             .map(|p| (x(p), p.recovery_error))
             .collect();
-        chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        labelled_line(&mut chart, line, color, name)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    framed_legend(&mut chart)
 }

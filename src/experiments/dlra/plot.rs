@@ -1,7 +1,7 @@
 //! L(W)/L(W0) against the step for each method at its best step size, one PNG.
 
 use super::{Best, Point};
-use crate::util::plot::register_font;
+use crate::util::plot::{framed_legend, labelled_line, register_font};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -57,20 +57,14 @@ pub fn plot_curves(points: &[Point], best: &[Best], title: &str, path: &Path) ->
             .filter(|p| p.method == b.method)
             .map(|p| (p.step as f64, p.rel_loss))
             .collect();
-        chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(format!("{} (lr {:e})", b.method, b.lr))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        labelled_line(
+            &mut chart,
+            line,
+            color,
+            &format!("{} (lr {:e})", b.method, b.lr),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    framed_legend(&mut chart)?;
     root.present()
         .map_err(|e| anyhow!("writing {}: {e}", path.display()))
 }
