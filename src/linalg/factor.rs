@@ -100,6 +100,11 @@ pub struct Truncation {
     pub grad_map_v: Mat<f64>,
 }
 
+/// A random n × k matrix with orthonormal columns (Q of a Gaussian matrix's thin QR), n ≥ k.
+pub fn random_orthonormal(n: usize, k: usize, rng: &mut crate::util::rng::Rng) -> Mat<f64> {
+    thin_qr(Mat::from_fn(n, k, |_, _| rng.normal()).as_ref()).0
+}
+
 /// Thin QR: Q (n × k) with orthonormal columns and upper-triangular R (k × k), n ≥ k.
 pub fn thin_qr(a: MatRef<f64>) -> (Mat<f64>, Mat<f64>) {
     let qr = a.qr();

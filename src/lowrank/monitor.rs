@@ -140,15 +140,17 @@ fn update_gram<B: Backend>(
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
-    use crate::linalg::factor::thin_qr;
+    use crate::linalg::factor::random_orthonormal;
     use crate::util::rng::Rng;
     use faer::Mat;
 
     /// D = Q1·diag(s)·Q2ᵀ with random orthonormal Q1, Q2: its spectrum is `s` by construction.
     fn with_spectrum(rows: usize, cols: usize, s: &[f64], rng: &mut Rng) -> Mat<f64> {
         let k = s.len();
-        let (q1, _) = thin_qr(Mat::from_fn(rows, k, |_, _| rng.normal()).as_ref());
-        let (q2, _) = thin_qr(Mat::from_fn(cols, k, |_, _| rng.normal()).as_ref());
+        let (q1, q2) = (
+            random_orthonormal(rows, k, rng),
+            random_orthonormal(cols, k, rng),
+        );
         let sd = Mat::from_fn(k, k, |i, j| if i == j { s[i] } else { 0.0 });
         q1 * sd * q2.transpose()
     }

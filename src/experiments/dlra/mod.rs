@@ -7,7 +7,7 @@
 
 pub mod step;
 
-use crate::linalg::factor::thin_qr;
+use crate::linalg::factor::random_orthonormal;
 use crate::util::rng::Rng;
 use anyhow::{ensure, Context, Result};
 use faer::Mat;
@@ -79,7 +79,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(cfg: &StudyConfig, rng: &mut Rng) -> Self {
-        let q = thin_qr(Mat::from_fn(cfg.d_in, cfg.d_in, |_, _| rng.normal()).as_ref()).0;
+        let q = random_orthonormal(cfg.d_in, cfg.d_in, rng);
         let n = cfg.d_in;
         let lambda = |i: usize| cfg.cond.powf(-(i as f64) / (n.max(2) - 1) as f64);
         let sigma = Mat::from_fn(n, n, |i, j| {
@@ -87,8 +87,8 @@ impl Problem {
         });
         // Singular values spread over a decade, vectors random.
         let r = cfg.target_rank;
-        let a = thin_qr(Mat::from_fn(cfg.d_in, r, |_, _| rng.normal()).as_ref()).0;
-        let b = thin_qr(Mat::from_fn(cfg.d_out, r, |_, _| rng.normal()).as_ref()).0;
+        let a = random_orthonormal(cfg.d_in, r, rng);
+        let b = random_orthonormal(cfg.d_out, r, rng);
         let s = Mat::from_fn(r, r, |i, j| {
             if i == j {
                 10f64.powf(-(i as f64) / (r.max(2) - 1) as f64)
@@ -150,8 +150,8 @@ enum Model {
 impl Model {
     fn start(method: Method, cfg: &StudyConfig, rng: &mut Rng) -> Self {
         let r = cfg.rank;
-        let u = thin_qr(Mat::from_fn(cfg.d_in, r, |_, _| rng.normal()).as_ref()).0;
-        let v = thin_qr(Mat::from_fn(cfg.d_out, r, |_, _| rng.normal()).as_ref()).0;
+        let u = random_orthonormal(cfg.d_in, r, rng);
+        let v = random_orthonormal(cfg.d_out, r, rng);
         match method {
             Method::FactorAdam | Method::FactorHb => {
                 // Balanced factors of the same W0: each carries √scale.

@@ -270,14 +270,11 @@ fn pad(a: MatRef<f64>, n: usize) -> Mat<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linalg::factor::random_orthonormal;
     use crate::util::rng::Rng;
 
     fn gaussian(rows: usize, cols: usize, rng: &mut Rng) -> Mat<f64> {
         Mat::from_fn(rows, cols, |_, _| rng.normal())
-    }
-
-    fn orthonormal(rows: usize, cols: usize, rng: &mut Rng) -> Mat<f64> {
-        thin_qr(gaussian(rows, cols, rng).as_ref()).0
     }
 
     fn max_abs_diff(a: MatRef<f64>, b: MatRef<f64>) -> f64 {
@@ -292,9 +289,9 @@ mod tests {
 
     fn start(d_in: usize, d_out: usize, r: usize, rng: &mut Rng) -> Dlra {
         Dlra {
-            u: orthonormal(d_in, r, rng),
+            u: random_orthonormal(d_in, r, rng),
             s: gaussian(r, r, rng),
-            v: orthonormal(d_out, r, rng),
+            v: random_orthonormal(d_out, r, rng),
             state: Moments::zeros(r, r),
         }
     }
@@ -335,7 +332,10 @@ mod tests {
         let mut rng = Rng::new(4);
         let (d_in, d_out, r) = (10, 8, 3);
         let a = start(d_in, d_out, r, &mut rng);
-        let (qu, qv) = (orthonormal(r, r, &mut rng), orthonormal(r, r, &mut rng));
+        let (qu, qv) = (
+            random_orthonormal(r, r, &mut rng),
+            random_orthonormal(r, r, &mut rng),
+        );
         let mut b = Dlra {
             u: &a.u * &qu,
             s: qu.transpose() * &a.s * &qv,
