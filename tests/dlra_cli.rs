@@ -18,6 +18,12 @@ fn bad_dlra_flags_fail_with_a_sentence() {
         "{}",
         text(&o)
     );
+    let o = lowrank(&["dlra", "--tau", "1.5"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--tau 1.5 must lie in [0, 1)"),
+        "{}",
+        text(&o)
+    );
     let o = lowrank(&["dlra", "--methods", "sgd"]);
     assert!(
         !o.status.success() && text(&o).contains("invalid value"),
@@ -60,5 +66,42 @@ fn a_short_study_reports_every_method_and_writes_its_files() {
         assert!(b["final_rel_loss"].as_f64().unwrap() < 1.0, "{b}");
     }
     assert!(dir.join("curves.png").exists() && dir.join("curves.jsonl").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// With a rank budget above the target's and the τ truncation, DLRA heavy ball converges and ends at
+/// the target's rank.
+#[test]
+fn tolerance_truncation_finds_the_targets_rank() {
+    let dir = tmp("dlra-tau");
+    let o = lowrank(&[
+        "dlra",
+        "--d-in",
+        "20",
+        "--d-out",
+        "16",
+        "--rank",
+        "4",
+        "--target-rank",
+        "2",
+        "--cond",
+        "1",
+        "--steps",
+        "300",
+        "--lrs",
+        "1",
+        "--methods",
+        "dlra-hb",
+        "--tau",
+        "0.01",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let b = &summary["best"][0];
+    assert_eq!(b["final_rank"].as_u64(), Some(2), "{b}");
+    assert!(b["final_rel_loss"].as_f64().unwrap() < 1e-6, "{b}");
     std::fs::remove_dir_all(&dir).ok();
 }

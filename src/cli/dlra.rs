@@ -43,6 +43,10 @@ pub struct Args {
     /// change of basis, as specified) or mean (the mean of the transported one)
     #[arg(long, value_enum, default_value_t = FreshMoment::Zero)]
     fresh_moment: FreshMoment,
+    /// DLRA truncation by tolerance: keep the smallest rank (at most --rank) whose dropped singular
+    /// values hold at most τ of ‖S‖ (the brief's τ ≈ 0.01–0.15) [default: always keep --rank]
+    #[arg(long)]
+    tau: Option<f64>,
     /// Scale of the start W0 = scale·U0·V0ᵀ (U0, V0 random orthonormal)
     #[arg(long, default_value_t = 1e-2)]
     init_scale: f64,
@@ -72,6 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         gamma: a.gamma,
         window: a.window,
         fresh_moment: a.fresh_moment,
+        tau: a.tau,
         init_scale: a.init_scale,
         seed: a.seed,
         log_every: a.log_every,
@@ -79,13 +84,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let result = dlra::run(&cfg, |what| eprintln!("running {what}"))?;
     println!(
-        "{:<12} {:>8} {:>14} {:>10} {:>10} {:>10} {:>9}  diverged at",
-        "method", "best lr", "final L/L0", "→1e-2", "→1e-4", "→1e-6", "ms/step"
+        "{:<12} {:>8} {:>14} {:>10} {:>10} {:>10} {:>9} {:>5}  diverged at",
+        "method", "best lr", "final L/L0", "→1e-2", "→1e-4", "→1e-6", "ms/step", "rank"
     );
     for b in &result.best {
         let at = |i: usize| b.steps_to[i].map_or("-".into(), |s| s.to_string());
         println!(
-            "{:<12} {:>8} {:>14.3e} {:>10} {:>10} {:>10} {:>9.3}  {:?}",
+            "{:<12} {:>8} {:>14.3e} {:>10} {:>10} {:>10} {:>9.3} {:>5}  {:?}",
             b.method,
             format!("{:e}", b.lr),
             b.final_rel_loss,
@@ -93,6 +98,7 @@ pub fn run(a: Args) -> Result<()> {
             at(1),
             at(2),
             b.ms_per_step,
+            b.final_rank,
             b.diverged
         );
     }

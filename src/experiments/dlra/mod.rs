@@ -64,6 +64,9 @@ pub struct StudyConfig {
     pub window: u64,
     /// DLRA Adam's second moment in newly added directions.
     pub fresh_moment: FreshMoment,
+    /// DLRA truncation: None keeps rank r; Some(τ) keeps the smallest rank with ‖σ_tail‖ ≤ τ·‖σ‖,
+    /// between 1 and r.
+    pub tau: Option<f64>,
     /// W0 = init_scale·U0·V0ᵀ for random orthonormal U0, V0.
     pub init_scale: f64,
     pub seed: u64,
@@ -133,6 +136,8 @@ pub struct Best {
     /// First logged step with L / L0 below 1e-2, 1e-4 and 1e-6 (None: never).
     pub steps_to: [Option<u64>; 3],
     pub ms_per_step: f64,
+    /// Rank of W at the end (below r only for DLRA with τ).
+    pub final_rank: usize,
     /// Step sizes of the grid whose run diverged (non-finite loss).
     pub diverged: Vec<f64>,
 }
@@ -178,6 +183,23 @@ impl Model {
             Model::Dlra(d) => d.w(),
         }
     }
+
+    fn rank(&self) -> usize {
+        match self {
+            Model::Factors(f) => f.u.ncols(),
+            Model::Dlra(d) => d.rank(),
+        }
+    }
+}
+
+/// One step size's run of one method.
+#[derive(Clone)]
+struct Run {
+    lr: f64,
+    curve: Vec<(u64, f64)>,
+    final_rel_loss: f64,
+    ms_per_step: f64,
+    final_rank: usize,
 }
 
 fn rule(method: Method, gamma: f64) -> Rule {
@@ -214,6 +236,17 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
         cfg.steps >= 1 && cfg.log_every >= 1,
         "--steps and --log-every must be at least 1"
     );
+    if let Some(tau) = cfg.tau {
+        ensure!((0.0..1.0).contains(&tau), "--tau {tau} must lie in [0, 1)");
+    }
+    let keep = match cfg.tau {
+        Some(tau) => Keep::Tolerance {
+            tau,
+            min: 1,
+            max: cfg.rank,
+        },
+        None => Keep::Rank(cfg.rank),
+    };
     let problem = Problem::new(cfg, &mut Rng::new(cfg.seed));
     let mut points = Vec::new();
     let mut best = Vec::new();
@@ -239,14 +272,7 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
                 match &mut model {
                     Model::Factors(f) => f.step(g.as_ref(), rule, h, t),
                     Model::Dlra(d) if cfg.window <= 1 => d
-                        .step(
-                            g.as_ref(),
-                            rule,
-                            h,
-                            t,
-                            Keep::Rank(cfg.rank),
-                            cfg.fresh_moment,
-                        )
+                        .step(g.as_ref(), rule, h, t, keep, cfg.fresh_moment)
                         .with_context(|| format!("{} at lr {h}, step {t}", method.name()))?,
                     Model::Dlra(d) => {
                         if (t - 1) % cfg.window == 0 {
@@ -254,7 +280,7 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
                         }
                         d.coefficient_step(g.as_ref(), rule, h, t, None);
                         if t % cfg.window == 0 {
-                            d.truncate(Keep::Rank(cfg.rank)).with_context(|| {
+                            d.truncate(keep).with_context(|| {
                                 format!("{} at lr {h}, step {t}", method.name())
                             })?;
                         }
@@ -268,32 +294,40 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
                     }
                 }
             }
-            let ms = 1e3 * started.elapsed().as_secs_f64() / cfg.steps as f64;
-            runs.push((h, curve, rel, ms));
+            runs.push(Run {
+                lr: h,
+                curve,
+                final_rel_loss: rel,
+                ms_per_step: 1e3 * started.elapsed().as_secs_f64() / cfg.steps as f64,
+                final_rank: model.rank(),
+            });
         }
         let diverged: Vec<f64> = runs
             .iter()
-            .filter(|r| !r.2.is_finite())
-            .map(|r| r.0)
+            .filter(|r| !r.final_rel_loss.is_finite())
+            .map(|r| r.lr)
             .collect();
-        let (h, curve, rel, ms) = runs
+        let top = runs
             .iter()
-            .min_by(|a, b| finite_or_max(a.2).total_cmp(&finite_or_max(b.2)))
-            .cloned()
+            .min_by(|a, b| {
+                finite_or_max(a.final_rel_loss).total_cmp(&finite_or_max(b.final_rel_loss))
+            })
             .expect("at least one step size");
-        let steps_to = [1e-2, 1e-4, 1e-6].map(|thr| curve.iter().find(|p| p.1 < thr).map(|p| p.0));
+        let steps_to =
+            [1e-2, 1e-4, 1e-6].map(|thr| top.curve.iter().find(|p| p.1 < thr).map(|p| p.0));
         best.push(Best {
             method: method.name(),
-            lr: h,
-            final_rel_loss: rel,
+            lr: top.lr,
+            final_rel_loss: top.final_rel_loss,
             steps_to,
-            ms_per_step: ms,
+            ms_per_step: top.ms_per_step,
+            final_rank: top.final_rank,
             diverged,
         });
-        for (h, curve, _, _) in runs {
-            points.extend(curve.into_iter().map(|(step, rel_loss)| Point {
+        for run in runs {
+            points.extend(run.curve.into_iter().map(|(step, rel_loss)| Point {
                 method: method.name(),
-                lr: h,
+                lr: run.lr,
                 step,
                 rel_loss,
             }));
