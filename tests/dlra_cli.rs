@@ -2,34 +2,17 @@
 
 mod common;
 
-use common::{lowrank, text, tmp};
+use common::{assert_fails_with, lowrank, text, tmp};
 
 #[test]
 fn bad_dlra_flags_fail_with_a_sentence() {
-    let o = lowrank(&["dlra", "--rank", "60"]);
-    assert!(
-        !o.status.success() && text(&o).contains("at most half the smaller dimension"),
-        "{}",
-        text(&o)
+    assert_fails_with(
+        &["dlra", "--rank", "60"],
+        "at most half the smaller dimension",
     );
-    let o = lowrank(&["dlra", "--cond", "0.5"]);
-    assert!(
-        !o.status.success() && text(&o).contains("--cond 0.5 must be at least 1"),
-        "{}",
-        text(&o)
-    );
-    let o = lowrank(&["dlra", "--tau", "1.5"]);
-    assert!(
-        !o.status.success() && text(&o).contains("--tau 1.5 must lie in [0, 1)"),
-        "{}",
-        text(&o)
-    );
-    let o = lowrank(&["dlra", "--methods", "sgd"]);
-    assert!(
-        !o.status.success() && text(&o).contains("invalid value"),
-        "{}",
-        text(&o)
-    );
+    assert_fails_with(&["dlra", "--cond", "0.5"], "--cond 0.5 must be at least 1");
+    assert_fails_with(&["dlra", "--tau", "1.5"], "--tau 1.5 must lie in [0, 1)");
+    assert_fails_with(&["dlra", "--methods", "sgd"], "invalid value");
 }
 
 #[test]

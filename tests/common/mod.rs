@@ -34,3 +34,14 @@ pub fn tmp(name: &str) -> PathBuf {
     std::fs::remove_dir_all(&d).ok();
     d
 }
+
+/// Runs `lowrank ARGS` and asserts that it fails with a message containing `needle`.
+pub fn assert_fails_with(args: &[&str], needle: &str) {
+    let o = lowrank(args);
+    assert!(
+        !o.status.success() && text(&o).contains(needle),
+        "`lowrank {}` should fail saying {needle:?}:\n{}",
+        args.join(" "),
+        text(&o)
+    );
+}
