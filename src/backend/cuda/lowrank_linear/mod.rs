@@ -166,10 +166,23 @@ fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
 /// wgmma version), else the narrow one (twice the blocks); the skinny projections always take the
 /// narrow tile (N = rank is small, and they are bound by reading their input).
 fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Tile {
+    let hopper = cuda.info.compute_capability.0 == 9;
+    choose_tile(
+        cuda.info.sms.max(1) as usize,
+        hopper,
+        cuda.lowrank_impl,
+        role,
+        m,
+        n,
+    )
+}
+
+/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked for.
+fn choose_tile(sms: usize, hopper: bool, imp: LowRankImpl, role: Role, m: usize, n: usize) -> Tile {
     let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
-    if role == Role::Project || wide_blocks < cuda.info.sms.max(1) as usize {
+    if role == Role::Project || wide_blocks < sms {
         NARROW
-    } else if cuda.lowrank_impl == LowRankImpl::Fused && cuda.info.compute_capability.0 == 9 {
+    } else if imp == LowRankImpl::Fused && hopper {
         WGMMA
     } else {
         WIDE
@@ -514,5 +527,31 @@ fn factor_grads(
         }
         (Some(db), None) => add_column_sums(cuda, dy, n, n_out, db),
         (None, _) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_follow_the_grid_the_gpu_and_the_implementation() {
+        let name = |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, role, m, n).name;
+        let fused = LowRankImpl::Fused;
+        // 16384 × 4096 outputs: 4096 wide blocks fill 132 SMs; wgmma on Hopper, mma.sync elsewhere.
+        assert_eq!(name(132, true, fused, Role::Y, 16384, 4096), "wgmma");
+        assert_eq!(name(132, true, fused, Role::Dx, 16384, 1024), "wgmma");
+        assert_eq!(name(108, false, fused, Role::Y, 16384, 4096), "wide");
+        assert_eq!(
+            name(132, true, LowRankImpl::Mma, Role::Y, 16384, 4096),
+            "wide"
+        );
+        // 1024 × 1024: 64 wide blocks leave SMs idle, so twice as many narrow ones.
+        assert_eq!(name(132, true, fused, Role::Y, 1024, 1024), "narrow");
+        // The selftest's ragged 2500 × 1000 → 1160 shape reaches the wgmma tile in both products.
+        assert_eq!(name(132, true, fused, Role::Y, 2500, 1160), "wgmma");
+        assert_eq!(name(132, true, fused, Role::Dx, 2500, 1000), "wgmma");
+        // The skinny projections always take the narrow tile.
+        assert_eq!(name(132, true, fused, Role::Project, 16384, 4096), "narrow");
     }
 }
