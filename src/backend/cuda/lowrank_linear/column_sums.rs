@@ -3,6 +3,7 @@
 //! partials from the projection s = dy·Vtᵀ, which already streams dy; the cuBLASLt path reads dy
 //! again with `column_sum_partials_bf16`.
 
+use super::super::launch::grid_for;
 use super::super::{Cuda, CudaBuf};
 use crate::backend::{Mut, Ref};
 use anyhow::Result;
@@ -12,9 +13,11 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 const COLSUM_ROWS: u32 = 16;
 const COLSUM_COLS: usize = 32;
 
-/// Column sums of dy per row block, left by the fused projection for db.
+/// Column sums of dy per row block, left by the fused projection for db: `blocks` × n_out f32 at
+/// `ptr`, freed stream-ordered with `_partials`.
 pub(super) struct RowBlockSums {
-    pub partials: CudaSlice<f32>,
+    pub _partials: CudaSlice<f32>,
+    pub ptr: u64,
     pub blocks: usize,
 }
 
@@ -32,8 +35,7 @@ pub(super) fn add_column_sums(
     let rows_per_chunk = rows.div_ceil(want_chunks.clamp(1, rows.div_ceil(64).max(1)));
     let chunks = rows.div_ceil(rows_per_chunk);
     // Freed stream-ordered (cuMemFreeAsync) when dropped, after the kernels below have read it.
-    let partials = cuda.stream.alloc_zeros::<f32>(chunks * cols)?;
-    let pp = super::super::slice_ptr(&partials, &cuda.stream);
+    let (_partials, pp) = cuda.scratch_f32(chunks * cols)?;
     let mp = m.ptr();
     let (rows_i, cols_i, rpc_i) = (rows as i32, cols as i32, rows_per_chunk as i32);
     let f = cuda
@@ -70,11 +72,7 @@ pub(super) fn finish_column_sums(
     let f = cuda
         .modules
         .function("lowrank_linear", "column_sum_finish")?;
-    let cfg = LaunchConfig {
-        grid_dim: (cols.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_for(cols);
     // SAFETY: out holds cols f32 values (check_backward); partials, chunks · cols.
     unsafe {
         cuda.stream

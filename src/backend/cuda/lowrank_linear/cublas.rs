@@ -2,10 +2,11 @@
 //! against, and their fallback for shapes they do not take.
 
 use super::super::gemm::RowStrides;
+use super::super::launch::grid_for;
 use super::super::{Cuda, CudaBuf};
 use crate::backend::{Backend, DType, Gemm, LowRankShape, LowRankWeights, Mut, Ref};
 use anyhow::Result;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 /// Row strides (a, b, c) for `Lt::gemm_strided`.
 pub(super) fn strides(a: usize, b: usize, c: usize) -> RowStrides {
@@ -88,11 +89,7 @@ fn bias_rows(
     let f = cuda.modules.function("lowrank_linear", name)?;
     let (b, yp, cols_i) = (bias.ptr(), y.ptr(), cols as i32);
     let total = rows * cols;
-    let cfg = LaunchConfig {
-        grid_dim: (total.div_ceil(512) as u32, 1, 1),
-        block_dim: (512, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_for(total);
     // SAFETY: check_forward verified bias holds `cols` and y `rows · cols` elements.
     unsafe {
         cuda.stream

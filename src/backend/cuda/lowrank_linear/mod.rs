@@ -262,12 +262,12 @@ fn launch_seg_gemm(
         let split_tiles = k_tiles.div_ceil(splits);
         z = k_tiles.div_ceil(split_tiles);
         let stride = out.m * out.n_store;
-        let ws = cuda.stream.alloc_zeros::<f32>(z * stride)?;
-        p.c = super::slice_ptr(&ws, &cuda.stream);
+        let (ws, ptr) = cuda.scratch_f32(z * stride)?;
+        p.c = ptr;
         p.ldc = out.n_store as i32;
         p.split_tiles = split_tiles as i32;
         p.split_stride = stride as i64;
-        workspace = Some(ws);
+        workspace = Some((ws, ptr));
     }
     let cfg = LaunchConfig {
         grid_dim: (
@@ -287,7 +287,7 @@ fn launch_seg_gemm(
     // the caller sized `partials` for the grid's row blocks, and the workspace holds z partials.
     unsafe { launch.launch(cfg)? };
     match workspace {
-        Some(ws) => split_sum(cuda, &ws, z, out),
+        Some(ws) => split_sum(cuda, ws.1, z, out),
         None => Ok(()),
     }
 }
@@ -435,14 +435,16 @@ fn dx_fused(
     let dy_sums = if want_dy_sums {
         let blocks = sh.n.div_ceil(NARROW.bm);
         // Freed stream-ordered (cuMemFreeAsync) when dropped, after the kernels that read it.
-        let partials = cuda.stream.alloc_zeros::<f32>(blocks * sh.n_out)?;
-        Some(RowBlockSums { partials, blocks })
+        let (partials, ptr) = cuda.scratch_f32(blocks * sh.n_out)?;
+        Some(RowBlockSums {
+            _partials: partials,
+            ptr,
+            blocks,
+        })
     } else {
         None
     };
-    let partials_ptr = dy_sums
-        .as_ref()
-        .map(|d| super::slice_ptr(&d.partials, &cuda.stream));
+    let partials_ptr = dy_sums.as_ref().map(|d| d.ptr);
     launch_seg_gemm(
         cuda,
         Role::Project,
@@ -521,10 +523,7 @@ fn factor_grads(
         g.dvt.ptr(),
     )?;
     match (g.dbias, dy_sums) {
-        (Some(db), Some(sums)) => {
-            let pp = super::slice_ptr(&sums.partials, &cuda.stream);
-            finish_column_sums(cuda, pp, sums.blocks, n_out, db)
-        }
+        (Some(db), Some(sums)) => finish_column_sums(cuda, sums.ptr, sums.blocks, n_out, db),
         (Some(db), None) => add_column_sums(cuda, dy, n, n_out, db),
         (None, _) => Ok(()),
     }

@@ -2,10 +2,11 @@
 //! SMs idle: each z-slice of the grid multiplies its own range of k-tiles into an f32 workspace
 //! (`SegGemmParams::split_tiles`), and `split_sum_bf16` adds the slices in order and rounds once.
 
+use super::super::launch::grid_for;
 use super::super::Cuda;
 use super::Output;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 /// K-tiles of the mma.sync kernels (`TileConfig::BK`).
 pub(super) const BK: usize = 32;
@@ -21,15 +22,10 @@ pub(super) fn split_count(sms: usize, blocks: usize, k_tiles: usize) -> usize {
 }
 
 /// out = Σ_z workspace[z] in order (deterministic), rounded once to bf16.
-pub(super) fn split_sum(
-    cuda: &Cuda,
-    ws: &CudaSlice<f32>,
-    splits: usize,
-    out: &Output,
-) -> Result<()> {
+pub(super) fn split_sum(cuda: &Cuda, ws: u64, splits: usize, out: &Output) -> Result<()> {
     let f = cuda.modules.function("lowrank_linear", "split_sum_bf16")?;
     let total = out.m * out.n_store;
-    let (wp, op) = (super::super::slice_ptr(ws, &cuda.stream), out.ptr);
+    let (wp, op) = (ws, out.ptr);
     let (z, m, n, ldc, stride) = (
         splits as i32,
         out.m as i32,
@@ -37,11 +33,7 @@ pub(super) fn split_sum(
         out.ldc as i32,
         total as i64,
     );
-    let cfg = LaunchConfig {
-        grid_dim: (total.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_for(total);
     // SAFETY: ws holds `splits` m × n_store partials; out is m rows of stride ldc ≥ n_store.
     unsafe {
         cuda.stream
