@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): finds the CUDA libraries, then doctor, selftest, bench and
-# the PyTorch peer on the same shapes, the training step, and the low-rank selftest under
-# compute-sanitizer when present. Logs and JSON go to $OUT (or the first argument); a short table is
+# the PyTorch peer on the same shapes with issue 5's targets checked from both, the training step,
+# and the low-rank selftest under compute-sanitizer when present. Logs and JSON go to $OUT (or the first argument); a short table is
 # printed last.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +47,14 @@ step bench "$bin" bench ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" --json "$out/peer.json"
 fi
+# Issue 5's targets, row by row, from the two JSON files of this run (and mma.sync's rows on Hopper).
+peer_json=(); [[ -f "$out/peer.json" ]] && peer_json=("$out/peer.json")
+if [[ -f "$out/bench.json" ]]; then
+  step targets python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --md "$out/targets.md"
+  if grep -q '"imp": "mma"' "$out/bench.json"; then
+    step targets-mma python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl mma --md "$out/targets-mma.md"
+  fi
+fi
 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
@@ -71,5 +79,6 @@ grep -E "passed, [0-9]+ failed" "$out/selftest.log" 2>/dev/null | tail -1
 # the basic ops, then GPT-2 medium's MLP at 16384 rows, ranks 128 and 256.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
+cat "$out/targets.log" "$out/targets-mma.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^op ' "$out/peer.log" | head -20
 exit $status
