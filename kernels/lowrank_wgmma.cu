@@ -117,13 +117,14 @@ __device__ __forceinline__ void wg_load_b(uint32_t dst, const bf16* b, int ldb, 
 // inside the swizzled row (the hardware applies the XOR to the final address); the N-major B
 // advances two 8-row groups (2 KB).
 template <bool NT>
-__device__ __forceinline__ void wg_mma_stage(float (&d)[64], uint32_t sa, uint32_t sb, int warpgroup) {
+__device__ __forceinline__ void wg_mma_stage(float (&d)[64], uint32_t sa, uint32_t sb, int warpgroup, uint32_t lbo,
+                                             uint32_t sbo) {
     const uint32_t a0 = sa + warpgroup * 64 * 128;
 #pragma unroll
     for (int kk = 0; kk < wg::BK / 16; ++kk) {
         const uint64_t da = smem_desc(a0 + kk * 32, 16, 1024);
         if constexpr (NT) wgmma_m64n128k16<0>(d, da, smem_desc(sb + kk * 32, 16, 1024));
-        else wgmma_m64n128k16<1>(d, da, smem_desc(sb + kk * 2048, 8192, 1024));
+        else wgmma_m64n128k16<1>(d, da, smem_desc(sb + kk * 2048, lbo, sbo));
     }
 }
 
@@ -170,7 +171,7 @@ __device__ __forceinline__ void seg_gemm_wgmma(const SegGemmParams& p) {
         if (tile + wg::STAGES - 2 < tiles) load(tile + wg::STAGES - 2);
         cp_async_commit();
         wgmma_fence();
-        wg_mma_stage<decltype(nt)::value>(d, stage_a(tile), stage_b(tile), warpgroup);
+        wg_mma_stage<decltype(nt)::value>(d, stage_a(tile), stage_b(tile), warpgroup, p.nmajor_lbo, p.nmajor_sbo);
         wgmma_commit();
         wgmma_wait<1>();  // leaves this tile's batch running across the next barrier
     };

@@ -26,6 +26,10 @@ struct SegGemmParams {
     // c + z·split_stride; split_sum adds the partials in order.
     int split_tiles;
     long long split_stride;
+    // wgmma kernels: the leading and stride byte offsets of the N-major B descriptor (8192 and 1024
+    // per the PTX ISA's canonical layout). A parameter, not a constant, only until a GPU run has
+    // confirmed them: LOWRANK_WGMMA_NMAJOR=swap tries the other reading in the same binary.
+    int nmajor_lbo, nmajor_sbo;
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }

@@ -42,6 +42,8 @@ bench_flags=()
 if grep -qE '^lowrank_.*FAIL' "$out/selftest.log" && [[ "$(cat "$out/selftest-lowrank-mma.status")" == ok ]]; then
   echo "low-rank selftest failed on the default (wgmma) path only: bench runs with --no-wgmma"
   bench_flags=(--no-wgmma)
+  # The wgmma kernels' least certain choice, its N-major descriptor offsets, read the other way.
+  step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
 fi
 step bench "$bin" bench ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then

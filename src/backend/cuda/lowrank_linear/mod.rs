@@ -70,6 +70,8 @@ struct SegGemmParams {
     ldc: i32,
     split_tiles: i32,
     split_stride: i64,
+    nmajor_lbo: i32,
+    nmajor_sbo: i32,
 }
 
 // SAFETY: plain old data with the C layout the kernel reads.
@@ -235,7 +237,10 @@ fn launch_seg_gemm(
             tile.smem_bytes
         )
     })?;
+    let (nmajor_lbo, nmajor_sbo) = wgmma_nmajor_offsets()?;
     let mut p = SegGemmParams {
+        nmajor_lbo,
+        nmajor_sbo,
         bias,
         c: out.ptr,
         m: out.m as i32,
@@ -290,6 +295,24 @@ fn launch_seg_gemm(
         Some(ws) => split_sum(cuda, ws.1, z, out),
         None => Ok(()),
     }
+}
+
+/// The wgmma kernels' N-major descriptor offsets (leading, stride) in bytes: the PTX ISA's
+/// canonical layout gives (8192, 1024) for our tiles; LOWRANK_WGMMA_NMAJOR=swap takes the other
+/// reading, so one GPU run can tell which the hardware uses. To go once a GPU run has settled it.
+fn wgmma_nmajor_offsets() -> Result<(i32, i32)> {
+    static OFFSETS: std::sync::OnceLock<std::result::Result<(i32, i32), String>> =
+        std::sync::OnceLock::new();
+    OFFSETS
+        .get_or_init(|| match std::env::var("LOWRANK_WGMMA_NMAJOR").as_deref() {
+            Err(_) | Ok("") | Ok("canonical") => Ok((8192, 1024)),
+            Ok("swap") => Ok((1024, 8192)),
+            Ok(other) => Err(format!(
+                "LOWRANK_WGMMA_NMAJOR={other:?}: use `canonical` (the default) or `swap`"
+            )),
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
