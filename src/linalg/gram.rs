@@ -1,8 +1,10 @@
 //! The explained-variance rank of a matrix D from its Gram matrix G = D·Dᵀ (or Dᵀ·D, the smaller):
 //! G's eigenvalues are D's squared singular values, so one GEMM (on the device, where D lives) and a
 //! symmetric eigensolve of min(rows, cols)² on the host give D's whole spectrum, exactly. For the
-//! dense runs' W − W0 this replaced a randomized range finder that ran on the host: at 768 × 3072,
-//! where r90 is ~600, it took 2 s per matrix on this project's 2-core machine against 0.13 s.
+//! dense runs' W − W0 this replaced a randomized range finder that ran on the host. On a random
+//! 768 × 3072 update (r90 = 585 both ways) it took 2.0 s per matrix against 0.13 s for this path
+//! through the CPU backend (2-core CPU machine, 2026-12-01, a one-off timing of both in one test
+//! binary, not kept: the range finder is gone).
 
 use super::explained_rank;
 use anyhow::{ensure, Result};
