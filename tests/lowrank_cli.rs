@@ -48,6 +48,23 @@ fn bad_low_rank_settings_fail_before_training() {
             "cannot be used with",
         ),
         (vec!["--dln-eps", "0.1"], "only used with --lowrank dln"),
+        (vec!["--dlra-window", "3"], "only used with --lowrank dlra"),
+        (
+            vec!["--lowrank", "dlra", "--rank-init", "65"],
+            "DLRA's augmented bases",
+        ),
+        (
+            vec!["--lowrank", "dlra", "--dlra-tau", "1.5"],
+            "outside [0, 1)",
+        ),
+        (
+            vec!["--lowrank", "dlra", "--dlra-window", "0"],
+            "--dlra-window must be at least 1",
+        ),
+        (
+            vec!["--lowrank", "dlra", "--lowrank-init", "spectral"],
+            "does not apply",
+        ),
         (
             vec!["--mlp-dln", "--lowrank-init", "spectral"],
             "--lowrank-init does not apply",

@@ -1,7 +1,7 @@
 //! `lowrank dlra`: the geometry-aware low-rank optimiser study (SCIENCE.md §3) on the CPU in float64.
 
-use crate::experiments::dlra::step::FreshMoment;
 use crate::experiments::dlra::{self, plot::plot_curves, Method, StudyConfig};
+use crate::lowrank::dlra::FreshMoment;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 

@@ -2,6 +2,7 @@
 //! built into the binary).
 
 use crate::backend::{cpu::Cpu, cuda::Cuda};
+use crate::lowrank::dlra::FreshMoment;
 use crate::lowrank::{LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport};
 use crate::optim::Decay;
 use crate::train::{self, RunOptions, TrainConfig};
@@ -91,7 +92,8 @@ pub struct Args {
 pub struct LowRankArgs {
     /// Parameterisation of the selected layers: dense; inrank (W0 + U·Vᵀ, growing rank);
     /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (frozen --lora-base + (α/r)·U·Vᵀ);
-    /// dln (U·M·Vᵀ, a compressed deep linear block of width 2r)
+    /// dln (U·M·Vᵀ, a compressed deep linear block of width 2r); dlra (U·S·Vᵀ trained by the
+    /// DLRA integrator, rank up to r)
     #[arg(long = "lowrank", value_enum, default_value_t = LowRankMode::Dense)]
     mode: LowRankMode,
     /// Factor each MLP matrix as a compressed deep linear block: short for --lowrank dln
@@ -141,6 +143,19 @@ pub struct LowRankArgs {
     /// surrogate's mean top-2r singular value, so the block starts at the surrogate's scale]
     #[arg(long)]
     dln_eps: Option<f32>,
+    /// dlra: optimiser steps per window. The bases are augmented to 2r at a window's first step,
+    /// AdamW steps S inside it with the bases frozen, and an SVD of S truncates at its last step
+    /// (1: augment and truncate every step, the parallel integrator)
+    #[arg(long, default_value_t = 10)]
+    dlra_window: u32,
+    /// dlra: truncate to the smallest rank (at most --rank-init) whose dropped singular values hold
+    /// at most τ of ‖S‖ (SCIENCE.md §3: 0.01–0.15) [default: always keep --rank-init]
+    #[arg(long)]
+    dlra_tau: Option<f64>,
+    /// dlra: AdamW's second moment in the directions each augmentation adds: zero (carried by
+    /// the change of basis, as specified) or mean (the mean of the transported one)
+    #[arg(long, value_enum, default_value_t = FreshMoment::Zero)]
+    dlra_fresh_moment: FreshMoment,
 }
 
 impl LowRankArgs {
@@ -165,6 +180,9 @@ impl LowRankArgs {
             rank_log_every: self.rank_log_every,
             factor_lr_scale: self.factor_lr_scale,
             dln_eps: self.dln_eps,
+            dlra_window: self.dlra_window,
+            dlra_tau: self.dlra_tau,
+            dlra_fresh_moment: self.dlra_fresh_moment,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! resume. Defaults follow SCIENCE.md §1 (r0 = 2, b = 100, α = 0.9, warm-up 25 and gap 3 optimiser
 //! steps, stage 1 of 130 steps as in the reference code).
 
+use super::dlra::FreshMoment;
 use super::init::LowRankInit;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,11 @@ pub enum LowRankMode {
     /// W = U·M·Vᵀ, a compressed deep linear block of depth 3 and width 2r (r = `--rank-init`),
     /// started from the layer's surrogate (SCIENCE.md §4): fixed width, every factor trained.
     Dln,
+    /// W = U·S·Vᵀ with orthonormal bases U, V of rank up to r = `--rank-init`, trained by the DLRA
+    /// integrator (SCIENCE.md §3): AdamW steps S in bases augmented to 2r at the start of each
+    /// window of `--dlra-window` steps and truncated back at its end; started from the spectral
+    /// factors of the layer's dense init.
+    Dlra,
 }
 
 /// Which linear layers of each block are low-rank.
@@ -78,6 +84,14 @@ pub struct LowRankConfig {
     /// `dln`: the scale ε of each factor at init (None: the surrogate's mean top singular value
     /// to the power 1/3, so the block starts at the surrogate's scale).
     pub dln_eps: Option<f32>,
+    /// `dlra`: optimiser steps per window (1: augment and truncate every step, the parallel
+    /// integrator).
+    pub dlra_window: u32,
+    /// `dlra`: truncate to the smallest rank whose dropped singular values hold at most τ of ‖S‖
+    /// (at most `rank_init`); None keeps `rank_init`.
+    pub dlra_tau: Option<f64>,
+    /// `dlra`: Adam's second moment in the directions an augmentation adds.
+    pub dlra_fresh_moment: FreshMoment,
 }
 
 impl Default for LowRankConfig {
@@ -98,6 +112,9 @@ impl Default for LowRankConfig {
             rank_log_every: 10,
             factor_lr_scale: 1.0,
             dln_eps: None,
+            dlra_window: 10,
+            dlra_tau: None,
+            dlra_fresh_moment: FreshMoment::Zero,
         }
     }
 }
@@ -138,6 +155,27 @@ impl LowRankConfig {
             self.dln_eps.is_none() || self.mode == LowRankMode::Dln,
             "--dln-eps is only used with --lowrank dln"
         );
+        let dlra = self.mode == LowRankMode::Dlra;
+        ensure!(
+            self.dlra_window >= 1,
+            "--dlra-window must be at least 1 optimiser step (1: augment and truncate every step)"
+        );
+        if let Some(tau) = self.dlra_tau {
+            ensure!(
+                (0.0..1.0).contains(&tau),
+                "--dlra-tau {tau} is outside [0, 1): it is the fraction of ‖S‖ the dropped singular values may hold (SCIENCE.md §3: 0.01–0.15)"
+            );
+        }
+        ensure!(
+            dlra || (self.dlra_window == 10
+                && self.dlra_tau.is_none()
+                && self.dlra_fresh_moment == FreshMoment::Zero),
+            "--dlra-window, --dlra-tau and --dlra-fresh-moment are only used with --lowrank dlra"
+        );
+        ensure!(
+            !dlra || self.init == LowRankInit::Random,
+            "--lowrank dlra starts from the spectral factors of the layer's dense init (orthonormal bases, S = Σ); --lowrank-init does not apply to it"
+        );
         if let Some(a) = self.lora_alpha {
             ensure!(a > 0.0 && a.is_finite(), "--lora-alpha must be positive");
         }
@@ -160,6 +198,16 @@ impl LowRankConfig {
             && step >= self.rank_warmup
             && step < self.stage1_steps
             && (step - self.rank_warmup).is_multiple_of(self.rank_gap)
+    }
+
+    /// Whether DLRA augments the bases before optimiser step `step` (1-based): a window's first.
+    pub fn dlra_augments(&self, step: u32) -> bool {
+        self.mode == LowRankMode::Dlra && (step - 1).is_multiple_of(self.dlra_window)
+    }
+
+    /// Whether DLRA truncates after optimiser step `step` (1-based): a window's last.
+    pub fn dlra_truncates(&self, step: u32) -> bool {
+        self.mode == LowRankMode::Dlra && step.is_multiple_of(self.dlra_window)
     }
 
     /// LoRA's scale α/r (1 in other modes).
@@ -196,6 +244,12 @@ impl LowRankConfig {
                 self.factor_lr_scale != saved.factor_lr_scale,
             ),
             ("--dln-eps", self.dln_eps != saved.dln_eps),
+            ("--dlra-window", self.dlra_window != saved.dlra_window),
+            ("--dlra-tau", self.dlra_tau != saved.dlra_tau),
+            (
+                "--dlra-fresh-moment",
+                self.dlra_fresh_moment != saved.dlra_fresh_moment,
+            ),
         ];
         pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
     }

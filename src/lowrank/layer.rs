@@ -20,12 +20,16 @@ pub struct LowRankLayer {
     pub capacity: usize,
     /// Rows live beyond the rank while growing (b, clamped to ⌊R/4⌋; 0 for LoRA).
     pub buffer: usize,
-    /// Highest rank growth may reach: R − b − 1 (LoRA: R).
+    /// Highest rank growth may reach: R − b − 1 (LoRA, dln: R; dlra: R/2, the rank it truncates to).
     pub max_rank: usize,
     /// Whether W = W0 + U·Vᵀ (inrank, lora) rather than U·Vᵀ.
     pub has_w0: bool,
-    /// Whether a trained middle factor sits between the two: W = U·M·Vᵀ (dln).
+    /// Whether a trained middle factor sits between the two: W = U·M·Vᵀ (dln; dlra's S). Its live
+    /// k × k block is stored contiguously at the start of the R × R tensor (k = the live width).
     pub has_mid: bool,
+    /// Whether Ut and Vt are orthonormal bases that only the DLRA integrator moves (dlra): the
+    /// optimiser trains the middle S alone.
+    pub orthonormal_bases: bool,
     /// Init std of the dense weight this layer replaces.
     pub dense_std: f64,
 }
@@ -36,11 +40,11 @@ impl LowRankLayer {
         (rank + self.buffer).min(self.capacity)
     }
 
-    /// The rank a run starts at: `rank_init` for a growing layer, the whole capacity for a
-    /// fixed-width one (lora, dln: no buffer).
+    /// The rank a run starts at: `rank_init` for a growing layer, the highest rank for one without
+    /// a buffer (lora, dln: the capacity; dlra: half of it, the rest is room for augmentation).
     pub fn start_rank(&self, rank_init: usize) -> usize {
         if self.buffer == 0 {
-            self.capacity
+            self.max_rank
         } else {
             rank_init.min(self.capacity)
         }
@@ -99,14 +103,23 @@ fn sized(cfg: &LowRankConfig, prefix: String, n_in: usize, n_out: usize) -> Resu
             "--rank-init {r0} is above the rank {full} of {prefix} ({n_in}×{n_out}); LoRA's rank must be at most {full}"
         );
         (r0, 0, r0)
-    } else if cfg.mode == LowRankMode::Dln {
+    } else if matches!(cfg.mode, LowRankMode::Dln | LowRankMode::Dlra) {
+        let what = match cfg.mode {
+            LowRankMode::Dln => "the compressed block of",
+            _ => "DLRA's augmented bases of",
+        };
         ensure!(
             2 * r0 <= full,
-            "--rank-init {r0} gives the compressed block of {prefix} ({n_in}×{n_out}) width 2r = {}, above its rank {full}; use --rank-init {} or less",
+            "--rank-init {r0} gives {what} {prefix} ({n_in}×{n_out}) width 2r = {}, above its rank {full}; use --rank-init {} or less",
             2 * r0,
             full / 2
         );
-        (2 * r0, 0, 2 * r0)
+        let max_rank = if cfg.mode == LowRankMode::Dln {
+            2 * r0
+        } else {
+            r0
+        };
+        (2 * r0, 0, max_rank)
     } else {
         let capacity = full / 2;
         let buffer = cfg.rank_buffer.min(capacity / 4).max(1);
@@ -128,7 +141,8 @@ fn sized(cfg: &LowRankConfig, prefix: String, n_in: usize, n_out: usize) -> Resu
         buffer,
         max_rank,
         has_w0: matches!(cfg.mode, LowRankMode::Inrank | LowRankMode::Lora),
-        has_mid: cfg.mode == LowRankMode::Dln,
+        has_mid: matches!(cfg.mode, LowRankMode::Dln | LowRankMode::Dlra),
+        orthonormal_bases: cfg.mode == LowRankMode::Dlra,
         dense_std: 0.0,
     })
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod cost;
+pub mod dlra;
 pub mod growth;
 pub mod init;
 pub mod layer;

@@ -61,6 +61,7 @@ impl<B: Backend> MiddleKind<B> {
     ) -> Result<(Ref<'a, B::Buf>, f32)> {
         match self {
             MiddleKind::Fixed { eye, scale, .. } => Ok((eye.all(), *scale)),
+            // The live k × k block, stored contiguously at the tensor's start.
             MiddleKind::Trained { .. } => Ok((view(w, trained_mid(i, v)?), 1.0)),
         }
     }
@@ -216,7 +217,7 @@ impl<B: Backend> LowRankRuntime<B> {
                     MiddleKind::Trained { m_f32, vt_f32 } => {
                         // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
                         let t = trained_mid(i, v)?;
-                        b.cast(view(w, t), m_f32.at_mut(0, k * k))?;
+                        b.cast(w.at(t.offset, k * k), m_f32.at_mut(0, k * k))?;
                         b.cast(w.at(v.vt.offset, k * n_out), vt_f32.at_mut(0, k * n_out))?;
                         let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
                         let vt = vt_f32.at(0, k * n_out);

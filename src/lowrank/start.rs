@@ -10,6 +10,9 @@
 //! `dln` (a compressed deep linear block, SCIENCE.md §4) has its own init: the layer's surrogate is
 //! the dense weight its init would draw (a GPT has no target to take it from); with Û, V̂ its top
 //! 2r singular vectors, Ut = ε·Ûᵀ, M = ε·I, Vt = ε·V̂ᵀ, so W = ε³·Û·V̂ᵀ.
+//!
+//! `dlra` (SCIENCE.md §3) starts from the same dense draw's rank-r truncation in DLRA's form:
+//! orthonormal Ut = U_rᵀ, Vt = V_rᵀ and S = Σ_r, diagonal (a window's start needs it so).
 
 use super::config::{LowRankConfig, LowRankMode};
 use super::init::{self, sample::truncated_normal, DenseLayer, InitOptions, LowRankInit, ThinSvd};
@@ -37,9 +40,39 @@ pub fn start_factors(
 ) -> Result<StartFactors> {
     let (ut, vt) = match cfg.mode {
         LowRankMode::Dln => return compressed_block(cfg, layer, rng),
+        LowRankMode::Dlra => return dlra_factors(cfg, layer, rng),
         mode => two_factors(cfg.init, mode, layer, width, rng)?,
     };
     Ok(StartFactors { ut, vt, mid: None })
+}
+
+/// The SVD of a dense draw of the layer from its init distribution.
+fn dense_draw_svd(layer: &LowRankLayer, rng: &mut Rng) -> Result<ThinSvd> {
+    let (n_in, n_out) = (layer.n_in, layer.n_out);
+    let w = truncated_normal(rng, n_in * n_out, layer.dense_std);
+    ThinSvd::new(&DenseLayer { w: &w, n_in, n_out })
+        .with_context(|| format!("the dense init of {}", layer.prefix))
+}
+
+/// Ut = U_rᵀ, Vt = V_rᵀ (orthonormal rows) and S = Σ_r stored r × r at the start of the middle
+/// tensor, r = the layer's rank; the other R − r rows of the bases are filled by augmentation.
+fn dlra_factors(cfg: &LowRankConfig, layer: &LowRankLayer, rng: &mut Rng) -> Result<StartFactors> {
+    debug_assert!(cfg.init == LowRankInit::Random, "refused by validate");
+    let (cap, r) = (layer.capacity, layer.max_rank);
+    let svd = dense_draw_svd(layer, rng)?;
+    let f = svd.scaled_factors(r, |_| 1.0)?;
+    let (mut ut, mut vt) = (f.ut, f.vt);
+    ut.resize(cap * layer.n_in, 0.0);
+    vt.resize(cap * layer.n_out, 0.0);
+    let mut mid = vec![0.0f32; cap * cap];
+    for (k, &s) in svd.singular_values()[..r].iter().enumerate() {
+        mid[k * r + k] = s as f32;
+    }
+    Ok(StartFactors {
+        ut,
+        vt,
+        mid: Some(mid),
+    })
 }
 
 /// Ut = ε·Ûᵀ, M = ε·I, Vt = ε·V̂ᵀ from the top R singular vectors of a dense draw of the layer.
@@ -51,10 +84,8 @@ fn compressed_block(
     if cfg.init != LowRankInit::Random {
         bail!("--lowrank dln starts from its surrogate's singular vectors (SCIENCE.md §4); --lowrank-init does not apply to it");
     }
-    let (r, n_in, n_out) = (layer.capacity, layer.n_in, layer.n_out);
-    let w = truncated_normal(rng, n_in * n_out, layer.dense_std);
-    let svd = ThinSvd::new(&DenseLayer { w: &w, n_in, n_out })
-        .with_context(|| format!("the surrogate of {}", layer.prefix))?;
+    let r = layer.capacity;
+    let svd = dense_draw_svd(layer, rng)?;
     let eps = match cfg.dln_eps {
         Some(e) => e as f64,
         None => (svd.singular_values()[..r].iter().sum::<f64>() / r as f64).cbrt(),

@@ -3,6 +3,7 @@
 
 use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
+use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
 use crate::optim::ParamGroup;
 use crate::train::checkpoint;
@@ -43,7 +44,11 @@ impl<B: Backend> Gpt<B> {
                 offset: s.offset,
                 len: s.len,
                 decay: s.weight_decay,
-                lr_scale: if s.factor { factor_lr_scale } else { 1.0 },
+                lr_scale: match s.role {
+                    SpanRole::Plain => 1.0,
+                    SpanRole::Factor => factor_lr_scale,
+                    SpanRole::Basis => 0.0,
+                },
             })
             .collect()
     }

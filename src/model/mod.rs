@@ -16,4 +16,4 @@ mod tests_lowrank;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
 pub use gpt::{Gpt, OptimizerBuffers};
-pub use params::{BlockTensor, DecaySpan, Init, LowRankTensors, ParamLayout, TensorView};
+pub use params::{BlockTensor, DecaySpan, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};

@@ -151,8 +151,20 @@ pub struct DecaySpan {
     pub offset: usize,
     pub len: usize,
     pub weight_decay: bool,
-    /// The span holds low-rank factors (U, V), which may take their own learning-rate scale.
-    pub factor: bool,
+    pub role: SpanRole,
+}
+
+/// What a span's parameters are to the optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanRole {
+    /// Ordinary parameters.
+    Plain,
+    /// Low-rank factors (U, V, a compressed block's M, DLRA's S), which may take their own
+    /// learning-rate scale.
+    Factor,
+    /// DLRA's orthonormal bases U, V: moved only by the integrator's augmentation and truncation,
+    /// never by the optimiser.
+    Basis,
 }
 
 /// Indices in the layout's tensors of one low-rank layer's factors and frozen base.
@@ -342,27 +354,33 @@ impl ParamLayout {
         (self.trainable_len - 2 * self.c, 2 * self.c)
     }
 
-    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and factor
-    /// flag, in buffer order.
+    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and role, in
+    /// buffer order.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
-        let factors: Vec<usize> = self
-            .lowrank
-            .iter()
-            .flat_map(|l| [Some(l.ut), Some(l.vt), l.mid])
-            .flatten()
-            .collect();
+        let role_of = |i: usize| {
+            for l in &self.lowrank {
+                if i == l.ut || i == l.vt {
+                    return match l.layer.orthonormal_bases {
+                        true => SpanRole::Basis,
+                        false => SpanRole::Factor,
+                    };
+                }
+                if l.mid == Some(i) {
+                    return SpanRole::Factor;
+                }
+            }
+            SpanRole::Plain
+        };
         let mut spans: Vec<DecaySpan> = Vec::new();
         for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.trainable) {
-            let factor = factors.contains(&i);
+            let role = role_of(i);
             match spans.last_mut() {
-                Some(s) if s.weight_decay == t.weight_decay && s.factor == factor => {
-                    s.len += t.len()
-                }
+                Some(s) if s.weight_decay == t.weight_decay && s.role == role => s.len += t.len(),
                 _ => spans.push(DecaySpan {
                     offset: t.offset,
                     len: t.len(),
                     weight_decay: t.weight_decay,
-                    factor,
+                    role,
                 }),
             }
         }

@@ -46,10 +46,11 @@ impl Reference<'_> {
             Some(_) => self.tensor(&format!("{prefix}.lowrank_w0")).to_vec(),
             None => vec![0.0; n_in * n_out],
         };
-        // A compressed block: W = Σ_{j,k} Ut[j]ᵀ·M[j, k]·Vt[k]; otherwise M = I.
-        let r = vt.len() / n_out;
+        // A compressed block: W = Σ_{j,k} Ut[j]ᵀ·M[j, k]·Vt[k], M's live width × width block
+        // stored contiguously at the start of its tensor; otherwise M = I.
+        let width = lr.width;
         let mid = |j: usize, k: usize| match self.layout.find(&format!("{prefix}.lowrank_mid")) {
-            Some(_) => self.tensor(&format!("{prefix}.lowrank_mid"))[j * r + k],
+            Some(_) => self.tensor(&format!("{prefix}.lowrank_mid"))[j * width + k],
             None => f64::from(j == k),
         };
         for j in 0..lr.width {

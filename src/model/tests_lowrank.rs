@@ -1,12 +1,16 @@
-//! Low-rank models against the f64 reference: every gradient in every mode, and rank growth
-//! leaving the function unchanged.
+//! Low-rank models against the f64 reference: every gradient in every mode, rank growth leaving
+//! the function unchanged, and DLRA's augmentation and truncation.
 
 use super::tests::{assert_gradients_match_reference, micro, random_tokens, LowRankRef};
 use super::{Gpt, GptConfig};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};
+use crate::lowrank::dlra::{schedule as dlra, FreshMoment};
 use crate::lowrank::growth;
+use crate::lowrank::LiveRank;
 use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
+use crate::optim::{AdamWConfig, AdamWOptimizer};
+use faer::Mat;
 
 fn config(mode: LowRankMode, layers: LowRankLayers) -> LowRankConfig {
     LowRankConfig {
@@ -45,6 +49,8 @@ fn every_gradient_matches_the_reference_in_every_low_rank_mode() {
         (Efficient, All),
         (Inrank, Attn),
         (Dln, Mlp),
+        // Width r = 2 of capacity 4: S is read as a 2 × 2 block at the start of its tensor.
+        (Dlra, Mlp),
     ] {
         let cfg = config(mode, layers);
         let gpt = Gpt::with_lowrank(&Cpu, micro(), &cfg, 2, 5, 1).unwrap();
@@ -105,5 +111,178 @@ fn growing_the_rank_leaves_the_function_unchanged() {
         let vt = &gpt.layout().tensors()[lt.vt];
         let vals = Cpu.download(gpt.params().at(vt.offset, vt.len())).unwrap();
         assert!(vals[6 * 128..9 * 128].iter().all(|&v| v == 0.0));
+    }
+}
+
+/// A DLRA model (MLP layers 16×64 and 64×16 at rank 3 of capacity 6) and its optimiser.
+fn dlra_model() -> (Gpt<Cpu>, AdamWOptimizer<Cpu>) {
+    let cfg = GptConfig {
+        n_embd: 16,
+        n_head: 2,
+        ..micro()
+    };
+    let lr = LowRankConfig {
+        mode: LowRankMode::Dlra,
+        rank_init: 3,
+        ..Default::default()
+    };
+    let gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
+    let n = gpt.layout().trainable_len();
+    let opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(1.0)).unwrap();
+    (gpt, opt)
+}
+
+/// The loss on fixed tokens, with its gradients left in `grads` (zeroed first).
+fn loss_and_grads(gpt: &mut Gpt<Cpu>) -> f32 {
+    let vocab = gpt.config().vocab_size;
+    let (inputs, targets) = (random_tokens(12, vocab, 4), random_tokens(12, vocab, 5));
+    gpt.zero_grads(&Cpu).unwrap();
+    let loss = gpt.forward(&Cpu, &inputs, Some(&targets)).unwrap().unwrap();
+    gpt.backward(&Cpu, 1.0).unwrap();
+    loss
+}
+
+/// Layer `i`'s (Ut, M, Vt) at live width k from `buf` (parameters or gradients), f64, row-major.
+fn dlra_tensors(gpt: &Gpt<Cpu>, buf: &[f32], i: usize, k: usize) -> [Vec<f64>; 3] {
+    let lt = &gpt.layout().lowrank()[i];
+    let (n_in, n_out) = (lt.layer.n_in, lt.layer.n_out);
+    let at = |t: usize, len: usize| {
+        let off = gpt.layout().tensors()[t].offset;
+        buf[off..off + len].iter().map(|&x| x as f64).collect()
+    };
+    [
+        at(lt.ut, k * n_in),
+        at(lt.mid.unwrap(), k * k),
+        at(lt.vt, k * n_out),
+    ]
+}
+
+/// W = Utᵀ·M·Vt (n_in × n_out) by plain loops.
+fn product(t: &[Vec<f64>; 3], k: usize, n_in: usize, n_out: usize) -> Mat<f64> {
+    Mat::from_fn(n_in, n_out, |i, o| {
+        let mut w = 0.0;
+        for a in 0..k {
+            for c in 0..k {
+                w += t[0][a * n_in + i] * t[1][a * k + c] * t[2][c * n_out + o];
+            }
+        }
+        w
+    })
+}
+
+fn max_abs(a: impl IntoIterator<Item = f64>) -> f64 {
+    a.into_iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// Augmentation leaves W unchanged, keeps the old basis vectors, adds orthonormal ones, and leaves
+/// as S's gradient the backward's own Ûᵀ·G·V̂ (a second pass at the new bases) with the block
+/// ŨᵀGṼ zeroed. The optimiser then moves S and leaves the bases alone.
+#[test]
+fn dlra_augmentation_keeps_w_and_gives_the_tangent_gradient_of_s() {
+    let (mut gpt, mut opt) = dlra_model();
+    let before = Cpu.download(gpt.params().all()).unwrap();
+    let loss = loss_and_grads(&mut gpt);
+    dlra::augment(&Cpu, &mut gpt, &mut opt, FreshMoment::Zero).unwrap();
+    let params = Cpu.download(gpt.params().all()).unwrap();
+    let tangent = Cpu.download(gpt.grads().all()).unwrap();
+    let again = loss_and_grads(&mut gpt);
+    assert!(
+        (again - loss).abs() <= 1e-6 * loss.abs(),
+        "{loss} → {again}"
+    );
+    let full = Cpu.download(gpt.grads().all()).unwrap();
+    let (r, k) = (3, 6);
+    for (i, lt) in gpt.layout().lowrank().iter().enumerate() {
+        let (n_in, n_out) = (lt.layer.n_in, lt.layer.n_out);
+        assert_eq!(gpt.lowrank().live[i], LiveRank { rank: r, width: k });
+        let [ut0, _, vt0] = dlra_tensors(&gpt, &before, i, r);
+        let [ut, _, vt] = dlra_tensors(&gpt, &params, i, k);
+        for (rows, old, n) in [(&ut, &ut0, n_in), (&vt, &vt0, n_out)] {
+            assert_eq!(&rows[..r * n], &old[..], "the old basis vectors are kept");
+            for a in 0..k {
+                for c in 0..k {
+                    let dot: f64 = (0..n).map(|x| rows[a * n + x] * rows[c * n + x]).sum();
+                    assert!((dot - f64::from(a == c)).abs() < 1e-6, "⟨{a}, {c}⟩ = {dot}");
+                }
+            }
+        }
+        let [dut, g_s, dvt] = dlra_tensors(&gpt, &tangent, i, k);
+        assert!(
+            dut.iter().chain(&dvt).all(|&x| x == 0.0),
+            "basis gradients cleared"
+        );
+        let [_, want, _] = dlra_tensors(&gpt, &full, i, k);
+        let scale = max_abs(want.iter().copied());
+        assert!(scale > 0.0);
+        for a in 0..k {
+            for c in 0..k {
+                let (got, want) = (g_s[a * k + c], want[a * k + c]);
+                match a >= r && c >= r {
+                    true => assert_eq!(got, 0.0),
+                    false => assert!(
+                        (got - want).abs() <= 1e-4 * scale,
+                        "layer {i} S gradient ({a}, {c}): {got} vs {want}"
+                    ),
+                }
+            }
+        }
+    }
+    // The optimiser moves S, never the bases.
+    let bufs = gpt.optimizer_buffers();
+    opt.step(&Cpu, 1e-2, bufs.params, bufs.grads, bufs.compute_copy)
+        .unwrap();
+    let stepped = Cpu.download(gpt.params().all()).unwrap();
+    for i in 0..gpt.layout().lowrank().len() {
+        let ([ut, s, vt], [ut2, s2, vt2]) = (
+            dlra_tensors(&gpt, &params, i, k),
+            dlra_tensors(&gpt, &stepped, i, k),
+        );
+        assert_eq!((ut, vt), (ut2, vt2));
+        assert_ne!(s, s2);
+    }
+}
+
+/// Truncation replaces W by its best rank-r approximation (Eckart–Young, from a dense f64 SVD of
+/// the 2r-wide product), with orthonormal bases and a diagonal S.
+#[test]
+fn dlra_truncation_is_the_best_rank_r_approximation() {
+    let (mut gpt, mut opt) = dlra_model();
+    loss_and_grads(&mut gpt);
+    dlra::augment(&Cpu, &mut gpt, &mut opt, FreshMoment::Zero).unwrap();
+    // A full 6 × 6 S, as after steps inside a window.
+    let mut rng = crate::util::rng::Rng::new(11);
+    for lt in gpt.layout().lowrank().to_vec() {
+        let off = gpt.layout().tensors()[lt.mid.unwrap()].offset;
+        let s = rng.normal_vec(36, 1.0);
+        Cpu.upload(&s, gpt.params_mut().at_mut(off, 36)).unwrap();
+    }
+    let before = Cpu.download(gpt.params().all()).unwrap();
+    let changes = dlra::truncate(&Cpu, &mut gpt, &mut opt, None).unwrap();
+    assert!(changes.is_empty(), "the rank stays 3: {changes:?}");
+    let after = Cpu.download(gpt.params().all()).unwrap();
+    for (i, lt) in gpt.layout().lowrank().iter().enumerate() {
+        let (n_in, n_out) = (lt.layer.n_in, lt.layer.n_out);
+        assert_eq!(gpt.lowrank().live[i], LiveRank { rank: 3, width: 3 });
+        let w = product(&dlra_tensors(&gpt, &before, i, 6), 6, n_in, n_out);
+        let svd = w.thin_svd().unwrap();
+        let sigma = svd.S().column_vector();
+        let top = Mat::from_fn(3, 3, |a, c| if a == c { sigma[a] } else { 0.0 });
+        let best = svd.U().get(.., ..3) * top * svd.V().get(.., ..3).transpose();
+        let t = dlra_tensors(&gpt, &after, i, 3);
+        let got = product(&t, 3, n_in, n_out);
+        let entries = (0..n_in).flat_map(|a| (0..n_out).map(move |o| (a, o)));
+        let diff = max_abs(entries.clone().map(|(a, o)| got[(a, o)] - best[(a, o)]));
+        let scale = max_abs(entries.map(|(a, o)| best[(a, o)]));
+        assert!(diff <= 1e-5 * scale, "layer {i}: off by {diff} of {scale}");
+        let s = &t[1];
+        assert!(
+            (0..3).all(|a| (0..3).all(|c| a == c || s[a * 3 + c] == 0.0)),
+            "{s:?}"
+        );
+        let rest = dlra_tensors(&gpt, &after, i, 6);
+        assert!(
+            rest[0][3 * n_in..].iter().all(|&x| x == 0.0),
+            "dropped rows are zeroed"
+        );
     }
 }

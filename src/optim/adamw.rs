@@ -10,7 +10,8 @@ pub struct ParamGroup {
     pub offset: usize,
     pub len: usize,
     pub decay: bool,
-    /// The group's learning rate is `lr_scale` times the schedule's.
+    /// The group's learning rate is `lr_scale` times the schedule's; 0 holds the group fixed
+    /// (no update, no decay, its moments untouched).
     pub lr_scale: f32,
 }
 
@@ -108,7 +109,7 @@ impl<B: Backend> AdamWOptimizer<B> {
             1.0
         };
         self.step += 1;
-        for g in &self.groups {
+        for g in self.groups.iter().filter(|g| g.lr_scale != 0.0) {
             let hp = AdamW {
                 lr: lr * g.lr_scale,
                 beta1: self.config.beta1,

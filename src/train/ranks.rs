@@ -1,11 +1,13 @@
 //! The training loop's low-rank schedule and rank monitoring: growth checks in stage 1,
-//! truncation when stage 2 begins, and the per-layer ranks logged to metrics.jsonl.
+//! truncation when stage 2 begins, DLRA's windows, and the per-layer ranks logged to
+//! metrics.jsonl.
 
 use super::checkpoint::RankState;
 use crate::backend::Backend;
+use crate::lowrank::dlra::schedule as dlra;
 use crate::lowrank::growth::{self, RankChange};
 use crate::lowrank::monitor::{lowrank_ranks, DenseMonitor};
-use crate::lowrank::{LayerRank, LowRankConfig};
+use crate::lowrank::{LayerRank, LowRankConfig, LowRankMode};
 use crate::model::Gpt;
 use crate::optim::AdamWOptimizer;
 use anyhow::{ensure, Result};
@@ -61,6 +63,25 @@ impl RankSchedule {
         })
     }
 
+    /// Runs between the backward passes of optimiser step `step` (1-based) and the step itself:
+    /// DLRA augments its bases at a window's start and keeps the bases' gradients out of the
+    /// optimiser.
+    pub fn before_step<B: Backend>(
+        &mut self,
+        b: &B,
+        model: &mut Gpt<B>,
+        opt: &mut AdamWOptimizer<B>,
+        step: u32,
+    ) -> Result<()> {
+        if self.cfg.mode != LowRankMode::Dlra {
+            return Ok(());
+        }
+        match self.cfg.dlra_augments(step) {
+            true => dlra::augment(b, model, opt, self.cfg.dlra_fresh_moment),
+            false => dlra::clear_basis_grads(b, model),
+        }
+    }
+
     /// Runs after optimiser step `step` (1-based) of `last`.
     pub fn after_step<B: Backend>(
         &mut self,
@@ -77,6 +98,9 @@ impl RankSchedule {
         if self.cfg.grows() && step >= self.cfg.stage1_steps && !model.lowrank().truncated {
             growth::truncate(b, model, opt, self.cfg.moment_transport)?;
             ev.truncated = true;
+        }
+        if self.cfg.dlra_truncates(step) {
+            ev.changes = dlra::truncate(b, model, opt, self.cfg.dlra_tau)?;
         }
         let every = self.cfg.rank_log_every;
         if every > 0 && (step.is_multiple_of(every) || step == last) {

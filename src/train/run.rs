@@ -201,6 +201,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 opts.out.display()
             );
         }
+        ranks.before_step(b, &mut model, &mut opt, step + 1)?;
         let lr = schedule.lr(step + 1);
         let bufs = model.optimizer_buffers();
         let optimizer = profile::range(|| "optimizer".into());

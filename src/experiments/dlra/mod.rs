@@ -5,15 +5,16 @@
 //! their DLRA versions on W = U·S·Vᵀ (parallel integrator, state transported at every basis change).
 //! Each runs over a grid of step sizes; the best final loss per method is reported.
 
-pub mod step;
+mod factors;
 
 use crate::linalg::factor::random_orthonormal;
+use crate::lowrank::dlra::{Dlra, FreshMoment, Keep, Moments, Rule};
 use crate::util::rng::Rng;
 use anyhow::{ensure, Context, Result};
+use factors::Factors;
 use faer::Mat;
 use serde::Serialize;
 use std::time::Instant;
-use step::{Dlra, Factors, FreshMoment, Keep, Moments, Rule};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Method {

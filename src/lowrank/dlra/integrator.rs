@@ -1,5 +1,7 @@
-//! One optimiser step of each method the DLRA study compares (SCIENCE.md §3), on W = U·S·Vᵀ (DLRA)
-//! or W = U·Vᵀ (factors), given the loss gradient G = ∂L/∂W in float64.
+//! The DLRA integrator (SCIENCE.md §3) on W = U·S·Vᵀ in float64, and the update rules it steps the
+//! coefficients with. `lowrank dlra` runs it on a matrix problem whose gradient G = ∂L/∂W is at hand;
+//! GPT training (`--lowrank dlra`) runs the same augmentation and truncation on each layer, fed with
+//! G·V and Gᵀ·U from the layer's backward pass instead of G.
 //!
 //! DLRA, the parallel (augment-and-truncate-every-step) integrator: with G_U = G·V and G_V = Gᵀ·U,
 //! the bases grow to Û = [U, Ũ], V̂ = [V, Ṽ] where Ũ, Ṽ span the parts of G_U, G_V orthogonal to U,
@@ -65,10 +67,22 @@ pub fn apply(rule: Rule, h: f64, t: u64, theta: &mut Mat<f64>, g: MatRef<f64>, s
 }
 
 /// What Adam's second moment starts at in the directions an augmentation adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum FreshMoment {
     /// Zero, as the change of basis [I; 0] carries it (the brief's transport): Adam's first step
     /// there is a full-size ±h whatever the gradient's size.
+    #[default]
     Zero,
     /// The mean of the transported second moment: new directions are normalised on the scale of
     /// the old ones.
@@ -141,9 +155,15 @@ impl Dlra {
     /// S and the first moment padded with zeros (the change of basis ÛᵀU is [I; 0]), the second
     /// moment as `fresh` says.
     pub fn augment(&mut self, g: MatRef<f64>, fresh: FreshMoment) {
+        let (gu, gv) = (g * &self.v, g.transpose() * &self.u);
+        self.augment_with(gu.as_ref(), gv.as_ref(), fresh);
+    }
+
+    /// `augment` given G·V (d_in × r) and Gᵀ·U (d_out × r) rather than G.
+    pub fn augment_with(&mut self, gu: MatRef<f64>, gv: MatRef<f64>, fresh: FreshMoment) {
         let r = self.rank();
-        let uh = augment(self.u.as_ref(), (g * &self.v).as_ref());
-        let vh = augment(self.v.as_ref(), (g.transpose() * &self.u).as_ref());
+        let uh = augment(self.u.as_ref(), gu);
+        let vh = augment(self.v.as_ref(), gv);
         self.u = uh;
         self.v = vh;
         self.s = pad(self.s.as_ref(), 2 * r);
@@ -176,15 +196,30 @@ impl Dlra {
         t: u64,
         tangent_of: Option<usize>,
     ) {
-        let mut gs = self.u.transpose() * g * &self.v;
-        if let Some(r) = tangent_of {
-            for j in r..gs.ncols() {
-                for i in r..gs.nrows() {
-                    gs[(i, j)] = 0.0;
-                }
+        let gs = match tangent_of {
+            Some(r) => {
+                let (u, v) = (self.u.get(.., ..r), self.v.get(.., ..r));
+                self.tangent_gradient((g * v).as_ref(), (g.transpose() * u).as_ref())
             }
-        }
+            None => self.u.transpose() * g * &self.v,
+        };
         apply(rule, h, t, &mut self.s, gs.as_ref(), &mut self.state);
+    }
+
+    /// Ûᵀ·G·V̂ with its lower-right block zeroed, in augmented bases Û = [U, Ũ], V̂ = [V, Ṽ] whose
+    /// first r columns are the bases G·V (`gu`, d_in × r) and Gᵀ·U (`gv`, d_out × r) were taken
+    /// in: every block but ŨᵀGṼ is a product of G with an old basis, so G itself is not needed.
+    pub fn tangent_gradient(&self, gu: MatRef<f64>, gv: MatRef<f64>) -> Mat<f64> {
+        let r = gu.ncols();
+        let left = self.u.transpose() * gu; // Ûᵀ·G·V: the first r columns
+        let top = gv.transpose() * &self.v; // Uᵀ·G·V̂: the first r rows
+        Mat::from_fn(self.u.ncols(), self.v.ncols(), |i, j| {
+            match (i < r, j < r) {
+                (_, true) => left[(i, j)],
+                (true, false) => top[(i, j)],
+                (false, false) => 0.0,
+            }
+        })
     }
 
     /// SVD S = P·Σ·Qᵀ, kept to the rank `keep` gives: U ← U·P_r, V ← V·Q_r, S ← Σ_r, and the state
@@ -209,29 +244,6 @@ impl Dlra {
             v: Mat::from_fn(k, k, |i, j| root[(i, j)] * root[(i, j)]),
         };
         Ok(())
-    }
-}
-
-/// W = U·Vᵀ with the optimiser acting on U and V independently (the baselines).
-#[derive(Clone, Debug)]
-pub struct Factors {
-    pub u: Mat<f64>,
-    pub v: Mat<f64>,
-    pub state_u: Moments,
-    pub state_v: Moments,
-}
-
-impl Factors {
-    pub fn w(&self) -> Mat<f64> {
-        &self.u * self.v.transpose()
-    }
-
-    /// One step with gradient `g` of the loss at W: ∂L/∂U = G·V, ∂L/∂V = Gᵀ·U.
-    pub fn step(&mut self, g: MatRef<f64>, rule: Rule, h: f64, t: u64) {
-        let gu = g * &self.v;
-        let gv = g.transpose() * &self.u;
-        apply(rule, h, t, &mut self.u, gu.as_ref(), &mut self.state_u);
-        apply(rule, h, t, &mut self.v, gv.as_ref(), &mut self.state_v);
     }
 }
 
