@@ -61,10 +61,13 @@ step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --f
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
 step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --profile-steps 5:6 --out "$out/train-smoke"
-# The low-rank runtime on the GPU: rank growth (efficient InRank, fused layer) and the compressed
-# deep linear blocks (trained middle factor), a few steps each.
+# The low-rank runtime on the GPU: rank growth (efficient InRank, fused layer), the compressed
+# deep linear blocks (trained middle factor) and DLRA (windows of 3: augmentation, frozen bases,
+# truncation by τ), a few steps each.
 step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --steps 30 --warmup 5 --eval-every 10 --rank-log-every 5 --out "$out/train-smoke-efficient"
 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
+step train-smoke-dlra "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
+step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
 step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10

@@ -50,6 +50,14 @@ fn bad_low_rank_settings_fail_before_training() {
         (vec!["--dln-eps", "0.1"], "only used with --lowrank dln"),
         (vec!["--dlra-window", "3"], "only used with --lowrank dlra"),
         (
+            vec!["--dlra-rule", "heavy-ball"],
+            "only used with --lowrank dlra",
+        ),
+        (
+            vec!["--lowrank", "dlra", "--dlra-friction", "1.5"],
+            "outside [0, 1]",
+        ),
+        (
             vec!["--lowrank", "dlra", "--rank-init", "65"],
             "DLRA's augmented bases",
         ),

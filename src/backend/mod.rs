@@ -261,6 +261,19 @@ impl AdamW {
     }
 }
 
+/// Hyperparameters of one heavy-ball step in friction form (SCIENCE.md §3, DLRA heavy ball):
+/// z ← (1 − γ)·z − h·g, then θ ← θ + h·z − h·wd·θ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeavyBall {
+    /// The step h.
+    pub h: f32,
+    /// The friction γ in [0, 1].
+    pub friction: f32,
+    pub weight_decay: f32,
+    /// Multiplies every gradient before use (clipping by global norm).
+    pub grad_scale: f32,
+}
+
 /// The instruction set of a training step. Grows issue by issue; each op has a CPU reference in
 /// `cpu` and a CUDA twin compared with it by `lowrank selftest`.
 pub trait Backend {
@@ -295,6 +308,17 @@ pub trait Backend {
         grads: Ref<Self::Buf>,
         m: Mut<Self::Buf>,
         v: Mut<Self::Buf>,
+        compute_copy: Option<Mut<Self::Buf>>,
+    ) -> Result<()>;
+
+    /// One fused heavy-ball step over f32 master `params`, f32 `grads` and `velocity` (z); when
+    /// given, `compute_copy` receives the updated parameters in its own dtype.
+    fn heavy_ball(
+        &self,
+        hp: &HeavyBall,
+        params: Mut<Self::Buf>,
+        grads: Ref<Self::Buf>,
+        velocity: Mut<Self::Buf>,
         compute_copy: Option<Mut<Self::Buf>>,
     ) -> Result<()>;
 
@@ -460,34 +484,35 @@ pub(crate) fn same_len(op: &str, a: usize, b: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks AdamW operands: f32 master state of equal lengths.
-pub(crate) fn check_adamw<T: Buffer>(
+/// Checks an optimiser update's operands (`op` names it): f32 master params, gradients and
+/// state windows (name, window) of equal lengths, and a compute copy of the same length.
+pub(crate) fn check_update<T: Buffer>(
+    op: &str,
     params: &Mut<T>,
     grads: &Ref<T>,
-    m: &Mut<T>,
-    v: &Mut<T>,
+    state: &[(&str, &Mut<T>)],
     copy: &Option<Mut<T>>,
 ) -> Result<()> {
     let n = params.len;
-    for (what, len, dtype) in [
-        ("grads", grads.len, grads.dtype()),
-        ("m", m.len, m.dtype()),
-        ("v", v.len, v.dtype()),
-    ] {
-        ensure!(len == n, "adamw: {what} has {len} elements, params {n}");
+    let state = state.iter().map(|(what, w)| (*what, w.len, w.dtype()));
+    for (what, len, dtype) in [("grads", grads.len, grads.dtype())]
+        .into_iter()
+        .chain(state)
+    {
+        ensure!(len == n, "{op}: {what} has {len} elements, params {n}");
         ensure!(
             dtype == DType::F32,
-            "adamw: {what} must be f32, is {dtype:?}"
+            "{op}: {what} must be f32, is {dtype:?}"
         );
     }
     ensure!(
         params.dtype() == DType::F32,
-        "adamw: master params must be f32"
+        "{op}: master params must be f32"
     );
     if let Some(c) = copy {
         ensure!(
             c.len == n,
-            "adamw: compute copy has {} elements, params {n}",
+            "{op}: compute copy has {} elements, params {n}",
             c.len
         );
     }

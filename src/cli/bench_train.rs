@@ -4,6 +4,7 @@
 
 use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
 use crate::cli::train::Device;
+use crate::lowrank::LowRankConfig;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
 use crate::util::rng::Rng;
@@ -41,7 +42,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             b,
             AdamWConfig::default(),
             model.layout().len(),
-            &model.param_groups(1.0),
+            &model.param_groups(&LowRankConfig::default()),
         )?;
         let mut rng = Rng::new(0);
         let tokens: Vec<u32> = (0..a.batch * (a.seq + 1))

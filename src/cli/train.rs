@@ -3,7 +3,9 @@
 
 use crate::backend::{cpu::Cpu, cuda::Cuda};
 use crate::lowrank::dlra::FreshMoment;
-use crate::lowrank::{LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport};
+use crate::lowrank::{
+    DlraRule, LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport,
+};
 use crate::optim::Decay;
 use crate::train::{self, RunOptions, TrainConfig};
 use crate::util::profile::CaptureWindow;
@@ -156,6 +158,14 @@ pub struct LowRankArgs {
     /// the change of basis, as specified) or mean (the mean of the transported one)
     #[arg(long, value_enum, default_value_t = FreshMoment::Zero)]
     dlra_fresh_moment: FreshMoment,
+    /// dlra: what steps S: adam (AdamW, moments transported at every basis change) or heavy-ball
+    /// (friction form z ← (1 − γ)·z − h·g, S ← S + h·z, with h = --lr × --factor-lr-scale:
+    /// heavy ball's steps scale as h², so it wants a much larger --factor-lr-scale than 1)
+    #[arg(long, value_enum, default_value_t = DlraRule::Adam)]
+    dlra_rule: DlraRule,
+    /// dlra heavy ball: the friction γ in [0, 1]
+    #[arg(long, default_value_t = 0.1)]
+    dlra_friction: f32,
 }
 
 impl LowRankArgs {
@@ -183,6 +193,8 @@ impl LowRankArgs {
             dlra_window: self.dlra_window,
             dlra_tau: self.dlra_tau,
             dlra_fresh_moment: self.dlra_fresh_moment,
+            dlra_rule: self.dlra_rule,
+            dlra_friction: self.dlra_friction,
         }
     }
 }

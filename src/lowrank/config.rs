@@ -4,6 +4,7 @@
 
 use super::dlra::FreshMoment;
 use super::init::LowRankInit;
+use crate::optim::GroupRule;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,18 @@ pub enum LowRankMode {
     /// window of `--dlra-window` steps and truncated back at its end; started from the spectral
     /// factors of the layer's dense init.
     Dlra,
+}
+
+/// What steps DLRA's coefficients S.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DlraRule {
+    /// AdamW with transported moments (the authors' code).
+    #[default]
+    Adam,
+    /// Heavy ball in friction form, z ← (1 − γ)·z − h·g, S ← S + h·z, with h the learning rate
+    /// times --factor-lr-scale and the velocity transported like Adam's first moment.
+    HeavyBall,
 }
 
 /// Which linear layers of each block are low-rank.
@@ -92,6 +105,10 @@ pub struct LowRankConfig {
     pub dlra_tau: Option<f64>,
     /// `dlra`: Adam's second moment in the directions an augmentation adds.
     pub dlra_fresh_moment: FreshMoment,
+    /// `dlra`: the update rule of S.
+    pub dlra_rule: DlraRule,
+    /// `dlra` heavy ball: the friction γ.
+    pub dlra_friction: f32,
 }
 
 impl Default for LowRankConfig {
@@ -115,6 +132,8 @@ impl Default for LowRankConfig {
             dlra_window: 10,
             dlra_tau: None,
             dlra_fresh_moment: FreshMoment::Zero,
+            dlra_rule: DlraRule::Adam,
+            dlra_friction: 0.1,
         }
     }
 }
@@ -167,10 +186,19 @@ impl LowRankConfig {
             );
         }
         ensure!(
-            dlra || (self.dlra_window == 10
-                && self.dlra_tau.is_none()
-                && self.dlra_fresh_moment == FreshMoment::Zero),
-            "--dlra-window, --dlra-tau and --dlra-fresh-moment are only used with --lowrank dlra"
+            (0.0..=1.0).contains(&self.dlra_friction),
+            "--dlra-friction {} is outside [0, 1]: heavy ball keeps 1 − γ of its velocity each step",
+            self.dlra_friction
+        );
+        let unset = LowRankConfig::default();
+        let dlra_flags_unset = self.dlra_window == unset.dlra_window
+            && self.dlra_tau.is_none()
+            && self.dlra_fresh_moment == unset.dlra_fresh_moment
+            && self.dlra_rule == unset.dlra_rule
+            && self.dlra_friction == unset.dlra_friction;
+        ensure!(
+            dlra || dlra_flags_unset,
+            "--dlra-window, --dlra-tau, --dlra-fresh-moment, --dlra-rule and --dlra-friction are only used with --lowrank dlra"
         );
         ensure!(
             !dlra || self.init == LowRankInit::Random,
@@ -208,6 +236,16 @@ impl LowRankConfig {
     /// Whether DLRA truncates after optimiser step `step` (1-based): a window's last.
     pub fn dlra_truncates(&self, step: u32) -> bool {
         self.mode == LowRankMode::Dlra && step.is_multiple_of(self.dlra_window)
+    }
+
+    /// How the optimiser steps the low-rank factors: heavy ball for DLRA's S when asked.
+    pub fn factor_rule(&self) -> GroupRule {
+        match (self.mode, self.dlra_rule) {
+            (LowRankMode::Dlra, DlraRule::HeavyBall) => GroupRule::HeavyBall {
+                friction: self.dlra_friction,
+            },
+            _ => GroupRule::AdamW,
+        }
     }
 
     /// LoRA's scale α/r (1 in other modes).
@@ -250,6 +288,8 @@ impl LowRankConfig {
                 "--dlra-fresh-moment",
                 self.dlra_fresh_moment != saved.dlra_fresh_moment,
             ),
+            ("--dlra-rule", self.dlra_rule != saved.dlra_rule),
+            ("--dlra-friction", self.dlra_friction != saved.dlra_friction),
         ];
         pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
     }

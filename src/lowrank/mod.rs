@@ -14,7 +14,7 @@ pub mod monitor;
 pub mod runtime;
 pub mod start;
 
-pub use config::{LowRankConfig, LowRankLayers, LowRankMode, MomentTransport};
+pub use config::{DlraRule, LowRankConfig, LowRankLayers, LowRankMode, MomentTransport};
 pub use init::LowRankInit;
 pub use layer::LowRankLayer;
 pub use monitor::LayerRank;

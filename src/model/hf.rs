@@ -5,7 +5,8 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
 use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
-use crate::optim::ParamGroup;
+use crate::lowrank::LowRankConfig;
+use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint;
 use crate::train::tensor_file::{self, HostTensor};
 use anyhow::{bail, ensure, Context, Result};
@@ -34,9 +35,10 @@ fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
 }
 
 impl<B: Backend> Gpt<B> {
-    /// AdamW's parameter groups: the layout's weight-decay spans, the low-rank factors' at
-    /// `factor_lr_scale` times the learning rate.
-    pub fn param_groups(&self, factor_lr_scale: f32) -> Vec<ParamGroup> {
+    /// The optimiser's parameter groups: the layout's weight-decay spans; the low-rank factors'
+    /// at `--factor-lr-scale` times the learning rate and by their rule (heavy ball for DLRA's S
+    /// when asked); DLRA's bases held fixed.
+    pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
         self.layout()
             .decay_spans()
             .iter()
@@ -46,8 +48,12 @@ impl<B: Backend> Gpt<B> {
                 decay: s.weight_decay,
                 lr_scale: match s.role {
                     SpanRole::Plain => 1.0,
-                    SpanRole::Factor => factor_lr_scale,
+                    SpanRole::Factor => lr.factor_lr_scale,
                     SpanRole::Basis => 0.0,
+                },
+                rule: match s.role {
+                    SpanRole::Factor => lr.factor_rule(),
+                    _ => GroupRule::AdamW,
                 },
             })
             .collect()

@@ -128,7 +128,7 @@ fn dlra_model() -> (Gpt<Cpu>, AdamWOptimizer<Cpu>) {
     };
     let gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
     let n = gpt.layout().trainable_len();
-    let opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(1.0)).unwrap();
+    let opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(&lr)).unwrap();
     (gpt, opt)
 }
 

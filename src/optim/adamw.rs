@@ -1,7 +1,9 @@
 //! AdamW over a flat parameter buffer split into groups (weight decay on matrices only), with
-//! clipping by global gradient norm folded into the fused update's gradient scale.
+//! clipping by global gradient norm folded into the fused update's gradient scale. A group may
+//! step by heavy ball instead (DLRA heavy ball on the coefficients S), its velocity kept in the
+//! first-moment buffer.
 
-use crate::backend::{AdamW, Backend, Buffer, DType};
+use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall};
 use anyhow::{ensure, Result};
 
 /// A contiguous run of parameters sharing a weight-decay setting and a learning-rate scale.
@@ -13,6 +15,17 @@ pub struct ParamGroup {
     /// The group's learning rate is `lr_scale` times the schedule's; 0 holds the group fixed
     /// (no update, no decay, its moments untouched).
     pub lr_scale: f32,
+    pub rule: GroupRule,
+}
+
+/// How a group's parameters are updated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GroupRule {
+    AdamW,
+    /// Heavy ball with friction γ and step h = the group's learning rate; velocity in `m`.
+    HeavyBall {
+        friction: f32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,7 +81,11 @@ impl<B: Backend> AdamWOptimizer<B> {
             );
             next += g.len;
             match merged.last_mut() {
-                Some(last) if last.decay == g.decay && last.lr_scale == g.lr_scale => {
+                Some(last)
+                    if last.decay == g.decay
+                        && last.lr_scale == g.lr_scale
+                        && last.rule == g.rule =>
+                {
                     last.len += g.len
                 }
                 _ => merged.push(*g),
@@ -110,30 +127,38 @@ impl<B: Backend> AdamWOptimizer<B> {
         };
         self.step += 1;
         for g in self.groups.iter().filter(|g| g.lr_scale != 0.0) {
-            let hp = AdamW {
-                lr: lr * g.lr_scale,
-                beta1: self.config.beta1,
-                beta2: self.config.beta2,
-                eps: self.config.eps,
-                weight_decay: if g.decay {
-                    self.config.weight_decay
-                } else {
-                    0.0
-                },
-                step: self.step,
-                grad_scale: clip_scale,
+            let weight_decay = match g.decay {
+                true => self.config.weight_decay,
+                false => 0.0,
             };
             let copy = compute_copy
                 .as_deref_mut()
                 .map(|c| c.at_mut(g.offset, g.len));
-            b.adamw(
-                &hp,
-                params.at_mut(g.offset, g.len),
-                grads.at(g.offset, g.len),
-                self.m.at_mut(g.offset, g.len),
-                self.v.at_mut(g.offset, g.len),
-                copy,
-            )?;
+            let (p, grad) = (params.at_mut(g.offset, g.len), grads.at(g.offset, g.len));
+            let m = self.m.at_mut(g.offset, g.len);
+            match g.rule {
+                GroupRule::AdamW => {
+                    let hp = AdamW {
+                        lr: lr * g.lr_scale,
+                        beta1: self.config.beta1,
+                        beta2: self.config.beta2,
+                        eps: self.config.eps,
+                        weight_decay,
+                        step: self.step,
+                        grad_scale: clip_scale,
+                    };
+                    b.adamw(&hp, p, grad, m, self.v.at_mut(g.offset, g.len), copy)?
+                }
+                GroupRule::HeavyBall { friction } => {
+                    let hp = HeavyBall {
+                        h: lr * g.lr_scale,
+                        friction,
+                        weight_decay,
+                        grad_scale: clip_scale,
+                    };
+                    b.heavy_ball(&hp, p, grad, m, copy)?
+                }
+            }
         }
         Ok(StepReport {
             grad_norm,
@@ -164,12 +189,14 @@ mod tests {
                 len: 1,
                 decay: true,
                 lr_scale: 1.0,
+                rule: GroupRule::AdamW,
             },
             ParamGroup {
                 offset: 1,
                 len: 1,
                 decay: false,
                 lr_scale: 0.5,
+                rule: GroupRule::AdamW,
             },
         ];
         let cfg = AdamWConfig {
@@ -192,6 +219,39 @@ mod tests {
     }
 
     #[test]
+    fn a_heavy_ball_group_keeps_its_velocity_in_m_and_a_zero_scale_group_is_frozen() {
+        // Gradient (0, 3, 4): norm 5 under clip 10, unscaled. Group 0 (lr scale 0) stays put;
+        // group 1 (AdamW) moves by lr·sign(g) = 0.1; group 2 (heavy ball, h = lr·2 = 0.2,
+        // γ = 0.5, no decay): z = −0.2·4 = −0.8, p = 1 + 0.2·(−0.8) = 0.84.
+        let group = |offset, lr_scale, rule| ParamGroup {
+            offset,
+            len: 1,
+            decay: false,
+            lr_scale,
+            rule,
+        };
+        let groups = [
+            group(0, 0.0, GroupRule::AdamW),
+            group(1, 1.0, GroupRule::AdamW),
+            group(2, 2.0, GroupRule::HeavyBall { friction: 0.5 }),
+        ];
+        let cfg = AdamWConfig {
+            eps: 0.0,
+            clip: 10.0,
+            ..Default::default()
+        };
+        let mut opt = AdamWOptimizer::new(&Cpu, cfg, 3, &groups).unwrap();
+        let (mut p, g) = (buf(&[1.0, 1.0, 1.0]), buf(&[0.0, 3.0, 4.0]));
+        opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
+        let (p, m, v) = (p.as_slice(), opt.m.as_slice(), opt.v.as_slice());
+        assert_eq!(p[0], 1.0);
+        assert!((p[1] - 0.9).abs() < 1e-6, "{p:?}");
+        assert!((p[2] - 0.84).abs() < 1e-6, "{p:?}");
+        assert!((m[2] + 0.8).abs() < 1e-6 && v[2] == 0.0, "{m:?} {v:?}");
+        assert_eq!((m[0], v[0]), (0.0, 0.0));
+    }
+
+    #[test]
     fn groups_must_tile_the_buffer_and_nan_gradients_stop_training() {
         let gap = [
             ParamGroup {
@@ -199,12 +259,14 @@ mod tests {
                 len: 1,
                 decay: true,
                 lr_scale: 1.0,
+                rule: GroupRule::AdamW,
             },
             ParamGroup {
                 offset: 2,
                 len: 1,
                 decay: true,
                 lr_scale: 1.0,
+                rule: GroupRule::AdamW,
             },
         ];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &gap).is_err());
@@ -213,6 +275,7 @@ mod tests {
             len: 2,
             decay: true,
             lr_scale: 1.0,
+            rule: GroupRule::AdamW,
         }];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &short).is_err());
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 2, &short[..]).unwrap();

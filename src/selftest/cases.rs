@@ -1,6 +1,6 @@
 //! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
 
-use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
+use crate::backend::{AdamW, Backend, Buffer, DType, Gemm, HeavyBall};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -38,6 +38,11 @@ pub enum Case {
     },
     /// AdamW's f32 state (params, m, v) or, with `copy`, the compute copy it writes.
     AdamW {
+        n: usize,
+        copy: Option<DType>,
+    },
+    /// Heavy ball's f32 state (params, velocity) or, with `copy`, the compute copy it writes.
+    HeavyBall {
         n: usize,
         copy: Option<DType>,
     },
@@ -122,6 +127,11 @@ pub fn all_cases() -> Vec<Case> {
             n,
             copy: Some(DType::BF16),
         });
+        cases.push(Case::HeavyBall { n, copy: None });
+        cases.push(Case::HeavyBall {
+            n,
+            copy: Some(DType::BF16),
+        });
     }
     for n in [1, 3_000_017] {
         cases.push(Case::SumSquares {
@@ -153,6 +163,8 @@ impl Case {
             Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
             Case::AdamW { copy: None, .. } => "adamw_state".into(),
             Case::AdamW { copy: Some(d), .. } => format!("adamw_copy_{}", dt(*d)),
+            Case::HeavyBall { copy: None, .. } => "heavy_ball_state".into(),
+            Case::HeavyBall { copy: Some(d), .. } => format!("heavy_ball_copy_{}", dt(*d)),
             Case::SumSquares { dtype, .. } => format!("sum_squares_{}", dt(*dtype)),
             Case::LowRank(c) => c.op(),
             Case::Gpt(c) => c.op(),
@@ -166,6 +178,7 @@ impl Case {
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
+            | Case::HeavyBall { n, .. }
             | Case::SumSquares { n, .. } => n.to_string(),
             Case::LowRank(c) => c.shape(),
             Case::Gpt(c) => c.shape(),
@@ -181,6 +194,10 @@ impl Case {
                 to: DType::BF16, ..
             }
             | Case::AdamW {
+                copy: Some(DType::BF16),
+                ..
+            }
+            | Case::HeavyBall {
                 copy: Some(DType::BF16),
                 ..
             } => BF16_BOUND,
@@ -271,6 +288,28 @@ impl Case {
                     }
                 }
             }
+            Case::HeavyBall { n, copy } => {
+                let mut p = input(b, &mut rng, DType::F32, *n)?;
+                let g = input(b, &mut rng, DType::F32, *n)?;
+                let mut z = input(b, &mut rng, DType::F32, *n)?;
+                let hp = HeavyBall {
+                    h: 0.3,
+                    friction: 0.1,
+                    weight_decay: 0.1,
+                    grad_scale: 0.5,
+                };
+                match copy {
+                    None => {
+                        b.heavy_ball(&hp, p.all_mut(), g.all(), z.all_mut(), None)?;
+                        [b.download(p.all())?, b.download(z.all())?].concat()
+                    }
+                    Some(d) => {
+                        let mut c = poisoned(b, *d, *n)?;
+                        b.heavy_ball(&hp, p.all_mut(), g.all(), z.all_mut(), Some(c.all_mut()))?;
+                        b.download(c.all())?
+                    }
+                }
+            }
             Case::SumSquares { dtype, n } => {
                 let x = input(b, &mut rng, *dtype, *n)?;
                 return Ok(vec![b.sum_squares(x.all())?]);
@@ -279,5 +318,25 @@ impl Case {
             Case::Gpt(c) => c.run(b, seed)?,
         };
         Ok(out.into_iter().map(f64::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn elementwise_and_update_cases_run_on_the_cpu_and_fill_their_outputs() {
+        let plain = |c: &Case| !matches!(c, Case::Gemm { .. } | Case::LowRank(_) | Case::Gpt(_));
+        for c in all_cases().into_iter().filter(plain) {
+            let out = c.run(&Cpu, 1).unwrap();
+            assert!(
+                !out.is_empty() && out.iter().all(|x| x.is_finite()),
+                "{} {}",
+                c.op(),
+                c.shape()
+            );
+        }
     }
 }

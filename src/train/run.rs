@@ -122,12 +122,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         ..Default::default()
     };
     let trainable = model.layout().trainable_len();
-    let mut opt = AdamWOptimizer::new(
-        b,
-        adamw,
-        trainable,
-        &model.param_groups(cfg.lowrank.factor_lr_scale),
-    )?;
+    let mut opt = AdamWOptimizer::new(b, adamw, trainable, &model.param_groups(&cfg.lowrank))?;
     let shape = BatchShape {
         batch: cfg.batch,
         seq_len: cfg.seq,

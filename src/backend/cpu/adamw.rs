@@ -1,6 +1,6 @@
-//! Fused AdamW (CPU twin of kernels/adamw.cu).
+//! Fused optimiser updates, AdamW and heavy ball (CPU twins of kernels/adamw.cu).
 
-use crate::backend::AdamW;
+use crate::backend::{AdamW, HeavyBall};
 use rayon::prelude::*;
 
 /// One AdamW step in place: decoupled weight decay, bias-corrected moments.
@@ -23,9 +23,64 @@ pub fn adamw(hp: &AdamW, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &m
         });
 }
 
+/// One heavy-ball step in place (friction form, decoupled weight decay).
+pub fn heavy_ball(hp: &HeavyBall, params: &mut [f32], grads: &[f32], z: &mut [f32]) {
+    const CHUNK: usize = 1 << 14;
+    params
+        .par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .zip(z.par_chunks_mut(CHUNK))
+        .for_each(|((p, g), z)| {
+            for i in 0..p.len() {
+                z[i] = (1.0 - hp.friction) * z[i] - hp.h * g[i] * hp.grad_scale;
+                p[i] += hp.h * (z[i] - hp.weight_decay * p[i]);
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::backend::{cpu::Cpu, AdamW, Backend, Buffer, DType};
+    use crate::backend::{cpu::Cpu, AdamW, Backend, Buffer, DType, HeavyBall};
+
+    #[test]
+    fn heavy_ball_matches_hand_computation() {
+        // p = 1, g = 4 scaled by 0.5 → 2, h = 0.1, γ = 0.25, wd 0.5.
+        // Step 1: z = −0.1·2 = −0.2; p = 1 + 0.1·(−0.2 − 0.5·1) = 0.93.
+        // Step 2: z = 0.75·(−0.2) − 0.2 = −0.35; p = 0.93 + 0.1·(−0.35 − 0.465) = 0.8485.
+        let hp = HeavyBall {
+            h: 0.1,
+            friction: 0.25,
+            weight_decay: 0.5,
+            grad_scale: 0.5,
+        };
+        let mut p = Cpu.alloc(DType::F32, 1).unwrap();
+        Cpu.upload(&[1.0], p.all_mut()).unwrap();
+        let mut g = Cpu.alloc(DType::F32, 1).unwrap();
+        Cpu.upload(&[4.0], g.all_mut()).unwrap();
+        let mut z = Cpu.alloc(DType::F32, 1).unwrap();
+        let mut copy = Cpu.alloc(DType::BF16, 1).unwrap();
+        Cpu.heavy_ball(&hp, p.all_mut(), g.all(), z.all_mut(), Some(copy.all_mut()))
+            .unwrap();
+        assert!((p.as_slice()[0] - 0.93).abs() < 1e-6, "{:?}", p.as_slice());
+        assert_eq!(copy.as_slice()[0], half::bf16::from_f32(0.93).to_f32());
+        Cpu.heavy_ball(&hp, p.all_mut(), g.all(), z.all_mut(), None)
+            .unwrap();
+        assert!((z.as_slice()[0] + 0.35).abs() < 1e-6, "{:?}", z.as_slice());
+        assert!(
+            (p.as_slice()[0] - 0.8485).abs() < 1e-6,
+            "{:?}",
+            p.as_slice()
+        );
+        let mut short = Cpu.alloc(DType::F32, 2).unwrap();
+        let e = Cpu
+            .heavy_ball(&hp, p.all_mut(), g.all(), short.all_mut(), None)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("heavy_ball: velocity has 2 elements"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn two_steps_match_hand_computation() {

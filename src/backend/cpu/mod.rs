@@ -20,8 +20,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    check_adamw, same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape,
-    LowRankWeights, MatShape, Mut, Ref, SeqShape,
+    check_update, same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads,
+    LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::Result;
 
@@ -123,7 +123,13 @@ impl Backend for Cpu {
         mut v: Mut<CpuBuf>,
         compute_copy: Option<Mut<CpuBuf>>,
     ) -> Result<()> {
-        check_adamw(&params, &grads, &m, &v, &compute_copy)?;
+        check_update(
+            "adamw",
+            &params,
+            &grads,
+            &[("m", &m), ("v", &v)],
+            &compute_copy,
+        )?;
         adamw::adamw(
             hp,
             params.slice_mut(),
@@ -131,10 +137,22 @@ impl Backend for Cpu {
             m.slice_mut(),
             v.slice_mut(),
         );
-        if let Some(mut copy) = compute_copy {
-            copy.slice_mut().copy_from_slice(params.slice_mut());
-            copy.round_to_dtype();
-        }
+        write_copy(&mut params, compute_copy);
+        Ok(())
+    }
+
+    fn heavy_ball(
+        &self,
+        hp: &HeavyBall,
+        mut params: Mut<CpuBuf>,
+        grads: Ref<CpuBuf>,
+        mut velocity: Mut<CpuBuf>,
+        compute_copy: Option<Mut<CpuBuf>>,
+    ) -> Result<()> {
+        let state = [("velocity", &velocity)];
+        check_update("heavy_ball", &params, &grads, &state, &compute_copy)?;
+        adamw::heavy_ball(hp, params.slice_mut(), grads.slice(), velocity.slice_mut());
+        write_copy(&mut params, compute_copy);
         Ok(())
     }
 
@@ -377,5 +395,13 @@ impl Backend for Cpu {
         grads: LowRankGrads<CpuBuf>,
     ) -> Result<()> {
         lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
+    }
+}
+
+/// Copies updated master parameters into the compute copy, rounded to its dtype.
+fn write_copy(params: &mut Mut<CpuBuf>, compute_copy: Option<Mut<CpuBuf>>) {
+    if let Some(mut copy) = compute_copy {
+        copy.slice_mut().copy_from_slice(params.slice_mut());
+        copy.round_to_dtype();
     }
 }

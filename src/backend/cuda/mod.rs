@@ -21,8 +21,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    same_len, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights,
-    MatShape, Mut, Ref, SeqShape,
+    same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads, LowRankShape,
+    LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -208,8 +208,22 @@ impl Backend for Cuda {
         v: Mut<CudaBuf>,
         compute_copy: Option<Mut<CudaBuf>>,
     ) -> Result<()> {
-        super::check_adamw(&params, &grads, &m, &v, &compute_copy)?;
+        let state = [("m", &m), ("v", &v)];
+        super::check_update("adamw", &params, &grads, &state, &compute_copy)?;
         ops::adamw(self, hp, params, grads, m, v, compute_copy)
+    }
+
+    fn heavy_ball(
+        &self,
+        hp: &HeavyBall,
+        params: Mut<CudaBuf>,
+        grads: Ref<CudaBuf>,
+        velocity: Mut<CudaBuf>,
+        compute_copy: Option<Mut<CudaBuf>>,
+    ) -> Result<()> {
+        let state = [("velocity", &velocity)];
+        super::check_update("heavy_ball", &params, &grads, &state, &compute_copy)?;
+        ops::heavy_ball(self, hp, params, grads, velocity, compute_copy)
     }
 
     fn sum_squares(&self, x: Ref<CudaBuf>) -> Result<f64> {

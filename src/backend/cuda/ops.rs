@@ -2,7 +2,7 @@
 
 use super::launch::{grid_for, BLOCK};
 use super::{Cuda, CudaBuf};
-use crate::backend::{AdamW, DType, Mut, Ref};
+use crate::backend::{AdamW, DType, HeavyBall, Mut, Ref};
 use anyhow::Result;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -69,15 +69,11 @@ pub fn adamw(
     if n == 0 {
         return Ok(());
     }
-    let (copy_bf16, copy_f32) = match &copy {
-        Some(c) if c.dtype() == DType::BF16 => (c.ptr(), 0u64),
-        Some(c) => (0u64, c.ptr()),
-        None => (0, 0),
-    };
+    let (copy_bf16, copy_f32) = copy_pointers(&copy);
     let (bc1, bc2) = hp.bias_corrections();
     let f = cuda.modules.function("adamw", "adamw_f32")?;
     let (p, g, mp, vp) = (params.ptr(), grads.ptr(), m.ptr(), v.ptr());
-    // SAFETY: check_adamw verified lengths and dtypes; null copy pointers are skipped by the kernel.
+    // SAFETY: check_update verified lengths and dtypes; null copy pointers are skipped by the kernel.
     unsafe {
         cuda.stream
             .launch_builder(&f)
@@ -94,6 +90,49 @@ pub fn adamw(
             .arg(&bc1)
             .arg(&bc2)
             .arg(&hp.eps)
+            .arg(&hp.weight_decay)
+            .arg(&hp.grad_scale)
+            .launch(grid_for(n))?
+    };
+    Ok(())
+}
+
+/// The compute copy's pointer as the update kernels take it: (bf16, f32), null where absent.
+fn copy_pointers(copy: &Option<Mut<CudaBuf>>) -> (u64, u64) {
+    match copy {
+        Some(c) if c.dtype() == DType::BF16 => (c.ptr(), 0),
+        Some(c) => (0, c.ptr()),
+        None => (0, 0),
+    }
+}
+
+pub fn heavy_ball(
+    cuda: &Cuda,
+    hp: &HeavyBall,
+    params: Mut<CudaBuf>,
+    grads: Ref<CudaBuf>,
+    velocity: Mut<CudaBuf>,
+    copy: Option<Mut<CudaBuf>>,
+) -> Result<()> {
+    let n = params.len;
+    if n == 0 {
+        return Ok(());
+    }
+    let (copy_bf16, copy_f32) = copy_pointers(&copy);
+    let f = cuda.modules.function("adamw", "heavy_ball_f32")?;
+    let (p, g, z) = (params.ptr(), grads.ptr(), velocity.ptr());
+    // SAFETY: check_update verified lengths and dtypes; null copy pointers are skipped by the kernel.
+    unsafe {
+        cuda.stream
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&copy_bf16)
+            .arg(&copy_f32)
+            .arg(&g)
+            .arg(&z)
+            .arg(&n)
+            .arg(&hp.h)
+            .arg(&hp.friction)
             .arg(&hp.weight_decay)
             .arg(&hp.grad_scale)
             .launch(grid_for(n))?
