@@ -102,7 +102,8 @@ pub struct LowRankArgs {
     /// --lowrank-layers mlp (width 2r with r = --rank-init)
     #[arg(long, conflicts_with_all = ["mode", "lowrank_layers"])]
     mlp_dln: bool,
-    /// Initial rank r0 (lora: the fixed rank r; dln: the block's width is 2r)
+    /// Initial rank r0 (lora: the fixed rank r; dln: the block's width is 2r; dlra: the rank r, bases
+    /// augmented to 2r inside a window)
     #[arg(long, default_value_t = 2)]
     rank_init: usize,
     /// Rank buffer b: rows trained beyond the rank while growing (clamped to ⌊R/4⌋ per layer)
