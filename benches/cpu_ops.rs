@@ -1,8 +1,11 @@
-//! CPU backend microbenchmarks (criterion): the reference ops at GPT-2-small shapes.
+//! CPU microbenchmarks (criterion): the reference ops at GPT-2-small shapes, and the host-side
+//! work of one DLRA window per layer (`--lowrank dlra` runs it on the host on every backend).
 //! GPU numbers come from `lowrank bench` on a GPU machine (scripts/gpu-run.sh).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lowrank::backend::{cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm};
+use lowrank::linalg::factor::random_orthonormal;
+use lowrank::lowrank::dlra::{Dlra, FreshMoment, Keep, Moments};
 use lowrank::util::rng::Rng;
 
 fn filled(len: usize, seed: u64) -> lowrank::backend::cpu::CpuBuf {
@@ -73,5 +76,38 @@ fn elementwise(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm, elementwise);
+/// One DLRA window's host work for a GPT-2-small MLP matrix (768 × 3072) at rank r: augmentation
+/// from G·V and Gᵀ·U (two QRs of n × 2r), the tangent gradient, and the truncating SVD with the
+/// bases' rotation. The training loop pays this per low-rank layer at every window (layers run in
+/// parallel on the host's cores).
+fn dlra_window(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dlra_host_window");
+    group.sample_size(10);
+    let (n_in, n_out) = (768, 3072);
+    for r in [64, 128] {
+        let mut rng = Rng::new(r as u64);
+        let gaussian =
+            |rows, cols, rng: &mut Rng| faer::Mat::from_fn(rows, cols, |_, _| rng.normal());
+        let start = Dlra {
+            u: random_orthonormal(n_in, r, &mut rng),
+            s: faer::Mat::from_fn(r, r, |i, j| if i == j { 1.0 } else { 0.0 }),
+            v: random_orthonormal(n_out, r, &mut rng),
+            state: Moments::zeros(r, r),
+        };
+        let (gu, gv) = (gaussian(n_in, r, &mut rng), gaussian(n_out, r, &mut rng));
+        group.bench_function(format!("768x3072_r{r}"), |b| {
+            b.iter(|| {
+                let mut d = start.clone();
+                d.augment_with(gu.as_ref(), gv.as_ref(), FreshMoment::Zero);
+                let g_s = d.tangent_gradient(gu.as_ref(), gv.as_ref());
+                d.s += 0.01 * g_s;
+                d.truncate(Keep::Rank(r)).unwrap();
+                d
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemm, elementwise, dlra_window);
 criterion_main!(benches);
