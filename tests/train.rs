@@ -213,20 +213,55 @@ fn eval_and_plot_read_what_train_wrote() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let pattern = shards.join("shards_train_*.bin");
-    let o = lowrank(&[
-        "eval",
-        "--ckpt",
-        dir.to_str().unwrap(),
-        "--data",
-        pattern.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-    ]);
+    let eval = |run: &Path| {
+        let o = lowrank(&[
+            "eval",
+            "--ckpt",
+            run.to_str().unwrap(),
+            "--data",
+            pattern.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("perplexity"), "{}", text(&o));
+        let loss = text(&o)
+            .split("loss ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        loss.parse::<f64>().unwrap()
+    };
+    let dense = eval(&dir);
+    // A low-rank run's checkpoint evaluates at its live ranks: DLRA stopped in the middle of a
+    // window (bases augmented to 2r, S full), on its first training shard's own text.
+    let dlra = tmp("evaldlra");
+    let o = train(
+        &dlra,
+        &[
+            "--steps",
+            "3",
+            "--lowrank",
+            "dlra",
+            "--rank-init",
+            "8",
+            "--dlra-window",
+            "2",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("perplexity"), "{}", text(&o));
+    let low = eval(&dlra);
+    assert!(
+        dense.is_finite() && low.is_finite() && low < 11.0,
+        "{dense} {low}"
+    );
     std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&dlra).ok();
 }
 
 #[test]

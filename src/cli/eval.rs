@@ -37,10 +37,9 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
-    let (config, tensors) = hf::load_checkpoint(&a.ckpt)?;
+    let ck = hf::load_model_checkpoint(&a.ckpt)?;
     let set = ShardSet::open(&a.data).with_context(|| format!("cannot open {:?}", a.data))?;
-    let mut model = Gpt::new(b, config, a.batch, a.seq, 0)?;
-    model.load_hf_tensors(b, &tensors)?;
+    let mut model = Gpt::from_checkpoint(b, &ck, a.batch, a.seq)?;
     let shape = BatchShape {
         batch: a.batch,
         seq_len: a.seq,

@@ -5,9 +5,10 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
 use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
-use crate::lowrank::LowRankConfig;
+use crate::lowrank::{LowRankConfig, LowRankInit};
 use crate::optim::{GroupRule, ParamGroup};
-use crate::train::checkpoint;
+use crate::train::checkpoint::{self, RankState};
+use crate::train::ranks::RankSchedule;
 use crate::train::tensor_file::{self, HostTensor};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
@@ -200,16 +201,57 @@ pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
 /// safetensors file: ours names its preset in the metadata; for Hugging Face's the shape is
 /// inferred from the tensors.
 pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
+    let ck = load_model_checkpoint(path)?;
+    Ok((ck.config, ck.tensors))
+}
+
+/// What it takes to rebuild a trained model: its shape, its low-rank settings and live ranks (a
+/// safetensors file is dense), and its tensors.
+pub struct ModelCheckpoint {
+    pub config: GptConfig,
+    pub lowrank: LowRankConfig,
+    pub ranks: Option<RankState>,
+    pub tensors: Vec<HostTensor>,
+}
+
+/// `load_checkpoint` with the low-rank settings a run directory records.
+pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
     if path.is_file() {
         let (tensors, meta) = tensor_file::load(path)?;
         let config = match meta.get("lowrank_model") {
             Some(name) => GptConfig::preset(name)?,
             None => infer_config(&tensors)?,
         };
-        return Ok((config, tensors));
+        let lowrank = LowRankConfig::default();
+        return Ok(ModelCheckpoint {
+            config,
+            lowrank,
+            ranks: None,
+            tensors,
+        });
     }
     let ck = checkpoint::load(path)?;
-    Ok((GptConfig::preset(&ck.state.config.model)?, ck.model))
+    Ok(ModelCheckpoint {
+        config: GptConfig::preset(&ck.state.config.model)?,
+        lowrank: ck.state.config.lowrank,
+        ranks: ck.state.ranks,
+        tensors: ck.model,
+    })
+}
+
+impl<B: Backend> Gpt<B> {
+    /// The model a checkpoint holds, at its live ranks, for batches of `batch` × `seq` tokens.
+    pub fn from_checkpoint(b: &B, ck: &ModelCheckpoint, batch: usize, seq: usize) -> Result<Self> {
+        // The checkpoint's tensors replace the init: skip a costly one (function-aware fits).
+        let lowrank = LowRankConfig {
+            init: LowRankInit::Random,
+            ..ck.lowrank.clone()
+        };
+        let mut model = Gpt::with_lowrank(b, ck.config, &lowrank, batch, seq, 0)?;
+        RankSchedule::restore(&mut model, ck.ranks.as_ref())?;
+        model.load_hf_tensors(b, &ck.tensors)?;
+        Ok(model)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Low-rank models against the f64 reference: every gradient in every mode, rank growth leaving
 //! the function unchanged, and DLRA's augmentation and truncation.
 
+use super::hf::ModelCheckpoint;
 use super::tests::{assert_gradients_match_reference, micro, random_tokens, LowRankRef};
 use super::{Gpt, GptConfig};
 use crate::backend::cpu::Cpu;
@@ -10,6 +11,7 @@ use crate::lowrank::growth;
 use crate::lowrank::LiveRank;
 use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
+use crate::train::checkpoint::RankState;
 use faer::Mat;
 
 fn config(mode: LowRankMode, layers: LowRankLayers) -> LowRankConfig {
@@ -114,6 +116,15 @@ fn growing_the_rank_leaves_the_function_unchanged() {
     }
 }
 
+/// The DLRA settings of `dlra_model`.
+fn dlra_config() -> LowRankConfig {
+    LowRankConfig {
+        mode: LowRankMode::Dlra,
+        rank_init: 3,
+        ..Default::default()
+    }
+}
+
 /// A DLRA model (MLP layers 16×64 and 64×16 at rank 3 of capacity 6) and its optimiser.
 fn dlra_model() -> (Gpt<Cpu>, AdamWOptimizer<Cpu>) {
     let cfg = GptConfig {
@@ -121,11 +132,7 @@ fn dlra_model() -> (Gpt<Cpu>, AdamWOptimizer<Cpu>) {
         n_head: 2,
         ..micro()
     };
-    let lr = LowRankConfig {
-        mode: LowRankMode::Dlra,
-        rank_init: 3,
-        ..Default::default()
-    };
+    let lr = dlra_config();
     let gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
     let n = gpt.layout().trainable_len();
     let opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(&lr)).unwrap();
@@ -285,4 +292,44 @@ fn dlra_truncation_is_the_best_rank_r_approximation() {
             "dropped rows are zeroed"
         );
     }
+}
+
+/// A checkpoint rebuilds the model at its live ranks: a DLRA layer at width 3 of capacity 6 with a
+/// full 3 × 3 S (stored contiguously) gives the same logits after the round trip.
+#[test]
+fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
+    let (mut gpt, _) = dlra_model();
+    let mut rng = crate::util::rng::Rng::new(12);
+    for lt in gpt.layout().lowrank().to_vec() {
+        let off = gpt.layout().tensors()[lt.mid.unwrap()].offset;
+        Cpu.upload(&rng.normal_vec(9, 1.0), gpt.params_mut().at_mut(off, 9))
+            .unwrap();
+    }
+    gpt.refresh_compute_copy(&Cpu).unwrap();
+    let inputs = random_tokens(12, gpt.config().vocab_size, 4);
+    gpt.forward(&Cpu, &inputs, None).unwrap();
+    let want = Cpu.download(gpt.logits()).unwrap();
+    let ck = ModelCheckpoint {
+        config: *gpt.config(),
+        lowrank: dlra_config(),
+        ranks: Some(RankState {
+            live: gpt.lowrank().live.clone(),
+            truncated: false,
+        }),
+        tensors: gpt.to_hf_tensors(&Cpu).unwrap(),
+    };
+    let mut back = Gpt::from_checkpoint(&Cpu, &ck, 2, 6).unwrap();
+    assert_eq!(back.lowrank().live, gpt.lowrank().live);
+    back.forward(&Cpu, &inputs, None).unwrap();
+    assert_eq!(Cpu.download(back.logits()).unwrap(), want);
+    // Read at the capacity instead, the same tensors make another function.
+    let wide = ModelCheckpoint { ranks: None, ..ck };
+    let mut wrong = Gpt::from_checkpoint(&Cpu, &wide, 2, 6).unwrap();
+    wrong
+        .lowrank_mut()
+        .live
+        .iter_mut()
+        .for_each(|l| l.width = 6);
+    wrong.forward(&Cpu, &inputs, None).unwrap();
+    assert_ne!(Cpu.download(wrong.logits()).unwrap(), want);
 }
