@@ -260,6 +260,29 @@ fn eval_and_plot_read_what_train_wrote() {
         dense.is_finite() && low.is_finite() && low < 11.0,
         "{dense} {low}"
     );
+    // Both runs on one chart, with a table of their last validation losses.
+    let png = dir.join("compare.png");
+    let (a, b) = (dir.to_str().unwrap(), dlra.to_str().unwrap());
+    let o = lowrank(&["plot", a, b, "--compare", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table = text(&o);
+    let last_val = |run: &Path| {
+        let rs = records(run);
+        let v = rs
+            .iter()
+            .rev()
+            .find_map(|r| r["val_loss"].as_f64())
+            .unwrap();
+        format!("{v:.4}")
+    };
+    for (run, name) in [(&dir, "evalplot"), (&dlra, "evaldlra")] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(line.contains(&last_val(run)), "{line} vs {}", last_val(run));
+    }
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&dlra).ok();
 }

@@ -1,5 +1,7 @@
-//! `lowrank plot DIR`: DIR/loss.png, the training and validation loss curves from metrics.jsonl,
-//! and DIR/ranks.png, each layer's rank over training, when the run logged ranks.
+//! `lowrank plot DIR...`: DIR/loss.png, the training and validation loss curves from
+//! metrics.jsonl, and DIR/ranks.png, each layer's rank over training, when the run logged ranks.
+//! With `--compare OUT.png`: the runs' validation curves on one chart, and a table of each run's
+//! last validation loss.
 
 use crate::lowrank::LowRankMode;
 use crate::train::config::TrainConfig;
@@ -13,26 +15,130 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A training run's output directory (holding metrics.jsonl)
-    dir: PathBuf,
+    /// Training runs' output directories (each holding metrics.jsonl)
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Draw the runs' validation losses on one chart at this PNG, labelled by directory name, and
+    /// print each run's last validation loss, instead of each run's own figures
+    #[arg(long, value_name = "PNG")]
+    compare: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let records = metrics::read(&a.dir.join("metrics.jsonl"))?;
+    let runs = a
+        .dirs
+        .iter()
+        .map(|d| Ok((d.as_path(), read_run(d)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(out) = &a.compare {
+        print!("{}", compare_table(&runs));
+        compare_figure(&runs, out)?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
+    for (dir, records) in &runs {
+        let out = dir.join("loss.png");
+        loss_figure(records, &out)?;
+        println!("wrote {}", out.display());
+        if records.iter().any(|r| r.ranks.is_some()) {
+            let out = dir.join("ranks.png");
+            rank_figure(records, dense_run(dir, records)?, &out)?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn read_run(dir: &Path) -> Result<Vec<StepRecord>> {
+    let records = metrics::read(&dir.join("metrics.jsonl"))?;
     ensure!(
         !records.is_empty(),
         "{} has no metrics.jsonl records to plot",
-        a.dir.display()
+        dir.display()
     );
-    let out = a.dir.join("loss.png");
-    loss_figure(&records, &out)?;
-    println!("wrote {}", out.display());
-    if records.iter().any(|r| r.ranks.is_some()) {
-        let out = a.dir.join("ranks.png");
-        rank_figure(&records, dense_run(&a.dir, &records)?, &out)?;
-        println!("wrote {}", out.display());
+    Ok(records)
+}
+
+/// A run's label: its directory's name.
+fn label(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+}
+
+/// One line per run: its last validation loss (and the step), its parameters and last training
+/// loss.
+fn compare_table(runs: &[(&Path, Vec<StepRecord>)]) -> String {
+    let mut t = format!(
+        "{:<24} {:>7} {:>10} {:>10} {:>12}\n",
+        "run", "step", "val loss", "train", "parameters"
+    );
+    for (dir, records) in runs {
+        let last = records.last().expect("read_run refuses empty runs");
+        let val = records
+            .iter()
+            .rev()
+            .find_map(|r| r.val_loss.map(|v| (r.step, v)));
+        let (step, val) = match val {
+            Some((s, v)) => (s.to_string(), format!("{v:.4}")),
+            None => ("-".into(), "-".into()),
+        };
+        t += &format!(
+            "{:<24} {step:>7} {val:>10} {:>10.4} {:>12}\n",
+            label(dir),
+            last.train_loss,
+            last.params
+        );
     }
-    Ok(())
+    t
+}
+
+/// Every run's validation loss over steps, from a fifth of the way on, where runs differ (the
+/// steep start would flatten the rest; all of it when a run has nothing there).
+fn compare_figure(runs: &[(&Path, Vec<StepRecord>)], out: &Path) -> Result<()> {
+    register_font()?;
+    let val = |records: &[StepRecord]| -> Vec<(f64, f64)> {
+        let val = records
+            .iter()
+            .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)));
+        val.filter(|p| p.1.is_finite()).collect()
+    };
+    let all: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|(dir, records)| (label(dir), val(records)))
+        .collect();
+    let points = || all.iter().flat_map(|(_, c)| c.iter());
+    ensure!(
+        points().next().is_some(),
+        "none of the runs logged a validation loss (train with --eval-every K)"
+    );
+    let max_step = points().map(|p| p.0).fold(1.0, f64::max);
+    let from = match points()
+        .filter(|p| p.0 >= max_step / 5.0)
+        .map(|p| p.0)
+        .reduce(f64::min)
+    {
+        Some(f) if all.iter().all(|(_, c)| c.iter().any(|p| p.0 >= f)) => f,
+        _ => 0.0,
+    };
+    let curves: Vec<(&String, Vec<(f64, f64)>)> = all
+        .iter()
+        .map(|(name, c)| (name, c.iter().copied().filter(|p| p.0 >= from).collect()))
+        .collect();
+    let ys = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1));
+    let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let pad = (hi - lo).max(1e-3) * 0.05;
+    render(out, |root| {
+        let (x, y) = (from..max_step.max(from + 1.0), (lo - pad)..(hi + pad));
+        let mut chart = step_chart(root, "validation loss", x, y, "cross-entropy (nats)")?;
+        for (i, (name, curve)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(curve.clone(), color.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(legend_mark(color));
+        }
+        draw_legend(&mut chart)
+    })
 }
 
 /// Whether the run in `dir` trained dense weights, from its config.json (`lowrank.mode`). A
@@ -87,7 +193,13 @@ pub fn rank_figure(records: &[StepRecord], dense: bool, out: &Path) -> Result<()
         } else {
             "rank (solid) and r90 (dashed) per layer"
         };
-        let mut chart = step_chart(root, title, max_step, 0.0..(top as f64 * 1.1 + 1.0), "rank")?;
+        let mut chart = step_chart(
+            root,
+            title,
+            0.0..max_step,
+            0.0..(top as f64 * 1.1 + 1.0),
+            "rank",
+        )?;
         for (i, name) in layers.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             if !dense {
@@ -130,7 +242,7 @@ pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
     let max_step = records.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
     render(out, |root| {
         let y_range = (lo * 0.95)..(hi * 1.02);
-        let mut chart = step_chart(root, "loss", max_step, y_range, "cross-entropy (nats)")?;
+        let mut chart = step_chart(root, "loss", 0.0..max_step, y_range, "cross-entropy (nats)")?;
         chart
             .draw_series(LineSeries::new(train.clone(), &BLUE))?
             .label("train")
@@ -149,11 +261,11 @@ pub fn loss_figure(records: &[StepRecord], out: &Path) -> Result<()> {
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 type StepChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// A titled chart over optimiser steps 0..max_step and `y`, its mesh drawn.
+/// A titled chart over optimiser steps `x` and `y`, its mesh drawn.
 fn step_chart<'a, DB>(
     root: &'a DrawingArea<DB, Shift>,
     title: &str,
-    max_step: f64,
+    x: std::ops::Range<f64>,
     y: std::ops::Range<f64>,
     y_desc: &str,
 ) -> std::result::Result<StepChart<'a, DB>, Box<dyn std::error::Error>>
@@ -166,7 +278,7 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_step, y)?;
+        .build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
         .x_desc("optimiser step")
