@@ -79,6 +79,8 @@ pub fn split_windows(
 
 pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
+    // Settings first: a bad schedule is refused before the model (seconds for GPT-2) is built.
+    let schedule = LrSchedule::new(cfg.lr, cfg.final_lr_frac, cfg.warmup, cfg.steps, cfg.decay)?;
     let gpt_config = GptConfig::preset(&cfg.model)?;
     // Capacities first: a rank that does not fit is refused before anything is written.
     crate::lowrank::layer::plan(&cfg.lowrank, &gpt_config)?;
@@ -143,7 +145,6 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         loader.restore(&ck.state.loader)?;
         (step, tokens) = (ck.state.step, ck.state.tokens);
     }
-    let schedule = LrSchedule::new(cfg.lr, cfg.final_lr_frac, cfg.warmup, cfg.steps, cfg.decay)?;
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
