@@ -279,7 +279,7 @@ pub fn run(cfg: &StudyConfig, mut progress: impl FnMut(&str)) -> Result<StudyRes
                         if (t - 1) % cfg.window == 0 {
                             d.augment(g.as_ref(), cfg.fresh_moment);
                         }
-                        d.coefficient_step(g.as_ref(), rule, h, t, None);
+                        d.coefficient_step(g.as_ref(), rule, h, t);
                         if t % cfg.window == 0 {
                             d.truncate(keep).with_context(|| {
                                 format!("{} at lr {h}, step {t}", method.name())

@@ -145,9 +145,11 @@ impl Dlra {
         keep: Keep,
         fresh: FreshMoment,
     ) -> Result<()> {
-        let r = self.rank();
-        self.augment(g, fresh);
-        self.coefficient_step(g, rule, h, t, Some(r));
+        // G·V and Gᵀ·U in the old bases serve both the augmentation and the tangent gradient.
+        let (gu, gv) = (g * &self.v, g.transpose() * &self.u);
+        self.augment_with(gu.as_ref(), gv.as_ref(), fresh);
+        let gs = self.tangent_gradient(gu.as_ref(), gv.as_ref());
+        apply(rule, h, t, &mut self.s, gs.as_ref(), &mut self.state);
         self.truncate(keep)
     }
 
@@ -185,24 +187,10 @@ impl Dlra {
         };
     }
 
-    /// S ← rule(S, Uᵀ·G·V) in the current bases. `tangent_of`: Some(r) zeroes the block of the
-    /// gradient outside the first r columns of both bases (the parallel integrator's tangent step);
-    /// None takes the whole Galerkin gradient (steps inside a window of frozen augmented bases).
-    pub fn coefficient_step(
-        &mut self,
-        g: MatRef<f64>,
-        rule: Rule,
-        h: f64,
-        t: u64,
-        tangent_of: Option<usize>,
-    ) {
-        let gs = match tangent_of {
-            Some(r) => {
-                let (u, v) = (self.u.get(.., ..r), self.v.get(.., ..r));
-                self.tangent_gradient((g * v).as_ref(), (g.transpose() * u).as_ref())
-            }
-            None => self.u.transpose() * g * &self.v,
-        };
+    /// S ← rule(S, Uᵀ·G·V) in the current bases: the whole Galerkin gradient (steps inside a
+    /// window of frozen augmented bases).
+    pub fn coefficient_step(&mut self, g: MatRef<f64>, rule: Rule, h: f64, t: u64) {
+        let gs = self.u.transpose() * g * &self.v;
         apply(rule, h, t, &mut self.s, gs.as_ref(), &mut self.state);
     }
 

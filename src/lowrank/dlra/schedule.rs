@@ -210,13 +210,22 @@ pub fn augment<B: Backend>(
 }
 
 /// Zeroes the gradients of the bases, which the optimiser must neither step nor count in the
-/// gradient norm it clips by.
+/// gradient norm it clips by. Runs every step: it reads the layout's windows and copies nothing.
 pub fn clear_basis_grads<B: Backend>(b: &B, model: &mut Gpt<B>) -> Result<()> {
-    for p in places(model)? {
-        let cap = p.layer.capacity;
-        let grads = model.grads_mut();
-        b.fill(grads.at_mut(p.ut, cap * p.layer.n_in), 0.0)?;
-        b.fill(grads.at_mut(p.vt, cap * p.layer.n_out), 0.0)?;
+    let windows: Vec<(usize, usize)> = model
+        .layout()
+        .lowrank()
+        .iter()
+        .filter(|lt| lt.layer.orthonormal_bases)
+        .flat_map(|lt| [lt.ut, lt.vt])
+        .map(|t| {
+            let view = &model.layout().tensors()[t];
+            (view.offset, view.len())
+        })
+        .collect();
+    let grads = model.grads_mut();
+    for (offset, len) in windows {
+        b.fill(grads.at_mut(offset, len), 0.0)?;
     }
     Ok(())
 }
