@@ -72,6 +72,10 @@ step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10
 fi
+# DLRA's windows on GPT-2 small at r = 64, the bases changed by f32 GEMMs on the device: at every
+# step (K = 1, the parallel integrator) and every tenth, beside the dense step above.
+step bench-train-dlra "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10 --lowrank dlra --rank-init 64 --dlra-window 1
+step bench-train-dlra-k10 "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 20 --lowrank dlra --rank-init 64 --dlra-window 10
 if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
 fi

@@ -1,12 +1,15 @@
 //! `lowrank bench-train`: training-step throughput (forward, backward, AdamW) on random tokens, one
 //! JSON line per model, in the format of scripts/peer-train.py so the two compare side by side
-//! (scripts/cpu-train-bench.sh runs both).
+//! (scripts/cpu-train-bench.sh runs both). With `--lowrank`, the step includes the low-rank
+//! schedule's work (growth checks, DLRA's augmentation and truncation) as `train` runs it; the
+//! mean beside the median shows what a window's edges cost.
 
 use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
-use crate::cli::train::Device;
+use crate::cli::train::{Device, LowRankArgs};
 use crate::lowrank::LowRankConfig;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
+use crate::train::ranks::RankSchedule;
 use crate::util::rng::Rng;
 use anyhow::{Context, Result};
 use std::time::Instant;
@@ -25,25 +28,37 @@ pub struct Args {
     steps: usize,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// The low-rank settings of `train` (rank logging is left off: it is not part of a step)
+    #[command(flatten)]
+    lowrank: LowRankArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let lowrank = LowRankConfig {
+        rank_log_every: 0,
+        ..a.lowrank.config()
+    };
     match a.device {
-        Device::Cpu => bench(&Cpu, &a),
-        Device::Cuda => bench(&Cuda::new().context("--device cuda needs a GPU")?, &a),
+        Device::Cpu => bench(&Cpu, &a, &lowrank),
+        Device::Cuda => bench(
+            &Cuda::new().context("--device cuda needs a GPU")?,
+            &a,
+            &lowrank,
+        ),
     }
 }
 
-fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
+fn bench<B: Backend>(b: &B, a: &Args, lowrank: &LowRankConfig) -> Result<()> {
     for name in &a.models {
         let config = GptConfig::preset(name)?;
-        let mut model = Gpt::new(b, config, a.batch, a.seq, 0)?;
+        let mut model = Gpt::with_lowrank(b, config, lowrank, a.batch, a.seq, 0)?;
         let mut opt = AdamWOptimizer::new(
             b,
             AdamWConfig::default(),
-            model.layout().len(),
-            &model.param_groups(&LowRankConfig::default()),
+            model.layout().trainable_len(),
+            &model.param_groups(lowrank),
         )?;
+        let mut ranks = RankSchedule::new(lowrank, &model, None);
         let mut rng = Rng::new(0);
         let tokens: Vec<u32> = (0..a.batch * (a.seq + 1))
             .map(|_| rng.below(50257) as u32)
@@ -52,24 +67,29 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         crate::train::run::split_windows(&tokens, a.batch, a.seq, &mut inputs, &mut targets);
         let mut times = Vec::new();
         let mut loss = 0.0;
-        for _ in 0..a.steps + 2 {
+        let last = (a.steps + 2) as u32;
+        for step in 1..=last {
             let t0 = Instant::now();
             model.zero_grads(b)?;
             loss = model
                 .forward(b, &inputs, Some(&targets))?
                 .unwrap_or(f32::NAN);
             model.backward(b, 1.0)?;
+            ranks.before_step(b, &mut model, &mut opt, step)?;
             let bufs = model.optimizer_buffers();
             opt.step(b, 1e-4, bufs.params, bufs.grads, bufs.compute_copy)?;
+            ranks.after_step(b, &mut model, &mut opt, step, last)?;
             b.synchronize()?;
             times.push(t0.elapsed().as_secs_f64());
         }
         let mut timed = times[2..].to_vec();
+        let mean = timed.iter().sum::<f64>() / timed.len() as f64;
         timed.sort_by(f64::total_cmp);
         let med = timed[timed.len() / 2];
         let line = serde_json::json!({
             "peer": "lowrank", "backend": b.name(), "model": name, "batch": a.batch, "seq": a.seq,
-            "threads": rayon::current_num_threads(), "median_step_s": med,
+            "lowrank": lowrank.mode, "rank_init": lowrank.rank_init,
+            "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": (a.batch * a.seq) as f64 / med, "params": model.num_params(), "loss": loss,
         });
         println!("{line}");

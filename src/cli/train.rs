@@ -170,7 +170,7 @@ pub struct LowRankArgs {
 }
 
 impl LowRankArgs {
-    fn config(self) -> LowRankConfig {
+    pub(crate) fn config(&self) -> LowRankConfig {
         let (mode, layers) = match self.mlp_dln {
             true => (LowRankMode::Dln, LowRankLayers::Mlp),
             false => (self.mode, self.lowrank_layers),
@@ -186,7 +186,7 @@ impl LowRankArgs {
             stage1_steps: self.stage1_steps,
             moment_transport: self.moment_transport,
             init: self.lowrank_init,
-            lora_base: self.lora_base,
+            lora_base: self.lora_base.clone(),
             lora_alpha: self.lora_alpha,
             rank_log_every: self.rank_log_every,
             factor_lr_scale: self.factor_lr_scale,

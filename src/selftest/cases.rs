@@ -1,6 +1,8 @@
 //! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
 
 use crate::backend::{AdamW, Backend, Buffer, DType, Gemm, HeavyBall};
+use crate::linalg::factor::random_orthonormal;
+use crate::lowrank::dlra::basis::{extend, Scratch};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -50,6 +52,12 @@ pub enum Case {
         dtype: DType,
         n: usize,
     },
+    /// DLRA's basis extension (projections, CholeskyQR2 in f32 GEMMs): the r new rows of a basis
+    /// of length-n rows, from r random directions.
+    DlraExtend {
+        n: usize,
+        r: usize,
+    },
     /// One output of the low-rank linear layer's forward or backward.
     LowRank(LowRankCase),
     /// An op of the GPT-2 step.
@@ -94,11 +102,20 @@ pub fn all_cases() -> Vec<Case> {
         ab: DType::BF16,
         out: DType::F32,
     });
-    cases.push(Case::Gemm {
-        g: Gemm::new(65, 47, 129),
-        ab: DType::F32,
-        out: DType::F32,
-    });
+    // f32 operands: the DLRA bases' products (Gram matrices over n = 3072, the projection
+    // E −= Pᵀ·U, rotations), which need true f32 (a TF32 path would fail the bound).
+    for g in [
+        Gemm::new(65, 47, 129),
+        Gemm::new(64, 64, 3072).trans_b(),
+        Gemm::new(61, 3072, 61).trans_a().alpha(-1.0).beta(1.0),
+        Gemm::new(128, 768, 128),
+    ] {
+        cases.push(Case::Gemm {
+            g,
+            ab: DType::F32,
+            out: DType::F32,
+        });
+    }
     cases.push(Case::Gemm {
         g: Gemm::new(65, 33, 17).trans_b().batched(12),
         ab: DType::BF16,
@@ -143,6 +160,9 @@ pub fn all_cases() -> Vec<Case> {
             n,
         });
     }
+    for (n, r) in [(77, 5), (3072, 64)] {
+        cases.push(Case::DlraExtend { n, r });
+    }
     cases.extend(gpt_cases::cases().into_iter().map(Case::Gpt));
     cases.extend(lowrank_cases::cases().into_iter().map(Case::LowRank));
     cases
@@ -166,6 +186,7 @@ impl Case {
             Case::HeavyBall { copy: None, .. } => "heavy_ball_state".into(),
             Case::HeavyBall { copy: Some(d), .. } => format!("heavy_ball_copy_{}", dt(*d)),
             Case::SumSquares { dtype, .. } => format!("sum_squares_{}", dt(*dtype)),
+            Case::DlraExtend { .. } => "dlra_extend".into(),
             Case::LowRank(c) => c.op(),
             Case::Gpt(c) => c.op(),
         }
@@ -180,6 +201,7 @@ impl Case {
             | Case::AdamW { n, .. }
             | Case::HeavyBall { n, .. }
             | Case::SumSquares { n, .. } => n.to_string(),
+            Case::DlraExtend { n, r } => format!("{r}x{n}"),
             Case::LowRank(c) => c.shape(),
             Case::Gpt(c) => c.shape(),
         }
@@ -205,7 +227,8 @@ impl Case {
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
             Case::Gpt(c) => c.bound(),
-            Case::Gemm { .. } => GEMM_F32_BOUND,
+            // Orthonormalisation divides by the new directions' lengths: f32 GEMM rounding, amplified.
+            Case::Gemm { .. } | Case::DlraExtend { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
         }
     }
@@ -313,6 +336,21 @@ impl Case {
             Case::SumSquares { dtype, n } => {
                 let x = input(b, &mut rng, *dtype, *n)?;
                 return Ok(vec![b.sum_squares(x.all())?]);
+            }
+            Case::DlraExtend { n, r } => {
+                let (n, r) = (*n, *r);
+                let u = random_orthonormal(n, r, &mut rng);
+                let mut rows: Vec<f32> = (0..r)
+                    .flat_map(|j| (0..n).map(move |i| (i, j)))
+                    .map(|(i, j)| u[(i, j)] as f32)
+                    .collect();
+                rows.resize(2 * r * n, f32::NAN);
+                let mut basis = b.alloc(DType::F32, 2 * r * n)?;
+                b.upload(&rows, basis.all_mut())?;
+                let dir = input(b, &mut rng, DType::F32, r * n)?;
+                let mut work = Scratch::new(b, r, n, 2 * r)?;
+                extend(b, &mut basis, 0, n, r, dir.all(), &mut work, seed)?;
+                b.download(basis.at(r * n, r * n))?
             }
             Case::LowRank(c) => c.run(b, seed)?,
             Case::Gpt(c) => c.run(b, seed)?,

@@ -121,6 +121,24 @@ pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed:
 mod tests {
     use super::*;
 
+    /// The basic cases (GEMMs, casts, optimiser updates, reductions, DLRA's basis extension) run on
+    /// the CPU backend and leave no poison in their outputs: a harness bug fails here before a GPU
+    /// run. (The layer and GPT cases take a minute here; their ops have their own CPU tests.)
+    #[test]
+    fn basic_cases_run_on_the_cpu_and_fill_their_outputs() {
+        let basic = |c: &Case| !matches!(c, Case::LowRank(_) | Case::Gpt(_));
+        for case in all_cases().into_iter().filter(basic) {
+            let out = case.run(&crate::backend::cpu::Cpu, 1).unwrap();
+            assert!(!out.is_empty(), "{} {}", case.op(), case.shape());
+            assert!(
+                out.iter().all(|x| x.is_finite()),
+                "{} {}: poison left in the output",
+                case.op(),
+                case.shape()
+            );
+        }
+    }
+
     #[test]
     fn rel_err_matches_hand_computation() {
         // ‖(1, 2) − (1, 0)‖ / ‖(1, 0)‖ = 2

@@ -164,27 +164,10 @@ impl Dlra {
     /// `augment` given G·V (d_in × r) and Gᵀ·U (d_out × r) rather than G.
     pub fn augment_with(&mut self, gu: MatRef<f64>, gv: MatRef<f64>, fresh: FreshMoment) {
         let r = self.rank();
-        let uh = augment(self.u.as_ref(), gu);
-        let vh = augment(self.v.as_ref(), gv);
-        self.u = uh;
-        self.v = vh;
+        self.u = augment(self.u.as_ref(), gu);
+        self.v = augment(self.v.as_ref(), gv);
         self.s = pad(self.s.as_ref(), 2 * r);
-        let fill = match fresh {
-            FreshMoment::Zero => 0.0,
-            FreshMoment::Mean => self.state.v.sum() / (r * r) as f64,
-        };
-        let old = self.state.v.as_ref();
-        let v = Mat::from_fn(2 * r, 2 * r, |i, j| {
-            if i < r && j < r {
-                old[(i, j)]
-            } else {
-                fill
-            }
-        });
-        self.state = Moments {
-            m: pad(self.state.m.as_ref(), 2 * r),
-            v,
-        };
+        self.state = self.state.augmented(fresh);
     }
 
     /// S ← rule(S, Uᵀ·G·V) in the current bases: the whole Galerkin gradient (steps inside a
@@ -198,41 +181,97 @@ impl Dlra {
     /// first r columns are the bases G·V (`gu`, d_in × r) and Gᵀ·U (`gv`, d_out × r) were taken
     /// in: every block but ŨᵀGṼ is a product of G with an old basis, so G itself is not needed.
     pub fn tangent_gradient(&self, gu: MatRef<f64>, gv: MatRef<f64>) -> Mat<f64> {
-        let r = gu.ncols();
         let left = self.u.transpose() * gu; // Ûᵀ·G·V: the first r columns
         let top = gv.transpose() * &self.v; // Uᵀ·G·V̂: the first r rows
-        Mat::from_fn(self.u.ncols(), self.v.ncols(), |i, j| {
-            match (i < r, j < r) {
-                (_, true) => left[(i, j)],
-                (true, false) => top[(i, j)],
-                (false, false) => 0.0,
-            }
-        })
+        tangent_from_blocks(left.as_ref(), top.as_ref())
     }
 
     /// SVD S = P·Σ·Qᵀ, kept to the rank `keep` gives: U ← U·P_r, V ← V·Q_r, S ← Σ_r, and the state
-    /// carried along: m ← P_rᵀ·m·Q_r, v ← (P_rᵀ·√v·Q_r)².
+    /// carried along (see [`Cut`]).
     pub fn truncate(&mut self, keep: Keep) -> Result<()> {
-        let n = self.rank();
-        let svd = self
-            .s
+        let cut = Cut::of(self.s.as_ref(), &self.state, keep)?;
+        self.u = &self.u * &cut.p;
+        self.v = &self.v * &cut.q;
+        self.s = cut.s();
+        self.state = cut.state;
+        Ok(())
+    }
+}
+
+impl Moments {
+    /// The state in bases augmented from r to 2r: the first moment padded with zeros (the change
+    /// of basis ÛᵀU is [I; 0]), the second moment as `fresh` says.
+    pub fn augmented(&self, fresh: FreshMoment) -> Moments {
+        let r = self.m.nrows();
+        let fill = match fresh {
+            FreshMoment::Zero => 0.0,
+            FreshMoment::Mean => self.v.sum() / (r * r) as f64,
+        };
+        let old = self.v.as_ref();
+        let v = Mat::from_fn(2 * r, 2 * r, |i, j| match i < r && j < r {
+            true => old[(i, j)],
+            false => fill,
+        });
+        Moments {
+            m: pad(self.m.as_ref(), 2 * r),
+            v,
+        }
+    }
+}
+
+/// A truncation of the coefficients: S = P·Σ·Qᵀ kept to k columns of P and Q, and S's state
+/// carried along, m ← P_kᵀ·m·Q_k, v ← (P_kᵀ·√v·Q_k)². The bases follow as U·P_k and V·Q_k.
+pub struct Cut {
+    pub p: Mat<f64>,
+    pub q: Mat<f64>,
+    pub sigma: Vec<f64>,
+    pub state: Moments,
+}
+
+impl Cut {
+    pub fn of(s: MatRef<f64>, state: &Moments, keep: Keep) -> Result<Cut> {
+        let n = s.nrows();
+        let svd = s
             .svd()
             .map_err(|e| anyhow!("{e:?}"))
             .context("SVD of the coefficients did not converge")?;
         let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
         let k = keep.rank(&sigma).max(1);
         let (p, q) = (svd.U().get(.., ..k), svd.V().get(.., ..k));
-        self.u = &self.u * p;
-        self.v = &self.v * q;
-        self.s = Mat::from_fn(k, k, |i, j| if i == j { sigma[i] } else { 0.0 });
-        let sqrt_v = Mat::from_fn(n, n, |i, j| self.state.v[(i, j)].sqrt());
+        let sqrt_v = Mat::from_fn(n, n, |i, j| state.v[(i, j)].sqrt());
         let root = p.transpose() * sqrt_v * q;
-        self.state = Moments {
-            m: p.transpose() * &self.state.m * q,
-            v: Mat::from_fn(k, k, |i, j| root[(i, j)] * root[(i, j)]),
-        };
-        Ok(())
+        Ok(Cut {
+            p: p.to_owned(),
+            q: q.to_owned(),
+            sigma: sigma[..k].to_vec(),
+            state: Moments {
+                m: p.transpose() * &state.m * q,
+                v: Mat::from_fn(k, k, |i, j| root[(i, j)] * root[(i, j)]),
+            },
+        })
     }
+
+    /// The kept rank.
+    pub fn rank(&self) -> usize {
+        self.sigma.len()
+    }
+
+    /// The new coefficients Σ_k.
+    pub fn s(&self) -> Mat<f64> {
+        let k = self.rank();
+        Mat::from_fn(k, k, |i, j| if i == j { self.sigma[i] } else { 0.0 })
+    }
+}
+
+/// The tangent gradient (2r × 2r) from its two computable blocks: `left` = Ûᵀ·G·V (2r × r, the
+/// first r columns) and `top` = Uᵀ·G·V̂ (r × 2r, the first r rows); the block ŨᵀGṼ is zero.
+pub fn tangent_from_blocks(left: MatRef<f64>, top: MatRef<f64>) -> Mat<f64> {
+    let r = left.ncols();
+    Mat::from_fn(left.nrows(), top.ncols(), |i, j| match (i < r, j < r) {
+        (_, true) => left[(i, j)],
+        (true, false) => top[(i, j)],
+        (false, false) => 0.0,
+    })
 }
 
 /// [B | B̃]: the orthonormal basis B (n × r) followed by r orthonormal columns orthogonal to it that

@@ -1,6 +1,7 @@
 //! Geometry-aware low-rank training (SCIENCE.md §3): the f64 DLRA integrator, and its schedule on a
 //! GPT's low-rank layers (`lowrank train --lowrank dlra`).
 
+pub mod basis;
 pub mod integrator;
 pub mod schedule;
 

@@ -14,12 +14,14 @@
 //! - after its last step, `truncate`: the SVD S = P·Σ·Qᵀ cuts the rank back to r (or to the
 //!   smallest rank within τ), the bases rotate, and S's moments are transported.
 //!
-//! K = 1 is the parallel integrator: augment, one tangent step, truncate. The factors are small
-//! (at most 2r rows), so the linear algebra runs on the host in f64, in parallel over layers.
+//! K = 1 is the parallel integrator. The bases (n × 2r, n up to 4096) stay on the backend and
+//! change there by GEMMs (`basis`); S, its moments and the r × r products the integrator needs
+//! travel to the host, where the small algebra runs in f64.
 
-use super::{Dlra, FreshMoment, Keep, Moments};
+use super::basis::{self, Scratch};
+use super::integrator::{tangent_from_blocks, Cut};
+use super::{FreshMoment, Keep, Moments};
 use crate::backend::{Backend, Buffer};
-use crate::linalg::factor::{from_transposed, to_transposed};
 use crate::lowrank::growth::RankChange;
 use crate::lowrank::{LiveRank, LowRankLayer};
 use crate::model::Gpt;
@@ -35,12 +37,6 @@ struct Place {
     ut: usize,
     vt: usize,
     mid: usize,
-}
-
-/// Host copies of one layer at live width k: bases, coefficients and their moments.
-struct HostLayer {
-    place: Place,
-    dlra: Dlra,
 }
 
 fn places<B: Backend>(model: &Gpt<B>) -> Result<Vec<Place>> {
@@ -66,6 +62,17 @@ fn places<B: Backend>(model: &Gpt<B>) -> Result<Vec<Place>> {
         .collect()
 }
 
+/// Scratch for the widest layer: r basis rows (r ≤ capacity / 2) and 2r × 2r products.
+fn scratch<B: Backend>(b: &B, places: &[Place]) -> Result<Scratch<B>> {
+    let cap = places.iter().map(|p| p.layer.capacity).max().unwrap_or(0);
+    let n = places
+        .iter()
+        .map(|p| p.layer.n_in.max(p.layer.n_out))
+        .max()
+        .unwrap_or(0);
+    Scratch::new(b, cap.div_ceil(2).max(1), n, cap.max(1))
+}
+
 /// Downloads `rows × cols` row-major f32 at `off` as an f64 matrix.
 fn matrix<B: Backend>(
     b: &B,
@@ -87,68 +94,36 @@ fn flat(a: MatRef<f64>, len: usize) -> Vec<f32> {
     x
 }
 
-/// Factor storage (k × n rows of Uᵀ) of a basis U (n × k), zero-padded to `cap` rows.
-fn basis_rows(u: MatRef<f64>, cap: usize) -> Vec<f32> {
-    let mut x = to_transposed(u);
-    x.resize(cap * u.nrows(), 0.0);
-    x
-}
-
-/// Layer `p` at width `k` on the host.
-fn download<B: Backend>(
+/// S and its moments at width k.
+fn coefficients<B: Backend>(
     b: &B,
     model: &Gpt<B>,
     opt: &AdamWOptimizer<B>,
     p: &Place,
     k: usize,
-) -> Result<Dlra> {
-    let (n_in, n_out) = (p.layer.n_in, p.layer.n_out);
-    let w = model.params();
-    Ok(Dlra {
-        u: from_transposed(&b.download(w.at(p.ut, k * n_in))?, k, n_in),
-        v: from_transposed(&b.download(w.at(p.vt, k * n_out))?, k, n_out),
-        s: matrix(b, w, p.mid, k, k)?,
-        state: Moments {
+) -> Result<(Mat<f64>, Moments)> {
+    Ok((
+        matrix(b, model.params(), p.mid, k, k)?,
+        Moments {
             m: matrix(b, &opt.m, p.mid, k, k)?,
             v: matrix(b, &opt.v, p.mid, k, k)?,
         },
-    })
+    ))
 }
 
-/// Writes a layer's bases, S and S's moments back (rows and entries beyond its rank zeroed).
-fn upload<B: Backend>(
+/// Writes S and its moments (entries beyond their width zeroed in the capacity² block).
+fn store_coefficients<B: Backend>(
     b: &B,
     model: &mut Gpt<B>,
     opt: &mut AdamWOptimizer<B>,
-    h: &HostLayer,
+    p: &Place,
+    s: MatRef<f64>,
+    state: &Moments,
 ) -> Result<()> {
-    let (p, d) = (&h.place, &h.dlra);
-    let (cap, n_in, n_out) = (p.layer.capacity, p.layer.n_in, p.layer.n_out);
-    let params = model.params_mut();
-    b.upload(
-        &basis_rows(d.u.as_ref(), cap),
-        params.at_mut(p.ut, cap * n_in),
-    )?;
-    b.upload(
-        &basis_rows(d.v.as_ref(), cap),
-        params.at_mut(p.vt, cap * n_out),
-    )?;
-    let sq = cap * cap;
-    b.upload(&flat(d.s.as_ref(), sq), params.at_mut(p.mid, sq))?;
-    b.upload(&flat(d.state.m.as_ref(), sq), opt.m.at_mut(p.mid, sq))?;
-    b.upload(&flat(d.state.v.as_ref(), sq), opt.v.at_mut(p.mid, sq))
-}
-
-/// G·V (n × r) from the gradient rows S·(G·V)ᵀ (r × n) of a diagonal S: row j divided by σ_j (a
-/// zero σ gives a zero column: that direction has no gradient to carry).
-fn unscale(rows: &[f32], s: MatRef<f64>, n: usize) -> Mat<f64> {
-    Mat::from_fn(n, s.nrows(), |i, j| {
-        let sigma = s[(j, j)];
-        match sigma != 0.0 {
-            true => rows[j * n + i] as f64 / sigma,
-            false => 0.0,
-        }
-    })
+    let sq = p.layer.capacity * p.layer.capacity;
+    b.upload(&flat(s, sq), model.params_mut().at_mut(p.mid, sq))?;
+    b.upload(&flat(state.m.as_ref(), sq), opt.m.at_mut(p.mid, sq))?;
+    b.upload(&flat(state.v.as_ref(), sq), opt.v.at_mut(p.mid, sq))
 }
 
 /// Augments every layer's bases to twice its rank from the step's gradient (accumulated over its
@@ -161,8 +136,9 @@ pub fn augment<B: Backend>(
     fresh: FreshMoment,
 ) -> Result<()> {
     let places = places(model)?;
-    let mut jobs = Vec::with_capacity(places.len());
-    for (p, live) in places.iter().zip(&model.lowrank().live) {
+    let mut work = scratch(b, &places)?;
+    for (i, p) in places.iter().enumerate() {
+        let live = model.lowrank().live[i];
         let r = live.rank;
         ensure!(
             live.width == r,
@@ -170,39 +146,66 @@ pub fn augment<B: Backend>(
             p.layer.prefix,
             live.width
         );
-        let dlra = download(b, model, opt, p, r)?;
-        let off_diagonal = (0..r).any(|i| (0..r).any(|j| i != j && dlra.s[(i, j)] != 0.0));
+        let (s, state) = coefficients(b, model, opt, p, r)?;
+        let off_diagonal = (0..r).any(|i| (0..r).any(|j| i != j && s[(i, j)] != 0.0));
         ensure!(
             !off_diagonal,
             "{}: S is not diagonal at the start of a DLRA window",
             p.layer.prefix
         );
-        let grads = model.grads();
-        let dut = b.download(grads.at(p.ut, r * p.layer.n_in))?;
-        let dvt = b.download(grads.at(p.vt, r * p.layer.n_out))?;
-        jobs.push((p.clone(), dlra, dut, dvt));
-    }
-    let done: Vec<(HostLayer, Mat<f64>)> = jobs
-        .into_par_iter()
-        .map(|(place, mut dlra, dut, dvt)| {
-            let gu = unscale(&dut, dlra.s.as_ref(), place.layer.n_in);
-            let gv = unscale(&dvt, dlra.s.as_ref(), place.layer.n_out);
-            dlra.augment_with(gu.as_ref(), gv.as_ref(), fresh);
-            let g_s = dlra.tangent_gradient(gu.as_ref(), gv.as_ref());
-            (HostLayer { place, dlra }, g_s)
-        })
-        .collect();
-    for (i, (h, g_s)) in done.iter().enumerate() {
-        upload(b, model, opt, h)?;
-        let sq = h.place.layer.capacity * h.place.layer.capacity;
-        b.upload(
-            &flat(g_s.as_ref(), sq),
-            model.grads_mut().at_mut(h.place.mid, sq),
+        // The gradient rows are S·(G·V)ᵀ and S·(Uᵀ·G): with S diagonal, the same spans as G·V
+        // and Gᵀ·U, and the products below carry a factor σ to divide out.
+        let (n_in, n_out) = (p.layer.n_in, p.layer.n_out);
+        for (t, (basis, n)) in [(p.ut, n_in), (p.vt, n_out)].into_iter().enumerate() {
+            let bufs = model.optimizer_buffers();
+            let seed = ((i as u64) << 1) | t as u64;
+            basis::extend(
+                b,
+                bufs.params,
+                basis,
+                n,
+                r,
+                bufs.grads.at(basis, r * n),
+                &mut work,
+                seed,
+            )
+            .with_context(|| format!("DLRA augmentation of {}", p.layer.prefix))?;
+        }
+        let (params, grads) = (model.params(), model.grads());
+        let left = work.row_products(
+            b,
+            params.at(p.ut, 2 * r * n_in),
+            2 * r,
+            grads.at(p.ut, r * n_in),
+            r,
+            n_in,
         )?;
-        let rank = model.lowrank().live[i].rank;
+        let top = work.row_products(
+            b,
+            grads.at(p.vt, r * n_out),
+            r,
+            params.at(p.vt, 2 * r * n_out),
+            2 * r,
+            n_out,
+        )?;
+        let sigma = |j: usize| match s[(j, j)] != 0.0 {
+            true => s[(j, j)].recip(),
+            false => 0.0,
+        };
+        // Ûᵀ·G·V = left·Σ⁻¹ and Uᵀ·G·V̂ = Σ⁻¹·top (a zero σ: that direction carries no gradient).
+        let left = Mat::from_fn(2 * r, r, |a, j| left[(a, j)] * sigma(j));
+        let top = Mat::from_fn(r, 2 * r, |j, c| top[(j, c)] * sigma(j));
+        let g_s = tangent_from_blocks(left.as_ref(), top.as_ref());
+        let padded = Mat::from_fn(2 * r, 2 * r, |a, c| match a < r && c < r {
+            true => s[(a, c)],
+            false => 0.0,
+        });
+        store_coefficients(b, model, opt, p, padded.as_ref(), &state.augmented(fresh))?;
+        let sq = p.layer.capacity * p.layer.capacity;
+        b.upload(&flat(g_s.as_ref(), sq), model.grads_mut().at_mut(p.mid, sq))?;
         model.lowrank_mut().live[i] = LiveRank {
-            rank,
-            width: h.dlra.rank(),
+            rank: r,
+            width: 2 * r,
         };
     }
     clear_basis_grads(b, model)?;
@@ -239,31 +242,49 @@ pub fn truncate<B: Backend>(
     tau: Option<f64>,
 ) -> Result<Vec<RankChange>> {
     let places = places(model)?;
-    let mut jobs = Vec::with_capacity(places.len());
+    let mut work = scratch(b, &places)?;
+    let keep = |p: &Place| match tau {
+        Some(tau) => Keep::Tolerance {
+            tau,
+            min: 1,
+            max: p.layer.max_rank,
+        },
+        None => Keep::Rank(p.layer.max_rank),
+    };
+    // The SVDs of S (2r × 2r) dominate the host's share: taken for all layers at once, in parallel.
+    let mut coeffs = Vec::with_capacity(places.len());
     for (p, live) in places.iter().zip(&model.lowrank().live) {
-        jobs.push((p.clone(), download(b, model, opt, p, live.width)?));
+        coeffs.push(coefficients(b, model, opt, p, live.width)?);
     }
-    let done: Vec<HostLayer> = jobs
+    let cuts: Vec<Cut> = coeffs
         .into_par_iter()
-        .map(|(place, mut dlra)| {
-            let max = place.layer.max_rank;
-            let keep = match tau {
-                Some(tau) => Keep::Tolerance { tau, min: 1, max },
-                None => Keep::Rank(max),
-            };
-            dlra.truncate(keep)
-                .with_context(|| format!("DLRA truncation of {}", place.layer.prefix))?;
-            Ok(HostLayer { place, dlra })
+        .zip(&places)
+        .map(|((s, state), p)| {
+            Cut::of(s.as_ref(), &state, keep(p))
+                .with_context(|| format!("DLRA truncation of {}", p.layer.prefix))
         })
         .collect::<Result<_>>()?;
     let mut changes = Vec::new();
-    for (i, h) in done.iter().enumerate() {
-        upload(b, model, opt, h)?;
-        let (from, to) = (model.lowrank().live[i].rank, h.dlra.rank());
-        if from != to {
+    for (i, (p, cut)) in places.iter().zip(cuts).enumerate() {
+        let live = model.lowrank().live[i];
+        let cap = p.layer.capacity;
+        for (basis, n, rotation) in [(p.ut, p.layer.n_in, &cut.p), (p.vt, p.layer.n_out, &cut.q)] {
+            basis::rotate(
+                b,
+                model.params_mut(),
+                basis,
+                n,
+                cap,
+                rotation.as_ref(),
+                &mut work,
+            )?;
+        }
+        store_coefficients(b, model, opt, p, cut.s().as_ref(), &cut.state)?;
+        let to = cut.rank();
+        if live.rank != to {
             changes.push(RankChange {
-                layer: h.place.layer.prefix.clone(),
-                from,
+                layer: p.layer.prefix.clone(),
+                from: live.rank,
                 to,
             });
         }
