@@ -1,5 +1,6 @@
-//! Rank growth (stage 1) and truncation (stage 2) of SCIENCE.md §1, on the host: the factors are
-//! small (R ≤ min(n_in, n_out)/2 rows), and a check runs every few optimiser steps.
+//! Rank growth (stage 1) and truncation (stage 2) of SCIENCE.md §1. A growth check runs every few
+//! optimiser steps and reads each product's spectrum from its factors' Gram matrices, formed on
+//! the backend (`spectrum`); the truncation runs once, on the host (QR cores in f64).
 //!
 //! Moment transport at truncation (`--moment-transport rotate`). Stage 2 replaces U (n_in × k) by
 //! U' = Qu·P_r·√Σ_r (n_in × r). The gradient of the loss with respect to U' is G·V' where
@@ -15,6 +16,7 @@
 
 use super::config::MomentTransport;
 use super::runtime::LiveRank;
+use super::spectrum::live_spectra;
 use crate::backend::{Backend, Buffer};
 use crate::linalg::factor::to_transposed;
 use crate::linalg::{explained_rank, CoreSvd};
@@ -64,17 +66,16 @@ pub fn live_factors<B: Backend>(
 /// (from the QR-core singular values of its live product), raised by at most b − 1 and capped at
 /// R − b − 1; it never shrinks. The width follows as rank + buffer. Allocates nothing on the device.
 pub fn grow<B: Backend>(b: &B, model: &mut Gpt<B>, alpha: f64) -> Result<Vec<RankChange>> {
+    let spectra = live_spectra(b, model).context("rank check")?;
     let mut changes = Vec::new();
-    for i in 0..model.layout().lowrank().len() {
-        let (ut, vt, k) = live_factors(b, model, i)?;
+    for (i, s) in spectra.iter().enumerate() {
         let layer = model.layout().lowrank()[i].layer.clone();
-        let core = CoreSvd::of_transposed(&ut, &vt, k)
-            .with_context(|| format!("rank check of {}", layer.prefix))?;
-        let r = model.lowrank().live[i].rank;
+        let (r, k) = (model.lowrank().live[i].rank, s.len());
         let limit = (r + layer.buffer.saturating_sub(1))
             .min(layer.max_rank)
             .max(r);
-        let new = explained_rank(&core.s, core.energy(), alpha, r)
+        let energy = s.iter().map(|x| x * x).sum();
+        let new = explained_rank(s, energy, alpha, r)
             .unwrap_or(k)
             .clamp(r, limit);
         if new != r {

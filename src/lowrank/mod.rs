@@ -12,6 +12,7 @@ pub mod init;
 pub mod layer;
 pub mod monitor;
 pub mod runtime;
+pub mod spectrum;
 pub mod start;
 
 pub use config::{DlraRule, LowRankConfig, LowRankLayers, LowRankMode, MomentTransport};

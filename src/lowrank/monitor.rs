@@ -1,11 +1,12 @@
 //! Rank monitoring for every run (SCIENCE.md §5): per layer, the live rank and r90 (the smallest j
 //! whose singular values explain more than 90% of Σ s²). Low-rank layers take r90 of their live
-//! product U·Vᵀ (the update itself in inrank and lora) from the QR core; dense runs take r90 of
-//! each MLP matrix's cumulative update W − W0 from its Gram matrix, formed by the backend.
+//! product U·Vᵀ (the update itself in inrank and lora) from its factors' Gram matrices
+//! (`spectrum`); dense runs take r90 of each MLP matrix's cumulative update W − W0 from its Gram
+//! matrix. Both Gram products run on the backend.
 
-use super::growth::live_factors;
+use super::spectrum::live_spectra;
 use crate::backend::{Backend, Buffer, DType, Gemm, Ref};
-use crate::linalg::{explained_rank, gram_explained_rank, CoreSvd};
+use crate::linalg::{explained_rank, gram_explained_rank};
 use crate::model::{BlockTensor, Gpt, ParamLayout};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -25,17 +26,16 @@ pub struct LayerRank {
 
 /// Ranks of every low-rank layer of `model`.
 pub fn lowrank_ranks<B: Backend>(b: &B, model: &Gpt<B>) -> Result<Vec<LayerRank>> {
-    (0..model.layout().lowrank().len())
-        .map(|i| {
-            let (ut, vt, k) = live_factors(b, model, i)?;
-            let core = CoreSvd::of_transposed(&ut, &vt, k)?;
-            Ok(LayerRank {
-                layer: model.layout().lowrank()[i].layer.prefix.clone(),
-                rank: model.lowrank().live[i].rank,
-                r90: explained_rank(&core.s, core.energy(), R90, 1).unwrap_or(k),
-            })
+    let spectra = live_spectra(b, model)?;
+    Ok(spectra
+        .iter()
+        .enumerate()
+        .map(|(i, s)| LayerRank {
+            layer: model.layout().lowrank()[i].layer.prefix.clone(),
+            rank: model.lowrank().live[i].rank,
+            r90: explained_rank(s, s.iter().map(|x| x * x).sum(), R90, 1).unwrap_or(s.len()),
         })
-        .collect()
+        .collect())
 }
 
 /// A dense MLP matrix and its initial value on the host.

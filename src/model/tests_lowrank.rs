@@ -333,3 +333,46 @@ fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
     wrong.forward(&Cpu, &inputs, None).unwrap();
     assert_ne!(Cpu.download(wrong.logits()).unwrap(), want);
 }
+
+/// The backend's spectra of the live products (Gram matrices, f32) equal the host's f64 QR cores
+/// of the downloaded factors (with M folded in), for plain factors and for a middle factor.
+#[test]
+fn live_spectra_match_the_host_qr_cores() {
+    let cfg = GptConfig {
+        n_embd: 16,
+        n_head: 2,
+        ..micro()
+    };
+    for mode in [LowRankMode::Efficient, LowRankMode::Dlra] {
+        let lr = LowRankConfig {
+            mode,
+            rank_init: 3,
+            ..Default::default()
+        };
+        let mut gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
+        let mut rng = crate::util::rng::Rng::new(13);
+        for lt in gpt.layout().lowrank().to_vec() {
+            for t in [Some(lt.ut), Some(lt.vt), lt.mid].into_iter().flatten() {
+                let view = gpt.layout().tensors()[t].clone();
+                let x = rng.normal_vec(view.len(), 1.0);
+                Cpu.upload(&x, gpt.params_mut().at_mut(view.offset, view.len()))
+                    .unwrap();
+            }
+        }
+        let spectra = crate::lowrank::spectrum::live_spectra(&Cpu, &gpt).unwrap();
+        assert_eq!(spectra.len(), 4);
+        for (i, s) in spectra.iter().enumerate() {
+            let (ut, vt, k) = growth::live_factors(&Cpu, &gpt, i).unwrap();
+            let want = crate::linalg::CoreSvd::of_transposed(&ut, &vt, k)
+                .unwrap()
+                .s;
+            assert_eq!(s.len(), want.len(), "{mode:?} layer {i}");
+            for (got, want_s) in s.iter().zip(&want) {
+                assert!(
+                    (got - want_s).abs() <= 1e-4 * want[0],
+                    "{mode:?} layer {i}: {s:?} vs {want:?}"
+                );
+            }
+        }
+    }
+}
