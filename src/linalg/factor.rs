@@ -53,19 +53,15 @@ impl CoreSvd {
         let (qu, ru) = thin_qr(u);
         let (qv, rv) = thin_qr(v);
         let core = &ru * rv.transpose();
-        let svd = core
-            .svd()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))
-            .context("SVD of the low-rank core did not converge")?;
-        let s = svd.S().column_vector().iter().copied().collect();
+        let svd = super::svd::svd(core.as_ref()).context("SVD of the low-rank core")?;
         Ok(CoreSvd {
             qu,
             ru,
             qv,
             rv,
-            p: svd.U().to_owned(),
-            q: svd.V().to_owned(),
-            s,
+            p: svd.u,
+            q: svd.v,
+            s: svd.s,
         })
     }
 
@@ -115,10 +111,10 @@ pub fn thin_qr(a: MatRef<f64>) -> (Mat<f64>, Mat<f64>) {
 /// of the largest: a buffer column whose other factor is still zero has no gradient to carry.
 fn pinv(a: MatRef<f64>) -> Mat<f64> {
     let n = a.nrows();
-    let Ok(svd) = a.svd() else {
+    let Ok(svd) = super::svd::svd(a) else {
         return Mat::zeros(n, n);
     };
-    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let s = svd.s;
     let cutoff = s.first().copied().unwrap_or(0.0) * 1e-10;
     let inv = Mat::from_fn(n, n, |i, j| {
         if i == j && s[i] > cutoff {
@@ -127,7 +123,7 @@ fn pinv(a: MatRef<f64>) -> Mat<f64> {
             0.0
         }
     });
-    svd.V() * inv * svd.U().transpose()
+    svd.v * inv * svd.u.transpose()
 }
 
 #[cfg(test)]

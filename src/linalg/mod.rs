@@ -5,6 +5,7 @@
 
 pub mod factor;
 pub mod gram;
+pub mod svd;
 
 pub use factor::{CoreSvd, Truncation};
 pub use gram::gram_explained_rank;

@@ -12,7 +12,8 @@
 //! truncation P·Σ·Qᵀ it maps m ← P_rᵀ·m·Q_r, v ← (P_rᵀ·√v·Q_r)².
 
 use crate::linalg::factor::thin_qr;
-use anyhow::{anyhow, Context, Result};
+use crate::linalg::svd::svd;
+use anyhow::{Context, Result};
 use faer::{Mat, MatRef};
 
 /// The update rule applied to the coordinates (S for DLRA, U and V for factors).
@@ -231,13 +232,10 @@ pub struct Cut {
 impl Cut {
     pub fn of(s: MatRef<f64>, state: &Moments, keep: Keep) -> Result<Cut> {
         let n = s.nrows();
-        let svd = s
-            .svd()
-            .map_err(|e| anyhow!("{e:?}"))
-            .context("SVD of the coefficients did not converge")?;
-        let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+        let svd = svd(s).context("SVD of the coefficients")?;
+        let sigma = svd.s;
         let k = keep.rank(&sigma).max(1);
-        let (p, q) = (svd.U().get(.., ..k), svd.V().get(.., ..k));
+        let (p, q) = (svd.u.get(.., ..k), svd.v.get(.., ..k));
         let sqrt_v = Mat::from_fn(n, n, |i, j| state.v[(i, j)].sqrt());
         let root = p.transpose() * sqrt_v * q;
         Ok(Cut {

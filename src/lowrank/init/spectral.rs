@@ -1,8 +1,9 @@
-//! The thin SVD of a dense weight (faer, in f64) and the spectral init built from it:
+//! The thin SVD of a dense weight (checked faer, in f64) and the spectral init built from it:
 //! U = U_r·√Σ_r, V = V_r·√Σ_r, the best rank-r approximation of W in Frobenius norm (Eckart–Young).
 
 use super::{DenseLayer, Factors};
-use anyhow::{anyhow, ensure, Result};
+use crate::linalg::svd::svd;
+use anyhow::{ensure, Context, Result};
 use faer::Mat;
 
 /// W = U·diag(s)·Vᵀ with U (n_in × m), V (n_out × m), m = min(n_in, n_out), s non-increasing.
@@ -20,17 +21,13 @@ impl ThinSvd {
         let (n_in, n_out) = (layer.n_in, layer.n_out);
         layer.check(1)?;
         let w = Mat::<f64>::from_fn(n_in, n_out, |i, j| layer.w[i * n_out + j] as f64);
-        let svd = w
-            .thin_svd()
-            .map_err(|e| anyhow!("SVD of the {n_in}x{n_out} weight did not converge: {e:?}"))?;
-        let s_diag = svd.S().column_vector();
-        let s = (0..n_in.min(n_out)).map(|k| s_diag[k]).collect();
+        let svd = svd(w.as_ref()).with_context(|| format!("SVD of the {n_in}x{n_out} weight"))?;
         Ok(ThinSvd {
             n_in,
             n_out,
-            u: svd.U().to_owned(),
-            s,
-            v: svd.V().to_owned(),
+            u: svd.u,
+            s: svd.s,
+            v: svd.v,
         })
     }
 
