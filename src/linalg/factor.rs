@@ -127,13 +127,13 @@ fn pinv(a: MatRef<f64>) -> Mat<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::util::rng::Rng;
 
     /// One-sided Jacobi SVD of a dense matrix (rows × cols), written independently of faer: the
     /// singular values are the column norms once all column pairs are orthogonal.
-    fn jacobi_singular_values(mut a: Vec<Vec<f64>>) -> Vec<f64> {
+    pub(crate) fn jacobi_singular_values(mut a: Vec<Vec<f64>>) -> Vec<f64> {
         let cols = a[0].len();
         for _sweep in 0..60 {
             let mut off = 0.0f64;

@@ -59,7 +59,7 @@ fn faer_svd(a: MatRef<f64>) -> Option<Svd> {
 
 /// V from the eigenvectors of AᵀA (descending), U and s from the QR of A·V with R's diagonal
 /// made non-negative; wide matrices through their transpose.
-pub(crate) fn gram_svd(a: MatRef<f64>) -> Result<Svd> {
+fn gram_svd(a: MatRef<f64>) -> Result<Svd> {
     if a.nrows() < a.ncols() {
         return gram_svd(a.transpose()).map(Svd::transposed);
     }

@@ -43,11 +43,11 @@ pub fn live_spectra<B: Backend>(b: &B, model: &Gpt<B>) -> Result<Vec<Vec<f64>>> 
                 rows,
                 work.at_mut(0, k * k),
             )?;
-            host(&b.download(work.at(0, k * k))?, k)
+            Ok(host(&b.download(work.at(0, k * k))?, k))
         };
         let (a, g_b) = (gram(lt.ut, lt.layer.n_in)?, gram(lt.vt, lt.layer.n_out)?);
         let m = match lt.mid {
-            Some(t) => Some(host(&b.download(model.params().at(offset(t), k * k))?, k)?),
+            Some(t) => Some(host(&b.download(model.params().at(offset(t), k * k))?, k)),
             None => None,
         };
         grams.push(Grams { a, b: g_b, m });
@@ -58,8 +58,8 @@ pub fn live_spectra<B: Backend>(b: &B, model: &Gpt<B>) -> Result<Vec<Vec<f64>>> 
         .collect()
 }
 
-fn host(x: &[f32], k: usize) -> Result<Mat<f64>> {
-    Ok(Mat::from_fn(k, k, |i, j| x[i * k + j] as f64))
+fn host(x: &[f32], k: usize) -> Mat<f64> {
+    Mat::from_fn(k, k, |i, j| x[i * k + j] as f64)
 }
 
 /// Singular values (descending) of U·M·Vᵀ from A = UᵀU, B = VᵀV and M (None: the identity).
@@ -107,52 +107,8 @@ fn symmetric(x: MatRef<f64>) -> Mat<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linalg::factor::tests::jacobi_singular_values;
     use crate::util::rng::Rng;
-
-    /// Singular values of a dense matrix by one-sided Jacobi, written here from scratch: the
-    /// column norms once every pair of columns is orthogonal.
-    fn jacobi(mut a: Mat<f64>) -> Vec<f64> {
-        let n = a.ncols();
-        for _ in 0..60 {
-            let mut off = 0.0f64;
-            for p in 0..n {
-                for q in p + 1..n {
-                    let (mut alpha, mut beta, mut gamma) = (0.0, 0.0, 0.0);
-                    for i in 0..a.nrows() {
-                        alpha += a[(i, p)] * a[(i, p)];
-                        beta += a[(i, q)] * a[(i, q)];
-                        gamma += a[(i, p)] * a[(i, q)];
-                    }
-                    if gamma.abs() < 1e-300 {
-                        continue;
-                    }
-                    off = off.max(gamma.abs() / (alpha * beta).sqrt());
-                    let zeta = (beta - alpha) / (2.0 * gamma);
-                    let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
-                    let c = 1.0 / (1.0 + t * t).sqrt();
-                    let s = c * t;
-                    for i in 0..a.nrows() {
-                        let (x, y) = (a[(i, p)], a[(i, q)]);
-                        a[(i, p)] = c * x - s * y;
-                        a[(i, q)] = s * x + c * y;
-                    }
-                }
-            }
-            if off < 1e-15 {
-                break;
-            }
-        }
-        let mut s: Vec<f64> = (0..n)
-            .map(|j| {
-                (0..a.nrows())
-                    .map(|i| a[(i, j)] * a[(i, j)])
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect();
-        s.sort_by(|x, y| y.total_cmp(x));
-        s
-    }
 
     /// With a dead factor column (a buffer row whose V is still zero) and a full middle factor,
     /// the spectrum from the Gram matrices equals the dense product's, computed by Jacobi.
@@ -172,7 +128,8 @@ mod tests {
                 Some(m) => &u * m * v.transpose(),
                 None => &u * v.transpose(),
             };
-            let want = jacobi(w);
+            let rows = (0..w.nrows()).map(|i| (0..w.ncols()).map(|j| w[(i, j)]).collect());
+            let want = jacobi_singular_values(rows.collect());
             let got = product_spectrum(
                 (u.transpose() * &u).as_ref(),
                 (v.transpose() * &v).as_ref(),

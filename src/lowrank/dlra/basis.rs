@@ -103,16 +103,7 @@ pub fn extend<B: Backend>(
     let mut attempt = 0;
     let first = loop {
         for _ in 0..2 {
-            project_out(
-                b,
-                params.at(basis, len),
-                r,
-                &mut work.rows,
-                0,
-                r,
-                n,
-                &mut work.small,
-            )?;
+            outside_basis(b, params.at(basis, len), r, n, work)?;
         }
         let gram = gram(b, r, n, work)?;
         match whitening(gram.as_ref()) {
@@ -156,16 +147,7 @@ pub fn extend<B: Backend>(
         &mut work.next,
     )?;
     std::mem::swap(&mut work.rows, &mut work.next);
-    project_out(
-        b,
-        params.at(basis, len),
-        r,
-        &mut work.rows,
-        0,
-        r,
-        n,
-        &mut work.small,
-    )?;
+    outside_basis(b, params.at(basis, len), r, n, work)?;
     let gram = gram(b, r, n, work)?;
     let Whitening::Full(second) = whitening(gram.as_ref()) else {
         bail!("CholeskyQR's second pass found dependent rows: the basis rows are not finite or not orthonormal")
@@ -230,6 +212,17 @@ fn upload_matrix<B: Backend>(b: &B, x: MatRef<f64>, small: &mut B::Buf) -> Resul
         .flat_map(|i| (0..k).map(move |j| x[(i, j)] as f32))
         .collect();
     b.upload(&flat, small.at_mut(0, m * k))
+}
+
+/// The r rows in `work.rows` lose their parts along the r basis rows `basis`.
+fn outside_basis<B: Backend>(
+    b: &B,
+    basis: Ref<B::Buf>,
+    r: usize,
+    n: usize,
+    work: &mut Scratch<B>,
+) -> Result<()> {
+    project_out(b, basis, r, &mut work.rows, 0, r, n, &mut work.small)
 }
 
 /// Rows `first..first + m` of `target` (E, m × n) lose their parts along the k orthonormal rows
