@@ -1,6 +1,11 @@
 //! `lowrank selftest`: every CUDA op against its CPU twin (see src/selftest/).
+//!
+//! A kernel that faults (an illegal address, say) leaves the process's CUDA context unusable, and
+//! every later case would fail with the same error. So after a failed case the context is probed;
+//! if it is lost, the remaining cases run in a fresh process (this binary, `--first` the next
+//! case), and their results are merged: one fault hides nothing else.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::backend::{cpu::Cpu, cuda::Cuda, Backend, Buffer, DType};
 use crate::selftest::{all_cases, check, Outcome};
 use anyhow::{bail, Context, Result};
 
@@ -15,18 +20,26 @@ pub struct Args {
     /// Run only cases whose op name contains this text
     #[arg(long)]
     filter: Option<String>,
+    /// Start at this case index (the fresh process after a lost context)
+    #[arg(long, default_value_t = 0, hide = true)]
+    first: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let gpu =
         Cuda::new().context("selftest compares CUDA ops with the CPU reference and needs a GPU")?;
-    println!("selftest: {} against {}", gpu.name(), Cpu.name());
-    println!(
-        "{:<28} {:<16} {:>10} {:>8}  result",
-        "op", "shape", "rel err", "bound"
-    );
+    let device = serde_json::to_value(gpu.info())?;
+    if args.first == 0 {
+        println!("selftest: {} against {}", gpu.name(), Cpu.name());
+        println!(
+            "{:<28} {:<16} {:>10} {:>8}  result",
+            "op", "shape", "rel err", "bound"
+        );
+    }
     let mut outcomes: Vec<Outcome> = Vec::new();
-    for (i, case) in all_cases().iter().enumerate() {
+    let mut gpu = Some(gpu);
+    let cases = all_cases();
+    for (i, case) in cases.iter().enumerate().skip(args.first) {
         if args
             .filter
             .as_ref()
@@ -34,36 +47,106 @@ pub fn run(args: Args) -> Result<()> {
         {
             continue;
         }
+        let Some(dev) = gpu.as_ref() else { break };
         let o = check(
             case,
-            &gpu,
+            dev,
             &Cpu,
             args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
         );
-        println!(
-            "{:<28} {:<16} {:>10.2e} {:>8.0e}  {}{}",
-            o.op,
-            o.shape,
-            o.rel_err,
-            o.bound,
-            if o.pass { "pass" } else { "FAIL" },
-            o.error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .or_else(|| o.mismatch.as_ref().map(|m| format!(" ({m})")))
-                .unwrap_or_default()
-        );
+        print_outcome(&o);
+        let lost = o.error.is_some() && context_lost(dev);
         outcomes.push(o);
+        if lost {
+            println!(
+                "the CUDA context is lost after this case (a fault is sticky): \
+                 the remaining cases run in a fresh process"
+            );
+            // Release this process's context before the next one opens its own.
+            gpu = None;
+            outcomes.extend(rest_in_fresh_process(&args, i + 1)?);
+        }
+    }
+    if args.first > 0 {
+        // A fresh process reports to its parent, which prints the totals.
+        return write_json(&args, &device, &outcomes);
     }
     let failed = outcomes.iter().filter(|o| !o.pass).count();
     println!("{} passed, {} failed", outcomes.len() - failed, failed);
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({"device": gpu.info(), "seed": args.seed, "cases": outcomes});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_json(&args, &device, &outcomes)?;
     if failed > 0 {
         bail!("{failed} selftest case(s) failed");
+    }
+    Ok(())
+}
+
+fn print_outcome(o: &Outcome) {
+    println!(
+        "{:<28} {:<16} {:>10.2e} {:>8.0e}  {}{}",
+        o.op,
+        o.shape,
+        o.rel_err,
+        o.bound,
+        if o.pass { "pass" } else { "FAIL" },
+        o.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .or_else(|| o.mismatch.as_ref().map(|m| format!(" ({m})")))
+            .unwrap_or_default()
+    );
+}
+
+/// Whether the device still works: a sticky error makes every later call fail, this round trip too.
+fn context_lost(gpu: &Cuda) -> bool {
+    let probe = || -> Result<bool> {
+        gpu.synchronize()?;
+        let mut buf = gpu.alloc(DType::F32, 1)?;
+        gpu.upload(&[1.5], buf.all_mut())?;
+        Ok(gpu.download(buf.all())? == [1.5])
+    };
+    !matches!(probe(), Ok(true))
+}
+
+/// Runs cases `first..` in a new process of this binary and reads back their outcomes.
+fn rest_in_fresh_process(args: &Args, first: usize) -> Result<Vec<Outcome>> {
+    let json = std::env::temp_dir().join(format!(
+        "lowrank-selftest-{}-from-{first}.json",
+        std::process::id()
+    ));
+    let exe = std::env::current_exe().context("cannot find this binary to rerun it")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("selftest")
+        .arg("--seed")
+        .arg(args.seed.to_string())
+        .arg("--first")
+        .arg(first.to_string())
+        .arg("--json")
+        .arg(&json);
+    if let Some(f) = &args.filter {
+        cmd.arg("--filter").arg(f);
+    }
+    let status = cmd
+        .status()
+        .context("cannot start a fresh selftest process")?;
+    let read = || -> Result<Vec<Outcome>> {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+        Ok(serde_json::from_value(doc["cases"].clone())?)
+    };
+    let outcomes = read().with_context(|| {
+        format!(
+            "the fresh selftest process ({status}) left no results in {}",
+            json.display()
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    outcomes
+}
+
+fn write_json(args: &Args, device: &serde_json::Value, outcomes: &[Outcome]) -> Result<()> {
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"device": device, "seed": args.seed, "cases": outcomes});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

@@ -9,22 +9,29 @@ use crate::backend::Backend;
 use anyhow::Result;
 
 /// The result of one case.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub op: String,
     pub shape: String,
     /// ‖out − ref‖₂ / ‖ref‖₂ (∞ when the output holds a non-finite value the reference does not).
+    /// JSON has no infinity: it is written as null and read back as ∞.
+    #[serde(deserialize_with = "null_is_infinite")]
     pub rel_err: f64,
     pub bound: f64,
     pub pass: bool,
     pub error: Option<String>,
     /// Where a failure lies, to tell a layout bug (whole blocks off) from rounding (scattered).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<Mismatch>,
 }
 
+fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
 /// The pattern of a failing output: its worst element and how many elements are off.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Mismatch {
     /// Flat index of the largest |out − ref| (row-major; the case's shape gives the width).
     pub worst_index: usize,
@@ -137,6 +144,34 @@ mod tests {
                 case.shape()
             );
         }
+    }
+
+    /// A selftest process after a lost context hands its outcomes back as JSON: an error's
+    /// infinite relative error (null in JSON) and a mismatch survive the trip.
+    #[test]
+    fn outcomes_survive_the_json_round_trip() {
+        let failed = Outcome {
+            op: "gemm".into(),
+            shape: "3x4".into(),
+            rel_err: f64::INFINITY,
+            bound: 1e-2,
+            pass: false,
+            error: Some("CUDA_ERROR_ILLEGAL_ADDRESS".into()),
+            mismatch: None,
+        };
+        let off = Outcome {
+            rel_err: 0.5,
+            error: None,
+            mismatch: Some(mismatch(&[1.0, 3.0], &[1.0, 1.0])),
+            ..failed.clone()
+        };
+        let doc = serde_json::json!({ "cases": [&failed, &off] });
+        let text = serde_json::to_string(&doc).unwrap();
+        let back: Vec<Outcome> = serde_json::from_value(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["cases"].clone(),
+        )
+        .unwrap();
+        assert_eq!(back, [failed, off]);
     }
 
     #[test]
