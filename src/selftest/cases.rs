@@ -2,7 +2,7 @@
 
 use crate::backend::{AdamW, Backend, Buffer, DType, Gemm, HeavyBall};
 use crate::linalg::factor::random_orthonormal;
-use crate::lowrank::dlra::basis::{extend, Scratch};
+use crate::lowrank::dlra::basis::{extend, Extension};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -348,8 +348,15 @@ impl Case {
                 let mut basis = b.alloc(DType::F32, 2 * r * n)?;
                 b.upload(&rows, basis.all_mut())?;
                 let dir = input(b, &mut rng, DType::F32, r * n)?;
-                let mut work = Scratch::new(b, r, n, 2 * r)?;
-                extend(b, &mut basis, 0, n, r, dir.all(), &mut work, seed)?;
+                let job = Extension {
+                    name: "selftest",
+                    basis: 0,
+                    dir: 0,
+                    n,
+                    r,
+                    seed,
+                };
+                extend(b, &mut basis, &dir, &[job])?;
                 b.download(basis.at(r * n, r * n))?
             }
             Case::LowRank(c) => c.run(b, seed)?,

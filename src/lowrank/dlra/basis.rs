@@ -15,6 +15,7 @@ use crate::backend::{Backend, Buffer, DType, Gemm, Ref};
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 use faer::{Mat, MatRef, Side};
+use rayon::prelude::*;
 
 /// The rows, scaled to unit length, are orthonormalised only when their Gram matrix's smallest
 /// eigenvalue exceeds this (κ ≤ 100: one CholeskyQR pass in f32 then leaves them orthonormal to
@@ -25,141 +26,248 @@ const DEPENDENT: f64 = 1e-4;
 /// Random completions tried before the directions are declared impossible to complete.
 const ATTEMPTS: u64 = 3;
 
-/// Scratch for one augmentation or truncation: two blocks of basis rows and the k × k products.
-pub struct Scratch<B: Backend> {
-    rows: B::Buf,
-    next: B::Buf,
-    small: B::Buf,
+/// At most this many f32 values of working rows at once (1 GiB): the bases of a large model are
+/// extended in groups.
+const MAX_WORK_VALUES: usize = 1 << 28;
+
+/// One basis to extend: its r live rows of length n at `basis` in the parameter buffer, and r new
+/// directions (r × n) at `dir` in the direction buffer. `seed` makes a random completion repeatable
+/// (a resumed run must take the same one).
+#[derive(Clone, Copy, Debug)]
+pub struct Extension<'a> {
+    pub name: &'a str,
+    pub basis: usize,
+    pub dir: usize,
+    pub n: usize,
+    pub r: usize,
+    pub seed: u64,
 }
 
-impl<B: Backend> Scratch<B> {
-    /// Room for `rows` basis rows of length up to `n` and k × k products with k ≤ `k`.
-    pub fn new(b: &B, rows: usize, n: usize, k: usize) -> Result<Self> {
-        Ok(Scratch {
-            rows: b.alloc(DType::F32, rows * n)?,
-            next: b.alloc(DType::F32, rows * n)?,
-            small: b.alloc(DType::F32, k * k)?,
-        })
+impl Extension<'_> {
+    fn len(&self) -> usize {
+        self.r * self.n
     }
 }
 
-impl<B: Backend> Scratch<B> {
-    /// a·bᵀ of row blocks a (m × n) and b (p × n) as an f64 host matrix (m × p), m·p ≤ k².
-    pub fn row_products(
-        &mut self,
-        b: &B,
-        a: Ref<B::Buf>,
-        m: usize,
-        rhs: Ref<B::Buf>,
-        p: usize,
-        n: usize,
-    ) -> Result<Mat<f64>> {
-        products(b, a, m, rhs, p, n, &mut self.small)
-    }
-}
-
-fn products<B: Backend>(
-    b: &B,
-    a: Ref<B::Buf>,
-    m: usize,
-    rhs: Ref<B::Buf>,
-    p: usize,
-    n: usize,
-    small: &mut B::Buf,
-) -> Result<Mat<f64>> {
-    b.gemm(
-        &Gemm::new(m, p, n).trans_b(),
-        a,
-        rhs,
-        small.at_mut(0, m * p),
-    )?;
-    let x = b.download(small.at(0, m * p))?;
-    Ok(Mat::from_fn(m, p, |i, j| x[i * p + j] as f64))
-}
-
-/// The Gram matrix E·Eᵀ of the r rows in `work.rows`.
-fn gram<B: Backend>(b: &B, r: usize, n: usize, work: &mut Scratch<B>) -> Result<Mat<f64>> {
-    let rows = work.rows.at(0, r * n);
-    products(b, rows, r, rows, r, n, &mut work.small)
-}
-
-/// Writes rows r..2r of the basis whose rows 0..r (of length n) start at `basis` in `params`:
-/// orthonormal rows orthogonal to the first r that span the part of `dir` (r × n) outside them,
-/// completed by pseudo-random directions where that part has rank below r. `seed` makes the
-/// completion repeatable (a resumed run must take the same one).
-#[allow(clippy::too_many_arguments)]
+/// For each extension, writes rows r..2r of its basis: orthonormal rows orthogonal to the first r
+/// that span the part of its directions outside them, completed by pseudo-random directions where
+/// that part has rank below r.
+///
+/// The bases go through each phase together, so a model's layers cost one synchronisation per
+/// phase rather than one per layer and phase: every basis's GEMMs are launched, their k × k
+/// products come back in one download, and the host's f64 algebra runs over them in parallel.
 pub fn extend<B: Backend>(
     b: &B,
     params: &mut B::Buf,
-    basis: usize,
-    n: usize,
-    r: usize,
-    dir: Ref<B::Buf>,
-    work: &mut Scratch<B>,
-    seed: u64,
+    dirs: &B::Buf,
+    jobs: &[Extension],
 ) -> Result<()> {
-    let len = r * n;
-    b.cast(dir, work.rows.at_mut(0, len))?;
-    let mut attempt = 0;
-    let first = loop {
-        for _ in 0..2 {
-            outside_basis(b, params.at(basis, len), r, n, work)?;
+    let mut group = Vec::new();
+    let mut values = 0;
+    for job in jobs {
+        if !group.is_empty() && values + job.len() > MAX_WORK_VALUES {
+            extend_group(b, params, dirs, &group)?;
+            (group, values) = (Vec::new(), 0);
         }
-        let gram = gram(b, r, n, work)?;
-        match whitening(gram.as_ref()) {
-            Whitening::Full(x) => break x,
-            Whitening::Partial(keep) if attempt < ATTEMPTS => {
-                // The well-conditioned part of the span, orthonormalised, then random rows with
-                // that part taken out: they start orthogonal to the c rows kept (and, once the
-                // loop projects again, to the basis), so they add what is still missing.
-                let c = keep.nrows();
-                if c > 0 {
-                    multiply(b, keep.as_ref(), work.rows.at(0, len), n, &mut work.small, &mut work.next)?;
-                }
-                for j in c..r {
-                    let row = Rng::new(seed ^ (attempt << 40) ^ ((j as u64) << 20)).normal_vec(n, 1.0);
-                    b.upload(&row, work.rows.at_mut(j * n, n))?;
-                }
-                if c > 0 {
-                    for _ in 0..2 {
-                        let kept = work.next.at(0, c * n);
-                        project_out(b, kept, c, &mut work.rows, c, r - c, n, &mut work.small)?;
-                    }
-                }
-                let fresh = (c * n, (r - c) * n);
-                b.cast(work.rows.at(fresh.0, fresh.1), work.next.at_mut(fresh.0, fresh.1))?;
-                std::mem::swap(&mut work.rows, &mut work.next);
-                attempt += 1;
+        group.push(*job);
+        values += job.len();
+    }
+    if group.is_empty() {
+        return Ok(());
+    }
+    extend_group(b, params, dirs, &group)
+}
+
+fn extend_group<B: Backend>(
+    b: &B,
+    params: &mut B::Buf,
+    dirs: &B::Buf,
+    jobs: &[Extension],
+) -> Result<()> {
+    let widest = jobs.iter().map(|j| j.len()).max().unwrap_or(0);
+    let k = jobs.iter().map(|j| j.r).max().unwrap_or(0);
+    let mut rows = jobs
+        .iter()
+        .map(|j| {
+            let mut e = b.alloc(DType::F32, j.len())?;
+            b.cast(dirs.at(j.dir, j.len()), e.all_mut())?;
+            Ok(e)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut next = b.alloc(DType::F32, widest.max(1))?;
+    let mut small = b.alloc(DType::F32, (k * k).max(1))?;
+    let mut grams = Products::new(b, jobs.iter().map(|j| (j.r, j.r)))?;
+
+    // Project the old bases out (twice), whiten where the rows allow it; where they do not, keep
+    // the well-conditioned part, complete it with random rows and try again.
+    let mut first: Vec<Option<Mat<f64>>> = vec![None; jobs.len()];
+    let mut todo: Vec<usize> = (0..jobs.len()).collect();
+    for attempt in 0.. {
+        for &i in &todo {
+            let j = &jobs[i];
+            for _ in 0..2 {
+                project_out(
+                    b,
+                    params.at(j.basis, j.len()),
+                    j.r,
+                    &mut rows[i],
+                    0,
+                    j.r,
+                    j.n,
+                    &mut small,
+                )?;
             }
-            Whitening::Partial(keep) => bail!(
-                "cannot complete the basis: {} of {r} new directions after {ATTEMPTS} random completions",
-                keep.nrows()
-            ),
+            let e = rows[i].all();
+            grams.launch(b, i, e, e, j.n)?;
         }
-    };
-    // First pass: next = X·E.
-    multiply(
-        b,
-        first.as_ref(),
-        work.rows.at(0, len),
-        n,
-        &mut work.small,
-        &mut work.next,
-    )?;
-    std::mem::swap(&mut work.rows, &mut work.next);
-    outside_basis(b, params.at(basis, len), r, n, work)?;
-    let gram = gram(b, r, n, work)?;
-    let Whitening::Full(second) = whitening(gram.as_ref()) else {
-        bail!("CholeskyQR's second pass found dependent rows: the basis rows are not finite or not orthonormal")
-    };
-    upload_matrix(b, second.as_ref(), &mut work.small)?;
-    let g = Gemm::new(r, n, r);
-    b.gemm(
-        &g,
-        work.small.at(0, r * r),
-        work.rows.at(0, len),
-        params.at_mut(basis + len, len),
-    )
+        let gram = grams.download(b)?;
+        let whitened: Vec<Whitening> = todo
+            .par_iter()
+            .map(|&i| whitening(gram[i].as_ref()))
+            .collect();
+        let mut again = Vec::new();
+        for (&i, w) in todo.iter().zip(whitened) {
+            let j = &jobs[i];
+            match w {
+                Whitening::Full(x) => first[i] = Some(x),
+                Whitening::Partial(keep) if attempt < ATTEMPTS => {
+                    complete(b, j, keep.as_ref(), attempt, &mut rows[i], &mut next, &mut small)?;
+                    again.push(i);
+                }
+                Whitening::Partial(keep) => bail!(
+                    "{}: cannot complete the basis: {} of {} new directions after {ATTEMPTS} random completions",
+                    j.name,
+                    keep.nrows(),
+                    j.r
+                ),
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        todo = again;
+    }
+
+    // First pass: E ← X·E; then the second pass, after projecting the old bases out once more.
+    for (i, j) in jobs.iter().enumerate() {
+        let x = first[i]
+            .as_ref()
+            .expect("every basis is whitened or the loop bailed");
+        multiply(b, x.as_ref(), rows[i].all(), j.n, &mut small, &mut next)?;
+        b.cast(next.at(0, j.len()), rows[i].all_mut())?;
+        project_out(
+            b,
+            params.at(j.basis, j.len()),
+            j.r,
+            &mut rows[i],
+            0,
+            j.r,
+            j.n,
+            &mut small,
+        )?;
+        let e = rows[i].all();
+        grams.launch(b, i, e, e, j.n)?;
+    }
+    let gram = grams.download(b)?;
+    let second: Vec<Whitening> = gram.par_iter().map(|g| whitening(g.as_ref())).collect();
+    for ((j, w), e) in jobs.iter().zip(second).zip(&rows) {
+        let Whitening::Full(x) = w else {
+            bail!("{}: CholeskyQR's second pass found dependent rows: the basis rows are not finite or not orthonormal", j.name)
+        };
+        upload_matrix(b, x.as_ref(), &mut small)?;
+        b.gemm(
+            &Gemm::new(j.r, j.n, j.r),
+            small.at(0, j.r * j.r),
+            e.all(),
+            params.at_mut(j.basis + j.len(), j.len()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces the rows E (r × n) by the well-conditioned part of their span, K·E (c rows,
+/// orthonormalised), followed by r − c random rows with that part taken out: they start
+/// orthogonal to the rows kept (and, once the caller projects again, to the basis), so they add
+/// what is still missing.
+fn complete<B: Backend>(
+    b: &B,
+    j: &Extension,
+    keep: MatRef<f64>,
+    attempt: u64,
+    rows: &mut B::Buf,
+    next: &mut B::Buf,
+    small: &mut B::Buf,
+) -> Result<()> {
+    let (n, r, c) = (j.n, j.r, keep.nrows());
+    if c > 0 {
+        multiply(b, keep, rows.all(), n, small, next)?;
+    }
+    for row in c..r {
+        let x = Rng::new(j.seed ^ (attempt << 40) ^ ((row as u64) << 20)).normal_vec(n, 1.0);
+        b.upload(&x, rows.at_mut(row * n, n))?;
+    }
+    if c > 0 {
+        for _ in 0..2 {
+            project_out(b, next.at(0, c * n), c, rows, c, r - c, n, small)?;
+        }
+        b.cast(next.at(0, c * n), rows.at_mut(0, c * n))?;
+    }
+    Ok(())
+}
+
+/// Small products a·bᵀ of row blocks, each in its own region of one buffer, so that all of them
+/// come back to the host in one download.
+pub struct Products<B: Backend> {
+    shapes: Vec<(usize, usize)>,
+    offsets: Vec<usize>,
+    buf: B::Buf,
+}
+
+impl<B: Backend> Products<B> {
+    /// Room for one m × p product per shape.
+    pub fn new(b: &B, shapes: impl IntoIterator<Item = (usize, usize)>) -> Result<Self> {
+        let shapes: Vec<_> = shapes.into_iter().collect();
+        let mut offsets = Vec::with_capacity(shapes.len());
+        let mut total = 0;
+        for &(m, p) in &shapes {
+            offsets.push(total);
+            total += m * p;
+        }
+        Ok(Products {
+            buf: b.alloc(DType::F32, total.max(1))?,
+            shapes,
+            offsets,
+        })
+    }
+
+    /// Product `i` = a·rhsᵀ of a (m × n) and rhs (p × n), m × p as given to `new`.
+    pub fn launch(
+        &mut self,
+        b: &B,
+        i: usize,
+        a: Ref<B::Buf>,
+        rhs: Ref<B::Buf>,
+        n: usize,
+    ) -> Result<()> {
+        let (m, p) = self.shapes[i];
+        b.gemm(
+            &Gemm::new(m, p, n).trans_b(),
+            a,
+            rhs,
+            self.buf.at_mut(self.offsets[i], m * p),
+        )
+    }
+
+    /// Every product as an f64 host matrix (those not launched since `new` hold stale values).
+    pub fn download(&self, b: &B) -> Result<Vec<Mat<f64>>> {
+        let x = b.download(self.buf.all())?;
+        Ok(self
+            .shapes
+            .iter()
+            .zip(&self.offsets)
+            .map(|(&(m, p), &o)| Mat::from_fn(m, p, |i, j| x[o + i * p + j] as f64))
+            .collect())
+    }
 }
 
 /// Rows 0..k' of the basis at `basis` (k live rows of length n, `cap` in all) become Pᵀ·(rows
@@ -171,19 +279,20 @@ pub fn rotate<B: Backend>(
     n: usize,
     cap: usize,
     p: MatRef<f64>,
-    work: &mut Scratch<B>,
 ) -> Result<()> {
     let (k, kept) = (p.nrows(), p.ncols());
     let pt = p.transpose().to_owned();
+    let mut small = b.alloc(DType::F32, (k * kept).max(1))?;
+    let mut rows = b.alloc(DType::F32, (kept * n).max(1))?;
     multiply(
         b,
         pt.as_ref(),
         params.at(basis, k * n),
         n,
-        &mut work.small,
-        &mut work.rows,
+        &mut small,
+        &mut rows,
     )?;
-    b.cast(work.rows.at(0, kept * n), params.at_mut(basis, kept * n))?;
+    b.cast(rows.at(0, kept * n), params.at_mut(basis, kept * n))?;
     b.fill(params.at_mut(basis + kept * n, (cap - kept) * n), 0.0)
 }
 
@@ -212,17 +321,6 @@ fn upload_matrix<B: Backend>(b: &B, x: MatRef<f64>, small: &mut B::Buf) -> Resul
         .flat_map(|i| (0..k).map(move |j| x[(i, j)] as f32))
         .collect();
     b.upload(&flat, small.at_mut(0, m * k))
-}
-
-/// The r rows in `work.rows` lose their parts along the r basis rows `basis`.
-fn outside_basis<B: Backend>(
-    b: &B,
-    basis: Ref<B::Buf>,
-    r: usize,
-    n: usize,
-    work: &mut Scratch<B>,
-) -> Result<()> {
-    project_out(b, basis, r, &mut work.rows, 0, r, n, &mut work.small)
 }
 
 /// Rows `first..first + m` of `target` (E, m × n) lose their parts along the k orthonormal rows
@@ -314,6 +412,19 @@ mod tests {
         buf
     }
 
+    /// Extends the single basis at the start of `buf` (r rows of length n) by the directions `dir`.
+    fn extend_one(buf: &mut <Cpu as Backend>::Buf, n: usize, r: usize, dir: &[f32], seed: u64) {
+        let job = Extension {
+            name: "test",
+            basis: 0,
+            dir: 0,
+            n,
+            r,
+            seed,
+        };
+        extend(&Cpu, buf, &upload(dir), &[job]).unwrap();
+    }
+
     /// A buffer of 2r basis rows whose first r are a random orthonormal U (r × n), and (f64) those
     /// rows, r zero rows and the directions `dir`.
     fn setup(n: usize, r: usize, dir: &[f32], seed: u64) -> (<Cpu as Backend>::Buf, Vec<f64>) {
@@ -362,9 +473,7 @@ mod tests {
         let dir = Rng::new(2).normal_vec(r * n, 3.0);
         let (mut buf, host) = setup(n, r, &dir, 1);
         let dir_at = 2 * r * n;
-        let mut work = Scratch::new(&Cpu, r, n, 2 * r).unwrap();
-        let d = upload(&dir);
-        extend(&Cpu, &mut buf, 0, n, r, d.all(), &mut work, 7).unwrap();
+        extend_one(&mut buf, n, r, &dir, 7);
         let out = Cpu.download(buf.at(0, 2 * r * n)).unwrap();
         assert_eq!(
             &out[..r * n],
@@ -395,9 +504,7 @@ mod tests {
             .for_each(|(d, &x)| *d = 2.0 * x);
         let run = |seed| {
             let (mut buf, host) = setup(n, r, &dir, 1);
-            let mut work = Scratch::new(&Cpu, r, n, 2 * r).unwrap();
-            let d = upload(&dir);
-            extend(&Cpu, &mut buf, 0, n, r, d.all(), &mut work, seed).unwrap();
+            extend_one(&mut buf, n, r, &dir, seed);
             let out = Cpu.download(buf.at(0, 2 * r * n)).unwrap();
             assert_orthonormal(&out, 2 * r, n);
             let e = &host[2 * r * n..2 * r * n + n];
@@ -421,8 +528,7 @@ mod tests {
             dir[n + x] = dir[x] + noise[x];
         }
         let (mut buf, host) = setup(n, r, &dir, 9);
-        let mut work = Scratch::new(&Cpu, r, n, 2 * r).unwrap();
-        extend(&Cpu, &mut buf, 0, n, r, upload(&dir).all(), &mut work, 1).unwrap();
+        extend_one(&mut buf, n, r, &dir, 1);
         let out = Cpu.download(buf.at(0, 2 * r * n)).unwrap();
         assert_orthonormal(&out, 2 * r, n);
         for j in 0..r {
@@ -461,9 +567,58 @@ mod tests {
             let e = m * g;
             let dir: Vec<f32> = (0..r * n).map(|i| e[(i / n, i % n)] as f32).collect();
             let (mut buf, _) = setup(n, r, &dir, seed);
-            let mut work = Scratch::new(&Cpu, r, n, 2 * r).unwrap();
-            extend(&Cpu, &mut buf, 0, n, r, upload(&dir).all(), &mut work, seed).unwrap();
+            extend_one(&mut buf, n, r, &dir, seed);
             assert_orthonormal(&Cpu.download(buf.at(0, 2 * r * n)).unwrap(), 2 * r, n);
+        }
+    }
+
+    /// Bases of different shapes extended in one call, one of them needing a random completion,
+    /// each come out orthonormal and spanning their own directions (f64 projections), exactly as
+    /// when extended alone: the shared phases mix nothing between them.
+    #[test]
+    fn bases_extended_together_come_out_as_if_alone() {
+        let shapes = [(50, 4), (40, 3), (64, 8)];
+        let (mut params, mut dirs, mut jobs, mut alone) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (t, &(n, r)) in shapes.iter().enumerate() {
+            let mut dir = Rng::new(20 + t as u64).normal_vec(r * n, 1.0);
+            if t == 1 {
+                // A zero row and a repeated one: rank r − 2, completed at random.
+                dir[..n].fill(0.0);
+                let (a, b) = dir.split_at_mut(2 * n);
+                b[..n].copy_from_slice(&a[n..2 * n]);
+            }
+            let (mut one, host) = setup(n, r, &dir, 30 + t as u64);
+            let seed = 40 + t as u64;
+            jobs.push(Extension {
+                name: "test",
+                basis: params.len(),
+                dir: dirs.len(),
+                n,
+                r,
+                seed,
+            });
+            params.extend(host[..2 * r * n].iter().map(|&x| x as f32));
+            dirs.extend_from_slice(&dir);
+            extend_one(&mut one, n, r, &dir, seed);
+            alone.push((Cpu.download(one.all()).unwrap(), host));
+        }
+        let mut buf = upload(&params);
+        extend(&Cpu, &mut buf, &upload(&dirs), &jobs).unwrap();
+        let out = Cpu.download(buf.all()).unwrap();
+        for (j, (one, host)) in jobs.iter().zip(&alone) {
+            let (n, r) = (j.n, j.r);
+            let mine = &out[j.basis..j.basis + 2 * r * n];
+            assert_orthonormal(mine, 2 * r, n);
+            for d in 0..r {
+                let e = &host[(2 * r + d) * n..(2 * r + d + 1) * n];
+                let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+                assert!(
+                    outside(e, mine, 2 * r, n) <= 1e-5 * norm.max(1.0),
+                    "{n} × {r}: direction {d}"
+                );
+            }
+            assert_eq!(mine, &one[..], "{n} × {r}");
         }
     }
 
@@ -477,8 +632,7 @@ mod tests {
         let p = Mat::from_fn(k, kept, |i, j| {
             (i as f64 + 1.0) * if j == 0 { 1.0 } else { -0.5 }
         });
-        let mut work = Scratch::new(&Cpu, k, n, k).unwrap();
-        rotate(&Cpu, &mut buf, 0, n, cap, p.as_ref(), &mut work).unwrap();
+        rotate(&Cpu, &mut buf, 0, n, cap, p.as_ref()).unwrap();
         let out = Cpu.download(buf.all()).unwrap();
         for j in 0..kept {
             for x in 0..n {

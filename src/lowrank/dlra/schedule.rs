@@ -16,9 +16,12 @@
 //!
 //! K = 1 is the parallel integrator. The bases (n × 2r, n up to 4096) stay on the backend and
 //! change there by GEMMs (`basis`); S, its moments and the r × r products the integrator needs
-//! travel to the host, where the small algebra runs in f64.
+//! travel to the host, where the small algebra runs in f64. All layers go through each phase
+//! together: their GEMMs are launched, their small products come back in one download, and the
+//! host's algebra runs over the layers in parallel, so a window costs a handful of
+//! synchronisations, not a handful per layer (at K = 1 on a GPU, every step).
 
-use super::basis::{self, Scratch};
+use super::basis::{self, Extension, Products};
 use super::integrator::{tangent_from_blocks, Cut};
 use super::{FreshMoment, Keep, Moments};
 use crate::backend::{Backend, Buffer};
@@ -60,17 +63,6 @@ fn places<B: Backend>(model: &Gpt<B>) -> Result<Vec<Place>> {
             })
         })
         .collect()
-}
-
-/// Scratch for the widest layer: r basis rows (r ≤ capacity / 2) and 2r × 2r products.
-fn scratch<B: Backend>(b: &B, places: &[Place]) -> Result<Scratch<B>> {
-    let cap = places.iter().map(|p| p.layer.capacity).max().unwrap_or(0);
-    let n = places
-        .iter()
-        .map(|p| p.layer.n_in.max(p.layer.n_out))
-        .max()
-        .unwrap_or(0);
-    Scratch::new(b, cap.div_ceil(2).max(1), n, cap.max(1))
 }
 
 /// Downloads `rows × cols` row-major f32 at `off` as an f64 matrix.
@@ -128,7 +120,8 @@ fn store_coefficients<B: Backend>(
 
 /// Augments every layer's bases to twice its rank from the step's gradient (accumulated over its
 /// micro-batches, not yet used by the optimiser) and replaces the gradient of S by the tangent
-/// gradient in the new bases. Leaves the bases' own gradients zero.
+/// gradient in the new bases. Leaves the bases' own gradients zero. The layers go through each
+/// phase together (one download per phase, the host's algebra in parallel over layers).
 pub fn augment<B: Backend>(
     b: &B,
     model: &mut Gpt<B>,
@@ -136,9 +129,8 @@ pub fn augment<B: Backend>(
     fresh: FreshMoment,
 ) -> Result<()> {
     let places = places(model)?;
-    let mut work = scratch(b, &places)?;
-    for (i, p) in places.iter().enumerate() {
-        let live = model.lowrank().live[i];
+    let mut coeffs = Vec::with_capacity(places.len());
+    for (p, live) in places.iter().zip(&model.lowrank().live) {
         let r = live.rank;
         ensure!(
             live.width == r,
@@ -153,56 +145,70 @@ pub fn augment<B: Backend>(
             "{}: S is not diagonal at the start of a DLRA window",
             p.layer.prefix
         );
-        // The gradient rows are S·(G·V)ᵀ and S·(Uᵀ·G): with S diagonal, the same spans as G·V
-        // and Gᵀ·U, and the products below carry a factor σ to divide out.
-        let (n_in, n_out) = (p.layer.n_in, p.layer.n_out);
-        for (t, (basis, n)) in [(p.ut, n_in), (p.vt, n_out)].into_iter().enumerate() {
-            let bufs = model.optimizer_buffers();
-            let seed = ((i as u64) << 1) | t as u64;
-            basis::extend(
-                b,
-                bufs.params,
-                basis,
-                n,
-                r,
-                bufs.grads.at(basis, r * n),
-                &mut work,
-                seed,
-            )
-            .with_context(|| format!("DLRA augmentation of {}", p.layer.prefix))?;
-        }
-        let (params, grads) = (model.params(), model.grads());
-        let left = work.row_products(
-            b,
-            params.at(p.ut, 2 * r * n_in),
-            2 * r,
-            grads.at(p.ut, r * n_in),
-            r,
-            n_in,
-        )?;
-        let top = work.row_products(
-            b,
-            grads.at(p.vt, r * n_out),
-            r,
-            params.at(p.vt, 2 * r * n_out),
-            2 * r,
-            n_out,
-        )?;
-        let sigma = |j: usize| match s[(j, j)] != 0.0 {
-            true => s[(j, j)].recip(),
-            false => 0.0,
-        };
-        // Ûᵀ·G·V = left·Σ⁻¹ and Uᵀ·G·V̂ = Σ⁻¹·top (a zero σ: that direction carries no gradient).
-        let left = Mat::from_fn(2 * r, r, |a, j| left[(a, j)] * sigma(j));
-        let top = Mat::from_fn(r, 2 * r, |j, c| top[(j, c)] * sigma(j));
-        let g_s = tangent_from_blocks(left.as_ref(), top.as_ref());
-        let padded = Mat::from_fn(2 * r, 2 * r, |a, c| match a < r && c < r {
-            true => s[(a, c)],
-            false => 0.0,
-        });
-        store_coefficients(b, model, opt, p, padded.as_ref(), &state.augmented(fresh))?;
+        coeffs.push((s, state));
+    }
+    let ranks: Vec<usize> = model.lowrank().live.iter().map(|l| l.rank).collect();
+    // The gradient rows are S·(G·V)ᵀ and S·(Uᵀ·G): with S diagonal, the same spans as G·V and
+    // Gᵀ·U, and the products below carry a factor σ to divide out.
+    let jobs: Vec<Extension> = places
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            let (sides, r) = ([(p.ut, p.layer.n_in), (p.vt, p.layer.n_out)], ranks[i]);
+            sides
+                .into_iter()
+                .enumerate()
+                .map(move |(t, (basis, n))| Extension {
+                    name: &p.layer.prefix,
+                    basis,
+                    dir: basis,
+                    n,
+                    r,
+                    seed: ((i as u64) << 1) | t as u64,
+                })
+        })
+        .collect();
+    let bufs = model.optimizer_buffers();
+    basis::extend(b, bufs.params, bufs.grads, &jobs).context("DLRA augmentation")?;
+
+    // Ûᵀ·(G·V)·S and S·(Uᵀ·G)·V̂ of every layer, in one download.
+    let shapes = ranks.iter().flat_map(|&r| [(2 * r, r), (r, 2 * r)]);
+    let mut products = Products::new(b, shapes)?;
+    let (params, grads) = (model.params(), model.grads());
+    for (i, p) in places.iter().enumerate() {
+        let (r, n_in, n_out) = (ranks[i], p.layer.n_in, p.layer.n_out);
+        let (u_hat, gu) = (params.at(p.ut, 2 * r * n_in), grads.at(p.ut, r * n_in));
+        let (v_hat, gv) = (params.at(p.vt, 2 * r * n_out), grads.at(p.vt, r * n_out));
+        products.launch(b, 2 * i, u_hat, gu, n_in)?;
+        products.launch(b, 2 * i + 1, gv, v_hat, n_out)?;
+    }
+    let blocks = products.download(b)?;
+    let updates: Vec<(Mat<f64>, Mat<f64>, Moments)> = coeffs
+        .into_par_iter()
+        .zip(blocks.par_chunks(2))
+        .map(|((s, state), lt)| {
+            let r = s.nrows();
+            let sigma = |j: usize| match s[(j, j)] != 0.0 {
+                true => s[(j, j)].recip(),
+                false => 0.0,
+            };
+            // Ûᵀ·G·V = left·Σ⁻¹ and Uᵀ·G·V̂ = Σ⁻¹·top (a zero σ: that direction carries no
+            // gradient).
+            let left = Mat::from_fn(2 * r, r, |a, j| lt[0][(a, j)] * sigma(j));
+            let top = Mat::from_fn(r, 2 * r, |j, c| lt[1][(j, c)] * sigma(j));
+            let g_s = tangent_from_blocks(left.as_ref(), top.as_ref());
+            let padded = Mat::from_fn(2 * r, 2 * r, |a, c| match a < r && c < r {
+                true => s[(a, c)],
+                false => 0.0,
+            });
+            (padded, g_s, state.augmented(fresh))
+        })
+        .collect();
+    for (i, (p, (padded, g_s, state))) in places.iter().zip(updates).enumerate() {
+        store_coefficients(b, model, opt, p, padded.as_ref(), &state)?;
         let sq = p.layer.capacity * p.layer.capacity;
         b.upload(&flat(g_s.as_ref(), sq), model.grads_mut().at_mut(p.mid, sq))?;
+        let r = ranks[i];
         model.lowrank_mut().live[i] = LiveRank {
             rank: r,
             width: 2 * r,
@@ -242,7 +248,6 @@ pub fn truncate<B: Backend>(
     tau: Option<f64>,
 ) -> Result<Vec<RankChange>> {
     let places = places(model)?;
-    let mut work = scratch(b, &places)?;
     let keep = |p: &Place| match tau {
         Some(tau) => Keep::Tolerance {
             tau,
@@ -269,15 +274,7 @@ pub fn truncate<B: Backend>(
         let live = model.lowrank().live[i];
         let cap = p.layer.capacity;
         for (basis, n, rotation) in [(p.ut, p.layer.n_in, &cut.p), (p.vt, p.layer.n_out, &cut.q)] {
-            basis::rotate(
-                b,
-                model.params_mut(),
-                basis,
-                n,
-                cap,
-                rotation.as_ref(),
-                &mut work,
-            )?;
+            basis::rotate(b, model.params_mut(), basis, n, cap, rotation.as_ref())?;
         }
         store_coefficients(b, model, opt, p, cut.s().as_ref(), &cut.state)?;
         let to = cut.rank();
