@@ -34,22 +34,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let lowrank = LowRankConfig {
-        rank_log_every: 0,
-        ..a.lowrank.config()
-    };
     match a.device {
-        Device::Cpu => bench(&Cpu, &a, &lowrank),
-        Device::Cuda => bench(
-            &Cuda::new().context("--device cuda needs a GPU")?,
-            &a,
-            &lowrank,
-        ),
+        Device::Cpu => bench(&Cpu, &a),
+        Device::Cuda => bench(&Cuda::new().context("--device cuda needs a GPU")?, &a),
     }
 }
 
-fn bench<B: Backend>(b: &B, a: &Args, lowrank: &LowRankConfig) -> Result<()> {
+fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
     for name in &a.models {
+        let lowrank = &LowRankConfig {
+            rank_log_every: 0,
+            ..a.lowrank.config(name)
+        };
         let config = GptConfig::preset(name)?;
         let mut model = Gpt::with_lowrank(b, config, lowrank, a.batch, a.seq, 0)?;
         let mut opt = AdamWOptimizer::new(
@@ -78,7 +74,7 @@ fn bench<B: Backend>(b: &B, a: &Args, lowrank: &LowRankConfig) -> Result<()> {
             ranks.before_step(b, &mut model, &mut opt, step)?;
             let bufs = model.optimizer_buffers();
             opt.step(b, 1e-4, bufs.params, bufs.grads, bufs.compute_copy)?;
-            ranks.after_step(b, &mut model, &mut opt, step, last)?;
+            ranks.after_step(b, &mut model, &mut opt, step)?;
             b.synchronize()?;
             times.push(t0.elapsed().as_secs_f64());
         }

@@ -136,9 +136,11 @@ pub struct LowRankArgs {
     /// LoRA's α: the update is scaled by α/r [default: 2r]
     #[arg(long)]
     lora_alpha: Option<f32>,
-    /// Log each layer's rank and r90 to metrics.jsonl every K steps (0: never)
-    #[arg(long, default_value_t = 10)]
-    rank_log_every: u32,
+    /// Log each layer's rank and r90 to metrics.jsonl every K steps (0: never) [default: 10; 100
+    /// for a dense run of a GPT-2 preset, where r90 of W − W0 costs a host eigensolve of a
+    /// 768² to 1280² matrix per MLP matrix]
+    #[arg(long)]
+    rank_log_every: Option<u32>,
     /// Learning rate of the low-rank factors U and V as a multiple of --lr (other parameters: 1)
     #[arg(long, default_value_t = 1.0)]
     factor_lr_scale: f32,
@@ -170,11 +172,16 @@ pub struct LowRankArgs {
 }
 
 impl LowRankArgs {
-    pub(crate) fn config(&self) -> LowRankConfig {
+    /// The settings for a run of the `model` preset.
+    pub(crate) fn config(&self, model: &str) -> LowRankConfig {
         let (mode, layers) = match self.mlp_dln {
             true => (LowRankMode::Dln, LowRankLayers::Mlp),
             false => (self.mode, self.lowrank_layers),
         };
+        let dense_monitor_is_costly = mode == LowRankMode::Dense && model != "tiny";
+        let rank_log_every =
+            self.rank_log_every
+                .unwrap_or(if dense_monitor_is_costly { 100 } else { 10 });
         LowRankConfig {
             mode,
             layers,
@@ -188,7 +195,7 @@ impl LowRankArgs {
             init: self.lowrank_init,
             lora_base: self.lora_base.clone(),
             lora_alpha: self.lora_alpha,
-            rank_log_every: self.rank_log_every,
+            rank_log_every,
             factor_lr_scale: self.factor_lr_scale,
             dln_eps: self.dln_eps,
             dlra_window: self.dlra_window,
@@ -225,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
         eval_batches: a.eval_batches,
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
-        lowrank: a.lowrank.config(),
+        lowrank: a.lowrank.config(&a.model),
     };
     let fresh = || {
         PathBuf::from("runs").join(format!(
@@ -302,6 +309,32 @@ fn utc_stamp(t: std::time::SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::LowRankArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        lowrank: LowRankArgs,
+    }
+
+    /// Ranks are logged every 10 steps, except in dense runs of GPT-2 presets (every 100, their
+    /// monitor being a host eigensolve per MLP matrix); an explicit flag always wins.
+    #[test]
+    fn rank_log_cadence_defaults_by_run_and_yields_to_the_flag() {
+        let every = |args: &[&str], model: &str| {
+            let flags = Flags::try_parse_from([&["train"], args].concat()).unwrap();
+            flags.lowrank.config(model).rank_log_every
+        };
+        assert_eq!(every(&[], "tiny"), 10);
+        assert_eq!(every(&[], "gpt2"), 100);
+        assert_eq!(every(&[], "gpt2-medium"), 100);
+        assert_eq!(every(&["--lowrank", "efficient"], "gpt2"), 10);
+        assert_eq!(every(&["--mlp-dln"], "gpt2"), 10);
+        assert_eq!(every(&["--rank-log-every", "5"], "gpt2"), 5);
+        assert_eq!(every(&["--rank-log-every", "0"], "tiny"), 0);
+    }
+
     #[test]
     fn utc_stamp_matches_known_dates() {
         let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);

@@ -17,8 +17,6 @@ use anyhow::{ensure, Result};
 pub struct RankEvents {
     pub changes: Vec<RankChange>,
     pub truncated: bool,
-    /// Set on logging steps.
-    pub ranks: Option<Vec<LayerRank>>,
 }
 
 pub struct RankSchedule {
@@ -82,14 +80,13 @@ impl RankSchedule {
         }
     }
 
-    /// Runs after optimiser step `step` (1-based) of `last`.
+    /// Runs after optimiser step `step` (1-based): growth checks, truncation, DLRA's window end.
     pub fn after_step<B: Backend>(
         &mut self,
         b: &B,
         model: &mut Gpt<B>,
         opt: &mut AdamWOptimizer<B>,
         step: u32,
-        last: u32,
     ) -> Result<RankEvents> {
         let mut ev = RankEvents::default();
         if self.cfg.check_due(step) && !model.lowrank().truncated {
@@ -102,13 +99,25 @@ impl RankSchedule {
         if self.cfg.dlra_truncates(step) {
             ev.changes = dlra::truncate(b, model, opt, self.cfg.dlra_tau)?;
         }
-        let every = self.cfg.rank_log_every;
-        if every > 0 && (step.is_multiple_of(every) || step == last) {
-            ev.ranks = Some(match &mut self.dense {
-                Some(d) => d.ranks(b, model)?,
-                None => lowrank_ranks(b, model)?,
-            });
-        }
         Ok(ev)
+    }
+
+    /// The per-layer ranks to log after optimiser step `step` of `last` (None between logging
+    /// steps). Monitoring, not the method: the training loop times its steps without it.
+    pub fn log<B: Backend>(
+        &mut self,
+        b: &B,
+        model: &Gpt<B>,
+        step: u32,
+        last: u32,
+    ) -> Result<Option<Vec<LayerRank>>> {
+        let every = self.cfg.rank_log_every;
+        if every == 0 || !(step.is_multiple_of(every) || step == last) {
+            return Ok(None);
+        }
+        Ok(Some(match &mut self.dense {
+            Some(d) => d.ranks(b, model)?,
+            None => lowrank_ranks(b, model)?,
+        }))
     }
 }

@@ -206,7 +206,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         drop(optimizer);
         step += 1;
         let rank_range = profile::range(|| "ranks".into());
-        let events = ranks.after_step(b, &mut model, &mut opt, step, cfg.steps)?;
+        let events = ranks.after_step(b, &mut model, &mut opt, step)?;
+        b.synchronize()?;
         drop(rank_range);
         for c in &events.changes {
             progress.println(&format!(
@@ -223,6 +224,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         tokens += cfg.tokens_per_step() as u64;
         let tok_per_s = cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64();
+        // Rank logging is monitoring, not training: outside the step's time.
+        let logged_ranks = {
+            let _log = profile::range(|| "rank log".into());
+            ranks.log(b, &model, step, cfg.steps)?
+        };
 
         let eval_now = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
         let val_loss = match (&val_set, eval_now) {
@@ -242,7 +248,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             grad_norm: report.grad_norm,
             val_loss,
             val_ppl: val_loss.map(f32::exp),
-            ranks: events.ranks,
+            ranks: logged_ranks,
         };
         metrics.write(&record)?;
         let mut line = format!(
