@@ -5,7 +5,8 @@ median, inputs rotated past L2), printed in the same table formats."""
 import argparse, json, statistics
 import torch
 
-ROTATE_BYTES = 100 << 20
+# Inputs rotate through at least twice the device's L2, as in `lowrank bench`.
+L2_FALLBACK_BYTES = 64 << 20
 
 
 def median_ms(fn, reps):
@@ -29,7 +30,8 @@ LOWRANK_RANKS = [16, 64, 128, 256, 512]
 
 
 def rotation(nbytes):
-    return max(1, min(16, -(-ROTATE_BYTES // nbytes)))
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or L2_FALLBACK_BYTES
+    return max(1, min(16, -(-2 * l2 // nbytes)))
 
 
 def bench_lowrank(reps):

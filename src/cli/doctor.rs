@@ -91,13 +91,14 @@ fn runtime_facts() -> serde_json::Value {
         Ok(gpu) => {
             let i = gpu.info();
             println!(
-                "device {}: {} (compute {}.{}), {} SMs, {:.1} GiB",
+                "device {}: {} (compute {}.{}), {} SMs, {:.1} GiB, {} MiB L2",
                 i.ordinal,
                 i.name,
                 i.compute_capability.0,
                 i.compute_capability.1,
                 i.sms,
-                i.memory_bytes as f64 / (1u64 << 30) as f64
+                i.memory_bytes as f64 / (1u64 << 30) as f64,
+                i.l2_bytes >> 20
             );
             if let Ok(n) = cuda::device_count() {
                 println!("devices visible: {n} (LOWRANK_DEVICE picks one)");

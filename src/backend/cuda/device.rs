@@ -13,6 +13,7 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub sms: i32,
     pub memory_bytes: usize,
+    pub l2_bytes: usize,
     pub driver_version: String,
 }
 
@@ -94,6 +95,8 @@ pub fn info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
         compute_capability: ctx.compute_capability()?,
         sms: ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         memory_bytes: ctx.total_mem()?,
+        l2_bytes: ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0)
+            as usize,
         driver_version: driver_version()?,
     })
 }

@@ -54,7 +54,7 @@ struct Outputs {
 
 impl Inputs {
     fn new(gpu: &Cuda, n: usize, n_in: usize, n_out: usize, cap: usize) -> Result<Self> {
-        let sets = rotation(2 * n * (n_in + n_out));
+        let sets = rotation(gpu, 2 * n * (n_in + n_out));
         let one = |len: usize| -> Result<CudaBuf> {
             Ok(random_bufs(gpu, DType::BF16, len, 1)?.remove(0))
         };

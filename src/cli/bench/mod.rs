@@ -16,9 +16,10 @@ use serde::Serialize;
 /// device-to-device copy counting bytes read plus written.
 const PEAK_TFLOPS: f64 = 790.0;
 const PEAK_TBPS: f64 = 3.0;
-/// Rotate through input sets totalling at least this many bytes, twice the H100's 50 MB L2, so
-/// every timed launch reads from HBM as it would in training.
-const ROTATE_BYTES: usize = 100 << 20;
+/// Rotate through input sets totalling at least twice the device's L2 (50 MB on an H100, 60 MB
+/// on an H200; this when the driver does not say), so every timed launch reads from HBM as it
+/// would in training.
+const L2_FALLBACK_BYTES: usize = 64 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -160,9 +161,13 @@ fn time_median(gpu: &Cuda, reps: usize, mut f: impl FnMut(usize) -> Result<()>) 
     Ok(times[times.len() / 2])
 }
 
-/// Enough copies of an operand of `bytes` to fill ROTATE_BYTES (at least one).
-fn rotation(bytes: usize) -> usize {
-    ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, 16)
+/// Enough copies of an operand of `bytes` to fill twice the L2 (at least one, at most 16).
+fn rotation(gpu: &Cuda, bytes: usize) -> usize {
+    let l2 = match gpu.info().l2_bytes {
+        0 => L2_FALLBACK_BYTES,
+        l2 => l2,
+    };
+    (2 * l2).div_ceil(bytes.max(1)).clamp(1, 16)
 }
 
 fn random_bufs(gpu: &Cuda, dtype: DType, len: usize, count: usize) -> Result<Vec<CudaBuf>> {
@@ -196,7 +201,7 @@ fn bench_copy(gpu: &Cuda, reps: usize) -> Result<Row> {
 
 fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
     let (la, lb, lc) = g.required_lens();
-    let sets = rotation((la + lb) * 2);
+    let sets = rotation(gpu, (la + lb) * 2);
     let a = random_bufs(gpu, DType::BF16, la, sets)?;
     let b = random_bufs(gpu, DType::BF16, lb, sets)?;
     let mut c = gpu.alloc(DType::BF16, lc)?;
