@@ -42,9 +42,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1)]
     final_lr_frac: f32,
     /// Linear warm-up steps (low-rank runs want a longer one: 300 of 1500 steps removed their
-    /// end-of-warm-up loss spike in results/inrank)
-    #[arg(long, default_value_t = 10)]
-    warmup: u32,
+    /// end-of-warm-up loss spike in results/inrank) [default: 10, or --steps if fewer]
+    #[arg(long)]
+    warmup: Option<u32>,
     /// Optimiser steps
     #[arg(long, default_value_t = 100)]
     steps: u32,
@@ -223,7 +223,7 @@ pub fn run(a: Args) -> Result<()> {
         accum: a.accum,
         lr: a.lr,
         final_lr_frac: a.final_lr_frac,
-        warmup: a.warmup,
+        warmup: a.warmup.unwrap_or(a.steps.min(10)),
         steps: a.steps,
         decay: a.decay,
         weight_decay: a.weight_decay,

@@ -39,7 +39,7 @@ impl LrSchedule {
         ensure!(total_steps > 0, "the number of steps must be positive");
         ensure!(
             warmup_steps <= total_steps,
-            "warm-up ({warmup_steps} steps) is longer than the run ({total_steps} steps)"
+            "warm-up ({warmup_steps} steps) is longer than the run ({total_steps} steps): pass --warmup {total_steps} or less, or more --steps"
         );
         Ok(LrSchedule {
             max_lr,

@@ -95,8 +95,9 @@ pub fn info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
         compute_capability: ctx.compute_capability()?,
         sms: ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         memory_bytes: ctx.total_mem()?,
-        l2_bytes: ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0)
-            as usize,
+        l2_bytes: ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?
+            .max(0) as usize,
         driver_version: driver_version()?,
     })
 }
