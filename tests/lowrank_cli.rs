@@ -1,5 +1,6 @@
 //! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
-//! a LoRA base of another shape is refused, and an efficient-InRank run logs its ranks.
+//! a LoRA run's checkpoint evaluates, a LoRA base of another shape is refused, and an
+//! efficient-InRank run logs its ranks.
 
 mod common;
 
@@ -109,6 +110,18 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    // … whose checkpoint `eval` reads, by default on the built-in corpus's validation split …
+    let o = lowrank(&[
+        "eval",
+        "--ckpt",
+        lora.to_str().unwrap(),
+        "--seq",
+        "16",
+        "--max-batches",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("default-corpus-val"), "{}", text(&o));
     // … and a base of another model shape is refused with a sentence.
     let o = train(
         &tmp("lora2"),

@@ -2,7 +2,7 @@
 
 use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
 use crate::cli::train::Device;
-use crate::data::{BatchShape, ShardSet};
+use crate::data::{default_corpus, BatchShape, ShardSet};
 use crate::model::{hf, Gpt};
 use crate::train::evaluate;
 use anyhow::{Context, Result};
@@ -13,9 +13,10 @@ pub struct Args {
     /// A run directory, a checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's)
     #[arg(long, value_name = "PATH")]
     ckpt: PathBuf,
-    /// Shards to evaluate on (a file or a pattern with `*`)
+    /// Shards to evaluate on (a file or a pattern with `*`) [default: the validation split of the
+    /// corpus built into the binary, which `train` uses without --data]
     #[arg(long, value_name = "GLOB")]
-    data: String,
+    data: Option<String>,
     /// Sequences per batch
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -38,7 +39,10 @@ pub fn run(a: Args) -> Result<()> {
 
 fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
-    let set = ShardSet::open(&a.data).with_context(|| format!("cannot open {:?}", a.data))?;
+    let set = match &a.data {
+        Some(data) => ShardSet::open(data).with_context(|| format!("cannot open {data:?}"))?,
+        None => default_corpus().val,
+    };
     let mut model = Gpt::from_checkpoint(b, &ck, a.batch, a.seq)?;
     let shape = BatchShape {
         batch: a.batch,
