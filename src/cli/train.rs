@@ -93,7 +93,8 @@ pub struct Args {
 #[derive(clap::Args, Debug)]
 pub struct LowRankArgs {
     /// Parameterisation of the selected layers: dense; inrank (W0 + U·Vᵀ, growing rank);
-    /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (frozen --lora-base + (α/r)·U·Vᵀ);
+    /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (the whole --lora-base frozen, only
+    /// (α/r)·U·Vᵀ trained);
     /// dln (U·M·Vᵀ, a compressed deep linear block of width 2r); dlra (U·S·Vᵀ trained by the
     /// DLRA integrator, rank up to r)
     #[arg(long = "lowrank", value_enum, default_value_t = LowRankMode::Dense)]

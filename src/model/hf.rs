@@ -5,7 +5,7 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
 use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
-use crate::lowrank::{LowRankConfig, LowRankInit};
+use crate::lowrank::{LowRankConfig, LowRankInit, LowRankMode};
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
@@ -38,7 +38,9 @@ fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
 impl<B: Backend> Gpt<B> {
     /// The optimiser's parameter groups: the layout's weight-decay spans; the low-rank factors'
     /// at `--factor-lr-scale` times the learning rate and by their rule (heavy ball for DLRA's S
-    /// when asked); DLRA's bases held fixed.
+    /// when asked); DLRA's bases, and in LoRA everything but the factors, held fixed (learning-rate
+    /// scale 0: the optimiser skips the group, and `RankSchedule::before_step` zeroes its gradients
+    /// so the clipped norm is the trained tensors').
     pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
         self.layout()
             .decay_spans()
@@ -48,6 +50,9 @@ impl<B: Backend> Gpt<B> {
                 len: s.len,
                 decay: s.weight_decay,
                 lr_scale: match s.role {
+                    // LoRA trains its factors alone (Hu et al.; PEFT's default): the embeddings,
+                    // attention, LayerNorms and biases keep the base's values.
+                    SpanRole::Plain if lr.mode == LowRankMode::Lora => 0.0,
                     SpanRole::Plain => 1.0,
                     SpanRole::Factor => lr.factor_lr_scale,
                     SpanRole::Basis => 0.0,
