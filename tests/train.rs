@@ -377,3 +377,57 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--init-from` starts a dense run from a checkpoint's weights: at a negligible learning rate its
+/// first validation loss is the one the checkpoint's run logged last on the same batch (a fresh
+/// start's is far from it); a low-rank run refuses the flag with a sentence.
+#[test]
+fn a_run_started_from_a_checkpoint_continues_its_function() {
+    let (base, tuned, fresh) = (tmp("init-base"), tmp("init-tuned"), tmp("init-fresh"));
+    let run = |out: &Path, steps: &str, lr: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--out",
+            out.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--eval-every",
+            "1",
+            "--eval-batches",
+            "1",
+            "--warmup",
+            "1",
+            "--steps",
+            steps,
+            "--lr",
+            lr,
+        ];
+        args.extend_from_slice(extra);
+        lowrank(&args)
+    };
+    let val = |dir: &Path, at: usize| records(dir)[at]["val_loss"].as_f64().unwrap();
+    assert!(run(&base, "30", "3e-3", &[]).status.success());
+    let from = ["--init-from", base.to_str().unwrap()];
+    let o = run(&tuned, "1", "1e-9", &from);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run(&fresh, "1", "1e-9", &[]).status.success());
+    let (want, got, start) = (val(&base, 29), val(&tuned, 0), val(&fresh, 0));
+    assert!((got - want).abs() < 1e-3, "{got} vs the base's {want}");
+    assert!(
+        (start - want).abs() > 0.1,
+        "a fresh start ({start}) is no different"
+    );
+    let mut low_rank = from.to_vec();
+    low_rank.extend(["--lowrank", "efficient"]);
+    let o = run(&tmp("init-lowrank"), "1", "1e-9", &low_rank);
+    assert!(
+        !o.status.success() && text(&o).contains("--lora-base"),
+        "{}",
+        text(&o)
+    );
+    for d in [base, tuned, fresh] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

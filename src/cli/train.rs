@@ -72,6 +72,11 @@ pub struct Args {
     /// Output directory: config.json, metrics.jsonl, checkpoints [default: runs/MODEL-YYYYMMDD-HHMMSS]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start from these weights instead of GPT-2's random init, e.g. to fine-tune: a run or
+    /// checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's); dense runs only
+    /// (LoRA takes its base with --lora-base)
+    #[arg(long, value_name = "CKPT")]
+    init_from: Option<String>,
     /// Continue the run in this directory from its latest checkpoint (same settings required)
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -234,6 +239,7 @@ pub fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
         lowrank: a.lowrank.config(&a.model),
+        init_from: a.init_from,
     };
     let fresh = || {
         PathBuf::from("runs").join(format!(

@@ -31,6 +31,10 @@ pub struct TrainConfig {
     /// Low-rank layers and rank growth (dense by default; absent in configs from before them).
     #[serde(default)]
     pub lowrank: LowRankConfig,
+    /// A dense run's starting weights (a run or checkpoint directory, or a GPT-2 safetensors
+    /// file); None: GPT-2's seeded random init.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 impl TrainConfig {
@@ -39,6 +43,10 @@ impl TrainConfig {
         ensure!(self.seq > 1, "--seq must be at least 2");
         ensure!(self.accum > 0, "--accum must be positive");
         ensure!(self.steps > 0, "--steps must be positive");
+        ensure!(
+            self.init_from.is_none() || !self.lowrank.is_low_rank(),
+            "--init-from starts a dense run from a checkpoint's weights; a low-rank run cannot take them (for LoRA over a checkpoint, use --lora-base)"
+        );
         ensure!(self.eval_batches > 0, "--eval-batches must be positive");
         ensure!(
             self.clip >= 0.0,
@@ -76,6 +84,7 @@ impl TrainConfig {
             ("seq", self.seq != saved.seq),
             ("accum", self.accum != saved.accum),
             ("seed", self.seed != saved.seed),
+            ("init-from", self.init_from != saved.init_from),
         ];
         let mut diff: Vec<&str> = pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
         diff.extend(self.lowrank.resume_differences(&saved.lowrank));

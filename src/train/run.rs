@@ -118,6 +118,19 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             .with_context(|| format!("cannot load --lora-base {base}"))?;
         model.load_lora_base(b, &tensors)?;
     }
+    if let Some(init) = &cfg.init_from {
+        let (_, tensors) = load_checkpoint(Path::new(init))
+            .with_context(|| format!("cannot load --init-from {init}"))?;
+        model
+            .load_hf_tensors(b, &tensors)
+            .with_context(|| format!("--init-from {init} does not fit --model {}", cfg.model))?;
+    }
+    // A dense run's W0 for rank monitoring: its starting weights (the seeded init or
+    // --init-from's), taken before a resumed run's checkpoint replaces them.
+    let initial = match cfg.lowrank.is_low_rank() {
+        true => None,
+        false => Some(b.download(model.params().all())?),
+    };
     let adamw = AdamWConfig {
         weight_decay: cfg.weight_decay,
         clip: cfg.clip,
@@ -148,12 +161,6 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
-    // A dense run's W0 for rank monitoring: its seeded init, regenerated on resume.
-    let initial = match (&resume, cfg.lowrank.is_low_rank()) {
-        (_, true) => None,
-        (None, false) => Some(b.download(model.params().all())?),
-        (Some(_), false) => Some(model.layout().init_values(cfg.seed)),
-    };
     let mut ranks = RankSchedule::new(&cfg.lowrank, &model, initial.as_deref());
     drop(initial);
 
@@ -363,8 +370,12 @@ fn banner<B: Backend>(
     step: u32,
 ) -> String {
     format!(
-        "training {} on {}: {}, {} tokens/step (B={} T={} accum={}), data {}{}",
+        "training {}{} on {}: {}, {} tokens/step (B={} T={} accum={}), data {}{}",
         cfg.model,
+        cfg.init_from
+            .as_ref()
+            .map(|c| format!(" from {c}"))
+            .unwrap_or_default(),
         b.name(),
         cost_line(&cfg.lowrank, model),
         cfg.tokens_per_step(),
