@@ -25,6 +25,8 @@ pub struct LayerViews<'a> {
     /// The trained middle factor M of a compressed block (dln).
     pub mid: Option<&'a TensorView>,
     pub bias: &'a TensorView,
+    /// Whether the backward accumulates the bias's gradient (not when LoRA holds the base fixed).
+    pub bias_grad: bool,
 }
 
 /// A middle factor M between the two: W = W0 + Utᵀ·M·Vt. LoRA's M is the constant (α/r)·I, a
@@ -176,7 +178,8 @@ impl<B: Backend> LowRankRuntime<B> {
         b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y)
     }
 
-    /// dx = dy·Wᵀ (written); dUt, dVt (live rows) and the bias gradient added into `grads`.
+    /// dx = dy·Wᵀ (written); dUt, dVt (live rows) and, if `v.bias_grad`, the bias gradient added
+    /// into `grads`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -228,6 +231,9 @@ impl<B: Backend> LowRankRuntime<B> {
                 let dvt = Gemm::new(k, n_out, k).trans_a().alpha(scale).beta(1.0);
                 b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
             }
+        }
+        if !v.bias_grad {
+            return Ok(());
         }
         let db = grads.at_mut(v.bias.offset, n_out);
         b.add_column_sums(db, dy, MatShape::new(sh.n, n_out))

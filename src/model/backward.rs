@@ -15,13 +15,17 @@ pub(super) struct Saved<'a, B: Backend> {
     pub w: &'a B::Buf,
     pub a: &'a Activations<B>,
     pub inputs: &'a [u32],
+    /// LoRA: every tensor but the low-rank factors is held at the base's values, so the backward
+    /// skips the GEMMs and sums that would form their gradients and leaves those gradients zero.
+    pub base_frozen: bool,
 }
 
-/// For y = x·W + bias: dW += xᵀ·dy, dbias += Σ_rows dy, and dx = dy·Wᵀ (written).
+/// For y = x·W + bias: dx = dy·Wᵀ (written) and, given `grads`, dW += xᵀ·dy and
+/// dbias += Σ_rows dy.
 pub(super) fn linear_backward<B: Backend>(
     b: &B,
     dx: Mut<B::Buf>,
-    grads: &mut B::Buf,
+    grads: Option<&mut B::Buf>,
     x: Ref<B::Buf>,
     dy: Ref<B::Buf>,
     w: &B::Buf,
@@ -29,13 +33,15 @@ pub(super) fn linear_backward<B: Backend>(
 ) -> Result<()> {
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let rows = x.len / n_in;
-    b.gemm(
-        &Gemm::new(n_in, n_out, rows).trans_a().beta(1.0),
-        x,
-        dy,
-        grad_of(grads, weight),
-    )?;
-    b.add_column_sums(grad_of(grads, bias), dy, MatShape::new(rows, n_out))?;
+    if let Some(grads) = grads {
+        b.gemm(
+            &Gemm::new(n_in, n_out, rows).trans_a().beta(1.0),
+            x,
+            dy,
+            grad_of(grads, weight),
+        )?;
+        b.add_column_sums(grad_of(grads, bias), dy, MatShape::new(rows, n_out))?;
+    }
     b.gemm(
         &Gemm::new(rows, n_in, n_out).trans_b(),
         dy,
@@ -71,30 +77,25 @@ pub(super) fn backward<B: Backend>(
         view(m.w, wte),
         d.dbtc.all_mut(),
     )?;
-    let dwte = Gemm::new(vp, s.channels, s.tokens())
-        .trans_a()
-        .beta(1.0)
-        .alpha(loss_scale);
-    b.gemm(&dwte, a.logits.all(), a.lnf.all(), grad_of(grads, wte))?;
-    let (off, len) = layout.ln_f();
+    if !m.base_frozen {
+        let dwte = Gemm::new(vp, s.channels, s.tokens())
+            .trans_a()
+            .beta(1.0)
+            .alpha(loss_scale);
+        b.gemm(&dwte, a.logits.all(), a.lnf.all(), grad_of(grads, wte))?;
+    }
     let last = layer(&a.residual3, n_layer, n_layer - 1);
-    let (lnf_w, dlnf_w) = (m.w.at(off, len), grads.at_mut(off, len));
-    b.layernorm_backward(
-        d.dresidual.all_mut(),
-        dlnf_w,
-        d.dbtc.all(),
-        last,
-        lnf_w,
-        a.lnf_mean.all(),
-        a.lnf_rstd.all(),
-        rows(a),
-    )?;
+    let stats = (a.lnf_mean.all(), a.lnf_rstd.all());
+    ln_backward(b, m, grads, d, layout.ln_f(), last, stats)?;
 
     for l in (0..n_layer).rev() {
         let _range = crate::util::profile::range(|| format!("block {l} backward"));
         block_backward(b, m, lr, grads, d, n_layer, l)?;
     }
 
+    if m.base_frozen {
+        return Ok(());
+    }
     b.embedding_backward(grad_of(grads, wte), d.dresidual.all(), m.inputs, s.channels)?;
     let dwpe = grads.at_mut(layout.wpe().offset, s.seq * s.channels);
     b.add_column_sums(
@@ -102,6 +103,34 @@ pub(super) fn backward<B: Backend>(
         d.dresidual.all(),
         MatShape::new(s.batch, s.seq * s.channels),
     )
+}
+
+/// LayerNorm backward with d.dbtc as the output gradient, accumulating into d.dresidual; the
+/// (weight, bias) `window`'s gradient accumulates into `grads`, or is zeroed again after the op
+/// (which always forms it) when the base is frozen.
+fn ln_backward<B: Backend>(
+    b: &B,
+    m: &Saved<B>,
+    grads: &mut B::Buf,
+    d: &mut ActivationGrads<B>,
+    (off, len): (usize, usize),
+    x: Ref<B::Buf>,
+    (mean, rstd): (Ref<B::Buf>, Ref<B::Buf>),
+) -> Result<()> {
+    b.layernorm_backward(
+        d.dresidual.all_mut(),
+        grads.at_mut(off, len),
+        d.dbtc.all(),
+        x,
+        m.w.at(off, len),
+        mean,
+        rstd,
+        rows(m.a),
+    )?;
+    match m.base_frozen {
+        true => b.fill(grads.at_mut(off, len), 0.0),
+        false => Ok(()),
+    }
 }
 
 /// One block in reverse. On entry `d.dresidual` is ∂/∂(block output); on exit ∂/∂(block input).
@@ -146,10 +175,9 @@ impl<B: Backend> Block<'_, '_, B> {
         pair: Pair,
         (x, dy, dx): LinearIo<B>,
     ) -> Result<()> {
-        let (layout, w, l) = (self.m.layout, self.m.w, self.l);
-        linear::backward(b, layout, w, self.lr, grads, l, pair, x, dy, dx)
+        linear::backward(b, self.m, self.lr, grads, self.l, pair, x, dy, dx)
     }
-    /// LayerNorm backward with d.dbtc as the output gradient, accumulating into d.dresidual.
+    /// The block LayerNorm `weight`'s backward (see [`ln_backward`]).
     fn ln_backward(
         &self,
         b: &B,
@@ -159,19 +187,9 @@ impl<B: Backend> Block<'_, '_, B> {
         x: Ref<B::Buf>,
         stats: (&B::Buf, &B::Buf),
     ) -> Result<()> {
-        let (off, len) = self.m.layout.block_ln(self.l, weight);
-        let (lw, dlw) = (self.m.w.at(off, len), grads.at_mut(off, len));
-        let (mean, rstd) = (self.lay(stats.0), self.lay(stats.1));
-        b.layernorm_backward(
-            d.dresidual.all_mut(),
-            dlw,
-            d.dbtc.all(),
-            x,
-            lw,
-            mean,
-            rstd,
-            rows(self.m.a),
-        )
+        let window = self.m.layout.block_ln(self.l, weight);
+        let stats = (self.lay(stats.0), self.lay(stats.1));
+        ln_backward(b, self.m, grads, d, window, x, stats)
     }
 }
 

@@ -99,8 +99,14 @@ impl GptConfig {
     /// figures compare with theirs).
     pub fn forward_flops_per_token(&self, seq: usize) -> f64 {
         let (l, c) = (self.n_layer as f64, self.n_embd as f64);
-        let linear = l * 12.0 * c * c + c * self.padded_vocab as f64;
-        2.0 * linear + l * 4.0 * seq as f64 * c
+        2.0 * self.matmul_weights() + l * 4.0 * seq as f64 * c
+    }
+
+    /// Weights each token multiplies: the blocks' linear layers and the LM head over the padded
+    /// vocab (forming their gradient costs 2 FLOPs per weight per token).
+    pub fn matmul_weights(&self) -> f64 {
+        let (l, c) = (self.n_layer as f64, self.n_embd as f64);
+        l * 12.0 * c * c + c * self.padded_vocab as f64
     }
 
     /// Training FLOPs per token: forward plus a backward of twice the forward.

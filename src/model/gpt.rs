@@ -5,7 +5,7 @@ use super::activations::{ActivationGrads, Activations};
 use super::backward::{backward, Saved};
 use super::config::GptConfig;
 use super::forward::forward;
-use super::params::ParamLayout;
+use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer, DType, MatShape, Ref};
 use crate::lowrank::cost::{cost, Cost};
 use crate::lowrank::{layer, start_factors, LowRankConfig, LowRankMode, LowRankRuntime};
@@ -29,6 +29,8 @@ pub struct Gpt<B: Backend> {
     inputs: Vec<u32>,
     /// Set by a forward with targets, cleared by the backward that consumes its dlogits.
     has_loss_gradient: bool,
+    /// LoRA: only the low-rank factors train; the backward forms no other gradient.
+    base_frozen: bool,
 }
 
 /// The buffers one optimiser step updates, borrowed together.
@@ -109,6 +111,7 @@ impl<B: Backend> Gpt<B> {
             lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
+            base_frozen: lr.mode == LowRankMode::Lora,
         };
         gpt.refresh_compute_copy(backend)?;
         Ok(gpt)
@@ -161,7 +164,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Adds the gradient of `loss_scale` · (the last forward's mean loss) to `grads()`: call
-    /// `zero_grads` before the first micro-batch of a step, and pass 1/steps to accumulate.
+    /// `zero_grads` before the first micro-batch of a step, and pass 1/steps to accumulate. The
+    /// gradient of a tensor without [`Gpt::has_gradient`] stays zero.
     pub fn backward(&mut self, b: &B, loss_scale: f32) -> Result<()> {
         if !self.has_loss_gradient {
             bail!("backward needs a forward with targets first (each backward consumes one forward's loss gradient)");
@@ -173,6 +177,7 @@ impl<B: Backend> Gpt<B> {
             w,
             a: &self.acts,
             inputs: &self.inputs,
+            base_frozen: self.base_frozen,
         };
         let (grads, d) = (&mut self.grads, &mut self.dacts);
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
@@ -222,6 +227,12 @@ impl<B: Backend> Gpt<B> {
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
+    /// Whether the backward forms the gradient of layout tensor `index`: not for a frozen base
+    /// W0, and in LoRA only for the factors.
+    pub fn has_gradient(&self, index: usize) -> bool {
+        let l = &self.layout;
+        l.tensors()[index].trainable && !(self.base_frozen && l.role(index) == SpanRole::Plain)
+    }
     pub fn config(&self) -> &GptConfig {
         &self.config
     }
@@ -231,8 +242,8 @@ impl<B: Backend> Gpt<B> {
     pub fn seq(&self) -> usize {
         self.acts.shape.seq
     }
-    /// Trainable parameters at the live ranks (without embedding padding, frozen bases or dormant
-    /// factor rows).
+    /// Trained parameters at the live ranks (without embedding padding, frozen bases or dormant
+    /// factor rows; in LoRA the factors alone).
     pub fn num_params(&self) -> usize {
         self.cost().params
     }
@@ -243,7 +254,13 @@ impl<B: Backend> Gpt<B> {
     /// Parameters and FLOPs per token at the live ranks.
     pub fn cost(&self) -> Cost {
         let lr = &self.lowrank;
-        cost(&self.config, self.seq(), &lr.layers, &lr.live)
+        cost(
+            &self.config,
+            self.seq(),
+            &lr.layers,
+            &lr.live,
+            self.base_frozen,
+        )
     }
     /// The low-rank layers' live ranks and scratch.
     pub fn lowrank(&self) -> &LowRankRuntime<B> {

@@ -39,8 +39,8 @@ impl<B: Backend> Gpt<B> {
     /// The optimiser's parameter groups: the layout's weight-decay spans; the low-rank factors'
     /// at `--factor-lr-scale` times the learning rate and by their rule (heavy ball for DLRA's S
     /// when asked); DLRA's bases, and in LoRA everything but the factors, held fixed (learning-rate
-    /// scale 0: the optimiser skips the group, and `RankSchedule::before_step` zeroes its gradients
-    /// so the clipped norm is the trained tensors').
+    /// scale 0: the optimiser skips the group; the clipped norm is the trained tensors' since
+    /// LoRA's backward forms no other gradient and DLRA's schedule clears its bases').
     pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
         self.layout()
             .decay_spans()

@@ -1,7 +1,7 @@
 //! A block's linear layer, dense (GEMM + bias) or low-rank (the Backend's fused op), chosen per
 //! layer by the parameter layout.
 
-use super::backward::linear_backward;
+use super::backward::{linear_backward, Saved};
 use super::forward::linear_forward;
 use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, Mut, Ref};
@@ -26,16 +26,16 @@ pub(super) fn forward<B: Backend>(
 ) -> Result<()> {
     match layout.lowrank_index(l, weight) {
         None => linear_forward(b, y, x, w, layout.block(l, weight), layout.block(l, bias)),
-        Some(i) => lr.forward(b, i, &views(layout, i, l, bias), w, x, y),
+        Some(i) => lr.forward(b, i, &views(layout, i, l, bias, true), w, x, y),
     }
 }
 
-/// dx = dy·Wᵀ (written); the layer's parameter gradients accumulate into `grads`.
+/// dx = dy·Wᵀ (written); the layer's parameter gradients accumulate into `grads`, except those
+/// of a frozen base (`m.base_frozen`: LoRA's dense layers and biases get none).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward<B: Backend>(
     b: &B,
-    layout: &ParamLayout,
-    w: &B::Buf,
+    m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
     grads: &mut B::Buf,
     l: usize,
@@ -44,16 +44,27 @@ pub(super) fn backward<B: Backend>(
     dy: Ref<B::Buf>,
     dx: Mut<B::Buf>,
 ) -> Result<()> {
+    let (layout, w) = (m.layout, m.w);
     match layout.lowrank_index(l, weight) {
         None => {
             let pair = (layout.block(l, weight), layout.block(l, bias));
+            let grads = (!m.base_frozen).then_some(grads);
             linear_backward(b, dx, grads, x, dy, w, pair)
         }
-        Some(i) => lr.backward(b, i, &views(layout, i, l, bias), w, grads, x, dy, dx),
+        Some(i) => {
+            let v = views(layout, i, l, bias, !m.base_frozen);
+            lr.backward(b, i, &v, w, grads, x, dy, dx)
+        }
     }
 }
 
-fn views<'a>(layout: &'a ParamLayout, i: usize, l: usize, bias: BlockTensor) -> LayerViews<'a> {
+fn views(
+    layout: &ParamLayout,
+    i: usize,
+    l: usize,
+    bias: BlockTensor,
+    bias_grad: bool,
+) -> LayerViews<'_> {
     let lt = &layout.lowrank()[i];
     let t = |idx: usize| &layout.tensors()[idx];
     LayerViews {
@@ -62,5 +73,6 @@ fn views<'a>(layout: &'a ParamLayout, i: usize, l: usize, bias: BlockTensor) -> 
         w0: lt.w0.map(t),
         mid: lt.mid.map(t),
         bias: layout.block(l, bias),
+        bias_grad,
     }
 }

@@ -354,26 +354,28 @@ impl ParamLayout {
         (self.trainable_len - 2 * self.c, 2 * self.c)
     }
 
+    /// What tensor `index` is to the optimiser.
+    pub fn role(&self, index: usize) -> SpanRole {
+        for l in &self.lowrank {
+            if index == l.ut || index == l.vt {
+                return match l.layer.orthonormal_bases {
+                    true => SpanRole::Basis,
+                    false => SpanRole::Factor,
+                };
+            }
+            if l.mid == Some(index) {
+                return SpanRole::Factor;
+            }
+        }
+        SpanRole::Plain
+    }
+
     /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and role, in
     /// buffer order.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
-        let role_of = |i: usize| {
-            for l in &self.lowrank {
-                if i == l.ut || i == l.vt {
-                    return match l.layer.orthonormal_bases {
-                        true => SpanRole::Basis,
-                        false => SpanRole::Factor,
-                    };
-                }
-                if l.mid == Some(i) {
-                    return SpanRole::Factor;
-                }
-            }
-            SpanRole::Plain
-        };
         let mut spans: Vec<DecaySpan> = Vec::new();
         for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.trainable) {
-            let role = role_of(i);
+            let role = self.role(i);
             match spans.last_mut() {
                 Some(s) if s.weight_decay == t.weight_decay && s.role == role => s.len += t.len(),
                 _ => spans.push(DecaySpan {

@@ -377,10 +377,10 @@ fn live_spectra_match_the_host_qr_cores() {
     }
 }
 
-/// LoRA trains its factors alone: after an optimiser step every other tensor (embeddings,
-/// attention, LayerNorms, biases, the frozen W0) holds its value bit for bit, the factors move, and
-/// the gradient norm the optimiser clips by is the factors' alone (an f64 sum over the gradients
-/// the backward left, in which the other tensors' are nonzero).
+/// LoRA trains its factors alone: the backward leaves every other gradient zero, after an
+/// optimiser step every other tensor (embeddings, attention, LayerNorms, biases, the frozen W0)
+/// holds its value bit for bit, the factors move, and the gradient norm the optimiser clips by is
+/// the factors' (an f64 sum over their gradients).
 #[test]
 fn lora_steps_move_only_the_factors() {
     let lr = config(LowRankMode::Lora, LowRankLayers::Mlp);
@@ -393,7 +393,6 @@ fn lora_steps_move_only_the_factors() {
     let n = gpt.layout().trainable_len();
     let mut opt =
         AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(&lr)).unwrap();
-    let mut schedule = crate::train::ranks::RankSchedule::new(&lr, &gpt, None);
     let before = Cpu.download(gpt.params().all()).unwrap();
     loss_and_grads(&mut gpt);
     let grads = Cpu.download(gpt.grads().all()).unwrap();
@@ -408,9 +407,9 @@ fn lora_steps_move_only_the_factors() {
             .sum()
     };
     let want = squares(true).sqrt();
-    assert!(want > 0.0 && squares(false) > 0.0);
+    assert!(want > 0.0);
+    assert_eq!(squares(false), 0.0);
 
-    schedule.before_step(&Cpu, &mut gpt, &mut opt, 1).unwrap();
     let bufs = gpt.optimizer_buffers();
     let report = opt
         .step(&Cpu, 1e-2, bufs.params, bufs.grads, bufs.compute_copy)

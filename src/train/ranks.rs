@@ -3,7 +3,7 @@
 //! metrics.jsonl.
 
 use super::checkpoint::RankState;
-use crate::backend::{Backend, Buffer};
+use crate::backend::Backend;
 use crate::lowrank::dlra::schedule as dlra;
 use crate::lowrank::growth::{self, RankChange};
 use crate::lowrank::monitor::{lowrank_ranks, DenseMonitor};
@@ -23,8 +23,6 @@ pub struct RankSchedule {
     cfg: LowRankConfig,
     /// r90 of W − W0 for a dense run's MLP matrices.
     dense: Option<DenseMonitor>,
-    /// LoRA's frozen tensors (offset, length): every optimiser group held fixed.
-    frozen: Vec<(usize, usize)>,
 }
 
 impl RankSchedule {
@@ -33,19 +31,9 @@ impl RankSchedule {
         let dense = initial
             .filter(|_| !cfg.is_low_rank() && cfg.rank_log_every > 0)
             .map(|w0| DenseMonitor::new(model.layout(), model.config().n_layer, w0));
-        let frozen = match cfg.mode {
-            LowRankMode::Lora => model
-                .param_groups(cfg)
-                .iter()
-                .filter(|g| g.lr_scale == 0.0)
-                .map(|g| (g.offset, g.len))
-                .collect(),
-            _ => Vec::new(),
-        };
         RankSchedule {
             cfg: cfg.clone(),
             dense,
-            frozen,
         }
     }
 
@@ -75,7 +63,7 @@ impl RankSchedule {
 
     /// Runs between the backward passes of optimiser step `step` (1-based) and the step itself:
     /// DLRA augments its bases at a window's start and keeps the bases' gradients out of the
-    /// optimiser; LoRA keeps the gradients of its frozen tensors out of the clipped norm.
+    /// optimiser.
     pub fn before_step<B: Backend>(
         &mut self,
         b: &B,
@@ -88,13 +76,7 @@ impl RankSchedule {
                 dlra::augment(b, model, opt, self.cfg.dlra_fresh_moment)
             }
             LowRankMode::Dlra => dlra::clear_basis_grads(b, model),
-            _ => {
-                let grads = model.grads_mut();
-                for &(offset, len) in &self.frozen {
-                    b.fill(grads.at_mut(offset, len), 0.0)?;
-                }
-                Ok(())
-            }
+            _ => Ok(()),
         }
     }
 

@@ -318,7 +318,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
 
 /// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.
 fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
-    let (c, dense) = (model.cost(), cost(model.config(), model.seq(), &[], &[]));
+    let (c, dense) = (
+        model.cost(),
+        cost(model.config(), model.seq(), &[], &[], false),
+    );
     let text = |p: usize, f: f64| {
         format!(
             "{:.2}M parameters, {:.2} MFLOP/token",
