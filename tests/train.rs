@@ -1,4 +1,4 @@
-//! `lowrank train`, `eval` and `plot` as a user runs them, on the built-in corpus with tiny shapes.
+//! `lowrank train`, `eval`, `sample` and `plot` as a user runs them, on the built-in corpus with tiny shapes.
 
 mod common;
 
@@ -260,6 +260,41 @@ fn eval_and_plot_read_what_train_wrote() {
         dense.is_finite() && low.is_finite() && low < 11.0,
         "{dense} {low}"
     );
+    // `sample` continues a prompt from either checkpoint (the DLRA one at its live ranks), the
+    // same text for the same seed; a bad setting is a sentence.
+    let sample = |run: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--ckpt",
+            run.to_str().unwrap(),
+            "--prompt",
+            "The baker",
+        ];
+        args.extend_from_slice(&["--tokens", "12", "--no-stop"]);
+        args.extend_from_slice(extra);
+        lowrank(&args)
+    };
+    for run in [&dir, &dlra] {
+        let o = sample(run, &["--seed", "5"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.starts_with("The baker") && out.len() > 12, "{out}");
+        assert_eq!(
+            out,
+            String::from_utf8_lossy(&sample(run, &["--seed", "5"]).stdout)
+        );
+    }
+    for (bad, says) in [
+        ("--temperature=-1", "--temperature"),
+        ("--context=0", "--context 0"),
+    ] {
+        let o = sample(&dir, &[bad]);
+        assert!(
+            !o.status.success() && text(&o).contains(says),
+            "{}",
+            text(&o)
+        );
+    }
     // Both runs on one chart, with a table of their last validation losses.
     let png = dir.join("compare.png");
     let (a, b) = (dir.to_str().unwrap(), dlra.to_str().unwrap());

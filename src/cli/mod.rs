@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod eval;
 pub mod init_study;
 pub mod plot;
+pub mod sample;
 pub mod selftest;
 pub mod tokenize;
 pub mod train;
@@ -35,6 +36,8 @@ pub enum Command {
     Train(train::Args),
     /// Loss and perplexity of a checkpoint on a split
     Eval(eval::Args),
+    /// Continue a prompt with a checkpoint's model, printing the text as it is generated
+    Sample(sample::Args),
     /// Draw DIR/loss.png from a training run's metrics.jsonl
     Plot(plot::Args),
     /// Build and machine facts: embedded kernels and their resources, the GPU, the CUDA libraries
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Sample(a) => sample::run(a),
         Command::Plot(a) => plot::run(a),
         Command::BenchTrain(a) => bench_train::run(a),
         Command::Doctor(a) => doctor::run(a),

@@ -5,6 +5,7 @@ mod activations;
 mod backward;
 pub mod config;
 mod forward;
+pub mod generate;
 mod gpt;
 pub mod hf;
 mod linear;

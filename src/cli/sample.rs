@@ -1,0 +1,98 @@
+//! `lowrank sample`: a checkpoint's model continues a prompt, printed as it is generated.
+
+use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::cli::train::Device;
+use crate::data::{tokenizer, EOT_TOKEN};
+use crate::model::generate::{generate, Sampling};
+use crate::model::{hf, Gpt};
+use crate::util::rng::Rng;
+use anyhow::{ensure, Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A run directory, a checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's)
+    #[arg(long, value_name = "PATH")]
+    ckpt: PathBuf,
+    /// Text to continue, as the start of a document (after <|endoftext|>, as training saw
+    /// documents begin) [default: a document's start]
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate (fewer if the model ends the document with <|endoftext|>)
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Softmax temperature; 0 takes the most likely token every time
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Draw among the k most likely tokens; 0 for the whole vocabulary
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Seed of the draws (the same seed, prompt and model give the same text)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Tokens of context the model sees [default: the model's context, at most prompt + --tokens]
+    #[arg(long)]
+    context: Option<usize>,
+    /// Keep going after <|endoftext|> (a new document starts)
+    #[arg(long)]
+    no_stop: bool,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    ensure!(
+        a.temperature.is_finite() && a.temperature >= 0.0,
+        "--temperature must be 0 (greedy) or positive, not {}",
+        a.temperature
+    );
+    match a.device {
+        Device::Cpu => sample(&Cpu, &a),
+        Device::Cuda => sample(&Cuda::new().context("--device cuda needs a GPU")?, &a),
+    }
+}
+
+fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
+    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    let prompt: Vec<u32> = tokenizer::encode_document(&a.prompt)
+        .into_iter()
+        .map(u32::from)
+        .collect();
+    let max = ck.config.max_seq;
+    let window = match a.context {
+        Some(c) => {
+            ensure!(
+                (1..=max).contains(&c),
+                "--context {c}: the model sees 1 to {max} tokens"
+            );
+            c
+        }
+        None => (prompt.len() + a.tokens).clamp(1, max),
+    };
+    let mut model = Gpt::from_checkpoint(b, &ck, 1, window)?;
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(a.prompt.as_bytes())?;
+    out.flush()?;
+    let stop = |t: u32| !a.no_stop && t == u32::from(EOT_TOKEN);
+    // Each token's bytes as they come: a character split across tokens completes on the terminal.
+    let emit = |t: u32| -> Result<()> {
+        let bytes = match t == u32::from(EOT_TOKEN) {
+            true => b"\n<|endoftext|>\n".to_vec(),
+            false => tokenizer::gpt2().decode_bytes(&[t]).unwrap_or_default(),
+        };
+        out.write_all(&bytes)?;
+        out.flush()?;
+        Ok(())
+    };
+    let mut rng = Rng::new(a.seed);
+    generate(
+        b, &mut model, &prompt, a.tokens, sampling, &mut rng, stop, emit,
+    )?;
+    writeln!(out)?;
+    Ok(())
+}

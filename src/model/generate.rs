@@ -1,0 +1,211 @@
+//! Text generation: a prompt continued one token at a time, each drawn from the model's next-token
+//! distribution (softmax of the logits at a temperature, over the top k) or taken greedily.
+
+use super::Gpt;
+use crate::backend::{Backend, Buffer};
+use crate::util::rng::Rng;
+use anyhow::{ensure, Result};
+
+/// How the next token is chosen from the logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Divides the logits before the softmax; 0 takes the most likely token (greedy).
+    pub temperature: f32,
+    /// Draw among the k most likely tokens only; 0 for the whole vocabulary.
+    pub top_k: usize,
+}
+
+impl Sampling {
+    /// The next token given one position's logits over the vocabulary (padding columns excluded).
+    pub fn next_token(&self, logits: &[f32], rng: &mut Rng) -> u32 {
+        let argmax =
+            |xs: &[f32]| (0..xs.len()).fold(0, |best, i| if xs[i] > xs[best] { i } else { best });
+        if self.temperature == 0.0 || self.top_k == 1 {
+            return argmax(logits) as u32;
+        }
+        let mut ids: Vec<usize> = (0..logits.len()).collect();
+        if self.top_k > 0 && self.top_k < logits.len() {
+            // Ties at the k-th logit: either may be kept, as in PyTorch's topk.
+            ids.select_nth_unstable_by(self.top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+            ids.truncate(self.top_k);
+        }
+        let t = self.temperature as f64;
+        let max = ids.iter().map(|&i| logits[i]).fold(f32::MIN, f32::max) as f64;
+        let weights: Vec<f64> = ids
+            .iter()
+            .map(|&i| ((logits[i] as f64 - max) / t).exp())
+            .collect();
+        let mut u = rng.uniform() * weights.iter().sum::<f64>();
+        for (&i, w) in ids.iter().zip(&weights) {
+            if u < *w {
+                return i as u32;
+            }
+            u -= w;
+        }
+        // Rounding left u at the total: the last candidate.
+        *ids.last().unwrap() as u32
+    }
+}
+
+/// Continues `prompt` (non-empty token ids) by `new_tokens`, calling `emit` with each as it is
+/// chosen; stops early after a token `stop` returns true for. The model (batch 1) sees the last
+/// `model.seq()` tokens; shorter contexts are padded after their end, which causal attention
+/// never reads. Returns the generated tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn generate<B: Backend>(
+    b: &B,
+    model: &mut Gpt<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+    sampling: Sampling,
+    rng: &mut Rng,
+    stop: impl Fn(u32) -> bool,
+    mut emit: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    ensure!(
+        !prompt.is_empty(),
+        "generation needs at least one prompt token"
+    );
+    ensure!(
+        model.batch() == 1,
+        "generation runs one sequence: build the model with batch 1, not {}",
+        model.batch()
+    );
+    let (window, vocab) = (model.seq(), model.config().vocab_size);
+    let padded = model.config().padded_vocab;
+    let mut tokens = prompt.to_vec();
+    let mut inputs = vec![0u32; window];
+    for _ in 0..new_tokens {
+        let context = &tokens[tokens.len().saturating_sub(window)..];
+        inputs[..context.len()].copy_from_slice(context);
+        inputs[context.len()..].fill(0);
+        model.forward(b, &inputs, None)?;
+        let logits = model.logits();
+        let row = logits.off + (context.len() - 1) * padded;
+        let logits = b.download(logits.buf.at(row, vocab))?;
+        let next = sampling.next_token(&logits, rng);
+        tokens.push(next);
+        emit(next)?;
+        if stop(next) {
+            break;
+        }
+    }
+    Ok(tokens.split_off(prompt.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::model::tests::{micro, random_tokens};
+
+    /// Frequencies of `draws` tokens against `want` (probabilities): every |f − p| within 4.5
+    /// standard deviations of a binomial count.
+    fn assert_frequencies(s: Sampling, logits: &[f32], want: &[f64]) {
+        let (mut rng, draws) = (Rng::new(7), 200_000);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[s.next_token(logits, &mut rng) as usize] += 1;
+        }
+        for (i, (&c, &p)) in counts.iter().zip(want).enumerate() {
+            let f = c as f64 / draws as f64;
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            assert!(
+                (f - p).abs() <= 4.5 * sd + 1e-12,
+                "{s:?}: token {i} drawn {f:.4}, want {p:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_tempered_softmax_over_the_top_k() {
+        // Logits ln(1..=4) (shuffled): softmax ∝ 1:2:3:4.
+        let logits: Vec<f32> = [3.0f64, 1.0, 4.0, 2.0]
+            .iter()
+            .map(|x| x.ln() as f32)
+            .collect();
+        let s = |temperature, top_k| Sampling { temperature, top_k };
+        assert_frequencies(s(1.0, 0), &logits, &[0.3, 0.1, 0.4, 0.2]);
+        // Temperature 2: ∝ √p.
+        let r: Vec<f64> = [3.0f64, 1.0, 4.0, 2.0].iter().map(|x| x.sqrt()).collect();
+        let z: f64 = r.iter().sum();
+        assert_frequencies(
+            s(2.0, 0),
+            &logits,
+            &r.iter().map(|x| x / z).collect::<Vec<_>>(),
+        );
+        // Top 2: the tokens of 3 and 4, ∝ 3:4.
+        assert_frequencies(s(1.0, 2), &logits, &[3.0 / 7.0, 0.0, 4.0 / 7.0, 0.0]);
+        // Greedy either way.
+        for greedy in [s(0.0, 0), s(1.0, 1)] {
+            assert_eq!(greedy.next_token(&logits, &mut Rng::new(1)), 2);
+        }
+    }
+
+    /// Greedy generation through the padded, sliding window picks at each step the argmax of a
+    /// model built for exactly the last min(len, window) tokens, with no padding.
+    #[test]
+    fn greedy_generation_matches_unpadded_forwards_of_each_context() {
+        let (cfg, window) = (micro(), 4);
+        let mut model = Gpt::new(&Cpu, cfg, 1, window, 5).unwrap();
+        // Large weights make the argmax depend on the whole context.
+        let n = model.layout().len();
+        let big = Rng::new(9).normal_vec(n, 0.5);
+        Cpu.upload(&big, model.params_mut().all_mut()).unwrap();
+        model.refresh_compute_copy(&Cpu).unwrap();
+        let prompt = random_tokens(2, cfg.vocab_size, 3);
+        let greedy = Sampling {
+            temperature: 0.0,
+            top_k: 0,
+        };
+        let mut emitted = Vec::new();
+        let never = |_| false;
+        let record = |t| {
+            emitted.push(t);
+            Ok(())
+        };
+        let out = generate(
+            &Cpu,
+            &mut model,
+            &prompt,
+            7,
+            greedy,
+            &mut Rng::new(1),
+            never,
+            record,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 7);
+        assert_eq!(out, emitted);
+
+        let mut tokens = prompt.clone();
+        for &got in &out {
+            let context = &tokens[tokens.len().saturating_sub(window)..];
+            let mut exact = Gpt::new(&Cpu, cfg, 1, context.len(), 5).unwrap();
+            Cpu.upload(&big, exact.params_mut().all_mut()).unwrap();
+            exact.refresh_compute_copy(&Cpu).unwrap();
+            exact.forward(&Cpu, context, None).unwrap();
+            let all = Cpu.download(exact.logits()).unwrap();
+            let last = &all[(context.len() - 1) * cfg.padded_vocab..][..cfg.vocab_size];
+            let want = (0..last.len())
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+                .unwrap();
+            assert_eq!(got as usize, want, "after {tokens:?}");
+            tokens.push(got);
+        }
+        // A stop token ends generation after it.
+        let first = out[0];
+        let stopped = generate(
+            &Cpu,
+            &mut model,
+            &prompt,
+            7,
+            greedy,
+            &mut Rng::new(1),
+            |t| t == first,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(stopped, vec![first]);
+    }
+}
