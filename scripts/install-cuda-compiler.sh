@@ -40,5 +40,8 @@ fi
 chmod +x "$bin"/* 2>/dev/null || true
 find "$dest/nvidia" -path '*nvvm/bin/*' -type f -exec chmod +x {} + 2>/dev/null || true
 echo "$want" > "$stamp"
+# build.rs reruns when a kernel source changes: a build made before this install (CPU-only) would
+# otherwise stay without kernels until the next kernel edit.
+touch "$root"/kernels/*.cu
 "$bin/nvcc" --version | tail -n 2
 echo "CUDA compiler installed: $bin/nvcc"

@@ -142,6 +142,10 @@ pub struct LowRankArgs {
     /// LoRA's α: the update is scaled by α/r [default: 2r]
     #[arg(long)]
     lora_alpha: Option<f32>,
+    /// LoRA also trains the token and position embeddings (the LM head is tied to them), as
+    /// PEFT's modules_to_save: for a domain whose tokens the base rarely saw
+    #[arg(long)]
+    lora_embeddings: bool,
     /// Log each layer's rank and r90 to metrics.jsonl every K steps (0: never) [default: 10; 100
     /// for a dense run of a GPT-2 preset, where r90 of W − W0 costs a host eigensolve of a
     /// 768² to 1280² matrix per MLP matrix]
@@ -201,6 +205,7 @@ impl LowRankArgs {
             init: self.lowrank_init,
             lora_base: self.lora_base.clone(),
             lora_alpha: self.lora_alpha,
+            lora_embeddings: self.lora_embeddings,
             rank_log_every,
             factor_lr_scale: self.factor_lr_scale,
             dln_eps: self.dln_eps,

@@ -90,6 +90,9 @@ pub struct LowRankConfig {
     pub lora_base: Option<String>,
     /// LoRA's α (scaling α/r); default 2r.
     pub lora_alpha: Option<f32>,
+    /// LoRA also trains the token and position embeddings (and so the tied LM head), as PEFT's
+    /// `modules_to_save`: a domain whose tokens the base rarely saw needs its own.
+    pub lora_embeddings: bool,
     /// Log per-layer ranks every K optimiser steps (0: never).
     pub rank_log_every: u32,
     /// The factors' (U, V) learning rate as a multiple of the schedule's.
@@ -126,6 +129,7 @@ impl Default for LowRankConfig {
             init: LowRankInit::Random,
             lora_base: None,
             lora_alpha: None,
+            lora_embeddings: false,
             rank_log_every: 10,
             factor_lr_scale: 1.0,
             dln_eps: None,
@@ -158,6 +162,10 @@ impl LowRankConfig {
         ensure!(
             self.lora_base.is_none() || self.mode == LowRankMode::Lora,
             "--lora-base is only used with --lowrank lora"
+        );
+        ensure!(
+            !self.lora_embeddings || self.mode == LowRankMode::Lora,
+            "--lora-embeddings is only used with --lowrank lora"
         );
         ensure!(
             self.factor_lr_scale > 0.0 && self.factor_lr_scale.is_finite(),
@@ -278,6 +286,10 @@ impl LowRankConfig {
             ("--lora-base", self.lora_base != saved.lora_base),
             ("--lora-alpha", self.lora_alpha != saved.lora_alpha),
             (
+                "--lora-embeddings",
+                self.lora_embeddings != saved.lora_embeddings,
+            ),
+            (
                 "--factor-lr-scale",
                 self.factor_lr_scale != saved.factor_lr_scale,
             ),
@@ -320,6 +332,13 @@ mod tests {
                 ..Default::default()
             },
             "--lora-base",
+        );
+        bad(
+            LowRankConfig {
+                lora_embeddings: true,
+                ..Default::default()
+            },
+            "--lora-embeddings is only used with --lowrank lora",
         );
         bad(
             LowRankConfig {

@@ -3,7 +3,7 @@
 use super::layer::LowRankLayer;
 use super::runtime::LiveRank;
 use crate::backend::LowRankShape;
-use crate::model::GptConfig;
+use crate::model::{GptConfig, Trained};
 
 /// What one configuration costs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,28 +18,33 @@ pub struct Cost {
 /// parameters, 6·n_in·n_out FLOPs per token) replaced by k·(n_in + n_out) parameters (plus k² for a
 /// compressed block's middle) and the fused op's forward and backward FLOPs (which include x·W0 and
 /// dy·W0ᵀ when there is a base). A middle factor's GEMMs run once per micro-batch, not per token,
-/// and are left out. With `base_frozen` (LoRA) the factors alone train: they are the parameters,
-/// and no dense matrix, the LM head included, has its gradient formed (4 FLOPs per weight per
-/// token instead of 6).
+/// and are left out. In LoRA the factors alone train (and the embeddings if asked): they are the
+/// parameters, and no dense matrix has its gradient formed (4 FLOPs per weight per token instead
+/// of 6), the LM head's only when the embeddings train.
 pub fn cost(
     model: &GptConfig,
     seq: usize,
     layers: &[LowRankLayer],
     live: &[LiveRank],
-    base_frozen: bool,
+    trained: Trained,
 ) -> Cost {
-    let (mut params, mut flops, dense_flops) = match base_frozen {
-        false => (
+    let (mut params, mut flops, dense_flops) = match trained.base() {
+        true => (
             model.num_params() as f64,
             model.training_flops_per_token(seq),
             6.0,
         ),
-        true => (
+        false => (
             0.0,
             model.training_flops_per_token(seq) - 2.0 * model.matmul_weights(),
             4.0,
         ),
     };
+    if !trained.base() && trained.embeddings() {
+        let c = model.n_embd as f64;
+        params += c * (model.vocab_size + model.max_seq) as f64;
+        flops += 2.0 * c * model.padded_vocab as f64;
+    }
     for (l, lr) in layers.iter().zip(live) {
         let (i, o) = (l.n_in as f64, l.n_out as f64);
         let sh = LowRankShape {
@@ -50,7 +55,7 @@ pub fn cost(
         };
         let k = lr.width as f64;
         let mid = if l.has_mid { k * k } else { 0.0 };
-        params += k * (i + o) + mid - if base_frozen { 0.0 } else { i * o };
+        params += k * (i + o) + mid - if trained.base() { i * o } else { 0.0 };
         flops += sh.forward_flops(l.has_w0) + sh.backward_flops(l.has_w0) - dense_flops * i * o;
     }
     Cost {
@@ -73,13 +78,16 @@ mod tests {
         };
         let layers = plan(&cfg, &model).unwrap();
         let live = vec![LiveRank { rank: 2, width: 18 }; layers.len()];
-        let c = cost(&model, 64, &layers, &live, false);
+        let c = cost(&model, 64, &layers, &live, Trained::All);
         // Each of 8 MLP matrices (128×512): −65536 + 18·640 = −54016 parameters and
         // 6·18·640 − 6·65536 = −324096 FLOPs per token.
         assert_eq!(c.params, model.num_params() - 8 * 54016);
         let want = model.training_flops_per_token(64) - 8.0 * 324096.0;
         assert!((c.flops_per_token - want).abs() < 1e-6 * want);
-        assert_eq!(cost(&model, 64, &[], &[], false).params, model.num_params());
+        assert_eq!(
+            cost(&model, 64, &[], &[], Trained::All).params,
+            model.num_params()
+        );
         // A compressed block of width 2r = 16 on each: 2·d·r̂ + r̂² per matrix (SCIENCE.md §4).
         let dln = LowRankConfig {
             mode: LowRankMode::Dln,
@@ -94,7 +102,7 @@ mod tests {
             };
             layers.len()
         ];
-        let c = cost(&model, 64, &layers, &live, false);
+        let c = cost(&model, 64, &layers, &live, Trained::All);
         assert_eq!(
             c.params,
             model.num_params() - 8 * (65536 - 16 * 640 - 16 * 16)
@@ -112,7 +120,13 @@ mod tests {
         let layers = plan(&cfg, &model).unwrap();
         assert_eq!(layers.len(), 8);
         let live = vec![LiveRank { rank: 8, width: 8 }; layers.len()];
-        let c = cost(&model, 64, &layers, &live, true);
+        let c = cost(
+            &model,
+            64,
+            &layers,
+            &live,
+            Trained::Lora { embeddings: false },
+        );
         // 8 MLP matrices 128×512 with factors of 8·(128 + 512) = 5120 parameters each.
         assert_eq!(c.params, 8 * 5120);
         // Per token, every matrix (4 blocks of 12·128² and the 128 × padded-vocab head) costs 2
@@ -122,6 +136,17 @@ mod tests {
         let want = 4.0 * (4.0 * 12.0 * 128.0 * 128.0 + head)
             + 3.0 * 4.0 * 4.0 * 64.0 * 128.0
             + 8.0 * 6.0 * 5120.0;
+        assert!((c.flops_per_token - want).abs() < 1e-9 * want);
+        // With the embeddings: their 128·(50257 + 128) parameters and the head's weight gradient.
+        let c = cost(
+            &model,
+            64,
+            &layers,
+            &live,
+            Trained::Lora { embeddings: true },
+        );
+        assert_eq!(c.params, 8 * 5120 + 128 * (50257 + 128));
+        let want = want + 2.0 * head;
         assert!((c.flops_per_token - want).abs() < 1e-9 * want);
     }
 }

@@ -3,6 +3,7 @@
 
 use super::activations::{layer, ActivationGrads, Activations};
 use super::forward::{block_input, rows, view};
+use super::gpt::Trained;
 use super::linear::{self, Pair};
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
@@ -15,9 +16,9 @@ pub(super) struct Saved<'a, B: Backend> {
     pub w: &'a B::Buf,
     pub a: &'a Activations<B>,
     pub inputs: &'a [u32],
-    /// LoRA: every tensor but the low-rank factors is held at the base's values, so the backward
-    /// skips the GEMMs and sums that would form their gradients and leaves those gradients zero.
-    pub base_frozen: bool,
+    /// What trains: the backward skips the GEMMs and sums that would form any other gradient
+    /// (LoRA's frozen base) and leaves those gradients zero.
+    pub trained: Trained,
 }
 
 /// For y = x·W + bias: dx = dy·Wᵀ (written) and, given `grads`, dW += xᵀ·dy and
@@ -77,7 +78,7 @@ pub(super) fn backward<B: Backend>(
         view(m.w, wte),
         d.dbtc.all_mut(),
     )?;
-    if !m.base_frozen {
+    if m.trained.embeddings() {
         let dwte = Gemm::new(vp, s.channels, s.tokens())
             .trans_a()
             .beta(1.0)
@@ -93,7 +94,7 @@ pub(super) fn backward<B: Backend>(
         block_backward(b, m, lr, grads, d, n_layer, l)?;
     }
 
-    if m.base_frozen {
+    if !m.trained.embeddings() {
         return Ok(());
     }
     b.embedding_backward(grad_of(grads, wte), d.dresidual.all(), m.inputs, s.channels)?;
@@ -127,9 +128,9 @@ fn ln_backward<B: Backend>(
         rstd,
         rows(m.a),
     )?;
-    match m.base_frozen {
-        true => b.fill(grads.at_mut(off, len), 0.0),
-        false => Ok(()),
+    match m.trained.base() {
+        true => Ok(()),
+        false => b.fill(grads.at_mut(off, len), 0.0),
     }
 }
 

@@ -29,8 +29,37 @@ pub struct Gpt<B: Backend> {
     inputs: Vec<u32>,
     /// Set by a forward with targets, cleared by the backward that consumes its dlogits.
     has_loss_gradient: bool,
-    /// LoRA: only the low-rank factors train; the backward forms no other gradient.
-    base_frozen: bool,
+    /// Which parameters train: the backward forms no other gradient.
+    trained: Trained,
+}
+
+/// What the optimiser trains, and so which gradients the backward forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trained {
+    /// Every parameter (DLRA's bases too take gradients: its integrator reads them).
+    All,
+    /// LoRA: the factors, and with `embeddings` the token and position embeddings (so the tied
+    /// LM head); the base's LayerNorms, biases and dense matrices stay as they are.
+    Lora { embeddings: bool },
+}
+
+impl Trained {
+    pub fn of(lr: &LowRankConfig) -> Self {
+        match lr.mode {
+            LowRankMode::Lora => Trained::Lora {
+                embeddings: lr.lora_embeddings,
+            },
+            _ => Trained::All,
+        }
+    }
+    /// Whether the LayerNorms, biases and dense matrices train.
+    pub fn base(self) -> bool {
+        self == Trained::All
+    }
+    /// Whether the token and position embeddings (and the tied LM head) train.
+    pub fn embeddings(self) -> bool {
+        self != Trained::Lora { embeddings: false }
+    }
 }
 
 /// The buffers one optimiser step updates, borrowed together.
@@ -111,7 +140,7 @@ impl<B: Backend> Gpt<B> {
             lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
-            base_frozen: lr.mode == LowRankMode::Lora,
+            trained: Trained::of(lr),
         };
         gpt.refresh_compute_copy(backend)?;
         Ok(gpt)
@@ -177,7 +206,7 @@ impl<B: Backend> Gpt<B> {
             w,
             a: &self.acts,
             inputs: &self.inputs,
-            base_frozen: self.base_frozen,
+            trained: self.trained,
         };
         let (grads, d) = (&mut self.grads, &mut self.dacts);
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
@@ -228,10 +257,16 @@ impl<B: Backend> Gpt<B> {
         &self.layout
     }
     /// Whether the backward forms the gradient of layout tensor `index`: not for a frozen base
-    /// W0, and in LoRA only for the factors.
+    /// W0, and in LoRA only for the factors (and the embeddings if they train).
     pub fn has_gradient(&self, index: usize) -> bool {
-        let l = &self.layout;
-        l.tensors()[index].trainable && !(self.base_frozen && l.role(index) == SpanRole::Plain)
+        let (l, t) = (&self.layout, &self.layout.tensors()[index]);
+        let embedding = t.offset == l.wte().offset || t.offset == l.wpe().offset;
+        t.trainable
+            && match l.role(index) {
+                SpanRole::Plain if embedding => self.trained.embeddings(),
+                SpanRole::Plain => self.trained.base(),
+                SpanRole::Factor | SpanRole::Basis => true,
+            }
     }
     pub fn config(&self) -> &GptConfig {
         &self.config
@@ -254,13 +289,7 @@ impl<B: Backend> Gpt<B> {
     /// Parameters and FLOPs per token at the live ranks.
     pub fn cost(&self) -> Cost {
         let lr = &self.lowrank;
-        cost(
-            &self.config,
-            self.seq(),
-            &lr.layers,
-            &lr.live,
-            self.base_frozen,
-        )
+        cost(&self.config, self.seq(), &lr.layers, &lr.live, self.trained)
     }
     /// The low-rank layers' live ranks and scratch.
     pub fn lowrank(&self) -> &LowRankRuntime<B> {

@@ -5,7 +5,7 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
 use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
-use crate::lowrank::{LowRankConfig, LowRankInit, LowRankMode};
+use crate::lowrank::{LowRankConfig, LowRankInit};
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
@@ -36,31 +36,36 @@ fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
 }
 
 impl<B: Backend> Gpt<B> {
-    /// The optimiser's parameter groups: the layout's weight-decay spans; the low-rank factors'
-    /// at `--factor-lr-scale` times the learning rate and by their rule (heavy ball for DLRA's S
-    /// when asked); DLRA's bases, and in LoRA everything but the factors, held fixed (learning-rate
-    /// scale 0: the optimiser skips the group; the clipped norm is the trained tensors' since
-    /// LoRA's backward forms no other gradient and DLRA's schedule clears its bases').
+    /// The optimiser's parameter groups, one per trainable tensor (the optimiser merges
+    /// neighbours alike): weight decay on matrices; the low-rank factors at `--factor-lr-scale`
+    /// times the learning rate and by their rule (heavy ball for DLRA's S when asked); DLRA's
+    /// bases, and in LoRA every tensor without a gradient, held fixed (learning-rate scale 0: the
+    /// optimiser skips the group; the clipped norm is the trained tensors' since LoRA's backward
+    /// forms no other gradient and DLRA's schedule clears its bases').
     pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
-        self.layout()
-            .decay_spans()
-            .iter()
-            .map(|s| ParamGroup {
-                offset: s.offset,
-                len: s.len,
-                decay: s.weight_decay,
-                lr_scale: match s.role {
-                    // LoRA trains its factors alone (Hu et al.; PEFT's default): the embeddings,
-                    // attention, LayerNorms and biases keep the base's values.
-                    SpanRole::Plain if lr.mode == LowRankMode::Lora => 0.0,
-                    SpanRole::Plain => 1.0,
-                    SpanRole::Factor => lr.factor_lr_scale,
-                    SpanRole::Basis => 0.0,
-                },
-                rule: match s.role {
-                    SpanRole::Factor => lr.factor_rule(),
-                    _ => GroupRule::AdamW,
-                },
+        let layout = self.layout();
+        let tensors = layout.tensors().iter().enumerate();
+        tensors
+            .filter(|(_, t)| t.trainable)
+            .map(|(i, t)| {
+                let role = layout.role(i);
+                ParamGroup {
+                    offset: t.offset,
+                    len: t.len(),
+                    decay: t.weight_decay,
+                    lr_scale: match role {
+                        // LoRA trains its factors (and the embeddings if asked) alone, as in Hu
+                        // et al. and PEFT: attention, LayerNorms and biases keep the base's values.
+                        SpanRole::Plain if self.has_gradient(i) => 1.0,
+                        SpanRole::Plain => 0.0,
+                        SpanRole::Factor => lr.factor_lr_scale,
+                        SpanRole::Basis => 0.0,
+                    },
+                    rule: match role {
+                        SpanRole::Factor => lr.factor_rule(),
+                        _ => GroupRule::AdamW,
+                    },
+                }
             })
             .collect()
     }

@@ -31,7 +31,7 @@ pub(super) fn forward<B: Backend>(
 }
 
 /// dx = dy·Wᵀ (written); the layer's parameter gradients accumulate into `grads`, except those
-/// of a frozen base (`m.base_frozen`: LoRA's dense layers and biases get none).
+/// of a frozen base (LoRA's dense layers and biases get none).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward<B: Backend>(
     b: &B,
@@ -48,11 +48,11 @@ pub(super) fn backward<B: Backend>(
     match layout.lowrank_index(l, weight) {
         None => {
             let pair = (layout.block(l, weight), layout.block(l, bias));
-            let grads = (!m.base_frozen).then_some(grads);
+            let grads = m.trained.base().then_some(grads);
             linear_backward(b, dx, grads, x, dy, w, pair)
         }
         Some(i) => {
-            let v = views(layout, i, l, bias, !m.base_frozen);
+            let v = views(layout, i, l, bias, m.trained.base());
             lr.backward(b, i, &v, w, grads, x, dy, dx)
         }
     }

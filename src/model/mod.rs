@@ -16,5 +16,5 @@ mod tests;
 mod tests_lowrank;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
-pub use gpt::{Gpt, OptimizerBuffers};
-pub use params::{BlockTensor, DecaySpan, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};
+pub use gpt::{Gpt, OptimizerBuffers, Trained};
+pub use params::{BlockTensor, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};

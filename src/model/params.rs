@@ -145,16 +145,7 @@ impl TensorView {
     }
 }
 
-/// A contiguous run of tensors sharing the weight-decay flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecaySpan {
-    pub offset: usize,
-    pub len: usize,
-    pub weight_decay: bool,
-    pub role: SpanRole,
-}
-
-/// What a span's parameters are to the optimiser.
+/// What a tensor is to the optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanRole {
     /// Ordinary parameters.
@@ -370,25 +361,6 @@ impl ParamLayout {
         SpanRole::Plain
     }
 
-    /// Maximal contiguous runs of trainable tensors with the same weight-decay flag and role, in
-    /// buffer order.
-    pub fn decay_spans(&self) -> Vec<DecaySpan> {
-        let mut spans: Vec<DecaySpan> = Vec::new();
-        for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.trainable) {
-            let role = self.role(i);
-            match spans.last_mut() {
-                Some(s) if s.weight_decay == t.weight_decay && s.role == role => s.len += t.len(),
-                _ => spans.push(DecaySpan {
-                    offset: t.offset,
-                    len: t.len(),
-                    weight_decay: t.weight_decay,
-                    role,
-                }),
-            }
-        }
-        spans
-    }
-
     /// GPT-2's initial parameters. Each tensor draws from its own generator, seeded by `seed` and
     /// its index, so tensors initialise in parallel and one tensor's values do not depend on
     /// another's size.
@@ -463,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn decay_flags_form_two_spans_and_layernorm_bias_follows_weight() {
+    fn decay_flags_mark_matrices_and_layernorm_bias_follows_weight() {
         let cfg = GptConfig::preset("tiny").unwrap();
         let layout = ParamLayout::new(&cfg);
         for t in layout.tensors() {
@@ -474,10 +446,6 @@ mod tests {
                 t.name
             );
         }
-        let spans = layout.decay_spans();
-        assert_eq!(spans.len(), 2);
-        assert!(spans[0].weight_decay && !spans[1].weight_decay);
-        assert_eq!(spans[0].len + spans[1].len, layout.len());
         for l in 0..cfg.n_layer {
             for (w, b) in [(Ln1Weight, Ln1Bias), (Ln2Weight, Ln2Bias)] {
                 assert_eq!(

@@ -64,6 +64,18 @@ fn every_gradient_matches_the_reference_in_every_low_rank_mode() {
         eprintln!("{mode:?} {layers:?}: widths {:?}", gpt.lowrank().live);
         assert_gradients_match_reference(gpt, &refs);
     }
+    // LoRA training the embeddings too: their gradients (the tied head's and the lookup's) appear.
+    let cfg = LowRankConfig {
+        lora_embeddings: true,
+        ..config(Lora, All)
+    };
+    let gpt = Gpt::with_lowrank(&Cpu, micro(), &cfg, 2, 5, 1).unwrap();
+    let index = |name: &str| gpt.layout().tensors().iter().position(|t| t.name == name);
+    let with_grad = |name: &str| gpt.has_gradient(index(name).unwrap());
+    assert!(with_grad("transformer.wte.weight") && with_grad("transformer.wpe.weight"));
+    assert!(!with_grad("transformer.ln_f.weight"));
+    let refs = reference_layers(&gpt, cfg.lora_scale() as f64);
+    assert_gradients_match_reference(gpt, &refs);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::data::{default_corpus, BatchShape, Loader, ShardSet};
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::hf::load_checkpoint;
+use crate::model::Trained;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
@@ -320,7 +321,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
 fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
     let (c, dense) = (
         model.cost(),
-        cost(model.config(), model.seq(), &[], &[], false),
+        cost(model.config(), model.seq(), &[], &[], Trained::All),
     );
     let text = |p: usize, f: f64| {
         format!(
