@@ -122,6 +122,43 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("default-corpus-val"), "{}", text(&o));
+    // … and `export` writes as a dense GPT-2 model directory that evaluates to the same loss.
+    let file = lora.join("merged");
+    let export = |extra: &[&str]| {
+        let mut args = vec!["export", "--ckpt", lora.to_str().unwrap()];
+        args.extend_from_slice(&["--out", file.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        lowrank(&args)
+    };
+    let o = export(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("8 low-rank layers merged"),
+        "{}",
+        text(&o)
+    );
+    // transformers' config for tiny: 4 layers of 4 heads, width 128, context 128.
+    let config = std::fs::read_to_string(file.join("config.json")).unwrap();
+    let hf: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let dims = ["n_layer", "n_head", "n_embd", "n_positions"].map(|k| hf[k].as_u64());
+    assert_eq!(dims, [4, 4, 128, 128].map(Some), "{config}");
+    let o = export(&[]);
+    assert!(
+        !o.status.success() && text(&o).contains("--overwrite"),
+        "{}",
+        text(&o)
+    );
+    let loss = |ckpt: &Path| {
+        let args = ["eval", "--ckpt", ckpt.to_str().unwrap(), "--seq", "16"];
+        let o = lowrank(&[&args[..], &["--max-batches", "2"]].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        let printed = t.split("loss ").nth(1).unwrap().split(',').next().unwrap();
+        printed.parse::<f64>().unwrap()
+    };
+    // Printed to 4 decimals: equal but for rounding at the last digit.
+    let (low, dense) = (loss(&lora), loss(&file));
+    assert!((low - dense).abs() <= 1e-4, "{low} vs {dense}");
     // … and a base of another model shape is refused with a sentence.
     let o = train(
         &tmp("lora2"),

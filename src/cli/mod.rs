@@ -6,6 +6,7 @@ pub mod dln;
 pub mod dlra;
 pub mod doctor;
 pub mod eval;
+pub mod export;
 pub mod init_study;
 pub mod plot;
 pub mod sample;
@@ -36,6 +37,9 @@ pub enum Command {
     Train(train::Args),
     /// Loss and perplexity of a checkpoint on a split
     Eval(eval::Args),
+    /// Write a checkpoint as a dense GPT-2 safetensors file (low-rank layers merged), for Hugging
+    /// Face transformers or any GPT-2 tool
+    Export(export::Args),
     /// Continue a prompt with a checkpoint's model, printing the text as it is generated
     Sample(sample::Args),
     /// Draw DIR/loss.png from a training run's metrics.jsonl
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Plot(a) => plot::run(a),
         Command::BenchTrain(a) => bench_train::run(a),

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A run directory, a checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's)
+    /// A run or checkpoint directory, a Hugging Face GPT-2 model directory (as `export` writes), or a
+    /// GPT-2 safetensors file
     #[arg(long, value_name = "PATH")]
     ckpt: PathBuf,
     /// Text to continue, as the start of a document (after <|endoftext|>, as training saw

@@ -73,8 +73,8 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Start from these weights instead of GPT-2's random init, e.g. to fine-tune: a run or
-    /// checkpoint directory, or a GPT-2 safetensors file (ours or Hugging Face's); dense runs only
-    /// (LoRA takes its base with --lora-base)
+    /// checkpoint directory, a Hugging Face GPT-2 model directory, or a GPT-2 safetensors file;
+    /// dense runs only (LoRA takes its base with --lora-base)
     #[arg(long, value_name = "CKPT")]
     init_from: Option<String>,
     /// Continue the run in this directory from its latest checkpoint (same settings required)
@@ -136,7 +136,8 @@ pub struct LowRankArgs {
     /// Initialisation of the low-rank factors
     #[arg(long, value_enum, default_value_t = LowRankInit::Random)]
     lowrank_init: LowRankInit,
-    /// LoRA's frozen base: a run or checkpoint directory, or a GPT-2 safetensors file
+    /// LoRA's frozen base: a run or checkpoint directory, a Hugging Face GPT-2 model directory, or
+    /// a GPT-2 safetensors file
     #[arg(long, value_name = "CKPT")]
     lora_base: Option<String>,
     /// LoRA's α: the update is scaled by α/r [default: 2r]

@@ -249,6 +249,14 @@ impl<B: Backend> LowRankRuntime<B> {
         }
     }
 
+    /// LoRA's constant middle factor's scale α/r (None outside LoRA).
+    pub fn lora_scale(&self) -> Option<f32> {
+        match self.middle.as_ref().map(|m| &m.kind) {
+            Some(MiddleKind::Fixed { scale, .. }) => Some(*scale),
+            _ => None,
+        }
+    }
+
     /// Bytes of scratch held.
     pub fn bytes(&self) -> usize {
         let middle = self.middle.iter().flat_map(|m| {

@@ -218,6 +218,8 @@ pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
 /// What it takes to rebuild a trained model: its shape, its low-rank settings and live ranks (a
 /// safetensors file is dense), and its tensors.
 pub struct ModelCheckpoint {
+    /// The preset's name (`tiny`, `gpt2`, ...) where the checkpoint records it.
+    pub preset: Option<String>,
     pub config: GptConfig,
     pub lowrank: LowRankConfig,
     pub ranks: Option<RankState>,
@@ -226,14 +228,23 @@ pub struct ModelCheckpoint {
 
 /// `load_checkpoint` with the low-rank settings a run directory records.
 pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
+    // A Hugging Face model directory (ours from `export`, or a hub snapshot): its safetensors.
+    let hf_dir = path.join("model.safetensors");
+    let no_state = !path.join("state.json").exists() && !path.join("latest").exists();
+    let path = match path.is_dir() && no_state && hf_dir.is_file() {
+        true => hf_dir.as_path(),
+        false => path,
+    };
     if path.is_file() {
         let (tensors, meta) = tensor_file::load(path)?;
-        let config = match meta.get("lowrank_model") {
+        let preset = meta.get("lowrank_model").cloned();
+        let config = match &preset {
             Some(name) => GptConfig::preset(name)?,
             None => infer_config(&tensors)?,
         };
         let lowrank = LowRankConfig::default();
         return Ok(ModelCheckpoint {
+            preset,
             config,
             lowrank,
             ranks: None,
@@ -242,6 +253,7 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
     }
     let ck = checkpoint::load(path)?;
     Ok(ModelCheckpoint {
+        preset: Some(ck.state.config.model.clone()),
         config: GptConfig::preset(&ck.state.config.model)?,
         lowrank: ck.state.config.lowrank,
         ranks: ck.state.ranks,

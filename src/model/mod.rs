@@ -4,6 +4,7 @@
 mod activations;
 mod backward;
 pub mod config;
+mod export;
 mod forward;
 pub mod generate;
 mod gpt;

@@ -322,6 +322,7 @@ fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
     gpt.forward(&Cpu, &inputs, None).unwrap();
     let want = Cpu.download(gpt.logits()).unwrap();
     let ck = ModelCheckpoint {
+        preset: None,
         config: *gpt.config(),
         lowrank: dlra_config(),
         ranks: Some(RankState {

@@ -1,0 +1,83 @@
+//! `lowrank export`: a checkpoint as a Hugging Face GPT-2 model directory (low-rank layers merged):
+//! `model.safetensors` and the `config.json` transformers' GPT2LMHeadModel reads.
+
+use crate::backend::cpu::Cpu;
+use crate::data::EOT_TOKEN;
+use crate::model::{hf, Gpt, GptConfig};
+use crate::train::{atomic, tensor_file};
+use anyhow::{ensure, Context, Result};
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A run or checkpoint directory, a Hugging Face GPT-2 model directory, or a safetensors file
+    #[arg(long, value_name = "PATH")]
+    ckpt: PathBuf,
+    /// The directory to write: model.safetensors (Hugging Face GPT-2 names, f32) and config.json
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replace a model already in --out
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let file = a.out.join("model.safetensors");
+    ensure!(
+        a.overwrite || !file.exists(),
+        "{} exists: pass --overwrite to replace it",
+        file.display()
+    );
+    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
+    let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
+    let tensors = model.dense_tensors()?;
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    if let Some(preset) = &ck.preset {
+        // Our loaders read the shape from it (tiny's 32-wide heads are not GPT-2's 64).
+        meta.insert("lowrank_model".to_string(), preset.clone());
+    }
+    fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    tensor_file::save(&file, &tensors, meta)?;
+    let config = serde_json::to_string_pretty(&hf_config(&ck.config))?;
+    atomic::write(&a.out.join("config.json"), config.as_bytes())?;
+    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let merged = model.layout().lowrank().len();
+    println!(
+        "wrote {}: a dense GPT-2 of {} tensors, {:.2}M parameters{}, in Hugging Face's GPT-2 layout (for GPT2LMHeadModel.from_pretrained)",
+        a.out.display(),
+        tensors.len(),
+        params as f64 / 1e6,
+        match merged {
+            0 => String::new(),
+            n => format!(" ({n} low-rank layers merged at their live ranks)"),
+        }
+    );
+    Ok(())
+}
+
+/// transformers' GPT2Config for this shape: GPT-2's tanh GELU, LayerNorm ε 1e-5, tied head,
+/// `<|endoftext|>` as both ends, no dropout.
+fn hf_config(c: &GptConfig) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": c.vocab_size,
+        "n_positions": c.max_seq,
+        "n_ctx": c.max_seq,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": true,
+        "bos_token_id": EOT_TOKEN,
+        "eos_token_id": EOT_TOKEN,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+    })
+}

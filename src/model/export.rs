@@ -1,0 +1,130 @@
+//! A trained model as a dense GPT-2: each low-rank layer's product W = W0 + Utᵀ·M·Vt, formed at its
+//! live width, stored as the layer's `{prefix}.weight`, so that Hugging Face's GPT2LMHeadModel and
+//! any other GPT-2 tool (our `eval`, `sample` and `--init-from` too) read it.
+
+use super::Gpt;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Buffer, DType, Gemm};
+use crate::train::tensor_file::HostTensor;
+use anyhow::Result;
+
+impl Gpt<Cpu> {
+    /// Every tensor of the dense GPT-2 with this model's function, HF-named (f32).
+    pub fn dense_tensors(&self) -> Result<Vec<HostTensor>> {
+        let b = &Cpu;
+        let (layout, params) = (self.layout(), self.params());
+        let factor_names: Vec<&str> = layout
+            .lowrank()
+            .iter()
+            .flat_map(|lt| [Some(lt.ut), Some(lt.vt), lt.w0, lt.mid])
+            .flatten()
+            .map(|i| layout.tensors()[i].name.as_str())
+            .collect();
+        let mut tensors: Vec<HostTensor> = self
+            .to_hf_tensors(b)?
+            .into_iter()
+            .filter(|t| !factor_names.contains(&t.name.as_str()))
+            .collect();
+        let host = b.download(params.all())?;
+        for (lt, live) in layout.lowrank().iter().zip(&self.lowrank().live) {
+            let (l, k) = (&lt.layer, live.width);
+            let window = |i: usize| {
+                let t = &layout.tensors()[i];
+                (t.offset, t.len())
+            };
+            // M (k × k): a trained middle's live block (dln's M, DLRA's S, stored contiguously at
+            // the tensor's start), LoRA's (α/r)·I, or I.
+            let mut m = vec![0.0f32; k * k];
+            match lt.mid {
+                Some(mid) => m.copy_from_slice(&host[window(mid).0..][..k * k]),
+                None => {
+                    let scale = self.lowrank().lora_scale().unwrap_or(1.0);
+                    (0..k).for_each(|p| m[p * k + p] = scale);
+                }
+            }
+            let mut mid = b.alloc(DType::F32, k * k)?;
+            b.upload(&m, mid.all_mut())?;
+            let mut vt_eff = b.alloc(DType::F32, k * l.n_out)?;
+            let vt = params.at(window(lt.vt).0, k * l.n_out);
+            b.gemm(&Gemm::new(k, l.n_out, k), mid.all(), vt, vt_eff.all_mut())?;
+            let mut w = b.alloc(DType::F32, l.n_in * l.n_out)?;
+            match lt.w0 {
+                Some(w0) => b.cast(params.at(window(w0).0, l.n_in * l.n_out), w.all_mut())?,
+                None => b.fill(w.all_mut(), 0.0)?,
+            }
+            let ut = params.at(window(lt.ut).0, k * l.n_in);
+            let product = Gemm::new(l.n_in, l.n_out, k).trans_a().beta(1.0);
+            b.gemm(&product, ut, vt_eff.all(), w.all_mut())?;
+            tensors.push(HostTensor {
+                name: format!("{}.weight", l.prefix),
+                shape: vec![l.n_in, l.n_out],
+                data: b.download(w.all())?,
+            });
+        }
+        Ok(tensors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
+    use crate::model::tests::{micro, random_tokens};
+    use crate::util::rng::Rng;
+
+    /// In every low-rank mode, a dense GPT-2 built from the exported tensors (through the dense
+    /// path, which shares no code with the fused low-rank op) gives the low-rank model's logits.
+    #[test]
+    fn the_dense_export_computes_the_low_rank_models_function() {
+        use LowRankLayers::*;
+        use LowRankMode::*;
+        for (mode, layers) in [
+            (Efficient, Mlp),
+            (Inrank, All),
+            (Lora, All),
+            (Dln, Mlp),
+            (Dlra, Attn),
+        ] {
+            let cfg = LowRankConfig {
+                mode,
+                layers,
+                rank_init: 2,
+                lora_alpha: Some(3.0),
+                lora_base: (mode == Lora).then(|| "set by the test".into()),
+                ..Default::default()
+            };
+            let mut lowrank = Gpt::with_lowrank(&Cpu, micro(), &cfg, 2, 5, 1).unwrap();
+            // Random values everywhere (LoRA's zero factor too), dormant rows included: the
+            // export must read each layer at its live width only.
+            let n = lowrank.layout().len();
+            let values = Rng::new(4).normal_vec(n, 0.5);
+            Cpu.upload(&values, lowrank.params_mut().all_mut()).unwrap();
+            lowrank.refresh_compute_copy(&Cpu).unwrap();
+            let inputs = random_tokens(10, micro().vocab_size, 2);
+            lowrank.forward(&Cpu, &inputs, None).unwrap();
+            let want = Cpu.download(lowrank.logits()).unwrap();
+
+            let mut dense = Gpt::new(&Cpu, micro(), 2, 5, 9).unwrap();
+            dense
+                .load_hf_tensors(&Cpu, &lowrank.dense_tensors().unwrap())
+                .unwrap();
+            dense.forward(&Cpu, &inputs, None).unwrap();
+            let got = Cpu.download(dense.logits()).unwrap();
+            let vocab = micro().vocab_size;
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for (row_got, row_want) in got
+                .chunks(micro().padded_vocab)
+                .zip(want.chunks(micro().padded_vocab))
+            {
+                for (g, w) in row_got[..vocab].iter().zip(&row_want[..vocab]) {
+                    diff = diff.max((g - w).abs() as f64);
+                    norm = norm.max(w.abs() as f64);
+                }
+            }
+            assert!(
+                diff <= 1e-5 * norm.max(1.0),
+                "{mode:?} {layers:?}: logits differ by {diff} (scale {norm})"
+            );
+        }
+    }
+}
