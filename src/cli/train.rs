@@ -99,7 +99,7 @@ pub struct Args {
 pub struct LowRankArgs {
     /// Parameterisation of the selected layers: dense; inrank (W0 + U·Vᵀ, growing rank);
     /// efficient (U·Vᵀ with a rank buffer, growing rank); lora (the whole --lora-base frozen, only
-    /// (α/r)·U·Vᵀ trained);
+    /// (α/r)·U·Vᵀ trained, and the embeddings with --lora-embeddings);
     /// dln (U·M·Vᵀ, a compressed deep linear block of width 2r); dlra (U·S·Vᵀ trained by the
     /// DLRA integrator, rank up to r)
     #[arg(long = "lowrank", value_enum, default_value_t = LowRankMode::Dense)]
