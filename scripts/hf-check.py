@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Reads a `lowrank export` directory with Hugging Face transformers (GPT2LMHeadModel) and prints
+the mean cross-entropy over the first windows of an llm.c token shard, taken as `lowrank eval`
+takes them (window k = tokens[k*T : k*T + T + 1], inputs its first T, targets its last T), so the
+two numbers can be compared:
+
+    lowrank export --ckpt RUN --out DIR
+    lowrank eval --ckpt DIR --data SHARD --batch 4 --seq 64 --max-batches 4
+    python3 scripts/hf-check.py DIR SHARD --seq 64 --windows 16
+
+Needs torch and transformers (CPU is enough).
+"""
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+
+MAGIC, HEADER_INTS = 20240520, 256
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="a directory written by `lowrank export`")
+    p.add_argument("shard", help="an llm.c-format token shard (`lowrank tokenize`)")
+    p.add_argument("--seq", type=int, default=64, help="T, tokens per window")
+    p.add_argument("--windows", type=int, default=16, help="windows from the shard's start")
+    a = p.parse_args()
+
+    header = np.fromfile(a.shard, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise SystemExit(f"{a.shard}: not an llm.c token shard (magic {header[0]})")
+    tokens = np.fromfile(a.shard, dtype=np.uint16, offset=HEADER_INTS * 4)[: header[2]]
+    available = (len(tokens) - 1) // a.seq
+    if available < a.windows:
+        raise SystemExit(f"{a.shard} holds {available} windows of {a.seq + 1} tokens, fewer than {a.windows}")
+    rows = np.stack([tokens[k * a.seq : k * a.seq + a.seq + 1] for k in range(a.windows)]).astype(np.int64)
+    x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+
+    model = GPT2LMHeadModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(x).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    print(f"{a.model}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__})")
+
+
+if __name__ == "__main__":
+    main()
