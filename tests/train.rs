@@ -112,6 +112,20 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         "τ = 0.6 cuts some rank: {}",
         rd[3]
     );
+    // LoRA with its embeddings over a dense base: moments for those tensors alone.
+    let base = tmp("resume-lora-base");
+    assert!(train(&base, &["--steps", "2"]).status.success());
+    let lora = [
+        "--lowrank",
+        "lora",
+        "--lowrank-layers",
+        "all",
+        "--rank-init",
+        "4",
+    ];
+    let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
+    straight_and_resumed("lora", &[&lora[..], &base_arg[..]].concat());
+    std::fs::remove_dir_all(&base).ok();
     let ra = straight_and_resumed("dense", &[]);
     for key in [
         "step",

@@ -145,8 +145,8 @@ fn transport_moments<B: Backend>(
     transport: MomentTransport,
 ) -> Result<()> {
     let r = map.ncols();
-    let m = b.download(opt.m.at(w.off, w.k * w.n))?;
-    let v = b.download(opt.v.at(w.off, w.k * w.n))?;
+    let [m, v] = opt.moments(w.off, w.k * w.n)?;
+    let (m, v) = (b.download(m)?, b.download(v)?);
     let (mut m2, mut v2) = match transport {
         MomentTransport::Slice => (m[..r * w.n].to_vec(), v[..r * w.n].to_vec()),
         MomentTransport::Rotate => {
@@ -165,6 +165,7 @@ fn transport_moments<B: Backend>(
     };
     m2.resize(w.cap * w.n, 0.0);
     v2.resize(w.cap * w.n, 0.0);
-    b.upload(&m2, opt.m.at_mut(w.off, w.cap * w.n))?;
-    b.upload(&v2, opt.v.at_mut(w.off, w.cap * w.n))
+    let [m, v] = opt.moments_mut(w.off, w.cap * w.n)?;
+    b.upload(&m2, m)?;
+    b.upload(&v2, v)
 }

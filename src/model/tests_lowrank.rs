@@ -421,6 +421,13 @@ fn lora_steps_move_only_the_factors() {
     };
     let want = squares(true).sqrt();
     assert!(want > 0.0);
+    // The optimiser keeps moments for the factors alone.
+    let factors: usize = tensors
+        .iter()
+        .filter(|t| is_factor(&t.name))
+        .map(|t| t.len())
+        .sum();
+    assert_eq!(opt.state().map(|w| w.len), [factors; 2]);
     assert_eq!(squares(false), 0.0);
 
     let bufs = gpt.optimizer_buffers();

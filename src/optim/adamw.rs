@@ -3,8 +3,8 @@
 //! step by heavy ball instead (DLRA heavy ball on the coefficients S), its velocity kept in the
 //! first-moment buffer.
 
-use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall};
-use anyhow::{ensure, Result};
+use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, Mut, Ref};
+use anyhow::{bail, ensure, Context, Result};
 
 /// A contiguous run of parameters sharing a weight-decay setting and a learning-rate scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,14 +57,25 @@ pub struct StepReport {
     pub clip_scale: f32,
 }
 
-/// AdamW state: f32 first and second moments with the parameters' layout.
+/// AdamW state: f32 first and second moments of the trained groups only, one after another (a
+/// group held fixed, such as LoRA's frozen base, keeps none).
 pub struct AdamWOptimizer<B: Backend> {
     pub config: AdamWConfig,
-    pub m: B::Buf,
-    pub v: B::Buf,
-    groups: Vec<ParamGroup>,
+    m: B::Buf,
+    v: B::Buf,
+    /// The trained groups, each with the offset of its moments in `m` and `v`.
+    slots: Vec<Slot>,
+    /// Parameters the groups tile; moments held.
+    params: usize,
+    state_len: usize,
     /// Optimiser steps taken so far (bias correction uses step + 1).
     pub step: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    group: ParamGroup,
+    state: usize,
 }
 
 impl<B: Backend> AdamWOptimizer<B> {
@@ -92,13 +103,71 @@ impl<B: Backend> AdamWOptimizer<B> {
             }
         }
         ensure!(next == n, "parameter groups cover {next} of {n} parameters");
+        let mut slots = Vec::new();
+        let mut state_len = 0;
+        for group in merged.into_iter().filter(|g| g.lr_scale != 0.0) {
+            slots.push(Slot {
+                group,
+                state: state_len,
+            });
+            state_len += group.len;
+        }
         Ok(AdamWOptimizer {
             config,
-            m: b.alloc(DType::F32, n)?,
-            v: b.alloc(DType::F32, n)?,
-            groups: merged,
+            m: b.alloc(DType::F32, state_len.max(1))?,
+            v: b.alloc(DType::F32, state_len.max(1))?,
+            slots,
+            params: n,
+            state_len,
             step: 0,
         })
+    }
+
+    /// Where the moments of parameters [offset, offset + len) start in `m` and `v`.
+    fn state_offset(&self, offset: usize, len: usize) -> Result<usize> {
+        self.slots
+            .iter()
+            .find(|s| s.group.offset <= offset && offset + len <= s.group.offset + s.group.len)
+            .map(|s| s.state + offset - s.group.offset)
+            .with_context(|| {
+                format!("parameters {offset}..{} have no optimiser state: they are held fixed or span groups", offset + len)
+            })
+    }
+
+    /// The first and second moments of parameters [offset, offset + len), one trained group's.
+    pub fn moments(&self, offset: usize, len: usize) -> Result<[Ref<'_, B::Buf>; 2]> {
+        let s = self.state_offset(offset, len)?;
+        Ok([self.m.at(s, len), self.v.at(s, len)])
+    }
+    pub fn moments_mut(&mut self, offset: usize, len: usize) -> Result<[Mut<'_, B::Buf>; 2]> {
+        let s = self.state_offset(offset, len)?;
+        Ok([self.m.at_mut(s, len), self.v.at_mut(s, len)])
+    }
+
+    /// Every moment held, (m, v), as a checkpoint stores them.
+    pub fn state(&self) -> [Ref<'_, B::Buf>; 2] {
+        [self.m.at(0, self.state_len), self.v.at(0, self.state_len)]
+    }
+
+    /// Restores `state()` from a checkpoint; one written before moments were kept for the trained
+    /// groups alone (in the parameters' layout, one value per parameter) is read too.
+    pub fn load_state(&mut self, b: &B, m: &[f32], v: &[f32]) -> Result<()> {
+        let (held, n) = (self.state_len, self.params);
+        match (m.len(), v.len()) {
+            (a, c) if a == held && c == held => {
+                b.upload(m, self.m.at_mut(0, held))?;
+                b.upload(v, self.v.at_mut(0, held))
+            }
+            (a, c) if a == n && c == n => {
+                for s in &self.slots {
+                    let (from, len) = (s.group.offset, s.group.len);
+                    b.upload(&m[from..from + len], self.m.at_mut(s.state, len))?;
+                    b.upload(&v[from..from + len], self.v.at_mut(s.state, len))?;
+                }
+                Ok(())
+            }
+            (a, _) => bail!("the checkpoint's optimiser state holds {a} values; this model's optimiser keeps {held} (for {n} parameters): was it written by another configuration?"),
+        }
     }
 
     /// One step at learning rate `lr`: the gradient's global norm is measured, the gradient clipped
@@ -126,7 +195,7 @@ impl<B: Backend> AdamWOptimizer<B> {
             1.0
         };
         self.step += 1;
-        for g in self.groups.iter().filter(|g| g.lr_scale != 0.0) {
+        for &Slot { group: g, state } in &self.slots {
             let weight_decay = match g.decay {
                 true => self.config.weight_decay,
                 false => 0.0,
@@ -135,7 +204,7 @@ impl<B: Backend> AdamWOptimizer<B> {
                 .as_deref_mut()
                 .map(|c| c.at_mut(g.offset, g.len));
             let (p, grad) = (params.at_mut(g.offset, g.len), grads.at(g.offset, g.len));
-            let m = self.m.at_mut(g.offset, g.len);
+            let m = self.m.at_mut(state, g.len);
             match g.rule {
                 GroupRule::AdamW => {
                     let hp = AdamW {
@@ -147,7 +216,7 @@ impl<B: Backend> AdamWOptimizer<B> {
                         step: self.step,
                         grad_scale: clip_scale,
                     };
-                    b.adamw(&hp, p, grad, m, self.v.at_mut(g.offset, g.len), copy)?
+                    b.adamw(&hp, p, grad, m, self.v.at_mut(state, g.len), copy)?
                 }
                 GroupRule::HeavyBall { friction } => {
                     let hp = HeavyBall {
@@ -243,12 +312,48 @@ mod tests {
         let mut opt = AdamWOptimizer::new(&Cpu, cfg, 3, &groups).unwrap();
         let (mut p, g) = (buf(&[1.0, 1.0, 1.0]), buf(&[0.0, 3.0, 4.0]));
         opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
-        let (p, m, v) = (p.as_slice(), opt.m.as_slice(), opt.v.as_slice());
+        let p = p.as_slice();
         assert_eq!(p[0], 1.0);
         assert!((p[1] - 0.9).abs() < 1e-6, "{p:?}");
         assert!((p[2] - 0.84).abs() < 1e-6, "{p:?}");
-        assert!((m[2] + 0.8).abs() < 1e-6 && v[2] == 0.0, "{m:?} {v:?}");
-        assert_eq!((m[0], v[0]), (0.0, 0.0));
+        let [m, v] = opt.moments(2, 1).unwrap().map(|w| Cpu.download(w).unwrap());
+        assert!((m[0] + 0.8).abs() < 1e-6 && v[0] == 0.0, "{m:?} {v:?}");
+        // The frozen group keeps no moments: two values each, for groups 1 and 2.
+        assert!(opt.moments(0, 1).is_err());
+        assert_eq!(opt.state().map(|w| w.len), [2, 2]);
+    }
+
+    #[test]
+    fn state_round_trips_and_a_checkpoint_in_the_parameters_layout_is_read() {
+        let group = |offset, len, lr_scale| ParamGroup {
+            offset,
+            len,
+            decay: false,
+            lr_scale,
+            rule: GroupRule::AdamW,
+        };
+        // Parameters 0..2 frozen, 2..5 trained, 5..6 frozen, 6..8 trained.
+        let groups = [
+            group(0, 2, 0.0),
+            group(2, 3, 1.0),
+            group(5, 1, 0.0),
+            group(6, 2, 1.0),
+        ];
+        let new = || AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 8, &groups).unwrap();
+        let mut opt = new();
+        let m: Vec<f32> = (1..=5).map(|x| x as f32).collect();
+        let v: Vec<f32> = (11..=15).map(|x| x as f32).collect();
+        opt.load_state(&Cpu, &m, &v).unwrap();
+        let got = opt.moments(6, 2).unwrap().map(|w| Cpu.download(w).unwrap());
+        assert_eq!(got, [vec![4.0, 5.0], vec![14.0, 15.0]]);
+        // One value per parameter (the layout checkpoints had before): the trained windows.
+        let mut old = new();
+        let per_param: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        old.load_state(&Cpu, &per_param, &per_param).unwrap();
+        let got = old.state().map(|w| Cpu.download(w).unwrap());
+        assert_eq!(got[0], vec![2.0, 3.0, 4.0, 6.0, 7.0]);
+        let e = new().load_state(&Cpu, &[0.0; 3], &[0.0; 3]).unwrap_err();
+        assert!(e.to_string().contains("holds 3 values"), "{e}");
     }
 
     #[test]

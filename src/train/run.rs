@@ -148,13 +148,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     if let Some(ck) = &resume {
         model.load_hf_tensors(b, &ck.model)?;
         RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
-        ensure!(
-            ck.m.len() == trainable && ck.v.len() == trainable,
-            "{}: optimizer state does not match the model's size",
-            ck.dir.display()
-        );
-        b.upload(&ck.m, opt.m.all_mut())?;
-        b.upload(&ck.v, opt.v.all_mut())?;
+        opt.load_state(b, &ck.m, &ck.v)
+            .with_context(|| format!("resuming from {}", ck.dir.display()))?;
         opt.step = ck.state.step;
         loader.restore(&ck.state.loader)?;
         (step, tokens) = (ck.state.step, ck.state.tokens);
@@ -292,8 +287,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             let dir = checkpoint::save(
                 &opts.out,
                 &model.to_hf_tensors(b)?,
-                b.download(opt.m.all())?,
-                b.download(opt.v.all())?,
+                b.download(opt.state()[0])?,
+                b.download(opt.state()[1])?,
                 &state,
             )?;
             if stop {

@@ -24,7 +24,7 @@
 use super::basis::{self, Extension, Products};
 use super::integrator::{tangent_from_blocks, Cut};
 use super::{FreshMoment, Keep, Moments};
-use crate::backend::{Backend, Buffer};
+use crate::backend::{Backend, Buffer, Ref};
 use crate::lowrank::growth::RankChange;
 use crate::lowrank::{LiveRank, LowRankLayer};
 use crate::model::Gpt;
@@ -66,14 +66,8 @@ fn places<B: Backend>(model: &Gpt<B>) -> Result<Vec<Place>> {
 }
 
 /// Downloads `rows × cols` row-major f32 at `off` as an f64 matrix.
-fn matrix<B: Backend>(
-    b: &B,
-    buf: &B::Buf,
-    off: usize,
-    rows: usize,
-    cols: usize,
-) -> Result<Mat<f64>> {
-    let x = b.download(buf.at(off, rows * cols))?;
+fn matrix<B: Backend>(b: &B, window: Ref<B::Buf>, rows: usize, cols: usize) -> Result<Mat<f64>> {
+    let x = b.download(window)?;
     Ok(Mat::from_fn(rows, cols, |i, j| x[i * cols + j] as f64))
 }
 
@@ -94,11 +88,12 @@ fn coefficients<B: Backend>(
     p: &Place,
     k: usize,
 ) -> Result<(Mat<f64>, Moments)> {
+    let [m, v] = opt.moments(p.mid, k * k)?;
     Ok((
-        matrix(b, model.params(), p.mid, k, k)?,
+        matrix(b, model.params().at(p.mid, k * k), k, k)?,
         Moments {
-            m: matrix(b, &opt.m, p.mid, k, k)?,
-            v: matrix(b, &opt.v, p.mid, k, k)?,
+            m: matrix(b, m, k, k)?,
+            v: matrix(b, v, k, k)?,
         },
     ))
 }
@@ -114,8 +109,9 @@ fn store_coefficients<B: Backend>(
 ) -> Result<()> {
     let sq = p.layer.capacity * p.layer.capacity;
     b.upload(&flat(s, sq), model.params_mut().at_mut(p.mid, sq))?;
-    b.upload(&flat(state.m.as_ref(), sq), opt.m.at_mut(p.mid, sq))?;
-    b.upload(&flat(state.v.as_ref(), sq), opt.v.at_mut(p.mid, sq))
+    let [m, v] = opt.moments_mut(p.mid, sq)?;
+    b.upload(&flat(state.m.as_ref(), sq), m)?;
+    b.upload(&flat(state.v.as_ref(), sq), v)
 }
 
 /// Augments every layer's bases to twice its rank from the step's gradient (accumulated over its
