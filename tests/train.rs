@@ -480,3 +480,30 @@ fn a_run_started_from_a_checkpoint_continues_its_function() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+#[test]
+fn samples_during_training_are_printed_and_change_nothing() {
+    let (plain, sampled) = (tmp("sample-off"), tmp("sample-on"));
+    let o = train(&plain, &["--steps", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(
+        &sampled,
+        &[
+            "--steps",
+            "4",
+            "--sample-every",
+            "2",
+            "--sample-tokens",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for step in [2, 4] {
+        let line = format!("step {step} sample:");
+        assert!(text(&o).contains(&line), "no {line:?} in {}", text(&o));
+    }
+    assert!(!text(&o).contains("step 1 sample:"), "{}", text(&o));
+    assert_eq!(trajectory(&records(&plain)), trajectory(&records(&sampled)));
+    std::fs::remove_dir_all(&plain).ok();
+    std::fs::remove_dir_all(&sampled).ok();
+}

@@ -7,7 +7,7 @@ use crate::lowrank::{
     DlraRule, LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport,
 };
 use crate::optim::Decay;
-use crate::train::{self, RunOptions, TrainConfig};
+use crate::train::{self, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -87,6 +87,13 @@ pub struct Args {
     /// `nsys profile --capture-range=cudaProfilerApi`; NVTX ranges name each step's phases and blocks
     #[arg(long, value_name = "FIRST:LAST")]
     profile_steps: Option<CaptureWindow>,
+    /// Print a sample of the model every K steps (0: never): --sample-tokens tokens from a
+    /// document's start, top-40 at temperature 1, seeded by the step (training is unaffected)
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    sample_every: u32,
+    /// Tokens per --sample-every sample
+    #[arg(long, default_value_t = 48)]
+    sample_tokens: usize,
     /// Backend: cpu (f32 reference) or cuda (bf16; not yet verified on a GPU)
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -271,6 +278,10 @@ pub fn run(a: Args) -> Result<()> {
         stop_at: a.stop_at,
         interrupted,
         profile: a.profile_steps,
+        samples: (a.sample_every > 0).then_some(SampleEvery {
+            every: a.sample_every,
+            tokens: a.sample_tokens,
+        }),
     };
     let summary = match a.device {
         Device::Cpu => train::run(&Cpu, cfg, opts)?,

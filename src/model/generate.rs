@@ -48,9 +48,9 @@ impl Sampling {
 }
 
 /// Continues `prompt` (non-empty token ids) by `new_tokens`, calling `emit` with each as it is
-/// chosen; stops early after a token `stop` returns true for. The model (batch 1) sees the last
+/// chosen; stops early after a token `stop` returns true for. The model's first row sees the last
 /// `model.seq()` tokens; shorter contexts are padded after their end, which causal attention
-/// never reads. Returns the generated tokens.
+/// never reads (as are the other rows of a model built for a batch). Returns the generated tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     b: &B,
@@ -66,19 +66,14 @@ pub fn generate<B: Backend>(
         !prompt.is_empty(),
         "generation needs at least one prompt token"
     );
-    ensure!(
-        model.batch() == 1,
-        "generation runs one sequence: build the model with batch 1, not {}",
-        model.batch()
-    );
     let (window, vocab) = (model.seq(), model.config().vocab_size);
     let padded = model.config().padded_vocab;
     let mut tokens = prompt.to_vec();
-    let mut inputs = vec![0u32; window];
+    let mut inputs = vec![0u32; model.batch() * window];
     for _ in 0..new_tokens {
         let context = &tokens[tokens.len().saturating_sub(window)..];
         inputs[..context.len()].copy_from_slice(context);
-        inputs[context.len()..].fill(0);
+        inputs[context.len()..window].fill(0);
         model.forward(b, &inputs, None)?;
         let logits = model.logits();
         let row = logits.off + (context.len() - 1) * padded;
@@ -193,6 +188,21 @@ mod tests {
             assert_eq!(got as usize, want, "after {tokens:?}");
             tokens.push(got);
         }
+        // A model built for a batch generates in its first row: the same tokens.
+        let mut batched = Gpt::new(&Cpu, cfg, 3, window, 5).unwrap();
+        Cpu.upload(&big, batched.params_mut().all_mut()).unwrap();
+        batched.refresh_compute_copy(&Cpu).unwrap();
+        let rows = generate(
+            &Cpu,
+            &mut batched,
+            &prompt,
+            7,
+            greedy,
+            &mut Rng::new(1),
+            never,
+            |_| Ok(()),
+        );
+        assert_eq!(rows.unwrap(), out);
         // A stop token ends generation after it.
         let first = out[0];
         let stopped = generate(

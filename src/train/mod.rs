@@ -11,4 +11,4 @@ pub mod run;
 pub mod tensor_file;
 
 pub use config::TrainConfig;
-pub use run::{run, RunOptions, RunSummary};
+pub use run::{run, RunOptions, RunSummary, SampleEvery};

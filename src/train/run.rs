@@ -8,14 +8,16 @@ use super::progress::Progress;
 use super::ranks::RankSchedule;
 use super::{atomic, evaluate};
 use crate::backend::{Backend, Buffer};
-use crate::data::{default_corpus, BatchShape, Loader, ShardSet};
+use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_TOKEN};
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
+use crate::model::generate::{generate, Sampling};
 use crate::model::hf::load_checkpoint;
 use crate::model::Trained;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
+use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,15 @@ pub struct RunOptions {
     pub interrupted: Arc<AtomicBool>,
     /// Steps to run under the profiler's capture (Nsight Systems, `--capture-range=cudaProfilerApi`).
     pub profile: Option<CaptureWindow>,
+    /// Print a sample of the model every so many steps.
+    pub samples: Option<SampleEvery>,
+}
+
+/// `--sample-every`: `tokens` tokens from a document's start after every `every` steps.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleEvery {
+    pub every: u32,
+    pub tokens: usize,
 }
 
 /// How a run ended.
@@ -262,6 +273,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             line += &format!(" val {v:.4} (ppl {:.2})", v.exp());
         }
         progress.step(step, cfg.steps, &line, val_loss.is_some());
+        if let Some(s) = opts.samples.filter(|s| step % s.every == 0) {
+            let _sample = profile::range(|| "sample".into());
+            let text = sample(b, &mut model, s.tokens, step)?;
+            progress.println(&format!("step {step} sample: {text}"));
+        }
         summary.last_train_loss = Some(train_loss);
         summary.last_val_loss = val_loss.or(summary.last_val_loss);
         drop(step_range);
@@ -388,6 +404,29 @@ fn banner<B: Backend>(
             String::new()
         }
     )
+}
+
+/// A sample from a document's start in the training model's row 0 (top-40, temperature 1, seeded
+/// by the step, so runs and resumes print the same text); newlines shown as ⏎. The forward
+/// passes overwrite only activations, which the next step recomputes.
+fn sample<B: Backend>(b: &B, model: &mut Gpt<B>, tokens: usize, step: u32) -> Result<String> {
+    let sampling = Sampling {
+        temperature: 1.0,
+        top_k: 40,
+    };
+    let mut rng = Rng::new(0x5A3B_1E00 ^ step as u64);
+    let eot = u32::from(EOT_TOKEN);
+    let out = generate(
+        b,
+        model,
+        &[eot],
+        tokens,
+        sampling,
+        &mut rng,
+        |t| t == eot,
+        |_| Ok(()),
+    )?;
+    Ok(tokenizer::decode(&out).replace('\n', "⏎"))
 }
 
 #[cfg(test)]
