@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): finds the CUDA libraries, then doctor, selftest, bench and
 # the PyTorch peer on the same shapes with issue 5's targets checked from both, the training step,
-# and the low-rank selftest under compute-sanitizer when present. Logs and JSON go to $OUT (or the first argument); a short table is
-# printed last.
+# and the low-rank selftest under compute-sanitizer when present. A short table is printed last.
+# Results go to $OUT (or the first argument) as a few files, since a device call brings back at most
+# 8 (16 MiB each): gpu-run.tar.gz (every log and JSON, no checkpoints), summary.txt, and the JSON
+# of doctor, selftest, bench and the peer beside it.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:-${OUT:-$root/gpu-out}}"
-mkdir -p "$out"
+dest="${1:-${OUT:-$root/gpu-out}}"
+mkdir -p "$dest"
+out=$(mktemp -d "${TMPDIR:-/tmp}/gpu-run.XXXXXX")
 bin="$root/.gpu/lowrank"
 [[ -x "$bin" ]] || { echo "error: $bin missing: run scripts/gpu-stage.sh on the build machine and carry .gpu" >&2; exit 1; }
 
@@ -68,6 +71,13 @@ step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --step
 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
 step train-smoke-dlra "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
 step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
+# LoRA over the smoke run's checkpoint: the backward forms only the factors' gradients (and the
+# embeddings' with --lora-embeddings); then a sample and an export of it.
+lora_base="$out/train-smoke"
+step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank-layers all --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora"
+step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora-emb"
+step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
+step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
 step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10
@@ -80,11 +90,17 @@ if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
 fi
 
+{
+  echo "== summary ($(head -1 "$out/env.txt"))"
+  for s in "$out"/*.status; do printf '%-10s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
+  grep -E "passed, [0-9]+ failed" "$out/selftest.log" 2>/dev/null | tail -1
+} > "$out/summary.txt"
+tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .
+cp "$out/summary.txt" "$dest/"
+for j in doctor selftest bench peer; do [[ -f "$out/$j.json" ]] && cp "$out/$j.json" "$dest/"; done
 echo
-echo "== summary ($(head -1 "$out/env.txt"))"
-for s in "$out"/*.status; do printf '%-10s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
-grep -E "passed, [0-9]+ failed" "$out/selftest.log" 2>/dev/null | tail -1
-# Only the last 12,000 characters of a device call come back (the full tables are in $OUT):
+cat "$out/summary.txt"
+# Only the last 12,000 characters of a device call come back (the full tables are in the tarball):
 # the basic ops, then GPT-2 medium's MLP at 16384 rows, ranks 128 and 256.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
