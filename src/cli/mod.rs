@@ -37,8 +37,8 @@ pub enum Command {
     Train(train::Args),
     /// Loss and perplexity of a checkpoint on a split
     Eval(eval::Args),
-    /// Write a checkpoint as a dense GPT-2 safetensors file (low-rank layers merged), for Hugging
-    /// Face transformers or any GPT-2 tool
+    /// Write a checkpoint as a dense GPT-2 model directory in Hugging Face's layout (low-rank
+    /// layers merged), for transformers or any GPT-2 tool
     Export(export::Args),
     /// Continue a prompt with a checkpoint's model, printing the text as it is generated
     Sample(sample::Args),

@@ -18,7 +18,7 @@ pub struct Args {
     ckpt: PathBuf,
     /// Text to continue, as the start of a document (after <|endoftext|>, as training saw
     /// documents begin) [default: a document's start]
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     prompt: String,
     /// Tokens to generate (fewer if the model ends the document with <|endoftext|>)
     #[arg(long, default_value_t = 200)]
