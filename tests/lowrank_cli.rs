@@ -137,6 +137,23 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         "{}",
         text(&o)
     );
+    // Into the run's own directory it would replace the run's config.json: refused.
+    let config = lora.join("config.json");
+    let before = std::fs::read(&config).unwrap();
+    let args = [
+        "export",
+        "--ckpt",
+        lora.to_str().unwrap(),
+        "--out",
+        lora.to_str().unwrap(),
+    ];
+    let o = lowrank(&args);
+    assert!(
+        !o.status.success() && text(&o).contains("directory of its own"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before);
     // transformers' config for tiny: 4 layers of 4 heads, width 128, context 128.
     let config = std::fs::read_to_string(file.join("config.json")).unwrap();
     let hf: serde_json::Value = serde_json::from_str(&config).unwrap();

@@ -24,6 +24,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let run_files = ["latest", "state.json", "metrics.jsonl"];
+    ensure!(
+        !run_files.iter().any(|f| a.out.join(f).exists()),
+        "{} is a training run or checkpoint directory, whose config.json the export would replace: export into a directory of its own",
+        a.out.display()
+    );
     let file = a.out.join("model.safetensors");
     ensure!(
         a.overwrite || !file.exists(),
