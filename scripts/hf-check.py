@@ -8,7 +8,9 @@ two numbers can be compared:
     lowrank eval --ckpt DIR --data SHARD --batch 4 --seq 64 --max-batches 4
     python3 scripts/hf-check.py DIR SHARD --seq 64 --windows 16
 
-Needs torch and transformers (CPU is enough).
+With `--adapter ADAPTER` (from `lowrank export --adapter` of a LoRA run), DIR is the LoRA base's
+export and PEFT applies the adapter to it. Needs torch and transformers (and peft for
+--adapter); CPU is enough.
 """
 import argparse
 
@@ -26,6 +28,7 @@ def main():
     p.add_argument("shard", help="an llm.c-format token shard (`lowrank tokenize`)")
     p.add_argument("--seq", type=int, default=64, help="T, tokens per window")
     p.add_argument("--windows", type=int, default=16, help="windows from the shard's start")
+    p.add_argument("--adapter", help="a PEFT LoRA adapter (`lowrank export --adapter`) to apply")
     a = p.parse_args()
 
     header = np.fromfile(a.shard, dtype=np.int32, count=HEADER_INTS)
@@ -39,10 +42,15 @@ def main():
     x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
 
     model = GPT2LMHeadModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    if a.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, a.adapter).eval()
     with torch.no_grad():
         logits = model(x).logits
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    print(f"{a.model}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__})")
+    what = f"{a.model} + {a.adapter}" if a.adapter else a.model
+    print(f"{what}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__})")
 
 
 if __name__ == "__main__":

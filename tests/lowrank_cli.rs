@@ -137,6 +137,41 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         "{}",
         text(&o)
     );
+    // Its factors alone as a PEFT adapter: 8 MLP layers at r = 2 with α = 4 (2r by default); a
+    // dense run has none.
+    let adapter = lora.join("adapter");
+    let args = [
+        "export",
+        "--ckpt",
+        lora.to_str().unwrap(),
+        "--adapter",
+        "--out",
+    ];
+    let o = lowrank(&[&args[..], &[adapter.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    let peft: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(peft["r"], 2, "{config}");
+    assert_eq!(peft["lora_alpha"], 4.0, "{config}");
+    assert_eq!(
+        peft["target_modules"].as_array().unwrap().len(),
+        8,
+        "{config}"
+    );
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    let args = [
+        "export",
+        "--ckpt",
+        base.to_str().unwrap(),
+        "--adapter",
+        "--out",
+    ];
+    let o = lowrank(&[&args[..], &[adapter.to_str().unwrap()]].concat());
+    assert!(
+        !o.status.success() && text(&o).contains("not a LoRA run"),
+        "{}",
+        text(&o)
+    );
     // Into the run's own directory it would replace the run's config.json: refused.
     let config = lora.join("config.json");
     let before = std::fs::read(&config).unwrap();

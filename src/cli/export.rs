@@ -3,6 +3,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::data::EOT_TOKEN;
+use crate::lowrank::LowRankMode;
 use crate::model::{hf, Gpt, GptConfig};
 use crate::train::{atomic, tensor_file};
 use anyhow::{ensure, Context, Result};
@@ -21,6 +22,10 @@ pub struct Args {
     /// Replace a model already in --out
     #[arg(long)]
     overwrite: bool,
+    /// A LoRA run's factors alone, as a PEFT adapter (adapter_model.safetensors and
+    /// adapter_config.json) for its base: `PeftModel.from_pretrained(base, DIR)`
+    #[arg(long)]
+    adapter: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -30,6 +35,9 @@ pub fn run(a: Args) -> Result<()> {
         "{} is a training run or checkpoint directory, whose config.json the export would replace: export into a directory of its own",
         a.out.display()
     );
+    if a.adapter {
+        return adapter(&a);
+    }
     let file = a.out.join("model.safetensors");
     ensure!(
         a.overwrite || !file.exists(),
@@ -86,4 +94,54 @@ fn hf_config(c: &GptConfig) -> serde_json::Value {
         "attn_pdrop": 0.0,
         "initializer_range": 0.02,
     })
+}
+
+/// `--adapter`: the factors of a LoRA run in PEFT's format.
+fn adapter(a: &Args) -> Result<()> {
+    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    let lr = &ck.lowrank;
+    ensure!(
+        lr.mode == LowRankMode::Lora,
+        "--adapter: {} is not a LoRA run; export the merged model (without --adapter)",
+        a.ckpt.display()
+    );
+    ensure!(
+        !lr.lora_embeddings,
+        "--adapter: this LoRA run trained its embeddings too, which an adapter of factors leaves out; export the merged model (without --adapter)"
+    );
+    let file = a.out.join("adapter_model.safetensors");
+    ensure!(
+        a.overwrite || !file.exists(),
+        "{} exists: pass --overwrite to replace it",
+        file.display()
+    );
+    let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
+    let (tensors, targets) = model.lora_adapter_tensors()?;
+    let r = lr.rank_init;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": lr.lora_base,
+        "r": r,
+        "lora_alpha": lr.lora_scale() * r as f32,
+        "lora_dropout": 0.0,
+        "target_modules": targets,
+        "fan_in_fan_out": true,
+        "bias": "none",
+        "inference_mode": true,
+        "init_lora_weights": true,
+    });
+    fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    tensor_file::save(&file, &tensors, meta)?;
+    let text = serde_json::to_string_pretty(&config)?;
+    atomic::write(&a.out.join("adapter_config.json"), text.as_bytes())?;
+    println!(
+        "wrote {}: a PEFT LoRA adapter of {} layers at r = {r} ({:.3}M parameters) for the base {}",
+        a.out.display(),
+        targets.len(),
+        tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 / 1e6,
+        lr.lora_base.as_deref().unwrap_or("(unrecorded)")
+    );
+    Ok(())
 }

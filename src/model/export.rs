@@ -6,7 +6,7 @@ use super::Gpt;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer, DType, Gemm};
 use crate::train::tensor_file::HostTensor;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 impl Gpt<Cpu> {
     /// Every tensor of the dense GPT-2 with this model's function, HF-named (f32).
@@ -62,6 +62,45 @@ impl Gpt<Cpu> {
             });
         }
         Ok(tensors)
+    }
+}
+
+impl Gpt<Cpu> {
+    /// A LoRA model's factors as a PEFT adapter for Hugging Face's GPT-2 (Conv1D layers, so
+    /// `fan_in_fan_out`): per layer `base_model.model.{prefix}.lora_A.weight` = Ut (r × n_in) and
+    /// `lora_B.weight` = Vtᵀ (n_out × r), with W = W0 + (α/r)·Aᵀ·Bᵀ; the prefixes are the target
+    /// modules.
+    pub fn lora_adapter_tensors(&self) -> Result<(Vec<HostTensor>, Vec<String>)> {
+        let (layout, lr) = (self.layout(), self.lowrank());
+        ensure!(
+            lr.lora_scale().is_some(),
+            "only a LoRA run has an adapter: export the merged model instead"
+        );
+        let host = Cpu.download(self.params().all())?;
+        let mut tensors = Vec::new();
+        let mut targets = Vec::new();
+        for (lt, live) in layout.lowrank().iter().zip(&lr.live) {
+            let (l, k) = (&lt.layer, live.width);
+            let at = |i: usize, len: usize| {
+                let off = layout.tensors()[i].offset;
+                &host[off..off + len]
+            };
+            let vt = at(lt.vt, k * l.n_out);
+            tensors.push(HostTensor {
+                name: format!("base_model.model.{}.lora_A.weight", l.prefix),
+                shape: vec![k, l.n_in],
+                data: at(lt.ut, k * l.n_in).to_vec(),
+            });
+            tensors.push(HostTensor {
+                name: format!("base_model.model.{}.lora_B.weight", l.prefix),
+                shape: vec![l.n_out, k],
+                data: (0..l.n_out * k)
+                    .map(|i| vt[(i % k) * l.n_out + i / k])
+                    .collect(),
+            });
+            targets.push(l.prefix.clone());
+        }
+        Ok((tensors, targets))
     }
 }
 
@@ -125,6 +164,46 @@ mod tests {
                 diff <= 1e-5 * norm.max(1.0),
                 "{mode:?} {layers:?}: logits differ by {diff} (scale {norm})"
             );
+            if mode == Lora {
+                assert_adapter_rebuilds_the_merged_weights(&lowrank, 3.0 / 2.0);
+            } else {
+                assert!(lowrank.lora_adapter_tensors().is_err());
+            }
+        }
+    }
+
+    /// PEFT's formula on the adapter, in f64 loops: W = W0 + scale·Aᵀ·Bᵀ for each layer, against
+    /// the merged export.
+    fn assert_adapter_rebuilds_the_merged_weights(gpt: &Gpt<Cpu>, scale: f64) {
+        let (adapter, targets) = gpt.lora_adapter_tensors().unwrap();
+        let merged = gpt.dense_tensors().unwrap();
+        let base = gpt.to_hf_tensors(&Cpu).unwrap();
+        let find =
+            |ts: &[HostTensor], name: &str| ts.iter().find(|t| t.name == name).unwrap().clone();
+        assert_eq!(targets.len(), 8);
+        for prefix in targets {
+            let a = find(
+                &adapter,
+                &format!("base_model.model.{prefix}.lora_A.weight"),
+            );
+            let b = find(
+                &adapter,
+                &format!("base_model.model.{prefix}.lora_B.weight"),
+            );
+            let (r, n_in, n_out) = (a.shape[0], a.shape[1], b.shape[0]);
+            assert_eq!(b.shape, vec![n_out, r]);
+            let w0 = find(&base, &format!("{prefix}.lowrank_w0"));
+            let w = find(&merged, &format!("{prefix}.weight"));
+            for i in 0..n_in {
+                for o in 0..n_out {
+                    let delta: f64 = (0..r)
+                        .map(|p| a.data[p * n_in + i] as f64 * b.data[o * r + p] as f64)
+                        .sum();
+                    let want = w0.data[i * n_out + o] as f64 + scale * delta;
+                    let got = w.data[i * n_out + o] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{prefix}");
+                }
+            }
         }
     }
 }
