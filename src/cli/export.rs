@@ -38,12 +38,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.adapter {
         return adapter(&a);
     }
-    let file = a.out.join("model.safetensors");
-    ensure!(
-        a.overwrite || !file.exists(),
-        "{} exists: pass --overwrite to replace it",
-        file.display()
-    );
+    let file = fresh(&a, "model.safetensors")?;
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
     // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
     let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
@@ -70,6 +65,17 @@ pub fn run(a: Args) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// `--out`'s file `name`, which must not exist yet unless --overwrite.
+fn fresh(a: &Args, name: &str) -> Result<PathBuf> {
+    let file = a.out.join(name);
+    ensure!(
+        a.overwrite || !file.exists(),
+        "{} exists: pass --overwrite to replace it",
+        file.display()
+    );
+    Ok(file)
 }
 
 /// transformers' GPT2Config for this shape: GPT-2's tanh GELU, LayerNorm ε 1e-5, tied head,
@@ -109,12 +115,7 @@ fn adapter(a: &Args) -> Result<()> {
         !lr.lora_embeddings,
         "--adapter: this LoRA run trained its embeddings too, which an adapter of factors leaves out; export the merged model (without --adapter)"
     );
-    let file = a.out.join("adapter_model.safetensors");
-    ensure!(
-        a.overwrite || !file.exists(),
-        "{} exists: pass --overwrite to replace it",
-        file.display()
-    );
+    let file = fresh(a, "adapter_model.safetensors")?;
     let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
     let (tensors, targets) = model.lora_adapter_tensors()?;
     let r = lr.rank_init;
