@@ -65,8 +65,9 @@ pub struct AdamWOptimizer<B: Backend> {
     v: B::Buf,
     /// The trained groups, each with the offset of its moments in `m` and `v`.
     slots: Vec<Slot>,
-    /// Parameters the groups tile; moments held.
+    /// Parameters the groups tile.
     params: usize,
+    /// Moments held: the trained groups' lengths summed.
     state_len: usize,
     /// Optimiser steps taken so far (bias correction uses step + 1).
     pub step: u32,
