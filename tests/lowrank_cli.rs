@@ -140,14 +140,11 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
     // Its factors alone as a PEFT adapter: 8 MLP layers at r = 2 with α = 4 (2r by default); a
     // dense run has none.
     let adapter = lora.join("adapter");
-    let args = [
-        "export",
-        "--ckpt",
-        lora.to_str().unwrap(),
-        "--adapter",
-        "--out",
-    ];
-    let o = lowrank(&[&args[..], &[adapter.to_str().unwrap()]].concat());
+    let export_adapter = |run: &Path| {
+        let (run, out) = (run.to_str().unwrap(), adapter.to_str().unwrap());
+        lowrank(&["export", "--ckpt", run, "--adapter", "--out", out])
+    };
+    let o = export_adapter(&lora);
     assert!(o.status.success(), "{}", text(&o));
     let config = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
     let peft: serde_json::Value = serde_json::from_str(&config).unwrap();
@@ -159,14 +156,7 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         "{config}"
     );
     assert!(adapter.join("adapter_model.safetensors").is_file());
-    let args = [
-        "export",
-        "--ckpt",
-        base.to_str().unwrap(),
-        "--adapter",
-        "--out",
-    ];
-    let o = lowrank(&[&args[..], &[adapter.to_str().unwrap()]].concat());
+    let o = export_adapter(&base);
     assert!(
         !o.status.success() && text(&o).contains("not a LoRA run"),
         "{}",

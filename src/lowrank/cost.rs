@@ -120,13 +120,8 @@ mod tests {
         let layers = plan(&cfg, &model).unwrap();
         assert_eq!(layers.len(), 8);
         let live = vec![LiveRank { rank: 8, width: 8 }; layers.len()];
-        let c = cost(
-            &model,
-            64,
-            &layers,
-            &live,
-            Trained::Lora { embeddings: false },
-        );
+        let lora = |embeddings| cost(&model, 64, &layers, &live, Trained::Lora { embeddings });
+        let c = lora(false);
         // 8 MLP matrices 128×512 with factors of 8·(128 + 512) = 5120 parameters each.
         assert_eq!(c.params, 8 * 5120);
         // Per token, every matrix (4 blocks of 12·128² and the 128 × padded-vocab head) costs 2
@@ -138,13 +133,7 @@ mod tests {
             + 8.0 * 6.0 * 5120.0;
         assert!((c.flops_per_token - want).abs() < 1e-9 * want);
         // With the embeddings: their 128·(50257 + 128) parameters and the head's weight gradient.
-        let c = cost(
-            &model,
-            64,
-            &layers,
-            &live,
-            Trained::Lora { embeddings: true },
-        );
+        let c = lora(true);
         assert_eq!(c.params, 8 * 5120 + 128 * (50257 + 128));
         let want = want + 2.0 * head;
         assert!((c.flops_per_token - want).abs() < 1e-9 * want);

@@ -142,12 +142,15 @@ mod tests {
     #[test]
     fn greedy_generation_matches_unpadded_forwards_of_each_context() {
         let (cfg, window) = (micro(), 4);
-        let mut model = Gpt::new(&Cpu, cfg, 1, window, 5).unwrap();
-        // Large weights make the argmax depend on the whole context.
-        let n = model.layout().len();
-        let big = Rng::new(9).normal_vec(n, 0.5);
-        Cpu.upload(&big, model.params_mut().all_mut()).unwrap();
-        model.refresh_compute_copy(&Cpu).unwrap();
+        // Large weights, the same in every model, make the argmax depend on the whole context.
+        let big = Rng::new(9).normal_vec(Gpt::new(&Cpu, cfg, 1, 1, 5).unwrap().layout().len(), 0.5);
+        let model_for = |batch, seq| {
+            let mut m = Gpt::new(&Cpu, cfg, batch, seq, 5).unwrap();
+            Cpu.upload(&big, m.params_mut().all_mut()).unwrap();
+            m.refresh_compute_copy(&Cpu).unwrap();
+            m
+        };
+        let mut model = model_for(1, window);
         let prompt = random_tokens(2, cfg.vocab_size, 3);
         let greedy = Sampling {
             temperature: 0.0,
@@ -176,9 +179,7 @@ mod tests {
         let mut tokens = prompt.clone();
         for &got in &out {
             let context = &tokens[tokens.len().saturating_sub(window)..];
-            let mut exact = Gpt::new(&Cpu, cfg, 1, context.len(), 5).unwrap();
-            Cpu.upload(&big, exact.params_mut().all_mut()).unwrap();
-            exact.refresh_compute_copy(&Cpu).unwrap();
+            let mut exact = model_for(1, context.len());
             exact.forward(&Cpu, context, None).unwrap();
             let all = Cpu.download(exact.logits()).unwrap();
             let last = &all[(context.len() - 1) * cfg.padded_vocab..][..cfg.vocab_size];
@@ -189,9 +190,7 @@ mod tests {
             tokens.push(got);
         }
         // A model built for a batch generates in its first row: the same tokens.
-        let mut batched = Gpt::new(&Cpu, cfg, 3, window, 5).unwrap();
-        Cpu.upload(&big, batched.params_mut().all_mut()).unwrap();
-        batched.refresh_compute_copy(&Cpu).unwrap();
+        let mut batched = model_for(3, window);
         let rows = generate(
             &Cpu,
             &mut batched,
