@@ -1,12 +1,13 @@
 //! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
-//! a LoRA run's checkpoint evaluates, a LoRA base of another shape is refused, and an
-//! efficient-InRank run logs its ranks.
+//! a LoRA run's checkpoint evaluates (and holds its factors alone), a LoRA base of another shape is
+//! refused, and an efficient-InRank run logs its ranks.
 
 mod common;
 
 use common::{lowrank, text, tmp};
+use lowrank::train::tensor_file;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 const SMALL: [&str; 8] = [
     "--batch",
@@ -250,6 +251,94 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         "{last}"
     );
     for d in [base, lora, eff] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// A LoRA checkpoint holds its trained tensors alone, as a PEFT adapter does, and reads its base
+/// again from the absolute path the run recorded; a base that moved or changed is named in the
+/// error, never silently replaced.
+#[test]
+fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
+    let (base, other, lora) = (tmp("lean-base"), tmp("lean-other"), tmp("lean-lora"));
+    assert!(train(&base, &["--steps", "2"]).status.success());
+    assert!(train(&other, &["--steps", "2", "--seed", "7"])
+        .status
+        .success());
+    // --lora-base given relative to another working directory than the later commands'.
+    let o = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .current_dir(base.parent().unwrap())
+        .args(["train", "--out", lora.to_str().unwrap()])
+        .args(SMALL)
+        .args(["--steps", "2", "--lowrank", "lora", "--rank-init", "2"])
+        .args(["--lora-base", base.file_name().unwrap().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let latest = |run: &Path| {
+        let name = std::fs::read_to_string(run.join("latest")).unwrap();
+        run.join(name.trim()).join("model.safetensors")
+    };
+    let (tensors, meta) = tensor_file::load(&latest(&lora)).unwrap();
+    // tiny's 4 blocks × (c_fc, c_proj) × (Ut, Vt).
+    assert_eq!(tensors.len(), 16, "{:?}", meta);
+    assert!(tensors
+        .iter()
+        .all(|t| t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt")));
+    let size = |f: &Path| std::fs::metadata(f).unwrap().len();
+    assert!(
+        size(&latest(&lora)) * 100 < size(&latest(&base)),
+        "{} vs the base's {}",
+        size(&latest(&lora)),
+        size(&latest(&base))
+    );
+    let eval = |ckpt: &Path| {
+        let args = ["eval", "--ckpt", ckpt.to_str().unwrap(), "--seq", "16"];
+        lowrank(&[&args[..], &["--max-batches", "1"]].concat())
+    };
+    let o = eval(&lora);
+    assert!(o.status.success(), "{}", text(&o));
+    // The file alone cannot make a model: the error says to pass the checkpoint directory.
+    let o = eval(&latest(&lora));
+    assert!(
+        !o.status.success() && text(&o).contains("checkpoint directory"),
+        "{}",
+        text(&o)
+    );
+    // The base moved: named in the error.
+    let moved = tmp("lean-base-moved");
+    std::fs::rename(&base, &moved).unwrap();
+    let o = eval(&lora);
+    assert!(
+        !o.status.success() && text(&o).contains("cannot load the LoRA base"),
+        "{}",
+        text(&o)
+    );
+    // Another model in its place: refused by eval and by a resume alike.
+    std::fs::rename(&other, &base).unwrap();
+    let o = eval(&lora);
+    assert!(
+        !o.status.success() && text(&o).contains("not the one this run was trained on"),
+        "{}",
+        text(&o)
+    );
+    let (run, at) = (lora.to_str().unwrap(), base.to_str().unwrap());
+    let resume = [
+        &["--steps", "3", "--lowrank", "lora", "--rank-init", "2"][..],
+        &["--lora-base", at, "--resume", run],
+    ];
+    let o = train(&lora, &resume.concat());
+    assert!(
+        !o.status.success() && text(&o).contains("not the one this run was trained on"),
+        "{}",
+        text(&o)
+    );
+    // The base back in place: the run resumes.
+    std::fs::remove_dir_all(&base).unwrap();
+    std::fs::rename(&moved, &base).unwrap();
+    let o = train(&lora, &resume.concat());
+    assert!(o.status.success(), "{}", text(&o));
+    for d in [base, lora] {
         std::fs::remove_dir_all(d).ok();
     }
 }

@@ -2,6 +2,7 @@
 //! built into the binary).
 
 use crate::backend::{cpu::Cpu, cuda::Cuda};
+use crate::lowrank::config::absolute_path;
 use crate::lowrank::dlra::FreshMoment;
 use crate::lowrank::{
     DlraRule, LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport,
@@ -144,7 +145,8 @@ pub struct LowRankArgs {
     #[arg(long, value_enum, default_value_t = LowRankInit::Random)]
     lowrank_init: LowRankInit,
     /// LoRA's frozen base: a run or checkpoint directory, a Hugging Face GPT-2 model directory, or
-    /// a GPT-2 safetensors file
+    /// a GPT-2 safetensors file. The run's checkpoints hold the trained tensors alone and read the
+    /// base again from this path (recorded absolute), so leave it in place
     #[arg(long, value_name = "CKPT")]
     lora_base: Option<String>,
     /// LoRA's α: the update is scaled by α/r [default: 2r]
@@ -211,7 +213,7 @@ impl LowRankArgs {
             stage1_steps: self.stage1_steps,
             moment_transport: self.moment_transport,
             init: self.lowrank_init,
-            lora_base: self.lora_base.clone(),
+            lora_base: self.lora_base.as_deref().map(absolute_path),
             lora_alpha: self.lora_alpha,
             lora_embeddings: self.lora_embeddings,
             rank_log_every,

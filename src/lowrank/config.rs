@@ -86,7 +86,8 @@ pub struct LowRankConfig {
     pub stage1_steps: u32,
     pub moment_transport: MomentTransport,
     pub init: LowRankInit,
-    /// LoRA's frozen base: a run or checkpoint directory, or a safetensors file.
+    /// LoRA's frozen base: a run or checkpoint directory, a Hugging Face model directory or a
+    /// safetensors file, as an absolute path (the run's checkpoints read it again).
     pub lora_base: Option<String>,
     /// LoRA's α (scaling α/r); default 2r.
     pub lora_alpha: Option<f32>,
@@ -283,7 +284,11 @@ impl LowRankConfig {
                 self.moment_transport != saved.moment_transport,
             ),
             ("--lowrank-init", self.init != saved.init),
-            ("--lora-base", self.lora_base != saved.lora_base),
+            (
+                "--lora-base",
+                self.lora_base.as_deref().map(absolute_path)
+                    != saved.lora_base.as_deref().map(absolute_path),
+            ),
             ("--lora-alpha", self.lora_alpha != saved.lora_alpha),
             (
                 "--lora-embeddings",
@@ -305,6 +310,12 @@ impl LowRankConfig {
         ];
         pairs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect()
     }
+}
+
+/// `path` made absolute against the working directory (not resolved further), so that a path
+/// recorded by one command still names the same file when another runs elsewhere.
+pub fn absolute_path(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
 }
 
 #[cfg(test)]

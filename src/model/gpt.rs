@@ -268,6 +268,9 @@ impl<B: Backend> Gpt<B> {
                 SpanRole::Factor | SpanRole::Basis => true,
             }
     }
+    pub fn trained(&self) -> Trained {
+        self.trained
+    }
     pub fn config(&self) -> &GptConfig {
         &self.config
     }

@@ -90,6 +90,20 @@ impl<B: Backend> Gpt<B> {
             .collect())
     }
 
+    /// What a checkpoint stores: every parameter, except in LoRA, whose checkpoint holds its
+    /// trained tensors alone (the factors, and the embeddings with --lora-embeddings), as a PEFT
+    /// adapter does; `lora_checkpoint_tensors` completes them from the base again.
+    pub fn checkpoint_tensors(&self, b: &B) -> Result<Vec<HostTensor>> {
+        let all = self.to_hf_tensors(b)?;
+        Ok(match self.trained().base() {
+            true => all,
+            false => (all.into_iter().enumerate())
+                .filter(|(i, _)| self.has_gradient(*i))
+                .map(|(_, t)| t)
+                .collect(),
+        })
+    }
+
     /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
     /// Every parameter must be present with its HF shape.
     pub fn load_hf_tensors(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
@@ -237,6 +251,9 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
     };
     if path.is_file() {
         let (tensors, meta) = tensor_file::load(path)?;
+        if let Some(base) = meta.get(checkpoint::LORA_BASE_KEY) {
+            bail!("{} holds a LoRA run's trained tensors alone, without its base {base}: pass its checkpoint directory, whose state.json says how to complete them", path.display());
+        }
         let preset = meta.get("lowrank_model").cloned();
         let config = match &preset {
             Some(name) => GptConfig::preset(name)?,
@@ -252,13 +269,63 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
         });
     }
     let ck = checkpoint::load(path)?;
+    let lowrank = ck.state.config.lowrank;
+    let tensors = match (&ck.state.lora_base_fingerprint, &lowrank.lora_base) {
+        (Some(recorded), Some(base)) => {
+            let (base_tensors, fingerprint) = load_lora_base(base)?;
+            complete_lora(ck.model, base_tensors, base, &fingerprint, recorded)?
+        }
+        _ => ck.model,
+    };
     Ok(ModelCheckpoint {
         preset: Some(ck.state.config.model.clone()),
         config: GptConfig::preset(&ck.state.config.model)?,
-        lowrank: ck.state.config.lowrank,
+        lowrank,
         ranks: ck.state.ranks,
-        tensors: ck.model,
+        tensors,
     })
+}
+
+/// A LoRA run's base tensors, read from `path` (a run or checkpoint directory, a Hugging Face
+/// model directory or a safetensors file), and their fingerprint.
+pub fn load_lora_base(path: &str) -> Result<(Vec<HostTensor>, String)> {
+    let (_, tensors) = load_checkpoint(Path::new(path))
+        .with_context(|| format!("cannot load the LoRA base {path}"))?;
+    let fingerprint = tensor_file::fingerprint(&tensors);
+    Ok((tensors, fingerprint))
+}
+
+/// A whole LoRA model's tensors from a checkpoint's trained tensors and the base's: each low-rank
+/// layer's W0 is the base's `{prefix}.weight`, and every other tensor the base's unless the
+/// checkpoint holds it (the embeddings with --lora-embeddings). The base must be the very one the
+/// run was trained on: its fingerprint must be the recorded one.
+pub fn complete_lora(
+    trained: Vec<HostTensor>,
+    base: Vec<HostTensor>,
+    base_path: &str,
+    fingerprint: &str,
+    recorded: &str,
+) -> Result<Vec<HostTensor>> {
+    ensure!(
+        fingerprint == recorded,
+        "the LoRA base {base_path} is not the one this run was trained on (its tensors' fingerprint is {fingerprint}, the run recorded {recorded}): a LoRA checkpoint holds its trained tensors alone, so it needs that very base; put it back at that path"
+    );
+    let factored: Vec<&str> = (trained.iter())
+        .filter_map(|t| canonical(&t.name).strip_suffix(".lowrank_ut"))
+        .collect();
+    let held: Vec<&str> = trained.iter().map(|t| canonical(&t.name)).collect();
+    let mut whole: Vec<HostTensor> = (base.into_iter())
+        .filter(|t| !held.contains(&canonical(&t.name)))
+        .map(|t| match canonical(&t.name).strip_suffix(".weight") {
+            Some(prefix) if factored.contains(&prefix) => HostTensor {
+                name: format!("{prefix}.lowrank_w0"),
+                ..t
+            },
+            _ => t,
+        })
+        .collect();
+    whole.extend(trained);
+    Ok(whole)
 }
 
 impl<B: Backend> Gpt<B> {

@@ -1,4 +1,5 @@
-//! Checkpoints: DIR/checkpoint-NNNNNNN/ holds model.safetensors (Hugging Face GPT-2 names),
+//! Checkpoints: DIR/checkpoint-NNNNNNN/ holds model.safetensors (Hugging Face GPT-2 names; a LoRA
+//! run's holds its trained tensors alone, its base staying where `--lora-base` named it),
 //! optimizer.safetensors (AdamW moments) and state.json (step, loader position, config). Each file
 //! is written atomically, the directory is complete before DIR/latest is switched to it, and only
 //! then is the previous checkpoint removed: an interruption at any point leaves a loadable one.
@@ -26,7 +27,15 @@ pub struct TrainState {
     /// Live ranks of the low-rank layers and whether stage 2 has truncated them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranks: Option<RankState>,
+    /// Set when model.safetensors holds a LoRA run's trained tensors alone: the frozen base is
+    /// read again from `config.lowrank.lora_base`, whose tensors must still have this fingerprint
+    /// (`tensor_file::fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_base_fingerprint: Option<String>,
 }
+
+/// model.safetensors' metadata key naming the base a LoRA checkpoint's tensors complete.
+pub const LORA_BASE_KEY: &str = "lowrank_lora_base";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RankState {
@@ -54,10 +63,16 @@ pub fn save(
     let name = format!("checkpoint-{:07}", state.step);
     let dir = run_dir.join(&name);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("lowrank_model".to_string(), state.config.model.clone()),
     ]);
+    if let (Some(_), Some(base)) = (
+        &state.lora_base_fingerprint,
+        &state.config.lowrank.lora_base,
+    ) {
+        meta.insert(LORA_BASE_KEY.to_string(), base.clone());
+    }
     tensor_file::save(&dir.join("model.safetensors"), model, meta)?;
     let moments = [
         HostTensor {

@@ -12,7 +12,7 @@ use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_T
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::generate::{generate, Sampling};
-use crate::model::hf::load_checkpoint;
+use crate::model::hf::{complete_lora, load_checkpoint, load_lora_base};
 use crate::model::Trained;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
@@ -96,7 +96,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let gpt_config = GptConfig::preset(&cfg.model)?;
     // Capacities first: a rank that does not fit is refused before anything is written.
     crate::lowrank::layer::plan(&cfg.lowrank, &gpt_config)?;
-    let resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
+    let mut resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
     if let Some(ck) = &resume {
         if let Some(diff) = cfg.resume_mismatch(&ck.state.config) {
             bail!("cannot resume from {}: it was trained with different {diff}; pass the same settings or start a new run", ck.dir.display());
@@ -125,10 +125,15 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         &opts.out.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
-    if let (Some(base), None) = (&cfg.lowrank.lora_base, &resume) {
-        let (_, tensors) = load_checkpoint(Path::new(base))
-            .with_context(|| format!("cannot load --lora-base {base}"))?;
-        model.load_lora_base(b, &tensors)?;
+    // LoRA's base: loaded into a fresh run; a resumed run's checkpoint holds the trained tensors
+    // alone, which the base completes. Its fingerprint goes into every checkpoint.
+    let mut lora_base = None;
+    if let Some(path) = &cfg.lowrank.lora_base {
+        let (tensors, fingerprint) = load_lora_base(path)?;
+        if resume.is_none() {
+            model.load_lora_base(b, &tensors)?;
+        }
+        lora_base = Some((path, tensors, fingerprint));
     }
     if let Some(init) = &cfg.init_from {
         let (_, tensors) = load_checkpoint(Path::new(init))
@@ -156,8 +161,15 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     };
     let mut loader = Loader::new(&train_set, shape, cfg.seed)?;
     let (mut step, mut tokens) = (0u32, 0u64);
-    if let Some(ck) = &resume {
-        model.load_hf_tensors(b, &ck.model)?;
+    if let Some(ck) = &mut resume {
+        let saved = std::mem::take(&mut ck.model);
+        let tensors = match (&ck.state.lora_base_fingerprint, lora_base.as_mut()) {
+            (Some(recorded), Some((path, base, fingerprint))) => {
+                complete_lora(saved, std::mem::take(base), path, fingerprint, recorded)?
+            }
+            _ => saved,
+        };
+        model.load_hf_tensors(b, &tensors)?;
         RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
         opt.load_state(b, &ck.m, &ck.v)
             .with_context(|| format!("resuming from {}", ck.dir.display()))?;
@@ -165,6 +177,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         loader.restore(&ck.state.loader)?;
         (step, tokens) = (ck.state.step, ck.state.tokens);
     }
+    let lora_fingerprint = lora_base.map(|(_, _, fingerprint)| fingerprint);
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
@@ -299,10 +312,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 loader: loader.position(),
                 config: cfg.clone(),
                 ranks: RankSchedule::state(&model),
+                lora_base_fingerprint: lora_fingerprint.clone(),
             };
             let dir = checkpoint::save(
                 &opts.out,
-                &model.to_hf_tensors(b)?,
+                &model.checkpoint_tensors(b)?,
                 b.download(opt.state()[0])?,
                 b.download(opt.state()[1])?,
                 &state,

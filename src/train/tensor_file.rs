@@ -102,6 +102,25 @@ pub fn load(path: &Path) -> Result<(Vec<HostTensor>, HashMap<String, String>)> {
     Ok((tensors, metadata))
 }
 
+/// A 64-bit fingerprint of tensors' names, shapes and values (FNV-1a over each tensor, then over
+/// the tensors' hashes in order), as 16 hex digits: tells whether a file still holds the tensors a
+/// run was built on. Not cryptographic: it guards against mistakes, not adversaries.
+pub fn fingerprint(tensors: &[HostTensor]) -> String {
+    use rayon::prelude::*;
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(PRIME);
+    let hashes: Vec<u64> = tensors
+        .par_iter()
+        .map(|t| {
+            let mut h = t.name.bytes().fold(OFFSET, |h, b| mix(h, b.into()));
+            h = t.shape.iter().fold(mix(h, 0xff), |h, &d| mix(h, d as u64));
+            t.data.iter().fold(h, |h, x| mix(h, x.to_bits().into()))
+        })
+        .collect();
+    format!("{:016x}", hashes.into_iter().fold(OFFSET, mix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +157,37 @@ mod tests {
         let e = load(&p).unwrap_err();
         assert!(format!("{e:#}").contains("not a safetensors file"), "{e:#}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_name_shape_or_value_bit() {
+        let t = |name: &str, shape: Vec<usize>, data: Vec<f32>| HostTensor {
+            name: name.into(),
+            shape,
+            data,
+        };
+        let base = vec![
+            t("a", vec![2, 2], vec![1.0, 2.0, 3.0, 0.0]),
+            t("b", vec![1], vec![5.0]),
+        ];
+        let same = fingerprint(&base.clone());
+        assert_eq!(fingerprint(&base), same);
+        assert_eq!(same.len(), 16);
+        let variants = [
+            vec![
+                t("a", vec![2, 2], vec![1.0, 2.0, 3.0, -0.0]),
+                base[1].clone(),
+            ],
+            vec![t("a", vec![4], vec![1.0, 2.0, 3.0, 0.0]), base[1].clone()],
+            vec![
+                t("c", vec![2, 2], vec![1.0, 2.0, 3.0, 0.0]),
+                base[1].clone(),
+            ],
+            vec![base[1].clone(), base[0].clone()],
+            vec![base[0].clone()],
+        ];
+        for v in variants {
+            assert_ne!(fingerprint(&v), same, "{v:?}");
+        }
     }
 }
