@@ -25,7 +25,7 @@ __device__ __forceinline__ float block_sum(float v) {
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     const int warps = (blockDim.x + 31) / 32;
-    v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0f;
+    v = (lane < warps) ? partial[lane] : 0.0f;  // every warp reads the partials
     v = warp_sum(v);
     __syncthreads();  // partial[] may be reused by a following call
     return v;
@@ -39,7 +39,7 @@ __device__ __forceinline__ float block_max(float v) {
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     const int warps = (blockDim.x + 31) / 32;
-    v = (threadIdx.x < warps) ? partial[threadIdx.x] : -INFINITY;
+    v = (lane < warps) ? partial[lane] : -INFINITY;
     for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
     __syncthreads();
     return v;

@@ -3,7 +3,7 @@
 // whose K loop runs over up to TWO operand segments, so [x | t]·[W0 ; Vt[:k]] + b (forward) and
 // [dy | s]·[W0ᵀ ; Ut[:k]] (backward dx) are each ONE kernel with one rounding of the output.
 // Plus the deterministic column sum behind the bias gradient, and the bias broadcast used by the
-// cuBLASLt fallback. Launchers: src/backend/cuda/lowrank_linear.rs.
+// cuBLASLt fallback. Launchers: src/backend/cuda/lowrank_linear/.
 #include "seg_gemm.cuh"
 
 // ---------------------------------------------------------------------------------------------

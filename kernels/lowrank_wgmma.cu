@@ -200,7 +200,10 @@ __device__ __forceinline__ void seg_gemm_wgmma(const SegGemmParams& p) {
 }
 #define WGMMA_BODY(NT0, NT1, OutT) seg_gemm_wgmma<NT0, NT1, OutT>(p);
 #else
-#define WGMMA_BODY(NT0, NT1, OutT)
+// Never launched off sm_90a (the launcher picks wgmma on compute capability 9 only, whose driver
+// loads the sm_90a cubin); should the PTX ever be JIT-compiled there, fail loudly rather than
+// leave y or dx unwritten.
+#define WGMMA_BODY(NT0, NT1, OutT) __trap();
 #endif
 
 // Entry points, as in lowrank_linear.cu: y = [x | t]·[W0 ; Vt] (both NN), dx = [dy | s]·[W0ᵀ ; Ut]

@@ -10,7 +10,8 @@ typedef __nv_bfloat16 bf16;
 // Segment s multiplies A_s (m × k[s], row-major, row stride lda[s]) by B_s, stored k[s] × N ("NN") or
 // N × k[s] ("NT", i.e. Bᵀ row-major), row stride ldb[s]; a segment with k[s] = 0 is skipped.
 // Requirements checked by the launcher: every row stride and the A segments' k[s] rounded up to 8
-// lie in the buffer (16-byte cp.async chunks), pointers 16-byte aligned, n_valid and n_store even.
+// lie in the buffer (16-byte cp.async chunks), pointers 16-byte aligned, n_valid and n_store even,
+// and n_valid a multiple of 8 where a B segment is NN (a chunk is predicated by where it starts).
 struct SegGemmParams {
     const bf16* a[2];
     const bf16* b[2];

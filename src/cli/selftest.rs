@@ -20,9 +20,21 @@ pub struct Args {
     /// Run only cases whose op name contains this text
     #[arg(long)]
     filter: Option<String>,
+    /// Leave out cases whose op name contains this text (`--skip lowrank` after a
+    /// `--filter lowrank` run)
+    #[arg(long)]
+    skip: Option<String>,
     /// Start at this case index (the fresh process after a lost context)
     #[arg(long, default_value_t = 0, hide = true)]
     first: usize,
+}
+
+impl Args {
+    /// Whether the case of this op runs: it contains --filter (if given) and not --skip.
+    fn selects(&self, op: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| op.contains(f.as_str()))
+            && self.skip.as_ref().is_none_or(|s| !op.contains(s.as_str()))
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,11 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut gpu = Some(gpu);
     let cases = all_cases();
     for (i, case) in cases.iter().enumerate().skip(args.first) {
-        if args
-            .filter
-            .as_ref()
-            .is_some_and(|f| !case.op().contains(f.as_str()))
-        {
+        if !args.selects(&case.op()) {
             continue;
         }
         let Some(dev) = gpu.as_ref() else { break };
@@ -125,6 +133,9 @@ fn rest_in_fresh_process(args: &Args, first: usize) -> Result<Vec<Outcome>> {
     if let Some(f) = &args.filter {
         cmd.arg("--filter").arg(f);
     }
+    if let Some(f) = &args.skip {
+        cmd.arg("--skip").arg(f);
+    }
     let status = cmd
         .status()
         .context("cannot start a fresh selftest process")?;
@@ -149,4 +160,32 @@ fn write_json(args: &Args, device: &serde_json::Value, outcomes: &[Outcome]) -> 
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn filter_and_skip_select_cases_by_op_name() {
+        let selects = |flags: &[&str], op: &str| {
+            let f = Flags::try_parse_from([&["selftest"], flags].concat()).unwrap();
+            f.args.selects(op)
+        };
+        assert!(selects(&[], "lowrank_y_w0_b_bf16"));
+        assert!(selects(&["--filter", "lowrank"], "lowrank_y_w0_b_bf16"));
+        assert!(!selects(&["--filter", "lowrank"], "layernorm_forward_bf16"));
+        assert!(!selects(&["--skip", "lowrank"], "lowrank_dx_bf16"));
+        assert!(selects(&["--skip", "lowrank"], "layernorm_forward_bf16"));
+        let both = ["--filter", "lowrank", "--skip", "_f32"];
+        assert!(selects(&both, "lowrank_dx_bf16"));
+        assert!(!selects(&both, "lowrank_dx_f32"));
+    }
 }

@@ -10,10 +10,12 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 /// blocks resident per SM, as llm.c uses.
 pub const BLOCK: u32 = 512;
 
-/// One thread per element, `BLOCK` per block.
+/// One thread per element, `BLOCK` per block. The block count is taken before narrowing to u32:
+/// GPT-2's logits at B = 64 are 3.3e9 elements, and 2³¹ − 1 blocks (the grid's x limit) cover
+/// 1.1e12; the kernels index in 64 bits.
 pub fn grid_for(n: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
+        grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }

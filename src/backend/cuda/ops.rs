@@ -145,7 +145,7 @@ pub fn sum_squares(cuda: &Cuda, x: Ref<CudaBuf>) -> Result<f64> {
     if n == 0 {
         return Ok(0.0);
     }
-    let blocks = REDUCE_BLOCKS.min((n as u32).div_ceil(BLOCK));
+    let blocks = (REDUCE_BLOCKS as usize).min(n.div_ceil(BLOCK as usize)) as u32;
     let partials = cuda.stream.alloc_zeros::<f32>(blocks as usize)?;
     let f = cuda.modules.function(
         "reduce",
@@ -188,7 +188,7 @@ pub fn column_chunks(rows: usize) -> usize {
 pub fn column_grid(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
-            (cols as u32).div_ceil(COLUMN_BLOCK),
+            (cols as u32).div_ceil(COLUMN_BLOCK).max(1),
             column_chunks(rows) as u32,
             1,
         ),
@@ -208,7 +208,7 @@ pub fn sum_partials(
     let f = cuda.modules.function("reduce", "sum_partials_f32")?;
     let (nch, nc) = (chunks as i32, cols as i32);
     let cfg = LaunchConfig {
-        grid_dim: ((cols as u32).div_ceil(COLUMN_BLOCK), 1, 1),
+        grid_dim: ((cols as u32).div_ceil(COLUMN_BLOCK).max(1), 1, 1),
         block_dim: (COLUMN_BLOCK, 1, 1),
         shared_mem_bytes: 0,
     };

@@ -127,7 +127,7 @@ const COLSUM_SMEM: u32 = 2 * 8 * 32 * 4;
 
 /// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
 /// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Role {
     Y,
     Dx,
@@ -201,6 +201,13 @@ fn launch_seg_gemm(
     out: &Output,
     colsum: Option<u64>,
 ) -> Result<()> {
+    // y and dx read a B segment N-major ("NN"), whose 16-byte chunks are predicated by where they
+    // start: a row must end on a chunk boundary (fused_fits sends other widths to cuBLASLt).
+    ensure!(
+        role == Role::Project || out.n_valid.is_multiple_of(8),
+        "fused low-rank {role:?}: {} output columns are not a multiple of 8",
+        out.n_valid
+    );
     let mut tile = pick_tile(cuda, role, out.m, out.n_store);
     let k_tiles: usize = segs.iter().flatten().map(|s| s.k.div_ceil(BK)).sum();
     let splits = if role == Role::Project {
