@@ -79,12 +79,15 @@ step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --f
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
 step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --profile-steps 5:6 --out "$out/train-smoke"
+# The same run on the CPU in the GPU's precision: the validation losses must agree to rounding.
+step train-smoke-cpu-bf16 "$bin" train --device cpu-bf16 --steps 30 --eval-every 10 --out "$out/train-smoke-cpu-bf16"
+step train-vs-cpu-bf16 python3 "$root/scripts/compare-runs.py" "$out/train-smoke" "$out/train-smoke-cpu-bf16"
 # The low-rank runtime on the GPU: rank growth (efficient InRank, fused layer), the compressed
 # deep linear blocks (trained middle factor) and DLRA (windows of 3: augmentation, frozen bases,
 # truncation by τ), a few steps each.
 step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --steps 30 --warmup 5 --eval-every 10 --rank-log-every 5 --out "$out/train-smoke-efficient"
 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
-step train-smoke-dlra "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
+step train-smoke-dlra "$bin" train --device cuda --check-compute-copy --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
 step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
 # LoRA over the smoke run's checkpoint: the backward forms only the factors' gradients (and the
 # embeddings' with --lora-embeddings); then a sample and an export of it.
@@ -122,6 +125,6 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows, ranks 128 and 256.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
-cat "$out/targets.log" "$out/targets-mma.log" 2>/dev/null
+cat "$out/targets.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^op ' "$out/peer.log" | head -20
 exit $status

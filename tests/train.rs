@@ -145,6 +145,104 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     );
 }
 
+/// `--device cpu-bf16` runs the program the CUDA backend runs (bf16 weights and activations, f32
+/// master weights): every method trains there with its compute copy current before and after
+/// every step (growth, truncation, DLRA's basis changes, LoRA's base, a resume), and a dense run's
+/// validation losses follow the f32 reference's to bf16's precision.
+#[test]
+fn every_method_trains_in_bf16_with_a_current_compute_copy() {
+    let base = tmp("bf16-lora-base");
+    assert!(train(&base, &["--steps", "2"]).status.success());
+    let checked = |dir: &Path, extra: &[&str]| {
+        let args = [
+            "--device",
+            "cpu-bf16",
+            "--check-compute-copy",
+            "--steps",
+            "12",
+        ];
+        let o = train(dir, &[&args[..], extra].concat());
+        assert!(o.status.success(), "{}: {}", dir.display(), text(&o));
+    };
+    let growth = [
+        "--rank-warmup",
+        "2",
+        "--rank-gap",
+        "2",
+        "--stage1-steps",
+        "6",
+    ];
+    let lora = [
+        "--lowrank",
+        "lora",
+        "--lowrank-layers",
+        "all",
+        "--rank-init",
+        "4",
+    ];
+    let dlra = ["--lowrank", "dlra", "--rank-init", "8"];
+    let runs: [(&str, Vec<&str>); 7] = [
+        (
+            "efficient",
+            [&["--lowrank", "efficient"][..], &growth].concat(),
+        ),
+        ("inrank", [&["--lowrank", "inrank"][..], &growth].concat()),
+        (
+            "lora",
+            [
+                &lora[..],
+                &["--lora-embeddings", "--lora-base"],
+                &[base.to_str().unwrap()],
+            ]
+            .concat(),
+        ),
+        ("dln", vec!["--mlp-dln", "--rank-init", "8"]),
+        (
+            "dlra",
+            [&dlra[..], &["--dlra-window", "3", "--dlra-tau", "0.3"]].concat(),
+        ),
+        ("dlra-k1", [&dlra[..], &["--dlra-window", "1"]].concat()),
+        (
+            "dlra-hb",
+            [&dlra[..], &["--dlra-rule", "heavy-ball"]].concat(),
+        ),
+    ];
+    for (name, extra) in &runs {
+        let dir = tmp(&format!("bf16-{name}"));
+        checked(&dir, extra);
+        std::fs::remove_dir_all(dir).ok();
+    }
+    // A resume reloads the master weights mid-window: the copy must follow.
+    let dir = tmp("bf16-resume");
+    checked(&dir, &[&dlra[..], &["--stop-at", "4"]].concat());
+    checked(
+        &dir,
+        &[&dlra[..], &["--resume", dir.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(records(&dir).len(), 12);
+    std::fs::remove_dir_all(&dir).ok();
+    // Dense: bf16 rounding moves the validation losses, by little (single training batches can
+    // amplify rounding-level differences of the weights: scripts/compare-runs.py).
+    let (bf16, f32) = (tmp("bf16-dense"), tmp("bf16-dense-f32"));
+    checked(&bf16, &[]);
+    assert!(train(&f32, &["--steps", "12"]).status.success());
+    let losses = |d: &Path| -> Vec<f64> {
+        records(d)
+            .iter()
+            .filter_map(|r| r["val_loss"].as_f64())
+            .collect()
+    };
+    let (lb, lf) = (losses(&bf16), losses(&f32));
+    assert_eq!(lb.len(), 6, "evaluated every 2 steps");
+    assert!(lb != lf, "cpu-bf16 computed exactly the f32 losses: {lb:?}");
+    for (b, f) in lb.iter().zip(&lf) {
+        assert!((b - f).abs() <= 0.02 * f, "bf16 {lb:?}\nf32  {lf:?}");
+    }
+    for d in [base, bf16, f32] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
 #[test]
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
     let dir = tmp("sigint");

@@ -4,14 +4,14 @@
 //! schedule's work (growth checks, DLRA's augmentation and truncation) as `train` runs it; the
 //! mean beside the median shows what a window's edges cost.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::backend::Backend;
 use crate::cli::train::{Device, LowRankArgs};
 use crate::lowrank::LowRankConfig;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
 use crate::train::ranks::RankSchedule;
 use crate::util::rng::Rng;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -34,10 +34,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    match a.device {
-        Device::Cpu => bench(&Cpu, &a),
-        Device::Cuda => bench(&Cuda::new().context("--device cuda needs a GPU")?, &a),
-    }
+    on_device!(a.device, b => bench(b, &a))
 }
 
 fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {

@@ -1,6 +1,6 @@
 //! `lowrank eval`: loss and perplexity of a checkpoint on a split.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
 use crate::model::{hf, Gpt};
@@ -32,10 +32,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    match a.device {
-        Device::Cpu => eval(&Cpu, &a),
-        Device::Cuda => eval(&Cuda::new().context("--device cuda needs a GPU")?, &a),
-    }
+    on_device!(a.device, b => eval(b, &a))
 }
 
 fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {

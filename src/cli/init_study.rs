@@ -1,7 +1,6 @@
 //! `lowrank init-study`: function error of the spectral, function-closed and function low-rank
 //! inits per layer shape, rank and nonlinearity (SCIENCE.md §2), as a table and JSON.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda};
 use crate::cli::train::Device;
 use crate::experiments::init_study::{self, StudyConfig, StudyReport};
 use crate::lowrank::init::{Activation, FitConfig, FitStart};
@@ -97,14 +96,7 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     let mut progress = |line: String| eprintln!("{line}");
-    let report = match a.device {
-        Device::Cpu => init_study::run(&Cpu, &cfg, &mut progress)?,
-        Device::Cuda => init_study::run(
-            &Cuda::new().context("--device cuda needs a GPU")?,
-            &cfg,
-            &mut progress,
-        )?,
-    };
+    let report = on_device!(a.device, b => init_study::run(b, &cfg, &mut progress)?);
     print_report(&report);
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

@@ -1,5 +1,29 @@
 //! The command line: one file per subcommand, each with its flags (and their help) and its `run`.
 
+/// Evaluates `$body` with `$b` bound to the backend that `$device` (a `train::Device`) names; a
+/// missing GPU is an error that says so.
+macro_rules! on_device {
+    ($device:expr, $b:ident => $body:expr) => {
+        match $device {
+            $crate::cli::train::Device::Cpu => {
+                let $b = &$crate::backend::cpu::Cpu;
+                $body
+            }
+            $crate::cli::train::Device::CpuBf16 => {
+                let $b = &$crate::backend::cpu::CpuBf16;
+                $body
+            }
+            $crate::cli::train::Device::Cuda => {
+                let $b = &anyhow::Context::context(
+                    $crate::backend::cuda::Cuda::new(),
+                    "--device cuda needs a GPU",
+                )?;
+                $body
+            }
+        }
+    };
+}
+
 pub mod bench;
 pub mod bench_train;
 pub mod dln;

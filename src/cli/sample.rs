@@ -1,12 +1,12 @@
 //! `lowrank sample`: a checkpoint's model continues a prompt, printed as it is generated.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda, Backend};
+use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{tokenizer, EOT_TOKEN};
 use crate::model::generate::{generate, Sampling};
 use crate::model::{hf, Gpt};
 use crate::util::rng::Rng;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -48,10 +48,7 @@ pub fn run(a: Args) -> Result<()> {
         "--temperature must be 0 (greedy) or positive, not {}",
         a.temperature
     );
-    match a.device {
-        Device::Cpu => sample(&Cpu, &a),
-        Device::Cuda => sample(&Cuda::new().context("--device cuda needs a GPU")?, &a),
-    }
+    on_device!(a.device, b => sample(b, &a))
 }
 
 fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {

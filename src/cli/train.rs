@@ -1,7 +1,6 @@
 //! `lowrank train`: pre-train a GPT-2-class model (with no --data: the tiny model on the corpus
 //! built into the binary).
 
-use crate::backend::{cpu::Cpu, cuda::Cuda};
 use crate::lowrank::config::absolute_path;
 use crate::lowrank::dlra::FreshMoment;
 use crate::lowrank::{
@@ -95,7 +94,13 @@ pub struct Args {
     /// Tokens per --sample-every sample
     #[arg(long, default_value_t = 48)]
     sample_tokens: usize,
-    /// Backend: cpu (f32 reference) or cuda (bf16; not yet verified on a GPU)
+    /// Verify before and after every step that the compute copy of the weights (bf16 on cuda and
+    /// cpu-bf16) equals the master weights, and stop with an error naming the first stale tensor
+    /// (a debugging aid: one cast and two downloads of the weights per check)
+    #[arg(long)]
+    check_compute_copy: bool,
+    /// Backend: cpu (f32 reference), cpu-bf16 (the CPU in the GPU's precision) or cuda (bf16; not
+    /// yet verified on a GPU)
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     #[command(flatten)]
@@ -230,7 +235,12 @@ impl LowRankArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum Device {
+    /// The f32 reference
     Cpu,
+    /// The CPU in the CUDA backend's precision: bf16 weights and activations, f32 master weights,
+    /// gradients and optimiser state (previews a GPU run's numerics)
+    CpuBf16,
+    /// The GPU: bf16 compute (not yet verified on a GPU)
     Cuda,
 }
 
@@ -284,15 +294,9 @@ pub fn run(a: Args) -> Result<()> {
             every: a.sample_every,
             tokens: a.sample_tokens,
         }),
+        check_compute_copy: a.check_compute_copy,
     };
-    let summary = match a.device {
-        Device::Cpu => train::run(&Cpu, cfg, opts)?,
-        Device::Cuda => train::run(
-            &Cuda::new().context("--device cuda needs a GPU")?,
-            cfg,
-            opts,
-        )?,
-    };
+    let summary = on_device!(a.device, b => train::run(b, cfg, opts)?);
     if !summary.interrupted {
         let val = summary
             .last_val_loss

@@ -225,6 +225,27 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
+    /// The first parameter whose compute copy is not its master weight in the compute dtype, as
+    /// (tensor name, index within it, master value, copy value); None when the copy is current
+    /// (or there is none). A stale copy means a forward on old weights.
+    pub fn stale_compute_copy(&self, b: &B) -> Result<Option<(String, usize, f32, f32)>> {
+        let Some(copy) = &self.compute_copy else {
+            return Ok(None);
+        };
+        let mut current = b.alloc(copy.dtype(), copy.len())?;
+        b.cast(self.params.all(), current.all_mut())?;
+        let (want, have) = (b.download(current.all())?, b.download(copy.all())?);
+        let Some(i) = (0..want.len()).find(|&i| want[i].to_bits() != have[i].to_bits()) else {
+            return Ok(None);
+        };
+        let t = (self.layout.tensors().iter())
+            .find(|t| (t.offset..t.offset + t.len()).contains(&i))
+            .map_or(("(padding)".to_string(), i), |t| {
+                (t.name.clone(), i - t.offset)
+            });
+        Ok(Some((t.0, t.1, want[i], have[i])))
+    }
+
     /// Logits (batch·seq × padded_vocab) of the last forward without targets; columns from
     /// vocab_size on are padding. After a forward with targets this holds the loss gradient.
     pub fn logits(&self) -> Ref<'_, B::Buf> {

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub profile: Option<CaptureWindow>,
     /// Print a sample of the model every so many steps.
     pub samples: Option<SampleEvery>,
+    /// Verify around every step that the compute copy of the weights is current (a debugging aid).
+    pub check_compute_copy: bool,
 }
 
 /// `--sample-every`: `tokens` tokens from a document's start after every `every` steps.
@@ -86,6 +88,17 @@ pub fn split_windows(
     for w in windows.chunks_exact(seq + 1).take(batch) {
         inputs.extend_from_slice(&w[..seq]);
         targets.extend_from_slice(&w[1..]);
+    }
+}
+
+/// `--check-compute-copy`: the forward reads the compute copy, so a code path that changes the
+/// master weights without refreshing it trains on stale weights, silently.
+fn ensure_current_copy<B: Backend>(b: &B, model: &Gpt<B>, when: &str) -> Result<()> {
+    match model.stale_compute_copy(b)? {
+        None => Ok(()),
+        Some((tensor, i, master, copy)) => bail!(
+            "{when}: the compute copy of {tensor}[{i}] is {copy} but its master weight is {master}: a change of the weights was not copied to the compute dtype"
+        ),
     }
 }
 
@@ -225,6 +238,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             );
         }
         ranks.before_step(b, &mut model, &mut opt, step + 1)?;
+        if opts.check_compute_copy {
+            ensure_current_copy(b, &model, &format!("before step {}", step + 1))?;
+        }
         let lr = schedule.lr(step + 1);
         let bufs = model.optimizer_buffers();
         let optimizer = profile::range(|| "optimizer".into());
@@ -234,6 +250,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         step += 1;
         let rank_range = profile::range(|| "ranks".into());
         let events = ranks.after_step(b, &mut model, &mut opt, step)?;
+        if opts.check_compute_copy {
+            ensure_current_copy(b, &model, &format!("after step {step}"))?;
+        }
         b.synchronize()?;
         drop(rank_range);
         for c in &events.changes {

@@ -66,18 +66,37 @@ impl Mut<'_, CpuBuf> {
     }
 }
 
-/// The CPU backend. Stateless: threads come from rayon's global pool.
+/// The CPU backend, computing in f32 (`Cpu`) or, as the CUDA backend does, with bf16 weights and
+/// activations around f32 master weights, gradients and optimiser state (`CpuBf16`: every op
+/// rounds its bf16 outputs once, as the kernels do, so a run previews the GPU's numerics and
+/// exercises the model's compute-copy paths without a GPU). Stateless: threads come from rayon's
+/// global pool.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+pub struct CpuAt<const BF16: bool>;
 
-impl Backend for Cpu {
+/// The f32 reference backend (a unit value as well as a type).
+pub type Cpu = CpuAt<false>;
+#[allow(non_upper_case_globals)]
+pub const Cpu: Cpu = CpuAt;
+
+/// The CPU backend in the CUDA backend's precision.
+pub type CpuBf16 = CpuAt<true>;
+#[allow(non_upper_case_globals)]
+pub const CpuBf16: CpuBf16 = CpuAt;
+
+impl<const BF16: bool> Backend for CpuAt<BF16> {
     type Buf = CpuBuf;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let precision = if BF16 { "-bf16" } else { "" };
+        format!("cpu{precision} ({} threads)", rayon::current_num_threads())
     }
     fn compute_dtype(&self) -> DType {
-        DType::F32
+        if BF16 {
+            DType::BF16
+        } else {
+            DType::F32
+        }
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
@@ -380,7 +399,7 @@ impl Backend for Cpu {
         t: Mut<CpuBuf>,
         y: Mut<CpuBuf>,
     ) -> Result<()> {
-        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+        lowrank_linear::forward(&Cpu, sh, x, w, bias, t, y)
     }
 
     fn lowrank_linear_backward(
@@ -394,7 +413,7 @@ impl Backend for Cpu {
         dx: Mut<CpuBuf>,
         grads: LowRankGrads<CpuBuf>,
     ) -> Result<()> {
-        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
+        lowrank_linear::backward(&Cpu, sh, x, w, t, dy, s, dx, grads)
     }
 }
 
