@@ -5,7 +5,7 @@
 //! if it is lost, the remaining cases run in a fresh process (this binary, `--first` the next
 //! case), and their results are merged: one fault hides nothing else.
 
-use crate::backend::{cpu::Cpu, cuda::Cuda, Backend, Buffer, DType};
+use crate::backend::{cpu::CpuBf16, cuda::Cuda, Backend, Buffer, DType};
 use crate::selftest::{all_cases, check, Outcome};
 use anyhow::{bail, Context, Result};
 
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
         Cuda::new().context("selftest compares CUDA ops with the CPU reference and needs a GPU")?;
     let device = serde_json::to_value(gpu.info())?;
     if args.first == 0 {
-        println!("selftest: {} against {}", gpu.name(), Cpu.name());
+        println!("selftest: {} against {}", gpu.name(), CpuBf16.name());
         println!(
             "{:<28} {:<16} {:>10} {:>8}  result",
             "op", "shape", "rel err", "bound"
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<()> {
         let o = check(
             case,
             dev,
-            &Cpu,
+            &CpuBf16,
             args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
         );
         print_outcome(&o);

@@ -12,6 +12,9 @@ pub use lowrank_cases::LowRankCase;
 #[path = "gpt_cases.rs"]
 mod gpt_cases;
 pub use gpt_cases::GptCase;
+#[path = "model_cases.rs"]
+mod model_cases;
+pub use model_cases::ModelCase;
 
 /// Bound for ops whose output is f32 and whose only difference is summation order.
 const F32_BOUND: f64 = 1e-5;
@@ -62,6 +65,8 @@ pub enum Case {
     LowRank(LowRankCase),
     /// An op of the GPT-2 step.
     Gpt(GptCase),
+    /// A whole forward and backward of the tiny GPT.
+    Model(ModelCase),
 }
 
 fn dt(d: DType) -> &'static str {
@@ -164,6 +169,7 @@ pub fn all_cases() -> Vec<Case> {
         cases.push(Case::DlraExtend { n, r });
     }
     cases.extend(gpt_cases::cases().into_iter().map(Case::Gpt));
+    cases.extend(model_cases::cases().into_iter().map(Case::Model));
     cases.extend(lowrank_cases::cases().into_iter().map(Case::LowRank));
     cases
 }
@@ -189,6 +195,7 @@ impl Case {
             Case::DlraExtend { .. } => "dlra_extend".into(),
             Case::LowRank(c) => c.op(),
             Case::Gpt(c) => c.op(),
+            Case::Model(c) => c.op(),
         }
     }
 
@@ -204,6 +211,7 @@ impl Case {
             Case::DlraExtend { n, r } => format!("{r}x{n}"),
             Case::LowRank(c) => c.shape(),
             Case::Gpt(c) => c.shape(),
+            Case::Model(c) => c.shape(),
         }
     }
 
@@ -227,6 +235,7 @@ impl Case {
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
             Case::Gpt(c) => c.bound(),
+            Case::Model(c) => c.bound(),
             // Orthonormalisation divides by the new directions' lengths: f32 GEMM rounding, amplified.
             Case::Gemm { .. } | Case::DlraExtend { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
@@ -361,6 +370,7 @@ impl Case {
             }
             Case::LowRank(c) => c.run(b, seed)?,
             Case::Gpt(c) => c.run(b, seed)?,
+            Case::Model(c) => c.run(b, seed)?,
         };
         Ok(out.into_iter().map(f64::from).collect())
     }

@@ -133,7 +133,7 @@ mod tests {
     /// run. (The layer and GPT cases take a minute here; their ops have their own CPU tests.)
     #[test]
     fn basic_cases_run_on_the_cpu_and_fill_their_outputs() {
-        let basic = |c: &Case| !matches!(c, Case::LowRank(_) | Case::Gpt(_));
+        let basic = |c: &Case| !matches!(c, Case::LowRank(_) | Case::Gpt(_) | Case::Model(_));
         for case in all_cases().into_iter().filter(basic) {
             let out = case.run(&crate::backend::cpu::Cpu, 1).unwrap();
             assert!(!out.is_empty(), "{} {}", case.op(), case.shape());
@@ -143,6 +143,25 @@ mod tests {
                 case.op(),
                 case.shape()
             );
+        }
+    }
+
+    /// The whole-step cases hold f32 against bf16 within their bounds (so two bf16 computations
+    /// on two devices can meet them), and the bf16 side does round.
+    #[test]
+    fn model_cases_hold_f32_against_bf16_within_their_bounds() {
+        use crate::backend::cpu::{Cpu, CpuBf16};
+        let model = all_cases()
+            .into_iter()
+            .filter(|c| matches!(c, Case::Model(_)));
+        let outcomes: Vec<Outcome> = model.map(|c| check(&c, &CpuBf16, &Cpu, 7)).collect();
+        assert_eq!(
+            outcomes.len(),
+            12,
+            "six parameterisations, loss and gradients"
+        );
+        for o in &outcomes {
+            assert!(o.pass && o.rel_err > 0.0, "{o:?}");
         }
     }
 
