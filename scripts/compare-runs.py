@@ -11,7 +11,10 @@ import argparse, json, os, sys
 
 
 def records(run):
-    with open(os.path.join(run, "metrics.jsonl")) as f:
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.isfile(path):
+        sys.exit(f"{path} does not exist: did that run start?")
+    with open(path) as f:
         return {r["step"]: r for r in map(json.loads, f) if r.get("step") is not None}
 
 
