@@ -338,6 +338,24 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
     std::fs::rename(&moved, &base).unwrap();
     let o = train(&lora, &resume.concat());
     assert!(o.status.success(), "{}", text(&o));
+    // A checkpoint in the earlier layout (every tensor, no fingerprint) resumes and keeps writing
+    // every tensor: its frozen weights, not the base on disk, are what the run trained on.
+    let whole = lowrank::model::hf::load_model_checkpoint(&lora)
+        .unwrap()
+        .tensors;
+    let (file, state) = (latest(&lora), latest(&lora).with_file_name("state.json"));
+    let meta = [("lowrank_model", "tiny"), ("format", "pt")];
+    let meta = meta.map(|(k, v)| (k.to_string(), v.to_string())).into();
+    tensor_file::save(&file, &whole, meta).unwrap();
+    let mut s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    s.as_object_mut().unwrap().remove("lora_base_fingerprint");
+    std::fs::write(&state, s.to_string()).unwrap();
+    let more = ["--steps", "4", "--lowrank", "lora", "--rank-init", "2"];
+    let o = train(&lora, &[&more[..], resume[1]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let (tensors, _) = tensor_file::load(&latest(&lora)).unwrap();
+    assert_eq!(tensors.len(), whole.len(), "{}", latest(&lora).display());
     for d in [base, lora] {
         std::fs::remove_dir_all(d).ok();
     }

@@ -190,7 +190,15 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         loader.restore(&ck.state.loader)?;
         (step, tokens) = (ck.state.step, ck.state.tokens);
     }
-    let lora_fingerprint = lora_base.map(|(_, _, fingerprint)| fingerprint);
+    // Checkpoints leave the base out only where its fingerprint vouches for the frozen weights: a
+    // run resumed from a checkpoint that holds them (written before checkpoints left them out) may
+    // have trained on a base that has changed on disk since, so it keeps writing them.
+    let full_checkpoint =
+        (resume.as_ref()).is_some_and(|ck| ck.state.lora_base_fingerprint.is_none());
+    let lora_fingerprint = match full_checkpoint {
+        true => None,
+        false => lora_base.map(|(_, _, fingerprint)| fingerprint),
+    };
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
@@ -333,9 +341,13 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 ranks: RankSchedule::state(&model),
                 lora_base_fingerprint: lora_fingerprint.clone(),
             };
+            let tensors = match lora_fingerprint {
+                Some(_) => model.checkpoint_tensors(b)?,
+                None => model.to_hf_tensors(b)?,
+            };
             let dir = checkpoint::save(
                 &opts.out,
-                &model.checkpoint_tensors(b)?,
+                &tensors,
                 b.download(opt.state()[0])?,
                 b.download(opt.state()[1])?,
                 &state,
