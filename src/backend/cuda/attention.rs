@@ -4,7 +4,7 @@
 
 use super::launch::{act_suffix, grid_for};
 use super::{Cuda, CudaBuf};
-use crate::backend::{Backend, Buffer, DType, Gemm, Mut, Ref};
+use crate::backend::{Buffer, DType, Gemm, Mut, Ref};
 use anyhow::Result;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -75,9 +75,9 @@ fn softmax(cuda: &Cuda, kernel: &str, h: Heads, d: u64, p: Option<u64>) -> Resul
 /// q, k, v (B, NH, T, hs) from qkv (B, T, 3C).
 fn split_heads(cuda: &Cuda, sfx: &str, h: Heads, qkv: u64, dtype: DType) -> Result<[CudaBuf; 3]> {
     let (mut q, mut k, mut v) = (
-        cuda.alloc(dtype, h.len())?,
-        cuda.alloc(dtype, h.len())?,
-        cuda.alloc(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
     );
     let f = cuda
         .modules
@@ -152,7 +152,7 @@ pub fn forward(
         att.ptr(),
     )?;
     softmax(cuda, &format!("causal_softmax_{sfx}"), h, att.ptr(), None)?;
-    let mut heads_out = cuda.alloc(dtype, h.len())?;
+    let mut heads_out = cuda.scratch(dtype, h.len())?;
     gemm(
         cuda,
         Gemm::new(t, hs, t).batched(h.bh()),
@@ -187,13 +187,13 @@ pub fn backward(
     }
     let (t, hs) = (h.seq, h.head_size);
     let [q, k, v] = split_heads(cuda, sfx, h, qkv.ptr(), dtype)?;
-    let mut dheads = cuda.alloc(dtype, h.len())?;
+    let mut dheads = cuda.scratch(dtype, h.len())?;
     unpermute(cuda, sfx, h, dout.ptr(), dheads.all_mut().ptr(), true)?;
-    let mut datt = cuda.alloc(dtype, h.bh() * t * t)?;
+    let mut datt = cuda.scratch(dtype, h.bh() * t * t)?;
     let (mut dq, mut dk, mut dv) = (
-        cuda.alloc(dtype, h.len())?,
-        cuda.alloc(dtype, h.len())?,
-        cuda.alloc(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
+        cuda.scratch(dtype, h.len())?,
     );
     let (dh, dap) = (dheads.all().ptr(), datt.all_mut().ptr());
     gemm(

@@ -1,9 +1,9 @@
 //! What every launcher needs: grid sizes, the kernel-name suffix for an activation dtype, dtype
 //! checks that name the op, and host-to-device staging of small integer arrays (token ids).
 
-use super::{slice_ptr, Cuda};
+use super::{slice_ptr, Cuda, CudaBuf};
 use crate::backend::DType;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Threads per block for elementwise kernels: a multiple of the warp size that keeps several
@@ -57,10 +57,44 @@ impl Cuda {
         Ok((dev, ptr))
     }
 
-    /// A zeroed f32 scratch array and its address.
+    /// An f32 scratch array and its address, left unset: for partial sums and split-K slices that
+    /// a kernel writes in full before anything reads them (a memset would be wasted bandwidth).
     pub(crate) fn scratch_f32(&self, n: usize) -> Result<(CudaSlice<f32>, u64)> {
-        let dev = self.stream.alloc_zeros::<f32>(n.max(1))?;
+        // SAFETY: every caller's first kernel writes each element before any is read.
+        let dev = unsafe { self.stream.alloc::<f32>(n.max(1))? };
         let ptr = slice_ptr(&dev, &self.stream);
         Ok((dev, ptr))
+    }
+
+    /// A device buffer left unset, for an op's intermediates that its kernels and GEMMs (β = 0)
+    /// write in full before reading: attention's per-head tensors and scores are hundreds of MB a
+    /// layer at GPT-2's shapes, whose zeroing would cost as much bandwidth as a kernel.
+    pub(crate) fn scratch(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
+        self.buffer(dtype, len, false)
+    }
+
+    /// A device buffer of `len` elements, zeroed or (for `scratch`) left unset.
+    pub(crate) fn buffer(&self, dtype: DType, len: usize, zeroed: bool) -> Result<CudaBuf> {
+        let bytes = (len * dtype.size_bytes()).max(1);
+        let mem = match zeroed {
+            true => self.stream.alloc_zeros::<u8>(bytes),
+            // SAFETY: unset memory is only handed to callers that write before they read.
+            false => unsafe { self.stream.alloc::<u8>(bytes) },
+        };
+        let mem = mem.with_context(|| {
+            format!(
+                "cannot allocate {} MiB on GPU {} ({})",
+                bytes >> 20,
+                self.info.ordinal,
+                self.info.name
+            )
+        })?;
+        let ptr = slice_ptr(&mem, &self.stream);
+        Ok(CudaBuf {
+            dtype,
+            len,
+            ptr,
+            mem,
+        })
     }
 }

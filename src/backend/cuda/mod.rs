@@ -127,18 +127,7 @@ impl Backend for Cuda {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
-        let bytes = (len * dtype.size_bytes()).max(1);
-        let mem = self
-            .stream
-            .alloc_zeros::<u8>(bytes)
-            .with_context(|| format!("cannot allocate {} MiB on {}", bytes >> 20, self.name()))?;
-        let ptr = slice_ptr(&mem, &self.stream);
-        Ok(CudaBuf {
-            dtype,
-            len,
-            ptr,
-            mem,
-        })
+        self.buffer(dtype, len, true)
     }
 
     fn upload(&self, src: &[f32], dst: Mut<CudaBuf>) -> Result<()> {
