@@ -94,9 +94,10 @@ pub struct Args {
     /// Tokens per --sample-every sample
     #[arg(long, default_value_t = 48)]
     sample_tokens: usize,
-    /// Verify before and after every step that the compute copy of the weights (bf16 on cuda and
-    /// cpu-bf16) equals the master weights, and stop with an error naming the first stale tensor
-    /// (a debugging aid: one cast and two downloads of the weights per check)
+    /// Verify before each optimiser update and after each step (rank changes included) that the
+    /// compute copy of the weights (bf16 on cuda and cpu-bf16) equals the master weights, and stop
+    /// with an error naming the first stale tensor (a debugging aid: one cast and two downloads of
+    /// the weights per check)
     #[arg(long)]
     check_compute_copy: bool,
     /// Backend: cpu (f32 reference), cpu-bf16 (the CPU in the GPU's precision) or cuda (bf16; not

@@ -92,7 +92,7 @@ impl<B: Backend> Gpt<B> {
 
     /// What a checkpoint stores: every parameter, except in LoRA, whose checkpoint holds its
     /// trained tensors alone (the factors, and the embeddings with --lora-embeddings), as a PEFT
-    /// adapter does; `lora_checkpoint_tensors` completes them from the base again.
+    /// adapter does; `complete_lora` completes them from the base again.
     pub fn checkpoint_tensors(&self, b: &B) -> Result<Vec<HostTensor>> {
         let all = self.to_hf_tensors(b)?;
         Ok(match self.trained().base() {

@@ -247,7 +247,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         ranks.before_step(b, &mut model, &mut opt, step + 1)?;
         if opts.check_compute_copy {
-            ensure_current_copy(b, &model, &format!("before step {}", step + 1))?;
+            let when = format!("step {}, before the optimiser update", step + 1);
+            ensure_current_copy(b, &model, &when)?;
         }
         let lr = schedule.lr(step + 1);
         let bufs = model.optimizer_buffers();
