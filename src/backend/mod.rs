@@ -17,7 +17,7 @@ use anyhow::{ensure, Result};
 
 /// Element type of a buffer. The CPU backend stores BF16 buffers as f32 values rounded to bf16,
 /// so a CPU op sees the same numbers a GPU op reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum DType {
     F32,
     BF16,

@@ -6,9 +6,10 @@ use crate::backend::{DType, Gemm};
 use anyhow::{Context, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// cuBLASLt's recommended workspace on Hopper (32 MiB; 4 MiB suffices before it).
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -36,6 +37,21 @@ pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     workspace_ptr: u64,
+    /// The heuristic's choice per problem: a training step repeats a few dozen GEMM problems
+    /// hundreds of times, and asking the heuristic costs host time on every call.
+    algos: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
+}
+
+/// Everything the heuristic's answer depends on: the problem, the layouts, the dtypes and each
+/// pointer's alignment (the workspace is fixed).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct AlgoKey {
+    mnk: [usize; 3],
+    trans: [bool; 2],
+    batch: [usize; 4],
+    ld: [usize; 3],
+    dtypes: [DType; 2],
+    align: [u32; 4],
 }
 
 // SAFETY: the handle is used from one stream, under the backend's ownership.
@@ -52,6 +68,7 @@ impl Lt {
             handle,
             workspace,
             workspace_ptr,
+            algos: Mutex::new(HashMap::new()),
         })
     }
 
@@ -96,21 +113,46 @@ impl Lt {
         let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lda, g.batch, g.stride_a)?;
         let layout_c = Layout::new(ty(c_dtype), n, m, ldc, g.batch, g.stride_c)?;
         let desc = Desc::new(g.trans_b, g.trans_a)?;
-        let pref = Pref::new([b, a, c, c])?;
+        let ptrs = [b, a, c, c];
+        let key = AlgoKey {
+            mnk: [g.m, g.n, g.k],
+            trans: [g.trans_a, g.trans_b],
+            batch: [g.batch, g.stride_a, g.stride_b, g.stride_c],
+            ld: [ld.a, ld.b, ld.c],
+            dtypes: [ab, c_dtype],
+            align: ptrs.map(alignment),
+        };
+        let cached = self
+            .algos
+            .lock()
+            .expect("algorithm cache")
+            .get(&key)
+            .copied();
+        let algo = match cached {
+            Some(algo) => algo,
+            None => {
+                let pref = Pref::new(key.align)?;
+                // SAFETY: every descriptor is alive.
+                let heuristic = unsafe {
+                    lt::get_matmul_algo_heuristic(
+                        self.handle,
+                        desc.0,
+                        layout_a.0,
+                        layout_b.0,
+                        layout_c.0,
+                        layout_c.0,
+                        pref.0,
+                    )
+                }
+                .with_context(|| {
+                    format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})")
+                })?;
+                let algos = &mut self.algos.lock().expect("algorithm cache");
+                *algos.entry(key).or_insert(heuristic.algo)
+            }
+        };
         // SAFETY: every descriptor is alive; pointers come from live buffers checked by Gemm::check.
         unsafe {
-            let heuristic = lt::get_matmul_algo_heuristic(
-                self.handle,
-                desc.0,
-                layout_a.0,
-                layout_b.0,
-                layout_c.0,
-                layout_c.0,
-                pref.0,
-            )
-            .with_context(|| {
-                format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})")
-            })?;
             lt::matmul(
                 self.handle,
                 desc.0,
@@ -124,7 +166,7 @@ impl Lt {
                 layout_c.0,
                 c as *mut c_void,
                 layout_c.0,
-                &heuristic.algo,
+                &algo,
                 self.workspace_ptr as *mut c_void,
                 self.workspace.len(),
                 stream.cu_stream() as sys::cudaStream_t,
@@ -228,9 +270,10 @@ impl Drop for Desc {
 struct Pref(sys::cublasLtMatmulPreference_t);
 
 impl Pref {
-    /// Preferences with our workspace size and the real alignment of each pointer: cuBLASLt otherwise
-    /// assumes 256-byte alignment, which windows into planned buffers need not have.
-    fn new(ptrs: [u64; 4]) -> Result<Self> {
+    /// Preferences with our workspace size and the real alignment of each pointer (`alignment`):
+    /// cuBLASLt otherwise assumes 256-byte alignment, which windows into planned buffers need not
+    /// have.
+    fn new(aligns: [u32; 4]) -> Result<Self> {
         let p = Pref(lt::create_matmul_pref()?);
         let ws = WORKSPACE_BYTES;
         use sys::cublasLtMatmulPreferenceAttributes_t as A;
@@ -248,8 +291,7 @@ impl Pref {
                 A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
                 A::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
             ];
-            for (attr, ptr) in attrs.into_iter().zip(ptrs) {
-                let align: u32 = 1u32 << ptr.trailing_zeros().min(8);
+            for (attr, align) in attrs.into_iter().zip(aligns) {
                 lt::set_matmul_pref_attribute(
                     p.0,
                     attr,
@@ -260,6 +302,11 @@ impl Pref {
         }
         Ok(p)
     }
+}
+
+/// A pointer's alignment in bytes, up to the 256 cuBLASLt assumes by default.
+fn alignment(ptr: u64) -> u32 {
+    1u32 << ptr.trailing_zeros().min(8)
 }
 
 impl Drop for Pref {
