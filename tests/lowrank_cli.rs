@@ -163,6 +163,52 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         "{}",
         text(&o)
     );
+    // With --lora-embeddings the trained embeddings travel as PEFT's modules_to_save, the tied
+    // head as its own copy (PEFT 0.13.2 reproduces our loss: results/export/check.md).
+    let emb = tmp("lora-emb");
+    let args = [
+        "--steps",
+        "2",
+        "--lowrank",
+        "lora",
+        "--lora-embeddings",
+        "--lora-base",
+    ];
+    assert!(
+        train(&emb, &[&args[..], &[base.to_str().unwrap()]].concat())
+            .status
+            .success()
+    );
+    std::fs::remove_dir_all(&adapter).ok();
+    let o = export_adapter(&emb);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    let peft: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        peft["modules_to_save"],
+        serde_json::json!(["wte", "wpe", "lm_head"])
+    );
+    let (saved, _) = tensor_file::load(&adapter.join("adapter_model.safetensors")).unwrap();
+    let trained = lowrank::model::hf::load_model_checkpoint(&emb)
+        .unwrap()
+        .tensors;
+    let find = |ts: &[tensor_file::HostTensor], name: &str| {
+        let t = ts.iter().find(|t| t.name == name);
+        t.unwrap_or_else(|| panic!("no {name}")).clone()
+    };
+    let wte = find(&trained, "transformer.wte.weight");
+    for (name, want) in [
+        ("transformer.wte.weight", &wte),
+        ("lm_head.weight", &wte),
+        (
+            "transformer.wpe.weight",
+            &find(&trained, "transformer.wpe.weight"),
+        ),
+    ] {
+        let got = find(&saved, &format!("base_model.model.{name}"));
+        assert_eq!((&got.shape, &got.data), (&want.shape, &want.data), "{name}");
+    }
+    std::fs::remove_dir_all(&emb).ok();
     // Into the run's own directory it would replace the run's config.json: refused.
     let config = lora.join("config.json");
     let before = std::fs::read(&config).unwrap();

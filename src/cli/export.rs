@@ -5,7 +5,8 @@ use crate::backend::cpu::Cpu;
 use crate::data::EOT_TOKEN;
 use crate::lowrank::LowRankMode;
 use crate::model::{hf, Gpt, GptConfig};
-use crate::train::{atomic, tensor_file};
+use crate::train::atomic;
+use crate::train::tensor_file::{self, HostTensor};
 use anyhow::{ensure, Context, Result};
 use std::collections::HashMap;
 use std::fs;
@@ -22,8 +23,9 @@ pub struct Args {
     /// Replace a model already in --out
     #[arg(long)]
     overwrite: bool,
-    /// A LoRA run's factors alone, as a PEFT adapter (adapter_model.safetensors and
-    /// adapter_config.json) for its base: `PeftModel.from_pretrained(base, DIR)`
+    /// A LoRA run's factors alone (and its embeddings, with --lora-embeddings, as PEFT's
+    /// modules_to_save), as a PEFT adapter (adapter_model.safetensors and adapter_config.json)
+    /// for its base: `PeftModel.from_pretrained(base, DIR)`
     #[arg(long)]
     adapter: bool,
 }
@@ -111,13 +113,28 @@ fn adapter(a: &Args) -> Result<()> {
         "--adapter: {} is not a LoRA run; export the merged model (without --adapter)",
         a.ckpt.display()
     );
-    ensure!(
-        !lr.lora_embeddings,
-        "--adapter: this LoRA run trained its embeddings too, which an adapter of factors leaves out; export the merged model (without --adapter)"
-    );
     let file = fresh(a, "adapter_model.safetensors")?;
     let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
-    let (tensors, targets) = model.lora_adapter_tensors()?;
+    let (mut tensors, targets) = model.lora_adapter_tensors()?;
+    // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
+    // lm_head too, since PEFT's copy of wte would no longer be tied to the head.
+    let modules_to_save = lr.lora_embeddings.then(|| ["wte", "wpe", "lm_head"]);
+    if lr.lora_embeddings {
+        for t in model.to_hf_tensors(&Cpu)? {
+            match t.name.as_str() {
+                "transformer.wte.weight" => tensors.push(HostTensor {
+                    name: "base_model.model.lm_head.weight".into(),
+                    ..t.clone()
+                }),
+                "transformer.wpe.weight" => {}
+                _ => continue,
+            }
+            tensors.push(HostTensor {
+                name: format!("base_model.model.{}", t.name),
+                ..t
+            });
+        }
+    }
     let r = lr.rank_init;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -127,6 +144,7 @@ fn adapter(a: &Args) -> Result<()> {
         "lora_alpha": lr.lora_scale() * r as f32,
         "lora_dropout": 0.0,
         "target_modules": targets,
+        "modules_to_save": modules_to_save,
         "fan_in_fan_out": true,
         "bias": "none",
         "inference_mode": true,
@@ -138,9 +156,13 @@ fn adapter(a: &Args) -> Result<()> {
     let text = serde_json::to_string_pretty(&config)?;
     atomic::write(&a.out.join("adapter_config.json"), text.as_bytes())?;
     println!(
-        "wrote {}: a PEFT LoRA adapter of {} layers at r = {r} ({:.3}M parameters) for the base {}",
+        "wrote {}: a PEFT LoRA adapter of {} layers at r = {r}{} ({:.3}M parameters) for the base {}",
         a.out.display(),
         targets.len(),
+        match modules_to_save {
+            Some(_) => ", with the trained embeddings as modules_to_save",
+            None => "",
+        },
         tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 / 1e6,
         lr.lora_base.as_deref().unwrap_or("(unrecorded)")
     );
