@@ -118,7 +118,7 @@ fn adapter(a: &Args) -> Result<()> {
     let (mut tensors, targets) = model.lora_adapter_tensors()?;
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
     // lm_head too, since PEFT's copy of wte would no longer be tied to the head.
-    let modules_to_save = lr.lora_embeddings.then(|| ["wte", "wpe", "lm_head"]);
+    let modules_to_save = lr.lora_embeddings.then_some(["wte", "wpe", "lm_head"]);
     if lr.lora_embeddings {
         for t in model.to_hf_tensors(&Cpu)? {
             match t.name.as_str() {
