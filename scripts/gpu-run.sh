@@ -26,10 +26,12 @@ status=0
 # printed, each step is capped at STEP_TIMEOUT (default 240 s), and the steps run most-needed first.
 budget=${GPU_RUN_BUDGET:-540}
 start=$SECONDS
+# A step that normally takes seconds gets a tighter cap (`cap=N step ...`), so a hung kernel (a
+# never-run pipeline can deadlock) costs that much of the budget, not STEP_TIMEOUT.
 step() { # name, command...: runs, logs, records pass/fail
   local name=$1; shift
-  local left=$(( budget - (SECONDS - start) ))
-  local limit=$(( left < ${STEP_TIMEOUT:-240} ? left : ${STEP_TIMEOUT:-240} ))
+  local left=$(( budget - (SECONDS - start) )) most=${cap:-${STEP_TIMEOUT:-240}}
+  local limit=$(( left < most ? left : most ))
   if (( limit < 10 )); then echo "== $name: skipped, out of time"; echo "skipped (out of time)" > "$out/$name.status"; status=1; return; fi
   echo "== $name (limit ${limit}s): $*"
   if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then echo "ok" > "$out/$name.status"; else echo "FAILED" > "$out/$name.status"; status=1; fi
@@ -39,8 +41,8 @@ step() { # name, command...: runs, logs, records pass/fail
 step doctor "$bin" doctor --json "$out/doctor.json"
 # Issue 5's kernels first, on the default path (Hopper's wgmma mainloop where it applies), then on
 # mma.sync alone; the rest of the selftest after them, so a cut step never hides the fused layer.
-step selftest-lowrank "$bin" selftest --filter lowrank --json "$out/selftest-lowrank.json"
-step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-mma.json"
+cap=120 step selftest-lowrank "$bin" selftest --filter lowrank --json "$out/selftest-lowrank.json"
+cap=120 step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-mma.json"
 # The fused y and dx products are what wgmma changes; a log without its totals was cut or crashed.
 fused_failed() { grep -qE '^lowrank_(y|dx)_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
 # What the later steps (bench, training) run on, chosen from what passed: their numbers mean
@@ -49,7 +51,7 @@ bench_flags=()
 if fused_failed "$out/selftest-lowrank.log"; then
   if ! fused_failed "$out/selftest-lowrank-mma.log"; then
     echo "the fused products failed on the wgmma path only: trying its N-major descriptor offsets the other way"
-    step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
+    cap=120 step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
     if fused_failed "$out/selftest-lowrank-wgmma-swap.log"; then
       echo "later steps: LOWRANK_LOWRANK_IMPL=mma, bench --no-wgmma"
       export LOWRANK_LOWRANK_IMPL=mma; bench_flags=(--no-wgmma)
@@ -62,7 +64,7 @@ if fused_failed "$out/selftest-lowrank.log"; then
     export LOWRANK_LOWRANK_IMPL=cublas
   fi
 fi
-step selftest "$bin" selftest --skip lowrank --json "$out/selftest.json"
+cap=120 step selftest "$bin" selftest --skip lowrank --json "$out/selftest.json"
 step bench "$bin" bench ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" --json "$out/peer.json"
@@ -75,27 +77,27 @@ if [[ -f "$out/bench.json" ]]; then
     step targets-mma python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl mma --md "$out/targets-mma.md"
   fi
 fi
-step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
+cap=120 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
-step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --profile-steps 5:6 --out "$out/train-smoke"
+cap=90 step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --profile-steps 5:6 --out "$out/train-smoke"
 # The same run on the CPU in the GPU's precision: the validation losses must agree to rounding.
-step train-smoke-cpu-bf16 "$bin" train --device cpu-bf16 --steps 30 --eval-every 10 --out "$out/train-smoke-cpu-bf16"
-step train-vs-cpu-bf16 python3 "$root/scripts/compare-runs.py" "$out/train-smoke" "$out/train-smoke-cpu-bf16"
+cap=90 step train-smoke-cpu-bf16 "$bin" train --device cpu-bf16 --steps 30 --eval-every 10 --out "$out/train-smoke-cpu-bf16"
+cap=90 step train-vs-cpu-bf16 python3 "$root/scripts/compare-runs.py" "$out/train-smoke" "$out/train-smoke-cpu-bf16"
 # The low-rank runtime on the GPU: rank growth (efficient InRank, fused layer), the compressed
 # deep linear blocks (trained middle factor) and DLRA (windows of 3: augmentation, frozen bases,
 # truncation by τ), a few steps each.
-step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --steps 30 --warmup 5 --eval-every 10 --rank-log-every 5 --out "$out/train-smoke-efficient"
-step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
-step train-smoke-dlra "$bin" train --device cuda --check-compute-copy --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
-step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
+cap=90 step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --steps 30 --warmup 5 --eval-every 10 --rank-log-every 5 --out "$out/train-smoke-efficient"
+cap=90 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
+cap=90 step train-smoke-dlra "$bin" train --device cuda --check-compute-copy --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
+cap=90 step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
 # LoRA over the smoke run's checkpoint: the backward forms only the factors' gradients (and the
 # embeddings' with --lora-embeddings); then a sample and an export of it.
 lora_base="$out/train-smoke"
-step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank-layers all --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora"
-step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora-emb"
-step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
-step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
+cap=90 step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank-layers all --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora"
+cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora-emb"
+cap=90 step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
+cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
 step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10
