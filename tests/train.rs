@@ -21,6 +21,16 @@ const SMALL: [&str; 10] = [
     "2",
 ];
 
+/// LoRA at rank 4 on every linear layer (the base comes with `--lora-base`).
+const LORA_ALL: [&str; 6] = [
+    "--lowrank",
+    "lora",
+    "--lowrank-layers",
+    "all",
+    "--rank-init",
+    "4",
+];
+
 fn train(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--out", out.to_str().unwrap()];
     args.extend_from_slice(&SMALL);
@@ -115,16 +125,8 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     // LoRA with its embeddings over a dense base: moments for those tensors alone.
     let base = tmp("resume-lora-base");
     assert!(train(&base, &["--steps", "2"]).status.success());
-    let lora = [
-        "--lowrank",
-        "lora",
-        "--lowrank-layers",
-        "all",
-        "--rank-init",
-        "4",
-    ];
     let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
-    straight_and_resumed("lora", &[&lora[..], &base_arg[..]].concat());
+    straight_and_resumed("lora", &[&LORA_ALL[..], &base_arg[..]].concat());
     std::fs::remove_dir_all(&base).ok();
     let ra = straight_and_resumed("dense", &[]);
     for key in [
@@ -172,14 +174,6 @@ fn every_method_trains_in_bf16_with_a_current_compute_copy() {
         "--stage1-steps",
         "6",
     ];
-    let lora = [
-        "--lowrank",
-        "lora",
-        "--lowrank-layers",
-        "all",
-        "--rank-init",
-        "4",
-    ];
     let dlra = ["--lowrank", "dlra", "--rank-init", "8"];
     let runs: [(&str, Vec<&str>); 7] = [
         (
@@ -190,7 +184,7 @@ fn every_method_trains_in_bf16_with_a_current_compute_copy() {
         (
             "lora",
             [
-                &lora[..],
+                &LORA_ALL[..],
                 &["--lora-embeddings", "--lora-base"],
                 &[base.to_str().unwrap()],
             ]
