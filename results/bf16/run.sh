@@ -36,11 +36,22 @@ for seed in 1 2; do
     done
   done
 done
+# Past the plateau: DLRA for 1500 steps (warm-up 300, as results/inrank found low-rank runs want),
+# two seeds, both precisions.
+long=(--steps 1500 --warmup 300 --eval-every 100 --eval-batches 16 --checkpoint-every 0)
+for seed in 1337 1; do
+  for dev in cpu cpu-bf16; do
+    out=runs/dlra-long-$dev-seed$seed
+    [[ -f $out/metrics.jsonl ]] && continue
+    # shellcheck disable=SC2086
+    "$bin" train "${long[@]}" --seed $seed --device $dev ${methods[dlra]} --out $out > $out.log 2>&1
+  done
+done
 val() { tail -1 "runs/$1/metrics.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["val_loss"])'; }
 {
   echo "| method | val loss f32 | val loss bf16 | bf16 − f32 |"
   echo "|---|---|---|---|"
-  for run in dense efficient inrank dln dlra lora dlra@seed1 dlra@seed2 efficient@seed1 efficient@seed2; do
+  for run in dense efficient inrank dln dlra lora dlra@seed1 dlra@seed2 efficient@seed1 efficient@seed2 dlra-long@seed1337 dlra-long@seed1; do
     m=${run%@*}; s=""; [[ $run == *@* ]] && s=-${run#*@}
     a=$(val "$m-cpu$s"); b=$(val "$m-cpu-bf16$s")
     python3 -c "print(f'| ${run/@/, } | {$a:.4f} | {$b:.4f} | {$b - $a:+.4f} |')"
