@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lowrank, text, tmp};
+use common::{failed_with, lowrank, text, tmp};
 use lowrank::train::tensor_file;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -158,11 +158,7 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
     );
     assert!(adapter.join("adapter_model.safetensors").is_file());
     let o = export_adapter(&base);
-    assert!(
-        !o.status.success() && text(&o).contains("not a LoRA run"),
-        "{}",
-        text(&o)
-    );
+    assert!(failed_with(&o, "not a LoRA run"), "{}", text(&o));
     // With --lora-embeddings the trained embeddings travel as PEFT's modules_to_save, the tied
     // head as its own copy (PEFT 0.13.2 reproduces our loss: results/export/check.md).
     let emb = tmp("lora-emb");
@@ -220,11 +216,7 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         lora.to_str().unwrap(),
     ];
     let o = lowrank(&args);
-    assert!(
-        !o.status.success() && text(&o).contains("directory of its own"),
-        "{}",
-        text(&o)
-    );
+    assert!(failed_with(&o, "directory of its own"), "{}", text(&o));
     assert_eq!(std::fs::read(&config).unwrap(), before);
     // transformers' config for tiny: 4 layers of 4 heads, width 128, context 128.
     let config = std::fs::read_to_string(file.join("config.json")).unwrap();
@@ -232,11 +224,7 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
     let dims = ["n_layer", "n_head", "n_embd", "n_positions"].map(|k| hf[k].as_u64());
     assert_eq!(dims, [4, 4, 128, 128].map(Some), "{config}");
     let o = export(&[]);
-    assert!(
-        !o.status.success() && text(&o).contains("--overwrite"),
-        "{}",
-        text(&o)
-    );
+    assert!(failed_with(&o, "--overwrite"), "{}", text(&o));
     let loss = |ckpt: &Path| {
         let args = ["eval", "--ckpt", ckpt.to_str().unwrap(), "--seq", "16"];
         let o = lowrank(&[&args[..], &["--max-batches", "2"]].concat());
@@ -346,25 +334,17 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
     assert!(o.status.success(), "{}", text(&o));
     // The file alone cannot make a model: the error says to pass the checkpoint directory.
     let o = eval(&latest(&lora));
-    assert!(
-        !o.status.success() && text(&o).contains("checkpoint directory"),
-        "{}",
-        text(&o)
-    );
+    assert!(failed_with(&o, "checkpoint directory"), "{}", text(&o));
     // The base moved: named in the error.
     let moved = tmp("lean-base-moved");
     std::fs::rename(&base, &moved).unwrap();
     let o = eval(&lora);
-    assert!(
-        !o.status.success() && text(&o).contains("cannot load the LoRA base"),
-        "{}",
-        text(&o)
-    );
+    assert!(failed_with(&o, "cannot load the LoRA base"), "{}", text(&o));
     // Another model in its place: refused by eval and by a resume alike.
     std::fs::rename(&other, &base).unwrap();
     let o = eval(&lora);
     assert!(
-        !o.status.success() && text(&o).contains("not the one this run was trained on"),
+        failed_with(&o, "not the one this run was trained on"),
         "{}",
         text(&o)
     );
@@ -375,7 +355,7 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
     ];
     let o = train(&lora, &resume.concat());
     assert!(
-        !o.status.success() && text(&o).contains("not the one this run was trained on"),
+        failed_with(&o, "not the one this run was trained on"),
         "{}",
         text(&o)
     );

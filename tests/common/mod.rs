@@ -39,9 +39,14 @@ pub fn tmp(name: &str) -> PathBuf {
 pub fn assert_fails_with(args: &[&str], needle: &str) {
     let o = lowrank(args);
     assert!(
-        !o.status.success() && text(&o).contains(needle),
+        failed_with(&o, needle),
         "`lowrank {}` should fail saying {needle:?}:\n{}",
         args.join(" "),
         text(&o)
     );
+}
+
+/// Whether a command failed with a message containing `needle`.
+pub fn failed_with(o: &Output, needle: &str) -> bool {
+    !o.status.success() && text(o).contains(needle)
 }
