@@ -60,6 +60,14 @@ unsafe impl Sync for Lt {}
 
 impl Lt {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
+        // cudarc panics on a library it cannot load: check first (a driver without the toolkit's
+        // libraries is a common set-up).
+        // SAFETY: only tries to dlopen candidate library names.
+        anyhow::ensure!(
+            unsafe { cudarc::cublaslt::sys::is_culib_present() },
+            "the NVIDIA driver is present but libcublasLt.so could not be loaded: install the CUDA \
+             toolkit's cuBLAS and put the folder holding libcublasLt.so on LD_LIBRARY_PATH"
+        );
         let handle = lt::create_handle()
             .context("cuBLASLt could not be initialised (is libcublasLt on LD_LIBRARY_PATH?)")?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
