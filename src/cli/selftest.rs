@@ -6,7 +6,7 @@
 //! case), and their results are merged: one fault hides nothing else.
 
 use crate::backend::{cpu::CpuBf16, cuda::Cuda, Backend, Buffer, DType};
-use crate::selftest::{all_cases, check, Outcome};
+use crate::selftest::{all_cases, check, Case, Outcome};
 use anyhow::{bail, Context, Result};
 
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,11 @@ pub struct Args {
     /// `--filter lowrank` run)
     #[arg(long)]
     skip: Option<String>,
+    /// Leave out cases of more than this many multiply-adds (elements for elementwise ops), e.g.
+    /// 2e8 on the CPU emulator of the GPU (tests/gpu-emu), which runs every kernel variant on the
+    /// smaller, ragged shapes in minutes but would take an hour over the GPT-2-sized ones
+    #[arg(long, value_name = "MACS")]
+    max_work: Option<f64>,
     /// Start at this case index (the fresh process after a lost context)
     #[arg(long, default_value_t = 0, hide = true)]
     first: usize,
@@ -34,6 +39,11 @@ impl Args {
     fn selects(&self, op: &str) -> bool {
         self.filter.as_ref().is_none_or(|f| op.contains(f.as_str()))
             && self.skip.as_ref().is_none_or(|s| !op.contains(s.as_str()))
+    }
+
+    /// Whether this case runs: selected by name and within --max-work.
+    fn runs(&self, case: &Case) -> bool {
+        self.selects(&case.op()) && self.max_work.is_none_or(|w| case.work() <= w)
     }
 }
 
@@ -52,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut gpu = Some(gpu);
     let cases = all_cases();
     for (i, case) in cases.iter().enumerate().skip(args.first) {
-        if !args.selects(&case.op()) {
+        if !args.runs(case) {
             continue;
         }
         let Some(dev) = gpu.as_ref() else { break };
@@ -136,6 +146,9 @@ fn rest_in_fresh_process(args: &Args, first: usize) -> Result<Vec<Outcome>> {
     if let Some(f) = &args.skip {
         cmd.arg("--skip").arg(f);
     }
+    if let Some(w) = args.max_work {
+        cmd.arg("--max-work").arg(w.to_string());
+    }
     let status = cmd
         .status()
         .context("cannot start a fresh selftest process")?;
@@ -187,5 +200,24 @@ mod tests {
         let both = ["--filter", "lowrank", "--skip", "_f32"];
         assert!(selects(&both, "lowrank_dx_bf16"));
         assert!(!selects(&both, "lowrank_dx_f32"));
+    }
+
+    #[test]
+    fn max_work_leaves_out_the_large_cases_only() {
+        let f = Flags::try_parse_from(["selftest", "--max-work", "2e8"]).unwrap();
+        let cases = crate::selftest::all_cases();
+        let runs = |op: &str, shape: &str| {
+            let case = cases
+                .iter()
+                .find(|c| c.op() == op && c.shape() == shape)
+                .unwrap_or_else(|| panic!("no case {op} {shape}"));
+            f.args.runs(case)
+        };
+        // 257·129·1023 = 3.4e7 multiply-adds; 1024·768·3072 = 2.4e9.
+        assert!(runs("gemm_nn_bf16->f32", "257x129x1023"));
+        assert!(!runs("gemm_nn_bf16->f32", "1024x768x3072"));
+        assert!(runs("lowrank_y_w0_b_bf16", "1000x200>72 r37/40"));
+        assert!(!runs("lowrank_y_w0_b_bf16", "1024x768>3072 r100/104"));
+        assert!(runs("model_grads_dlra", "tiny 3x37"));
     }
 }

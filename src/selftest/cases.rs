@@ -131,6 +131,7 @@ pub fn all_cases() -> Vec<Case> {
             (DType::F32, DType::BF16),
             (DType::BF16, DType::F32),
             (DType::F32, DType::F32),
+            (DType::BF16, DType::BF16),
         ] {
             cases.push(Case::Cast { from, to, n });
         }
@@ -196,6 +197,30 @@ impl Case {
             Case::LowRank(c) => c.op(),
             Case::Gpt(c) => c.op(),
             Case::Model(c) => c.op(),
+        }
+    }
+
+    /// The case's size in multiply-adds (elements for the elementwise ops), to an order of
+    /// magnitude: what `selftest --max-work` compares, so that a slow device (the CPU emulator of
+    /// tests/gpu-emu) can leave out the GPT-2-sized cases and keep every kernel variant.
+    pub fn work(&self) -> f64 {
+        let f = |x: usize| x as f64;
+        match self {
+            Case::Gemm { g, .. } => f(g.m) * f(g.n) * f(g.k) * f(g.batch),
+            Case::Cast { n, .. }
+            | Case::Fill { n, .. }
+            | Case::AdamW { n, .. }
+            | Case::HeavyBall { n, .. }
+            | Case::SumSquares { n, .. } => f(*n),
+            Case::DlraExtend { n, r } => f(*n) * f(*r) * f(*r),
+            Case::LowRank(c) => {
+                let s = c.sh;
+                let base = if c.base { f(s.n_in) * f(s.n_out) } else { 0.0 };
+                f(s.n) * (base + f(c.capacity) * f(s.n_in + s.n_out))
+            }
+            Case::Gpt(c) => f(c.s.batch) * f(c.s.seq) * (f(c.s.seq) * f(c.s.channels) + f(c.vocab)),
+            // The tiny GPT (rank 11, 3 × 37 tokens): a few million multiply-adds a step.
+            Case::Model(_) => 1e7,
         }
     }
 
