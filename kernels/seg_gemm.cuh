@@ -3,6 +3,7 @@
 // same zero-filling cp.async predicates and write the same epilogue, so the launcher can pick either.
 #pragma once
 #include "common.cuh"
+#include "ptx.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -32,16 +33,6 @@ struct SegGemmParams {
     // confirmed them: LOWRANK_WGMMA_NMAJOR=swap tries the other reading in the same binary.
     int nmajor_lbo, nmajor_sbo;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16-byte global → shared copy, zero-filled when !pred (src-size 0 reads nothing).
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }

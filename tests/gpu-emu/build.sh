@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the emulated GPU into OUT (default target/gpu-emu): libcuda.so, a fake CUDA driver whose
+# kernels are kernels/*.cu compiled for the CPU by g++ (driver.cpp, runtime.cpp, emu.h), and
+# libcublasLt.so (cublaslt.cpp). With OUT on LD_LIBRARY_PATH, cudarc loads them in place of
+# NVIDIA's libraries and the binary's CUDA backend runs end to end on the CPU:
+#
+#   bash tests/gpu-emu/build.sh && LD_LIBRARY_PATH=target/gpu-emu target/release/lowrank selftest
+#
+# The kernels compile unchanged but for two things: their inline PTX (kernels/ptx.cuh) is replaced
+# by models of the instructions (emulated_ptx.h), and `extern __shared__` arrays become the block's
+# shared-memory arena (the sed below). Rebuilds what changed only.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=$(mkdir -p "${1:-$root/target/gpu-emu}" && cd "${1:-$root/target/gpu-emu}" && pwd)
+mkdir -p "$out/kernels" "$out/obj"
+cxx=${CXX:-g++}
+flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -DLOWRANK_EMULATED -I"$here" -I"$here/include")
+
+# The kernel sources, with dynamic shared memory mapped onto the arena (copied only when changed,
+# so that make-style timestamps below stay meaningful).
+for f in "$root"/kernels/*.cu "$root"/kernels/*.cuh; do
+  sed -E 's/extern __shared__ __align__\(([0-9]+)\) unsigned char ([A-Za-z_][A-Za-z0-9_]*)\[\];/unsigned char* \2 = ::emu::dynamic_smem();/' \
+    "$f" > "$out/kernels/.tmp"
+  cmp -s "$out/kernels/.tmp" "$out/kernels/$(basename "$f")" || mv "$out/kernels/.tmp" "$out/kernels/$(basename "$f")"
+done
+rm -f "$out/kernels/.tmp"
+if grep -l "extern __shared__" "$out"/kernels/* >/dev/null 2>&1; then
+  echo "build.sh: an extern __shared__ declaration of a form the emulator does not map:" >&2
+  grep -n "extern __shared__" "$out"/kernels/* >&2
+  exit 1
+fi
+
+newer() {  # true when $1 is missing or older than any later argument
+  local target=$1; shift
+  [[ -e $target ]] || return 0
+  for d in "$@"; do [[ $d -nt $target ]] && return 0; done
+  return 1
+}
+
+headers=("$out"/kernels/*.cuh "$here"/*.h "$here"/include/*.h)
+objects=()
+pids=()
+for f in "$out"/kernels/*.cu; do
+  name=$(basename "$f" .cu)
+  obj=$out/obj/$name.o
+  objects+=("$obj")
+  newer "$obj" "$f" "${headers[@]}" "$0" || continue
+  (
+    # Entry points: every `__global__` function after macro expansion, registered by name.
+    entries=$("$cxx" "${flags[@]}" -D__global__=EMU_KERNEL_MARKER -include emu.h -E -x c++ "$f" | tr '\n' ' ' |
+      grep -oE 'EMU_KERNEL_MARKER +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
+    [[ -n $entries ]] || { echo "build.sh: no kernels found in $f" >&2; exit 1; }
+    {
+      echo "#include \"kernels/$name.cu\""
+      for e in $entries; do echo "EMU_REGISTER($e)"; done
+    } > "$out/obj/$name.cpp"
+    "$cxx" "${flags[@]}" -I"$out" -include emu.h -x c++ -c "$out/obj/$name.cpp" -o "$obj"
+  ) &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+for part in runtime driver; do
+  obj=$out/obj/$part.o
+  objects+=("$obj")
+  newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue
+  "$cxx" "${flags[@]}" -c "$here/$part.cpp" -o "$obj"
+done
+if newer "$out/libcuda.so" "${objects[@]}"; then
+  "$cxx" -shared -o "$out/libcuda.so" "${objects[@]}"
+fi
+if [[ -e $here/cublaslt.cpp ]] && newer "$out/libcublasLt.so" "$here/cublaslt.cpp"; then
+  "$cxx" "${flags[@]}" -shared -o "$out/libcublasLt.so" "$here/cublaslt.cpp" -lpthread
+fi
+echo "$out"

@@ -1,0 +1,836 @@
+// Emulated cuBLASLt for running the CUDA backend's host code on a CPU.
+//
+// Build: g++ -O2 -std=c++17 -shared -fPIC -o libcublasLt.so tests/gpu-emu/cublaslt.cpp
+//
+// cudarc (feature dynamic-loading) dlopens libcublasLt.so and resolves each symbol lazily, on its
+// first call. This file exports the cuBLASLt C API functions that src/backend/cuda/gemm.rs reaches
+// through cudarc::cublaslt::result (nothing from libcublas is used):
+//   cublasLtCreate, cublasLtDestroy,
+//   cublasLtMatmulDescCreate, cublasLtMatmulDescDestroy, cublasLtMatmulDescSetAttribute,
+//   cublasLtMatrixLayoutCreate, cublasLtMatrixLayoutDestroy, cublasLtMatrixLayoutSetAttribute,
+//   cublasLtMatmulPreferenceCreate, cublasLtMatmulPreferenceDestroy,
+//   cublasLtMatmulPreferenceSetAttribute, cublasLtMatmulAlgoGetHeuristic, cublasLtMatmul.
+// Enum values and struct layouts follow cudarc 0.19's sys bindings (feature cuda-13000).
+//
+// Semantics follow real cuBLASLt: column-major storage, D = alpha·op(A)·op(B) + beta·C with
+// COMPUTE_32F / scale 32F and host alpha/beta; C is not read when beta == 0, A and B are not read
+// when alpha == 0 (BLAS convention). Dot products accumulate in double and the epilogue rounds once
+// to D's type (bf16: round to nearest even, NaN stays NaN). "Device" pointers are host pointers
+// (the emulated driver's memory is host memory) and the work runs synchronously, ignoring the
+// stream. Anything a real cuBLASLt would reject is rejected here too, with a message on stderr
+// prefixed "emulated cuBLASLt:"; anything this emulator does not implement is NOT_SUPPORTED, loudly.
+//
+// EMU_CUBLASLT_THREADS=N caps the worker threads (default: all hardware threads).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#pragma GCC visibility push(hidden)
+
+namespace {
+
+// ---- ABI: values from cudarc-0.19.10/src/cublaslt/sys/mod.rs (cuda-13000) ----------------------
+
+using Status = uint32_t;  // cublasStatus_t
+constexpr Status SUCCESS = 0;
+constexpr Status NOT_INITIALIZED = 1;
+constexpr Status ALLOC_FAILED = 3;
+constexpr Status INVALID_VALUE = 7;
+constexpr Status NOT_SUPPORTED = 15;
+
+// cudaDataType_t
+constexpr uint32_t CUDA_R_32F = 0;
+constexpr uint32_t CUDA_R_16BF = 14;
+
+// cublasComputeType_t
+constexpr uint32_t COMPUTE_32F = 68;
+constexpr uint32_t COMPUTE_32F_PEDANTIC = 69;
+
+// cublasOperation_t
+constexpr int32_t OP_N = 0;
+constexpr int32_t OP_T = 1;
+constexpr int32_t OP_C = 2;  // the same as T for real data
+
+// cublasLtMatmulDescAttributes_t
+constexpr uint32_t DESC_COMPUTE_TYPE = 0;
+constexpr uint32_t DESC_SCALE_TYPE = 1;
+constexpr uint32_t DESC_POINTER_MODE = 2;
+constexpr uint32_t DESC_TRANSA = 3;
+constexpr uint32_t DESC_TRANSB = 4;
+constexpr uint32_t DESC_TRANSC = 5;
+constexpr uint32_t DESC_EPILOGUE = 7;
+
+constexpr int32_t POINTER_MODE_HOST = 0;
+constexpr uint32_t EPILOGUE_DEFAULT = 1;
+
+// cublasLtMatrixLayoutAttribute_t
+constexpr uint32_t LAYOUT_TYPE = 0;
+constexpr uint32_t LAYOUT_ORDER = 1;
+constexpr uint32_t LAYOUT_ROWS = 2;
+constexpr uint32_t LAYOUT_COLS = 3;
+constexpr uint32_t LAYOUT_LD = 4;
+constexpr uint32_t LAYOUT_BATCH_COUNT = 5;
+constexpr uint32_t LAYOUT_STRIDED_BATCH_OFFSET = 6;
+
+constexpr int32_t ORDER_COL = 0;
+
+// cublasLtMatmulPreferenceAttributes_t
+constexpr uint32_t PREF_SEARCH_MODE = 0;
+constexpr uint32_t PREF_MAX_WORKSPACE_BYTES = 1;
+constexpr uint32_t PREF_REDUCTION_SCHEME_MASK = 3;
+constexpr uint32_t PREF_MIN_ALIGNMENT_A_BYTES = 5;
+constexpr uint32_t PREF_MIN_ALIGNMENT_B_BYTES = 6;
+constexpr uint32_t PREF_MIN_ALIGNMENT_C_BYTES = 7;
+constexpr uint32_t PREF_MIN_ALIGNMENT_D_BYTES = 8;
+constexpr uint32_t PREF_MAX_WAVES_COUNT = 9;
+constexpr uint32_t PREF_IMPL_MASK = 12;
+
+}  // namespace
+
+extern "C" {
+struct cublasLtMatmulAlgo_t {
+    uint64_t data[8];
+};
+struct cublasLtMatmulHeuristicResult_t {
+    cublasLtMatmulAlgo_t algo;
+    size_t workspaceSize;
+    uint32_t state;  // cublasStatus_t
+    float wavesCount;
+    int reserved[4];
+};
+}
+static_assert(sizeof(cublasLtMatmulAlgo_t) == 64, "cublasLtMatmulAlgo_t is 8 u64");
+static_assert(sizeof(cublasLtMatmulHeuristicResult_t) == 96, "heuristic result layout");
+static_assert(offsetof(cublasLtMatmulHeuristicResult_t, workspaceSize) == 64, "layout");
+static_assert(offsetof(cublasLtMatmulHeuristicResult_t, state) == 72, "layout");
+static_assert(offsetof(cublasLtMatmulHeuristicResult_t, wavesCount) == 76, "layout");
+
+namespace {
+
+// ---- messages ------------------------------------------------------------------------------------
+
+__attribute__((format(printf, 1, 2))) void complain(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "emulated cuBLASLt: %s\n", buf);
+    fflush(stderr);
+}
+
+const char* type_name(uint32_t t) {
+    switch (t) {
+        case CUDA_R_32F: return "CUDA_R_32F";
+        case CUDA_R_16BF: return "CUDA_R_16BF";
+        case 2: return "CUDA_R_16F";
+        case 1: return "CUDA_R_64F";
+        default: return "an unsupported cudaDataType";
+    }
+}
+
+size_t type_size(uint32_t t) {
+    switch (t) {
+        case CUDA_R_32F: return 4;
+        case CUDA_R_16BF: return 2;
+        default: return 0;
+    }
+}
+
+// ---- objects and a registry of live ones (catches stale, foreign and mixed-up handles) -----------
+
+enum class Kind { Handle, Desc, Layout, Pref };
+
+const char* kind_name(Kind k) {
+    switch (k) {
+        case Kind::Handle: return "cublasLtHandle_t";
+        case Kind::Desc: return "cublasLtMatmulDesc_t";
+        case Kind::Layout: return "cublasLtMatrixLayout_t";
+        case Kind::Pref: return "cublasLtMatmulPreference_t";
+    }
+    return "?";
+}
+
+struct HandleObj {
+    int unused = 0;
+};
+
+struct DescObj {
+    uint32_t compute = COMPUTE_32F;
+    uint32_t scale = CUDA_R_32F;
+    int32_t pointer_mode = POINTER_MODE_HOST;
+    int32_t transa = OP_N;
+    int32_t transb = OP_N;
+    uint32_t epilogue = EPILOGUE_DEFAULT;
+};
+
+struct LayoutObj {
+    uint32_t type = CUDA_R_32F;
+    int32_t order = ORDER_COL;
+    uint64_t rows = 0;
+    uint64_t cols = 0;
+    int64_t ld = 0;
+    int32_t batch = 1;
+    int64_t stride = 0;
+};
+
+struct PrefObj {
+    uint32_t search_mode = 0;
+    uint64_t max_workspace = 0;
+    uint32_t reduction_mask = 7;
+    uint32_t align[4] = {256, 256, 256, 256};  // A, B, C, D
+    float max_waves = 0.0f;
+    uint64_t impl_mask = ~uint64_t(0);
+};
+
+std::mutex& registry_mutex() {
+    static std::mutex m;
+    return m;
+}
+std::unordered_map<const void*, Kind>& registry() {
+    static std::unordered_map<const void*, Kind> r;
+    return r;
+}
+
+void enroll(const void* p, Kind k) {
+    std::lock_guard<std::mutex> g(registry_mutex());
+    registry()[p] = k;
+}
+
+// True when p is a live object of kind k; complains otherwise (null included).
+bool live(const void* p, Kind k, const char* fn, const char* what) {
+    if (p == nullptr) {
+        complain("%s: %s (%s) is NULL", fn, what, kind_name(k));
+        return false;
+    }
+    std::lock_guard<std::mutex> g(registry_mutex());
+    auto it = registry().find(p);
+    if (it == registry().end()) {
+        complain("%s: %s %p is not a live %s (destroyed already, or never created)", fn, what, p,
+                 kind_name(k));
+        return false;
+    }
+    if (it->second != k) {
+        complain("%s: %s %p is a %s, not a %s", fn, what, p, kind_name(it->second), kind_name(k));
+        return false;
+    }
+    return true;
+}
+
+template <class T>
+Status destroy(void* p, Kind k, const char* fn) {
+    if (p == nullptr) return SUCCESS;
+    {
+        std::lock_guard<std::mutex> g(registry_mutex());
+        auto it = registry().find(p);
+        if (it == registry().end() || it->second != k) {
+            complain("%s: %p is not a live %s (double destroy?)", fn, p, kind_name(k));
+            return INVALID_VALUE;
+        }
+        registry().erase(it);
+    }
+    delete static_cast<T*>(p);
+    return SUCCESS;
+}
+
+template <class T>
+Status create(void** out, Kind k, const char* fn, const T& init) {
+    if (out == nullptr) {
+        complain("%s: the output pointer is NULL", fn);
+        return INVALID_VALUE;
+    }
+    T* obj = new (std::nothrow) T(init);
+    if (obj == nullptr) return ALLOC_FAILED;
+    enroll(obj, k);
+    *out = obj;
+    return SUCCESS;
+}
+
+template <class V>
+bool read_attr(const void* buf, size_t size, V* out, const char* fn, const char* attr) {
+    if (buf == nullptr) {
+        complain("%s(%s): buf is NULL", fn, attr);
+        return false;
+    }
+    if (size != sizeof(V)) {
+        complain("%s(%s): sizeInBytes is %zu, the attribute takes %zu", fn, attr, size, sizeof(V));
+        return false;
+    }
+    memcpy(out, buf, sizeof(V));
+    return true;
+}
+
+// ---- the problem, checked --------------------------------------------------------------------
+
+struct Problem {
+    int64_t m = 0, n = 0, k = 0, batch = 1;
+    bool ta = false, tb = false;
+    uint32_t ab_type = 0, cd_type = 0;
+    int64_t lda = 0, ldb = 0, ldc = 0, ldd = 0;
+    int64_t sa = 0, sb = 0, sc = 0, sd = 0;
+};
+
+std::string shape(const LayoutObj& l) {
+    char buf[160];
+    snprintf(buf, sizeof buf, "%llux%llu ld %lld %s", (unsigned long long)l.rows,
+             (unsigned long long)l.cols, (long long)l.ld, type_name(l.type));
+    return buf;
+}
+
+// The checks shared by the heuristic and the matmul; fills `p` on success.
+Status check_problem(const char* fn, const DescObj& d, const LayoutObj& a, const LayoutObj& b,
+                     const LayoutObj& c, const LayoutObj& dd, Problem* p) {
+    if (d.compute != COMPUTE_32F && d.compute != COMPUTE_32F_PEDANTIC) {
+        complain("%s: compute type %u is not emulated (only CUBLAS_COMPUTE_32F)", fn, d.compute);
+        return NOT_SUPPORTED;
+    }
+    if (d.scale != CUDA_R_32F) {
+        complain("%s: scale type %s is not supported with CUBLAS_COMPUTE_32F (needs CUDA_R_32F)",
+                 fn, type_name(d.scale));
+        return NOT_SUPPORTED;
+    }
+    // Types: with COMPUTE_32F / scale 32F cuBLASLt takes A/B 16BF -> C/D 16BF or 32F, and A/B 32F
+    // -> C/D 32F (16F is real but not emulated). A and B, C and D must share their type.
+    if (a.type != b.type) {
+        complain("%s: A is %s but B is %s; they must have the same type", fn, type_name(a.type),
+                 type_name(b.type));
+        return NOT_SUPPORTED;
+    }
+    if (c.type != dd.type) {
+        complain("%s: C is %s but D is %s; they must have the same type", fn, type_name(c.type),
+                 type_name(dd.type));
+        return NOT_SUPPORTED;
+    }
+    bool types_ok = (a.type == CUDA_R_16BF && (c.type == CUDA_R_16BF || c.type == CUDA_R_32F)) ||
+                    (a.type == CUDA_R_32F && c.type == CUDA_R_32F);
+    if (!types_ok) {
+        complain("%s: A/B %s with C/D %s is not a supported combination for CUBLAS_COMPUTE_32F "
+                 "(supported here: 16BF->16BF, 16BF->32F, 32F->32F)",
+                 fn, type_name(a.type), type_name(c.type));
+        return NOT_SUPPORTED;
+    }
+
+    const bool ta = d.transa != OP_N, tb = d.transb != OP_N;
+    const uint64_t m = dd.rows, n = dd.cols;
+    const uint64_t a_m = ta ? a.cols : a.rows, k = ta ? a.rows : a.cols;
+    const uint64_t b_k = tb ? b.cols : b.rows, b_n = tb ? b.rows : b.cols;
+    if (c.rows != m || c.cols != n || a_m != m || b_k != k || b_n != n) {
+        complain("%s: shapes do not agree: op(A) %llux%llu (A %s, trans%c), op(B) %llux%llu "
+                 "(B %s, trans%c), C %s, D %s; need op(A) m x k, op(B) k x n, C and D m x n",
+                 fn, (unsigned long long)a_m, (unsigned long long)k, shape(a).c_str(),
+                 ta ? 'T' : 'N', (unsigned long long)b_k, (unsigned long long)b_n,
+                 shape(b).c_str(), tb ? 'T' : 'N', shape(c).c_str(), shape(dd).c_str());
+        return INVALID_VALUE;
+    }
+    const LayoutObj* ls[4] = {&a, &b, &c, &dd};
+    const char names[4] = {'A', 'B', 'C', 'D'};
+    for (int i = 0; i < 4; i++) {
+        const LayoutObj& l = *ls[i];
+        if (l.order != ORDER_COL) {
+            complain("%s: %c has order %d; only CUBLASLT_ORDER_COL is emulated", fn, names[i],
+                     l.order);
+            return NOT_SUPPORTED;
+        }
+        if (l.ld < 1 || uint64_t(l.ld) < l.rows) {
+            complain("%s: %c (%s) has ld %lld smaller than its %llu rows (or < 1)", fn, names[i],
+                     shape(l).c_str(), (long long)l.ld, (unsigned long long)l.rows);
+            return INVALID_VALUE;
+        }
+        if (l.rows > uint64_t(INT64_MAX / 2) || l.cols > uint64_t(INT64_MAX / 2)) {
+            complain("%s: %c (%s) is absurdly large", fn, names[i], shape(l).c_str());
+            return INVALID_VALUE;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        if (ls[i]->batch < 1) {
+            complain("%s: %c has batch count %d (< 1)", fn, names[i], ls[i]->batch);
+            return INVALID_VALUE;
+        }
+    }
+    if (a.batch != b.batch || a.batch != c.batch || a.batch != dd.batch) {
+        complain("%s: batch counts differ: A %d, B %d, C %d, D %d (they must all be equal)", fn,
+                 a.batch, b.batch, c.batch, dd.batch);
+        return INVALID_VALUE;
+    }
+    if (k == 0) {
+        complain("%s: k = 0 (op(A) is %llux0) is not supported", fn, (unsigned long long)m);
+        return NOT_SUPPORTED;
+    }
+    p->m = int64_t(m);
+    p->n = int64_t(n);
+    p->k = int64_t(k);
+    p->batch = a.batch;
+    p->ta = ta;
+    p->tb = tb;
+    p->ab_type = a.type;
+    p->cd_type = c.type;
+    p->lda = a.ld;
+    p->ldb = b.ld;
+    p->ldc = c.ld;
+    p->ldd = dd.ld;
+    p->sa = a.stride;
+    p->sb = b.stride;
+    p->sc = c.stride;
+    p->sd = dd.stride;
+    return SUCCESS;
+}
+
+// ---- numerics --------------------------------------------------------------------------------
+
+inline double load(const float* p) { return double(*p); }
+inline double load(const uint16_t* p) {
+    uint32_t u = uint32_t(*p) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return double(f);
+}
+
+inline void store(float* p, double r) { *p = float(r); }
+
+// double -> bf16, rounded once to nearest even: round to odd into float (24 bits, enough spare
+// bits below bf16's 8), then to nearest even into bf16.
+inline uint16_t bf16_from_double(double r) {
+    float f = float(r);
+    uint32_t u;
+    if (std::isnan(r)) {
+        memcpy(&u, &f, 4);
+        return uint16_t((u >> 16) | 0x0040);  // quiet NaN, sign kept
+    }
+    if (double(f) != r) {
+        if (std::fabs(double(f)) > std::fabs(r)) f = std::nextafter(f, 0.0f);  // toward zero
+        memcpy(&u, &f, 4);
+        u |= 1;  // sticky: inexact
+    } else {
+        memcpy(&u, &f, 4);
+    }
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+inline void store(uint16_t* p, double r) { *p = bf16_from_double(r); }
+
+struct Args {
+    Problem p;
+    double alpha = 0, beta = 0;
+    const void* a = nullptr;
+    const void* b = nullptr;
+    const void* c = nullptr;
+    void* d = nullptr;
+};
+
+// Columns [begin, end) of the batch-flattened output (column index = batch * n + j).
+template <class TA, class TC>
+void run_columns(const Args& g, int64_t begin, int64_t end) {
+    const Problem& p = g.p;
+    std::vector<double> acc(size_t(p.m)), bcol(size_t(p.k));
+    for (int64_t col = begin; col < end; col++) {
+        const int64_t bi = col / p.n, j = col % p.n;
+        TC* D = static_cast<TC*>(g.d) + bi * p.sd;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        if (g.alpha != 0.0) {  // A and B may be NULL otherwise: no pointer arithmetic on them
+            const TA* A = static_cast<const TA*>(g.a) + bi * p.sa;
+            const TA* B = static_cast<const TA*>(g.b) + bi * p.sb;
+            for (int64_t q = 0; q < p.k; q++)
+                bcol[size_t(q)] = p.tb ? load(B + j + q * p.ldb) : load(B + q + j * p.ldb);
+            if (!p.ta) {  // A stored m x k: walk down its columns
+                for (int64_t q = 0; q < p.k; q++) {
+                    const double bq = bcol[size_t(q)];
+                    const TA* Acol = A + q * p.lda;
+                    for (int64_t i = 0; i < p.m; i++) acc[size_t(i)] += load(Acol + i) * bq;
+                }
+            } else {  // A stored k x m: row i of op(A) is column i of A
+                for (int64_t i = 0; i < p.m; i++) {
+                    const TA* Acol = A + i * p.lda;
+                    double s = 0.0;
+                    for (int64_t q = 0; q < p.k; q++) s += load(Acol + q) * bcol[size_t(q)];
+                    acc[size_t(i)] = s;
+                }
+            }
+        }
+        if (g.beta != 0.0) {  // C is not read when beta == 0 (it may hold garbage, or be NULL)
+            const TC* C = static_cast<const TC*>(g.c) + bi * p.sc;
+            for (int64_t i = 0; i < p.m; i++)
+                store(D + i + j * p.ldd, g.alpha * acc[size_t(i)] + g.beta * load(C + i + j * p.ldc));
+        } else {
+            for (int64_t i = 0; i < p.m; i++) store(D + i + j * p.ldd, g.alpha * acc[size_t(i)]);
+        }
+    }
+}
+
+template <class TA, class TC>
+void run(const Args& g) {
+    const Problem& p = g.p;
+    const int64_t cols = p.batch * p.n;
+    const double work = double(p.m) * double(p.n) * double(p.k) * double(p.batch);
+    int64_t threads = 1;
+    if (work >= 2e6) {
+        unsigned hw = std::thread::hardware_concurrency();
+        threads = hw == 0 ? 1 : int64_t(hw);
+        if (const char* env = getenv("EMU_CUBLASLT_THREADS")) {
+            long v = strtol(env, nullptr, 10);
+            if (v >= 1) threads = v;
+        }
+        threads = std::min(threads, cols);
+    }
+    if (threads <= 1) {
+        run_columns<TA, TC>(g, 0, cols);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(size_t(threads));
+    for (int64_t t = 0; t < threads; t++) {
+        const int64_t lo = cols * t / threads, hi = cols * (t + 1) / threads;
+        pool.emplace_back([&g, lo, hi] { run_columns<TA, TC>(g, lo, hi); });
+    }
+    for (auto& th : pool) th.join();
+}
+
+bool aligned(const void* ptr, size_t bytes) { return (uintptr_t(ptr) % bytes) == 0; }
+
+}  // namespace
+
+#pragma GCC visibility pop
+
+// ---- the exported C API ------------------------------------------------------------------------
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+EXPORT uint32_t cublasLtCreate(void** handle) {
+    return create(handle, Kind::Handle, "cublasLtCreate", HandleObj{});
+}
+
+EXPORT uint32_t cublasLtDestroy(void* handle) {
+    if (handle == nullptr) {
+        complain("cublasLtDestroy: handle is NULL");
+        return NOT_INITIALIZED;
+    }
+    return destroy<HandleObj>(handle, Kind::Handle, "cublasLtDestroy");
+}
+
+EXPORT uint32_t cublasLtMatmulDescCreate(void** desc, uint32_t compute_type, uint32_t scale_type) {
+    DescObj d;
+    d.compute = compute_type;
+    d.scale = scale_type;
+    return create(desc, Kind::Desc, "cublasLtMatmulDescCreate", d);
+}
+
+EXPORT uint32_t cublasLtMatmulDescDestroy(void* desc) {
+    return destroy<DescObj>(desc, Kind::Desc, "cublasLtMatmulDescDestroy");
+}
+
+EXPORT uint32_t cublasLtMatmulDescSetAttribute(void* desc, uint32_t attr, const void* buf,
+                                               size_t size) {
+    const char* fn = "cublasLtMatmulDescSetAttribute";
+    if (!live(desc, Kind::Desc, fn, "matmulDesc")) return INVALID_VALUE;
+    DescObj& d = *static_cast<DescObj*>(desc);
+    switch (attr) {
+        case DESC_COMPUTE_TYPE: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "COMPUTE_TYPE")) return INVALID_VALUE;
+            d.compute = uint32_t(v);
+            return SUCCESS;
+        }
+        case DESC_SCALE_TYPE: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "SCALE_TYPE")) return INVALID_VALUE;
+            d.scale = uint32_t(v);
+            return SUCCESS;
+        }
+        case DESC_POINTER_MODE: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "POINTER_MODE")) return INVALID_VALUE;
+            if (v != POINTER_MODE_HOST) {
+                complain("%s: POINTER_MODE %d is not emulated (only CUBLASLT_POINTER_MODE_HOST)",
+                         fn, v);
+                return NOT_SUPPORTED;
+            }
+            d.pointer_mode = v;
+            return SUCCESS;
+        }
+        case DESC_TRANSA:
+        case DESC_TRANSB: {
+            const char* name = attr == DESC_TRANSA ? "TRANSA" : "TRANSB";
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, name)) return INVALID_VALUE;
+            if (v != OP_N && v != OP_T && v != OP_C) {
+                complain("%s(%s): %d is not a cublasOperation_t (N = 0, T = 1, C = 2)", fn, name,
+                         v);
+                return INVALID_VALUE;
+            }
+            (attr == DESC_TRANSA ? d.transa : d.transb) = v == OP_C ? OP_T : v;
+            return SUCCESS;
+        }
+        case DESC_TRANSC: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "TRANSC")) return INVALID_VALUE;
+            if (v != OP_N) {
+                complain("%s: TRANSC must be CUBLAS_OP_N (got %d)", fn, v);
+                return NOT_SUPPORTED;
+            }
+            return SUCCESS;
+        }
+        case DESC_EPILOGUE: {
+            uint32_t v;
+            if (!read_attr(buf, size, &v, fn, "EPILOGUE")) return INVALID_VALUE;
+            if (v != EPILOGUE_DEFAULT) {
+                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT)", fn, v);
+                return NOT_SUPPORTED;
+            }
+            d.epilogue = v;
+            return SUCCESS;
+        }
+        default:
+            complain("%s: matmul descriptor attribute %u is not emulated", fn, attr);
+            return NOT_SUPPORTED;
+    }
+}
+
+EXPORT uint32_t cublasLtMatrixLayoutCreate(void** layout, uint32_t type, uint64_t rows,
+                                           uint64_t cols, int64_t ld) {
+    LayoutObj l;
+    l.type = type;
+    l.rows = rows;
+    l.cols = cols;
+    l.ld = ld;
+    return create(layout, Kind::Layout, "cublasLtMatrixLayoutCreate", l);
+}
+
+EXPORT uint32_t cublasLtMatrixLayoutDestroy(void* layout) {
+    return destroy<LayoutObj>(layout, Kind::Layout, "cublasLtMatrixLayoutDestroy");
+}
+
+EXPORT uint32_t cublasLtMatrixLayoutSetAttribute(void* layout, uint32_t attr, const void* buf,
+                                                 size_t size) {
+    const char* fn = "cublasLtMatrixLayoutSetAttribute";
+    if (!live(layout, Kind::Layout, fn, "matLayout")) return INVALID_VALUE;
+    LayoutObj& l = *static_cast<LayoutObj*>(layout);
+    switch (attr) {
+        case LAYOUT_TYPE: {
+            uint32_t v;
+            if (!read_attr(buf, size, &v, fn, "TYPE")) return INVALID_VALUE;
+            l.type = v;
+            return SUCCESS;
+        }
+        case LAYOUT_ORDER: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "ORDER")) return INVALID_VALUE;
+            if (v != ORDER_COL) {
+                complain("%s: ORDER %d is not emulated (only CUBLASLT_ORDER_COL)", fn, v);
+                return NOT_SUPPORTED;
+            }
+            l.order = v;
+            return SUCCESS;
+        }
+        case LAYOUT_ROWS: {
+            uint64_t v;
+            if (!read_attr(buf, size, &v, fn, "ROWS")) return INVALID_VALUE;
+            l.rows = v;
+            return SUCCESS;
+        }
+        case LAYOUT_COLS: {
+            uint64_t v;
+            if (!read_attr(buf, size, &v, fn, "COLS")) return INVALID_VALUE;
+            l.cols = v;
+            return SUCCESS;
+        }
+        case LAYOUT_LD: {
+            int64_t v;
+            if (!read_attr(buf, size, &v, fn, "LD")) return INVALID_VALUE;
+            l.ld = v;
+            return SUCCESS;
+        }
+        case LAYOUT_BATCH_COUNT: {
+            int32_t v;
+            if (!read_attr(buf, size, &v, fn, "BATCH_COUNT")) return INVALID_VALUE;
+            l.batch = v;
+            return SUCCESS;
+        }
+        case LAYOUT_STRIDED_BATCH_OFFSET: {
+            int64_t v;
+            if (!read_attr(buf, size, &v, fn, "STRIDED_BATCH_OFFSET")) return INVALID_VALUE;
+            l.stride = v;
+            return SUCCESS;
+        }
+        default:
+            complain("%s: matrix layout attribute %u is not emulated", fn, attr);
+            return NOT_SUPPORTED;
+    }
+}
+
+EXPORT uint32_t cublasLtMatmulPreferenceCreate(void** pref) {
+    return create(pref, Kind::Pref, "cublasLtMatmulPreferenceCreate", PrefObj{});
+}
+
+EXPORT uint32_t cublasLtMatmulPreferenceDestroy(void* pref) {
+    return destroy<PrefObj>(pref, Kind::Pref, "cublasLtMatmulPreferenceDestroy");
+}
+
+EXPORT uint32_t cublasLtMatmulPreferenceSetAttribute(void* pref, uint32_t attr, const void* buf,
+                                                     size_t size) {
+    const char* fn = "cublasLtMatmulPreferenceSetAttribute";
+    if (!live(pref, Kind::Pref, fn, "pref")) return INVALID_VALUE;
+    PrefObj& p = *static_cast<PrefObj*>(pref);
+    switch (attr) {
+        case PREF_SEARCH_MODE:
+            return read_attr(buf, size, &p.search_mode, fn, "SEARCH_MODE") ? SUCCESS
+                                                                            : INVALID_VALUE;
+        case PREF_MAX_WORKSPACE_BYTES:
+            return read_attr(buf, size, &p.max_workspace, fn, "MAX_WORKSPACE_BYTES")
+                       ? SUCCESS
+                       : INVALID_VALUE;
+        case PREF_REDUCTION_SCHEME_MASK:
+            return read_attr(buf, size, &p.reduction_mask, fn, "REDUCTION_SCHEME_MASK")
+                       ? SUCCESS
+                       : INVALID_VALUE;
+        case PREF_MIN_ALIGNMENT_A_BYTES:
+        case PREF_MIN_ALIGNMENT_B_BYTES:
+        case PREF_MIN_ALIGNMENT_C_BYTES:
+        case PREF_MIN_ALIGNMENT_D_BYTES: {
+            const int i = int(attr - PREF_MIN_ALIGNMENT_A_BYTES);
+            const char* names[4] = {"MIN_ALIGNMENT_A_BYTES", "MIN_ALIGNMENT_B_BYTES",
+                                    "MIN_ALIGNMENT_C_BYTES", "MIN_ALIGNMENT_D_BYTES"};
+            return read_attr(buf, size, &p.align[i], fn, names[i]) ? SUCCESS : INVALID_VALUE;
+        }
+        case PREF_MAX_WAVES_COUNT:
+            return read_attr(buf, size, &p.max_waves, fn, "MAX_WAVES_COUNT") ? SUCCESS
+                                                                              : INVALID_VALUE;
+        case PREF_IMPL_MASK:
+            return read_attr(buf, size, &p.impl_mask, fn, "IMPL_MASK") ? SUCCESS : INVALID_VALUE;
+        default:
+            complain("%s: %u is not a cublasLtMatmulPreferenceAttributes_t", fn, attr);
+            return INVALID_VALUE;
+    }
+}
+
+EXPORT uint32_t cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* adesc, void* bdesc,
+                                               void* cdesc, void* ddesc, void* pref,
+                                               int requested, cublasLtMatmulHeuristicResult_t* out,
+                                               int* count) {
+    const char* fn = "cublasLtMatmulAlgoGetHeuristic";
+    if (count != nullptr) *count = 0;
+    if (!live(handle, Kind::Handle, fn, "lightHandle")) return NOT_INITIALIZED;
+    if (requested <= 0) {
+        complain("%s: requestedAlgoCount is %d (must be > 0)", fn, requested);
+        return INVALID_VALUE;
+    }
+    if (out == nullptr || count == nullptr) {
+        complain("%s: heuristicResultsArray or returnAlgoCount is NULL", fn);
+        return INVALID_VALUE;
+    }
+    if (!live(desc, Kind::Desc, fn, "operationDesc") || !live(adesc, Kind::Layout, fn, "Adesc") ||
+        !live(bdesc, Kind::Layout, fn, "Bdesc") || !live(cdesc, Kind::Layout, fn, "Cdesc") ||
+        !live(ddesc, Kind::Layout, fn, "Ddesc") || !live(pref, Kind::Pref, fn, "preference"))
+        return INVALID_VALUE;
+    const auto& a = *static_cast<const LayoutObj*>(adesc);
+    const auto& b = *static_cast<const LayoutObj*>(bdesc);
+    const auto& c = *static_cast<const LayoutObj*>(cdesc);
+    const auto& d = *static_cast<const LayoutObj*>(ddesc);
+    Problem p;
+    Status s = check_problem(fn, *static_cast<const DescObj*>(desc), a, b, c, d, &p);
+    if (s != SUCCESS) return s;
+    // No algorithm works on pointers less aligned than their element.
+    const auto& pr = *static_cast<const PrefObj*>(pref);
+    const uint32_t types[4] = {a.type, b.type, c.type, d.type};
+    for (int i = 0; i < 4; i++) {
+        if (pr.align[i] < type_size(types[i])) {
+            complain("%s: no algorithm for %c aligned to %u bytes (a %s element takes %zu)", fn,
+                     "ABCD"[i], pr.align[i], type_name(types[i]), type_size(types[i]));
+            return NOT_SUPPORTED;
+        }
+    }
+    memset(out, 0, sizeof *out);
+    out->workspaceSize = 0;
+    out->state = SUCCESS;
+    out->wavesCount = 1.0f;
+    *count = 1;
+    return SUCCESS;
+}
+
+EXPORT uint32_t cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a,
+                               void* adesc, const void* b, void* bdesc, const void* beta,
+                               const void* c, void* cdesc, void* d, void* ddesc,
+                               const cublasLtMatmulAlgo_t* /*algo: NULL or ours, all zero*/,
+                               void* workspace, size_t workspace_size, void* /*stream*/) {
+    const char* fn = "cublasLtMatmul";
+    if (!live(handle, Kind::Handle, fn, "lightHandle")) return NOT_INITIALIZED;
+    if (!live(desc, Kind::Desc, fn, "computeDesc") || !live(adesc, Kind::Layout, fn, "Adesc") ||
+        !live(bdesc, Kind::Layout, fn, "Bdesc") || !live(cdesc, Kind::Layout, fn, "Cdesc") ||
+        !live(ddesc, Kind::Layout, fn, "Ddesc"))
+        return INVALID_VALUE;
+    const auto& la = *static_cast<const LayoutObj*>(adesc);
+    const auto& lb = *static_cast<const LayoutObj*>(bdesc);
+    const auto& lc = *static_cast<const LayoutObj*>(cdesc);
+    const auto& ld = *static_cast<const LayoutObj*>(ddesc);
+    Args g;
+    Status s = check_problem(fn, *static_cast<const DescObj*>(desc), la, lb, lc, ld, &g.p);
+    if (s != SUCCESS) return s;
+    if (alpha == nullptr || beta == nullptr) {
+        complain("%s: alpha or beta is NULL", fn);
+        return INVALID_VALUE;
+    }
+    if (workspace == nullptr && workspace_size > 0) {
+        complain("%s: workspace is NULL but workspaceSizeInBytes is %zu", fn, workspace_size);
+        return INVALID_VALUE;
+    }
+    float alpha_f, beta_f;
+    memcpy(&alpha_f, alpha, 4);
+    memcpy(&beta_f, beta, 4);
+    g.alpha = alpha_f;
+    g.beta = beta_f;
+    g.a = a;
+    g.b = b;
+    g.c = c;
+    g.d = d;
+    const Problem& p = g.p;
+    if (p.m == 0 || p.n == 0) return SUCCESS;  // nothing to write
+    const bool reads_ab = g.alpha != 0.0, reads_c = g.beta != 0.0;
+    if ((reads_ab && (a == nullptr || b == nullptr)) || (reads_c && c == nullptr) || d == nullptr) {
+        complain("%s: NULL operand for a %lldx%lldx%lld problem (A %p, B %p, C %p with beta %g, "
+                 "D %p)",
+                 fn, (long long)p.m, (long long)p.n, (long long)p.k, a, b, c, g.beta, d);
+        return INVALID_VALUE;
+    }
+    const size_t ab = type_size(p.ab_type), cd = type_size(p.cd_type);
+    if ((reads_ab && (!aligned(a, ab) || !aligned(b, ab))) || (reads_c && !aligned(c, cd)) ||
+        !aligned(d, cd)) {
+        complain("%s: misaligned operand (A %p, B %p: %zu-byte elements; C %p, D %p: %zu-byte "
+                 "elements)",
+                 fn, a, b, ab, c, d, cd);
+        return INVALID_VALUE;
+    }
+    if (c == d && reads_c && (lc.ld != ld.ld || (p.batch > 1 && lc.stride != ld.stride))) {
+        complain("%s: in-place C == D needs identical C and D layouts (C %s stride %lld, "
+                 "D %s stride %lld)",
+                 fn, shape(lc).c_str(), (long long)lc.stride, shape(ld).c_str(),
+                 (long long)ld.stride);
+        return INVALID_VALUE;
+    }
+    if (p.batch > 1) {
+        const int64_t span = (p.n - 1) * p.ldd + p.m;  // elements one D matrix covers
+        if (std::llabs(p.sd) < span) {
+            static std::once_flag once;
+            std::call_once(once, [&] {
+                complain("warning: %s: batched D matrices overlap (stride %lld < %lld elements "
+                         "per matrix); a GPU would race on them (reported once)",
+                         fn, (long long)p.sd, (long long)span);
+            });
+        }
+    }
+    if (p.ab_type == CUDA_R_16BF && p.cd_type == CUDA_R_16BF)
+        run<uint16_t, uint16_t>(g);
+    else if (p.ab_type == CUDA_R_16BF)
+        run<uint16_t, float>(g);
+    else
+        run<float, float>(g);
+    return SUCCESS;
+}

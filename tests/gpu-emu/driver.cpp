@@ -1,0 +1,371 @@
+// A fake libcuda.so: the part of the CUDA driver API that cudarc calls for this project, over host
+// memory and the kernel emulator (runtime.cpp). One device, by default an A100-like sm_80 (so the
+// launchers pick the mma.sync kernels); LOWRANK_EMU_SMS sets its SM count, which the launchers'
+// tile and split-K choices depend on. What a real driver refuses, this one refuses too, with a
+// sentence on stderr: copies outside an allocation, launches over the dynamic shared memory the
+// function was allowed, empty or oversized grids and blocks, functions missing from the module.
+// After a failed launch every call fails, as on a real context after a fault.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "runtime.h"
+
+namespace {
+
+using CUresult = int;
+using CUdevice = int;
+using CUdeviceptr = unsigned long long;
+
+constexpr CUresult SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
+                   INVALID_HANDLE = 400, NOT_FOUND = 500, NOT_READY = 600, LAUNCH_FAILED = 719, NOT_SUPPORTED = 801;
+
+constexpr int SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 163 * 1024;  // an A100's limits per block
+
+struct Module {
+    std::string image;  // the fatbin, to check that a function asked of it is in it
+};
+struct Function {
+    std::string name;
+    emu::Entry entry;
+    int max_dynamic_smem = SMEM_DEFAULT;
+};
+struct Event {
+    std::chrono::steady_clock::time_point at;
+    bool recorded = false;
+};
+
+std::mutex mu;
+bool initialised = false;
+CUresult sticky = SUCCESS;  // the first launch failure, returned by every call after it
+std::map<CUdeviceptr, size_t> allocations;
+int dummy_context, dummy_stream;
+
+CUresult report(CUresult rc, const std::string& what) {
+    std::fprintf(stderr, "emulated GPU: %s\n", what.c_str());
+    return rc;
+}
+
+// The allocation holding [p, p + n), if any.
+bool inside_allocation(CUdeviceptr p, size_t n) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return p >= it->first && p + n <= it->first + it->second;
+}
+
+CUresult check_range(CUdeviceptr p, size_t n, const char* op) {
+    if (n == 0 || inside_allocation(p, n)) return SUCCESS;
+    return report(INVALID_VALUE, std::string(op) + ": " + std::to_string(n) + " bytes at 0x" + std::to_string(p) +
+                                     " are not inside one device allocation");
+}
+
+int sms() {
+    static const int n = [] {
+        const char* s = std::getenv("LOWRANK_EMU_SMS");
+        return s ? std::max(1, std::atoi(s)) : 108;
+    }();
+    return n;
+}
+
+#define GUARD()                                      \
+    std::lock_guard<std::mutex> lock(mu);            \
+    if (!initialised) return NOT_INITIALIZED;        \
+    if (sticky != SUCCESS) return sticky
+
+}  // namespace
+
+extern "C" {
+
+CUresult cuInit(unsigned) {
+    std::lock_guard<std::mutex> lock(mu);
+    initialised = true;
+    return SUCCESS;
+}
+
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGetCount(int* n) {
+    GUARD();
+    *n = 1;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    GUARD();
+    if (ordinal != 0) return INVALID_DEVICE;
+    *d = 0;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
+    GUARD();
+    if (d != 0) return INVALID_DEVICE;
+    std::snprintf(name, size_t(len), "Emulated GPU (CPU, sm_80, %d SMs)", sms());
+    return SUCCESS;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
+    GUARD();
+    if (d != 0) return INVALID_DEVICE;
+    *bytes = size_t(80) << 30;
+    return SUCCESS;
+}
+
+CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
+    GUARD();
+    *free = *total = size_t(80) << 30;
+    return SUCCESS;
+}
+
+CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice d) {
+    GUARD();
+    if (d != 0) return INVALID_DEVICE;
+    switch (attribute) {
+        case 1: *v = 1024; break;                                // max threads per block
+        case 2: case 3: *v = 1024; break;                        // max block x, y
+        case 4: *v = 64; break;                                  // max block z
+        case 5: *v = 2147483647; break;                          // max grid x
+        case 6: case 7: *v = 65535; break;                       // max grid y, z
+        case 8: *v = SMEM_DEFAULT; break;                        // shared memory per block
+        case 10: *v = 32; break;                                 // warp size
+        case 13: *v = 1410000; break;                            // clock, kHz
+        case 16: *v = sms(); break;                              // multiprocessors
+        case 36: *v = 1593000; break;                            // memory clock, kHz
+        case 37: *v = 5120; break;                               // bus width, bits
+        case 38: *v = 40 << 20; break;                           // L2 bytes
+        case 75: *v = 8; break;                                  // compute capability major
+        case 76: *v = 0; break;                                  // minor
+        case 97: *v = SMEM_OPTIN; break;                         // shared memory per block, opt-in
+        case 115: *v = 0; break;                                 // memory pools: no (plain cuMemAlloc)
+        default: return report(NOT_SUPPORTED, "cuDeviceGetAttribute: attribute " + std::to_string(attribute) + " is not emulated");
+    }
+    return SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRetain(void** ctx, CUdevice d) {
+    GUARD();
+    if (d != 0) return INVALID_DEVICE;
+    *ctx = &dummy_context;
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return SUCCESS; }
+CUresult cuCtxSetCurrent(void*) {
+    GUARD();
+    return SUCCESS;
+}
+CUresult cuCtxGetCurrent(void** ctx) {
+    GUARD();
+    *ctx = &dummy_context;
+    return SUCCESS;
+}
+CUresult cuCtxSynchronize() {
+    GUARD();
+    return SUCCESS;
+}
+
+// Streams: one in-order queue that has always finished (every call runs synchronously).
+CUresult cuStreamCreate(void** s, unsigned) {
+    GUARD();
+    *s = &dummy_stream;
+    return SUCCESS;
+}
+CUresult cuStreamDestroy_v2(void*) { return SUCCESS; }
+CUresult cuStreamSynchronize(void*) {
+    GUARD();
+    return SUCCESS;
+}
+CUresult cuStreamWaitEvent(void*, void*, unsigned) {
+    GUARD();
+    return SUCCESS;
+}
+
+CUresult cuEventCreate(void** e, unsigned) {
+    GUARD();
+    *e = new Event;
+    return SUCCESS;
+}
+CUresult cuEventDestroy_v2(void* e) {
+    delete static_cast<Event*>(e);
+    return SUCCESS;
+}
+CUresult cuEventRecord(void* e, void*) {
+    GUARD();
+    auto* ev = static_cast<Event*>(e);
+    ev->at = std::chrono::steady_clock::now();
+    ev->recorded = true;
+    return SUCCESS;
+}
+CUresult cuEventQuery(void*) {
+    GUARD();
+    return SUCCESS;
+}
+CUresult cuEventSynchronize(void*) {
+    GUARD();
+    return SUCCESS;
+}
+CUresult cuEventElapsedTime(float* ms, void* start, void* end) {
+    GUARD();
+    auto *a = static_cast<Event*>(start), *b = static_cast<Event*>(end);
+    if (!a->recorded || !b->recorded) return report(INVALID_HANDLE, "cuEventElapsedTime: an event was never recorded");
+    *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+    return SUCCESS;
+}
+CUresult cuEventElapsedTime_v2(float* ms, void* start, void* end) { return cuEventElapsedTime(ms, start, end); }
+
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    GUARD();
+    if (bytes == 0) return report(INVALID_VALUE, "cuMemAlloc: zero bytes");
+    // 256-byte aligned like cudaMalloc; new memory holds NaN bytes, as unset memory holds garbage.
+    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!m) return OUT_OF_MEMORY;
+    std::memset(m, 0xff, bytes);
+    *p = CUdeviceptr(m);
+    allocations[*p] = bytes;
+    return SUCCESS;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = allocations.find(p);
+    if (it == allocations.end()) return report(INVALID_VALUE, "cuMemFree of a pointer that is not an allocation");
+    allocations.erase(it);
+    std::free(reinterpret_cast<void*>(p));
+    return SUCCESS;
+}
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
+CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return cuMemFree_v2(p); }
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+    GUARD();
+    if (CUresult rc = check_range(dst, n, "cuMemcpyHtoD")) return rc;
+    std::memcpy(reinterpret_cast<void*>(dst), src, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+    GUARD();
+    if (CUresult rc = check_range(src, n, "cuMemcpyDtoH")) return rc;
+    std::memcpy(dst, reinterpret_cast<const void*>(src), n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    GUARD();
+    if (CUresult rc = check_range(dst, n, "cuMemcpyDtoD (destination)")) return rc;
+    if (CUresult rc = check_range(src, n, "cuMemcpyDtoD (source)")) return rc;
+    std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+    return SUCCESS;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void*) { return cuMemcpyHtoD_v2(dst, src, n); }
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void*) { return cuMemcpyDtoH_v2(dst, src, n); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void*) { return cuMemcpyDtoD_v2(dst, src, n); }
+
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    GUARD();
+    if (CUresult rc = check_range(dst, n, "cuMemsetD8")) return rc;
+    std::memset(reinterpret_cast<void*>(dst), v, n);
+    return SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(dst, v, n); }
+
+CUresult cuModuleLoadData(void** module, const void* image) {
+    GUARD();
+    // A fatbin starts with its header (magic 0xBA55ED50, version, header size, body size).
+    uint32_t magic;
+    std::memcpy(&magic, image, 4);
+    if (magic != 0xBA55ED50u) return report(INVALID_VALUE, "cuModuleLoadData: the image is not a fatbin");
+    uint64_t body;
+    uint16_t header;
+    std::memcpy(&header, static_cast<const char*>(image) + 6, 2);
+    std::memcpy(&body, static_cast<const char*>(image) + 8, 8);
+    *module = new Module{std::string(static_cast<const char*>(image), header + body)};
+    return SUCCESS;
+}
+CUresult cuModuleUnload(void* module) {
+    delete static_cast<Module*>(module);
+    return SUCCESS;
+}
+CUresult cuModuleGetFunction(void** f, void* module, const char* name) {
+    GUARD();
+    const std::string& image = static_cast<Module*>(module)->image;
+    if (image.find(std::string(name) + '\0') == std::string::npos)
+        return report(NOT_FOUND, std::string("cuModuleGetFunction: ") + name + " is not in this module's fatbin");
+    emu::Entry entry = emu::find_kernel(name);
+    if (!entry) return report(NOT_FOUND, std::string("cuModuleGetFunction: ") + name + " is in the fatbin but the emulator did not compile it");
+    *f = new Function{name, entry};
+    return SUCCESS;
+}
+
+CUresult cuFuncSetAttribute(void* f, int attribute, int value) {
+    GUARD();
+    auto* fn = static_cast<Function*>(f);
+    if (attribute != 8)  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        return report(NOT_SUPPORTED, "cuFuncSetAttribute: attribute " + std::to_string(attribute) + " is not emulated");
+    if (value < 0 || value > SMEM_OPTIN)
+        return report(INVALID_VALUE, fn->name + ": " + std::to_string(value) + " bytes of dynamic shared memory exceed the device's " +
+                                         std::to_string(SMEM_OPTIN));
+    fn->max_dynamic_smem = value;
+    return SUCCESS;
+}
+CUresult cuFuncGetAttribute(int* v, int attribute, void* f) {
+    GUARD();
+    if (attribute != 8) return report(NOT_SUPPORTED, "cuFuncGetAttribute: attribute " + std::to_string(attribute) + " is not emulated");
+    *v = static_cast<Function*>(f)->max_dynamic_smem;
+    return SUCCESS;
+}
+
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void*,
+                        void** params, void** extra) {
+    GUARD();
+    auto* fn = static_cast<Function*>(f);
+    const std::string at = fn->name + " <<<(" + std::to_string(gx) + "," + std::to_string(gy) + "," + std::to_string(gz) + "), (" +
+                           std::to_string(bx) + "," + std::to_string(by) + "," + std::to_string(bz) + "), " + std::to_string(smem) + ">>>";
+    if (extra) return report(NOT_SUPPORTED, at + ": the `extra` launch form is not emulated");
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0) return report(INVALID_VALUE, at + ": an empty grid or block");
+    if (gy > 65535 || gz > 65535 || gx > 2147483647u) return report(INVALID_VALUE, at + ": the grid exceeds the device's limits");
+    if (size_t(bx) * by * bz > 1024 || bz > 64) return report(INVALID_VALUE, at + ": the block exceeds 1024 threads or the device's limits");
+    if (int(smem) > fn->max_dynamic_smem)
+        return report(INVALID_VALUE, at + ": dynamic shared memory over the function's limit of " + std::to_string(fn->max_dynamic_smem) +
+                                         " bytes (set CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)");
+    if (const char* trace = std::getenv("LOWRANK_EMU_TRACE")) {  // one line per launch, for coverage checks
+        if (FILE* t = std::fopen(trace, "a")) {
+            std::fprintf(t, "%s\n", fn->name.c_str());
+            std::fclose(t);
+        }
+    }
+    const std::string error = emu::launch(fn->name.c_str(), fn->entry, {gx, gy, gz}, {bx, by, bz}, smem, params);
+    if (!error.empty()) {
+        sticky = LAUNCH_FAILED;
+        return report(LAUNCH_FAILED, error);
+    }
+    return SUCCESS;
+}
+
+CUresult cuGetErrorName(CUresult rc, const char** s) {
+    switch (rc) {
+        case SUCCESS: *s = "CUDA_SUCCESS"; break;
+        case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+        case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
+        case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
+        case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
+        case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
+        case NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
+        default: *s = "CUDA_ERROR_UNKNOWN"; return INVALID_VALUE;
+    }
+    return SUCCESS;
+}
+CUresult cuGetErrorString(CUresult rc, const char** s) { return cuGetErrorName(rc, s); }
+
+CUresult cuProfilerStart() { return SUCCESS; }
+CUresult cuProfilerStop() { return SUCCESS; }
+
+}  // extern "C"

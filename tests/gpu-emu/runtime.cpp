@@ -1,0 +1,437 @@
+// The emulator's execution model: a launch runs its blocks one after another on the calling OS
+// thread, each block's CUDA threads as fibers (stackful coroutines) that run until they reach a barrier
+// (__syncthreads, or a warp-wide instruction such as a shuffle, ldmatrix or mma.sync), so every
+// barrier is honoured exactly and a missing one shows up as a wrong result when the fibers run in
+// another order (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
+// reported as a deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake
+// driver then answers every later call with an error, as a real context does after a fault.
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+#include "emulated_ptx.h"
+#include "runtime.h"
+
+// Switches fibers: saves the callee-saved registers and the FP control words on the current stack,
+// stores its pointer in *from and resumes the stack `to`. (glibc's swapcontext also saves the signal
+// mask, a system call per switch, which made it most of the emulator's time.) x86-64 System V only.
+extern "C" void emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+namespace emu {
+namespace {
+
+constexpr size_t STACK_BYTES = 64 * 1024;
+
+enum class State { Ready, AtBlock, AtWarp, Done };
+
+struct Copy {
+    uint32_t dst;
+    const void* src;
+    bool pred;
+};
+
+struct Warp {
+    WarpSlots slots;
+    int arrived = 0, lanes = 0, op = 0;
+};
+
+}  // namespace
+
+struct Fiber {
+    void* sp = nullptr;  // the saved stack pointer while switched out
+    State state = State::Ready;
+    uint3_t tid{};
+    int lane = 0, warp = 0;
+    std::vector<std::vector<Copy>> committed;
+    std::vector<Copy> open;
+};
+
+namespace {
+
+struct Launch {
+    const char* name;
+    Entry entry;
+    void** params;
+    uint3_t grid, block, bidx;
+    unsigned char* smem = nullptr;
+    size_t smem_bytes = 0;
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    int live = 0, block_arrived = 0;
+    void* sched = nullptr;  // the scheduler's saved stack pointer
+    Fiber* cur = nullptr;
+    std::string error;
+};
+
+thread_local Launch* L = nullptr;
+
+std::map<std::string, Entry>& registry() {
+    static std::map<std::string, Entry> r;
+    return r;
+}
+
+Launch& launch_state() {
+    if (!L) {
+        std::fprintf(stderr, "emulated GPU: a device function ran outside a kernel launch\n");
+        std::abort();
+    }
+    return *L;
+}
+
+void yield() {
+    Launch& l = *L;
+    emu_switch(&l.cur->sp, l.sched);
+}
+
+void release_block(Launch& l) {
+    l.block_arrived = 0;
+    for (Fiber& f : l.fibers)
+        if (f.state == State::AtBlock) f.state = State::Ready;
+}
+
+[[noreturn]] void fiber_main() {
+    Launch& l = *L;
+    l.entry(l.params);
+    Fiber* f = l.cur;
+    f->state = State::Done;
+    --l.live;
+    if (l.block_arrived > 0 && l.block_arrived == l.live) release_block(l);
+    emu_switch(&f->sp, l.sched);  // never resumed
+    std::abort();
+}
+
+// A fresh fiber's stack, laid out as emu_switch leaves a switched-out one: FP control words, six
+// registers, then fiber_main as the return address, entered with the stack aligned as after a call.
+void* fresh_stack(char* base, size_t bytes) {
+    auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
+    auto* sp = reinterpret_cast<uint64_t*>(top - 72);
+    const uint32_t mxcsr = 0x1f80;
+    const uint16_t fpucw = 0x037f;
+    std::memcpy(sp, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char*>(sp) + 4, &fpucw, 2);
+    for (int i = 1; i <= 6; ++i) sp[i] = 0;
+    sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
+    sp[8] = 0;
+    return sp;
+}
+
+std::string format(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+std::string deadlock_report(const Launch& l) {
+    int at_block = 0, done = 0;
+    for (const Fiber& f : l.fibers) {
+        at_block += f.state == State::AtBlock;
+        done += f.state == State::Done;
+    }
+    std::string s = format("deadlock: %d threads wait at __syncthreads, %d have exited", at_block, done);
+    for (size_t w = 0; w < l.warps.size(); ++w)
+        if (l.warps[w].arrived > 0)
+            s += format("; warp %zu has %d of its %d lanes at a warp-wide instruction", w, l.warps[w].arrived, l.warps[w].lanes);
+    return s;
+}
+
+std::vector<char>& stacks(size_t n) {
+    thread_local std::vector<char> pool;
+    if (pool.size() < n * STACK_BYTES) pool.assign(n * STACK_BYTES, 0);
+    return pool;
+}
+
+uint16_t smem_u16(const Launch& l, uint32_t addr) {
+    uint16_t v;
+    std::memcpy(&v, l.smem + addr, 2);
+    return v;
+}
+
+float bf16_lo(uint32_t u) { return __bfloat162float({uint16_t(u & 0xffffu)}); }
+float bf16_hi(uint32_t u) { return __bfloat162float({uint16_t(u >> 16)}); }
+uint32_t bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// ldmatrix's row addresses must be 16-byte aligned rows inside dynamic shared memory.
+void check_row(const Launch& l, uint32_t addr) {
+    if (addr % 16 != 0 || size_t(addr) + 16 > l.smem_bytes)
+        fail(format("ldmatrix row address %u is not a 16-byte aligned row inside the %zu bytes of dynamic shared memory", addr,
+                    l.smem_bytes)
+                 .c_str());
+}
+
+void perform(const Launch& l, const std::vector<Copy>& group) {
+    for (const Copy& c : group) {
+        if (c.pred) std::memcpy(l.smem + c.dst, c.src, 16);
+        else std::memset(l.smem + c.dst, 0, 16);
+    }
+}
+
+// ldmatrix .x4 for the whole warp, from the row addresses the lanes deposited.
+void ldmatrix_all(WarpSlots& w, bool t) {
+    const Launch& l = *L;
+    for (int i = 0; i < 32; ++i) check_row(l, w.in[i][0]);
+    for (int lane = 0; lane < 32; ++lane)
+        for (int m = 0; m < 4; ++m) {
+            auto row = [&](int r) { return w.in[8 * m + r][0]; };  // matrix m's row r
+            if (!t) {
+                // Row lane/4, elements 2·(lane%4) and the next.
+                std::memcpy(&w.out[lane][m], l.smem + row(lane / 4) + 4 * (lane % 4), 4);
+            } else {
+                // The transpose: elements (2·(lane%4), lane/4) and (2·(lane%4)+1, lane/4).
+                const int r0 = 2 * (lane % 4), col = lane / 4;
+                w.out[lane][m] = smem_u16(l, row(r0) + 2 * col) | uint32_t(smem_u16(l, row(r0 + 1) + 2 * col)) << 16;
+            }
+        }
+}
+
+}  // namespace
+
+const uint3_t& thread_idx() { return launch_state().cur->tid; }
+const uint3_t& block_idx() { return launch_state().bidx; }
+const uint3_t& block_dim() { return launch_state().block; }
+const uint3_t& grid_dim() { return launch_state().grid; }
+unsigned char* dynamic_smem() { return launch_state().smem; }
+int lane_id() { return launch_state().cur->lane; }
+WarpSlots& warp_slots() {
+    Launch& l = launch_state();
+    return l.warps[l.cur->warp].slots;
+}
+
+size_t smem_offset(const void* p) {
+    const Launch& l = launch_state();
+    const auto* c = static_cast<const unsigned char*>(p);
+    if (c < l.smem || c > l.smem + l.smem_bytes)
+        fail("a shared-memory address was taken of memory outside the block's dynamic shared memory");
+    return size_t(c - l.smem);
+}
+
+void fail(const char* what) {
+    Launch& l = launch_state();
+    const uint3_t& t = l.cur->tid;
+    if (l.error.empty())
+        l.error = format("kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s", l.name, l.bidx.x, l.bidx.y, l.bidx.z, t.x, t.y, t.z, what);
+    emu_switch(&l.cur->sp, l.sched);  // never resumed
+    std::abort();
+}
+
+void syncthreads() {
+    Launch& l = launch_state();
+    Fiber* f = l.cur;
+    f->state = State::AtBlock;
+    if (++l.block_arrived == l.live) release_block(l);
+    if (f->state != State::Ready) yield();
+}
+
+void warp_collective(int op, void (*all)(WarpSlots&)) {
+    Launch& l = launch_state();
+    Fiber* f = l.cur;
+    Warp& w = l.warps[f->warp];
+    if (w.arrived == 0) w.op = op;
+    else if (w.op != op) fail(format("the lanes of warp %d reached different warp-wide instructions", f->warp).c_str());
+    f->state = State::AtWarp;
+    if (++w.arrived == w.lanes) {
+        all(w.slots);
+        w.arrived = 0;
+        for (int i = f->warp * 32; i < f->warp * 32 + w.lanes; ++i) l.fibers[i].state = State::Ready;
+    }
+    if (f->state != State::Ready) yield();
+}
+
+void cp_async(uint32_t dst, const void* src, bool pred) {
+    Launch& l = launch_state();
+    if (dst % 16 != 0 || size_t(dst) + 16 > l.smem_bytes)
+        fail(format("cp.async destination %u is not 16-byte aligned inside the %zu bytes of dynamic shared memory", dst, l.smem_bytes)
+                 .c_str());
+    if (pred && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source is not 16-byte aligned");
+    l.cur->open.push_back({dst, src, pred});
+}
+
+void cp_async_commit_group() {
+    Fiber* f = launch_state().cur;
+    f->committed.push_back(std::move(f->open));
+    f->open.clear();
+}
+
+void cp_async_wait_group(int n) {
+    Launch& l = launch_state();
+    Fiber* f = l.cur;
+    while (f->committed.size() > size_t(n)) {
+        perform(l, f->committed.front());
+        f->committed.erase(f->committed.begin());
+    }
+}
+
+void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans) {
+    WarpSlots& s = warp_slots();
+    const int lane = lane_id();
+    s.in[lane][0] = addr;
+    if (trans) warp_collective(3, [](WarpSlots& w) { ldmatrix_all(w, true); });
+    else warp_collective(2, [](WarpSlots& w) { ldmatrix_all(w, false); });
+    for (int m = 0; m < 4; ++m) r[m] = s.out[lane][m];
+}
+
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    WarpSlots& s = warp_slots();
+    const int lane = lane_id();
+    for (int i = 0; i < 4; ++i) s.in[lane][i] = a[i];
+    s.in[lane][4] = b0;
+    s.in[lane][5] = b1;
+    for (int i = 0; i < 4; ++i) s.in[lane][6 + i] = bits(d[i]);
+    warp_collective(4, [](WarpSlots& w) {
+        // Fragment layouts of the PTX ISA's m16n8k16 figures (g = lane / 4, t = lane % 4); the low
+        // half of each 32-bit register holds the element of the lower column (A) or row (B) index.
+        float A[16][16], Bt[8][16], C[16][8];
+        for (int l = 0; l < 32; ++l) {
+            const int g = l / 4, t = l % 4;
+            const uint32_t* in = w.in[l];
+            const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+            for (int i = 0; i < 4; ++i) {
+                A[rows[i]][cols[i]] = bf16_lo(in[i]);
+                A[rows[i]][cols[i] + 1] = bf16_hi(in[i]);
+            }
+            Bt[g][2 * t] = bf16_lo(in[4]);
+            Bt[g][2 * t + 1] = bf16_hi(in[4]);
+            Bt[g][2 * t + 8] = bf16_lo(in[5]);
+            Bt[g][2 * t + 9] = bf16_hi(in[5]);
+            C[g][2 * t] = from_bits(in[6]);
+            C[g][2 * t + 1] = from_bits(in[7]);
+            C[g + 8][2 * t] = from_bits(in[8]);
+            C[g + 8][2 * t + 1] = from_bits(in[9]);
+        }
+        for (int l = 0; l < 32; ++l) {
+            const int g = l / 4, t = l % 4;
+            const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+            for (int i = 0; i < 4; ++i) {
+                const float* a = A[rows[i]];
+                const float* b = Bt[cols[i]];
+                float acc = C[rows[i]][cols[i]];
+                for (int k = 0; k < 16; ++k) acc += a[k] * b[k];
+                w.out[l][i] = bits(acc);
+            }
+        }
+    });
+    for (int i = 0; i < 4; ++i) d[i] = from_bits(s.out[lane][i]);
+}
+
+void register_kernel(const char* name, Entry entry) {
+    if (!registry().emplace(name, entry).second) {
+        std::fprintf(stderr, "emulated GPU: two kernels named %s\n", name);
+        std::abort();
+    }
+}
+
+Entry find_kernel(const char* name) {
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : it->second;
+}
+
+std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
+    const size_t threads = size_t(block.x) * block.y * block.z;
+    static const std::string order = [] {
+        const char* o = std::getenv("LOWRANK_EMU_ORDER");
+        return std::string(o ? o : "forward");
+    }();
+    std::vector<char>& stack = stacks(threads);
+    // Dynamic shared memory starts as NaN bytes each block, as stale data would on a GPU.
+    std::unique_ptr<unsigned char, decltype(&std::free)> arena(
+        static_cast<unsigned char*>(std::aligned_alloc(128, (smem_bytes / 128 + 1) * 128)), &std::free);
+    Launch l;
+    l.name = name;
+    l.entry = entry;
+    l.params = params;
+    l.grid = grid;
+    l.block = block;
+    l.smem = arena.get();
+    l.smem_bytes = smem_bytes;
+    l.fibers.resize(threads);
+    l.warps.resize((threads + 31) / 32);
+    for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
+    std::vector<size_t> sequence(threads);
+    for (size_t i = 0; i < threads; ++i) sequence[i] = order == "reverse" ? threads - 1 - i : i;
+    std::mt19937 rng(12345);
+    Launch* outer = L;
+    L = &l;
+    for (unsigned z = 0; z < grid.z && l.error.empty(); ++z)
+        for (unsigned y = 0; y < grid.y && l.error.empty(); ++y)
+            for (unsigned x = 0; x < grid.x && l.error.empty(); ++x) {
+                l.bidx = {x, y, z};
+                std::memset(l.smem, 0xff, smem_bytes);
+                l.live = int(threads);
+                l.block_arrived = 0;
+                for (Warp& w : l.warps) w.arrived = 0;
+                for (size_t i = 0; i < threads; ++i) {
+                    Fiber& f = l.fibers[i];
+                    f.state = State::Ready;
+                    f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
+                    f.lane = int(i % 32);
+                    f.warp = int(i / 32);
+                    f.committed.clear();
+                    f.open.clear();
+                    f.sp = fresh_stack(stack.data() + i * STACK_BYTES, STACK_BYTES);
+                }
+                if (order == "random") std::shuffle(sequence.begin(), sequence.end(), rng);
+                while (l.live > 0 && l.error.empty()) {
+                    bool ran = false;
+                    for (size_t i : sequence) {
+                        if (l.fibers[i].state != State::Ready) continue;
+                        l.cur = &l.fibers[i];
+                        emu_switch(&l.sched, l.cur->sp);
+                        ran = true;
+                        if (!l.error.empty()) break;
+                    }
+                    if (!ran && l.error.empty())
+                        l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
+                }
+            }
+    L = outer;
+    return l.error;
+}
+
+}  // namespace emu

@@ -1,0 +1,12 @@
+// What the fake driver (driver.cpp) needs of the execution model (runtime.cpp).
+#pragma once
+#include <string>
+
+#include "emu.h"
+
+namespace emu {
+// The kernel registered under `name`, or null.
+Entry find_kernel(const char* name);
+// Runs a whole grid; returns "" or what went wrong (deadlock, __trap, bad shared-memory address).
+std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, size_t smem_bytes, void** params);
+}  // namespace emu
