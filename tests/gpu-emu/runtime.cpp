@@ -22,6 +22,9 @@
 // Switches fibers: saves the callee-saved registers and the FP control words on the current stack,
 // stores its pointer in *from and resumes the stack `to`. (glibc's swapcontext also saves the signal
 // mask, a system call per switch, which made it most of the emulator's time.) x86-64 System V only.
+#if !defined(__x86_64__)
+#error "the emulator's fiber switch (emu_switch) is written for x86-64 only"
+#endif
 extern "C" void emu_switch(void** from, void* to);
 asm(R"(
     .text
