@@ -614,13 +614,14 @@ EXPORT uint32_t cublasLtMatrixLayoutSetAttribute(void* layout, uint32_t attr, co
     const char* fn = "cublasLtMatrixLayoutSetAttribute";
     if (!live(layout, Kind::Layout, fn, "matLayout")) return INVALID_VALUE;
     LayoutObj& l = *static_cast<LayoutObj*>(layout);
+    // Reads the attribute as the type cuBLASLt documents for it into its field.
+    auto take = [&](auto v, const char* name, auto& field) -> uint32_t {
+        if (!read_attr(buf, size, &v, fn, name)) return INVALID_VALUE;
+        field = v;
+        return SUCCESS;
+    };
     switch (attr) {
-        case LAYOUT_TYPE: {
-            uint32_t v;
-            if (!read_attr(buf, size, &v, fn, "TYPE")) return INVALID_VALUE;
-            l.type = v;
-            return SUCCESS;
-        }
+        case LAYOUT_TYPE: return take(uint32_t{}, "TYPE", l.type);
         case LAYOUT_ORDER: {
             int32_t v;
             if (!read_attr(buf, size, &v, fn, "ORDER")) return INVALID_VALUE;
@@ -631,36 +632,11 @@ EXPORT uint32_t cublasLtMatrixLayoutSetAttribute(void* layout, uint32_t attr, co
             l.order = v;
             return SUCCESS;
         }
-        case LAYOUT_ROWS: {
-            uint64_t v;
-            if (!read_attr(buf, size, &v, fn, "ROWS")) return INVALID_VALUE;
-            l.rows = v;
-            return SUCCESS;
-        }
-        case LAYOUT_COLS: {
-            uint64_t v;
-            if (!read_attr(buf, size, &v, fn, "COLS")) return INVALID_VALUE;
-            l.cols = v;
-            return SUCCESS;
-        }
-        case LAYOUT_LD: {
-            int64_t v;
-            if (!read_attr(buf, size, &v, fn, "LD")) return INVALID_VALUE;
-            l.ld = v;
-            return SUCCESS;
-        }
-        case LAYOUT_BATCH_COUNT: {
-            int32_t v;
-            if (!read_attr(buf, size, &v, fn, "BATCH_COUNT")) return INVALID_VALUE;
-            l.batch = v;
-            return SUCCESS;
-        }
-        case LAYOUT_STRIDED_BATCH_OFFSET: {
-            int64_t v;
-            if (!read_attr(buf, size, &v, fn, "STRIDED_BATCH_OFFSET")) return INVALID_VALUE;
-            l.stride = v;
-            return SUCCESS;
-        }
+        case LAYOUT_ROWS: return take(uint64_t{}, "ROWS", l.rows);
+        case LAYOUT_COLS: return take(uint64_t{}, "COLS", l.cols);
+        case LAYOUT_LD: return take(int64_t{}, "LD", l.ld);
+        case LAYOUT_BATCH_COUNT: return take(int32_t{}, "BATCH_COUNT", l.batch);
+        case LAYOUT_STRIDED_BATCH_OFFSET: return take(int64_t{}, "STRIDED_BATCH_OFFSET", l.stride);
         default:
             complain("%s: matrix layout attribute %u is not emulated", fn, attr);
             return NOT_SUPPORTED;

@@ -61,8 +61,9 @@ bool inside_allocation(CUdeviceptr p, size_t n) {
 
 CUresult check_range(CUdeviceptr p, size_t n, const char* op) {
     if (n == 0 || inside_allocation(p, n)) return SUCCESS;
-    return report(INVALID_VALUE, std::string(op) + ": " + std::to_string(n) + " bytes at 0x" + std::to_string(p) +
-                                     " are not inside one device allocation");
+    char at[32];
+    std::snprintf(at, sizeof at, "%#llx", p);
+    return report(INVALID_VALUE, std::string(op) + ": " + std::to_string(n) + " bytes at " + at + " are not inside one device allocation");
 }
 
 int sms() {
