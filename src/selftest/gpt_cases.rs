@@ -1,6 +1,8 @@
 //! Selftest cases of the GPT-2 step's ops (embedding, LayerNorm, adds, GELU, attention, fused
-//! classifier) and the function-aware init's (sub, ReLU): activations in bf16 on both sides, gradients of parameters and statistics in f32,
-//! each output its own case so a small one is not hidden behind a large one.
+//! classifier) and the function-aware init's (sub, ReLU): activations in bf16 (the CUDA backend's
+//! compute type) or f32 (its other instantiation of every kernel) on both sides, gradients of
+//! parameters and statistics in f32, each output its own case so a small one is not hidden behind
+//! a large one.
 
 use crate::backend::{Backend, Buffer, DType, MatShape, SeqShape};
 use crate::util::rng::Rng;
@@ -57,22 +59,28 @@ pub struct GptCase {
     /// Real vocabulary (classifier, embedding table rows); the classifier's rows are padded to a
     /// multiple of 64 as the model pads 50257 to 50304.
     pub vocab: usize,
+    /// dtype of the activations and of the parameters read in the forward.
+    pub act: DType,
 }
 
-/// Every op on a ragged shape (T=7, C=48, 3 heads of 16) and on GPT-2 small's widths.
+/// Every op on a ragged shape (T=7, C=48, 3 heads of 16) with bf16 and with f32 activations, and
+/// on GPT-2 small's widths in bf16.
 pub fn cases() -> Vec<GptCase> {
-    let shapes = [
-        (SeqShape::new(2, 7, 48), 3, 1000),
-        (SeqShape::new(4, 64, 768), 12, 50257),
-    ];
+    let ragged = (SeqShape::new(2, 7, 48), 3, 1000);
+    let small = (SeqShape::new(4, 64, 768), 12, 50257);
     let mut out = Vec::new();
-    for (s, heads, vocab) in shapes {
+    for ((s, heads, vocab), act) in [
+        (ragged, DType::BF16),
+        (ragged, DType::F32),
+        (small, DType::BF16),
+    ] {
         for op in ALL {
             out.push(GptCase {
                 op,
                 s,
                 heads,
                 vocab,
+                act,
             });
         }
     }
@@ -84,8 +92,9 @@ fn padded(vocab: usize) -> usize {
 }
 
 impl GptCase {
+    /// The op in snake case, `_f32` appended for f32 activations.
     pub fn op(&self) -> String {
-        format!("{:?}", self.op)
+        let name = format!("{:?}", self.op)
             .chars()
             .fold(String::new(), |mut acc, c| {
                 if c.is_uppercase() && !acc.is_empty() {
@@ -93,7 +102,11 @@ impl GptCase {
                 }
                 acc.push(c.to_ascii_lowercase());
                 acc
-            })
+            });
+        match self.act {
+            DType::BF16 => name,
+            DType::F32 => name + "_f32",
+        }
     }
 
     pub fn shape(&self) -> String {
@@ -105,19 +118,23 @@ impl GptCase {
 
     /// Attention's scores are rounded to bf16 before the softmax on the GPU (as llm.c does) but not
     /// on the CPU: probabilities differ by up to ~1% where scores are large, so its cases get twice
-    /// the bf16 bound. Everything else: one bf16 rounding of the output.
+    /// the bf16 bound. Everything else: one bf16 rounding of the output. In f32 both sides compute
+    /// alike up to summation order and the GPU's fast math: 1e-4, well under one bf16 rounding
+    /// (≈1e-3 in this norm), so an f32 path that rounds through bf16 somewhere fails.
     pub fn bound(&self) -> f64 {
-        match self.op {
-            GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
-                2e-2
-            }
-            _ => 1e-2,
+        match (self.act, self.op) {
+            (DType::F32, _) => 1e-4,
+            (
+                DType::BF16,
+                GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward,
+            ) => 2e-2,
+            (DType::BF16, _) => 1e-2,
         }
     }
 
     pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f32>> {
         let mut rng = Rng::new(seed);
-        let (s, bf, f32t) = (self.s, DType::BF16, DType::F32);
+        let (s, act, f32t) = (self.s, self.act, DType::F32);
         let (rows, c) = (s.tokens(), s.channels);
         let m = MatShape::new(rows, c);
         let mut rand = |dtype: DType, n: usize, std: f64| -> Result<B::Buf> {
@@ -136,22 +153,26 @@ impl GptCase {
             .collect();
         Ok(match self.op {
             GptOp::EmbeddingForward => {
-                let (wte, wpe) = (rand(bf, self.vocab * c, 0.02)?, rand(bf, s.seq * c, 0.02)?);
-                let mut out = poisoned(bf, rows * c)?;
+                let (wte, wpe) = (
+                    rand(act, self.vocab * c, 0.02)?,
+                    rand(act, s.seq * c, 0.02)?,
+                );
+                let mut out = poisoned(act, rows * c)?;
                 b.embedding_forward(out.all_mut(), &tokens, wte.all(), wpe.all(), s)?;
                 b.download(out.all())?
             }
             GptOp::EmbeddingBackward => {
-                let (mut dwte, dout) = (rand(f32t, self.vocab * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                let (mut dwte, dout) =
+                    (rand(f32t, self.vocab * c, 1.0)?, rand(act, rows * c, 1.0)?);
                 b.embedding_backward(dwte.all_mut(), dout.all(), &tokens, c)?;
                 b.download(dwte.all())?
             }
             GptOp::LayernormForward
             | GptOp::LayernormBackwardInput
             | GptOp::LayernormBackwardParams => {
-                let (inp, wb) = (rand(bf, rows * c, 1.0)?, rand(bf, 2 * c, 1.0)?);
+                let (inp, wb) = (rand(act, rows * c, 1.0)?, rand(act, 2 * c, 1.0)?);
                 let (mut out, mut mean, mut rstd) = (
-                    poisoned(bf, rows * c)?,
+                    poisoned(act, rows * c)?,
                     poisoned(f32t, rows)?,
                     poisoned(f32t, rows)?,
                 );
@@ -172,9 +193,9 @@ impl GptCase {
                     .concat());
                 }
                 let (mut dinp, mut dwb, dout) = (
-                    rand(bf, rows * c, 1.0)?,
+                    rand(act, rows * c, 1.0)?,
                     rand(f32t, 2 * c, 1.0)?,
-                    rand(bf, rows * c, 1.0)?,
+                    rand(act, rows * c, 1.0)?,
                 );
                 b.layernorm_backward(
                     dinp.all_mut(),
@@ -193,56 +214,56 @@ impl GptCase {
                 })?
             }
             GptOp::Add => {
-                let (mut out, x) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                let (mut out, x) = (rand(act, rows * c, 1.0)?, rand(act, rows * c, 1.0)?);
                 b.add(out.all_mut(), x.all())?;
                 b.download(out.all())?
             }
             GptOp::AddBias => {
-                let (mut out, bias) = (rand(bf, rows * c, 1.0)?, rand(bf, c, 1.0)?);
+                let (mut out, bias) = (rand(act, rows * c, 1.0)?, rand(act, c, 1.0)?);
                 b.add_bias(out.all_mut(), bias.all(), m)?;
                 b.download(out.all())?
             }
             GptOp::ColumnSums => {
-                let (mut dst, src) = (rand(f32t, c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                let (mut dst, src) = (rand(f32t, c, 1.0)?, rand(act, rows * c, 1.0)?);
                 b.add_column_sums(dst.all_mut(), src.all(), m)?;
                 b.download(dst.all())?
             }
             GptOp::GeluForward => {
-                let (inp, mut out) = (rand(bf, rows * c, 2.0)?, poisoned(bf, rows * c)?);
+                let (inp, mut out) = (rand(act, rows * c, 2.0)?, poisoned(act, rows * c)?);
                 b.gelu_forward(out.all_mut(), inp.all())?;
                 b.download(out.all())?
             }
             GptOp::GeluBackward => {
-                let (inp, mut d) = (rand(bf, rows * c, 2.0)?, rand(bf, rows * c, 1.0)?);
+                let (inp, mut d) = (rand(act, rows * c, 2.0)?, rand(act, rows * c, 1.0)?);
                 b.gelu_backward(d.all_mut(), inp.all())?;
                 b.download(d.all())?
             }
             GptOp::Sub => {
-                let (mut out, x) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                let (mut out, x) = (rand(act, rows * c, 1.0)?, rand(act, rows * c, 1.0)?);
                 b.sub(out.all_mut(), x.all())?;
                 b.download(out.all())?
             }
             GptOp::ReluForward => {
-                let (inp, mut out) = (rand(bf, rows * c, 1.0)?, poisoned(bf, rows * c)?);
+                let (inp, mut out) = (rand(act, rows * c, 1.0)?, poisoned(act, rows * c)?);
                 b.relu_forward(out.all_mut(), inp.all())?;
                 b.download(out.all())?
             }
             GptOp::ReluBackward => {
-                let (inp, mut d) = (rand(bf, rows * c, 1.0)?, rand(bf, rows * c, 1.0)?);
+                let (inp, mut d) = (rand(act, rows * c, 1.0)?, rand(act, rows * c, 1.0)?);
                 b.relu_backward(d.all_mut(), inp.all())?;
                 b.download(d.all())?
             }
             GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
                 let att_len = s.batch * self.heads * s.seq * s.seq;
-                let qkv = rand(bf, 3 * rows * c, 1.0)?;
-                let (mut out, mut att) = (poisoned(bf, rows * c)?, poisoned(bf, att_len)?);
+                let qkv = rand(act, 3 * rows * c, 1.0)?;
+                let (mut out, mut att) = (poisoned(act, rows * c)?, poisoned(act, att_len)?);
                 b.attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, self.heads)?;
                 match self.op {
                     GptOp::AttentionForwardOut => b.download(out.all())?,
                     GptOp::AttentionForwardAtt => b.download(att.all())?,
                     _ => {
                         let (dout, mut dqkv) =
-                            (rand(bf, rows * c, 1.0)?, poisoned(bf, 3 * rows * c)?);
+                            (rand(act, rows * c, 1.0)?, poisoned(act, 3 * rows * c)?);
                         b.attention_backward(
                             dqkv.all_mut(),
                             dout.all(),
@@ -257,7 +278,7 @@ impl GptCase {
             }
             GptOp::ClassifierLosses | GptOp::ClassifierGrads => {
                 let cols = padded(self.vocab);
-                let mut logits = rand(bf, rows * cols, 2.0)?;
+                let mut logits = rand(act, rows * cols, 2.0)?;
                 let mut losses = poisoned(f32t, rows)?;
                 b.fused_classifier(
                     logits.all_mut(),
