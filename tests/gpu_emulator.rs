@@ -2,17 +2,18 @@
 //! kernels/ compiled for the CPU by g++, its PTX instructions modelled, each CUDA thread a fiber)
 //! and a fake libcuBLASLt, and the binary's `selftest` runs on them against the CPU reference: the
 //! launchers, argument lists, grid and shared-memory sizes and cuBLASLt descriptors of the Rust
-//! side, and the kernels' own arithmetic. Twice: on 108 SMs with the threads of each block run in
-//! reverse order (narrow tiles, split K), and on 4 SMs in forward order (the wide tiles); between
-//! them every kernel in the backend's compute type must have run. What it cannot show: speed,
-//! wgmma (sm_90a only), and memory-ordering faults of real hardware.
+//! side, and the kernels' own arithmetic. Three times: an sm_80 of 108 SMs with the threads of each
+//! block run in reverse order (narrow tiles, split K), one of 4 SMs in forward order (the wide
+//! mma.sync tiles), and the low-rank cases on an sm_90a of 4 SMs in random order (the wgmma
+//! mainloop); between them every kernel must have run. What it cannot show: speed, and
+//! memory-ordering faults of real hardware.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn selftest_passes_on_the_emulated_gpu_and_launches_every_bf16_kernel() {
+fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     if lowrank::kernels::NVCC_VERSION.is_none() {
         assert!(
             std::env::var("LOWRANK_REQUIRE_KERNELS").as_deref() != Ok("1"),
@@ -36,20 +37,26 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_bf16_kernel() {
 
     let trace = emu.join("launches.txt");
     let _ = std::fs::remove_file(&trace);
-    for (sms, order) in [("108", "reverse"), ("4", "forward")] {
+    for (arch, sms, order, filter) in [
+        ("80", "108", "reverse", ""),
+        ("80", "4", "forward", ""),
+        ("90", "4", "random", "lowrank"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_lowrank"))
-            .args(["selftest", "--max-work", "2e8"])
+            .args(["selftest", "--max-work", "2e8", "--filter", filter])
             .env("LD_LIBRARY_PATH", &emu)
+            .env("LOWRANK_EMU_ARCH", arch)
             .env("LOWRANK_EMU_SMS", sms)
             .env("LOWRANK_EMU_ORDER", order)
             .env("LOWRANK_EMU_TRACE", &trace)
             .env_remove("LOWRANK_LOWRANK_IMPL")
+            .env_remove("LOWRANK_WGMMA_NMAJOR")
             .output()
             .expect("the binary runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("Emulated GPU") && stdout.contains(" 0 failed"),
-            "selftest on the emulated GPU ({sms} SMs, {order} order) failed:\n{stdout}\n{}",
+            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order) failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -71,11 +78,7 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_bf16_kernel() {
         }
     }
     assert!(compiled.len() > 50, "too few kernels found: {compiled:?}");
-    // The backend computes in bf16: its f32-activation instantiations are not reached.
-    let missed: Vec<_> = compiled
-        .iter()
-        .filter(|k| !k.contains("wgmma") && !k.ends_with("_f32") && !launched.contains(*k))
-        .collect();
+    let missed: Vec<_> = compiled.iter().filter(|k| !launched.contains(*k)).collect();
     assert!(
         missed.is_empty(),
         "never launched by the selftest: {missed:?}"

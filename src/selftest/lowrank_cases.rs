@@ -83,27 +83,33 @@ pub fn cases() -> Vec<LowRankCase> {
             }
         }
     }
-    // Ragged in every dimension of the wide tiles (n, n_out and n_in not multiples of 128, K not of
-    // 64, rank not of 8), yet with enough blocks (20 × 10 for y, 20 × 8 for dx) that on Hopper the
-    // y and dx products take the wgmma mainloop; its projections have 20 blocks, so they split K
-    // (s unevenly: 37 k-tiles) and s carries the bias gradient's column sums.
-    for base in [true, false] {
-        for out in [DType::BF16, DType::F32] {
-            for output in [
-                LowRankOutput::Y,
-                LowRankOutput::T,
-                LowRankOutput::Dx,
-                LowRankOutput::S,
-                LowRankOutput::Db,
-            ] {
-                cases.push(LowRankCase {
-                    sh: shape(2500, 1000, 1160, 37),
-                    capacity: 40,
-                    base,
-                    bias: true,
-                    out,
-                    output,
-                });
+    // The products and projections alone on two more shapes. 2500 × 1000 → 1160: ragged in every
+    // dimension of the wide tiles (n, n_out and n_in not multiples of 128, K not of 64, rank not of
+    // 8), yet with enough blocks (20 × 10 for y, 20 × 8 for dx) that on Hopper the y and dx
+    // products take the wgmma mainloop; its projections have 20 blocks, so they split K (s
+    // unevenly: 37 k-tiles) and s carries the bias gradient's column sums. 300 × 264 → 1000, in a
+    // tenth of the work (for the CPU emulator of the GPU): few blocks (3 × 8 for y, 3 × 3 for dx)
+    // over a deep K (6 wgmma k-tiles for y, 17 for dx), so the pipelines refill their stages, and
+    // an s projection of 32 k-tiles on 5 row blocks, which splits K with the column sums.
+    for sh in [shape(2500, 1000, 1160, 37), shape(300, 264, 1000, 37)] {
+        for base in [true, false] {
+            for out in [DType::BF16, DType::F32] {
+                for output in [
+                    LowRankOutput::Y,
+                    LowRankOutput::T,
+                    LowRankOutput::Dx,
+                    LowRankOutput::S,
+                    LowRankOutput::Db,
+                ] {
+                    cases.push(LowRankCase {
+                        sh,
+                        capacity: 40,
+                        base,
+                        bias: true,
+                        out,
+                        output,
+                    });
+                }
             }
         }
     }

@@ -15,7 +15,10 @@ root=$(cd "$here/../.." && pwd)
 out=$(mkdir -p "${1:-$root/target/gpu-emu}" && cd "${1:-$root/target/gpu-emu}" && pwd)
 mkdir -p "$out/kernels" "$out/obj"
 cxx=${CXX:-g++}
-flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -DLOWRANK_EMULATED -I"$here" -I"$here/include")
+# One image serves both emulated GPUs, so the sm_90a-only code (wgmma) is compiled in; the emulated
+# wgmma instructions refuse to run on the emulated sm_80.
+flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -DLOWRANK_EMULATED -D__CUDA_ARCH_FEAT_SM90_ALL
+  -I"$here" -I"$here/include")
 
 # The kernel sources, with dynamic shared memory mapped onto the arena (copied only when changed,
 # so that make-style timestamps below stay meaningful).
@@ -61,7 +64,7 @@ for f in "$out"/kernels/*.cu; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-for part in runtime driver; do
+for part in runtime wgmma driver; do
   obj=$out/obj/$part.o
   objects+=("$obj")
   newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue

@@ -1,7 +1,8 @@
 // A fake libcuda.so: the part of the CUDA driver API that cudarc calls for this project, over host
-// memory and the kernel emulator (runtime.cpp). One device, by default an A100-like sm_80 (so the
-// launchers pick the mma.sync kernels); LOWRANK_EMU_SMS sets its SM count, which the launchers'
-// tile and split-K choices depend on. What a real driver refuses, this one refuses too, with a
+// memory and the kernel emulator (runtime.cpp). One device: an A100-like sm_80 (the launchers pick
+// the mma.sync kernels), or with LOWRANK_EMU_ARCH=90 an H100-like sm_90a (they pick wgmma where the
+// grid fills the GPU); LOWRANK_EMU_SMS sets its SM count, which the launchers' tile and split-K
+// choices depend on. What a real driver refuses, this one refuses too, with a
 // sentence on stderr: copies outside an allocation, launches over the dynamic shared memory the
 // function was allowed, empty or oversized grids and blocks, functions missing from the module.
 // After a failed launch every call fails, as on a real context after a fault.
@@ -25,7 +26,25 @@ using CUdeviceptr = unsigned long long;
 constexpr CUresult SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
                    INVALID_HANDLE = 400, NOT_FOUND = 500, NOT_READY = 600, LAUNCH_FAILED = 719, NOT_SUPPORTED = 801;
 
-constexpr int SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 163 * 1024;  // an A100's limits per block
+constexpr int SMEM_DEFAULT = 48 * 1024;  // per block without opting in, on every GPU since Volta
+
+// The emulated GPU: compute capability, opt-in shared memory per block and SM count of an A100 or
+// an H100 (SXM).
+struct Arch {
+    int major;
+    int smem_optin;
+    int sms;
+    const char* name;
+};
+
+// LOWRANK_EMU_ARCH's device, or null if the variable names none.
+const Arch* arch() {
+    static const Arch a100{8, 163 * 1024, 108, "sm_80"}, h100{9, 227 * 1024, 132, "sm_90a"};
+    const char* s = std::getenv("LOWRANK_EMU_ARCH");
+    if (!s || !*s || std::string(s) == "80") return &a100;
+    if (std::string(s) == "90") return &h100;
+    return nullptr;
+}
 
 struct Module {
     std::string image;  // the fatbin, to check that a function asked of it is in it
@@ -69,7 +88,7 @@ CUresult check_range(CUdeviceptr p, size_t n, const char* op) {
 int sms() {
     static const int n = [] {
         const char* s = std::getenv("LOWRANK_EMU_SMS");
-        return s ? std::max(1, std::atoi(s)) : 108;
+        return s ? std::max(1, std::atoi(s)) : arch()->sms;
     }();
     return n;
 }
@@ -85,6 +104,9 @@ extern "C" {
 
 CUresult cuInit(unsigned) {
     std::lock_guard<std::mutex> lock(mu);
+    if (!arch())
+        return report(INVALID_VALUE, std::string("LOWRANK_EMU_ARCH=") + std::getenv("LOWRANK_EMU_ARCH") +
+                                         " names no emulated GPU: use 80 (an A100-like sm_80, the default) or 90 (an H100-like sm_90a)");
     initialised = true;
     return SUCCESS;
 }
@@ -110,7 +132,7 @@ CUresult cuDeviceGet(CUdevice* d, int ordinal) {
 CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
     GUARD();
     if (d != 0) return INVALID_DEVICE;
-    std::snprintf(name, size_t(len), "Emulated GPU (CPU, sm_80, %d SMs)", sms());
+    std::snprintf(name, size_t(len), "Emulated GPU (CPU, %s, %d SMs)", arch()->name, sms());
     return SUCCESS;
 }
 
@@ -143,9 +165,9 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice d) {
         case 36: *v = 1593000; break;                            // memory clock, kHz
         case 37: *v = 5120; break;                               // bus width, bits
         case 38: *v = 40 << 20; break;                           // L2 bytes
-        case 75: *v = 8; break;                                  // compute capability major
+        case 75: *v = arch()->major; break;                      // compute capability major
         case 76: *v = 0; break;                                  // minor
-        case 97: *v = SMEM_OPTIN; break;                         // shared memory per block, opt-in
+        case 97: *v = arch()->smem_optin; break;                 // shared memory per block, opt-in
         case 115: *v = 0; break;                                 // memory pools: no (plain cuMemAlloc)
         default: return report(NOT_SUPPORTED, "cuDeviceGetAttribute: attribute " + std::to_string(attribute) + " is not emulated");
     }
@@ -308,9 +330,9 @@ CUresult cuFuncSetAttribute(void* f, int attribute, int value) {
     auto* fn = static_cast<Function*>(f);
     if (attribute != 8)  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         return report(NOT_SUPPORTED, "cuFuncSetAttribute: attribute " + std::to_string(attribute) + " is not emulated");
-    if (value < 0 || value > SMEM_OPTIN)
+    if (value < 0 || value > arch()->smem_optin)
         return report(INVALID_VALUE, fn->name + ": " + std::to_string(value) + " bytes of dynamic shared memory exceed the device's " +
-                                         std::to_string(SMEM_OPTIN));
+                                         std::to_string(arch()->smem_optin));
     fn->max_dynamic_smem = value;
     return SUCCESS;
 }
@@ -340,7 +362,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
             std::fclose(t);
         }
     }
-    const std::string error = emu::launch(fn->name.c_str(), fn->entry, {gx, gy, gz}, {bx, by, bz}, smem, params);
+    const std::string error = emu::launch(fn->name.c_str(), fn->entry, arch()->major, {gx, gy, gz}, {bx, by, bz}, smem, params);
     if (!error.empty()) {
         sticky = LAUNCH_FAILED;
         return report(LAUNCH_FAILED, error);

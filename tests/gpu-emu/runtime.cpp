@@ -1,8 +1,9 @@
 // The emulator's execution model: a launch runs its blocks one after another on the calling OS
-// thread, each block's CUDA threads as fibers (stackful coroutines) that run until they reach a barrier
-// (__syncthreads, or a warp-wide instruction such as a shuffle, ldmatrix or mma.sync), so every
-// barrier is honoured exactly and a missing one shows up as a wrong result when the fibers run in
-// another order (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
+// thread, each block's CUDA threads as fibers (stackful coroutines) that run until they reach a
+// barrier (__syncthreads, a warp-wide instruction such as a shuffle, ldmatrix or mma.sync, or a
+// warpgroup-wide wgmma instruction, modelled in wgmma.cpp), so every barrier is honoured exactly
+// and a missing one shows up as a wrong result when the fibers run in another order
+// (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
 // reported as a deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake
 // driver then answers every later call with an error, as a real context does after a fault.
 #include <algorithm>
@@ -17,6 +18,7 @@
 
 #include "emu.h"
 #include "emulated_ptx.h"
+#include "launch_state.h"
 #include "runtime.h"
 
 // Switches fibers: saves the callee-saved registers and the FP control words on the current stack,
@@ -61,47 +63,6 @@ namespace {
 
 constexpr size_t STACK_BYTES = 64 * 1024;
 
-enum class State { Ready, AtBlock, AtWarp, Done };
-
-struct Copy {
-    uint32_t dst;
-    const void* src;
-    bool pred;
-};
-
-struct Warp {
-    WarpSlots slots;
-    int arrived = 0, lanes = 0, op = 0;
-};
-
-}  // namespace
-
-struct Fiber {
-    void* sp = nullptr;  // the saved stack pointer while switched out
-    State state = State::Ready;
-    uint3_t tid{};
-    int lane = 0, warp = 0;
-    std::vector<std::vector<Copy>> committed;
-    std::vector<Copy> open;
-};
-
-namespace {
-
-struct Launch {
-    const char* name;
-    Entry entry;
-    void** params;
-    uint3_t grid, block, bidx;
-    unsigned char* smem = nullptr;
-    size_t smem_bytes = 0;
-    std::vector<Fiber> fibers;
-    std::vector<Warp> warps;
-    int live = 0, block_arrived = 0;
-    void* sched = nullptr;  // the scheduler's saved stack pointer
-    Fiber* cur = nullptr;
-    std::string error;
-};
-
 thread_local Launch* L = nullptr;
 
 std::map<std::string, Entry>& registry() {
@@ -109,6 +70,9 @@ std::map<std::string, Entry>& registry() {
     return r;
 }
 
+}  // namespace
+
+// Shared with the warpgroup model (launch_state.h).
 Launch& launch_state() {
     if (!L) {
         std::fprintf(stderr, "emulated GPU: a device function ran outside a kernel launch\n");
@@ -122,6 +86,43 @@ void yield() {
     emu_switch(&l.cur->sp, l.sched);
 }
 
+std::string format(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+unsigned char* smem_at(const Launch& l, uint32_t addr, size_t n, const char* what) {
+    if (addr < SMEM_WINDOW || size_t(addr - SMEM_WINDOW) + n > l.smem_bytes)
+        fail(format("%s at shared-memory address %#x lies outside the block's %zu bytes of dynamic shared memory (from %#x)", what, addr,
+                    l.smem_bytes, SMEM_WINDOW)
+                 .c_str());
+    return l.smem + (addr - SMEM_WINDOW);
+}
+
+size_t chunk_of(uint32_t addr) { return (addr - SMEM_WINDOW) / 16; }
+
+void check_landed(const Launch& l, uint32_t addr, size_t n, const char* what) {
+    smem_at(l, addr, n, what);
+    for (size_t c = chunk_of(addr); c <= chunk_of(uint32_t(addr + n - 1)); ++c)
+        if (l.landing[c])
+            fail(format("%s reads shared memory at %#x before a cp.async into it has landed (that thread's cp.async.wait_group, "
+                        "then a barrier, must come first)",
+                        what, addr)
+                     .c_str());
+}
+
+uint16_t smem_u16(const Launch& l, uint32_t addr, const char* what) {
+    uint16_t v;
+    std::memcpy(&v, smem_at(l, addr, 2, what), 2);
+    return v;
+}
+
+namespace {
+
 void release_block(Launch& l) {
     l.block_arrived = 0;
     for (Fiber& f : l.fibers)
@@ -132,6 +133,11 @@ void release_block(Launch& l) {
     Launch& l = *L;
     l.entry(l.params);
     Fiber* f = l.cur;
+    if (!l.warpgroups.empty()) {
+        const Warpgroup& w = l.warpgroups[f->warp / 4];
+        if (!w.open.empty() || !w.committed.empty())
+            fail("a thread exited with wgmmas in flight (no wgmma.commit_group and wgmma.wait_group 0 after its last wgmma.mma_async)");
+    }
     f->state = State::Done;
     --l.live;
     if (l.block_arrived > 0 && l.block_arrived == l.live) release_block(l);
@@ -154,14 +160,6 @@ void* fresh_stack(char* base, size_t bytes) {
     return sp;
 }
 
-std::string format(const char* fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
 
 std::string deadlock_report(const Launch& l) {
     int at_block = 0, done = 0;
@@ -173,6 +171,9 @@ std::string deadlock_report(const Launch& l) {
     for (size_t w = 0; w < l.warps.size(); ++w)
         if (l.warps[w].arrived > 0)
             s += format("; warp %zu has %d of its %d lanes at a warp-wide instruction", w, l.warps[w].arrived, l.warps[w].lanes);
+    for (size_t g = 0; g < l.warpgroups.size(); ++g)
+        if (l.warpgroups[g].arrived > 0)
+            s += format("; warpgroup %zu has %d of its 128 threads at a wgmma instruction", g, l.warpgroups[g].arrived);
     return s;
 }
 
@@ -182,11 +183,6 @@ std::vector<char>& stacks(size_t n) {
     return pool;
 }
 
-uint16_t smem_u16(const Launch& l, uint32_t addr) {
-    uint16_t v;
-    std::memcpy(&v, l.smem + addr, 2);
-    return v;
-}
 
 float bf16_lo(uint32_t u) { return __bfloat162float({uint16_t(u & 0xffffu)}); }
 float bf16_hi(uint32_t u) { return __bfloat162float({uint16_t(u >> 16)}); }
@@ -201,18 +197,19 @@ float from_bits(uint32_t u) {
     return f;
 }
 
+
 // ldmatrix's row addresses must be 16-byte aligned rows inside dynamic shared memory.
 void check_row(const Launch& l, uint32_t addr) {
-    if (addr % 16 != 0 || size_t(addr) + 16 > l.smem_bytes)
-        fail(format("ldmatrix row address %u is not a 16-byte aligned row inside the %zu bytes of dynamic shared memory", addr,
-                    l.smem_bytes)
-                 .c_str());
+    if (addr % 16 != 0) fail(format("ldmatrix row address %#x is not 16-byte aligned", addr).c_str());
+    check_landed(l, addr, 16, "ldmatrix");
 }
 
-void perform(const Launch& l, const std::vector<Copy>& group) {
+void perform(Launch& l, const std::vector<Copy>& group) {
     for (const Copy& c : group) {
-        if (c.pred) std::memcpy(l.smem + c.dst, c.src, 16);
-        else std::memset(l.smem + c.dst, 0, 16);
+        unsigned char* dst = smem_at(l, c.dst, 16, "a cp.async destination");
+        --l.landing[chunk_of(c.dst)];
+        if (c.pred) std::memcpy(dst, c.src, 16);
+        else std::memset(dst, 0, 16);
     }
 }
 
@@ -225,11 +222,12 @@ void ldmatrix_all(WarpSlots& w, bool t) {
             auto row = [&](int r) { return w.in[8 * m + r][0]; };  // matrix m's row r
             if (!t) {
                 // Row lane/4, elements 2·(lane%4) and the next.
-                std::memcpy(&w.out[lane][m], l.smem + row(lane / 4) + 4 * (lane % 4), 4);
+                std::memcpy(&w.out[lane][m], smem_at(l, row(lane / 4) + 4 * (lane % 4), 4, "an ldmatrix row"), 4);
             } else {
                 // The transpose: elements (2·(lane%4), lane/4) and (2·(lane%4)+1, lane/4).
                 const int r0 = 2 * (lane % 4), col = lane / 4;
-                w.out[lane][m] = smem_u16(l, row(r0) + 2 * col) | uint32_t(smem_u16(l, row(r0 + 1) + 2 * col)) << 16;
+                w.out[lane][m] = smem_u16(l, row(r0) + 2 * col, "an ldmatrix row") |
+                                 uint32_t(smem_u16(l, row(r0 + 1) + 2 * col, "an ldmatrix row")) << 16;
             }
         }
 }
@@ -252,7 +250,7 @@ size_t smem_offset(const void* p) {
     const auto* c = static_cast<const unsigned char*>(p);
     if (c < l.smem || c > l.smem + l.smem_bytes)
         fail("a shared-memory address was taken of memory outside the block's dynamic shared memory");
-    return size_t(c - l.smem);
+    return SMEM_WINDOW + size_t(c - l.smem);
 }
 
 void fail(const char* what) {
@@ -289,9 +287,14 @@ void warp_collective(int op, void (*all)(WarpSlots&)) {
 
 void cp_async(uint32_t dst, const void* src, bool pred) {
     Launch& l = launch_state();
-    if (dst % 16 != 0 || size_t(dst) + 16 > l.smem_bytes)
-        fail(format("cp.async destination %u is not 16-byte aligned inside the %zu bytes of dynamic shared memory", dst, l.smem_bytes)
+    if (dst % 16 != 0) fail(format("cp.async destination %#x is not 16-byte aligned", dst).c_str());
+    smem_at(l, dst, 16, "a cp.async destination");
+    if (l.wgmma_reads[chunk_of(dst)])
+        fail(format("cp.async into shared memory at %#x that an in-flight wgmma.mma_async may still read (its "
+                    "wgmma.wait_group, then a barrier, must come first)",
+                    dst)
                  .c_str());
+    ++l.landing[chunk_of(dst)];
     if (pred && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source is not 16-byte aligned");
     l.cur->open.push_back({dst, src, pred});
 }
@@ -363,6 +366,7 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
     for (int i = 0; i < 4; ++i) d[i] = from_bits(s.out[lane][i]);
 }
 
+
 void register_kernel(const char* name, Entry entry) {
     if (!registry().emplace(name, entry).second) {
         std::fprintf(stderr, "emulated GPU: two kernels named %s\n", name);
@@ -375,7 +379,7 @@ Entry find_kernel(const char* name) {
     return it == registry().end() ? nullptr : it->second;
 }
 
-std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
+std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
     const size_t threads = size_t(block.x) * block.y * block.z;
     static const std::string order = [] {
         const char* o = std::getenv("LOWRANK_EMU_ORDER");
@@ -389,6 +393,7 @@ std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, s
     l.name = name;
     l.entry = entry;
     l.params = params;
+    l.major = major;
     l.grid = grid;
     l.block = block;
     l.smem = arena.get();
@@ -396,6 +401,7 @@ std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, s
     l.fibers.resize(threads);
     l.warps.resize((threads + 31) / 32);
     for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
+    if (threads % 128 == 0) l.warpgroups.resize(threads / 128);
     std::vector<size_t> sequence(threads);
     for (size_t i = 0; i < threads; ++i) sequence[i] = order == "reverse" ? threads - 1 - i : i;
     std::mt19937 rng(12345);
@@ -406,9 +412,12 @@ std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, s
             for (unsigned x = 0; x < grid.x && l.error.empty(); ++x) {
                 l.bidx = {x, y, z};
                 std::memset(l.smem, 0xff, smem_bytes);
+                l.landing.assign(smem_bytes / 16 + 1, 0);
+                l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
                 l.live = int(threads);
                 l.block_arrived = 0;
                 for (Warp& w : l.warps) w.arrived = 0;
+                for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
                 for (size_t i = 0; i < threads; ++i) {
                     Fiber& f = l.fibers[i];
                     f.state = State::Ready;

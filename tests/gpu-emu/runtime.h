@@ -7,6 +7,7 @@
 namespace emu {
 // The kernel registered under `name`, or null.
 Entry find_kernel(const char* name);
-// Runs a whole grid; returns "" or what went wrong (deadlock, __trap, bad shared-memory address).
-std::string launch(const char* name, Entry entry, uint3_t grid, uint3_t block, size_t smem_bytes, void** params);
+// Runs a whole grid on a device of compute capability `major`.x; returns "" or what went wrong
+// (deadlock, __trap, bad shared-memory address, an instruction the device does not have).
+std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes, void** params);
 }  // namespace emu

@@ -1,0 +1,96 @@
+// The state of one kernel launch, shared by the execution model (runtime.cpp) and the model of
+// Hopper's warpgroup MMA (wgmma.cpp): the block's fibers, warps and warpgroups, its dynamic shared
+// memory and the asynchronous operations in flight on it.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+
+namespace emu {
+
+// The shared-window address of a block's dynamic shared memory: CUDA promises 16-byte alignment
+// only, so a kernel that needs more (wgmma's 1024-byte swizzle pattern) must round up itself, and
+// one that forgets shows it here.
+constexpr uint32_t SMEM_WINDOW = 0x410;
+
+enum class State { Ready, AtBlock, AtWarp, Done };
+
+struct Copy {
+    uint32_t dst;
+    const void* src;
+    bool pred;
+};
+
+struct Warp {
+    WarpSlots slots;
+    int arrived = 0, lanes = 0, op = 0;
+};
+
+// One wgmma.mma_async of a warpgroup, issued and not yet retired.
+struct Wgmma {
+    std::array<float*, 128> d;  // each thread's accumulators
+    uint64_t desc_a, desc_b;
+    int n;
+    bool scale_d, trans_b;
+    std::vector<float> product;  // A·B (64 × n) from shared memory as it was at issue
+    std::vector<uint32_t> chunks;  // the 16-byte chunks of shared memory it reads
+};
+
+// Four warps, 128 threads: the operands of the instruction its threads are arriving at, and its
+// wgmmas in flight (the open batch, then the committed groups, oldest first).
+struct Warpgroup {
+    int arrived = 0, op = 0;
+    std::array<float*, 128> d;
+    std::array<uint64_t, 128> a, b;
+    std::array<uint32_t, 128> arg;
+    bool fenced = false;  // a wgmma.fence since the last wait: the accumulators may be handed over
+    std::vector<Wgmma> open;
+    std::vector<std::vector<Wgmma>> committed;
+};
+
+struct Fiber {
+    void* sp = nullptr;  // the saved stack pointer while switched out
+    State state = State::Ready;
+    uint3_t tid{};
+    int lane = 0, warp = 0;
+    std::vector<std::vector<Copy>> committed;
+    std::vector<Copy> open;
+};
+
+struct Launch {
+    const char* name;
+    Entry entry;
+    void** params;
+    uint3_t grid, block, bidx;
+    unsigned char* smem = nullptr;
+    size_t smem_bytes = 0;
+    // Per 16-byte chunk of dynamic shared memory: cp.asyncs issued into it and not yet landed, and
+    // in-flight wgmmas reading it. Reading the one or writing the other is a race on a GPU.
+    std::vector<uint16_t> landing, wgmma_reads;
+    int major;  // the device's compute capability
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    std::vector<Warpgroup> warpgroups;
+    int live = 0, block_arrived = 0;
+    void* sched = nullptr;  // the scheduler's saved stack pointer
+    Fiber* cur = nullptr;
+    std::string error;
+};
+
+// The launch running on this OS thread.
+Launch& launch_state();
+// Switches from the current fiber back to the scheduler.
+void yield();
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// The bytes [addr, addr + n) of the block's dynamic shared memory, by shared-window address; the
+// launch fails if they are not all inside it.
+unsigned char* smem_at(const Launch& l, uint32_t addr, size_t n, const char* what);
+// The index of the 16-byte chunk of dynamic shared memory holding addr.
+size_t chunk_of(uint32_t addr);
+// An asynchronous-copy race: `what` reads [addr, addr + n) while a cp.async into it is in flight.
+void check_landed(const Launch& l, uint32_t addr, size_t n, const char* what);
+uint16_t smem_u16(const Launch& l, uint32_t addr, const char* what);
+
+}  // namespace emu
