@@ -5,8 +5,10 @@
 //! side, and the kernels' own arithmetic. Three times: an sm_80 of 108 SMs with the threads of each
 //! block run in reverse order (narrow tiles, split K), one of 4 SMs in forward order (the wide
 //! mma.sync tiles), and the low-rank cases on an sm_90a of 4 SMs in random order (the wgmma
-//! mainloop); between them every kernel must have run. What it cannot show: speed, and
-//! memory-ordering faults of real hardware.
+//! mainloop); between them every kernel must have run. Where g++ has AddressSanitizer, the
+//! kernels are built with it, so every global-memory access outside its allocation fails the run
+//! (the emulator's compute-sanitizer memcheck). What it cannot show: speed, and memory-ordering
+//! faults of real hardware.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,9 +26,19 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let emu = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu");
+    let asan = asan_runtime();
+    if asan.is_none() {
+        eprintln!(
+            "note: g++ has no AddressSanitizer runtime: the kernels' memory accesses go unchecked"
+        );
+    }
     let build = Command::new("bash")
         .arg(root.join("tests/gpu-emu/build.sh"))
         .arg(&emu)
+        .env(
+            "LOWRANK_EMU_SANITIZE",
+            if asan.is_some() { "address" } else { "" },
+        )
         .output()
         .expect("bash runs");
     assert!(
@@ -42,7 +54,14 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         ("80", "4", "forward", ""),
         ("90", "4", "random", "lowrank"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        let mut selftest = Command::new(env!("CARGO_BIN_EXE_lowrank"));
+        if let Some(lib) = &asan {
+            // The ASan runtime must be the process's first library; leaks are not the question.
+            selftest
+                .env("LD_PRELOAD", lib)
+                .env("ASAN_OPTIONS", "detect_leaks=0");
+        }
+        let out = selftest
             .args(["selftest", "--max-work", "2e8", "--filter", filter])
             .env("LD_LIBRARY_PATH", &emu)
             .env("LOWRANK_EMU_ARCH", arch)
@@ -83,4 +102,15 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         missed.is_empty(),
         "never launched by the selftest: {missed:?}"
     );
+}
+
+/// g++'s AddressSanitizer runtime library, if it has one.
+fn asan_runtime() -> Option<String> {
+    let out = Command::new("g++")
+        .arg("-print-file-name=libasan.so")
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    // Without the library, g++ echoes the bare name back.
+    Path::new(&path).is_absolute().then_some(path)
 }

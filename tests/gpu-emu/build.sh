@@ -19,6 +19,18 @@ cxx=${CXX:-g++}
 # wgmma instructions refuse to run on the emulated sm_80.
 flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -DLOWRANK_EMULATED -D__CUDA_ARCH_FEAT_SM90_ALL
   -I"$here" -I"$here/include")
+# LOWRANK_EMU_SANITIZE=address: every kernel's global-memory access checked by AddressSanitizer
+# against the exact allocation (the emulator's compute-sanitizer memcheck). The binary then needs
+# the ASan runtime first: LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0.
+case ${LOWRANK_EMU_SANITIZE:-} in
+  "") ;;
+  address) flags+=(-fsanitize=address -fno-omit-frame-pointer) ;;
+  *) echo "build.sh: LOWRANK_EMU_SANITIZE=$LOWRANK_EMU_SANITIZE: only 'address' is supported" >&2; exit 1 ;;
+esac
+# Other flags than last time: rebuild everything.
+echo "${flags[*]}" > "$out/flags.new"
+if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o "$out"/*.so; mv "$out/flags.new" "$out/flags"; fi
+rm -f "$out/flags.new"
 
 # The kernel sources, with dynamic shared memory mapped onto the arena (copied only when changed,
 # so that make-style timestamps below stay meaningful).
@@ -71,7 +83,7 @@ for part in runtime wgmma driver; do
   "$cxx" "${flags[@]}" -c "$here/$part.cpp" -o "$obj"
 done
 if newer "$out/libcuda.so" "${objects[@]}"; then
-  "$cxx" -shared -o "$out/libcuda.so" "${objects[@]}"
+  "$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "${objects[@]}"
 fi
 if [[ -e $here/cublaslt.cpp ]] && newer "$out/libcublasLt.so" "$here/cublaslt.cpp"; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcublasLt.so" "$here/cublaslt.cpp" -lpthread

@@ -247,9 +247,11 @@ CUresult cuEventElapsedTime_v2(float* ms, void* start, void* end) { return cuEve
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     GUARD();
     if (bytes == 0) return report(INVALID_VALUE, "cuMemAlloc: zero bytes");
-    // 256-byte aligned like cudaMalloc; new memory holds NaN bytes, as unset memory holds garbage.
-    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!m) return OUT_OF_MEMORY;
+    // 256-byte aligned like cudaMalloc, and exactly `bytes` long, so that under AddressSanitizer
+    // (build.sh's LOWRANK_EMU_SANITIZE=address) a kernel's first byte past the end is caught; new
+    // memory holds NaN bytes, as unset memory holds garbage.
+    void* m = nullptr;
+    if (posix_memalign(&m, 256, bytes) != 0) return OUT_OF_MEMORY;
     std::memset(m, 0xff, bytes);
     *p = CUdeviceptr(m);
     allocations[*p] = bytes;

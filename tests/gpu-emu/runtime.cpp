@@ -1,20 +1,29 @@
-// The emulator's execution model: a launch runs its blocks one after another on the calling OS
-// thread, each block's CUDA threads as fibers (stackful coroutines) that run until they reach a
-// barrier (__syncthreads, a warp-wide instruction such as a shuffle, ldmatrix or mma.sync, or a
-// warpgroup-wide wgmma instruction, modelled in wgmma.cpp), so every barrier is honoured exactly
-// and a missing one shows up as a wrong result when the fibers run in another order
-// (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
+// The emulator's execution model: a launch runs its blocks on a few OS threads (one per core), one
+// block at a time each, and a block's CUDA threads as fibers (stackful coroutines) that run until
+// they reach a barrier (__syncthreads, a warp-wide instruction such as a shuffle, ldmatrix or
+// mma.sync, or a warpgroup-wide wgmma instruction, modelled in wgmma.cpp), so every barrier is
+// honoured exactly and a missing one shows up as a wrong result when the fibers run in another
+// order (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
 // reported as a deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake
 // driver then answers every later call with an error, as a real context does after a fault.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include "emu.h"
 #include "emulated_ptx.h"
@@ -148,6 +157,10 @@ void release_block(Launch& l) {
 // A fresh fiber's stack, laid out as emu_switch leaves a switched-out one: FP control words, six
 // registers, then fiber_main as the return address, entered with the stack aligned as after a call.
 void* fresh_stack(char* base, size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+    // Frames abandoned on this memory by an earlier block may have left ASan's poison behind.
+    ASAN_UNPOISON_MEMORY_REGION(base, bytes);
+#endif
     auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
     auto* sp = reinterpret_cast<uint64_t*>(top - 72);
     const uint32_t mxcsr = 0x1f80;
@@ -379,7 +392,64 @@ Entry find_kernel(const char* name) {
     return it == registry().end() ? nullptr : it->second;
 }
 
-std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
+namespace {
+
+// OS threads that run a grid's blocks (blocks never talk to each other within a launch: the kernels
+// use no atomics and no grid-wide sync): LOWRANK_EMU_THREADS, else one per core. The calling thread
+// is one of them; the others wait here between launches, each with its own fiber stacks, shared
+// memory and `__shared__` variables (thread_local).
+class Workers {
+  public:
+    static Workers& get() {
+        static Workers* w = new Workers();  // never destroyed: its threads live as long as the process
+        return *w;
+    }
+    size_t count() const { return threads_.size() + 1; }
+    // Runs job(0) on this thread and job(1), job(2), ... on the others; returns when all are done.
+    void run(const std::function<void(size_t)>& job) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            job_ = &job;
+            pending_ = threads_.size();
+            ++generation_;
+        }
+        start_.notify_all();
+        job(0);
+        std::unique_lock<std::mutex> lock(mu_);
+        done_.wait(lock, [&] { return pending_ == 0; });
+    }
+
+  private:
+    Workers() {
+        const char* s = std::getenv("LOWRANK_EMU_THREADS");
+        const int n = std::max(1, s ? std::atoi(s) : int(std::thread::hardware_concurrency()));
+        for (int i = 1; i < n; ++i) threads_.emplace_back([this, i] { loop(size_t(i)); });
+        for (std::thread& t : threads_) t.detach();
+    }
+    void loop(size_t index) {
+        size_t seen = 0;
+        for (;;) {
+            std::unique_lock<std::mutex> lock(mu_);
+            start_.wait(lock, [&] { return generation_ != seen; });
+            seen = generation_;
+            const std::function<void(size_t)>* job = job_;
+            lock.unlock();
+            (*job)(index);
+            lock.lock();
+            if (--pending_ == 0) done_.notify_one();
+        }
+    }
+    std::vector<std::thread> threads_;
+    std::mutex mu_;
+    std::condition_variable start_, done_;
+    const std::function<void(size_t)>* job_ = nullptr;
+    size_t pending_ = 0, generation_ = 0;
+};
+
+// Runs blocks first, first + step, ... of the grid (x fastest) on this OS thread until one fails or
+// `stop` is set; returns the failing block's index and what went wrong, or (SIZE_MAX, "").
+std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes,
+                                          void** params, size_t first, size_t step, std::atomic<bool>& stop) {
     const size_t threads = size_t(block.x) * block.y * block.z;
     static const std::string order = [] {
         const char* o = std::getenv("LOWRANK_EMU_ORDER");
@@ -403,47 +473,69 @@ std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3
     for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
     if (threads % 128 == 0) l.warpgroups.resize(threads / 128);
     std::vector<size_t> sequence(threads);
-    for (size_t i = 0; i < threads; ++i) sequence[i] = order == "reverse" ? threads - 1 - i : i;
-    std::mt19937 rng(12345);
     Launch* outer = L;
     L = &l;
-    for (unsigned z = 0; z < grid.z && l.error.empty(); ++z)
-        for (unsigned y = 0; y < grid.y && l.error.empty(); ++y)
-            for (unsigned x = 0; x < grid.x && l.error.empty(); ++x) {
-                l.bidx = {x, y, z};
-                std::memset(l.smem, 0xff, smem_bytes);
-                l.landing.assign(smem_bytes / 16 + 1, 0);
-                l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
-                l.live = int(threads);
-                l.block_arrived = 0;
-                for (Warp& w : l.warps) w.arrived = 0;
-                for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
-                for (size_t i = 0; i < threads; ++i) {
-                    Fiber& f = l.fibers[i];
-                    f.state = State::Ready;
-                    f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
-                    f.lane = int(i % 32);
-                    f.warp = int(i / 32);
-                    f.committed.clear();
-                    f.open.clear();
-                    f.sp = fresh_stack(stack.data() + i * STACK_BYTES, STACK_BYTES);
-                }
-                if (order == "random") std::shuffle(sequence.begin(), sequence.end(), rng);
-                while (l.live > 0 && l.error.empty()) {
-                    bool ran = false;
-                    for (size_t i : sequence) {
-                        if (l.fibers[i].state != State::Ready) continue;
-                        l.cur = &l.fibers[i];
-                        emu_switch(&l.sched, l.cur->sp);
-                        ran = true;
-                        if (!l.error.empty()) break;
-                    }
-                    if (!ran && l.error.empty())
-                        l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
-                }
+    const size_t blocks = size_t(grid.x) * grid.y * grid.z;
+    for (size_t b = first; b < blocks && !stop; b += step) {
+        const unsigned x = unsigned(b % grid.x), y = unsigned(b / grid.x % grid.y), z = unsigned(b / (size_t(grid.x) * grid.y));
+        l.bidx = {x, y, z};
+        std::memset(l.smem, 0xff, smem_bytes);
+        l.landing.assign(smem_bytes / 16 + 1, 0);
+        l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
+        l.live = int(threads);
+        l.block_arrived = 0;
+        for (Warp& w : l.warps) w.arrived = 0;
+        for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
+        for (size_t i = 0; i < threads; ++i) {
+            Fiber& f = l.fibers[i];
+            f.state = State::Ready;
+            f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
+            f.lane = int(i % 32);
+            f.warp = int(i / 32);
+            f.committed.clear();
+            f.open.clear();
+            f.sp = fresh_stack(stack.data() + i * STACK_BYTES, STACK_BYTES);
+            sequence[i] = order == "reverse" ? threads - 1 - i : i;
+        }
+        if (order == "random") {
+            std::mt19937 rng{unsigned(b)};  // seeded by the block: the same order on any thread count
+            std::shuffle(sequence.begin(), sequence.end(), rng);
+        }
+        while (l.live > 0 && l.error.empty()) {
+            bool ran = false;
+            for (size_t i : sequence) {
+                if (l.fibers[i].state != State::Ready) continue;
+                l.cur = &l.fibers[i];
+                emu_switch(&l.sched, l.cur->sp);
+                ran = true;
+                if (!l.error.empty()) break;
             }
+            if (!ran && l.error.empty()) l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
+        }
+        if (!l.error.empty()) {
+            stop = true;
+            L = outer;
+            return {b, l.error};
+        }
+    }
     L = outer;
-    return l.error;
+    return {SIZE_MAX, ""};
+}
+
+}  // namespace
+
+std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
+    Workers& workers = Workers::get();
+    const size_t blocks = size_t(grid.x) * grid.y * grid.z, step = std::min(workers.count(), blocks);
+    std::atomic<bool> stop{false};
+    std::vector<std::pair<size_t, std::string>> results(workers.count(), {SIZE_MAX, ""});
+    auto job = [&](size_t w) {
+        if (w < step) results[w] = run_blocks(name, entry, major, grid, block, smem_bytes, params, w, step, stop);
+    };
+    if (step == 1) job(0);
+    else workers.run(job);
+    // The failure of the lowest block (other threads may have stopped before reaching theirs).
+    return std::min_element(results.begin(), results.end())->second;
 }
 
 }  // namespace emu
