@@ -12,6 +12,7 @@
 //! memory-ordering faults of real hardware.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -67,7 +68,7 @@ impl Emulator {
     }
 
     /// The lowrank binary with these arguments on the emulated GPU of this arch and SM count.
-    fn run(&self, args: &[&str], arch: &str, sms: &str, env: &[(&str, &Path)]) -> Output {
+    fn run(&self, args: &[&str], arch: &str, sms: &str, env: &[(&str, &OsStr)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lowrank"));
         if let Some(lib) = &self.asan {
             // The ASan runtime must be the process's first library; leaks are not the question.
@@ -99,8 +100,8 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     ] {
         let args = ["selftest", "--max-work", "2e8", "--filter", filter];
         let env = [
-            ("LOWRANK_EMU_ORDER", Path::new(order)),
-            ("LOWRANK_EMU_TRACE", &trace),
+            ("LOWRANK_EMU_ORDER", OsStr::new(order)),
+            ("LOWRANK_EMU_TRACE", trace.as_os_str()),
         ];
         let out = emu.run(&args, arch, sms, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
