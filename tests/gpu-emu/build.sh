@@ -21,10 +21,16 @@ flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -
   -I"$here" -I"$here/include")
 # LOWRANK_EMU_SANITIZE=address: every kernel's global-memory access checked by AddressSanitizer
 # against the exact allocation (the emulator's compute-sanitizer memcheck). The binary then needs
-# the ASan runtime first: LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0.
+# the ASan runtime first, and this libcuda.so preloaded too:
+#   LD_PRELOAD="$(g++ -print-file-name=libasan.so) OUT/libcuda.so" ASAN_OPTIONS=detect_leaks=0
+# Its thread-locals (`__shared__` arrays, the current launch) are then initial-exec, a fixed offset
+# from the thread pointer: the default model calls __tls_get_addr, which ASan intercepts, on every
+# read (a sixth of a sanitized run). A library opened later by dlopen cannot have that much static
+# TLS ("cannot allocate memory in static TLS block"), a preloaded one can; cudarc's dlopen then
+# finds the preloaded library by its file.
 case ${LOWRANK_EMU_SANITIZE:-} in
   "") ;;
-  address) flags+=(-fsanitize=address -fno-omit-frame-pointer) ;;
+  address) flags+=(-fsanitize=address -fno-omit-frame-pointer -ftls-model=initial-exec) ;;
   *) echo "build.sh: LOWRANK_EMU_SANITIZE=$LOWRANK_EMU_SANITIZE: only 'address' is supported" >&2; exit 1 ;;
 esac
 # Other flags than last time: rebuild everything.
@@ -40,6 +46,9 @@ for f in "$root"/kernels/*.cu "$root"/kernels/*.cuh; do
   cmp -s "$out/kernels/.tmp" "$out/kernels/$(basename "$f")" || mv "$out/kernels/.tmp" "$out/kernels/$(basename "$f")"
 done
 rm -f "$out/kernels/.tmp"
+for f in "$out"/kernels/*; do  # a kernel file since removed from kernels/
+  [[ -e $root/kernels/$(basename "$f") ]] || rm -f "$f" "$out/obj/$(basename "$f" .cu)".{cpp,o}
+done
 if grep -l "extern __shared__" "$out"/kernels/* >/dev/null 2>&1; then
   echo "build.sh: an extern __shared__ declaration of a form the emulator does not map:" >&2
   grep -n "extern __shared__" "$out"/kernels/* >&2
@@ -64,7 +73,7 @@ for f in "$out"/kernels/*.cu; do
   (
     # Entry points: every `__global__` function after macro expansion, registered by name.
     entries=$("$cxx" "${flags[@]}" -D__global__=EMU_KERNEL_MARKER -include emu.h -E -x c++ "$f" | tr '\n' ' ' |
-      grep -oE 'EMU_KERNEL_MARKER +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
+      grep -oE 'EMU_KERNEL_MARKER +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u || true)
     [[ -n $entries ]] || { echo "build.sh: no kernels found in $f" >&2; exit 1; }
     {
       echo "#include \"kernels/$name.cu\""
@@ -85,7 +94,7 @@ done
 if newer "$out/libcuda.so" "${objects[@]}"; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "${objects[@]}"
 fi
-if [[ -e $here/cublaslt.cpp ]] && newer "$out/libcublasLt.so" "$here/cublaslt.cpp"; then
+if newer "$out/libcublasLt.so" "$here/cublaslt.cpp" "$here/cublaslt_matmul.h" "$0"; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcublasLt.so" "$here/cublaslt.cpp" -lpthread
 fi
 echo "$out"

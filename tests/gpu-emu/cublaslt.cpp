@@ -38,6 +38,8 @@
 
 #pragma GCC visibility push(hidden)
 
+#include "cublaslt_matmul.h"  // Problem and the arithmetic
+
 namespace {
 
 // ---- ABI: values from cudarc-0.19.10/src/cublaslt/sys/mod.rs (cuda-13000) ----------------------
@@ -273,14 +275,6 @@ bool read_attr(const void* buf, size_t size, V* out, const char* fn, const char*
 
 // ---- the problem, checked --------------------------------------------------------------------
 
-struct Problem {
-    int64_t m = 0, n = 0, k = 0, batch = 1;
-    bool ta = false, tb = false;
-    uint32_t ab_type = 0, cd_type = 0;
-    int64_t lda = 0, ldb = 0, ldc = 0, ldd = 0;
-    int64_t sa = 0, sb = 0, sc = 0, sd = 0;
-};
-
 std::string shape(const LayoutObj& l) {
     char buf[160];
     snprintf(buf, sizeof buf, "%llux%llu ld %lld %s", (unsigned long long)l.rows,
@@ -384,115 +378,6 @@ Status check_problem(const char* fn, const DescObj& d, const LayoutObj& a, const
     p->sc = c.stride;
     p->sd = dd.stride;
     return SUCCESS;
-}
-
-// ---- numerics --------------------------------------------------------------------------------
-
-inline double load(const float* p) { return double(*p); }
-inline double load(const uint16_t* p) {
-    uint32_t u = uint32_t(*p) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return double(f);
-}
-
-inline void store(float* p, double r) { *p = float(r); }
-
-// double -> bf16, rounded once to nearest even: round to odd into float (24 bits, enough spare
-// bits below bf16's 8), then to nearest even into bf16.
-inline uint16_t bf16_from_double(double r) {
-    float f = float(r);
-    uint32_t u;
-    if (std::isnan(r)) {
-        memcpy(&u, &f, 4);
-        return uint16_t((u >> 16) | 0x0040);  // quiet NaN, sign kept
-    }
-    if (double(f) != r) {
-        if (std::fabs(double(f)) > std::fabs(r)) f = std::nextafter(f, 0.0f);  // toward zero
-        memcpy(&u, &f, 4);
-        u |= 1;  // sticky: inexact
-    } else {
-        memcpy(&u, &f, 4);
-    }
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
-inline void store(uint16_t* p, double r) { *p = bf16_from_double(r); }
-
-struct Args {
-    Problem p;
-    double alpha = 0, beta = 0;
-    const void* a = nullptr;
-    const void* b = nullptr;
-    const void* c = nullptr;
-    void* d = nullptr;
-};
-
-// Columns [begin, end) of the batch-flattened output (column index = batch * n + j).
-template <class TA, class TC>
-void run_columns(const Args& g, int64_t begin, int64_t end) {
-    const Problem& p = g.p;
-    std::vector<double> acc(size_t(p.m)), bcol(size_t(p.k));
-    for (int64_t col = begin; col < end; col++) {
-        const int64_t bi = col / p.n, j = col % p.n;
-        TC* D = static_cast<TC*>(g.d) + bi * p.sd;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        if (g.alpha != 0.0) {  // A and B may be NULL otherwise: no pointer arithmetic on them
-            const TA* A = static_cast<const TA*>(g.a) + bi * p.sa;
-            const TA* B = static_cast<const TA*>(g.b) + bi * p.sb;
-            for (int64_t q = 0; q < p.k; q++)
-                bcol[size_t(q)] = p.tb ? load(B + j + q * p.ldb) : load(B + q + j * p.ldb);
-            if (!p.ta) {  // A stored m x k: walk down its columns
-                for (int64_t q = 0; q < p.k; q++) {
-                    const double bq = bcol[size_t(q)];
-                    const TA* Acol = A + q * p.lda;
-                    for (int64_t i = 0; i < p.m; i++) acc[size_t(i)] += load(Acol + i) * bq;
-                }
-            } else {  // A stored k x m: row i of op(A) is column i of A
-                for (int64_t i = 0; i < p.m; i++) {
-                    const TA* Acol = A + i * p.lda;
-                    double s = 0.0;
-                    for (int64_t q = 0; q < p.k; q++) s += load(Acol + q) * bcol[size_t(q)];
-                    acc[size_t(i)] = s;
-                }
-            }
-        }
-        if (g.beta != 0.0) {  // C is not read when beta == 0 (it may hold garbage, or be NULL)
-            const TC* C = static_cast<const TC*>(g.c) + bi * p.sc;
-            for (int64_t i = 0; i < p.m; i++)
-                store(D + i + j * p.ldd, g.alpha * acc[size_t(i)] + g.beta * load(C + i + j * p.ldc));
-        } else {
-            for (int64_t i = 0; i < p.m; i++) store(D + i + j * p.ldd, g.alpha * acc[size_t(i)]);
-        }
-    }
-}
-
-template <class TA, class TC>
-void run(const Args& g) {
-    const Problem& p = g.p;
-    const int64_t cols = p.batch * p.n;
-    const double work = double(p.m) * double(p.n) * double(p.k) * double(p.batch);
-    int64_t threads = 1;
-    if (work >= 2e6) {
-        unsigned hw = std::thread::hardware_concurrency();
-        threads = hw == 0 ? 1 : int64_t(hw);
-        if (const char* env = getenv("EMU_CUBLASLT_THREADS")) {
-            long v = strtol(env, nullptr, 10);
-            if (v >= 1) threads = v;
-        }
-        threads = std::min(threads, cols);
-    }
-    if (threads <= 1) {
-        run_columns<TA, TC>(g, 0, cols);
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(size_t(threads));
-    for (int64_t t = 0; t < threads; t++) {
-        const int64_t lo = cols * t / threads, hi = cols * (t + 1) / threads;
-        pool.emplace_back([&g, lo, hi] { run_columns<TA, TC>(g, lo, hi); });
-    }
-    for (auto& th : pool) th.join();
 }
 
 bool aligned(const void* ptr, size_t bytes) { return (uintptr_t(ptr) % bytes) == 0; }

@@ -1,0 +1,167 @@
+// The arithmetic of the emulated cuBLASLt (cublaslt.cpp, which checks the problem first):
+// D = alpha·op(A)·op(B) + beta·C, column-major, every batch, products accumulated in double and
+// rounded once to D's type. Included by cublaslt.cpp alone (hence the anonymous namespace).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// A matmul as cublaslt.cpp's checks leave it: sizes, transposes, types, leading dimensions and
+// batch strides, all in elements.
+struct Problem {
+    int64_t m = 0, n = 0, k = 0, batch = 1;
+    bool ta = false, tb = false;
+    uint32_t ab_type = 0, cd_type = 0;
+    int64_t lda = 0, ldb = 0, ldc = 0, ldd = 0;
+    int64_t sa = 0, sb = 0, sc = 0, sd = 0;
+};
+
+inline double load(const float* p) { return double(*p); }
+inline double load(const uint16_t* p) {
+    uint32_t u = uint32_t(*p) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return double(f);
+}
+
+inline void store(float* p, double r) { *p = float(r); }
+
+// double -> bf16, rounded once to nearest even: round to odd into float (24 bits, enough spare
+// bits below bf16's 8), then to nearest even into bf16.
+inline uint16_t bf16_from_double(double r) {
+    float f = float(r);
+    uint32_t u;
+    if (std::isnan(r)) {
+        memcpy(&u, &f, 4);
+        return uint16_t((u >> 16) | 0x0040);  // quiet NaN, sign kept
+    }
+    if (double(f) != r) {
+        if (std::fabs(double(f)) > std::fabs(r)) f = std::nextafter(f, 0.0f);  // toward zero
+        memcpy(&u, &f, 4);
+        u |= 1;  // sticky: inexact
+    } else {
+        memcpy(&u, &f, 4);
+    }
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+inline void store(uint16_t* p, double r) { *p = bf16_from_double(r); }
+
+struct Args {
+    Problem p;
+    double alpha = 0, beta = 0;
+    const void* a = nullptr;
+    const void* b = nullptr;
+    const void* c = nullptr;
+    void* d = nullptr;
+};
+
+// op(A) of every batch as float, column-major m x k (element (i, q) of batch b at
+// (b * k + q) * m + i): exact for bf16 and f32 inputs, read once from "device" memory (where the
+// sanitizer checks it), and contiguous in the inner loop whatever A's transpose.
+template <class TA>
+std::vector<float> unpack_a(const Problem& p, const TA* A) {
+    std::vector<float> out(size_t(p.batch * p.k * p.m));
+    float* o = out.data();
+    for (int64_t bi = 0; bi < p.batch; bi++)
+        for (int64_t q = 0; q < p.k; q++)
+            for (int64_t i = 0; i < p.m; i++)
+                *o++ = float(load(A + bi * p.sa + (p.ta ? q + i * p.lda : i + q * p.lda)));
+    return out;
+}
+
+// Output tiles: ROWS rows by up to COLS columns, so a tile's rows of op(A) are read once per COLS
+// columns rather than once per column.
+constexpr int64_t TILE_ROWS = 256, TILE_COLS = 8;
+
+// acc[c * TILE_ROWS + r] = sum over q (in order) of a[q * lda + r] * b[c * k + q], r < rows, c < cols.
+// Only this function's own buffers are touched, so it is left uninstrumented: under
+// AddressSanitizer it is the emulator's hottest loop.
+__attribute__((no_sanitize_address, noinline)) void tile_product(const float* a, int64_t lda, int64_t rows,
+                                                                   const double* b, int64_t k, int64_t cols,
+                                                                   double* acc) {
+    std::fill(acc, acc + TILE_COLS * TILE_ROWS, 0.0);
+    for (int64_t q = 0; q < k; q++) {
+        const float* aq = a + q * lda;
+        for (int64_t c = 0; c < cols; c++) {
+            const double bq = b[c * k + q];
+            double* out = acc + c * TILE_ROWS;
+            for (int64_t r = 0; r < rows; r++) out[r] += double(aq[r]) * bq;
+        }
+    }
+}
+
+// Columns [begin, end) of the batch-flattened output (column index = batch * n + j); `a` is
+// unpack_a's op(A), empty when alpha == 0.
+template <class TA, class TC>
+void run_columns(const Args& g, const std::vector<float>& a, int64_t begin, int64_t end) {
+    const Problem& p = g.p;
+    std::vector<double> bcols(size_t(TILE_COLS * p.k)), acc(size_t(TILE_COLS * TILE_ROWS));
+    for (int64_t col = begin; col < end;) {
+        const int64_t bi = col / p.n, j0 = col % p.n;
+        const int64_t cols = std::min({TILE_COLS, end - col, p.n - j0});  // within one batch
+        TC* D = static_cast<TC*>(g.d) + bi * p.sd;
+        if (g.alpha != 0.0) {  // A and B may be NULL otherwise: no pointer arithmetic on them
+            const TA* B = static_cast<const TA*>(g.b) + bi * p.sb;
+            for (int64_t c = 0; c < cols; c++)
+                for (int64_t q = 0; q < p.k; q++)
+                    bcols[size_t(c * p.k + q)] = p.tb ? load(B + j0 + c + q * p.ldb) : load(B + q + (j0 + c) * p.ldb);
+        }
+        for (int64_t i0 = 0; i0 < p.m; i0 += TILE_ROWS) {
+            const int64_t rows = std::min(TILE_ROWS, p.m - i0);
+            if (g.alpha != 0.0)
+                tile_product(a.data() + bi * p.k * p.m + i0, p.m, rows, bcols.data(), p.k, cols, acc.data());
+            else
+                std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t c = 0; c < cols; c++) {
+                const int64_t j = j0 + c;
+                const double* t = acc.data() + c * TILE_ROWS;
+                if (g.beta != 0.0) {  // C is not read when beta == 0 (it may hold garbage, or be NULL)
+                    const TC* C = static_cast<const TC*>(g.c) + bi * p.sc;
+                    for (int64_t r = 0; r < rows; r++)
+                        store(D + i0 + r + j * p.ldd, g.alpha * t[r] + g.beta * load(C + i0 + r + j * p.ldc));
+                } else {
+                    for (int64_t r = 0; r < rows; r++) store(D + i0 + r + j * p.ldd, g.alpha * t[r]);
+                }
+            }
+        }
+        col += cols;
+    }
+}
+
+template <class TA, class TC>
+void run(const Args& g) {
+    const Problem& p = g.p;
+    const int64_t cols = p.batch * p.n;
+    const double work = double(p.m) * double(p.n) * double(p.k) * double(p.batch);
+    int64_t threads = 1;
+    if (work >= 2e6) {
+        unsigned hw = std::thread::hardware_concurrency();
+        threads = hw == 0 ? 1 : int64_t(hw);
+        if (const char* env = getenv("EMU_CUBLASLT_THREADS")) {
+            long v = strtol(env, nullptr, 10);
+            if (v >= 1) threads = v;
+        }
+        threads = std::min(threads, cols);
+    }
+    const std::vector<float> a = g.alpha != 0.0 ? unpack_a(p, static_cast<const TA*>(g.a)) : std::vector<float>();
+    if (threads <= 1) {
+        run_columns<TA, TC>(g, a, 0, cols);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(size_t(threads));
+    for (int64_t t = 0; t < threads; t++) {
+        const int64_t lo = cols * t / threads, hi = cols * (t + 1) / threads;
+        pool.emplace_back([&g, &a, lo, hi] { run_columns<TA, TC>(g, a, lo, hi); });
+    }
+    for (auto& th : pool) th.join();
+}
+
+}  // namespace
