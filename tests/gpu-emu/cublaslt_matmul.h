@@ -76,8 +76,8 @@ std::vector<float> unpack_a(const Problem& p, const TA* A) {
     return out;
 }
 
-// Output tiles: ROWS rows by up to COLS columns, so a tile's rows of op(A) are read once per COLS
-// columns rather than once per column.
+// Output tiles: TILE_ROWS rows by up to TILE_COLS columns, so the rows of op(A) are read once per
+// TILE_COLS columns rather than once per column.
 constexpr int64_t TILE_ROWS = 256, TILE_COLS = 8;
 
 // acc[c * TILE_ROWS + r] = sum over q (in order) of a[q * lda + r] * b[c * k + q], r < rows, c < cols.
