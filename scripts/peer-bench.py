@@ -1,25 +1,33 @@
 #!/usr/bin/env python3
 """The peer's numbers on the shapes `lowrank bench` times: PyTorch bf16 matmul, fused AdamW and the
 low-rank linear layer (x@W0 + (x@U)@V.T + b and its backward), timed with CUDA events (warm-up,
-median, inputs rotated past L2), printed in the same table formats."""
-import argparse, json, statistics
+median, inputs rotated past L2), printed in the same table formats.
+
+`--device cpu --smoke` runs every code path on tiny shapes without a GPU (timed by the wall clock):
+the script otherwise first runs on the GPU machine, where a mistake costs the run its peer numbers."""
+import argparse, json, statistics, time
 import torch
 
 # Inputs rotate through at least twice the device's L2, as in `lowrank bench`.
 L2_FALLBACK_BYTES = 64 << 20
 
 
-def median_ms(fn, reps):
+def median_ms(fn, reps, device):
     for i in range(5):
         fn(i)
     times = []
     for i in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(i)
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
+        if device == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(i)
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            t0 = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -27,29 +35,40 @@ def median_ms(fn, reps):
 LOWRANK_LAYERS = [(1024, 4096), (4096, 1024), (768, 3072), (3072, 768)]
 LOWRANK_ROWS = [1024, 4096, 16384]
 LOWRANK_RANKS = [16, 64, 128, 256, 512]
+# `lowrank bench`'s basic ops: bf16 GEMMs (m, n, k) and AdamW over GPT-2 small's parameter count.
+MATMUL_SHAPES = [(4096, 4096, 4096), (8192, 4096, 1024), (8192, 1024, 4096), (8192, 8192, 8192)]
+ADAMW_PARAMS = 124_475_904
 
 
-def rotation(nbytes):
-    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or L2_FALLBACK_BYTES
-    return max(1, min(16, -(-2 * l2 // nbytes)))
+def use_smoke_shapes():
+    """`--smoke`: the tiny shapes of `lowrank bench --smoke` (src/cli/bench), so the dry run's two
+    JSON files join in scripts/compare-peer.py as a GPU run's do."""
+    global LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS, MATMUL_SHAPES, ADAMW_PARAMS
+    LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS = [(64, 256), (256, 64)], [48], [8, 12]
+    MATMUL_SHAPES, ADAMW_PARAMS = [(64, 32, 48)], 4096
 
 
-def bench_lowrank(reps):
+def rotation(nbytes, device):
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) if device == "cuda" else 0
+    return max(1, min(16, -(-2 * (l2 or L2_FALLBACK_BYTES) // nbytes)))
+
+
+def bench_lowrank(reps, device):
     """The layer as PyTorch users write it, U (n_in × r) and V (n_out × r) bf16. The backward is the
     explicit matmuls autograd would run (s = dy@V computed once and reused), gradients accumulated in
     bf16 with addmm_ (PyTorch has no bf16 × bf16 → f32 accumulate into an existing tensor)."""
     rows = []
-    bf = dict(device="cuda", dtype=torch.bfloat16)
+    bf = dict(device=device, dtype=torch.bfloat16)
     for n_in, n_out in LOWRANK_LAYERS:
         for n in LOWRANK_ROWS:
-            sets = rotation(2 * n * (n_in + n_out))
+            sets = rotation(2 * n * (n_in + n_out), device)
             xs = [torch.randn(n, n_in, **bf) for _ in range(sets)]
             dys = [torch.randn(n, n_out, **bf) for _ in range(sets)]
             w0, b = torch.randn(n_in, n_out, **bf), torch.randn(n_out, **bf)
             dw0 = torch.zeros(n_in, n_out, **bf)
-            dense_fwd = median_ms(lambda i: xs[i % sets] @ w0, reps)
-            dense_bwd = median_ms(lambda i: dys[i % sets] @ w0.T, reps)
-            dense_full = median_ms(lambda i: (dys[i % sets] @ w0.T, dw0.addmm_(xs[i % sets].T, dys[i % sets])), reps)
+            dense_fwd = median_ms(lambda i: xs[i % sets] @ w0, reps, device)
+            dense_bwd = median_ms(lambda i: dys[i % sets] @ w0.T, reps, device)
+            dense_full = median_ms(lambda i: (dys[i % sets] @ w0.T, dw0.addmm_(xs[i % sets].T, dys[i % sets])), reps, device)
             for r in LOWRANK_RANKS:
                 u, v = torch.randn(n_in, r, **bf), torch.randn(n_out, r, **bf)
                 du, dv, db = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(b)
@@ -75,7 +94,7 @@ def bench_lowrank(reps):
                         ("fwd", fwd, lr_flops + w0_flops, dense_fwd),
                         ("bwd", bwd, 2 * lr_flops + w0_flops, dense_bwd if base else dense_full),
                     ):
-                        ms = median_ms(fn, reps)
+                        ms = median_ms(fn, reps, device)
                         tf = flops / (ms * 1e-3) / 1e12
                         rows.append(dict(pass_=f"{name} {'w0+lr' if base else 'lr'}", shape=f"{n}x{n_in}>{n_out} r{r}", imp="torch",
                                          median_ms=ms, tflops=tf, frac_of_peak=tf / 790, speedup_vs_dense=dense / ms))
@@ -93,37 +112,41 @@ def main():
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--json")
     ap.add_argument("--only", choices=["all", "basic", "lowrank"], default="all")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of the script, not a peer number")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, to check the script without a GPU")
     args = ap.parse_args()
-    lowrank_rows = bench_lowrank(args.reps) if args.only in ("all", "lowrank") else []
-    if args.only == "lowrank":
-        print_lowrank(lowrank_rows)
-        if args.json:
-            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, lowrank=lowrank_rows), open(args.json, "w"), indent=2)
-        return
+    if args.smoke:
+        use_smoke_shapes()
+    device, reps = args.device, args.reps
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    lowrank_rows = bench_lowrank(reps, device) if args.only in ("all", "lowrank") else []
     rows = []
-    for m, n, k in [(4096, 4096, 4096), (8192, 4096, 1024), (8192, 1024, 4096), (8192, 8192, 8192)]:
-        sets = max(1, min(16, -(-ROTATE_BYTES // ((m * k + k * n) * 2))))
-        a = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(sets)]
-        b = [torch.randn(k, n, device="cuda", dtype=torch.bfloat16) for _ in range(sets)]
-        ms = median_ms(lambda i: torch.matmul(a[i % sets], b[i % sets]), args.reps)
-        tf = 2 * m * n * k / (ms * 1e-3) / 1e12
-        rows.append(dict(op="torch_matmul_bf16", shape=f"{m}x{n}x{k}", median_ms=ms, achieved=tf, unit="TF/s", frac_of_peak=tf / 790))
-    n = 124_475_904
-    p = torch.nn.Parameter(torch.randn(n, device="cuda"))
-    p.grad = torch.randn(n, device="cuda")
-    opt = torch.optim.AdamW([p], lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    ms = median_ms(lambda i: opt.step(), args.reps)
-    # fp32 params, grads, m, v: reads 16 B, writes 12 B per parameter (no bf16 copy in PyTorch's step).
-    tb = 28 * n / (ms * 1e-3) / 1e12
-    rows.append(dict(op="torch_adamw_fused", shape=str(n), median_ms=ms, achieved=tb, unit="TB/s", frac_of_peak=tb / 3.0))
-    print(f"{'op':<22} {'shape':<18} {'median ms':>10} {'achieved':>12} {'of peak':>9}")
-    for r in rows:
-        print(f"{r['op']:<22} {r['shape']:<18} {r['median_ms']:>10.4f} {r['achieved']:>7.1f} {r['unit']:<4} {100 * r['frac_of_peak']:>8.1f}%")
+    if args.only in ("all", "basic"):
+        for m, n, k in MATMUL_SHAPES:
+            sets = rotation((m * k + k * n) * 2, device)
+            a = [torch.randn(m, k, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+            b = [torch.randn(k, n, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+            ms = median_ms(lambda i: torch.matmul(a[i % sets], b[i % sets]), reps, device)
+            tf = 2 * m * n * k / (ms * 1e-3) / 1e12
+            rows.append(dict(op="torch_matmul_bf16", shape=f"{m}x{n}x{k}", median_ms=ms, achieved=tf, unit="TF/s", frac_of_peak=tf / 790))
+        n = ADAMW_PARAMS
+        p = torch.nn.Parameter(torch.randn(n, device=device))
+        p.grad = torch.randn(n, device=device)
+        opt = torch.optim.AdamW([p], lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
+        ms = median_ms(lambda i: opt.step(), reps, device)
+        # fp32 params, grads, m, v: reads 16 B, writes 12 B per parameter (no bf16 copy in PyTorch's step).
+        tb = 28 * n / (ms * 1e-3) / 1e12
+        rows.append(dict(op="torch_adamw_fused", shape=str(n), median_ms=ms, achieved=tb, unit="TB/s", frac_of_peak=tb / 3.0))
+        print(f"{'op':<22} {'shape':<18} {'median ms':>10} {'achieved':>12} {'of peak':>9}")
+        for r in rows:
+            print(f"{r['op']:<22} {r['shape']:<18} {r['median_ms']:>10.4f} {r['achieved']:>7.1f} {r['unit']:<4} {100 * r['frac_of_peak']:>8.1f}%")
     if lowrank_rows:
-        print()
+        if rows:
+            print()
         print_lowrank(lowrank_rows)
     if args.json:
-        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows, lowrank=lowrank_rows), open(args.json, "w"), indent=2)
+        with open(args.json, "w") as f:
+            json.dump(dict(device=device_name, torch=torch.__version__, rows=rows, lowrank=lowrank_rows), f, indent=2)
 
 
 if __name__ == "__main__":
