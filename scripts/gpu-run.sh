@@ -5,6 +5,10 @@
 # Results go to $OUT (or the first argument) as a few files, since a device call brings back at most
 # 8 (16 MiB each): gpu-run.tar.gz (every log and JSON, no checkpoints), summary.txt, and the JSON
 # of doctor, selftest, bench and the peer beside it.
+#
+# GPU_RUN_SMOKE=1: a dry run of every step at tiny sizes (bench --smoke, the peer on the CPU, the
+# tiny model, 6 training steps), on the emulated GPU of tests/gpu-emu with LD_LIBRARY_PATH as given
+# (README): a step that fails there for a wrong flag or a crash would cost a GPU run its numbers.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${OUT:-$root/gpu-out}}"
@@ -13,24 +17,38 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/gpu-run.XXXXXX")
 bin="$root/.gpu/lowrank"
 [[ -x "$bin" ]] || { echo "error: $bin missing: run scripts/gpu-stage.sh on the build machine and carry .gpu" >&2; exit 1; }
 
-# The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the path.
-libdirs=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' -o -name 'libnvToolsExt.so*' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
-  libdirs="$libdirs$(find / -xdev -name 'libcuda.so.1' 2>/dev/null | head -1 | xargs -r dirname)"
+smoke=${GPU_RUN_SMOKE:-0}
+if [[ $smoke == 1 ]]; then
+  bench_size=(--smoke); peer_size=(--device cpu --smoke); selftest_size=(--max-work 2e8)
+  steps=6 lora_steps=6 every=3 rank_every=3 train_size=(--batch 2 --seq 32 --eval-batches 2)
+  step_size=(--model tiny --batch 2 --seq 32); peer_step_size=(--device cpu --config tiny:4:4:128 --batch 2 --seq 32)
+  dlra_rank=8 bench_steps=3
+else
+  bench_size=(); peer_size=(); selftest_size=()
+  steps=30 lora_steps=20 every=10 rank_every=5 train_size=()
+  step_size=(--model gpt2 --batch 8 --seq 1024); peer_step_size=(--device cuda --config gpt2:12:12:768 --batch 8 --seq 1024)
+  dlra_rank=64 bench_steps=10
+  # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the path.
+  libdirs=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' -o -name 'libnvToolsExt.so*' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+  if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
+    libdirs="$libdirs$(find / -xdev -name 'libcuda.so.1' 2>/dev/null | head -1 | xargs -r dirname)"
+  fi
+  export LD_LIBRARY_PATH="${libdirs%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
-export LD_LIBRARY_PATH="${libdirs%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-{ date -u +%Y-%m-%dT%H:%M:%SZ; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; cat "$root/.gpu/COMMIT" 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1; } > "$out/env.txt"
+{ date -u +%Y-%m-%dT%H:%M:%SZ; [[ $smoke == 1 ]] && echo "GPU_RUN_SMOKE=1: a dry run at tiny sizes"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; cat "$root/.gpu/COMMIT" 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1; } > "$out/env.txt"
 
 status=0
 # The device call is cut at 600 s: the steps share a budget (default 540 s) so the summary is always
 # printed, each step is capped at STEP_TIMEOUT (default 240 s), and the steps run most-needed first.
 budget=${GPU_RUN_BUDGET:-540}
+[[ $smoke == 1 ]] && budget=${GPU_RUN_BUDGET:-7200}  # the emulator is slow: no caps but STEP_TIMEOUT's
 start=$SECONDS
 # A step that normally takes seconds gets a tighter cap (`cap=N step ...`), so a hung kernel (a
 # never-run pipeline can deadlock) costs that much of the budget, not STEP_TIMEOUT.
 step() { # name, command...: runs, logs, records pass/fail
   local name=$1; shift
   local left=$(( budget - (SECONDS - start) )) most=${cap:-${STEP_TIMEOUT:-240}}
+  [[ $smoke == 1 ]] && most=${STEP_TIMEOUT:-1800}
   local limit=$(( left < most ? left : most ))
   if (( limit < 10 )); then echo "== $name: skipped, out of time"; echo "skipped (out of time)" > "$out/$name.status"; status=1; return; fi
   echo "== $name (limit ${limit}s): $*"
@@ -41,8 +59,8 @@ step() { # name, command...: runs, logs, records pass/fail
 step doctor "$bin" doctor --json "$out/doctor.json"
 # Issue 5's kernels first, on the default path (Hopper's wgmma mainloop where it applies), then on
 # mma.sync alone; the rest of the selftest after them, so a cut step never hides the fused layer.
-cap=120 step selftest-lowrank "$bin" selftest --filter lowrank --json "$out/selftest-lowrank.json"
-cap=120 step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-mma.json"
+cap=120 step selftest-lowrank "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank.json"
+cap=120 step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-mma.json"
 # The fused y and dx products are what wgmma changes; a log without its totals was cut or crashed.
 fused_failed() { grep -qE '^lowrank_(y|dx)_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
 # What the later steps (bench, training) run on, chosen from what passed: their numbers mean
@@ -51,7 +69,7 @@ bench_flags=()
 if fused_failed "$out/selftest-lowrank.log"; then
   if ! fused_failed "$out/selftest-lowrank-mma.log"; then
     echo "the fused products failed on the wgmma path only: trying its N-major descriptor offsets the other way"
-    cap=120 step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
+    cap=120 step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
     if fused_failed "$out/selftest-lowrank-wgmma-swap.log"; then
       echo "later steps: LOWRANK_LOWRANK_IMPL=mma, bench --no-wgmma"
       export LOWRANK_LOWRANK_IMPL=mma; bench_flags=(--no-wgmma)
@@ -64,10 +82,10 @@ if fused_failed "$out/selftest-lowrank.log"; then
     export LOWRANK_LOWRANK_IMPL=cublas
   fi
 fi
-cap=120 step selftest "$bin" selftest --skip lowrank --json "$out/selftest.json"
-step bench "$bin" bench ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
+cap=120 step selftest "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --skip lowrank --json "$out/selftest.json"
+step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then
-  step peer python3 "$root/scripts/peer-bench.py" --json "$out/peer.json"
+  step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
 fi
 # Issue 5's targets, row by row, from the two JSON files of this run (and mma.sync's rows on Hopper).
 peer_json=(); [[ -f "$out/peer.json" ]] && peer_json=("$out/peer.json")
@@ -77,35 +95,35 @@ if [[ -f "$out/bench.json" ]]; then
     step targets-mma python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl mma --md "$out/targets-mma.md"
   fi
 fi
-cap=120 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest --filter lowrank --json "$out/selftest-lowrank-cublas.json"
+cap=120 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-cublas.json"
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
-cap=90 step train-smoke "$bin" train --device cuda --steps 30 --eval-every 10 --profile-steps 5:6 --out "$out/train-smoke"
+cap=90 step train-smoke "$bin" train --device cuda ${train_size[@]+"${train_size[@]}"} --steps $steps --eval-every $every --profile-steps 5:6 --out "$out/train-smoke"
 # The same run on the CPU in the GPU's precision: the validation losses must agree to rounding.
-cap=90 step train-smoke-cpu-bf16 "$bin" train --device cpu-bf16 --steps 30 --eval-every 10 --out "$out/train-smoke-cpu-bf16"
+cap=90 step train-smoke-cpu-bf16 "$bin" train --device cpu-bf16 ${train_size[@]+"${train_size[@]}"} --steps $steps --eval-every $every --out "$out/train-smoke-cpu-bf16"
 cap=90 step train-vs-cpu-bf16 python3 "$root/scripts/compare-runs.py" "$out/train-smoke" "$out/train-smoke-cpu-bf16"
 # The low-rank runtime on the GPU: rank growth (efficient InRank, fused layer), the compressed
 # deep linear blocks (trained middle factor) and DLRA (windows of 3: augmentation, frozen bases,
 # truncation by τ), a few steps each.
-cap=90 step train-smoke-efficient "$bin" train --device cuda --lowrank efficient --steps 30 --warmup 5 --eval-every 10 --rank-log-every 5 --out "$out/train-smoke-efficient"
-cap=90 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dln"
-cap=90 step train-smoke-dlra "$bin" train --device cuda --check-compute-copy --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 --steps 30 --warmup 5 --eval-every 10 --rank-log-every 3 --out "$out/train-smoke-dlra"
-cap=90 step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 --steps 30 --warmup 5 --eval-every 10 --out "$out/train-smoke-dlra-hb"
+cap=90 step train-smoke-efficient "$bin" train --device cuda --lowrank efficient ${train_size[@]+"${train_size[@]}"} --steps $steps --warmup 5 --eval-every $every --rank-log-every $rank_every --out "$out/train-smoke-efficient"
+cap=90 step train-smoke-dln "$bin" train --device cuda --mlp-dln --rank-init 16 ${train_size[@]+"${train_size[@]}"} --steps $steps --warmup 5 --eval-every $every --out "$out/train-smoke-dln"
+cap=90 step train-smoke-dlra "$bin" train --device cuda --check-compute-copy --lowrank dlra --rank-init 16 --dlra-window 3 --dlra-tau 0.05 ${train_size[@]+"${train_size[@]}"} --steps $steps --warmup 5 --eval-every $every --rank-log-every 3 --out "$out/train-smoke-dlra"
+cap=90 step train-smoke-dlra-hb "$bin" train --device cuda --lowrank dlra --rank-init 16 --dlra-rule heavy-ball --factor-lr-scale 30 ${train_size[@]+"${train_size[@]}"} --steps $steps --warmup 5 --eval-every $every --out "$out/train-smoke-dlra-hb"
 # LoRA over the smoke run's checkpoint: the backward forms only the factors' gradients (and the
 # embeddings' with --lora-embeddings); then a sample and an export of it.
 lora_base="$out/train-smoke"
-cap=90 step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank-layers all --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora"
-cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" --steps 20 --warmup 5 --eval-every 10 --out "$out/train-smoke-lora-emb"
+cap=90 step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank-layers all --rank-init 8 --lora-base "$lora_base" ${train_size[@]+"${train_size[@]}"} --steps $lora_steps --warmup 5 --eval-every $every --out "$out/train-smoke-lora"
+cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" ${train_size[@]+"${train_size[@]}"} --steps $lora_steps --warmup 5 --eval-every $every --out "$out/train-smoke-lora-emb"
 cap=90 step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
 cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
-step bench-train "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10
+step bench-train "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
 if python3 -c 'import torch' 2>/dev/null; then
-  step peer-train python3 "$root/scripts/peer-train.py" --device cuda --config gpt2:12:12:768 --batch 8 --seq 1024 --steps 10
+  step peer-train python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps
 fi
 # DLRA's windows on GPT-2 small at r = 64, the bases changed by f32 GEMMs on the device: at every
 # step (K = 1, the parallel integrator) and every tenth, beside the dense step above.
-step bench-train-dlra "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 10 --lowrank dlra --rank-init 64 --dlra-window 1
-step bench-train-dlra-k10 "$bin" bench-train --device cuda --model gpt2 --batch 8 --seq 1024 --steps 20 --lowrank dlra --rank-init 64 --dlra-window 10
+step bench-train-dlra "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank dlra --rank-init $dlra_rank --dlra-window 1
+step bench-train-dlra-k10 "$bin" bench-train --device cuda "${step_size[@]}" --steps $((2 * bench_steps)) --lowrank dlra --rank-init $dlra_rank --dlra-window 10
 if command -v compute-sanitizer >/dev/null; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
 fi

@@ -6,10 +6,11 @@
 //! order (narrow tiles, split K), one of 4 SMs in forward order (the wide mma.sync tiles), and the
 //! low-rank cases on an sm_90a of 4 SMs in random order (the wgmma mainloop); between them every
 //! kernel must have run. Then a few steps of training (the launchers, buffers and optimiser paths
-//! of the training loop) against the same run on the CPU backend. Where g++ has AddressSanitizer,
-//! the kernels are built with it, so every global-memory access outside its allocation fails the
-//! run (the emulator's compute-sanitizer memcheck). What this cannot show: speed, and
-//! memory-ordering faults of real hardware.
+//! of the training loop) against the same run on the CPU backend, and `bench --smoke` (the bench's
+//! own code, before a GPU run depends on it). Where g++ has AddressSanitizer, the kernels are built
+//! with it, so every global-memory access outside its allocation fails the run (the emulator's
+//! compute-sanitizer memcheck). What this cannot show: speed, and memory-ordering faults of real
+//! hardware.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -204,6 +205,58 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
             "loss {i}: {g} on the emulated GPU, {c} on cpu-bf16 (all: {gpu:?} vs {cpu:?})"
         );
     }
+}
+
+/// `bench --smoke` on the emulated Hopper: every op family and, for the low-rank layer, every
+/// implementation (wgmma-fused, mma.sync, unfused cuBLASLt) of every shape, pass and variant gets a
+/// time, and the JSON that scripts/compare-peer.py reads has them all. Times mean nothing here:
+/// this is the bench's code (events, rotation, its loops and report) run before a GPU's minutes are.
+#[test]
+fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
+    let Some(emu) = Emulator::get() else { return };
+    let json = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu-bench.json");
+    let _ = std::fs::remove_file(&json);
+    let args = ["bench", "--smoke", "--json", json.to_str().unwrap()];
+    let out = emu.run(&args, "90", "4", &[]);
+    assert!(
+        out.status.success(),
+        "bench --smoke failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench wrote its JSON"))
+            .unwrap();
+    assert!(doc["lowrank_error"].is_null(), "{}", doc["lowrank_error"]);
+    let time = |row: &serde_json::Value| row["median_ms"].as_f64().unwrap();
+    let ops: BTreeSet<&str> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|r| assert!(time(r) > 0.0, "{r}"))
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        BTreeSet::from(["adamw_f32+bf16copy", "copy_f32", "gemm_cublaslt_bf16"])
+    );
+    // 2 layers × 1 row count × 2 ranks × {fwd, bwd} × {w0+lr, lr} × 3 implementations.
+    let lowrank = doc["lowrank"].as_array().unwrap();
+    let mut keys = BTreeSet::new();
+    for row in lowrank {
+        assert!(
+            time(row) > 0.0 && row["speedup_vs_unfused"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        keys.insert((
+            row["pass"].as_str().unwrap(),
+            row["shape"].as_str().unwrap(),
+            row["imp"].as_str().unwrap(),
+        ));
+    }
+    assert_eq!((lowrank.len(), keys.len()), (48, 48), "{lowrank:#?}");
+    let imps: BTreeSet<_> = keys.iter().map(|k| k.2).collect();
+    assert_eq!(imps, BTreeSet::from(["cublas", "fused", "mma"]));
 }
 
 /// The training losses of every step, then the last validation loss, from a run's metrics.jsonl.

@@ -7,10 +7,28 @@ use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, L
 use anyhow::Result;
 use serde::Serialize;
 
-/// GPT-2 small and medium MLP projections (n_in, n_out): up and down.
-const LAYERS: [(usize, usize); 4] = [(1024, 4096), (4096, 1024), (768, 3072), (3072, 768)];
-const ROWS: [usize; 3] = [1024, 4096, 16384];
-const RANKS: [usize; 5] = [16, 64, 128, 256, 512];
+/// The layers, row counts and ranks timed.
+pub struct Sizes {
+    /// (n_in, n_out) of each layer.
+    layers: &'static [(usize, usize)],
+    rows: &'static [usize],
+    /// Ascending: the largest sizes the factors' buffers.
+    ranks: &'static [usize],
+}
+
+/// GPT-2 small and medium MLP projections (n_in, n_out), up and down, at N = B·T from 1024 to 16384.
+pub const FULL: Sizes = Sizes {
+    layers: &[(1024, 4096), (4096, 1024), (768, 3072), (3072, 768)],
+    rows: &[1024, 4096, 16384],
+    ranks: &[16, 64, 128, 256, 512],
+};
+
+/// `bench --smoke`: one layer each way, rows off the 128-row tile, a rank off 16.
+pub const SMOKE: Sizes = Sizes {
+    layers: &[(64, 256), (256, 64)],
+    rows: &[48],
+    ranks: &[8, 12],
+};
 
 #[derive(Serialize)]
 pub struct LowRankRow {
@@ -186,8 +204,8 @@ fn time_dense(
 
 /// Every shape, rank, pass and variant, each row printed as it is measured (a run cut short keeps
 /// what it measured); restores the backend's implementation choice at the end.
-pub fn run(gpu: &mut Cuda, reps: usize, wgmma: bool) -> Result<Vec<LowRankRow>> {
-    let cap = RANKS[RANKS.len() - 1];
+pub fn run(gpu: &mut Cuda, sizes: &Sizes, reps: usize, wgmma: bool) -> Result<Vec<LowRankRow>> {
+    let cap = sizes.ranks[sizes.ranks.len() - 1];
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
     // fused kernels run twice, with the wgmma mainloop (`fused`) and with mma.sync only (`mma`).
     let hopper = gpu.info().compute_capability.0 == 9;
@@ -201,13 +219,13 @@ pub fn run(gpu: &mut Cuda, reps: usize, wgmma: bool) -> Result<Vec<LowRankRow>> 
     impls.push((LowRankImpl::Cublas, "cublas"));
     print_header();
     let mut rows = Vec::new();
-    for (n_in, n_out) in LAYERS {
-        for n in ROWS {
+    for &(n_in, n_out) in sizes.layers {
+        for &n in sizes.rows {
             let inp = Inputs::new(gpu, n, n_in, n_out, cap)?;
             let [dense_fwd, dense_bwd, dense_full_bwd] =
                 time_dense(gpu, n, n_in, n_out, &inp, reps)?;
             let dense_flops = 2.0 * (n * n_in * n_out) as f64;
-            for rank in RANKS {
+            for &rank in sizes.ranks {
                 let sh = LowRankShape {
                     n,
                     n_in,

@@ -36,7 +36,42 @@ pub struct Args {
     /// GPU where it failed `selftest`)
     #[arg(long)]
     no_wgmma: bool,
+    /// Tiny shapes and 3 reps: runs every code path of the bench in seconds, e.g. on the emulated
+    /// GPU of tests/gpu-emu before a GPU run (`GPU_RUN_SMOKE=1 scripts/gpu-run.sh`); its times
+    /// mean nothing
+    #[arg(long)]
+    smoke: bool,
 }
+
+/// What `bench` times: GPT-2-scale operands, or `--smoke`'s tiny ones (ragged where the kernels
+/// have edge cases: a row count off the tiles, a rank off 16). `scripts/peer-bench.py --smoke`
+/// uses the same shapes, so the two JSON files of a dry run join as a GPU run's do.
+struct Sizes {
+    copy_elems: usize,
+    /// (m, n, k) of the cuBLASLt bf16 GEMMs.
+    gemms: &'static [(usize, usize, usize)],
+    adamw_params: usize,
+    lowrank: lowrank::Sizes,
+}
+
+const FULL: Sizes = Sizes {
+    copy_elems: 256 << 20, // 1 GiB of f32
+    gemms: &[
+        (4096, 4096, 4096),
+        (8192, 4096, 1024),
+        (8192, 1024, 4096),
+        (8192, 8192, 8192),
+    ],
+    adamw_params: 124_475_904, // GPT-2 small
+    lowrank: lowrank::FULL,
+};
+
+const SMOKE: Sizes = Sizes {
+    copy_elems: 1 << 16,
+    gemms: &[(64, 32, 48)],
+    adamw_params: 4096,
+    lowrank: lowrank::SMOKE,
+};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 enum Which {
@@ -80,27 +115,31 @@ fn against_measured(rows: &mut [Row]) {
 
 pub fn run(args: Args) -> Result<()> {
     let mut gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
+    let (sizes, reps) = if args.smoke {
+        (&SMOKE, args.reps.min(3))
+    } else {
+        (&FULL, args.reps)
+    };
     println!(
-        "bench on {} (median of {} reps, inputs rotated past L2)",
+        "bench on {} (median of {reps} reps, inputs rotated past L2{})",
         gpu.name(),
-        args.reps
+        if args.smoke {
+            "; --smoke: tiny shapes, times mean nothing"
+        } else {
+            ""
+        }
     );
     let mut rows = Vec::new();
     if matches!(args.which, Which::All | Which::Copy) {
-        rows.push(bench_copy(&gpu, args.reps)?);
+        rows.push(bench_copy(&gpu, sizes.copy_elems, reps)?);
     }
     if matches!(args.which, Which::All | Which::Gemm) {
-        for (m, n, k) in [
-            (4096, 4096, 4096),
-            (8192, 4096, 1024),
-            (8192, 1024, 4096),
-            (8192, 8192, 8192),
-        ] {
-            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), args.reps)?);
+        for &(m, n, k) in sizes.gemms {
+            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), reps)?);
         }
     }
     if matches!(args.which, Which::All | Which::Adamw) {
-        rows.push(bench_adamw(&gpu, 124_475_904, args.reps)?);
+        rows.push(bench_adamw(&gpu, sizes.adamw_params, reps)?);
     }
     against_measured(&mut rows);
     println!(
@@ -123,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
     // A low-rank kernel that faults must not cost the rows above: they are written either way.
     let lowrank = if matches!(args.which, Which::All | Which::LowrankLinear) {
         println!();
-        lowrank::run(&mut gpu, args.reps, !args.no_wgmma)
+        lowrank::run(&mut gpu, &sizes.lowrank, reps, !args.no_wgmma)
     } else {
         Ok(Vec::new())
     };
@@ -132,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         Err(e) => (&[][..], Some(format!("{e:#}"))),
     };
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({"device": gpu.info(), "reps": args.reps, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error});
+        let doc = serde_json::json!({"device": gpu.info(), "reps": reps, "smoke": args.smoke, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -182,8 +221,7 @@ fn random_bufs(gpu: &Cuda, dtype: DType, len: usize, count: usize) -> Result<Vec
         .collect()
 }
 
-fn bench_copy(gpu: &Cuda, reps: usize) -> Result<Row> {
-    let n = 256 << 20; // 1 GiB of f32
+fn bench_copy(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
     let src = random_bufs(gpu, DType::F32, n, 1)?;
     let mut dst = gpu.alloc(DType::F32, n)?;
     let ms = time_median(gpu, reps, |_| gpu.cast(src[0].all(), dst.all_mut()))?;
