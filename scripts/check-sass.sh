@@ -6,7 +6,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$root/.cuda/nvidia/cu13/bin"
 [[ -x "$bin/cuobjdump" ]] || { echo "error: cuobjdump missing: run scripts/install-cuda-compiler.sh" >&2; exit 1; }
-out_dir=$(ls -d "$root"/target/release/build/lowrank-*/out 2>/dev/null | head -1)
+# The newest build's kernels: a target folder keeps the out/ of earlier builds (other features or
+# build-script hashes) beside it.
+table=$(ls -t "$root"/target/release/build/lowrank-*/out/kernels.rs 2>/dev/null | head -1)
+out_dir=${table%/kernels.rs}
 [[ -n "$out_dir" ]] || { echo "error: no kernels built: run LOWRANK_REQUIRE_KERNELS=1 cargo build --release" >&2; exit 1; }
 want="${1:-}"
 found=0
