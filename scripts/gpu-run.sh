@@ -87,14 +87,14 @@ step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
 fi
-# Issue 5's targets, row by row, from the two JSON files of this run (and mma.sync's rows on Hopper).
+# Issue 5's targets, row by row, from the two JSON files of this run, for each of our implementations
+# the bench timed: fused (absent after --no-wgmma) and, on Hopper, mma.sync alone.
 peer_json=(); [[ -f "$out/peer.json" ]] && peer_json=("$out/peer.json")
-if [[ -f "$out/bench.json" ]]; then
-  step targets python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --md "$out/targets.md"
-  if grep -q '"imp": "mma"' "$out/bench.json"; then
-    step targets-mma python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl mma --md "$out/targets-mma.md"
-  fi
-fi
+for imp in fused mma; do
+  grep -q "\"imp\": \"$imp\"" "$out/bench.json" 2>/dev/null || continue
+  name=targets; [[ $imp == mma ]] && name=targets-mma
+  step "$name" python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl "$imp" --md "$out/$name.md"
+done
 cap=120 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-cublas.json"
 # The whole training step on the GPU: a short run on the built-in corpus, then GPT-2 small's
 # step throughput beside PyTorch's (bf16 autocast) on the same shapes.
@@ -130,7 +130,7 @@ fi
 
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
-  for s in "$out"/*.status; do printf '%-24s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
+  for s in "$out"/*.status; do printf '%-28s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
   for l in selftest-lowrank selftest-lowrank-mma selftest; do
     printf '%-21s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done

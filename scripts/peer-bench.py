@@ -44,7 +44,7 @@ def use_smoke_shapes():
     """`--smoke`: the tiny shapes of `lowrank bench --smoke` (src/cli/bench), so the dry run's two
     JSON files join in scripts/compare-peer.py as a GPU run's do."""
     global LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS, MATMUL_SHAPES, ADAMW_PARAMS
-    LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS = [(64, 256), (256, 64)], [48], [8, 12]
+    LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS = [(64, 256), (256, 64)], [200], [8, 12]
     MATMUL_SHAPES, ADAMW_PARAMS = [(64, 32, 48)], 4096
 
 

@@ -208,16 +208,27 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
 }
 
 /// `bench --smoke` on the emulated Hopper: every op family and, for the low-rank layer, every
-/// implementation (wgmma-fused, mma.sync, unfused cuBLASLt) of every shape, pass and variant gets a
-/// time, and the JSON that scripts/compare-peer.py reads has them all. Times mean nothing here:
-/// this is the bench's code (events, rotation, its loops and report) run before a GPU's minutes are.
+/// implementation (fused, whose y and dx products take the wgmma kernels; mma.sync alone; unfused
+/// cuBLASLt) of every shape, pass and variant gets a time, and the JSON that
+/// scripts/compare-peer.py reads has them all. Times mean nothing here: this is the bench's code
+/// (events, rotation, its loops and report) run before a GPU's minutes are.
 #[test]
 fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     let Some(emu) = Emulator::get() else { return };
-    let json = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu-bench.json");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (json, trace) = (
+        tmp.join("gpu-emu-bench.json"),
+        tmp.join("gpu-emu-bench-launches.txt"),
+    );
     let _ = std::fs::remove_file(&json);
+    let _ = std::fs::remove_file(&trace);
     let args = ["bench", "--smoke", "--json", json.to_str().unwrap()];
-    let out = emu.run(&args, "90", "4", &[]);
+    let out = emu.run(
+        &args,
+        "90",
+        "4",
+        &[("LOWRANK_EMU_TRACE", trace.as_os_str())],
+    );
     assert!(
         out.status.success(),
         "bench --smoke failed:\n{}\n{}",
@@ -257,6 +268,10 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     assert_eq!((lowrank.len(), keys.len()), (48, 48), "{lowrank:#?}");
     let imps: BTreeSet<_> = keys.iter().map(|k| k.2).collect();
     assert_eq!(imps, BTreeSet::from(["cublas", "fused", "mma"]));
+    let launched = std::fs::read_to_string(&trace).expect("the fake driver wrote its launches");
+    for kernel in ["lowrank_y_wgmma_bf16", "lowrank_dx_wgmma_bf16"] {
+        assert!(launched.lines().any(|l| l == kernel), "{kernel} never ran");
+    }
 }
 
 /// The training losses of every step, then the last validation loss, from a run's metrics.jsonl.

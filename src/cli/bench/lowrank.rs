@@ -23,10 +23,11 @@ pub const FULL: Sizes = Sizes {
     ranks: &[16, 64, 128, 256, 512],
 };
 
-/// `bench --smoke`: one layer each way, rows off the 128-row tile, a rank off 16.
+/// `bench --smoke`: one layer each way, rows off the 128-row tile, a rank off 16; 2 × 2 wide tiles
+/// in y (up) and dx (down), so an emulated Hopper of 4 SMs runs them on the wgmma kernels.
 pub const SMOKE: Sizes = Sizes {
     layers: &[(64, 256), (256, 64)],
-    rows: &[48],
+    rows: &[200],
     ranks: &[8, 12],
 };
 
