@@ -94,7 +94,7 @@ done
 if newer "$out/libcuda.so" "${objects[@]}"; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "${objects[@]}"
 fi
-if newer "$out/libcublasLt.so" "$here/cublaslt.cpp" "$here/cublaslt_matmul.h" "$0"; then
+if newer "$out/libcublasLt.so" "$here/cublaslt.cpp" "$here/cublaslt_matmul.h" "$here/cublaslt_objects.h" "$0"; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcublasLt.so" "$here/cublaslt.cpp" -lpthread
 fi
 echo "$out"
