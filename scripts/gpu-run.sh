@@ -146,5 +146,5 @@ cat "$out/summary.txt"
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
-[[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^op ' "$out/peer.log" | head -20
+[[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
 exit $status
