@@ -17,7 +17,7 @@ mkdir -p "$out/kernels" "$out/obj"
 cxx=${CXX:-g++}
 # One image serves both emulated GPUs, so the sm_90a-only code (wgmma) is compiled in; the emulated
 # wgmma instructions refuse to run on the emulated sm_80.
-flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -DLOWRANK_EMULATED -D__CUDA_ARCH_FEAT_SM90_ALL
+flags=(-std=c++17 -O3 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -Wno-psabi -DLOWRANK_EMULATED -D__CUDA_ARCH_FEAT_SM90_ALL
   -I"$here" -I"$here/include")
 # LOWRANK_EMU_SANITIZE=address: every kernel's global-memory access checked by AddressSanitizer
 # against the exact allocation (the emulator's compute-sanitizer memcheck). The binary then needs
@@ -85,7 +85,7 @@ for f in "$out"/kernels/*.cu; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-for part in runtime wgmma driver; do
+for part in runtime wgmma tma driver; do
   obj=$out/obj/$part.o
   objects+=("$obj")
   newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue

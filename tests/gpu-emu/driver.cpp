@@ -4,8 +4,10 @@
 // grid fills the GPU); LOWRANK_EMU_SMS sets its SM count, which the launchers' tile and split-K
 // choices depend on. What a real driver refuses, this one refuses too, with a
 // sentence on stderr: copies outside an allocation, launches over the dynamic shared memory the
-// function was allowed, empty or oversized grids and blocks, functions missing from the module.
-// After a failed launch every call fails, as on a real context after a fault.
+// function was allowed, empty or oversized grids and blocks, functions missing from the module,
+// tensor maps (cuTensorMapEncodeTiled, encoded for the TMA model: tensor_map.h) that break the
+// documented requirements. After a failed launch every call fails, as on a real context after a
+// fault.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include <string>
 
 #include "runtime.h"
+#include "tensor_map.h"
 
 namespace {
 
@@ -369,6 +372,77 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
         sticky = LAUNCH_FAILED;
         return report(LAUNCH_FAILED, error);
     }
+    return SUCCESS;
+}
+
+// The element size of each CUtensorMapDataType (UINT8 .. TFLOAT32_FTZ); 13..15 are the packed
+// 16U4 / 16U6 types, not emulated.
+constexpr uint8_t TENSOR_ELEMENT_BYTES[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
+
+CUresult cuTensorMapEncodeTiled(void* tensorMap, int dataType, uint32_t rank, void* globalAddress, const uint64_t* globalDim,
+                                const uint64_t* globalStrides, const uint32_t* boxDim, const uint32_t* elementStrides, int interleave,
+                                int swizzle, int l2Promotion, int oobFill) {
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!initialised) return NOT_INITIALIZED;
+    }
+    // The requirements of the driver API's reference (cuTensorMapEncodeTiled), in its order.
+    auto bad = [](const std::string& what) { return report(INVALID_VALUE, "cuTensorMapEncodeTiled: " + what); };
+    const auto addr = reinterpret_cast<uintptr_t>(globalAddress);
+    if (!tensorMap || reinterpret_cast<uintptr_t>(tensorMap) % 64 != 0) return bad("the tensor map's address must be 64-byte aligned");
+    if (dataType >= 13 && dataType <= 15)
+        return report(NOT_SUPPORTED, "cuTensorMapEncodeTiled: the packed 16U4 / 16U6 data types are not emulated");
+    if (dataType < 0 || dataType > 15) return bad("data type " + std::to_string(dataType) + " is not a CUtensorMapDataType");
+    if (interleave < 0 || interleave > 2) return bad("interleave " + std::to_string(interleave) + " is not a CUtensorMapInterleave");
+    if (swizzle < 0 || swizzle > 3)
+        return bad("swizzle " + std::to_string(swizzle) + " is not NONE, 32B, 64B or 128B (the newer atom modes are not emulated)");
+    if (l2Promotion < 0 || l2Promotion > 3) return bad("l2Promotion " + std::to_string(l2Promotion) + " is not a CUtensorMapL2promotion");
+    if (oobFill < 0 || oobFill > 1) return bad("oobFill " + std::to_string(oobFill) + " is not a CUtensorMapFloatOOBfill");
+    const uint32_t elem = TENSOR_ELEMENT_BYTES[dataType], align = interleave == 2 ? 32 : 16;
+    if (rank < 1 || rank > 5) return bad("tensorRank " + std::to_string(rank) + " is not in [1, 5]");
+    if (interleave != 0 && rank < 3) return bad("an interleaved layout needs tensorRank >= 3");
+    if (!globalAddress || addr % align != 0) return bad("globalAddress must be " + std::to_string(align) + "-byte aligned");
+    for (uint32_t i = 0; i < rank; ++i)
+        if (globalDim[i] == 0 || globalDim[i] > (uint64_t(1) << 32))
+            return bad("globalDim[" + std::to_string(i) + "] = " + std::to_string(globalDim[i]) + " is not in [1, 2^32]");
+    for (uint32_t i = 0; i + 1 < rank; ++i)
+        if (globalStrides[i] % align != 0 || globalStrides[i] >= (uint64_t(1) << 40))
+            return bad("globalStrides[" + std::to_string(i) + "] = " + std::to_string(globalStrides[i]) + " is not a multiple of " +
+                       std::to_string(align) + " below 2^40");
+    for (uint32_t i = 0; i < rank; ++i)
+        if (boxDim[i] == 0 || boxDim[i] > 256)
+            return bad("boxDim[" + std::to_string(i) + "] = " + std::to_string(boxDim[i]) + " is not in [1, 256]");
+    const uint64_t inner = uint64_t(boxDim[0]) * elem;
+    if (interleave == 0 && inner % 16 != 0)
+        return bad("the inner box dimension, boxDim[0] × the element size = " + std::to_string(inner) + " bytes, is not a multiple of 16");
+    for (uint32_t i = 0; i < rank; ++i)
+        if (elementStrides[i] == 0 || elementStrides[i] > 8)
+            return bad("elementStrides[" + std::to_string(i) + "] = " + std::to_string(elementStrides[i]) + " is not in [1, 8]");
+    if (interleave == 2 && swizzle != 1) return bad("CU_TENSOR_MAP_INTERLEAVE_32B needs CU_TENSOR_MAP_SWIZZLE_32B");
+    if (interleave == 0 && swizzle != 0 && inner > emu::swizzle_span(swizzle))
+        return bad("the inner box dimension of " + std::to_string(inner) + " bytes exceeds the " + std::to_string(emu::swizzle_span(swizzle)) +
+                   "-byte swizzle span");
+    if (oobFill == 1 && dataType < 6)  // UINT8 .. INT64
+        return bad("CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA needs a floating-point data type");
+    emu::TensorMap m{};
+    m.magic = emu::TENSOR_MAP_MAGIC;
+    m.address = addr;
+    m.stride[0] = elem;
+    for (uint32_t i = 0; i < rank; ++i) {
+        m.dim[i] = globalDim[i];
+        if (i > 0) m.stride[i] = globalStrides[i - 1];
+        m.box[i] = uint16_t(boxDim[i]);
+        m.element_stride[i] = uint8_t(elementStrides[i]);
+    }
+    m.rank = uint8_t(rank);
+    m.dtype = uint8_t(dataType);
+    m.elem_bytes = uint8_t(elem);
+    m.interleave = uint8_t(interleave);
+    m.swizzle = uint8_t(swizzle);
+    m.l2_promotion = uint8_t(l2Promotion);
+    m.oob_fill = uint8_t(oobFill);
+    std::memset(tensorMap, 0, 128);
+    std::memcpy(tensorMap, &m, sizeof m);
     return SUCCESS;
 }
 

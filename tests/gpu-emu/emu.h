@@ -56,6 +56,7 @@ T shfl_xor(T v, int mask) {
 #define __global__
 #endif
 #define __device__
+#define __grid_constant__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)

@@ -1,12 +1,15 @@
-// The state of one kernel launch, shared by the execution model (runtime.cpp) and the model of
-// Hopper's warpgroup MMA (wgmma.cpp): the block's fibers, warps and warpgroups, its dynamic shared
-// memory and the asynchronous operations in flight on it.
+// The state of one kernel launch, shared by the execution model (runtime.cpp) and the models of
+// Hopper's warpgroup MMA (wgmma.cpp) and of its mbarriers and tensor copies (tma.cpp): the block's
+// fibers, warps and warpgroups, its dynamic shared memory and the asynchronous operations in flight
+// on it.
 #pragma once
 #include <array>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "emu.h"
+#include "tensor_map.h"
 
 namespace emu {
 
@@ -50,6 +53,25 @@ struct Warpgroup {
     std::vector<std::vector<Wgmma>> committed;
 };
 
+// An mbarrier of the block (PTX ISA, "mbarrier"): the arrivals each phase expects, those still
+// pending and the transaction bytes still pending in the current phase (negative when a copy's
+// complete_tx came before the arrive.expect_tx that announced it), and the phases completed so far
+// (the current phase's parity is phase % 2).
+struct Mbarrier {
+    uint32_t count = 0, pending = 0, phase = 0;
+    int64_t tx = 0;
+    int init_thread = 0, init_generation = 0;  // who initialised it, and in which __syncthreads interval
+};
+
+// A bulk tensor copy issued and not yet landed: the tensor map as it was at issue, the box's
+// origin, the 16-byte chunks of shared memory it writes, the barrier its bytes complete on.
+struct TmaCopy {
+    TensorMap map;
+    uint32_t dst, bar;
+    int c0, c1;
+    std::vector<uint32_t> chunks;
+};
+
 struct Fiber {
     void* sp = nullptr;  // the saved stack pointer while switched out
     State state = State::Ready;
@@ -57,6 +79,10 @@ struct Fiber {
     int lane = 0, warp = 0;
     std::vector<std::vector<Copy>> committed;
     std::vector<Copy> open;
+    // Its last mbarrier.try_wait failed (it yielded, still Ready): on which barrier and parity.
+    // `spinning` says the last switch back to the scheduler was such a failed wait.
+    bool waiting = false, spinning = false;
+    uint32_t wait_bar = 0, wait_parity = 0;
 };
 
 struct Launch {
@@ -66,14 +92,22 @@ struct Launch {
     uint3_t grid, block, bidx;
     unsigned char* smem = nullptr;
     size_t smem_bytes = 0;
-    // Per 16-byte chunk of dynamic shared memory: cp.asyncs issued into it and not yet landed, and
-    // in-flight wgmmas reading it. Reading the one or writing the other is a race on a GPU.
+    // Per 16-byte chunk of dynamic shared memory: cp.asyncs and tensor copies issued into it and not
+    // yet landed, and in-flight wgmmas reading it. Reading the one or writing the other is a race.
     std::vector<uint16_t> landing, wgmma_reads;
     int major;  // the device's compute capability
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     std::vector<Warpgroup> warpgroups;
     int live = 0, block_arrived = 0;
+    int block_generation = 0;  // __syncthreads completed by the block so far
+    // The block's mbarriers by shared-window address, and its tensor copies in flight, oldest first.
+    std::map<uint32_t, Mbarrier> mbarriers;
+    std::vector<TmaCopy> tma;
+    // Counts what changes another thread's view (an arrival, a copy issued or landed, a wait that
+    // ends): a scheduler round in which it stays put and every thread that ran only spun on an
+    // mbarrier has made no progress (runtime.cpp).
+    uint64_t events = 0;
     void* sched = nullptr;  // the scheduler's saved stack pointer
     Fiber* cur = nullptr;
     std::string error;
@@ -89,8 +123,14 @@ std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 unsigned char* smem_at(const Launch& l, uint32_t addr, size_t n, const char* what);
 // The index of the 16-byte chunk of dynamic shared memory holding addr.
 size_t chunk_of(uint32_t addr);
-// An asynchronous-copy race: `what` reads [addr, addr + n) while a cp.async into it is in flight.
+// An asynchronous-copy race: `what` reads [addr, addr + n) while a cp.async or tensor copy into it
+// is in flight.
 void check_landed(const Launch& l, uint32_t addr, size_t n, const char* what);
 uint16_t smem_u16(const Launch& l, uint32_t addr, const char* what);
+// The copy engine, from the scheduler (tma.cpp): lands every tensor copy still in flight; returns
+// whether there was any. A failure goes to l.error, as fail() cannot run outside a fiber.
+bool land_all_copies(Launch& l);
+// The threads spinning on mbarriers and the state of those barriers, for a deadlock report.
+std::string mbarrier_report(const Launch& l);
 
 }  // namespace emu

@@ -1,11 +1,12 @@
 // The emulator's execution model: a launch runs its blocks on a few OS threads (one per core), one
 // block at a time each, and a block's CUDA threads as fibers (stackful coroutines) that run until
 // they reach a barrier (__syncthreads, a warp-wide instruction such as a shuffle, ldmatrix or
-// mma.sync, or a warpgroup-wide wgmma instruction, modelled in wgmma.cpp), so every barrier is
-// honoured exactly and a missing one shows up as a wrong result when the fibers run in another
-// order (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is
-// reported as a deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake
-// driver then answers every later call with an error, as a real context does after a fault.
+// mma.sync, or a warpgroup-wide wgmma instruction, modelled in wgmma.cpp) or spin on an mbarrier
+// whose phase is not complete (tma.cpp), so every barrier is honoured exactly and a missing one
+// shows up as a wrong result when the fibers run in another order
+// (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is reported as a
+// deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake driver then
+// answers every later call with an error, as a real context does after a fault.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -118,8 +119,8 @@ void check_landed(const Launch& l, uint32_t addr, size_t n, const char* what) {
     smem_at(l, addr, n, what);
     for (size_t c = chunk_of(addr); c <= chunk_of(uint32_t(addr + n - 1)); ++c)
         if (l.landing[c])
-            fail(format("%s reads shared memory at %#x before a cp.async into it has landed (that thread's cp.async.wait_group, "
-                        "then a barrier, must come first)",
+            fail(format("%s reads shared memory at %#x before an asynchronous copy into it has landed (a cp.async: that "
+                        "thread's cp.async.wait_group, then a barrier, must come first; a tensor copy: a wait on its mbarrier)",
                         what, addr)
                      .c_str());
 }
@@ -134,6 +135,7 @@ namespace {
 
 void release_block(Launch& l) {
     l.block_arrived = 0;
+    ++l.block_generation;
     for (Fiber& f : l.fibers)
         if (f.state == State::AtBlock) f.state = State::Ready;
 }
@@ -183,7 +185,7 @@ std::string deadlock_report(const Launch& l) {
         at_block += f.state == State::AtBlock;
         done += f.state == State::Done;
     }
-    std::string s = format("deadlock: %d threads wait at __syncthreads, %d have exited", at_block, done);
+    std::string s = format("deadlock: %d threads wait at __syncthreads, %d have exited", at_block, done) + mbarrier_report(l);
     for (size_t w = 0; w < l.warps.size(); ++w)
         if (l.warps[w].arrived > 0)
             s += format("; warp %zu has %d of its %d lanes at a warp-wide instruction", w, l.warps[w].arrived, l.warps[w].lanes);
@@ -488,6 +490,9 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
         l.live = int(threads);
         l.block_arrived = 0;
+        l.block_generation = 0;
+        l.mbarriers.clear();
+        l.tma.clear();
         for (Warp& w : l.warps) w.arrived = 0;
         for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
         for (size_t i = 0; i < threads; ++i) {
@@ -498,6 +503,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             f.warp = int(i / 32);
             f.committed.clear();
             f.open.clear();
+            f.waiting = f.spinning = false;
             f.sp = fresh_stack(stack.data() + i * STACK_BYTES, STACK_BYTES);
             sequence[i] = reverse ? threads - 1 - i : i;
         }
@@ -505,17 +511,28 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             std::mt19937 rng{unsigned(b)};  // seeded by the block: the same order on any thread count
             std::shuffle(sequence.begin(), sequence.end(), rng);
         }
+        // Rounds over the ready fibers. A fiber spinning on an mbarrier stays ready, so a round
+        // has made progress only if some fiber ran from anywhere but a failed try_wait, or the
+        // block's events (arrivals, copies, ended waits) moved; a round without either would
+        // repeat forever. The copy engine then delivers what is in flight, and if that was
+        // nothing, the block is deadlocked.
         while (l.live > 0 && l.error.empty()) {
-            bool ran = false;
+            bool progress = false;
+            const uint64_t events = l.events;
             for (size_t i : sequence) {
-                if (l.fibers[i].state != State::Ready) continue;
-                l.cur = &l.fibers[i];
-                emu_switch(&l.sched, l.cur->sp);
-                ran = true;
+                Fiber& f = l.fibers[i];
+                if (f.state != State::Ready) continue;
+                progress |= !f.spinning;
+                f.spinning = false;
+                l.cur = &f;
+                emu_switch(&l.sched, f.sp);
                 if (!l.error.empty()) break;
             }
-            if (!ran && l.error.empty()) l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
+            if (progress || l.events != events || !l.error.empty() || land_all_copies(l)) continue;
+            l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
         }
+        // Copies still in flight when the last thread exits are the copy engine's: they land.
+        if (l.error.empty()) land_all_copies(l);
         if (!l.error.empty()) {
 #if defined(__SANITIZE_ADDRESS__)
             ASAN_UNPOISON_MEMORY_REGION(stack.data(), threads * STACK_BYTES);

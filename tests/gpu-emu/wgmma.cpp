@@ -134,6 +134,9 @@ void wgmma_mma_async(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool sca
                  "last wgmma.wait_group)");
         check_descriptor(w.a[0], "A");
         check_descriptor(w.b[0], "B");
+        // m64nNk16 exists for N = 8, 16, ..., 256 (N / 2 accumulators per thread, up to 128).
+        if (const uint32_t n = w.arg[0] & 0xffff; n < 8 || n > 256 || n % 8 != 0)
+            fail(format("wgmma.mma_async with N = %u: the bf16 shapes are m64nNk16 with N a multiple of 8 from 8 to 256", n).c_str());
         Wgmma op{w.d, w.a[0], w.b[0], int(w.arg[0] & 0xffff), bool(w.arg[0] >> 16 & 1), bool(w.arg[0] >> 17 & 1), {}};
         for_each_operand(op, [&](uint32_t addr) {
             check_landed(l, addr, 2, "wgmma.mma_async");
