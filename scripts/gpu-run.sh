@@ -57,30 +57,45 @@ step() { # name, command...: runs, logs, records pass/fail
 }
 
 step doctor "$bin" doctor --json "$out/doctor.json"
-# Issue 5's kernels first, on the default path (Hopper's wgmma mainloop where it applies), then on
-# mma.sync alone; the rest of the selftest after them, so a cut step never hides the fused layer.
-cap=120 step selftest-lowrank "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank.json"
-cap=120 step selftest-lowrank-mma env LOWRANK_LOWRANK_IMPL=mma "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-mma.json"
-# The fused y and dx products are what wgmma changes; a log without its totals was cut or crashed.
+# Issue 5's kernels first, on each mainloop of the fused y and dx products: the default (on Hopper
+# the TMA kernel, its tile chosen per shape), the TMA kernel's 128-wide tile everywhere (the
+# default takes it only on some shapes), Hopper's cp.async wgmma kernel and mma.sync alone (both
+# the same as the default elsewhere); the rest of the selftest after them, so a cut step never
+# hides the fused layer.
+lowrank_selftest() { # name, env assignments...: the low-rank selftest under those settings
+  local name=$1; shift
+  cap=120 step "$name" env "$@" "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/$name.json"
+}
+lowrank_selftest selftest-lowrank LOWRANK_LOWRANK_IMPL=fused
+lowrank_selftest selftest-lowrank-tma128 LOWRANK_LOWRANK_IMPL=fused LOWRANK_TMA_TILE=128
+lowrank_selftest selftest-lowrank-wgmma LOWRANK_LOWRANK_IMPL=wgmma
+lowrank_selftest selftest-lowrank-mma LOWRANK_LOWRANK_IMPL=mma
+# The fused y and dx products are what the mainloops change; a log without its totals was cut or crashed.
 fused_failed() { grep -qE '^lowrank_(y|dx)_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
-# What the later steps (bench, training) run on, chosen from what passed: their numbers mean
-# nothing on a path that computes wrong products.
+failed() { fused_failed "$out/selftest-lowrank-$1.log"; }
+# What the later steps (bench, training) run on: the first implementation that passed, and the
+# bench skips those that did not (their numbers mean nothing on a path that computes wrong
+# products). When both wgmma mainloops fail and mma.sync passes, the N-major descriptor offsets
+# they share are the suspect: the default runs once more with them the other way.
+fused_ok=1; failed tma128 && fused_ok=0; fused_failed "$out/selftest-lowrank.log" && fused_ok=0
+wgmma_ok=1; failed wgmma && wgmma_ok=0
+mma_ok=1; failed mma && mma_ok=0
+if (( !fused_ok && !wgmma_ok && mma_ok )); then
+  echo "both wgmma mainloops failed the fused products, mma.sync passed: trying the N-major descriptor offsets the other way"
+  lowrank_selftest selftest-lowrank-swap LOWRANK_LOWRANK_IMPL=fused LOWRANK_WGMMA_NMAJOR=swap
+  if ! failed swap; then export LOWRANK_WGMMA_NMAJOR=swap; fused_ok=1; fi
+fi
+skip=()
+(( fused_ok )) || skip+=(fused)
+(( wgmma_ok )) || skip+=(wgmma)
+(( mma_ok )) || skip+=(mma)
+impl=cublas
+for c in mma wgmma fused; do [[ " ${skip[*]-} " == *" $c "* ]] || impl=$c; done
+export LOWRANK_LOWRANK_IMPL=$impl
 bench_flags=()
-if fused_failed "$out/selftest-lowrank.log"; then
-  if ! fused_failed "$out/selftest-lowrank-mma.log"; then
-    echo "the fused products failed on the wgmma path only: trying its N-major descriptor offsets the other way"
-    cap=120 step selftest-lowrank-wgmma-swap env LOWRANK_WGMMA_NMAJOR=swap "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-wgmma-swap.json"
-    if fused_failed "$out/selftest-lowrank-wgmma-swap.log"; then
-      echo "later steps: LOWRANK_LOWRANK_IMPL=mma, bench --no-wgmma"
-      export LOWRANK_LOWRANK_IMPL=mma; bench_flags=(--no-wgmma)
-    else
-      echo "later steps: LOWRANK_WGMMA_NMAJOR=swap"
-      export LOWRANK_WGMMA_NMAJOR=swap
-    fi
-  else
-    echo "the fused products failed on mma.sync too: later steps use LOWRANK_LOWRANK_IMPL=cublas"
-    export LOWRANK_LOWRANK_IMPL=cublas
-  fi
+if (( ${#skip[@]} )); then
+  bench_flags=(--skip-impl "$(IFS=,; echo "${skip[*]}")")
+  echo "failed the fused products: ${skip[*]}; later steps: LOWRANK_LOWRANK_IMPL=$impl, bench ${bench_flags[*]}"
 fi
 cap=120 step selftest "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --skip lowrank --json "$out/selftest.json"
 step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
@@ -88,11 +103,11 @@ if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
 fi
 # Issue 5's targets, row by row, from the two JSON files of this run, for each of our implementations
-# the bench timed: fused (absent after --no-wgmma) and, on Hopper, mma.sync alone.
+# the bench timed: fused (absent when skipped) and, on Hopper, the other two mainloops.
 peer_json=(); [[ -f "$out/peer.json" ]] && peer_json=("$out/peer.json")
-for imp in fused mma; do
+for imp in fused wgmma mma; do
   grep -q "\"imp\": \"$imp\"" "$out/bench.json" 2>/dev/null || continue
-  name=targets; [[ $imp == mma ]] && name=targets-mma
+  name=targets; [[ $imp != fused ]] && name=targets-$imp
   step "$name" python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl "$imp" --md "$out/$name.md"
 done
 cap=120 step selftest-lowrank-cublas env LOWRANK_LOWRANK_IMPL=cublas "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/selftest-lowrank-cublas.json"
@@ -125,13 +140,23 @@ fi
 step bench-train-dlra "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank dlra --rank-init $dlra_rank --dlra-window 1
 step bench-train-dlra-k10 "$bin" bench-train --device cuda "${step_size[@]}" --steps $((2 * bench_steps)) --lowrank dlra --rank-init $dlra_rank --dlra-window 10
 if command -v compute-sanitizer >/dev/null; then
+  # Each mainloop once (issue 5: memcheck clean on one run of each kernel), the default first; a
+  # step the budget no longer fits is skipped.
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
+  for v in tma128 wgmma mma; do
+    [[ " ${skip[*]-} " == *" ${v/tma128/fused} "* ]] && continue
+    case $v in
+      tma128) vars=(LOWRANK_LOWRANK_IMPL=fused LOWRANK_TMA_TILE=128) ;;
+      *) vars=("LOWRANK_LOWRANK_IMPL=$v") ;;
+    esac
+    step "memcheck-$v" env "${vars[@]}" compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
+  done
 fi
 
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
   for s in "$out"/*.status; do printf '%-28s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
-  for l in selftest-lowrank selftest-lowrank-mma selftest; do
+  for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest; do
     printf '%-21s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
   env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR)=' || true
@@ -145,6 +170,6 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows, ranks 128 and 256.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
-cat "$out/targets.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
+cat "$out/targets.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
 exit $status

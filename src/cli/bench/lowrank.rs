@@ -24,7 +24,8 @@ pub const FULL: Sizes = Sizes {
 };
 
 /// `bench --smoke`: one layer each way, rows off the 128-row tile, a rank off 16; 2 × 2 wide tiles
-/// in y (up) and dx (down), so an emulated Hopper of 4 SMs runs them on the wgmma kernels.
+/// in y (up) and dx (down), so an emulated Hopper of 4 SMs runs them on the wgmma kernels (the TMA
+/// kernel's 128 × 128 tile for `fused`: one wave either way, and the narrower tile wins).
 pub const SMOKE: Sizes = Sizes {
     layers: &[(64, 256), (256, 64)],
     rows: &[200],
@@ -203,20 +204,37 @@ fn time_dense(
     Ok([f, d, full])
 }
 
+/// The fused implementations `bench --skip-impl` can leave out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FusedImpl {
+    Fused,
+    Wgmma,
+    Mma,
+}
+
 /// Every shape, rank, pass and variant, each row printed as it is measured (a run cut short keeps
 /// what it measured); restores the backend's implementation choice at the end.
-pub fn run(gpu: &mut Cuda, sizes: &Sizes, reps: usize, wgmma: bool) -> Result<Vec<LowRankRow>> {
+pub fn run(
+    gpu: &mut Cuda,
+    sizes: &Sizes,
+    reps: usize,
+    skip: &[FusedImpl],
+) -> Result<Vec<LowRankRow>> {
     let cap = sizes.ranks[sizes.ranks.len() - 1];
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
-    // fused kernels run twice, with the wgmma mainloop (`fused`) and with mma.sync only (`mma`).
+    // fused kernels run three times: the default TMA mainloop (`fused`), the cp.async wgmma one
+    // (`wgmma`) and mma.sync only (`mma`); elsewhere all three are mma.sync, timed once.
     let hopper = gpu.info().compute_capability.0 == 9;
-    let mut impls = Vec::new();
-    if !hopper || wgmma {
-        impls.push((LowRankImpl::Fused, "fused"));
-    }
-    if hopper {
-        impls.push((LowRankImpl::Mma, "mma"));
-    }
+    let fused = [
+        (FusedImpl::Fused, LowRankImpl::Fused, "fused"),
+        (FusedImpl::Wgmma, LowRankImpl::Wgmma, "wgmma"),
+        (FusedImpl::Mma, LowRankImpl::Mma, "mma"),
+    ];
+    let mut impls: Vec<_> = fused
+        .iter()
+        .filter(|(f, _, _)| !skip.contains(f) && (hopper || *f == FusedImpl::Fused))
+        .map(|&(_, imp, name)| (imp, name))
+        .collect();
     impls.push((LowRankImpl::Cublas, "cublas"));
     print_header();
     let mut rows = Vec::new();

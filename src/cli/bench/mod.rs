@@ -32,10 +32,11 @@ pub struct Args {
     /// Write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
-    /// Time the fused low-rank kernels on mma.sync only, skipping Hopper's wgmma mainloop (for a
-    /// GPU where it failed `selftest`)
-    #[arg(long)]
-    no_wgmma: bool,
+    /// Low-rank implementations not to time, comma-separated (e.g. `fused,wgmma` where Hopper's
+    /// wgmma mainloops failed `selftest`); the unfused cuBLASLt path is always timed, since every
+    /// row's "x unfused" divides by it
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "IMPL")]
+    skip_impl: Vec<lowrank::FusedImpl>,
     /// Tiny shapes and 3 reps: runs every code path of the bench in seconds, e.g. on the emulated
     /// GPU of tests/gpu-emu before a GPU run (`GPU_RUN_SMOKE=1 scripts/gpu-run.sh`); its times
     /// mean nothing
@@ -162,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
     // A low-rank kernel that faults must not cost the rows above: they are written either way.
     let lowrank = if matches!(args.which, Which::All | Which::LowrankLinear) {
         println!();
-        lowrank::run(&mut gpu, &sizes.lowrank, reps, !args.no_wgmma)
+        lowrank::run(&mut gpu, &sizes.lowrank, reps, &args.skip_impl)
     } else {
         Ok(Vec::new())
     };

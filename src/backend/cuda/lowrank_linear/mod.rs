@@ -2,8 +2,10 @@
 //! path, which is both the baseline the fused kernels are measured against and the fallback for
 //! shapes they do not take (a dimension not a multiple of 8, or a window not 16-byte aligned).
 //!
-//! The segmented GEMM has two mainloops behind one contract: mma.sync (kernels/lowrank_linear.cu,
-//! every GPU) and wgmma (kernels/lowrank_wgmma.cu, Hopper), picked per call by `pick_tile`.
+//! The segmented GEMM has three mainloops behind one contract, picked per call by `pick_tile`:
+//! mma.sync (kernels/lowrank_linear.cu, every GPU), and on Hopper wgmma fed by the copy engine with
+//! specialised warpgroups (kernels/lowrank_tma.cu) or by every thread's cp.async
+//! (kernels/lowrank_wgmma.cu).
 //!
 //! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel).
 //! Fused backward: s = dy·Vt[:k]ᵀ (skinny, also summing dy's columns per row block for db),
@@ -13,6 +15,8 @@
 mod column_sums;
 mod cublas;
 mod split_k;
+mod tiles;
+mod tma;
 
 use super::{Cuda, CudaBuf};
 use crate::backend::{
@@ -24,13 +28,18 @@ use cublas::{dx_cublas, forward_cublas, strides};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use split_k::{split_count, split_sum, BK};
+use tiles::{kernel_name, pick_tile, wgmma_nmajor_offsets, Role, NARROW, TMA256};
 
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LowRankImpl {
-    /// The fused tensor-core kernels, on Hopper with the wgmma mainloop where the grid fills the
-    /// GPU (falling back to `Cublas` for shapes they do not take).
+    /// The fused tensor-core kernels, on Hopper with the TMA-fed, warp-specialised wgmma mainloop
+    /// where the grid fills the GPU (falling back to `Cublas` for shapes they do not take).
     Fused,
+    /// The fused kernels with the wgmma mainloop whose every thread loads by cp.async: on Hopper,
+    /// the comparison that shows what the copy engine and warp specialisation buy (elsewhere the
+    /// same as `Fused`).
+    Wgmma,
     /// The fused kernels with the mma.sync mainloop only: on Hopper, the comparison that shows
     /// what wgmma buys (elsewhere the same as `Fused`).
     Mma,
@@ -39,15 +48,16 @@ pub enum LowRankImpl {
 }
 
 impl LowRankImpl {
-    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `mma` or `cublas`).
+    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `wgmma`, `mma` or `cublas`).
     pub fn from_env() -> Result<Self> {
         match std::env::var("LOWRANK_LOWRANK_IMPL") {
             Err(_) => Ok(LowRankImpl::Fused),
             Ok(v) => match v.trim() {
                 "fused" | "" => Ok(LowRankImpl::Fused),
+                "wgmma" => Ok(LowRankImpl::Wgmma),
                 "mma" => Ok(LowRankImpl::Mma),
                 "cublas" => Ok(LowRankImpl::Cublas),
-                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `mma` or `cublas`"),
+                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `wgmma`, `mma` or `cublas`"),
             },
         }
     }
@@ -56,7 +66,7 @@ impl LowRankImpl {
 /// Mirrors `SegGemmParams` in kernels/lowrank_linear.cu field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct SegGemmParams {
+pub(super) struct SegGemmParams {
     a: [u64; 2],
     b: [u64; 2],
     bias: u64,
@@ -79,7 +89,7 @@ unsafe impl DeviceRepr for SegGemmParams {}
 
 /// One operand pair A (m × k, row stride lda) · B (row stride ldb) of a segmented GEMM.
 #[derive(Clone, Copy)]
-struct Segment {
+pub(super) struct Segment {
     a: u64,
     lda: usize,
     b: u64,
@@ -87,52 +97,9 @@ struct Segment {
     k: usize,
 }
 
-/// A mainloop's block tile: `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu (dynamic shared
-/// memory of 4 stages of BM × 40 + max(32 × (BN + 8), BN × 40) bf16) and `wg` in
-/// kernels/lowrank_wgmma.cu (5 stages of 128 × 64 + 64 × 128 bf16, plus 1 KB to align the base).
-/// Every one runs 256 threads.
-#[derive(Clone, Copy)]
-struct Tile {
-    file: &'static str,
-    name: &'static str,
-    bm: usize,
-    bn: usize,
-    smem_bytes: u32,
-}
-const WIDE: Tile = Tile {
-    file: "lowrank_linear",
-    name: "wide",
-    bm: 128,
-    bn: 128,
-    smem_bytes: 4 * (128 * 40 + 128 * 40) * 2,
-};
-const NARROW: Tile = Tile {
-    file: "lowrank_linear",
-    name: "narrow",
-    bm: 128,
-    bn: 64,
-    smem_bytes: 4 * (128 * 40 + 64 * 40) * 2,
-};
-const WGMMA: Tile = Tile {
-    file: "lowrank_wgmma",
-    name: "wgmma",
-    bm: 128,
-    bn: 128,
-    smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
-};
-const GEMM_THREADS: u32 = 256;
 /// Extra dynamic shared memory of the projection that also sums A's columns (`ColumnSums::BYTES`
 /// of the narrow tile: 2 buffers × 8 row groups × 32 columns of f32).
 const COLSUM_SMEM: u32 = 2 * 8 * 32 * 4;
-
-/// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
-/// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Role {
-    Y,
-    Dx,
-    Project,
-}
 
 /// The output of a segmented GEMM: m × n_store at `ptr` with row stride ldc; B has n_valid columns.
 struct Output {
@@ -142,53 +109,6 @@ struct Output {
     n_valid: usize,
     n_store: usize,
     ldc: usize,
-}
-
-fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
-    Ok(match (role, tile.name, out) {
-        (Role::Y, "wide", DType::BF16) => "lowrank_y_wide_bf16",
-        (Role::Y, "wide", DType::F32) => "lowrank_y_wide_f32",
-        (Role::Y, "narrow", DType::BF16) => "lowrank_y_narrow_bf16",
-        (Role::Y, "narrow", DType::F32) => "lowrank_y_narrow_f32",
-        (Role::Dx, "wide", DType::BF16) => "lowrank_dx_wide_bf16",
-        (Role::Dx, "wide", DType::F32) => "lowrank_dx_wide_f32",
-        (Role::Dx, "narrow", DType::BF16) => "lowrank_dx_narrow_bf16",
-        (Role::Dx, "narrow", DType::F32) => "lowrank_dx_narrow_f32",
-        (Role::Y, "wgmma", DType::BF16) => "lowrank_y_wgmma_bf16",
-        (Role::Y, "wgmma", DType::F32) => "lowrank_y_wgmma_f32",
-        (Role::Dx, "wgmma", DType::BF16) => "lowrank_dx_wgmma_bf16",
-        (Role::Dx, "wgmma", DType::F32) => "lowrank_dx_wgmma_f32",
-        (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
-        (Role::Project, "narrow", DType::F32) => "lowrank_project_narrow_f32",
-        _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
-    })
-}
-
-/// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, its
-/// wgmma version), else the narrow one (twice the blocks); the skinny projections always take the
-/// narrow tile (N = rank is small, and they are bound by reading their input).
-fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Tile {
-    let hopper = cuda.info.compute_capability.0 == 9;
-    choose_tile(
-        cuda.info.sms.max(1) as usize,
-        hopper,
-        cuda.lowrank_impl,
-        role,
-        m,
-        n,
-    )
-}
-
-/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked for.
-fn choose_tile(sms: usize, hopper: bool, imp: LowRankImpl, role: Role, m: usize, n: usize) -> Tile {
-    let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
-    if role == Role::Project || wide_blocks < sms {
-        NARROW
-    } else if imp == LowRankImpl::Fused && hopper {
-        WGMMA
-    } else {
-        WIDE
-    }
 }
 
 /// One segmented GEMM. `colsum` (projections only): also write A's column sums per row block of
@@ -208,7 +128,7 @@ fn launch_seg_gemm(
         "fused low-rank {role:?}: {} output columns are not a multiple of 8",
         out.n_valid
     );
-    let mut tile = pick_tile(cuda, role, out.m, out.n_store);
+    let mut tile = pick_tile(cuda, role, out.m, out.n_store)?;
     let k_tiles: usize = segs.iter().flatten().map(|s| s.k.div_ceil(BK)).sum();
     let splits = if role == Role::Project {
         let blocks = out.m.div_ceil(tile.bm) * out.n_store.div_ceil(tile.bn);
@@ -287,11 +207,21 @@ fn launch_seg_gemm(
             out.m.div_ceil(tile.bm) as u32,
             z as u32,
         ),
-        block_dim: (GEMM_THREADS, 1, 1),
+        block_dim: (tile.threads, 1, 1),
         shared_mem_bytes: tile.smem_bytes,
     };
+    // The TMA kernel reads the same contract behind its operands' tensor maps; dx's W0 segment is
+    // its one NT operand.
+    let tma_params = if tile.file == TMA256.file {
+        Some(tma::params(p, segs, [role == Role::Dx, false], tile.bn)?)
+    } else {
+        None
+    };
     let mut launch = cuda.stream.launch_builder(&f);
-    launch.arg(&p);
+    match &tma_params {
+        Some(q) => launch.arg(q),
+        None => launch.arg(&p),
+    };
     if let Some(partials) = &colsum {
         launch.arg(partials);
     }
@@ -302,24 +232,6 @@ fn launch_seg_gemm(
         Some(ws) => split_sum(cuda, ws.1, z, out),
         None => Ok(()),
     }
-}
-
-/// The wgmma kernels' N-major descriptor offsets (leading, stride) in bytes: the PTX ISA's
-/// canonical layout gives (8192, 1024) for our tiles; LOWRANK_WGMMA_NMAJOR=swap takes the other
-/// reading, so one GPU run can tell which the hardware uses. To go once a GPU run has settled it.
-fn wgmma_nmajor_offsets() -> Result<(i32, i32)> {
-    static OFFSETS: std::sync::OnceLock<std::result::Result<(i32, i32), String>> =
-        std::sync::OnceLock::new();
-    OFFSETS
-        .get_or_init(|| match std::env::var("LOWRANK_WGMMA_NMAJOR").as_deref() {
-            Err(_) | Ok("") | Ok("canonical") => Ok((8192, 1024)),
-            Ok("swap") => Ok((1024, 8192)),
-            Ok(other) => Err(format!(
-                "LOWRANK_WGMMA_NMAJOR={other:?}: use `canonical` (the default) or `swap`"
-            )),
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
@@ -556,31 +468,5 @@ fn factor_grads(
         (Some(db), Some(sums)) => finish_column_sums(cuda, sums.ptr, sums.blocks, n_out, db),
         (Some(db), None) => add_column_sums(cuda, dy, n, n_out, db),
         (None, _) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tiles_follow_the_grid_the_gpu_and_the_implementation() {
-        let name = |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, role, m, n).name;
-        let fused = LowRankImpl::Fused;
-        // 16384 × 4096 outputs: 4096 wide blocks fill 132 SMs; wgmma on Hopper, mma.sync elsewhere.
-        assert_eq!(name(132, true, fused, Role::Y, 16384, 4096), "wgmma");
-        assert_eq!(name(132, true, fused, Role::Dx, 16384, 1024), "wgmma");
-        assert_eq!(name(108, false, fused, Role::Y, 16384, 4096), "wide");
-        assert_eq!(
-            name(132, true, LowRankImpl::Mma, Role::Y, 16384, 4096),
-            "wide"
-        );
-        // 1024 × 1024: 64 wide blocks leave SMs idle, so twice as many narrow ones.
-        assert_eq!(name(132, true, fused, Role::Y, 1024, 1024), "narrow");
-        // The selftest's ragged 2500 × 1000 → 1160 shape reaches the wgmma tile in both products.
-        assert_eq!(name(132, true, fused, Role::Y, 2500, 1160), "wgmma");
-        assert_eq!(name(132, true, fused, Role::Dx, 2500, 1000), "wgmma");
-        // The skinny projections always take the narrow tile.
-        assert_eq!(name(132, true, fused, Role::Project, 16384, 4096), "narrow");
     }
 }

@@ -1,0 +1,146 @@
+// The segmented GEMM of lowrank_linear.cu on Hopper as cuBLAS runs its own: the copy engine (TMA)
+// loads the tiles and warpgroups specialise. C = Σ_s A_s·B_s (+ bias), the same SegGemmParams and
+// epilogue as the other two mainloops, plus one tensor map per operand (encoded by the launcher,
+// src/backend/cuda/lowrank_linear/tma.rs), so the launcher swaps one for another per call.
+//
+// Why a third mainloop: in lowrank_wgmma.cu every thread issues cp.async for its share of each
+// tile and the block meets at a barrier per K tile, so the tensor cores idle while address
+// arithmetic, the barrier and the epilogue's registers compete with them. Here one thread of a
+// producer warpgroup issues a few bulk tensor copies per tile (the engine zero-fills what lies
+// outside the tensors, so ragged edges cost nothing), and two consumer warpgroups only wait on
+// mbarriers and issue wgmmas; register file moves from the producer to them (setmaxnreg), which
+// allows a 128 × 256 tile (128 f32 accumulators per consumer thread) that halves the shared-memory
+// reads per FLOP of the 128 × 128 one. Stages are handed back through "empty" mbarriers once the
+// wgmmas that read them have retired: no block-wide barrier in the K loop.
+//
+// Block: 384 threads = producer warpgroup 0, consumers 1 and 2 (rows 0–63 and 64–127 of the
+// tile). Tile 128 × BN × 64, BN = 256 (4 stages of 48 KB) or 128 (6 stages of 32 KB), picked per
+// call by the launcher from the grid's waves.
+#include "wgmma.cuh"
+
+constexpr int TMA_THREADS = 384;
+
+// The kernel's parameter: tensor maps of A_0, A_1, B_0, B_1 (a segment with k = 0 borrows the
+// other's maps and issues no copy), then the contract the other mainloops read. Passed as a
+// __grid_constant__ so the maps stay in parameter space, where the copy engine may read them.
+struct TmaGemmParams {
+    TmaMap a[2], b[2];
+    SegGemmParams p;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+template <int BN>
+struct TmaTile {
+    static constexpr int BM = 128, BK = WG_BK, STAGES = BN == 256 ? 4 : 6;
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE_BYTES = A_BYTES + B_BYTES;
+    // Stages from a 1024-byte aligned base (the swizzle atom; dynamic shared memory is only
+    // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers.
+    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+};
+
+// The producer: one thread, tile after tile, waits until consumers have released the stage's
+// previous use, tells its full barrier how many bytes to expect, and issues the copies. A is a
+// 64 × 128 box (K innermost); an NT B one 64 × BN box, an NN B BN / 64 boxes of 64 × 64 (N
+// innermost), the N-major blocks 8 KB apart that the wgmma descriptor walks.
+template <bool NT0, bool NT1, int BN>
+__device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0, uint32_t full, uint32_t empty, int tiles0, int tiles,
+                                            int m0, int n0) {
+    using T = TmaTile<BN>;
+    for (int tile = 0; tile < tiles; ++tile) {
+        const int s = tile % T::STAGES, use = tile / T::STAGES;
+        if (use > 0) {
+            while (!mbar_try_wait(empty + s * 8, (use - 1) & 1)) {
+            }
+        }
+        const uint32_t sa = s0 + s * T::STAGE_BYTES, sb = sa + T::A_BYTES, bar = full + s * 8;
+        mbar_arrive_expect_tx(bar, T::STAGE_BYTES);
+        const int seg = tile >= tiles0, k0 = (seg ? tile - tiles0 : tile) * T::BK;
+        tma_load_2d(sa, &q.a[seg], k0, m0, bar);
+        if (seg ? NT1 : NT0) {
+            tma_load_2d(sb, &q.b[seg], k0, n0, bar);
+        } else {
+#pragma unroll
+            for (int j = 0; j < BN / 64; ++j) tma_load_2d(sb + j * 8192, &q.b[seg], n0 + 64 * j, k0, bar);
+        }
+    }
+}
+
+// A consumer warpgroup: its 64 rows of every tile, one wgmma batch left in flight while it waits
+// for the next tile; the stage of the tile before is released once that batch has retired.
+template <bool NT0, bool NT1, int BN, class OutT>
+__device__ __forceinline__ void tma_consume(const SegGemmParams& p, int consumer, uint32_t s0, uint32_t full, uint32_t empty,
+                                            int tiles0, int tiles, int m0, int n0) {
+    using T = TmaTile<BN>;
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+    const bool leader = threadIdx.x % 128 == 0;
+    auto step = [&](int tile, auto nt) {
+        const int s = tile % T::STAGES;
+        while (!mbar_try_wait(full + s * 8, (tile / T::STAGES) & 1)) {
+        }
+        const uint32_t sa = s0 + s * T::STAGE_BYTES;
+        wgmma_fence();
+        wg_mma_ktile<decltype(nt)::value, BN>(d, sa + consumer * 64 * 128, sa + T::A_BYTES, p.nmajor_lbo, p.nmajor_sbo);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous tile's wgmmas have read their stage
+        if (tile > 0 && leader) mbar_arrive(empty + ((tile - 1) % T::STAGES) * 8);
+    };
+    // Two loops, not a branch per tile, so each wgmma variant sits in straight-line code.
+    int tile = 0;
+    for (; tile < tiles0; ++tile) step(tile, Bool<NT0>{});
+    for (; tile < tiles; ++tile) step(tile, Bool<NT1>{});
+    wgmma_wait<0>();
+    fence_accumulators(d);
+    wg_store<BN, OutT>(p, d, m0 + consumer * 64, n0);
+}
+
+template <bool NT0, bool NT1, int BN, class OutT>
+__device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
+    using T = TmaTile<BN>;
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const uint32_t s0 = (smem_addr(smem) + 1023u) & ~1023u;
+    const uint32_t full = s0 + T::STAGES * T::STAGE_BYTES, empty = full + T::STAGES * 8;
+    const SegGemmParams& p = q.p;
+    const int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * BN;
+    const int tiles0 = (p.k[0] + T::BK - 1) / T::BK, tiles = tiles0 + (p.k[1] + T::BK - 1) / T::BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < T::STAGES; ++s) {
+            mbar_init(full + s * 8, 1);      // the producer's arrive.expect_tx, then the bytes
+            mbar_init(empty + s * 8, 2);     // one arrival per consumer warpgroup
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+    const int warpgroup = threadIdx.x / 128;
+    if (warpgroup == 0) {
+        setmaxnreg_dec<24>();
+        if (threadIdx.x == 0) tma_produce<NT0, NT1, BN>(q, s0, full, empty, tiles0, tiles, m0, n0);
+    } else {
+        // 128 × 24 + 256 × 240 = 64512 of the SM's 65536 registers.
+        setmaxnreg_inc<240>();
+        tma_consume<NT0, NT1, BN, OutT>(p, warpgroup - 1, s0, full, empty, tiles0, tiles, m0, n0);
+    }
+}
+#define TMA_BODY(NT0, NT1, BN, OutT) seg_gemm_tma<NT0, NT1, BN, OutT>(q);
+#else
+// Never launched off sm_90a (the launcher picks this file on compute capability 9 only, whose
+// driver loads the sm_90a cubin); a JIT of the PTX elsewhere fails loudly.
+#define TMA_BODY(NT0, NT1, BN, OutT) __trap();
+#endif
+
+// Entry points, as in lowrank_wgmma.cu: y = [x | t]·[W0 ; Vt] (both NN), dx = [dy | s]·[W0ᵀ ; Ut]
+// (W0 read as NT, Ut as NN), each with the 128 × 256 and 128 × 128 tiles. One block per SM.
+#define SEG_GEMM_TMA(name, NT0, NT1, BN, OutT)                                                                \
+    extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1) name(const __grid_constant__ TmaGemmParams q) { \
+        TMA_BODY(NT0, NT1, BN, OutT)                                                                          \
+    }
+SEG_GEMM_TMA(lowrank_y_tma256_bf16, false, false, 256, bf16)
+SEG_GEMM_TMA(lowrank_y_tma256_f32, false, false, 256, float)
+SEG_GEMM_TMA(lowrank_dx_tma256_bf16, true, false, 256, bf16)
+SEG_GEMM_TMA(lowrank_dx_tma256_f32, true, false, 256, float)
+SEG_GEMM_TMA(lowrank_y_tma128_bf16, false, false, 128, bf16)
+SEG_GEMM_TMA(lowrank_y_tma128_f32, false, false, 128, float)
+SEG_GEMM_TMA(lowrank_dx_tma128_bf16, true, false, 128, bf16)
+SEG_GEMM_TMA(lowrank_dx_tma128_f32, true, false, 128, float)

@@ -1,0 +1,224 @@
+//! Which mainloop and block tile run one segmented GEMM (`pick_tile`), the kernel that implements
+//! it, and the run-time switches that tests and the first GPU runs use to reach each of them.
+
+use super::{Cuda, LowRankImpl};
+use crate::backend::DType;
+use anyhow::{bail, Result};
+
+/// A mainloop's block tile: `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu (dynamic shared
+/// memory of 4 stages of BM × 40 + max(32 × (BN + 8), BN × 40) bf16), `wg` in
+/// kernels/lowrank_wgmma.cu (5 stages of 128 × 64 + 64 × 128 bf16, plus 1 KB to align the base)
+/// and `TmaTile<BN>` in kernels/lowrank_tma.cu (stages of 128 × 64 + 64 × BN bf16, 1 KB to align,
+/// a full and an empty mbarrier per stage).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Tile {
+    pub(super) file: &'static str,
+    pub(super) name: &'static str,
+    pub(super) bm: usize,
+    pub(super) bn: usize,
+    pub(super) smem_bytes: u32,
+    pub(super) threads: u32,
+}
+pub(super) const WIDE: Tile = Tile {
+    file: "lowrank_linear",
+    name: "wide",
+    bm: 128,
+    bn: 128,
+    smem_bytes: 4 * (128 * 40 + 128 * 40) * 2,
+    threads: 256,
+};
+pub(super) const NARROW: Tile = Tile {
+    file: "lowrank_linear",
+    name: "narrow",
+    bm: 128,
+    bn: 64,
+    smem_bytes: 4 * (128 * 40 + 64 * 40) * 2,
+    threads: 256,
+};
+pub(super) const WGMMA: Tile = Tile {
+    file: "lowrank_wgmma",
+    name: "wgmma",
+    bm: 128,
+    bn: 128,
+    smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
+    threads: 256,
+};
+/// A producer warpgroup and two consumers; 4 stages of the 128 × 256 tile (193 KB), 6 of the
+/// 128 × 128 one (193 KB): as deep as Hopper's 227 KB allows.
+pub(super) const TMA256: Tile = Tile {
+    file: "lowrank_tma",
+    name: "tma256",
+    bm: 128,
+    bn: 256,
+    smem_bytes: 4 * (128 * 64 + 64 * 256) * 2 + 1024 + 2 * 4 * 8,
+    threads: 384,
+};
+pub(super) const TMA128: Tile = Tile {
+    file: "lowrank_tma",
+    name: "tma128",
+    bm: 128,
+    bn: 128,
+    smem_bytes: 6 * (128 * 64 + 64 * 128) * 2 + 1024 + 2 * 6 * 8,
+    threads: 384,
+};
+/// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
+/// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Role {
+    Y,
+    Dx,
+    Project,
+}
+
+pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static str> {
+    Ok(match (role, tile.name, out) {
+        (Role::Y, "wide", DType::BF16) => "lowrank_y_wide_bf16",
+        (Role::Y, "wide", DType::F32) => "lowrank_y_wide_f32",
+        (Role::Y, "narrow", DType::BF16) => "lowrank_y_narrow_bf16",
+        (Role::Y, "narrow", DType::F32) => "lowrank_y_narrow_f32",
+        (Role::Dx, "wide", DType::BF16) => "lowrank_dx_wide_bf16",
+        (Role::Dx, "wide", DType::F32) => "lowrank_dx_wide_f32",
+        (Role::Dx, "narrow", DType::BF16) => "lowrank_dx_narrow_bf16",
+        (Role::Dx, "narrow", DType::F32) => "lowrank_dx_narrow_f32",
+        (Role::Y, "wgmma", DType::BF16) => "lowrank_y_wgmma_bf16",
+        (Role::Y, "wgmma", DType::F32) => "lowrank_y_wgmma_f32",
+        (Role::Dx, "wgmma", DType::BF16) => "lowrank_dx_wgmma_bf16",
+        (Role::Dx, "wgmma", DType::F32) => "lowrank_dx_wgmma_f32",
+        (Role::Y, "tma256", DType::BF16) => "lowrank_y_tma256_bf16",
+        (Role::Y, "tma256", DType::F32) => "lowrank_y_tma256_f32",
+        (Role::Dx, "tma256", DType::BF16) => "lowrank_dx_tma256_bf16",
+        (Role::Dx, "tma256", DType::F32) => "lowrank_dx_tma256_f32",
+        (Role::Y, "tma128", DType::BF16) => "lowrank_y_tma128_bf16",
+        (Role::Y, "tma128", DType::F32) => "lowrank_y_tma128_f32",
+        (Role::Dx, "tma128", DType::BF16) => "lowrank_dx_tma128_bf16",
+        (Role::Dx, "tma128", DType::F32) => "lowrank_dx_tma128_f32",
+        (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
+        (Role::Project, "narrow", DType::F32) => "lowrank_project_narrow_f32",
+        _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
+    })
+}
+
+/// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, a
+/// wgmma version: `tma_tile`'s, or the cp.async one for `Wgmma`), else the narrow one (twice the
+/// blocks); the skinny projections always take the narrow tile (N = rank is small, and they are
+/// bound by reading their input).
+pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
+    let hopper = cuda.info.compute_capability.0 == 9;
+    let sms = cuda.info.sms.max(1) as usize;
+    Ok(
+        match choose_tile(sms, hopper, cuda.lowrank_impl, role, m, n) {
+            t if t.file == TMA256.file => tma_tile(sms, m, n, forced_tma_width()?),
+            t => t,
+        },
+    )
+}
+
+/// LOWRANK_TMA_TILE: `auto` (the default: `tma_tile`'s choice), `128` or `256`, the TMA kernel's
+/// tile width wherever it runs, so that `selftest` and `bench` can run each tile on any shape.
+fn forced_tma_width() -> Result<Option<usize>> {
+    static WIDTH: std::sync::OnceLock<std::result::Result<Option<usize>, String>> =
+        std::sync::OnceLock::new();
+    WIDTH
+        .get_or_init(|| match std::env::var("LOWRANK_TMA_TILE").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(None),
+            Ok("128") => Ok(Some(128)),
+            Ok("256") => Ok(Some(256)),
+            Ok(other) => Err(format!(
+                "LOWRANK_TMA_TILE={other:?}: use `auto` (the default), `128` or `256`"
+            )),
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked for.
+fn choose_tile(sms: usize, hopper: bool, imp: LowRankImpl, role: Role, m: usize, n: usize) -> Tile {
+    let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
+    if role == Role::Project || wide_blocks < sms {
+        return NARROW;
+    }
+    match (hopper, imp) {
+        (true, LowRankImpl::Fused) => tma_tile(sms, m, n, None),
+        (true, LowRankImpl::Wgmma) => WGMMA,
+        _ => WIDE,
+    }
+}
+
+/// The TMA kernel's 128 × 256 tile unless its last wave leaves enough SMs idle that the 128 × 128
+/// one finishes first: time ∝ waves × tile width, with the wide tile's width counted at 0.9 for
+/// its halved shared-memory reads per FLOP (a prediction to check against `bench`'s two rows,
+/// e.g. GPT-2 small's 768-wide dx at 8192 rows: 192 wide blocks are 2 waves of 132, 384 narrow
+/// ones 3, so the 128-wide tile is predicted faster there).
+/// `forced`: LOWRANK_TMA_TILE's width, which tests and `bench` use to run either tile.
+fn tma_tile(sms: usize, m: usize, n: usize, forced: Option<usize>) -> Tile {
+    match forced {
+        Some(256) => return TMA256,
+        Some(_) => return TMA128,
+        None => {}
+    }
+    let cost = |t: Tile, tenths: usize| {
+        (m.div_ceil(t.bm) * n.div_ceil(t.bn)).div_ceil(sms) * t.bn * tenths
+    };
+    if cost(TMA256, 9) <= cost(TMA128, 10) {
+        TMA256
+    } else {
+        TMA128
+    }
+}
+
+/// The wgmma kernels' N-major descriptor offsets (leading, stride) in bytes: the PTX ISA's
+/// canonical layout gives (8192, 1024) for our tiles; LOWRANK_WGMMA_NMAJOR=swap takes the other
+/// reading, so one GPU run can tell which the hardware uses. To go once a GPU run has settled it.
+pub(super) fn wgmma_nmajor_offsets() -> Result<(i32, i32)> {
+    static OFFSETS: std::sync::OnceLock<std::result::Result<(i32, i32), String>> =
+        std::sync::OnceLock::new();
+    OFFSETS
+        .get_or_init(|| match std::env::var("LOWRANK_WGMMA_NMAJOR").as_deref() {
+            Err(_) | Ok("") | Ok("canonical") => Ok((8192, 1024)),
+            Ok("swap") => Ok((1024, 8192)),
+            Ok(other) => Err(format!(
+                "LOWRANK_WGMMA_NMAJOR={other:?}: use `canonical` (the default) or `swap`"
+            )),
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_follow_the_grid_the_gpu_and_the_implementation() {
+        let name = |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, role, m, n).name;
+        let fused = LowRankImpl::Fused;
+        // 16384 × 4096 outputs: 4096 wide blocks fill 132 SMs; the TMA kernel on Hopper (its
+        // 128 × 256 tile: 16 waves of it against 32 of 128 × 128), mma.sync elsewhere.
+        assert_eq!(name(132, true, fused, Role::Y, 16384, 4096), "tma256");
+        assert_eq!(name(132, true, fused, Role::Dx, 16384, 1024), "tma256");
+        assert_eq!(name(108, false, fused, Role::Y, 16384, 4096), "wide");
+        assert_eq!(
+            name(132, true, LowRankImpl::Mma, Role::Y, 16384, 4096),
+            "wide"
+        );
+        assert_eq!(
+            name(132, true, LowRankImpl::Wgmma, Role::Y, 16384, 4096),
+            "wgmma"
+        );
+        assert_eq!(
+            name(108, false, LowRankImpl::Wgmma, Role::Y, 16384, 4096),
+            "wide"
+        );
+        // GPT-2 small's dx into 768 columns at 8192 rows: 192 wide blocks take 2 waves, 1.45 of
+        // them busy; 384 of 128 × 128 take 3 full ones, predicted faster.
+        assert_eq!(name(132, true, fused, Role::Dx, 8192, 768), "tma128");
+        assert_eq!(name(132, true, fused, Role::Y, 8192, 3072), "tma256");
+        // 1024 × 1024: 64 wide blocks leave SMs idle, so twice as many narrow ones.
+        assert_eq!(name(132, true, fused, Role::Y, 1024, 1024), "narrow");
+        // The selftest's ragged 2500 × 1000 → 1160 shape reaches the TMA tile in both products.
+        assert_eq!(name(132, true, fused, Role::Y, 2500, 1160), "tma256");
+        assert_eq!(name(132, true, fused, Role::Dx, 2500, 1000), "tma256");
+        // The skinny projections always take the narrow tile.
+        assert_eq!(name(132, true, fused, Role::Project, 16384, 4096), "narrow");
+    }
+}

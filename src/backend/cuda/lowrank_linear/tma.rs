@@ -1,0 +1,110 @@
+//! The tensor maps of kernels/lowrank_tma.cu: one per operand of the segmented GEMM, encoded on
+//! the host (cuTensorMapEncodeTiled, a few microseconds each) and passed inside the kernel's
+//! parameter, so the copy engine reads tiles with the 128-byte swizzle wgmma wants and zero-fills
+//! what lies outside each tensor (a segment's last K tile, the grid's last rows and columns).
+
+use super::{SegGemmParams, Segment};
+use anyhow::{bail, ensure, Result};
+use cudarc::driver::sys::{
+    self, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+    CUtensorMapL2promotion, CUtensorMapSwizzle,
+};
+use cudarc::driver::DeviceRepr;
+
+/// Mirrors `TmaGemmParams` in kernels/lowrank_tma.cu: A_0, A_1, B_0, B_1, then the contract the
+/// other mainloops read. CUtensorMap is 128-byte aligned, so `p` starts at byte 512 on both sides.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct TmaGemmParams {
+    a: [CUtensorMap; 2],
+    b: [CUtensorMap; 2],
+    p: SegGemmParams,
+}
+
+// SAFETY: plain old data with the C layout the kernel reads.
+unsafe impl DeviceRepr for TmaGemmParams {}
+
+/// K extent of a tile (WG_BK in kernels/wgmma.cuh): 64 bf16, one 128-byte swizzled row.
+const BOX_K: u32 = 64;
+/// Rows of A per tile (TmaTile::BM).
+const BOX_M: u32 = 128;
+
+/// A row-major bf16 matrix of `rows` × `cols` with row stride `ld` elements at `ptr`, read in
+/// boxes of `box_cols` × `box_rows` (columns innermost).
+fn encode(
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    box_cols: u32,
+    box_rows: u32,
+) -> Result<CUtensorMap> {
+    // The copy engine's rules (cuTensorMapEncodeTiled): a 16-byte aligned base, byte strides that
+    // are multiples of 16; fused_fits already sent other operands to cuBLASLt.
+    ensure!(
+        ptr.is_multiple_of(16) && (ld * 2).is_multiple_of(16) && rows > 0 && cols > 0,
+        "TMA operand at {ptr:#x}: {rows} × {cols}, row stride {ld}: needs a 16-byte aligned base and row stride"
+    );
+    let dims = [cols as u64, rows as u64];
+    let strides = [(ld * 2) as u64];
+    let boxes = [box_cols, box_rows];
+    let element_strides = [1u32, 1];
+    let mut map = CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every pointer refers to a live local array of the length the rank (2) implies; the
+    // driver only writes the 128-byte map.
+    let rc = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        bail!(
+            "cuTensorMapEncodeTiled refused a {rows} × {cols} bf16 operand (row stride {ld}, box {box_cols} × {box_rows}): {rc:?}"
+        );
+    }
+    Ok(map)
+}
+
+/// The kernel parameter for `p` (filled as for the other mainloops) and its segments: A_s is
+/// m × k_s; B_s is k_s × n_valid ("NN", read in 64 × 64 boxes, N innermost) or, when `nt[s]`,
+/// n_valid × k_s (one 64 × bn box, K innermost). An absent segment borrows the other's maps: the
+/// kernel issues no copy for a segment with k = 0.
+pub(super) fn params(
+    p: SegGemmParams,
+    segs: [Option<Segment>; 2],
+    nt: [bool; 2],
+    bn: usize,
+) -> Result<TmaGemmParams> {
+    let (m, n) = (p.m as usize, p.n_valid as usize);
+    let mut maps = [None, None];
+    for (i, seg) in segs.iter().enumerate() {
+        if let Some(s) = seg {
+            let a = encode(s.a, m, s.k, s.lda, BOX_K, BOX_M)?;
+            let b = if nt[i] {
+                encode(s.b, n, s.k, s.ldb, BOX_K, bn as u32)?
+            } else {
+                encode(s.b, s.k, n, s.ldb, 64, BOX_K)?
+            };
+            maps[i] = Some((a, b));
+        }
+    }
+    let (Some(first), Some(second)) = (maps[0].or(maps[1]), maps[1].or(maps[0])) else {
+        bail!("segmented GEMM with no segment");
+    };
+    Ok(TmaGemmParams {
+        a: [first.0, second.0],
+        b: [first.1, second.1],
+        p,
+    })
+}
