@@ -1,9 +1,12 @@
-//! CPU microbenchmarks (criterion): the reference ops at GPT-2-small shapes, and one DLRA window
-//! (augmentation and truncation of a GPT-2-small layer's bases) on the CPU backend.
+//! CPU microbenchmarks (criterion): the reference ops at GPT-2-small shapes, the low-rank linear
+//! layer beside the dense GEMM of the same layer, and one DLRA window (augmentation and truncation
+//! of a GPT-2-small layer's bases) on the CPU backend.
 //! GPU numbers come from `lowrank bench` on a GPU machine (scripts/gpu-run.sh).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lowrank::backend::{cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm};
+use lowrank::backend::{
+    cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights,
+};
 use lowrank::lowrank::dlra::{schedule, FreshMoment};
 use lowrank::lowrank::{LowRankConfig, LowRankMode};
 use lowrank::model::{Gpt, GptConfig};
@@ -35,6 +38,78 @@ fn gemm(c: &mut Criterion) {
         group.bench_function(name, |bench| {
             bench.iter(|| Cpu.gemm(&g, a.all(), b.all(), out.all_mut()).unwrap())
         });
+    }
+    group.finish();
+}
+
+/// The low-rank layer y = x·W0 + (x·U)·Vᵀ + b (`w0+lr`) and y = (x·U)·Vᵀ + b (`lr`), forward and
+/// backward, at GPT-2 small's up-projection for 256 tokens and two ranks: beside `cpu_gemm`'s
+/// dense products of the same layer, what the factors cost or save on the reference backend.
+fn lowrank_linear(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_lowrank_linear");
+    let (n, n_in, n_out) = (256, 768, 3072);
+    let (x, dy, w0, bias) = (
+        filled(n * n_in, 1),
+        filled(n * n_out, 2),
+        filled(n_in * n_out, 3),
+        filled(n_out, 4),
+    );
+    for rank in [32, 96] {
+        let sh = LowRankShape {
+            n,
+            n_in,
+            n_out,
+            rank,
+        };
+        let (ut, vt) = (filled(rank * n_in, 5), filled(rank * n_out, 6));
+        let (mut t, mut s) = (filled(sh.scratch_len(), 7), filled(sh.scratch_len(), 8));
+        let (mut y, mut dx) = (filled(n * n_out, 9), filled(n * n_in, 10));
+        let (mut dut, mut dvt, mut db) = (
+            filled(rank * n_in, 11),
+            filled(rank * n_out, 12),
+            filled(n_out, 13),
+        );
+        for base in [true, false] {
+            let pass = if base { "w0+lr" } else { "lr" };
+            let w = LowRankWeights {
+                w0: base.then(|| w0.all()),
+                ut: ut.all(),
+                vt: vt.all(),
+            };
+            group.bench_function(format!("fwd_{pass}_256x768x3072_r{rank}"), |bench| {
+                bench.iter(|| {
+                    Cpu.lowrank_linear_forward(
+                        &sh,
+                        x.all(),
+                        w,
+                        Some(bias.all()),
+                        t.all_mut(),
+                        y.all_mut(),
+                    )
+                    .unwrap()
+                })
+            });
+            group.bench_function(format!("bwd_{pass}_256x768x3072_r{rank}"), |bench| {
+                bench.iter(|| {
+                    let grads = LowRankGrads {
+                        dut: dut.all_mut(),
+                        dvt: dvt.all_mut(),
+                        dbias: Some(db.all_mut()),
+                    };
+                    Cpu.lowrank_linear_backward(
+                        &sh,
+                        x.all(),
+                        w,
+                        t.all(),
+                        dy.all(),
+                        s.all_mut(),
+                        dx.all_mut(),
+                        grads,
+                    )
+                    .unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }
@@ -118,5 +193,5 @@ fn dlra_window(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm, elementwise, dlra_window);
+criterion_group!(benches, gemm, lowrank_linear, elementwise, dlra_window);
 criterion_main!(benches);

@@ -4,9 +4,10 @@
 // cuTensorMapEncodeTiled (tensor_map.h). A copy is asynchronous as on the GPU: issuing it marks its
 // destination chunks as landing (a wgmma or ldmatrix reading them before it lands fails, as for
 // cp.async), and it lands, writing the box and completing its bytes on its mbarrier, only when a
-// thread waits on that barrier's open phase, or when no thread can move (runtime.cpp's scheduler),
-// or when the block ends: as late as a GPU could deliver it, so a consumer that reads a stage
-// without waiting for its barrier reads it before the data is there. What a kernel can get wrong
+// thread polls that barrier's open phase for the second time in a row, or when no thread can move
+// (runtime.cpp's scheduler), or when the block ends: as late as a GPU could deliver it, so a
+// consumer that reads a stage without waiting for its barrier, or after one failed poll, reads it
+// before the data is there. What a kernel can get wrong
 // fails the launch with a sentence: an uninitialised or unpublished barrier, more arrivals than a
 // phase expects, a tx-count out of range, a copy into shared memory a wgmma still reads or another
 // copy still writes, a misaligned destination, a map the driver never encoded.
