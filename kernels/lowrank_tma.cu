@@ -15,10 +15,12 @@
 //
 // Block: 384 threads = producer warpgroup 0, consumers 1 and 2 (rows 0–63 and 64–127 of the
 // tile). Tile 128 × BN × 64, BN = 256 (4 stages of 48 KB) or 128 (6 stages of 32 KB), picked per
-// call by the launcher from the grid's waves.
+// call by the launcher from the grid's waves. Blocks are persistent, one per SM, each walking
+// output tiles (TileWalk): the producer loads the next tile while the consumers write the last,
+// so neither the epilogue nor the pipeline's fill is paid once per tile.
 #include "wgmma.cuh"
 
-constexpr int TMA_THREADS = 384;
+constexpr int TMA_THREADS = 384, TMA_BM = 128;
 
 // The kernel's parameter: tensor maps of A_0, A_1, B_0, B_1 (a segment with k = 0 borrows the
 // other's maps and issues no copy), then the contract the other mainloops read. Passed as a
@@ -32,68 +34,93 @@ struct TmaGemmParams {
 
 template <int BN>
 struct TmaTile {
-    static constexpr int BM = 128, BK = WG_BK, STAGES = BN == 256 ? 4 : 6;
+    static constexpr int BM = TMA_BM, BK = WG_BK, STAGES = BN == 256 ? 4 : 6;
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     // Stages from a 1024-byte aligned base (the swizzle atom; dynamic shared memory is only
     // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers.
     static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 };
 
-// The producer: one thread, tile after tile, waits until consumers have released the stage's
+// The block's output tiles: persistent blocks (one per SM, or fewer when there are fewer tiles)
+// take tiles blockIdx.x, blockIdx.x + gridDim.x, ... in row-major order (consecutive blocks share
+// A's row block while walking B, which stays in L2). Producer and consumers walk the same tiles and
+// count K tiles `it` across them, so stage it % STAGES and its phase (it / STAGES) carry over: the
+// producer fills the next tile's stages while the consumers write the last one's output.
+struct TileWalk {
+    int n_tiles, total;
+    __device__ __forceinline__ int m0(int tile) const { return tile / n_tiles * TMA_BM; }
+    template <int BN>
+    __device__ __forceinline__ int n0(int tile) const { return tile % n_tiles * BN; }
+};
+
+// The producer: one thread, K tile after K tile, waits until consumers have released the stage's
 // previous use, tells its full barrier how many bytes to expect, and issues the copies. A is a
 // 64 × 128 box (K innermost); an NT B one 64 × BN box, an NN B BN / 64 boxes of 64 × 64 (N
 // innermost), the N-major blocks 8 KB apart that the wgmma descriptor walks.
 template <bool NT0, bool NT1, int BN>
-__device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0, uint32_t full, uint32_t empty, int tiles0, int tiles,
-                                            int m0, int n0) {
+__device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0, uint32_t full, uint32_t empty, int ktiles0,
+                                            int ktiles, TileWalk walk) {
     using T = TmaTile<BN>;
-    for (int tile = 0; tile < tiles; ++tile) {
-        const int s = tile % T::STAGES, use = tile / T::STAGES;
-        if (use > 0) {
-            while (!mbar_try_wait(empty + s * 8, (use - 1) & 1)) {
+    int it = 0;
+    for (int tile = blockIdx.x; tile < walk.total; tile += gridDim.x) {
+        const int m0 = walk.m0(tile), n0 = walk.n0<BN>(tile);
+        for (int kt = 0; kt < ktiles; ++kt, ++it) {
+            const int s = it % T::STAGES, use = it / T::STAGES;
+            if (use > 0) {
+                while (!mbar_try_wait(empty + s * 8, (use - 1) & 1)) {
+                }
             }
-        }
-        const uint32_t sa = s0 + s * T::STAGE_BYTES, sb = sa + T::A_BYTES, bar = full + s * 8;
-        mbar_arrive_expect_tx(bar, T::STAGE_BYTES);
-        const int seg = tile >= tiles0, k0 = (seg ? tile - tiles0 : tile) * T::BK;
-        tma_load_2d(sa, &q.a[seg], k0, m0, bar);
-        if (seg ? NT1 : NT0) {
-            tma_load_2d(sb, &q.b[seg], k0, n0, bar);
-        } else {
+            const uint32_t sa = s0 + s * T::STAGE_BYTES, sb = sa + T::A_BYTES, bar = full + s * 8;
+            mbar_arrive_expect_tx(bar, T::STAGE_BYTES);
+            const int seg = kt >= ktiles0, k0 = (seg ? kt - ktiles0 : kt) * T::BK;
+            tma_load_2d(sa, &q.a[seg], k0, m0, bar);
+            if (seg ? NT1 : NT0) {
+                tma_load_2d(sb, &q.b[seg], k0, n0, bar);
+            } else {
 #pragma unroll
-            for (int j = 0; j < BN / 64; ++j) tma_load_2d(sb + j * 8192, &q.b[seg], n0 + 64 * j, k0, bar);
+                for (int j = 0; j < BN / 64; ++j) tma_load_2d(sb + j * 8192, &q.b[seg], n0 + 64 * j, k0, bar);
+            }
         }
     }
 }
 
 // A consumer warpgroup: its 64 rows of every tile, one wgmma batch left in flight while it waits
-// for the next tile; the stage of the tile before is released once that batch has retired.
+// for the next K tile; the stage of the K tile before is released once that batch has retired,
+// and a tile's last stage as soon as its accumulators are final, before the epilogue.
 template <bool NT0, bool NT1, int BN, class OutT>
 __device__ __forceinline__ void tma_consume(const SegGemmParams& p, int consumer, uint32_t s0, uint32_t full, uint32_t empty,
-                                            int tiles0, int tiles, int m0, int n0) {
+                                            int ktiles0, int ktiles, TileWalk walk) {
     using T = TmaTile<BN>;
-    float d[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
     const bool leader = threadIdx.x % 128 == 0;
-    auto step = [&](int tile, auto nt) {
-        const int s = tile % T::STAGES;
-        while (!mbar_try_wait(full + s * 8, (tile / T::STAGES) & 1)) {
+    auto release = [&](int it) {
+        if (leader) mbar_arrive(empty + (it % T::STAGES) * 8);
+    };
+    float d[BN / 2];
+    int it = 0;
+    auto step = [&](int kt, auto nt) {
+        const int s = it % T::STAGES;
+        while (!mbar_try_wait(full + s * 8, (it / T::STAGES) & 1)) {
         }
         const uint32_t sa = s0 + s * T::STAGE_BYTES;
         wgmma_fence();
         wg_mma_ktile<decltype(nt)::value, BN>(d, sa + consumer * 64 * 128, sa + T::A_BYTES, p.nmajor_lbo, p.nmajor_sbo);
         wgmma_commit();
-        wgmma_wait<1>();  // the previous tile's wgmmas have read their stage
-        if (tile > 0 && leader) mbar_arrive(empty + ((tile - 1) % T::STAGES) * 8);
+        wgmma_wait<1>();  // the previous K tile's wgmmas have read their stage
+        if (kt > 0) release(it - 1);
+        ++it;
     };
-    // Two loops, not a branch per tile, so each wgmma variant sits in straight-line code.
-    int tile = 0;
-    for (; tile < tiles0; ++tile) step(tile, Bool<NT0>{});
-    for (; tile < tiles; ++tile) step(tile, Bool<NT1>{});
-    wgmma_wait<0>();
-    fence_accumulators(d);
-    wg_store<BN, OutT>(p, d, m0 + consumer * 64, n0);
+    for (int tile = blockIdx.x; tile < walk.total; tile += gridDim.x) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+        // Two loops, not a branch per K tile, so each wgmma variant sits in straight-line code.
+        int kt = 0;
+        for (; kt < ktiles0; ++kt) step(kt, Bool<NT0>{});
+        for (; kt < ktiles; ++kt) step(kt, Bool<NT1>{});
+        wgmma_wait<0>();
+        release(it - 1);
+        fence_accumulators(d);
+        wg_store<BN, OutT>(p, d, walk.m0(tile) + consumer * 64, walk.n0<BN>(tile));
+    }
 }
 
 template <bool NT0, bool NT1, int BN, class OutT>
@@ -103,12 +130,13 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
     const uint32_t s0 = (smem_addr(smem) + 1023u) & ~1023u;
     const uint32_t full = s0 + T::STAGES * T::STAGE_BYTES, empty = full + T::STAGES * 8;
     const SegGemmParams& p = q.p;
-    const int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * BN;
-    const int tiles0 = (p.k[0] + T::BK - 1) / T::BK, tiles = tiles0 + (p.k[1] + T::BK - 1) / T::BK;
+    const int n_tiles = (p.n_store + BN - 1) / BN;
+    const TileWalk walk{n_tiles, n_tiles * ((p.m + T::BM - 1) / T::BM)};
+    const int ktiles0 = (p.k[0] + T::BK - 1) / T::BK, ktiles = ktiles0 + (p.k[1] + T::BK - 1) / T::BK;
     if (threadIdx.x == 0) {
         for (int s = 0; s < T::STAGES; ++s) {
-            mbar_init(full + s * 8, 1);      // the producer's arrive.expect_tx, then the bytes
-            mbar_init(empty + s * 8, 2);     // one arrival per consumer warpgroup
+            mbar_init(full + s * 8, 1);   // the producer's arrive.expect_tx, then the bytes
+            mbar_init(empty + s * 8, 2);  // one arrival per consumer warpgroup
         }
         mbar_fence_init();
     }
@@ -116,12 +144,12 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
     const int warpgroup = threadIdx.x / 128;
     if (warpgroup == 0) {
         setmaxnreg_dec<40>();
-        if (threadIdx.x == 0) tma_produce<NT0, NT1, BN>(q, s0, full, empty, tiles0, tiles, m0, n0);
+        if (threadIdx.x == 0) tma_produce<NT0, NT1, BN>(q, s0, full, empty, ktiles0, ktiles, walk);
     } else {
         // 128 × 40 + 256 × 232 = 64512 of the SM's 65536 registers (CUTLASS's split for one
         // producer and two consumer warpgroups: 40 leave the producer's loop room to spare).
         setmaxnreg_inc<232>();
-        tma_consume<NT0, NT1, BN, OutT>(p, warpgroup - 1, s0, full, empty, tiles0, tiles, m0, n0);
+        tma_consume<NT0, NT1, BN, OutT>(p, warpgroup - 1, s0, full, empty, ktiles0, ktiles, walk);
     }
 }
 #define TMA_BODY(NT0, NT1, BN, OutT) seg_gemm_tma<NT0, NT1, BN, OutT>(q);
@@ -132,7 +160,8 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
 #endif
 
 // Entry points, as in lowrank_wgmma.cu: y = [x | t]·[W0 ; Vt] (both NN), dx = [dy | s]·[W0ᵀ ; Ut]
-// (W0 read as NT, Ut as NN), each with the 128 × 256 and 128 × 128 tiles. One block per SM.
+// (W0 read as NT, Ut as NN), each with the 128 × 256 and 128 × 128 tiles. One block per SM, a
+// 1-D grid of at most the SM count (TileWalk).
 #define SEG_GEMM_TMA(name, NT0, NT1, BN, OutT)                                                                \
     extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1) name(const __grid_constant__ TmaGemmParams q) { \
         TMA_BODY(NT0, NT1, BN, OutT)                                                                          \

@@ -201,12 +201,19 @@ fn launch_seg_gemm(
         p.split_stride = stride as i64;
         workspace = Some((ws, ptr));
     }
+    let (n_tiles, m_tiles) = (out.n_store.div_ceil(tile.bn), out.m.div_ceil(tile.bm));
+    // The TMA kernel's blocks are persistent: one per SM at most, each walking output tiles.
+    let grid_dim = if tile.file == TMA256.file {
+        (
+            (n_tiles * m_tiles).min(cuda.info.sms.max(1) as usize) as u32,
+            1,
+            1,
+        )
+    } else {
+        (n_tiles as u32, m_tiles as u32, z as u32)
+    };
     let cfg = LaunchConfig {
-        grid_dim: (
-            out.n_store.div_ceil(tile.bn) as u32,
-            out.m.div_ceil(tile.bm) as u32,
-            z as u32,
-        ),
+        grid_dim,
         block_dim: (tile.threads, 1, 1),
         shared_mem_bytes: tile.smem_bytes,
     };
