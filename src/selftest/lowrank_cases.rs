@@ -56,8 +56,9 @@ fn shape(n: usize, n_in: usize, n_out: usize, rank: usize) -> LowRankShape {
 
 /// Every variant on a ragged shape, a GPT-2 shape, and one the fused kernels hand to the cuBLASLt
 /// path (n_in not a multiple of 8); the products on a ragged shape big enough for the wide (on
-/// Hopper, wgmma) tile and for split-K projections; the realistic outputs on the other GPT-2 MLP
-/// shapes and ranks (at n = 1024 their projections split K too).
+/// Hopper, wgmma) tile and for split-K projections, and on one with more tiles than the GPU has
+/// SMs; the realistic outputs on the other GPT-2 MLP shapes and ranks (at n = 1024 their
+/// projections split K too).
 pub fn cases() -> Vec<LowRankCase> {
     let mut cases = Vec::new();
     let full = [
@@ -110,6 +111,25 @@ pub fn cases() -> Vec<LowRankCase> {
                         output,
                     });
                 }
+            }
+        }
+    }
+    // More output tiles than an H100 has SMs (y: 65 × 5 of Hopper's 128 × 256 tiles, 65 × 10 of
+    // 128 × 128; dx: 65 × 4 or 65 × 8), ragged as above: on a GPU, only a shape this large has the
+    // TMA kernel's persistent blocks walk several tiles each (2 or 3, unevenly), carrying their
+    // stages' phases from one tile to the next. (The emulated GPU of 4 SMs walks them on every
+    // shape; these cases are above the work its runs allow.)
+    for base in [true, false] {
+        for out in [DType::BF16, DType::F32] {
+            for output in [LowRankOutput::Y, LowRankOutput::Dx] {
+                cases.push(LowRankCase {
+                    sh: shape(8200, 1000, 1160, 37),
+                    capacity: 40,
+                    base,
+                    bias: true,
+                    out,
+                    output,
+                });
             }
         }
     }
