@@ -60,8 +60,9 @@ step doctor "$bin" doctor --json "$out/doctor.json"
 # Issue 5's kernels first, on each mainloop of the fused y and dx products: the default (on Hopper
 # the TMA kernel, its tile chosen per shape), the TMA kernel's 128-wide tile everywhere (the
 # default takes it only on some shapes), Hopper's cp.async wgmma kernel and mma.sync alone (both
-# the same as the default elsewhere); the rest of the selftest after them, so a cut step never
-# hides the fused layer.
+# the same as the default elsewhere), and the default on the merged weight W0 + UtᵀVt
+# (LOWRANK_MERGE_BASE=1, an option the bench times); the rest of the selftest after them, so a cut
+# step never hides the fused layer.
 lowrank_selftest() { # name, env assignments...: the low-rank selftest under those settings
   local name=$1; shift
   cap=120 step "$name" env "$@" "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter lowrank --json "$out/$name.json"
@@ -70,6 +71,7 @@ lowrank_selftest selftest-lowrank LOWRANK_LOWRANK_IMPL=fused
 lowrank_selftest selftest-lowrank-tma128 LOWRANK_LOWRANK_IMPL=fused LOWRANK_TMA_TILE=128
 lowrank_selftest selftest-lowrank-wgmma LOWRANK_LOWRANK_IMPL=wgmma
 lowrank_selftest selftest-lowrank-mma LOWRANK_LOWRANK_IMPL=mma
+lowrank_selftest selftest-lowrank-merged LOWRANK_LOWRANK_IMPL=fused LOWRANK_MERGE_BASE=1
 # The fused y and dx products are what the mainloops change; a log without its totals was cut or crashed.
 fused_failed() { grep -qE '^lowrank_(y|dx)_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
 failed() { fused_failed "$out/selftest-lowrank-$1.log"; }
@@ -80,6 +82,7 @@ failed() { fused_failed "$out/selftest-lowrank-$1.log"; }
 fused_ok=1; failed tma128 && fused_ok=0; fused_failed "$out/selftest-lowrank.log" && fused_ok=0
 wgmma_ok=1; failed wgmma && wgmma_ok=0
 mma_ok=1; failed mma && mma_ok=0
+merged_ok=1; failed merged && merged_ok=0
 if (( !fused_ok && !wgmma_ok && mma_ok )); then
   echo "both wgmma mainloops failed the fused products, mma.sync passed: trying the N-major descriptor offsets the other way"
   lowrank_selftest selftest-lowrank-swap LOWRANK_LOWRANK_IMPL=fused LOWRANK_WGMMA_NMAJOR=swap
@@ -89,6 +92,7 @@ skip=()
 (( fused_ok )) || skip+=(fused)
 (( wgmma_ok )) || skip+=(wgmma)
 (( mma_ok )) || skip+=(mma)
+(( merged_ok && fused_ok )) || skip+=(merged)
 impl=cublas
 for c in mma wgmma fused; do [[ " ${skip[*]-} " == *" $c "* ]] || impl=$c; done
 export LOWRANK_LOWRANK_IMPL=$impl
@@ -105,7 +109,7 @@ fi
 # Issue 5's targets, row by row, from the two JSON files of this run, for each of our implementations
 # the bench timed: fused (absent when skipped) and, on Hopper, the other two mainloops.
 peer_json=(); [[ -f "$out/peer.json" ]] && peer_json=("$out/peer.json")
-for imp in fused wgmma mma; do
+for imp in fused merged wgmma mma; do
   grep -q "\"imp\": \"$imp\"" "$out/bench.json" 2>/dev/null || continue
   name=targets; [[ $imp != fused ]] && name=targets-$imp
   step "$name" python3 "$root/scripts/compare-peer.py" "$out/bench.json" ${peer_json[@]+"${peer_json[@]}"} --impl "$imp" --md "$out/$name.md"
@@ -156,7 +160,7 @@ fi
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
   for s in "$out"/*.status; do printf '%-28s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
-  for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest; do
+  for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest; do
     printf '%-21s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
   env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR)=' || true
@@ -170,6 +174,6 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows, ranks 128 and 256.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) .*16384x(1024>4096|4096>1024) r(128|256) )' "$out/bench.log" 2>/dev/null
-cat "$out/targets.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
+cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
 exit $status

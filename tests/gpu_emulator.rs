@@ -4,8 +4,9 @@
 //!
 //! The selftest, four times: an sm_80 of 108 SMs with the threads of each block run in reverse
 //! order (narrow tiles, split K), one of 4 SMs in forward order (the wide mma.sync tiles), and the
-//! low-rank cases on an sm_90a of 4 SMs in random order, on its default mainloop (TMA, both tiles)
-//! and on the cp.async wgmma one; between them every kernel must have run. Then a few steps of training (the launchers, buffers and optimiser paths
+//! low-rank cases on an sm_90a of 4 SMs in random order, on its default mainloop (TMA, both tiles),
+//! on the cp.async wgmma one and with the merged weight (LOWRANK_MERGE_BASE=1); between them every
+//! kernel must have run. Then a few steps of training (the launchers, buffers and optimiser paths
 //! of the training loop) against the same run on the CPU backend, and `bench --smoke` (the bench's
 //! own code, before a GPU run depends on it). Where g++ has AddressSanitizer, the kernels are built
 //! with it, so every global-memory access outside its allocation fails the run (the emulator's
@@ -86,7 +87,8 @@ impl Emulator {
             .env("LOWRANK_EMU_SMS", sms)
             .env_remove("LOWRANK_LOWRANK_IMPL")
             .env_remove("LOWRANK_WGMMA_NMAJOR")
-            .env_remove("LOWRANK_TMA_TILE");
+            .env_remove("LOWRANK_TMA_TILE")
+            .env_remove("LOWRANK_MERGE_BASE");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -99,23 +101,25 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     let Some(emu) = Emulator::get() else { return };
     let trace = emu.dir.join("launches.txt");
     let _ = std::fs::remove_file(&trace);
-    for (arch, sms, order, filter, imp) in [
-        ("80", "108", "reverse", "", "fused"),
-        ("80", "4", "forward", "", "fused"),
-        ("90", "4", "random", "lowrank", "fused"),
-        ("90", "4", "random", "lowrank", "wgmma"),
+    for (arch, sms, order, filter, imp, merge) in [
+        ("80", "108", "reverse", "", "fused", "0"),
+        ("80", "4", "forward", "", "fused", "0"),
+        ("90", "4", "random", "lowrank", "fused", "0"),
+        ("90", "4", "random", "lowrank", "wgmma", "0"),
+        ("90", "4", "forward", "lowrank", "fused", "1"),
     ] {
         let args = ["selftest", "--max-work", "2e8", "--filter", filter];
         let env = [
             ("LOWRANK_EMU_ORDER", OsStr::new(order)),
             ("LOWRANK_EMU_TRACE", trace.as_os_str()),
             ("LOWRANK_LOWRANK_IMPL", OsStr::new(imp)),
+            ("LOWRANK_MERGE_BASE", OsStr::new(merge)),
         ];
         let out = emu.run(&args, arch, sms, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("Emulated GPU") && stdout.contains(" 0 failed"),
-            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}) failed:\n{stdout}\n{}",
+            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}, merge {merge}) failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -211,8 +215,9 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
 }
 
 /// `bench --smoke` on the emulated Hopper: every op family and, for the low-rank layer, every
-/// implementation (fused, whose y and dx products take the TMA kernels; the cp.async wgmma ones;
-/// mma.sync alone; unfused cuBLASLt) of every shape, pass and variant gets a time, and the JSON that
+/// implementation (fused, whose y and dx products take the TMA kernels; the same on the merged
+/// weight, for passes with W0; the cp.async wgmma ones; mma.sync alone; unfused cuBLASLt) of
+/// every shape, pass and variant gets a time, and the JSON that
 /// scripts/compare-peer.py reads has them all. Times mean nothing here: this is the bench's code
 /// (events, rotation, its loops and report) run before a GPU's minutes are.
 #[test]
@@ -254,7 +259,8 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         ops,
         BTreeSet::from(["adamw_f32+bf16copy", "copy_f32", "gemm_cublaslt_bf16"])
     );
-    // 2 layers × 1 row count × 2 ranks × {fwd, bwd} × {w0+lr, lr} × 4 implementations.
+    // 2 layers × 1 row count × 2 ranks × {fwd, bwd} × ({w0+lr, lr} × 4 implementations + merged
+    // for w0+lr).
     let lowrank = doc["lowrank"].as_array().unwrap();
     let mut keys = BTreeSet::new();
     for row in lowrank {
@@ -268,9 +274,12 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
             row["imp"].as_str().unwrap(),
         ));
     }
-    assert_eq!((lowrank.len(), keys.len()), (64, 64), "{lowrank:#?}");
+    assert_eq!((lowrank.len(), keys.len()), (72, 72), "{lowrank:#?}");
     let imps: BTreeSet<_> = keys.iter().map(|k| k.2).collect();
-    assert_eq!(imps, BTreeSet::from(["cublas", "fused", "mma", "wgmma"]));
+    assert_eq!(
+        imps,
+        BTreeSet::from(["cublas", "fused", "merged", "mma", "wgmma"])
+    );
     let launched = std::fs::read_to_string(&trace).expect("the fake driver wrote its launches");
     for kernel in [
         "lowrank_y_tma128_bf16",

@@ -14,7 +14,7 @@ mod modules;
 mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
-pub use lowrank_linear::LowRankImpl;
+pub use lowrank_linear::{merge_base_from_env, LowRankImpl};
 
 use super::shapes::{
     check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
@@ -72,6 +72,9 @@ pub struct Cuda {
     lt: gemm::Lt,
     info: DeviceInfo,
     lowrank_impl: LowRankImpl,
+    /// Whether the fused low-rank layer multiplies by the merged weight W0 + Utᵀ·Vt where that is
+    /// fewer FLOPs (lowrank_linear/merged.rs; off unless LOWRANK_MERGE_BASE=1).
+    merge_base: bool,
 }
 
 impl Cuda {
@@ -83,6 +86,7 @@ impl Cuda {
         let lt = gemm::Lt::new(&stream)?;
         let modules = modules::Modules::new(ctx.clone());
         let lowrank_impl = LowRankImpl::from_env()?;
+        let merge_base = lowrank_linear::merge_base_from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -90,12 +94,18 @@ impl Cuda {
             lt,
             info,
             lowrank_impl,
+            merge_base,
         })
     }
 
     /// Picks the low-rank linear implementation (LOWRANK_LOWRANK_IMPL sets it at start-up).
     pub fn set_lowrank_impl(&mut self, imp: LowRankImpl) {
         self.lowrank_impl = imp;
+    }
+
+    /// Turns the fused layer's merged-weight products on or off (LOWRANK_MERGE_BASE at start-up).
+    pub fn set_merge_base(&mut self, on: bool) {
+        self.merge_base = on;
     }
 
     pub fn info(&self) -> &DeviceInfo {

@@ -2,7 +2,7 @@
 //! cuBLASLt path and against dense cuBLASLt x·W0 of the same layer, on GPT-2 MLP shapes.
 
 use super::{random_bufs, rotation, time_median, PEAK_TFLOPS};
-use crate::backend::cuda::{Cuda, CudaBuf, LowRankImpl};
+use crate::backend::cuda::{merge_base_from_env, Cuda, CudaBuf, LowRankImpl};
 use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
 use anyhow::Result;
 use serde::Serialize;
@@ -208,6 +208,8 @@ fn time_dense(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FusedImpl {
     Fused,
+    /// `fused` with LOWRANK_MERGE_BASE=1 (base passes only: without W0 it is `fused`).
+    Merged,
     Wgmma,
     Mma,
 }
@@ -223,19 +225,22 @@ pub fn run(
     let cap = sizes.ranks[sizes.ranks.len() - 1];
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
     // fused kernels run three times: the default TMA mainloop (`fused`), the cp.async wgmma one
-    // (`wgmma`) and mma.sync only (`mma`); elsewhere all three are mma.sync, timed once.
+    // (`wgmma`) and mma.sync only (`mma`); elsewhere all three are mma.sync, timed once. With a
+    // base, `merged` times `fused` on the merged weight too.
     let hopper = gpu.info().compute_capability.0 == 9;
     let fused = [
-        (FusedImpl::Fused, LowRankImpl::Fused, "fused"),
-        (FusedImpl::Wgmma, LowRankImpl::Wgmma, "wgmma"),
-        (FusedImpl::Mma, LowRankImpl::Mma, "mma"),
+        (FusedImpl::Fused, LowRankImpl::Fused, false, "fused"),
+        (FusedImpl::Merged, LowRankImpl::Fused, true, "merged"),
+        (FusedImpl::Wgmma, LowRankImpl::Wgmma, false, "wgmma"),
+        (FusedImpl::Mma, LowRankImpl::Mma, false, "mma"),
     ];
+    let on_this_gpu = |f: FusedImpl| hopper || matches!(f, FusedImpl::Fused | FusedImpl::Merged);
     let mut impls: Vec<_> = fused
         .iter()
-        .filter(|(f, _, _)| !skip.contains(f) && (hopper || *f == FusedImpl::Fused))
-        .map(|&(_, imp, name)| (imp, name))
+        .filter(|(f, ..)| !skip.contains(f) && on_this_gpu(*f))
+        .map(|&(_, imp, merge, name)| (imp, merge, name))
         .collect();
-    impls.push((LowRankImpl::Cublas, "cublas"));
+    impls.push((LowRankImpl::Cublas, false, "cublas"));
     print_header();
     let mut rows = Vec::new();
     for &(n_in, n_out) in sizes.layers {
@@ -254,9 +259,12 @@ pub fn run(
                 let mut out = Outputs::new(gpu, &sh)?;
                 for forward in [true, false] {
                     for base in [true, false] {
-                        let mut times = Vec::with_capacity(impls.len());
-                        for &(imp, _) in &impls {
+                        let active: Vec<_> =
+                            impls.iter().filter(|i| base || !i.1).copied().collect();
+                        let mut times = Vec::with_capacity(active.len());
+                        for &(imp, merge, _) in &active {
                             gpu.set_lowrank_impl(imp);
+                            gpu.set_merge_base(merge);
                             times.push(if forward {
                                 time_forward(gpu, &sh, base, &inp, &mut out, reps)?
                             } else {
@@ -279,7 +287,7 @@ pub fn run(
                             if forward { "fwd" } else { "bwd" },
                             if base { "w0+lr" } else { "lr" }
                         );
-                        for (&(_, imp), &ms) in impls.iter().zip(&times) {
+                        for (&(_, _, imp), &ms) in active.iter().zip(&times) {
                             let tflops = flops / (ms * 1e-3) / 1e12;
                             let row = LowRankRow {
                                 pass: pass.clone(),
@@ -301,6 +309,7 @@ pub fn run(
         }
     }
     gpu.set_lowrank_impl(LowRankImpl::from_env()?);
+    gpu.set_merge_base(merge_base_from_env()?);
     Ok(rows)
 }
 

@@ -7,26 +7,30 @@
 //! specialised warpgroups (kernels/lowrank_tma.cu) or by every thread's cp.async
 //! (kernels/lowrank_wgmma.cu).
 //!
-//! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel).
+//! Fused forward: t = x·Ut[:k]ᵀ (skinny kernel), then y = [x | t]·[W0 ; Vt[:k]] + b (one kernel),
+//! or, with LOWRANK_MERGE_BASE=1, a base and more rows than n_in, y = x·(W0 + Ut[:k]ᵀ·Vt[:k]) + b
+//! (merged.rs; dx alike).
 //! Fused backward: s = dy·Vt[:k]ᵀ (skinny, also summing dy's columns per row block for db),
 //! dx = [dy | s]·[W0ᵀ ; Ut[:k]] (one kernel), then dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy through
 //! cuBLASLt (reductions over n, which cuBLASLt splits over K well) and db += the row blocks' sums.
 
 mod column_sums;
 mod cublas;
+mod merged;
 mod split_k;
 mod tiles;
 mod tma;
 
 use super::{Cuda, CudaBuf};
 use crate::backend::{
-    DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
+    Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
 };
 use anyhow::{bail, ensure, Context, Result};
 use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
 use cublas::{dx_cublas, forward_cublas, strides};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+pub use merged::merge_base_from_env;
 use split_k::{split_count, split_sum, BK};
 use tiles::{kernel_name, pick_tile, wgmma_nmajor_offsets, Role, NARROW, TMA256};
 
@@ -302,6 +306,25 @@ pub fn forward(
         ldc: stride,
     };
     launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &t_out, None)?;
+    let y_out = Output {
+        ptr: y.ptr(),
+        dtype: y.dtype(),
+        m: sh.n,
+        n_valid: sh.n_out,
+        n_store: sh.n_out,
+        ldc: sh.n_out,
+    };
+    if let (Some(w0), true) = (w.w0, merged::pays(cuda, sh, sh.n_in)) {
+        let merged = merged::merged_weight(cuda, sh, w0, w.ut, w.vt)?;
+        let seg = Segment {
+            a: x.ptr(),
+            lda: sh.n_in,
+            b: merged.all().ptr(),
+            ldb: sh.n_out,
+            k: sh.n_in,
+        };
+        return launch_seg_gemm(cuda, Role::Y, [Some(seg), None], bias_ptr, &y_out, None);
+    }
     let base = w0.map(|b| Segment {
         a: x.ptr(),
         lda: sh.n_in,
@@ -315,14 +338,6 @@ pub fn forward(
         b: w.vt.ptr(),
         ldb: sh.n_out,
         k,
-    };
-    let y_out = Output {
-        ptr: y.ptr(),
-        dtype: y.dtype(),
-        m: sh.n,
-        n_valid: sh.n_out,
-        n_store: sh.n_out,
-        ldc: sh.n_out,
     };
     launch_seg_gemm(cuda, Role::Y, [base, Some(low)], bias_ptr, &y_out, None)
 }
@@ -402,20 +417,6 @@ fn dx_fused(
         &s_out,
         partials_ptr,
     )?;
-    let base = w.w0.map(|w0| Segment {
-        a: dy.ptr(),
-        lda: sh.n_out,
-        b: w0.ptr(),
-        ldb: sh.n_out,
-        k: sh.n_out,
-    });
-    let low = Segment {
-        a: s.ptr(),
-        lda: stride,
-        b: w.ut.ptr(),
-        ldb: sh.n_in,
-        k: sh.rank,
-    };
     let dx_out = Output {
         ptr: dx.ptr(),
         dtype: dx.dtype(),
@@ -424,7 +425,29 @@ fn dx_fused(
         n_store: sh.n_in,
         ldc: sh.n_in,
     };
-    launch_seg_gemm(cuda, Role::Dx, [base, Some(low)], 0, &dx_out, None)?;
+    // W0 and the merged weight are both n_in × n_out, read transposed (NT) in slot 0.
+    let base = |b: u64| Segment {
+        a: dy.ptr(),
+        lda: sh.n_out,
+        b,
+        ldb: sh.n_out,
+        k: sh.n_out,
+    };
+    if let (Some(w0), true) = (w.w0, merged::pays(cuda, sh, sh.n_out)) {
+        let merged = merged::merged_weight(cuda, sh, w0, w.ut, w.vt)?;
+        let seg = base(merged.all().ptr());
+        launch_seg_gemm(cuda, Role::Dx, [Some(seg), None], 0, &dx_out, None)?;
+        return Ok(dy_sums);
+    }
+    let low = Segment {
+        a: s.ptr(),
+        lda: stride,
+        b: w.ut.ptr(),
+        ldb: sh.n_in,
+        k: sh.rank,
+    };
+    let segs = [w.w0.map(|w0| base(w0.ptr())), Some(low)];
+    launch_seg_gemm(cuda, Role::Dx, segs, 0, &dx_out, None)?;
     Ok(dy_sums)
 }
 
