@@ -273,6 +273,26 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
             row["shape"].as_str().unwrap(),
             row["imp"].as_str().unwrap(),
         ));
+        // Which kernel tile ran the row's y or dx product: none on cuBLASLt, and for the fused
+        // implementations the one their mainloop gives a grid of 2 × 2 wide tiles on 4 SMs.
+        // y of the up-projection (64 → 256) and dx of the down-projection (256 → 64) have 256
+        // output columns; the other products 64, a grid the narrow tile takes.
+        let (pass, shape) = (
+            row["pass"].as_str().unwrap(),
+            row["shape"].as_str().unwrap(),
+        );
+        let wide_grid = (pass.starts_with("fwd") && shape.starts_with("200x64>256"))
+            || (pass.starts_with("bwd") && shape.starts_with("200x256>64"));
+        let tile = row["tile"].as_str();
+        let expected = match (row["imp"].as_str().unwrap(), wide_grid) {
+            ("cublas", _) => None,
+            (_, false) => Some("narrow"),
+            ("fused" | "merged", true) => Some("tma128"),
+            ("wgmma", true) => Some("wgmma"),
+            ("mma", true) => Some("wide"),
+            (other, _) => panic!("unexpected implementation {other}"),
+        };
+        assert_eq!(tile, expected, "{row}");
     }
     assert_eq!((lowrank.len(), keys.len()), (72, 72), "{lowrank:#?}");
     let imps: BTreeSet<_> = keys.iter().map(|k| k.2).collect();

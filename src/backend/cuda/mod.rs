@@ -14,7 +14,7 @@ mod modules;
 mod ops;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
-pub use lowrank_linear::{merge_base_from_env, LowRankImpl};
+pub use lowrank_linear::{merge_base_from_env, product_tile, LowRankImpl};
 
 use super::shapes::{
     check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,

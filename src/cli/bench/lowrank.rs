@@ -2,7 +2,7 @@
 //! cuBLASLt path and against dense cuBLASLt x·W0 of the same layer, on GPT-2 MLP shapes.
 
 use super::{random_bufs, rotation, time_median, PEAK_TFLOPS};
-use crate::backend::cuda::{merge_base_from_env, Cuda, CudaBuf, LowRankImpl};
+use crate::backend::cuda::{merge_base_from_env, product_tile, Cuda, CudaBuf, LowRankImpl};
 use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
 use anyhow::Result;
 use serde::Serialize;
@@ -49,6 +49,8 @@ pub struct LowRankRow {
     /// With a base: this time over (dense time × total FLOPs / dense FLOPs), i.e. how far from
     /// running the low-rank share at dense cuBLAS efficiency (target ≤ 1.10).
     vs_flop_budget: Option<f64>,
+    /// The block tile of the y (fwd) or dx (bwd) product's kernel, e.g. "tma256"; None on cuBLASLt.
+    tile: Option<&'static str>,
 }
 
 /// One layer's read-only device buffers at the largest rank's capacity; activations rotated past L2.
@@ -262,9 +264,11 @@ pub fn run(
                         let active: Vec<_> =
                             impls.iter().filter(|i| base || !i.1).copied().collect();
                         let mut times = Vec::with_capacity(active.len());
+                        let mut tiles = Vec::with_capacity(active.len());
                         for &(imp, merge, _) in &active {
                             gpu.set_lowrank_impl(imp);
                             gpu.set_merge_base(merge);
+                            tiles.push(product_tile(gpu, &sh, forward)?);
                             times.push(if forward {
                                 time_forward(gpu, &sh, base, &inp, &mut out, reps)?
                             } else {
@@ -287,7 +291,7 @@ pub fn run(
                             if forward { "fwd" } else { "bwd" },
                             if base { "w0+lr" } else { "lr" }
                         );
-                        for (&(_, _, imp), &ms) in active.iter().zip(&times) {
+                        for ((&(_, _, imp), &ms), &tile) in active.iter().zip(&times).zip(&tiles) {
                             let tflops = flops / (ms * 1e-3) / 1e12;
                             let row = LowRankRow {
                                 pass: pass.clone(),
@@ -299,6 +303,7 @@ pub fn run(
                                 speedup_vs_dense: dense / ms,
                                 speedup_vs_unfused: unfused / ms,
                                 vs_flop_budget: base.then(|| ms / (dense * flops / dense_flops)),
+                                tile,
                             };
                             print_row(&row);
                             rows.push(row);
@@ -315,7 +320,7 @@ pub fn run(
 
 fn print_header() {
     println!(
-        "{:<12} {:<22} {:<7} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}",
+        "{:<12} {:<22} {:<7} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}  tile",
         "pass", "shape", "impl", "median ms", "TF/s", "of peak", "x dense", "x unfused", "budget"
     );
 }
@@ -325,7 +330,7 @@ fn print_row(r: &LowRankRow) {
         .vs_flop_budget
         .map_or("-".to_string(), |b| format!("{b:.2}"));
     println!(
-        "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}",
+        "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}  {}",
         r.pass,
         r.shape,
         r.imp,
@@ -334,6 +339,7 @@ fn print_row(r: &LowRankRow) {
         100.0 * r.frac_of_peak,
         r.speedup_vs_dense,
         r.speedup_vs_unfused,
-        budget
+        budget,
+        r.tile.unwrap_or("-")
     );
 }

@@ -245,6 +245,23 @@ fn launch_seg_gemm(
     }
 }
 
+/// The tile (`tiles::Tile::name`: tma256, tma128, wgmma, wide or narrow) that the y (forward) or
+/// dx (backward) product of this shape runs on under the current settings, for reports; None where
+/// the layer goes to cuBLASLt (the `cublas` implementation, or dimensions the kernels do not take).
+pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Option<&'static str>> {
+    let dims_ok =
+        sh.n_in.is_multiple_of(SCRATCH_ROW_ALIGN) && sh.n_out.is_multiple_of(SCRATCH_ROW_ALIGN);
+    if cuda.lowrank_impl == LowRankImpl::Cublas || !dims_ok {
+        return Ok(None);
+    }
+    let (role, n) = if forward {
+        (Role::Y, sh.n_out)
+    } else {
+        (Role::Dx, sh.n_in)
+    };
+    Ok(Some(pick_tile(cuda, role, sh.n, n)?.name))
+}
+
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
 /// rows), 16-byte aligned operand windows, outputs aligned for paired stores, sizes within i32.
 fn fused_fits(sh: &LowRankShape, operands: &[u64], outputs: &[(u64, DType)]) -> bool {
