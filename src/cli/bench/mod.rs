@@ -143,10 +143,12 @@ pub fn run(args: Args) -> Result<()> {
         rows.push(bench_adamw(&gpu, sizes.adamw_params, reps)?);
     }
     against_measured(&mut rows);
-    println!(
-        "{:<22} {:<18} {:>10} {:>12} {:>9} {:>12}",
-        "op", "shape", "median ms", "achieved", "of peak", "of measured"
-    );
+    if !rows.is_empty() {
+        println!(
+            "{:<22} {:<18} {:>10} {:>12} {:>9} {:>12}",
+            "op", "shape", "median ms", "achieved", "of peak", "of measured"
+        );
+    }
     for r in &rows {
         println!(
             "{:<22} {:<18} {:>10.4} {:>7.1} {:<4} {:>8.1}% {:>11}",
@@ -162,7 +164,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     // A low-rank kernel that faults must not cost the rows above: they are written either way.
     let lowrank = if matches!(args.which, Which::All | Which::LowrankLinear) {
-        println!();
+        if !rows.is_empty() {
+            println!();
+        }
         lowrank::run(&mut gpu, &sizes.lowrank, reps, &args.skip_impl)
     } else {
         Ok(Vec::new())
