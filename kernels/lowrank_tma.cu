@@ -39,6 +39,9 @@ struct TmaTile {
     // Stages from a 1024-byte aligned base (the swizzle atom; dynamic shared memory is only
     // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers.
     static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+    // The launcher asks for exactly this (TMA256 / TMA128 in src/backend/cuda/lowrank_linear/tiles.rs);
+    // Hopper gives a block at most 227 KB.
+    static_assert(SMEM_BYTES <= 227 * 1024, "the stages must fit Hopper's shared memory");
 };
 
 // The block's output tiles: persistent blocks (one per SM, or fewer when there are fewer tiles)
