@@ -249,9 +249,7 @@ fn launch_seg_gemm(
 /// dx (backward) product of this shape runs on under the current settings, for reports; None where
 /// the layer goes to cuBLASLt (the `cublas` implementation, or dimensions the kernels do not take).
 pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Option<&'static str>> {
-    let dims_ok =
-        sh.n_in.is_multiple_of(SCRATCH_ROW_ALIGN) && sh.n_out.is_multiple_of(SCRATCH_ROW_ALIGN);
-    if cuda.lowrank_impl == LowRankImpl::Cublas || !dims_ok {
+    if cuda.lowrank_impl == LowRankImpl::Cublas || !dims_fit(sh) {
         return Ok(None);
     }
     let (role, n) = if forward {
@@ -265,8 +263,6 @@ pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Opt
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte
 /// rows), 16-byte aligned operand windows, outputs aligned for paired stores, sizes within i32.
 fn fused_fits(sh: &LowRankShape, operands: &[u64], outputs: &[(u64, DType)]) -> bool {
-    let dims_ok =
-        sh.n_in.is_multiple_of(SCRATCH_ROW_ALIGN) && sh.n_out.is_multiple_of(SCRATCH_ROW_ALIGN);
     let small = [sh.n, sh.n_in, sh.n_out, sh.scratch_stride()]
         .iter()
         .all(|&d| d < i32::MAX as usize);
@@ -274,7 +270,12 @@ fn fused_fits(sh: &LowRankShape, operands: &[u64], outputs: &[(u64, DType)]) -> 
         && outputs
             .iter()
             .all(|&(p, d)| p.is_multiple_of(2 * d.size_bytes() as u64));
-    dims_ok && small && aligned
+    dims_fit(sh) && small && aligned
+}
+
+/// n_in and n_out multiples of 8: every row of the layer's operands ends on a 16-byte chunk.
+fn dims_fit(sh: &LowRankShape) -> bool {
+    sh.n_in.is_multiple_of(SCRATCH_ROW_ALIGN) && sh.n_out.is_multiple_of(SCRATCH_ROW_ALIGN)
 }
 
 fn ensure_bf16(x: &Ref<CudaBuf>) -> Result<()> {

@@ -105,12 +105,16 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
     let hopper = cuda.info.compute_capability.0 == 9;
     let sms = cuda.info.sms.max(1) as usize;
-    Ok(
-        match choose_tile(sms, hopper, cuda.lowrank_impl, role, m, n) {
-            t if t.file == TMA256.file => tma_tile(sms, m, n, forced_tma_width()?),
-            t => t,
-        },
-    )
+    let forced = forced_tma_width()?;
+    Ok(choose_tile(
+        sms,
+        hopper,
+        cuda.lowrank_impl,
+        forced,
+        role,
+        m,
+        n,
+    ))
 }
 
 /// LOWRANK_TMA_TILE: `auto` (the default: `tma_tile`'s choice), `128` or `256`, the TMA kernel's
@@ -131,14 +135,23 @@ fn forced_tma_width() -> Result<Option<usize>> {
         .map_err(anyhow::Error::msg)
 }
 
-/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked for.
-fn choose_tile(sms: usize, hopper: bool, imp: LowRankImpl, role: Role, m: usize, n: usize) -> Tile {
+/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked
+/// for, and LOWRANK_TMA_TILE's width if set.
+fn choose_tile(
+    sms: usize,
+    hopper: bool,
+    imp: LowRankImpl,
+    forced_tma: Option<usize>,
+    role: Role,
+    m: usize,
+    n: usize,
+) -> Tile {
     let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
     if role == Role::Project || wide_blocks < sms {
         return NARROW;
     }
     match (hopper, imp) {
-        (true, LowRankImpl::Fused) => tma_tile(sms, m, n, None),
+        (true, LowRankImpl::Fused) => tma_tile(sms, m, n, forced_tma),
         (true, LowRankImpl::Wgmma) => WGMMA,
         _ => WIDE,
     }
@@ -190,7 +203,8 @@ mod tests {
 
     #[test]
     fn tiles_follow_the_grid_the_gpu_and_the_implementation() {
-        let name = |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, role, m, n).name;
+        let name =
+            |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, None, role, m, n).name;
         let fused = LowRankImpl::Fused;
         // 16384 × 4096 outputs: 4096 wide blocks fill 132 SMs; the TMA kernel on Hopper (its
         // 128 × 256 tile: 16 waves of it against 32 of 128 × 128), mma.sync elsewhere.
