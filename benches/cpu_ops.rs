@@ -3,7 +3,7 @@
 //! of a GPT-2-small layer's bases) on the CPU backend.
 //! GPU numbers come from `lowrank bench` on a GPU machine (scripts/gpu-run.sh).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lowrank::backend::{
     cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights,
 };
@@ -150,6 +150,23 @@ fn elementwise(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(4 * n as u64));
     group.bench_function("sum_squares_4M", |b| {
         b.iter(|| Cpu.sum_squares(g.all()).unwrap())
+    });
+    // GPT-2 small's MLP activation for 256 tokens (12 of each per training step).
+    let act = 256 * 3072;
+    let (pre, mut out) = (filled(act, 5), filled(act, 6));
+    group.throughput(Throughput::Bytes(8 * act as u64));
+    group.bench_function("gelu_forward_256x3072", |b| {
+        b.iter(|| Cpu.gelu_forward(out.all_mut(), pre.all()).unwrap())
+    });
+    // The gradient is scaled in place: a fresh copy per call, or repeated scaling would run it
+    // into subnormal numbers and time those.
+    let grad = filled(act, 7);
+    group.bench_function("gelu_backward_256x3072", |b| {
+        b.iter_batched_ref(
+            || grad.clone(),
+            |d| Cpu.gelu_backward(d.all_mut(), pre.all()).unwrap(),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

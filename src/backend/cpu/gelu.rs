@@ -6,30 +6,34 @@ use rayon::prelude::*;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const CHUNK: usize = 1 << 14;
 
+/// σ(2u) with u = √(2/π)(x + 0.044715x³): since 1 + tanh(u) = 2σ(2u), GELU(x) = x·σ(2u).
+/// Through exp rather than tanh: libm's tanhf is about six times slower than its expf (GELU was
+/// an eighth of a GPT-2 small CPU training step), and 1 + tanh(u) cancels where x is negative.
+fn sigmoid_2u(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    1.0 / (1.0 + (-2.0 * u).exp())
+}
+
 /// out = ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
 pub fn forward(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(o, x)| {
             for (o, &x) in o.iter_mut().zip(x) {
-                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                *o = 0.5 * x * (1.0 + u.tanh());
+                *o = x * sigmoid_2u(x);
             }
         });
 }
 
-/// d ← d · GELU′(inp).
+/// d ← d · GELU′(inp), GELU′ = σ(2u) + 2x·σ(2u)(1 − σ(2u))·du/dx.
 pub fn backward_inplace(d: &mut [f32], inp: &[f32]) {
     d.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(d, x)| {
             for (d, &x) in d.iter_mut().zip(x) {
-                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                let th = u.tanh();
-                let sech2 = 1.0 - th * th;
-                let grad = 0.5 * (1.0 + th)
-                    + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                *d *= grad;
+                let sg = sigmoid_2u(x);
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                *d *= sg + 2.0 * x * sg * (1.0 - sg) * du;
             }
         });
 }
@@ -47,8 +51,15 @@ mod tests {
     #[test]
     fn gelu_forward_and_backward_match_f64_and_finite_differences() {
         let cpu = Cpu;
-        let n = 20_011; // more than one chunk, ragged
-        let x: Vec<f32> = random(n, 1).iter().map(|v| 3.0 * v).collect();
+        // More than one chunk, ragged, and the far tails, where exp(−2u) overflows f32 (x below
+        // about −10).
+        let tails = [-60.0, -20.0, -9.0, -6.0, -3.0, 0.0, 3.0, 9.0, 20.0, 60.0];
+        let x: Vec<f32> = random(20_001, 1)
+            .iter()
+            .map(|v| 3.0 * v)
+            .chain(tails)
+            .collect();
+        let n = x.len();
         let dy = random(n, 2);
         let xb = upload(&cpu, &x);
         let mut out = upload(&cpu, &vec![f32::NAN; n]);

@@ -6,11 +6,27 @@ use rayon::prelude::*;
 /// reduces in an order that depends on work stealing, and a gradient norm that changed from run to
 /// run would break bit-exact resumption.
 pub fn sum_squares(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x
-        .par_chunks(1 << 14)
-        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .collect();
+    let partials: Vec<f64> = x.par_chunks(1 << 14).map(chunk_sum_squares).collect();
     partials.iter().sum()
+}
+
+/// Σ x² of one chunk in LANES interleaved f64 sums, added in a fixed order at the end: one running
+/// sum waits on each addition's latency (a quarter of the speed on the gradient norm of every step).
+fn chunk_sum_squares(x: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let blocks = x.chunks_exact(LANES);
+    let tail: f64 = blocks
+        .remainder()
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum();
+    for block in blocks {
+        for (a, &v) in acc.iter_mut().zip(block) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
