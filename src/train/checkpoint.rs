@@ -52,7 +52,9 @@ pub struct Checkpoint {
     pub state: TrainState,
 }
 
-/// Writes a checkpoint of `state.step` under `run_dir` and makes it the latest.
+/// Writes a checkpoint of `state.step` under `run_dir` and makes it the latest. A write that fails
+/// (a full disk) removes what it wrote of the new checkpoint, freeing that space, and leaves the
+/// latest one as it was.
 pub fn save(
     run_dir: &Path,
     model: &[HostTensor],
@@ -62,7 +64,31 @@ pub fn save(
 ) -> Result<PathBuf> {
     let name = format!("checkpoint-{:07}", state.step);
     let dir = run_dir.join(&name);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let previous = latest_dir(run_dir).ok().flatten();
+    let written = write_files(&dir, model, m, v, state)
+        .and_then(|()| atomic::write(&run_dir.join(LATEST), name.as_bytes()));
+    if let Err(e) = written {
+        // Never the latest checkpoint itself, were the same step ever saved again.
+        if previous.as_deref() != Some(dir.as_path()) {
+            fs::remove_dir_all(&dir).ok();
+        }
+        return Err(e);
+    }
+    if let Some(prev) = previous.filter(|p| *p != dir) {
+        fs::remove_dir_all(&prev).ok();
+    }
+    Ok(dir)
+}
+
+/// The files of one checkpoint directory, each written atomically.
+fn write_files(
+    dir: &Path,
+    model: &[HostTensor],
+    m: Vec<f32>,
+    v: Vec<f32>,
+    state: &TrainState,
+) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("lowrank_model".to_string(), state.config.model.clone()),
@@ -90,13 +116,7 @@ pub fn save(
     atomic::write(
         &dir.join("state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),
-    )?;
-    let previous = latest_dir(run_dir).ok().flatten();
-    atomic::write(&run_dir.join(LATEST), name.as_bytes())?;
-    if let Some(prev) = previous.filter(|p| *p != dir) {
-        fs::remove_dir_all(&prev).ok();
-    }
-    Ok(dir)
+    )
 }
 
 /// The directory DIR/latest points at, if any.

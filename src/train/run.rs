@@ -352,7 +352,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 b.download(opt.state()[0])?,
                 b.download(opt.state()[1])?,
                 &state,
-            )?;
+            )
+            .with_context(|| checkpoint_failed(&opts.out, step))?;
             if stop {
                 progress.println(&format!(
                     "{} at step {step}: checkpoint {}; continue with --resume {}",
@@ -372,6 +373,21 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     progress.finish();
     summary.step = step;
     Ok(summary)
+}
+
+/// What a failed checkpoint write leaves: the run stops, and the last complete checkpoint (if any)
+/// is where it continues from.
+fn checkpoint_failed(out: &Path, step: u32) -> String {
+    let last = match checkpoint::latest_dir(out) {
+        Ok(Some(dir)) => format!(
+            "the last complete checkpoint, {}, is intact: free some space and continue from it \
+             with --resume {}",
+            dir.display(),
+            out.display()
+        ),
+        _ => "no earlier checkpoint was written".to_string(),
+    };
+    format!("the checkpoint of step {step} could not be written, so the run stops; {last}")
 }
 
 /// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.

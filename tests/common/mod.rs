@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests that run the binary as a user would.
 #![allow(dead_code)] // each test crate uses its own subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs `lowrank ARGS` with extra environment variables and returns its output.
@@ -49,4 +49,46 @@ pub fn assert_fails_with(args: &[&str], needle: &str) {
 /// Whether a command failed with a message containing `needle`.
 pub fn failed_with(o: &Output, needle: &str) -> bool {
     !o.status.success() && text(o).contains(needle)
+}
+
+/// Small, fast settings: 2 sequences of 16 tokens, evaluation every 2 steps on one batch.
+pub const SMALL: [&str; 10] = [
+    "--batch",
+    "2",
+    "--seq",
+    "16",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+    "--warmup",
+    "2",
+];
+
+/// `lowrank train --out OUT` with SMALL's settings and `extra`.
+pub fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    lowrank(&args)
+}
+
+/// The records of DIR/metrics.jsonl.
+pub fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The fields of a record that must match bit for bit (all but the wall-clock rate).
+pub fn trajectory(rs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    rs.iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("tok_per_s");
+            r
+        })
+        .collect()
 }

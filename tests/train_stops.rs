@@ -1,0 +1,155 @@
+//! `lowrank train` runs that stop before their last step: Ctrl-C, a diverging loss, a full disk.
+//! Each says why, keeps a loadable checkpoint, and resumes from it.
+
+mod common;
+
+use common::{records, text, tmp, train, trajectory, SMALL};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tmp("sigint");
+    let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", "100000"];
+    args.extend_from_slice(&SMALL);
+    let child = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !dir.join("metrics.jsonl").exists() || records(&dir).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted at step"));
+    let step = records(&dir).last().unwrap()["step"].as_u64().unwrap();
+    let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
+    assert_eq!(latest, format!("checkpoint-{step:07}"));
+    // It resumes from there.
+    let next = (step + 1).to_string();
+    let o = train(
+        &dir,
+        &[
+            "--steps",
+            "100000",
+            "--stop-at",
+            &next,
+            "--resume",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        records(&dir).last().unwrap()["step"].as_u64(),
+        Some(step + 1)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+    let dir = tmp("nan");
+    let o = train(
+        &dir,
+        &[
+            "--steps",
+            "50",
+            "--lr",
+            "1e30",
+            "--clip",
+            "0",
+            "--checkpoint-every",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("diverged"), "{}", text(&o));
+    if let Ok(latest) = std::fs::read_to_string(dir.join("latest")) {
+        assert!(dir.join(latest.trim()).join("model.safetensors").exists());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `lowrank train ARGS` where writing a file past 1 MiB fails as on a full disk: RLIMIT_FSIZE, with
+/// SIGXFSZ ignored (an ignored signal stays ignored across exec) so that the write returns an
+/// error instead of the signal killing the process. A checkpoint of the tiny model is ~30 MB;
+/// metrics.jsonl and config.json stay far below the limit.
+#[cfg(unix)]
+fn train_on_a_full_disk(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap "" XFSZ; ulimit -f 1024; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_lowrank"))
+        .arg("train")
+        .args(SMALL)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_full_disk_at_a_checkpoint_stops_the_run_and_loses_nothing_written_before() {
+    let (straight, run) = (tmp("disk-straight"), tmp("disk-full"));
+    let o = train(&straight, &["--steps", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(&run, &["--steps", "4", "--stop-at", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The resumed run reaches step 4 and cannot write its checkpoint.
+    let dir = run.to_str().unwrap();
+    let o = train_on_a_full_disk(&["--out", dir, "--steps", "4", "--resume", dir]);
+    let said = text(&o);
+    assert!(!o.status.success(), "{said}");
+    for needle in [
+        "the checkpoint of step 4 could not be written, so the run stops",
+        "checkpoint-0000002, is intact",
+        &format!("--resume {dir}"),
+        "File too large",
+    ] {
+        assert!(said.contains(needle), "no {needle:?} in:\n{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("latest")).unwrap(),
+        "checkpoint-0000002"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "checkpoint-0000002",
+            "config.json",
+            "latest",
+            "metrics.jsonl"
+        ],
+        "the failed checkpoint left files behind"
+    );
+
+    // With space again, the resume ends where the uninterrupted run ended.
+    let o = train(&run, &["--steps", "4", "--resume", dir]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(trajectory(&records(&straight)), trajectory(&records(&run)));
+    std::fs::remove_dir_all(&straight).ok();
+    std::fs::remove_dir_all(&run).ok();
+}
