@@ -183,6 +183,31 @@ fn plain_files_split_by_fraction_and_fill_shards() {
     );
 }
 
+/// A shard that cannot be written (a full disk, here RLIMIT_FSIZE at 1 MiB with SIGXFSZ ignored, so
+/// the write fails instead of the signal killing the process) is named once, with the system's
+/// reason, and leaves no temporary file taking space.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_names_the_shard_and_leaves_no_temporary_file() {
+    let dir = scratch("full");
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(60_000); // ~600 k tokens
+    std::fs::write(dir.join("big.txt"), text).unwrap();
+    let out = dir.join("out");
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap "" XFSZ; ulimit -f 1024; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_lowrank"))
+        .args(["tokenize", "--val-fraction", "0", "--out"])
+        .args([path_str(&out), path_str(&dir.join("big.txt"))])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains("out_train_000000.bin: "), "{stderr}");
+    assert_eq!(stderr.matches("File too large").count(), 1, "{stderr}");
+    assert_eq!(file_names(&out), Vec::<String>::new());
+}
+
 #[test]
 fn invalid_utf8_input_names_the_file_and_offset() {
     let dir = scratch("utf8");

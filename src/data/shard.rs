@@ -97,7 +97,8 @@ fn tokens_of(payload: &[u8]) -> &[u16] {
     bytemuck::try_cast_slice(payload).expect("shard payload is 2-byte aligned and even-sized")
 }
 
-/// Writes one shard atomically: to `path.tmp`, then renamed, so a reader never sees half a shard.
+/// Writes one shard atomically: to `path.tmp`, then renamed, so a reader never sees half a shard;
+/// a write that fails (a full disk) removes its temporary file.
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
     assert!(
         tokens.len() <= i32::MAX as usize,
@@ -114,7 +115,10 @@ pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| DataError::io(path, e))
+    write().map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        DataError::io(path, e)
+    })
 }
 
 #[cfg(test)]
