@@ -305,7 +305,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             val_ppl: val_loss.map(f32::exp),
             ranks: logged_ranks,
         };
-        metrics.write(&record)?;
+        metrics
+            .write(&record)
+            .with_context(|| run_stops(&opts.out, &format!("step {step} could not be logged")))?;
         let mut line = format!(
             "loss {train_loss:.4} lr {lr:.2e} |g| {:.3} {tok_per_s:.0} tok/s",
             report.grad_norm
@@ -353,7 +355,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 b.download(opt.state()[1])?,
                 &state,
             )
-            .with_context(|| checkpoint_failed(&opts.out, step))?;
+            .with_context(|| {
+                run_stops(
+                    &opts.out,
+                    &format!("the checkpoint of step {step} could not be written"),
+                )
+            })?;
             if stop {
                 progress.println(&format!(
                     "{} at step {step}: checkpoint {}; continue with --resume {}",
@@ -375,9 +382,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     Ok(summary)
 }
 
-/// What a failed checkpoint write leaves: the run stops, and the last complete checkpoint (if any)
-/// is where it continues from.
-fn checkpoint_failed(out: &Path, step: u32) -> String {
+/// What a failed write (a full disk) leaves: the run stops, and the last complete checkpoint (if
+/// any) is where it continues from.
+fn run_stops(out: &Path, what: &str) -> String {
     let last = match checkpoint::latest_dir(out) {
         Ok(Some(dir)) => format!(
             "the last complete checkpoint, {}, is intact: free some space and continue from it \
@@ -387,7 +394,7 @@ fn checkpoint_failed(out: &Path, step: u32) -> String {
         ),
         _ => "no earlier checkpoint was written".to_string(),
     };
-    format!("the checkpoint of step {step} could not be written, so the run stops; {last}")
+    format!("{what}, so the run stops; {last}")
 }
 
 /// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.
