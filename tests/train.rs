@@ -200,6 +200,22 @@ fn eval_and_plot_read_what_train_wrote() {
     let dir = tmp("evalplot");
     let o = train(&dir, &["--steps", "2"]);
     assert!(o.status.success(), "{}", text(&o));
+    // Each record's model FLOP rate is its token rate times the tiny model's training FLOPs per
+    // token at T = 16, 3·(2·(L·12C² + C·V_padded) + 4·L·T·C) with L = 4, C = 128, V_padded = 50304;
+    // MFU only where a GPU's peak is known, so never on the CPU.
+    let per_token =
+        3.0 * (2.0 * (4.0 * 12.0 * 128.0 * 128.0 + 128.0 * 50304.0) + 4.0 * 4.0 * 16.0 * 128.0);
+    for r in records(&dir) {
+        let (tflops, tok_s) = (
+            r["tflops"].as_f64().unwrap(),
+            r["tok_per_s"].as_f64().unwrap(),
+        );
+        assert!(
+            (tflops / (tok_s * per_token / 1e12) - 1.0).abs() < 1e-9,
+            "{r}"
+        );
+        assert!(r.get("mfu").is_none(), "{r}");
+    }
     let o = lowrank(&["plot", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let png = std::fs::read(dir.join("loss.png")).unwrap();

@@ -436,6 +436,11 @@ pub trait Backend {
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
 
+    /// The device's dense peak in TFLOP/s at the compute dtype, for MFU; None where unknown (the CPU).
+    fn peak_tflops(&self) -> Option<f64> {
+        None
+    }
+
     /// Starts (`true`) or stops the profiler's capture (Nsight's `--capture-range=cudaProfilerApi`);
     /// nothing to capture on the CPU.
     fn profiler_capture(&self, _on: bool) -> Result<()> {

@@ -79,11 +79,14 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         let mean = timed.iter().sum::<f64>() / timed.len() as f64;
         timed.sort_by(f64::total_cmp);
         let med = timed[timed.len() / 2];
+        let tok_per_s = (a.batch * a.seq) as f64 / med;
+        let tflops = tok_per_s * model.training_flops_per_token() / 1e12;
         let line = serde_json::json!({
             "peer": "lowrank", "backend": b.name(), "model": name, "batch": a.batch, "seq": a.seq,
             "lowrank": lowrank.mode, "rank_init": lowrank.rank_init,
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
-            "tok_per_s": (a.batch * a.seq) as f64 / med, "params": model.num_params(), "loss": loss,
+            "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
+            "params": model.num_params(), "loss": loss,
         });
         println!("{line}");
     }

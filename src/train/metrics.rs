@@ -17,6 +17,13 @@ pub struct StepRecord {
     pub train_loss: f32,
     pub lr: f32,
     pub tok_per_s: f64,
+    /// Model FLOPs per second (forward and backward at the live ranks, attention included), in
+    /// TFLOP/s; 0 in records written before it was logged.
+    #[serde(default)]
+    pub tflops: f64,
+    /// `tflops` over the GPU's dense bf16 peak, where the peak is known (`Backend::peak_tflops`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mfu: Option<f64>,
     pub params: usize,
     pub grad_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]

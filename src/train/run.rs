@@ -238,6 +238,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             loss_sum += loss as f64;
         }
         let train_loss = (loss_sum / cfg.accum as f64) as f32;
+        // At the ranks the forward and backward just ran (the schedule may change them below).
+        let flops_per_token = model.training_flops_per_token();
         if !train_loss.is_finite() {
             bail!(
                 "the training loss is {train_loss} at step {}: training diverged; the last checkpoint in {} is intact (lower --lr or raise --warmup)",
@@ -279,6 +281,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         tokens += cfg.tokens_per_step() as u64;
         let tok_per_s = cfg.tokens_per_step() as f64 / started.elapsed().as_secs_f64();
+        let tflops = tok_per_s * flops_per_token / 1e12;
+        let mfu = b.peak_tflops().map(|peak| tflops / peak);
         // Rank logging is monitoring, not training: outside the step's time.
         let logged_ranks = {
             let _log = profile::range(|| "rank log".into());
@@ -299,6 +303,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             train_loss,
             lr,
             tok_per_s,
+            tflops,
+            mfu,
             params: model.num_params(),
             grad_norm: report.grad_norm,
             val_loss,
@@ -312,6 +318,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             "loss {train_loss:.4} lr {lr:.2e} |g| {:.3} {tok_per_s:.0} tok/s",
             report.grad_norm
         );
+        if let Some(m) = mfu {
+            line += &format!(" MFU {:.1}%", 100.0 * m);
+        }
         if let Some(v) = val_loss {
             line += &format!(" val {v:.4} (ppl {:.2})", v.exp());
         }

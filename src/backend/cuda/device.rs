@@ -17,6 +17,32 @@ pub struct DeviceInfo {
     pub driver_version: String,
 }
 
+impl DeviceInfo {
+    /// The maker's dense bf16 tensor-core peak in TFLOP/s, the denominator of MFU, for the
+    /// datacenter GPUs whose name the driver reports as below; None for any other (no guess).
+    pub fn bf16_peak_tflops(&self) -> Option<f64> {
+        bf16_peak_tflops(&self.name)
+    }
+}
+
+fn bf16_peak_tflops(name: &str) -> Option<f64> {
+    // (name, SMs, dense bf16 FLOPs per SM per clock, boost clock in MHz), as llm.c's mfu.h counts
+    // them: the datasheets' figures are these products.
+    const KNOWN: [(&str, f64, f64, f64); 7] = [
+        ("NVIDIA H100 80GB HBM3", 132.0, 4096.0, 1830.0), // H100 SXM5
+        ("NVIDIA H100 PCIe", 114.0, 4096.0, 1620.0),
+        ("NVIDIA H200", 132.0, 4096.0, 1830.0),
+        ("NVIDIA A100-SXM4-80GB", 108.0, 2048.0, 1410.0),
+        ("NVIDIA A100-SXM4-40GB", 108.0, 2048.0, 1410.0),
+        ("NVIDIA A100 80GB PCIe", 108.0, 2048.0, 1410.0),
+        ("NVIDIA A100-PCIE-40GB", 108.0, 2048.0, 1410.0),
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.0 == name)
+        .map(|&(_, sms, flops, mhz)| sms * flops * mhz * 1e6 / 1e12)
+}
+
 /// True when the NVIDIA driver library (libcuda) can be loaded.
 pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen candidate library names.
@@ -100,4 +126,32 @@ pub fn info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
             .max(0) as usize,
         driver_version: driver_version()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bf16_peak_tflops;
+
+    #[test]
+    fn peaks_are_the_datasheets_dense_bf16_figures() {
+        // NVIDIA's datasheets give BF16 tensor-core TFLOPS with 2:4 sparsity, twice the dense peak:
+        // H100 SXM 1,979, H100 PCIe 1,513; H200 as H100 SXM; A100 624 (312 dense).
+        for (name, sparse) in [
+            ("NVIDIA H100 80GB HBM3", 1979.0),
+            ("NVIDIA H100 PCIe", 1513.0),
+            ("NVIDIA H200", 1979.0),
+            ("NVIDIA A100-SXM4-80GB", 624.0),
+            ("NVIDIA A100-PCIE-40GB", 624.0),
+        ] {
+            let peak = bf16_peak_tflops(name).unwrap();
+            assert!((2.0 * peak - sparse).abs() < 1.0, "{name}: {peak}");
+        }
+        for unknown in [
+            "NVIDIA H100",
+            "NVIDIA GeForce RTX 4090",
+            "Emulated GPU (CPU, sm_90a, 4 SMs)",
+        ] {
+            assert_eq!(bf16_peak_tflops(unknown), None, "{unknown}");
+        }
+    }
 }

@@ -135,6 +135,9 @@ impl Backend for Cuda {
     fn compute_dtype(&self) -> DType {
         DType::BF16
     }
+    fn peak_tflops(&self) -> Option<f64> {
+        self.info.bf16_peak_tflops()
+    }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
         self.buffer(dtype, len, true)
