@@ -93,6 +93,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         "train_loss",
         "lr",
         "tok_per_s",
+        "tflops",
         "params",
         "grad_norm",
     ] {

@@ -82,12 +82,14 @@ pub fn records(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The fields of a record that must match bit for bit (all but the wall-clock rate).
+/// The fields of a record that must match bit for bit (all but the wall-clock rates).
 pub fn trajectory(rs: &[serde_json::Value]) -> Vec<serde_json::Value> {
     rs.iter()
         .map(|r| {
             let mut r = r.clone();
-            r.as_object_mut().unwrap().remove("tok_per_s");
+            for rate in ["tok_per_s", "tflops", "mfu"] {
+                r.as_object_mut().unwrap().remove(rate);
+            }
             r
         })
         .collect()
