@@ -101,6 +101,15 @@ if (( ${#skip[@]} )); then
   bench_flags=(--skip-impl "$(IFS=,; echo "${skip[*]}")")
   echo "failed the fused products: ${skip[*]}; later steps: LOWRANK_LOWRANK_IMPL=$impl, bench ${bench_flags[*]}"
 fi
+# Attention: flash attention (the default for bf16 and head sizes 32 and 64) and the materialised
+# path; when flash fails and the other passes, the later steps run on the materialised path.
+cap=60 step selftest-attention "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter attention --json "$out/selftest-attention.json"
+cap=60 step selftest-attention-materialized env LOWRANK_ATTENTION=materialized "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter attention
+attention_failed() { grep -qE '^attention_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
+if attention_failed "$out/selftest-attention.log" && ! attention_failed "$out/selftest-attention-materialized.log"; then
+  echo "flash attention failed its selftest, the materialised path passed: later steps run with LOWRANK_ATTENTION=materialized"
+  export LOWRANK_ATTENTION=materialized
+fi
 cap=120 step selftest "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --skip lowrank --json "$out/selftest.json"
 step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then
@@ -136,6 +145,8 @@ cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lor
 cap=90 step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
 cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
 step bench-train "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
+# The same step with attention's scores in memory: what flash attention buys a whole step.
+step bench-train-materialized env LOWRANK_ATTENTION=materialized "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps
 fi
@@ -163,14 +174,14 @@ fi
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
   for s in "$out"/*.status; do printf '%-28s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
-  for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest; do
-    printf '%-21s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
+  for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-attention selftest-attention-materialized selftest; do
+    printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
-  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR)=' || true
+  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION)=' || true
 } > "$out/summary.txt"
 tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .
 cp "$out/summary.txt" "$dest/"
-for j in doctor selftest-lowrank selftest bench peer; do [[ -f "$out/$j.json" ]] && cp "$out/$j.json" "$dest/"; done
+for j in doctor selftest-lowrank selftest-attention selftest bench peer; do [[ -f "$out/$j.json" ]] && cp "$out/$j.json" "$dest/"; done
 echo
 cat "$out/summary.txt"
 # Only the last 12,000 characters of a device call come back (the full tables are in the tarball):
@@ -178,6 +189,7 @@ cat "$out/summary.txt"
 # rank 128 (d/8), pure low-rank at 256 (36 rows of 5 implementations, about 4 KB, so that the
 # summary printed above stays inside those 12,000 characters).
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
+grep -E '^attention_' "$out/bench.log" 2>/dev/null
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The peer's numbers on the shapes `lowrank bench` times: PyTorch bf16 matmul, fused AdamW and the
-low-rank linear layer (x@W0 + (x@U)@V.T + b and its backward), timed with CUDA events (warm-up,
+"""The peer's numbers on the shapes `lowrank bench` times: PyTorch bf16 matmul, fused AdamW, causal
+scaled_dot_product_attention and the low-rank linear layer (x@W0 + (x@U)@V.T + b and its backward), timed with CUDA events (warm-up,
 median, inputs rotated past L2), printed in the same table formats.
 
 `--device cpu --smoke` runs every code path on tiny shapes without a GPU (timed by the wall clock):
@@ -38,14 +38,46 @@ LOWRANK_RANKS = [16, 64, 128, 256, 512]
 # `lowrank bench`'s basic ops: bf16 GEMMs (m, n, k) and AdamW over GPT-2 small's parameter count.
 MATMUL_SHAPES = [(4096, 4096, 4096), (8192, 4096, 1024), (8192, 1024, 4096), (8192, 8192, 8192)]
 ADAMW_PARAMS = 124_475_904
+# `lowrank bench attention` (src/cli/bench/attention.rs): (batch, seq, channels, heads).
+ATTENTION_SHAPES = [(8, 1024, 768, 12), (8, 1024, 1024, 16)]
 
 
 def use_smoke_shapes():
     """`--smoke`: the tiny shapes of `lowrank bench --smoke` (src/cli/bench), so the dry run's two
     JSON files join in scripts/compare-peer.py as a GPU run's do."""
-    global LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS, MATMUL_SHAPES, ADAMW_PARAMS
+    global LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS, MATMUL_SHAPES, ADAMW_PARAMS, ATTENTION_SHAPES
     LOWRANK_LAYERS, LOWRANK_ROWS, LOWRANK_RANKS = [(64, 256), (256, 64)], [200], [8, 12]
     MATMUL_SHAPES, ADAMW_PARAMS = [(64, 32, 48)], 4096
+    ATTENTION_SHAPES = [(2, 100, 128, 2), (1, 70, 96, 3)]
+
+
+def bench_attention(reps, device):
+    """Causal attention as PyTorch users run it: scaled_dot_product_attention(is_causal=True) on q, k, v
+    viewed out of one (B, T, 3C) tensor (its flash or memory-efficient kernel on the GPU), and its
+    backward through autograd. TF/s count the causal half, as `lowrank bench attention` does."""
+    rows = []
+    F = torch.nn.functional
+    for b, t, c, nh in ATTENTION_SHAPES:
+        sets = rotation(b * t * 3 * c * 2, device)
+        qkv = [torch.randn(b, t, 3 * c, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(sets)]
+
+        def heads(x):
+            q, k, v = x.view(b, t, 3, nh, c // nh).unbind(2)
+            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+        def fwd(i):
+            with torch.no_grad():
+                F.scaled_dot_product_attention(*heads(qkv[i % sets]), is_causal=True)
+
+        outs = [F.scaled_dot_product_attention(*heads(x), is_causal=True) for x in qkv]
+        dout = torch.randn_like(outs[0])
+        bwd = lambda i: torch.autograd.grad(outs[i % sets], qkv[i % sets], dout, retain_graph=True)
+        flops = 2 * b * t * t * c
+        for name, fn, f in (("fwd", fwd, flops), ("bwd", bwd, 2.5 * flops)):
+            ms = median_ms(fn, reps, device)
+            tf = f / (ms * 1e-3) / 1e12
+            rows.append(dict(op=f"torch_sdpa_{name}", shape=f"B{b} T{t} C{c} h{nh}", median_ms=ms, achieved=tf, unit="TF/s", frac_of_peak=tf / 790))
+    return rows
 
 
 def rotation(nbytes, device):
@@ -137,9 +169,10 @@ def main():
         # fp32 params, grads, m, v: reads 16 B, writes 12 B per parameter (no bf16 copy in PyTorch's step).
         tb = 28 * n / (ms * 1e-3) / 1e12
         rows.append(dict(op="torch_adamw_fused", shape=str(n), median_ms=ms, achieved=tb, unit="TB/s", frac_of_peak=tb / 3.0))
-        print(f"{'op':<22} {'shape':<18} {'median ms':>10} {'achieved':>12} {'of peak':>9}")
+        rows += bench_attention(reps, device)
+        print(f"{'op':<22} {'shape':<20} {'median ms':>10} {'achieved':>12} {'of peak':>9}")
         for r in rows:
-            print(f"{r['op']:<22} {r['shape']:<18} {r['median_ms']:>10.4f} {r['achieved']:>7.1f} {r['unit']:<4} {100 * r['frac_of_peak']:>8.1f}%")
+            print(f"{r['op']:<22} {r['shape']:<20} {r['median_ms']:>10.4f} {r['achieved']:>7.1f} {r['unit']:<4} {100 * r['frac_of_peak']:>8.1f}%")
     if lowrank_rows:
         if rows:
             print()

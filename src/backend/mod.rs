@@ -8,7 +8,7 @@ pub mod cpu;
 pub mod cuda;
 mod shapes;
 
-pub use shapes::{MatShape, SeqShape};
+pub use shapes::{AttentionSaved, MatShape, SeqShape};
 mod lowrank;
 
 pub use lowrank::{LowRankGrads, LowRankShape, LowRankWeights, SCRATCH_ROW_ALIGN};
@@ -398,9 +398,15 @@ pub trait Backend {
     /// In place: d ← d · [inp > 0] (the subgradient 0 at inp = 0, as PyTorch takes it).
     fn relu_backward(&self, d: Mut<Self::Buf>, inp: Ref<Self::Buf>) -> Result<()>;
 
+    /// What `attention_forward` keeps in `att` for the backward pass, for activations of `act`
+    /// dtype and heads of `head_size`: the probabilities unless the backend says otherwise.
+    fn attention_saved(&self, head_size: usize, act: DType) -> AttentionSaved {
+        let _ = (head_size, act);
+        AttentionSaved::Probabilities
+    }
     /// Causal multi-head self-attention from the fused qkv (B,T,3C: q, k, v each C = heads·hs wide)
-    /// to out (B,T,C), scores scaled by 1/√hs. Saves the softmax probabilities in att (B,heads,T,T),
-    /// zero above the diagonal.
+    /// to out (B,T,C), scores scaled by 1/√hs. Saves in att what `attention_saved` names: the
+    /// softmax probabilities (B,heads,T,T), zero above the diagonal, or the rows' log-sum-exp.
     fn attention_forward(
         &self,
         out: Mut<Self::Buf>,
@@ -409,12 +415,15 @@ pub trait Backend {
         shape: SeqShape,
         heads: usize,
     ) -> Result<()>;
-    /// Attention backward: WRITES dqkv (B,T,3C) from dout (B,T,C), the forward's qkv and att.
+    /// Attention backward: WRITES dqkv (B,T,3C) from dout (B,T,C) and the forward's qkv, out and
+    /// att (flash attention's backward needs the output; the materialised one does not read it).
+    #[allow(clippy::too_many_arguments)] // one operand per kernel argument, as the launcher takes them
     fn attention_backward(
         &self,
         dqkv: Mut<Self::Buf>,
         dout: Ref<Self::Buf>,
         qkv: Ref<Self::Buf>,
+        out: Ref<Self::Buf>,
         att: Ref<Self::Buf>,
         shape: SeqShape,
         heads: usize,

@@ -1,6 +1,6 @@
 //! Shapes of the model ops and the window checks every backend runs before touching memory.
 
-use super::{Buffer, Mut, Ref};
+use super::{Buffer, DType, Mut, Ref};
 use anyhow::{ensure, Result};
 
 /// A row-major matrix of `rows` × `cols`, e.g. B·T tokens × C channels.
@@ -115,12 +115,37 @@ pub(crate) fn check_layernorm(
     window_len(op, "rstd", rstd, s.rows)
 }
 
-/// Checks the operands of the attention ops: qkv (B,T,3C), out (B,T,C), att (B,NH,T,T).
+/// What the attention forward keeps for its backward (`Backend::attention_saved`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionSaved {
+    /// The softmax probabilities, (B, heads, T, T) in the activations' dtype.
+    Probabilities,
+    /// Each row's log-sum-exp of its scaled scores (base 2), (B, heads, T) in f32: flash attention
+    /// recomputes the probabilities from it and never holds them all.
+    LogSumExp,
+}
+
+impl AttentionSaved {
+    pub fn dtype(self, act: DType) -> DType {
+        match self {
+            AttentionSaved::Probabilities => act,
+            AttentionSaved::LogSumExp => DType::F32,
+        }
+    }
+    pub fn len(self, s: SeqShape, heads: usize) -> usize {
+        match self {
+            AttentionSaved::Probabilities => s.batch * heads * s.seq * s.seq,
+            AttentionSaved::LogSumExp => s.batch * heads * s.seq,
+        }
+    }
+}
+
+/// Checks the operands of the attention ops: qkv (B,T,3C), out (B,T,C), and att as `saved` says
+/// for qkv's dtype.
 pub(crate) fn check_attention(
     op: &str,
-    qkv: usize,
-    out: usize,
-    att: usize,
+    (qkv, out, att): (Ref<impl Buffer>, Ref<impl Buffer>, Ref<impl Buffer>),
+    saved: AttentionSaved,
     s: SeqShape,
     heads: usize,
 ) -> Result<()> {
@@ -129,9 +154,16 @@ pub(crate) fn check_attention(
         "{op}: {} channels do not split into {heads} heads",
         s.channels
     );
-    window_len(op, "qkv", qkv, 3 * s.len())?;
-    window_len(op, "out", out, s.len())?;
-    window_len(op, "att", att, s.batch * heads * s.seq * s.seq)
+    window_len(op, "qkv", qkv.len, 3 * s.len())?;
+    window_len(op, "out", out.len, s.len())?;
+    window_len(op, "att", att.len, saved.len(s, heads))?;
+    let want = saved.dtype(qkv.dtype());
+    ensure!(
+        att.dtype() == want,
+        "{op}: att is {:?} but this backend saves {saved:?} as {want:?}",
+        att.dtype()
+    );
+    Ok(())
 }
 
 /// Checks the operands of `fused_classifier`.

@@ -21,7 +21,8 @@ pub struct Activations<B: Backend> {
     pub qkv: B::Buf,
     /// Attention output before its projection, (B, T, C) per layer.
     pub atty: B::Buf,
-    /// Softmax probabilities, (B, heads, T, T) per layer.
+    /// What attention saves for its backward, per layer: the softmax probabilities (B, heads, T, T)
+    /// or, with flash attention, the rows' log-sum-exp (B, heads, T; `Backend::attention_saved`).
     pub att: B::Buf,
     /// Residual stream after attention, (B, T, C) per layer.
     pub residual2: B::Buf,
@@ -46,8 +47,9 @@ impl<B: Backend> Activations<B> {
     pub fn new(b: &B, cfg: &GptConfig, batch: usize, seq: usize) -> Result<Self> {
         let shape = SeqShape::new(batch, seq, cfg.n_embd);
         let (l, btc, bt) = (cfg.n_layer, shape.len(), shape.tokens());
-        let att = batch * cfg.n_head * seq * seq;
         let dt = b.compute_dtype();
+        let saved = b.attention_saved(cfg.head_size(), dt);
+        let (att_dtype, att) = (saved.dtype(dt), saved.len(shape, cfg.n_head));
         let alloc = |dtype, len| b.alloc(dtype, len);
         Ok(Activations {
             shape,
@@ -59,7 +61,7 @@ impl<B: Backend> Activations<B> {
             ln1_rstd: alloc(DType::F32, l * bt)?,
             qkv: alloc(dt, l * 3 * btc)?,
             atty: alloc(dt, l * btc)?,
-            att: alloc(dt, l * att)?,
+            att: alloc(att_dtype, l * att)?,
             residual2: alloc(dt, l * btc)?,
             ln2: alloc(dt, l * btc)?,
             ln2_mean: alloc(DType::F32, l * bt)?,

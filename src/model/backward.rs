@@ -229,8 +229,9 @@ fn attention_part<B: Backend>(
     let a = blk.m.a;
     let io = (blk.lay(&a.atty), d.dresidual.all(), d.dbtc.all_mut());
     blk.linear(b, grads, (AttnProjWeight, AttnProjBias), io)?;
-    let (qkv, att) = (blk.lay(&a.qkv), blk.lay(&a.att));
-    b.attention_backward(d.dqkv.all_mut(), d.dbtc.all(), qkv, att, a.shape, a.heads)?;
+    let (qkv, out, att) = (blk.lay(&a.qkv), blk.lay(&a.atty), blk.lay(&a.att));
+    let dqkv = d.dqkv.all_mut();
+    b.attention_backward(dqkv, d.dbtc.all(), qkv, out, att, a.shape, a.heads)?;
     let io = (blk.lay(&a.ln1), d.dqkv.all(), d.dbtc.all_mut());
     blk.linear(b, grads, (QkvWeight, QkvBias), io)?;
     let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);

@@ -267,6 +267,14 @@ impl Case {
         }
     }
 
+    /// Whether the case applies to `b`'s implementation of its op (see `GptCase::applies`).
+    pub fn applies<B: Backend>(&self, b: &B) -> bool {
+        match self {
+            Case::Gpt(c) => c.applies(b),
+            _ => true,
+        }
+    }
+
     /// Runs the case on `b` with inputs drawn from `seed`, returning the output as f64.
     pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f64>> {
         let mut rng = Rng::new(seed);

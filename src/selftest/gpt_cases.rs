@@ -4,7 +4,7 @@
 //! parameters and statistics in f32, each output its own case so a small one is not hidden behind
 //! a large one.
 
-use crate::backend::{Backend, Buffer, DType, MatShape, SeqShape};
+use crate::backend::{AttentionSaved, Backend, Buffer, DType, MatShape, SeqShape};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -64,7 +64,8 @@ pub struct GptCase {
 }
 
 /// Every op on a ragged shape (T=7, C=48, 3 heads of 16) with bf16 and with f32 activations, and
-/// on GPT-2 small's widths in bf16.
+/// on GPT-2 small's widths in bf16; attention also on the head sizes of flash attention's kernels
+/// (64 and 32) with a ragged last tile of 64 rows, and on a single token.
 pub fn cases() -> Vec<GptCase> {
     let ragged = (SeqShape::new(2, 7, 48), 3, 1000);
     let small = (SeqShape::new(4, 64, 768), 12, 50257);
@@ -81,6 +82,22 @@ pub fn cases() -> Vec<GptCase> {
                 heads,
                 vocab,
                 act,
+            });
+        }
+    }
+    let flash = [
+        (SeqShape::new(2, 200, 128), 2),
+        (SeqShape::new(3, 77, 96), 3),
+        (SeqShape::new(1, 1, 64), 1),
+    ];
+    for (s, heads) in flash {
+        for op in [GptOp::AttentionForwardOut, GptOp::AttentionBackward] {
+            out.push(GptCase {
+                op,
+                s,
+                heads,
+                vocab: 1000,
+                act: DType::BF16,
             });
         }
     }
@@ -130,6 +147,15 @@ impl GptCase {
             ) => 2e-2,
             (DType::BF16, _) => 1e-2,
         }
+    }
+
+    /// Whether the case compares like with like on `b`: the saved attention state is only
+    /// comparable where `b` saves the probabilities, as the CPU does (flash attention saves the
+    /// rows' log-sum-exp instead, which the backward case checks through its gradients).
+    pub fn applies<B: Backend>(&self, b: &B) -> bool {
+        self.op != GptOp::AttentionForwardAtt
+            || b.attention_saved(self.s.channels / self.heads, self.act)
+                == AttentionSaved::Probabilities
     }
 
     pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f32>> {
@@ -254,9 +280,11 @@ impl GptCase {
                 b.download(d.all())?
             }
             GptOp::AttentionForwardOut | GptOp::AttentionForwardAtt | GptOp::AttentionBackward => {
-                let att_len = s.batch * self.heads * s.seq * s.seq;
+                let saved = b.attention_saved(c / self.heads, act);
+                let (att_dtype, att_len) = (saved.dtype(act), saved.len(s, self.heads));
                 let qkv = rand(act, 3 * rows * c, 1.0)?;
-                let (mut out, mut att) = (poisoned(act, rows * c)?, poisoned(act, att_len)?);
+                let mut out = poisoned(act, rows * c)?;
+                let mut att = poisoned(att_dtype, att_len)?;
                 b.attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, self.heads)?;
                 match self.op {
                     GptOp::AttentionForwardOut => b.download(out.all())?,
@@ -268,6 +296,7 @@ impl GptCase {
                             dqkv.all_mut(),
                             dout.all(),
                             qkv.all(),
+                            out.all(),
                             att.all(),
                             s,
                             self.heads,

@@ -95,6 +95,10 @@ struct Launch {
     // Per 16-byte chunk of dynamic shared memory: cp.asyncs and tensor copies issued into it and not
     // yet landed, and in-flight wgmmas reading it. Reading the one or writing the other is a race.
     std::vector<uint16_t> landing, wgmma_reads;
+    // Per chunk: the barrier interval (block_generation) of its last ldmatrix read and the warp that
+    // made it (−1: several warps). A cp.async into a chunk that another warp read in the same
+    // interval races with that read (nothing orders the two), however this schedule ran them.
+    std::vector<int> read_generation, read_warp;
     int major;  // the device's compute capability
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;

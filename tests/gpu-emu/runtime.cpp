@@ -216,10 +216,19 @@ float from_bits(uint32_t u) {
 }
 
 
-// ldmatrix's row addresses must be 16-byte aligned rows inside dynamic shared memory.
-void check_row(const Launch& l, uint32_t addr) {
+// ldmatrix's row addresses must be 16-byte aligned rows inside dynamic shared memory; the read is
+// recorded against later cp.asyncs of other warps (Launch::read_warp).
+void check_row(Launch& l, uint32_t addr) {
     if (addr % 16 != 0) fail(format("ldmatrix row address %#x is not 16-byte aligned", addr).c_str());
     check_landed(l, addr, 16, "ldmatrix");
+    const size_t c = chunk_of(addr);
+    const int warp = l.cur->warp;
+    if (l.read_generation[c] != l.block_generation) {
+        l.read_generation[c] = l.block_generation;
+        l.read_warp[c] = warp;
+    } else if (l.read_warp[c] != warp) {
+        l.read_warp[c] = -1;
+    }
 }
 
 void perform(Launch& l, const std::vector<Copy>& group) {
@@ -233,7 +242,7 @@ void perform(Launch& l, const std::vector<Copy>& group) {
 
 // ldmatrix .x4 for the whole warp, from the row addresses the lanes deposited.
 void ldmatrix_all(WarpSlots& w, bool t) {
-    const Launch& l = *L;
+    Launch& l = *L;
     for (int i = 0; i < 32; ++i) check_row(l, w.in[i][0]);
     for (int lane = 0; lane < 32; ++lane)
         for (int m = 0; m < 4; ++m) {
@@ -312,7 +321,13 @@ void cp_async(uint32_t dst, const void* src, bool pred) {
                     "wgmma.wait_group, then a barrier, must come first)",
                     dst)
                  .c_str());
-    ++l.landing[chunk_of(dst)];
+    const size_t c = chunk_of(dst);
+    if (l.read_generation[c] == l.block_generation && l.read_warp[c] != l.cur->warp)
+        fail(format("cp.async into shared memory at %#x that %s read by ldmatrix since the last __syncthreads (nothing "
+                    "orders the read before the copy: a barrier between them must come first)",
+                    dst, l.read_warp[c] < 0 ? "other warps" : format("warp %d", l.read_warp[c]).c_str())
+                 .c_str());
+    ++l.landing[c];
     if (pred && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source is not 16-byte aligned");
     l.cur->open.push_back({dst, src, pred});
 }
@@ -488,6 +503,8 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         std::memset(l.smem, 0xff, smem_bytes);
         l.landing.assign(smem_bytes / 16 + 1, 0);
         l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
+        l.read_generation.assign(smem_bytes / 16 + 1, -1);
+        l.read_warp.assign(smem_bytes / 16 + 1, 0);
         l.live = int(threads);
         l.block_arrived = 0;
         l.block_generation = 0;

@@ -227,7 +227,8 @@ mod tests {
         assert_close("attention att", att.as_slice(), &want_att, 1e-6);
 
         let mut dqkv = upload(&cpu, &vec![f32::NAN; 3 * s.len()]); // written, not accumulated
-        cpu.attention_backward(dqkv.all_mut(), dy_b.all(), qkv_b.all(), att.all(), s, nh)
+        let (q, o) = (qkv_b.all(), out.all());
+        cpu.attention_backward(dqkv.all_mut(), dy_b.all(), q, o, att.all(), s, nh)
             .unwrap();
         let loss = |x: &[f64]| {
             attention64(x, s, nh)

@@ -331,7 +331,9 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         shape: SeqShape,
         heads: usize,
     ) -> Result<()> {
-        check_attention("attention_forward", qkv.len, out.len, att.len, shape, heads)?;
+        let saved = self.attention_saved(shape.channels / heads.max(1), qkv.dtype());
+        let ops = (qkv, out.as_ref(), att.as_ref());
+        check_attention("attention_forward", ops, saved, shape, heads)?;
         attention::forward(out.slice_mut(), att.slice_mut(), qkv.slice(), shape, heads);
         out.round_to_dtype();
         att.round_to_dtype();
@@ -342,18 +344,14 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         mut dqkv: Mut<CpuBuf>,
         dout: Ref<CpuBuf>,
         qkv: Ref<CpuBuf>,
+        out: Ref<CpuBuf>,
         att: Ref<CpuBuf>,
         shape: SeqShape,
         heads: usize,
     ) -> Result<()> {
-        check_attention(
-            "attention_backward",
-            qkv.len,
-            dout.len,
-            att.len,
-            shape,
-            heads,
-        )?;
+        let saved = self.attention_saved(shape.channels / heads.max(1), qkv.dtype());
+        check_attention("attention_backward", (qkv, dout, att), saved, shape, heads)?;
+        window_len("attention_backward", "out", out.len, dout.len)?;
         window_len("attention_backward", "dqkv", dqkv.len, qkv.len)?;
         attention::backward(
             dqkv.slice_mut(),

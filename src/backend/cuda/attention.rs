@@ -1,6 +1,7 @@
 //! Causal multi-head attention: kernels/attention.cu's permutes and causal softmax around cuBLASLt
 //! batched GEMMs over the B·NH heads (llm.c's cuDNN-free path). Scores are materialised as
-//! (B, NH, T, T): fine for GPT-2's T ≤ 1024; a flash-style kernel is the later optimisation.
+//! (B, NH, T, T). flash_attention.rs is the default where it applies (bf16, head sizes 32 and 64);
+//! this path serves f32 activations, other head sizes and `LOWRANK_ATTENTION=materialized`.
 
 use super::launch::{act_suffix, grid_for};
 use super::{Cuda, CudaBuf};

@@ -6,6 +6,7 @@ mod classifier;
 mod device;
 mod elementwise;
 mod embedding;
+mod flash_attention;
 mod gemm;
 mod launch;
 mod layernorm;
@@ -21,8 +22,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads, LowRankShape,
-    LowRankWeights, MatShape, Mut, Ref, SeqShape,
+    same_len, AdamW, AttentionSaved, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads,
+    LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -75,6 +76,33 @@ pub struct Cuda {
     /// Whether the fused low-rank layer multiplies by the merged weight W0 + Utᵀ·Vt where that is
     /// fewer FLOPs (lowrank_linear/merged.rs; off unless LOWRANK_MERGE_BASE=1).
     merge_base: bool,
+    attention_impl: AttentionImpl,
+}
+
+/// How the CUDA backend runs causal attention (LOWRANK_ATTENTION sets it at start-up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// kernels/flash_attention.cu where it applies (bf16 activations, head size 32 or 64: every
+    /// GPT-2 size), the materialised path elsewhere.
+    Flash,
+    /// Scores and probabilities in memory around cuBLASLt GEMMs (kernels/attention.cu).
+    Materialized,
+}
+
+impl AttentionImpl {
+    /// The choice in LOWRANK_ATTENTION (`flash`, the default, or `materialized`).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("LOWRANK_ATTENTION") {
+            Err(_) => Ok(AttentionImpl::Flash),
+            Ok(v) => match v.trim() {
+                "flash" | "" => Ok(AttentionImpl::Flash),
+                "materialized" => Ok(AttentionImpl::Materialized),
+                other => anyhow::bail!(
+                    "LOWRANK_ATTENTION={other:?} is not an implementation; use `flash` or `materialized`"
+                ),
+            },
+        }
+    }
 }
 
 impl Cuda {
@@ -87,6 +115,7 @@ impl Cuda {
         let modules = modules::Modules::new(ctx.clone());
         let lowrank_impl = LowRankImpl::from_env()?;
         let merge_base = lowrank_linear::merge_base_from_env()?;
+        let attention_impl = AttentionImpl::from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -95,7 +124,14 @@ impl Cuda {
             info,
             lowrank_impl,
             merge_base,
+            attention_impl,
         })
+    }
+
+    /// Picks the attention implementation (LOWRANK_ATTENTION sets it at start-up). Buffers saved by
+    /// one implementation's forward are not the other's: switch between steps, not inside one.
+    pub fn set_attention_impl(&mut self, imp: AttentionImpl) {
+        self.attention_impl = imp;
     }
 
     /// Picks the low-rank linear implementation (LOWRANK_LOWRANK_IMPL sets it at start-up).
@@ -366,6 +402,15 @@ impl Backend for Cuda {
         same_len("relu_backward", d.len, inp.len)?;
         elementwise::relu_backward(self, d, inp)
     }
+    fn attention_saved(&self, head_size: usize, act: DType) -> AttentionSaved {
+        let flash = self.attention_impl == AttentionImpl::Flash
+            && act == DType::BF16
+            && flash_attention::supports(head_size);
+        match flash {
+            true => AttentionSaved::LogSumExp,
+            false => AttentionSaved::Probabilities,
+        }
+    }
     fn attention_forward(
         &self,
         out: Mut<CudaBuf>,
@@ -374,47 +419,42 @@ impl Backend for Cuda {
         shape: SeqShape,
         heads: usize,
     ) -> Result<()> {
-        check_attention("attention_forward", qkv.len, out.len, att.len, shape, heads)?;
-        attention::forward(
-            self,
-            out,
-            att,
-            qkv,
-            shape.batch,
-            shape.seq,
-            shape.channels,
-            heads,
-        )
+        let saved = self.attention_saved(shape.channels / heads.max(1), qkv.dtype());
+        let ops = (qkv, out.as_ref(), att.as_ref());
+        check_attention("attention_forward", ops, saved, shape, heads)?;
+        let (b, t, c) = (shape.batch, shape.seq, shape.channels);
+        match saved {
+            AttentionSaved::LogSumExp => {
+                flash_attention::forward(self, out, att, qkv, b, t, c, heads)
+            }
+            AttentionSaved::Probabilities => {
+                attention::forward(self, out, att, qkv, b, t, c, heads)
+            }
+        }
     }
     fn attention_backward(
         &self,
         dqkv: Mut<CudaBuf>,
         dout: Ref<CudaBuf>,
         qkv: Ref<CudaBuf>,
+        out: Ref<CudaBuf>,
         att: Ref<CudaBuf>,
         shape: SeqShape,
         heads: usize,
     ) -> Result<()> {
-        check_attention(
-            "attention_backward",
-            qkv.len,
-            dout.len,
-            att.len,
-            shape,
-            heads,
-        )?;
+        let saved = self.attention_saved(shape.channels / heads.max(1), qkv.dtype());
+        check_attention("attention_backward", (qkv, dout, att), saved, shape, heads)?;
+        window_len("attention_backward", "out", out.len, dout.len)?;
         window_len("attention_backward", "dqkv", dqkv.len, qkv.len)?;
-        attention::backward(
-            self,
-            dqkv,
-            dout,
-            qkv,
-            att,
-            shape.batch,
-            shape.seq,
-            shape.channels,
-            heads,
-        )
+        let (b, t, c) = (shape.batch, shape.seq, shape.channels);
+        match saved {
+            AttentionSaved::LogSumExp => {
+                flash_attention::backward(self, dqkv, dout, qkv, out, att, b, t, c, heads)
+            }
+            AttentionSaved::Probabilities => {
+                attention::backward(self, dqkv, dout, qkv, att, b, t, c, heads)
+            }
+        }
     }
     fn fused_classifier(
         &self,

@@ -2,8 +2,10 @@
 //! past L2) and reports each against the device's ceilings, nominal (an H100's) and measured in the
 //! same run (the copy's TB/s, cuBLASLt's best TFLOP/s): an H200's HBM is faster than the nominal
 //! 3.0 TB/s, so only the measured ceiling says how close a memory-bound kernel comes.
-//! One file per op family beyond the basics (lowrank.rs: the low-rank linear layer).
+//! One file per op family beyond the basics (lowrank.rs: the low-rank linear layer; attention.rs:
+//! flash against materialised attention).
 
+mod attention;
 mod lowrank;
 
 use crate::backend::cuda::{Cuda, CudaBuf};
@@ -52,6 +54,7 @@ struct Sizes {
     /// (m, n, k) of the cuBLASLt bf16 GEMMs.
     gemms: &'static [(usize, usize, usize)],
     adamw_params: usize,
+    attention: &'static [attention::Shape],
     lowrank: lowrank::Sizes,
 }
 
@@ -64,6 +67,7 @@ const FULL: Sizes = Sizes {
         (8192, 8192, 8192),
     ],
     adamw_params: 124_475_904, // GPT-2 small
+    attention: attention::FULL,
     lowrank: lowrank::FULL,
 };
 
@@ -71,6 +75,7 @@ const SMOKE: Sizes = Sizes {
     copy_elems: 1 << 16,
     gemms: &[(64, 32, 48)],
     adamw_params: 4096,
+    attention: attention::SMOKE,
     lowrank: lowrank::SMOKE,
 };
 
@@ -80,6 +85,8 @@ enum Which {
     Gemm,
     Adamw,
     Copy,
+    /// Causal attention, flash against materialised, GPT-2 small and medium at T = 1024
+    Attention,
     /// The fused low-rank linear layer against cuBLASLt (dense and unfused), GPT-2 MLP shapes
     LowrankLinear,
 }
@@ -143,15 +150,61 @@ pub fn run(args: Args) -> Result<()> {
         rows.push(bench_adamw(&gpu, sizes.adamw_params, reps)?);
     }
     against_measured(&mut rows);
+    print_rows(&rows);
+    // A low-rank or attention kernel that faults must not cost the rows above: they are written
+    // either way.
+    let lowrank = if matches!(args.which, Which::All | Which::LowrankLinear) {
+        if !rows.is_empty() {
+            println!();
+        }
+        lowrank::run(&mut gpu, &sizes.lowrank, reps, &args.skip_impl)
+    } else {
+        Ok(Vec::new())
+    };
+    let attention = if matches!(args.which, Which::All | Which::Attention) {
+        println!();
+        attention::run(&mut gpu, sizes.attention, reps).map(|mut att| {
+            // Against this run's best cuBLASLt GEMM, where it timed one.
+            let ceiling = rows.iter().filter(|r| r.unit == "TF/s").map(|r| r.achieved);
+            let best = ceiling.fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+            att.iter_mut()
+                .for_each(|r| r.frac_of_measured = best.map(|c| r.achieved / c));
+            print_rows(&att);
+            att
+        })
+    } else {
+        Ok(Vec::new())
+    };
+    let ((lowrank_rows, lowrank_error), (attention_rows, attention_error)) =
+        (rows_or_error(&lowrank), rows_or_error(&attention));
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"device": gpu.info(), "reps": reps, "smoke": args.smoke, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error, "attention": attention_rows, "attention_error": attention_error});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    lowrank.context("the low-rank linear bench failed")?;
+    attention.context("the attention bench failed")?;
+    Ok(())
+}
+
+/// A part's rows for the JSON, or none and its error.
+fn rows_or_error<T>(part: &Result<Vec<T>>) -> (&[T], Option<String>) {
+    match part {
+        Ok(rows) => (rows.as_slice(), None),
+        Err(e) => (&[], Some(format!("{e:#}"))),
+    }
+}
+
+fn print_rows(rows: &[Row]) {
     if !rows.is_empty() {
         println!(
-            "{:<22} {:<18} {:>10} {:>12} {:>9} {:>12}",
+            "{:<26} {:<20} {:>10} {:>12} {:>9} {:>12}",
             "op", "shape", "median ms", "achieved", "of peak", "of measured"
         );
     }
-    for r in &rows {
+    for r in rows {
         println!(
-            "{:<22} {:<18} {:>10.4} {:>7.1} {:<4} {:>8.1}% {:>11}",
+            "{:<26} {:<20} {:>10.4} {:>7.1} {:<4} {:>8.1}% {:>11}",
             r.op,
             r.shape,
             r.median_ms,
@@ -162,27 +215,6 @@ pub fn run(args: Args) -> Result<()> {
                 .map_or("-".into(), |f| format!("{:.1}%", 100.0 * f))
         );
     }
-    // A low-rank kernel that faults must not cost the rows above: they are written either way.
-    let lowrank = if matches!(args.which, Which::All | Which::LowrankLinear) {
-        if !rows.is_empty() {
-            println!();
-        }
-        lowrank::run(&mut gpu, &sizes.lowrank, reps, &args.skip_impl)
-    } else {
-        Ok(Vec::new())
-    };
-    let (lowrank_rows, lowrank_error) = match &lowrank {
-        Ok(rows) => (rows.as_slice(), None),
-        Err(e) => (&[][..], Some(format!("{e:#}"))),
-    };
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({"device": gpu.info(), "reps": reps, "smoke": args.smoke, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    lowrank
-        .map(|_| ())
-        .context("the low-rank linear bench failed")
 }
 
 /// Median time in ms of `reps` calls of `f(i)` (i counts up, for rotating inputs), after warm-up.
