@@ -39,6 +39,15 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const bf16* src, size_t 
     }
 }
 
+// Key tile `tile`'s K and V rows of one head (K at base + C, V at base + 2C, rows ld apart) into
+// dst and dst + BYTES.
+template <int HS>
+__device__ __forceinline__ void load_kv(uint32_t dst, const bf16* base, size_t ld, int C, int tile, int T) {
+    const size_t first = (size_t)tile * FA_ROWS * ld;
+    load_rows<HS>(dst, base + C + first, ld, T - tile * FA_ROWS);
+    load_rows<HS>(dst + FaTile<HS>::BYTES, base + 2 * C + first, ld, T - tile * FA_ROWS);
+}
+
 // The warp's 16 rows of a smem tile as mma A fragments, one per k16 step (PTX ISA m16n8k16 A layout:
 // ldmatrix.x4 over rows lane%16, k half lane/16).
 template <int HS>
@@ -141,8 +150,7 @@ __device__ __forceinline__ void flash_forward_body(const bf16* __restrict__ qkv,
     const bf16* base = qkv + (size_t)b * T * ld + h * HS;
     const uint32_t sq = smem_addr(fa_smem), skv = sq + F::BYTES;  // then K0, V0, K1, V1
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
-    load_rows<HS>(skv, base + C, ld, T);
-    load_rows<HS>(skv + F::BYTES, base + 2 * C, ld, T);
+    load_kv<HS>(skv, base, ld, C, 0, T);
     cp_async_commit();
 
     float o[F::DFRAG][4] = {};
@@ -150,11 +158,7 @@ __device__ __forceinline__ void flash_forward_body(const bf16* __restrict__ qkv,
     uint32_t qf[F::KSTEPS][4];
     for (int j = 0; j <= qt; ++j) {
         const uint32_t sk = skv + (j & 1) * 2 * F::BYTES, sv = sk + F::BYTES;
-        if (j < qt) {
-            const uint32_t nk = skv + ((j + 1) & 1) * 2 * F::BYTES;
-            load_rows<HS>(nk, base + C + (j + 1) * FA_ROWS * ld, ld, T - (j + 1) * FA_ROWS);
-            load_rows<HS>(nk + F::BYTES, base + 2 * C + (j + 1) * FA_ROWS * ld, ld, T - (j + 1) * FA_ROWS);
-        }
+        if (j < qt) load_kv<HS>(skv + ((j + 1) & 1) * 2 * F::BYTES, base, ld, C, j + 1, T);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -242,8 +246,7 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
     const uint32_t sq = smem_addr(fa_smem), sdo = sq + F::BYTES, skv = sdo + F::BYTES;
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
     load_rows<HS>(sdo, dout + ((size_t)b * T + q0) * C + h * HS, C, T - q0);
-    load_rows<HS>(skv, base + C, ld, T);
-    load_rows<HS>(skv + F::BYTES, base + 2 * C, ld, T);
+    load_kv<HS>(skv, base, ld, C, 0, T);
     cp_async_commit();
     float row_lse[2], row_delta[2];
 #pragma unroll
@@ -257,11 +260,7 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
     uint32_t qf[F::KSTEPS][4], dof[F::KSTEPS][4];
     for (int j = 0; j <= qt; ++j) {
         const uint32_t sk = skv + (j & 1) * 2 * F::BYTES, sv = sk + F::BYTES;
-        if (j < qt) {
-            const uint32_t nk = skv + ((j + 1) & 1) * 2 * F::BYTES;
-            load_rows<HS>(nk, base + C + (j + 1) * FA_ROWS * ld, ld, T - (j + 1) * FA_ROWS);
-            load_rows<HS>(nk + F::BYTES, base + 2 * C + (j + 1) * FA_ROWS * ld, ld, T - (j + 1) * FA_ROWS);
-        }
+        if (j < qt) load_kv<HS>(skv + ((j + 1) & 1) * 2 * F::BYTES, base, ld, C, j + 1, T);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -314,8 +313,7 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
             rows[stage][1][threadIdx.x] = t < T ? delta[(size_t)bh * T + t] : 0.0f;
         }
     };
-    load_rows<HS>(sk, base + C + k0 * ld, ld, T - k0);
-    load_rows<HS>(sv, base + 2 * C + k0 * ld, ld, T - k0);
+    load_kv<HS>(sk, base, ld, C, kt, T);
     load_query_tile(kt, 0);
     cp_async_commit();
 
