@@ -299,6 +299,25 @@ pub trait Backend {
     fn gemm(&self, g: &Gemm, a: Ref<Self::Buf>, b: Ref<Self::Buf>, c: Mut<Self::Buf>)
         -> Result<()>;
 
+    /// `gemm`, then c[r,:] += bias (a linear layer's forward): a backend may fuse the bias into
+    /// the GEMM's epilogue, saving a pass over C (CUDA: cuBLASLt's bias epilogue).
+    fn gemm_bias(
+        &self,
+        g: &Gemm,
+        a: Ref<Self::Buf>,
+        b: Ref<Self::Buf>,
+        bias: Ref<Self::Buf>,
+        mut c: Mut<Self::Buf>,
+    ) -> Result<()> {
+        ensure!(
+            g.batch == 1,
+            "gemm_bias takes one GEMM, not a batch of {}",
+            g.batch
+        );
+        self.gemm(g, a, b, c.reborrow())?;
+        self.add_bias(c, bias, MatShape::new(g.m, g.n))
+    }
+
     /// One fused AdamW step over f32 master `params`, f32 `grads` and moments `m`, `v`; when given,
     /// `compute_copy` receives the updated parameters in its own dtype (the bf16 copy on CUDA).
     fn adamw(

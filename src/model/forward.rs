@@ -17,15 +17,8 @@ pub(super) fn linear_forward<B: Backend>(
     bias: &TensorView,
 ) -> Result<()> {
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
-    let rows = x.len / n_in;
-    let mut y = y;
-    b.gemm(
-        &Gemm::new(rows, n_out, n_in),
-        x,
-        view(w, weight),
-        y.reborrow(),
-    )?;
-    b.add_bias(y, view(w, bias), MatShape::new(rows, n_out))
+    let g = Gemm::new(x.len / n_in, n_out, n_in);
+    b.gemm_bias(&g, x, view(w, weight), view(w, bias), y)
 }
 
 /// A tensor's window in a buffer with the parameters' layout.

@@ -32,6 +32,13 @@ pub enum Case {
         ab: DType,
         out: DType,
     },
+    /// A linear layer's forward, bf16 throughout: C = A·B (or A·Bᵀ) + bias, with the bias
+    /// `bias_offset` elements into its buffer (0: 16-byte aligned, cuBLASLt's bias epilogue on
+    /// CUDA; 1: the GEMM and a bias pass).
+    GemmBias {
+        g: Gemm,
+        bias_offset: usize,
+    },
     Cast {
         from: DType,
         to: DType,
@@ -126,6 +133,15 @@ pub fn all_cases() -> Vec<Case> {
         ab: DType::BF16,
         out: DType::F32,
     });
+    for g in [
+        Gemm::new(17, 40, 65),
+        Gemm::new(257, 136, 1023).trans_b(),
+        Gemm::new(1024, 3072, 768),
+    ] {
+        for bias_offset in [0, 1] {
+            cases.push(Case::GemmBias { g, bias_offset });
+        }
+    }
     for n in [1, 1_000_003] {
         for (from, to) in [
             (DType::F32, DType::BF16),
@@ -186,6 +202,11 @@ impl Case {
                 dt(*out),
                 if g.beta != 0.0 { "_acc" } else { "" }
             ),
+            Case::GemmBias { g, bias_offset } => format!(
+                "gemm_bias_n{}_bf16{}",
+                if g.trans_b { "t" } else { "n" },
+                if *bias_offset > 0 { "_unaligned" } else { "" }
+            ),
             Case::Cast { from, to, .. } => format!("cast_{}_{}", dt(*from), dt(*to)),
             Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
             Case::AdamW { copy: None, .. } => "adamw_state".into(),
@@ -206,7 +227,9 @@ impl Case {
     pub fn work(&self) -> f64 {
         let f = |x: usize| x as f64;
         match self {
-            Case::Gemm { g, .. } => f(g.m) * f(g.n) * f(g.k) * f(g.batch),
+            Case::Gemm { g, .. } | Case::GemmBias { g, .. } => {
+                f(g.m) * f(g.n) * f(g.k) * f(g.batch)
+            }
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -227,7 +250,9 @@ impl Case {
     pub fn shape(&self) -> String {
         match self {
             Case::Gemm { g, .. } if g.batch > 1 => format!("{}x{}x{} x{}", g.m, g.n, g.k, g.batch),
-            Case::Gemm { g, .. } => format!("{}x{}x{}", g.m, g.n, g.k),
+            Case::Gemm { g, .. } | Case::GemmBias { g, .. } => {
+                format!("{}x{}x{}", g.m, g.n, g.k)
+            }
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -255,7 +280,8 @@ impl Case {
             | Case::HeavyBall {
                 copy: Some(DType::BF16),
                 ..
-            } => BF16_BOUND,
+            }
+            | Case::GemmBias { .. } => BF16_BOUND,
             // bf16 operands and a bf16 t or s on both sides: an element of t that rounds the other
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
@@ -299,6 +325,16 @@ impl Case {
                     poisoned(b, *out, lc)?
                 };
                 b.gemm(g, a.all(), bm.all(), c.all_mut())?;
+                b.download(c.all())?
+            }
+            Case::GemmBias { g, bias_offset } => {
+                let (la, lb, lc) = g.required_lens();
+                let bf = DType::BF16;
+                let (a, bm) = (input(b, &mut rng, bf, la)?, input(b, &mut rng, bf, lb)?);
+                let bias = input(b, &mut rng, bf, g.n + bias_offset)?;
+                let mut c = poisoned(b, bf, lc)?;
+                let bias = bias.at(*bias_offset, g.n);
+                b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
                 b.download(c.all())?
             }
             Case::Cast { from, to, n } => {

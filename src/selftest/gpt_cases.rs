@@ -65,7 +65,7 @@ pub struct GptCase {
 
 /// Every op on a ragged shape (T=7, C=48, 3 heads of 16) with bf16 and with f32 activations, and
 /// on GPT-2 small's widths in bf16; attention also on the head sizes of flash attention's kernels
-/// (64 and 32) with a ragged last tile of 64 rows, and on a single token.
+/// (64 and 32) with a ragged last tile of 64 rows, on a single token and at T = 1024.
 pub fn cases() -> Vec<GptCase> {
     let ragged = (SeqShape::new(2, 7, 48), 3, 1000);
     let small = (SeqShape::new(4, 64, 768), 12, 50257);
@@ -89,6 +89,8 @@ pub fn cases() -> Vec<GptCase> {
         (SeqShape::new(2, 200, 128), 2),
         (SeqShape::new(3, 77, 96), 3),
         (SeqShape::new(1, 1, 64), 1),
+        // GPT-2 small's full context: 16 tiles a row of the causal triangle.
+        (SeqShape::new(1, 1024, 768), 12),
     ];
     for (s, heads) in flash {
         for op in [GptOp::AttentionForwardOut, GptOp::AttentionBackward] {

@@ -232,11 +232,17 @@ EXPORT uint32_t cublasLtMatmulDescSetAttribute(void* desc, uint32_t attr, const 
         case DESC_EPILOGUE: {
             uint32_t v;
             if (!read_attr(buf, size, &v, fn, "EPILOGUE")) return INVALID_VALUE;
-            if (v != EPILOGUE_DEFAULT) {
-                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT)", fn, v);
+            if (v != EPILOGUE_DEFAULT && v != EPILOGUE_BIAS) {
+                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT and _BIAS)", fn, v);
                 return NOT_SUPPORTED;
             }
             d.epilogue = v;
+            return SUCCESS;
+        }
+        case DESC_BIAS_POINTER: {
+            const void* v;
+            if (!read_attr(buf, size, &v, fn, "BIAS_POINTER")) return INVALID_VALUE;
+            d.bias = v;
             return SUCCESS;
         }
         default:
@@ -417,6 +423,17 @@ EXPORT uint32_t cublasLtMatmul(void* handle, void* desc, const void* alpha, cons
     g.b = b;
     g.c = c;
     g.d = d;
+    const auto& dsc = *static_cast<const DescObj*>(desc);
+    if (dsc.epilogue == EPILOGUE_BIAS) {
+        // The bias has D's type (no BIAS_DATA_TYPE is set) and one value per row of D.
+        const size_t bytes = type_size(g.p.cd_type);
+        if (dsc.bias == nullptr || !aligned(dsc.bias, bytes)) {
+            complain("%s: CUBLASLT_EPILOGUE_BIAS with bias pointer %p (NULL or not aligned to D's %zu-byte elements)", fn,
+                     dsc.bias, bytes);
+            return INVALID_VALUE;
+        }
+        g.bias = dsc.bias;
+    }
     const Problem& p = g.p;
     if (p.m == 0 || p.n == 0) return SUCCESS;  // nothing to write
     const bool reads_ab = g.alpha != 0.0, reads_c = g.beta != 0.0;

@@ -60,6 +60,7 @@ struct Args {
     const void* b = nullptr;
     const void* c = nullptr;
     void* d = nullptr;
+    const void* bias = nullptr;  // EPILOGUE_BIAS: D's type, added to row i of every column
 };
 
 // op(A) of every batch as float, column-major m x k (element (i, q) of batch b at
@@ -119,15 +120,16 @@ void run_columns(const Args& g, const std::vector<float>& a, int64_t begin, int6
                 tile_product(a.data() + bi * p.k * p.m + i0, p.m, rows, bcols.data(), p.k, cols, acc.data());
             else
                 std::fill(acc.begin(), acc.end(), 0.0);
+            const TC* bias = static_cast<const TC*>(g.bias);
             for (int64_t c = 0; c < cols; c++) {
                 const int64_t j = j0 + c;
                 const double* t = acc.data() + c * TILE_ROWS;
-                if (g.beta != 0.0) {  // C is not read when beta == 0 (it may hold garbage, or be NULL)
-                    const TC* C = static_cast<const TC*>(g.c) + bi * p.sc;
-                    for (int64_t r = 0; r < rows; r++)
-                        store(D + i0 + r + j * p.ldd, g.alpha * t[r] + g.beta * load(C + i0 + r + j * p.ldc));
-                } else {
-                    for (int64_t r = 0; r < rows; r++) store(D + i0 + r + j * p.ldd, g.alpha * t[r]);
+                for (int64_t r = 0; r < rows; r++) {
+                    double v = g.alpha * t[r];
+                    // C is not read when beta == 0 (it may hold garbage, or be NULL).
+                    if (g.beta != 0.0) v += g.beta * load(static_cast<const TC*>(g.c) + bi * p.sc + i0 + r + j * p.ldc);
+                    if (bias) v += load(bias + i0 + r);
+                    store(D + i0 + r + j * p.ldd, v);
                 }
             }
         }

@@ -44,9 +44,11 @@ constexpr uint32_t DESC_TRANSA = 3;
 constexpr uint32_t DESC_TRANSB = 4;
 constexpr uint32_t DESC_TRANSC = 5;
 constexpr uint32_t DESC_EPILOGUE = 7;
+constexpr uint32_t DESC_BIAS_POINTER = 8;
 
 constexpr int32_t POINTER_MODE_HOST = 0;
 constexpr uint32_t EPILOGUE_DEFAULT = 1;
+constexpr uint32_t EPILOGUE_BIAS = 4;  // D = alpha·op(A)·op(B) + beta·C + bias broadcast over D's columns
 
 // cublasLtMatrixLayoutAttribute_t
 constexpr uint32_t LAYOUT_TYPE = 0;
@@ -147,6 +149,7 @@ struct DescObj {
     int32_t transa = OP_N;
     int32_t transb = OP_N;
     uint32_t epilogue = EPILOGUE_DEFAULT;
+    const void* bias = nullptr;  // D's type, one value per row of D
 };
 
 struct LayoutObj {

@@ -152,6 +152,56 @@ mod tests {
         assert!(err < 1e-5, "max rel err {err}");
     }
 
+    /// A linear layer's forward: the f64 product plus the bias per column; in bf16 rounded once
+    /// after the bias (as CUDA's epilogue), so a sum that lands between bf16 values only after
+    /// adding the bias is not rounded twice.
+    #[test]
+    fn gemm_bias_adds_the_bias_to_every_row_and_rounds_once() {
+        let mut rng = Rng::new(3);
+        let g = Gemm::new(13, 10, 21).trans_b();
+        let (la, lb, lc) = g.required_lens();
+        let (a, b, bias) = (
+            rng.normal_vec(la, 1.0),
+            rng.normal_vec(lb, 1.0),
+            rng.normal_vec(g.n, 1.0),
+        );
+        let upload = |host: &[f32]| {
+            let mut buf = Cpu.alloc(DType::F32, host.len()).unwrap();
+            Cpu.upload(host, buf.all_mut()).unwrap();
+            buf
+        };
+        let (ab, bb, biasb) = (upload(&a), upload(&b), upload(&bias));
+        let mut cb = Cpu.alloc(DType::F32, lc).unwrap();
+        Cpu.gemm_bias(&g, ab.all(), bb.all(), biasb.all(), cb.all_mut())
+            .unwrap();
+        let mut want = reference(&g, &a, &b, &vec![0.0; lc]);
+        want.iter_mut()
+            .enumerate()
+            .for_each(|(i, w)| *w += bias[i % g.n] as f64);
+        let err = max_rel(cb.as_slice(), &want);
+        assert!(err < 1e-5, "max rel err {err}");
+
+        // bf16's spacing at 1 is 2⁻⁷. The product 1 + 3·2⁻¹⁰ (0.375 of it) rounds to 1, and
+        // adding the bias 2⁻⁹ after that rounding leaves 1; rounded once, the sum 1 + 5·2⁻¹⁰ (0.625
+        // of the spacing) is 1 + 2⁻⁷.
+        let g = Gemm::new(1, 1, 1);
+        let (one, x) = (upload(&[1.0]), upload(&[1.0 + 3.0 / 1024.0]));
+        let quarter = upload(&[1.0 / 512.0]);
+        let mut c = Cpu.alloc(DType::BF16, 1).unwrap();
+        Cpu.gemm_bias(&g, one.all(), x.all(), quarter.all(), c.all_mut())
+            .unwrap();
+        assert_eq!(c.as_slice(), &[1.0 + 1.0 / 128.0]);
+        let two = upload(&[0.0, 0.0]);
+        let err = Cpu
+            .gemm_bias(&g, one.all(), x.all(), two.all(), c.all_mut())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("bias window has 2 elements, the shape needs 1"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bf16_output_is_rounded_and_undersized_windows_are_rejected() {
         let g = Gemm::new(1, 1, 2);

@@ -132,6 +132,28 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         c.round_to_dtype();
         Ok(())
     }
+    /// One rounding of C, after the bias, as CUDA's fused epilogue does.
+    fn gemm_bias(
+        &self,
+        g: &Gemm,
+        a: Ref<CpuBuf>,
+        b: Ref<CpuBuf>,
+        bias: Ref<CpuBuf>,
+        mut c: Mut<CpuBuf>,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            g.batch == 1,
+            "gemm_bias takes one GEMM, not a batch of {}",
+            g.batch
+        );
+        g.check(&a, &b, &c)?;
+        let shape = MatShape::new(g.m, g.n);
+        check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
+        gemm::gemm(g, a.slice(), b.slice(), c.slice_mut());
+        elementwise::add_bias(c.slice_mut(), bias.slice(), shape);
+        c.round_to_dtype();
+        Ok(())
+    }
 
     fn adamw(
         &self,

@@ -52,6 +52,20 @@ struct AlgoKey {
     ld: [usize; 3],
     dtypes: [DType; 2],
     align: [u32; 4],
+    /// The bias epilogue (its pointer is always 16-byte aligned: `bias_epilogue_fits`).
+    bias: bool,
+}
+
+/// Whether cuBLASLt's bias epilogue takes this call: one GEMM writing bf16 (the bias then has C's
+/// dtype, cuBLASLt's default bias type), β = 0, and a bias 16-byte aligned (some of its kernels
+/// need that, e.g. Marian's experience on the A100; every bias of our parameter layout is, since
+/// its tensors are multiples of 8 elements).
+pub fn bias_epilogue_fits(g: &Gemm, c_dtype: DType, bias_dtype: DType, bias: u64) -> bool {
+    g.batch == 1
+        && g.beta == 0.0
+        && c_dtype == DType::BF16
+        && bias_dtype == c_dtype
+        && bias.is_multiple_of(16)
 }
 
 // SAFETY: the handle is used from one stream, under the backend's ownership.
@@ -108,6 +122,37 @@ impl Lt {
         b: u64,
         c: u64,
     ) -> Result<()> {
+        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], None)
+    }
+
+    /// Runs `g` (rows packed) with `bias` (n values of C's dtype) added to every row of C in
+    /// cuBLASLt's epilogue, before C's one rounding: a linear layer's forward in one pass over C.
+    /// Callers check `bias_epilogue_fits` first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bias(
+        &self,
+        stream: &CudaStream,
+        g: &Gemm,
+        ab: DType,
+        c_dtype: DType,
+        a: u64,
+        b: u64,
+        bias: u64,
+        c: u64,
+    ) -> Result<()> {
+        let ld = RowStrides::packed(g);
+        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], Some(bias))
+    }
+
+    fn matmul(
+        &self,
+        stream: &CudaStream,
+        g: &Gemm,
+        ld: RowStrides,
+        (ab, c_dtype): (DType, DType),
+        [a, b, c]: [u64; 3],
+        bias: Option<u64>,
+    ) -> Result<()> {
         let ty = |d: DType| match d {
             DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
@@ -120,7 +165,7 @@ impl Lt {
         let layout_a = Layout::new(ty(ab), la_rows, la_cols, ldb, g.batch, g.stride_b)?;
         let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lda, g.batch, g.stride_a)?;
         let layout_c = Layout::new(ty(c_dtype), n, m, ldc, g.batch, g.stride_c)?;
-        let desc = Desc::new(g.trans_b, g.trans_a)?;
+        let desc = Desc::new(g.trans_b, g.trans_a, bias)?;
         let ptrs = [b, a, c, c];
         let key = AlgoKey {
             mnk: [g.m, g.n, g.k],
@@ -129,6 +174,7 @@ impl Lt {
             ld: [ld.a, ld.b, ld.c],
             dtypes: [ab, c_dtype],
             align: ptrs.map(alignment),
+            bias: bias.is_some(),
         };
         let cached = self
             .algos
@@ -235,7 +281,7 @@ impl Drop for Layout {
 struct Desc(sys::cublasLtMatmulDesc_t);
 
 impl Desc {
-    fn new(trans_a: bool, trans_b: bool) -> Result<Self> {
+    fn new(trans_a: bool, trans_b: bool, bias: Option<u64>) -> Result<Self> {
         let d = Desc(lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType_t::CUDA_R_32F,
@@ -261,6 +307,25 @@ impl Desc {
                     size_of::<i32>(),
                 )?
             };
+        }
+        if let Some(ptr) = bias {
+            use sys::cublasLtMatmulDescAttributes_t as A;
+            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            // SAFETY: the epilogue is a 32-bit enum, the bias pointer a 64-bit device address.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    d.0,
+                    A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epilogue as *const sys::cublasLtEpilogue_t as *const c_void,
+                    size_of::<sys::cublasLtEpilogue_t>(),
+                )?;
+                lt::set_matmul_desc_attribute(
+                    d.0,
+                    A::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &ptr as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )?;
+            }
         }
         Ok(d)
     }

@@ -237,6 +237,35 @@ impl Backend for Cuda {
         )
     }
 
+    fn gemm_bias(
+        &self,
+        g: &Gemm,
+        a: Ref<CudaBuf>,
+        b: Ref<CudaBuf>,
+        bias: Ref<CudaBuf>,
+        mut c: Mut<CudaBuf>,
+    ) -> Result<()> {
+        if !gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr()) || g.m * g.n == 0 {
+            self.gemm(g, a, b, c.reborrow())?;
+            return self.add_bias(c, bias, MatShape::new(g.m, g.n));
+        }
+        g.check(&a, &b, &c)?;
+        check_matrix_and_row(
+            "gemm_bias",
+            ("c", c.len),
+            ("bias", bias.len),
+            MatShape::new(g.m, g.n),
+        )?;
+        ensure!(
+            g.k > 0,
+            "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)"
+        );
+        let (ab, cd) = (a.dtype(), c.dtype());
+        let ptrs = (a.ptr(), b.ptr(), bias.ptr(), c.ptr());
+        self.lt
+            .gemm_bias(&self.stream, g, ab, cd, ptrs.0, ptrs.1, ptrs.2, ptrs.3)
+    }
+
     fn adamw(
         &self,
         hp: &AdamW,
