@@ -173,7 +173,7 @@ fi
 
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
-  for s in "$out"/*.status; do printf '%-28s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
+  for s in "$out"/*.status; do printf '%-33s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
   for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-attention selftest-attention-materialized selftest; do
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
@@ -188,8 +188,7 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows where issue 5 sets its targets: with W0 at
 # rank 128 (d/8), pure low-rank at 256 (36 rows of 5 implementations, about 4 KB, so that the
 # summary printed above stays inside those 12,000 characters).
-sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null
-grep -E '^attention_' "$out/bench.log" 2>/dev/null
+sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null  # the basic ops' table, then attention's
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
