@@ -38,6 +38,12 @@ impl Call {
             supports(hs),
             "flash attention has kernels for head sizes 32 and 64, not {hs}"
         );
+        // One block row per (sequence, head): the grid's y extent.
+        ensure!(
+            batch * heads <= 65_535,
+            "flash attention takes at most 65535 sequences × heads per call, not {batch} × {heads} \
+             (use a smaller --batch, or LOWRANK_ATTENTION=materialized)"
+        );
         Ok(Call {
             batch,
             seq,
