@@ -80,8 +80,10 @@ __device__ __forceinline__ void mma_abt(float (&acc)[8][4], const uint32_t (&a)[
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);  // lo in the low half, as mma's fragments hold element pairs
+    return bits;
 }
 
 // o (16 × HS) += P (16 × 64, an mma_abt accumulator, rounded to bf16) · tile (64 × HS): P's
@@ -103,6 +105,18 @@ __device__ __forceinline__ void mma_pv(float (&o)[FaTile<HS>::DFRAG][4], const f
         }
     }
 }
+
+// A block's place: its lane and warp, its (sequence, head) from blockIdx.y, C, qkv's row stride 3C,
+// and `base`, the head's q columns at the sequence's first token (k at base + C, v at base + 2C).
+template <int HS>
+struct FaBlock {
+    int lane, warp, bh, b, h, C;
+    size_t ld;
+    const bf16* base;
+    __device__ __forceinline__ FaBlock(const bf16* qkv, int T, int NH)
+        : lane(threadIdx.x % 32), warp(threadIdx.x / 32), bh(blockIdx.y), b(bh / NH), h(bh % NH), C(NH * HS), ld(3 * (size_t)C),
+          base(qkv + (size_t)b * T * ld + h * HS) {}
+};
 
 // Where accumulator element (n, c) of lane `lane` lies in its warp's 16 × 64 tile: row (0..16) and
 // column (0..64), per the m16n8 C layout.
@@ -143,11 +157,8 @@ __device__ __forceinline__ void flash_forward_body(const bf16* __restrict__ qkv,
                                                    int NH, float scale_log2) {
     using F = FaTile<HS>;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HS, q0 = qt * FA_ROWS;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* base = qkv + (size_t)b * T * ld + h * HS;
+    const auto [lane, warp, bh, b, h, C, ld, base] = FaBlock<HS>(qkv, T, NH);
+    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_ROWS;  // the longest rows first
     const uint32_t sq = smem_addr(fa_smem), skv = sq + F::BYTES;  // then K0, V0, K1, V1
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
     load_kv<HS>(skv, base, ld, C, 0, T);
@@ -238,11 +249,8 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
                                                        float scale_log2, float scale) {
     using F = FaTile<HS>;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int qt = gridDim.x - 1 - blockIdx.x;
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HS, q0 = qt * FA_ROWS;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* base = qkv + (size_t)b * T * ld + h * HS;
+    const auto [lane, warp, bh, b, h, C, ld, base] = FaBlock<HS>(qkv, T, NH);
+    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_ROWS;
     const uint32_t sq = smem_addr(fa_smem), sdo = sq + F::BYTES, skv = sdo + F::BYTES;
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
     load_rows<HS>(sdo, dout + ((size_t)b * T + q0) * C + h * HS, C, T - q0);
@@ -294,23 +302,21 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
                                                          float scale_log2, float scale) {
     using F = FaTile<HS>;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int kt = blockIdx.x, tiles = (T + FA_ROWS - 1) / FA_ROWS;  // the longest columns come first
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HS, k0 = kt * FA_ROWS;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* base = qkv + (size_t)b * T * ld + h * HS;
+    const FaBlock<HS> blk(qkv, T, NH);
+    const auto [lane, warp, bh, b, h, C, ld, base] = blk;
+    const int kt = blockIdx.x, k0 = kt * FA_ROWS, tiles = (T + FA_ROWS - 1) / FA_ROWS;  // the longest columns first
     const bf16* dbase = dout + (size_t)b * T * C + h * HS;
     // K, V, then two stages of (Q, dout), then two stages of (lse, delta) rows.
     const uint32_t sk = smem_addr(fa_smem), sv = sk + F::BYTES, sqd = sv + F::BYTES;
     float(*rows)[2][FA_ROWS] = reinterpret_cast<float(*)[2][FA_ROWS]>(fa_smem + 6 * F::BYTES);
-    auto load_query_tile = [&](int i, int stage) {
+    auto load_query_tile = [&](int i, int stage) {  // captures blk, not its bindings (C++17)
         const uint32_t st = sqd + stage * 2 * F::BYTES;
-        load_rows<HS>(st, base + (size_t)i * FA_ROWS * ld, ld, T - i * FA_ROWS);
-        load_rows<HS>(st + F::BYTES, dbase + (size_t)i * FA_ROWS * C, C, T - i * FA_ROWS);
+        load_rows<HS>(st, blk.base + (size_t)i * FA_ROWS * blk.ld, blk.ld, T - i * FA_ROWS);
+        load_rows<HS>(st + F::BYTES, dbase + (size_t)i * FA_ROWS * blk.C, blk.C, T - i * FA_ROWS);
         if (threadIdx.x < FA_ROWS) {
             const int t = i * FA_ROWS + threadIdx.x;
-            rows[stage][0][threadIdx.x] = t < T ? lse[(size_t)bh * T + t] : 0.0f;
-            rows[stage][1][threadIdx.x] = t < T ? delta[(size_t)bh * T + t] : 0.0f;
+            rows[stage][0][threadIdx.x] = t < T ? lse[(size_t)blk.bh * T + t] : 0.0f;
+            rows[stage][1][threadIdx.x] = t < T ? delta[(size_t)blk.bh * T + t] : 0.0f;
         }
     };
     load_kv<HS>(sk, base, ld, C, kt, T);
