@@ -175,8 +175,8 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
 #[cfg(test)]
 mod tests {
     use crate::backend::cpu::test_util::{assert_close, random, upload};
-    use crate::backend::cpu::Cpu;
-    use crate::backend::{Backend, Buffer, DType, SeqShape};
+    use crate::backend::cpu::{Cpu, CpuBf16};
+    use crate::backend::{AttentionSaved, Backend, Buffer, DType, SeqShape};
 
     /// Naive f64 causal attention: (out (B,T,C), att (B,NH,T,T)).
     fn attention64(qkv: &[f64], s: SeqShape, nh: usize) -> (Vec<f64>, Vec<f64>) {
@@ -262,6 +262,40 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string().contains("do not split into 3 heads"),
+            "{err}"
+        );
+    }
+
+    /// The CPU saves the probabilities: a buffer planned for flash attention's log-sum-exp (B·heads·T
+    /// f32) or one of the wrong dtype is refused with what was expected, not written past.
+    #[test]
+    fn attention_refuses_a_saved_buffer_of_another_kind() {
+        let cpu = CpuBf16;
+        let (s, nh) = (SeqShape::new(2, 5, 8), 2);
+        assert_eq!(
+            cpu.attention_saved(4, DType::BF16),
+            AttentionSaved::Probabilities
+        );
+        let qkv = cpu.alloc(DType::BF16, 3 * s.len()).unwrap();
+        let mut out = cpu.alloc(DType::BF16, s.len()).unwrap();
+        let lse = AttentionSaved::LogSumExp;
+        assert_eq!((lse.len(s, nh), lse.dtype(DType::BF16)), (20, DType::F32));
+        let mut att = cpu.alloc(DType::F32, lse.len(s, nh)).unwrap();
+        let err = cpu
+            .attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, nh)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("att window has 20 elements, the shape needs 100"),
+            "{err}"
+        );
+        let mut att = cpu.alloc(DType::F32, 100).unwrap();
+        let err = cpu
+            .attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, nh)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("att is F32 but this backend saves Probabilities as BF16"),
             "{err}"
         );
     }
