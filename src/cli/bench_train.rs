@@ -4,7 +4,7 @@
 //! schedule's work (growth checks, DLRA's augmentation and truncation) as `train` runs it; the
 //! mean beside the median shows what a window's edges cost.
 
-use crate::backend::Backend;
+use crate::backend::{AttentionSaved, Backend};
 use crate::cli::train::{Device, LowRankArgs};
 use crate::lowrank::LowRankConfig;
 use crate::model::{Gpt, GptConfig};
@@ -81,12 +81,16 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         let med = timed[timed.len() / 2];
         let tok_per_s = (a.batch * a.seq) as f64 / med;
         let tflops = tok_per_s * model.training_flops_per_token() / 1e12;
+        let attention = match b.attention_saved(config.head_size(), b.compute_dtype()) {
+            AttentionSaved::LogSumExp => "flash",
+            AttentionSaved::Probabilities => "materialized",
+        };
         let line = serde_json::json!({
             "peer": "lowrank", "backend": b.name(), "model": name, "batch": a.batch, "seq": a.seq,
-            "lowrank": lowrank.mode, "rank_init": lowrank.rank_init,
+            "lowrank": lowrank.mode, "rank_init": lowrank.rank_init, "attention": attention,
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
-            "params": model.num_params(), "loss": loss,
+            "params": model.num_params(), "activation_bytes": model.activation_bytes(), "loss": loss,
         });
         println!("{line}");
     }
