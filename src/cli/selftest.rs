@@ -61,14 +61,16 @@ pub fn run(args: Args) -> Result<()> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut gpu = Some(gpu);
     let cases = all_cases();
-    let mut not_applicable = 0;
+    // Counted here for the whole run: a fresh process after a lost context skips the same ones.
+    let not_applicable = (cases.iter().skip(args.first))
+        .filter(|c| args.runs(c) && gpu.as_ref().is_some_and(|g| !c.applies(g)))
+        .count();
     for (i, case) in cases.iter().enumerate().skip(args.first) {
         if !args.runs(case) {
             continue;
         }
         let Some(dev) = gpu.as_ref() else { break };
         if !case.applies(dev) {
-            not_applicable += 1;
             continue;
         }
         let o = check(
