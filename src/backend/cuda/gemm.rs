@@ -56,6 +56,16 @@ struct AlgoKey {
     bias: bool,
 }
 
+/// LOWRANK_BIAS_EPILOGUE: `1` (the default) adds linear layers' biases in cuBLASLt's epilogue, `0`
+/// in a pass of their own (the way back if the epilogue misbehaves on some GPU or cuBLASLt).
+pub fn bias_epilogue_from_env() -> Result<bool> {
+    match std::env::var("LOWRANK_BIAS_EPILOGUE").as_deref() {
+        Err(_) | Ok("") | Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => anyhow::bail!("LOWRANK_BIAS_EPILOGUE={other:?}: use `1` (the default) or `0`"),
+    }
+}
+
 /// Whether cuBLASLt's bias epilogue takes this call: one GEMM writing bf16 (the bias then has C's
 /// dtype, cuBLASLt's default bias type), β = 0, and a bias 16-byte aligned (some of its kernels
 /// need that, e.g. Marian's experience on the A100; every bias of our parameter layout is, since

@@ -77,6 +77,8 @@ pub struct Cuda {
     /// fewer FLOPs (lowrank_linear/merged.rs; off unless LOWRANK_MERGE_BASE=1).
     merge_base: bool,
     attention_impl: AttentionImpl,
+    /// Whether linear layers add their bias in cuBLASLt's epilogue (LOWRANK_BIAS_EPILOGUE).
+    bias_epilogue: bool,
 }
 
 /// How the CUDA backend runs causal attention (LOWRANK_ATTENTION sets it at start-up).
@@ -116,6 +118,7 @@ impl Cuda {
         let lowrank_impl = LowRankImpl::from_env()?;
         let merge_base = lowrank_linear::merge_base_from_env()?;
         let attention_impl = AttentionImpl::from_env()?;
+        let bias_epilogue = gemm::bias_epilogue_from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -125,6 +128,7 @@ impl Cuda {
             lowrank_impl,
             merge_base,
             attention_impl,
+            bias_epilogue,
         })
     }
 
@@ -245,7 +249,8 @@ impl Backend for Cuda {
         bias: Ref<CudaBuf>,
         mut c: Mut<CudaBuf>,
     ) -> Result<()> {
-        if !gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr()) || g.m * g.n == 0 {
+        let fits = gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr());
+        if !(self.bias_epilogue && fits) || g.m * g.n == 0 {
             self.gemm(g, a, b, c.reborrow())?;
             return self.add_bias(c, bias, MatShape::new(g.m, g.n));
         }
