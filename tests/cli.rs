@@ -37,6 +37,31 @@ fn doctor_reports_build_and_runtime_facts() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The settings section reads the same variables the CUDA backend reads, shows each one's
+/// effective value, and names a bad one with the sentence the backend would fail with.
+#[test]
+fn doctor_shows_the_cuda_settings_and_names_a_bad_one() {
+    let envs = [
+        ("LOWRANK_ATTENTION", "materialized"),
+        ("LOWRANK_BIAS_EPILOGUE", "2"),
+        ("LOWRANK_TMA_TILE", "128"),
+    ];
+    let o = lowrank(&["doctor"], &envs);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for line in [
+        "LOWRANK_ATTENTION: materialized",
+        "LOWRANK_TMA_TILE: 128",
+        "LOWRANK_LOWRANK_IMPL: fused",
+        "LOWRANK_BIAS_EPILOGUE: INVALID: LOWRANK_BIAS_EPILOGUE=\"2\": use `1` (the default) or `0`",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}
+
 #[test]
 fn selftest_and_bench_without_gpu_fail_with_a_sentence() {
     if has_gpu() {

@@ -51,12 +51,25 @@ pub fn run(args: Args) -> Result<()> {
     let device = runtime_facts();
     let libs = library_facts();
 
+    println!("\n== settings (environment; how the CUDA backend will run)");
+    let mut settings = serde_json::Map::new();
+    for (name, value) in cuda::settings() {
+        match &value {
+            Ok(v) => println!("{name}: {v}"),
+            Err(e) => println!("{name}: INVALID: {e}"),
+        }
+        settings.insert(
+            name.into(),
+            json!(value.unwrap_or_else(|e| format!("invalid: {e}"))),
+        );
+    }
+
     if let Some(path) = &args.json {
         let files: Vec<_> = KERNEL_FILES
             .iter()
             .map(|f| json!({"name": f.name, "resources": f.resources}))
             .collect();
-        let doc = json!({"version": env!("CARGO_PKG_VERSION"), "nvcc": NVCC_VERSION, "kernels": files, "device": device, "libraries": libs});
+        let doc = json!({"version": env!("CARGO_PKG_VERSION"), "nvcc": NVCC_VERSION, "kernels": files, "device": device, "libraries": libs, "settings": settings});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     if args.require_kernels && KERNEL_FILES.is_empty() {

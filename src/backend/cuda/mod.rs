@@ -81,6 +81,49 @@ pub struct Cuda {
     bias_epilogue: bool,
 }
 
+/// The CUDA backend's settings from the environment, each with its effective value or the sentence
+/// that rejects it (`lowrank doctor` prints them; `Cuda::new` and the first launch that reads one
+/// fail on a bad one).
+pub fn settings() -> Vec<(&'static str, std::result::Result<String, String>)> {
+    fn show<T>(r: Result<T>, f: impl Fn(T) -> String) -> std::result::Result<String, String> {
+        r.map(f).map_err(|e| format!("{e:#}"))
+    }
+    let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
+    vec![
+        (
+            "LOWRANK_LOWRANK_IMPL",
+            show(LowRankImpl::from_env(), |i| format!("{i:?}").to_lowercase()),
+        ),
+        (
+            "LOWRANK_MERGE_BASE",
+            show(lowrank_linear::merge_base_from_env(), on_off),
+        ),
+        (
+            "LOWRANK_TMA_TILE",
+            show(lowrank_linear::forced_tma_width(), |w| {
+                w.map_or("auto (per shape)".into(), |w| w.to_string())
+            }),
+        ),
+        (
+            "LOWRANK_WGMMA_NMAJOR",
+            show(lowrank_linear::wgmma_nmajor_offsets(), |o| match o {
+                (8192, 1024) => "canonical".into(),
+                _ => "swap".into(),
+            }),
+        ),
+        (
+            "LOWRANK_ATTENTION",
+            show(AttentionImpl::from_env(), |i| {
+                format!("{i:?}").to_lowercase()
+            }),
+        ),
+        (
+            "LOWRANK_BIAS_EPILOGUE",
+            show(gemm::bias_epilogue_from_env(), on_off),
+        ),
+    ]
+}
+
 /// How the CUDA backend runs causal attention (LOWRANK_ATTENTION sets it at start-up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionImpl {

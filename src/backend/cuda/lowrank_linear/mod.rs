@@ -32,7 +32,8 @@ use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 pub use merged::merge_base_from_env;
 use split_k::{split_count, split_sum, BK};
-use tiles::{kernel_name, pick_tile, wgmma_nmajor_offsets, Role, NARROW, TMA256};
+pub(crate) use tiles::{forced_tma_width, wgmma_nmajor_offsets};
+use tiles::{kernel_name, pick_tile, Role, NARROW, TMA256};
 
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

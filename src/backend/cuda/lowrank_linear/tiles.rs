@@ -119,7 +119,7 @@ pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<T
 
 /// LOWRANK_TMA_TILE: `auto` (the default: `tma_tile`'s choice), `128` or `256`, the TMA kernel's
 /// tile width wherever it runs, so that `selftest` and `bench` can run each tile on any shape.
-fn forced_tma_width() -> Result<Option<usize>> {
+pub(crate) fn forced_tma_width() -> Result<Option<usize>> {
     static WIDTH: std::sync::OnceLock<std::result::Result<Option<usize>, String>> =
         std::sync::OnceLock::new();
     WIDTH
@@ -182,7 +182,7 @@ fn tma_tile(sms: usize, m: usize, n: usize, forced: Option<usize>) -> Tile {
 /// The wgmma kernels' N-major descriptor offsets (leading, stride) in bytes: the PTX ISA's
 /// canonical layout gives (8192, 1024) for our tiles; LOWRANK_WGMMA_NMAJOR=swap takes the other
 /// reading, so one GPU run can tell which the hardware uses. To go once a GPU run has settled it.
-pub(super) fn wgmma_nmajor_offsets() -> Result<(i32, i32)> {
+pub(crate) fn wgmma_nmajor_offsets() -> Result<(i32, i32)> {
     static OFFSETS: std::sync::OnceLock<std::result::Result<(i32, i32), String>> =
         std::sync::OnceLock::new();
     OFFSETS
