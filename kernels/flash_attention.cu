@@ -48,6 +48,19 @@ __device__ __forceinline__ void load_kv(uint32_t dst, const bf16* base, size_t l
     load_rows<HS>(dst + FaTile<HS>::BYTES, base + 2 * C + first, ld, T - tile * FA_ROWS);
 }
 
+// Key tile j's stage of the double buffer at skv (K then V, two stages), ready to read: starts
+// tile j + 1's loads into the other stage (up to tile `last`), waits for tile j's, then a barrier
+// (the loads of the tile before were waited for by their own threads; the barrier makes them
+// everyone's). The caller ends each iteration with a barrier before the next one refills.
+template <int HS>
+__device__ __forceinline__ uint32_t kv_tile_ready(uint32_t skv, const bf16* base, size_t ld, int C, int j, int last, int T) {
+    if (j < last) load_kv<HS>(skv + ((j + 1) & 1) * 2 * FaTile<HS>::BYTES, base, ld, C, j + 1, T);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    return skv + (j & 1) * 2 * FaTile<HS>::BYTES;
+}
+
 // The warp's 16 rows of a smem tile as mma A fragments, one per k16 step (PTX ISA m16n8k16 A layout:
 // ldmatrix.x4 over rows lane%16, k half lane/16).
 template <int HS>
@@ -168,11 +181,7 @@ __device__ __forceinline__ void flash_forward_body(const bf16* __restrict__ qkv,
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     uint32_t qf[F::KSTEPS][4];
     for (int j = 0; j <= qt; ++j) {
-        const uint32_t sk = skv + (j & 1) * 2 * F::BYTES, sv = sk + F::BYTES;
-        if (j < qt) load_kv<HS>(skv + ((j + 1) & 1) * 2 * F::BYTES, base, ld, C, j + 1, T);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        const uint32_t sk = kv_tile_ready<HS>(skv, base, ld, C, j, qt, T), sv = sk + F::BYTES;
         if (j == 0) load_a_frags<HS>(qf, sq, warp, lane);
         float s[8][4];
         mma_abt<HS>(s, qf, sk, lane);
@@ -267,11 +276,7 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
     float dq[F::DFRAG][4] = {};
     uint32_t qf[F::KSTEPS][4], dof[F::KSTEPS][4];
     for (int j = 0; j <= qt; ++j) {
-        const uint32_t sk = skv + (j & 1) * 2 * F::BYTES, sv = sk + F::BYTES;
-        if (j < qt) load_kv<HS>(skv + ((j + 1) & 1) * 2 * F::BYTES, base, ld, C, j + 1, T);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        const uint32_t sk = kv_tile_ready<HS>(skv, base, ld, C, j, qt, T), sv = sk + F::BYTES;
         if (j == 0) {
             load_a_frags<HS>(qf, sq, warp, lane);
             load_a_frags<HS>(dof, sdo, warp, lane);
