@@ -85,6 +85,7 @@ fn lowrank_linear(c: &mut Criterion) {
                         Some(bias.all()),
                         t.all_mut(),
                         y.all_mut(),
+                        None,
                     )
                     .unwrap()
                 })
@@ -104,6 +105,7 @@ fn lowrank_linear(c: &mut Criterion) {
                         dy.all(),
                         s.all_mut(),
                         dx.all_mut(),
+                        None,
                         grads,
                     )
                     .unwrap()

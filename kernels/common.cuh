@@ -45,6 +45,19 @@ __device__ __forceinline__ float block_max(float v) {
     return v;
 }
 
+// GPT-2's tanh-approximated GELU and its derivative: gelu.cu's kernels and the low-rank GEMMs'
+// fused epilogues (seg_gemm.cuh) share these, so fused and unfused agree to the bit.
+#define GELU_SCALING 0.7978845608028654f  // sqrt(2 / pi)
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float cube = 0.044715f * x * x * x;
+    return 0.5f * x * (1.0f + tanhf(GELU_SCALING * (x + cube)));
+}
+__device__ __forceinline__ float gelu_tanh_grad(float x) {
+    const float th = tanhf(GELU_SCALING * (x + 0.044715f * x * x * x));
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALING * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
 // Column sums are reduced in two deterministic stages: blocks of COLUMN_CHUNK_ROWS rows write one
 // partial per column (coalesced: adjacent threads own adjacent columns), then sum_partials adds the
 // partials of each column in chunk order. No atomics, so gradients are bit-identical across runs.

@@ -2,8 +2,6 @@
 
 #include "common.cuh"
 
-#define GELU_SCALING 0.7978845608028654f  // sqrt(2 / pi)
-
 // ---------------------------------------------------------------------------------------------
 // kernels
 
@@ -11,9 +9,7 @@ template <typename T>
 __device__ __forceinline__ void gelu_forward_body(T* __restrict__ out, const T* __restrict__ inp, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float x = to_float(inp[i]);
-    const float cube = 0.044715f * x * x * x;
-    out[i] = from_float<T>(0.5f * x * (1.0f + tanhf(GELU_SCALING * (x + cube))));
+    out[i] = from_float<T>(gelu_tanh(to_float(inp[i])));
 }
 
 // d ← d · GELU'(x)
@@ -21,12 +17,7 @@ template <typename T>
 __device__ __forceinline__ void gelu_backward_body(T* __restrict__ d, const T* __restrict__ inp, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float x = to_float(inp[i]);
-    const float arg = GELU_SCALING * (x + 0.044715f * x * x * x);
-    const float th = tanhf(arg);
-    const float sech2 = 1.0f - th * th;
-    const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALING * (1.0f + 3.0f * 0.044715f * x * x);
-    d[i] = from_float<T>(to_float(d[i]) * local);
+    d[i] = from_float<T>(to_float(d[i]) * gelu_tanh_grad(to_float(inp[i])));
 }
 
 #define GELU(SUFFIX, T)                                                                                                    \

@@ -12,9 +12,9 @@
 // Block tile BM × BN × BK, WARPS_M × WARPS_N warps each owning a (BM/WARPS_M) × (BN/WARPS_N) piece.
 // BK = 32: two m16n8k16 steps per stage, 64-byte smem rows; with 4 stages there are 3 tiles of
 // global loads in flight while one is multiplied, enough to cover HBM latency at ~20 KB per stage.
-template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_>
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
 struct TileConfig {
-    static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_;
+    static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_, MIN_BLOCKS = MIN_BLOCKS_;
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, THREADS = 32 * WARPS_M * WARPS_N;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     static constexpr int MFRAG = WM / 16, NFRAG = WN / 8;
@@ -32,11 +32,11 @@ struct TileConfig {
 
 // 128×128 with 8 warps of 64×32: 64 f32 accumulators per thread, the classic Ampere/Hopper mma.sync
 // tile (CUTLASS's default bf16 shape), 80 KB smem. For the dense-plus-low-rank products.
-using WideTile = TileConfig<128, 128, 2, 4, 4>;
+using WideTile = TileConfig<128, 128, 2, 4, 4, 2>;
 // 128×64 with 8 warps of 32×32: for the skinny projections t = x·U, s = dy·V (N = k ≤ 512 columns,
 // so a 128-wide tile would mostly multiply zeros at small ranks) and for grids too small to fill
 // the GPU with the wide tile. 60 KB smem.
-using NarrowTile = TileConfig<128, 64, 4, 2, 4>;
+using NarrowTile = TileConfig<128, 64, 4, 2, 4, 3>;
 
 // A tile (BM × BK, row-major) into smem: rows past m and columns past k are zero-filled.
 template <class T>
@@ -200,7 +200,7 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials
     }
 
     // Epilogue: accumulator pairs (c0,c1) and (c2,c3) are two adjacent columns of rows lane/4 and
-    // lane/4 + 8; bias added in f32, then one rounding to the output type.
+    // lane/4 + 8; bias added in f32, then one rounding to the output type (and the activation).
 #pragma unroll
     for (int ni = 0; ni < T::NFRAG; ++ni) {
         const int col = n0 + warp_n0 + ni * 8 + (lane & 3) * 2;
@@ -211,7 +211,7 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int row = m0 + warp_m0 + mi * 16 + (lane >> 2) + half * 8;
-                if (row < p.m) store_pair(c + (size_t)row * p.ldc + col, acc[mi][ni][2 * half] + b0, acc[mi][ni][2 * half + 1] + b1);
+                if (row < p.m) epilogue_pair(p, c, row, col, acc[mi][ni][2 * half] + b0, acc[mi][ni][2 * half + 1] + b1);
             }
     }
 }
@@ -219,7 +219,7 @@ __device__ __forceinline__ void seg_gemm(const SegGemmParams& p, float* partials
 // Entry points, named <role>_<tile>_<output>. y: [x | t]·[W0 ; Vt] (both NN). dx: [dy | s]·[W0ᵀ ; Ut]
 // (W0 read as NT, Ut as NN). project: x·Utᵀ and dy·Vtᵀ (NT), the skinny t and s.
 #define SEG_GEMM(name, T, NT0, NT1, OutT) \
-    extern "C" __global__ void __launch_bounds__(T::THREADS) name(const SegGemmParams p) { seg_gemm<T, NT0, NT1, OutT>(p); }
+    extern "C" __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS) name(const SegGemmParams p) { seg_gemm<T, NT0, NT1, OutT>(p); }
 SEG_GEMM(lowrank_y_wide_bf16, WideTile, false, false, bf16)
 SEG_GEMM(lowrank_y_wide_f32, WideTile, false, false, float)
 SEG_GEMM(lowrank_y_narrow_bf16, NarrowTile, false, false, bf16)

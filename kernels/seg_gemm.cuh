@@ -32,8 +32,37 @@ struct SegGemmParams {
     // per the PTX ISA's canonical layout). A parameter, not a constant, only until a GPU run has
     // confirmed them: LOWRANK_WGMMA_NMAJOR=swap tries the other reading in the same binary.
     int nmajor_lbo, nmajor_sbo;
+    // The MLP's GELU, fused into the output (act_kind; not with split K): ACT_GELU writes C as
+    // always and GELU of C's rounded values to `act` (C's dtype and ldc); ACT_DGELU reads the
+    // pre-activation u from `act` and writes C = round(round(v)·GELU'(u)). Both give exactly what
+    // the GEMM followed by gelu.cu's kernel gives, one pass over the output fewer.
+    void* act;
+    int act_kind;
 };
+
+enum : int { ACT_NONE = 0, ACT_GELU = 1, ACT_DGELU = 2 };
 
 __device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }
 
+
+// A value as it reads back after its store to C.
+__device__ __forceinline__ float stored(float v, const float*) { return v; }
+__device__ __forceinline__ float stored(float v, const bf16*) { return __bfloat162float(__float2bfloat16_rn(v)); }
+__device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load_pair(const bf16* p) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p)); }
+
+// The epilogue's last step, shared by every mainloop: two adjacent columns (col even) of one row,
+// bias already added, stored to C with p's activation.
+template <class OutT>
+__device__ __forceinline__ void epilogue_pair(const SegGemmParams& p, OutT* c, int row, int col, float v0, float v1) {
+    const size_t at = (size_t)row * p.ldc + col;
+    OutT* act = static_cast<OutT*>(p.act);
+    if (p.act_kind == ACT_DGELU) {
+        const float2 u = load_pair(act + at);
+        v0 = stored(v0, c) * gelu_tanh_grad(u.x);
+        v1 = stored(v1, c) * gelu_tanh_grad(u.y);
+    }
+    store_pair(c + at, v0, v1);
+    if (p.act_kind == ACT_GELU) store_pair(act + at, gelu_tanh(stored(v0, c)), gelu_tanh(stored(v1, c)));
+}

@@ -55,7 +55,7 @@ __device__ __forceinline__ void wg_store(const SegGemmParams& p, const float (&d
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int row = row0 + half * 8;
-            if (row < p.m) store_pair(c + (size_t)row * p.ldc + col, d[4 * j + 2 * half] + b0, d[4 * j + 2 * half + 1] + b1);
+            if (row < p.m) epilogue_pair(p, c, row, col, d[4 * j + 2 * half] + b0, d[4 * j + 2 * half + 1] + b1);
         }
     }
 }

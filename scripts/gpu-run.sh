@@ -117,6 +117,15 @@ if grep -qE '^gemm_bias_n[nt]_bf16 .*FAIL' "$out/selftest.log" 2>/dev/null && ! 
   echo "the bias epilogue failed its selftest, the bias pass did not: later steps run with LOWRANK_BIAS_EPILOGUE=0"
   export LOWRANK_BIAS_EPILOGUE=0
 fi
+# The MLP's GELU in the epilogue beside it (the fused kernels' for low-rank layers, on the
+# implementation chosen above; cuBLASLt's for dense ones): if those cases fail, the later steps
+# run GELU in passes of its own.
+gelu_failed() { grep -qE '^(lowrank_(geluy|dxgelu)_[a-z0-9_]*|gemm_bias_gelu_n[nt]_bf16|gemm_gelu_backward_nt_bf16) .*FAIL' "$1" 2>/dev/null; }
+impl_log=$out/selftest-lowrank.log; [[ $impl == fused ]] || impl_log=$out/selftest-lowrank-$impl.log
+if { [[ $impl != cublas ]] && gelu_failed "$impl_log"; } || gelu_failed "$out/selftest.log"; then
+  echo "the GELU epilogue failed its selftest: later steps run with LOWRANK_GELU_EPILOGUE=0"
+  export LOWRANK_GELU_EPILOGUE=0
+fi
 step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
@@ -183,7 +192,7 @@ fi
   for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-attention selftest-attention-materialized selftest; do
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
-  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE)=' || true
+  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE)=' || true
 } > "$out/summary.txt"
 tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .
 cp "$out/summary.txt" "$dest/"

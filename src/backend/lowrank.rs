@@ -79,7 +79,8 @@ impl LowRankShape {
     }
 
     /// Checks the forward's windows and dtypes: x, weights, bias and t share one operand dtype; y is
-    /// f32 or bf16.
+    /// f32 or bf16, and y's GELU, when asked for, has y's dtype.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_forward<B: Buffer>(
         &self,
         x: &Ref<B>,
@@ -87,7 +88,12 @@ impl LowRankShape {
         bias: &Option<Ref<B>>,
         t: &Mut<B>,
         y: &Mut<B>,
+        gelu: &Option<Mut<B>>,
     ) -> Result<()> {
+        if let Some(g) = gelu {
+            let need = self.n * self.n_out;
+            self.window("gelu(y)", g.len, need, g.dtype(), Some(y.dtype()))?;
+        }
         self.check_common(x, w)?;
         let op = x.dtype();
         if let Some(b) = bias {
@@ -98,7 +104,7 @@ impl LowRankShape {
     }
 
     /// Checks the backward's windows and dtypes: x, weights, t, dy and s share one operand dtype; dx
-    /// is f32 or bf16; dUt, dVt and db are f32.
+    /// is f32 or bf16, and the GELU input, when given, has dx's dtype; dUt, dVt and db are f32.
     #[allow(clippy::too_many_arguments)]
     pub fn check_backward<B: Buffer>(
         &self,
@@ -108,8 +114,13 @@ impl LowRankShape {
         dy: &Ref<B>,
         s: &Mut<B>,
         dx: &Mut<B>,
+        gelu_input: &Option<Ref<B>>,
         g: &LowRankGrads<B>,
     ) -> Result<()> {
+        if let Some(u) = gelu_input {
+            let need = self.n * self.n_in;
+            self.window("GELU input", u.len, need, u.dtype(), Some(dx.dtype()))?;
+        }
         self.check_common(x, w)?;
         let (op, f32) = (Some(x.dtype()), Some(DType::F32));
         self.window("t", t.len, self.scratch_len(), t.dtype(), op)?;

@@ -318,6 +318,33 @@ pub trait Backend {
         self.add_bias(c, bias, MatShape::new(g.m, g.n))
     }
 
+    /// `gemm_bias` into `c`, then GELU(c) into `gelu` (GPT-2's fc layer; c keeps the pre-activation
+    /// for the backward). CUDA runs both in cuBLASLt's epilogue (GELU_AUX_BIAS).
+    fn gemm_bias_gelu(
+        &self,
+        g: &Gemm,
+        a: Ref<Self::Buf>,
+        b: Ref<Self::Buf>,
+        bias: Ref<Self::Buf>,
+        c: Mut<Self::Buf>,
+        gelu: Mut<Self::Buf>,
+    ) -> Result<()> {
+        gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
+    }
+
+    /// `gemm` into `c`, then c ⊙= GELU′(u) (the MLP projection's dx and GELU's backward, u the
+    /// fc layer's output). CUDA runs both in cuBLASLt's epilogue (DGELU).
+    fn gemm_gelu_backward(
+        &self,
+        g: &Gemm,
+        a: Ref<Self::Buf>,
+        b: Ref<Self::Buf>,
+        u: Ref<Self::Buf>,
+        c: Mut<Self::Buf>,
+    ) -> Result<()> {
+        gemm_then_gelu_backward(self, g, a, b, u, c)
+    }
+
     /// One fused AdamW step over f32 master `params`, f32 `grads` and moments `m`, `v`; when given,
     /// `compute_copy` receives the updated parameters in its own dtype (the bf16 copy on CUDA).
     fn adamw(
@@ -482,7 +509,10 @@ pub trait Backend {
     /// x (n × n_in), W0, Ut, Vt, b and t share one operand dtype (CUDA requires bf16; the CPU takes
     /// f32, or bf16 to see exactly what the GPU sees); y may be f32 or bf16 and is overwritten (one rounding, after f32 accumulation). t is saved for the
     /// backward: n rows of stride `sh.scratch_stride()` (`sh.scratch_len()` elements), whose columns
-    /// ≥ k are written as zeros.
+    /// ≥ k are written as zeros. With `gelu` (y's dtype, n × n_out), GPT-2's GELU of y is written
+    /// there too, exactly what `gelu_forward` on y gives: the CUDA kernels apply it in their
+    /// epilogue instead of a pass over y.
+    #[allow(clippy::too_many_arguments)]
     fn lowrank_linear_forward(
         &self,
         sh: &LowRankShape,
@@ -491,12 +521,15 @@ pub trait Backend {
         bias: Option<Ref<Self::Buf>>,
         t: Mut<Self::Buf>,
         y: Mut<Self::Buf>,
+        gelu: Option<Mut<Self::Buf>>,
     ) -> Result<()>;
 
     /// The backward of [`Backend::lowrank_linear_forward`] given dy (n × n_out) and the forward's t:
     /// s = dy·Vt[:k]ᵀ (written to `s`, same layout as t); dx = dy·W0ᵀ + s·Ut[:k] (overwritten, f32 or
     /// bf16); dUt[:k] += sᵀ·x, dVt[:k] += tᵀ·dy and db += Σ_rows dy (accumulated, f32). Rows ≥ k of
-    /// dUt and dVt are untouched; W0 gets no gradient. t and s are each computed once.
+    /// dUt and dVt are untouched; W0 gets no gradient. t and s are each computed once. With
+    /// `gelu_input` u (dx's dtype, n × n_in), the layer's input was x = GELU(u) and dx is scaled by
+    /// GELU′(u), exactly what `gelu_backward` on dx gives (in the CUDA kernels' epilogue).
     #[allow(clippy::too_many_arguments)]
     fn lowrank_linear_backward(
         &self,
@@ -507,8 +540,37 @@ pub trait Backend {
         dy: Ref<Self::Buf>,
         s: Mut<Self::Buf>,
         dx: Mut<Self::Buf>,
+        gelu_input: Option<Ref<Self::Buf>>,
         grads: LowRankGrads<'_, Self::Buf>,
     ) -> Result<()>;
+}
+
+/// `Backend::gemm_bias_gelu` as two passes: the reference, and CUDA's path where the epilogue
+/// does not fit.
+pub(crate) fn gemm_bias_then_gelu<B: Backend + ?Sized>(
+    b: &B,
+    g: &Gemm,
+    a: Ref<B::Buf>,
+    w: Ref<B::Buf>,
+    bias: Ref<B::Buf>,
+    mut c: Mut<B::Buf>,
+    gelu: Mut<B::Buf>,
+) -> Result<()> {
+    b.gemm_bias(g, a, w, bias, c.reborrow())?;
+    b.gelu_forward(gelu, c.as_ref())
+}
+
+/// `Backend::gemm_gelu_backward` as two passes (see `gemm_bias_then_gelu`).
+pub(crate) fn gemm_then_gelu_backward<B: Backend + ?Sized>(
+    b: &B,
+    g: &Gemm,
+    a: Ref<B::Buf>,
+    w: Ref<B::Buf>,
+    u: Ref<B::Buf>,
+    mut c: Mut<B::Buf>,
+) -> Result<()> {
+    b.gemm(g, a, w, c.reborrow())?;
+    b.gelu_backward(c, u)
 }
 
 /// Checks that two windows have the same length, naming the op.

@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.first == 0 {
         println!("selftest: {} against {}", gpu.name(), CpuBf16.name());
         println!(
-            "{:<28} {:<16} {:>10} {:>8}  result",
+            "{:<36} {:<16} {:>10} {:>8}  result",
             "op", "shape", "rel err", "bound"
         );
     }
@@ -113,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn print_outcome(o: &Outcome) {
     println!(
-        "{:<28} {:<16} {:>10.2e} {:>8.0e}  {}{}",
+        "{:<36} {:<16} {:>10.2e} {:>8.0e}  {}{}",
         o.op,
         o.shape,
         o.rel_err,

@@ -4,7 +4,7 @@
 
 use super::layer::LowRankLayer;
 use crate::backend::{
-    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref,
+    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
 };
 use crate::model::TensorView;
 use anyhow::{anyhow, Result};
@@ -154,7 +154,8 @@ impl<B: Backend> LowRankRuntime<B> {
         })
     }
 
-    /// y = x·W0 + (x·U)·Vᵀ + b through the fused op, at the layer's live width.
+    /// y = x·W0 + (x·U)·Vᵀ + b through the fused op, at the layer's live width (and GELU(y) into
+    /// `gelu`, when given).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -164,6 +165,7 @@ impl<B: Backend> LowRankRuntime<B> {
         w: &B::Buf,
         x: Ref<B::Buf>,
         y: Mut<B::Buf>,
+        gelu: Option<Mut<B::Buf>>,
     ) -> Result<()> {
         let sh = self.shape(i, x.len);
         if let Some(mid) = &mut self.middle {
@@ -175,11 +177,11 @@ impl<B: Backend> LowRankRuntime<B> {
         }
         let weights = weights(&self.middle, i, v, w);
         let t = self.t[i].at_mut(0, sh.scratch_len());
-        b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y)
+        b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y, gelu)
     }
 
-    /// dx = dy·Wᵀ (written); dUt, dVt (live rows) and, if `v.bias_grad`, the bias gradient added
-    /// into `grads`.
+    /// dx = dy·Wᵀ (written; scaled by GELU′(u) given the `gelu_input` u); dUt, dVt (live rows)
+    /// and, if `v.bias_grad`, the bias gradient added into `grads` (the last by the fused op itself).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -191,6 +193,7 @@ impl<B: Backend> LowRankRuntime<B> {
         x: Ref<B::Buf>,
         dy: Ref<B::Buf>,
         dx: Mut<B::Buf>,
+        gelu_input: Option<Ref<B::Buf>>,
     ) -> Result<()> {
         let sh = self.shape(i, x.len);
         let (k, n_in, n_out) = (sh.rank, sh.n_in, sh.n_out);
@@ -201,12 +204,15 @@ impl<B: Backend> LowRankRuntime<B> {
             self.t[i].at(0, sh.scratch_len()),
             self.s.at_mut(0, sh.scratch_len()),
         );
+        // db goes straight into the gradient buffer (the one window it can lend): the fused
+        // kernels sum dy's columns from the tiles their projection s = dy·V already loads, so the
+        // bias gradient costs no second read of dy. dUt and dVt pass through scratch.
         let g = LowRankGrads {
             dut: self.dut.at_mut(0, k * n_in),
             dvt: self.dvt.at_mut(0, k * n_out),
-            dbias: None,
+            dbias: v.bias_grad.then(|| grads.at_mut(v.bias.offset, n_out)),
         };
-        b.lowrank_linear_backward(&sh, x, weights, t, dy, s, dx, g)?;
+        b.lowrank_linear_backward(&sh, x, weights, t, dy, s, dx, gelu_input, g)?;
         b.add(
             grads.at_mut(v.ut.offset, k * n_in),
             self.dut.at(0, k * n_in),
@@ -232,11 +238,7 @@ impl<B: Backend> LowRankRuntime<B> {
                 b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
             }
         }
-        if !v.bias_grad {
-            return Ok(());
-        }
-        let db = grads.at_mut(v.bias.offset, n_out);
-        b.add_column_sums(db, dy, MatShape::new(sh.n, n_out))
+        Ok(())
     }
 
     fn shape(&self, i: usize, x_len: usize) -> LowRankShape {

@@ -21,11 +21,11 @@ pub(super) struct Saved<'a, B: Backend> {
     pub trained: Trained,
 }
 
-/// For y = x·W + bias: dx = dy·Wᵀ (written) and, given `grads`, dW += xᵀ·dy and
-/// dbias += Σ_rows dy.
+/// For y = x·W + bias: dx = dy·Wᵀ (written; times GELU′(u) when the layer's input was GELU(u)
+/// for the given u) and, given `grads`, dW += xᵀ·dy and dbias += Σ_rows dy.
 pub(super) fn linear_backward<B: Backend>(
     b: &B,
-    dx: Mut<B::Buf>,
+    (dx, gelu_input): (Mut<B::Buf>, Option<Ref<B::Buf>>),
     grads: Option<&mut B::Buf>,
     x: Ref<B::Buf>,
     dy: Ref<B::Buf>,
@@ -43,12 +43,11 @@ pub(super) fn linear_backward<B: Backend>(
         )?;
         b.add_column_sums(grad_of(grads, bias), dy, MatShape::new(rows, n_out))?;
     }
-    b.gemm(
-        &Gemm::new(rows, n_in, n_out).trans_b(),
-        dy,
-        view(w, weight),
-        dx,
-    )
+    let g = Gemm::new(rows, n_in, n_out).trans_b();
+    match gelu_input {
+        Some(u) => b.gemm_gelu_backward(&g, dy, view(w, weight), u, dx),
+        None => b.gemm(&g, dy, view(w, weight), dx),
+    }
 }
 
 /// A tensor's window in the gradient buffer.
@@ -175,8 +174,11 @@ impl<B: Backend> Block<'_, '_, B> {
         grads: &mut B::Buf,
         pair: Pair,
         (x, dy, dx): LinearIo<B>,
+        gelu_input: Option<Ref<B::Buf>>,
     ) -> Result<()> {
-        linear::backward(b, self.m, self.lr, grads, self.l, pair, x, dy, dx)
+        linear::backward(
+            b, self.m, self.lr, grads, self.l, pair, x, dy, dx, gelu_input,
+        )
     }
     /// The block LayerNorm `weight`'s backward (see [`ln_backward`]).
     fn ln_backward(
@@ -203,11 +205,12 @@ fn mlp_part<B: Backend>(
 ) -> Result<()> {
     use BlockTensor::*;
     let a = blk.m.a;
+    // dfch = (dresidual·Wprojᵀ)·GELU′(fch): the GELU's backward rides on the projection's dx.
     let io = (blk.lay(&a.fch_gelu), d.dresidual.all(), d.dfch.all_mut());
-    blk.linear(b, grads, (FcProjWeight, FcProjBias), io)?;
-    b.gelu_backward(d.dfch.all_mut(), blk.lay(&a.fch))?;
+    let fch = Some(blk.lay(&a.fch));
+    blk.linear(b, grads, (FcProjWeight, FcProjBias), io, fch)?;
     let io = (blk.lay(&a.ln2), d.dfch.all(), d.dbtc.all_mut());
-    blk.linear(b, grads, (FcWeight, FcBias), io)?;
+    blk.linear(b, grads, (FcWeight, FcBias), io, None)?;
     blk.ln_backward(
         b,
         grads,
@@ -228,12 +231,12 @@ fn attention_part<B: Backend>(
     use BlockTensor::*;
     let a = blk.m.a;
     let io = (blk.lay(&a.atty), d.dresidual.all(), d.dbtc.all_mut());
-    blk.linear(b, grads, (AttnProjWeight, AttnProjBias), io)?;
+    blk.linear(b, grads, (AttnProjWeight, AttnProjBias), io, None)?;
     let (qkv, out, att) = (blk.lay(&a.qkv), blk.lay(&a.atty), blk.lay(&a.att));
     let dqkv = d.dqkv.all_mut();
     b.attention_backward(dqkv, d.dbtc.all(), qkv, out, att, a.shape, a.heads)?;
     let io = (blk.lay(&a.ln1), d.dqkv.all(), d.dbtc.all_mut());
-    blk.linear(b, grads, (QkvWeight, QkvBias), io)?;
+    blk.linear(b, grads, (QkvWeight, QkvBias), io, None)?;
     let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);
     blk.ln_backward(b, grads, d, Ln1Weight, x, (&a.ln1_mean, &a.ln1_rstd))
 }

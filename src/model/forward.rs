@@ -7,10 +7,11 @@ use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
 use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
 
-/// y = x·W + bias over the rows of x, W stored (n_in × n_out).
+/// y = x·W + bias over the rows of x, W stored (n_in × n_out), and GELU(y) into `gelu` if given.
 pub(super) fn linear_forward<B: Backend>(
     b: &B,
     y: Mut<B::Buf>,
+    gelu: Option<Mut<B::Buf>>,
     x: Ref<B::Buf>,
     w: &B::Buf,
     weight: &TensorView,
@@ -18,7 +19,11 @@ pub(super) fn linear_forward<B: Backend>(
 ) -> Result<()> {
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let g = Gemm::new(x.len / n_in, n_out, n_in);
-    b.gemm_bias(&g, x, view(w, weight), view(w, bias), y)
+    let (w, bias) = (view(w, weight), view(w, bias));
+    match gelu {
+        Some(gelu) => b.gemm_bias_gelu(&g, x, w, bias, y, gelu),
+        None => b.gemm_bias(&g, x, w, bias, y),
+    }
 }
 
 /// A tensor's window in a buffer with the parameters' layout.
@@ -146,7 +151,7 @@ fn attention_part<B: Backend>(
     let (lay, w) = (blk.layout, blk.w);
     let qkv = layer_mut(&mut a.qkv, n_layer, l);
     let x = layer(&a.ln1, n_layer, l);
-    linear::forward(b, lay, w, lr, l, (QkvWeight, QkvBias), x, qkv)?;
+    linear::forward(b, lay, w, lr, l, (QkvWeight, QkvBias), x, qkv, None)?;
     let (atty, att) = (
         layer_mut(&mut a.atty, n_layer, l),
         layer_mut(&mut a.att, n_layer, l),
@@ -156,7 +161,8 @@ fn attention_part<B: Backend>(
         layer_mut(&mut a.residual2, n_layer, l),
         layer(&a.atty, n_layer, l),
     );
-    linear::forward(b, lay, w, lr, l, (AttnProjWeight, AttnProjBias), x, y)?;
+    let pair = (AttnProjWeight, AttnProjBias);
+    linear::forward(b, lay, w, lr, l, pair, x, y, None)?;
     let x = block_input(&a.encoded, &a.residual3, n_layer, l);
     b.add(layer_mut(&mut a.residual2, n_layer, l), x)
 }
@@ -183,18 +189,11 @@ fn mlp_part<B: Backend>(
     )?;
     let (layout, w) = (blk.layout, blk.w);
     let fch = layer_mut(&mut a.fch, n_layer, l);
-    linear::forward(b, layout, w, lr, l, (FcWeight, FcBias), lay(&a.ln2), fch)?;
-    b.gelu_forward(layer_mut(&mut a.fch_gelu, n_layer, l), lay(&a.fch))?;
+    let fch_gelu = Some(layer_mut(&mut a.fch_gelu, n_layer, l));
+    let (fc, x) = ((FcWeight, FcBias), lay(&a.ln2));
+    linear::forward(b, layout, w, lr, l, fc, x, fch, fch_gelu)?;
     let y = layer_mut(&mut a.residual3, n_layer, l);
-    linear::forward(
-        b,
-        layout,
-        w,
-        lr,
-        l,
-        (FcProjWeight, FcProjBias),
-        lay(&a.fch_gelu),
-        y,
-    )?;
+    let (proj, x) = ((FcProjWeight, FcProjBias), lay(&a.fch_gelu));
+    linear::forward(b, layout, w, lr, l, proj, x, y, None)?;
     b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
 }

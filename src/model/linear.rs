@@ -12,7 +12,8 @@ use anyhow::Result;
 /// Block `l`'s (weight, bias) pair, e.g. (FcWeight, FcBias).
 pub(super) type Pair = (BlockTensor, BlockTensor);
 
-/// y = x·W + bias for block `l`'s layer `pair`.
+/// y = x·W + bias for block `l`'s layer `pair`; with `gelu`, GELU(y) too (the MLP's fc: in the
+/// GEMM's epilogue on CUDA).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward<B: Backend>(
     b: &B,
@@ -23,15 +24,20 @@ pub(super) fn forward<B: Backend>(
     (weight, bias): Pair,
     x: Ref<B::Buf>,
     y: Mut<B::Buf>,
+    gelu: Option<Mut<B::Buf>>,
 ) -> Result<()> {
     match layout.lowrank_index(l, weight) {
-        None => linear_forward(b, y, x, w, layout.block(l, weight), layout.block(l, bias)),
-        Some(i) => lr.forward(b, i, &views(layout, i, l, bias, true), w, x, y),
+        None => {
+            let (weight, bias) = (layout.block(l, weight), layout.block(l, bias));
+            linear_forward(b, y, gelu, x, w, weight, bias)
+        }
+        Some(i) => lr.forward(b, i, &views(layout, i, l, bias, true), w, x, y, gelu),
     }
 }
 
-/// dx = dy·Wᵀ (written); the layer's parameter gradients accumulate into `grads`, except those
-/// of a frozen base (LoRA's dense layers and biases get none).
+/// dx = dy·Wᵀ (written; with `gelu_input` u, the layer's input was GELU(u) and dx is scaled by
+/// GELU′(u), in the GEMM's epilogue on CUDA); the layer's parameter gradients accumulate into
+/// `grads`, except those of a frozen base (LoRA's dense layers and biases get none).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward<B: Backend>(
     b: &B,
@@ -43,17 +49,18 @@ pub(super) fn backward<B: Backend>(
     x: Ref<B::Buf>,
     dy: Ref<B::Buf>,
     dx: Mut<B::Buf>,
+    gelu_input: Option<Ref<B::Buf>>,
 ) -> Result<()> {
     let (layout, w) = (m.layout, m.w);
     match layout.lowrank_index(l, weight) {
         None => {
             let pair = (layout.block(l, weight), layout.block(l, bias));
             let grads = m.trained.base().then_some(grads);
-            linear_backward(b, dx, grads, x, dy, w, pair)
+            linear_backward(b, (dx, gelu_input), grads, x, dy, w, pair)
         }
         Some(i) => {
             let v = views(layout, i, l, bias, m.trained.base());
-            lr.backward(b, i, &v, w, grads, x, dy, dx)
+            lr.backward(b, i, &v, w, grads, x, dy, dx, gelu_input)
         }
     }
 }

@@ -34,10 +34,18 @@ pub enum Case {
     },
     /// A linear layer's forward, bf16 throughout: C = A·B (or A·Bᵀ) + bias, with the bias
     /// `bias_offset` elements into its buffer (0: 16-byte aligned, cuBLASLt's bias epilogue on
-    /// CUDA; 1: the GEMM and a bias pass).
+    /// CUDA; 1: the GEMM and a bias pass). With `gelu`, GELU(C) too (`gemm_bias_gelu`), and the
+    /// output compared is C followed by GELU(C).
     GemmBias {
         g: Gemm,
         bias_offset: usize,
+        gelu: bool,
+    },
+    /// The MLP projection's dx: C = (A·Bᵀ) ⊙ GELU′(U), bf16 throughout, U `offset` elements into
+    /// its buffer (0: cuBLASLt's DGELU epilogue on CUDA; 1: the GEMM and a GELU backward pass).
+    GemmGeluBackward {
+        g: Gemm,
+        offset: usize,
     },
     Cast {
         from: DType,
@@ -139,7 +147,19 @@ pub fn all_cases() -> Vec<Case> {
         Gemm::new(1024, 3072, 768),
     ] {
         for bias_offset in [0, 1] {
-            cases.push(Case::GemmBias { g, bias_offset });
+            for gelu in [false, true] {
+                cases.push(Case::GemmBias {
+                    g,
+                    bias_offset,
+                    gelu,
+                });
+            }
+            // dx = dy·Wᵀ of the same layer: n a multiple of 8, as cuBLASLt's DGELU needs.
+            let g = Gemm::new(g.m, g.n, g.k).trans_b();
+            cases.push(Case::GemmGeluBackward {
+                g,
+                offset: bias_offset,
+            });
         }
     }
     for n in [1, 1_000_003] {
@@ -202,10 +222,19 @@ impl Case {
                 dt(*out),
                 if g.beta != 0.0 { "_acc" } else { "" }
             ),
-            Case::GemmBias { g, bias_offset } => format!(
-                "gemm_bias_n{}_bf16{}",
+            Case::GemmBias {
+                g,
+                bias_offset,
+                gelu,
+            } => format!(
+                "gemm_bias{}_n{}_bf16{}",
+                if *gelu { "_gelu" } else { "" },
                 if g.trans_b { "t" } else { "n" },
                 if *bias_offset > 0 { "_unaligned" } else { "" }
+            ),
+            Case::GemmGeluBackward { offset, .. } => format!(
+                "gemm_gelu_backward_nt_bf16{}",
+                if *offset > 0 { "_unaligned" } else { "" }
             ),
             Case::Cast { from, to, .. } => format!("cast_{}_{}", dt(*from), dt(*to)),
             Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
@@ -227,7 +256,7 @@ impl Case {
     pub fn work(&self) -> f64 {
         let f = |x: usize| x as f64;
         match self {
-            Case::Gemm { g, .. } | Case::GemmBias { g, .. } => {
+            Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
                 f(g.m) * f(g.n) * f(g.k) * f(g.batch)
             }
             Case::Cast { n, .. }
@@ -250,7 +279,7 @@ impl Case {
     pub fn shape(&self) -> String {
         match self {
             Case::Gemm { g, .. } if g.batch > 1 => format!("{}x{}x{} x{}", g.m, g.n, g.k, g.batch),
-            Case::Gemm { g, .. } | Case::GemmBias { g, .. } => {
+            Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
                 format!("{}x{}x{}", g.m, g.n, g.k)
             }
             Case::Cast { n, .. }
@@ -281,7 +310,8 @@ impl Case {
                 copy: Some(DType::BF16),
                 ..
             }
-            | Case::GemmBias { .. } => BF16_BOUND,
+            | Case::GemmBias { .. }
+            | Case::GemmGeluBackward { .. } => BF16_BOUND,
             // bf16 operands and a bf16 t or s on both sides: an element of t that rounds the other
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
@@ -327,14 +357,34 @@ impl Case {
                 b.gemm(g, a.all(), bm.all(), c.all_mut())?;
                 b.download(c.all())?
             }
-            Case::GemmBias { g, bias_offset } => {
+            Case::GemmBias {
+                g,
+                bias_offset,
+                gelu,
+            } => {
                 let (la, lb, lc) = g.required_lens();
                 let bf = DType::BF16;
                 let (a, bm) = (input(b, &mut rng, bf, la)?, input(b, &mut rng, bf, lb)?);
                 let bias = input(b, &mut rng, bf, g.n + bias_offset)?;
                 let mut c = poisoned(b, bf, lc)?;
                 let bias = bias.at(*bias_offset, g.n);
-                b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
+                if !gelu {
+                    b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
+                    b.download(c.all())?
+                } else {
+                    let mut out = poisoned(b, bf, lc)?;
+                    b.gemm_bias_gelu(g, a.all(), bm.all(), bias, c.all_mut(), out.all_mut())?;
+                    [b.download(c.all())?, b.download(out.all())?].concat()
+                }
+            }
+            Case::GemmGeluBackward { g, offset } => {
+                let (la, lb, lc) = g.required_lens();
+                let bf = DType::BF16;
+                let (a, bm) = (input(b, &mut rng, bf, la)?, input(b, &mut rng, bf, lb)?);
+                let u = input(b, &mut rng, bf, lc + offset)?;
+                let mut c = poisoned(b, bf, lc)?;
+                let u = u.at(*offset, lc);
+                b.gemm_gelu_backward(g, a.all(), bm.all(), u, c.all_mut())?;
                 b.download(c.all())?
             }
             Case::Cast { from, to, n } => {

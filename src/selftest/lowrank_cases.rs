@@ -10,11 +10,15 @@ use anyhow::{bail, Result};
 pub enum LowRankOutput {
     /// Forward: y.
     Y,
+    /// Forward with the MLP's GELU fused: GELU(y), written beside y.
+    GeluY,
     /// Forward: t with its padding (which must come out zero).
     T,
     /// Backward: s with its padding.
     S,
     Dx,
+    /// Backward with the GELU before the layer fused: dx·GELU′(u).
+    DxGelu,
     /// Backward: the live rows of dUt (accumulated onto random values).
     DUt,
     DVt,
@@ -24,6 +28,8 @@ pub enum LowRankOutput {
 }
 
 const FORWARD: [LowRankOutput; 2] = [LowRankOutput::Y, LowRankOutput::T];
+/// The outputs with the GELU fused, on the shapes that take each mainloop and the fallback.
+const GELU: [LowRankOutput; 2] = [LowRankOutput::GeluY, LowRankOutput::DxGelu];
 const BACKWARD: [LowRankOutput; 6] = [
     LowRankOutput::S,
     LowRankOutput::Dx,
@@ -70,7 +76,7 @@ pub fn cases() -> Vec<LowRankCase> {
         for base in [true, false] {
             for bias in [true, false] {
                 for out in [DType::BF16, DType::F32] {
-                    for output in FORWARD.into_iter().chain(BACKWARD) {
+                    for output in FORWARD.into_iter().chain(BACKWARD).chain(GELU) {
                         cases.push(LowRankCase {
                             sh,
                             capacity,
@@ -101,6 +107,8 @@ pub fn cases() -> Vec<LowRankCase> {
                     LowRankOutput::Dx,
                     LowRankOutput::S,
                     LowRankOutput::Db,
+                    LowRankOutput::GeluY,
+                    LowRankOutput::DxGelu,
                 ] {
                     cases.push(LowRankCase {
                         sh,
@@ -190,7 +198,7 @@ impl LowRankCase {
     }
 
     fn is_forward(&self) -> bool {
-        FORWARD.contains(&self.output)
+        FORWARD.contains(&self.output) || self.output == LowRankOutput::GeluY
     }
 
     /// Runs the layer on `b` with inputs drawn from `seed` and returns the selected output.
@@ -216,12 +224,14 @@ impl LowRankCase {
         if self.is_forward() {
             let mut t = poisoned(sh.scratch_len(), op)?;
             let mut y = poisoned(sh.n * sh.n_out, self.out)?;
+            let mut gelu = poisoned(sh.n * sh.n_out, self.out)?;
             let bias = self.bias.then(|| bias.all());
-            b.lowrank_linear_forward(&sh, x.all(), w, bias, t.all_mut(), y.all_mut())?;
-            return b.download(if self.output == LowRankOutput::Y {
-                y.all()
-            } else {
-                t.all()
+            let fused = (self.output == LowRankOutput::GeluY).then(|| gelu.all_mut());
+            b.lowrank_linear_forward(&sh, x.all(), w, bias, t.all_mut(), y.all_mut(), fused)?;
+            return b.download(match self.output {
+                LowRankOutput::Y => y.all(),
+                LowRankOutput::GeluY => gelu.all(),
+                _ => t.all(),
             });
         }
         // A saved t whose padding is NaN: the backward must read only its live columns.
@@ -244,6 +254,12 @@ impl LowRankCase {
         let mut db = random(b, &mut rng, sh.n_out, DType::F32)?;
         let mut s = poisoned(sh.scratch_len(), op)?;
         let mut dx = poisoned(sh.n * sh.n_in, self.out)?;
+        // The pre-activation u whose GELU was the layer's input, drawn only where it is read, so
+        // the other cases see the same inputs as before.
+        let gelu_input = match self.output {
+            LowRankOutput::DxGelu => Some(random(b, &mut rng, sh.n * sh.n_in, self.out)?),
+            _ => None,
+        };
         let grads = LowRankGrads {
             dut: dut.all_mut(),
             dvt: dvt.all_mut(),
@@ -257,12 +273,13 @@ impl LowRankCase {
             dy.all(),
             s.all_mut(),
             dx.all_mut(),
+            gelu_input.as_ref().map(|u| u.all()),
             grads,
         )?;
         let (live_u, live_v) = (sh.rank * sh.n_in, sh.rank * sh.n_out);
         Ok(match self.output {
             LowRankOutput::S => b.download(s.all())?,
-            LowRankOutput::Dx => b.download(dx.all())?,
+            LowRankOutput::Dx | LowRankOutput::DxGelu => b.download(dx.all())?,
             LowRankOutput::DUt => b.download(dut.at(0, live_u))?,
             LowRankOutput::DVt => b.download(dvt.at(0, live_v))?,
             LowRankOutput::Db => b.download(db.all())?,
@@ -271,7 +288,9 @@ impl LowRankCase {
                 b.download(dvt.at(live_v, dvt.len() - live_v))?,
             ]
             .concat(),
-            LowRankOutput::Y | LowRankOutput::T => bail!("{:?} is a forward output", self.output),
+            LowRankOutput::Y | LowRankOutput::T | LowRankOutput::GeluY => {
+                bail!("{:?} is a forward output", self.output)
+            }
         })
     }
 }
@@ -293,15 +312,16 @@ mod tests {
     #[test]
     fn ragged_cases_run_on_the_cpu_and_fill_their_outputs() {
         let ragged: Vec<LowRankCase> = cases().into_iter().filter(|c| c.sh.n == 1000).collect();
-        assert_eq!(ragged.len(), 2 * 2 * 2 * (FORWARD.len() + BACKWARD.len()));
+        let outputs = FORWARD.len() + BACKWARD.len() + GELU.len();
+        assert_eq!(ragged.len(), 2 * 2 * 2 * outputs);
         for case in &ragged {
             let out = case.run(&Cpu, 7).unwrap();
             let sh = case.sh;
             let dead = (case.capacity - sh.rank) * (sh.n_in + sh.n_out);
             let want_len = match case.output {
-                LowRankOutput::Y => sh.n * sh.n_out,
+                LowRankOutput::Y | LowRankOutput::GeluY => sh.n * sh.n_out,
                 LowRankOutput::T | LowRankOutput::S => sh.scratch_len(),
-                LowRankOutput::Dx => sh.n * sh.n_in,
+                LowRankOutput::Dx | LowRankOutput::DxGelu => sh.n * sh.n_in,
                 LowRankOutput::DUt => sh.rank * sh.n_in,
                 LowRankOutput::DVt => sh.rank * sh.n_out,
                 LowRankOutput::Db => sh.n_out,

@@ -232,8 +232,9 @@ EXPORT uint32_t cublasLtMatmulDescSetAttribute(void* desc, uint32_t attr, const 
         case DESC_EPILOGUE: {
             uint32_t v;
             if (!read_attr(buf, size, &v, fn, "EPILOGUE")) return INVALID_VALUE;
-            if (v != EPILOGUE_DEFAULT && v != EPILOGUE_BIAS) {
-                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT and _BIAS)", fn, v);
+            if (v != EPILOGUE_DEFAULT && v != EPILOGUE_BIAS && v != EPILOGUE_GELU_AUX_BIAS && v != EPILOGUE_DGELU) {
+                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT, _BIAS, _GELU_AUX_BIAS and _DGELU)",
+                         fn, v);
                 return NOT_SUPPORTED;
             }
             d.epilogue = v;
@@ -243,6 +244,18 @@ EXPORT uint32_t cublasLtMatmulDescSetAttribute(void* desc, uint32_t attr, const 
             const void* v;
             if (!read_attr(buf, size, &v, fn, "BIAS_POINTER")) return INVALID_VALUE;
             d.bias = v;
+            return SUCCESS;
+        }
+        case DESC_EPILOGUE_AUX_POINTER: {
+            void* v;
+            if (!read_attr(buf, size, &v, fn, "EPILOGUE_AUX_POINTER")) return INVALID_VALUE;
+            d.aux = v;
+            return SUCCESS;
+        }
+        case DESC_EPILOGUE_AUX_LD: {
+            int64_t v;
+            if (!read_attr(buf, size, &v, fn, "EPILOGUE_AUX_LD")) return INVALID_VALUE;
+            d.aux_ld = v;
             return SUCCESS;
         }
         default:
@@ -424,15 +437,29 @@ EXPORT uint32_t cublasLtMatmul(void* handle, void* desc, const void* alpha, cons
     g.c = c;
     g.d = d;
     const auto& dsc = *static_cast<const DescObj*>(desc);
-    if (dsc.epilogue == EPILOGUE_BIAS) {
+    if (dsc.epilogue == EPILOGUE_BIAS || dsc.epilogue == EPILOGUE_GELU_AUX_BIAS) {
         // The bias has D's type (no BIAS_DATA_TYPE is set) and one value per row of D.
         const size_t bytes = type_size(g.p.cd_type);
         if (dsc.bias == nullptr || !aligned(dsc.bias, bytes)) {
-            complain("%s: CUBLASLT_EPILOGUE_BIAS with bias pointer %p (NULL or not aligned to D's %zu-byte elements)", fn,
+            complain("%s: bias epilogue with bias pointer %p (NULL or not aligned to D's %zu-byte elements)", fn,
                      dsc.bias, bytes);
             return INVALID_VALUE;
         }
         g.bias = dsc.bias;
+    }
+    if (dsc.epilogue == EPILOGUE_GELU_AUX_BIAS || dsc.epilogue == EPILOGUE_DGELU) {
+        // GELU's input in D's type (no AUX_DATA_TYPE is set), laid out like D with its own leading
+        // dimension, which cuBLASLt requires to be a multiple of 8 and at least D's rows; one matrix.
+        if (dsc.aux == nullptr || !aligned(dsc.aux, 16) || dsc.aux_ld % 8 != 0 || dsc.aux_ld < g.p.m ||
+            g.p.batch != 1) {
+            complain("%s: GELU epilogue with aux pointer %p (NULL or not 16-byte aligned), AUX_LD %lld (not a multiple "
+                     "of 8 or below D's %lld rows) or %lld batches",
+                     fn, dsc.aux, (long long)dsc.aux_ld, (long long)g.p.m, (long long)g.p.batch);
+            return INVALID_VALUE;
+        }
+        g.aux = dsc.aux;
+        g.aux_ld = dsc.aux_ld;
+        g.gelu = dsc.epilogue == EPILOGUE_GELU_AUX_BIAS ? Gelu::Forward : Gelu::Backward;
     }
     const Problem& p = g.p;
     if (p.m == 0 || p.n == 0) return SUCCESS;  // nothing to write

@@ -53,6 +53,18 @@ inline uint16_t bf16_from_double(double r) {
 }
 inline void store(uint16_t* p, double r) { *p = bf16_from_double(r); }
 
+// GPT-2's tanh-approximated GELU and its derivative, in double: what cuBLASLt's GELU epilogues
+// compute (NVIDIA's samples give GELU(1) = 0.841192, the tanh form's value, not erf's 0.841345).
+enum class Gelu { None, Forward, Backward };
+inline double gelu_tanh(double x) {
+    const double c = 0.7978845608028654;  // sqrt(2 / pi)
+    return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
+}
+inline double gelu_tanh_grad(double x) {
+    const double c = 0.7978845608028654, th = std::tanh(c * (x + 0.044715 * x * x * x));
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
 struct Args {
     Problem p;
     double alpha = 0, beta = 0;
@@ -61,6 +73,9 @@ struct Args {
     const void* c = nullptr;
     void* d = nullptr;
     const void* bias = nullptr;  // EPILOGUE_BIAS: D's type, added to row i of every column
+    Gelu gelu = Gelu::None;      // EPILOGUE_GELU_AUX_BIAS (forward) or EPILOGUE_DGELU (backward)
+    void* aux = nullptr;         // GELU's input, D's type, leading dimension aux_ld
+    int64_t aux_ld = 0;
 };
 
 // op(A) of every batch as float, column-major m x k (element (i, q) of batch b at
@@ -129,6 +144,15 @@ void run_columns(const Args& g, const std::vector<float>& a, int64_t begin, int6
                     // C is not read when beta == 0 (it may hold garbage, or be NULL).
                     if (g.beta != 0.0) v += g.beta * load(static_cast<const TC*>(g.c) + bi * p.sc + i0 + r + j * p.ldc);
                     if (bias) v += load(bias + i0 + r);
+                    if (g.gelu != Gelu::None) {
+                        TC* aux = static_cast<TC*>(g.aux) + i0 + r + j * g.aux_ld;
+                        if (g.gelu == Gelu::Forward) {
+                            store(aux, v);
+                            v = gelu_tanh(v);
+                        } else {
+                            v *= gelu_tanh_grad(load(aux));
+                        }
+                    }
                     store(D + i0 + r + j * p.ldd, v);
                 }
             }

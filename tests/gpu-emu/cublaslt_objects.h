@@ -45,10 +45,14 @@ constexpr uint32_t DESC_TRANSB = 4;
 constexpr uint32_t DESC_TRANSC = 5;
 constexpr uint32_t DESC_EPILOGUE = 7;
 constexpr uint32_t DESC_BIAS_POINTER = 8;
+constexpr uint32_t DESC_EPILOGUE_AUX_POINTER = 11;
+constexpr uint32_t DESC_EPILOGUE_AUX_LD = 12;
 
 constexpr int32_t POINTER_MODE_HOST = 0;
 constexpr uint32_t EPILOGUE_DEFAULT = 1;
 constexpr uint32_t EPILOGUE_BIAS = 4;  // D = alpha·op(A)·op(B) + beta·C + bias broadcast over D's columns
+constexpr uint32_t EPILOGUE_GELU_AUX_BIAS = 164;  // aux = (that, with the bias), D = GELU(aux)
+constexpr uint32_t EPILOGUE_DGELU = 192;          // D = (alpha·op(A)·op(B) + beta·C) · GELU'(aux)
 
 // cublasLtMatrixLayoutAttribute_t
 constexpr uint32_t LAYOUT_TYPE = 0;
@@ -150,6 +154,8 @@ struct DescObj {
     int32_t transb = OP_N;
     uint32_t epilogue = EPILOGUE_DEFAULT;
     const void* bias = nullptr;  // D's type, one value per row of D
+    void* aux = nullptr;         // GELU's input, D's type, column-major with leading dimension aux_ld
+    int64_t aux_ld = 0;
 };
 
 struct LayoutObj {

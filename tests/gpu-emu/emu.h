@@ -75,6 +75,7 @@ struct alignas(8) float2 {
     float x, y;
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {__bfloat162float(v.x), __bfloat162float(v.y)}; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 template <class A, class B>
 inline std::common_type_t<A, B> min(A a, B b) { return a < b ? a : b; }

@@ -8,6 +8,7 @@ use crate::backend::{
 };
 use anyhow::Result;
 
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cpu: &Cpu,
     sh: &LowRankShape,
@@ -16,8 +17,9 @@ pub fn forward(
     bias: Option<Ref<CpuBuf>>,
     mut t: Mut<CpuBuf>,
     y: Mut<CpuBuf>,
+    gelu: Option<Mut<CpuBuf>>,
 ) -> Result<()> {
-    sh.check_forward(&x, &w, &bias, &t, &y)?;
+    sh.check_forward(&x, &w, &bias, &t, &y, &gelu)?;
     let LowRankShape {
         n,
         n_in,
@@ -50,13 +52,16 @@ pub fn forward(
         w.vt,
         acc.all_mut(),
     )?;
-    cpu.cast(
-        acc.all(),
-        Mut {
-            len: n * n_out,
-            ..y
-        },
-    )
+    let mut y = Mut {
+        len: n * n_out,
+        ..y
+    };
+    cpu.cast(acc.all(), y.reborrow())?;
+    // The GELU after the layer, from y as stored (the CUDA epilogue's order).
+    match gelu {
+        Some(g) => cpu.gelu_forward(Mut { len: y.len, ..g }, y.as_ref()),
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -69,9 +74,10 @@ pub fn backward(
     dy: Ref<CpuBuf>,
     mut s: Mut<CpuBuf>,
     dx: Mut<CpuBuf>,
+    gelu_input: Option<Ref<CpuBuf>>,
     g: LowRankGrads<CpuBuf>,
 ) -> Result<()> {
-    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &g)?;
+    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &gelu_input, &g)?;
     let LowRankShape {
         n,
         n_in,
@@ -101,13 +107,14 @@ pub fn backward(
         w.ut,
         acc.all_mut(),
     )?;
-    cpu.cast(
-        acc.all(),
-        Mut {
-            len: n * n_in,
-            ..dx
-        },
-    )?;
+    let mut dx = Mut {
+        len: n * n_in,
+        ..dx
+    };
+    cpu.cast(acc.all(), dx.reborrow())?;
+    if let Some(u) = gelu_input {
+        cpu.gelu_backward(dx, Ref { len: n * n_in, ..u })?;
+    }
 
     // dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy: only the first k rows of each window are written.
     let mut t_live = cpu.alloc(t.dtype(), n * k)?;

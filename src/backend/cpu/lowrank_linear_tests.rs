@@ -50,6 +50,12 @@ impl Layer {
 
     /// Runs the forward on the CPU backend: (t padded, y).
     fn forward(&self) -> (Vec<f32>, Vec<f32>) {
+        let (t, y, _) = self.forward_gelu(false);
+        (t, y)
+    }
+
+    /// The forward, with (`gelu`) or without the fused GELU: (t padded, y, GELU(y)).
+    fn forward_gelu(&self, gelu: bool) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let (x, w0, vt) = (
             upload(&self.x),
             self.w0.as_deref().map(upload),
@@ -61,6 +67,7 @@ impl Layer {
         let bias = self.bias.as_deref().map(upload);
         let mut t = upload(&vec![f32::NAN; self.sh.scratch_len()]);
         let mut y = upload(&vec![f32::NAN; self.sh.n * self.sh.n_out]);
+        let mut g = gelu.then(|| upload(&vec![f32::NAN; self.sh.n * self.sh.n_out]));
         let w = LowRankWeights {
             w0: w0.as_ref().map(|b| b.all()),
             ut: ut.at(UT_OFFSET, self.ut.len()),
@@ -73,13 +80,27 @@ impl Layer {
             bias.as_ref().map(|b| b.all()),
             t.all_mut(),
             y.all_mut(),
+            g.as_mut().map(|g| g.all_mut()),
         )
         .unwrap();
-        (t.as_slice().to_vec(), y.as_slice().to_vec())
+        let g = g.map(|g| g.as_slice().to_vec());
+        (t.as_slice().to_vec(), y.as_slice().to_vec(), g)
     }
 
     /// Runs the backward with gradients starting at `init` (dUt, dVt, db).
     fn backward(&self, t: &[f32], dy: &[f32], init: [&[f32]; 3]) -> BackwardOut {
+        self.backward_gelu(t, dy, init, None)
+    }
+
+    /// The backward, with the GELU input u fused when given.
+    fn backward_gelu(
+        &self,
+        t: &[f32],
+        dy: &[f32],
+        init: [&[f32]; 3],
+        gelu_input: Option<&[f32]>,
+    ) -> BackwardOut {
+        let u = gelu_input.map(upload);
         let (x, w0) = (upload(&self.x), self.w0.as_deref().map(upload));
         let (ut, vt, t, dy) = (upload(&self.ut), upload(&self.vt), upload(t), upload(dy));
         let mut s = upload(&vec![f32::NAN; self.sh.scratch_len()]);
@@ -103,6 +124,7 @@ impl Layer {
             dy.all(),
             s.all_mut(),
             dx.all_mut(),
+            u.as_ref().map(|u| u.all()),
             grads,
         )
         .unwrap();
@@ -321,6 +343,53 @@ fn backward_matches_f64_reference_accumulates_and_leaves_dead_rank_rows_alone() 
     }
 }
 
+/// GPT-2's tanh-approximated GELU in f64, from its definition.
+fn gelu_f64(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The fused GELU: forward, GELU of y beside an unchanged y; backward, dx scaled by GELU′(u), whose
+/// reference is a central difference of the f64 GELU (not the closed form the code uses).
+#[test]
+fn fused_gelu_writes_gelu_of_y_and_scales_dx_by_its_derivative() {
+    let mut rng = Rng::new(24);
+    for (sh, cap) in SHAPES {
+        let layer = Layer::random(sh, cap, true, true, &mut rng);
+        let (t, y, g) = layer.forward_gelu(true);
+        let (_, y_ref) = layer.reference_forward();
+        let tag = format!("{sh:?}");
+        assert_close(&format!("y beside its GELU {tag}"), &y, &y_ref);
+        let g_ref: Vec<f64> = y_ref.iter().map(|&v| gelu_f64(v)).collect();
+        assert_close(&format!("GELU(y) {tag}"), &g.unwrap(), &g_ref);
+
+        let dy = rng.normal_vec(sh.n * sh.n_out, 1.0);
+        let u = rng.normal_vec(sh.n * sh.n_in, 1.5);
+        let init = [
+            vec![0.0; cap * sh.n_in],
+            vec![0.0; cap * sh.n_out],
+            vec![0.0; sh.n_out],
+        ];
+        let init = [&init[0][..], &init[1][..], &init[2][..]];
+        let out = layer.backward_gelu(&t, &dy, init, Some(&u));
+        let (t_ref, _) = layer.reference_forward();
+        let [_, dx_ref, dut_ref, ..] = layer.reference_backward(&t_ref, &dy);
+        let h = 1e-5;
+        let want: Vec<f64> = dx_ref
+            .iter()
+            .zip(&u)
+            .map(|(&d, &u)| {
+                let u = u as f64;
+                d * (gelu_f64(u + h) - gelu_f64(u - h)) / (2.0 * h)
+            })
+            .collect();
+        assert_close(&format!("dx·GELU′(u) {tag}"), &out.dx, &want);
+        // The factor gradients read dy and x, not the scaled dx.
+        let live_ut = sh.rank * sh.n_in;
+        assert_close(&format!("dUt {tag}"), &out.dut[..live_ut], &dut_ref);
+    }
+}
+
 /// L(θ) = Σ y ⊙ G as f64, for finite differences.
 fn weighted_loss(layer: &Layer, g: &[f32]) -> f64 {
     let (_, y) = layer.forward();
@@ -398,7 +467,7 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
     let mut t = Cpu.alloc(DType::F32, sh.scratch_len()).unwrap();
     let mut y = Cpu.alloc(DType::F32, sh.n * sh.n_out).unwrap();
     let fwd = |sh: &LowRankShape, t: &mut CpuBuf, y: &mut CpuBuf| {
-        Cpu.lowrank_linear_forward(sh, x.all(), w, None, t.all_mut(), y.all_mut())
+        Cpu.lowrank_linear_forward(sh, x.all(), w, None, t.all_mut(), y.all_mut(), None)
             .unwrap_err()
             .to_string()
     };
@@ -410,6 +479,20 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
     assert!(fwd(&sh, &mut short_t, &mut y).contains("t window"));
     let mut bf16_t = Cpu.alloc(DType::BF16, sh.scratch_len()).unwrap();
     assert!(fwd(&sh, &mut bf16_t, &mut y).contains("t is BF16, must be F32"));
+    let mut bf16_gelu = Cpu.alloc(DType::BF16, sh.n * sh.n_out).unwrap();
+    let err = Cpu
+        .lowrank_linear_forward(
+            &sh,
+            x.all(),
+            w,
+            None,
+            t.all_mut(),
+            y.all_mut(),
+            Some(bf16_gelu.all_mut()),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gelu(y) is BF16, must be F32"), "{err}");
 
     let dy = upload(&vec![1.0; sh.n * sh.n_out]);
     let mut s = Cpu.alloc(DType::F32, sh.scratch_len()).unwrap();
@@ -425,6 +508,7 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
             dy.all(),
             s.all_mut(),
             dx.all_mut(),
+            None,
             LowRankGrads {
                 dut: dut.all_mut(),
                 dvt: dvt.all_mut(),

@@ -418,8 +418,9 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         bias: Option<Ref<CpuBuf>>,
         t: Mut<CpuBuf>,
         y: Mut<CpuBuf>,
+        gelu: Option<Mut<CpuBuf>>,
     ) -> Result<()> {
-        lowrank_linear::forward(&Cpu, sh, x, w, bias, t, y)
+        lowrank_linear::forward(&Cpu, sh, x, w, bias, t, y, gelu)
     }
 
     fn lowrank_linear_backward(
@@ -431,9 +432,10 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         dy: Ref<CpuBuf>,
         s: Mut<CpuBuf>,
         dx: Mut<CpuBuf>,
+        gelu_input: Option<Ref<CpuBuf>>,
         grads: LowRankGrads<CpuBuf>,
     ) -> Result<()> {
-        lowrank_linear::backward(&Cpu, sh, x, w, t, dy, s, dx, grads)
+        lowrank_linear::backward(&Cpu, sh, x, w, t, dy, s, dx, gelu_input, grads)
     }
 }
 

@@ -52,18 +52,61 @@ struct AlgoKey {
     ld: [usize; 3],
     dtypes: [DType; 2],
     align: [u32; 4],
-    /// The bias epilogue (its pointer is always 16-byte aligned: `bias_epilogue_fits`).
-    bias: bool,
+    /// The epilogue (`Epilogue::kind`; its pointers are always 16-byte aligned: `*_fits`).
+    epilogue: u8,
+}
+
+/// What cuBLASLt's epilogue does to C = op(A)·op(B) before C's one rounding. The auxiliary matrix
+/// (GELU's input) has C's dtype, shape and row stride.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue {
+    None,
+    /// C += bias (one row of C's dtype) on every row.
+    Bias(u64),
+    /// `aux` ← C + bias (the pre-activation, kept for the backward), C ← GELU(C + bias):
+    /// CUBLASLT_EPILOGUE_GELU_AUX_BIAS, GPT-2's fc layer in one pass.
+    GeluAuxBias {
+        bias: u64,
+        aux: u64,
+    },
+    /// C ← C ⊙ GELU′(aux): CUBLASLT_EPILOGUE_DGELU, the MLP projection's dx and GELU's backward in
+    /// one pass.
+    GeluGrad {
+        aux: u64,
+    },
+}
+
+impl Epilogue {
+    fn kind(&self) -> u8 {
+        match self {
+            Epilogue::None => 0,
+            Epilogue::Bias(_) => 1,
+            Epilogue::GeluAuxBias { .. } => 2,
+            Epilogue::GeluGrad { .. } => 3,
+        }
+    }
+}
+
+/// An on/off switch from the environment: `1` (the default) or `0`.
+fn switch_from_env(var: &str) -> Result<bool> {
+    match std::env::var(var).as_deref() {
+        Err(_) | Ok("") | Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => anyhow::bail!("{var}={other:?}: use `1` (the default) or `0`"),
+    }
 }
 
 /// LOWRANK_BIAS_EPILOGUE: `1` (the default) adds linear layers' biases in cuBLASLt's epilogue, `0`
 /// in a pass of their own (the way back if the epilogue misbehaves on some GPU or cuBLASLt).
 pub fn bias_epilogue_from_env() -> Result<bool> {
-    match std::env::var("LOWRANK_BIAS_EPILOGUE").as_deref() {
-        Err(_) | Ok("") | Ok("1") => Ok(true),
-        Ok("0") => Ok(false),
-        Ok(other) => anyhow::bail!("LOWRANK_BIAS_EPILOGUE={other:?}: use `1` (the default) or `0`"),
-    }
+    switch_from_env("LOWRANK_BIAS_EPILOGUE")
+}
+
+/// LOWRANK_GELU_EPILOGUE: `1` (the default) runs the MLP's GELU, forward and backward, in the
+/// epilogue of the GEMM beside it (cuBLASLt's for dense layers, ours for low-rank ones), `0` in
+/// passes of their own.
+pub fn gelu_epilogue_from_env() -> Result<bool> {
+    switch_from_env("LOWRANK_GELU_EPILOGUE")
 }
 
 /// Whether cuBLASLt's bias epilogue takes this call: one GEMM writing bf16 (the bias then has C's
@@ -76,6 +119,18 @@ pub fn bias_epilogue_fits(g: &Gemm, c_dtype: DType, bias_dtype: DType, bias: u64
         && c_dtype == DType::BF16
         && bias_dtype == c_dtype
         && bias.is_multiple_of(16)
+}
+
+/// Whether cuBLASLt's GELU epilogues take this call: a bf16 C with β = 0 and one GEMM (as for the
+/// bias), and an auxiliary matrix of C's dtype, 16-byte aligned, whose leading dimension (C's row
+/// length n) is a multiple of 8, as cuBLASLt requires of EPILOGUE_AUX_LD.
+pub fn gelu_epilogue_fits(g: &Gemm, c_dtype: DType, aux_dtype: DType, aux: u64) -> bool {
+    g.batch == 1
+        && g.beta == 0.0
+        && c_dtype == DType::BF16
+        && aux_dtype == c_dtype
+        && aux.is_multiple_of(16)
+        && g.n.is_multiple_of(8)
 }
 
 // SAFETY: the handle is used from one stream, under the backend's ownership.
@@ -132,14 +187,14 @@ impl Lt {
         b: u64,
         c: u64,
     ) -> Result<()> {
-        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], None)
+        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], Epilogue::None)
     }
 
-    /// Runs `g` (rows packed) with `bias` (n values of C's dtype) added to every row of C in
-    /// cuBLASLt's epilogue, before C's one rounding: a linear layer's forward in one pass over C.
-    /// Callers check `bias_epilogue_fits` first.
+    /// Runs `g` (rows packed) with `epi` applied in cuBLASLt's epilogue, before C's one rounding:
+    /// a linear layer's forward (bias, GELU) or the GELU's backward in the same pass over C.
+    /// Callers check `bias_epilogue_fits` and `gelu_epilogue_fits` first.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_bias(
+    pub fn gemm_epilogue(
         &self,
         stream: &CudaStream,
         g: &Gemm,
@@ -147,11 +202,11 @@ impl Lt {
         c_dtype: DType,
         a: u64,
         b: u64,
-        bias: u64,
         c: u64,
+        epi: Epilogue,
     ) -> Result<()> {
         let ld = RowStrides::packed(g);
-        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], Some(bias))
+        self.matmul(stream, g, ld, (ab, c_dtype), [a, b, c], epi)
     }
 
     fn matmul(
@@ -161,7 +216,7 @@ impl Lt {
         ld: RowStrides,
         (ab, c_dtype): (DType, DType),
         [a, b, c]: [u64; 3],
-        bias: Option<u64>,
+        epi: Epilogue,
     ) -> Result<()> {
         let ty = |d: DType| match d {
             DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
@@ -175,7 +230,8 @@ impl Lt {
         let layout_a = Layout::new(ty(ab), la_rows, la_cols, ldb, g.batch, g.stride_b)?;
         let layout_b = Layout::new(ty(ab), lb_rows, lb_cols, lda, g.batch, g.stride_a)?;
         let layout_c = Layout::new(ty(c_dtype), n, m, ldc, g.batch, g.stride_c)?;
-        let desc = Desc::new(g.trans_b, g.trans_a, bias)?;
+        // The auxiliary matrix has C's leading dimension (column-major: C's row length).
+        let desc = Desc::new(g.trans_b, g.trans_a, epi, ldc)?;
         let ptrs = [b, a, c, c];
         let key = AlgoKey {
             mnk: [g.m, g.n, g.k],
@@ -184,7 +240,7 @@ impl Lt {
             ld: [ld.a, ld.b, ld.c],
             dtypes: [ab, c_dtype],
             align: ptrs.map(alignment),
-            bias: bias.is_some(),
+            epilogue: epi.kind(),
         };
         let cached = self
             .algos
@@ -291,7 +347,7 @@ impl Drop for Layout {
 struct Desc(sys::cublasLtMatmulDesc_t);
 
 impl Desc {
-    fn new(trans_a: bool, trans_b: bool, bias: Option<u64>) -> Result<Self> {
+    fn new(trans_a: bool, trans_b: bool, epi: Epilogue, aux_ld: u64) -> Result<Self> {
         let d = Desc(lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType_t::CUDA_R_32F,
@@ -318,23 +374,41 @@ impl Desc {
                 )?
             };
         }
-        if let Some(ptr) = bias {
-            use sys::cublasLtMatmulDescAttributes_t as A;
-            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-            // SAFETY: the epilogue is a 32-bit enum, the bias pointer a 64-bit device address.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    d.0,
-                    A::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    &epilogue as *const sys::cublasLtEpilogue_t as *const c_void,
-                    size_of::<sys::cublasLtEpilogue_t>(),
-                )?;
-                lt::set_matmul_desc_attribute(
-                    d.0,
-                    A::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &ptr as *const u64 as *const c_void,
+        use sys::cublasLtEpilogue_t as E;
+        let (epilogue, bias, aux) = match epi {
+            Epilogue::None => return Ok(d),
+            Epilogue::Bias(bias) => (E::CUBLASLT_EPILOGUE_BIAS, Some(bias), None),
+            Epilogue::GeluAuxBias { bias, aux } => {
+                (E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS, Some(bias), Some(aux))
+            }
+            Epilogue::GeluGrad { aux } => (E::CUBLASLT_EPILOGUE_DGELU, None, Some(aux)),
+        };
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        // SAFETY: each attribute is written with the size cuBLASLt documents: the epilogue a
+        // 32-bit enum, the pointers 64-bit device addresses, the auxiliary leading dimension int64.
+        unsafe {
+            let set = |attr, value: *const c_void, size| {
+                lt::set_matmul_desc_attribute(d.0, attr, value, size)
+            };
+            set(
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epilogue as *const E as *const c_void,
+                size_of::<E>(),
+            )?;
+            if let Some(ptr) = bias {
+                let p = &ptr as *const u64 as *const c_void;
+                set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, p, size_of::<u64>())?;
+            }
+            if let Some(ptr) = aux {
+                let p = &ptr as *const u64 as *const c_void;
+                set(
+                    A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    p,
                     size_of::<u64>(),
                 )?;
+                let ld = aux_ld as i64;
+                let p = &ld as *const i64 as *const c_void;
+                set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, p, size_of::<i64>())?;
             }
         }
         Ok(d)

@@ -79,6 +79,8 @@ pub struct Cuda {
     attention_impl: AttentionImpl,
     /// Whether linear layers add their bias in cuBLASLt's epilogue (LOWRANK_BIAS_EPILOGUE).
     bias_epilogue: bool,
+    /// Whether the MLP's GELU runs in the epilogue of the GEMM beside it (LOWRANK_GELU_EPILOGUE).
+    gelu_epilogue: bool,
 }
 
 /// The CUDA backend's settings from the environment, each with its effective value or the sentence
@@ -121,6 +123,10 @@ pub fn settings() -> Vec<(&'static str, std::result::Result<String, String>)> {
             "LOWRANK_BIAS_EPILOGUE",
             show(gemm::bias_epilogue_from_env(), on_off),
         ),
+        (
+            "LOWRANK_GELU_EPILOGUE",
+            show(gemm::gelu_epilogue_from_env(), on_off),
+        ),
     ]
 }
 
@@ -162,6 +168,7 @@ impl Cuda {
         let merge_base = lowrank_linear::merge_base_from_env()?;
         let attention_impl = AttentionImpl::from_env()?;
         let bias_epilogue = gemm::bias_epilogue_from_env()?;
+        let gelu_epilogue = gemm::gelu_epilogue_from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -172,7 +179,27 @@ impl Cuda {
             merge_base,
             attention_impl,
             bias_epilogue,
+            gelu_epilogue,
         })
+    }
+
+    /// One GEMM with cuBLASLt's epilogue `epi`, which the caller found to fit.
+    fn epilogue_gemm(
+        &self,
+        g: &Gemm,
+        a: Ref<CudaBuf>,
+        b: Ref<CudaBuf>,
+        c: Mut<CudaBuf>,
+        epi: gemm::Epilogue,
+    ) -> Result<()> {
+        g.check(&a, &b, &c)?;
+        ensure!(
+            g.k > 0,
+            "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)"
+        );
+        let (ab, cd) = (a.dtype(), c.dtype());
+        let (a, b, c) = (a.ptr(), b.ptr(), c.ptr());
+        self.lt.gemm_epilogue(&self.stream, g, ab, cd, a, b, c, epi)
     }
 
     /// Picks the attention implementation (LOWRANK_ATTENTION sets it at start-up). Buffers saved by
@@ -297,21 +324,49 @@ impl Backend for Cuda {
             self.gemm(g, a, b, c.reborrow())?;
             return self.add_bias(c, bias, MatShape::new(g.m, g.n));
         }
-        g.check(&a, &b, &c)?;
-        check_matrix_and_row(
-            "gemm_bias",
-            ("c", c.len),
-            ("bias", bias.len),
-            MatShape::new(g.m, g.n),
-        )?;
-        ensure!(
-            g.k > 0,
-            "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)"
-        );
-        let (ab, cd) = (a.dtype(), c.dtype());
-        let ptrs = (a.ptr(), b.ptr(), bias.ptr(), c.ptr());
-        self.lt
-            .gemm_bias(&self.stream, g, ab, cd, ptrs.0, ptrs.1, ptrs.2, ptrs.3)
+        let shape = MatShape::new(g.m, g.n);
+        check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
+        self.epilogue_gemm(g, a, b, c, gemm::Epilogue::Bias(bias.ptr()))
+    }
+
+    fn gemm_bias_gelu(
+        &self,
+        g: &Gemm,
+        a: Ref<CudaBuf>,
+        b: Ref<CudaBuf>,
+        bias: Ref<CudaBuf>,
+        c: Mut<CudaBuf>,
+        gelu: Mut<CudaBuf>,
+    ) -> Result<()> {
+        // GELU_AUX_BIAS writes GELU(x·W + b) as its output and x·W + b as the auxiliary matrix.
+        let fits = self.bias_epilogue
+            && self.gelu_epilogue
+            && gemm::bias_epilogue_fits(g, gelu.dtype(), bias.dtype(), bias.ptr())
+            && gemm::gelu_epilogue_fits(g, gelu.dtype(), c.dtype(), c.ptr());
+        if !fits || g.m * g.n == 0 {
+            return super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu);
+        }
+        same_len("gemm_bias_gelu", gelu.len, c.len)?;
+        let shape = MatShape::new(g.m, g.n);
+        check_matrix_and_row("gemm_bias_gelu", ("c", c.len), ("bias", bias.len), shape)?;
+        let (bias, aux) = (bias.ptr(), c.ptr());
+        self.epilogue_gemm(g, a, b, gelu, gemm::Epilogue::GeluAuxBias { bias, aux })
+    }
+
+    fn gemm_gelu_backward(
+        &self,
+        g: &Gemm,
+        a: Ref<CudaBuf>,
+        b: Ref<CudaBuf>,
+        u: Ref<CudaBuf>,
+        c: Mut<CudaBuf>,
+    ) -> Result<()> {
+        let fits = self.gelu_epilogue && gemm::gelu_epilogue_fits(g, c.dtype(), u.dtype(), u.ptr());
+        if !fits || g.m * g.n == 0 {
+            return super::gemm_then_gelu_backward(self, g, a, b, u, c);
+        }
+        same_len("gemm_gelu_backward", u.len, c.len)?;
+        self.epilogue_gemm(g, a, b, c, gemm::Epilogue::GeluGrad { aux: u.ptr() })
     }
 
     fn adamw(
@@ -554,8 +609,9 @@ impl Backend for Cuda {
         bias: Option<Ref<CudaBuf>>,
         t: Mut<CudaBuf>,
         y: Mut<CudaBuf>,
+        gelu: Option<Mut<CudaBuf>>,
     ) -> Result<()> {
-        lowrank_linear::forward(self, sh, x, w, bias, t, y)
+        lowrank_linear::forward(self, sh, x, w, bias, t, y, gelu)
     }
 
     fn lowrank_linear_backward(
@@ -567,8 +623,9 @@ impl Backend for Cuda {
         dy: Ref<CudaBuf>,
         s: Mut<CudaBuf>,
         dx: Mut<CudaBuf>,
+        gelu_input: Option<Ref<CudaBuf>>,
         grads: LowRankGrads<CudaBuf>,
     ) -> Result<()> {
-        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, grads)
+        lowrank_linear::backward(self, sh, x, w, t, dy, s, dx, gelu_input, grads)
     }
 }

@@ -131,6 +131,7 @@ fn time_forward(
             Some(inp.bias.all()),
             out.t.all_mut(),
             out.y.all_mut(),
+            None,
         )
     })
 }
@@ -167,6 +168,7 @@ fn time_backward(
             inp.dy[i % sets].all(),
             s.all_mut(),
             dx.all_mut(),
+            None,
             grads,
         )
     })

@@ -23,7 +23,8 @@ mod tma;
 
 use super::{Cuda, CudaBuf};
 use crate::backend::{
-    Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
+    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
+    SCRATCH_ROW_ALIGN,
 };
 use anyhow::{bail, ensure, Context, Result};
 use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
@@ -87,6 +88,8 @@ pub(super) struct SegGemmParams {
     split_stride: i64,
     nmajor_lbo: i32,
     nmajor_sbo: i32,
+    act: u64,
+    act_kind: i32,
 }
 
 // SAFETY: plain old data with the C layout the kernel reads.
@@ -114,6 +117,29 @@ struct Output {
     n_valid: usize,
     n_store: usize,
     ldc: usize,
+    act: Act,
+}
+
+/// The GELU an output's epilogue applies (`act_kind` in kernels/seg_gemm.cuh), with its second
+/// window: the same dtype, shape and row stride as the output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    None,
+    /// GELU of the output written at this address too.
+    Gelu(u64),
+    /// The output scaled by GELU′ of the pre-activation at this address.
+    GeluGrad(u64),
+}
+
+impl Act {
+    /// (act, act_kind) of SegGemmParams.
+    fn params(self) -> (u64, i32) {
+        match self {
+            Act::None => (0, 0),
+            Act::Gelu(p) => (p, 1),
+            Act::GeluGrad(p) => (p, 2),
+        }
+    }
 }
 
 /// One segmented GEMM. `colsum` (projections only): also write A's column sums per row block of
@@ -141,6 +167,10 @@ fn launch_seg_gemm(
     } else {
         1
     };
+    ensure!(
+        splits == 1 || out.act == Act::None,
+        "fused low-rank {role:?}: the GELU epilogue does not run with split K"
+    );
     // Split K writes f32 partial products to a workspace, summed into `out` afterwards.
     let out_dtype = if splits > 1 { DType::F32 } else { out.dtype };
     let mut name = kernel_name(role, tile, out_dtype)?;
@@ -170,9 +200,12 @@ fn launch_seg_gemm(
         )
     })?;
     let (nmajor_lbo, nmajor_sbo) = wgmma_nmajor_offsets()?;
+    let (act, act_kind) = out.act.params();
     let mut p = SegGemmParams {
         nmajor_lbo,
         nmajor_sbo,
+        act,
+        act_kind,
         bias,
         c: out.ptr,
         m: out.m as i32,
@@ -268,10 +301,13 @@ fn fused_fits(sh: &LowRankShape, operands: &[u64], outputs: &[(u64, DType)]) -> 
         .iter()
         .all(|&d| d < i32::MAX as usize);
     let aligned = operands.iter().all(|p| p.is_multiple_of(16))
-        && outputs
-            .iter()
-            .all(|&(p, d)| p.is_multiple_of(2 * d.size_bytes() as u64));
+        && outputs.iter().all(|&(p, d)| pair_aligned(p, d));
     dims_fit(sh) && small && aligned
+}
+
+/// Whether the epilogue can store (or load) two adjacent elements of dtype `d` at `ptr` at once.
+fn pair_aligned(ptr: u64, d: DType) -> bool {
+    ptr.is_multiple_of(2 * d.size_bytes() as u64)
 }
 
 /// n_in and n_out multiples of 8: every row of the layer's operands ends on a 16-byte chunk.
@@ -288,6 +324,7 @@ fn ensure_bf16(x: &Ref<CudaBuf>) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cuda: &Cuda,
     sh: &LowRankShape,
@@ -295,20 +332,51 @@ pub fn forward(
     w: LowRankWeights<CudaBuf>,
     bias: Option<Ref<CudaBuf>>,
     t: Mut<CudaBuf>,
-    y: Mut<CudaBuf>,
+    mut y: Mut<CudaBuf>,
+    gelu: Option<Mut<CudaBuf>>,
 ) -> Result<()> {
-    sh.check_forward(&x, &w, &bias, &t, &y)?;
+    sh.check_forward(&x, &w, &bias, &t, &y, &gelu)?;
     ensure_bf16(&x)?;
-    let (k, stride) = (sh.rank, sh.scratch_stride());
-    let w0 = w.w0.map(|r| r.ptr());
     let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), t.ptr()];
-    operands.extend(w0);
+    operands.extend(w.w0.map(|r| r.ptr()));
     let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(y.ptr(), y.dtype())]);
-    let bias_ptr = bias.map_or(0, |b| b.ptr());
-    if !fused {
-        return forward_cublas(cuda, sh, x, w, bias, t, y);
+    // The GELU rides on the y kernel's epilogue; elsewhere it is a pass of its own.
+    let (act, gelu_pass) = match gelu {
+        Some(g) if fused && cuda.gelu_epilogue && pair_aligned(g.ptr(), g.dtype()) => {
+            (Act::Gelu(g.ptr()), None)
+        }
+        other => (Act::None, other),
+    };
+    if fused {
+        forward_fused(cuda, sh, x, w, bias, t, &y, act)?;
+    } else {
+        forward_cublas(cuda, sh, x, w, bias, t, y.reborrow())?;
     }
+    match gelu_pass {
+        Some(g) => {
+            let len = sh.n * sh.n_out;
+            cuda.gelu_forward(Mut { len, ..g }, Ref { len, ..y.as_ref() })
+        }
+        None => Ok(()),
+    }
+}
+
+/// t = x·Ut[:k]ᵀ, then y = [x | t]·[W0 ; Vt[:k]] + b (or x·merged + b) with `act` in its epilogue.
+#[allow(clippy::too_many_arguments)]
+fn forward_fused(
+    cuda: &Cuda,
+    sh: &LowRankShape,
+    x: Ref<CudaBuf>,
+    w: LowRankWeights<CudaBuf>,
+    bias: Option<Ref<CudaBuf>>,
+    t: Mut<CudaBuf>,
+    y: &Mut<CudaBuf>,
+    act: Act,
+) -> Result<()> {
+    let (k, stride) = (sh.rank, sh.scratch_stride());
+    let w0 = w.w0.map(|r| r.ptr());
+    let bias_ptr = bias.map_or(0, |b| b.ptr());
     let project = Segment {
         a: x.ptr(),
         lda: sh.n_in,
@@ -323,6 +391,7 @@ pub fn forward(
         n_valid: k,
         n_store: stride,
         ldc: stride,
+        act: Act::None,
     };
     launch_seg_gemm(cuda, Role::Project, [Some(project), None], 0, &t_out, None)?;
     let y_out = Output {
@@ -332,6 +401,7 @@ pub fn forward(
         n_valid: sh.n_out,
         n_store: sh.n_out,
         ldc: sh.n_out,
+        act,
     };
     if let (Some(w0), true) = (w.w0, merged::pays(cuda, sh, sh.n_in)) {
         let merged = merged::merged_weight(cuda, sh, w0, w.ut, w.vt)?;
@@ -371,25 +441,39 @@ pub fn backward(
     dy: Ref<CudaBuf>,
     mut s: Mut<CudaBuf>,
     dx: Mut<CudaBuf>,
+    gelu_input: Option<Ref<CudaBuf>>,
     g: LowRankGrads<CudaBuf>,
 ) -> Result<()> {
-    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &g)?;
+    sh.check_backward(&x, &w, &t, &dy, &s, &dx, &gelu_input, &g)?;
     ensure_bf16(&x)?;
     let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), dy.ptr(), s.ptr()];
     operands.extend(w.w0.map(|r| r.ptr()));
     let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(dx.ptr(), dx.dtype())]);
+    // GELU's backward rides on the dx kernel's epilogue, which reads u in pairs of dx's dtype;
+    // elsewhere it is a pass of its own.
+    let (act, gelu_pass) = match gelu_input {
+        Some(u) if fused && cuda.gelu_epilogue && pair_aligned(u.ptr(), u.dtype()) => {
+            (Act::GeluGrad(u.ptr()), None)
+        }
+        other => (Act::None, other),
+    };
     let dy_sums = if fused {
-        dx_fused(cuda, sh, dy, w, s.reborrow(), &dx, g.dbias.is_some())?
+        dx_fused(cuda, sh, dy, w, s.reborrow(), &dx, act, g.dbias.is_some())?
     } else {
         dx_cublas(cuda, sh, dy, w, s.reborrow(), &dx)?;
         None
     };
+    if let Some(u) = gelu_pass {
+        let len = sh.n * sh.n_in;
+        cuda.gelu_backward(Mut { len, ..dx }, Ref { len, ..u })?;
+    }
     factor_grads(cuda, sh, x, t, dy, s.as_ref(), g, dy_sums)
 }
 
 /// s = dy·Vt[:k]ᵀ (skinny kernel; with `want_dy_sums`, also dy's column sums per row block), then
-/// dx = [dy | s]·[W0ᵀ ; Ut[:k]] in one kernel.
+/// dx = [dy | s]·[W0ᵀ ; Ut[:k]] in one kernel, whose epilogue applies `act`.
+#[allow(clippy::too_many_arguments)]
 fn dx_fused(
     cuda: &Cuda,
     sh: &LowRankShape,
@@ -397,6 +481,7 @@ fn dx_fused(
     w: LowRankWeights<CudaBuf>,
     s: Mut<CudaBuf>,
     dx: &Mut<CudaBuf>,
+    act: Act,
     want_dy_sums: bool,
 ) -> Result<Option<RowBlockSums>> {
     let stride = sh.scratch_stride();
@@ -414,6 +499,7 @@ fn dx_fused(
         n_valid: sh.rank,
         n_store: stride,
         ldc: stride,
+        act: Act::None,
     };
     let dy_sums = if want_dy_sums {
         let blocks = sh.n.div_ceil(NARROW.bm);
@@ -443,6 +529,7 @@ fn dx_fused(
         n_valid: sh.n_in,
         n_store: sh.n_in,
         ldc: sh.n_in,
+        act,
     };
     // W0 and the merged weight are both n_in × n_out, read transposed (NT) in slot 0.
     let base = |b: u64| Segment {
