@@ -1,0 +1,250 @@
+//! `lowrank bench gelu`: the MLP's GELU in the epilogue of the GEMM beside it against the same
+//! work in two passes (the GEMM, then `gelu_forward` or `gelu_backward`), at GPT-2's MLP shapes:
+//! the fc layer's forward (y and GELU(y)) and the projection's backward (dx times GELU′ of fc's
+//! output), dense (cuBLASLt's GELU_AUX_BIAS and DGELU epilogues) and pure low-rank (the fused
+//! kernels' epilogue). Rates count the GEMMs' FLOPs, so the two rows of a pair compare directly.
+
+use super::{random_bufs, rotation, time_median, Row, PEAK_TFLOPS};
+use crate::backend::cuda::{Cuda, CudaBuf};
+use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
+use anyhow::Result;
+
+/// (rows N = B·T, channels C, rank of the low-rank layers): the MLP maps C → 4C → C.
+pub type Shape = (usize, usize, usize);
+/// GPT-2 small and medium at B 8, T 1024, rank C/4.
+pub const FULL: &[Shape] = &[(8192, 768, 192), (8192, 1024, 256)];
+/// Rows off the tiles, a rank off 16.
+pub const SMOKE: &[Shape] = &[(200, 64, 12)];
+
+/// The rows in pairs: each layer and pass fused, then in two passes.
+pub fn run(gpu: &Cuda, shapes: &[Shape], reps: usize) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &(n, c, rank) in shapes {
+        let inp = Inputs::new(gpu, n, c, rank)?;
+        let mut out = Outputs::new(gpu, &inp)?;
+        let fc = inp.shape(c, 4 * c);
+        let proj = inp.shape(4 * c, c);
+        let dense = 2.0 * (n * c * 4 * c) as f64;
+        for (name, flops, [fused, passes]) in [
+            ("fc_fwd_dense", dense, dense_fc(gpu, &inp, &mut out, reps)?),
+            ("proj_dx_dense", dense, dense_dx(gpu, &inp, &mut out, reps)?),
+            (
+                "fc_fwd_lowrank",
+                fc.forward_flops(false),
+                lowrank_fc(gpu, &inp, &mut out, &fc, reps)?,
+            ),
+            (
+                "proj_bwd_lowrank",
+                proj.backward_flops(false),
+                lowrank_proj(gpu, &inp, &mut out, &proj, reps)?,
+            ),
+        ] {
+            let row = |how: &str, ms: f64| {
+                let tflops = flops / (ms * 1e-3) / 1e12;
+                Row {
+                    op: format!("gelu_{name}_{how}"),
+                    shape: format!("{n}x{c}>{} r{rank}", 4 * c),
+                    median_ms: ms,
+                    achieved: tflops,
+                    unit: "TF/s",
+                    frac_of_peak: tflops / PEAK_TFLOPS,
+                    frac_of_measured: None,
+                }
+            };
+            rows.extend([row("fused", fused), row("passes", passes)]);
+        }
+    }
+    Ok(rows)
+}
+
+/// One MLP's read-only operands: activations rotated past L2, weights once.
+struct Inputs {
+    n: usize,
+    rank: usize,
+    sets: usize,
+    /// n × C: the fc layer's input, and the projection's output gradient.
+    x: Vec<CudaBuf>,
+    /// n × 4C: the fc layer's output u (GELU's input), read by the projection's backward.
+    u: Vec<CudaBuf>,
+    /// The fc weight (C × 4C, stored n_in × n_out); read transposed, the projection's dx operand.
+    w: CudaBuf,
+    bias: CudaBuf,
+    /// Low-rank factors Ut (rank × 4C) and Vt (rank × 4C): the 4C side of either layer, of which
+    /// the C side reads a prefix.
+    ut: CudaBuf,
+    vt: CudaBuf,
+}
+
+/// What the timed calls write.
+struct Outputs {
+    /// n × 4C: y or dx, and GELU(y).
+    y: CudaBuf,
+    gelu: CudaBuf,
+    /// The low-rank scratch and gradients, at the 4C side's size.
+    t: CudaBuf,
+    s: CudaBuf,
+    dut: CudaBuf,
+    dvt: CudaBuf,
+}
+
+impl Inputs {
+    fn new(gpu: &Cuda, n: usize, c: usize, rank: usize) -> Result<Self> {
+        let bf = DType::BF16;
+        let sets = rotation(gpu, 2 * n * 5 * c);
+        let one = |len: usize| -> Result<CudaBuf> { Ok(random_bufs(gpu, bf, len, 1)?.remove(0)) };
+        Ok(Inputs {
+            n,
+            rank,
+            sets,
+            x: random_bufs(gpu, bf, n * c, sets)?,
+            u: random_bufs(gpu, bf, n * 4 * c, sets)?,
+            w: one(4 * c * c)?,
+            bias: one(4 * c)?,
+            ut: one(rank * 4 * c)?,
+            vt: one(rank * 4 * c)?,
+        })
+    }
+
+    fn shape(&self, n_in: usize, n_out: usize) -> LowRankShape {
+        LowRankShape {
+            n: self.n,
+            n_in,
+            n_out,
+            rank: self.rank,
+        }
+    }
+
+    fn weights(&self) -> LowRankWeights<'_, CudaBuf> {
+        LowRankWeights {
+            w0: None,
+            ut: self.ut.all(),
+            vt: self.vt.all(),
+        }
+    }
+}
+
+impl Outputs {
+    fn new(gpu: &Cuda, inp: &Inputs) -> Result<Self> {
+        let (bf, f32) = (DType::BF16, DType::F32);
+        let wide = inp.u[0].len();
+        // n rows of the rank's padded stride, whatever the layer's widths.
+        let scratch = inp.shape(1, 1).scratch_len();
+        let factor = inp.ut.len();
+        Ok(Outputs {
+            y: gpu.alloc(bf, wide)?,
+            gelu: gpu.alloc(bf, wide)?,
+            t: gpu.alloc(bf, scratch)?,
+            s: gpu.alloc(bf, scratch)?,
+            dut: gpu.alloc(f32, factor)?,
+            dvt: gpu.alloc(f32, factor)?,
+        })
+    }
+}
+
+/// fc forward: y = x·W + b and GELU(y), in cuBLASLt's epilogue and in two passes.
+fn dense_fc(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
+    let c = inp.x[0].len() / inp.n;
+    let g = Gemm::new(inp.n, 4 * c, c);
+    let (w, b) = (inp.w.all(), inp.bias.all());
+    let Outputs { y, gelu, .. } = out;
+    let fused = time_median(gpu, reps, |i| {
+        let x = inp.x[i % inp.sets].all();
+        gpu.gemm_bias_gelu(&g, x, w, b, y.all_mut(), gelu.all_mut())
+    })?;
+    let passes = time_median(gpu, reps, |i| {
+        let x = inp.x[i % inp.sets].all();
+        gpu.gemm_bias(&g, x, w, b, y.all_mut())?;
+        gpu.gelu_forward(gelu.all_mut(), y.all())
+    })?;
+    Ok([fused, passes])
+}
+
+/// The projection's dx = (dy·Wᵀ) ⊙ GELU′(u), W (4C × C) stored n_in × n_out: cuBLASLt's DGELU
+/// epilogue and two passes.
+fn dense_dx(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
+    let c = inp.x[0].len() / inp.n;
+    let g = Gemm::new(inp.n, 4 * c, c).trans_b();
+    let w = inp.w.all();
+    let dx = &mut out.y;
+    let fused = time_median(gpu, reps, |i| {
+        let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
+        gpu.gemm_gelu_backward(&g, dy, w, u, dx.all_mut())
+    })?;
+    let passes = time_median(gpu, reps, |i| {
+        let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
+        gpu.gemm(&g, dy, w, dx.all_mut())?;
+        gpu.gelu_backward(dx.all_mut(), u)
+    })?;
+    Ok([fused, passes])
+}
+
+/// The low-rank fc forward with GELU(y) from the y kernel's epilogue, and then in a pass.
+fn lowrank_fc(
+    gpu: &Cuda,
+    inp: &Inputs,
+    out: &mut Outputs,
+    sh: &LowRankShape,
+    reps: usize,
+) -> Result<[f64; 2]> {
+    let b = Some(inp.bias.all());
+    let Outputs { y, gelu, t, .. } = out;
+    let fused = time_median(gpu, reps, |i| {
+        let x = inp.x[i % inp.sets].all();
+        let (t, y) = (t.all_mut(), y.all_mut());
+        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y, Some(gelu.all_mut()))
+    })?;
+    let passes = time_median(gpu, reps, |i| {
+        let x = inp.x[i % inp.sets].all();
+        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t.all_mut(), y.all_mut(), None)?;
+        gpu.gelu_forward(gelu.all_mut(), y.all())
+    })?;
+    Ok([fused, passes])
+}
+
+/// The low-rank projection's backward (4C → C; dy is n × C) with dx scaled by GELU′(u) in the dx
+/// kernel's epilogue, and then in a pass.
+fn lowrank_proj(
+    gpu: &Cuda,
+    inp: &Inputs,
+    out: &mut Outputs,
+    sh: &LowRankShape,
+    reps: usize,
+) -> Result<[f64; 2]> {
+    let Outputs {
+        y: dx,
+        gelu: x,
+        t,
+        s,
+        dut,
+        dvt,
+    } = out;
+    let mut run = |i: usize, fused: bool| -> Result<()> {
+        let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
+        let grads = LowRankGrads {
+            dut: dut.all_mut(),
+            dvt: dvt.all_mut(),
+            dbias: None,
+        };
+        // The layer's input x = GELU(u), whatever its values: only the timing matters here.
+        let (x, t) = (x.all(), t.all());
+        let gelu_input = fused.then_some(u);
+        gpu.lowrank_linear_backward(
+            sh,
+            x,
+            inp.weights(),
+            t,
+            dy,
+            s.all_mut(),
+            dx.all_mut(),
+            gelu_input,
+            grads,
+        )?;
+        if !fused {
+            gpu.gelu_backward(dx.all_mut(), u)?;
+        }
+        Ok(())
+    };
+    let fused = time_median(gpu, reps, |i| run(i, true))?;
+    let passes = time_median(gpu, reps, |i| run(i, false))?;
+    Ok([fused, passes])
+}
