@@ -45,7 +45,6 @@ enum : int { ACT_NONE = 0, ACT_GELU = 1, ACT_DGELU = 2 };
 __device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }
 
-
 // A value as it reads back after its store to C.
 __device__ __forceinline__ float stored(float v, const float*) { return v; }
 __device__ __forceinline__ float stored(float v, const bf16*) { return __bfloat162float(__float2bfloat16_rn(v)); }

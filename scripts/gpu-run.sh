@@ -29,9 +29,9 @@ else
   step_size=(--model gpt2 --batch 8 --seq 1024); peer_step_size=(--device cuda --config gpt2:12:12:768 --batch 8 --seq 1024)
   dlra_rank=64 bench_steps=10
   # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the path.
-  libdirs=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' -o -name 'libnvToolsExt.so*' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+  libdirs=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' -o -name 'libnvToolsExt.so*' \) -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
   if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
-    libdirs="$libdirs$(find / -xdev -name 'libcuda.so.1' 2>/dev/null | head -1 | xargs -r dirname)"
+    libdirs="$libdirs$(find / -xdev -name 'libcuda.so.1' -printf '%h\n' 2>/dev/null | head -1)"
   fi
   export LD_LIBRARY_PATH="${libdirs%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
