@@ -7,8 +7,9 @@
 //! low-rank cases on an sm_90a of 4 SMs in random order, on its default mainloop (TMA, both tiles),
 //! on the cp.async wgmma one and with the merged weight (LOWRANK_MERGE_BASE=1); between them every
 //! kernel must have run. Then a few steps of training (the launchers, buffers and optimiser paths
-//! of the training loop) against the same run on the CPU backend, and `bench --smoke` (the bench's
-//! own code, before a GPU run depends on it). Where g++ has AddressSanitizer, the kernels are built
+//! of the training loop) against the same run on the CPU backend, `bench --smoke` (the bench's
+//! own code, before a GPU run depends on it), and the dense layers' passes where cuBLASLt offers no
+//! algorithm for an epilogue. Where g++ has AddressSanitizer, the kernels are built
 //! with it, so every global-memory access outside its allocation fails the run (the emulator's
 //! compute-sanitizer memcheck). What this cannot show: speed, and memory-ordering faults of real
 //! hardware.
@@ -328,6 +329,40 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         "lowrank_dx_wgmma_bf16",
     ] {
         assert!(launched.lines().any(|l| l == kernel), "{kernel} never ran");
+    }
+}
+
+/// Where cuBLASLt has no algorithm for an epilogue (EMU_CUBLASLT_NO_EPILOGUE makes the fake's
+/// heuristic say so for all of them), the dense layers do the bias and GELU work in passes of
+/// their own: every GEMM case still passes, and a warning says why, once.
+#[test]
+fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
+    let Some(emu) = Emulator::get() else { return };
+    let args = ["selftest", "--filter", "gemm_", "--max-work", "2e8"];
+    let out = emu.run(
+        &args,
+        "80",
+        "4",
+        &[("EMU_CUBLASLT_NO_EPILOGUE", OsStr::new("1"))],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let warnings = stderr.matches("cuBLASLt has no algorithm for").count();
+    assert_eq!(warnings, 1, "{stderr}");
+    for op in [
+        "gemm_bias_nn_bf16",
+        "gemm_bias_gelu_nt_bf16",
+        "gemm_gelu_backward_nt_bf16",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{op} ")) && l.ends_with("pass")),
+            "no passing {op} in:\n{stdout}"
+        );
     }
 }
 

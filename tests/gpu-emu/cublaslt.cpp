@@ -21,6 +21,8 @@
 // prefixed "emulated cuBLASLt:"; anything this emulator does not implement is NOT_SUPPORTED, loudly.
 //
 // EMU_CUBLASLT_THREADS=N caps the worker threads (default: all hardware threads).
+// EMU_CUBLASLT_NO_EPILOGUE=1 makes the heuristic find no algorithm for any epilogue but the
+// default, as a cuBLASLt without kernels for some epilogue would (the caller's fallback path).
 //
 // This file checks each call and exports the API; cublaslt_objects.h holds the ABI and the objects'
 // registry, cublaslt_matmul.h the arithmetic.
@@ -381,8 +383,12 @@ EXPORT uint32_t cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* a
     const auto& c = *static_cast<const LayoutObj*>(cdesc);
     const auto& d = *static_cast<const LayoutObj*>(ddesc);
     Problem p;
-    Status s = check_problem(fn, *static_cast<const DescObj*>(desc), a, b, c, d, &p);
+    const auto& dsc = *static_cast<const DescObj*>(desc);
+    Status s = check_problem(fn, dsc, a, b, c, d, &p);
     if (s != SUCCESS) return s;
+    if (dsc.epilogue != EPILOGUE_DEFAULT && getenv("EMU_CUBLASLT_NO_EPILOGUE") != nullptr) {
+        return SUCCESS;  // *count stays 0: no algorithm (EMU_CUBLASLT_NO_EPILOGUE)
+    }
     // No algorithm works on pointers less aligned than their element.
     const auto& pr = *static_cast<const PrefObj*>(pref);
     const uint32_t types[4] = {a.type, b.type, c.type, d.type};

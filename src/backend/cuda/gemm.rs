@@ -37,10 +37,16 @@ pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     workspace_ptr: u64,
-    /// The heuristic's choice per problem: a training step repeats a few dozen GEMM problems
-    /// hundreds of times, and asking the heuristic costs host time on every call.
-    algos: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
+    /// The heuristic's choice per problem (None: it had none): a training step repeats a few
+    /// dozen GEMM problems hundreds of times, and asking the heuristic costs host time every call.
+    algos: Mutex<HashMap<AlgoKey, Option<sys::cublasLtMatmulAlgo_t>>>,
 }
+
+/// cuBLASLt's heuristic offers no algorithm for a problem: with an epilogue, the caller can do
+/// the epilogue's work in a pass of its own instead.
+#[derive(Debug, thiserror::Error)]
+#[error("cuBLASLt has no algorithm for {0}")]
+pub struct NoAlgorithm(String);
 
 /// Everything the heuristic's answer depends on: the problem, the layouts, the dtypes and each
 /// pointer's alignment (the workspace is fixed).
@@ -83,6 +89,16 @@ impl Epilogue {
             Epilogue::Bias(_) => 1,
             Epilogue::GeluAuxBias { .. } => 2,
             Epilogue::GeluGrad { .. } => 3,
+        }
+    }
+
+    /// cuBLASLt's name for it.
+    fn name(&self) -> &'static str {
+        match self {
+            Epilogue::None => "DEFAULT",
+            Epilogue::Bias(_) => "BIAS",
+            Epilogue::GeluAuxBias { .. } => "GELU_AUX_BIAS",
+            Epilogue::GeluGrad { .. } => "DGELU",
         }
     }
 }
@@ -263,13 +279,25 @@ impl Lt {
                         layout_c.0,
                         pref.0,
                     )
-                }
-                .with_context(|| {
-                    format!("cuBLASLt has no algorithm for {g:?} ({ab:?} → {c_dtype:?})")
-                })?;
+                };
+                // NOT_SUPPORTED (or no result) is an answer, kept; any other status is an error.
+                let found = match heuristic {
+                    Ok(h) => Some(h.algo),
+                    Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => None,
+                    Err(e) => {
+                        let what = format!(
+                            "cuBLASLt's heuristic failed for {}",
+                            problem(g, ab, c_dtype, &epi)
+                        );
+                        return Err(anyhow::Error::new(e).context(what));
+                    }
+                };
                 let algos = &mut self.algos.lock().expect("algorithm cache");
-                *algos.entry(key).or_insert(heuristic.algo)
+                *algos.entry(key).or_insert(found)
             }
+        };
+        let Some(algo) = algo else {
+            return Err(NoAlgorithm(problem(g, ab, c_dtype, &epi)).into());
         };
         // SAFETY: every descriptor is alive; pointers come from live buffers checked by Gemm::check.
         unsafe {
@@ -459,6 +487,25 @@ impl Pref {
         }
         Ok(p)
     }
+}
+
+/// A GEMM call in a few words, e.g. "8192×3072×768 NN (BF16 → BF16) with the GELU_AUX_BIAS epilogue".
+fn problem(g: &Gemm, ab: DType, c_dtype: DType, epi: &Epilogue) -> String {
+    let t = |trans: bool| if trans { 'T' } else { 'N' };
+    format!(
+        "{}×{}×{} {}{}{} ({ab:?} → {c_dtype:?}) with the {} epilogue",
+        g.m,
+        g.n,
+        g.k,
+        t(g.trans_a),
+        t(g.trans_b),
+        if g.batch > 1 {
+            format!(" ×{}", g.batch)
+        } else {
+            String::new()
+        },
+        epi.name()
+    )
 }
 
 /// A pointer's alignment in bytes, up to the 256 cuBLASLt assumes by default.

@@ -83,6 +83,20 @@ pub struct Cuda {
     gelu_epilogue: bool,
 }
 
+/// Whether `e` says cuBLASLt has no algorithm for an epilogue, whose work the caller then does in
+/// passes of its own; the first time, a warning on stderr (the epilogue's speed is lost, nothing
+/// else).
+fn epilogue_unavailable(e: &anyhow::Error) -> bool {
+    let Some(none) = e.downcast_ref::<gemm::NoAlgorithm>() else {
+        return false;
+    };
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!("warning: {none}; its epilogue's work runs in passes of its own (reported once)")
+    });
+    true
+}
+
 /// The CUDA backend's settings from the environment, each with its effective value or the sentence
 /// that rejects it (`lowrank doctor` prints them; `Cuda::new` and the first launch that reads one
 /// fail on a bad one).
@@ -319,14 +333,18 @@ impl Backend for Cuda {
         bias: Ref<CudaBuf>,
         mut c: Mut<CudaBuf>,
     ) -> Result<()> {
-        let fits = gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr());
-        if !(self.bias_epilogue && fits) || g.m * g.n == 0 {
-            self.gemm(g, a, b, c.reborrow())?;
-            return self.add_bias(c, bias, MatShape::new(g.m, g.n));
-        }
         let shape = MatShape::new(g.m, g.n);
-        check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
-        self.epilogue_gemm(g, a, b, c, gemm::Epilogue::Bias(bias.ptr()))
+        let fits = gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr());
+        if self.bias_epilogue && fits && g.m * g.n > 0 {
+            check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
+            let epi = gemm::Epilogue::Bias(bias.ptr());
+            match self.epilogue_gemm(g, a, b, c.reborrow(), epi) {
+                Err(e) if epilogue_unavailable(&e) => {}
+                done => return done,
+            }
+        }
+        self.gemm(g, a, b, c.reborrow())?;
+        self.add_bias(c, bias, shape)
     }
 
     fn gemm_bias_gelu(
@@ -336,21 +354,27 @@ impl Backend for Cuda {
         b: Ref<CudaBuf>,
         bias: Ref<CudaBuf>,
         c: Mut<CudaBuf>,
-        gelu: Mut<CudaBuf>,
+        mut gelu: Mut<CudaBuf>,
     ) -> Result<()> {
         // GELU_AUX_BIAS writes GELU(x·W + b) as its output and x·W + b as the auxiliary matrix.
         let fits = self.bias_epilogue
             && self.gelu_epilogue
             && gemm::bias_epilogue_fits(g, gelu.dtype(), bias.dtype(), bias.ptr())
             && gemm::gelu_epilogue_fits(g, gelu.dtype(), c.dtype(), c.ptr());
-        if !fits || g.m * g.n == 0 {
-            return super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu);
+        if fits && g.m * g.n > 0 {
+            same_len("gemm_bias_gelu", gelu.len, c.len)?;
+            let shape = MatShape::new(g.m, g.n);
+            check_matrix_and_row("gemm_bias_gelu", ("c", c.len), ("bias", bias.len), shape)?;
+            let epi = gemm::Epilogue::GeluAuxBias {
+                bias: bias.ptr(),
+                aux: c.ptr(),
+            };
+            match self.epilogue_gemm(g, a, b, gelu.reborrow(), epi) {
+                Err(e) if epilogue_unavailable(&e) => {}
+                done => return done,
+            }
         }
-        same_len("gemm_bias_gelu", gelu.len, c.len)?;
-        let shape = MatShape::new(g.m, g.n);
-        check_matrix_and_row("gemm_bias_gelu", ("c", c.len), ("bias", bias.len), shape)?;
-        let (bias, aux) = (bias.ptr(), c.ptr());
-        self.epilogue_gemm(g, a, b, gelu, gemm::Epilogue::GeluAuxBias { bias, aux })
+        super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
     }
 
     fn gemm_gelu_backward(
@@ -359,14 +383,18 @@ impl Backend for Cuda {
         a: Ref<CudaBuf>,
         b: Ref<CudaBuf>,
         u: Ref<CudaBuf>,
-        c: Mut<CudaBuf>,
+        mut c: Mut<CudaBuf>,
     ) -> Result<()> {
         let fits = self.gelu_epilogue && gemm::gelu_epilogue_fits(g, c.dtype(), u.dtype(), u.ptr());
-        if !fits || g.m * g.n == 0 {
-            return super::gemm_then_gelu_backward(self, g, a, b, u, c);
+        if fits && g.m * g.n > 0 {
+            same_len("gemm_gelu_backward", u.len, c.len)?;
+            let epi = gemm::Epilogue::GeluGrad { aux: u.ptr() };
+            match self.epilogue_gemm(g, a, b, c.reborrow(), epi) {
+                Err(e) if epilogue_unavailable(&e) => {}
+                done => return done,
+            }
         }
-        same_len("gemm_gelu_backward", u.len, c.len)?;
-        self.epilogue_gemm(g, a, b, c, gemm::Epilogue::GeluGrad { aux: u.ptr() })
+        super::gemm_then_gelu_backward(self, g, a, b, u, c)
     }
 
     fn adamw(
