@@ -64,11 +64,8 @@ fn lowrank_linear(c: &mut Criterion) {
         let (ut, vt) = (filled(rank * n_in, 5), filled(rank * n_out, 6));
         let (mut t, mut s) = (filled(sh.scratch_len(), 7), filled(sh.scratch_len(), 8));
         let (mut y, mut dx) = (filled(n * n_out, 9), filled(n * n_in, 10));
-        let (mut dut, mut dvt, mut db) = (
-            filled(rank * n_in, 11),
-            filled(rank * n_out, 12),
-            filled(n_out, 13),
-        );
+        // dUt, dVt and db back to back, as in the gradient buffer.
+        let mut grads = filled(rank * (n_in + n_out) + n_out, 11);
         for base in [true, false] {
             let pass = if base { "w0+lr" } else { "lr" };
             let w = LowRankWeights {
@@ -93,9 +90,10 @@ fn lowrank_linear(c: &mut Criterion) {
             group.bench_function(format!("bwd_{pass}_256x768x3072_r{rank}"), |bench| {
                 bench.iter(|| {
                     let grads = LowRankGrads {
-                        dut: dut.all_mut(),
-                        dvt: dvt.all_mut(),
-                        dbias: Some(db.all_mut()),
+                        buf: &mut grads,
+                        dut: 0,
+                        dvt: rank * n_in,
+                        dbias: Some(rank * (n_in + n_out)),
                     };
                     Cpu.lowrank_linear_backward(
                         &sh,

@@ -38,12 +38,43 @@ impl<B> Clone for LowRankWeights<'_, B> {
 }
 impl<B> Copy for LowRankWeights<'_, B> {}
 
-/// Gradients the backward pass accumulates into (f32, AdamW's gradient buffer): dUt and dVt
-/// (only their first `rank` rows are touched) and, when the layer has a bias, db (n_out).
+/// Gradients the backward pass accumulates into (f32): three disjoint windows of one buffer
+/// (AdamW's gradient buffer in training, so nothing passes through scratch), at these element
+/// offsets: dUt (rank × n_in: the live rows), dVt (rank × n_out) and, when the layer has a bias,
+/// db (n_out). Nothing else in the buffer is touched.
 pub struct LowRankGrads<'a, B> {
-    pub dut: Mut<'a, B>,
-    pub dvt: Mut<'a, B>,
-    pub dbias: Option<Mut<'a, B>>,
+    pub buf: &'a mut B,
+    pub dut: usize,
+    pub dvt: usize,
+    pub dbias: Option<usize>,
+}
+
+impl<B: Buffer> LowRankGrads<'_, B> {
+    /// dUt's live rows for `sh`.
+    pub fn dut(&mut self, sh: &LowRankShape) -> Mut<'_, B> {
+        self.buf.at_mut(self.dut, sh.rank * sh.n_in)
+    }
+
+    /// dVt's live rows for `sh`.
+    pub fn dvt(&mut self, sh: &LowRankShape) -> Mut<'_, B> {
+        self.buf.at_mut(self.dvt, sh.rank * sh.n_out)
+    }
+
+    /// db, when the layer has a bias.
+    pub fn dbias(&mut self, sh: &LowRankShape) -> Option<Mut<'_, B>> {
+        let n_out = sh.n_out;
+        self.dbias.map(move |off| self.buf.at_mut(off, n_out))
+    }
+
+    /// (name, offset, length) of each window.
+    fn windows(&self, sh: &LowRankShape) -> Vec<(&'static str, usize, usize)> {
+        let mut w = vec![
+            ("dUt", self.dut, sh.rank * sh.n_in),
+            ("dVt", self.dvt, sh.rank * sh.n_out),
+        ];
+        w.extend(self.dbias.map(|off| ("db", off, sh.n_out)));
+        w
+    }
 }
 
 impl LowRankShape {
@@ -127,10 +158,18 @@ impl LowRankShape {
         self.window("dy", dy.len, self.n * self.n_out, dy.dtype(), op)?;
         self.window("s", s.len, self.scratch_len(), s.dtype(), op)?;
         self.window("dx", dx.len, self.n * self.n_in, dx.dtype(), None)?;
-        self.window("dUt", g.dut.len, self.rank * self.n_in, g.dut.dtype(), f32)?;
-        self.window("dVt", g.dvt.len, self.rank * self.n_out, g.dvt.dtype(), f32)?;
-        if let Some(db) = &g.dbias {
-            self.window("db", db.len, self.n_out, db.dtype(), f32)?;
+        let windows = g.windows(self);
+        for &(name, off, len) in &windows {
+            let room = g.buf.len().saturating_sub(off);
+            self.window(name, room, len, g.buf.dtype(), f32)?;
+        }
+        for (i, &(a, a_off, a_len)) in windows.iter().enumerate() {
+            for &(b, b_off, b_len) in &windows[i + 1..] {
+                ensure!(
+                    a_off + a_len <= b_off || b_off + b_len <= a_off,
+                    "low-rank linear {self:?}: the {a} window ({a_off}+{a_len}) overlaps the {b} window ({b_off}+{b_len})"
+                );
+            }
         }
         Ok(())
     }

@@ -38,6 +38,28 @@ struct Middle<B: Backend> {
     kind: MiddleKind<B>,
     /// Per layer: Vt_eff = M·Vt in the compute dtype.
     vt_eff: Vec<B::Buf>,
+    /// The op's gradients, f32, before they reach the gradient buffer: dUt, dVt_eff (which the
+    /// chain rule turns into dVt and dM) and db, back to back (`ScratchGrads`).
+    grads: B::Buf,
+}
+
+/// Where dUt, dVt_eff and db lie in `Middle::grads` for a layer of width k.
+struct ScratchGrads {
+    dut: usize,
+    dvt: usize,
+    db: usize,
+    len: usize,
+}
+
+impl ScratchGrads {
+    fn new(k: usize, n_in: usize, n_out: usize) -> Self {
+        ScratchGrads {
+            dut: 0,
+            dvt: k * n_in,
+            db: k * (n_in + n_out),
+            len: k * (n_in + n_out) + n_out,
+        }
+    }
 }
 
 enum MiddleKind<B: Backend> {
@@ -83,12 +105,8 @@ pub struct LowRankRuntime<B: Backend> {
     pub truncated: bool,
     /// Per layer: t = x·U saved by the forward for the backward (n rows of the capacity's stride).
     t: Vec<B::Buf>,
-    /// Shared by the layers' backward passes: s = dy·V, and f32 dUt, dVt before they are added
-    /// into the gradient buffer (the op writes three gradient windows at once; the flat gradient
-    /// buffer can lend only one).
+    /// Shared by the layers' backward passes: s = dy·V.
     s: B::Buf,
-    dut: B::Buf,
-    dvt: B::Buf,
     middle: Option<Middle<B>>,
 }
 
@@ -129,6 +147,10 @@ impl<B: Backend> LowRankRuntime<B> {
                     .iter()
                     .map(|l| b.alloc(dt, l.capacity * l.n_out))
                     .collect::<Result<_>>()?,
+                grads: b.alloc(
+                    DType::F32,
+                    max(&|l| ScratchGrads::new(l.capacity, l.n_in, l.n_out).len),
+                )?,
             }),
             None => None,
         };
@@ -144,8 +166,6 @@ impl<B: Backend> LowRankRuntime<B> {
             .collect();
         Ok(LowRankRuntime {
             s: b.alloc(dt, max(&scratch).max(1))?,
-            dut: b.alloc(DType::F32, max(&|l| l.capacity * l.n_in).max(1))?,
-            dvt: b.alloc(DType::F32, max(&|l| l.capacity * l.n_out).max(1))?,
             t,
             middle,
             live,
@@ -175,13 +195,15 @@ impl<B: Backend> LowRankRuntime<B> {
             let vt_eff = mid.vt_eff[i].at_mut(0, k * sh.n_out);
             b.gemm(&Gemm::new(k, sh.n_out, k).alpha(scale), m, vt, vt_eff)?;
         }
-        let weights = weights(&self.middle, i, v, w);
+        let weights = weights(self.middle.as_ref().map(|m| &m.vt_eff[i]), v, w);
         let t = self.t[i].at_mut(0, sh.scratch_len());
         b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y, gelu)
     }
 
     /// dx = dy·Wᵀ (written; scaled by GELU′(u) given the `gelu_input` u); dUt, dVt (live rows)
-    /// and, if `v.bias_grad`, the bias gradient added into `grads` (the last by the fused op itself).
+    /// and, if `v.bias_grad`, the bias gradient added into `grads`. Without a middle factor the
+    /// op accumulates straight into the gradient buffer; with one, into scratch first, for the
+    /// chain rule through Vt_eff = M·Vt.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -196,49 +218,59 @@ impl<B: Backend> LowRankRuntime<B> {
         gelu_input: Option<Ref<B::Buf>>,
     ) -> Result<()> {
         let sh = self.shape(i, x.len);
-        let (k, n_in, n_out) = (sh.rank, sh.n_in, sh.n_out);
-        b.fill(self.dut.at_mut(0, k * n_in), 0.0)?;
-        b.fill(self.dvt.at_mut(0, k * n_out), 0.0)?;
-        let weights = weights(&self.middle, i, v, w);
         let (t, s) = (
             self.t[i].at(0, sh.scratch_len()),
             self.s.at_mut(0, sh.scratch_len()),
         );
-        // db goes straight into the gradient buffer (the one window it can lend): the fused
-        // kernels sum dy's columns from the tiles their projection s = dy·V already loads, so the
-        // bias gradient costs no second read of dy. dUt and dVt pass through scratch.
-        let g = LowRankGrads {
-            dut: self.dut.at_mut(0, k * n_in),
-            dvt: self.dvt.at_mut(0, k * n_out),
-            dbias: v.bias_grad.then(|| grads.at_mut(v.bias.offset, n_out)),
+        let Some(mid) = &mut self.middle else {
+            let weights = weights(None, v, w);
+            let g = LowRankGrads {
+                buf: grads,
+                dut: v.ut.offset,
+                dvt: v.vt.offset,
+                dbias: v.bias_grad.then_some(v.bias.offset),
+            };
+            return b.lowrank_linear_backward(&sh, x, weights, t, dy, s, dx, gelu_input, g);
         };
+        let (k, n_in, n_out) = (sh.rank, sh.n_in, sh.n_out);
+        let Middle {
+            kind,
+            vt_eff,
+            grads: scratch,
+        } = mid;
+        let at = ScratchGrads::new(k, n_in, n_out);
+        b.fill(scratch.at_mut(0, at.len), 0.0)?;
+        let g = LowRankGrads {
+            buf: &mut *scratch,
+            dut: at.dut,
+            dvt: at.dvt,
+            dbias: v.bias_grad.then_some(at.db),
+        };
+        let weights = weights(Some(&vt_eff[i]), v, w);
         b.lowrank_linear_backward(&sh, x, weights, t, dy, s, dx, gelu_input, g)?;
         b.add(
             grads.at_mut(v.ut.offset, k * n_in),
-            self.dut.at(0, k * n_in),
+            scratch.at(at.dut, k * n_in),
         )?;
-        let dvt_eff = self.dvt.at(0, k * n_out);
-        match &mut self.middle {
-            None => b.add(grads.at_mut(v.vt.offset, k * n_out), dvt_eff)?,
-            Some(mid) => {
-                let (m, scale) = match &mut mid.kind {
-                    MiddleKind::Fixed { eye_f32, scale, .. } => (eye_f32.all(), *scale),
-                    MiddleKind::Trained { m_f32, vt_f32 } => {
-                        // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
-                        let t = trained_mid(i, v)?;
-                        b.cast(w.at(t.offset, k * k), m_f32.at_mut(0, k * k))?;
-                        b.cast(w.at(v.vt.offset, k * n_out), vt_f32.at_mut(0, k * n_out))?;
-                        let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
-                        let vt = vt_f32.at(0, k * n_out);
-                        b.gemm(&dm, dvt_eff, vt, grads.at_mut(t.offset, k * k))?;
-                        (m_f32.at(0, k * k), 1.0)
-                    }
-                };
-                let dvt = Gemm::new(k, n_out, k).trans_a().alpha(scale).beta(1.0);
-                b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))?;
-            }
+        if v.bias_grad {
+            b.add(grads.at_mut(v.bias.offset, n_out), scratch.at(at.db, n_out))?;
         }
-        Ok(())
+        let dvt_eff = scratch.at(at.dvt, k * n_out);
+        let (m, scale) = match kind {
+            MiddleKind::Fixed { eye_f32, scale, .. } => (eye_f32.all(), *scale),
+            MiddleKind::Trained { m_f32, vt_f32 } => {
+                // dM += dVt_eff·Vtᵀ, with M and Vt in f32 beside the f32 gradients.
+                let t = trained_mid(i, v)?;
+                b.cast(w.at(t.offset, k * k), m_f32.at_mut(0, k * k))?;
+                b.cast(w.at(v.vt.offset, k * n_out), vt_f32.at_mut(0, k * n_out))?;
+                let dm = Gemm::new(k, k, n_out).trans_b().beta(1.0);
+                let vt = vt_f32.at(0, k * n_out);
+                b.gemm(&dm, dvt_eff, vt, grads.at_mut(t.offset, k * k))?;
+                (m_f32.at(0, k * k), 1.0)
+            }
+        };
+        let dvt = Gemm::new(k, n_out, k).trans_a().alpha(scale).beta(1.0);
+        b.gemm(&dvt, m, dvt_eff, grads.at_mut(v.vt.offset, k * n_out))
     }
 
     fn shape(&self, i: usize, x_len: usize) -> LowRankShape {
@@ -266,30 +298,29 @@ impl<B: Backend> LowRankRuntime<B> {
                 MiddleKind::Fixed { eye, eye_f32, .. } => [eye, eye_f32],
                 MiddleKind::Trained { m_f32, vt_f32 } => [m_f32, vt_f32],
             };
-            m.vt_eff.iter().chain(own)
+            m.vt_eff.iter().chain(own).chain([&m.grads])
         });
         self.t
             .iter()
-            .chain([&self.s, &self.dut, &self.dvt])
+            .chain([&self.s])
             .chain(middle)
             .map(|x| x.len() * x.dtype().size_bytes())
             .sum()
     }
 }
 
-/// The operands of layer `i`: W0 and Ut from the weights, Vt from them or, with a middle factor,
-/// Vt_eff = M·Vt.
-fn weights<'a, B: Backend>(
-    middle: &'a Option<Middle<B>>,
-    i: usize,
+/// A layer's operands: W0 and Ut from the weights, Vt from them or, with a middle factor, the
+/// layer's Vt_eff = M·Vt.
+fn weights<'a, T: Buffer>(
+    vt_eff: Option<&'a T>,
     v: &LayerViews,
-    w: &'a B::Buf,
-) -> LowRankWeights<'a, B::Buf> {
+    w: &'a T,
+) -> LowRankWeights<'a, T> {
     LowRankWeights {
         w0: v.w0.map(|t| view(w, t)),
         ut: view(w, v.ut),
-        vt: match middle {
-            Some(m) => m.vt_eff[i].all(),
+        vt: match vt_eff {
+            Some(vt) => vt.all(),
             None => view(w, v.vt),
         },
     }

@@ -249,9 +249,10 @@ impl LowRankCase {
         let mut t = b.alloc(op, t_host.len())?;
         b.upload(&t_host, t.all_mut())?;
         let dy = random(b, &mut rng, sh.n * sh.n_out, op)?;
-        let mut dut = random(b, &mut rng, cap * sh.n_in, DType::F32)?;
-        let mut dvt = random(b, &mut rng, cap * sh.n_out, DType::F32)?;
-        let mut db = random(b, &mut rng, sh.n_out, DType::F32)?;
+        // One gradient buffer as the training step's: dUt's and dVt's capacity rows and db, back to
+        // back, drawn at random (the backward accumulates onto them).
+        let (dut_at, dvt_at, db_at) = (0, cap * sh.n_in, cap * (sh.n_in + sh.n_out));
+        let mut grads = random(b, &mut rng, db_at + sh.n_out, DType::F32)?;
         let mut s = poisoned(sh.scratch_len(), op)?;
         let mut dx = poisoned(sh.n * sh.n_in, self.out)?;
         // The pre-activation u whose GELU was the layer's input, drawn only where it is read, so
@@ -260,10 +261,11 @@ impl LowRankCase {
             LowRankOutput::DxGelu => Some(random(b, &mut rng, sh.n * sh.n_in, self.out)?),
             _ => None,
         };
-        let grads = LowRankGrads {
-            dut: dut.all_mut(),
-            dvt: dvt.all_mut(),
-            dbias: self.bias.then(|| db.all_mut()),
+        let g = LowRankGrads {
+            buf: &mut grads,
+            dut: dut_at,
+            dvt: dvt_at,
+            dbias: self.bias.then_some(db_at),
         };
         b.lowrank_linear_backward(
             &sh,
@@ -274,18 +276,18 @@ impl LowRankCase {
             s.all_mut(),
             dx.all_mut(),
             gelu_input.as_ref().map(|u| u.all()),
-            grads,
+            g,
         )?;
         let (live_u, live_v) = (sh.rank * sh.n_in, sh.rank * sh.n_out);
         Ok(match self.output {
             LowRankOutput::S => b.download(s.all())?,
             LowRankOutput::Dx | LowRankOutput::DxGelu => b.download(dx.all())?,
-            LowRankOutput::DUt => b.download(dut.at(0, live_u))?,
-            LowRankOutput::DVt => b.download(dvt.at(0, live_v))?,
-            LowRankOutput::Db => b.download(db.all())?,
+            LowRankOutput::DUt => b.download(grads.at(dut_at, live_u))?,
+            LowRankOutput::DVt => b.download(grads.at(dvt_at, live_v))?,
+            LowRankOutput::Db => b.download(grads.at(db_at, sh.n_out))?,
             LowRankOutput::DeadRows => [
-                b.download(dut.at(live_u, dut.len() - live_u))?,
-                b.download(dvt.at(live_v, dvt.len() - live_v))?,
+                b.download(grads.at(dut_at + live_u, dvt_at - dut_at - live_u))?,
+                b.download(grads.at(dvt_at + live_v, db_at - dvt_at - live_v))?,
             ]
             .concat(),
             LowRankOutput::Y | LowRankOutput::T | LowRankOutput::GeluY => {

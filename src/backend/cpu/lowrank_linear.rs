@@ -75,7 +75,7 @@ pub fn backward(
     mut s: Mut<CpuBuf>,
     dx: Mut<CpuBuf>,
     gelu_input: Option<Ref<CpuBuf>>,
-    g: LowRankGrads<CpuBuf>,
+    mut g: LowRankGrads<CpuBuf>,
 ) -> Result<()> {
     sh.check_backward(&x, &w, &t, &dy, &s, &dx, &gelu_input, &g)?;
     let LowRankShape {
@@ -119,25 +119,11 @@ pub fn backward(
     // dUt[:k] += sᵀ·x and dVt[:k] += tᵀ·dy: only the first k rows of each window are written.
     let mut t_live = cpu.alloc(t.dtype(), n * k)?;
     gather_live(t.slice(), k, stride, &mut t_live.data);
-    cpu.gemm(
-        &Gemm::new(k, n_in, n).trans_a().beta(1.0),
-        s_live.all(),
-        x,
-        Mut {
-            len: k * n_in,
-            ..g.dut
-        },
-    )?;
-    cpu.gemm(
-        &Gemm::new(k, n_out, n).trans_a().beta(1.0),
-        t_live.all(),
-        dy,
-        Mut {
-            len: k * n_out,
-            ..g.dvt
-        },
-    )?;
-    if let Some(mut db) = g.dbias {
+    let du = Gemm::new(k, n_in, n).trans_a().beta(1.0);
+    cpu.gemm(&du, s_live.all(), x, g.dut(sh))?;
+    let dv = Gemm::new(k, n_out, n).trans_a().beta(1.0);
+    cpu.gemm(&dv, t_live.all(), dy, g.dvt(sh))?;
+    if let Some(mut db) = g.dbias(sh) {
         add_column_sums(
             &dy.slice()[..n * n_out],
             n_out,

@@ -105,16 +105,23 @@ impl Layer {
         let (ut, vt, t, dy) = (upload(&self.ut), upload(&self.vt), upload(t), upload(dy));
         let mut s = upload(&vec![f32::NAN; self.sh.scratch_len()]);
         let mut dx = upload(&vec![f32::NAN; self.sh.n * self.sh.n_in]);
-        let [mut dut, mut dvt, mut db] = init.map(upload);
+        // One gradient buffer, its windows out of order and apart (sentinels between them, which
+        // must survive): [7 | dVt | 7 7 | dUt | db | 7].
+        let [dut0, dvt0, db0] = init;
+        let (dvt_at, dut_at) = (1, 3 + dvt0.len());
+        let db_at = dut_at + dut0.len();
+        let layout = [&[7.0][..], dvt0, &[7.0, 7.0], dut0, db0, &[7.0]].concat();
+        let mut buf = upload(&layout);
         let w = LowRankWeights {
             w0: w0.as_ref().map(|b| b.all()),
             ut: ut.all(),
             vt: vt.all(),
         };
         let grads = LowRankGrads {
-            dut: dut.all_mut(),
-            dvt: dvt.all_mut(),
-            dbias: self.bias.is_some().then(|| db.all_mut()),
+            buf: &mut buf,
+            dut: dut_at,
+            dvt: dvt_at,
+            dbias: self.bias.is_some().then_some(db_at),
         };
         Cpu.lowrank_linear_backward(
             &self.sh,
@@ -128,12 +135,18 @@ impl Layer {
             grads,
         )
         .unwrap();
+        let out = buf.as_slice();
+        let sentinels = [0, dut_at - 2, dut_at - 1, out.len() - 1].map(|i| out[i]);
+        assert_eq!(
+            sentinels, [7.0; 4],
+            "the gradient buffer outside its windows was written"
+        );
         BackwardOut {
             s: s.as_slice().to_vec(),
             dx: dx.as_slice().to_vec(),
-            dut: dut.as_slice().to_vec(),
-            dvt: dvt.as_slice().to_vec(),
-            db: db.as_slice().to_vec(),
+            dut: out[dut_at..db_at].to_vec(),
+            dvt: out[dvt_at..dvt_at + dvt0.len()].to_vec(),
+            db: out[db_at..db_at + db0.len()].to_vec(),
         }
     }
 
@@ -497,10 +510,8 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
     let dy = upload(&vec![1.0; sh.n * sh.n_out]);
     let mut s = Cpu.alloc(DType::F32, sh.scratch_len()).unwrap();
     let mut dx = Cpu.alloc(DType::F32, sh.n * sh.n_in).unwrap();
-    let mut dut = Cpu.alloc(DType::BF16, 7 * sh.n_in).unwrap();
-    let mut dvt = Cpu.alloc(DType::F32, 7 * sh.n_out).unwrap();
-    let err = Cpu
-        .lowrank_linear_backward(
+    let mut bwd = |grads: LowRankGrads<CpuBuf>| {
+        Cpu.lowrank_linear_backward(
             &sh,
             x.all(),
             w,
@@ -509,13 +520,36 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
             s.all_mut(),
             dx.all_mut(),
             None,
-            LowRankGrads {
-                dut: dut.all_mut(),
-                dvt: dvt.all_mut(),
-                dbias: None,
-            },
+            grads,
         )
         .unwrap_err()
-        .to_string();
+        .to_string()
+    };
+    let (dut_len, dvt_len) = (sh.rank * sh.n_in, sh.rank * sh.n_out);
+    let mut bf16_grads = Cpu.alloc(DType::BF16, dut_len + dvt_len).unwrap();
+    let err = bwd(LowRankGrads {
+        buf: &mut bf16_grads,
+        dut: 0,
+        dvt: dut_len,
+        dbias: None,
+    });
     assert!(err.contains("dUt is BF16, must be F32"), "{err}");
+    let mut grads = Cpu.alloc(DType::F32, dut_len + dvt_len + sh.n_out).unwrap();
+    let err = bwd(LowRankGrads {
+        buf: &mut grads,
+        dut: 0,
+        dvt: dut_len - 1,
+        dbias: None,
+    });
+    assert!(
+        err.contains("the dUt window (0+") && err.contains("overlaps the dVt window"),
+        "{err}"
+    );
+    let err = bwd(LowRankGrads {
+        buf: &mut grads,
+        dut: 0,
+        dvt: dut_len,
+        dbias: Some(dut_len + dvt_len + 1),
+    });
+    assert!(err.contains("db window has"), "{err}");
 }

@@ -83,8 +83,8 @@ struct Outputs {
     /// The low-rank scratch and gradients, at the 4C side's size.
     t: CudaBuf,
     s: CudaBuf,
-    dut: CudaBuf,
-    dvt: CudaBuf,
+    /// dUt and dVt back to back.
+    grads: CudaBuf,
 }
 
 impl Inputs {
@@ -135,8 +135,7 @@ impl Outputs {
             gelu: gpu.alloc(bf, wide)?,
             t: gpu.alloc(bf, scratch)?,
             s: gpu.alloc(bf, scratch)?,
-            dut: gpu.alloc(f32, factor)?,
-            dvt: gpu.alloc(f32, factor)?,
+            grads: gpu.alloc(f32, 2 * factor)?,
         })
     }
 }
@@ -215,14 +214,14 @@ fn lowrank_proj(
         gelu: x,
         t,
         s,
-        dut,
-        dvt,
+        grads,
     } = out;
     let mut run = |i: usize, fused: bool| -> Result<()> {
         let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
         let grads = LowRankGrads {
-            dut: dut.all_mut(),
-            dvt: dvt.all_mut(),
+            buf: &mut *grads,
+            dut: 0,
+            dvt: sh.rank * sh.n_in,
             dbias: None,
         };
         // The layer's input x = GELU(u), whatever its values: only the timing matters here.

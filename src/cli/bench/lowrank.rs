@@ -69,9 +69,8 @@ struct Outputs {
     s: CudaBuf,
     y: CudaBuf,
     dx: CudaBuf,
-    dut: CudaBuf,
-    dvt: CudaBuf,
-    db: CudaBuf,
+    /// dUt, dVt and db back to back, as the gradient buffer holds them.
+    grads: CudaBuf,
 }
 
 impl Inputs {
@@ -107,9 +106,7 @@ impl Outputs {
             s: gpu.alloc(bf, sh.scratch_len())?,
             y: gpu.alloc(bf, sh.n * sh.n_out)?,
             dx: gpu.alloc(bf, sh.n * sh.n_in)?,
-            dut: gpu.alloc(f32, sh.rank * sh.n_in)?,
-            dvt: gpu.alloc(f32, sh.rank * sh.n_out)?,
-            db: gpu.alloc(f32, sh.n_out)?,
+            grads: gpu.alloc(f32, sh.rank * (sh.n_in + sh.n_out) + sh.n_out)?,
         })
     }
 }
@@ -146,19 +143,15 @@ fn time_backward(
 ) -> Result<f64> {
     let sets = inp.x.len();
     let Outputs {
-        t,
-        s,
-        dx,
-        dut,
-        dvt,
-        db,
-        ..
+        t, s, dx, grads, ..
     } = out;
+    let dvt = sh.rank * sh.n_in;
     time_median(gpu, reps, |i| {
         let grads = LowRankGrads {
-            dut: dut.all_mut(),
-            dvt: dvt.all_mut(),
-            dbias: Some(db.all_mut()),
+            buf: &mut *grads,
+            dut: 0,
+            dvt,
+            dbias: Some(dvt + sh.rank * sh.n_out),
         };
         gpu.lowrank_linear_backward(
             sh,

@@ -567,7 +567,7 @@ fn factor_grads(
     t: Ref<CudaBuf>,
     dy: Ref<CudaBuf>,
     s: Ref<CudaBuf>,
-    g: LowRankGrads<CudaBuf>,
+    mut g: LowRankGrads<CudaBuf>,
     dy_sums: Option<RowBlockSums>,
 ) -> Result<()> {
     let LowRankShape {
@@ -587,7 +587,7 @@ fn factor_grads(
         f32,
         s.ptr(),
         x.ptr(),
-        g.dut.ptr(),
+        g.dut(sh).ptr(),
     )?;
     let dv = Gemm::new(k, n_out, n).trans_a().beta(1.0);
     cuda.lt.gemm_strided(
@@ -598,9 +598,9 @@ fn factor_grads(
         f32,
         t.ptr(),
         dy.ptr(),
-        g.dvt.ptr(),
+        g.dvt(sh).ptr(),
     )?;
-    match (g.dbias, dy_sums) {
+    match (g.dbias(sh), dy_sums) {
         (Some(db), Some(sums)) => finish_column_sums(cuda, sums.ptr, sums.blocks, n_out, db),
         (Some(db), None) => add_column_sums(cuda, dy, n, n_out, db),
         (None, _) => Ok(()),
