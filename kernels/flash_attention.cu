@@ -119,7 +119,7 @@ __device__ __forceinline__ void mma_pv(float (&o)[FaTile<HS>::DFRAG][4], const f
     }
 }
 
-// A block's place: its lane and warp, its (sequence, head) from blockIdx.y, C, qkv's row stride 3C,
+// A block's place: its lane and warp, its (sequence, head) from blockIdx.x, C, qkv's row stride 3C,
 // and `base`, the head's q columns at the sequence's first token (k at base + C, v at base + 2C).
 template <int HS>
 struct FaBlock {
@@ -127,7 +127,7 @@ struct FaBlock {
     size_t ld;
     const bf16* base;
     __device__ __forceinline__ FaBlock(const bf16* qkv, int T, int NH)
-        : lane(threadIdx.x % 32), warp(threadIdx.x / 32), bh(blockIdx.y), b(bh / NH), h(bh % NH), C(NH * HS), ld(3 * (size_t)C),
+        : lane(threadIdx.x % 32), warp(threadIdx.x / 32), bh(blockIdx.x), b(bh / NH), h(bh % NH), C(NH * HS), ld(3 * (size_t)C),
           base(qkv + (size_t)b * T * ld + h * HS) {}
 };
 
@@ -171,7 +171,9 @@ __device__ __forceinline__ void flash_forward_body(const bf16* __restrict__ qkv,
     using F = FaTile<HS>;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     const auto [lane, warp, bh, b, h, C, ld, base] = FaBlock<HS>(qkv, T, NH);
-    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_ROWS;  // the longest rows first
+    // Tiles along y, (sequence, head) along x: blocks go out x fastest, so the whole grid runs its
+    // longest query tiles (most key tiles) first and the last wave holds the short ones.
+    const int qt = gridDim.y - 1 - blockIdx.y, q0 = qt * FA_ROWS;
     const uint32_t sq = smem_addr(fa_smem), skv = sq + F::BYTES;  // then K0, V0, K1, V1
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
     load_kv<HS>(skv, base, ld, C, 0, T);
@@ -259,7 +261,7 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
     using F = FaTile<HS>;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     const auto [lane, warp, bh, b, h, C, ld, base] = FaBlock<HS>(qkv, T, NH);
-    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_ROWS;
+    const int qt = gridDim.y - 1 - blockIdx.y, q0 = qt * FA_ROWS;  // the longest rows first
     const uint32_t sq = smem_addr(fa_smem), sdo = sq + F::BYTES, skv = sdo + F::BYTES;
     load_rows<HS>(sq, base + q0 * ld, ld, T - q0);
     load_rows<HS>(sdo, dout + ((size_t)b * T + q0) * C + h * HS, C, T - q0);
@@ -309,7 +311,7 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
     extern __shared__ __align__(16) unsigned char fa_smem[];
     const FaBlock<HS> blk(qkv, T, NH);
     const auto [lane, warp, bh, b, h, C, ld, base] = blk;
-    const int kt = blockIdx.x, k0 = kt * FA_ROWS, tiles = (T + FA_ROWS - 1) / FA_ROWS;  // the longest columns first
+    const int kt = blockIdx.y, k0 = kt * FA_ROWS, tiles = (T + FA_ROWS - 1) / FA_ROWS;  // the longest columns first
     const bf16* dbase = dout + (size_t)b * T * C + h * HS;
     // K, V, then two stages of (Q, dout), then two stages of (lse, delta) rows.
     const uint32_t sk = smem_addr(fa_smem), sv = sk + F::BYTES, sqd = sv + F::BYTES;
@@ -363,14 +365,6 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
     store_rows<HS>(dst + C, ld, dk, scale, warp, lane, T - k0);
     store_rows<HS>(dst + 2 * C, ld, dv, 1.0f, warp, lane, T - k0);
 }
-
-// Dynamic shared memory per kernel (the launcher's copy: flash_attention.rs).
-template <int HS>
-struct FaSmem {
-    static constexpr int FORWARD = 5 * FaTile<HS>::BYTES;
-    static constexpr int DQ = 6 * FaTile<HS>::BYTES;
-    static constexpr int DKDV = 6 * FaTile<HS>::BYTES + 2 * 2 * FA_ROWS * (int)sizeof(float);
-};
 
 // ---------------------------------------------------------------------------------------------
 // entry points

@@ -452,7 +452,8 @@ pub trait Backend {
     }
     /// Causal multi-head self-attention from the fused qkv (B,T,3C: q, k, v each C = heads·hs wide)
     /// to out (B,T,C), scores scaled by 1/√hs. Saves in att what `attention_saved` names: the
-    /// softmax probabilities (B,heads,T,T), zero above the diagonal, or the rows' log-sum-exp.
+    /// softmax probabilities (B,heads,T,T), zero above the diagonal, or each row's log-sum-exp of
+    /// its scaled scores, base 2, in f32 (B,heads,T: `AttentionSaved::LogSumExp`).
     fn attention_forward(
         &self,
         out: Mut<Self::Buf>,

@@ -17,7 +17,8 @@ pub fn supports(head_size: usize) -> bool {
     matches!(head_size, 32 | 64)
 }
 
-/// A padded (64 × hs) bf16 tile in shared memory, FaTile::BYTES.
+/// A padded (64 × hs) bf16 tile in shared memory, FaTile::BYTES (the kernels' dynamic shared
+/// memory is counted in these: 5 for the forward, 6 for dq, 6 and the tile's lse and delta for dk/dv).
 fn tile_bytes(hs: usize) -> usize {
     ROWS * (hs + 8) * 2
 }
@@ -38,11 +39,12 @@ impl Call {
             supports(hs),
             "flash attention has kernels for head sizes 32 and 64, not {hs}"
         );
-        // One block row per (sequence, head): the grid's y extent.
+        // One block column per 64-token tile: the grid's y extent.
         ensure!(
-            batch * heads <= 65_535,
-            "flash attention takes at most 65535 sequences × heads per call, not {batch} × {heads} \
-             (use a smaller --batch, or LOWRANK_ATTENTION=materialized)"
+            seq.div_ceil(ROWS) <= 65_535,
+            "flash attention takes sequences of at most {} tokens, not {seq} \
+             (use LOWRANK_ATTENTION=materialized)",
+            65_535 * ROWS
         );
         Ok(Call {
             batch,
@@ -51,11 +53,13 @@ impl Call {
             hs,
         })
     }
+    /// (sequence, head) along x, tiles along y: blocks go out x fastest, so the kernels (which
+    /// take the longest tiles at the lowest y) start every head's longest tiles first.
     fn grid(&self, smem: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
-                self.seq.div_ceil(ROWS) as u32,
                 (self.batch * self.heads) as u32,
+                self.seq.div_ceil(ROWS) as u32,
                 1,
             ),
             block_dim: (THREADS, 1, 1),
