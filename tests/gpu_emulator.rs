@@ -250,26 +250,20 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     assert!(doc["lowrank_error"].is_null(), "{}", doc["lowrank_error"]);
     assert!(doc["gelu_error"].is_null(), "{}", doc["gelu_error"]);
     let time = |row: &serde_json::Value| row["median_ms"].as_f64().unwrap();
-    let ops: BTreeSet<&str> = doc["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .inspect(|r| assert!(time(r) > 0.0, "{r}"))
-        .map(|r| r["op"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ops,
-        BTreeSet::from(["adamw_f32+bf16copy", "copy_f32", "gemm_cublaslt_bf16"])
-    );
+    // The ops of a part's rows, each timed.
+    let ops = |part: &str| -> BTreeSet<String> {
+        doc[part]
+            .as_array()
+            .unwrap()
+            .iter()
+            .inspect(|r| assert!(time(r) > 0.0, "{r}"))
+            .map(|r| r["op"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let basics = ["adamw_f32+bf16copy", "copy_f32", "gemm_cublaslt_bf16"];
+    assert_eq!(ops("rows"), basics.map(String::from).into());
     // The GELU epilogues against two passes: dense and low-rank, fc forward and projection
     // backward, each timed both ways.
-    let gelu: BTreeSet<&str> = doc["gelu"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .inspect(|r| assert!(time(r) > 0.0, "{r}"))
-        .map(|r| r["op"].as_str().unwrap())
-        .collect();
     let want: BTreeSet<String> = [
         "fc_fwd_dense",
         "proj_dx_dense",
@@ -279,7 +273,7 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     .iter()
     .flat_map(|l| ["fused", "passes"].map(|how| format!("gelu_{l}_{how}")))
     .collect();
-    assert_eq!(gelu, want.iter().map(String::as_str).collect());
+    assert_eq!(ops("gelu"), want);
     // 2 layers × 1 row count × 2 ranks × {fwd, bwd} × ({w0+lr, lr} × 4 implementations + merged
     // for w0+lr).
     let lowrank = doc["lowrank"].as_array().unwrap();
