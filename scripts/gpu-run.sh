@@ -203,7 +203,8 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows where issue 5 sets its targets: with W0 at
 # rank 128 (d/8), pure low-rank at 256 (36 rows of 5 implementations, about 4 KB, so that the
 # summary printed above stays inside those 12,000 characters).
-sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null  # the basic ops' table, then attention's
+# The basic ops' table, attention's, and of the GELU epilogues' only each pair's ratio.
+sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null | grep -vE '^gelu_[a-z_]+_(fused|passes) '
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
