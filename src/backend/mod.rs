@@ -497,6 +497,13 @@ pub trait Backend {
         None
     }
 
+    /// The settings that change how the backend computes (name, effective value), for the record
+    /// of a run or a benchmark: CUDA's LOWRANK_* variables (`lowrank doctor` shows the same); none
+    /// on the CPU.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Starts (`true`) or stops the profiler's capture (Nsight's `--capture-range=cudaProfilerApi`);
     /// nothing to capture on the CPU.
     fn profiler_capture(&self, _on: bool) -> Result<()> {

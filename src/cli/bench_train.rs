@@ -91,6 +91,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
             "params": model.num_params(), "activation_bytes": model.activation_bytes(), "loss": loss,
+            "settings": b.settings().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         println!("{line}");
     }

@@ -202,6 +202,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
+    let settings = b.settings();
+    if !settings.is_empty() {
+        let shown: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        progress.println(&format!("settings: {}", shown.join(" ")));
+    }
     let mut ranks = RankSchedule::new(&cfg.lowrank, &model, initial.as_deref());
     drop(initial);
 

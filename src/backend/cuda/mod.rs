@@ -256,6 +256,12 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.info.ordinal, self.info.name)
     }
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        settings()
+            .into_iter()
+            .map(|(name, v)| (name, v.unwrap_or_else(|e| format!("INVALID: {e}"))))
+            .collect()
+    }
     fn compute_dtype(&self) -> DType {
         DType::BF16
     }
