@@ -26,7 +26,11 @@ fn bench_train_reports_the_step_it_timed() {
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
     assert_eq!(line["attention"], "materialized", "{line}");
     assert_eq!(line["model"], "tiny");
-    assert_eq!(line["settings"], serde_json::json!({}), "the CPU has no backend settings");
+    assert_eq!(
+        line["settings"],
+        serde_json::json!({}),
+        "the CPU has no backend settings"
+    );
 
     let (l, nh, c, vp, b, t) = (4usize, 4, 128, 50304, 2, 16);
     let (bt, btc) = (b * t, b * t * c);
