@@ -197,7 +197,9 @@ impl Cuda {
         })
     }
 
-    /// One GEMM with cuBLASLt's epilogue `epi`, which the caller found to fit.
+    /// One GEMM with cuBLASLt's epilogue `epi`, which the caller found to fit: Ok(false) where
+    /// cuBLASLt has no algorithm for it (`epilogue_unavailable`), and the caller does the work in
+    /// passes of its own.
     fn epilogue_gemm(
         &self,
         g: &Gemm,
@@ -205,7 +207,7 @@ impl Cuda {
         b: Ref<CudaBuf>,
         c: Mut<CudaBuf>,
         epi: gemm::Epilogue,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         g.check(&a, &b, &c)?;
         ensure!(
             g.k > 0,
@@ -213,7 +215,11 @@ impl Cuda {
         );
         let (ab, cd) = (a.dtype(), c.dtype());
         let (a, b, c) = (a.ptr(), b.ptr(), c.ptr());
-        self.lt.gemm_epilogue(&self.stream, g, ab, cd, a, b, c, epi)
+        match self.lt.gemm_epilogue(&self.stream, g, ab, cd, a, b, c, epi) {
+            Ok(()) => Ok(true),
+            Err(e) if epilogue_unavailable(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Picks the attention implementation (LOWRANK_ATTENTION sets it at start-up). Buffers saved by
@@ -344,9 +350,8 @@ impl Backend for Cuda {
         if self.bias_epilogue && fits && g.m * g.n > 0 {
             check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
             let epi = gemm::Epilogue::Bias(bias.ptr());
-            match self.epilogue_gemm(g, a, b, c.reborrow(), epi) {
-                Err(e) if epilogue_unavailable(&e) => {}
-                done => return done,
+            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
+                return Ok(());
             }
         }
         self.gemm(g, a, b, c.reborrow())?;
@@ -375,9 +380,8 @@ impl Backend for Cuda {
                 bias: bias.ptr(),
                 aux: c.ptr(),
             };
-            match self.epilogue_gemm(g, a, b, gelu.reborrow(), epi) {
-                Err(e) if epilogue_unavailable(&e) => {}
-                done => return done,
+            if self.epilogue_gemm(g, a, b, gelu.reborrow(), epi)? {
+                return Ok(());
             }
         }
         super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
@@ -395,9 +399,8 @@ impl Backend for Cuda {
         if fits && g.m * g.n > 0 {
             same_len("gemm_gelu_backward", u.len, c.len)?;
             let epi = gemm::Epilogue::GeluGrad { aux: u.ptr() };
-            match self.epilogue_gemm(g, a, b, c.reborrow(), epi) {
-                Err(e) if epilogue_unavailable(&e) => {}
-                done => return done,
+            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
+                return Ok(());
             }
         }
         super::gemm_then_gelu_backward(self, g, a, b, u, c)
