@@ -226,3 +226,98 @@ pub(crate) fn check_matrix_and_row(
     window_len(op, matrix.0, matrix.1, s.len())?;
     window_len(op, row.0, row.1, s.cols)
 }
+
+/// C = alpha · op(A) · op(B) + beta · C, all row-major, repeated `batch` times with the given strides
+/// (in elements). op(A) is m×k, op(B) is k×n, C is m×n. With `trans_a`, A is stored k×m; with `trans_b`,
+/// B is stored n×k. A linear layer y = x·W is `m=N, k=n_in, n=n_out`; dx = dy·Wᵀ sets `trans_b`;
+/// dW += xᵀ·dy sets `trans_a` and `beta = 1`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+impl Gemm {
+    /// A single (unbatched) C = op(A)·op(B).
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            stride_a: m * k,
+            stride_b: k * n,
+            stride_c: m * n,
+        }
+    }
+    pub fn trans_a(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+    pub fn trans_b(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    /// Repeats the product `batch` times over contiguous matrices.
+    pub fn batched(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The element count each operand window must have.
+    pub fn required_lens(&self) -> (usize, usize, usize) {
+        let last = self.batch.saturating_sub(1);
+        (
+            last * self.stride_a + self.m * self.k,
+            last * self.stride_b + self.k * self.n,
+            last * self.stride_c + self.m * self.n,
+        )
+    }
+
+    /// Checks window sizes: a wrong shape is caught here, before any device touches memory.
+    pub fn check<T: Buffer>(&self, a: &Ref<T>, b: &Ref<T>, c: &Mut<T>) -> Result<()> {
+        let (la, lb, lc) = self.required_lens();
+        ensure!(self.batch >= 1, "gemm batch must be at least 1");
+        ensure!(
+            a.len >= la && b.len >= lb && c.len >= lc,
+            "gemm {:?}: windows too small (A {} < {la}, B {} < {lb} or C {} < {lc})",
+            self,
+            a.len,
+            b.len,
+            c.len
+        );
+        ensure!(
+            a.dtype() == b.dtype(),
+            "gemm operands differ in dtype: A {:?}, B {:?}",
+            a.dtype(),
+            b.dtype()
+        );
+        Ok(())
+    }
+
+    /// FLOPs of the product (2·m·n·k per batch entry).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}

@@ -17,6 +17,7 @@
 mod column_sums;
 mod cublas;
 mod merged;
+mod seg_gemm;
 mod split_k;
 mod tiles;
 mod tma;
@@ -26,15 +27,13 @@ use crate::backend::{
     Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
     SCRATCH_ROW_ALIGN,
 };
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
 use cublas::{dx_cublas, forward_cublas, strides};
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 pub use merged::merge_base_from_env;
-use split_k::{split_count, split_sum, BK};
+use seg_gemm::{launch_seg_gemm, Act, Output, Segment};
 pub(crate) use tiles::{forced_tma_width, wgmma_nmajor_offsets};
-use tiles::{kernel_name, pick_tile, Role, NARROW, TMA256};
+use tiles::{pick_tile, Role, NARROW};
 
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -66,216 +65,6 @@ impl LowRankImpl {
                 other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `wgmma`, `mma` or `cublas`"),
             },
         }
-    }
-}
-
-/// Mirrors `SegGemmParams` in kernels/lowrank_linear.cu field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct SegGemmParams {
-    a: [u64; 2],
-    b: [u64; 2],
-    bias: u64,
-    c: u64,
-    lda: [i32; 2],
-    ldb: [i32; 2],
-    k: [i32; 2],
-    m: i32,
-    n_valid: i32,
-    n_store: i32,
-    ldc: i32,
-    split_tiles: i32,
-    split_stride: i64,
-    nmajor_lbo: i32,
-    nmajor_sbo: i32,
-    act: u64,
-    act_kind: i32,
-}
-
-// SAFETY: plain old data with the C layout the kernel reads.
-unsafe impl DeviceRepr for SegGemmParams {}
-
-/// One operand pair A (m × k, row stride lda) · B (row stride ldb) of a segmented GEMM.
-#[derive(Clone, Copy)]
-pub(super) struct Segment {
-    a: u64,
-    lda: usize,
-    b: u64,
-    ldb: usize,
-    k: usize,
-}
-
-/// Extra dynamic shared memory of the projection that also sums A's columns (`ColumnSums::BYTES`
-/// of the narrow tile: 2 buffers × 8 row groups × 32 columns of f32).
-const COLSUM_SMEM: u32 = 2 * 8 * 32 * 4;
-
-/// The output of a segmented GEMM: m × n_store at `ptr` with row stride ldc; B has n_valid columns.
-struct Output {
-    ptr: u64,
-    dtype: DType,
-    m: usize,
-    n_valid: usize,
-    n_store: usize,
-    ldc: usize,
-    act: Act,
-}
-
-/// The GELU an output's epilogue applies (`act_kind` in kernels/seg_gemm.cuh), with its second
-/// window: the same dtype, shape and row stride as the output.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Act {
-    None,
-    /// GELU of the output written at this address too.
-    Gelu(u64),
-    /// The output scaled by GELU′ of the pre-activation at this address.
-    GeluGrad(u64),
-}
-
-impl Act {
-    /// (act, act_kind) of SegGemmParams.
-    fn params(self) -> (u64, i32) {
-        match self {
-            Act::None => (0, 0),
-            Act::Gelu(p) => (p, 1),
-            Act::GeluGrad(p) => (p, 2),
-        }
-    }
-}
-
-/// One segmented GEMM. `colsum` (projections only): also write A's column sums per row block of
-/// the tile, `partials[m.div_ceil(bm)][k]`, for the bias gradient.
-fn launch_seg_gemm(
-    cuda: &Cuda,
-    role: Role,
-    segs: [Option<Segment>; 2],
-    bias: u64,
-    out: &Output,
-    colsum: Option<u64>,
-) -> Result<()> {
-    // y and dx read a B segment N-major ("NN"), whose 16-byte chunks are predicated by where they
-    // start: a row must end on a chunk boundary (fused_fits sends other widths to cuBLASLt).
-    ensure!(
-        role == Role::Project || out.n_valid.is_multiple_of(8),
-        "fused low-rank {role:?}: {} output columns are not a multiple of 8",
-        out.n_valid
-    );
-    let mut tile = pick_tile(cuda, role, out.m, out.n_store)?;
-    let k_tiles: usize = segs.iter().flatten().map(|s| s.k.div_ceil(BK)).sum();
-    let splits = if role == Role::Project {
-        let blocks = out.m.div_ceil(tile.bm) * out.n_store.div_ceil(tile.bn);
-        split_count(cuda.info.sms.max(1) as usize, blocks, k_tiles)
-    } else {
-        1
-    };
-    ensure!(
-        splits == 1 || out.act == Act::None,
-        "fused low-rank {role:?}: the GELU epilogue does not run with split K"
-    );
-    // Split K writes f32 partial products to a workspace, summed into `out` afterwards.
-    let out_dtype = if splits > 1 { DType::F32 } else { out.dtype };
-    let mut name = kernel_name(role, tile, out_dtype)?;
-    if colsum.is_some() {
-        ensure!(
-            role == Role::Project && tile.name == NARROW.name,
-            "column sums ride only on the projection"
-        );
-        name = if splits > 1 {
-            "lowrank_project_colsum_narrow_f32"
-        } else {
-            "lowrank_project_colsum_narrow_bf16"
-        };
-        tile.smem_bytes += COLSUM_SMEM;
-    }
-    let f = cuda.modules.function(tile.file, name)?;
-    // Above 48 KB, dynamic shared memory must be opted into per function; setting it is a host-side
-    // attribute write, cheap next to the launch.
-    f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        tile.smem_bytes as i32,
-    )
-    .with_context(|| {
-        format!(
-            "{name}: the GPU refused {} bytes of shared memory",
-            tile.smem_bytes
-        )
-    })?;
-    let (nmajor_lbo, nmajor_sbo) = wgmma_nmajor_offsets()?;
-    let (act, act_kind) = out.act.params();
-    let mut p = SegGemmParams {
-        nmajor_lbo,
-        nmajor_sbo,
-        act,
-        act_kind,
-        bias,
-        c: out.ptr,
-        m: out.m as i32,
-        n_valid: out.n_valid as i32,
-        n_store: out.n_store as i32,
-        ldc: out.ldc as i32,
-        ..Default::default()
-    };
-    let present = segs.iter().flatten().next().copied();
-    for (i, seg) in segs.iter().enumerate() {
-        // An absent segment has k = 0 (no tiles) and borrows the other's valid pointers.
-        let s = seg.or(present).context("segmented GEMM with no segment")?;
-        p.a[i] = s.a;
-        p.b[i] = s.b;
-        p.lda[i] = s.lda as i32;
-        p.ldb[i] = s.ldb as i32;
-        p.k[i] = if seg.is_some() { s.k as i32 } else { 0 };
-    }
-    // Freed stream-ordered (cuMemFreeAsync) when dropped, after split_sum has read it.
-    let mut workspace = None;
-    let mut z = 1;
-    if splits > 1 {
-        ensure!(out.dtype == DType::BF16, "split K sums into a bf16 output");
-        let split_tiles = k_tiles.div_ceil(splits);
-        z = k_tiles.div_ceil(split_tiles);
-        let stride = out.m * out.n_store;
-        let (ws, ptr) = cuda.scratch_f32(z * stride)?;
-        p.c = ptr;
-        p.ldc = out.n_store as i32;
-        p.split_tiles = split_tiles as i32;
-        p.split_stride = stride as i64;
-        workspace = Some((ws, ptr));
-    }
-    let (n_tiles, m_tiles) = (out.n_store.div_ceil(tile.bn), out.m.div_ceil(tile.bm));
-    // The TMA kernel's blocks are persistent: one per SM at most, each walking output tiles.
-    let grid_dim = if tile.file == TMA256.file {
-        (
-            (n_tiles * m_tiles).min(cuda.info.sms.max(1) as usize) as u32,
-            1,
-            1,
-        )
-    } else {
-        (n_tiles as u32, m_tiles as u32, z as u32)
-    };
-    let cfg = LaunchConfig {
-        grid_dim,
-        block_dim: (tile.threads, 1, 1),
-        shared_mem_bytes: tile.smem_bytes,
-    };
-    // The TMA kernel reads the same contract behind its operands' tensor maps; dx's W0 segment is
-    // its one NT operand.
-    let tma_params = if tile.file == TMA256.file {
-        Some(tma::params(p, segs, [role == Role::Dx, false], tile.bn)?)
-    } else {
-        None
-    };
-    let mut launch = cuda.stream.launch_builder(&f);
-    match &tma_params {
-        Some(q) => launch.arg(q),
-        None => launch.arg(&p),
-    };
-    if let Some(partials) = &colsum {
-        launch.arg(partials);
-    }
-    // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements;
-    // the caller sized `partials` for the grid's row blocks, and the workspace holds z partials.
-    unsafe { launch.launch(cfg)? };
-    match workspace {
-        Some(ws) => split_sum(cuda, ws.1, z, out),
-        None => Ok(()),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::super::launch::grid_for;
 use super::super::Cuda;
-use super::Output;
+use super::seg_gemm::Output;
 use anyhow::Result;
 use cudarc::driver::PushKernelArg;
 

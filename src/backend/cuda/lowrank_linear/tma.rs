@@ -3,7 +3,7 @@
 //! parameter, so the copy engine reads tiles with the 128-byte swizzle wgmma wants and zero-fills
 //! what lies outside each tensor (a segment's last K tile, the grid's last rows and columns).
 
-use super::{SegGemmParams, Segment};
+use super::seg_gemm::{SegGemmParams, Segment};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::sys::{
     self, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
