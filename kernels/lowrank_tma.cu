@@ -17,10 +17,21 @@
 // tile). Tile 128 × BN × 64, BN = 256 (4 stages of 48 KB) or 128 (6 stages of 32 KB), picked per
 // call by the launcher from the grid's waves. Blocks are persistent, one per SM, each walking
 // output tiles (TileWalk): the producer loads the next tile while the consumers write the last,
-// so neither the epilogue nor the pipeline's fill is paid once per tile.
+// so the pipeline's fill is not paid once per tile. The epilogue still is: both consumers store
+// at once while the tensor cores wait (CUTLASS's ping-pong schedule, consumers on alternate
+// tiles, would hide it; not built until a GPU shows the cost, estimated 5–10 % at GPT-2's K).
 #include "wgmma.cuh"
 
 constexpr int TMA_THREADS = 384, TMA_BM = 128;
+// The register hand-off (setmaxnreg): the producer warpgroup gives back down to PRODUCER_REGS,
+// the two consumers take up to CONSUMER_REGS, from the block's own pool of what it was launched
+// with, TMA_THREADS × LAUNCH_REGS: `setmaxnreg.inc` waits until the pool holds enough, so a split
+// the pool cannot pay for hangs the consumers at their first instruction. LAUNCH_REGS is what
+// `__launch_bounds__(TMA_THREADS, 1)` allows (65536 / 384, in ptxas's steps of 8), and what ptxas
+// gives these kernels (a test of the build's ptxas report checks it: kernels::tests).
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232, LAUNCH_REGS = 65536 / TMA_THREADS / 8 * 8;
+static_assert(128 * (LAUNCH_REGS - PRODUCER_REGS) >= 256 * (CONSUMER_REGS - LAUNCH_REGS),
+              "the consumers' registers must come from what the producer gives back");
 
 // The kernel's parameter: tensor maps of A_0, A_1, B_0, B_1 (a segment with k = 0 borrows the
 // other's maps and issues no copy), then the contract the other mainloops read. Passed as a
@@ -142,16 +153,19 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
             mbar_init(empty + s * 8, 2);  // one arrival per consumer warpgroup
         }
         mbar_fence_init();
+        // The initialised barriers visible to the copy engine (the async proxy), as the CUDA
+        // Programming Guide's TMA examples do: fence.mbarrier_init emits nothing outside a cluster.
+        fence_proxy_async();
     }
     __syncthreads();
     const int warpgroup = threadIdx.x / 128;
     if (warpgroup == 0) {
-        setmaxnreg_dec<40>();
+        setmaxnreg_dec<PRODUCER_REGS>();
         if (threadIdx.x == 0) tma_produce<NT0, NT1, BN>(q, s0, full, empty, ktiles0, ktiles, walk);
     } else {
-        // 128 × 40 + 256 × 232 = 64512 of the SM's 65536 registers (CUTLASS's split for one
-        // producer and two consumer warpgroups: 40 leave the producer's loop room to spare).
-        setmaxnreg_inc<232>();
+        // CUTLASS's split for one producer and two consumer warpgroups: 128·(168 − 40) registers
+        // given back pay exactly for 256·(232 − 168) taken (40 leave the producer's loop room).
+        setmaxnreg_inc<CONSUMER_REGS>();
         tma_consume<NT0, NT1, BN, OutT>(p, warpgroup - 1, s0, full, empty, ktiles0, ktiles, walk);
     }
 }

@@ -44,3 +44,33 @@ pub fn unexcused_spills(allow_list: &str) -> Vec<&'static KernelResource> {
 }
 
 pub const SPILL_ALLOW_LIST: &str = include_str!("../kernels/spill-allow.txt");
+
+#[cfg(test)]
+mod tests {
+    /// lowrank_tma.cu's warpgroups trade registers (setmaxnreg) within the block's pool of 384 ×
+    /// the count it was launched with: the consumers' 256 × (232 − R) come only from the
+    /// producer's 128 × (R − 40), which pays for them at R = 168, the most `__launch_bounds__(384,
+    /// 1)` allows. Had ptxas given these kernels fewer, they would hang on the GPU (the emulator
+    /// does not model the pool). A CPU-only build has no report to check; CI builds the kernels.
+    #[test]
+    fn tma_kernels_launch_with_the_registers_their_hand_off_needs() {
+        let Some(file) = super::file("lowrank_tma") else {
+            return;
+        };
+        let hopper: Vec<_> = file
+            .resources
+            .iter()
+            .filter(|r| r.arch == "sm_90a")
+            .collect();
+        assert_eq!(hopper.len(), 8, "y and dx, two tiles, two output dtypes");
+        for r in hopper {
+            let regs = i64::from(r.registers);
+            assert!(
+                128 * (regs - 40) >= 256 * (232 - regs),
+                "{} launches with {regs} registers: its consumers' setmaxnreg.inc 232 would wait \
+                 forever for what the producer's dec 40 gives back",
+                r.kernel
+            );
+        }
+    }
+}

@@ -52,6 +52,15 @@ void check_descriptor(uint64_t desc, const char* which) {
                  .c_str());
     if (desc >> 49 & 7)
         fail(format("wgmma %s descriptor %#llx: a nonzero matrix base offset is not emulated", which, (unsigned long long)desc).c_str());
+    // The PTX ISA ties the base offset to where the start lies in the 1024-byte swizzle pattern:
+    // with offset 0, a start whose bits 7-9 are set reads as the hardware may not (the emulator's
+    // XOR of absolute address bits would make any start consistent with the copy's swizzle).
+    const uint32_t start = uint32_t(desc & 0x3fff) << 4;
+    if (start >> 7 & 7)
+        fail(format("wgmma %s descriptor %#llx: start %#x is off the 1024-byte swizzle pattern's boundary (bits 7-9 set) "
+                    "with base offset 0",
+                    which, (unsigned long long)desc, start)
+                 .c_str());
 }
 
 // Element (mn, k) of a wgmma operand, read through its matrix descriptor: start address, leading

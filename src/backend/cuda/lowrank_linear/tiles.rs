@@ -43,8 +43,9 @@ pub(super) const WGMMA: Tile = Tile {
     smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
     threads: 256,
 };
-/// A producer warpgroup and two consumers; 4 stages of the 128 × 256 tile (193 KB), 6 of the
-/// 128 × 128 one (193 KB): as deep as Hopper's 227 KB allows.
+/// A producer warpgroup and two consumers; 4 stages of the 128 × 256 tile (193 KB: a fifth does
+/// not fit Hopper's 227 KB), 6 of the 128 × 128 one (193 KB; a seventh would fit, and is unlikely
+/// to pay with 64-deep stages).
 pub(super) const TMA256: Tile = Tile {
     file: "lowrank_tma",
     name: "tma256",
