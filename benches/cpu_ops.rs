@@ -5,7 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lowrank::backend::{
-    cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights,
+    cpu::Cpu, AdamW, Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
+    LowRankWeights,
 };
 use lowrank::lowrank::dlra::{schedule, FreshMoment};
 use lowrank::lowrank::{LowRankConfig, LowRankMode};
@@ -82,7 +83,7 @@ fn lowrank_linear(c: &mut Criterion) {
                         Some(bias.all()),
                         t.all_mut(),
                         y.all_mut(),
-                        None,
+                        LinearEpilogue::None,
                     )
                     .unwrap()
                 })

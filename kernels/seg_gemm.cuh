@@ -32,15 +32,18 @@ struct SegGemmParams {
     // per the PTX ISA's canonical layout). A parameter, not a constant, only until a GPU run has
     // confirmed them: LOWRANK_WGMMA_NMAJOR=swap tries the other reading in the same binary.
     int nmajor_lbo, nmajor_sbo;
-    // The MLP's GELU, fused into the output (act_kind; not with split K): ACT_GELU writes C as
-    // always and GELU of C's rounded values to `act` (C's dtype and ldc); ACT_DGELU reads the
-    // pre-activation u from `act` and writes C = round(round(v)·GELU'(u)). Both give exactly what
-    // the GEMM followed by gelu.cu's kernel gives, one pass over the output fewer.
+    // What the epilogue does besides storing C (act_kind; not with split K), with a second matrix
+    // `act` of C's dtype and ldc: ACT_GELU (the MLP's fc) writes C as always and GELU of C's
+    // rounded values to `act`; ACT_DGELU (its projection's dx) reads the pre-activation u from
+    // `act` and writes C = round(round(v)·GELU'(u)): both exactly what the GEMM followed by gelu.cu's
+    // kernel gives. ACT_RESIDUAL (a block's projection) reads the residual r from `act` and writes
+    // C = round(v + r), one rounding as in cuBLASLt's epilogue for dense layers (the GEMM followed
+    // by elementwise.cu's add rounds twice). Each saves a pass over the output.
     void* act;
     int act_kind;
 };
 
-enum : int { ACT_NONE = 0, ACT_GELU = 1, ACT_DGELU = 2 };
+enum : int { ACT_NONE = 0, ACT_GELU = 1, ACT_DGELU = 2, ACT_RESIDUAL = 3 };
 
 __device__ __forceinline__ void store_pair(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(bf16* p, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1); }
@@ -61,6 +64,10 @@ __device__ __forceinline__ void epilogue_pair(const SegGemmParams& p, OutT* c, i
         const float2 u = load_pair(act + at);
         v0 = stored(v0, c) * gelu_tanh_grad(u.x);
         v1 = stored(v1, c) * gelu_tanh_grad(u.y);
+    } else if (p.act_kind == ACT_RESIDUAL) {
+        const float2 r = load_pair(act + at);
+        v0 += r.x;
+        v1 += r.y;
     }
     store_pair(c + at, v0, v1);
     if (p.act_kind == ACT_GELU) store_pair(act + at, gelu_tanh(stored(v0, c)), gelu_tanh(stored(v1, c)));

@@ -248,7 +248,7 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("bench wrote its JSON"))
             .unwrap();
     assert!(doc["lowrank_error"].is_null(), "{}", doc["lowrank_error"]);
-    assert!(doc["gelu_error"].is_null(), "{}", doc["gelu_error"]);
+    assert!(doc["epilogue_error"].is_null(), "{}", doc["epilogue_error"]);
     let time = |row: &serde_json::Value| row["median_ms"].as_f64().unwrap();
     // The ops of a part's rows, each timed.
     let ops = |part: &str| -> BTreeSet<String> {
@@ -262,18 +262,20 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     };
     let basics = ["adamw_f32+bf16copy", "copy_f32", "gemm_cublaslt_bf16"];
     assert_eq!(ops("rows"), basics.map(String::from).into());
-    // The GELU epilogues against two passes: dense and low-rank, fc forward and projection
-    // backward, each timed both ways.
+    // The GELU and residual epilogues against two passes: dense and low-rank, the GELU's fc
+    // forward and projection backward, the residual's projection forward, each timed both ways.
     let want: BTreeSet<String> = [
-        "fc_fwd_dense",
-        "proj_dx_dense",
-        "fc_fwd_lowrank",
-        "proj_bwd_lowrank",
+        "gelu_fc_fwd_dense",
+        "gelu_proj_dx_dense",
+        "gelu_fc_fwd_lowrank",
+        "gelu_proj_bwd_lowrank",
+        "residual_proj_fwd_dense",
+        "residual_proj_fwd_lowrank",
     ]
     .iter()
-    .flat_map(|l| ["fused", "passes"].map(|how| format!("gelu_{l}_{how}")))
+    .flat_map(|l| ["fused", "passes"].map(|how| format!("{l}_{how}")))
     .collect();
-    assert_eq!(ops("gelu"), want);
+    assert_eq!(ops("epilogue"), want);
     // 2 layers × 1 row count × 2 ranks × {fwd, bwd} × ({w0+lr, lr} × 4 implementations + merged
     // for w0+lr).
     let lowrank = doc["lowrank"].as_array().unwrap();
@@ -327,8 +329,8 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
 }
 
 /// Where cuBLASLt has no algorithm for an epilogue (EMU_CUBLASLT_NO_EPILOGUE makes the fake's
-/// heuristic say so for all of them), the dense layers do the bias and GELU work in passes of
-/// their own: every GEMM case still passes, and a warning says why, once.
+/// heuristic say so for all of them), the dense layers do the bias, GELU and residual work in
+/// passes of their own: every GEMM case still passes, and a warning says why, once.
 #[test]
 fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
     let Some(emu) = Emulator::get() else { return };
@@ -350,6 +352,7 @@ fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
         "gemm_bias_nn_bf16",
         "gemm_bias_gelu_nt_bf16",
         "gemm_gelu_backward_nt_bf16",
+        "gemm_bias_residual_nt_bf16",
     ] {
         assert!(
             stdout

@@ -5,7 +5,7 @@
 //! V = Vtᵀ, so that a live rank k ≤ capacity R is the contiguous prefix of k rows: growing or
 //! truncating the rank changes `rank`, never the layout.
 
-use super::{Buffer, DType, Mut, Ref};
+use super::{Buffer, DType, LinearEpilogue, Mut, Ref};
 use anyhow::{ensure, Result};
 
 /// Rows of the scratch activations t = x·U and s = dy·V are padded to a multiple of this many
@@ -110,7 +110,7 @@ impl LowRankShape {
     }
 
     /// Checks the forward's windows and dtypes: x, weights, bias and t share one operand dtype; y is
-    /// f32 or bf16, and y's GELU, when asked for, has y's dtype.
+    /// f32 or bf16, and the epilogue's window (y's GELU, or the residual added to y) has y's dtype.
     #[allow(clippy::too_many_arguments)]
     pub fn check_forward<B: Buffer>(
         &self,
@@ -119,11 +119,17 @@ impl LowRankShape {
         bias: &Option<Ref<B>>,
         t: &Mut<B>,
         y: &Mut<B>,
-        gelu: &Option<Mut<B>>,
+        epi: &LinearEpilogue<B>,
     ) -> Result<()> {
-        if let Some(g) = gelu {
-            let need = self.n * self.n_out;
-            self.window("gelu(y)", g.len, need, g.dtype(), Some(y.dtype()))?;
+        let need = self.n * self.n_out;
+        match epi {
+            LinearEpilogue::None => {}
+            LinearEpilogue::Gelu(g) => {
+                self.window("gelu(y)", g.len, need, g.dtype(), Some(y.dtype()))?
+            }
+            LinearEpilogue::Residual(r) => {
+                self.window("residual", r.len, need, r.dtype(), Some(y.dtype()))?
+            }
         }
         self.check_common(x, w)?;
         let op = x.dtype();

@@ -20,6 +20,20 @@ pub use lowrank::{LowRankGrads, LowRankShape, LowRankWeights, SCRATCH_ROW_ALIGN}
 
 use anyhow::{ensure, Result};
 
+/// What a linear layer's forward does to its output y besides storing it. A backend may apply it
+/// in the epilogue of the GEMM that writes y, a pass over y fewer; [`epilogue_pass`] is the pass.
+pub enum LinearEpilogue<'a, T> {
+    /// y alone.
+    None,
+    /// GPT-2's GELU of y written here too (y's dtype and length): the MLP's fc layer, whose y the
+    /// backward keeps.
+    Gelu(Mut<'a, T>),
+    /// y += this matrix (y's dtype and length): a block's projection and the residual connection
+    /// after it. Added before y's one rounding (as cuBLASLt's epilogue adds it to a dense layer's
+    /// y); the pass, `add` after y's rounding, can differ from it in the last bit.
+    Residual(Ref<'a, T>),
+}
+
 /// The instruction set of a training step. Grows issue by issue; each op has a CPU reference in
 /// `cpu` and a CUDA twin compared with it by `lowrank selftest`.
 pub trait Backend {
@@ -76,6 +90,21 @@ pub trait Backend {
         gelu: Mut<Self::Buf>,
     ) -> Result<()> {
         gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
+    }
+
+    /// c = a·b + bias + `residual` (c's dtype and length), rounded once: a block's projection and
+    /// the residual connection after it. CUDA adds it in cuBLASLt's epilogue (β = 1 with the
+    /// residual as C); the default is two passes, `gemm_bias` then `add`, which round twice.
+    fn gemm_bias_residual(
+        &self,
+        g: &Gemm,
+        a: Ref<Self::Buf>,
+        b: Ref<Self::Buf>,
+        bias: Ref<Self::Buf>,
+        residual: Ref<Self::Buf>,
+        c: Mut<Self::Buf>,
+    ) -> Result<()> {
+        gemm_bias_then_residual(self, g, a, b, bias, residual, c)
     }
 
     /// `gemm` into `c`, then c ⊙= GELU′(u) (the MLP projection's dx and GELU's backward, u the
@@ -263,9 +292,9 @@ pub trait Backend {
     /// x (n × n_in), W0, Ut, Vt, b and t share one operand dtype (CUDA requires bf16; the CPU takes
     /// f32, or bf16 to see exactly what the GPU sees); y may be f32 or bf16 and is overwritten (one rounding, after f32 accumulation). t is saved for the
     /// backward: n rows of stride `sh.scratch_stride()` (`sh.scratch_len()` elements), whose columns
-    /// ≥ k are written as zeros. With `gelu` (y's dtype, n × n_out), GPT-2's GELU of y is written
-    /// there too, exactly what `gelu_forward` on y gives: the CUDA kernels apply it in their
-    /// epilogue instead of a pass over y.
+    /// ≥ k are written as zeros. Then `epi` (the CUDA kernels apply it in their epilogue instead of
+    /// a pass over y): GELU from y as stored, exactly what `gelu_forward` on y gives; a residual
+    /// before y's one rounding.
     #[allow(clippy::too_many_arguments)]
     fn lowrank_linear_forward(
         &self,
@@ -275,7 +304,7 @@ pub trait Backend {
         bias: Option<Ref<Self::Buf>>,
         t: Mut<Self::Buf>,
         y: Mut<Self::Buf>,
-        gelu: Option<Mut<Self::Buf>>,
+        epi: LinearEpilogue<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// The backward of [`Backend::lowrank_linear_forward`] given dy (n × n_out) and the forward's t:
@@ -312,6 +341,36 @@ pub(crate) fn gemm_bias_then_gelu<B: Backend + ?Sized>(
 ) -> Result<()> {
     b.gemm_bias(g, a, w, bias, c.reborrow())?;
     b.gelu_forward(gelu, c.as_ref())
+}
+
+/// `Backend::gemm_bias_residual` as two passes (CUDA's path where the epilogue does not fit; y is
+/// rounded before the residual joins it).
+pub(crate) fn gemm_bias_then_residual<B: Backend + ?Sized>(
+    b: &B,
+    g: &Gemm,
+    a: Ref<B::Buf>,
+    w: Ref<B::Buf>,
+    bias: Ref<B::Buf>,
+    residual: Ref<B::Buf>,
+    mut c: Mut<B::Buf>,
+) -> Result<()> {
+    b.gemm_bias(g, a, w, bias, c.reborrow())?;
+    b.add(c, residual)
+}
+
+/// `epi` as a pass over the linear layer's output y: GELU(y) into its window, or y += the
+/// residual (each window cut to y's length).
+pub(crate) fn epilogue_pass<B: Backend + ?Sized>(
+    b: &B,
+    y: Mut<B::Buf>,
+    epi: LinearEpilogue<B::Buf>,
+) -> Result<()> {
+    let len = y.len;
+    match epi {
+        LinearEpilogue::None => Ok(()),
+        LinearEpilogue::Gelu(g) => b.gelu_forward(Mut { len, ..g }, y.as_ref()),
+        LinearEpilogue::Residual(r) => b.add(y, Ref { len, ..r }),
+    }
 }
 
 /// `Backend::gemm_gelu_backward` as two passes (see `gemm_bias_then_gelu`).

@@ -4,7 +4,8 @@
 
 use super::layer::LowRankLayer;
 use crate::backend::{
-    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
+    Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights, Mut,
+    Ref,
 };
 use crate::model::TensorView;
 use anyhow::{anyhow, Result};
@@ -174,8 +175,7 @@ impl<B: Backend> LowRankRuntime<B> {
         })
     }
 
-    /// y = x·W0 + (x·U)·Vᵀ + b through the fused op, at the layer's live width (and GELU(y) into
-    /// `gelu`, when given).
+    /// y = x·W0 + (x·U)·Vᵀ + b through the fused op, at the layer's live width, then `epi`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -185,7 +185,7 @@ impl<B: Backend> LowRankRuntime<B> {
         w: &B::Buf,
         x: Ref<B::Buf>,
         y: Mut<B::Buf>,
-        gelu: Option<Mut<B::Buf>>,
+        epi: LinearEpilogue<B::Buf>,
     ) -> Result<()> {
         let sh = self.shape(i, x.len);
         if let Some(mid) = &mut self.middle {
@@ -197,7 +197,7 @@ impl<B: Backend> LowRankRuntime<B> {
         }
         let weights = weights(self.middle.as_ref().map(|m| &m.vt_eff[i]), v, w);
         let t = self.t[i].at_mut(0, sh.scratch_len());
-        b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y, gelu)
+        b.lowrank_linear_forward(&sh, x, weights, Some(view(w, v.bias)), t, y, epi)
     }
 
     /// dx = dy·Wᵀ (written; scaled by GELU′(u) given the `gelu_input` u); dUt, dVt (live rows)

@@ -3,15 +3,15 @@
 use super::activations::{layer, layer_mut, Activations};
 use super::linear;
 use super::params::{BlockTensor, ParamLayout, TensorView};
-use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use crate::backend::{Backend, Buffer, Gemm, LinearEpilogue, MatShape, Mut, Ref};
 use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
 
-/// y = x·W + bias over the rows of x, W stored (n_in × n_out), and GELU(y) into `gelu` if given.
+/// y = x·W + bias over the rows of x, W stored (n_in × n_out), then `epi`.
 pub(super) fn linear_forward<B: Backend>(
     b: &B,
     y: Mut<B::Buf>,
-    gelu: Option<Mut<B::Buf>>,
+    epi: LinearEpilogue<B::Buf>,
     x: Ref<B::Buf>,
     w: &B::Buf,
     weight: &TensorView,
@@ -20,9 +20,10 @@ pub(super) fn linear_forward<B: Backend>(
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let g = Gemm::new(x.len / n_in, n_out, n_in);
     let (w, bias) = (view(w, weight), view(w, bias));
-    match gelu {
-        Some(gelu) => b.gemm_bias_gelu(&g, x, w, bias, y, gelu),
-        None => b.gemm_bias(&g, x, w, bias, y),
+    match epi {
+        LinearEpilogue::None => b.gemm_bias(&g, x, w, bias, y),
+        LinearEpilogue::Gelu(gelu) => b.gemm_bias_gelu(&g, x, w, bias, y, gelu),
+        LinearEpilogue::Residual(r) => b.gemm_bias_residual(&g, x, w, bias, r, y),
     }
 }
 
@@ -151,7 +152,17 @@ fn attention_part<B: Backend>(
     let (lay, w) = (blk.layout, blk.w);
     let qkv = layer_mut(&mut a.qkv, n_layer, l);
     let x = layer(&a.ln1, n_layer, l);
-    linear::forward(b, lay, w, lr, l, (QkvWeight, QkvBias), x, qkv, None)?;
+    linear::forward(
+        b,
+        lay,
+        w,
+        lr,
+        l,
+        (QkvWeight, QkvBias),
+        x,
+        qkv,
+        LinearEpilogue::None,
+    )?;
     let (atty, att) = (
         layer_mut(&mut a.atty, n_layer, l),
         layer_mut(&mut a.att, n_layer, l),
@@ -162,9 +173,9 @@ fn attention_part<B: Backend>(
         layer(&a.atty, n_layer, l),
     );
     let pair = (AttnProjWeight, AttnProjBias);
-    linear::forward(b, lay, w, lr, l, pair, x, y, None)?;
-    let x = block_input(&a.encoded, &a.residual3, n_layer, l);
-    b.add(layer_mut(&mut a.residual2, n_layer, l), x)
+    let residual = block_input(&a.encoded, &a.residual3, n_layer, l);
+    let epi = LinearEpilogue::Residual(residual);
+    linear::forward(b, lay, w, lr, l, pair, x, y, epi)
 }
 
 /// residual3 = residual2 + proj(gelu(fc(ln2(residual2)))).
@@ -189,11 +200,11 @@ fn mlp_part<B: Backend>(
     )?;
     let (layout, w) = (blk.layout, blk.w);
     let fch = layer_mut(&mut a.fch, n_layer, l);
-    let fch_gelu = Some(layer_mut(&mut a.fch_gelu, n_layer, l));
+    let fch_gelu = LinearEpilogue::Gelu(layer_mut(&mut a.fch_gelu, n_layer, l));
     let (fc, x) = ((FcWeight, FcBias), lay(&a.ln2));
     linear::forward(b, layout, w, lr, l, fc, x, fch, fch_gelu)?;
     let y = layer_mut(&mut a.residual3, n_layer, l);
     let (proj, x) = ((FcProjWeight, FcProjBias), lay(&a.fch_gelu));
-    linear::forward(b, layout, w, lr, l, proj, x, y, None)?;
-    b.add(layer_mut(&mut a.residual3, n_layer, l), lay(&a.residual2))
+    let residual = LinearEpilogue::Residual(lay(&a.residual2));
+    linear::forward(b, layout, w, lr, l, proj, x, y, residual)
 }

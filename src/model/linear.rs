@@ -4,7 +4,7 @@
 use super::backward::{linear_backward, Saved};
 use super::forward::linear_forward;
 use super::params::{BlockTensor, ParamLayout};
-use crate::backend::{Backend, Mut, Ref};
+use crate::backend::{Backend, LinearEpilogue, Mut, Ref};
 use crate::lowrank::runtime::LayerViews;
 use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
@@ -12,8 +12,8 @@ use anyhow::Result;
 /// Block `l`'s (weight, bias) pair, e.g. (FcWeight, FcBias).
 pub(super) type Pair = (BlockTensor, BlockTensor);
 
-/// y = x·W + bias for block `l`'s layer `pair`; with `gelu`, GELU(y) too (the MLP's fc: in the
-/// GEMM's epilogue on CUDA).
+/// y = x·W + bias for block `l`'s layer `pair`, then `epi` (the MLP's fc: GELU(y) too; a
+/// projection: y += the residual; in the GEMM's epilogue on CUDA).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward<B: Backend>(
     b: &B,
@@ -24,14 +24,14 @@ pub(super) fn forward<B: Backend>(
     (weight, bias): Pair,
     x: Ref<B::Buf>,
     y: Mut<B::Buf>,
-    gelu: Option<Mut<B::Buf>>,
+    epi: LinearEpilogue<B::Buf>,
 ) -> Result<()> {
     match layout.lowrank_index(l, weight) {
         None => {
             let (weight, bias) = (layout.block(l, weight), layout.block(l, bias));
-            linear_forward(b, y, gelu, x, w, weight, bias)
+            linear_forward(b, y, epi, x, w, weight, bias)
         }
-        Some(i) => lr.forward(b, i, &views(layout, i, l, bias, true), w, x, y, gelu),
+        Some(i) => lr.forward(b, i, &views(layout, i, l, bias, true), w, x, y, epi),
     }
 }
 

@@ -25,6 +25,17 @@ const GEMM_F32_BOUND: f64 = 1e-4;
 /// the other way when the f32 values differ in their last bits.
 const BF16_BOUND: f64 = 1e-2;
 
+/// What a `Case::GemmBias` does after the bias.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BiasThen {
+    /// Nothing (`gemm_bias`).
+    Nothing,
+    /// GELU(C) too (`gemm_bias_gelu`); the output compared is C followed by GELU(C).
+    Gelu,
+    /// C += a residual matrix (`gemm_bias_residual`; on CUDA, cuBLASLt's input matrix C).
+    Residual,
+}
+
 #[derive(Clone, Debug)]
 pub enum Case {
     Gemm {
@@ -34,12 +45,11 @@ pub enum Case {
     },
     /// A linear layer's forward, bf16 throughout: C = A·B (or A·Bᵀ) + bias, with the bias
     /// `bias_offset` elements into its buffer (0: 16-byte aligned, cuBLASLt's bias epilogue on
-    /// CUDA; 1: the GEMM and a bias pass). With `gelu`, GELU(C) too (`gemm_bias_gelu`), and the
-    /// output compared is C followed by GELU(C).
+    /// CUDA; 1: the GEMM and a bias pass), then `then`.
     GemmBias {
         g: Gemm,
         bias_offset: usize,
-        gelu: bool,
+        then: BiasThen,
     },
     /// The MLP projection's dx: C = (A·Bᵀ) ⊙ GELU′(U), bf16 throughout, U `offset` elements into
     /// its buffer (0: cuBLASLt's DGELU epilogue on CUDA; 1: the GEMM and a GELU backward pass).
@@ -147,11 +157,11 @@ pub fn all_cases() -> Vec<Case> {
         Gemm::new(1024, 3072, 768),
     ] {
         for bias_offset in [0, 1] {
-            for gelu in [false, true] {
+            for then in [BiasThen::Nothing, BiasThen::Gelu, BiasThen::Residual] {
                 cases.push(Case::GemmBias {
                     g,
                     bias_offset,
-                    gelu,
+                    then,
                 });
             }
             // dx = dy·Wᵀ of the same layer: n a multiple of 8, as cuBLASLt's DGELU needs.
@@ -225,10 +235,14 @@ impl Case {
             Case::GemmBias {
                 g,
                 bias_offset,
-                gelu,
+                then,
             } => format!(
                 "gemm_bias{}_n{}_bf16{}",
-                if *gelu { "_gelu" } else { "" },
+                match then {
+                    BiasThen::Nothing => "",
+                    BiasThen::Gelu => "_gelu",
+                    BiasThen::Residual => "_residual",
+                },
                 if g.trans_b { "t" } else { "n" },
                 if *bias_offset > 0 { "_unaligned" } else { "" }
             ),
@@ -360,7 +374,7 @@ impl Case {
             Case::GemmBias {
                 g,
                 bias_offset,
-                gelu,
+                then,
             } => {
                 let (la, lb, lc) = g.required_lens();
                 let bf = DType::BF16;
@@ -368,13 +382,24 @@ impl Case {
                 let bias = input(b, &mut rng, bf, g.n + bias_offset)?;
                 let mut c = poisoned(b, bf, lc)?;
                 let bias = bias.at(*bias_offset, g.n);
-                if !gelu {
-                    b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
-                    b.download(c.all())?
-                } else {
-                    let mut out = poisoned(b, bf, lc)?;
-                    b.gemm_bias_gelu(g, a.all(), bm.all(), bias, c.all_mut(), out.all_mut())?;
-                    [b.download(c.all())?, b.download(out.all())?].concat()
+                match then {
+                    BiasThen::Nothing => {
+                        b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
+                        b.download(c.all())?
+                    }
+                    BiasThen::Gelu => {
+                        let mut out = poisoned(b, bf, lc)?;
+                        b.gemm_bias_gelu(g, a.all(), bm.all(), bias, c.all_mut(), out.all_mut())?;
+                        [b.download(c.all())?, b.download(out.all())?].concat()
+                    }
+                    BiasThen::Residual => {
+                        // At C's scale (A and B are N(0, 1): C's variance is k), so a residual
+                        // the epilogue lost in part could not hide under the bf16 bound.
+                        let mut r = b.alloc(bf, lc)?;
+                        b.upload(&rng.normal_vec(lc, (g.k as f64).sqrt()), r.all_mut())?;
+                        b.gemm_bias_residual(g, a.all(), bm.all(), bias, r.all(), c.all_mut())?;
+                        b.download(c.all())?
+                    }
                 }
             }
             Case::GemmGeluBackward { g, offset } => {

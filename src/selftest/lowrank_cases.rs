@@ -1,7 +1,9 @@
 //! Selftest cases of the low-rank linear layer: each output of the forward and of the backward is
 //! its own case, so a small output (db) is not hidden behind a large one (dx) in one relative error.
 
-use crate::backend::{Backend, Buffer, DType, LowRankGrads, LowRankShape, LowRankWeights};
+use crate::backend::{
+    Backend, Buffer, DType, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
+};
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -12,6 +14,8 @@ pub enum LowRankOutput {
     Y,
     /// Forward with the MLP's GELU fused: GELU(y), written beside y.
     GeluY,
+    /// Forward with the residual connection fused: y + r.
+    ResidualY,
     /// Forward: t with its padding (which must come out zero).
     T,
     /// Backward: s with its padding.
@@ -28,8 +32,13 @@ pub enum LowRankOutput {
 }
 
 const FORWARD: [LowRankOutput; 2] = [LowRankOutput::Y, LowRankOutput::T];
-/// The outputs with the GELU fused, on the shapes that take each mainloop and the fallback.
-const GELU: [LowRankOutput; 2] = [LowRankOutput::GeluY, LowRankOutput::DxGelu];
+/// The outputs with an epilogue's work fused, on the shapes that take each mainloop and the
+/// fallback.
+const EPILOGUES: [LowRankOutput; 3] = [
+    LowRankOutput::GeluY,
+    LowRankOutput::DxGelu,
+    LowRankOutput::ResidualY,
+];
 const BACKWARD: [LowRankOutput; 6] = [
     LowRankOutput::S,
     LowRankOutput::Dx,
@@ -76,7 +85,7 @@ pub fn cases() -> Vec<LowRankCase> {
         for base in [true, false] {
             for bias in [true, false] {
                 for out in [DType::BF16, DType::F32] {
-                    for output in FORWARD.into_iter().chain(BACKWARD).chain(GELU) {
+                    for output in FORWARD.into_iter().chain(BACKWARD).chain(EPILOGUES) {
                         cases.push(LowRankCase {
                             sh,
                             capacity,
@@ -109,6 +118,7 @@ pub fn cases() -> Vec<LowRankCase> {
                     LowRankOutput::Db,
                     LowRankOutput::GeluY,
                     LowRankOutput::DxGelu,
+                    LowRankOutput::ResidualY,
                 ] {
                     cases.push(LowRankCase {
                         sh,
@@ -198,7 +208,8 @@ impl LowRankCase {
     }
 
     fn is_forward(&self) -> bool {
-        FORWARD.contains(&self.output) || self.output == LowRankOutput::GeluY
+        FORWARD.contains(&self.output)
+            || [LowRankOutput::GeluY, LowRankOutput::ResidualY].contains(&self.output)
     }
 
     /// Runs the layer on `b` with inputs drawn from `seed` and returns the selected output.
@@ -226,10 +237,28 @@ impl LowRankCase {
             let mut y = poisoned(sh.n * sh.n_out, self.out)?;
             let mut gelu = poisoned(sh.n * sh.n_out, self.out)?;
             let bias = self.bias.then(|| bias.all());
-            let fused = (self.output == LowRankOutput::GeluY).then(|| gelu.all_mut());
-            b.lowrank_linear_forward(&sh, x.all(), w, bias, t.all_mut(), y.all_mut(), fused)?;
+            // The residual, drawn only where it is read, so the other cases' inputs stay the same,
+            // and at y's scale (x, W0, Ut and Vt are N(0, 1): y's variance is about
+            // n_in·(rank + 1 with W0)), so a residual the epilogue lost in part could not hide
+            // under the bf16 bound.
+            let residual = match self.output {
+                LowRankOutput::ResidualY => {
+                    let var = sh.n_in * (sh.rank + usize::from(self.base));
+                    let r = rng.normal_vec(sh.n * sh.n_out, (var as f64).sqrt());
+                    let mut buf = b.alloc(self.out, r.len())?;
+                    b.upload(&r, buf.all_mut())?;
+                    Some(buf)
+                }
+                _ => None,
+            };
+            let epi = match (self.output, &residual) {
+                (LowRankOutput::GeluY, _) => LinearEpilogue::Gelu(gelu.all_mut()),
+                (_, Some(r)) => LinearEpilogue::Residual(r.all()),
+                _ => LinearEpilogue::None,
+            };
+            b.lowrank_linear_forward(&sh, x.all(), w, bias, t.all_mut(), y.all_mut(), epi)?;
             return b.download(match self.output {
-                LowRankOutput::Y => y.all(),
+                LowRankOutput::Y | LowRankOutput::ResidualY => y.all(),
                 LowRankOutput::GeluY => gelu.all(),
                 _ => t.all(),
             });
@@ -290,7 +319,10 @@ impl LowRankCase {
                 b.download(grads.at(dvt_at + live_v, db_at - dvt_at - live_v))?,
             ]
             .concat(),
-            LowRankOutput::Y | LowRankOutput::T | LowRankOutput::GeluY => {
+            LowRankOutput::Y
+            | LowRankOutput::T
+            | LowRankOutput::GeluY
+            | LowRankOutput::ResidualY => {
                 bail!("{:?} is a forward output", self.output)
             }
         })
@@ -314,14 +346,16 @@ mod tests {
     #[test]
     fn ragged_cases_run_on_the_cpu_and_fill_their_outputs() {
         let ragged: Vec<LowRankCase> = cases().into_iter().filter(|c| c.sh.n == 1000).collect();
-        let outputs = FORWARD.len() + BACKWARD.len() + GELU.len();
+        let outputs = FORWARD.len() + BACKWARD.len() + EPILOGUES.len();
         assert_eq!(ragged.len(), 2 * 2 * 2 * outputs);
         for case in &ragged {
             let out = case.run(&Cpu, 7).unwrap();
             let sh = case.sh;
             let dead = (case.capacity - sh.rank) * (sh.n_in + sh.n_out);
             let want_len = match case.output {
-                LowRankOutput::Y | LowRankOutput::GeluY => sh.n * sh.n_out,
+                LowRankOutput::Y | LowRankOutput::GeluY | LowRankOutput::ResidualY => {
+                    sh.n * sh.n_out
+                }
                 LowRankOutput::T | LowRankOutput::S => sh.scratch_len(),
                 LowRankOutput::Dx | LowRankOutput::DxGelu => sh.n * sh.n_in,
                 LowRankOutput::DUt => sh.rank * sh.n_in,

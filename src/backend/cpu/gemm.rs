@@ -202,6 +202,68 @@ mod tests {
         );
     }
 
+    /// A projection and the residual connection after it: the f64 product plus the bias plus the
+    /// residual; in bf16 rounded once, after the residual joins (as cuBLASLt's epilogue).
+    #[test]
+    fn gemm_bias_residual_adds_both_and_rounds_once() {
+        let mut rng = Rng::new(4);
+        let g = Gemm::new(13, 10, 21);
+        let (la, lb, lc) = g.required_lens();
+        let (a, b, bias, r) = (
+            rng.normal_vec(la, 1.0),
+            rng.normal_vec(lb, 1.0),
+            rng.normal_vec(g.n, 1.0),
+            rng.normal_vec(lc, 4.0),
+        );
+        let upload = |host: &[f32]| {
+            let mut buf = Cpu.alloc(DType::F32, host.len()).unwrap();
+            Cpu.upload(host, buf.all_mut()).unwrap();
+            buf
+        };
+        let (ab, bb, biasb, rb) = (upload(&a), upload(&b), upload(&bias), upload(&r));
+        let mut cb = Cpu.alloc(DType::F32, lc).unwrap();
+        Cpu.gemm_bias_residual(&g, ab.all(), bb.all(), biasb.all(), rb.all(), cb.all_mut())
+            .unwrap();
+        let mut want = reference(&g, &a, &b, &vec![0.0; lc]);
+        want.iter_mut()
+            .enumerate()
+            .for_each(|(i, w)| *w += bias[i % g.n] as f64 + r[i] as f64);
+        let err = max_rel(cb.as_slice(), &want);
+        assert!(err < 1e-5, "max rel err {err}");
+
+        // As in the bias test: the product 1 + 3·2⁻¹⁰ and a residual of 2⁻⁹ come to 1 + 2⁻⁷
+        // rounded once; rounding the product first would leave 1.
+        let g = Gemm::new(1, 1, 1);
+        let (one, x, zero) = (
+            upload(&[1.0]),
+            upload(&[1.0 + 3.0 / 1024.0]),
+            upload(&[0.0]),
+        );
+        let quarter = upload(&[1.0 / 512.0]);
+        let mut c = Cpu.alloc(DType::BF16, 1).unwrap();
+        Cpu.gemm_bias_residual(
+            &g,
+            one.all(),
+            x.all(),
+            zero.all(),
+            quarter.all(),
+            c.all_mut(),
+        )
+        .unwrap();
+        assert_eq!(c.as_slice(), &[1.0 + 1.0 / 128.0]);
+        let err = Cpu
+            .gemm_bias_residual(
+                &g,
+                one.all(),
+                x.all(),
+                zero.all(),
+                zero.at(0, 0),
+                c.all_mut(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("window lengths differ"), "{err}");
+    }
+
     #[test]
     fn bf16_output_is_rounded_and_undersized_windows_are_rejected() {
         let g = Gemm::new(1, 1, 2);

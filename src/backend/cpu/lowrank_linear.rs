@@ -2,9 +2,10 @@
 //! kernels/lowrank_linear.cu), composed from the `gemm` op: plain and obviously correct.
 //! Sums go to f32 temporaries and each output is rounded to its dtype once, as the fused kernels do.
 
-use super::{Cpu, CpuBuf};
+use super::{elementwise, Cpu, CpuBuf};
 use crate::backend::{
-    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
+    epilogue_pass, Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
+    LowRankWeights, Mut, Ref,
 };
 use anyhow::Result;
 
@@ -17,9 +18,9 @@ pub fn forward(
     bias: Option<Ref<CpuBuf>>,
     mut t: Mut<CpuBuf>,
     y: Mut<CpuBuf>,
-    gelu: Option<Mut<CpuBuf>>,
+    epi: LinearEpilogue<CpuBuf>,
 ) -> Result<()> {
-    sh.check_forward(&x, &w, &bias, &t, &y, &gelu)?;
+    sh.check_forward(&x, &w, &bias, &t, &y, &epi)?;
     let LowRankShape {
         n,
         n_in,
@@ -56,12 +57,17 @@ pub fn forward(
         len: n * n_out,
         ..y
     };
+    // A residual joins the sum before y's one rounding; the GELU reads y as stored (the CUDA
+    // epilogue's order for both).
+    let epi = match epi {
+        LinearEpilogue::Residual(r) => {
+            elementwise::add(&mut acc.data, &r.slice()[..y.len]);
+            LinearEpilogue::None
+        }
+        other => other,
+    };
     cpu.cast(acc.all(), y.reborrow())?;
-    // The GELU after the layer, from y as stored (the CUDA epilogue's order).
-    match gelu {
-        Some(g) => cpu.gelu_forward(Mut { len: y.len, ..g }, y.as_ref()),
-        None => Ok(()),
-    }
+    epilogue_pass(cpu, y, epi)
 }
 
 #[allow(clippy::too_many_arguments)]

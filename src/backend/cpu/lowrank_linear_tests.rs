@@ -3,7 +3,8 @@
 
 use crate::backend::cpu::{Cpu, CpuBuf};
 use crate::backend::{
-    Backend, Buffer, DType, LowRankGrads, LowRankShape, LowRankWeights, SCRATCH_ROW_ALIGN,
+    Backend, Buffer, DType, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
+    SCRATCH_ROW_ALIGN,
 };
 use crate::util::rng::Rng;
 
@@ -18,6 +19,15 @@ struct Layer {
     ut: Vec<f32>,
     vt: Vec<f32>,
     bias: Option<Vec<f32>>,
+}
+
+/// What the forward does after y.
+enum After<'a> {
+    Nothing,
+    /// GELU(y) beside y.
+    Gelu,
+    /// y += this residual.
+    Residual(&'a [f32]),
 }
 
 /// What the backward produced: s (padded), dx, dUt and dVt (all `cap` rows), db.
@@ -50,12 +60,12 @@ impl Layer {
 
     /// Runs the forward on the CPU backend: (t padded, y).
     fn forward(&self) -> (Vec<f32>, Vec<f32>) {
-        let (t, y, _) = self.forward_gelu(false);
+        let (t, y, _) = self.forward_with(After::Nothing);
         (t, y)
     }
 
-    /// The forward, with (`gelu`) or without the fused GELU: (t padded, y, GELU(y)).
-    fn forward_gelu(&self, gelu: bool) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    /// The forward with `after` fused: (t padded, y, GELU(y) when asked for).
+    fn forward_with(&self, after: After) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let (x, w0, vt) = (
             upload(&self.x),
             self.w0.as_deref().map(upload),
@@ -67,7 +77,17 @@ impl Layer {
         let bias = self.bias.as_deref().map(upload);
         let mut t = upload(&vec![f32::NAN; self.sh.scratch_len()]);
         let mut y = upload(&vec![f32::NAN; self.sh.n * self.sh.n_out]);
+        let gelu = matches!(after, After::Gelu);
         let mut g = gelu.then(|| upload(&vec![f32::NAN; self.sh.n * self.sh.n_out]));
+        let r = match after {
+            After::Residual(r) => Some(upload(r)),
+            _ => None,
+        };
+        let epi = match (&mut g, &r) {
+            (Some(g), _) => LinearEpilogue::Gelu(g.all_mut()),
+            (_, Some(r)) => LinearEpilogue::Residual(r.all()),
+            _ => LinearEpilogue::None,
+        };
         let w = LowRankWeights {
             w0: w0.as_ref().map(|b| b.all()),
             ut: ut.at(UT_OFFSET, self.ut.len()),
@@ -80,7 +100,7 @@ impl Layer {
             bias.as_ref().map(|b| b.all()),
             t.all_mut(),
             y.all_mut(),
-            g.as_mut().map(|g| g.all_mut()),
+            epi,
         )
         .unwrap();
         let g = g.map(|g| g.as_slice().to_vec());
@@ -369,7 +389,7 @@ fn fused_gelu_writes_gelu_of_y_and_scales_dx_by_its_derivative() {
     let mut rng = Rng::new(24);
     for (sh, cap) in SHAPES {
         let layer = Layer::random(sh, cap, true, true, &mut rng);
-        let (t, y, g) = layer.forward_gelu(true);
+        let (t, y, g) = layer.forward_with(After::Gelu);
         let (_, y_ref) = layer.reference_forward();
         let tag = format!("{sh:?}");
         assert_close(&format!("y beside its GELU {tag}"), &y, &y_ref);
@@ -400,6 +420,20 @@ fn fused_gelu_writes_gelu_of_y_and_scales_dx_by_its_derivative() {
         // The factor gradients read dy and x, not the scaled dx.
         let live_ut = sh.rank * sh.n_in;
         assert_close(&format!("dUt {tag}"), &out.dut[..live_ut], &dut_ref);
+    }
+}
+
+/// The fused residual: y + r against the f64 forward plus r.
+#[test]
+fn fused_residual_adds_the_residual_to_y() {
+    let mut rng = Rng::new(25);
+    for (sh, cap) in SHAPES {
+        let layer = Layer::random(sh, cap, true, true, &mut rng);
+        let r = rng.normal_vec(sh.n * sh.n_out, 3.0);
+        let (_, y, _) = layer.forward_with(After::Residual(&r));
+        let (_, y_ref) = layer.reference_forward();
+        let want: Vec<f64> = y_ref.iter().zip(&r).map(|(&y, &r)| y + r as f64).collect();
+        assert_close(&format!("y + r {sh:?}"), &y, &want);
     }
 }
 
@@ -480,7 +514,8 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
     let mut t = Cpu.alloc(DType::F32, sh.scratch_len()).unwrap();
     let mut y = Cpu.alloc(DType::F32, sh.n * sh.n_out).unwrap();
     let fwd = |sh: &LowRankShape, t: &mut CpuBuf, y: &mut CpuBuf| {
-        Cpu.lowrank_linear_forward(sh, x.all(), w, None, t.all_mut(), y.all_mut(), None)
+        let none = LinearEpilogue::None;
+        Cpu.lowrank_linear_forward(sh, x.all(), w, None, t.all_mut(), y.all_mut(), none)
             .unwrap_err()
             .to_string()
     };
@@ -501,11 +536,25 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
             None,
             t.all_mut(),
             y.all_mut(),
-            Some(bf16_gelu.all_mut()),
+            LinearEpilogue::Gelu(bf16_gelu.all_mut()),
         )
         .unwrap_err()
         .to_string();
     assert!(err.contains("gelu(y) is BF16, must be F32"), "{err}");
+    let short = Cpu.alloc(DType::F32, sh.n * sh.n_out - 1).unwrap();
+    let err = Cpu
+        .lowrank_linear_forward(
+            &sh,
+            x.all(),
+            w,
+            None,
+            t.all_mut(),
+            y.all_mut(),
+            LinearEpilogue::Residual(short.all()),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("residual window"), "{err}");
 
     let dy = upload(&vec![1.0; sh.n * sh.n_out]);
     let mut s = Cpu.alloc(DType::F32, sh.scratch_len()).unwrap();

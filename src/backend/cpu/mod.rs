@@ -20,8 +20,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    check_update, same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads,
-    LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
+    check_update, same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LinearEpilogue,
+    LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::Result;
 
@@ -84,6 +84,27 @@ pub type CpuBf16 = CpuAt<true>;
 #[allow(non_upper_case_globals)]
 pub const CpuBf16: CpuBf16 = CpuAt;
 
+/// C = A·B + bias in f32, not yet rounded to C's dtype (the window's storage is f32).
+fn gemm_bias_unrounded(
+    g: &Gemm,
+    a: Ref<CpuBuf>,
+    b: Ref<CpuBuf>,
+    bias: Ref<CpuBuf>,
+    c: &mut Mut<CpuBuf>,
+) -> Result<()> {
+    anyhow::ensure!(
+        g.batch == 1,
+        "gemm_bias takes one GEMM, not a batch of {}",
+        g.batch
+    );
+    g.check(&a, &b, c)?;
+    let shape = MatShape::new(g.m, g.n);
+    check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
+    gemm::gemm(g, a.slice(), b.slice(), c.slice_mut());
+    elementwise::add_bias(c.slice_mut(), bias.slice(), shape);
+    Ok(())
+}
+
 impl<const BF16: bool> Backend for CpuAt<BF16> {
     type Buf = CpuBuf;
 
@@ -141,16 +162,24 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         bias: Ref<CpuBuf>,
         mut c: Mut<CpuBuf>,
     ) -> Result<()> {
-        anyhow::ensure!(
-            g.batch == 1,
-            "gemm_bias takes one GEMM, not a batch of {}",
-            g.batch
-        );
-        g.check(&a, &b, &c)?;
-        let shape = MatShape::new(g.m, g.n);
-        check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
-        gemm::gemm(g, a.slice(), b.slice(), c.slice_mut());
-        elementwise::add_bias(c.slice_mut(), bias.slice(), shape);
+        gemm_bias_unrounded(g, a, b, bias, &mut c)?;
+        c.round_to_dtype();
+        Ok(())
+    }
+
+    /// The residual joins the sum before C's one rounding, as in cuBLASLt's epilogue.
+    fn gemm_bias_residual(
+        &self,
+        g: &Gemm,
+        a: Ref<CpuBuf>,
+        b: Ref<CpuBuf>,
+        bias: Ref<CpuBuf>,
+        residual: Ref<CpuBuf>,
+        mut c: Mut<CpuBuf>,
+    ) -> Result<()> {
+        same_len("gemm_bias_residual", residual.len, c.len)?;
+        gemm_bias_unrounded(g, a, b, bias, &mut c)?;
+        elementwise::add(c.slice_mut(), residual.slice());
         c.round_to_dtype();
         Ok(())
     }
@@ -418,9 +447,9 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         bias: Option<Ref<CpuBuf>>,
         t: Mut<CpuBuf>,
         y: Mut<CpuBuf>,
-        gelu: Option<Mut<CpuBuf>>,
+        epi: LinearEpilogue<CpuBuf>,
     ) -> Result<()> {
-        lowrank_linear::forward(&Cpu, sh, x, w, bias, t, y, gelu)
+        lowrank_linear::forward(&Cpu, sh, x, w, bias, t, y, epi)
     }
 
     fn lowrank_linear_backward(

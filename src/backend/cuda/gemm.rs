@@ -75,6 +75,13 @@ pub enum Epilogue {
         bias: u64,
         aux: u64,
     },
+    /// C ← (A·B + `residual`) + bias: CUBLASLT_EPILOGUE_BIAS with β = 1 and the residual as the
+    /// input matrix C (D, the output, is another matrix of C's layout): a block's projection and
+    /// the residual connection after it in one pass. The caller's β is 0.
+    BiasResidual {
+        bias: u64,
+        residual: u64,
+    },
     /// C ← C ⊙ GELU′(aux): CUBLASLT_EPILOGUE_DGELU, the MLP projection's dx and GELU's backward in
     /// one pass.
     GeluGrad {
@@ -89,6 +96,7 @@ impl Epilogue {
             Epilogue::Bias(_) => 1,
             Epilogue::GeluAuxBias { .. } => 2,
             Epilogue::GeluGrad { .. } => 3,
+            Epilogue::BiasResidual { .. } => 4,
         }
     }
 
@@ -99,6 +107,7 @@ impl Epilogue {
             Epilogue::Bias(_) => "BIAS",
             Epilogue::GeluAuxBias { .. } => "GELU_AUX_BIAS",
             Epilogue::GeluGrad { .. } => "DGELU",
+            Epilogue::BiasResidual { .. } => "BIAS (β = 1, the residual as C)",
         }
     }
 }
@@ -123,6 +132,13 @@ pub fn bias_epilogue_from_env() -> Result<bool> {
 /// passes of their own.
 pub fn gelu_epilogue_from_env() -> Result<bool> {
     switch_from_env("LOWRANK_GELU_EPILOGUE")
+}
+
+/// LOWRANK_RESIDUAL_EPILOGUE: `1` (the default) adds the residual connection after a block's
+/// projections in the epilogue of the projection's GEMM (cuBLASLt's for dense layers, ours for
+/// low-rank ones), `0` in a pass of its own.
+pub fn residual_epilogue_from_env() -> Result<bool> {
+    switch_from_env("LOWRANK_RESIDUAL_EPILOGUE")
 }
 
 /// Whether cuBLASLt's bias epilogue takes this call: one GEMM writing bf16 (the bias then has C's
@@ -248,7 +264,19 @@ impl Lt {
         let layout_c = Layout::new(ty(c_dtype), n, m, ldc, g.batch, g.stride_c)?;
         // The auxiliary matrix has C's leading dimension (column-major: C's row length).
         let desc = Desc::new(g.trans_b, g.trans_a, epi, ldc)?;
-        let ptrs = [b, a, c, c];
+        // The input matrix C is the output unless the epilogue adds a residual of its own.
+        let (beta, c_in) = match epi {
+            Epilogue::BiasResidual { residual, .. } => {
+                anyhow::ensure!(
+                    g.beta == 0.0,
+                    "a residual epilogue takes beta = 0, not {}",
+                    g.beta
+                );
+                (1.0f32, residual)
+            }
+            _ => (g.beta, c),
+        };
+        let ptrs = [b, a, c_in, c];
         let key = AlgoKey {
             mnk: [g.m, g.n, g.k],
             trans: [g.trans_a, g.trans_b],
@@ -305,12 +333,12 @@ impl Lt {
                 self.handle,
                 desc.0,
                 &g.alpha as *const f32 as *const c_void,
-                &g.beta as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
                 b as *const c_void,
                 layout_a.0,
                 a as *const c_void,
                 layout_b.0,
-                c as *const c_void,
+                c_in as *const c_void,
                 layout_c.0,
                 c as *mut c_void,
                 layout_c.0,
@@ -405,7 +433,9 @@ impl Desc {
         use sys::cublasLtEpilogue_t as E;
         let (epilogue, bias, aux) = match epi {
             Epilogue::None => return Ok(d),
-            Epilogue::Bias(bias) => (E::CUBLASLT_EPILOGUE_BIAS, Some(bias), None),
+            Epilogue::Bias(bias) | Epilogue::BiasResidual { bias, .. } => {
+                (E::CUBLASLT_EPILOGUE_BIAS, Some(bias), None)
+            }
             Epilogue::GeluAuxBias { bias, aux } => {
                 (E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS, Some(bias), Some(aux))
             }

@@ -24,8 +24,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    same_len, AdamW, AttentionSaved, Backend, Buffer, DType, Gemm, HeavyBall, LowRankGrads,
-    LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
+    same_len, AdamW, AttentionSaved, Backend, Buffer, DType, Gemm, HeavyBall, LinearEpilogue,
+    LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -83,6 +83,9 @@ pub struct Cuda {
     bias_epilogue: bool,
     /// Whether the MLP's GELU runs in the epilogue of the GEMM beside it (LOWRANK_GELU_EPILOGUE).
     gelu_epilogue: bool,
+    /// Whether a block's projections add the residual in their epilogue
+    /// (LOWRANK_RESIDUAL_EPILOGUE).
+    residual_epilogue: bool,
 }
 
 /// Whether `e` says cuBLASLt has no algorithm for an epilogue, whose work the caller then does in
@@ -112,6 +115,7 @@ impl Cuda {
         let attention_impl = AttentionImpl::from_env()?;
         let bias_epilogue = gemm::bias_epilogue_from_env()?;
         let gelu_epilogue = gemm::gelu_epilogue_from_env()?;
+        let residual_epilogue = gemm::residual_epilogue_from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -123,6 +127,7 @@ impl Cuda {
             attention_impl,
             bias_epilogue,
             gelu_epilogue,
+            residual_epilogue,
         })
     }
 
@@ -314,6 +319,41 @@ impl Backend for Cuda {
             }
         }
         super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
+    }
+
+    fn gemm_bias_residual(
+        &self,
+        g: &Gemm,
+        a: Ref<CudaBuf>,
+        b: Ref<CudaBuf>,
+        bias: Ref<CudaBuf>,
+        residual: Ref<CudaBuf>,
+        mut c: Mut<CudaBuf>,
+    ) -> Result<()> {
+        // The residual is cuBLASLt's input matrix C, read with the output's layout and dtype.
+        let fits = self.bias_epilogue
+            && self.residual_epilogue
+            && gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr())
+            && residual.dtype() == c.dtype()
+            && residual.ptr().is_multiple_of(16);
+        if fits && g.m * g.n > 0 {
+            same_len("gemm_bias_residual", residual.len, c.len)?;
+            let shape = MatShape::new(g.m, g.n);
+            check_matrix_and_row(
+                "gemm_bias_residual",
+                ("c", c.len),
+                ("bias", bias.len),
+                shape,
+            )?;
+            let epi = gemm::Epilogue::BiasResidual {
+                bias: bias.ptr(),
+                residual: residual.ptr(),
+            };
+            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
+                return Ok(());
+            }
+        }
+        super::gemm_bias_then_residual(self, g, a, b, bias, residual, c)
     }
 
     fn gemm_gelu_backward(
@@ -575,9 +615,9 @@ impl Backend for Cuda {
         bias: Option<Ref<CudaBuf>>,
         t: Mut<CudaBuf>,
         y: Mut<CudaBuf>,
-        gelu: Option<Mut<CudaBuf>>,
+        epi: LinearEpilogue<CudaBuf>,
     ) -> Result<()> {
-        lowrank_linear::forward(self, sh, x, w, bias, t, y, gelu)
+        lowrank_linear::forward(self, sh, x, w, bias, t, y, epi)
     }
 
     fn lowrank_linear_backward(

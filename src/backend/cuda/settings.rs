@@ -47,6 +47,10 @@ pub fn settings() -> Vec<(&'static str, std::result::Result<String, String>)> {
             "LOWRANK_GELU_EPILOGUE",
             show(gemm::gelu_epilogue_from_env(), on_off),
         ),
+        (
+            "LOWRANK_RESIDUAL_EPILOGUE",
+            show(gemm::residual_epilogue_from_env(), on_off),
+        ),
     ]
 }
 

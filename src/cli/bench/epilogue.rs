@@ -1,12 +1,16 @@
-//! `lowrank bench gelu`: the MLP's GELU in the epilogue of the GEMM beside it against the same
-//! work in two passes (the GEMM, then `gelu_forward` or `gelu_backward`), at GPT-2's MLP shapes:
-//! the fc layer's forward (y and GELU(y)) and the projection's backward (dx times GELU′ of fc's
-//! output), dense (cuBLASLt's GELU_AUX_BIAS and DGELU epilogues) and pure low-rank (the fused
-//! kernels' epilogue). Rates count the GEMMs' FLOPs, so the two rows of a pair compare directly.
+//! `lowrank bench epilogue`: the work a training step does in the epilogue of a GEMM against the
+//! same work in two passes, at GPT-2's MLP shapes, dense (cuBLASLt's epilogues) and pure low-rank
+//! (the fused kernels' epilogue): the MLP's GELU (`gelu_*`: the fc layer's forward writes y and
+//! GELU(y); the projection's backward scales dx by GELU′ of fc's output; GELU_AUX_BIAS and DGELU)
+//! and the residual connection after the projection (`residual_*`: y = x·W + b + r; BIAS with the
+//! residual as cuBLASLt's C). Rates count the GEMMs' FLOPs, so the two rows of a pair compare
+//! directly.
 
 use super::{random_bufs, rotation, time_median, Row, PEAK_TFLOPS};
 use crate::backend::cuda::{Cuda, CudaBuf};
-use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
+use crate::backend::{
+    Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
+};
 use anyhow::Result;
 
 /// (rows N = B·T, channels C, rank of the low-rank layers): the MLP maps C → 4C → C.
@@ -16,7 +20,7 @@ pub const FULL: &[Shape] = &[(8192, 768, 192), (8192, 1024, 256)];
 /// Rows off the tiles, a rank off 16.
 pub const SMOKE: &[Shape] = &[(200, 64, 12)];
 
-/// The rows in pairs: each layer and pass fused, then in two passes.
+/// The rows in pairs: each layer and pass with the epilogue, then in two passes.
 pub fn run(gpu: &Cuda, shapes: &[Shape], reps: usize) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &(n, c, rank) in shapes {
@@ -26,23 +30,41 @@ pub fn run(gpu: &Cuda, shapes: &[Shape], reps: usize) -> Result<Vec<Row>> {
         let proj = inp.shape(4 * c, c);
         let dense = 2.0 * (n * c * 4 * c) as f64;
         for (name, flops, [fused, passes]) in [
-            ("fc_fwd_dense", dense, dense_fc(gpu, &inp, &mut out, reps)?),
-            ("proj_dx_dense", dense, dense_dx(gpu, &inp, &mut out, reps)?),
             (
-                "fc_fwd_lowrank",
+                "gelu_fc_fwd_dense",
+                dense,
+                dense_fc(gpu, &inp, &mut out, reps)?,
+            ),
+            (
+                "gelu_proj_dx_dense",
+                dense,
+                dense_dx(gpu, &inp, &mut out, reps)?,
+            ),
+            (
+                "gelu_fc_fwd_lowrank",
                 fc.forward_flops(false),
                 lowrank_fc(gpu, &inp, &mut out, &fc, reps)?,
             ),
             (
-                "proj_bwd_lowrank",
+                "gelu_proj_bwd_lowrank",
                 proj.backward_flops(false),
                 lowrank_proj(gpu, &inp, &mut out, &proj, reps)?,
+            ),
+            (
+                "residual_proj_fwd_dense",
+                dense,
+                dense_residual(gpu, &inp, &mut out, reps)?,
+            ),
+            (
+                "residual_proj_fwd_lowrank",
+                proj.forward_flops(false),
+                lowrank_residual(gpu, &inp, &mut out, &proj, reps)?,
             ),
         ] {
             let row = |how: &str, ms: f64| {
                 let tflops = flops / (ms * 1e-3) / 1e12;
                 Row {
-                    op: format!("gelu_{name}_{how}"),
+                    op: format!("{name}_{how}"),
                     shape: format!("{n}x{c}>{} r{rank}", 4 * c),
                     median_ms: ms,
                     achieved: tflops,
@@ -62,11 +84,14 @@ struct Inputs {
     n: usize,
     rank: usize,
     sets: usize,
-    /// n × C: the fc layer's input, and the projection's output gradient.
+    /// n × C: the fc layer's input, the projection's output gradient, and the residual its
+    /// forward adds.
     x: Vec<CudaBuf>,
-    /// n × 4C: the fc layer's output u (GELU's input), read by the projection's backward.
+    /// n × 4C: the fc layer's output u (GELU's input), read by the projection's backward, and the
+    /// projection's input in its forward.
     u: Vec<CudaBuf>,
-    /// The fc weight (C × 4C, stored n_in × n_out); read transposed, the projection's dx operand.
+    /// The fc weight (C × 4C, stored n_in × n_out); read transposed, the projection's dx operand;
+    /// read as 4C × C, the projection's weight.
     w: CudaBuf,
     bias: CudaBuf,
     /// Low-rank factors Ut (rank × 4C) and Vt (rank × 4C): the 4C side of either layer, of which
@@ -77,7 +102,7 @@ struct Inputs {
 
 /// What the timed calls write.
 struct Outputs {
-    /// n × 4C: y or dx, and GELU(y).
+    /// n × 4C: y or dx, and GELU(y) (the projection's y: its first n × C).
     y: CudaBuf,
     gelu: CudaBuf,
     /// The low-rank scratch and gradients, at the 4C side's size.
@@ -177,6 +202,25 @@ fn dense_dx(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<
     Ok([fused, passes])
 }
 
+/// The projection's forward y = u·W + b + r (W 4C × C): the residual r as cuBLASLt's input matrix
+/// C, and then in a pass.
+fn dense_residual(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
+    let c = inp.x[0].len() / inp.n;
+    let g = Gemm::new(inp.n, c, 4 * c);
+    let (w, b) = (inp.w.all(), inp.bias.at(0, c));
+    let y = &mut out.y;
+    let fused = time_median(gpu, reps, |i| {
+        let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
+        gpu.gemm_bias_residual(&g, x, w, b, r, y.at_mut(0, inp.n * c))
+    })?;
+    let passes = time_median(gpu, reps, |i| {
+        let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
+        gpu.gemm_bias(&g, x, w, b, y.at_mut(0, inp.n * c))?;
+        gpu.add(y.at_mut(0, inp.n * c), r)
+    })?;
+    Ok([fused, passes])
+}
+
 /// The low-rank fc forward with GELU(y) from the y kernel's epilogue, and then in a pass.
 fn lowrank_fc(
     gpu: &Cuda,
@@ -190,13 +234,44 @@ fn lowrank_fc(
     let fused = time_median(gpu, reps, |i| {
         let x = inp.x[i % inp.sets].all();
         let (t, y) = (t.all_mut(), y.all_mut());
-        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y, Some(gelu.all_mut()))
+        let gelu = LinearEpilogue::Gelu(gelu.all_mut());
+        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y, gelu)
     })?;
     let passes = time_median(gpu, reps, |i| {
         let x = inp.x[i % inp.sets].all();
-        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t.all_mut(), y.all_mut(), None)?;
+        let (t, none) = (t.all_mut(), LinearEpilogue::None);
+        gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y.all_mut(), none)?;
         gpu.gelu_forward(gelu.all_mut(), y.all())
     })?;
+    Ok([fused, passes])
+}
+
+/// The low-rank projection's forward (4C → C) with the residual added in the y kernel's epilogue,
+/// and then in a pass.
+fn lowrank_residual(
+    gpu: &Cuda,
+    inp: &Inputs,
+    out: &mut Outputs,
+    sh: &LowRankShape,
+    reps: usize,
+) -> Result<[f64; 2]> {
+    let (b, len) = (Some(inp.bias.at(0, sh.n_out)), sh.n * sh.n_out);
+    let Outputs { y, t, .. } = out;
+    let mut run = |i: usize, fused: bool| -> Result<()> {
+        let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
+        let epi = match fused {
+            true => LinearEpilogue::Residual(r),
+            false => LinearEpilogue::None,
+        };
+        let (t, w) = (t.all_mut(), inp.weights());
+        gpu.lowrank_linear_forward(sh, x, w, b, t, y.at_mut(0, len), epi)?;
+        if !fused {
+            gpu.add(y.at_mut(0, len), r)?;
+        }
+        Ok(())
+    };
+    let fused = time_median(gpu, reps, |i| run(i, true))?;
+    let passes = time_median(gpu, reps, |i| run(i, false))?;
     Ok([fused, passes])
 }
 

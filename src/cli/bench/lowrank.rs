@@ -3,7 +3,9 @@
 
 use super::{random_bufs, rotation, time_median, PEAK_TFLOPS};
 use crate::backend::cuda::{merge_base_from_env, product_tile, Cuda, CudaBuf, LowRankImpl};
-use crate::backend::{Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights};
+use crate::backend::{
+    Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
+};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -128,7 +130,7 @@ fn time_forward(
             Some(inp.bias.all()),
             out.t.all_mut(),
             out.y.all_mut(),
-            None,
+            LinearEpilogue::None,
         )
     })
 }

@@ -3,10 +3,11 @@
 //! same run (the copy's TB/s, cuBLASLt's best TFLOP/s): an H200's HBM is faster than the nominal
 //! 3.0 TB/s, so only the measured ceiling says how close a memory-bound kernel comes.
 //! One file per op family beyond the basics (lowrank.rs: the low-rank linear layer; attention.rs:
-//! flash against materialised attention; gelu.rs: the MLP's GELU in GEMM epilogues against passes).
+//! flash against materialised attention; epilogue.rs: the MLP's GELU and the residual connection in
+//! GEMM epilogues against passes).
 
 mod attention;
-mod gelu;
+mod epilogue;
 mod lowrank;
 
 use crate::backend::cuda::{Cuda, CudaBuf};
@@ -56,7 +57,7 @@ struct Sizes {
     gemms: &'static [(usize, usize, usize)],
     adamw_params: usize,
     attention: &'static [attention::Shape],
-    gelu: &'static [gelu::Shape],
+    epilogue: &'static [epilogue::Shape],
     lowrank: lowrank::Sizes,
 }
 
@@ -70,7 +71,7 @@ const FULL: Sizes = Sizes {
     ],
     adamw_params: 124_475_904, // GPT-2 small
     attention: attention::FULL,
-    gelu: gelu::FULL,
+    epilogue: epilogue::FULL,
     lowrank: lowrank::FULL,
 };
 
@@ -79,7 +80,7 @@ const SMOKE: Sizes = Sizes {
     gemms: &[(64, 32, 48)],
     adamw_params: 4096,
     attention: attention::SMOKE,
-    gelu: gelu::SMOKE,
+    epilogue: epilogue::SMOKE,
     lowrank: lowrank::SMOKE,
 };
 
@@ -93,8 +94,10 @@ enum Which {
     Attention,
     /// The fused low-rank linear layer against cuBLASLt (dense and unfused), GPT-2 MLP shapes
     LowrankLinear,
-    /// The MLP's GELU in the GEMM epilogues against separate passes, GPT-2 small and medium
-    Gelu,
+    /// The MLP's GELU and the residual connection in GEMM epilogues against separate passes,
+    /// GPT-2 small and medium
+    #[value(alias = "gelu")]
+    Epilogue,
 }
 
 #[derive(Serialize)]
@@ -181,15 +184,15 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         Ok(Vec::new())
     };
-    let gelu = if matches!(args.which, Which::All | Which::Gelu) {
+    let epilogue = if matches!(args.which, Which::All | Which::Epilogue) {
         println!();
-        gelu::run(&gpu, sizes.gelu, reps).inspect(|rows| {
+        epilogue::run(&gpu, sizes.epilogue, reps).inspect(|rows| {
             print_rows(rows);
             for pair in rows.chunks(2) {
                 let ratio = pair[1].median_ms / pair[0].median_ms;
                 let layer = pair[0].op.trim_end_matches("_fused");
                 println!(
-                    "{layer:<30} {:<20} two passes / fused: {ratio:.3}×",
+                    "{layer:<32} {:<20} two passes / fused: {ratio:.3}×",
                     pair[0].shape
                 );
             }
@@ -199,15 +202,15 @@ pub fn run(args: Args) -> Result<()> {
     };
     let ((lowrank_rows, lowrank_error), (attention_rows, attention_error)) =
         (rows_or_error(&lowrank), rows_or_error(&attention));
-    let (gelu_rows, gelu_error) = rows_or_error(&gelu);
+    let (epilogue_rows, epilogue_error) = rows_or_error(&epilogue);
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({"device": gpu.info(), "reps": reps, "smoke": args.smoke, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error, "attention": attention_rows, "attention_error": attention_error, "gelu": gelu_rows, "gelu_error": gelu_error});
+        let doc = serde_json::json!({"device": gpu.info(), "reps": reps, "smoke": args.smoke, "peak_tflops": PEAK_TFLOPS, "peak_tbps": PEAK_TBPS, "rows": rows, "lowrank": lowrank_rows, "lowrank_error": lowrank_error, "attention": attention_rows, "attention_error": attention_error, "epilogue": epilogue_rows, "epilogue_error": epilogue_error});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     lowrank.context("the low-rank linear bench failed")?;
     attention.context("the attention bench failed")?;
-    gelu.context("the GELU epilogue bench failed")?;
+    epilogue.context("the epilogue bench failed")?;
     Ok(())
 }
 
@@ -222,13 +225,13 @@ fn rows_or_error<T>(part: &Result<Vec<T>>) -> (&[T], Option<String>) {
 fn print_rows(rows: &[Row]) {
     if !rows.is_empty() {
         println!(
-            "{:<30} {:<20} {:>10} {:>12} {:>9} {:>12}",
+            "{:<32} {:<20} {:>10} {:>12} {:>9} {:>12}",
             "op", "shape", "median ms", "achieved", "of peak", "of measured"
         );
     }
     for r in rows {
         println!(
-            "{:<30} {:<20} {:>10.4} {:>7.1} {:<4} {:>8.1}% {:>11}",
+            "{:<32} {:<20} {:>10.4} {:>7.1} {:<4} {:>8.1}% {:>11}",
             r.op,
             r.shape,
             r.median_ms,

@@ -24,8 +24,8 @@ mod tma;
 
 use super::{Cuda, CudaBuf};
 use crate::backend::{
-    Backend, Buffer, DType, Gemm, LowRankGrads, LowRankShape, LowRankWeights, Mut, Ref,
-    SCRATCH_ROW_ALIGN,
+    epilogue_pass, Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
+    LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
 };
 use anyhow::{bail, ensure, Result};
 use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
@@ -122,18 +122,27 @@ pub fn forward(
     bias: Option<Ref<CudaBuf>>,
     t: Mut<CudaBuf>,
     mut y: Mut<CudaBuf>,
-    gelu: Option<Mut<CudaBuf>>,
+    epi: LinearEpilogue<CudaBuf>,
 ) -> Result<()> {
-    sh.check_forward(&x, &w, &bias, &t, &y, &gelu)?;
+    sh.check_forward(&x, &w, &bias, &t, &y, &epi)?;
     ensure_bf16(&x)?;
     let mut operands = vec![x.ptr(), w.ut.ptr(), w.vt.ptr(), t.ptr()];
     operands.extend(w.w0.map(|r| r.ptr()));
     let fused = cuda.lowrank_impl != LowRankImpl::Cublas
         && fused_fits(sh, &operands, &[(y.ptr(), y.dtype())]);
-    // The GELU rides on the y kernel's epilogue; elsewhere it is a pass of its own.
-    let (act, gelu_pass) = match gelu {
-        Some(g) if fused && cuda.gelu_epilogue && pair_aligned(g.ptr(), g.dtype()) => {
-            (Act::Gelu(g.ptr()), None)
+    // The GELU or the residual rides on the y kernel's epilogue, which reads and writes its window
+    // in pairs of y's dtype; elsewhere it is a pass of its own.
+    let len = sh.n * sh.n_out;
+    let (act, pass) = match epi {
+        LinearEpilogue::Gelu(g)
+            if fused && cuda.gelu_epilogue && pair_aligned(g.ptr(), g.dtype()) =>
+        {
+            (Act::Gelu(g.ptr()), LinearEpilogue::None)
+        }
+        LinearEpilogue::Residual(r)
+            if fused && cuda.residual_epilogue && pair_aligned(r.ptr(), r.dtype()) =>
+        {
+            (Act::Residual(r.ptr()), LinearEpilogue::None)
         }
         other => (Act::None, other),
     };
@@ -142,13 +151,7 @@ pub fn forward(
     } else {
         forward_cublas(cuda, sh, x, w, bias, t, y.reborrow())?;
     }
-    match gelu_pass {
-        Some(g) => {
-            let len = sh.n * sh.n_out;
-            cuda.gelu_forward(Mut { len, ..g }, Ref { len, ..y.as_ref() })
-        }
-        None => Ok(()),
-    }
+    epilogue_pass(cuda, Mut { len, ..y }, pass)
 }
 
 /// t = x·Ut[:k]ᵀ, then y = [x | t]·[W0 ; Vt[:k]] + b (or x·merged + b) with `act` in its epilogue.

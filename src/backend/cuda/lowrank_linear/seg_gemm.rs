@@ -61,8 +61,8 @@ pub(super) struct Output {
     pub(super) act: Act,
 }
 
-/// The GELU an output's epilogue applies (`act_kind` in kernels/seg_gemm.cuh), with its second
-/// window: the same dtype, shape and row stride as the output.
+/// What an output's epilogue applies (`act_kind` in kernels/seg_gemm.cuh), with its second window:
+/// the same dtype, shape and row stride as the output.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Act {
     None,
@@ -70,6 +70,8 @@ pub(super) enum Act {
     Gelu(u64),
     /// The output scaled by GELU′ of the pre-activation at this address.
     GeluGrad(u64),
+    /// The output plus the residual at this address.
+    Residual(u64),
 }
 
 impl Act {
@@ -79,6 +81,7 @@ impl Act {
             Act::None => (0, 0),
             Act::Gelu(p) => (p, 1),
             Act::GeluGrad(p) => (p, 2),
+            Act::Residual(p) => (p, 3),
         }
     }
 }
@@ -102,6 +105,9 @@ pub(super) fn launch_seg_gemm(
     );
     let mut tile = pick_tile(cuda, role, out.m, out.n_store)?;
     let k_tiles: usize = segs.iter().flatten().map(|s| s.k.div_ceil(BK)).sum();
+    // Every mainloop releases the stage of its last K tile: with none, the TMA kernel would
+    // arrive on a barrier before its own (rank ≥ 1 and n_in, n_out ≥ 8 keep this unreachable).
+    ensure!(k_tiles > 0, "fused low-rank {role:?}: a product with no K");
     let splits = if role == Role::Project {
         let blocks = out.m.div_ceil(tile.bm) * out.n_store.div_ceil(tile.bn);
         split_count(cuda.info.sms.max(1) as usize, blocks, k_tiles)
@@ -110,7 +116,7 @@ pub(super) fn launch_seg_gemm(
     };
     ensure!(
         splits == 1 || out.act == Act::None,
-        "fused low-rank {role:?}: the GELU epilogue does not run with split K"
+        "fused low-rank {role:?}: the GELU and residual epilogues do not run with split K"
     );
     // Split K writes f32 partial products to a workspace, summed into `out` afterwards.
     let out_dtype = if splits > 1 { DType::F32 } else { out.dtype };
