@@ -117,9 +117,9 @@ if grep -qE '^gemm_bias_n[nt]_bf16 .*FAIL' "$out/selftest.log" 2>/dev/null && ! 
   echo "the bias epilogue failed its selftest, the bias pass did not: later steps run with LOWRANK_BIAS_EPILOGUE=0"
   export LOWRANK_BIAS_EPILOGUE=0
 fi
-# The work in GEMM epilogues, the MLP's GELU and the residual after a block's projections (the
+# The work in GEMM epilogues, the MLP's GELU, the residual after a block's projections (the
 # fused kernels' epilogue for low-rank layers, on the implementation chosen above; cuBLASLt's for
-# dense ones): if one's cases (pattern $2) fail, the later steps do its work in passes ($3=0).
+# dense ones) and dense layers' bias gradients (cuBLASLt's BGRADA): if one's cases (pattern $2) fail, the later steps do its work in passes ($3=0).
 impl_log=$out/selftest-lowrank.log; [[ $impl == fused ]] || impl_log=$out/selftest-lowrank-$impl.log
 epilogue_fallback() {
   local logs=("$out/selftest.log"); [[ $impl == cublas ]] || logs+=("$impl_log")
@@ -130,6 +130,7 @@ epilogue_fallback() {
 }
 epilogue_fallback GELU 'lowrank_(geluy|dxgelu)_[a-z0-9_]*|gemm_bias_gelu_n[nt]_bf16|gemm_gelu_backward_nt_bf16' LOWRANK_GELU_EPILOGUE
 epilogue_fallback residual 'lowrank_residualy_[a-z0-9_]*|gemm_bias_residual_n[nt]_bf16' LOWRANK_RESIDUAL_EPILOGUE
+epilogue_fallback "bias gradient" 'linear_param_grads_d[wb]' LOWRANK_BIAS_GRAD_EPILOGUE
 step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
 if python3 -c 'import torch' 2>/dev/null; then
   step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
@@ -196,7 +197,7 @@ fi
   for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-attention selftest-attention-materialized selftest; do
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
-  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE|RESIDUAL_EPILOGUE)=' || true
+  env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE|RESIDUAL_EPILOGUE|BIAS_GRAD_EPILOGUE)=' || true
 } > "$out/summary.txt"
 tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .
 cp "$out/summary.txt" "$dest/"
@@ -208,7 +209,7 @@ cat "$out/summary.txt"
 # rank 128 (d/8), pure low-rank at 256 (36 rows of 5 implementations, about 4 KB, so that the
 # summary printed above stays inside those 12,000 characters).
 # The basic ops' table, attention's, and of the epilogues' (GELU, residual) only each pair's ratio.
-sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null | grep -vE '^(gelu|residual)_[a-z_]+_(fused|passes) '
+sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null | grep -vE '^(gelu|residual|bias_grad)_[a-z_]+_(fused|passes) '
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
 [[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24

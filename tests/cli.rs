@@ -55,6 +55,7 @@ fn doctor_shows_the_cuda_settings_and_names_a_bad_one() {
         "LOWRANK_LOWRANK_IMPL: fused",
         "LOWRANK_GELU_EPILOGUE: on",
         "LOWRANK_RESIDUAL_EPILOGUE: on",
+        "LOWRANK_BIAS_GRAD_EPILOGUE: on",
         "LOWRANK_BIAS_EPILOGUE: INVALID: LOWRANK_BIAS_EPILOGUE=\"2\": use `1` (the default) or `0`",
     ] {
         assert!(

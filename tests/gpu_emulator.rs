@@ -271,6 +271,7 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         "gelu_proj_bwd_lowrank",
         "residual_proj_fwd_dense",
         "residual_proj_fwd_lowrank",
+        "bias_grad_fc_dense",
     ]
     .iter()
     .flat_map(|l| ["fused", "passes"].map(|how| format!("{l}_{how}")))
@@ -329,12 +330,18 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
 }
 
 /// Where cuBLASLt has no algorithm for an epilogue (EMU_CUBLASLT_NO_EPILOGUE makes the fake's
-/// heuristic say so for all of them), the dense layers do the bias, GELU and residual work in
-/// passes of their own: every GEMM case still passes, and a warning says why, once.
+/// heuristic say so for all of them), the dense layers do the bias, GELU, residual and bias
+/// gradient work in passes of their own: every GEMM case still passes, and a warning says why, once.
 #[test]
 fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
     let Some(emu) = Emulator::get() else { return };
-    let args = ["selftest", "--filter", "gemm_", "--max-work", "2e8"];
+    let args = [
+        "selftest",
+        "--filter",
+        "gemm_,linear_param",
+        "--max-work",
+        "2e8",
+    ];
     let out = emu.run(
         &args,
         "80",
@@ -353,6 +360,7 @@ fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
         "gemm_bias_gelu_nt_bf16",
         "gemm_gelu_backward_nt_bf16",
         "gemm_bias_residual_nt_bf16",
+        "linear_param_grads_db",
     ] {
         assert!(
             stdout

@@ -7,10 +7,12 @@
 mod buffer;
 pub mod cpu;
 pub mod cuda;
+mod dense_grads;
 mod shapes;
 mod update;
 
 pub use buffer::{Buffer, DType, Mut, Ref};
+pub use dense_grads::{weight_grad_gemm, DenseGrads};
 pub use shapes::{AttentionSaved, Gemm, MatShape, SeqShape};
 pub(crate) use update::check_update;
 pub use update::{AdamW, HeavyBall};
@@ -105,6 +107,19 @@ pub trait Backend {
         c: Mut<Self::Buf>,
     ) -> Result<()> {
         gemm_bias_then_residual(self, g, a, b, bias, residual, c)
+    }
+
+    /// A dense linear layer's parameter gradients: dW += xᵀ·dy and db += Σ_rows dy (f32), for x
+    /// (rows × n_in) and dy (rows × n_out) of one dtype. CUDA forms db in the epilogue of dW's GEMM
+    /// (cuBLASLt's BGRADA) where it fits, instead of reading dy once more.
+    fn linear_param_grads(
+        &self,
+        x: Ref<Self::Buf>,
+        dy: Ref<Self::Buf>,
+        (n_in, n_out): (usize, usize),
+        grads: DenseGrads<'_, Self::Buf>,
+    ) -> Result<()> {
+        linear_param_grads_in_passes(self, x, dy, (n_in, n_out), grads)
     }
 
     /// `gemm` into `c`, then c ⊙= GELU′(u) (the MLP projection's dx and GELU's backward, u the
@@ -356,6 +371,20 @@ pub(crate) fn gemm_bias_then_residual<B: Backend + ?Sized>(
 ) -> Result<()> {
     b.gemm_bias(g, a, w, bias, c.reborrow())?;
     b.add(c, residual)
+}
+
+/// `Backend::linear_param_grads` as the weight gradient's GEMM, then a pass summing dy's columns.
+pub fn linear_param_grads_in_passes<B: Backend + ?Sized>(
+    b: &B,
+    x: Ref<B::Buf>,
+    dy: Ref<B::Buf>,
+    (n_in, n_out): (usize, usize),
+    mut grads: DenseGrads<B::Buf>,
+) -> Result<()> {
+    let rows = grads.check(&x, &dy, n_in, n_out)?;
+    let g = weight_grad_gemm(rows, n_in, n_out);
+    b.gemm(&g, x, dy, grads.dw(n_in, n_out))?;
+    b.add_column_sums(grads.db(n_out), dy, MatShape::new(rows, n_out))
 }
 
 /// `epi` as a pass over the linear layer's output y: GELU(y) into its window, or y += the

@@ -17,11 +17,12 @@ pub struct Args {
     /// Seed of the random inputs (each case draws its own stream from it)
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Run only cases whose op name contains this text
+    /// Run only cases whose op name contains this text, or one of several separated by commas
+    /// (`--filter gemm_,linear_param`)
     #[arg(long)]
     filter: Option<String>,
-    /// Leave out cases whose op name contains this text (`--skip lowrank` after a
-    /// `--filter lowrank` run)
+    /// Leave out cases whose op name contains this text, or one of several separated by commas
+    /// (`--skip lowrank` after a `--filter lowrank` run)
     #[arg(long)]
     skip: Option<String>,
     /// Leave out cases of more than this many multiply-adds (elements for elementwise ops), e.g.
@@ -35,10 +36,11 @@ pub struct Args {
 }
 
 impl Args {
-    /// Whether the case of this op runs: it contains --filter (if given) and not --skip.
+    /// Whether the case of this op runs: it contains a text of --filter (if given) and none of
+    /// --skip.
     fn selects(&self, op: &str) -> bool {
-        self.filter.as_ref().is_none_or(|f| op.contains(f.as_str()))
-            && self.skip.as_ref().is_none_or(|s| !op.contains(s.as_str()))
+        let any = |texts: &String| texts.split(',').any(|t| op.contains(t));
+        self.filter.as_ref().is_none_or(any) && !self.skip.as_ref().is_some_and(any)
     }
 
     /// Whether this case runs: selected by name and within --max-work.
@@ -210,6 +212,14 @@ mod tests {
         assert!(!selects(&["--filter", "lowrank"], "layernorm_forward_bf16"));
         assert!(!selects(&["--skip", "lowrank"], "lowrank_dx_bf16"));
         assert!(selects(&["--skip", "lowrank"], "layernorm_forward_bf16"));
+        let either = ["--filter", "gemm_,linear_param"];
+        assert!(selects(&either, "linear_param_grads_db"));
+        assert!(selects(&either, "gemm_bias_nn_bf16"));
+        assert!(!selects(&either, "lowrank_y_bf16"));
+        assert!(!selects(
+            &["--skip", "gelu,residual"],
+            "gemm_bias_residual_nn_bf16"
+        ));
         let both = ["--filter", "lowrank", "--skip", "_f32"];
         assert!(selects(&both, "lowrank_dx_bf16"));
         assert!(!selects(&both, "lowrank_dx_f32"));

@@ -6,7 +6,7 @@ use super::forward::{block_input, rows, view};
 use super::gpt::Trained;
 use super::linear::{self, Pair};
 use super::params::{BlockTensor, ParamLayout, TensorView};
-use crate::backend::{Backend, Buffer, Gemm, MatShape, Mut, Ref};
+use crate::backend::{Backend, Buffer, DenseGrads, Gemm, MatShape, Mut, Ref};
 use crate::lowrank::LowRankRuntime;
 use anyhow::Result;
 
@@ -34,14 +34,9 @@ pub(super) fn linear_backward<B: Backend>(
 ) -> Result<()> {
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let rows = x.len / n_in;
-    if let Some(grads) = grads {
-        b.gemm(
-            &Gemm::new(n_in, n_out, rows).trans_a().beta(1.0),
-            x,
-            dy,
-            grad_of(grads, weight),
-        )?;
-        b.add_column_sums(grad_of(grads, bias), dy, MatShape::new(rows, n_out))?;
+    if let Some(buf) = grads {
+        let (dw, db) = (weight.offset, bias.offset);
+        b.linear_param_grads(x, dy, (n_in, n_out), DenseGrads { buf, dw, db })?;
     }
     let g = Gemm::new(rows, n_in, n_out).trans_b();
     match gelu_input {

@@ -1,6 +1,6 @@
 //! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
 
-use crate::backend::{AdamW, Backend, Buffer, DType, Gemm, HeavyBall};
+use crate::backend::{AdamW, Backend, Buffer, DType, DenseGrads, Gemm, HeavyBall};
 use crate::linalg::factor::random_orthonormal;
 use crate::lowrank::dlra::basis::{extend, Extension};
 use crate::util::rng::Rng;
@@ -56,6 +56,15 @@ pub enum Case {
     GemmGeluBackward {
         g: Gemm,
         offset: usize,
+    },
+    /// A dense linear layer's parameter gradients from bf16 x (rows × n_in) and dy (rows × n_out),
+    /// accumulated onto random f32 values in one buffer (db before dW, at odd offsets): dW, or
+    /// with `db` the bias gradient (its own case, so n_out sums are not hidden among n_in·n_out).
+    LinearParamGrads {
+        rows: usize,
+        n_in: usize,
+        n_out: usize,
+        db: bool,
     },
     Cast {
         from: DType,
@@ -172,6 +181,22 @@ pub fn all_cases() -> Vec<Case> {
             });
         }
     }
+    // Ragged, one row (where cuBLASLt's bias gradient is not used), and GPT-2 small's fc.
+    for (rows, n_in, n_out) in [
+        (17, 40, 65),
+        (1000, 96, 200),
+        (1, 16, 24),
+        (8192, 768, 3072),
+    ] {
+        for db in [false, true] {
+            cases.push(Case::LinearParamGrads {
+                rows,
+                n_in,
+                n_out,
+                db,
+            });
+        }
+    }
     for n in [1, 1_000_003] {
         for (from, to) in [
             (DType::F32, DType::BF16),
@@ -246,6 +271,9 @@ impl Case {
                 if g.trans_b { "t" } else { "n" },
                 if *bias_offset > 0 { "_unaligned" } else { "" }
             ),
+            Case::LinearParamGrads { db, .. } => {
+                format!("linear_param_grads_{}", if *db { "db" } else { "dw" })
+            }
             Case::GemmGeluBackward { offset, .. } => format!(
                 "gemm_gelu_backward_nt_bf16{}",
                 if *offset > 0 { "_unaligned" } else { "" }
@@ -273,6 +301,9 @@ impl Case {
             Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
                 f(g.m) * f(g.n) * f(g.k) * f(g.batch)
             }
+            Case::LinearParamGrads {
+                rows, n_in, n_out, ..
+            } => f(*rows) * f(*n_in) * f(*n_out),
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -296,6 +327,9 @@ impl Case {
             Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
                 format!("{}x{}x{}", g.m, g.n, g.k)
             }
+            Case::LinearParamGrads {
+                rows, n_in, n_out, ..
+            } => format!("{rows}x{n_in}>{n_out}"),
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -332,7 +366,9 @@ impl Case {
             Case::Gpt(c) => c.bound(),
             Case::Model(c) => c.bound(),
             // Orthonormalisation divides by the new directions' lengths: f32 GEMM rounding, amplified.
-            Case::Gemm { .. } | Case::DlraExtend { .. } => GEMM_F32_BOUND,
+            Case::Gemm { .. } | Case::DlraExtend { .. } | Case::LinearParamGrads { .. } => {
+                GEMM_F32_BOUND
+            }
             _ => F32_BOUND,
         }
     }
@@ -400,6 +436,29 @@ impl Case {
                         b.gemm_bias_residual(g, a.all(), bm.all(), bias, r.all(), c.all_mut())?;
                         b.download(c.all())?
                     }
+                }
+            }
+            Case::LinearParamGrads {
+                rows,
+                n_in,
+                n_out,
+                db,
+            } => {
+                let (bf, (n_in, n_out)) = (DType::BF16, (*n_in, *n_out));
+                let x = input(b, &mut rng, bf, rows * n_in)?;
+                let dy = input(b, &mut rng, bf, rows * n_out)?;
+                let (db_at, dw_at) = (3, 4 + n_out);
+                let mut grads = input(b, &mut rng, DType::F32, dw_at + n_in * n_out + 5)?;
+                let buf = &mut grads;
+                let dense = DenseGrads {
+                    buf,
+                    dw: dw_at,
+                    db: db_at,
+                };
+                b.linear_param_grads(x.all(), dy.all(), (n_in, n_out), dense)?;
+                match db {
+                    true => b.download(grads.at(db_at, n_out))?,
+                    false => b.download(grads.at(dw_at, n_in * n_out))?,
                 }
             }
             Case::GemmGeluBackward { g, offset } => {

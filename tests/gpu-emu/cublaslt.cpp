@@ -234,8 +234,10 @@ EXPORT uint32_t cublasLtMatmulDescSetAttribute(void* desc, uint32_t attr, const 
         case DESC_EPILOGUE: {
             uint32_t v;
             if (!read_attr(buf, size, &v, fn, "EPILOGUE")) return INVALID_VALUE;
-            if (v != EPILOGUE_DEFAULT && v != EPILOGUE_BIAS && v != EPILOGUE_GELU_AUX_BIAS && v != EPILOGUE_DGELU) {
-                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT, _BIAS, _GELU_AUX_BIAS and _DGELU)",
+            if (v != EPILOGUE_DEFAULT && v != EPILOGUE_BIAS && v != EPILOGUE_GELU_AUX_BIAS && v != EPILOGUE_DGELU &&
+                v != EPILOGUE_BGRADA) {
+                complain("%s: EPILOGUE %u is not emulated (only CUBLASLT_EPILOGUE_DEFAULT, _BIAS, _GELU_AUX_BIAS, _DGELU "
+                         "and _BGRADA)",
                          fn, v);
                 return NOT_SUPPORTED;
             }
@@ -452,6 +454,18 @@ EXPORT uint32_t cublasLtMatmul(void* handle, void* desc, const void* alpha, cons
             return INVALID_VALUE;
         }
         g.bias = dsc.bias;
+    }
+    if (dsc.epilogue == EPILOGUE_BGRADA) {
+        // The gradient is written where the bias pointer points, in D's type (no BIAS_DATA_TYPE is
+        // set), one value per row of D: the sum over k of op(A)'s row. One matrix.
+        const size_t bytes = type_size(g.p.cd_type);
+        if (dsc.bias == nullptr || !aligned(dsc.bias, bytes) || g.p.batch != 1) {
+            complain("%s: BGRADA epilogue with bias pointer %p (NULL or not aligned to D's %zu-byte elements) or "
+                     "%lld batches",
+                     fn, dsc.bias, bytes, (long long)g.p.batch);
+            return INVALID_VALUE;
+        }
+        g.bias_grad = const_cast<void*>(dsc.bias);
     }
     if (dsc.epilogue == EPILOGUE_GELU_AUX_BIAS || dsc.epilogue == EPILOGUE_DGELU) {
         // GELU's input in D's type (no AUX_DATA_TYPE is set), laid out like D with its own leading

@@ -76,6 +76,7 @@ struct Args {
     Gelu gelu = Gelu::None;      // EPILOGUE_GELU_AUX_BIAS (forward) or EPILOGUE_DGELU (backward)
     void* aux = nullptr;         // GELU's input, D's type, leading dimension aux_ld
     int64_t aux_ld = 0;
+    void* bias_grad = nullptr;   // EPILOGUE_BGRADA: D's type, the sum over k of op(A)'s row i
 };
 
 // op(A) of every batch as float, column-major m x k (element (i, q) of batch b at
@@ -176,7 +177,15 @@ void run(const Args& g) {
         }
         threads = std::min(threads, cols);
     }
-    const std::vector<float> a = g.alpha != 0.0 ? unpack_a(p, static_cast<const TA*>(g.a)) : std::vector<float>();
+    const bool read_a = g.alpha != 0.0 || g.bias_grad != nullptr;
+    const std::vector<float> a = read_a ? unpack_a(p, static_cast<const TA*>(g.a)) : std::vector<float>();
+    if (g.bias_grad != nullptr) {  // one matrix (checked): op(A) is m x k, column-major
+        for (int64_t i = 0; i < p.m; i++) {
+            double sum = 0.0;
+            for (int64_t q = 0; q < p.k; q++) sum += double(a[size_t(q * p.m + i)]);
+            store(static_cast<TC*>(g.bias_grad) + i, sum);
+        }
+    }
     if (threads <= 1) {
         run_columns<TA, TC>(g, a, 0, cols);
         return;

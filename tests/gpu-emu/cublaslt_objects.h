@@ -53,6 +53,7 @@ constexpr uint32_t EPILOGUE_DEFAULT = 1;
 constexpr uint32_t EPILOGUE_BIAS = 4;  // D = alpha·op(A)·op(B) + beta·C + bias broadcast over D's columns
 constexpr uint32_t EPILOGUE_GELU_AUX_BIAS = 164;  // aux = (that, with the bias), D = GELU(aux)
 constexpr uint32_t EPILOGUE_DGELU = 192;          // D = (alpha·op(A)·op(B) + beta·C) · GELU'(aux)
+constexpr uint32_t EPILOGUE_BGRADA = 256;         // D as DEFAULT; bias ← Σ over k of op(A)'s rows
 
 // cublasLtMatrixLayoutAttribute_t
 constexpr uint32_t LAYOUT_TYPE = 0;

@@ -82,6 +82,12 @@ pub enum Epilogue {
         bias: u64,
         residual: u64,
     },
+    /// `grad` ← the column sums of our B operand (f32, one per column of C) besides C ← C + op(A)·
+    /// op(B): CUBLASLT_EPILOGUE_BGRADA (cuBLASLt's A is our B), a dense layer's dW += xᵀ·dy
+    /// giving db's Σ_rows dy on the way, instead of a pass reading dy again. Written, not added.
+    BiasGradB {
+        grad: u64,
+    },
     /// C ← C ⊙ GELU′(aux): CUBLASLT_EPILOGUE_DGELU, the MLP projection's dx and GELU's backward in
     /// one pass.
     GeluGrad {
@@ -97,6 +103,7 @@ impl Epilogue {
             Epilogue::GeluAuxBias { .. } => 2,
             Epilogue::GeluGrad { .. } => 3,
             Epilogue::BiasResidual { .. } => 4,
+            Epilogue::BiasGradB { .. } => 5,
         }
     }
 
@@ -108,6 +115,7 @@ impl Epilogue {
             Epilogue::GeluAuxBias { .. } => "GELU_AUX_BIAS",
             Epilogue::GeluGrad { .. } => "DGELU",
             Epilogue::BiasResidual { .. } => "BIAS (β = 1, the residual as C)",
+            Epilogue::BiasGradB { .. } => "BGRADA",
         }
     }
 }
@@ -139,6 +147,19 @@ pub fn gelu_epilogue_from_env() -> Result<bool> {
 /// low-rank ones), `0` in a pass of its own.
 pub fn residual_epilogue_from_env() -> Result<bool> {
     switch_from_env("LOWRANK_RESIDUAL_EPILOGUE")
+}
+
+/// LOWRANK_BIAS_GRAD_EPILOGUE: `1` (the default) forms dense layers' bias gradients in the epilogue
+/// of their weight gradient's GEMM (cuBLASLt's BGRADA), `0` in a pass of their own over dy.
+pub fn bias_grad_epilogue_from_env() -> Result<bool> {
+    switch_from_env("LOWRANK_BIAS_GRAD_EPILOGUE")
+}
+
+/// Whether cuBLASLt's BGRADA epilogue takes this weight gradient: one GEMM of bf16 operands into
+/// f32 (the gradient then f32 too, D's type), reducing over more than one row (OneFlow found
+/// cuBLASLt's bias gradient wrong at k = 1 and works around it the same way).
+pub fn bias_grad_epilogue_fits(g: &Gemm, ab: DType, c_dtype: DType) -> bool {
+    g.batch == 1 && g.k > 1 && ab == DType::BF16 && c_dtype == DType::F32
 }
 
 /// Whether cuBLASLt's bias epilogue takes this call: one GEMM writing bf16 (the bias then has C's
@@ -440,6 +461,8 @@ impl Desc {
                 (E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS, Some(bias), Some(aux))
             }
             Epilogue::GeluGrad { aux } => (E::CUBLASLT_EPILOGUE_DGELU, None, Some(aux)),
+            // The gradient goes where a bias would come from (BIAS_POINTER), in D's type.
+            Epilogue::BiasGradB { grad } => (E::CUBLASLT_EPILOGUE_BGRADA, Some(grad), None),
         };
         use sys::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: each attribute is written with the size cuBLASLt documents: the epilogue a

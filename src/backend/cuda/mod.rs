@@ -24,8 +24,9 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    same_len, AdamW, AttentionSaved, Backend, Buffer, DType, Gemm, HeavyBall, LinearEpilogue,
-    LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
+    same_len, weight_grad_gemm, AdamW, AttentionSaved, Backend, Buffer, DType, DenseGrads, Gemm,
+    HeavyBall, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref,
+    SeqShape,
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -86,6 +87,9 @@ pub struct Cuda {
     /// Whether a block's projections add the residual in their epilogue
     /// (LOWRANK_RESIDUAL_EPILOGUE).
     residual_epilogue: bool,
+    /// Whether dense layers' bias gradients come from their weight gradient's epilogue
+    /// (LOWRANK_BIAS_GRAD_EPILOGUE).
+    bias_grad_epilogue: bool,
 }
 
 /// Whether `e` says cuBLASLt has no algorithm for an epilogue, whose work the caller then does in
@@ -116,6 +120,7 @@ impl Cuda {
         let bias_epilogue = gemm::bias_epilogue_from_env()?;
         let gelu_epilogue = gemm::gelu_epilogue_from_env()?;
         let residual_epilogue = gemm::residual_epilogue_from_env()?;
+        let bias_grad_epilogue = gemm::bias_grad_epilogue_from_env()?;
         Ok(Cuda {
             ctx,
             stream,
@@ -128,6 +133,7 @@ impl Cuda {
             bias_epilogue,
             gelu_epilogue,
             residual_epilogue,
+            bias_grad_epilogue,
         })
     }
 
@@ -354,6 +360,28 @@ impl Backend for Cuda {
             }
         }
         super::gemm_bias_then_residual(self, g, a, b, bias, residual, c)
+    }
+
+    fn linear_param_grads(
+        &self,
+        x: Ref<CudaBuf>,
+        dy: Ref<CudaBuf>,
+        (n_in, n_out): (usize, usize),
+        mut grads: DenseGrads<CudaBuf>,
+    ) -> Result<()> {
+        let rows = grads.check(&x, &dy, n_in, n_out)?;
+        let g = weight_grad_gemm(rows, n_in, n_out);
+        if self.bias_grad_epilogue && gemm::bias_grad_epilogue_fits(&g, dy.dtype(), DType::F32) {
+            // cuBLASLt writes the sums; the gradient accumulates, so they go to scratch first.
+            let sums = self.scratch(DType::F32, n_out)?;
+            let epi = gemm::Epilogue::BiasGradB {
+                grad: sums.all().ptr(),
+            };
+            if self.epilogue_gemm(&g, x, dy, grads.dw(n_in, n_out), epi)? {
+                return self.add(grads.db(n_out), sums.all());
+            }
+        }
+        super::linear_param_grads_in_passes(self, x, dy, (n_in, n_out), grads)
     }
 
     fn gemm_gelu_backward(

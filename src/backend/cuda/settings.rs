@@ -51,6 +51,10 @@ pub fn settings() -> Vec<(&'static str, std::result::Result<String, String>)> {
             "LOWRANK_RESIDUAL_EPILOGUE",
             show(gemm::residual_epilogue_from_env(), on_off),
         ),
+        (
+            "LOWRANK_BIAS_GRAD_EPILOGUE",
+            show(gemm::bias_grad_epilogue_from_env(), on_off),
+        ),
     ]
 }
 

@@ -2,14 +2,16 @@
 //! same work in two passes, at GPT-2's MLP shapes, dense (cuBLASLt's epilogues) and pure low-rank
 //! (the fused kernels' epilogue): the MLP's GELU (`gelu_*`: the fc layer's forward writes y and
 //! GELU(y); the projection's backward scales dx by GELU′ of fc's output; GELU_AUX_BIAS and DGELU)
-//! and the residual connection after the projection (`residual_*`: y = x·W + b + r; BIAS with the
-//! residual as cuBLASLt's C). Rates count the GEMMs' FLOPs, so the two rows of a pair compare
-//! directly.
+//! the residual connection after the projection (`residual_*`: y = x·W + b + r; BIAS with the
+//! residual as cuBLASLt's C) and a dense layer's bias gradient beside its weight gradient
+//! (`bias_grad_*`: dW += xᵀ·dy with db += Σ dy from BGRADA, against a pass summing dy). Rates
+//! count the GEMMs' FLOPs, so the two rows of a pair compare directly.
 
 use super::{random_bufs, rotation, time_median, Row, PEAK_TFLOPS};
 use crate::backend::cuda::{Cuda, CudaBuf};
 use crate::backend::{
-    Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
+    linear_param_grads_in_passes, Backend, Buffer, DType, DenseGrads, Gemm, LinearEpilogue,
+    LowRankGrads, LowRankShape, LowRankWeights,
 };
 use anyhow::Result;
 
@@ -59,6 +61,11 @@ pub fn run(gpu: &Cuda, shapes: &[Shape], reps: usize) -> Result<Vec<Row>> {
                 "residual_proj_fwd_lowrank",
                 proj.forward_flops(false),
                 lowrank_residual(gpu, &inp, &mut out, &proj, reps)?,
+            ),
+            (
+                "bias_grad_fc_dense",
+                dense,
+                dense_bias_grad(gpu, &inp, &mut out, reps)?,
             ),
         ] {
             let row = |how: &str, ms: f64| {
@@ -110,6 +117,8 @@ struct Outputs {
     s: CudaBuf,
     /// dUt and dVt back to back.
     grads: CudaBuf,
+    /// The fc layer's dW (C × 4C) and db (4C), f32.
+    dense_grads: CudaBuf,
 }
 
 impl Inputs {
@@ -161,6 +170,7 @@ impl Outputs {
             t: gpu.alloc(bf, scratch)?,
             s: gpu.alloc(bf, scratch)?,
             grads: gpu.alloc(f32, 2 * factor)?,
+            dense_grads: gpu.alloc(f32, inp.w.len() + inp.bias.len())?,
         })
     }
 }
@@ -217,6 +227,23 @@ fn dense_residual(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> R
         let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
         gpu.gemm_bias(&g, x, w, b, y.at_mut(0, inp.n * c))?;
         gpu.add(y.at_mut(0, inp.n * c), r)
+    })?;
+    Ok([fused, passes])
+}
+
+/// The fc layer's parameter gradients, dW += xᵀ·dy (x n × C, dy n × 4C) and db += Σ dy: db from
+/// the weight GEMM's epilogue, and the GEMM then a pass over dy.
+fn dense_bias_grad(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
+    let c = inp.x[0].len() / inp.n;
+    let (dw, db) = (0, inp.w.len());
+    let buf = &mut out.dense_grads;
+    let fused = time_median(gpu, reps, |i| {
+        let (x, dy) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
+        gpu.linear_param_grads(x, dy, (c, 4 * c), DenseGrads { buf, dw, db })
+    })?;
+    let passes = time_median(gpu, reps, |i| {
+        let (x, dy) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
+        linear_param_grads_in_passes(gpu, x, dy, (c, 4 * c), DenseGrads { buf, dw, db })
     })?;
     Ok([fused, passes])
 }
@@ -290,6 +317,7 @@ fn lowrank_proj(
         t,
         s,
         grads,
+        ..
     } = out;
     let mut run = |i: usize, fused: bool| -> Result<()> {
         let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
