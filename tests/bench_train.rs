@@ -5,13 +5,10 @@ mod common;
 
 use common::{lowrank, text};
 
-/// The tiny model (4 layers, 4 heads, width 128, vocabulary padded to 50304) at B = 2, T = 16 on
-/// the CPU: the line's activation bytes are the activation plan's closed form (f32 on the CPU,
-/// attention's probabilities saved: the CPU runs the materialised attention), and its TFLOP/s are
-/// tokens per second times the model's FLOPs per token.
-#[test]
-fn bench_train_reports_the_step_it_timed() {
-    let o = lowrank(&[
+/// bench-train's JSON line for the tiny model at B = 2, T = 16 on the CPU, `steps` timed steps.
+fn tiny_line(steps: usize, extra: &[&str]) -> serde_json::Value {
+    let steps = steps.to_string();
+    let args = [
         "bench-train",
         "--model",
         "tiny",
@@ -20,10 +17,19 @@ fn bench_train_reports_the_step_it_timed() {
         "--seq",
         "16",
         "--steps",
-        "1",
-    ]);
+    ];
+    let o = lowrank(&[&args[..], &[steps.as_str()], extra].concat());
     assert!(o.status.success(), "{}", text(&o));
-    let line: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    serde_json::from_slice(&o.stdout).expect("one JSON line")
+}
+
+/// The tiny model (4 layers, 4 heads, width 128, vocabulary padded to 50304) at B = 2, T = 16 on
+/// the CPU: the line's activation bytes are the activation plan's closed form (f32 on the CPU,
+/// attention's probabilities saved: the CPU runs the materialised attention), and its TFLOP/s are
+/// tokens per second times the model's FLOPs per token.
+#[test]
+fn bench_train_reports_the_step_it_timed() {
+    let line = tiny_line(1, &[]);
     assert_eq!(line["attention"], "materialized", "{line}");
     assert_eq!(line["model"], "tiny");
     assert_eq!(
@@ -61,4 +67,23 @@ fn bench_train_reports_the_step_it_timed() {
     let tflops = line["tflops"].as_f64().unwrap();
     let want = tok_per_s * per_token / 1e12;
     assert!((tflops - want).abs() <= 1e-9 * want, "{tflops} vs {want}");
+}
+
+/// `--recompute-gelu` keeps one layer's GELU output and a buffer to form each again in the
+/// backward instead of every layer's: (4 − 2) layers × B·T·4C f32 fewer on the tiny model, and
+/// the same gradients, so the same loss after its optimiser steps.
+#[test]
+fn recomputing_gelu_saves_its_activations_and_changes_no_number() {
+    let (kept, recomputed) = (tiny_line(2, &[]), tiny_line(2, &["--recompute-gelu"]));
+    assert_eq!(kept["recompute_gelu"], false);
+    assert_eq!(recomputed["recompute_gelu"], true);
+    let (l, btc) = (4u64, 2 * 16 * 128);
+    let saved = 4 * (l - 2) * 4 * btc;
+    let bytes = |line: &serde_json::Value| line["activation_bytes"].as_u64().unwrap();
+    assert_eq!(
+        bytes(&kept) - bytes(&recomputed),
+        saved,
+        "{kept}\n{recomputed}"
+    );
+    assert_eq!(kept["loss"], recomputed["loss"], "{kept}\n{recomputed}");
 }

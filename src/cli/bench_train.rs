@@ -28,6 +28,9 @@ pub struct Args {
     steps: usize,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// Keep one layer's GELU output and form each again in the backward (`train --recompute-gelu`)
+    #[arg(long)]
+    recompute_gelu: bool,
     /// The low-rank settings of `train` (rank logging is left off: it is not part of a step)
     #[command(flatten)]
     lowrank: LowRankArgs,
@@ -45,6 +48,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         };
         let config = GptConfig::preset(name)?;
         let mut model = Gpt::with_lowrank(b, config, lowrank, a.batch, a.seq, 0)?;
+        model.set_recompute_gelu(b, a.recompute_gelu)?;
         let mut opt = AdamWOptimizer::new(
             b,
             AdamWConfig::default(),
@@ -91,6 +95,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
             "params": model.num_params(), "activation_bytes": model.activation_bytes(), "loss": loss,
+            "recompute_gelu": a.recompute_gelu,
             "settings": b.settings().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         println!("{line}");

@@ -29,9 +29,12 @@ pub struct Activations<B: Backend> {
     pub ln2: B::Buf,
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
-    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer.
+    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; with `recompute_gelu`,
+    /// fch_gelu holds one layer's (the forward's, which the projection reads at once) and the
+    /// backward forms each layer's again from fch (`gelu_slot`).
     pub fch: B::Buf,
     pub fch_gelu: B::Buf,
+    pub recompute_gelu: bool,
     /// Residual stream after the MLP, (B, T, C) per layer; the last one feeds ln_f.
     pub residual3: B::Buf,
     pub lnf: B::Buf,
@@ -68,6 +71,7 @@ impl<B: Backend> Activations<B> {
             ln2_rstd: alloc(DType::F32, l * bt)?,
             fch: alloc(dt, l * 4 * btc)?,
             fch_gelu: alloc(dt, l * 4 * btc)?,
+            recompute_gelu: false,
             residual3: alloc(dt, l * btc)?,
             lnf: alloc(dt, btc)?,
             lnf_mean: alloc(DType::F32, bt)?,
@@ -75,6 +79,28 @@ impl<B: Backend> Activations<B> {
             logits: alloc(dt, bt * cfg.padded_vocab)?,
             losses: alloc(DType::F32, bt)?,
         })
+    }
+
+    /// (slices, index) of layer `l`'s GELU(fch) in `fch_gelu`, for `layer`: its own slice, or
+    /// the only one when the backward recomputes them.
+    pub fn gelu_slot(&self, l: usize) -> (usize, usize) {
+        match self.recompute_gelu {
+            true => (1, 0),
+            false => (self.fch.len() / (4 * self.shape.len()), l),
+        }
+    }
+
+    /// Keeps one layer's GELU(fch) instead of every layer's (`recompute_gelu`), or every layer's
+    /// again: the buffer is allocated anew, so set it before a forward, not between a forward and
+    /// its backward.
+    pub fn set_recompute_gelu(&mut self, b: &B, on: bool) -> Result<()> {
+        let layers = match on {
+            true => 1,
+            false => self.fch.len() / (4 * self.shape.len()),
+        };
+        self.fch_gelu = b.alloc(self.fch.dtype(), layers * 4 * self.shape.len())?;
+        self.recompute_gelu = on;
+        Ok(())
     }
 
     /// Bytes held, for the start-up banner.
@@ -117,6 +143,9 @@ pub struct ActivationGrads<B: Backend> {
     pub dqkv: B::Buf,
     /// (B, T, 4C): the gradient of the MLP hidden layer.
     pub dfch: B::Buf,
+    /// (B, T, 4C): a layer's GELU(fch) formed again for the backward, when the forward kept only
+    /// one layer's (`Activations::recompute_gelu`).
+    pub gelu: Option<B::Buf>,
 }
 
 impl<B: Backend> ActivationGrads<B> {
@@ -127,12 +156,14 @@ impl<B: Backend> ActivationGrads<B> {
             dbtc: b.alloc(dt, btc)?,
             dqkv: b.alloc(dt, 3 * btc)?,
             dfch: b.alloc(dt, 4 * btc)?,
+            gelu: None,
         })
     }
 
     pub fn bytes(&self) -> usize {
         [&self.dresidual, &self.dbtc, &self.dqkv, &self.dfch]
-            .iter()
+            .into_iter()
+            .chain(&self.gelu)
             .map(|b| b.len() * b.dtype().size_bytes())
             .sum()
     }

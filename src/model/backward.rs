@@ -200,8 +200,19 @@ fn mlp_part<B: Backend>(
 ) -> Result<()> {
     use BlockTensor::*;
     let a = blk.m.a;
+    // The projection's input GELU(fch): kept by the forward, or formed again here.
+    let x = match &mut d.gelu {
+        Some(gelu) => {
+            b.gelu_forward(gelu.all_mut(), blk.lay(&a.fch))?;
+            gelu.all()
+        }
+        None => {
+            let (slots, slot) = a.gelu_slot(blk.l);
+            layer(&a.fch_gelu, slots, slot)
+        }
+    };
     // dfch = (dresidual·Wprojᵀ)·GELU′(fch): the GELU's backward rides on the projection's dx.
-    let io = (blk.lay(&a.fch_gelu), d.dresidual.all(), d.dfch.all_mut());
+    let io = (x, d.dresidual.all(), d.dfch.all_mut());
     let fch = Some(blk.lay(&a.fch));
     blk.linear(b, grads, (FcProjWeight, FcProjBias), io, fch)?;
     let io = (blk.lay(&a.ln2), d.dfch.all(), d.dbtc.all_mut());

@@ -199,12 +199,13 @@ fn mlp_part<B: Backend>(
         shape,
     )?;
     let (layout, w) = (blk.layout, blk.w);
+    let (slots, slot) = a.gelu_slot(l);
     let fch = layer_mut(&mut a.fch, n_layer, l);
-    let fch_gelu = LinearEpilogue::Gelu(layer_mut(&mut a.fch_gelu, n_layer, l));
+    let fch_gelu = LinearEpilogue::Gelu(layer_mut(&mut a.fch_gelu, slots, slot));
     let (fc, x) = ((FcWeight, FcBias), lay(&a.ln2));
     linear::forward(b, layout, w, lr, l, fc, x, fch, fch_gelu)?;
     let y = layer_mut(&mut a.residual3, n_layer, l);
-    let (proj, x) = ((FcProjWeight, FcProjBias), lay(&a.fch_gelu));
+    let (proj, x) = ((FcProjWeight, FcProjBias), layer(&a.fch_gelu, slots, slot));
     let residual = LinearEpilogue::Residual(lay(&a.residual2));
     linear::forward(b, layout, w, lr, l, proj, x, y, residual)
 }

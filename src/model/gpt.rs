@@ -216,6 +216,22 @@ impl<B: Backend> Gpt<B> {
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
     }
 
+    /// Keeps one layer's GELU output instead of every layer's, forming each again in the backward
+    /// (llm.c's `-r 1`): (n_layer − 2) × B·T·4C activations fewer for a GELU pass per layer in the
+    /// backward; the gradients are the same. Set it before a forward.
+    pub fn set_recompute_gelu(&mut self, b: &B, on: bool) -> Result<()> {
+        ensure!(
+            !self.has_loss_gradient,
+            "recomputing GELU is set before a forward, not between a forward and its backward"
+        );
+        self.acts.set_recompute_gelu(b, on)?;
+        let len = 4 * self.acts.shape.len();
+        self.dacts.gelu = on
+            .then(|| b.alloc(self.acts.fch.dtype(), len))
+            .transpose()?;
+        Ok(())
+    }
+
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
         b.fill(self.grads.all_mut(), 0.0)
     }

@@ -219,6 +219,20 @@ fn loss_and_every_gradient_match_f64_reference() {
     assert_gradients_match_reference(gpt, &[]);
 }
 
+/// With GELU formed again in the backward (one layer's output kept), every gradient still
+/// matches the reference, on a model of three layers, so the kept slot is overwritten before the
+/// backward reads the earlier layers.
+#[test]
+fn gradients_match_f64_reference_with_gelu_recomputed() {
+    let cfg = GptConfig {
+        n_layer: 3,
+        ..micro()
+    };
+    let mut gpt = Gpt::new(&Cpu, cfg, 2, 5, 1).unwrap();
+    gpt.set_recompute_gelu(&Cpu, true).unwrap();
+    assert_gradients_match_reference(gpt, &[]);
+}
+
 /// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
 /// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
 /// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) must get exactly

@@ -24,16 +24,24 @@ pub enum ModelOutput {
 pub struct ModelCase {
     pub mode: LowRankMode,
     pub output: ModelOutput,
+    /// GELU formed again in the backward (`Gpt::set_recompute_gelu`).
+    pub recompute_gelu: bool,
 }
 
 /// Every parameterisation on every linear layer (LoRA over the random init as its base), at a rank
-/// that is not a multiple of 8.
+/// that is not a multiple of 8; the gradients of a dense and a low-rank MLP with GELU recomputed.
 pub fn cases() -> Vec<ModelCase> {
     use LowRankMode::*;
     let modes = [Dense, Efficient, Inrank, Lora, Dln, Dlra];
     let outputs = [ModelOutput::Loss, ModelOutput::Grads];
+    let case = |mode, output, recompute_gelu| ModelCase {
+        mode,
+        output,
+        recompute_gelu,
+    };
     (modes.iter())
-        .flat_map(|&mode| outputs.map(|output| ModelCase { mode, output }))
+        .flat_map(|&mode| outputs.map(|output| case(mode, output, false)))
+        .chain([Dense, Efficient].map(|mode| case(mode, ModelOutput::Grads, true)))
         .collect()
 }
 
@@ -43,7 +51,12 @@ impl ModelCase {
             ModelOutput::Loss => "loss",
             ModelOutput::Grads => "grads",
         };
-        format!("model_{out}_{:?}", self.mode).to_lowercase()
+        let recompute = if self.recompute_gelu {
+            "_recompute"
+        } else {
+            ""
+        };
+        format!("model_{out}_{:?}{recompute}", self.mode).to_lowercase()
     }
 
     pub fn shape(&self) -> String {
@@ -72,6 +85,7 @@ impl ModelCase {
         };
         let config = GptConfig::preset("tiny")?;
         let mut model = Gpt::with_lowrank(b, config, &lr, BATCH, SEQ, seed)?;
+        model.set_recompute_gelu(b, self.recompute_gelu)?;
         let mut rng = Rng::new(seed ^ 0x5EED);
         let mut tokens = |n: usize| -> Vec<u32> {
             (0..n)

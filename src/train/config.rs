@@ -35,6 +35,10 @@ pub struct TrainConfig {
     /// file); None: GPT-2's seeded random init.
     #[serde(default)]
     pub init_from: Option<String>,
+    /// Keep one layer's GELU output and form each again in the backward (`--recompute-gelu`): a
+    /// memory setting, the same gradients.
+    #[serde(default)]
+    pub recompute_gelu: bool,
 }
 
 impl TrainConfig {

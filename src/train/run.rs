@@ -132,6 +132,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     // The model first: its shape checks (--seq against the context, say) refuse a run before the
     // output directory exists.
     let mut model = Gpt::with_lowrank(b, gpt_config, &cfg.lowrank, cfg.batch, cfg.seq, cfg.seed)?;
+    model.set_recompute_gelu(b, cfg.recompute_gelu)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(

@@ -527,33 +527,16 @@ fn bad_shapes_and_dtypes_are_rejected_naming_the_window() {
     assert!(fwd(&sh, &mut short_t, &mut y).contains("t window"));
     let mut bf16_t = Cpu.alloc(DType::BF16, sh.scratch_len()).unwrap();
     assert!(fwd(&sh, &mut bf16_t, &mut y).contains("t is BF16, must be F32"));
+    let mut epilogue_err = |epi: LinearEpilogue<CpuBuf>| {
+        Cpu.lowrank_linear_forward(&sh, x.all(), w, None, t.all_mut(), y.all_mut(), epi)
+            .unwrap_err()
+            .to_string()
+    };
     let mut bf16_gelu = Cpu.alloc(DType::BF16, sh.n * sh.n_out).unwrap();
-    let err = Cpu
-        .lowrank_linear_forward(
-            &sh,
-            x.all(),
-            w,
-            None,
-            t.all_mut(),
-            y.all_mut(),
-            LinearEpilogue::Gelu(bf16_gelu.all_mut()),
-        )
-        .unwrap_err()
-        .to_string();
+    let err = epilogue_err(LinearEpilogue::Gelu(bf16_gelu.all_mut()));
     assert!(err.contains("gelu(y) is BF16, must be F32"), "{err}");
     let short = Cpu.alloc(DType::F32, sh.n * sh.n_out - 1).unwrap();
-    let err = Cpu
-        .lowrank_linear_forward(
-            &sh,
-            x.all(),
-            w,
-            None,
-            t.all_mut(),
-            y.all_mut(),
-            LinearEpilogue::Residual(short.all()),
-        )
-        .unwrap_err()
-        .to_string();
+    let err = epilogue_err(LinearEpilogue::Residual(short.all()));
     assert!(err.contains("residual window"), "{err}");
 
     let dy = upload(&vec![1.0; sh.n * sh.n_out]);
