@@ -3,6 +3,7 @@
 
 mod attention;
 mod classifier;
+mod dense;
 mod device;
 mod elementwise;
 mod embedding;
@@ -24,9 +25,8 @@ use super::shapes::{
     check_layernorm_backward, check_matrix_and_row, window_len,
 };
 use super::{
-    same_len, weight_grad_gemm, AdamW, AttentionSaved, Backend, Buffer, DType, DenseGrads, Gemm,
-    HeavyBall, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref,
-    SeqShape,
+    same_len, AdamW, AttentionSaved, Backend, Buffer, DType, DenseGrads, Gemm, HeavyBall,
+    LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights, MatShape, Mut, Ref, SeqShape,
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -92,20 +92,6 @@ pub struct Cuda {
     bias_grad_epilogue: bool,
 }
 
-/// Whether `e` says cuBLASLt has no algorithm for an epilogue, whose work the caller then does in
-/// passes of its own; the first time, a warning on stderr (the epilogue's speed is lost, nothing
-/// else).
-fn epilogue_unavailable(e: &anyhow::Error) -> bool {
-    let Some(none) = e.downcast_ref::<gemm::NoAlgorithm>() else {
-        return false;
-    };
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| {
-        eprintln!("warning: {none}; its epilogue's work runs in passes of its own (reported once)")
-    });
-    true
-}
-
 impl Cuda {
     /// Opens the selected device, or says in one sentence why there is none.
     pub fn new() -> Result<Self> {
@@ -135,31 +121,6 @@ impl Cuda {
             residual_epilogue,
             bias_grad_epilogue,
         })
-    }
-
-    /// One GEMM with cuBLASLt's epilogue `epi`, which the caller found to fit: Ok(false) where
-    /// cuBLASLt has no algorithm for it (`epilogue_unavailable`), and the caller does the work in
-    /// passes of its own.
-    fn epilogue_gemm(
-        &self,
-        g: &Gemm,
-        a: Ref<CudaBuf>,
-        b: Ref<CudaBuf>,
-        c: Mut<CudaBuf>,
-        epi: gemm::Epilogue,
-    ) -> Result<bool> {
-        g.check(&a, &b, &c)?;
-        ensure!(
-            g.k > 0,
-            "gemm with k = 0 is not supported on CUDA (cuBLASLt rejects it)"
-        );
-        let (ab, cd) = (a.dtype(), c.dtype());
-        let (a, b, c) = (a.ptr(), b.ptr(), c.ptr());
-        match self.lt.gemm_epilogue(&self.stream, g, ab, cd, a, b, c, epi) {
-            Ok(()) => Ok(true),
-            Err(e) if epilogue_unavailable(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     /// Picks the attention implementation (LOWRANK_ATTENTION sets it at start-up). Buffers saved by
@@ -283,19 +244,9 @@ impl Backend for Cuda {
         a: Ref<CudaBuf>,
         b: Ref<CudaBuf>,
         bias: Ref<CudaBuf>,
-        mut c: Mut<CudaBuf>,
+        c: Mut<CudaBuf>,
     ) -> Result<()> {
-        let shape = MatShape::new(g.m, g.n);
-        let fits = gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr());
-        if self.bias_epilogue && fits && g.m * g.n > 0 {
-            check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
-            let epi = gemm::Epilogue::Bias(bias.ptr());
-            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
-                return Ok(());
-            }
-        }
-        self.gemm(g, a, b, c.reborrow())?;
-        self.add_bias(c, bias, shape)
+        dense::gemm_bias(self, g, a, b, bias, c)
     }
 
     fn gemm_bias_gelu(
@@ -305,26 +256,9 @@ impl Backend for Cuda {
         b: Ref<CudaBuf>,
         bias: Ref<CudaBuf>,
         c: Mut<CudaBuf>,
-        mut gelu: Mut<CudaBuf>,
+        gelu: Mut<CudaBuf>,
     ) -> Result<()> {
-        // GELU_AUX_BIAS writes GELU(x·W + b) as its output and x·W + b as the auxiliary matrix.
-        let fits = self.bias_epilogue
-            && self.gelu_epilogue
-            && gemm::bias_epilogue_fits(g, gelu.dtype(), bias.dtype(), bias.ptr())
-            && gemm::gelu_epilogue_fits(g, gelu.dtype(), c.dtype(), c.ptr());
-        if fits && g.m * g.n > 0 {
-            same_len("gemm_bias_gelu", gelu.len, c.len)?;
-            let shape = MatShape::new(g.m, g.n);
-            check_matrix_and_row("gemm_bias_gelu", ("c", c.len), ("bias", bias.len), shape)?;
-            let epi = gemm::Epilogue::GeluAuxBias {
-                bias: bias.ptr(),
-                aux: c.ptr(),
-            };
-            if self.epilogue_gemm(g, a, b, gelu.reborrow(), epi)? {
-                return Ok(());
-            }
-        }
-        super::gemm_bias_then_gelu(self, g, a, b, bias, c, gelu)
+        dense::gemm_bias_gelu(self, g, a, b, bias, c, gelu)
     }
 
     fn gemm_bias_residual(
@@ -334,32 +268,9 @@ impl Backend for Cuda {
         b: Ref<CudaBuf>,
         bias: Ref<CudaBuf>,
         residual: Ref<CudaBuf>,
-        mut c: Mut<CudaBuf>,
+        c: Mut<CudaBuf>,
     ) -> Result<()> {
-        // The residual is cuBLASLt's input matrix C, read with the output's layout and dtype.
-        let fits = self.bias_epilogue
-            && self.residual_epilogue
-            && gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr())
-            && residual.dtype() == c.dtype()
-            && residual.ptr().is_multiple_of(16);
-        if fits && g.m * g.n > 0 {
-            same_len("gemm_bias_residual", residual.len, c.len)?;
-            let shape = MatShape::new(g.m, g.n);
-            check_matrix_and_row(
-                "gemm_bias_residual",
-                ("c", c.len),
-                ("bias", bias.len),
-                shape,
-            )?;
-            let epi = gemm::Epilogue::BiasResidual {
-                bias: bias.ptr(),
-                residual: residual.ptr(),
-            };
-            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
-                return Ok(());
-            }
-        }
-        super::gemm_bias_then_residual(self, g, a, b, bias, residual, c)
+        dense::gemm_bias_residual(self, g, a, b, bias, residual, c)
     }
 
     fn linear_param_grads(
@@ -367,21 +278,9 @@ impl Backend for Cuda {
         x: Ref<CudaBuf>,
         dy: Ref<CudaBuf>,
         (n_in, n_out): (usize, usize),
-        mut grads: DenseGrads<CudaBuf>,
+        grads: DenseGrads<CudaBuf>,
     ) -> Result<()> {
-        let rows = grads.check(&x, &dy, n_in, n_out)?;
-        let g = weight_grad_gemm(rows, n_in, n_out);
-        if self.bias_grad_epilogue && gemm::bias_grad_epilogue_fits(&g, dy.dtype(), DType::F32) {
-            // cuBLASLt writes the sums; the gradient accumulates, so they go to scratch first.
-            let sums = self.scratch(DType::F32, n_out)?;
-            let epi = gemm::Epilogue::BiasGradB {
-                grad: sums.all().ptr(),
-            };
-            if self.epilogue_gemm(&g, x, dy, grads.dw(n_in, n_out), epi)? {
-                return self.add(grads.db(n_out), sums.all());
-            }
-        }
-        super::linear_param_grads_in_passes(self, x, dy, (n_in, n_out), grads)
+        dense::linear_param_grads(self, x, dy, (n_in, n_out), grads)
     }
 
     fn gemm_gelu_backward(
@@ -390,17 +289,9 @@ impl Backend for Cuda {
         a: Ref<CudaBuf>,
         b: Ref<CudaBuf>,
         u: Ref<CudaBuf>,
-        mut c: Mut<CudaBuf>,
+        c: Mut<CudaBuf>,
     ) -> Result<()> {
-        let fits = self.gelu_epilogue && gemm::gelu_epilogue_fits(g, c.dtype(), u.dtype(), u.ptr());
-        if fits && g.m * g.n > 0 {
-            same_len("gemm_gelu_backward", u.len, c.len)?;
-            let epi = gemm::Epilogue::GeluGrad { aux: u.ptr() };
-            if self.epilogue_gemm(g, a, b, c.reborrow(), epi)? {
-                return Ok(());
-            }
-        }
-        super::gemm_then_gelu_backward(self, g, a, b, u, c)
+        dense::gemm_gelu_backward(self, g, a, b, u, c)
     }
 
     fn adamw(
