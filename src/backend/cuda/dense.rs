@@ -49,6 +49,35 @@ fn epilogue_gemm(
     }
 }
 
+/// `g` through one of cuBLASLt's bias epilogues, `epi`, writing `out`: Ok(true) where the bias
+/// epilogue takes the call (and `extra`, the other window's own conditions and its length, which
+/// must be out's), and cuBLASLt has an algorithm for it; else Ok(false), and the caller runs its
+/// passes.
+#[allow(clippy::too_many_arguments)]
+fn bias_epilogue_gemm(
+    cuda: &Cuda,
+    op: &str,
+    g: &Gemm,
+    (a, b): (Ref<CudaBuf>, Ref<CudaBuf>),
+    bias: &Ref<CudaBuf>,
+    out: Mut<CudaBuf>,
+    extra: Option<(bool, usize)>,
+    epi: gemm::Epilogue,
+) -> Result<bool> {
+    let fits = cuda.bias_epilogue
+        && extra.is_none_or(|(fits, _)| fits)
+        && gemm::bias_epilogue_fits(g, out.dtype(), bias.dtype(), bias.ptr());
+    if !fits || g.m * g.n == 0 {
+        return Ok(false);
+    }
+    if let Some((_, len)) = extra {
+        same_len(op, len, out.len)?;
+    }
+    let shape = MatShape::new(g.m, g.n);
+    check_matrix_and_row(op, ("c", out.len), ("bias", bias.len), shape)?;
+    epilogue_gemm(cuda, g, a, b, out, epi)
+}
+
 /// `Backend::gemm_bias`: cuBLASLt's BIAS epilogue.
 pub(super) fn gemm_bias(
     cuda: &Cuda,
@@ -58,20 +87,16 @@ pub(super) fn gemm_bias(
     bias: Ref<CudaBuf>,
     mut c: Mut<CudaBuf>,
 ) -> Result<()> {
-    let shape = MatShape::new(g.m, g.n);
-    let fits = gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr());
-    if cuda.bias_epilogue && fits && g.m * g.n > 0 {
-        check_matrix_and_row("gemm_bias", ("c", c.len), ("bias", bias.len), shape)?;
-        let epi = gemm::Epilogue::Bias(bias.ptr());
-        if epilogue_gemm(cuda, g, a, b, c.reborrow(), epi)? {
-            return Ok(());
-        }
+    let epi = gemm::Epilogue::Bias(bias.ptr());
+    if bias_epilogue_gemm(cuda, "gemm_bias", g, (a, b), &bias, c.reborrow(), None, epi)? {
+        return Ok(());
     }
     cuda.gemm(g, a, b, c.reborrow())?;
-    cuda.add_bias(c, bias, shape)
+    cuda.add_bias(c, bias, MatShape::new(g.m, g.n))
 }
 
-/// `Backend::gemm_bias_gelu`: cuBLASLt's GELU_AUX_BIAS epilogue.
+/// `Backend::gemm_bias_gelu`: cuBLASLt's GELU_AUX_BIAS epilogue, which writes GELU(x·W + b) as
+/// its output and x·W + b as the auxiliary matrix.
 pub(super) fn gemm_bias_gelu(
     cuda: &Cuda,
     g: &Gemm,
@@ -81,27 +106,22 @@ pub(super) fn gemm_bias_gelu(
     c: Mut<CudaBuf>,
     mut gelu: Mut<CudaBuf>,
 ) -> Result<()> {
-    // GELU_AUX_BIAS writes GELU(x·W + b) as its output and x·W + b as the auxiliary matrix.
-    let fits = cuda.bias_epilogue
-        && cuda.gelu_epilogue
-        && gemm::bias_epilogue_fits(g, gelu.dtype(), bias.dtype(), bias.ptr())
-        && gemm::gelu_epilogue_fits(g, gelu.dtype(), c.dtype(), c.ptr());
-    if fits && g.m * g.n > 0 {
-        same_len("gemm_bias_gelu", gelu.len, c.len)?;
-        let shape = MatShape::new(g.m, g.n);
-        check_matrix_and_row("gemm_bias_gelu", ("c", c.len), ("bias", bias.len), shape)?;
-        let epi = gemm::Epilogue::GeluAuxBias {
-            bias: bias.ptr(),
-            aux: c.ptr(),
-        };
-        if epilogue_gemm(cuda, g, a, b, gelu.reborrow(), epi)? {
-            return Ok(());
-        }
+    let aux_fits =
+        cuda.gelu_epilogue && gemm::gelu_epilogue_fits(g, gelu.dtype(), c.dtype(), c.ptr());
+    let epi = gemm::Epilogue::GeluAuxBias {
+        bias: bias.ptr(),
+        aux: c.ptr(),
+    };
+    let extra = Some((aux_fits, c.len));
+    let out = gelu.reborrow();
+    if bias_epilogue_gemm(cuda, "gemm_bias_gelu", g, (a, b), &bias, out, extra, epi)? {
+        return Ok(());
     }
     crate::backend::gemm_bias_then_gelu(cuda, g, a, b, bias, c, gelu)
 }
 
-/// `Backend::gemm_bias_residual`: cuBLASLt's BIAS epilogue with β = 1 and the residual as C.
+/// `Backend::gemm_bias_residual`: cuBLASLt's BIAS epilogue with β = 1 and the residual as its
+/// input matrix C, read with the output's layout and dtype.
 pub(super) fn gemm_bias_residual(
     cuda: &Cuda,
     g: &Gemm,
@@ -111,28 +131,26 @@ pub(super) fn gemm_bias_residual(
     residual: Ref<CudaBuf>,
     mut c: Mut<CudaBuf>,
 ) -> Result<()> {
-    // The residual is cuBLASLt's input matrix C, read with the output's layout and dtype.
-    let fits = cuda.bias_epilogue
-        && cuda.residual_epilogue
-        && gemm::bias_epilogue_fits(g, c.dtype(), bias.dtype(), bias.ptr())
+    let residual_fits = cuda.residual_epilogue
         && residual.dtype() == c.dtype()
         && residual.ptr().is_multiple_of(16);
-    if fits && g.m * g.n > 0 {
-        same_len("gemm_bias_residual", residual.len, c.len)?;
-        let shape = MatShape::new(g.m, g.n);
-        check_matrix_and_row(
-            "gemm_bias_residual",
-            ("c", c.len),
-            ("bias", bias.len),
-            shape,
-        )?;
-        let epi = gemm::Epilogue::BiasResidual {
-            bias: bias.ptr(),
-            residual: residual.ptr(),
-        };
-        if epilogue_gemm(cuda, g, a, b, c.reborrow(), epi)? {
-            return Ok(());
-        }
+    let epi = gemm::Epilogue::BiasResidual {
+        bias: bias.ptr(),
+        residual: residual.ptr(),
+    };
+    let extra = Some((residual_fits, residual.len));
+    let out = c.reborrow();
+    if bias_epilogue_gemm(
+        cuda,
+        "gemm_bias_residual",
+        g,
+        (a, b),
+        &bias,
+        out,
+        extra,
+        epi,
+    )? {
+        return Ok(());
     }
     crate::backend::gemm_bias_then_residual(cuda, g, a, b, bias, residual, c)
 }
