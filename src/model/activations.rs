@@ -29,12 +29,11 @@ pub struct Activations<B: Backend> {
     pub ln2: B::Buf,
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
-    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; with `recompute_gelu`,
-    /// fch_gelu holds one layer's (the forward's, which the projection reads at once) and the
-    /// backward forms each layer's again from fch (`gelu_slot`).
+    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; after
+    /// `set_recompute_gelu`, fch_gelu holds one layer's (the forward's, which the projection reads
+    /// at once) and the backward forms each layer's again from fch (`gelu_slot`).
     pub fch: B::Buf,
     pub fch_gelu: B::Buf,
-    pub recompute_gelu: bool,
     /// Residual stream after the MLP, (B, T, C) per layer; the last one feeds ln_f.
     pub residual3: B::Buf,
     pub lnf: B::Buf,
@@ -71,7 +70,6 @@ impl<B: Backend> Activations<B> {
             ln2_rstd: alloc(DType::F32, l * bt)?,
             fch: alloc(dt, l * 4 * btc)?,
             fch_gelu: alloc(dt, l * 4 * btc)?,
-            recompute_gelu: false,
             residual3: alloc(dt, l * btc)?,
             lnf: alloc(dt, btc)?,
             lnf_mean: alloc(DType::F32, bt)?,
@@ -84,22 +82,21 @@ impl<B: Backend> Activations<B> {
     /// (slices, index) of layer `l`'s GELU(fch) in `fch_gelu`, for `layer`: its own slice, or
     /// the only one when the backward recomputes them.
     pub fn gelu_slot(&self, l: usize) -> (usize, usize) {
-        match self.recompute_gelu {
-            true => (1, 0),
-            false => (self.fch.len() / (4 * self.shape.len()), l),
+        match self.fch_gelu.len() / (4 * self.shape.len()) {
+            1 => (1, 0),
+            layers => (layers, l),
         }
     }
 
-    /// Keeps one layer's GELU(fch) instead of every layer's (`recompute_gelu`), or every layer's
-    /// again: the buffer is allocated anew, so set it before a forward, not between a forward and
-    /// its backward.
+    /// Keeps one layer's GELU(fch) instead of every layer's (`on`), or every layer's again: the
+    /// buffer is allocated anew, so set it before a forward, not between a forward and its
+    /// backward.
     pub fn set_recompute_gelu(&mut self, b: &B, on: bool) -> Result<()> {
         let layers = match on {
             true => 1,
             false => self.fch.len() / (4 * self.shape.len()),
         };
         self.fch_gelu = b.alloc(self.fch.dtype(), layers * 4 * self.shape.len())?;
-        self.recompute_gelu = on;
         Ok(())
     }
 
@@ -144,7 +141,7 @@ pub struct ActivationGrads<B: Backend> {
     /// (B, T, 4C): the gradient of the MLP hidden layer.
     pub dfch: B::Buf,
     /// (B, T, 4C): a layer's GELU(fch) formed again for the backward, when the forward kept only
-    /// one layer's (`Activations::recompute_gelu`).
+    /// one layer's (`Activations::set_recompute_gelu`).
     pub gelu: Option<B::Buf>,
 }
 
