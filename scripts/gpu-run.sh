@@ -119,7 +119,8 @@ if grep -qE '^gemm_bias_n[nt]_bf16 .*FAIL' "$out/selftest.log" 2>/dev/null && ! 
 fi
 # The work in GEMM epilogues, the MLP's GELU, the residual after a block's projections (the
 # fused kernels' epilogue for low-rank layers, on the implementation chosen above; cuBLASLt's for
-# dense ones) and dense layers' bias gradients (cuBLASLt's BGRADA): if one's cases (pattern $2) fail, the later steps do its work in passes ($3=0).
+# dense ones) and dense layers' bias gradients (cuBLASLt's BGRADA): if one's cases (pattern $2)
+# fail, the later steps do its work in passes ($3=0).
 impl_log=$out/selftest-lowrank.log; [[ $impl == fused ]] || impl_log=$out/selftest-lowrank-$impl.log
 epilogue_fallback() {
   local logs=("$out/selftest.log"); [[ $impl == cublas ]] || logs+=("$impl_log")
@@ -208,7 +209,8 @@ cat "$out/summary.txt"
 # the basic ops, then GPT-2 medium's MLP at 16384 rows where issue 5 sets its targets: with W0 at
 # rank 128 (d/8), pure low-rank at 256 (36 rows of 5 implementations, about 4 KB, so that the
 # summary printed above stays inside those 12,000 characters).
-# The basic ops' table, attention's, and of the epilogues' (GELU, residual) only each pair's ratio.
+# The basic ops' table, attention's, and of the epilogues' (GELU, residual, bias gradient) only
+# each pair's ratio.
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null | grep -vE '^(gelu|residual|bias_grad)_[a-z_]+_(fused|passes) '
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
