@@ -17,6 +17,14 @@ impl DType {
     }
 }
 
+/// A window `off`+`len` of a buffer of `buf_len` elements lies inside it.
+fn assert_in_range(off: usize, len: usize, buf_len: usize) {
+    assert!(
+        off + len <= buf_len,
+        "window {off}+{len} past buffer of {buf_len}"
+    );
+}
+
 /// A buffer on some device: a dtype and a length in elements.
 pub trait Buffer {
     fn dtype(&self) -> DType;
@@ -29,22 +37,14 @@ pub trait Buffer {
     where
         Self: Sized,
     {
-        Ref {
-            buf: self,
-            off: 0,
-            len: self.len(),
-        }
+        self.at(0, self.len())
     }
     /// `len` elements from `off`, read-only. Panics when out of range: a planning bug, not bad input.
     fn at(&self, off: usize, len: usize) -> Ref<'_, Self>
     where
         Self: Sized,
     {
-        assert!(
-            off + len <= self.len(),
-            "window {off}+{len} past buffer of {}",
-            self.len()
-        );
+        assert_in_range(off, len, self.len());
         Ref {
             buf: self,
             off,
@@ -56,21 +56,13 @@ pub trait Buffer {
         Self: Sized,
     {
         let len = self.len();
-        Mut {
-            buf: self,
-            off: 0,
-            len,
-        }
+        self.at_mut(0, len)
     }
     fn at_mut(&mut self, off: usize, len: usize) -> Mut<'_, Self>
     where
         Self: Sized,
     {
-        assert!(
-            off + len <= self.len(),
-            "window {off}+{len} past buffer of {}",
-            self.len()
-        );
+        assert_in_range(off, len, self.len());
         Mut {
             buf: self,
             off,
