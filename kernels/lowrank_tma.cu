@@ -47,6 +47,7 @@ template <int BN>
 struct TmaTile {
     static constexpr int BM = TMA_BM, BK = WG_BK, STAGES = BN == 256 ? 4 : 6;
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE_BYTES = A_BYTES + B_BYTES;
+    static constexpr int NN_BOX_BYTES = BK * 64 * 2;  // an NN B box, 64 × 64; BN / 64 of them fill B
     // Stages from a 1024-byte aligned base (the swizzle atom; dynamic shared memory is only
     // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers.
     static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
@@ -71,6 +72,11 @@ struct TileWalk {
 // previous use, tells its full barrier how many bytes to expect, and issues the copies. A is a
 // 64 × 128 box (K innermost); an NT B one 64 × BN box, an NN B BN / 64 boxes of 64 × 64 (N
 // innermost), the N-major blocks 8 KB apart that the wgmma descriptor walks.
+// Every box issued overlaps its tensor: the last N tile's NN boxes that would start at or past
+// n_valid (n = 1160 at BN 256 leaves one) are not issued and not counted in expect_tx. How many
+// bytes a box wholly outside the tensor completes is not documented (a partial box completes all
+// of its bytes, zero-filled), and a wrong guess would hang the consumers; the columns such a box
+// would have fed are past n_valid = n_store (tma::params), so they are never stored.
 template <bool NT0, bool NT1, int BN>
 __device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0, uint32_t full, uint32_t empty, int ktiles0,
                                             int ktiles, TileWalk walk) {
@@ -78,6 +84,7 @@ __device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0,
     int it = 0;
     for (int tile = blockIdx.x; tile < walk.total; tile += gridDim.x) {
         const int m0 = walk.m0(tile), n0 = walk.n0<BN>(tile);
+        const int nn_boxes = min(BN / 64, (q.p.n_valid - n0 + 63) / 64);
         for (int kt = 0; kt < ktiles; ++kt, ++it) {
             const int s = it % T::STAGES, use = it / T::STAGES;
             if (use > 0) {
@@ -85,14 +92,16 @@ __device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0,
                 }
             }
             const uint32_t sa = s0 + s * T::STAGE_BYTES, sb = sa + T::A_BYTES, bar = full + s * 8;
-            mbar_arrive_expect_tx(bar, T::STAGE_BYTES);
             const int seg = kt >= ktiles0, k0 = (seg ? kt - ktiles0 : kt) * T::BK;
+            const bool nt = seg ? NT1 : NT0;
+            mbar_arrive_expect_tx(bar, nt ? T::STAGE_BYTES : T::A_BYTES + nn_boxes * T::NN_BOX_BYTES);
             tma_load_2d(sa, &q.a[seg], k0, m0, bar);
-            if (seg ? NT1 : NT0) {
+            if (nt) {
                 tma_load_2d(sb, &q.b[seg], k0, n0, bar);
             } else {
 #pragma unroll
-                for (int j = 0; j < BN / 64; ++j) tma_load_2d(sb + j * 8192, &q.b[seg], n0 + 64 * j, k0, bar);
+                for (int j = 0; j < BN / 64; ++j)
+                    if (j < nn_boxes) tma_load_2d(sb + j * T::NN_BOX_BYTES, &q.b[seg], n0 + 64 * j, k0, bar);
             }
         }
     }

@@ -215,6 +215,17 @@ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
     if (m.interleave != 0 || m.oob_fill != 0 || m.element_stride[0] != 1 || m.element_stride[1] != 1)
         fail("cp.async.bulk.tensor: interleaved maps, element strides other than 1 and the NaN out-of-bounds fill are not emulated");
     if (dst % 128 != 0) fail(format("cp.async.bulk.tensor: the shared-memory destination %#x is not 128-byte aligned", dst).c_str());
+    // The PTX ISA says a box's out-of-bound elements are filled, and CUTLASS's edge tiles count a
+    // partial box's full bytes; for a box with no element inside, the count is undocumented, so
+    // the kernels must not issue one (landing counts the full box, a guess that could hang a GPU).
+    for (int d = 0; d < 2; ++d) {
+        const int64_t lo = d == 0 ? c0 : c1;
+        if (lo >= int64_t(m.dim[d]) || lo + int64_t(m.box[d]) <= 0)
+            fail(format("cp.async.bulk.tensor: the box at (%d, %d) of %u × %u lies wholly outside the %llu × %llu tensor: how "
+                        "many bytes such a copy completes on its mbarrier is not documented (do not issue it)",
+                        c0, c1, m.box[0], m.box[1], (unsigned long long)m.dim[0], (unsigned long long)m.dim[1])
+                     .c_str());
+    }
     barrier(l, bar, "cp.async.bulk.tensor");
     c.dst = dst;
     c.bar = bar;

@@ -9,6 +9,7 @@
 // wgmmas in flight, an sm_90a instruction on the emulated sm_80.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "emulated_ptx.h"
@@ -107,7 +108,10 @@ std::vector<float> wgmma_product(const Launch& l, const Wgmma& op) {
 // w of the group holds rows 16w + lane/4 (+8), register i column 8·(i/4) + 2·(lane%4) + i%2.
 void retire(Launch& l, const Wgmma& op) {
     for (uint32_t c : op.chunks) --l.wgmma_reads[c];
-    if (wgmma_product(l, op) != op.product)
+    // Compared bit for bit: columns the kernel never stores may read stale NaN bytes (the TMA
+    // kernel's N-edge boxes it does not load), and NaN != NaN would call an unchanged tile changed.
+    const std::vector<float> now = wgmma_product(l, op);
+    if (std::memcmp(now.data(), op.product.data(), now.size() * sizeof(float)) != 0)
         fail("shared memory a wgmma.mma_async reads changed between its issue and the wgmma.wait_group that retires it: "
              "the tile was not complete when the wgmma was issued, or it was refilled while the tensor cores could still read it");
     for (int t = 0; t < 128; ++t) {

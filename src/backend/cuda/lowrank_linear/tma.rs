@@ -79,13 +79,21 @@ fn encode(
 /// The kernel parameter for `p` (filled as for the other mainloops) and its segments: A_s is
 /// m × k_s; B_s is k_s × n_valid ("NN", read in 64 × 64 boxes, N innermost) or, when `nt[s]`,
 /// n_valid × k_s (one 64 × bn box, K innermost). An absent segment borrows the other's maps: the
-/// kernel issues no copy for a segment with k = 0.
+/// kernel issues no copy for a segment with k = 0. Every column it stores must have a B column (no
+/// zero padding past n_valid): the NN boxes past n_valid are never loaded, so what the tile holds
+/// there is stale.
 pub(super) fn params(
     p: SegGemmParams,
     segs: [Option<Segment>; 2],
     nt: [bool; 2],
     bn: usize,
 ) -> Result<TmaGemmParams> {
+    ensure!(
+        p.n_store == p.n_valid,
+        "the TMA kernel stores only columns it has B for: n_store {} ≠ n_valid {}",
+        p.n_store,
+        p.n_valid
+    );
     let (m, n) = (p.m as usize, p.n_valid as usize);
     let mut maps = [None, None];
     for (i, seg) in segs.iter().enumerate() {
