@@ -178,6 +178,9 @@ step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --
 # step (K = 1, the parallel integrator) and every tenth, beside the dense step above.
 step bench-train-dlra "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank dlra --rank-init $dlra_rank --dlra-window 1
 step bench-train-dlra-k10 "$bin" bench-train --device cuda "${step_size[@]}" --steps $((2 * bench_steps)) --lowrank dlra --rank-init $dlra_rank --dlra-window 10
+# The dense step again with each layer's GELU formed again in the backward (llm.c's -r 1): what
+# its activation bytes saved cost in time.
+step bench-train-recompute "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --recompute-gelu
 if command -v compute-sanitizer >/dev/null; then
   # Each mainloop once (issue 5: memcheck clean on one run of each kernel), the default first; a
   # step the budget no longer fits is skipped.
