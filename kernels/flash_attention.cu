@@ -302,7 +302,9 @@ __device__ __forceinline__ void flash_backward_dq_body(bf16* __restrict__ dqkv, 
 
 // dk, dv for one key tile: over query tiles from the diagonal on, pᵀ = 2^(xᵀ − lse), dv = Σ pᵀ·dout,
 // dsᵀ = pᵀ·(v·doutᵀ − delta), dk = scale · Σ dsᵀ·q. K and V are read once into registers; Q, dout,
-// lse and delta double-buffered.
+// lse and delta double-buffered: Q and dout by cp.async, the next tile's lse and delta rows into
+// registers at the top of an iteration and into shared memory at its end, so their loads' latency
+// passes under the iteration's MMAs instead of stalling warps 0–1 before its barrier.
 template <int HS>
 __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout,
                                                          const float* __restrict__ lse, const float* __restrict__ delta, int T, int NH,
@@ -320,22 +322,39 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
         const uint32_t st = sqd + stage * 2 * F::BYTES;
         load_rows<HS>(st, blk.base + (size_t)i * FA_ROWS * blk.ld, blk.ld, T - i * FA_ROWS);
         load_rows<HS>(st + F::BYTES, dbase + (size_t)i * FA_ROWS * blk.C, blk.C, T - i * FA_ROWS);
+    };
+    // Threads 0–63: query tile i's lse and delta for their row (0 past T).
+    float row_lse = 0.0f, row_delta = 0.0f;
+    auto load_row_stats = [&](int i) {
+        const int t = i * FA_ROWS + threadIdx.x;
+        if (threadIdx.x < FA_ROWS && t < T) {
+            row_lse = lse[(size_t)blk.bh * T + t];
+            row_delta = delta[(size_t)blk.bh * T + t];
+        } else {
+            row_lse = row_delta = 0.0f;
+        }
+    };
+    auto store_row_stats = [&](int stage) {
         if (threadIdx.x < FA_ROWS) {
-            const int t = i * FA_ROWS + threadIdx.x;
-            rows[stage][0][threadIdx.x] = t < T ? lse[(size_t)blk.bh * T + t] : 0.0f;
-            rows[stage][1][threadIdx.x] = t < T ? delta[(size_t)blk.bh * T + t] : 0.0f;
+            rows[stage][0][threadIdx.x] = row_lse;
+            rows[stage][1][threadIdx.x] = row_delta;
         }
     };
     load_kv<HS>(sk, base, ld, C, kt, T);
     load_query_tile(kt, 0);
     cp_async_commit();
+    load_row_stats(kt);
+    store_row_stats(0);
 
     float dk[F::DFRAG][4] = {}, dv[F::DFRAG][4] = {};
     uint32_t kf[F::KSTEPS][4], vf[F::KSTEPS][4];
     for (int i = kt; i < tiles; ++i) {
         const int stage = (i - kt) & 1;
         const uint32_t sq = sqd + stage * 2 * F::BYTES, sdo = sq + F::BYTES;
-        if (i + 1 < tiles) load_query_tile(i + 1, stage ^ 1);
+        if (i + 1 < tiles) {
+            load_query_tile(i + 1, stage ^ 1);
+            load_row_stats(i + 1);
+        }
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -359,6 +378,8 @@ __device__ __forceinline__ void flash_backward_dkdv_body(bf16* __restrict__ dqkv
 #pragma unroll
             for (int c = 0; c < 4; ++c) p[n][c] *= dp[n][c] - rows[stage][1][acc_col(n, c, lane)];
         mma_pv<HS>(dk, p, sq, lane);
+        // The stage read last in iteration i − 1, free since that iteration's closing barrier.
+        if (i + 1 < tiles) store_row_stats(stage ^ 1);
         __syncthreads();
     }
     bf16* dst = dqkv + ((size_t)b * T + k0) * ld + h * HS;
