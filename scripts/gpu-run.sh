@@ -104,7 +104,7 @@ fi
 # Attention: flash attention (the default for bf16 and head sizes 32 and 64) and the materialised
 # path; when flash fails and the other passes, the later steps run on the materialised path.
 cap=60 step selftest-attention "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter attention --json "$out/selftest-attention.json"
-cap=60 step selftest-attention-materialized env LOWRANK_ATTENTION=materialized "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter attention
+cap=60 step selftest-attention-materialized env LOWRANK_ATTENTION=materialized "$bin" selftest ${selftest_size[@]+"${selftest_size[@]}"} --filter attention --json "$out/selftest-attention-materialized.json"
 attention_failed() { grep -qE '^attention_.*FAIL' "$1" 2>/dev/null || ! grep -qE 'passed, [0-9]+ failed' "$1" 2>/dev/null; }
 if attention_failed "$out/selftest-attention.log" && ! attention_failed "$out/selftest-attention-materialized.log"; then
   echo "flash attention failed its selftest, the materialised path passed: later steps run with LOWRANK_ATTENTION=materialized"
@@ -195,12 +195,16 @@ if command -v compute-sanitizer >/dev/null; then
   done
 fi
 
+# Which kernels the selftests verified (each case lists the kernels it launched): STATUS.md's
+# "verified" column, in kernels.md.
+python3 "$root/scripts/kernel-status.py" "$out"/selftest*.json --doctor "$out/doctor.json" --md "$out/kernels.md" > "$out/kernel-status.log" 2>&1 || true
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
   for s in "$out"/*.status; do printf '%-33s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
   for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-attention selftest-attention-materialized selftest; do
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
+  printf '%-33s %s\n' "kernels (kernels.md):" "$(tail -n 1 "$out/kernel-status.log")"
   env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE|RESIDUAL_EPILOGUE|BIAS_GRAD_EPILOGUE)=' || true
 } > "$out/summary.txt"
 tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .

@@ -104,14 +104,30 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     let _ = std::fs::remove_file(&trace);
     // The tiny GPT's whole forward and backward (`model_`, three quarters of a run's time under
     // AddressSanitizer) once: its ops are the cases before it, which both sm_80 runs repeat.
-    for (arch, sms, order, filter, skip, imp, merge) in [
+    // The kernels each case says it launched (the selftest's JSON, which scripts/kernel-status.py
+    // reads after a GPU run), against what the fake driver saw launched.
+    let mut reported = BTreeSet::new();
+    for (run, (arch, sms, order, filter, skip, imp, merge)) in [
         ("80", "108", "reverse", "", None, "fused", "0"),
         ("80", "4", "forward", "", Some("model_"), "fused", "0"),
         ("90", "4", "random", "lowrank", None, "fused", "0"),
         ("90", "4", "random", "lowrank", None, "wgmma", "0"),
         ("90", "4", "forward", "lowrank", None, "fused", "1"),
-    ] {
-        let mut args = vec!["selftest", "--max-work", "2e8", "--filter", filter];
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let json = emu.dir.join(format!("selftest-{run}.json"));
+        let json_arg = json.to_str().expect("a UTF-8 target path");
+        let mut args = vec![
+            "selftest",
+            "--max-work",
+            "2e8",
+            "--filter",
+            filter,
+            "--json",
+            json_arg,
+        ];
         if let Some(skip) = skip {
             args.extend(["--skip", skip]);
         }
@@ -128,6 +144,13 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
             "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}, merge {merge}) failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        for case in doc["cases"].as_array().unwrap() {
+            for k in case["kernels"].as_array().into_iter().flatten() {
+                reported.insert(k.as_str().unwrap().to_string());
+            }
+        }
     }
 
     let launched: BTreeSet<String> = std::fs::read_to_string(&trace)
@@ -135,6 +158,10 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         .lines()
         .map(str::to_string)
         .collect();
+    assert_eq!(
+        reported, launched,
+        "the kernels the selftest's cases report are not those the driver launched"
+    );
     let mut compiled = BTreeSet::new();
     for entry in std::fs::read_dir(emu.dir.join("obj")).unwrap() {
         let path = entry.unwrap().path();

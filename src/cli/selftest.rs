@@ -75,12 +75,14 @@ pub fn run(args: Args) -> Result<()> {
         if !case.applies(dev) {
             continue;
         }
-        let o = check(
+        dev.kernels_used(); // what the last case's context probe launched
+        let mut o = check(
             case,
             dev,
             &CpuBf16,
             args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
         );
+        o.kernels = dev.kernels_used();
         print_outcome(&o);
         let lost = o.error.is_some() && context_lost(dev);
         outcomes.push(o);

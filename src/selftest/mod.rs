@@ -23,6 +23,10 @@ pub struct Outcome {
     /// Where a failure lies, to tell a layout bug (whole blocks off) from rounding (scattered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<Mismatch>,
+    /// The kernels of ours the case launched on the device under test (none on a CPU backend), so
+    /// a GPU run tells which kernels its passing cases verified (scripts/kernel-status.py).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
 }
 
 fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -121,6 +125,7 @@ pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed:
         pass: error.is_none() && rel_err <= bound,
         error,
         mismatch,
+        kernels: Vec::new(),
     }
 }
 
@@ -166,7 +171,7 @@ mod tests {
     }
 
     /// A selftest process after a lost context hands its outcomes back as JSON: an error's
-    /// infinite relative error (null in JSON) and a mismatch survive the trip.
+    /// infinite relative error (null in JSON), a mismatch and the kernels launched survive the trip.
     #[test]
     fn outcomes_survive_the_json_round_trip() {
         let failed = Outcome {
@@ -177,6 +182,7 @@ mod tests {
             pass: false,
             error: Some("CUDA_ERROR_ILLEGAL_ADDRESS".into()),
             mismatch: None,
+            kernels: vec!["lowrank_y_tma256_bf16".into()],
         };
         let off = Outcome {
             rel_err: 0.5,

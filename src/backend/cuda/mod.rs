@@ -139,6 +139,11 @@ impl Cuda {
         self.merge_base = on;
     }
 
+    /// The kernels of ours launched since the last call (cuBLASLt's own excepted), by name.
+    pub fn kernels_used(&self) -> Vec<String> {
+        self.modules.take_used()
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }

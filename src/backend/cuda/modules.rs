@@ -1,17 +1,20 @@
 //! The kernel registry: embedded fatbins loaded lazily, once per file, and functions cached by name.
 //! The driver picks the cubin for the device's arch from the fatbin, else JIT-compiles its PTX.
+//! It also notes which kernels were asked for, so the selftest can say which kernels each case ran.
 
 use crate::kernels;
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub struct Modules {
     ctx: Arc<CudaContext>,
     loaded: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// The kernels asked for since the last `take_used` (every launcher asks right before launching).
+    used: Mutex<BTreeSet<String>>,
 }
 
 impl Modules {
@@ -20,11 +23,20 @@ impl Modules {
             ctx,
             loaded: Mutex::default(),
             functions: Mutex::default(),
+            used: Mutex::default(),
         }
+    }
+
+    /// The kernels asked for since the last call, by name, and the record emptied.
+    pub fn take_used(&self) -> Vec<String> {
+        std::mem::take(&mut *self.used.lock().unwrap())
+            .into_iter()
+            .collect()
     }
 
     /// Kernel `kernel` from kernels/`file`.cu.
     pub fn function(&self, file: &'static str, kernel: &str) -> Result<CudaFunction> {
+        self.used.lock().unwrap().insert(kernel.to_string());
         let key = (file, kernel.to_string());
         if let Some(f) = self.functions.lock().unwrap().get(&key) {
             return Ok(f.clone());
