@@ -36,7 +36,12 @@ impl Modules {
 
     /// Kernel `kernel` from kernels/`file`.cu.
     pub fn function(&self, file: &'static str, kernel: &str) -> Result<CudaFunction> {
-        self.used.lock().unwrap().insert(kernel.to_string());
+        // Every launch passes here: allocate only for a kernel not yet noted since the last take.
+        let mut used = self.used.lock().unwrap();
+        if !used.contains(kernel) {
+            used.insert(kernel.to_string());
+        }
+        drop(used);
         let key = (file, kernel.to_string());
         if let Some(f) = self.functions.lock().unwrap().get(&key) {
             return Ok(f.clone());
