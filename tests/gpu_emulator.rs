@@ -6,10 +6,11 @@
 //! order (narrow tiles, split K), one of 4 SMs in forward order (the wide mma.sync tiles; the tiny
 //! GPT's forward and backward run only in the first), and the low-rank cases on an sm_90a of 4 SMs
 //! in random order, on its default mainloop (TMA, both tiles), on the cp.async wgmma one and with
-//! the merged weight (LOWRANK_MERGE_BASE=1); between them every kernel must have run. Then a few steps of training (the launchers, buffers and optimiser paths
-//! of the training loop) against the same run on the CPU backend, `bench --smoke` (the bench's
-//! own code, before a GPU run depends on it), and the dense layers' passes where cuBLASLt offers no
-//! algorithm for an epilogue. Where g++ has AddressSanitizer, the kernels are built
+//! the merged weight (LOWRANK_MERGE_BASE=1); between them every kernel must have run, and the
+//! kernels the cases report are those the fake driver launched. Then a few steps of training (the
+//! launchers, buffers and optimiser paths of the training loop) against the same run on the CPU
+//! backend, `bench --smoke` (the bench's own code, before a GPU run depends on it), and the dense
+//! layers' passes where cuBLASLt offers no algorithm for an epilogue. Where g++ has AddressSanitizer, the kernels are built
 //! with it, so every global-memory access outside its allocation fails the run (the emulator's
 //! compute-sanitizer memcheck). What this cannot show: speed, and memory-ordering faults of real
 //! hardware.
@@ -102,11 +103,11 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     let Some(emu) = Emulator::get() else { return };
     let trace = emu.dir.join("launches.txt");
     let _ = std::fs::remove_file(&trace);
-    // The tiny GPT's whole forward and backward (`model_`, three quarters of a run's time under
-    // AddressSanitizer) once: its ops are the cases before it, which both sm_80 runs repeat.
     // The kernels each case says it launched (the selftest's JSON, which scripts/kernel-status.py
     // reads after a GPU run), against what the fake driver saw launched.
     let mut reported = BTreeSet::new();
+    // The tiny GPT's whole forward and backward (`model_`, three quarters of a run's time under
+    // AddressSanitizer) once: its ops are the cases before it, which both sm_80 runs repeat.
     for (run, (arch, sms, order, filter, skip, imp, merge)) in [
         ("80", "108", "reverse", "", None, "fused", "0"),
         ("80", "4", "forward", "", Some("model_"), "fused", "0"),
