@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): finds the CUDA libraries, then doctor, selftest, bench and
 # the PyTorch peer on the same shapes with issue 5's targets checked from both, the training step,
-# and the low-rank selftest under compute-sanitizer when present. A short table is printed last.
+# Nsight Compute on one call of each low-rank and flash attention op, and the low-rank selftest
+# under compute-sanitizer (each tool when present). A short table is printed last.
 # Results go to $OUT (or the first argument) as a few files, since a device call brings back at most
 # 8 (16 MiB each): gpu-run.tar.gz (every log and JSON, no checkpoints), summary.txt, and the JSON
 # of doctor, selftest, bench and the peer beside it.
@@ -54,6 +55,12 @@ step() { # name, command...: runs, logs, records pass/fail
   echo "== $name (limit ${limit}s): $*"
   if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then echo "ok" > "$out/$name.status"; else echo "FAILED" > "$out/$name.status"; status=1; fi
   tail -n 15 "$out/$name.log"
+}
+
+# A CUDA tool's path: on the PATH, else (on the GPU machine) wherever its install put it.
+tool() {
+  command -v "$1" && return
+  [[ $smoke == 1 ]] || find / -xdev -name "$1" -type f -perm -u+x 2>/dev/null | head -1
 }
 
 step doctor "$bin" doctor --json "$out/doctor.json"
@@ -181,17 +188,37 @@ step bench-train-dlra-k10 "$bin" bench-train --device cuda "${step_size[@]}" --s
 # The dense step again with each layer's GELU formed again in the backward (llm.c's -r 1): what
 # its activation bytes saved cost in time.
 step bench-train-recompute "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --recompute-gelu
-if command -v compute-sanitizer >/dev/null; then
+# Nsight Compute on one call of each op (bench --capture) where issue 5 sets its targets, our
+# kernels beside cuBLASLt's on the same operands: GPT-2 small's fc at 8192 rows with W0 at r = 96
+# (d/8), medium's at 16384 rows at r = 256 (pure low-rank's target), then flash attention's
+# kernels. For the tuning no GPU session has time for: per kernel, throughput against the SM's
+# and memory's peaks, L2 and shared-memory traffic, tensor-pipe activity, warp stalls (ncu-*.log).
+# Without ncu the dry run still runs the bench's commands, so their flags are checked.
+ncu=$(tool ncu)
+profile=()
+if [[ -n $ncu ]]; then
+  profile=("$ncu" --clock-control none --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis
+    --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats)
+fi
+profile_shapes=(--shape 8192,768,3072,96 --shape 16384,1024,4096,256)
+[[ $smoke == 1 ]] && profile_shapes=(--shape 200,64,256,8)
+if [[ -n $ncu || $smoke == 1 ]]; then
+  cap=120 step ncu-lowrank ${profile[@]+"${profile[@]}"} "$bin" bench lowrank-linear --capture --reps 3 "${profile_shapes[@]}" ${bench_flags[@]+"${bench_flags[@]}"} --skip-impl merged,wgmma,mma
+  [[ -n $ncu ]] && profile+=(--kernel-name regex:flash)
+  cap=60 step ncu-attention ${profile[@]+"${profile[@]}"} "$bin" bench attention --capture --reps 3 ${bench_size[@]+"${bench_size[@]}"}
+fi
+sanitizer=$(tool compute-sanitizer)
+if [[ -n $sanitizer ]]; then
   # Each mainloop once (issue 5: memcheck clean on one run of each kernel), the default first; a
   # step the budget no longer fits is skipped.
-  step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
+  step memcheck "$sanitizer" --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
   for v in tma128 wgmma mma; do
     [[ " ${skip[*]-} " == *" ${v/tma128/fused} "* ]] && continue
     case $v in
       tma128) vars=(LOWRANK_LOWRANK_IMPL=fused LOWRANK_TMA_TILE=128) ;;
       *) vars=("LOWRANK_LOWRANK_IMPL=$v") ;;
     esac
-    step "memcheck-$v" env "${vars[@]}" compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
+    step "memcheck-$v" env "${vars[@]}" "$sanitizer" --tool memcheck --error-exitcode 3 "$bin" selftest --filter lowrank
   done
 fi
 

@@ -253,7 +253,8 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
 /// weight, for passes with W0; the cp.async wgmma ones; mma.sync alone; unfused cuBLASLt) of
 /// every shape, pass and variant gets a time, and the JSON that
 /// scripts/compare-peer.py reads has them all. Times mean nothing here: this is the bench's code
-/// (events, rotation, its loops and report) run before a GPU's minutes are.
+/// (events, rotation, its loops and report) run before a GPU's minutes are. With `--capture`,
+/// one call of each timed op, and only that, lies between the profiler's start and stop.
 #[test]
 fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     let Some(emu) = Emulator::get() else { return };
@@ -264,7 +265,13 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     );
     let _ = std::fs::remove_file(&json);
     let _ = std::fs::remove_file(&trace);
-    let args = ["bench", "--smoke", "--json", json.to_str().unwrap()];
+    let args = [
+        "bench",
+        "--smoke",
+        "--capture",
+        "--json",
+        json.to_str().unwrap(),
+    ];
     let out = emu.run(
         &args,
         "90",
@@ -359,6 +366,47 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         "lowrank_dx_wgmma_bf16",
     ] {
         assert!(launched.lines().any(|l| l == kernel), "{kernel} never ran");
+    }
+    // The capture windows (the fake driver traces cuProfilerStart and Stop among the launches),
+    // in the order of the ops' names on stdout. cuBLASLt's GEMMs are no launches of the fake
+    // driver: their windows hold only the kernels of ours around them.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let captured: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("capture: "))
+        .collect();
+    let (mut windows, mut open) = (Vec::new(), None::<Vec<&str>>);
+    for line in launched.lines() {
+        match line {
+            "cuProfilerStart" => assert!(open.replace(Vec::new()).is_none(), "nested start"),
+            "cuProfilerStop" => windows.push(open.take().expect("a stop without a start")),
+            kernel => open.iter_mut().for_each(|w| w.push(kernel)),
+        }
+    }
+    assert!(open.is_none(), "a capture left open");
+    // Every timed op once, under its own name: 3 basic ops, attention's 2 shapes × 2
+    // implementations × 2 passes, the epilogues' 7 pairs, the 72 low-rank rows and each layer's
+    // 3 dense times.
+    assert_eq!(captured.len(), windows.len());
+    let names: BTreeSet<_> = captured.iter().collect();
+    assert_eq!((captured.len(), names.len()), (103, 103), "{captured:#?}");
+    let window = |name: &str| {
+        let at = captured.iter().position(|c| *c == name);
+        &windows[at.unwrap_or_else(|| panic!("{name} not captured: {captured:#?}"))]
+    };
+    assert_eq!(window("copy_f32"), &["cast_f32_f32"]);
+    // One call of the layer, not the timed reps: its wide product launches once.
+    for (name, kernel) in [
+        ("fused fwd w0+lr 200x64>256 r8", "lowrank_y_tma128_bf16"),
+        ("fused bwd lr 200x256>64 r12", "lowrank_dx_tma128_bf16"),
+        ("mma fwd lr 200x64>256 r12", "lowrank_y_wide_bf16"),
+    ] {
+        let w = window(name);
+        assert_eq!(
+            w.iter().filter(|k| **k == kernel).count(),
+            1,
+            "{name}: {w:?}"
+        );
     }
 }
 

@@ -96,6 +96,17 @@ int sms() {
     return n;
 }
 
+// LOWRANK_EMU_TRACE=FILE: one line per kernel launch (its name) and per cuProfilerStart/Stop, for
+// tests of which kernels a command launched and of what a profiler's capture would record.
+void trace(const char* line) {
+    if (const char* path = std::getenv("LOWRANK_EMU_TRACE")) {
+        if (FILE* t = std::fopen(path, "a")) {
+            std::fprintf(t, "%s\n", line);
+            std::fclose(t);
+        }
+    }
+}
+
 #define GUARD()                                      \
     std::lock_guard<std::mutex> lock(mu);            \
     if (!initialised) return NOT_INITIALIZED;        \
@@ -361,12 +372,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (int(smem) > fn->max_dynamic_smem)
         return report(INVALID_VALUE, at + ": dynamic shared memory over the function's limit of " + std::to_string(fn->max_dynamic_smem) +
                                          " bytes (set CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)");
-    if (const char* trace = std::getenv("LOWRANK_EMU_TRACE")) {  // one line per launch, for coverage checks
-        if (FILE* t = std::fopen(trace, "a")) {
-            std::fprintf(t, "%s\n", fn->name.c_str());
-            std::fclose(t);
-        }
-    }
+    trace(fn->name.c_str());
     const std::string error = emu::launch(fn->name.c_str(), fn->entry, arch()->major, {gx, gy, gz}, {bx, by, bz}, smem, params);
     if (!error.empty()) {
         sticky = LAUNCH_FAILED;
@@ -464,7 +470,13 @@ CUresult cuGetErrorName(CUresult rc, const char** s) {
 }
 CUresult cuGetErrorString(CUresult rc, const char** s) { return cuGetErrorName(rc, s); }
 
-CUresult cuProfilerStart() { return SUCCESS; }
-CUresult cuProfilerStop() { return SUCCESS; }
+CUresult cuProfilerStart() {
+    trace("cuProfilerStart");
+    return SUCCESS;
+}
+CUresult cuProfilerStop() {
+    trace("cuProfilerStop");
+    return SUCCESS;
+}
 
 }  // extern "C"

@@ -7,7 +7,7 @@
 //! (`bias_grad_*`: dW += xᵀ·dy with db += Σ dy from BGRADA, against a pass summing dy). Rates
 //! count the GEMMs' FLOPs, so the two rows of a pair compare directly.
 
-use super::{random_bufs, rotation, time_median, Row, PEAK_TFLOPS};
+use super::{random_bufs, rotation, time_median, Row, Timing, PEAK_TFLOPS};
 use crate::backend::cuda::{Cuda, CudaBuf};
 use crate::backend::{
     linear_param_grads_in_passes, Backend, Buffer, DType, DenseGrads, Gemm, LinearEpilogue,
@@ -23,56 +23,40 @@ pub const FULL: &[Shape] = &[(8192, 768, 192), (8192, 1024, 256)];
 pub const SMOKE: &[Shape] = &[(200, 64, 12)];
 
 /// The rows in pairs: each layer and pass with the epilogue, then in two passes.
-pub fn run(gpu: &Cuda, shapes: &[Shape], reps: usize) -> Result<Vec<Row>> {
+pub fn run(gpu: &Cuda, shapes: &[Shape], timing: &Timing) -> Result<Vec<Row>> {
+    type Pair = fn(&Cuda, &Inputs, &mut Outputs, &Timing) -> Result<[f64; 2]>;
     let mut rows = Vec::new();
     for &(n, c, rank) in shapes {
         let inp = Inputs::new(gpu, n, c, rank)?;
         let mut out = Outputs::new(gpu, &inp)?;
-        let fc = inp.shape(c, 4 * c);
-        let proj = inp.shape(4 * c, c);
+        let (fc, proj) = (inp.fc(), inp.proj());
         let dense = 2.0 * (n * c * 4 * c) as f64;
-        for (name, flops, [fused, passes]) in [
-            (
-                "gelu_fc_fwd_dense",
-                dense,
-                dense_fc(gpu, &inp, &mut out, reps)?,
-            ),
-            (
-                "gelu_proj_dx_dense",
-                dense,
-                dense_dx(gpu, &inp, &mut out, reps)?,
-            ),
-            (
-                "gelu_fc_fwd_lowrank",
-                fc.forward_flops(false),
-                lowrank_fc(gpu, &inp, &mut out, &fc, reps)?,
-            ),
+        let shape = format!("{n}x{c}>{} r{rank}", 4 * c);
+        let pairs: [(&str, f64, Pair); 7] = [
+            ("gelu_fc_fwd_dense", dense, dense_fc),
+            ("gelu_proj_dx_dense", dense, dense_dx),
+            ("gelu_fc_fwd_lowrank", fc.forward_flops(false), lowrank_fc),
             (
                 "gelu_proj_bwd_lowrank",
                 proj.backward_flops(false),
-                lowrank_proj(gpu, &inp, &mut out, &proj, reps)?,
+                lowrank_proj,
             ),
-            (
-                "residual_proj_fwd_dense",
-                dense,
-                dense_residual(gpu, &inp, &mut out, reps)?,
-            ),
+            ("residual_proj_fwd_dense", dense, dense_residual),
             (
                 "residual_proj_fwd_lowrank",
                 proj.forward_flops(false),
-                lowrank_residual(gpu, &inp, &mut out, &proj, reps)?,
+                lowrank_residual,
             ),
-            (
-                "bias_grad_fc_dense",
-                dense,
-                dense_bias_grad(gpu, &inp, &mut out, reps)?,
-            ),
-        ] {
+            ("bias_grad_fc_dense", dense, dense_bias_grad),
+        ];
+        for (name, flops, pair) in pairs {
+            let timing = timing.labelled(format!("{name} {shape}"));
+            let [fused, passes] = pair(gpu, &inp, &mut out, &timing)?;
             let row = |how: &str, ms: f64| {
                 let tflops = flops / (ms * 1e-3) / 1e12;
                 Row {
                     op: format!("{name}_{how}"),
-                    shape: format!("{n}x{c}>{} r{rank}", 4 * c),
+                    shape: shape.clone(),
                     median_ms: ms,
                     achieved: tflops,
                     unit: "TF/s",
@@ -139,6 +123,20 @@ impl Inputs {
         })
     }
 
+    /// The model width C.
+    fn c(&self) -> usize {
+        self.x[0].len() / self.n
+    }
+
+    /// The MLP's fc (C → 4C) and projection (4C → C) as low-rank layers.
+    fn fc(&self) -> LowRankShape {
+        self.shape(self.c(), 4 * self.c())
+    }
+
+    fn proj(&self) -> LowRankShape {
+        self.shape(4 * self.c(), self.c())
+    }
+
     fn shape(&self, n_in: usize, n_out: usize) -> LowRankShape {
         LowRankShape {
             n: self.n,
@@ -176,16 +174,16 @@ impl Outputs {
 }
 
 /// fc forward: y = x·W + b and GELU(y), in cuBLASLt's epilogue and in two passes.
-fn dense_fc(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
-    let c = inp.x[0].len() / inp.n;
+fn dense_fc(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, timing: &Timing) -> Result<[f64; 2]> {
+    let c = inp.c();
     let g = Gemm::new(inp.n, 4 * c, c);
     let (w, b) = (inp.w.all(), inp.bias.all());
     let Outputs { y, gelu, .. } = out;
-    let fused = time_median(gpu, reps, |i| {
+    let fused = time_median(gpu, timing, "fused", |i| {
         let x = inp.x[i % inp.sets].all();
         gpu.gemm_bias_gelu(&g, x, w, b, y.all_mut(), gelu.all_mut())
     })?;
-    let passes = time_median(gpu, reps, |i| {
+    let passes = time_median(gpu, timing, "passes", |i| {
         let x = inp.x[i % inp.sets].all();
         gpu.gemm_bias(&g, x, w, b, y.all_mut())?;
         gpu.gelu_forward(gelu.all_mut(), y.all())
@@ -195,16 +193,16 @@ fn dense_fc(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<
 
 /// The projection's dx = (dy·Wᵀ) ⊙ GELU′(u), W (4C × C) stored n_in × n_out: cuBLASLt's DGELU
 /// epilogue and two passes.
-fn dense_dx(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
-    let c = inp.x[0].len() / inp.n;
+fn dense_dx(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, timing: &Timing) -> Result<[f64; 2]> {
+    let c = inp.c();
     let g = Gemm::new(inp.n, 4 * c, c).trans_b();
     let w = inp.w.all();
     let dx = &mut out.y;
-    let fused = time_median(gpu, reps, |i| {
+    let fused = time_median(gpu, timing, "fused", |i| {
         let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
         gpu.gemm_gelu_backward(&g, dy, w, u, dx.all_mut())
     })?;
-    let passes = time_median(gpu, reps, |i| {
+    let passes = time_median(gpu, timing, "passes", |i| {
         let (dy, u) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
         gpu.gemm(&g, dy, w, dx.all_mut())?;
         gpu.gelu_backward(dx.all_mut(), u)
@@ -214,16 +212,21 @@ fn dense_dx(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<
 
 /// The projection's forward y = u·W + b + r (W 4C × C): the residual r as cuBLASLt's input matrix
 /// C, and then in a pass.
-fn dense_residual(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
-    let c = inp.x[0].len() / inp.n;
+fn dense_residual(
+    gpu: &Cuda,
+    inp: &Inputs,
+    out: &mut Outputs,
+    timing: &Timing,
+) -> Result<[f64; 2]> {
+    let c = inp.c();
     let g = Gemm::new(inp.n, c, 4 * c);
     let (w, b) = (inp.w.all(), inp.bias.at(0, c));
     let y = &mut out.y;
-    let fused = time_median(gpu, reps, |i| {
+    let fused = time_median(gpu, timing, "fused", |i| {
         let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
         gpu.gemm_bias_residual(&g, x, w, b, r, y.at_mut(0, inp.n * c))
     })?;
-    let passes = time_median(gpu, reps, |i| {
+    let passes = time_median(gpu, timing, "passes", |i| {
         let (x, r) = (inp.u[i % inp.sets].all(), inp.x[i % inp.sets].all());
         gpu.gemm_bias(&g, x, w, b, y.at_mut(0, inp.n * c))?;
         gpu.add(y.at_mut(0, inp.n * c), r)
@@ -233,15 +236,20 @@ fn dense_residual(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> R
 
 /// The fc layer's parameter gradients, dW += xᵀ·dy (x n × C, dy n × 4C) and db += Σ dy: db from
 /// the weight GEMM's epilogue, and the GEMM then a pass over dy.
-fn dense_bias_grad(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> Result<[f64; 2]> {
-    let c = inp.x[0].len() / inp.n;
+fn dense_bias_grad(
+    gpu: &Cuda,
+    inp: &Inputs,
+    out: &mut Outputs,
+    timing: &Timing,
+) -> Result<[f64; 2]> {
+    let c = inp.c();
     let (dw, db) = (0, inp.w.len());
     let buf = &mut out.dense_grads;
-    let fused = time_median(gpu, reps, |i| {
+    let fused = time_median(gpu, timing, "fused", |i| {
         let (x, dy) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
         gpu.linear_param_grads(x, dy, (c, 4 * c), DenseGrads { buf, dw, db })
     })?;
-    let passes = time_median(gpu, reps, |i| {
+    let passes = time_median(gpu, timing, "passes", |i| {
         let (x, dy) = (inp.x[i % inp.sets].all(), inp.u[i % inp.sets].all());
         linear_param_grads_in_passes(gpu, x, dy, (c, 4 * c), DenseGrads { buf, dw, db })
     })?;
@@ -249,22 +257,17 @@ fn dense_bias_grad(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, reps: usize) -> 
 }
 
 /// The low-rank fc forward with GELU(y) from the y kernel's epilogue, and then in a pass.
-fn lowrank_fc(
-    gpu: &Cuda,
-    inp: &Inputs,
-    out: &mut Outputs,
-    sh: &LowRankShape,
-    reps: usize,
-) -> Result<[f64; 2]> {
+fn lowrank_fc(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, timing: &Timing) -> Result<[f64; 2]> {
+    let sh = &inp.fc();
     let b = Some(inp.bias.all());
     let Outputs { y, gelu, t, .. } = out;
-    let fused = time_median(gpu, reps, |i| {
+    let fused = time_median(gpu, timing, "fused", |i| {
         let x = inp.x[i % inp.sets].all();
         let (t, y) = (t.all_mut(), y.all_mut());
         let gelu = LinearEpilogue::Gelu(gelu.all_mut());
         gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y, gelu)
     })?;
-    let passes = time_median(gpu, reps, |i| {
+    let passes = time_median(gpu, timing, "passes", |i| {
         let x = inp.x[i % inp.sets].all();
         let (t, none) = (t.all_mut(), LinearEpilogue::None);
         gpu.lowrank_linear_forward(sh, x, inp.weights(), b, t, y.all_mut(), none)?;
@@ -279,9 +282,9 @@ fn lowrank_residual(
     gpu: &Cuda,
     inp: &Inputs,
     out: &mut Outputs,
-    sh: &LowRankShape,
-    reps: usize,
+    timing: &Timing,
 ) -> Result<[f64; 2]> {
+    let sh = &inp.proj();
     let (b, len) = (Some(inp.bias.at(0, sh.n_out)), sh.n * sh.n_out);
     let Outputs { y, t, .. } = out;
     let mut run = |i: usize, fused: bool| -> Result<()> {
@@ -297,20 +300,15 @@ fn lowrank_residual(
         }
         Ok(())
     };
-    let fused = time_median(gpu, reps, |i| run(i, true))?;
-    let passes = time_median(gpu, reps, |i| run(i, false))?;
+    let fused = time_median(gpu, timing, "fused", |i| run(i, true))?;
+    let passes = time_median(gpu, timing, "passes", |i| run(i, false))?;
     Ok([fused, passes])
 }
 
 /// The low-rank projection's backward (4C → C; dy is n × C) with dx scaled by GELU′(u) in the dx
 /// kernel's epilogue, and then in a pass.
-fn lowrank_proj(
-    gpu: &Cuda,
-    inp: &Inputs,
-    out: &mut Outputs,
-    sh: &LowRankShape,
-    reps: usize,
-) -> Result<[f64; 2]> {
+fn lowrank_proj(gpu: &Cuda, inp: &Inputs, out: &mut Outputs, timing: &Timing) -> Result<[f64; 2]> {
+    let sh = &inp.proj();
     let Outputs {
         y: dx,
         gelu: x,
@@ -346,7 +344,7 @@ fn lowrank_proj(
         }
         Ok(())
     };
-    let fused = time_median(gpu, reps, |i| run(i, true))?;
-    let passes = time_median(gpu, reps, |i| run(i, false))?;
+    let fused = time_median(gpu, timing, "fused", |i| run(i, true))?;
+    let passes = time_median(gpu, timing, "passes", |i| run(i, false))?;
     Ok([fused, passes])
 }

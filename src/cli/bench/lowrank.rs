@@ -1,15 +1,15 @@
 //! `lowrank bench lowrank-linear`: the low-rank linear layer, fused kernels against the unfused
 //! cuBLASLt path and against dense cuBLASLt x·W0 of the same layer, on GPT-2 MLP shapes.
 
-use super::{random_bufs, rotation, time_median, PEAK_TFLOPS};
+use super::{random_bufs, rotation, time_median, Timing, PEAK_TFLOPS};
 use crate::backend::cuda::{merge_base_from_env, product_tile, Cuda, CudaBuf, LowRankImpl};
 use crate::backend::{
     Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
 };
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-/// The layers, row counts and ranks timed.
+/// The layers, row counts and ranks timed: every layer at every row count and rank.
 pub struct Sizes {
     /// (n_in, n_out) of each layer.
     layers: &'static [(usize, usize)],
@@ -33,6 +33,79 @@ pub const SMOKE: Sizes = Sizes {
     rows: &[200],
     ranks: &[8, 12],
 };
+
+impl Sizes {
+    pub fn groups(&self) -> Vec<Group> {
+        let layers = self.layers.iter();
+        let at_rows = |&(n_in, n_out): &(usize, usize)| {
+            self.rows.iter().map(move |&n| Group {
+                n_in,
+                n_out,
+                n,
+                ranks: self.ranks.to_vec(),
+            })
+        };
+        layers.flat_map(at_rows).collect()
+    }
+}
+
+/// One layer at one row count, timed at each of its ranks (ascending: the last sizes the factors'
+/// buffers), after dense cuBLASLt on the same operands.
+pub struct Group {
+    n_in: usize,
+    n_out: usize,
+    n: usize,
+    ranks: Vec<usize>,
+}
+
+/// `bench lowrank-linear --shape ROWS,N_IN,N_OUT,RANK`: one layer of the user's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    n: usize,
+    n_in: usize,
+    n_out: usize,
+    rank: usize,
+}
+
+impl LayerShape {
+    pub fn group(&self) -> Group {
+        Group {
+            n_in: self.n_in,
+            n_out: self.n_out,
+            n: self.n,
+            ranks: vec![self.rank],
+        }
+    }
+}
+
+impl std::str::FromStr for LayerShape {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let parts = s
+            .split(',')
+            .map(|p| {
+                let v = p.trim().parse::<usize>().ok().filter(|&v| v > 0);
+                v.with_context(|| format!("{p:?} in {s:?} is not a positive whole number"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let &[n, n_in, n_out, rank] = parts.as_slice() else {
+            bail!("{s:?} is not a layer: write ROWS,N_IN,N_OUT,RANK, e.g. 8192,768,3072,96");
+        };
+        if rank > n_in.min(n_out) {
+            bail!(
+                "rank {rank} in {s:?} exceeds min(N_IN, N_OUT) = {}",
+                n_in.min(n_out)
+            );
+        }
+        Ok(LayerShape {
+            n,
+            n_in,
+            n_out,
+            rank,
+        })
+    }
+}
 
 #[derive(Serialize)]
 pub struct LowRankRow {
@@ -119,10 +192,10 @@ fn time_forward(
     base: bool,
     inp: &Inputs,
     out: &mut Outputs,
-    reps: usize,
+    timing: &Timing,
 ) -> Result<f64> {
     let sets = inp.x.len();
-    time_median(gpu, reps, |i| {
+    time_median(gpu, timing, "", |i| {
         gpu.lowrank_linear_forward(
             sh,
             inp.x[i % sets].all(),
@@ -141,14 +214,14 @@ fn time_backward(
     base: bool,
     inp: &Inputs,
     out: &mut Outputs,
-    reps: usize,
+    timing: &Timing,
 ) -> Result<f64> {
     let sets = inp.x.len();
     let Outputs {
         t, s, dx, grads, ..
     } = out;
     let dvt = sh.rank * sh.n_in;
-    time_median(gpu, reps, |i| {
+    time_median(gpu, timing, "", |i| {
         let grads = LowRankGrads {
             buf: &mut *grads,
             dut: 0,
@@ -176,7 +249,7 @@ fn time_dense(
     n_in: usize,
     n_out: usize,
     inp: &Inputs,
-    reps: usize,
+    timing: &Timing,
 ) -> Result<[f64; 3]> {
     let sets = inp.x.len();
     let mut y = gpu.alloc(DType::BF16, n * n_out)?;
@@ -185,13 +258,13 @@ fn time_dense(
     let fwd = Gemm::new(n, n_out, n_in);
     let dgrad = Gemm::new(n, n_in, n_out).trans_b();
     let wgrad = Gemm::new(n_in, n_out, n).trans_a().beta(1.0);
-    let f = time_median(gpu, reps, |i| {
+    let f = time_median(gpu, timing, "fwd", |i| {
         gpu.gemm(&fwd, inp.x[i % sets].all(), inp.w0.all(), y.all_mut())
     })?;
-    let d = time_median(gpu, reps, |i| {
+    let d = time_median(gpu, timing, "bwd dx", |i| {
         gpu.gemm(&dgrad, inp.dy[i % sets].all(), inp.w0.all(), dx.all_mut())
     })?;
-    let full = time_median(gpu, reps, |i| {
+    let full = time_median(gpu, timing, "bwd dx+dW", |i| {
         gpu.gemm(&dgrad, inp.dy[i % sets].all(), inp.w0.all(), dx.all_mut())?;
         gpu.gemm(
             &wgrad,
@@ -217,11 +290,10 @@ pub enum FusedImpl {
 /// what it measured); restores the backend's implementation choice at the end.
 pub fn run(
     gpu: &mut Cuda,
-    sizes: &Sizes,
-    reps: usize,
+    groups: &[Group],
+    timing: &Timing,
     skip: &[FusedImpl],
 ) -> Result<Vec<LowRankRow>> {
-    let cap = sizes.ranks[sizes.ranks.len() - 1];
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
     // fused kernels run three times: the default TMA mainloop (`fused`), the cp.async wgmma one
     // (`wgmma`) and mma.sync only (`mma`); elsewhere all three are mma.sync, timed once. With a
@@ -242,69 +314,69 @@ pub fn run(
     impls.push((LowRankImpl::Cublas, false, "cublas"));
     print_header();
     let mut rows = Vec::new();
-    for &(n_in, n_out) in sizes.layers {
-        for &n in sizes.rows {
-            let inp = Inputs::new(gpu, n, n_in, n_out, cap)?;
-            let [dense_fwd, dense_bwd, dense_full_bwd] =
-                time_dense(gpu, n, n_in, n_out, &inp, reps)?;
-            let dense_flops = 2.0 * (n * n_in * n_out) as f64;
-            for &rank in sizes.ranks {
-                let sh = LowRankShape {
-                    n,
-                    n_in,
-                    n_out,
-                    rank,
-                };
-                let mut out = Outputs::new(gpu, &sh)?;
-                for forward in [true, false] {
-                    for base in [true, false] {
-                        let active: Vec<_> =
-                            impls.iter().filter(|i| base || !i.1).copied().collect();
-                        let mut times = Vec::with_capacity(active.len());
-                        let mut tiles = Vec::with_capacity(active.len());
-                        for &(imp, merge, _) in &active {
-                            gpu.set_lowrank_impl(imp);
-                            gpu.set_merge_base(merge);
-                            tiles.push(product_tile(gpu, &sh, forward)?);
-                            times.push(if forward {
-                                time_forward(gpu, &sh, base, &inp, &mut out, reps)?
-                            } else {
-                                time_backward(gpu, &sh, base, &inp, &mut out, reps)?
-                            });
-                        }
-                        let unfused = times[times.len() - 1];
-                        let dense = match (forward, base) {
-                            (true, _) => dense_fwd,
-                            (false, true) => dense_bwd,
-                            (false, false) => dense_full_bwd,
-                        };
-                        let flops = if forward {
-                            sh.forward_flops(base)
+    for g in groups {
+        let (n, n_in, n_out) = (g.n, g.n_in, g.n_out);
+        let inp = Inputs::new(gpu, n, n_in, n_out, g.ranks[g.ranks.len() - 1])?;
+        let dense = timing.labelled(format!("dense {n}x{n_in}>{n_out}"));
+        let [dense_fwd, dense_bwd, dense_full_bwd] = time_dense(gpu, n, n_in, n_out, &inp, &dense)?;
+        let dense_flops = 2.0 * (n * n_in * n_out) as f64;
+        for &rank in &g.ranks {
+            let sh = LowRankShape {
+                n,
+                n_in,
+                n_out,
+                rank,
+            };
+            let shape = format!("{n}x{n_in}>{n_out} r{rank}");
+            let mut out = Outputs::new(gpu, &sh)?;
+            for forward in [true, false] {
+                for base in [true, false] {
+                    let pass = format!(
+                        "{} {}",
+                        if forward { "fwd" } else { "bwd" },
+                        if base { "w0+lr" } else { "lr" }
+                    );
+                    let active: Vec<_> = impls.iter().filter(|i| base || !i.1).copied().collect();
+                    let mut times = Vec::with_capacity(active.len());
+                    let mut tiles = Vec::with_capacity(active.len());
+                    for &(imp, merge, name) in &active {
+                        gpu.set_lowrank_impl(imp);
+                        gpu.set_merge_base(merge);
+                        tiles.push(product_tile(gpu, &sh, forward)?);
+                        let timing = timing.labelled(format!("{name} {pass} {shape}"));
+                        times.push(if forward {
+                            time_forward(gpu, &sh, base, &inp, &mut out, &timing)?
                         } else {
-                            sh.backward_flops(base)
+                            time_backward(gpu, &sh, base, &inp, &mut out, &timing)?
+                        });
+                    }
+                    let unfused = times[times.len() - 1];
+                    let dense = match (forward, base) {
+                        (true, _) => dense_fwd,
+                        (false, true) => dense_bwd,
+                        (false, false) => dense_full_bwd,
+                    };
+                    let flops = if forward {
+                        sh.forward_flops(base)
+                    } else {
+                        sh.backward_flops(base)
+                    };
+                    for ((&(_, _, imp), &ms), &tile) in active.iter().zip(&times).zip(&tiles) {
+                        let tflops = flops / (ms * 1e-3) / 1e12;
+                        let row = LowRankRow {
+                            pass: pass.clone(),
+                            shape: shape.clone(),
+                            imp,
+                            median_ms: ms,
+                            tflops,
+                            frac_of_peak: tflops / PEAK_TFLOPS,
+                            speedup_vs_dense: dense / ms,
+                            speedup_vs_unfused: unfused / ms,
+                            vs_flop_budget: base.then(|| ms / (dense * flops / dense_flops)),
+                            tile,
                         };
-                        let pass = format!(
-                            "{} {}",
-                            if forward { "fwd" } else { "bwd" },
-                            if base { "w0+lr" } else { "lr" }
-                        );
-                        for ((&(_, _, imp), &ms), &tile) in active.iter().zip(&times).zip(&tiles) {
-                            let tflops = flops / (ms * 1e-3) / 1e12;
-                            let row = LowRankRow {
-                                pass: pass.clone(),
-                                shape: format!("{n}x{n_in}>{n_out} r{rank}"),
-                                imp,
-                                median_ms: ms,
-                                tflops,
-                                frac_of_peak: tflops / PEAK_TFLOPS,
-                                speedup_vs_dense: dense / ms,
-                                speedup_vs_unfused: unfused / ms,
-                                vs_flop_budget: base.then(|| ms / (dense * flops / dense_flops)),
-                                tile,
-                            };
-                            print_row(&row);
-                            rows.push(row);
-                        }
+                        print_row(&row);
+                        rows.push(row);
                     }
                 }
             }
@@ -339,4 +411,43 @@ fn print_row(r: &LowRankRow) {
         budget,
         r.tile.unwrap_or("-")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_shapes_parse_or_say_what_is_wrong() {
+        let shape: LayerShape = " 8192, 768,3072 ,96".parse().unwrap();
+        assert_eq!(
+            shape,
+            LayerShape {
+                n: 8192,
+                n_in: 768,
+                n_out: 3072,
+                rank: 96
+            }
+        );
+        let g = shape.group();
+        assert_eq!((g.n, g.n_in, g.n_out, g.ranks), (8192, 768, 3072, vec![96]));
+        let err = |s: &str| format!("{:#}", s.parse::<LayerShape>().unwrap_err());
+        assert!(err("8192,768,3072").contains("ROWS,N_IN,N_OUT,RANK"));
+        assert!(err("8192,768,3072,96,1").contains("ROWS,N_IN,N_OUT,RANK"));
+        assert!(err("8192,768,0,96").contains("\"0\" in"));
+        assert!(err("8192,768,3072,r96").contains("not a positive whole number"));
+        assert!(err("8192,768,3072,769").contains("exceeds min(N_IN, N_OUT) = 768"));
+    }
+
+    /// The default grid: every layer at every row count, each group with every rank.
+    #[test]
+    fn the_grid_pairs_every_layer_with_every_row_count() {
+        let groups = FULL.groups();
+        assert_eq!(groups.len(), FULL.layers.len() * FULL.rows.len());
+        let keys: std::collections::BTreeSet<_> =
+            groups.iter().map(|g| (g.n_in, g.n_out, g.n)).collect();
+        assert_eq!(keys.len(), groups.len());
+        assert!(keys.contains(&(3072, 768, 16384)));
+        assert!(groups.iter().all(|g| g.ranks == FULL.ranks));
+    }
 }

@@ -12,7 +12,8 @@ mod lowrank;
 
 use crate::backend::cuda::{Cuda, CudaBuf};
 use crate::backend::{AdamW, Backend, Buffer, DType, Gemm};
-use anyhow::{Context, Result};
+use crate::util::profile;
+use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use serde::Serialize;
 
@@ -46,6 +47,36 @@ pub struct Args {
     /// mean nothing
     #[arg(long)]
     smoke: bool,
+    /// Time this low-rank layer instead of the GPT-2 grid: ROWS,N_IN,N_OUT,RANK (e.g.
+    /// 8192,768,3072,96); repeat for more layers; with `lowrank-linear` only
+    #[arg(long, value_name = "ROWS,N_IN,N_OUT,RANK", conflicts_with = "smoke")]
+    shape: Vec<lowrank::LayerShape>,
+    /// After each op's timing, run it once more under the profiler's capture (cuProfilerStart and
+    /// cuProfilerStop, inside an NVTX range named for the op, its name printed first), so a
+    /// profiler records one call of every op and nothing else: `ncu --profile-from-start off
+    /// lowrank bench lowrank-linear --capture`, or `nsys profile --capture-range=cudaProfilerApi
+    /// --capture-range-end=repeat`
+    #[arg(long)]
+    capture: bool,
+}
+
+/// How `bench` times an op: `reps` calls after a warm-up, the median reported; with `capture`, one
+/// call more under the profiler's capture, named `label` and what the op's function adds to it.
+struct Timing {
+    reps: usize,
+    capture: bool,
+    label: String,
+}
+
+impl Timing {
+    /// The same timing, its captured calls named `label`.
+    fn labelled(&self, label: String) -> Timing {
+        Timing {
+            reps: self.reps,
+            capture: self.capture,
+            label,
+        }
+    }
 }
 
 /// What `bench` times: GPT-2-scale operands, or `--smoke`'s tiny ones (ragged where the kernels
@@ -131,11 +162,19 @@ fn against_measured(rows: &mut [Row]) {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !args.shape.is_empty() && args.which != Which::LowrankLinear {
+        bail!("--shape sets the low-rank layers to time: use it with `bench lowrank-linear`");
+    }
     let mut gpu = Cuda::new().context("bench times CUDA kernels and needs a GPU")?;
     let (sizes, reps) = if args.smoke {
         (&SMOKE, args.reps.min(3))
     } else {
         (&FULL, args.reps)
+    };
+    let t = Timing {
+        reps,
+        capture: args.capture,
+        label: String::new(),
     };
     println!(
         "bench on {} (median of {reps} reps, inputs rotated past L2{})",
@@ -148,15 +187,15 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut rows = Vec::new();
     if matches!(args.which, Which::All | Which::Copy) {
-        rows.push(bench_copy(&gpu, sizes.copy_elems, reps)?);
+        rows.push(bench_copy(&gpu, sizes.copy_elems, &t)?);
     }
     if matches!(args.which, Which::All | Which::Gemm) {
         for &(m, n, k) in sizes.gemms {
-            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), reps)?);
+            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), &t)?);
         }
     }
     if matches!(args.which, Which::All | Which::Adamw) {
-        rows.push(bench_adamw(&gpu, sizes.adamw_params, reps)?);
+        rows.push(bench_adamw(&gpu, sizes.adamw_params, &t)?);
     }
     against_measured(&mut rows);
     print_rows(&rows);
@@ -166,13 +205,17 @@ pub fn run(args: Args) -> Result<()> {
         if !rows.is_empty() {
             println!();
         }
-        lowrank::run(&mut gpu, &sizes.lowrank, reps, &args.skip_impl)
+        let groups = match args.shape.is_empty() {
+            true => sizes.lowrank.groups(),
+            false => args.shape.iter().map(|s| s.group()).collect(),
+        };
+        lowrank::run(&mut gpu, &groups, &t, &args.skip_impl)
     } else {
         Ok(Vec::new())
     };
     let attention = if matches!(args.which, Which::All | Which::Attention) {
         println!();
-        attention::run(&mut gpu, sizes.attention, reps).map(|mut att| {
+        attention::run(&mut gpu, sizes.attention, &t).map(|mut att| {
             // Against this run's best cuBLASLt GEMM, where it timed one.
             let ceiling = rows.iter().filter(|r| r.unit == "TF/s").map(|r| r.achieved);
             let best = ceiling.fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
@@ -186,7 +229,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let epilogue = if matches!(args.which, Which::All | Which::Epilogue) {
         println!();
-        epilogue::run(&gpu, sizes.epilogue, reps).inspect(|rows| {
+        epilogue::run(&gpu, sizes.epilogue, &t).inspect(|rows| {
             print_rows(rows);
             for pair in rows.chunks(2) {
                 let ratio = pair[1].median_ms / pair[0].median_ms;
@@ -244,14 +287,22 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-/// Median time in ms of `reps` calls of `f(i)` (i counts up, for rotating inputs), after warm-up.
-fn time_median(gpu: &Cuda, reps: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+/// Median time in ms of `timing.reps` calls of `f(i)` (i counts up, for rotating inputs), after
+/// warm-up; with `timing.capture`, then one call under the profiler's capture, named `timing.label` and
+/// `what`.
+fn time_median(
+    gpu: &Cuda,
+    timing: &Timing,
+    what: &str,
+    mut f: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
     for i in 0..5 {
         f(i)?;
     }
     let ctx = gpu.context();
+    let reps = timing.reps.max(1);
     let mut times = Vec::with_capacity(reps);
-    for i in 0..reps.max(1) {
+    for i in 0..reps {
         let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         let stop = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         start.record(gpu.stream())?;
@@ -259,6 +310,17 @@ fn time_median(gpu: &Cuda, reps: usize, mut f: impl FnMut(usize) -> Result<()>) 
         stop.record(gpu.stream())?;
         stop.synchronize()?;
         times.push(start.elapsed_ms(&stop)? as f64);
+    }
+    if timing.capture {
+        let label = format!("{} {what}", timing.label);
+        let label = label.trim();
+        // Printed before the call, so the profiler's own lines for its kernels follow the op's name.
+        println!("capture: {label}");
+        let _range = profile::range(|| label.to_string());
+        gpu.profiler_capture(true)?;
+        let call = f(reps).and_then(|()| gpu.synchronize());
+        gpu.profiler_capture(false)?;
+        call.with_context(|| format!("the captured call of {label} failed"))?;
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(times[times.len() / 2])
@@ -285,10 +347,12 @@ fn random_bufs(gpu: &Cuda, dtype: DType, len: usize, count: usize) -> Result<Vec
         .collect()
 }
 
-fn bench_copy(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
+fn bench_copy(gpu: &Cuda, n: usize, timing: &Timing) -> Result<Row> {
     let src = random_bufs(gpu, DType::F32, n, 1)?;
     let mut dst = gpu.alloc(DType::F32, n)?;
-    let ms = time_median(gpu, reps, |_| gpu.cast(src[0].all(), dst.all_mut()))?;
+    let ms = time_median(gpu, timing, "copy_f32", |_| {
+        gpu.cast(src[0].all(), dst.all_mut())
+    })?;
     let tbps = 2.0 * (n * 4) as f64 / (ms * 1e-3) / 1e12;
     Ok(Row {
         op: "copy_f32".into(),
@@ -301,13 +365,14 @@ fn bench_copy(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
     })
 }
 
-fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
+fn bench_gemm(gpu: &Cuda, g: Gemm, timing: &Timing) -> Result<Row> {
     let (la, lb, lc) = g.required_lens();
     let sets = rotation(gpu, (la + lb) * 2);
     let a = random_bufs(gpu, DType::BF16, la, sets)?;
     let b = random_bufs(gpu, DType::BF16, lb, sets)?;
     let mut c = gpu.alloc(DType::BF16, lc)?;
-    let ms = time_median(gpu, reps, |i| {
+    let what = format!("gemm_cublaslt_bf16 {}x{}x{}", g.m, g.n, g.k);
+    let ms = time_median(gpu, timing, &what, |i| {
         gpu.gemm(&g, a[i % sets].all(), b[i % sets].all(), c.all_mut())
     })?;
     let tflops = g.flops() / (ms * 1e-3) / 1e12;
@@ -322,7 +387,7 @@ fn bench_gemm(gpu: &Cuda, g: Gemm, reps: usize) -> Result<Row> {
     })
 }
 
-fn bench_adamw(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
+fn bench_adamw(gpu: &Cuda, n: usize, timing: &Timing) -> Result<Row> {
     let mut p = gpu.alloc(DType::F32, n)?;
     let g = random_bufs(gpu, DType::F32, n, 1)?;
     let mut m = gpu.alloc(DType::F32, n)?;
@@ -337,7 +402,7 @@ fn bench_adamw(gpu: &Cuda, n: usize, reps: usize) -> Result<Row> {
         step: 1,
         grad_scale: 1.0,
     };
-    let ms = time_median(gpu, reps, |i| {
+    let ms = time_median(gpu, timing, "adamw_f32+bf16copy", |i| {
         hp.step = i as u32 + 1;
         gpu.adamw(
             &hp,
