@@ -200,10 +200,14 @@ if [[ -n $ncu ]]; then
   profile=("$ncu" --clock-control none --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis
     --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats)
 fi
-profile_shapes=(--shape 8192,768,3072,96 --shape 16384,1024,4096,256)
-[[ $smoke == 1 ]] && profile_shapes=(--shape 200,64,256,8)
+# One step per shape: ncu prints its results when the program ends, so a step cut at its cap
+# loses them all, and each shape's about 40 kernels fit a cap of their own.
+profile_shapes=(small:8192,768,3072,96 medium:16384,1024,4096,256)
+[[ $smoke == 1 ]] && profile_shapes=(smoke:200,64,256,8)
 if [[ -n $ncu || $smoke == 1 ]]; then
-  cap=120 step ncu-lowrank ${profile[@]+"${profile[@]}"} "$bin" bench lowrank-linear --capture --reps 3 "${profile_shapes[@]}" ${bench_flags[@]+"${bench_flags[@]}"} --skip-impl merged,wgmma,mma
+  for ps in "${profile_shapes[@]}"; do
+    cap=90 step "ncu-lowrank-${ps%%:*}" ${profile[@]+"${profile[@]}"} "$bin" bench lowrank-linear --capture --reps 3 --shape "${ps#*:}" ${bench_flags[@]+"${bench_flags[@]}"} --skip-impl merged,wgmma,mma
+  done
   [[ -n $ncu ]] && profile+=(--kernel-name regex:flash)
   cap=60 step ncu-attention ${profile[@]+"${profile[@]}"} "$bin" bench attention --capture --reps 3 ${bench_size[@]+"${bench_size[@]}"}
 fi

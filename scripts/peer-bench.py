@@ -85,51 +85,67 @@ def rotation(nbytes, device):
     return max(1, min(16, -(-2 * (l2 or L2_FALLBACK_BYTES) // nbytes)))
 
 
-def bench_lowrank(reps, device):
+def lowrank_groups():
+    """(n_in, n_out, rows, ranks): every layer at every row count with every rank, in the order of
+    `lowrank bench lowrank-linear`."""
+    return [(n_in, n_out, n, LOWRANK_RANKS) for n_in, n_out in LOWRANK_LAYERS for n in LOWRANK_ROWS]
+
+
+def layer_shape(text):
+    """`--shape ROWS,N_IN,N_OUT,RANK`, as `lowrank bench lowrank-linear --shape` reads it."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer: write ROWS,N_IN,N_OUT,RANK with positive whole numbers, e.g. 8192,768,3072,96")
+    n, n_in, n_out, r = map(int, parts)
+    if r > min(n_in, n_out):
+        raise argparse.ArgumentTypeError(f"rank {r} in {text!r} exceeds min(N_IN, N_OUT) = {min(n_in, n_out)}")
+    return (n_in, n_out, n, [r])
+
+
+def bench_lowrank(reps, device, groups):
     """The layer as PyTorch users write it, U (n_in × r) and V (n_out × r) bf16. The backward is the
     explicit matmuls autograd would run (s = dy@V computed once and reused), gradients accumulated in
     bf16 with addmm_ (PyTorch has no bf16 × bf16 → f32 accumulate into an existing tensor)."""
     rows = []
     bf = dict(device=device, dtype=torch.bfloat16)
-    for n_in, n_out in LOWRANK_LAYERS:
-        for n in LOWRANK_ROWS:
-            sets = rotation(2 * n * (n_in + n_out), device)
-            xs = [torch.randn(n, n_in, **bf) for _ in range(sets)]
-            dys = [torch.randn(n, n_out, **bf) for _ in range(sets)]
-            w0, b = torch.randn(n_in, n_out, **bf), torch.randn(n_out, **bf)
-            dw0 = torch.zeros(n_in, n_out, **bf)
-            dense_fwd = median_ms(lambda i: xs[i % sets] @ w0, reps, device)
-            dense_bwd = median_ms(lambda i: dys[i % sets] @ w0.T, reps, device)
-            dense_full = median_ms(lambda i: (dys[i % sets] @ w0.T, dw0.addmm_(xs[i % sets].T, dys[i % sets])), reps, device)
-            for r in LOWRANK_RANKS:
-                u, v = torch.randn(n_in, r, **bf), torch.randn(n_out, r, **bf)
-                du, dv, db = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(b)
-                t = xs[0] @ u
-                for base in (True, False):
-                    def fwd(i):
-                        x = xs[i % sets]
-                        low = (x @ u) @ v.T + b
-                        return x @ w0 + low if base else low
+    for n_in, n_out, n, ranks in groups:
+        sets = rotation(2 * n * (n_in + n_out), device)
+        xs = [torch.randn(n, n_in, **bf) for _ in range(sets)]
+        dys = [torch.randn(n, n_out, **bf) for _ in range(sets)]
+        w0, b = torch.randn(n_in, n_out, **bf), torch.randn(n_out, **bf)
+        dw0 = torch.zeros(n_in, n_out, **bf)
+        dense_fwd = median_ms(lambda i: xs[i % sets] @ w0, reps, device)
+        dense_bwd = median_ms(lambda i: dys[i % sets] @ w0.T, reps, device)
+        dense_full = median_ms(lambda i: (dys[i % sets] @ w0.T, dw0.addmm_(xs[i % sets].T, dys[i % sets])), reps, device)
+        for r in ranks:
+            u, v = torch.randn(n_in, r, **bf), torch.randn(n_out, r, **bf)
+            du, dv, db = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(b)
+            t = xs[0] @ u
+            for base in (True, False):
+                def fwd(i):
+                    x = xs[i % sets]
+                    low = (x @ u) @ v.T + b
+                    return x @ w0 + low if base else low
 
-                    def bwd(i):
-                        x, dy = xs[i % sets], dys[i % sets]
-                        s = dy @ v
-                        dx = dy @ w0.T + s @ u.T if base else s @ u.T
-                        du.addmm_(x.T, s)
-                        dv.addmm_(dy.T, t)
-                        db.add_(dy.sum(0))
-                        return dx
+                def bwd(i):
+                    x, dy = xs[i % sets], dys[i % sets]
+                    s = dy @ v
+                    dx = dy @ w0.T + s @ u.T if base else s @ u.T
+                    du.addmm_(x.T, s)
+                    dv.addmm_(dy.T, t)
+                    db.add_(dy.sum(0))
+                    return dx
 
-                    lr_flops = 2 * n * r * (n_in + n_out)
-                    w0_flops = 2 * n * n_in * n_out if base else 0
-                    for name, fn, flops, dense in (
-                        ("fwd", fwd, lr_flops + w0_flops, dense_fwd),
-                        ("bwd", bwd, 2 * lr_flops + w0_flops, dense_bwd if base else dense_full),
-                    ):
-                        ms = median_ms(fn, reps, device)
-                        tf = flops / (ms * 1e-3) / 1e12
-                        rows.append(dict(pass_=f"{name} {'w0+lr' if base else 'lr'}", shape=f"{n}x{n_in}>{n_out} r{r}", imp="torch",
-                                         median_ms=ms, tflops=tf, frac_of_peak=tf / 790, speedup_vs_dense=dense / ms))
+                lr_flops = 2 * n * r * (n_in + n_out)
+                w0_flops = 2 * n * n_in * n_out if base else 0
+                for name, fn, flops, dense in (
+                    ("fwd", fwd, lr_flops + w0_flops, dense_fwd),
+                    ("bwd", bwd, 2 * lr_flops + w0_flops, dense_bwd if base else dense_full),
+                ):
+                    ms = median_ms(fn, reps, device)
+                    tf = flops / (ms * 1e-3) / 1e12
+                    rows.append(dict(pass_=f"{name} {'w0+lr' if base else 'lr'}", shape=f"{n}x{n_in}>{n_out} r{r}", imp="torch",
+                                     median_ms=ms, tflops=tf, frac_of_peak=tf / 790, speedup_vs_dense=dense / ms))
     return rows
 
 
@@ -146,12 +162,19 @@ def main():
     ap.add_argument("--only", choices=["all", "basic", "lowrank"], default="all")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of the script, not a peer number")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, to check the script without a GPU")
+    ap.add_argument("--shape", action="append", type=layer_shape, metavar="ROWS,N_IN,N_OUT,RANK",
+                    help="time this low-rank layer (repeatable) instead of the GPT-2 grid, and nothing else: the peer of `lowrank bench lowrank-linear --shape`")
     args = ap.parse_args()
+    if args.smoke and args.shape:
+        ap.error("--shape and --smoke both choose the shapes: give one")
     if args.smoke:
         use_smoke_shapes()
+    if args.shape:
+        args.only = "lowrank"
     device, reps = args.device, args.reps
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    lowrank_rows = bench_lowrank(reps, device) if args.only in ("all", "lowrank") else []
+    groups = args.shape or lowrank_groups()
+    lowrank_rows = bench_lowrank(reps, device, groups) if args.only in ("all", "lowrank") else []
     rows = []
     if args.only in ("all", "basic"):
         for m, n, k in MATMUL_SHAPES:
