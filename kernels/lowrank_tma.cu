@@ -18,8 +18,12 @@
 // call by the launcher from the grid's waves. Blocks are persistent, one per SM, each walking
 // output tiles (TileWalk): the producer loads the next tile while the consumers write the last,
 // so the pipeline's fill is not paid once per tile. The epilogue still is: both consumers store
-// at once while the tensor cores wait (CUTLASS's ping-pong schedule, consumers on alternate
-// tiles, would hide it; not built until a GPU shows the cost, estimated 5–10 % at GPT-2's K).
+// at once while the tensor cores wait. The ping-pong schedule (CUTLASS's
+// KernelTmaWarpSpecializedPingpong), the `pingpong` entry points, hides it: each consumer takes
+// every other 128 × 128 tile whole and the two take turns at the tensor cores, one's epilogue
+// under the other's mainloop, for a feed of 0.031 B per multiply-add from L2 against the 128 × 256
+// tile's 0.023 (benches/STATUS.md, "what the first profile decides"). Which pays is for a GPU to
+// say: `LOWRANK_LOWRANK_IMPL=pingpong` runs it, `bench` times it beside the default.
 #include "wgmma.cuh"
 
 constexpr int TMA_THREADS = 384, TMA_BM = 128;
@@ -43,16 +47,23 @@ struct TmaGemmParams {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-template <int BN>
+// PP: the ping-pong schedule, whose consumer holds a whole tile (two 64-row halves of BN / 2
+// accumulators each), so only the 128-wide tile fits its registers.
+template <int BN, bool PP>
 struct TmaTile {
+    static_assert(!PP || BN == 128, "a ping-pong consumer holds 128 × BN accumulators: BN = 128");
     static constexpr int BM = TMA_BM, BK = WG_BK, STAGES = BN == 256 ? 4 : 6;
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr int NN_BOX_BYTES = BK * 64 * 2;  // an NN B box, 64 × 64; BN / 64 of them fill B
+    // Warpgroups reading each stage: both consumers (their halves of one tile), or under ping-pong
+    // the one whose tile it holds. The count of arrivals its empty barrier waits for.
+    static constexpr int STAGE_READERS = PP ? 1 : 2;
     // Stages from a 1024-byte aligned base (the swizzle atom; dynamic shared memory is only
-    // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers.
-    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
-    // The launcher asks for exactly this (TMA256 / TMA128 in src/backend/cuda/lowrank_linear/tiles.rs);
-    // Hopper gives a block at most 227 KB.
+    // 16-byte aligned, so the launcher adds 1 KB), then the full and empty mbarriers, and under
+    // ping-pong the two consumers' turn barriers.
+    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8 + (PP ? 2 * 8 : 0);
+    // The launcher asks for exactly this (TMA256 / TMA128 / PINGPONG in
+    // src/backend/cuda/lowrank_linear/tiles.rs); Hopper gives a block at most 227 KB.
     static_assert(SMEM_BYTES <= 227 * 1024, "the stages must fit Hopper's shared memory");
 };
 
@@ -77,10 +88,10 @@ struct TileWalk {
 // bytes a box wholly outside the tensor completes is not documented (a partial box completes all
 // of its bytes, zero-filled), and a wrong guess would hang the consumers; the columns such a box
 // would have fed are past n_valid = n_store (tma::params), so they are never stored.
-template <bool NT0, bool NT1, int BN>
+template <bool NT0, bool NT1, int BN, bool PP>
 __device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0, uint32_t full, uint32_t empty, int ktiles0,
                                             int ktiles, TileWalk walk) {
-    using T = TmaTile<BN>;
+    using T = TmaTile<BN, PP>;
     int it = 0;
     for (int tile = blockIdx.x; tile < walk.total; tile += gridDim.x) {
         const int m0 = walk.m0(tile), n0 = walk.n0<BN>(tile);
@@ -107,18 +118,27 @@ __device__ __forceinline__ void tma_produce(const TmaGemmParams& q, uint32_t s0,
     }
 }
 
-// A consumer warpgroup: its 64 rows of every tile, one wgmma batch left in flight while it waits
-// for the next K tile; the stage of the K tile before is released once that batch has retired,
-// and a tile's last stage as soon as its accumulators are final, before the epilogue.
-template <bool NT0, bool NT1, int BN, class OutT>
+// A consumer warpgroup, one wgmma batch left in flight while it waits for the next K tile; the
+// stage of the K tile before is released once that batch has retired, and a tile's last stage as
+// soon as its accumulators are final, before the epilogue.
+// Cooperative (PP false): its 64 rows of every tile (rows 64 · consumer ..).
+// Ping-pong: the whole of every other tile of the block (its j-th tile for j = consumer,
+// consumer + 2, ..., whose K tiles are the producer's j · ktiles ..), as two 64-row halves. The
+// consumers take turns, a turn being one tile's mainloop, through the `order` mbarriers (one
+// arrival each: the other consumer's leader once it has issued its last K tile), so one's epilogue
+// runs under the other's mainloop. The turns also keep the stages' parities unambiguous: a
+// consumer waits on a stage's full barrier only after every earlier use of it has completed.
+template <bool NT0, bool NT1, int BN, bool PP, class OutT>
 __device__ __forceinline__ void tma_consume(const SegGemmParams& p, int consumer, uint32_t s0, uint32_t full, uint32_t empty,
-                                            int ktiles0, int ktiles, TileWalk walk) {
-    using T = TmaTile<BN>;
+                                            uint32_t order, int ktiles0, int ktiles, TileWalk walk) {
+    using T = TmaTile<BN, PP>;
+    constexpr int HALVES = PP ? 2 : 1;
+    const int row0 = PP ? 0 : consumer * 64;
     const bool leader = threadIdx.x % 128 == 0;
     auto release = [&](int it) {
         if (leader) mbar_arrive(empty + (it % T::STAGES) * 8);
     };
-    float d[BN / 2];
+    float d[HALVES][BN / 2];
     int it = 0;
     auto step = [&](int kt, auto nt) {
         const int s = it % T::STAGES;
@@ -126,40 +146,66 @@ __device__ __forceinline__ void tma_consume(const SegGemmParams& p, int consumer
         }
         const uint32_t sa = s0 + s * T::STAGE_BYTES;
         wgmma_fence();
-        wg_mma_ktile<decltype(nt)::value, BN>(d, sa + consumer * 64 * 128, sa + T::A_BYTES, p.nmajor_lbo, p.nmajor_sbo);
+#pragma unroll
+        for (int h = 0; h < HALVES; ++h)
+            wg_mma_ktile<decltype(nt)::value, BN>(d[h], sa + (row0 + 64 * h) * 128, sa + T::A_BYTES, p.nmajor_lbo, p.nmajor_sbo);
         wgmma_commit();
         wgmma_wait<1>();  // the previous K tile's wgmmas have read their stage
         if (kt > 0) release(it - 1);
         ++it;
     };
-    for (int tile = blockIdx.x; tile < walk.total; tile += gridDim.x) {
+    for (int j = PP ? consumer : 0;; j += PP ? 2 : 1) {
+        const int tile = blockIdx.x + j * gridDim.x;
+        if (tile >= walk.total) break;
+        if constexpr (PP) {
+            // Consumer 1's turn m = j / 2 follows consumer 0's m-th mainloop (order[1], phase m);
+            // consumer 0's follows consumer 1's (m − 1)-th (order[0], phase m − 1), its first none.
+            const int m = j / 2;
+            if (consumer == 1 || m > 0) {
+                while (!mbar_try_wait(order + consumer * 8, (consumer == 1 ? m : m - 1) & 1)) {
+                }
+            }
+            it = j * ktiles;
+        }
 #pragma unroll
-        for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+        for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) d[h][i] = 0.0f;
         // Two loops, not a branch per K tile, so each wgmma variant sits in straight-line code.
         int kt = 0;
         for (; kt < ktiles0; ++kt) step(kt, Bool<NT0>{});
         for (; kt < ktiles; ++kt) step(kt, Bool<NT1>{});
+        if constexpr (PP) {
+            if (leader) mbar_arrive(order + (1 - consumer) * 8);  // the other consumer's turn
+        }
         wgmma_wait<0>();
         release(it - 1);
-        fence_accumulators(d);
-        wg_store<BN, OutT>(p, d, walk.m0(tile) + consumer * 64, walk.n0<BN>(tile));
+#pragma unroll
+        for (int h = 0; h < HALVES; ++h) {
+            fence_accumulators(d[h]);
+            wg_store<BN, OutT>(p, d[h], walk.m0(tile) + row0 + 64 * h, walk.n0<BN>(tile));
+        }
     }
 }
 
-template <bool NT0, bool NT1, int BN, class OutT>
+template <bool NT0, bool NT1, int BN, bool PP, class OutT>
 __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
-    using T = TmaTile<BN>;
+    using T = TmaTile<BN, PP>;
     extern __shared__ __align__(1024) unsigned char smem[];
     const uint32_t s0 = (smem_addr(smem) + 1023u) & ~1023u;
-    const uint32_t full = s0 + T::STAGES * T::STAGE_BYTES, empty = full + T::STAGES * 8;
+    const uint32_t full = s0 + T::STAGES * T::STAGE_BYTES, empty = full + T::STAGES * 8, order = empty + T::STAGES * 8;
     const SegGemmParams& p = q.p;
     const int n_tiles = (p.n_store + BN - 1) / BN;
     const TileWalk walk{n_tiles, n_tiles * ((p.m + T::BM - 1) / T::BM)};
     const int ktiles0 = (p.k[0] + T::BK - 1) / T::BK, ktiles = ktiles0 + (p.k[1] + T::BK - 1) / T::BK;
     if (threadIdx.x == 0) {
         for (int s = 0; s < T::STAGES; ++s) {
-            mbar_init(full + s * 8, 1);   // the producer's arrive.expect_tx, then the bytes
-            mbar_init(empty + s * 8, 2);  // one arrival per consumer warpgroup
+            mbar_init(full + s * 8, 1);                    // the producer's arrive.expect_tx, then the bytes
+            mbar_init(empty + s * 8, T::STAGE_READERS);  // one arrival per consumer reading it
+        }
+        if (PP) {
+            mbar_init(order, 1);  // consumer 0's turn, given by consumer 1
+            mbar_init(order + 8, 1);
         }
         mbar_fence_init();
         // The initialised barriers visible to the copy engine (the async proxy), as the CUDA
@@ -170,33 +216,37 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
     const int warpgroup = threadIdx.x / 128;
     if (warpgroup == 0) {
         setmaxnreg_dec<PRODUCER_REGS>();
-        if (threadIdx.x == 0) tma_produce<NT0, NT1, BN>(q, s0, full, empty, ktiles0, ktiles, walk);
+        if (threadIdx.x == 0) tma_produce<NT0, NT1, BN, PP>(q, s0, full, empty, ktiles0, ktiles, walk);
     } else {
         // CUTLASS's split for one producer and two consumer warpgroups: 128·(168 − 40) registers
         // given back pay exactly for 256·(232 − 168) taken (40 leave the producer's loop room).
         setmaxnreg_inc<CONSUMER_REGS>();
-        tma_consume<NT0, NT1, BN, OutT>(p, warpgroup - 1, s0, full, empty, ktiles0, ktiles, walk);
+        tma_consume<NT0, NT1, BN, PP, OutT>(p, warpgroup - 1, s0, full, empty, order, ktiles0, ktiles, walk);
     }
 }
-#define TMA_BODY(NT0, NT1, BN, OutT) seg_gemm_tma<NT0, NT1, BN, OutT>(q);
+#define TMA_BODY(NT0, NT1, BN, PP, OutT) seg_gemm_tma<NT0, NT1, BN, PP, OutT>(q);
 #else
 // Never launched off sm_90a (the launcher picks this file on compute capability 9 only, whose
 // driver loads the sm_90a cubin); a JIT of the PTX elsewhere fails loudly.
-#define TMA_BODY(NT0, NT1, BN, OutT) __trap();
+#define TMA_BODY(NT0, NT1, BN, PP, OutT) __trap();
 #endif
 
 // Entry points, as in lowrank_wgmma.cu: y = [x | t]·[W0 ; Vt] (both NN), dx = [dy | s]·[W0ᵀ ; Ut]
-// (W0 read as NT, Ut as NN), each with the 128 × 256 and 128 × 128 tiles. One block per SM, a
-// 1-D grid of at most the SM count (TileWalk).
-#define SEG_GEMM_TMA(name, NT0, NT1, BN, OutT)                                                                \
+// (W0 read as NT, Ut as NN), each with the 128 × 256 and 128 × 128 tiles, and the ping-pong
+// schedule on 128 × 128. One block per SM, a 1-D grid of at most the SM count (TileWalk).
+#define SEG_GEMM_TMA(name, NT0, NT1, BN, PP, OutT)                                                            \
     extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1) name(const __grid_constant__ TmaGemmParams q) { \
-        TMA_BODY(NT0, NT1, BN, OutT)                                                                          \
+        TMA_BODY(NT0, NT1, BN, PP, OutT)                                                                      \
     }
-SEG_GEMM_TMA(lowrank_y_tma256_bf16, false, false, 256, bf16)
-SEG_GEMM_TMA(lowrank_y_tma256_f32, false, false, 256, float)
-SEG_GEMM_TMA(lowrank_dx_tma256_bf16, true, false, 256, bf16)
-SEG_GEMM_TMA(lowrank_dx_tma256_f32, true, false, 256, float)
-SEG_GEMM_TMA(lowrank_y_tma128_bf16, false, false, 128, bf16)
-SEG_GEMM_TMA(lowrank_y_tma128_f32, false, false, 128, float)
-SEG_GEMM_TMA(lowrank_dx_tma128_bf16, true, false, 128, bf16)
-SEG_GEMM_TMA(lowrank_dx_tma128_f32, true, false, 128, float)
+SEG_GEMM_TMA(lowrank_y_tma256_bf16, false, false, 256, false, bf16)
+SEG_GEMM_TMA(lowrank_y_tma256_f32, false, false, 256, false, float)
+SEG_GEMM_TMA(lowrank_dx_tma256_bf16, true, false, 256, false, bf16)
+SEG_GEMM_TMA(lowrank_dx_tma256_f32, true, false, 256, false, float)
+SEG_GEMM_TMA(lowrank_y_tma128_bf16, false, false, 128, false, bf16)
+SEG_GEMM_TMA(lowrank_y_tma128_f32, false, false, 128, false, float)
+SEG_GEMM_TMA(lowrank_dx_tma128_bf16, true, false, 128, false, bf16)
+SEG_GEMM_TMA(lowrank_dx_tma128_f32, true, false, 128, false, float)
+SEG_GEMM_TMA(lowrank_y_pingpong_bf16, false, false, 128, true, bf16)
+SEG_GEMM_TMA(lowrank_y_pingpong_f32, false, false, 128, true, float)
+SEG_GEMM_TMA(lowrank_dx_pingpong_bf16, true, false, 128, true, bf16)
+SEG_GEMM_TMA(lowrank_dx_pingpong_f32, true, false, 128, true, float)

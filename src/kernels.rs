@@ -62,7 +62,11 @@ mod tests {
             .iter()
             .filter(|r| r.arch == "sm_90a")
             .collect();
-        assert_eq!(hopper.len(), 8, "y and dx, two tiles, two output dtypes");
+        assert_eq!(
+            hopper.len(),
+            12,
+            "y and dx, two tiles and the ping-pong schedule, two output dtypes"
+        );
         for r in hopper {
             let regs = i64::from(r.registers);
             assert!(

@@ -282,6 +282,8 @@ pub enum FusedImpl {
     Fused,
     /// `fused` with LOWRANK_MERGE_BASE=1 (base passes only: without W0 it is `fused`).
     Merged,
+    /// The TMA kernel's ping-pong schedule (Hopper)
+    Pingpong,
     Wgmma,
     Mma,
 }
@@ -295,13 +297,19 @@ pub fn run(
     skip: &[FusedImpl],
 ) -> Result<Vec<LowRankRow>> {
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
-    // fused kernels run three times: the default TMA mainloop (`fused`), the cp.async wgmma one
-    // (`wgmma`) and mma.sync only (`mma`); elsewhere all three are mma.sync, timed once. With a
-    // base, `merged` times `fused` on the merged weight too.
+    // fused kernels run four times: the default TMA mainloop (`fused`), its ping-pong schedule
+    // (`pingpong`), the cp.async wgmma one (`wgmma`) and mma.sync only (`mma`); elsewhere all four
+    // are mma.sync, timed once. With a base, `merged` times `fused` on the merged weight too.
     let hopper = gpu.info().compute_capability.0 == 9;
     let fused = [
         (FusedImpl::Fused, LowRankImpl::Fused, false, "fused"),
         (FusedImpl::Merged, LowRankImpl::Fused, true, "merged"),
+        (
+            FusedImpl::Pingpong,
+            LowRankImpl::Pingpong,
+            false,
+            "pingpong",
+        ),
         (FusedImpl::Wgmma, LowRankImpl::Wgmma, false, "wgmma"),
         (FusedImpl::Mma, LowRankImpl::Mma, false, "mma"),
     ];

@@ -45,6 +45,11 @@ pub enum LowRankImpl {
     /// the comparison that shows what the copy engine and warp specialisation buy (elsewhere the
     /// same as `Fused`).
     Wgmma,
+    /// The fused kernels with the TMA mainloop's ping-pong schedule (consumers on alternate
+    /// 128 × 128 tiles, one's epilogue under the other's mainloop) wherever `Fused` takes the TMA
+    /// kernel: on Hopper, the comparison that shows whether hiding the epilogue pays for the
+    /// narrower tile (elsewhere the same as `Fused`).
+    Pingpong,
     /// The fused kernels with the mma.sync mainloop only: on Hopper, the comparison that shows
     /// what wgmma buys (elsewhere the same as `Fused`).
     Mma,
@@ -53,22 +58,24 @@ pub enum LowRankImpl {
 }
 
 impl LowRankImpl {
-    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `wgmma`, `mma` or `cublas`).
+    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `pingpong`, `wgmma`, `mma` or
+    /// `cublas`).
     pub fn from_env() -> Result<Self> {
         match std::env::var("LOWRANK_LOWRANK_IMPL") {
             Err(_) => Ok(LowRankImpl::Fused),
             Ok(v) => match v.trim() {
                 "fused" | "" => Ok(LowRankImpl::Fused),
                 "wgmma" => Ok(LowRankImpl::Wgmma),
+                "pingpong" => Ok(LowRankImpl::Pingpong),
                 "mma" => Ok(LowRankImpl::Mma),
                 "cublas" => Ok(LowRankImpl::Cublas),
-                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `wgmma`, `mma` or `cublas`"),
+                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `pingpong`, `wgmma`, `mma` or `cublas`"),
             },
         }
     }
 }
 
-/// The tile (`tiles::Tile::name`: tma256, tma128, wgmma, wide or narrow) that the y (forward) or
+/// The tile (`tiles::Tile::name`: tma256, tma128, pingpong, wgmma, wide or narrow) that the y (forward) or
 /// dx (backward) product of this shape runs on under the current settings, for reports; None where
 /// the layer goes to cuBLASLt (the `cublas` implementation, or dimensions the kernels do not take).
 pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Option<&'static str>> {

@@ -62,6 +62,16 @@ pub(super) const TMA128: Tile = Tile {
     smem_bytes: 6 * (128 * 64 + 64 * 128) * 2 + 1024 + 2 * 6 * 8,
     threads: 384,
 };
+/// The TMA kernel's ping-pong schedule: the 128 × 128 tile's stages, and two mbarriers for the
+/// consumers' turns.
+pub(super) const PINGPONG: Tile = Tile {
+    file: "lowrank_tma",
+    name: "pingpong",
+    bm: 128,
+    bn: 128,
+    smem_bytes: TMA128.smem_bytes + 2 * 8,
+    threads: 384,
+};
 /// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
 /// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,6 +103,10 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
         (Role::Y, "tma128", DType::F32) => "lowrank_y_tma128_f32",
         (Role::Dx, "tma128", DType::BF16) => "lowrank_dx_tma128_bf16",
         (Role::Dx, "tma128", DType::F32) => "lowrank_dx_tma128_f32",
+        (Role::Y, "pingpong", DType::BF16) => "lowrank_y_pingpong_bf16",
+        (Role::Y, "pingpong", DType::F32) => "lowrank_y_pingpong_f32",
+        (Role::Dx, "pingpong", DType::BF16) => "lowrank_dx_pingpong_bf16",
+        (Role::Dx, "pingpong", DType::F32) => "lowrank_dx_pingpong_f32",
         (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
         (Role::Project, "narrow", DType::F32) => "lowrank_project_narrow_f32",
         _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
@@ -100,8 +114,8 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 }
 
 /// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, a
-/// wgmma version: `tma_tile`'s, or the cp.async one for `Wgmma`), else the narrow one (twice the
-/// blocks); the skinny projections always take the narrow tile (N = rank is small, and they are
+/// wgmma version: `tma_tile`'s, the ping-pong one for `Pingpong`, or the cp.async one for
+/// `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the narrow tile (N = rank is small, and they are
 /// bound by reading their input).
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
     let hopper = cuda.info.compute_capability.0 == 9;
@@ -153,6 +167,7 @@ fn choose_tile(
     }
     match (hopper, imp) {
         (true, LowRankImpl::Fused) => tma_tile(sms, m, n, forced_tma),
+        (true, LowRankImpl::Pingpong) => PINGPONG,
         (true, LowRankImpl::Wgmma) => WGMMA,
         _ => WIDE,
     }
@@ -224,6 +239,10 @@ mod tests {
             name(108, false, LowRankImpl::Wgmma, Role::Y, 16384, 4096),
             "wide"
         );
+        let pingpong = LowRankImpl::Pingpong;
+        assert_eq!(name(132, true, pingpong, Role::Dx, 8192, 768), "pingpong");
+        assert_eq!(name(108, false, pingpong, Role::Y, 16384, 4096), "wide");
+        assert_eq!(name(132, true, pingpong, Role::Y, 1024, 1024), "narrow");
         // GPT-2 small's dx into 768 columns at 8192 rows: 192 wide blocks take 2 waves, 1.45 of
         // them busy; 384 of 128 × 128 take 3 full ones, predicted faster.
         assert_eq!(name(132, true, fused, Role::Dx, 8192, 768), "tma128");
