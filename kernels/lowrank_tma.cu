@@ -203,9 +203,9 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
             mbar_init(full + s * 8, 1);                    // the producer's arrive.expect_tx, then the bytes
             mbar_init(empty + s * 8, T::STAGE_READERS);  // one arrival per consumer reading it
         }
-        if (PP) {
-            mbar_init(order, 1);  // consumer 0's turn, given by consumer 1
-            mbar_init(order + 8, 1);
+        if constexpr (PP) {
+            mbar_init(order, 1);      // consumer 0's turn, given by consumer 1's leader
+            mbar_init(order + 8, 1);  // consumer 1's, given by consumer 0's
         }
         mbar_fence_init();
         // The initialised barriers visible to the copy engine (the async proxy), as the CUDA

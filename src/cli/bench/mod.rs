@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         (&FULL, args.reps)
     };
-    let t = Timing {
+    let timing = Timing {
         reps,
         capture: args.capture,
         label: String::new(),
@@ -187,15 +187,15 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut rows = Vec::new();
     if matches!(args.which, Which::All | Which::Copy) {
-        rows.push(bench_copy(&gpu, sizes.copy_elems, &t)?);
+        rows.push(bench_copy(&gpu, sizes.copy_elems, &timing)?);
     }
     if matches!(args.which, Which::All | Which::Gemm) {
         for &(m, n, k) in sizes.gemms {
-            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), &t)?);
+            rows.push(bench_gemm(&gpu, Gemm::new(m, n, k), &timing)?);
         }
     }
     if matches!(args.which, Which::All | Which::Adamw) {
-        rows.push(bench_adamw(&gpu, sizes.adamw_params, &t)?);
+        rows.push(bench_adamw(&gpu, sizes.adamw_params, &timing)?);
     }
     against_measured(&mut rows);
     print_rows(&rows);
@@ -209,13 +209,13 @@ pub fn run(args: Args) -> Result<()> {
             true => sizes.lowrank.groups(),
             false => args.shape.iter().map(|s| s.group()).collect(),
         };
-        lowrank::run(&mut gpu, &groups, &t, &args.skip_impl)
+        lowrank::run(&mut gpu, &groups, &timing, &args.skip_impl)
     } else {
         Ok(Vec::new())
     };
     let attention = if matches!(args.which, Which::All | Which::Attention) {
         println!();
-        attention::run(&mut gpu, sizes.attention, &t).map(|mut att| {
+        attention::run(&mut gpu, sizes.attention, &timing).map(|mut att| {
             // Against this run's best cuBLASLt GEMM, where it timed one.
             let ceiling = rows.iter().filter(|r| r.unit == "TF/s").map(|r| r.achieved);
             let best = ceiling.fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
@@ -229,7 +229,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let epilogue = if matches!(args.which, Which::All | Which::Epilogue) {
         println!();
-        epilogue::run(&gpu, sizes.epilogue, &t).inspect(|rows| {
+        epilogue::run(&gpu, sizes.epilogue, &timing).inspect(|rows| {
             print_rows(rows);
             for pair in rows.chunks(2) {
                 let ratio = pair[1].median_ms / pair[0].median_ms;
@@ -288,8 +288,8 @@ fn print_rows(rows: &[Row]) {
 }
 
 /// Median time in ms of `timing.reps` calls of `f(i)` (i counts up, for rotating inputs), after
-/// warm-up; with `timing.capture`, then one call under the profiler's capture, named `timing.label` and
-/// `what`.
+/// warm-up; with `timing.capture`, then one call under the profiler's capture, named
+/// `timing.label` and `what`.
 fn time_median(
     gpu: &Cuda,
     timing: &Timing,
@@ -314,7 +314,7 @@ fn time_median(
     if timing.capture {
         let label = format!("{} {what}", timing.label);
         let label = label.trim();
-        // Printed before the call, so the profiler's own lines for its kernels follow the op's name.
+        // Printed before the call, so the profiler's lines for its kernels follow the op's name.
         println!("capture: {label}");
         let _range = profile::range(|| label.to_string());
         gpu.profiler_capture(true)?;

@@ -115,8 +115,8 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 
 /// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, a
 /// wgmma version: `tma_tile`'s, the ping-pong one for `Pingpong`, or the cp.async one for
-/// `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the narrow tile (N = rank is small, and they are
-/// bound by reading their input).
+/// `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the
+/// narrow tile (N = rank is small, and they are bound by reading their input).
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
     let hopper = cuda.info.compute_capability.0 == 9;
     let sms = cuda.info.sms.max(1) as usize;
