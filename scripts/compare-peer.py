@@ -66,7 +66,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench_json")
     ap.add_argument("peer_json", nargs="?")
-    ap.add_argument("--impl", default="fused", help="which of our rows to judge: fused, merged, pingpong, wgmma, mma or cublas")
+    ap.add_argument("--impl", default="fused", help="which of our rows to judge: fused, merged, pingpong, multicast, wgmma, mma or cublas")
     ap.add_argument("--md", help="write the joined table here")
     a = ap.parse_args()
     ours = load(a.bench_json)

@@ -64,8 +64,8 @@ mod tests {
             .collect();
         assert_eq!(
             hopper.len(),
-            12,
-            "y and dx, two tiles and the ping-pong schedule, two output dtypes"
+            20,
+            "y and dx, two tiles, the ping-pong schedule and the two tiles in clusters, two output dtypes"
         );
         for r in hopper {
             let regs = i64::from(r.registers);

@@ -117,6 +117,18 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         // the mainloop, and this run is then also the ping-pong kernels' (the CPU time of a
         // sixth run is kept for other tests).
         ("90", "4", "forward", "lowrank", None, "pingpong", "1"),
+        // The TMA kernel in clusters of two (blocks run together, sharing B by multicast), at 3
+        // SMs: a grid of one cluster walking several pairs of tiles; the cases of its y and dx
+        // products only (the projections' kernels are the runs above).
+        (
+            "90",
+            "3",
+            "reverse",
+            "lowrank_y,lowrank_dx,lowrank_geluy,lowrank_residualy",
+            None,
+            "multicast",
+            "0",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -351,17 +363,26 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
             (_, false) => Some("narrow"),
             ("fused" | "merged", true) => Some("tma128"),
             ("pingpong", true) => Some("pingpong"),
+            ("multicast", true) => Some("mc128"),
             ("wgmma", true) => Some("wgmma"),
             ("mma", true) => Some("wide"),
             (other, _) => panic!("unexpected implementation {other}"),
         };
         assert_eq!(tile, expected, "{row}");
     }
-    assert_eq!((lowrank.len(), keys.len()), (88, 88), "{lowrank:#?}");
+    assert_eq!((lowrank.len(), keys.len()), (104, 104), "{lowrank:#?}");
     let imps: BTreeSet<_> = keys.iter().map(|k| k.2).collect();
     assert_eq!(
         imps,
-        BTreeSet::from(["cublas", "fused", "merged", "mma", "pingpong", "wgmma"])
+        BTreeSet::from([
+            "cublas",
+            "fused",
+            "merged",
+            "mma",
+            "multicast",
+            "pingpong",
+            "wgmma"
+        ])
     );
     let launched = std::fs::read_to_string(&trace).expect("the fake driver wrote its launches");
     for kernel in [
@@ -369,6 +390,8 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
         "lowrank_dx_tma128_bf16",
         "lowrank_y_pingpong_bf16",
         "lowrank_dx_pingpong_bf16",
+        "lowrank_y_mc128_bf16",
+        "lowrank_dx_mc128_bf16",
         "lowrank_y_wgmma_bf16",
         "lowrank_dx_wgmma_bf16",
     ] {
@@ -392,11 +415,11 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
     }
     assert!(open.is_none(), "a capture left open");
     // Every timed op once, under its own name: 3 basic ops, attention's 2 shapes × 2
-    // implementations × 2 passes, the epilogues' 7 pairs, the 88 low-rank rows and each layer's
+    // implementations × 2 passes, the epilogues' 7 pairs, the 104 low-rank rows and each layer's
     // 3 dense times.
     assert_eq!(captured.len(), windows.len());
     let names: BTreeSet<_> = captured.iter().collect();
-    assert_eq!((captured.len(), names.len()), (119, 119), "{captured:#?}");
+    assert_eq!((captured.len(), names.len()), (135, 135), "{captured:#?}");
     let window = |name: &str| {
         let at = captured.iter().position(|c| *c == name);
         &windows[at.unwrap_or_else(|| panic!("{name} not captured: {captured:#?}"))]
@@ -411,6 +434,7 @@ fn bench_smoke_times_every_op_and_low_rank_path_on_the_emulated_hopper() {
             "pingpong bwd w0+lr 200x256>64 r8",
             "lowrank_dx_pingpong_bf16",
         ),
+        ("multicast fwd lr 200x64>256 r12", "lowrank_y_mc128_bf16"),
     ] {
         let w = window(name);
         assert_eq!(

@@ -6,7 +6,8 @@
 // sentence on stderr: copies outside an allocation, launches over the dynamic shared memory the
 // function was allowed, empty or oversized grids and blocks, functions missing from the module,
 // tensor maps (cuTensorMapEncodeTiled, encoded for the TMA model: tensor_map.h) that break the
-// documented requirements. After a failed launch every call fails, as on a real context after a
+// documented requirements, cluster launches (cuLaunchKernelEx) off sm_90 or on a grid that is no
+// whole number of clusters. After a failed launch every call fails, as on a real context after a
 // fault.
 #include <algorithm>
 #include <chrono>
@@ -359,12 +360,17 @@ CUresult cuFuncGetAttribute(int* v, int attribute, void* f) {
     return SUCCESS;
 }
 
-CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void*,
-                        void** params, void** extra) {
-    GUARD();
+}  // extern "C"
+
+namespace {
+
+// A launch of `fn` as the driver checks it, in clusters of `cluster` blocks along x (1: none).
+CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, unsigned cluster,
+                void** params, void** extra) {
     auto* fn = static_cast<Function*>(f);
     const std::string at = fn->name + " <<<(" + std::to_string(gx) + "," + std::to_string(gy) + "," + std::to_string(gz) + "), (" +
-                           std::to_string(bx) + "," + std::to_string(by) + "," + std::to_string(bz) + "), " + std::to_string(smem) + ">>>";
+                           std::to_string(bx) + "," + std::to_string(by) + "," + std::to_string(bz) + "), " + std::to_string(smem) + ">>>" +
+                           (cluster > 1 ? " in clusters of " + std::to_string(cluster) : "");
     if (extra) return report(NOT_SUPPORTED, at + ": the `extra` launch form is not emulated");
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0) return report(INVALID_VALUE, at + ": an empty grid or block");
     if (gy > 65535 || gz > 65535 || gx > 2147483647u) return report(INVALID_VALUE, at + ": the grid exceeds the device's limits");
@@ -372,12 +378,84 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (int(smem) > fn->max_dynamic_smem)
         return report(INVALID_VALUE, at + ": dynamic shared memory over the function's limit of " + std::to_string(fn->max_dynamic_smem) +
                                          " bytes (set CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)");
+    if (cluster > 1 && arch()->major < 9) return report(NOT_SUPPORTED, at + ": thread block clusters need compute capability 9.0");
+    if (gx % cluster != 0) return report(INVALID_VALUE, at + ": the grid is not a whole number of clusters");
     trace(fn->name.c_str());
-    const std::string error = emu::launch(fn->name.c_str(), fn->entry, arch()->major, {gx, gy, gz}, {bx, by, bz}, smem, params);
+    const std::string error = emu::launch(fn->name.c_str(), fn->entry, arch()->major, {gx, gy, gz}, {bx, by, bz}, cluster, smem, params);
     if (!error.empty()) {
         sticky = LAUNCH_FAILED;
         return report(LAUNCH_FAILED, error);
     }
+    return SUCCESS;
+}
+
+// cuda.h's CUlaunchConfig and CUlaunchAttribute (an id, 4 bytes of padding, a 64-byte value);
+// only the cluster dimension (id 4: x, y, z) is emulated, along x.
+struct LaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        struct {
+            unsigned x, y, z;
+        } cluster;
+    } value;
+};
+struct LaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void* stream;
+    LaunchAttribute* attrs;
+    unsigned n_attrs;
+};
+constexpr int LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
+
+// The cluster size a config asks for (1 without the attribute), or 0 after reporting why not.
+unsigned cluster_of(const LaunchConfig* config, const char* what) {
+    unsigned cluster = 1;
+    for (unsigned i = 0; i < config->n_attrs; ++i) {
+        const LaunchAttribute& a = config->attrs[i];
+        if (a.id != LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+            report(NOT_SUPPORTED, std::string(what) + ": launch attribute " + std::to_string(a.id) + " is not emulated");
+            return 0;
+        }
+        const auto& d = a.value.cluster;
+        if (d.y != 1 || d.z != 1 || d.x == 0 || d.x > 8) {
+            report(d.x > 8 ? INVALID_VALUE : NOT_SUPPORTED,
+                   std::string(what) + ": a cluster of " + std::to_string(d.x) + " × " + std::to_string(d.y) + " × " + std::to_string(d.z) +
+                       " blocks (emulated: 1 to 8 along x, the portable limit)");
+            return 0;
+        }
+        cluster = d.x;
+    }
+    return cluster;
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void*,
+                        void** params, void** extra) {
+    GUARD();
+    return launch(f, gx, gy, gz, bx, by, bz, smem, 1, params, extra);
+}
+
+CUresult cuLaunchKernelEx(const LaunchConfig* config, void* f, void** params, void** extra) {
+    GUARD();
+    const unsigned cluster = cluster_of(config, "cuLaunchKernelEx");
+    if (cluster == 0) return NOT_SUPPORTED;
+    return launch(f, config->gx, config->gy, config->gz, config->bx, config->by, config->bz, config->smem, cluster, params, extra);
+}
+
+// As many clusters as the SMs hold one block each of (every block of the TMA kernels fills an SM):
+// a real GPU may fit fewer, as a cluster's blocks must share a GPC.
+CUresult cuOccupancyMaxActiveClusters(int* n, void* f, const LaunchConfig* config) {
+    GUARD();
+    const unsigned cluster = cluster_of(config, "cuOccupancyMaxActiveClusters");
+    if (cluster == 0) return NOT_SUPPORTED;
+    if (int(config->smem) > static_cast<Function*>(f)->max_dynamic_smem)
+        return report(INVALID_VALUE, "cuOccupancyMaxActiveClusters: dynamic shared memory over the function's limit");
+    *n = sms() / int(cluster);
     return SUCCESS;
 }
 

@@ -30,7 +30,14 @@ void wgmma_wait_group(int n);
 void mbar_init(uint32_t bar, uint32_t count);
 void mbar_arrive(uint32_t bar, uint32_t tx_bytes);
 bool mbar_try_wait(uint32_t bar, uint32_t parity);
-void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar);
+// `mask` −1: this block only; else .multicast::cluster to the blocks of the cluster in the mask.
+void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar, int mask);
+// Clusters: %cluster_ctarank, mapa + mbarrier.arrive.release.cluster.shared::cluster on block
+// `cta`'s barrier at `bar`, and barrier.cluster.arrive / wait.
+uint32_t cluster_ctarank();
+void mbar_arrive_cluster(uint32_t bar, uint32_t cta);
+void cluster_arrive();
+void cluster_wait();
 }  // namespace emu
 
 inline uint32_t smem_addr(const void* p) { return uint32_t(emu::smem_offset(p)); }
@@ -58,7 +65,16 @@ inline void mbar_fence_init() {}
 inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) { emu::mbar_arrive(bar, bytes); }
 inline void mbar_arrive(uint32_t bar) { emu::mbar_arrive(bar, 0); }
 inline bool mbar_try_wait(uint32_t bar, uint32_t parity) { return emu::mbar_try_wait(bar, parity); }
-inline void tma_load_2d(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar) { emu::tma_load_2d(dst, map, c0, c1, bar); }
+inline void tma_load_2d(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar) { emu::tma_load_2d(dst, map, c0, c1, bar, -1); }
+inline void tma_load_2d_multicast(uint32_t dst, const TmaMap* map, int c0, int c1, uint32_t bar, uint16_t mask) {
+    emu::tma_load_2d(dst, map, c0, c1, bar, mask);
+}
+inline uint32_t cluster_ctarank() { return emu::cluster_ctarank(); }
+inline void mbar_arrive_cluster(uint32_t bar, uint32_t cta) { emu::mbar_arrive_cluster(bar, cta); }
+inline void cluster_sync() {
+    emu::cluster_arrive();
+    emu::cluster_wait();
+}
 // Register reallocation has no effect on the CPU.
 template <int N>
 inline void setmaxnreg_inc() {}

@@ -61,6 +61,7 @@ struct Mbarrier {
     uint32_t count = 0, pending = 0, phase = 0;
     int64_t tx = 0;
     int init_thread = 0, init_generation = 0;  // who initialised it, and in which __syncthreads interval
+    uint64_t init_cluster_generation = 0;      // and in which barrier.cluster interval
 };
 
 // A bulk tensor copy issued and not yet landed: the tensor map as it was at issue, the box's
@@ -83,6 +84,20 @@ struct Fiber {
     // `spinning` says the last switch back to the scheduler was such a failed wait.
     bool waiting = false, spinning = false;
     uint32_t wait_bar = 0, wait_parity = 0;
+    // barrier.cluster: arrived and not yet through the wait, and the cluster's phase it arrived in.
+    bool cluster_arrived = false;
+    uint64_t cluster_phase = 0;
+};
+
+struct Launch;
+
+// The blocks of one cluster, run together on one OS thread (a launch without a cluster dimension
+// is clusters of one): barrier.cluster's arrivals and completed phases, and each block's state,
+// which a multicast copy or a remote mbarrier arrival reaches.
+struct Cluster {
+    std::vector<Launch*> ctas;
+    int arrived = 0;
+    uint64_t generation = 0;
 };
 
 struct Launch {
@@ -115,6 +130,8 @@ struct Launch {
     void* sched = nullptr;  // the scheduler's saved stack pointer
     Fiber* cur = nullptr;
     std::string error;
+    Cluster* cluster = nullptr;
+    unsigned rank = 0;  // in the cluster (%cluster_ctarank)
 };
 
 // The launch running on this OS thread.
@@ -136,5 +153,8 @@ uint16_t smem_u16(const Launch& l, uint32_t addr, const char* what);
 bool land_all_copies(Launch& l);
 // The threads spinning on mbarriers and the state of those barriers, for a deadlock report.
 std::string mbarrier_report(const Launch& l);
+// Completes barrier.cluster's phase once every live thread of the cluster has arrived (also called
+// when a thread exits).
+void cluster_try_complete(Cluster& c);
 
 }  // namespace emu

@@ -1,10 +1,12 @@
 // The emulator's execution model: a launch runs its blocks on a few OS threads (one per core), one
-// block at a time each, and a block's CUDA threads as fibers (stackful coroutines) that run until
+// block (or one thread-block cluster's blocks together) at a time each, and a block's CUDA threads
+// as fibers (stackful coroutines) that run until
 // they reach a barrier (__syncthreads, a warp-wide instruction such as a shuffle, ldmatrix or
 // mma.sync, or a warpgroup-wide wgmma instruction, modelled in wgmma.cpp) or spin on an mbarrier
 // whose phase is not complete (tma.cpp), so every barrier is honoured exactly and a missing one
 // shows up as a wrong result when the fibers run in another order
-// (LOWRANK_EMU_ORDER=forward|reverse|random). A barrier that can never complete is reported as a
+// (LOWRANK_EMU_ORDER=forward|reverse|random). barrier.cluster spins like an mbarrier wait until
+// every live thread of the cluster has arrived. A barrier that can never complete is reported as a
 // deadlock, __trap() and bad shared-memory addresses as a launch failure: the fake driver then
 // answers every later call with an error, as a real context does after a fault.
 #include <algorithm>
@@ -152,6 +154,7 @@ void release_block(Launch& l) {
     f->state = State::Done;
     --l.live;
     if (l.block_arrived > 0 && l.block_arrived == l.live) release_block(l);
+    cluster_try_complete(*l.cluster);
     emu_switch(&f->sp, l.sched);  // never resumed
     std::abort();
 }
@@ -295,6 +298,47 @@ void syncthreads() {
     f->state = State::AtBlock;
     if (++l.block_arrived == l.live) release_block(l);
     if (f->state != State::Ready) yield();
+}
+
+void cluster_try_complete(Cluster& c) {
+    int live = 0;
+    for (const Launch* b : c.ctas) live += b->live;
+    if (c.arrived == 0 || c.arrived < live) return;
+    c.arrived = 0;
+    ++c.generation;
+    // Like a __syncthreads in each block: what any thread did before it is ordered before what
+    // every thread does after.
+    for (Launch* b : c.ctas) {
+        ++b->block_generation;
+        ++b->events;
+    }
+}
+
+void cluster_arrive() {
+    Launch& l = launch_state();
+    if (l.major < 9) fail("barrier.cluster.arrive on an emulated sm_80: clusters exist on sm_90 and later only");
+    Fiber* f = l.cur;
+    if (f->cluster_arrived) fail("barrier.cluster.arrive twice with no barrier.cluster.wait between");
+    f->cluster_arrived = true;
+    f->cluster_phase = l.cluster->generation;
+    ++l.cluster->arrived;
+    ++l.events;
+    cluster_try_complete(*l.cluster);
+}
+
+void cluster_wait() {
+    Launch& l = launch_state();
+    Fiber* f = l.cur;
+    if (!f->cluster_arrived) fail("barrier.cluster.wait with no barrier.cluster.arrive before it");
+    // Spins like an mbarrier wait: ready, yielding, counted as no progress until the phase
+    // completes; a wait that ends is progress.
+    bool spun = false;
+    while (l.cluster->generation == f->cluster_phase) {
+        f->spinning = spun = true;
+        yield();
+    }
+    if (spun) ++l.events;
+    f->cluster_arrived = false;
 }
 
 void warp_collective(int op, void (*all)(WarpSlots&)) {
@@ -466,97 +510,145 @@ class Workers {
     size_t pending_ = 0, generation_ = 0;
 };
 
-// Runs blocks first, first + step, ... of the grid (x fastest) on this OS thread until one fails or
-// `stop` is set; returns the failing block's index and what went wrong, or (SIZE_MAX, "").
-std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes,
-                                          void** params, size_t first, size_t step, std::atomic<bool>& stop) {
+// One block's state, fresh: shared memory NaN bytes (as stale data would be on a GPU), no barriers,
+// copies or wgmmas, every thread ready at the kernel's start on its stack in `stack`.
+void reset_block(Launch& l, size_t b, char* stack) {
+    const size_t threads = l.fibers.size();
+    const uint3_t grid = l.grid, block = l.block;
+    l.bidx = {unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (size_t(grid.x) * grid.y))};
+    std::memset(l.smem, 0xff, l.smem_bytes);
+    l.landing.assign(l.smem_bytes / 16 + 1, 0);
+    l.wgmma_reads.assign(l.smem_bytes / 16 + 1, 0);
+    l.read_generation.assign(l.smem_bytes / 16 + 1, -1);
+    l.read_warp.assign(l.smem_bytes / 16 + 1, 0);
+    l.live = int(threads);
+    l.block_arrived = 0;
+    l.block_generation = 0;
+    l.mbarriers.clear();
+    l.tma.clear();
+    l.error.clear();
+    for (Warp& w : l.warps) w.arrived = 0;
+    for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
+    for (size_t i = 0; i < threads; ++i) {
+        Fiber& f = l.fibers[i];
+        f.state = State::Ready;
+        f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
+        f.lane = int(i % 32);
+        f.warp = int(i / 32);
+        f.committed.clear();
+        f.open.clear();
+        f.waiting = f.spinning = false;
+        f.cluster_arrived = false;
+        f.sp = fresh_stack(stack + i * STACK_BYTES, STACK_BYTES);
+    }
+}
+
+// Runs clusters first, first + step, ... of the grid (x fastest; a cluster is `cluster`
+// consecutive blocks along x, all of them on this OS thread at once) until one fails or `stop` is
+// set; returns the failing block's index and what went wrong, or (SIZE_MAX, "").
+std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, unsigned cluster,
+                                          size_t smem_bytes, void** params, size_t first, size_t step, std::atomic<bool>& stop) {
     const size_t threads = size_t(block.x) * block.y * block.z;
     static const std::string order = [] {
         const char* o = std::getenv("LOWRANK_EMU_ORDER");
         return std::string(o ? o : "forward");
     }();
     static const bool reverse = order == "reverse", random = order == "random";
-    std::vector<char>& stack = stacks(threads);
-    // Dynamic shared memory starts as NaN bytes each block, as stale data would on a GPU.
-    std::unique_ptr<unsigned char, decltype(&std::free)> arena(
-        static_cast<unsigned char*>(std::aligned_alloc(128, (smem_bytes / 128 + 1) * 128)), &std::free);
-    Launch l;
-    l.name = name;
-    l.entry = entry;
-    l.params = params;
-    l.major = major;
-    l.grid = grid;
-    l.block = block;
-    l.smem = arena.get();
-    l.smem_bytes = smem_bytes;
-    l.fibers.resize(threads);
-    l.warps.resize((threads + 31) / 32);
-    for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
-    if (threads % 128 == 0) l.warpgroups.resize(threads / 128);
+    std::vector<char>& stack = stacks(threads * cluster);
+    std::vector<std::unique_ptr<unsigned char, decltype(&std::free)>> arenas;
+    std::vector<Launch> ls(cluster);
+    Cluster c;
+    for (unsigned k = 0; k < cluster; ++k) {
+        arenas.emplace_back(static_cast<unsigned char*>(std::aligned_alloc(128, (smem_bytes / 128 + 1) * 128)), &std::free);
+        Launch& l = ls[k];
+        l.name = name;
+        l.entry = entry;
+        l.params = params;
+        l.major = major;
+        l.grid = grid;
+        l.block = block;
+        l.smem = arenas.back().get();
+        l.smem_bytes = smem_bytes;
+        l.fibers.resize(threads);
+        l.warps.resize((threads + 31) / 32);
+        for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
+        if (threads % 128 == 0) l.warpgroups.resize(threads / 128);
+        l.cluster = &c;
+        l.rank = k;
+        c.ctas.push_back(&l);
+    }
     std::vector<size_t> sequence(threads);
     Launch* outer = L;
-    L = &l;
-    const size_t blocks = size_t(grid.x) * grid.y * grid.z;
-    for (size_t b = first; b < blocks && !stop; b += step) {
-        const unsigned x = unsigned(b % grid.x), y = unsigned(b / grid.x % grid.y), z = unsigned(b / (size_t(grid.x) * grid.y));
-        l.bidx = {x, y, z};
-        std::memset(l.smem, 0xff, smem_bytes);
-        l.landing.assign(smem_bytes / 16 + 1, 0);
-        l.wgmma_reads.assign(smem_bytes / 16 + 1, 0);
-        l.read_generation.assign(smem_bytes / 16 + 1, -1);
-        l.read_warp.assign(smem_bytes / 16 + 1, 0);
-        l.live = int(threads);
-        l.block_arrived = 0;
-        l.block_generation = 0;
-        l.mbarriers.clear();
-        l.tma.clear();
-        for (Warp& w : l.warps) w.arrived = 0;
-        for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
-        for (size_t i = 0; i < threads; ++i) {
-            Fiber& f = l.fibers[i];
-            f.state = State::Ready;
-            f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
-            f.lane = int(i % 32);
-            f.warp = int(i / 32);
-            f.committed.clear();
-            f.open.clear();
-            f.waiting = f.spinning = false;
-            f.sp = fresh_stack(stack.data() + i * STACK_BYTES, STACK_BYTES);
-            sequence[i] = reverse ? threads - 1 - i : i;
-        }
+    const size_t clusters = size_t(grid.x) * grid.y * grid.z / cluster;
+    auto failed = [&]() -> Launch* {
+        for (Launch& l : ls)
+            if (!l.error.empty()) return &l;
+        return nullptr;
+    };
+    for (size_t g = first; g < clusters && !stop; g += step) {
+        c.arrived = 0;
+        c.generation = 0;
+        for (unsigned k = 0; k < cluster; ++k) reset_block(ls[k], g * cluster + k, stack.data() + k * threads * STACK_BYTES);
+        for (size_t i = 0; i < threads; ++i) sequence[i] = reverse ? threads - 1 - i : i;
         if (random) {
-            std::mt19937 rng{unsigned(b)};  // seeded by the block: the same order on any thread count
+            std::mt19937 rng{unsigned(g * cluster)};  // seeded by the block: the same order on any thread count
             std::shuffle(sequence.begin(), sequence.end(), rng);
         }
-        // Rounds over the ready fibers. A fiber spinning on an mbarrier stays ready, so a round
-        // has made progress only if some fiber ran from anywhere but a failed try_wait, or the
-        // block's events (arrivals, copies, ended waits) moved; a round without either would
-        // repeat forever. The copy engine then delivers what is in flight, and if that was
-        // nothing, the block is deadlocked.
-        while (l.live > 0 && l.error.empty()) {
+        // Rounds over the ready fibers of the cluster's blocks. A fiber spinning on an mbarrier or
+        // barrier.cluster stays ready, so a round has made progress only if some fiber ran from
+        // anywhere but a failed wait, or the blocks' events (arrivals, copies, ended waits) moved;
+        // a round without either would repeat forever. The copy engine then delivers what is in
+        // flight, and if that was nothing, the cluster is deadlocked.
+        auto live = [&] {
+            int n = 0;
+            for (const Launch& l : ls) n += l.live;
+            return n;
+        };
+        auto events = [&] {
+            uint64_t n = 0;
+            for (const Launch& l : ls) n += l.events;
+            return n;
+        };
+        while (live() > 0 && !failed()) {
             bool progress = false;
-            const uint64_t events = l.events;
-            for (size_t i : sequence) {
-                Fiber& f = l.fibers[i];
-                if (f.state != State::Ready) continue;
-                progress |= !f.spinning;
-                f.spinning = false;
-                l.cur = &f;
-                emu_switch(&l.sched, f.sp);
+            const uint64_t before = events();
+            for (Launch& l : ls) {
+                L = &l;
+                for (size_t i : sequence) {
+                    Fiber& f = l.fibers[i];
+                    if (f.state != State::Ready) continue;
+                    progress |= !f.spinning;
+                    f.spinning = false;
+                    l.cur = &f;
+                    emu_switch(&l.sched, f.sp);
+                    if (!l.error.empty()) break;
+                }
                 if (!l.error.empty()) break;
             }
-            if (progress || l.events != events || !l.error.empty() || land_all_copies(l)) continue;
-            l.error = format("kernel %s, block (%u,%u,%u): %s", name, x, y, z, deadlock_report(l).c_str());
+            if (progress || events() != before || failed() || live() == 0) continue;
+            bool landed = false;
+            for (Launch& l : ls) landed |= land_all_copies(l);
+            if (landed) continue;
+            std::string report;
+            for (const Launch& l : ls) {
+                report += (cluster > 1 ? format(" [block rank %u] ", l.rank) : std::string()) + deadlock_report(l);
+                int at_cluster = 0;
+                for (const Fiber& f : l.fibers) at_cluster += f.state == State::Ready && f.cluster_arrived;
+                if (at_cluster) report += format("; %d threads wait at barrier.cluster (%d of the cluster's %d live threads arrived)",
+                                                 at_cluster, c.arrived, live());
+            }
+            ls[0].error = format("kernel %s, block (%u,%u,%u): %s", name, ls[0].bidx.x, ls[0].bidx.y, ls[0].bidx.z, report.c_str());
         }
         // Copies still in flight when the last thread exits are the copy engine's: they land.
-        if (l.error.empty()) land_all_copies(l);
-        if (!l.error.empty()) {
+        if (!failed())
+            for (Launch& l : ls) land_all_copies(l);
+        if (Launch* bad = failed()) {
 #if defined(__SANITIZE_ADDRESS__)
-            ASAN_UNPOISON_MEMORY_REGION(stack.data(), threads * STACK_BYTES);
+            ASAN_UNPOISON_MEMORY_REGION(stack.data(), threads * cluster * STACK_BYTES);
 #endif
             stop = true;
             L = outer;
-            return {b, l.error};
+            return {g * cluster + bad->rank, bad->error};
         }
     }
     L = outer;
@@ -565,13 +657,14 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
 
 }  // namespace
 
-std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, size_t smem_bytes, void** params) {
+std::string launch(const char* name, Entry entry, int major, uint3_t grid, uint3_t block, unsigned cluster, size_t smem_bytes,
+                   void** params) {
     Workers& workers = Workers::get();
-    const size_t blocks = size_t(grid.x) * grid.y * grid.z, step = std::min(workers.count(), blocks);
+    const size_t clusters = size_t(grid.x) * grid.y * grid.z / cluster, step = std::min(workers.count(), clusters);
     std::atomic<bool> stop{false};
     std::vector<std::pair<size_t, std::string>> results(workers.count(), {SIZE_MAX, ""});
     auto job = [&](size_t w) {
-        if (w < step) results[w] = run_blocks(name, entry, major, grid, block, smem_bytes, params, w, step, stop);
+        if (w < step) results[w] = run_blocks(name, entry, major, grid, block, cluster, smem_bytes, params, w, step, stop);
     };
     if (step == 1) job(0);
     else workers.run(job);

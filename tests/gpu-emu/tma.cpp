@@ -1,6 +1,8 @@
 // Hopper's transaction barriers and tensor copies for the emulator: mbarrier.init, mbarrier.arrive
-// (.expect_tx), mbarrier.try_wait.parity, and cp.async.bulk.tensor.2d.shared::cluster.global
-// .mbarrier::complete_tx::bytes (TMA) with the tensor maps of the fake driver's
+// (.expect_tx, and on a barrier of another block of the cluster), mbarrier.try_wait.parity, and
+// cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes (TMA, also
+// .multicast::cluster: one copy per destination block, each landing on its own) with the tensor
+// maps of the fake driver's
 // cuTensorMapEncodeTiled (tensor_map.h). A copy is asynchronous as on the GPU: issuing it marks its
 // destination chunks as landing (a wgmma or ldmatrix reading them before it lands fails, as for
 // cp.async), and it lands, writing the box and completing its bytes on its mbarrier, only when a
@@ -33,21 +35,48 @@ void need_sm90(const Launch& l, const char* what) {
     if (l.major < 9) fail(format("%s on an emulated sm_%d0: the instruction exists on sm_90 and later only", what, l.major).c_str());
 }
 
-// The barrier at `bar` for `what`: 8-byte aligned in dynamic shared memory, initialised, and its
-// initialisation published to this thread by a __syncthreads (unless this thread initialised it).
-Mbarrier& barrier(Launch& l, uint32_t bar, const char* what) {
+// The barrier at `bar` of block `owner` (this thread's, or another of its cluster) for `what`:
+// 8-byte aligned in dynamic shared memory, initialised, and its initialisation published to this
+// thread: by a __syncthreads (unless this thread initialised it), or for another block's barrier
+// by a barrier.cluster.
+Mbarrier& barrier_in(Launch& owner, uint32_t bar, const char* what) {
+    Launch& l = launch_state();
     if (bar % 8 != 0) fail(format("%s: the mbarrier address %#x is not 8-byte aligned", what, bar).c_str());
-    smem_at(l, bar, 8, what);
-    auto it = l.mbarriers.find(bar);
-    if (it == l.mbarriers.end())
-        fail(format("%s on shared memory at %#x, which holds no mbarrier (mbarrier.init it first)", what, bar).c_str());
+    smem_at(owner, bar, 8, what);
+    auto it = owner.mbarriers.find(bar);
+    if (it == owner.mbarriers.end())
+        fail(format("%s on shared memory at %#x of block rank %u of the cluster, which holds no mbarrier (mbarrier.init it "
+                    "first)",
+                    what, bar, owner.rank)
+                 .c_str());
     Mbarrier& b = it->second;
-    if (b.init_generation == l.block_generation && b.init_thread != thread_of(l))
+    if (&owner != &l) {
+        if (owner.live == 0)
+            fail(format("%s on the mbarrier at %#x of block rank %u of the cluster, whose threads have all exited: its shared "
+                        "memory is gone (a barrier.cluster before exiting keeps it)",
+                        what, bar, owner.rank)
+                     .c_str());
+        if (b.init_cluster_generation == owner.cluster->generation)
+            fail(format("%s on the mbarrier at %#x of block rank %u of the cluster, initialised there with no barrier.cluster "
+                        "since (mbarrier.init, fence.mbarrier_init, then barrier.cluster.arrive and wait in every block must "
+                        "come before another block uses it)",
+                        what, bar, owner.rank)
+                     .c_str());
+    } else if (b.init_generation == l.block_generation && b.init_thread != thread_of(l)) {
         fail(format("%s on the mbarrier at %#x, which thread %d initialised with no __syncthreads since (mbarrier.init, "
                     "fence.mbarrier_init, then a barrier, must come before other threads use it)",
                     what, bar, b.init_thread)
                  .c_str());
+    }
     return b;
+}
+Mbarrier& barrier(Launch& l, uint32_t bar, const char* what) { return barrier_in(l, bar, what); }
+
+// Block `rank` of this thread's cluster, for `what`.
+Launch& cta_of(Launch& l, uint32_t rank, const char* what) {
+    if (rank >= l.cluster->ctas.size())
+        fail(format("%s names block rank %u of a cluster of %zu blocks", what, rank, l.cluster->ctas.size()).c_str());
+    return *l.cluster->ctas[rank];
 }
 
 // A phase completes once its arrivals are all in and its transaction bytes all delivered; the next
@@ -140,15 +169,16 @@ void mbar_init(uint32_t bar, uint32_t count) {
     b.count = b.pending = count;
     b.init_thread = thread_of(l);
     b.init_generation = l.block_generation;
+    b.init_cluster_generation = l.cluster->generation;
     l.mbarriers[bar] = b;
     ++l.events;
 }
 
-void mbar_arrive(uint32_t bar, uint32_t tx_bytes) {
-    Launch& l = launch_state();
-    const char* what = tx_bytes ? "mbarrier.arrive.expect_tx" : "mbarrier.arrive";
-    if (tx_bytes) need_sm90(l, what);
-    Mbarrier& b = barrier(l, bar, what);
+namespace {
+
+// One arrival (raising the tx-count by tx_bytes first) on the barrier at `bar` of block `owner`.
+void arrive_on(Launch& owner, uint32_t bar, uint32_t tx_bytes, const char* what) {
+    Mbarrier& b = barrier_in(owner, bar, what);
     // Pending arrivals at zero: the phase waits for transaction bytes only, and this arrival,
     // meant for a later phase, would take the count below zero (undefined on the GPU).
     if (b.pending == 0)
@@ -164,8 +194,30 @@ void mbar_arrive(uint32_t bar, uint32_t tx_bytes) {
                  .c_str());
     b.tx += tx_bytes;
     --b.pending;
-    ++l.events;
+    ++owner.events;
     advance(b);
+}
+
+}  // namespace
+
+void mbar_arrive(uint32_t bar, uint32_t tx_bytes) {
+    Launch& l = launch_state();
+    const char* what = tx_bytes ? "mbarrier.arrive.expect_tx" : "mbarrier.arrive";
+    if (tx_bytes) need_sm90(l, what);
+    arrive_on(l, bar, tx_bytes, what);
+}
+
+void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+    Launch& l = launch_state();
+    const char* what = "mbarrier.arrive.shared::cluster (after mapa)";
+    need_sm90(l, what);
+    arrive_on(cta_of(l, cta, what), bar, 0, what);
+}
+
+uint32_t cluster_ctarank() {
+    Launch& l = launch_state();
+    need_sm90(l, "%cluster_ctarank");
+    return l.rank;
 }
 
 bool mbar_try_wait(uint32_t bar, uint32_t parity) {
@@ -198,7 +250,15 @@ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
     return false;
 }
 
-void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
+namespace {
+
+// The copy `c` (its map checked, its box inside the tensor) issued into block `t`: its destination
+// at c.dst there, its bytes completing on t's barrier at c.bar.
+void issue_into(Launch& t, TmaCopy c);
+
+}  // namespace
+
+void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar, int mask) {
     Launch& l = launch_state();
     need_sm90(l, "cp.async.bulk.tensor");
     if (reinterpret_cast<uintptr_t>(map) % 64 != 0)
@@ -226,22 +286,41 @@ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
                         c0, c1, m.box[0], m.box[1], (unsigned long long)m.dim[0], (unsigned long long)m.dim[1])
                      .c_str());
     }
-    barrier(l, bar, "cp.async.bulk.tensor");
     c.dst = dst;
     c.bar = bar;
     c.c0 = c0;
     c.c1 = c1;
+    if (mask < 0) {
+        issue_into(l, std::move(c));
+        return;
+    }
+    const size_t blocks = l.cluster->ctas.size();
+    if (mask == 0 || mask >> blocks != 0)
+        fail(format("cp.async.bulk.tensor.multicast::cluster with the CTA mask %#x in a cluster of %zu blocks: it must name "
+                    "some of the cluster's blocks and no others",
+                    unsigned(mask), blocks)
+                 .c_str());
+    for (size_t r = 0; r < blocks; ++r)
+        if (mask >> r & 1) issue_into(*l.cluster->ctas[r], c);
+}
+
+namespace {
+
+void issue_into(Launch& t, TmaCopy c) {
+    const TensorMap& m = c.map;
+    const uint32_t dst = c.dst;
+    barrier_in(t, c.bar, "cp.async.bulk.tensor");
     for (uint32_t r = 0; r < m.box[1]; ++r)
         for (uint32_t q = 0; q < row_bytes(m) / 16; ++q) {
             const uint32_t a = swizzled(dst + r * row_pitch(m) + 16 * q, m.swizzle);
-            smem_at(l, a, 16, "a tensor copy's destination");
+            smem_at(t, a, 16, "a tensor copy's destination");
             const uint32_t ch = uint32_t(chunk_of(a));
-            if (l.wgmma_reads[ch])
+            if (t.wgmma_reads[ch])
                 fail(format("a tensor copy into shared memory at %#x that an in-flight wgmma.mma_async may still read (the stage "
                             "was released before the wgmma.wait_group that retires the wgmmas reading it)",
                             a)
                          .c_str());
-            if (l.landing[ch])
+            if (t.landing[ch])
                 fail(format("a tensor copy into shared memory at %#x while an earlier asynchronous copy into it is still in "
                             "flight (the stage was refilled before its last fill landed and was consumed)",
                             a)
@@ -250,13 +329,15 @@ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
         }
     std::vector<uint32_t> sorted = c.chunks;
     std::sort(sorted.begin(), sorted.end());
-    for (const auto& [addr, b] : l.mbarriers)
+    for (const auto& [addr, b] : t.mbarriers)
         if (std::binary_search(sorted.begin(), sorted.end(), uint32_t(chunk_of(addr))))
             fail(format("a tensor copy into shared memory at %#x.. would overwrite the mbarrier at %#x", dst, addr).c_str());
-    for (uint32_t ch : c.chunks) ++l.landing[ch];
-    l.tma.push_back(std::move(c));
-    ++l.events;
+    for (uint32_t ch : c.chunks) ++t.landing[ch];
+    t.tma.push_back(std::move(c));
+    ++t.events;
 }
+
+}  // namespace
 
 bool land_all_copies(Launch& l) {
     const bool any = !l.tma.empty();
@@ -274,7 +355,7 @@ std::string mbarrier_report(const Launch& l) {
     std::map<std::pair<uint32_t, uint32_t>, std::pair<int, int>> spins;  // (barrier, parity) -> (threads, the first)
     for (size_t i = 0; i < l.fibers.size(); ++i) {
         const Fiber& f = l.fibers[i];
-        if (f.state != State::Ready || !f.spinning) continue;
+        if (f.state != State::Ready || !f.spinning || !f.waiting) continue;  // (spinning only: at barrier.cluster)
         auto& s = spins[{f.wait_bar, f.wait_parity}];
         if (s.first++ == 0) s.second = int(i);
     }
@@ -284,7 +365,9 @@ std::string mbarrier_report(const Launch& l) {
         r += format("; %d threads (thread %d the first) spin on the mbarrier at %#x for its phase of parity %u: its current "
                     "phase %u has %u of its %u arrivals and %lld transaction bytes pending%s",
                     s.first, s.second, key.first, key.second, b.phase, b.pending, b.count, (long long)b.tx,
-                    b.tx < 0 ? " (more bytes delivered than arrive.expect_tx announced)" : "");
+                    b.tx >= 0         ? ""
+                    : b.pending > 0 ? " (delivered before the arrive.expect_tx that announces them, as a peer block's multicast may be)"
+                                    : " (more bytes delivered than arrive.expect_tx announced)");
     }
     return r;
 }

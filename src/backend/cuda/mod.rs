@@ -17,7 +17,7 @@ mod ops;
 mod settings;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
-pub use lowrank_linear::{merge_base_from_env, product_tile, LowRankImpl};
+pub use lowrank_linear::{merge_base_from_env, multicast_clusters, product_tile, LowRankImpl};
 pub use settings::{settings, AttentionImpl};
 
 use super::shapes::{

@@ -2,7 +2,9 @@
 //! cuBLASLt path and against dense cuBLASLt x·W0 of the same layer, on GPT-2 MLP shapes.
 
 use super::{random_bufs, rotation, time_median, Timing, PEAK_TFLOPS};
-use crate::backend::cuda::{merge_base_from_env, product_tile, Cuda, CudaBuf, LowRankImpl};
+use crate::backend::cuda::{
+    merge_base_from_env, multicast_clusters, product_tile, Cuda, CudaBuf, LowRankImpl,
+};
 use crate::backend::{
     Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
 };
@@ -284,6 +286,8 @@ pub enum FusedImpl {
     Merged,
     /// The TMA kernel's ping-pong schedule (Hopper)
     Pingpong,
+    /// The TMA kernel in clusters of two blocks sharing B by multicast (Hopper)
+    Multicast,
     Wgmma,
     Mma,
 }
@@ -297,9 +301,9 @@ pub fn run(
     skip: &[FusedImpl],
 ) -> Result<Vec<LowRankRow>> {
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
-    // fused kernels run four times: the default TMA mainloop (`fused`), its ping-pong schedule
-    // (`pingpong`), the cp.async wgmma one (`wgmma`) and mma.sync only (`mma`); elsewhere all four
-    // are mma.sync, timed once. With a base, `merged` times `fused` on the merged weight too.
+    // fused kernels run five times: the default TMA mainloop (`fused`), its ping-pong schedule
+    // (`pingpong`), its clusters sharing B (`multicast`), the cp.async wgmma one (`wgmma`) and
+    // mma.sync only (`mma`); elsewhere all five are mma.sync, timed once. With a base, `merged` times `fused` on the merged weight too.
     let hopper = gpu.info().compute_capability.0 == 9;
     let fused = [
         (FusedImpl::Fused, LowRankImpl::Fused, false, "fused"),
@@ -309,6 +313,12 @@ pub fn run(
             LowRankImpl::Pingpong,
             false,
             "pingpong",
+        ),
+        (
+            FusedImpl::Multicast,
+            LowRankImpl::Multicast,
+            false,
+            "multicast",
         ),
         (FusedImpl::Wgmma, LowRankImpl::Wgmma, false, "wgmma"),
         (FusedImpl::Mma, LowRankImpl::Mma, false, "mma"),
@@ -320,6 +330,14 @@ pub fn run(
         .map(|&(_, imp, merge, name)| (imp, merge, name))
         .collect();
     impls.push((LowRankImpl::Cublas, false, "cublas"));
+    if impls.iter().any(|i| i.0 == LowRankImpl::Multicast) {
+        if let Some(n) = multicast_clusters(gpu)? {
+            println!(
+                "multicast: {n} clusters of 2 blocks fit at once on {} SMs (its persistent grid)",
+                gpu.info().sms
+            );
+        }
+    }
     print_header();
     let mut rows = Vec::new();
     for g in groups {
@@ -397,7 +415,7 @@ pub fn run(
 
 fn print_header() {
     println!(
-        "{:<12} {:<22} {:<7} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}  tile",
+        "{:<12} {:<22} {:<9} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7}  tile",
         "pass", "shape", "impl", "median ms", "TF/s", "of peak", "x dense", "x unfused", "budget"
     );
 }
@@ -407,7 +425,7 @@ fn print_row(r: &LowRankRow) {
         .vs_flop_budget
         .map_or("-".to_string(), |b| format!("{b:.2}"));
     println!(
-        "{:<12} {:<22} {:<7} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}  {}",
+        "{:<12} {:<22} {:<9} {:>9.4} {:>8.1} {:>6.1}% {:>8.2} {:>9.2} {:>7}  {}",
         r.pass,
         r.shape,
         r.imp,

@@ -50,6 +50,11 @@ pub enum LowRankImpl {
     /// kernel: on Hopper, the comparison that shows whether hiding the epilogue pays for the
     /// narrower tile (elsewhere the same as `Fused`).
     Pingpong,
+    /// The fused kernels with the TMA mainloop in clusters of two blocks that share their B tile
+    /// (each loads half and multicasts it to both) wherever `Fused` takes the TMA kernel: on
+    /// Hopper, the comparison that shows whether halving B's reads from L2 pays for the cluster's
+    /// coupling (elsewhere the same as `Fused`).
+    Multicast,
     /// The fused kernels with the mma.sync mainloop only: on Hopper, the comparison that shows
     /// what wgmma buys (elsewhere the same as `Fused`).
     Mma,
@@ -58,8 +63,8 @@ pub enum LowRankImpl {
 }
 
 impl LowRankImpl {
-    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `pingpong`, `wgmma`, `mma` or
-    /// `cublas`).
+    /// The choice in LOWRANK_LOWRANK_IMPL (`fused`, the default, `pingpong`, `multicast`, `wgmma`,
+    /// `mma` or `cublas`).
     pub fn from_env() -> Result<Self> {
         match std::env::var("LOWRANK_LOWRANK_IMPL") {
             Err(_) => Ok(LowRankImpl::Fused),
@@ -67,15 +72,16 @@ impl LowRankImpl {
                 "fused" | "" => Ok(LowRankImpl::Fused),
                 "wgmma" => Ok(LowRankImpl::Wgmma),
                 "pingpong" => Ok(LowRankImpl::Pingpong),
+                "multicast" => Ok(LowRankImpl::Multicast),
                 "mma" => Ok(LowRankImpl::Mma),
                 "cublas" => Ok(LowRankImpl::Cublas),
-                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `pingpong`, `wgmma`, `mma` or `cublas`"),
+                other => bail!("LOWRANK_LOWRANK_IMPL={other:?} is not an implementation; use `fused`, `pingpong`, `multicast`, `wgmma`, `mma` or `cublas`"),
             },
         }
     }
 }
 
-/// The tile (`tiles::Tile::name`: tma256, tma128, pingpong, wgmma, wide or narrow) that the y
+/// The tile (`tiles::Tile::name`: tma256, tma128, pingpong, mc256, mc128, wgmma, wide or narrow) that the y
 /// (forward) or dx (backward) product of this shape runs on under the current settings, for
 /// reports; None where the layer goes to cuBLASLt (the `cublas` implementation, or dimensions the
 /// kernels do not take).
@@ -89,6 +95,23 @@ pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Opt
         (Role::Dx, sh.n_in)
     };
     Ok(Some(pick_tile(cuda, role, sh.n, n)?.name))
+}
+
+/// How many clusters of two blocks the `multicast` kernels fit on this GPU at once (None off
+/// Hopper): the persistent grid's size in clusters, which an H100's GPCs may hold fewer of than
+/// half its SMs. For reports.
+pub fn multicast_clusters(cuda: &Cuda) -> Result<Option<usize>> {
+    if cuda.info.compute_capability.0 != 9 {
+        return Ok(None);
+    }
+    let name = tiles::kernel_name(Role::Y, tiles::MC256, DType::BF16)?;
+    let f = seg_gemm::kernel_with_smem(cuda, tiles::MC256, name)?;
+    Ok(Some(tma::max_active_clusters(
+        cuda,
+        &f,
+        name,
+        tiles::MC256,
+    )?))
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte

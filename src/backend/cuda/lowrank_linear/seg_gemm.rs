@@ -3,12 +3,12 @@
 
 use super::super::Cuda;
 use super::split_k::{split_count, split_sum, BK};
-use super::tiles::{kernel_name, pick_tile, wgmma_nmajor_offsets, Role, NARROW, TMA256};
+use super::tiles::{kernel_name, pick_tile, wgmma_nmajor_offsets, Role, Tile, NARROW, TMA256};
 use super::tma;
 use crate::backend::DType;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Mirrors `SegGemmParams` in kernels/lowrank_linear.cu field for field.
 #[repr(C)]
@@ -86,6 +86,24 @@ impl Act {
     }
 }
 
+/// The kernel `name` of `tile`'s file, allowed `tile.smem_bytes` of dynamic shared memory: above
+/// 48 KB it must be opted into per function; setting it is a host-side attribute write, cheap next
+/// to the launch.
+pub(super) fn kernel_with_smem(cuda: &Cuda, tile: Tile, name: &str) -> Result<CudaFunction> {
+    let f = cuda.modules.function(tile.file, name)?;
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        tile.smem_bytes as i32,
+    )
+    .with_context(|| {
+        format!(
+            "{name}: the GPU refused {} bytes of shared memory",
+            tile.smem_bytes
+        )
+    })?;
+    Ok(f)
+}
+
 /// One segmented GEMM. `colsum` (projections only): also write A's column sums per row block of
 /// the tile, `partials[m.div_ceil(bm)][k]`, for the bias gradient.
 pub(super) fn launch_seg_gemm(
@@ -133,19 +151,7 @@ pub(super) fn launch_seg_gemm(
         };
         tile.smem_bytes += COLSUM_SMEM;
     }
-    let f = cuda.modules.function(tile.file, name)?;
-    // Above 48 KB, dynamic shared memory must be opted into per function; setting it is a host-side
-    // attribute write, cheap next to the launch.
-    f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        tile.smem_bytes as i32,
-    )
-    .with_context(|| {
-        format!(
-            "{name}: the GPU refused {} bytes of shared memory",
-            tile.smem_bytes
-        )
-    })?;
+    let f = kernel_with_smem(cuda, tile, name)?;
     let (nmajor_lbo, nmajor_sbo) = wgmma_nmajor_offsets()?;
     let (act, act_kind) = out.act.params();
     let mut p = SegGemmParams {
@@ -187,10 +193,17 @@ pub(super) fn launch_seg_gemm(
         workspace = Some((ws, ptr));
     }
     let (n_tiles, m_tiles) = (out.n_store.div_ceil(tile.bn), out.m.div_ceil(tile.bm));
-    // The TMA kernel's blocks are persistent: one per SM at most, each walking output tiles.
+    // The TMA kernel's blocks are persistent: one per SM at most, each walking output tiles (in
+    // clusters, units of `cluster` tiles one above the other, and at most the clusters that fit).
     let grid_dim = if tile.file == TMA256.file {
+        let cluster = tile.cluster as usize;
+        let slots = if cluster > 1 {
+            tma::max_active_clusters(cuda, &f, name, tile)?
+        } else {
+            cuda.info.sms.max(1) as usize
+        };
         (
-            (n_tiles * m_tiles).min(cuda.info.sms.max(1) as usize) as u32,
+            ((n_tiles * m_tiles.div_ceil(cluster)).min(slots) * cluster) as u32,
             1,
             1,
         )
@@ -205,10 +218,14 @@ pub(super) fn launch_seg_gemm(
     // The TMA kernel reads the same contract behind its operands' tensor maps; dx's W0 segment is
     // its one NT operand.
     let tma_params = if tile.file == TMA256.file {
-        Some(tma::params(p, segs, [role == Role::Dx, false], tile.bn)?)
+        Some(tma::params(p, segs, [role == Role::Dx, false], tile)?)
     } else {
         None
     };
+    if let (Some(q), true) = (&tma_params, tile.cluster > 1) {
+        // SAFETY: as below.
+        return unsafe { tma::launch_clustered(cuda, &f, cfg, tile.cluster, q) };
+    }
     let mut launch = cuda.stream.launch_builder(&f);
     match &tma_params {
         Some(q) => launch.arg(q),

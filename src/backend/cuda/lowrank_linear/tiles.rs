@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 /// A mainloop's block tile: `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu (dynamic shared
 /// memory of 4 stages of BM × 40 + max(32 × (BN + 8), BN × 40) bf16), `wg` in
 /// kernels/lowrank_wgmma.cu (5 stages of 128 × 64 + 64 × 128 bf16, plus 1 KB to align the base)
-/// and `TmaTile<BN>` in kernels/lowrank_tma.cu (stages of 128 × 64 + 64 × BN bf16, 1 KB to align,
-/// a full and an empty mbarrier per stage).
+/// and `TmaTile<BN, PP, CL>` in kernels/lowrank_tma.cu (stages of 128 × 64 + 64 × BN bf16, 1 KB to align,
+/// a full and an empty mbarrier per stage). `cluster`: blocks per thread-block cluster (1: none).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Tile {
     pub(super) file: &'static str,
@@ -18,6 +18,7 @@ pub(super) struct Tile {
     pub(super) bn: usize,
     pub(super) smem_bytes: u32,
     pub(super) threads: u32,
+    pub(super) cluster: u32,
 }
 pub(super) const WIDE: Tile = Tile {
     file: "lowrank_linear",
@@ -26,6 +27,7 @@ pub(super) const WIDE: Tile = Tile {
     bn: 128,
     smem_bytes: 4 * (128 * 40 + 128 * 40) * 2,
     threads: 256,
+    cluster: 1,
 };
 pub(super) const NARROW: Tile = Tile {
     file: "lowrank_linear",
@@ -34,6 +36,7 @@ pub(super) const NARROW: Tile = Tile {
     bn: 64,
     smem_bytes: 4 * (128 * 40 + 64 * 40) * 2,
     threads: 256,
+    cluster: 1,
 };
 pub(super) const WGMMA: Tile = Tile {
     file: "lowrank_wgmma",
@@ -42,6 +45,7 @@ pub(super) const WGMMA: Tile = Tile {
     bn: 128,
     smem_bytes: 5 * (128 * 64 + 64 * 128) * 2 + 1024,
     threads: 256,
+    cluster: 1,
 };
 /// A producer warpgroup and two consumers; 4 stages of the 128 × 256 tile (193 KB: a fifth does
 /// not fit Hopper's 227 KB), 6 of the 128 × 128 one (193 KB; a seventh would fit, and is unlikely
@@ -53,6 +57,7 @@ pub(super) const TMA256: Tile = Tile {
     bn: 256,
     smem_bytes: 4 * (128 * 64 + 64 * 256) * 2 + 1024 + 2 * 4 * 8,
     threads: 384,
+    cluster: 1,
 };
 pub(super) const TMA128: Tile = Tile {
     file: "lowrank_tma",
@@ -61,6 +66,7 @@ pub(super) const TMA128: Tile = Tile {
     bn: 128,
     smem_bytes: 6 * (128 * 64 + 64 * 128) * 2 + 1024 + 2 * 6 * 8,
     threads: 384,
+    cluster: 1,
 };
 /// The TMA kernel's ping-pong schedule: the 128 × 128 tile's stages, and two mbarriers for the
 /// consumers' turns.
@@ -71,6 +77,19 @@ pub(super) const PINGPONG: Tile = Tile {
     bn: 128,
     smem_bytes: TMA128.smem_bytes + 2 * 8,
     threads: 384,
+    cluster: 1,
+};
+/// The TMA kernel's tiles in clusters of two blocks on vertically adjacent tiles, which share
+/// their B tile: each block loads its A and half of B, multicast into both (the same stages).
+pub(super) const MC256: Tile = Tile {
+    name: "mc256",
+    cluster: 2,
+    ..TMA256
+};
+pub(super) const MC128: Tile = Tile {
+    name: "mc128",
+    cluster: 2,
+    ..TMA128
 };
 /// The products of one call: y = [x | t]·[W0 ; Vt] and dx = [dy | s]·[W0ᵀ ; Ut] have an optional
 /// W0 segment in slot 0 and the low-rank segment in slot 1; the projections have one NT segment.
@@ -107,6 +126,14 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
         (Role::Y, "pingpong", DType::F32) => "lowrank_y_pingpong_f32",
         (Role::Dx, "pingpong", DType::BF16) => "lowrank_dx_pingpong_bf16",
         (Role::Dx, "pingpong", DType::F32) => "lowrank_dx_pingpong_f32",
+        (Role::Y, "mc256", DType::BF16) => "lowrank_y_mc256_bf16",
+        (Role::Y, "mc256", DType::F32) => "lowrank_y_mc256_f32",
+        (Role::Dx, "mc256", DType::BF16) => "lowrank_dx_mc256_bf16",
+        (Role::Dx, "mc256", DType::F32) => "lowrank_dx_mc256_f32",
+        (Role::Y, "mc128", DType::BF16) => "lowrank_y_mc128_bf16",
+        (Role::Y, "mc128", DType::F32) => "lowrank_y_mc128_f32",
+        (Role::Dx, "mc128", DType::BF16) => "lowrank_dx_mc128_bf16",
+        (Role::Dx, "mc128", DType::F32) => "lowrank_dx_mc128_f32",
         (Role::Project, "narrow", DType::BF16) => "lowrank_project_narrow_bf16",
         (Role::Project, "narrow", DType::F32) => "lowrank_project_narrow_f32",
         _ => bail!("no low-rank kernel for this role, tile and {out:?} output"),
@@ -114,8 +141,8 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 }
 
 /// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, a
-/// wgmma version: `tma_tile`'s, the ping-pong one for `Pingpong`, or the cp.async one for
-/// `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the
+/// wgmma version: `tma_tile`'s, its clustered twin for `Multicast`, the ping-pong one for
+/// `Pingpong`, or the cp.async one for `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the
 /// narrow tile (N = rank is small, and they are bound by reading their input).
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
     let hopper = cuda.info.compute_capability.0 == 9;
@@ -168,6 +195,13 @@ fn choose_tile(
     match (hopper, imp) {
         (true, LowRankImpl::Fused) => tma_tile(sms, m, n, forced_tma),
         (true, LowRankImpl::Pingpong) => PINGPONG,
+        (true, LowRankImpl::Multicast) => {
+            if tma_tile(sms, m, n, forced_tma) == TMA256 {
+                MC256
+            } else {
+                MC128
+            }
+        }
         (true, LowRankImpl::Wgmma) => WGMMA,
         _ => WIDE,
     }
@@ -243,6 +277,12 @@ mod tests {
         assert_eq!(name(132, true, pingpong, Role::Dx, 8192, 768), "pingpong");
         assert_eq!(name(108, false, pingpong, Role::Y, 16384, 4096), "wide");
         assert_eq!(name(132, true, pingpong, Role::Y, 1024, 1024), "narrow");
+        // Multicast: the TMA tile's choice, in clusters of two.
+        let multicast = LowRankImpl::Multicast;
+        assert_eq!(name(132, true, multicast, Role::Dx, 8192, 768), "mc128");
+        assert_eq!(name(132, true, multicast, Role::Y, 8192, 3072), "mc256");
+        assert_eq!(name(108, false, multicast, Role::Y, 16384, 4096), "wide");
+        assert_eq!(name(132, true, multicast, Role::Y, 1024, 1024), "narrow");
         // GPT-2 small's dx into 768 columns at 8192 rows: 192 wide blocks take 2 waves, 1.45 of
         // them busy; 384 of 128 × 128 take 3 full ones, predicted faster.
         assert_eq!(name(132, true, fused, Role::Dx, 8192, 768), "tma128");

@@ -3,13 +3,18 @@
 //! parameter, so the copy engine reads tiles with the 128-byte swizzle wgmma wants and zero-fills
 //! what lies outside each tensor (a segment's last K tile, the grid's last rows and columns).
 
+use super::super::Cuda;
 use super::seg_gemm::{SegGemmParams, Segment};
-use anyhow::{bail, ensure, Result};
+use super::tiles::Tile;
+use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::sys::{
-    self, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-    CUtensorMapL2promotion, CUtensorMapSwizzle,
+    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue_union__bindgen_ty_1,
+    CUlaunchConfig, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
+    CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
-use cudarc::driver::DeviceRepr;
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Mirrors `TmaGemmParams` in kernels/lowrank_tma.cu: A_0, A_1, B_0, B_1, then the contract the
 /// other mainloops read. CUtensorMap is 128-byte aligned, so `p` starts at byte 512 on both sides.
@@ -78,7 +83,7 @@ fn encode(
 
 /// The kernel parameter for `p` (filled as for the other mainloops) and its segments: A_s is
 /// m × k_s; B_s is k_s × n_valid ("NN", read in 64 × 64 boxes, N innermost) or, when `nt[s]`,
-/// n_valid × k_s (one 64 × bn box, K innermost). An absent segment borrows the other's maps: the
+/// n_valid × k_s (one 64 × bn box, K innermost; in a cluster, one 64 × bn / cluster box per block). An absent segment borrows the other's maps: the
 /// kernel issues no copy for a segment with k = 0. Every column it stores must have a B column (no
 /// zero padding past n_valid): the NN boxes past n_valid are never loaded, so what the tile holds
 /// there is stale.
@@ -86,8 +91,9 @@ pub(super) fn params(
     p: SegGemmParams,
     segs: [Option<Segment>; 2],
     nt: [bool; 2],
-    bn: usize,
+    tile: Tile,
 ) -> Result<TmaGemmParams> {
+    let nt_box_rows = (tile.bn / tile.cluster as usize) as u32;
     ensure!(
         p.n_store == p.n_valid,
         "the TMA kernel stores only columns it has B for: n_store {} ≠ n_valid {}",
@@ -100,7 +106,7 @@ pub(super) fn params(
         if let Some(s) = seg {
             let a = encode(s.a, m, s.k, s.lda, BOX_K, BOX_M)?;
             let b = if nt[i] {
-                encode(s.b, n, s.k, s.ldb, BOX_K, bn as u32)?
+                encode(s.b, n, s.k, s.ldb, BOX_K, nt_box_rows)?
             } else {
                 encode(s.b, s.k, n, s.ldb, 64, BOX_K)?
             };
@@ -115,4 +121,110 @@ pub(super) fn params(
         b: [first.1, second.1],
         p,
     })
+}
+
+/// The launch configuration of `cfg` on the backend's stream, in clusters of `cluster` blocks
+/// along x (`attr` holds the attribute the configuration points to).
+fn cluster_config(
+    cuda: &Cuda,
+    cfg: LaunchConfig,
+    cluster: u32,
+    attr: &mut CUlaunchAttribute,
+) -> CUlaunchConfig {
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim = CUlaunchAttributeValue_union__bindgen_ty_1 {
+        x: cluster,
+        y: 1,
+        z: 1,
+    };
+    CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: cuda.stream.cu_stream(),
+        attrs: attr,
+        numAttrs: 1,
+    }
+}
+
+fn zeroed_attribute() -> CUlaunchAttribute {
+    // SAFETY: CUlaunchAttribute is plain old data (an enum whose 0 is a valid id, padding and a
+    // union of integers), for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// How many clusters of the clustered `tile`'s kernel `name` fit on the GPU at once
+/// (cuOccupancyMaxActiveClusters; asked once per kernel): a persistent grid of more would run its
+/// last clusters after the others, doubling the time. A cluster's blocks share a GPC, so an H100
+/// whose GPCs have odd SM counts fits fewer than SMs / 2 clusters of two.
+pub(super) fn max_active_clusters(
+    cuda: &Cuda,
+    f: &CudaFunction,
+    name: &'static str,
+    tile: Tile,
+) -> Result<usize> {
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, usize>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(&n) = cache.lock().expect("not poisoned").get(name) {
+        return Ok(n);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (
+            cuda.info.sms.max(1) as u32 / tile.cluster * tile.cluster,
+            1,
+            1,
+        ),
+        block_dim: (tile.threads, 1, 1),
+        shared_mem_bytes: tile.smem_bytes,
+    };
+    let mut attr = zeroed_attribute();
+    let config = cluster_config(cuda, cfg, tile.cluster, &mut attr);
+    let mut n = 0;
+    // SAFETY: `config` and the attribute it points to live across the call; `f` is a live function.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
+        .result()
+        .with_context(|| format!("{name}: cuOccupancyMaxActiveClusters"))?;
+    ensure!(
+        n > 0,
+        "{name}: not one cluster of {} blocks with {} bytes of shared memory fits this GPU",
+        tile.cluster,
+        tile.smem_bytes
+    );
+    cache.lock().expect("not poisoned").insert(name, n as usize);
+    Ok(n as usize)
+}
+
+/// Launches the TMA kernel `f` on `q` in clusters of `cluster` blocks (cuLaunchKernelEx with a
+/// cluster dimension: the `mc` kernels take their cluster size from the launch).
+///
+/// # Safety
+/// As for any launch: `q`'s tensor maps and pointers describe live device memory of the sizes the
+/// kernel reads and writes.
+pub(super) unsafe fn launch_clustered(
+    cuda: &Cuda,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    cluster: u32,
+    q: &TmaGemmParams,
+) -> Result<()> {
+    cuda.stream.context().bind_to_thread()?;
+    let mut attr = zeroed_attribute();
+    let config = cluster_config(cuda, cfg, cluster, &mut attr);
+    let mut args = [q as *const TmaGemmParams as *mut std::ffi::c_void];
+    // SAFETY: the caller's contract; `config`, its attribute and the one parameter outlive the
+    // call, which copies them.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()?;
+    Ok(())
 }
