@@ -99,10 +99,17 @@ struct TileWalk {
 // previous use, tells its full barrier how many bytes to expect, and issues the copies. A is a
 // 64 × 128 box (K innermost); an NT B one 64 × BN box, an NN B BN / 64 boxes of 64 × 64 (N
 // innermost), the N-major blocks 8 KB apart that the wgmma descriptor walks. In a cluster of two,
-// B's boxes are shared out (NT: a 64 × BN / 2 box each, NN: the even boxes to rank 0, the odd to
-// rank 1) and multicast into both blocks, whose full barriers each expect the whole stage. A
-// cluster's second tile below the last row block (an odd count) loads the last row block's A
-// again, as a box wholly outside A must not be issued (below); its rows are past m, never stored.
+// B's boxes are shared out (NT: a 64 × BN / 2 box each, the second only where n0 + BN / 2 <
+// n_valid; NN: the even boxes to rank 0, the odd to rank 1) and multicast into both blocks, whose
+// full barriers each expect the whole stage; both blocks count the same boxes. The peer's bytes may
+// land before this block's arrive.expect_tx: the tx-count then goes negative (at most one stage's
+// B, 32 KB, against the PTX ISA's −(2^20 − 1)) and the phase cannot complete before that arrival.
+// On a last N tile where rank 1 issues no box, rank 0's consumers may release a stage's next use
+// before rank 1's have released this one, so rank 1's empty barrier can count an arrival one phase
+// early: harmless, as any such phase still needs every consumer of the pair to have retired the
+// stage (review 2026-12-06, multicast.md F1). A cluster's second tile below the last row block
+// (an odd count) loads the last row block's A again, as a box wholly outside A must not be issued
+// (below); its rows are past m, never stored.
 // Every box issued overlaps its tensor: the last N tile's NN boxes that would start at or past
 // n_valid (n = 1160 at BN 256 leaves one) are not issued and not counted in expect_tx. How many
 // bytes a box wholly outside the tensor completes is not documented (a partial box completes all
@@ -237,6 +244,11 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
     const uint32_t full = s0 + T::STAGES * T::STAGE_BYTES, empty = full + T::STAGES * 8, order = empty + T::STAGES * 8;
     const SegGemmParams& p = q.p;
     const int n_tiles = (p.n_store + BN - 1) / BN;
+    // A clustered kernel launched without its cluster would multicast to and arrive on a block that
+    // does not exist: refused loudly (the launcher's cuLaunchKernelEx sets the dimension).
+    if constexpr (CL > 1) {
+        if (cluster_nctarank() != CL) __trap();
+    }
     const int rank = CL == 1 ? 0 : int(cluster_ctarank());
     const TileWalk walk{n_tiles, n_tiles * ((p.m + CL * T::BM - 1) / (CL * T::BM)), int(blockIdx.x) / CL, int(gridDim.x) / CL, CL,
                         rank};
@@ -270,7 +282,8 @@ __device__ __forceinline__ void seg_gemm_tma(const TmaGemmParams& q) {
         tma_consume<NT0, NT1, BN, PP, CL, OutT>(p, warpgroup - 1, s0, full, empty, order, ktiles0, ktiles, walk);
     }
     // Neither block of a cluster exits while the other's consumers may still arrive on its empty
-    // barriers (their last releases): shared memory of an exited block is gone.
+    // barriers (their last releases) or its producer's copies may still land in it: shared memory
+    // of an exited block is gone.
     if constexpr (CL > 1) cluster_sync();
 }
 #define TMA_BODY(NT0, NT1, BN, PP, CL, OutT) seg_gemm_tma<NT0, NT1, BN, PP, CL, OutT>(q);

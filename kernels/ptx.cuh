@@ -153,11 +153,16 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const TmaMap
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
         : "memory");
 }
-// This CTA's rank in its cluster.
+// This CTA's rank in its cluster, and the cluster's size in CTAs.
 __device__ __forceinline__ uint32_t cluster_ctarank() {
     uint32_t r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
     return r;
+}
+__device__ __forceinline__ uint32_t cluster_nctarank() {
+    uint32_t n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+    return n;
 }
 // One arrival on the mbarrier at the same offset as `bar` in CTA `cta` of the cluster (this one
 // included), released at cluster scope: what this thread did before (its wgmmas' reads of a stage

@@ -35,6 +35,7 @@ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar, in
 // Clusters: %cluster_ctarank, mapa + mbarrier.arrive.release.cluster.shared::cluster on block
 // `cta`'s barrier at `bar`, and barrier.cluster.arrive / wait.
 uint32_t cluster_ctarank();
+uint32_t cluster_nctarank();
 void mbar_arrive_cluster(uint32_t bar, uint32_t cta);
 void cluster_arrive();
 void cluster_wait();
@@ -70,6 +71,7 @@ inline void tma_load_2d_multicast(uint32_t dst, const TmaMap* map, int c0, int c
     emu::tma_load_2d(dst, map, c0, c1, bar, mask);
 }
 inline uint32_t cluster_ctarank() { return emu::cluster_ctarank(); }
+inline uint32_t cluster_nctarank() { return emu::cluster_nctarank(); }
 inline void mbar_arrive_cluster(uint32_t bar, uint32_t cta) { emu::mbar_arrive_cluster(bar, cta); }
 inline void cluster_sync() {
     emu::cluster_arrive();

@@ -123,6 +123,10 @@ struct Launch {
     // The block's mbarriers by shared-window address, and its tensor copies in flight, oldest first.
     std::map<uint32_t, Mbarrier> mbarriers;
     std::vector<TmaCopy> tma;
+    // Arrivals on its mbarriers from other blocks of the cluster, by barrier address, oldest first:
+    // not yet performed (the hardware gives a remote arrival no time bound but the releasing
+    // barrier.cluster), so that another block's progress cannot hide an arrival counted late.
+    std::vector<uint32_t> remote_arrivals;
     // Counts what changes another thread's view (an arrival, a copy issued or landed, a wait that
     // ends): a scheduler round in which it stays put and every thread that ran only spun on an
     // mbarrier has made no progress (runtime.cpp).
@@ -151,6 +155,9 @@ uint16_t smem_u16(const Launch& l, uint32_t addr, const char* what);
 // The copy engine, from the scheduler (tma.cpp): lands every tensor copy still in flight; returns
 // whether there was any. A failure goes to l.error, as fail() cannot run outside a fiber.
 bool land_all_copies(Launch& l);
+// Performs the arrivals other blocks made on l's barriers (all, or bar's only); returns "" or what
+// went wrong (an arrival beyond its phase's count), as this too may run outside a fiber.
+std::string deliver_arrivals(Launch& l, uint32_t bar, bool all);
 // The threads spinning on mbarriers and the state of those barriers, for a deadlock report.
 std::string mbarrier_report(const Launch& l);
 // Completes barrier.cluster's phase once every live thread of the cluster has arrived (also called

@@ -306,6 +306,11 @@ void cluster_try_complete(Cluster& c) {
     if (c.arrived == 0 || c.arrived < live) return;
     c.arrived = 0;
     ++c.generation;
+    // barrier.cluster.arrive.release orders a thread's earlier remote arrivals before the phase.
+    for (Launch* b : c.ctas) {
+        const std::string e = deliver_arrivals(*b, 0, true);
+        if (!e.empty() && b->error.empty()) b->error = format("kernel %s, block (%u,%u,%u): %s", b->name, b->bidx.x, b->bidx.y, b->bidx.z, e.c_str());
+    }
     // Like a __syncthreads in each block: what any thread did before it is ordered before what
     // every thread does after.
     for (Launch* b : c.ctas) {
@@ -526,6 +531,7 @@ void reset_block(Launch& l, size_t b, char* stack) {
     l.block_generation = 0;
     l.mbarriers.clear();
     l.tma.clear();
+    l.remote_arrivals.clear();
     l.error.clear();
     for (Warp& w : l.warps) w.arrived = 0;
     for (Warpgroup& g : l.warpgroups) g = Warpgroup{};
@@ -578,6 +584,10 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         c.ctas.push_back(&l);
     }
     std::vector<size_t> sequence(threads);
+    // The order the scheduler visits the cluster's blocks in, each round: by rank, reversed, or
+    // shuffled every round (the hardware runs them side by side, any one ahead).
+    std::vector<size_t> ctas(cluster);
+    for (unsigned k = 0; k < cluster; ++k) ctas[k] = reverse ? cluster - 1 - k : k;
     Launch* outer = L;
     const size_t clusters = size_t(grid.x) * grid.y * grid.z / cluster;
     auto failed = [&]() -> Launch* {
@@ -590,10 +600,8 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         c.generation = 0;
         for (unsigned k = 0; k < cluster; ++k) reset_block(ls[k], g * cluster + k, stack.data() + k * threads * STACK_BYTES);
         for (size_t i = 0; i < threads; ++i) sequence[i] = reverse ? threads - 1 - i : i;
-        if (random) {
-            std::mt19937 rng{unsigned(g * cluster)};  // seeded by the block: the same order on any thread count
-            std::shuffle(sequence.begin(), sequence.end(), rng);
-        }
+        std::mt19937 rng{unsigned(g * cluster)};  // seeded by the block: the same order on any thread count
+        if (random) std::shuffle(sequence.begin(), sequence.end(), rng);
         // Rounds over the ready fibers of the cluster's blocks. A fiber spinning on an mbarrier or
         // barrier.cluster stays ready, so a round has made progress only if some fiber ran from
         // anywhere but a failed wait, or the blocks' events (arrivals, copies, ended waits) moved;
@@ -612,7 +620,9 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         while (live() > 0 && !failed()) {
             bool progress = false;
             const uint64_t before = events();
-            for (Launch& l : ls) {
+            if (random) std::shuffle(ctas.begin(), ctas.end(), rng);
+            for (size_t k : ctas) {
+                Launch& l = ls[k];
                 L = &l;
                 for (size_t i : sequence) {
                     Fiber& f = l.fibers[i];
@@ -628,6 +638,13 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             if (progress || events() != before || failed() || live() == 0) continue;
             bool landed = false;
             for (Launch& l : ls) landed |= land_all_copies(l);
+            if (landed) continue;
+            // Then the arrivals other blocks made, which nothing else waits for.
+            for (Launch& l : ls) {
+                landed |= !l.remote_arrivals.empty();
+                const std::string e = deliver_arrivals(l, 0, true);
+                if (!e.empty() && l.error.empty()) l.error = format("kernel %s, block (%u,%u,%u): %s", name, l.bidx.x, l.bidx.y, l.bidx.z, e.c_str());
+            }
             if (landed) continue;
             std::string report;
             for (const Launch& l : ls) {

@@ -176,9 +176,15 @@ void mbar_init(uint32_t bar, uint32_t count) {
 
 namespace {
 
-// One arrival (raising the tx-count by tx_bytes first) on the barrier at `bar` of block `owner`.
+// One arrival (raising the tx-count by tx_bytes first) on the barrier at `bar` of block `owner`;
+// on another block's, queued there (deliver_arrivals performs it later).
 void arrive_on(Launch& owner, uint32_t bar, uint32_t tx_bytes, const char* what) {
     Mbarrier& b = barrier_in(owner, bar, what);
+    if (&owner != &launch_state()) {
+        owner.remote_arrivals.push_back(bar);
+        ++owner.events;
+        return;
+    }
     // Pending arrivals at zero: the phase waits for transaction bytes only, and this arrival,
     // meant for a later phase, would take the count below zero (undefined on the GPU).
     if (b.pending == 0)
@@ -220,6 +226,12 @@ uint32_t cluster_ctarank() {
     return l.rank;
 }
 
+uint32_t cluster_nctarank() {
+    Launch& l = launch_state();
+    need_sm90(l, "%cluster_nctarank");
+    return uint32_t(l.cluster->ctas.size());
+}
+
 bool mbar_try_wait(uint32_t bar, uint32_t parity) {
     Launch& l = launch_state();
     need_sm90(l, "mbarrier.try_wait");
@@ -233,7 +245,8 @@ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
     // deliver them with a thread waiting.
     const bool polled = f->waiting && f->wait_bar == bar && f->wait_parity == parity;
     if (b.phase % 2 == parity && polled) {
-        const std::string e = land_on(l, bar);
+        std::string e = land_on(l, bar);
+        if (e.empty()) e = deliver_arrivals(l, bar, false);
         if (!e.empty()) fail(e.c_str());
     }
     if (b.phase % 2 != parity) {
@@ -338,6 +351,26 @@ void issue_into(Launch& t, TmaCopy c) {
 }
 
 }  // namespace
+
+std::string deliver_arrivals(Launch& l, uint32_t bar, bool all) {
+    for (size_t i = 0; i < l.remote_arrivals.size();) {
+        const uint32_t at = l.remote_arrivals[i];
+        if (!all && at != bar) {
+            ++i;
+            continue;
+        }
+        l.remote_arrivals.erase(l.remote_arrivals.begin() + ptrdiff_t(i));
+        Mbarrier& b = l.mbarriers.at(at);  // checked at the arrival; barriers are never removed
+        if (b.pending == 0)
+            return format("an mbarrier.arrive from another block of the cluster on the mbarrier at %#x of block rank %u beyond "
+                          "the %u arrivals its phase %u expects",
+                          at, l.rank, b.count, b.phase);
+        --b.pending;
+        ++l.events;
+        advance(b);
+    }
+    return "";
+}
 
 bool land_all_copies(Launch& l) {
     const bool any = !l.tma.empty();

@@ -158,7 +158,7 @@ fn zeroed_attribute() -> CUlaunchAttribute {
 }
 
 /// How many clusters of the clustered `tile`'s kernel `name` fit on the GPU at once
-/// (cuOccupancyMaxActiveClusters; asked once per kernel): a persistent grid of more would run its
+/// (cuOccupancyMaxActiveClusters; asked once per device and kernel): a persistent grid of more would run its
 /// last clusters after the others, doubling the time. A cluster's blocks share a GPC, so an H100
 /// whose GPCs have odd SM counts fits fewer than SMs / 2 clusters of two.
 pub(super) fn max_active_clusters(
@@ -167,9 +167,10 @@ pub(super) fn max_active_clusters(
     name: &'static str,
     tile: Tile,
 ) -> Result<usize> {
-    static CACHE: OnceLock<Mutex<HashMap<&'static str, usize>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<(usize, &'static str), usize>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(&n) = cache.lock().expect("not poisoned").get(name) {
+    let key = (cuda.info.ordinal, name);
+    if let Some(&n) = cache.lock().expect("not poisoned").get(&key) {
         return Ok(n);
     }
     let cfg = LaunchConfig {
@@ -194,7 +195,7 @@ pub(super) fn max_active_clusters(
         tile.cluster,
         tile.smem_bytes
     );
-    cache.lock().expect("not poisoned").insert(name, n as usize);
+    cache.lock().expect("not poisoned").insert(key, n as usize);
     Ok(n as usize)
 }
 
