@@ -158,6 +158,8 @@ bool land_all_copies(Launch& l);
 // Performs the arrivals other blocks made on l's barriers (all, or bar's only); returns "" or what
 // went wrong (an arrival beyond its phase's count), as this too may run outside a fiber.
 std::string deliver_arrivals(Launch& l, uint32_t bar, bool all);
+// All of them, a failure going to l.error (as land_all_copies); returns whether there were any.
+bool deliver_all_arrivals(Launch& l);
 // The threads spinning on mbarriers and the state of those barriers, for a deadlock report.
 std::string mbarrier_report(const Launch& l);
 // Completes barrier.cluster's phase once every live thread of the cluster has arrived (also called

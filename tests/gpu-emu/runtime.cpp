@@ -307,10 +307,7 @@ void cluster_try_complete(Cluster& c) {
     c.arrived = 0;
     ++c.generation;
     // barrier.cluster.arrive.release orders a thread's earlier remote arrivals before the phase.
-    for (Launch* b : c.ctas) {
-        const std::string e = deliver_arrivals(*b, 0, true);
-        if (!e.empty() && b->error.empty()) b->error = format("kernel %s, block (%u,%u,%u): %s", b->name, b->bidx.x, b->bidx.y, b->bidx.z, e.c_str());
-    }
+    for (Launch* b : c.ctas) deliver_all_arrivals(*b);
     // Like a __syncthreads in each block: what any thread did before it is ordered before what
     // every thread does after.
     for (Launch* b : c.ctas) {
@@ -640,11 +637,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             for (Launch& l : ls) landed |= land_all_copies(l);
             if (landed) continue;
             // Then the arrivals other blocks made, which nothing else waits for.
-            for (Launch& l : ls) {
-                landed |= !l.remote_arrivals.empty();
-                const std::string e = deliver_arrivals(l, 0, true);
-                if (!e.empty() && l.error.empty()) l.error = format("kernel %s, block (%u,%u,%u): %s", name, l.bidx.x, l.bidx.y, l.bidx.z, e.c_str());
-            }
+            for (Launch& l : ls) landed |= deliver_all_arrivals(l);
             if (landed) continue;
             std::string report;
             for (const Launch& l : ls) {

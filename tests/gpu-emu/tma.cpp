@@ -372,6 +372,13 @@ std::string deliver_arrivals(Launch& l, uint32_t bar, bool all) {
     return "";
 }
 
+bool deliver_all_arrivals(Launch& l) {
+    const bool any = !l.remote_arrivals.empty();
+    const std::string e = deliver_arrivals(l, 0, true);
+    if (!e.empty() && l.error.empty()) l.error = format("kernel %s, block (%u,%u,%u): %s", l.name, l.bidx.x, l.bidx.y, l.bidx.z, e.c_str());
+    return any;
+}
+
 bool land_all_copies(Launch& l) {
     const bool any = !l.tma.empty();
     while (!l.tma.empty() && l.error.empty()) {

@@ -303,7 +303,8 @@ pub fn run(
     // The unfused cuBLASLt path last: every row's `speedup_vs_unfused` divides by it. On Hopper the
     // fused kernels run five times: the default TMA mainloop (`fused`), its ping-pong schedule
     // (`pingpong`), its clusters sharing B (`multicast`), the cp.async wgmma one (`wgmma`) and
-    // mma.sync only (`mma`); elsewhere all five are mma.sync, timed once. With a base, `merged` times `fused` on the merged weight too.
+    // mma.sync only (`mma`); elsewhere all five are mma.sync, timed once. With a base, `merged`
+    // times `fused` on the merged weight too.
     let hopper = gpu.info().compute_capability.0 == 9;
     let fused = [
         (FusedImpl::Fused, LowRankImpl::Fused, false, "fused"),

@@ -81,10 +81,10 @@ impl LowRankImpl {
     }
 }
 
-/// The tile (`tiles::Tile::name`: tma256, tma128, pingpong, mc256, mc128, wgmma, wide or narrow) that the y
-/// (forward) or dx (backward) product of this shape runs on under the current settings, for
-/// reports; None where the layer goes to cuBLASLt (the `cublas` implementation, or dimensions the
-/// kernels do not take).
+/// The tile (`tiles::Tile::name`: tma256, tma128, pingpong, mc256, mc128, wgmma, wide or narrow)
+/// that the y (forward) or dx (backward) product of this shape runs on under the current
+/// settings, for reports; None where the layer goes to cuBLASLt (the `cublas` implementation, or
+/// dimensions the kernels do not take).
 pub fn product_tile(cuda: &Cuda, sh: &LowRankShape, forward: bool) -> Result<Option<&'static str>> {
     if cuda.lowrank_impl == LowRankImpl::Cublas || !dims_fit(sh) {
         return Ok(None);

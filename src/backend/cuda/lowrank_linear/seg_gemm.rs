@@ -222,21 +222,25 @@ pub(super) fn launch_seg_gemm(
     } else {
         None
     };
-    if let (Some(q), true) = (&tma_params, tile.cluster > 1) {
-        // SAFETY: as below.
-        return unsafe { tma::launch_clustered(cuda, &f, cfg, tile.cluster, q) };
+    // SAFETY (both launches): `fused_fits` checked sizes, strides and alignment against the
+    // kernel's requirements; the caller sized `partials` for the grid's row blocks, and the
+    // workspace holds z partials.
+    if tile.cluster > 1 {
+        let q = tma_params
+            .as_ref()
+            .context("a clustered tile is a TMA tile")?;
+        unsafe { tma::launch_clustered(cuda, &f, cfg, tile.cluster, q)? };
+    } else {
+        let mut launch = cuda.stream.launch_builder(&f);
+        match &tma_params {
+            Some(q) => launch.arg(q),
+            None => launch.arg(&p),
+        };
+        if let Some(partials) = &colsum {
+            launch.arg(partials);
+        }
+        unsafe { launch.launch(cfg)? };
     }
-    let mut launch = cuda.stream.launch_builder(&f);
-    match &tma_params {
-        Some(q) => launch.arg(q),
-        None => launch.arg(&p),
-    };
-    if let Some(partials) = &colsum {
-        launch.arg(partials);
-    }
-    // SAFETY: `fused_fits` checked sizes, strides and alignment against the kernel's requirements;
-    // the caller sized `partials` for the grid's row blocks, and the workspace holds z partials.
-    unsafe { launch.launch(cfg)? };
     match workspace {
         Some(ws) => split_sum(cuda, ws.1, z, out),
         None => Ok(()),

@@ -8,8 +8,9 @@ use anyhow::{bail, Result};
 /// A mainloop's block tile: `WideTile` and `NarrowTile` in kernels/lowrank_linear.cu (dynamic shared
 /// memory of 4 stages of BM × 40 + max(32 × (BN + 8), BN × 40) bf16), `wg` in
 /// kernels/lowrank_wgmma.cu (5 stages of 128 × 64 + 64 × 128 bf16, plus 1 KB to align the base)
-/// and `TmaTile<BN, PP, CL>` in kernels/lowrank_tma.cu (stages of 128 × 64 + 64 × BN bf16, 1 KB to align,
-/// a full and an empty mbarrier per stage). `cluster`: blocks per thread-block cluster (1: none).
+/// and `TmaTile<BN, PP, CL>` in kernels/lowrank_tma.cu (stages of 128 × 64 + 64 × BN bf16, 1 KB to
+/// align, a full and an empty mbarrier per stage). `cluster`: blocks per thread-block cluster (1:
+/// none).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Tile {
     pub(super) file: &'static str,
@@ -142,8 +143,9 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 
 /// The wide tile where it still gives every SM a block (on Hopper, unless `Mma` is asked for, a
 /// wgmma version: `tma_tile`'s, its clustered twin for `Multicast`, the ping-pong one for
-/// `Pingpong`, or the cp.async one for `Wgmma`), else the narrow one (twice the blocks); the skinny projections always take the
-/// narrow tile (N = rank is small, and they are bound by reading their input).
+/// `Pingpong`, or the cp.async one for `Wgmma`), else the narrow one (twice the blocks); the
+/// skinny projections always take the narrow tile (N = rank is small, and they are bound by reading
+/// their input).
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
     let hopper = cuda.info.compute_capability.0 == 9;
     let sms = cuda.info.sms.max(1) as usize;

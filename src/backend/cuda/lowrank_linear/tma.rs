@@ -158,8 +158,8 @@ fn zeroed_attribute() -> CUlaunchAttribute {
 }
 
 /// How many clusters of the clustered `tile`'s kernel `name` fit on the GPU at once
-/// (cuOccupancyMaxActiveClusters; asked once per device and kernel): a persistent grid of more would run its
-/// last clusters after the others, doubling the time. A cluster's blocks share a GPC, so an H100
+/// (cuOccupancyMaxActiveClusters; asked once per device and kernel): a persistent grid of more
+/// would run its last clusters after the others, doubling the time. A cluster's blocks share a GPC, so an H100
 /// whose GPCs have odd SM counts fits fewer than SMs / 2 clusters of two.
 pub(super) fn max_active_clusters(
     cuda: &Cuda,
