@@ -112,19 +112,59 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     let mut reported = BTreeSet::new();
     // The tiny GPT's whole forward and backward (`model_`, three quarters of a run's time under
     // AddressSanitizer) once: its ops are the cases before it, which both sm_80 runs repeat.
-    for (run, (arch, sms, order, filter, skip, imp, merge)) in [
-        ("80", "108", "reverse", "", None, "fused", "0"),
-        ("80", "4", "forward", "", Some("model_"), "fused", "0"),
-        ("90", "4", "random", "lowrank", None, "fused", "0"),
+    // `wgmma`: LOWRANK_EMU_WGMMA, `warp` letting a warpgroup's warps issue wgmma at their own pace
+    // and one lag far behind (the PTX ISA syncs them per warp only), which the ping-pong
+    // schedule's turn hand-off once relied on not happening (review 2026-12-06, pingpong.md F1:
+    // with the leader-only hand-off this run deadlocks).
+    for (run, (arch, sms, order, filter, skip, imp, merge, wgmma)) in [
+        ("80", "108", "reverse", "", None, "fused", "0", "warpgroup"),
+        (
+            "80",
+            "4",
+            "forward",
+            "",
+            Some("model_"),
+            "fused",
+            "0",
+            "warpgroup",
+        ),
+        (
+            "90",
+            "4",
+            "random",
+            "lowrank",
+            None,
+            "fused",
+            "0",
+            "warpgroup",
+        ),
         // The other mainloops of the y and dx products: their cases only (the projections'
         // kernels are those of the run above). The cp.async wgmma kernel; the merged weight on the
         // ping-pong schedule (what merging changes is the operands, not the mainloop, and this
         // run is then also the ping-pong kernels'); the TMA kernel in clusters of two (blocks run
         // together, sharing B by multicast) at 3 SMs, a grid of one cluster walking several pairs
         // of tiles.
-        ("90", "4", "random", PRODUCTS, None, "wgmma", "0"),
-        ("90", "4", "forward", PRODUCTS, None, "pingpong", "1"),
-        ("90", "3", "reverse", PRODUCTS, None, "multicast", "0"),
+        (
+            "90",
+            "4",
+            "random",
+            PRODUCTS,
+            None,
+            "wgmma",
+            "0",
+            "warpgroup",
+        ),
+        ("90", "4", "random", PRODUCTS, None, "pingpong", "1", "warp"),
+        (
+            "90",
+            "3",
+            "reverse",
+            PRODUCTS,
+            None,
+            "multicast",
+            "0",
+            "warp",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -148,12 +188,13 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
             ("LOWRANK_EMU_TRACE", trace.as_os_str()),
             ("LOWRANK_LOWRANK_IMPL", OsStr::new(imp)),
             ("LOWRANK_MERGE_BASE", OsStr::new(merge)),
+            ("LOWRANK_EMU_WGMMA", OsStr::new(wgmma)),
         ];
         let out = emu.run(&args, arch, sms, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("Emulated GPU") && stdout.contains(" 0 failed"),
-            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}, merge {merge}) failed:\n{stdout}\n{}",
+            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}, merge {merge}, wgmma per {wgmma}) failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let doc: serde_json::Value =

@@ -39,10 +39,14 @@ struct Wgmma {
     bool scale_d, trans_b;
     std::vector<float> product;  // A·B (64 × n) from shared memory as it was at issue
     std::vector<uint32_t> chunks;  // the 16-byte chunks of shared memory it reads
+    int warp0 = 0;                 // the warp of the warpgroup its unit's first thread is in
+    bool done = false;             // its group has completed: it reads shared memory no more
 };
 
-// Four warps, 128 threads: the operands of the instruction its threads are arriving at, and its
-// wgmmas in flight (the open batch, then the committed groups, oldest first).
+// The threads that issue wgmma instructions together: a warpgroup (four warps, 128 threads), or
+// under LOWRANK_EMU_WGMMA=warp each warp on its own (wgmma_unit_threads). The operands of the
+// instruction its threads are arriving at, its wgmmas in flight (the open batch, then the
+// committed groups, oldest first), and how many groups it has committed and retired in all.
 struct Warpgroup {
     int arrived = 0, op = 0;
     std::array<float*, 128> d;
@@ -51,7 +55,13 @@ struct Warpgroup {
     bool fenced = false;  // a wgmma.fence since the last wait: the accumulators may be handed over
     std::vector<Wgmma> open;
     std::vector<std::vector<Wgmma>> committed;
+    int committed_total = 0, retired_total = 0;
 };
+// 128, or 32 under LOWRANK_EMU_WGMMA=warp: the PTX ISA syncs wgmma's threads per warp only
+// (`.sync`), so the warps of a warpgroup may issue its instructions at different times; a commit
+// group completes, for the whole warpgroup, once every warp has committed it. The scheduler then
+// also holds a warp back for rounds at a time (runtime.cpp), so that one can lag far behind.
+int wgmma_unit_threads();
 
 // An mbarrier of the block (PTX ISA, "mbarrier"): the arrivals each phase expects, those still
 // pending and the transaction bytes still pending in the current phase (negative when a copy's

@@ -147,7 +147,7 @@ void release_block(Launch& l) {
     l.entry(l.params);
     Fiber* f = l.cur;
     if (!l.warpgroups.empty()) {
-        const Warpgroup& w = l.warpgroups[f->warp / 4];
+        const Warpgroup& w = l.warpgroups[size_t(f - l.fibers.data()) / size_t(wgmma_unit_threads())];
         if (!w.open.empty() || !w.committed.empty())
             fail("a thread exited with wgmmas in flight (no wgmma.commit_group and wgmma.wait_group 0 after its last wgmma.mma_async)");
     }
@@ -194,7 +194,8 @@ std::string deadlock_report(const Launch& l) {
             s += format("; warp %zu has %d of its %d lanes at a warp-wide instruction", w, l.warps[w].arrived, l.warps[w].lanes);
     for (size_t g = 0; g < l.warpgroups.size(); ++g)
         if (l.warpgroups[g].arrived > 0)
-            s += format("; warpgroup %zu has %d of its 128 threads at a wgmma instruction", g, l.warpgroups[g].arrived);
+            s += format("; wgmma unit %zu has %d of its %d threads at a wgmma instruction", g, l.warpgroups[g].arrived,
+                        wgmma_unit_threads());
     return s;
 }
 
@@ -575,7 +576,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         l.fibers.resize(threads);
         l.warps.resize((threads + 31) / 32);
         for (size_t w = 0; w < l.warps.size(); ++w) l.warps[w].lanes = int(std::min<size_t>(32, threads - 32 * w));
-        if (threads % 128 == 0) l.warpgroups.resize(threads / 128);
+        if (threads % 128 == 0) l.warpgroups.resize(threads / size_t(wgmma_unit_threads()));
         l.cluster = &c;
         l.rank = k;
         c.ctas.push_back(&l);
@@ -614,16 +615,29 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             for (const Launch& l : ls) n += l.events;
             return n;
         };
+        // Under LOWRANK_EMU_WGMMA=warp one warp at a time (the same in each block) is held back for
+        // up to 64 rounds, half the time none, so that a warp can fall far behind its warpgroup;
+        // only a round that held none back can call the blocks deadlocked.
+        const bool lag = wgmma_unit_threads() < 128;
+        int held = -1, hold_rounds = 0;
         while (live() > 0 && !failed()) {
-            bool progress = false;
+            bool progress = false, held_back = false;
             const uint64_t before = events();
             if (random) std::shuffle(ctas.begin(), ctas.end(), rng);
+            if (lag && hold_rounds-- <= 0) {
+                held = rng() % 2 ? int(rng() % ls[0].warps.size()) : -1;
+                hold_rounds = int(rng() % 64);
+            }
             for (size_t k : ctas) {
                 Launch& l = ls[k];
                 L = &l;
                 for (size_t i : sequence) {
                     Fiber& f = l.fibers[i];
                     if (f.state != State::Ready) continue;
+                    if (f.warp == held) {
+                        held_back = true;
+                        continue;
+                    }
                     progress |= !f.spinning;
                     f.spinning = false;
                     l.cur = &f;
@@ -632,7 +646,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
                 }
                 if (!l.error.empty()) break;
             }
-            if (progress || events() != before || failed() || live() == 0) continue;
+            if (progress || events() != before || failed() || live() == 0 || held_back) continue;
             bool landed = false;
             for (Launch& l : ls) landed |= land_all_copies(l);
             if (landed) continue;
