@@ -90,7 +90,8 @@ impl Emulator {
             .env_remove("LOWRANK_LOWRANK_IMPL")
             .env_remove("LOWRANK_WGMMA_NMAJOR")
             .env_remove("LOWRANK_TMA_TILE")
-            .env_remove("LOWRANK_MERGE_BASE");
+            .env_remove("LOWRANK_MERGE_BASE")
+            .env_remove("LOWRANK_EMU_WGMMA");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -112,32 +113,18 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
     let mut reported = BTreeSet::new();
     // The tiny GPT's whole forward and backward (`model_`, three quarters of a run's time under
     // AddressSanitizer) once: its ops are the cases before it, which both sm_80 runs repeat.
-    // `wgmma`: LOWRANK_EMU_WGMMA, `warp` letting a warpgroup's warps issue wgmma at their own pace
-    // and one lag far behind (the PTX ISA syncs them per warp only), which the ping-pong
-    // schedule's turn hand-off once relied on not happening (review 2026-12-06, pingpong.md F1:
-    // with the leader-only hand-off this run deadlocks).
-    for (run, (arch, sms, order, filter, skip, imp, merge, wgmma)) in [
-        ("80", "108", "reverse", "", None, "fused", "0", "warpgroup"),
-        (
-            "80",
-            "4",
-            "forward",
-            "",
-            Some("model_"),
-            "fused",
-            "0",
-            "warpgroup",
-        ),
-        (
-            "90",
-            "4",
-            "random",
-            "lowrank",
-            None,
-            "fused",
-            "0",
-            "warpgroup",
-        ),
+    // Each run's settings over the defaults (`Emulator::run` clears them: the TMA mainloop, no
+    // merge, warps meeting at every wgmma). LOWRANK_EMU_WGMMA=warp lets a warpgroup's warps issue wgmma at their own pace and
+    // one lag far behind (the PTX ISA syncs them per warp only), which the ping-pong schedule's
+    // turn hand-off once relied on not happening (review 2026-12-06, pingpong.md F1: with the
+    // leader-only hand-off that run deadlocks).
+    let order = |o| ("LOWRANK_EMU_ORDER", o);
+    let imp = |i| ("LOWRANK_LOWRANK_IMPL", i);
+    let warp = ("LOWRANK_EMU_WGMMA", "warp");
+    let runs = [
+        ("80", "108", "", None, vec![order("reverse")]),
+        ("80", "4", "", Some("model_"), vec![order("forward")]),
+        ("90", "4", "lowrank", None, vec![order("random")]),
         // The other mainloops of the y and dx products: their cases only (the projections'
         // kernels are those of the run above). The cp.async wgmma kernel; the merged weight on the
         // ping-pong schedule (what merging changes is the operands, not the mainloop, and this
@@ -147,28 +134,31 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         (
             "90",
             "4",
-            "random",
             PRODUCTS,
             None,
-            "wgmma",
-            "0",
-            "warpgroup",
+            vec![order("random"), imp("wgmma")],
         ),
-        ("90", "4", "random", PRODUCTS, None, "pingpong", "1", "warp"),
+        (
+            "90",
+            "4",
+            PRODUCTS,
+            None,
+            vec![
+                order("random"),
+                imp("pingpong"),
+                ("LOWRANK_MERGE_BASE", "1"),
+                warp,
+            ],
+        ),
         (
             "90",
             "3",
-            "reverse",
             PRODUCTS,
             None,
-            "multicast",
-            "0",
-            "warp",
+            vec![order("reverse"), imp("multicast"), warp],
         ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    for (run, (arch, sms, filter, skip, settings)) in runs.into_iter().enumerate() {
         let json = emu.dir.join(format!("selftest-{run}.json"));
         let json_arg = json.to_str().expect("a UTF-8 target path");
         let mut args = vec![
@@ -183,18 +173,13 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         if let Some(skip) = skip {
             args.extend(["--skip", skip]);
         }
-        let env = [
-            ("LOWRANK_EMU_ORDER", OsStr::new(order)),
-            ("LOWRANK_EMU_TRACE", trace.as_os_str()),
-            ("LOWRANK_LOWRANK_IMPL", OsStr::new(imp)),
-            ("LOWRANK_MERGE_BASE", OsStr::new(merge)),
-            ("LOWRANK_EMU_WGMMA", OsStr::new(wgmma)),
-        ];
+        let mut env = vec![("LOWRANK_EMU_TRACE", trace.as_os_str())];
+        env.extend(settings.iter().map(|&(k, v)| (k, OsStr::new(v))));
         let out = emu.run(&args, arch, sms, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("Emulated GPU") && stdout.contains(" 0 failed"),
-            "selftest on the emulated sm_{arch} ({sms} SMs, {order} order, {imp}, merge {merge}, wgmma per {wgmma}) failed:\n{stdout}\n{}",
+            "selftest on the emulated sm_{arch} ({sms} SMs, {settings:?}) failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let doc: serde_json::Value =

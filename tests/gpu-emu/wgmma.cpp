@@ -11,11 +11,11 @@
 // memory whose cp.async has not landed, a wgmma without a wgmma.fence, a thread exiting with
 // wgmmas in flight, an sm_90a instruction on the emulated sm_80.
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
-#include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "emulated_ptx.h"
