@@ -261,5 +261,7 @@ cat "$out/summary.txt"
 sed -n '/^op /,/^$/p' "$out/bench.log" 2>/dev/null | grep -vE '^(gelu|residual|bias_grad)_[a-z_]+_(fused|passes) '
 grep -E '^(pass |(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/bench.log" 2>/dev/null | grep -vE ' (pingpong|multicast) '
 cat "$out/targets.log" "$out/targets-merged.log" "$out/targets-pingpong.log" "$out/targets-multicast.log" "$out/targets-wgmma.log" "$out/targets-mma.log" "$out/train-vs-cpu-bf16.log" 2>/dev/null
-[[ -f "$out/peer.log" ]] && grep -E '16384x(1024>4096|4096>1024) r(128|256)\b|^(op |torch_)' "$out/peer.log" | head -24
+# The peer's basic ops and its eight rows of our target rows above (18 lines; a looser pattern
+# once took 26 and a `head` cut off pure low-rank's 4096 → 1024 rows).
+[[ -f "$out/peer.log" ]] && grep -E '^(op |torch_|(fwd|bwd) w0\+lr +16384x(1024>4096|4096>1024) r128 |(fwd|bwd) lr +16384x(1024>4096|4096>1024) r256 )' "$out/peer.log"
 exit $status
