@@ -237,6 +237,11 @@ fi
 # Which kernels the selftests verified (each case lists the kernels it launched): STATUS.md's
 # "verified" column, in kernels.md.
 python3 "$root/scripts/kernel-status.py" "$out"/selftest*.json --doctor "$out/doctor.json" --md "$out/kernels.md" > "$out/kernel-status.log" 2>&1 || true
+# Nsight Compute's reports as tables (ncu-summary.md): per profiled kernel its label, time, throughput
+# against the peaks, L2 hit rate and occupancy; per layer and pass each implementation beside cuBLASLt.
+if compgen -G "$out/ncu-*.log" > /dev/null; then
+  python3 "$root/scripts/ncu-summary.py" "$out"/ncu-*.log --md "$out/ncu-summary.md" --json "$out/ncu-summary.json" > "$out/ncu-summary.log" 2>&1 || true
+fi
 {
   echo "== summary ($(head -1 "$out/env.txt"))"
   for s in "$out"/*.status; do printf '%-33s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
