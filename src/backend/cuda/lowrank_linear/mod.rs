@@ -33,7 +33,7 @@ use cublas::{dx_cublas, forward_cublas, strides};
 pub use merged::merge_base_from_env;
 use seg_gemm::{launch_seg_gemm, Act, Output, Segment};
 pub(crate) use tiles::{forced_tma_width, wgmma_nmajor_offsets};
-use tiles::{pick_tile, Role, NARROW};
+use tiles::{pick_tile, Role, Tile, NARROW};
 
 /// Which implementation runs the low-rank layer on CUDA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -104,14 +104,16 @@ pub fn multicast_clusters(cuda: &Cuda) -> Result<Option<usize>> {
     if cuda.info.compute_capability.0 != 9 {
         return Ok(None);
     }
-    let name = tiles::kernel_name(Role::Y, tiles::MC256, DType::BF16)?;
-    let f = seg_gemm::kernel_with_smem(cuda, tiles::MC256, name)?;
-    Ok(Some(tma::max_active_clusters(
-        cuda,
-        &f,
-        name,
-        tiles::MC256,
-    )?))
+    clusters_that_fit(cuda, tiles::MC256).map(Some)
+}
+
+/// How many clusters of the clustered `tile`'s kernel fit on this GPU at once, asked of its y
+/// kernel with a bf16 output (its other kernels have the same threads and shared memory, which
+/// bound them to a block per SM).
+fn clusters_that_fit(cuda: &Cuda, tile: Tile) -> Result<usize> {
+    let name = tiles::kernel_name(Role::Y, tile, DType::BF16)?;
+    let f = seg_gemm::kernel_with_smem(cuda, tile, name)?;
+    tma::max_active_clusters(cuda, &f, name, tile)
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte

@@ -147,18 +147,20 @@ pub(super) fn kernel_name(role: Role, tile: Tile, out: DType) -> Result<&'static
 /// skinny projections always take the narrow tile (N = rank is small, and they are bound by reading
 /// their input).
 pub(super) fn pick_tile(cuda: &Cuda, role: Role, m: usize, n: usize) -> Result<Tile> {
-    let hopper = cuda.info.compute_capability.0 == 9;
-    let sms = cuda.info.sms.max(1) as usize;
-    let forced = forced_tma_width()?;
-    Ok(choose_tile(
-        sms,
-        hopper,
-        cuda.lowrank_impl,
-        forced,
-        role,
-        m,
-        n,
-    ))
+    let gpu = Gpu {
+        sms: cuda.info.sms.max(1) as usize,
+        hopper: cuda.info.compute_capability.0 == 9,
+        clusters: &|tile| super::clusters_that_fit(cuda, tile),
+    };
+    choose_tile(&gpu, cuda.lowrank_impl, forced_tma_width()?, role, m, n)
+}
+
+/// What of the GPU the tile choice reads: its SM count, whether it is a Hopper, and how many
+/// clusters of a clustered tile's kernel fit on it at once (asked only for `Multicast`'s).
+struct Gpu<'a> {
+    sms: usize,
+    hopper: bool,
+    clusters: &'a dyn Fn(Tile) -> Result<usize>,
 }
 
 /// LOWRANK_TMA_TILE: `auto` (the default: `tma_tile`'s choice), `128` or `256`, the TMA kernel's
@@ -179,55 +181,60 @@ pub(crate) fn forced_tma_width() -> Result<Option<usize>> {
         .map_err(anyhow::Error::msg)
 }
 
-/// `pick_tile` on plain facts: the SM count, whether the GPU is a Hopper, the implementation asked
-/// for, and LOWRANK_TMA_TILE's width if set.
+/// `pick_tile` on plain facts: the GPU's, the implementation asked for, and LOWRANK_TMA_TILE's
+/// width if set.
 fn choose_tile(
-    sms: usize,
-    hopper: bool,
+    gpu: &Gpu,
     imp: LowRankImpl,
     forced_tma: Option<usize>,
     role: Role,
     m: usize,
     n: usize,
-) -> Tile {
+) -> Result<Tile> {
+    let (sms, clusters) = (gpu.sms, gpu.clusters);
     let wide_blocks = m.div_ceil(WIDE.bm) * n.div_ceil(WIDE.bn);
     if role == Role::Project || wide_blocks < sms {
-        return NARROW;
+        return Ok(NARROW);
     }
-    match (hopper, imp) {
-        (true, LowRankImpl::Fused) => tma_tile(sms, m, n, forced_tma),
+    Ok(match (gpu.hopper, imp) {
+        (true, LowRankImpl::Fused) => tma_tile([(TMA256, sms), (TMA128, sms)], m, n, forced_tma),
         (true, LowRankImpl::Pingpong) => PINGPONG,
-        (true, LowRankImpl::Multicast) => {
-            if tma_tile(sms, m, n, forced_tma) == TMA256 {
-                MC256
-            } else {
-                MC128
-            }
-        }
+        // The clustered grid holds as many pairs as clusters fit, which an H100's GPCs may make
+        // fewer than half its SMs: its waves are counted over those.
+        (true, LowRankImpl::Multicast) => tma_tile(
+            [(MC256, clusters(MC256)?), (MC128, clusters(MC128)?)],
+            m,
+            n,
+            forced_tma,
+        ),
         (true, LowRankImpl::Wgmma) => WGMMA,
         _ => WIDE,
-    }
+    })
 }
 
-/// The TMA kernel's 128 × 256 tile unless its last wave leaves enough SMs idle that the 128 × 128
-/// one finishes first: time ∝ waves × tile width, with the wide tile's width counted at 0.9 for
-/// its halved shared-memory reads per FLOP (a prediction to check against `bench`'s two rows,
-/// e.g. GPT-2 small's 768-wide dx at 8192 rows: 192 wide blocks are 2 waves of 132, 384 narrow
-/// ones 3, so the 128-wide tile is predicted faster there).
+/// Of a 128 × 256 tile and a 128 × 128 one (the TMA kernel's, or their clustered twins), each
+/// with the units its persistent grid holds at once (blocks, or clusters), the wide tile unless
+/// its last wave leaves enough of the grid idle that the narrow one finishes first: time ∝ waves
+/// × tile width, a wave being one unit per slot (a unit: `cluster` tiles one above the other),
+/// with the wide tile's width counted at 0.9 for its halved shared-memory reads per FLOP (a
+/// prediction to check against `bench`'s two rows, e.g. GPT-2 small's 768-wide dx at 8192 rows:
+/// 192 wide blocks are 2 waves of 132, 384 narrow ones 3, so the 128-wide tile is predicted
+/// faster there).
 /// `forced`: LOWRANK_TMA_TILE's width, which tests and `bench` use to run either tile.
-fn tma_tile(sms: usize, m: usize, n: usize, forced: Option<usize>) -> Tile {
+fn tma_tile([wide, narrow]: [(Tile, usize); 2], m: usize, n: usize, forced: Option<usize>) -> Tile {
     match forced {
-        Some(256) => return TMA256,
-        Some(_) => return TMA128,
+        Some(256) => return wide.0,
+        Some(_) => return narrow.0,
         None => {}
     }
-    let cost = |t: Tile, tenths: usize| {
-        (m.div_ceil(t.bm) * n.div_ceil(t.bn)).div_ceil(sms) * t.bn * tenths
+    let cost = |(t, slots): (Tile, usize), tenths: usize| {
+        let units = n.div_ceil(t.bn) * m.div_ceil(t.bm).div_ceil(t.cluster as usize);
+        units.div_ceil(slots.max(1)) * t.bn * tenths
     };
-    if cost(TMA256, 9) <= cost(TMA128, 10) {
-        TMA256
+    if cost(wide, 9) <= cost(narrow, 10) {
+        wide.0
     } else {
-        TMA128
+        narrow.0
     }
 }
 
@@ -255,8 +262,16 @@ mod tests {
 
     #[test]
     fn tiles_follow_the_grid_the_gpu_and_the_implementation() {
-        let name =
-            |sms, hopper, imp, role, m, n| choose_tile(sms, hopper, imp, None, role, m, n).name;
+        // As many clusters of two as half the SMs (the emulator's answer; an H100's may be fewer).
+        let name = |sms: usize, hopper, imp, role, m, n| {
+            let clusters = move |_: Tile| Ok(sms / 2);
+            let gpu = Gpu {
+                sms,
+                hopper,
+                clusters: &clusters,
+            };
+            choose_tile(&gpu, imp, None, role, m, n).unwrap().name
+        };
         let fused = LowRankImpl::Fused;
         // 16384 × 4096 outputs: 4096 wide blocks fill 132 SMs; the TMA kernel on Hopper (its
         // 128 × 256 tile: 16 waves of it against 32 of 128 × 128), mma.sync elsewhere.
@@ -285,6 +300,36 @@ mod tests {
         assert_eq!(name(132, true, multicast, Role::Y, 8192, 3072), "mc256");
         assert_eq!(name(108, false, multicast, Role::Y, 16384, 4096), "wide");
         assert_eq!(name(132, true, multicast, Role::Y, 1024, 1024), "narrow");
+        // Fewer clusters than half the SMs: GPT-2 small's dx into 768 columns at 8192 rows has 96
+        // pairs of 128 × 256 tiles, 2 waves of 60 clusters, and 192 pairs of 128 × 128 ones, 4
+        // waves: the wide tile (at 66 clusters the narrow one, 2 waves against 3, as above).
+        let h100 = |clusters| Gpu {
+            sms: 132,
+            hopper: true,
+            clusters,
+        };
+        let sixty = |_: Tile| Ok(60);
+        let tile = |m, n| {
+            choose_tile(&h100(&sixty), multicast, None, Role::Dx, m, n)
+                .unwrap()
+                .name
+        };
+        assert_eq!(tile(8192, 768), "mc256");
+        // 16384 × 4096: 1024 pairs of wide tiles, 18 waves of 60 clusters, against 2048 pairs of
+        // narrow ones, 35 waves (cost 18 × 0.9 × 256 against 35 × 128).
+        assert_eq!(tile(16384, 4096), "mc256");
+        // Where the kernels do not take the call, the cluster count is not asked for.
+        let never = |_: Tile| -> Result<usize> { panic!("asked for clusters") };
+        let pick = |imp, role, m, n| choose_tile(&h100(&never), imp, None, role, m, n);
+        assert_eq!(pick(fused, Role::Dx, 8192, 768).unwrap().name, "tma128");
+        assert_eq!(pick(multicast, Role::Y, 1024, 1024).unwrap().name, "narrow");
+        assert_eq!(
+            pick(multicast, Role::Project, 16384, 4096).unwrap().name,
+            "narrow"
+        );
+        // A failed occupancy query is the call's error, not a wrong tile.
+        let fails = |_: Tile| -> Result<usize> { bail!("cuOccupancyMaxActiveClusters failed") };
+        assert!(choose_tile(&h100(&fails), multicast, None, Role::Y, 8192, 3072).is_err());
         // GPT-2 small's dx into 768 columns at 8192 rows: 192 wide blocks take 2 waves, 1.45 of
         // them busy; 384 of 128 × 128 take 3 full ones, predicted faster.
         assert_eq!(name(132, true, fused, Role::Dx, 8192, 768), "tma128");
