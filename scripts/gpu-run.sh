@@ -43,7 +43,10 @@ status=0
 # printed, each step is capped at STEP_TIMEOUT (default 240 s), and the steps run most-needed first.
 budget=${GPU_RUN_BUDGET:-540}
 [[ $smoke == 1 ]] && budget=${GPU_RUN_BUDGET:-7200}  # the emulator is slow: no caps but STEP_TIMEOUT's
-start=$SECONDS
+# Counted from the script's start (bash's SECONDS), so the disk scan for the libraries above (a cold
+# disk there may take tens of seconds) comes out of the budget, not out of the margin the summary
+# and the tarball need before the call's cut.
+start=0
 # A step that normally takes seconds gets a tighter cap (`cap=N step ...`), so a hung kernel (a
 # never-run pipeline can deadlock) costs that much of the budget, not STEP_TIMEOUT.
 step() { # name, command...: runs, logs, records pass/fail
@@ -53,7 +56,15 @@ step() { # name, command...: runs, logs, records pass/fail
   local limit=$(( left < most ? left : most ))
   if (( limit < 10 )); then echo "== $name: skipped, out of time"; echo "skipped (out of time)" > "$out/$name.status"; status=1; return; fi
   echo "== $name (limit ${limit}s): $*"
-  if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then echo "ok" > "$out/$name.status"; else echo "FAILED" > "$out/$name.status"; status=1; fi
+  # A command still running at its limit gets SIGTERM, and SIGKILL 10 s later (one stuck in the
+  # driver behind a hung kernel may not stop at the first); rc 124 or 137 says it ran out of time.
+  timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  case $rc in
+    0) echo "ok" > "$out/$name.status" ;;
+    124|137) echo "FAILED (cut at its ${limit}s limit: a hang, or too slow)" > "$out/$name.status"; status=1 ;;
+    *) echo "FAILED (exit $rc)" > "$out/$name.status"; status=1 ;;
+  esac
   tail -n 15 "$out/$name.log"
 }
 
