@@ -16,6 +16,7 @@ differ (results printed as each kernel finished, say), by the last label printed
 """
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -193,7 +194,7 @@ def main():
         for k in kernels:
             k["summary"] = summary(k)
         doc.append(dict(log=path, kernels=kernels, problems=problems))
-        out.append(f"## {path}: {len(kernels)} profiled kernels")
+        out.append(f"## {os.path.basename(path)}: {len(kernels)} profiled kernels")
         out += [f"note: {p}" for p in problems]
         if not kernels:
             out.append("no Nsight Compute results in it (no ncu on the machine, or the step was cut before the program ended)")

@@ -92,7 +92,7 @@ class Command(unittest.TestCase):
             md, js = os.path.join(d, "s.md"), os.path.join(d, "s.json")
             run = subprocess.run([sys.executable, SCRIPT, SAMPLE, "--md", md, "--json", js], capture_output=True, text=True)
             self.assertEqual(run.returncode, 0, run.stderr)
-            self.assertIn("5 profiled kernels", run.stdout)
+            self.assertIn("## ncu-sample.log: 5 profiled kernels", run.stdout)
             with open(md) as f:
                 text = f.read()
             self.assertIn("| 2 | fused fwd w0+lr 8192x768>3072 r96 | `lowrank_y_tma256_bf16` | 132×1×1 | 384×1×1 | 50.0 |", text)
