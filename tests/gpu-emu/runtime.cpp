@@ -615,17 +615,25 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
             for (const Launch& l : ls) n += l.events;
             return n;
         };
-        // Under LOWRANK_EMU_WGMMA=warp one warp at a time (the same in each block) is held back for
-        // up to 64 rounds, half the time none, so that a warp can fall far behind its warpgroup;
-        // only a round that held none back can call the blocks deadlocked.
+        // Under LOWRANK_EMU_WGMMA=warp some warps are held back for up to 64 rounds at a time, so
+        // that a warp can fall far behind its warpgroup: half the time none, a quarter of the
+        // time one (the same in each block), a quarter of the time each warp of each block with
+        // probability 1/4 (several at once, in different warpgroups and blocks, lagging by
+        // different amounts as their holds end together). Only a round that held none back can
+        // call the blocks deadlocked.
         const bool lag = wgmma_unit_threads() < 128;
-        int held = -1, hold_rounds = 0;
+        std::vector<std::vector<bool>> held(ls.size(), std::vector<bool>(ls[0].warps.size()));
+        int hold_rounds = 0;
         while (live() > 0 && !failed()) {
             bool progress = false, held_back = false;
             const uint64_t before = events();
             if (random) std::shuffle(ctas.begin(), ctas.end(), rng);
             if (lag && hold_rounds-- <= 0) {
-                held = rng() % 2 ? int(rng() % ls[0].warps.size()) : -1;
+                const unsigned mode = rng() % 4;
+                const size_t one = rng() % held[0].size();
+                for (std::vector<bool>& block : held)
+                    for (size_t w = 0; w < block.size(); ++w)
+                        block[w] = mode == 2 ? w == one : mode == 3 && rng() % 4 == 0;
                 hold_rounds = int(rng() % 64);
             }
             for (size_t k : ctas) {
@@ -634,7 +642,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
                 for (size_t i : sequence) {
                     Fiber& f = l.fibers[i];
                     if (f.state != State::Ready) continue;
-                    if (f.warp == held) {
+                    if (lag && held[k][f.warp]) {
                         held_back = true;
                         continue;
                     }
