@@ -14,7 +14,19 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${OUT:-$root/gpu-out}}"
 mkdir -p "$dest"
-out=$(mktemp -d "${TMPDIR:-/tmp}/gpu-run.XXXXXX")
+# GPU_RUN_RESUME=1: go on in this machine's last run folder (a second device call while the machine
+# is still warm): the steps that ran keep their logs and statuses, those the budget skipped or cut
+# run now within this call's budget (GPU_RUN_BUDGET), and the summary and tarball cover both.
+last="${TMPDIR:-/tmp}/gpu-run.last"
+resume=${GPU_RUN_RESUME:-0}
+if [[ $resume == 1 && -d $last/ ]]; then
+  out=$(cd "$last" && pwd -P)
+else
+  [[ $resume == 1 ]] && echo "GPU_RUN_RESUME=1, but this machine has no earlier run ($last): running every step"
+  resume=0
+  out=$(mktemp -d "${TMPDIR:-/tmp}/gpu-run.XXXXXX")
+  ln -sfn "$out" "$last"
+fi
 bin="$root/.gpu/lowrank"
 [[ -x "$bin" ]] || { echo "error: $bin missing: run scripts/gpu-stage.sh on the build machine and carry .gpu" >&2; exit 1; }
 
@@ -36,7 +48,7 @@ else
   fi
   export LD_LIBRARY_PATH="${libdirs%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
-{ date -u +%Y-%m-%dT%H:%M:%SZ; [[ $smoke == 1 ]] && echo "GPU_RUN_SMOKE=1: a dry run at tiny sizes"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; cat "$root/.gpu/COMMIT" 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1; } > "$out/env.txt"
+{ (( resume )) && echo "resumed:"; date -u +%Y-%m-%dT%H:%M:%SZ; [[ $smoke == 1 ]] && echo "GPU_RUN_SMOKE=1: a dry run at tiny sizes"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; cat "$root/.gpu/COMMIT" 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1; } >> "$out/env.txt"
 
 status=0
 # The device call is cut at 600 s: the steps share a budget (default 540 s) so the summary is always
@@ -51,6 +63,11 @@ start=0
 # never-run pipeline can deadlock) costs that much of the budget, not STEP_TIMEOUT.
 step() { # name, command...: runs, logs, records pass/fail
   local name=$1; shift
+  if (( resume )) && [[ -f $out/$name.status && $(cat "$out/$name.status") != skipped* ]]; then
+    echo "== $name: ran in the earlier call: $(cat "$out/$name.status")"
+    [[ $(cat "$out/$name.status") == ok ]] || status=1
+    return
+  fi
   local left=$(( budget - (SECONDS - start) )) most=${cap:-${STEP_TIMEOUT:-240}}
   [[ $smoke == 1 ]] && most=${STEP_TIMEOUT:-1800}
   local limit=$(( left < most ? left : most ))
@@ -62,7 +79,13 @@ step() { # name, command...: runs, logs, records pass/fail
   local rc=$?
   case $rc in
     0) echo "ok" > "$out/$name.status" ;;
-    124|137) echo "FAILED (cut at its ${limit}s limit: a hang, or too slow)" > "$out/$name.status"; status=1 ;;
+    124|137)
+      if (( limit < most )); then  # the budget's end, not the step's own cap: a resumed call reruns it
+        echo "skipped (cut at the budget's end after ${limit}s)" > "$out/$name.status"
+      else
+        echo "FAILED (cut at its ${limit}s limit: a hang, or too slow)" > "$out/$name.status"
+      fi
+      status=1 ;;
     *) echo "FAILED (exit $rc)" > "$out/$name.status"; status=1 ;;
   esac
   tail -n 15 "$out/$name.log"

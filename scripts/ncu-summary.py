@@ -99,30 +99,34 @@ def metric(k, section_prefix, name):
     return None, None
 
 
+# The per-kernel table's columns: key, heading, format, and the metric (section name's start, metric
+# name) it shows, with the units it converts from where the report's unit varies (else None).
+COLUMNS = [
+    ("us", "µs", "{:.1f}", "GPU Speed Of Light", "Duration", TO_US),
+    ("sm_pct", "SM %", "{:.0f}", "GPU Speed Of Light", "Compute (SM) Throughput", None),
+    ("mem_pct", "mem %", "{:.0f}", "GPU Speed Of Light", "Memory Throughput", None),
+    ("dram_pct", "DRAM %", "{:.0f}", "GPU Speed Of Light", "DRAM Throughput", None),
+    ("l2_pct", "L2 %", "{:.0f}", "GPU Speed Of Light", "L2 Cache Throughput", None),
+    ("l2_hit_pct", "L2 hit %", "{:.0f}", "Memory Workload", "L2 Hit Rate", None),
+    ("mem_tbs", "TB/s", "{:.2f}", "Memory Workload", "Memory Throughput", TO_TBS),
+    ("ipc", "IPC", "{:.2f}", "Compute Workload", "Executed Ipc Active", None),
+    ("occ_pct", "occ %", "{:.0f}", "Occupancy", "Achieved Occupancy", None),
+    ("cycles_per_issue", "cyc/issue", "{:.1f}", "Warp State", "Warp Cycles Per Issued Instruction", None),
+    ("regs", "regs", "{:.0f}", "Launch Statistics", "Registers Per Thread", None),
+    ("smem_kb", "smem KB", "{:.1f}", "Launch Statistics", "Dynamic Shared Memory Per Block", None),
+]
+
+
 def summary(k):
-    """The columns of the per-kernel table (None where the report lacks the metric)."""
-    unit, dur = metric(k, "GPU Speed Of Light", "Duration")
-    bw_unit, bw = metric(k, "Memory Workload", "Memory Throughput")
-    return dict(
-        us=dur * TO_US[unit] if dur is not None and unit in TO_US else None,
-        sm_pct=metric(k, "GPU Speed Of Light", "Compute (SM) Throughput")[1],
-        mem_pct=metric(k, "GPU Speed Of Light", "Memory Throughput")[1],
-        dram_pct=metric(k, "GPU Speed Of Light", "DRAM Throughput")[1],
-        l2_pct=metric(k, "GPU Speed Of Light", "L2 Cache Throughput")[1],
-        l2_hit_pct=metric(k, "Memory Workload", "L2 Hit Rate")[1],
-        mem_tbs=bw * TO_TBS[bw_unit] if bw is not None and bw_unit in TO_TBS else None,
-        ipc=metric(k, "Compute Workload", "Executed Ipc Active")[1],
-        occ_pct=metric(k, "Occupancy", "Achieved Occupancy")[1],
-        cycles_per_issue=metric(k, "Warp State", "Warp Cycles Per Issued Instruction")[1],
-        regs=metric(k, "Launch Statistics", "Registers Per Thread")[1],
-        smem_kb=metric(k, "Launch Statistics", "Dynamic Shared Memory Per Block")[1],
-    )
-
-
-COLUMNS = [("us", "µs", "{:.1f}"), ("sm_pct", "SM %", "{:.0f}"), ("mem_pct", "mem %", "{:.0f}"),
-           ("dram_pct", "DRAM %", "{:.0f}"), ("l2_pct", "L2 %", "{:.0f}"), ("l2_hit_pct", "L2 hit %", "{:.0f}"),
-           ("mem_tbs", "TB/s", "{:.2f}"), ("ipc", "IPC", "{:.2f}"), ("occ_pct", "occ %", "{:.0f}"),
-           ("cycles_per_issue", "cyc/issue", "{:.1f}"), ("regs", "regs", "{:.0f}"), ("smem_kb", "smem KB", "{:.1f}")]
+    """The columns of the per-kernel table (None where the report lacks the metric or its unit is
+    not one the column converts from)."""
+    out = {}
+    for key, _, _, section, name, scale in COLUMNS:
+        unit, value = metric(k, section, name)
+        if scale is not None:
+            value = value * scale[unit] if value is not None and unit in scale else None
+        out[key] = value
+    return out
 
 
 def cell(fmt, v):
@@ -142,7 +146,7 @@ def kernel_table(kernels):
     for i, k in enumerate(kernels):
         s = k["summary"]
         lines.append(f"| {i} | {k['label'] or '-'} | `{short(k['name'])}` | {'×'.join(map(str, k['grid']))} | "
-                     f"{'×'.join(map(str, k['block']))} | " + " | ".join(cell(f, s[c]) for c, _, f in COLUMNS) + " |")
+                     f"{'×'.join(map(str, k['block']))} | " + " | ".join(cell(c[2], s[c[0]]) for c in COLUMNS) + " |")
     return lines
 
 
