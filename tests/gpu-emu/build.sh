@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the emulated GPU into OUT (default target/gpu-emu): libcuda.so, a fake CUDA driver whose
-# kernels are kernels/*.cu compiled for the CPU by g++ (driver.cpp, runtime.cpp, emu.h), and
+# kernels are kernels/*.cu compiled for the CPU by g++ (driver.cpp, runtime.cpp, warp_ops.cpp, emu.h), and
 # libcublasLt.so (cublaslt.cpp). With OUT on LD_LIBRARY_PATH, cudarc loads them in place of
 # NVIDIA's libraries and the binary's CUDA backend runs end to end on the CPU:
 #
@@ -85,7 +85,7 @@ for f in "$out"/kernels/*.cu; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-for part in runtime wgmma tma driver; do
+for part in runtime warp_ops wgmma tma driver; do
   obj=$out/obj/$part.o
   objects+=("$obj")
   newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue
