@@ -283,6 +283,8 @@ fi
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
   printf '%-33s %s\n' "kernels (kernels.md):" "$(tail -n 1 "$out/kernel-status.log")"
+  # Which cuBLASLt every GEMM went through (doctor: its version and file; a warning if not CUDA 13's).
+  grep -hE "^(cuBLASLt [0-9]|warning: this binary's cuBLASLt)" "$out/doctor.log" 2>/dev/null || true
   env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE|RESIDUAL_EPILOGUE|BIAS_GRAD_EPILOGUE)=' || true
 } > "$out/summary.txt"
 tar -czf "$dest/gpu-run.tar.gz" -C "$out" --exclude='checkpoint-*' --exclude='*.safetensors' .

@@ -509,6 +509,46 @@ fn linear_layers_fall_back_to_passes_where_cublaslt_has_no_epilogue() {
     }
 }
 
+/// `doctor` names the cuBLASLt it loaded, its version and file (here the emulator's, which reports
+/// the version whose ABI it follows).
+#[test]
+fn doctor_names_the_cublaslt_it_loaded() {
+    let Some(emu) = Emulator::get() else { return };
+    let json = std::env::temp_dir().join(format!("lowrank-emu-doctor-{}.json", std::process::id()));
+    let out = emu.run(
+        &["doctor", "--json", json.to_str().unwrap()],
+        "90",
+        "4",
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("cuBLASLt "))
+        .unwrap_or_else(|| panic!("no cuBLASLt line in:\n{stdout}"));
+    assert!(
+        line.starts_with("cuBLASLt 13.0.0 loaded from ") && line.ends_with("/libcublasLt.so"),
+        "{line}"
+    );
+    assert!(
+        !stdout.contains("warning: this binary's cuBLASLt"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    let loaded = &doc["libraries"]["cuBLASLt_loaded"];
+    assert_eq!(loaded["version"], "13.0.0", "{doc}");
+    assert_eq!(
+        loaded["file"]
+            .as_str()
+            .map(|f| f.ends_with("/libcublasLt.so")),
+        Some(true),
+        "{doc}"
+    );
+}
+
 /// The training losses of every step, then the last validation loss, from a run's metrics.jsonl.
 fn read_losses(path: &Path) -> Vec<f64> {
     let text = std::fs::read_to_string(path).expect("the run wrote its metrics");

@@ -142,9 +142,85 @@ fn library_facts() -> serde_json::Value {
         .map(|(n, ok)| format!("{n} {}", if *ok { "yes" } else { "no" }))
         .collect();
     println!("libraries loadable: {}", line.join(", "));
-    serde_json::Value::Object(
-        libs.iter()
-            .map(|(n, ok)| (n.to_string(), json!(ok)))
-            .collect(),
-    )
+    let mut facts: serde_json::Map<_, _> = libs
+        .iter()
+        .map(|(n, ok)| (n.to_string(), json!(ok)))
+        .collect();
+    if libs.iter().any(|&(n, ok)| n == "cuBLASLt" && ok) {
+        facts.insert("cuBLASLt_loaded".into(), cublaslt_facts());
+    }
+    serde_json::Value::Object(facts)
+}
+
+/// The cuBLASLt this process loaded, which every GEMM goes through: its version and its file.
+/// cudarc's dynamic loading takes the first of its candidate names that opens (an unversioned
+/// libcublasLt.so, then CUDA 13's, then 12's...), and this binary's bindings are CUDA 13's
+/// (cudarc's `cuda-13000`), so a machine whose first match is another major version is named.
+fn cublaslt_facts() -> serde_json::Value {
+    // SAFETY: the library is present (probed above); cublasLtGetVersion takes no arguments.
+    let v = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    let version = dotted_version(v);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let file = loaded_library(&maps, "libcublasLt");
+    println!(
+        "cuBLASLt {version} loaded from {}",
+        file.unwrap_or("(its file not found in /proc/self/maps)")
+    );
+    if v / 10_000 != 13 {
+        println!(
+            "warning: this binary's cuBLASLt bindings are CUDA 13's; with cuBLASLt {version} a GEMM \
+             may fail or differ: put the folder of CUDA 13's libcublasLt.so.13 first on LD_LIBRARY_PATH"
+        );
+    }
+    json!({"version": version, "file": file})
+}
+
+/// cuBLAS's version number (major · 10000 + minor · 100 + patch) as `major.minor.patch`.
+fn dotted_version(v: usize) -> String {
+    format!("{}.{}.{}", v / 10_000, v / 100 % 100, v % 100)
+}
+
+/// The path of the first mapping in `maps` (the text of /proc/self/maps) whose file name starts
+/// with `stem`.
+fn loaded_library<'a>(maps: &'a str, stem: &str) -> Option<&'a str> {
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with(stem))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dotted_version, loaded_library};
+
+    #[test]
+    fn cublas_version_numbers_read_as_major_minor_patch() {
+        assert_eq!(dotted_version(130401), "13.4.1");
+        assert_eq!(dotted_version(120805), "12.8.5");
+        assert_eq!(dotted_version(130000), "13.0.0");
+    }
+
+    #[test]
+    fn the_loaded_library_is_read_from_the_process_maps() {
+        let maps = "\
+55d0c0a00000-55d0c0a28000 r--p 00000000 fd:01 1311 /work/target/release/lowrank
+7f1e2c000000-7f1e2c400000 r--p 00000000 fd:01 2201 /opt/py/nvidia/cublas/lib/libcublas.so.13
+7f1e30000000-7f1e34000000 r-xp 00200000 fd:01 2202 /opt/py/nvidia/cublas/lib/libcublasLt.so.13
+7f1e38000000-7f1e38001000 rw-p 00000000 00:00 0
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
+";
+        assert_eq!(
+            loaded_library(maps, "libcublasLt"),
+            Some("/opt/py/nvidia/cublas/lib/libcublasLt.so.13")
+        );
+        // libcublas.so.13 is not libcublasLt's, though its name is a prefix of the stem's.
+        assert_eq!(
+            loaded_library(maps, "libcublas."),
+            Some("/opt/py/nvidia/cublas/lib/libcublas.so.13")
+        );
+        assert_eq!(loaded_library(maps, "libnccl"), None);
+    }
 }

@@ -9,7 +9,8 @@
 //   cublasLtMatmulDescCreate, cublasLtMatmulDescDestroy, cublasLtMatmulDescSetAttribute,
 //   cublasLtMatrixLayoutCreate, cublasLtMatrixLayoutDestroy, cublasLtMatrixLayoutSetAttribute,
 //   cublasLtMatmulPreferenceCreate, cublasLtMatmulPreferenceDestroy,
-//   cublasLtMatmulPreferenceSetAttribute, cublasLtMatmulAlgoGetHeuristic, cublasLtMatmul.
+//   cublasLtMatmulPreferenceSetAttribute, cublasLtMatmulAlgoGetHeuristic, cublasLtMatmul,
+//   and cublasLtGetVersion (`lowrank doctor`).
 // Enum values and struct layouts follow cudarc 0.19's sys bindings (feature cuda-13000).
 //
 // Semantics follow real cuBLASLt: column-major storage, D = alpha·op(A)·op(B) + beta·C with
@@ -156,6 +157,10 @@ bool aligned(const void* ptr, size_t bytes) { return (uintptr_t(ptr) % bytes) ==
 // ---- the exported C API ------------------------------------------------------------------------
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
+
+// The version whose ABI this file follows (cudarc's cuda-13000 bindings): 13.0.0, as
+// major · 10000 + minor · 100 + patch.
+EXPORT size_t cublasLtGetVersion() { return 130000; }
 
 EXPORT uint32_t cublasLtCreate(void** handle) {
     return create(handle, Kind::Handle, "cublasLtCreate", HandleObj{});
