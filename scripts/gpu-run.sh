@@ -41,10 +41,15 @@ else
   steps=30 lora_steps=20 every=10 rank_every=5 train_size=()
   step_size=(--model gpt2 --batch 8 --seq 1024); peer_step_size=(--device cuda --config gpt2:12:12:768 --batch 8 --seq 1024)
   dlra_rank=64 bench_steps=10
-  # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the path.
-  libdirs=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' -o -name 'libnvToolsExt.so*' \) -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
+  # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the
+  # path; ncu and compute-sanitizer wherever their installs put them. One scan of the disk finds
+  # them all (a cold disk may take tens of seconds per scan, out of the budget).
+  found=$(find / -xdev \( -name 'libcublasLt.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libnccl.so*' \
+    -o -name 'libnvToolsExt.so*' -o -name 'libcuda.so.1' -o \( \( -name ncu -o -name compute-sanitizer \) -type f -perm -u+x \) \) \
+    -print 2>/dev/null)
+  libdirs=$(grep -E '/lib(cublasLt|curand|nvrtc|nccl|nvToolsExt)\.so[^/]*$' <<< "$found" | sed 's|/[^/]*$||' | sort -u | tr '\n' ':')
   if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
-    libdirs="$libdirs$(find / -xdev -name 'libcuda.so.1' -printf '%h\n' 2>/dev/null | head -1)"
+    libdirs="$libdirs$(grep -m1 '/libcuda\.so\.1$' <<< "$found" | sed 's|/[^/]*$||')"
   fi
   export LD_LIBRARY_PATH="${libdirs%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
@@ -68,33 +73,37 @@ step() { # name, command...: runs, logs, records pass/fail
     [[ $(cat "$out/$name.status") == ok ]] || status=1
     return
   fi
+  # A step the budget skipped or cut before reruns from scratch: a training step's folder from the
+  # cut run would make `train` refuse to overwrite it.
+  if (( resume )) && [[ -d $out/$name ]]; then rm -rf "${out:?}/$name"; fi
   local left=$(( budget - (SECONDS - start) )) most=${cap:-${STEP_TIMEOUT:-240}}
   [[ $smoke == 1 ]] && most=${STEP_TIMEOUT:-1800}
   local limit=$(( left < most ? left : most ))
   if (( limit < 10 )); then echo "== $name: skipped, out of time"; echo "skipped (out of time)" > "$out/$name.status"; status=1; return; fi
   echo "== $name (limit ${limit}s): $*"
   # A command still running at its limit gets SIGTERM, and SIGKILL 10 s later (one stuck in the
-  # driver behind a hung kernel may not stop at the first); rc 124 or 137 says it ran out of time.
+  # driver behind a hung kernel may not stop at the first): rc 124 or 137 at the limit says it ran
+  # out of time (137 earlier is another SIGKILL, the OOM killer's say).
+  local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
-  local rc=$?
-  case $rc in
-    0) echo "ok" > "$out/$name.status" ;;
-    124|137)
-      if (( limit < most )); then  # the budget's end, not the step's own cap: a resumed call reruns it
-        echo "skipped (cut at the budget's end after ${limit}s)" > "$out/$name.status"
-      else
-        echo "FAILED (cut at its ${limit}s limit: a hang, or too slow)" > "$out/$name.status"
-      fi
-      status=1 ;;
-    *) echo "FAILED (exit $rc)" > "$out/$name.status"; status=1 ;;
-  esac
+  local rc=$? cut=0
+  [[ $rc == 124 || $rc == 137 ]] && (( SECONDS - t0 >= limit )) && cut=1
+  if (( rc == 0 )); then
+    echo "ok" > "$out/$name.status"
+  elif (( cut && limit < most )); then  # the budget's end, not the step's own cap: a resumed call reruns it
+    echo "skipped (cut at the budget's end after ${limit}s)" > "$out/$name.status"; status=1
+  elif (( cut )); then
+    echo "FAILED (cut at its ${limit}s limit: a hang, or too slow)" > "$out/$name.status"; status=1
+  else
+    echo "FAILED (exit $rc$( (( rc > 128 )) && echo ", killed by signal $(( rc - 128 ))"))" > "$out/$name.status"; status=1
+  fi
   tail -n 15 "$out/$name.log"
 }
 
-# A CUDA tool's path: on the PATH, else (on the GPU machine) wherever its install put it.
+# A CUDA tool's path: on the PATH, else (on the GPU machine) wherever the scan above found it.
 tool() {
   command -v "$1" && return
-  [[ $smoke == 1 ]] || find / -xdev -name "$1" -type f -perm -u+x 2>/dev/null | head -1
+  grep -m1 "/$1\$" <<< "${found-}"
 }
 
 step doctor "$bin" doctor --json "$out/doctor.json"
@@ -273,8 +282,10 @@ fi
 python3 "$root/scripts/kernel-status.py" "$out"/selftest*.json --doctor "$out/doctor.json" --md "$out/kernels.md" > "$out/kernel-status.log" 2>&1 || true
 # Nsight Compute's reports as tables (ncu-summary.md): per profiled kernel its label, time, throughput
 # against the peaks, L2 hit rate and occupancy; per layer and pass each implementation beside cuBLASLt.
-if compgen -G "$out/ncu-*.log" > /dev/null; then
-  python3 "$root/scripts/ncu-summary.py" "$out"/ncu-*.log --md "$out/ncu-summary.md" --json "$out/ncu-summary.json" > "$out/ncu-summary.log" 2>&1 || true
+ncu_logs=()
+for l in "$out"/ncu-lowrank-*.log "$out/ncu-attention.log"; do [[ -f $l ]] && ncu_logs+=("$l"); done
+if (( ${#ncu_logs[@]} )); then
+  python3 "$root/scripts/ncu-summary.py" "${ncu_logs[@]}" --md "$out/ncu-summary.md" --json "$out/ncu-summary.json" > "$out/ncu-summary.log" 2>&1 || true
 fi
 {
   echo "== summary ($(head -1 "$out/env.txt"))"

@@ -22,10 +22,14 @@ import sys
 
 CAPTURE = re.compile(r"^capture: (?P<label>.+?)\s*$")
 PROFILING = re.compile(r'^==PROF== Profiling "(?P<name>[^"]+)"')
-KERNEL = re.compile(r"^\s*(?P<name>\S.*?) \((\d+), (\d+), (\d+)\)x\((\d+), (\d+), (\d+)\), (?P<rest>.*\bCC \d+\.\d+.*)$")
+# A result's header: NAME (grid)x(block), then Context, Stream, Device, CC; a third (x, y, z) after
+# the block's, as a cluster's dimensions might be printed, is allowed and ignored.
+KERNEL = re.compile(r"^\s*(?P<name>\S.*?) \((\d+), (\d+), (\d+)\)x\((\d+), (\d+), (\d+)\)(?:x\(\d+, \d+, \d+\))?, "
+                    r"(?P<rest>.*\bCC \d+\.\d+.*)$")
 SECTION = re.compile(r"^\s+Section: (?P<name>.+?)\s*$")
 RULE = re.compile(r"^\s+-+( -+)+\s*$")
 TO_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
+TO_KB = {"byte/block": 1e-3, "Kbyte/block": 1.0, "Mbyte/block": 1e3}  # ncu's SI units
 TO_TBS = {"byte/second": 1e-12, "Kbyte/second": 1e-9, "Mbyte/second": 1e-6, "Gbyte/second": 1e-3, "Tbyte/second": 1.0}
 # The bench's labels of the low-rank layer: "IMPL PASS SHAPE", e.g. "fused bwd w0+lr 8192x768>3072 r96".
 LAYER_LABEL = re.compile(r"^(?P<imp>\S+) (?P<pass_>(?:fwd|bwd) (?:w0\+lr|lr)) (?P<shape>\d+x\d+>\d+ r\d+)$")
@@ -64,6 +68,13 @@ def parse(text):
             continue
         elif m := SECTION.match(line):
             section, spans = m["name"], None
+            if section in kernel["metrics"]:
+                # A section twice under one header: the next kernel's header went unrecognised.
+                # Its results go to a kernel of unknown name, not over the last one's.
+                problems.append(f"a second {section!r} section after {kernel['name']!r}: a result header "
+                                "this script did not recognise; its results are listed under '?'")
+                kernel = dict(name="?", grid=None, block=None, label_at_header=label, metrics={})
+                kernels.append(kernel)
         elif RULE.match(line):
             spans = columns(line)
         elif not line.strip():
@@ -75,19 +86,38 @@ def parse(text):
             name, unit, value = cells[0], cells[1], cells[-1]
             if name and name != "Metric Name":
                 kernel["metrics"].setdefault(section, {})[name] = [unit, value]
+    label_results(kernels, profiled, problems)
+    return kernels, problems
+
+
+def label_results(kernels, profiled, problems):
+    """Each result's capture label: from the profiled kernel it is in order when the counts agree;
+    else from the next profiled kernel of its name (ncu's progress line names the function), a
+    result that has none left without a label; with no progress lines at all (results printed as
+    each kernel finished), the label printed before the result."""
+    if not profiled:
+        for k in kernels:
+            k["label"] = k.pop("label_at_header")
+        return
+    for k in kernels:
+        del k["label_at_header"]
     if len(profiled) == len(kernels):
         for k, (name, lab) in zip(kernels, profiled):
             k["label"] = lab
             if name not in k["name"]:
                 problems.append(f"result {k['name']!r} matched by order to profiled kernel {name!r}")
-    else:
-        if profiled:
-            problems.append(f"{len(profiled)} kernels profiled but {len(kernels)} results: labels taken from the line before each result")
-        for k in kernels:
-            k["label"] = k["label_at_header"]
+        return
+    problems.append(f"{len(profiled)} kernels profiled but {len(kernels)} results: matched by name")
+    j = 0
     for k in kernels:
-        del k["label_at_header"]
-    return kernels, problems
+        i = next((i for i in range(j, len(profiled)) if profiled[i][0] in k["name"]), None)
+        if i is None:
+            k["label"] = None
+            problems.append(f"result {k['name']!r} matches no profiled kernel after the last matched: no label")
+            continue
+        if i > j:
+            problems.append(f"no result for profiled {', '.join(repr(n) for n, _ in profiled[j:i])}")
+        k["label"], j = profiled[i][1], i + 1
 
 
 def metric(k, section_prefix, name):
@@ -100,7 +130,8 @@ def metric(k, section_prefix, name):
 
 
 # The per-kernel table's columns: key, heading, format, and the metric (section name's start, metric
-# name) it shows, with the units it converts from where the report's unit varies (else None).
+# name, or a tuple of names whose values add up) it shows, with the units it converts from where the
+# report's unit varies (else None).
 COLUMNS = [
     ("us", "µs", "{:.1f}", "GPU Speed Of Light", "Duration", TO_US),
     ("sm_pct", "SM %", "{:.0f}", "GPU Speed Of Light", "Compute (SM) Throughput", None),
@@ -113,7 +144,8 @@ COLUMNS = [
     ("occ_pct", "occ %", "{:.0f}", "Occupancy", "Achieved Occupancy", None),
     ("cycles_per_issue", "cyc/issue", "{:.1f}", "Warp State", "Warp Cycles Per Issued Instruction", None),
     ("regs", "regs", "{:.0f}", "Launch Statistics", "Registers Per Thread", None),
-    ("smem_kb", "smem KB", "{:.1f}", "Launch Statistics", "Dynamic Shared Memory Per Block", None),
+    ("smem_kb", "smem KB", "{:.1f}", "Launch Statistics",
+     ("Dynamic Shared Memory Per Block", "Static Shared Memory Per Block"), TO_KB),
 ]
 
 
@@ -121,11 +153,15 @@ def summary(k):
     """The columns of the per-kernel table (None where the report lacks the metric or its unit is
     not one the column converts from)."""
     out = {}
-    for key, _, _, section, name, scale in COLUMNS:
-        unit, value = metric(k, section, name)
-        if scale is not None:
-            value = value * scale[unit] if value is not None and unit in scale else None
-        out[key] = value
+    for key, _, _, section, names, scale in COLUMNS:
+        values = []
+        for name in (names,) if isinstance(names, str) else names:
+            unit, value = metric(k, section, name)
+            if scale is not None:
+                value = value * scale[unit] if value is not None and unit in scale else None
+            if value is not None:
+                values.append(value)
+        out[key] = sum(values) if values else None
     return out
 
 

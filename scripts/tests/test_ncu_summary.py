@@ -73,13 +73,54 @@ class Parse(unittest.TestCase):
         self.assertEqual(lines[2], "| fwd w0+lr | 8192x768>3072 r96 | 51.2 | 59.9 | 58.0 | 1.03 |")
         self.assertEqual(len(lines), 3)
 
-    def test_results_without_matching_progress_lines_take_the_label_before_them(self):
+    def test_a_result_without_its_progress_line_is_left_unlabelled(self):
         text = sample().replace('==PROF== Profiling "Kernel2": 0%....50%....100% - 38 passes\n', "")
         kernels, problems = ncu.parse(text)
-        self.assertEqual(len(problems), 1)
-        self.assertIn("4 kernels profiled but 5 results", problems[0])
-        # Printed after the program ended, every result follows the last capture line.
-        self.assertEqual({k["label"] for k in kernels}, {"cublas fwd w0+lr 8192x768>3072 r96"})
+        self.assertIn("4 kernels profiled but 5 results: matched by name", problems)
+        self.assertEqual([k["label"] for k in kernels], [
+            "dense 8192x768>3072 fwd",
+            "fused fwd w0+lr 8192x768>3072 r96", "fused fwd w0+lr 8192x768>3072 r96",
+            None, "cublas fwd w0+lr 8192x768>3072 r96"])
+
+    def test_a_profiled_kernel_without_a_result_shifts_no_label(self):
+        text = sample()
+        cut = text.index("  lowrank_project_narrow_bf16 (64"), text.index("  lowrank_y_tma256_bf16 (132")
+        kernels, problems = ncu.parse(text[:cut[0]] + text[cut[1]:])
+        self.assertIn("no result for profiled 'lowrank_project_narrow_bf16'", problems)
+        self.assertEqual([(k["name"][:21], k["label"]) for k in kernels], [
+            ("sm90_xmma_gemm_bf16bf", "dense 8192x768>3072 fwd"),
+            ("lowrank_y_tma256_bf16", "fused fwd w0+lr 8192x768>3072 r96"),
+            ("void cutlass::Kernel2", "cublas fwd w0+lr 8192x768>3072 r96"),
+            ("sm90_xmma_gemm_bf16bf", "cublas fwd w0+lr 8192x768>3072 r96")])
+
+    def test_an_unrecognised_header_does_not_pour_its_results_into_the_last_kernel(self):
+        text = sample().replace("  lowrank_y_tma256_bf16 (132, 1, 1)x(384, 1, 1), Context 1, Stream 13, Device 0, CC 9.0",
+                                "  lowrank_y_tma256_bf16 <<<132, 384>>> on context 1, stream 13")
+        kernels, problems = ncu.parse(text)
+        for k in kernels:
+            k["summary"] = ncu.summary(k)
+        self.assertTrue(any("a result header this script did not recognise" in p for p in problems), problems)
+        self.assertEqual([k["name"][:12] for k in kernels], ["sm90_xmma_ge", "lowrank_proj", "?", "void cutlass", "sm90_xmma_ge"])
+        # The projection keeps its own 9.87 µs; the unnamed result has the tma256 kernel's 50 µs
+        # and, the counts agreeing, the label its place gives.
+        self.assertEqual([k["summary"]["us"] for k in kernels], [51.20, 9.87, 50.0, 6.01, 52.00])
+        self.assertEqual(kernels[2]["label"], "fused fwd w0+lr 8192x768>3072 r96")
+
+    def test_shared_memory_in_any_unit_dynamic_plus_static(self):
+        report = "\n".join([
+            "  k (1, 1, 1)x(32, 1, 1), Context 1, Stream 7, Device 0, CC 9.0",
+            "    Section: Launch Statistics",
+            "    ------------------------------- ----------- ------------",
+            "    Metric Name                     Metric Unit Metric Value",
+            "    ------------------------------- ----------- ------------",
+            "    Dynamic Shared Memory Per Block  byte/block          768",
+            "    Static Shared Memory Per Block   byte/block        1,024",
+            "    ------------------------------- ----------- ------------",
+            ""])
+        kernels, _ = ncu.parse(report)
+        self.assertAlmostEqual(ncu.summary(kernels[0])["smem_kb"], 1.792)
+        # The sample's dense kernel: 208.90 Kbyte/block dynamic and 0 byte/block static.
+        self.assertAlmostEqual(self.kernels[0]["summary"]["smem_kb"], 208.90)
 
     def test_a_log_without_results(self):
         kernels, problems = ncu.parse("capture: dense 200x64>256 fwd\nop shape\n")

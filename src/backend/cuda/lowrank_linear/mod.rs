@@ -112,8 +112,9 @@ pub fn multicast_clusters(cuda: &Cuda) -> Result<Option<usize>> {
 /// bound them to a block per SM).
 fn clusters_that_fit(cuda: &Cuda, tile: Tile) -> Result<usize> {
     let name = tiles::kernel_name(Role::Y, tile, DType::BF16)?;
-    let f = seg_gemm::kernel_with_smem(cuda, tile, name)?;
-    tma::max_active_clusters(cuda, &f, name, tile)
+    tma::max_active_clusters(cuda, name, tile, || {
+        seg_gemm::kernel_with_smem(cuda, tile, name)
+    })
 }
 
 /// Whether the fused kernels take this call: bf16 operands, n_in and n_out multiples of 8 (16-byte

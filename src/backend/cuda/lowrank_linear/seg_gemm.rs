@@ -198,7 +198,7 @@ pub(super) fn launch_seg_gemm(
     let grid_dim = if tile.file == TMA256.file {
         let cluster = tile.cluster as usize;
         let slots = if cluster > 1 {
-            tma::max_active_clusters(cuda, &f, name, tile)?
+            tma::max_active_clusters(cuda, name, tile, || Ok(f.clone()))?
         } else {
             cuda.info.sms.max(1) as usize
         };

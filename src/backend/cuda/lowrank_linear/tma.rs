@@ -161,11 +161,12 @@ fn zeroed_attribute() -> CUlaunchAttribute {
 /// (cuOccupancyMaxActiveClusters; asked once per device and kernel): a persistent grid of more
 /// would run its last clusters after the others, doubling the time. A cluster's blocks share a GPC, so an H100
 /// whose GPCs have odd SM counts fits fewer than SMs / 2 clusters of two.
+/// `f` gives the kernel's function, asked for only when the count is not cached yet.
 pub(super) fn max_active_clusters(
     cuda: &Cuda,
-    f: &CudaFunction,
     name: &'static str,
     tile: Tile,
+    f: impl FnOnce() -> Result<CudaFunction>,
 ) -> Result<usize> {
     static CACHE: OnceLock<Mutex<HashMap<(usize, &'static str), usize>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -173,6 +174,7 @@ pub(super) fn max_active_clusters(
     if let Some(&n) = cache.lock().expect("not poisoned").get(&key) {
         return Ok(n);
     }
+    let f = f()?;
     let cfg = LaunchConfig {
         grid_dim: (
             cuda.info.sms.max(1) as u32 / tile.cluster * tile.cluster,
