@@ -68,9 +68,11 @@ start=0
 # never-run pipeline can deadlock) costs that much of the budget, not STEP_TIMEOUT.
 step() { # name, command...: runs, logs, records pass/fail
   local name=$1; shift
-  if (( resume )) && [[ -f $out/$name.status && $(cat "$out/$name.status") != skipped* ]]; then
-    echo "== $name: ran in the earlier call: $(cat "$out/$name.status")"
-    [[ $(cat "$out/$name.status") == ok ]] || status=1
+  local prev=""
+  (( resume )) && [[ -f $out/$name.status ]] && prev=$(cat "$out/$name.status")
+  if [[ -n $prev && $prev != skipped* ]]; then
+    echo "== $name: ran in the earlier call: $prev"
+    [[ $prev == ok ]] || status=1
     return
   fi
   # A step the budget skipped or cut before reruns from scratch: a training step's folder from the

@@ -177,12 +177,13 @@ def short(name, width=100):
 
 
 def kernel_table(kernels):
+    dims = lambda d: "×".join(map(str, d)) if d else "-"  # noqa: E731 (None: a header not recognised)
     lines = ["| # | label | kernel | grid | block | " + " | ".join(c[1] for c in COLUMNS) + " |",
              "|---|---|---|---|---|" + "---:|" * len(COLUMNS)]
     for i, k in enumerate(kernels):
         s = k["summary"]
-        lines.append(f"| {i} | {k['label'] or '-'} | `{short(k['name'])}` | {'×'.join(map(str, k['grid']))} | "
-                     f"{'×'.join(map(str, k['block']))} | " + " | ".join(cell(c[2], s[c[0]]) for c in COLUMNS) + " |")
+        lines.append(f"| {i} | {k['label'] or '-'} | `{short(k['name'])}` | {dims(k['grid'])} | {dims(k['block'])} | "
+                     + " | ".join(cell(c[2], s[c[0]]) for c in COLUMNS) + " |")
     return lines
 
 
@@ -199,7 +200,7 @@ def layer_table(kernels):
         if not m or us is None:
             continue
         row = totals.setdefault((m["pass_"], m["shape"]), {})
-        row[m["imp"]] = row.get(m["imp"], 0.0) + k["summary"]["us"]
+        row[m["imp"]] = row.get(m["imp"], 0.0) + us
         if m["imp"] not in impls:
             impls.append(m["imp"])
     if not totals:

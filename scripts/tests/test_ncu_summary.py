@@ -105,6 +105,7 @@ class Parse(unittest.TestCase):
         # and, the counts agreeing, the label its place gives.
         self.assertEqual([k["summary"]["us"] for k in kernels], [51.20, 9.87, 50.0, 6.01, 52.00])
         self.assertEqual(kernels[2]["label"], "fused fwd w0+lr 8192x768>3072 r96")
+        self.assertTrue(ncu.kernel_table(kernels)[4].startswith("| 2 | fused fwd w0+lr 8192x768>3072 r96 | `?` | - | - | 50.0 |"))
 
     def test_shared_memory_in_any_unit_dynamic_plus_static(self):
         report = "\n".join([

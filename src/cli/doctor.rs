@@ -216,7 +216,7 @@ mod tests {
             loaded_library(maps, "libcublasLt"),
             Some("/opt/py/nvidia/cublas/lib/libcublasLt.so.13")
         );
-        // libcublas.so.13 is not libcublasLt's, though its name is a prefix of the stem's.
+        // The stem is a file-name prefix: "libcublas." finds cuBLAS's own library, not cuBLASLt's.
         assert_eq!(
             loaded_library(maps, "libcublas."),
             Some("/opt/py/nvidia/cublas/lib/libcublas.so.13")
