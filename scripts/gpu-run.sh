@@ -290,7 +290,9 @@ if (( ${#ncu_logs[@]} )); then
   python3 "$root/scripts/ncu-summary.py" "${ncu_logs[@]}" --md "$out/ncu-summary.md" --json "$out/ncu-summary.json" > "$out/ncu-summary.log" 2>&1 || true
 fi
 {
-  echo "== summary ($(head -1 "$out/env.txt"))"
+  # The first call's start, and the last resumed call's (env.txt gains a "resumed:" block each).
+  resumed=$(grep -A1 '^resumed:$' "$out/env.txt" | tail -n 1)
+  echo "== summary ($(head -1 "$out/env.txt")${resumed:+, resumed $resumed})"
   for s in "$out"/*.status; do printf '%-33s %s\n' "$(basename "$s" .status)" "$(cat "$s")"; done
   for l in selftest-lowrank selftest-lowrank-tma128 selftest-lowrank-wgmma selftest-lowrank-mma selftest-lowrank-merged selftest-lowrank-pingpong selftest-lowrank-multicast selftest-attention selftest-attention-materialized selftest; do
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
