@@ -183,13 +183,21 @@ fn dotted_version(v: usize) -> String {
 /// The path of the first mapping in `maps` (the text of /proc/self/maps) whose file name starts
 /// with `stem`.
 fn loaded_library<'a>(maps: &'a str, stem: &str) -> Option<&'a str> {
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|path| {
-            path.rsplit('/')
-                .next()
-                .is_some_and(|name| name.starts_with(stem))
-        })
+    maps.lines().filter_map(mapped_path).find(|path| {
+        path.rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with(stem))
+    })
+}
+
+/// A maps line's path: everything after its five fields (address, permissions, offset, device,
+/// inode), so that a path with spaces comes whole.
+fn mapped_path(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start().split_once(char::is_whitespace)?.1;
+    }
+    Some(rest.trim()).filter(|path| !path.is_empty())
 }
 
 #[cfg(test)]
@@ -208,15 +216,15 @@ mod tests {
         let maps = "\
 55d0c0a00000-55d0c0a28000 r--p 00000000 fd:01 1311 /work/target/release/lowrank
 7f1e2c000000-7f1e2c400000 r--p 00000000 fd:01 2201 /opt/py/nvidia/cublas/lib/libcublas.so.13
-7f1e30000000-7f1e34000000 r-xp 00200000 fd:01 2202 /opt/py/nvidia/cublas/lib/libcublasLt.so.13
+7f1e30000000-7f1e34000000 r-xp 00200000 fd:01 2202                       /opt/my envs/nvidia/cublas/lib/libcublasLt.so.13
 7f1e38000000-7f1e38001000 rw-p 00000000 00:00 0
 7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
 ";
         assert_eq!(
             loaded_library(maps, "libcublasLt"),
-            Some("/opt/py/nvidia/cublas/lib/libcublasLt.so.13")
+            Some("/opt/my envs/nvidia/cublas/lib/libcublasLt.so.13")
         );
-        // The stem is a file-name prefix: "libcublas." finds cuBLAS's own library, not cuBLASLt's.
+        // A path with spaces comes whole. The stem is a file-name prefix: "libcublas." finds cuBLAS's own library, not cuBLASLt's.
         assert_eq!(
             loaded_library(maps, "libcublas."),
             Some("/opt/py/nvidia/cublas/lib/libcublas.so.13")
