@@ -32,6 +32,11 @@ fn gemm(c: &mut Criterion) {
             "dw_768x3072x256",
             Gemm::new(768, 3072, 256).trans_a().beta(1.0),
         ),
+        // The LM head's logits x·wteᵀ: the step's largest GEMM, and B transposed.
+        (
+            "lm_head_256x50257x768",
+            Gemm::new(256, 50257, 768).trans_b(),
+        ),
     ] {
         let (la, lb, lc) = g.required_lens();
         let (a, b, mut out) = (filled(la, 1), filled(lb, 2), filled(lc, 3));
