@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{lowrank, records, text, tmp, train, trajectory};
+use common::{lowrank, records, text, tmp, train, trajectory, SMALL};
 use std::path::Path;
 
 /// LoRA at rank 4 on every linear layer (the base comes with `--lora-base`).
@@ -412,6 +412,38 @@ fn bad_settings_fail_before_training_with_a_sentence() {
         text(&o)
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A run resumed without `--lr` and `--warmup` keeps the ones it was started with rather than
+/// the defaults (3e-3 and 30 % of 6 steps = 1 here), so it continues exactly.
+#[test]
+fn a_resumed_run_keeps_its_schedule_when_the_flags_are_not_repeated() {
+    let (a, b) = (tmp("schedule-straight"), tmp("schedule-resumed"));
+    // SMALL without its --warmup: the resumed call must give no schedule flag.
+    assert_eq!(SMALL[SMALL.len() - 2], "--warmup");
+    let run = |out: &Path, extra: &[&str]| {
+        let (a, b) = (out.to_str().unwrap(), &SMALL[..SMALL.len() - 2]);
+        lowrank(&[&["train", "--out", a, "--steps", "6"], b, extra].concat())
+    };
+    let schedule = ["--lr", "1e-3", "--warmup", "4"];
+    let o = run(&a, &schedule);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&b, &[&schedule[..], &["--stop-at", "3"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&b, &["--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (ra, rb) = (records(&a), records(&b));
+    // Warm-up 4 to a peak of 1e-3: the fourth step's rate is the peak (the default warm-up of 1
+    // would have reached it at the first).
+    assert!(
+        (rb[3]["lr"].as_f64().unwrap() - 1e-3).abs() < 1e-9,
+        "{}",
+        rb[3]
+    );
+    assert!(rb[4]["lr"].as_f64().unwrap() < 1e-3, "{}", rb[4]);
+    assert_eq!(trajectory(&ra), trajectory(&rb));
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
 }
 
 /// `--init-from` starts a dense run from a checkpoint's weights: at a negligible learning rate its

@@ -7,7 +7,8 @@ use crate::lowrank::{
     DlraRule, LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport,
 };
 use crate::optim::Decay;
-use crate::train::{self, RunOptions, SampleEvery, TrainConfig};
+use crate::train::config::{default_lr, default_warmup};
+use crate::train::{self, checkpoint, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -40,14 +41,16 @@ pub struct Args {
     /// small at batch 8 × 1024: 0.5 GB of bf16) for a GELU pass per layer; the same gradients
     #[arg(long)]
     recompute_gelu: bool,
-    /// Peak learning rate
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f32,
+    /// Peak learning rate [default: by --model: tiny 3e-3; gpt2 6e-4, gpt2-medium 3e-4,
+    /// gpt2-large 2.5e-4, GPT-3's for those sizes; a resumed run keeps its own]
+    #[arg(long)]
+    lr: Option<f32>,
     /// Learning rate at the last step, as a fraction of the peak
     #[arg(long, default_value_t = 0.1)]
     final_lr_frac: f32,
-    /// Linear warm-up steps (low-rank runs want a longer one: 300 of 1500 steps removed their
-    /// end-of-warm-up loss spike in results/inrank) [default: 10, or --steps if fewer]
+    /// Linear warm-up steps (low-rank runs want a long one: 300 of 1500 steps removed their
+    /// end-of-warm-up loss spike in results/inrank) [default: 30 % of --steps, at most 700;
+    /// a resumed run keeps its own]
     #[arg(long)]
     warmup: Option<u32>,
     /// Optimiser steps
@@ -251,6 +254,17 @@ pub enum Device {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // A resumed run keeps the schedule it was started with unless the flags are given again, so
+    // that it continues exactly whatever the defaults were then.
+    let saved = (a.resume.as_deref())
+        .map(|dir| checkpoint::load_state(dir).map(|state| state.config))
+        .transpose()?;
+    let lr = (a.lr)
+        .or(saved.as_ref().map(|c| c.lr))
+        .unwrap_or_else(|| default_lr(&a.model));
+    let warmup = (a.warmup)
+        .or(saved.as_ref().map(|c| c.warmup))
+        .unwrap_or_else(|| default_warmup(a.steps));
     let cfg = TrainConfig {
         model: a.model.clone(),
         data: a.data,
@@ -258,9 +272,9 @@ pub fn run(a: Args) -> Result<()> {
         batch: a.batch,
         seq: a.seq,
         accum: a.accum,
-        lr: a.lr,
+        lr,
         final_lr_frac: a.final_lr_frac,
-        warmup: a.warmup.unwrap_or(a.steps.min(10)),
+        warmup,
         steps: a.steps,
         decay: a.decay,
         weight_decay: a.weight_decay,

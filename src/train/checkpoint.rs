@@ -9,7 +9,7 @@ use super::config::TrainConfig;
 use super::tensor_file::{self, HostTensor};
 use crate::data::LoaderPosition;
 use crate::lowrank::LiveRank;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
@@ -128,25 +128,38 @@ pub fn latest_dir(run_dir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Loads the latest checkpoint of a run directory (or a checkpoint directory itself).
-pub fn load(path: &Path) -> Result<Checkpoint> {
-    let dir = if path.join("state.json").is_file() {
-        path.to_path_buf()
-    } else {
-        match latest_dir(path)? {
-            Some(d) => d,
-            None => bail!(
-                "{} holds no checkpoint (no `latest` file and no state.json)",
-                path.display()
-            ),
-        }
-    };
+/// The checkpoint directory `path` names: a run directory's latest, or a checkpoint itself.
+fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    latest_dir(path)?.with_context(|| {
+        format!(
+            "{} holds no checkpoint (no `latest` file and no state.json)",
+            path.display()
+        )
+    })
+}
+
+fn read_state(dir: &Path) -> Result<TrainState> {
     let state_path = dir.join("state.json");
-    let state: TrainState = serde_json::from_str(
+    serde_json::from_str(
         &fs::read_to_string(&state_path)
             .with_context(|| format!("cannot read {}", state_path.display()))?,
     )
-    .with_context(|| format!("{} is not a lowrank training state", state_path.display()))?;
+    .with_context(|| format!("{} is not a lowrank training state", state_path.display()))
+}
+
+/// The training state (step, loader position, settings) of a run's latest checkpoint, without
+/// its tensors.
+pub fn load_state(path: &Path) -> Result<TrainState> {
+    read_state(&checkpoint_dir(path)?)
+}
+
+/// Loads the latest checkpoint of a run directory (or a checkpoint directory itself).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = checkpoint_dir(path)?;
+    let state = read_state(&dir)?;
     let (model, _) = tensor_file::load(&dir.join("model.safetensors"))?;
     let (mut moments, _) = tensor_file::load(&dir.join("optimizer.safetensors"))?;
     let mut take = |name: &str| -> Result<Vec<f32>> {
