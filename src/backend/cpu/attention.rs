@@ -194,12 +194,17 @@ mod tests {
         (out, att)
     }
 
-    #[test]
-    fn attention_matches_naive_and_finite_differences() {
+    /// Our forward on random qkv (outputs NaN-poisoned first) held to the f64 reference's output
+    /// and probabilities, then our backward of Σ out ⊙ dy; returns (qkv in f64, dy, dqkv).
+    fn forward_checked_then_backward(
+        s: SeqShape,
+        nh: usize,
+        seed: u64,
+        att_tol: f64,
+    ) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
         let cpu = Cpu;
-        let (s, nh) = (SeqShape::new(2, 7, 15), 3); // T = 7, head size 5
-        let qkv = random(3 * s.len(), 1);
-        let dy = random(s.len(), 2);
+        let qkv = random(3 * s.len(), seed);
+        let dy = random(s.len(), seed + 1);
         let (qkv_b, dy_b) = (upload(&cpu, &qkv), upload(&cpu, &dy));
         let mut out = upload(&cpu, &vec![f32::NAN; s.len()]);
         let mut att = upload(&cpu, &vec![f32::NAN; s.batch * nh * s.seq * s.seq]);
@@ -208,62 +213,46 @@ mod tests {
         let qkv64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
         let (want_out, want_att) = attention64(&qkv64, s, nh);
         assert_close("attention out", out.as_slice(), &want_out, 1e-5);
-        assert_close("attention att", att.as_slice(), &want_att, 1e-6);
-
+        assert_close("attention att", att.as_slice(), &want_att, att_tol);
         let mut dqkv = upload(&cpu, &vec![f32::NAN; 3 * s.len()]); // written, not accumulated
         let (q, o) = (qkv_b.all(), out.all());
         cpu.attention_backward(dqkv.all_mut(), dy_b.all(), q, o, att.all(), s, nh)
             .unwrap();
-        let loss = |x: &[f64]| {
-            attention64(x, s, nh)
-                .0
-                .iter()
-                .zip(&dy)
-                .map(|(o, &d)| o * d as f64)
-                .sum::<f64>()
-        };
+        (qkv64, dy, dqkv.as_slice().to_vec())
+    }
+
+    /// The loss whose gradient the backward forms, Σ out ⊙ dy, in f64.
+    fn loss64(qkv: &[f64], dy: &[f32], s: SeqShape, nh: usize) -> f64 {
+        let out = attention64(qkv, s, nh).0;
+        out.iter().zip(dy).map(|(o, &d)| o * d as f64).sum()
+    }
+
+    #[test]
+    fn attention_matches_naive_and_finite_differences() {
+        let (s, nh) = (SeqShape::new(2, 7, 15), 3); // T = 7, head size 5
+        let (qkv64, dy, dqkv) = forward_checked_then_backward(s, nh, 1, 1e-6);
         let h = 1e-6;
-        let want: Vec<f64> = (0..qkv.len())
+        let want: Vec<f64> = (0..qkv64.len())
             .map(|i| {
                 let (mut p, mut m) = (qkv64.clone(), qkv64.clone());
                 p[i] += h;
                 m[i] -= h;
-                (loss(&p) - loss(&m)) / (2.0 * h)
+                (loss64(&p, &dy, s, nh) - loss64(&m, &dy, s, nh)) / (2.0 * h)
             })
             .collect();
-        assert_close("attention dqkv", dqkv.as_slice(), &want, 1e-4);
+        assert_close("attention dqkv", &dqkv, &want, 1e-4);
     }
 
     /// GPT-2's head size at a length whose score GEMMs run in parallel: the output and the
-    /// probabilities against the f64 reference, the gradient along one random direction against a
-    /// central difference of the f64 loss.
+    /// probabilities against the f64 reference, the gradient along one random direction within
+    /// each of q, k and v (so that each part is held to its own size: v's dominates a direction
+    /// over all three) against a central difference of the f64 loss.
     #[test]
     fn attention_at_head_size_64_matches_naive_and_a_directional_difference() {
-        let cpu = Cpu;
         let (s, nh) = (SeqShape::new(2, 70, 128), 2);
-        let qkv = random(3 * s.len(), 3);
-        let dy = random(s.len(), 4);
-        let (qkv_b, dy_b) = (upload(&cpu, &qkv), upload(&cpu, &dy));
-        let mut out = upload(&cpu, &vec![f32::NAN; s.len()]);
-        let mut att = upload(&cpu, &vec![f32::NAN; s.batch * nh * s.seq * s.seq]);
-        cpu.attention_forward(out.all_mut(), att.all_mut(), qkv_b.all(), s, nh)
-            .unwrap();
-        let qkv64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
-        let (want_out, want_att) = attention64(&qkv64, s, nh);
-        assert_close("attention out", out.as_slice(), &want_out, 1e-5);
-        assert_close("attention att", att.as_slice(), &want_att, 1e-5);
-        let mut dqkv = upload(&cpu, &vec![f32::NAN; 3 * s.len()]);
-        let (q, o) = (qkv_b.all(), out.all());
-        cpu.attention_backward(dqkv.all_mut(), dy_b.all(), q, o, att.all(), s, nh)
-            .unwrap();
-        let loss = |x: &[f64]| {
-            let out = attention64(x, s, nh).0;
-            out.iter().zip(&dy).map(|(o, &d)| o * d as f64).sum::<f64>()
-        };
-        // One direction within each of q, k and v, so that each part's gradient is held to its
-        // own size (v's dominates a direction over all three).
+        let (qkv64, dy, dqkv) = forward_checked_then_backward(s, nh, 3, 1e-5);
         for (part, name) in ["q", "k", "v"].into_iter().enumerate() {
-            let mut dir = random(qkv.len(), 5 + part as u64);
+            let mut dir = random(qkv64.len(), 5 + part as u64);
             for (i, d) in dir.iter_mut().enumerate() {
                 if (i / s.channels) % 3 != part {
                     *d = 0.0;
@@ -274,8 +263,8 @@ mod tests {
                 *p += h * v as f64;
                 *m -= h * v as f64;
             }
-            let want = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let got: f64 = (dqkv.as_slice().iter().zip(&dir))
+            let want = (loss64(&plus, &dy, s, nh) - loss64(&minus, &dy, s, nh)) / (2.0 * h);
+            let got: f64 = (dqkv.iter().zip(&dir))
                 .map(|(&g, &v)| g as f64 * v as f64)
                 .sum();
             assert!(
