@@ -4,12 +4,14 @@
 //! scratch, owns its (T × T) slice of `att`, and its results are scattered back into the
 //! interleaved (B, T, C) layouts afterwards, so no two tasks write the same memory.
 //!
-//! The products run as whole T × T GEMMs, as llm.c's CUDA attention does around cuBLAS: the
-//! masked half is multiplied too, but at the GEMM's speed that costs less than the causal half
-//! did in dot products (GPT-2 small at T = 1024: attention took half of a CPU step that way).
-//! Above the diagonal the probabilities are exact zeros, so the masked half adds nothing.
+//! The products run as GEMMs, as llm.c's CUDA attention does around cuBLAS, in causal row blocks:
+//! the rows [r0, r1) of a head meet only the first r1 keys, so each block's products stop at its
+//! last row's diagonal and the masked part beyond it is never multiplied (within a block it is:
+//! above the diagonal the probabilities are exact zeros, so it adds nothing). With 8 blocks that
+//! is 56 % of the whole T × T products' FLOPs. Per-pair dot products and axpys, before the GEMMs,
+//! made attention half of a GPT-2 small CPU step at T = 1024.
 
-use super::gemm::gemm;
+use super::gemm::{gemm_windows, RowStrides};
 use crate::backend::{Gemm, SeqShape};
 use rayon::prelude::*;
 
@@ -67,6 +69,26 @@ impl Geometry {
     }
 }
 
+/// A head's rows go in at most this many causal blocks, each of at least `ROW_BLOCK_MIN` rows:
+/// more blocks skip more of the masked half, smaller ones run the GEMMs less efficiently. GPT-2
+/// small at T = 1024 on 2 cores: 1 block 3.08 s a step, 4 blocks 2.95, 8 blocks 2.86, 16 (64
+/// rows) 2.85; 8 kept, for larger products on machines with more cores (cpu-train-2026-12-06.md).
+const ROW_BLOCKS: usize = 8;
+const ROW_BLOCK_MIN: usize = 64;
+
+/// The causal row blocks [r0, r1) of a T-row head.
+fn row_blocks(t_len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let block = ROW_BLOCK_MIN.max(t_len.div_ceil(ROW_BLOCKS));
+    (0..t_len)
+        .step_by(block)
+        .map(move |r0| (r0, (r0 + block).min(t_len)))
+}
+
+/// Row strides of a product's A, B and C.
+fn ld(a: usize, b: usize, c: usize) -> RowStrides {
+    RowStrides { a, b, c }
+}
+
 /// out = softmax(q·kᵀ/√hs, causal)·v per head; att keeps the probabilities.
 pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads: usize) {
     let g = Geometry::new(s, heads);
@@ -77,20 +99,37 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
         .enumerate()
         .map(|(bh, att)| {
             let head = g.gather_head(qkv, bh / heads, bh % heads);
-            let scores = Gemm::new(t_len, t_len, hs).trans_b().alpha(scale);
-            gemm(&scores, &head.q, &head.k, att);
-            for (t, row) in att.chunks_mut(t_len).enumerate() {
-                let max = row[..=t].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in &mut row[..=t] {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                row[..=t].iter_mut().for_each(|x| *x /= sum);
-                row[t + 1..].fill(0.0);
-            }
             let mut y = vec![0.0f32; t_len * hs];
-            gemm(&Gemm::new(t_len, hs, t_len), att, &head.v, &mut y);
+            for (r0, r1) in row_blocks(t_len) {
+                // Scores of rows r0..r1 against keys 0..r1, then their probabilities.
+                let scores = Gemm::new(r1 - r0, r1, hs).trans_b().alpha(scale);
+                let att_rows = &mut att[r0 * t_len..r1 * t_len];
+                gemm_windows(
+                    &scores,
+                    &head.q[r0 * hs..],
+                    &head.k,
+                    att_rows,
+                    ld(hs, hs, t_len),
+                );
+                for (t, row) in (r0..).zip(att_rows.chunks_mut(t_len)) {
+                    let max = row[..=t].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let mut sum = 0.0f32;
+                    for x in &mut row[..=t] {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    row[..=t].iter_mut().for_each(|x| *x /= sum);
+                    row[t + 1..].fill(0.0);
+                }
+                let weighted = Gemm::new(r1 - r0, hs, r1);
+                gemm_windows(
+                    &weighted,
+                    att_rows,
+                    &head.v,
+                    &mut y[r0 * hs..],
+                    ld(t_len, hs, hs),
+                );
+            }
             y
         })
         .collect();
@@ -129,7 +168,8 @@ pub fn backward(
     }
 }
 
-/// Gradients of one head's q, k, v.
+/// Gradients of one head's q, k, v, block by causal row block: a block's rows give dq of those
+/// rows whole and add their share to dk and dv of the keys they see.
 fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
     let (t_len, hs) = (g.s.seq, g.hs);
     let scale = 1.0 / (hs as f32).sqrt();
@@ -138,21 +178,39 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         k: vec![0.0; t_len * hs],
         v: vec![0.0; t_len * hs],
     };
-    // datt = dy·vᵀ; dv = attᵀ·dy.
     let mut ds = vec![0.0f32; t_len * t_len];
-    gemm(&Gemm::new(t_len, t_len, hs).trans_b(), dy, &x.v, &mut ds);
-    gemm(&Gemm::new(t_len, hs, t_len).trans_a(), att, dy, &mut d.v);
-    // Softmax backward in place, ds = att ⊙ (datt − Σ att·datt), scaled as the scores were; zero
-    // above the diagonal, where att is.
-    for (row, ds) in att.chunks(t_len).zip(ds.chunks_mut(t_len)) {
-        let mean = row.iter().zip(ds.iter()).map(|(p, d)| p * d).sum::<f32>();
-        ds.iter_mut()
-            .zip(row)
-            .for_each(|(d, p)| *d = p * (*d - mean) * scale);
+    for (r0, r1) in row_blocks(t_len) {
+        let rows = r1 - r0;
+        let (att, ds) = (
+            &att[r0 * t_len..r1 * t_len],
+            &mut ds[r0 * t_len..r1 * t_len],
+        );
+        let (dy, q) = (&dy[r0 * hs..], &x.q[r0 * hs..]);
+        // datt = dy·vᵀ; dv += attᵀ·dy.
+        let datt = Gemm::new(rows, r1, hs).trans_b();
+        gemm_windows(&datt, dy, &x.v, ds, ld(hs, hs, t_len));
+        let dv = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
+        gemm_windows(&dv, att, dy, &mut d.v, ld(t_len, hs, hs));
+        // Softmax backward in place, ds = att ⊙ (datt − Σ att·datt), scaled as the scores were;
+        // zero above the diagonal, where att is.
+        for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
+            let mean = p[..=t]
+                .iter()
+                .zip(&ds[..=t])
+                .map(|(p, d)| p * d)
+                .sum::<f32>();
+            ds[..=t]
+                .iter_mut()
+                .zip(p)
+                .for_each(|(d, p)| *d = p * (*d - mean) * scale);
+            ds[t + 1..r1].fill(0.0);
+        }
+        // Through the scores q·kᵀ: dq = ds·k, dk += dsᵀ·q.
+        let dq = Gemm::new(rows, hs, r1);
+        gemm_windows(&dq, ds, &x.k, &mut d.q[r0 * hs..], ld(t_len, hs, hs));
+        let dk = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
+        gemm_windows(&dk, ds, q, &mut d.k, ld(t_len, hs, hs));
     }
-    // Through the scores q·kᵀ: dq = ds·k, dk = dsᵀ·q.
-    gemm(&Gemm::new(t_len, hs, t_len), &ds, &x.k, &mut d.q);
-    gemm(&Gemm::new(t_len, hs, t_len).trans_a(), &ds, &x.q, &mut d.k);
     d
 }
 

@@ -42,53 +42,109 @@ pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
             Err(_) => with_scratch(&mut Vec::new()),
         });
     }
+    for i in 0..g.batch {
+        let c = &mut c[i * g.stride_c..];
+        gemm_windows(
+            g,
+            &a[i * g.stride_a..],
+            &b[i * g.stride_b..],
+            c,
+            RowStrides::packed(g),
+        );
+    }
+}
+
+/// Row strides (leading dimensions, in elements) of A, B and C as stored, so that a product can
+/// run on windows of larger row-major matrices (attention's causal row blocks).
+#[derive(Clone, Copy, Debug)]
+pub struct RowStrides {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl RowStrides {
+    /// Each operand stored densely, as `Gemm` describes it.
+    pub fn packed(g: &Gemm) -> Self {
+        RowStrides {
+            a: if g.trans_a { g.m } else { g.k },
+            b: if g.trans_b { g.k } else { g.n },
+            c: g.n,
+        }
+    }
+}
+
+/// One product of `g` (its batch fields are ignored): C = alpha·op(A)·op(B) + beta·C, each
+/// operand's first row at the start of its slice, its rows `ld` apart. Panics if a slice is too
+/// short for its window or a row stride shorter than its row (the callers have checked shapes).
+pub fn gemm_windows(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], ld: RowStrides) {
+    let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    for (name, rows, cols, stride, len) in [
+        ("A", a_rows, a_cols, ld.a, a.len()),
+        ("B", b_rows, b_cols, ld.b, b.len()),
+        ("C", g.m, g.n, ld.c, c.len()),
+    ] {
+        let need = if rows == 0 {
+            0
+        } else {
+            (rows - 1) * stride + cols
+        };
+        assert!(
+            stride >= cols && len >= need,
+            "gemm window {name}: {rows} x {cols} at row stride {stride} needs {need} elements, has {len}"
+        );
+    }
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    if g.k == 0 {
+        for row in c.chunks_mut(ld.c).take(g.m) {
+            // BLAS's rule: beta = 0 writes zeros, whatever C held (NaN included).
+            let scale = |x: f32| if g.beta == 0.0 { 0.0 } else { x * g.beta };
+            row[..g.n].iter_mut().for_each(|x| *x = scale(*x));
+        }
+        return;
+    }
     // Row-major strides (column stride, row stride) of op(A) and op(B) as stored.
     let (a_cs, a_rs) = if g.trans_a {
-        (g.m as isize, 1)
+        (ld.a as isize, 1)
     } else {
-        (1, g.k as isize)
+        (1, ld.a as isize)
     };
     let (b_cs, b_rs) = if g.trans_b {
-        (g.k as isize, 1)
+        (ld.b as isize, 1)
     } else {
-        (1, g.n as isize)
+        (1, ld.b as isize)
     };
     let par = if g.m * g.n * g.k >= 1 << 18 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
-    for i in 0..g.batch {
-        let (a, b) = (&a[i * g.stride_a..], &b[i * g.stride_b..]);
-        let c = &mut c[i * g.stride_c..i * g.stride_c + g.m * g.n];
-        if g.k == 0 {
-            c.iter_mut().for_each(|x| *x *= g.beta);
-            continue;
-        }
-        // SAFETY: `Gemm::check` ensured every window holds the m×k, k×n and m×n elements addressed here.
-        unsafe {
-            gemm::gemm(
-                g.m,
-                g.n,
-                g.k,
-                c.as_mut_ptr(),
-                1,
-                g.n as isize,
-                g.beta != 0.0,
-                a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                b_cs,
-                b_rs,
-                g.beta,
-                g.alpha,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+    // SAFETY: the asserts above ensured every window holds the elements addressed here.
+    unsafe {
+        gemm::gemm(
+            g.m,
+            g.n,
+            g.k,
+            c.as_mut_ptr(),
+            1,
+            ld.c as isize,
+            g.beta != 0.0,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            g.beta,
+            g.alpha,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 
@@ -214,6 +270,59 @@ mod tests {
             let err = max_rel(cb.as_slice(), &reference(&g, &a, &b, &vec![0.0; lc]));
             assert!(err < 1e-5, "{m}x{n}x{k}: max rel err {err}");
         }
+    }
+
+    /// Operands as windows of wider matrices (row strides past their rows, as attention's causal
+    /// blocks take them): the product of the packed copies, and C's gap columns left as they were.
+    #[test]
+    fn windows_with_row_strides_match_the_packed_reference() {
+        use super::{gemm_windows, RowStrides};
+        let mut rng = Rng::new(8);
+        for (m, n, k) in [(5, 3, 4), (70, 64, 33), (33, 70, 64)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let mut g = Gemm::new(m, n, k).alpha(0.5).beta(0.25);
+                (g.trans_a, g.trans_b) = (ta, tb);
+                let packed = RowStrides::packed(&g);
+                let ld = RowStrides {
+                    a: packed.a + 3,
+                    b: packed.b + 7,
+                    c: packed.c + 2,
+                };
+                // Stored shapes (rows, packed row length) of A, B and C.
+                let rows = [if ta { k } else { m }, if tb { n } else { k }, m];
+                let widen = |x: &[f32], rows: usize, cols: usize, stride: usize| {
+                    let mut wide = vec![f32::NAN; rows * stride];
+                    for r in 0..rows {
+                        wide[r * stride..][..cols].copy_from_slice(&x[r * cols..][..cols]);
+                    }
+                    wide
+                };
+                let (la, lb, lc) = g.required_lens();
+                let (a, b, c0) = (
+                    rng.normal_vec(la, 1.0),
+                    rng.normal_vec(lb, 1.0),
+                    rng.normal_vec(lc, 1.0),
+                );
+                let wide_a = widen(&a, rows[0], packed.a, ld.a);
+                let wide_b = widen(&b, rows[1], packed.b, ld.b);
+                let mut c = widen(&c0, rows[2], packed.c, ld.c);
+                gemm_windows(&g, &wide_a, &wide_b, &mut c, ld);
+                let want = reference(&g, &a, &b, &c0);
+                for r in 0..m {
+                    let row = &c[r * ld.c..][..ld.c];
+                    let err = max_rel(&row[..n], &want[r * n..][..n]);
+                    assert!(err < 1e-5, "{g:?} row {r}: max rel err {err}");
+                    assert!(row[n..].iter().all(|x| x.is_nan()), "{g:?}: gap written");
+                }
+            }
+        }
+        // No K: C = beta·C, and beta = 0 writes zeros over whatever C held.
+        let mut c = vec![f32::NAN, 2.0, f32::NAN, 4.0];
+        let ld = RowStrides { a: 0, b: 2, c: 2 };
+        gemm_windows(&Gemm::new(2, 1, 0), &[], &[], &mut c, ld);
+        assert_eq!(c[0], 0.0);
+        assert_eq!(c[2], 0.0);
+        assert_eq!((c[1], c[3]), (2.0, 4.0));
     }
 
     /// A linear layer's forward: the f64 product plus the bias per column; in bf16 rounded once
