@@ -24,7 +24,7 @@ export RAYON_NUM_THREADS="$threads"
     git clone -q --depth 1 https://github.com/karpathy/llm.c "$llmc" >&2 || echo "cpu-train-bench: could not clone llm.c; set LLMC_DIR to a checkout for its columns" >&2
   fi
   if [ -f "$llmc/train_gpt2.c" ]; then
-    python3 scripts/peer-llmc.py --llmc "$llmc" --config tiny:4:4:128:128 --config gpt2:12:12:768 --batch "$batch" --seq "$seq" --threads "$threads" \
+    python3 scripts/peer-llmc.py cpu --llmc "$llmc" --config tiny:4:4:128:128 --config gpt2:12:12:768 --batch "$batch" --seq "$seq" --threads "$threads" \
       || echo "cpu-train-bench: llm.c's run failed (above); its columns say -" >&2
   fi
 } | tee "$out.jsonl"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): finds the CUDA libraries, then doctor, selftest, bench and
-# the PyTorch peer on the same shapes with issue 5's targets checked from both, the training step,
-# Nsight Compute on one call of each low-rank and flash attention op, and the low-rank selftest
+# the PyTorch peer on the same shapes with issue 5's targets checked from both, the training step
+# beside PyTorch's and (when staged) llm.c's, Nsight Compute on one call of each low-rank and flash attention op, and the low-rank selftest
 # under compute-sanitizer (each tool when present). A short table is printed last.
 # Results go to $OUT (or the first argument) as a few files, since a device call brings back at most
 # 8 (16 MiB each): gpu-run.tar.gz (every log and JSON, no checkpoints), summary.txt, and the JSON
@@ -40,6 +40,7 @@ else
   bench_size=(); peer_size=(); selftest_size=()
   steps=30 lora_steps=20 every=10 rank_every=5 train_size=()
   step_size=(--model gpt2 --batch 8 --seq 1024); peer_step_size=(--device cuda --config gpt2:12:12:768 --batch 8 --seq 1024)
+  llmc_step_size=(--config gpt2:12:12:768 --batch 8 --seq 1024)
   dlra_rank=64 bench_steps=10
   # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the
   # path; ncu and compute-sanitizer wherever their installs put them. One scan of the disk finds
@@ -230,6 +231,13 @@ step bench-train-materialized env LOWRANK_ATTENTION=materialized "$bin" bench-tr
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps
 fi
+# llm.c's CUDA trainer on the same step, when gpu-stage.sh built it (LLMC_DIR named a checkout):
+# its GELU kept (-r 0, beside bench-train) and recomputed (its default -r 1, beside
+# bench-train-recompute). Not in the dry run: it needs a real GPU.
+llmc_bin="$root/.gpu/llmc/train_gpt2cu"
+if [[ -x $llmc_bin && $smoke == 0 ]]; then
+  cap=120 step peer-llmc python3 "$root/scripts/peer-llmc.py" cuda --binary "$llmc_bin" "${llmc_step_size[@]}" --steps $bench_steps
+fi
 # GPT-2 small with efficient InRank's low-rank MLPs (U·Vᵀ on the fused kernels, no W0) beside the
 # dense step above: the step-time ratio the project exists for.
 step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
@@ -298,6 +306,8 @@ fi
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
   printf '%-33s %s\n' "kernels (kernels.md):" "$(tail -n 1 "$out/kernel-status.log")"
+  # The training step beside PyTorch's and llm.c's (scripts/compare-steps.py).
+  python3 "$root/scripts/compare-steps.py" "$out" 2>&1 || true
   # Which cuBLASLt every GEMM went through (doctor: its version and file; a warning if not CUDA 13's).
   grep -hE "^(cuBLASLt [0-9]|warning: this binary's cuBLASLt)" "$out/doctor.log" 2>/dev/null || true
   env | grep -E '^LOWRANK_(LOWRANK_IMPL|WGMMA_NMAJOR|ATTENTION|BIAS_EPILOGUE|GELU_EPILOGUE|RESIDUAL_EPILOGUE|BIAS_GRAD_EPILOGUE)=' || true
