@@ -231,13 +231,6 @@ step bench-train-materialized env LOWRANK_ATTENTION=materialized "$bin" bench-tr
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps
 fi
-# llm.c's CUDA trainer on the same step, when gpu-stage.sh built it (LLMC_DIR named a checkout):
-# its GELU kept (-r 0, beside bench-train) and recomputed (its default -r 1, beside
-# bench-train-recompute). Not in the dry run: it needs a real GPU.
-llmc_bin="$root/.gpu/llmc/train_gpt2cu"
-if [[ -x $llmc_bin && $smoke == 0 ]]; then
-  cap=120 step peer-llmc python3 "$root/scripts/peer-llmc.py" cuda --binary "$llmc_bin" "${llmc_step_size[@]}" --steps $bench_steps
-fi
 # GPT-2 small with efficient InRank's low-rank MLPs (U·Vᵀ on the fused kernels, no W0) beside the
 # dense step above: the step-time ratio the project exists for.
 step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
@@ -248,6 +241,13 @@ step bench-train-dlra-k10 "$bin" bench-train --device cuda "${step_size[@]}" --s
 # The dense step again with each layer's GELU formed again in the backward (llm.c's -r 1): what
 # its activation bytes saved cost in time.
 step bench-train-recompute "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --recompute-gelu
+# llm.c's CUDA trainer on the same step, when gpu-stage.sh built it (LLMC_DIR named a checkout):
+# its GELU kept (-r 0, beside bench-train) and recomputed (its default -r 1, beside
+# bench-train-recompute). Not in the dry run: it needs a real GPU.
+llmc_bin="$root/.gpu/llmc/train_gpt2cu"
+if [[ -x $llmc_bin && $smoke == 0 ]]; then
+  cap=120 step peer-llmc python3 "$root/scripts/peer-llmc.py" cuda --binary "$llmc_bin" "${llmc_step_size[@]}" --steps $bench_steps
+fi
 # Nsight Compute on one call of each op (bench --capture) where issue 5 sets its targets, our
 # kernels beside cuBLASLt's on the same operands: GPT-2 small's fc at 8192 rows with W0 at r = 96
 # (d/8), medium's at 16384 rows at r = 256 (pure low-rank's target), then flash attention's
