@@ -11,7 +11,9 @@
 //! is 56 % of the whole T × T products' FLOPs. Per-pair dot products and axpys, before the GEMMs,
 //! made attention half of a GPT-2 small CPU step at T = 1024.
 
+use super::exp::exp;
 use super::gemm::{gemm_windows, RowStrides};
+use super::reduce::{dot_f64, sum_f64};
 use crate::backend::{Gemm, SeqShape};
 use rayon::prelude::*;
 
@@ -112,14 +114,12 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
                     ld(hs, hs, t_len),
                 );
                 for (t, row) in (r0..).zip(att_rows.chunks_mut(t_len)) {
-                    let max = row[..=t].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let mut sum = 0.0f32;
-                    for x in &mut row[..=t] {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    row[..=t].iter_mut().for_each(|x| *x /= sum);
-                    row[t + 1..].fill(0.0);
+                    let (live, masked) = row.split_at_mut(t + 1);
+                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    live.iter_mut().for_each(|x| *x = exp(*x - max));
+                    let sum = sum_f64(live) as f32;
+                    live.iter_mut().for_each(|x| *x /= sum);
+                    masked.fill(0.0);
                 }
                 let weighted = Gemm::new(r1 - r0, hs, r1);
                 gemm_windows(
@@ -194,11 +194,7 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         // Softmax backward in place, ds = att ⊙ (datt − Σ att·datt), scaled as the scores were;
         // zero above the diagonal, where att is.
         for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
-            let mean = p[..=t]
-                .iter()
-                .zip(&ds[..=t])
-                .map(|(p, d)| p * d)
-                .sum::<f32>();
+            let mean = dot_f64(&p[..=t], &ds[..=t]) as f32;
             ds[..=t]
                 .iter_mut()
                 .zip(p)

@@ -1,6 +1,8 @@
 //! The fused classifier: softmax, cross-entropy and its gradient in one pass over the logits
 //! (CPU twin of kernels/classifier.cu; llm.c's fused_classifier).
 
+use super::exp::exp;
+use super::reduce::sum_f64;
 use crate::backend::MatShape;
 use rayon::prelude::*;
 
@@ -24,11 +26,8 @@ pub fn fused(
             let target = target as usize;
             let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let target_logit = real[target] - max;
-            let mut sum = 0.0f64;
-            for x in real.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x as f64;
-            }
+            real.iter_mut().for_each(|x| *x = exp(*x - max));
+            let sum = sum_f64(real);
             *loss = (sum.ln() - target_logit as f64) as f32;
             let scale = (1.0 / sum) as f32 * dloss;
             real.iter_mut().for_each(|e| *e *= scale);

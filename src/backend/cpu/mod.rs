@@ -7,6 +7,7 @@ mod cast;
 mod classifier;
 mod elementwise;
 mod embedding;
+mod exp;
 mod gelu;
 mod gemm;
 mod layernorm;
