@@ -13,7 +13,7 @@ mod update;
 
 pub use buffer::{Buffer, DType, Mut, Ref};
 pub use dense_grads::{weight_grad_gemm, DenseGrads};
-pub use shapes::{AttentionSaved, Gemm, MatShape, SeqShape};
+pub use shapes::{AttentionSaved, Gemm, MatShape, RowStrides, SeqShape};
 pub(crate) use update::check_update;
 pub use update::{AdamW, HeavyBall};
 mod lowrank;

@@ -227,6 +227,31 @@ pub(crate) fn check_matrix_and_row(
     window_len(op, row.0, row.1, s.cols)
 }
 
+/// Row strides (leading dimensions, in elements) of a [`Gemm`]'s A, B and C as stored, so that a
+/// product can run on windows of larger row-major matrices (cuBLASLt's leading dimensions; the CPU
+/// attention's causal row blocks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowStrides {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl RowStrides {
+    pub fn new(a: usize, b: usize, c: usize) -> Self {
+        RowStrides { a, b, c }
+    }
+
+    /// Rows stored back to back: the stored row lengths of A, B and C.
+    pub fn packed(g: &Gemm) -> Self {
+        RowStrides {
+            a: if g.trans_a { g.m } else { g.k },
+            b: if g.trans_b { g.k } else { g.n },
+            c: g.n,
+        }
+    }
+}
+
 /// C = alpha · op(A) · op(B) + beta · C, all row-major, repeated `batch` times with the given strides
 /// (in elements). op(A) is m×k, op(B) is k×n, C is m×n. With `trans_a`, A is stored k×m; with `trans_b`,
 /// B is stored n×k. A linear layer y = x·W is `m=N, k=n_in, n=n_out`; dx = dy·Wᵀ sets `trans_b`;

@@ -12,9 +12,9 @@
 //! made attention half of a GPT-2 small CPU step at T = 1024.
 
 use super::exp::exp;
-use super::gemm::{gemm_windows, RowStrides};
+use super::gemm::gemm_windows;
 use super::reduce::{dot_f64, sum_f64};
-use crate::backend::{Gemm, SeqShape};
+use crate::backend::{Gemm, RowStrides, SeqShape};
 use rayon::prelude::*;
 
 /// One head's q, k and v (or their gradients), each T × hs, row-major.
@@ -86,11 +86,6 @@ fn row_blocks(t_len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |r0| (r0, (r0 + block).min(t_len)))
 }
 
-/// Row strides of a product's A, B and C.
-fn ld(a: usize, b: usize, c: usize) -> RowStrides {
-    RowStrides { a, b, c }
-}
-
 /// out = softmax(q·kᵀ/√hs, causal)·v per head; att keeps the probabilities.
 pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads: usize) {
     let g = Geometry::new(s, heads);
@@ -111,7 +106,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
                     &head.q[r0 * hs..],
                     &head.k,
                     att_rows,
-                    ld(hs, hs, t_len),
+                    RowStrides::new(hs, hs, t_len),
                 );
                 for (t, row) in (r0..).zip(att_rows.chunks_mut(t_len)) {
                     let (live, masked) = row.split_at_mut(t + 1);
@@ -127,7 +122,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
                     att_rows,
                     &head.v,
                     &mut y[r0 * hs..],
-                    ld(t_len, hs, hs),
+                    RowStrides::new(t_len, hs, hs),
                 );
             }
             y
@@ -188,9 +183,9 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         let (dy, q) = (&dy[r0 * hs..], &x.q[r0 * hs..]);
         // datt = dy·vᵀ; dv += attᵀ·dy.
         let datt = Gemm::new(rows, r1, hs).trans_b();
-        gemm_windows(&datt, dy, &x.v, ds, ld(hs, hs, t_len));
+        gemm_windows(&datt, dy, &x.v, ds, RowStrides::new(hs, hs, t_len));
         let dv = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
-        gemm_windows(&dv, att, dy, &mut d.v, ld(t_len, hs, hs));
+        gemm_windows(&dv, att, dy, &mut d.v, RowStrides::new(t_len, hs, hs));
         // Softmax backward in place, ds = att ⊙ (datt − Σ att·datt), scaled as the scores were;
         // zero above the diagonal, where att is.
         for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
@@ -203,9 +198,15 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         }
         // Through the scores q·kᵀ: dq = ds·k, dk += dsᵀ·q.
         let dq = Gemm::new(rows, hs, r1);
-        gemm_windows(&dq, ds, &x.k, &mut d.q[r0 * hs..], ld(t_len, hs, hs));
+        gemm_windows(
+            &dq,
+            ds,
+            &x.k,
+            &mut d.q[r0 * hs..],
+            RowStrides::new(t_len, hs, hs),
+        );
         let dk = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
-        gemm_windows(&dk, ds, q, &mut d.k, ld(t_len, hs, hs));
+        gemm_windows(&dk, ds, q, &mut d.k, RowStrides::new(t_len, hs, hs));
     }
     d
 }

@@ -1,6 +1,6 @@
 //! Row-major GEMM through the `gemm` crate (CPU twin of cuBLASLt in backend/cuda/gemm.rs).
 
-use crate::backend::Gemm;
+use crate::backend::{Gemm, RowStrides};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -51,26 +51,6 @@ pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
             c,
             RowStrides::packed(g),
         );
-    }
-}
-
-/// Row strides (leading dimensions, in elements) of A, B and C as stored, so that a product can
-/// run on windows of larger row-major matrices (attention's causal row blocks).
-#[derive(Clone, Copy, Debug)]
-pub struct RowStrides {
-    pub a: usize,
-    pub b: usize,
-    pub c: usize,
-}
-
-impl RowStrides {
-    /// Each operand stored densely, as `Gemm` describes it.
-    pub fn packed(g: &Gemm) -> Self {
-        RowStrides {
-            a: if g.trans_a { g.m } else { g.k },
-            b: if g.trans_b { g.k } else { g.n },
-            c: g.n,
-        }
     }
 }
 
@@ -276,7 +256,8 @@ mod tests {
     /// blocks take them): the product of the packed copies, and C's gap columns left as they were.
     #[test]
     fn windows_with_row_strides_match_the_packed_reference() {
-        use super::{gemm_windows, RowStrides};
+        use super::gemm_windows;
+        use crate::backend::RowStrides;
         let mut rng = Rng::new(8);
         for (m, n, k) in [(5, 3, 4), (70, 64, 33), (33, 70, 64)] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {

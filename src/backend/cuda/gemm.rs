@@ -2,7 +2,7 @@
 //! cuBLASLt is column-major; a row-major C = op(A)·op(B) is computed as the column-major
 //! Cᵀ = op(B)ᵀ·op(A)ᵀ, i.e. by swapping the operands, with no data movement.
 
-use crate::backend::{DType, Gemm};
+use crate::backend::{DType, Gemm, RowStrides};
 use anyhow::{Context, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -13,25 +13,6 @@ use std::sync::{Arc, Mutex};
 
 /// cuBLASLt's recommended workspace on Hopper (32 MiB; 4 MiB suffices before it).
 const WORKSPACE_BYTES: usize = 32 << 20;
-
-/// Row strides (in elements) of the stored row-major A, B and C of a [`Gemm`].
-#[derive(Clone, Copy, Debug)]
-pub struct RowStrides {
-    pub a: usize,
-    pub b: usize,
-    pub c: usize,
-}
-
-impl RowStrides {
-    /// Rows stored back to back: the stored row lengths of A, B and C.
-    pub fn packed(g: &Gemm) -> Self {
-        RowStrides {
-            a: if g.trans_a { g.m } else { g.k },
-            b: if g.trans_b { g.k } else { g.n },
-            c: g.n,
-        }
-    }
-}
 
 pub struct Lt {
     handle: sys::cublasLtHandle_t,

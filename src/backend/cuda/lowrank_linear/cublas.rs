@@ -1,17 +1,11 @@
 //! The unfused low-rank layer through cuBLASLt: the baseline the fused kernels are measured
 //! against, and their fallback for shapes they do not take.
 
-use super::super::gemm::RowStrides;
 use super::super::launch::grid_for;
 use super::super::{Cuda, CudaBuf};
-use crate::backend::{Backend, DType, Gemm, LowRankShape, LowRankWeights, Mut, Ref};
+use crate::backend::{Backend, DType, Gemm, LowRankShape, LowRankWeights, Mut, Ref, RowStrides};
 use anyhow::Result;
 use cudarc::driver::PushKernelArg;
-
-/// Row strides (a, b, c) for `Lt::gemm_strided`.
-pub(super) fn strides(a: usize, b: usize, c: usize) -> RowStrides {
-    RowStrides { a, b, c }
-}
 
 /// The unfused forward: t = x·Utᵀ, y = b, y += x·W0, y += t·Vt, each through cuBLASLt.
 pub(super) fn forward_cublas(
@@ -39,7 +33,7 @@ pub(super) fn forward_cublas(
     let project = Gemm::new(n, k, n_in).trans_b();
     lt(
         &project,
-        strides(n_in, n_in, stride),
+        RowStrides::new(n_in, n_in, stride),
         x.ptr(),
         w.ut.ptr(),
         t.ptr(),
@@ -57,7 +51,7 @@ pub(super) fn forward_cublas(
     let g = Gemm::new(n, n_out, k).beta(beta);
     lt(
         &g,
-        strides(stride, n_out, n_out),
+        RowStrides::new(stride, n_out, n_out),
         t.ptr(),
         w.vt.ptr(),
         y.ptr(),
@@ -125,7 +119,7 @@ pub(super) fn dx_cublas(
     cuda.lt.gemm_strided(
         &cuda.stream,
         &g,
-        strides(n_out, n_out, stride),
+        RowStrides::new(n_out, n_out, stride),
         bf,
         bf,
         dy.ptr(),
@@ -143,7 +137,7 @@ pub(super) fn dx_cublas(
     cuda.lt.gemm_strided(
         &cuda.stream,
         &g,
-        strides(stride, n_in, n_in),
+        RowStrides::new(stride, n_in, n_in),
         bf,
         dxd,
         s.ptr(),

@@ -17,7 +17,7 @@
 //! segmented path (`merged` rows), so a GPU run says what the FLOPs it saves are worth.
 
 use super::super::{Backend, Cuda, CudaBuf};
-use super::cublas::strides;
+use crate::backend::RowStrides;
 use crate::backend::{Buffer, DType, Gemm, LowRankShape, Ref};
 use anyhow::{bail, Result};
 
@@ -54,7 +54,7 @@ pub(super) fn merged_weight(
     cuda.lt.gemm_strided(
         &cuda.stream,
         &g,
-        strides(n_in, n_out, n_out),
+        RowStrides::new(n_in, n_out, n_out),
         DType::BF16,
         DType::BF16,
         ut.ptr(),

@@ -25,11 +25,11 @@ mod tma;
 use super::{Cuda, CudaBuf};
 use crate::backend::{
     epilogue_pass, Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
-    LowRankWeights, Mut, Ref, SCRATCH_ROW_ALIGN,
+    LowRankWeights, Mut, Ref, RowStrides, SCRATCH_ROW_ALIGN,
 };
 use anyhow::{bail, ensure, Result};
 use column_sums::{add_column_sums, finish_column_sums, RowBlockSums};
-use cublas::{dx_cublas, forward_cublas, strides};
+use cublas::{dx_cublas, forward_cublas};
 pub use merged::merge_base_from_env;
 use seg_gemm::{launch_seg_gemm, Act, Output, Segment};
 pub(crate) use tiles::{forced_tma_width, wgmma_nmajor_offsets};
@@ -408,7 +408,7 @@ fn factor_grads(
     cuda.lt.gemm_strided(
         &cuda.stream,
         &du,
-        strides(stride, n_in, n_in),
+        RowStrides::new(stride, n_in, n_in),
         bf,
         f32,
         s.ptr(),
@@ -419,7 +419,7 @@ fn factor_grads(
     cuda.lt.gemm_strided(
         &cuda.stream,
         &dv,
-        strides(stride, n_out, n_out),
+        RowStrides::new(stride, n_out, n_out),
         bf,
         f32,
         t.ptr(),
