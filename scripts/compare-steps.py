@@ -29,7 +29,7 @@ def label(name, r):
     if r.get("peer") == "llm.c":
         return f"{name} -r {r['recompute']} (llm.c)"
     if r.get("peer") == "pytorch":
-        return f"{name} (PyTorch {r.get('torch', '')})".replace(" )", ")")
+        return f"{name} (PyTorch {r['torch']})" if r.get("torch") else f"{name} (PyTorch)"
     return name
 
 
