@@ -234,6 +234,11 @@ fi
 # GPT-2 small with efficient InRank's low-rank MLPs (U·Vᵀ on the fused kernels, no W0) beside the
 # dense step above: the step-time ratio the project exists for.
 step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
+# The same low-rank step as the paper's reference code trains it, in PyTorch (its factors at their
+# capacity, the forward slicing the live width; scripts/peer-train.py), at the same rank and buffer.
+if python3 -c 'import torch' 2>/dev/null; then
+  step peer-train-efficient python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
+fi
 # DLRA's windows on GPT-2 small at r = 64, the bases changed by f32 GEMMs on the device: at every
 # step (K = 1, the parallel integrator) and every tenth, beside the dense step above.
 step bench-train-dlra "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank dlra --rank-init $dlra_rank --dlra-window 1

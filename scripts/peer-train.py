@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The peer's training throughput: the same GPT-2 step (forward, backward, AdamW) in PyTorch, on the
 same device kind, shapes and thread count as `lowrank bench-train`, so the ratio is measured side by side.
+With `--lowrank efficient`, the MLP matrices are efficient InRank's factors as the paper's reference
+code trains them (beside `bench-train --lowrank efficient` at the same rank and buffer).
 Prints one JSON object per configuration."""
 import argparse, json, math, time
 import torch
@@ -8,12 +10,54 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def live_width(n_in, n_out, rank, buffer):
+    """Efficient InRank's live width k = rank + buffer and its capacity R = min(n_in, n_out) // 2, the
+    buffer clamped to R // 4 as `lowrank` clamps it (src/lowrank/layer.rs), so both train the same k."""
+    capacity = min(n_in, n_out) // 2
+    buffer = max(1, min(buffer, capacity // 4))
+    if rank > capacity - buffer - 1:
+        raise SystemExit(f"--rank-init {rank} is above the capacity of a {n_in}x{n_out} layer: R = {capacity}, "
+                         f"buffer {buffer}, ranks up to {capacity - buffer - 1}")
+    return rank + buffer, capacity
+
+
+class InRankFactors(nn.Module):
+    """Efficient InRank's layer as the reference code (github.com/jiaweizzhao/InRank,
+    src/models/layers/in_rank_efficient.py) trains it in stage 1, written again here: factors A
+    (R x n_in) and B (n_out x R) allocated at the capacity R, both Kaiming-uniform, a zero bias; the
+    forward multiplies by the live slices, F.linear(F.linear(x, A[:k]), B[:, :k], bias), so autograd
+    hands AdamW gradients of the whole capacity, zero past k. Rank checks are left out: a timed step
+    of either program has none (their first comes after 25 steps in ours, 200 forward calls in it)."""
+
+    def __init__(self, n_in, n_out, live, capacity):
+        super().__init__()
+        self.a = nn.Parameter(torch.empty(capacity, n_in))
+        self.b = nn.Parameter(torch.empty(n_out, capacity))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.b, a=math.sqrt(5))
+        self.live = live
+
+    def forward(self, x):
+        return F.linear(F.linear(x, self.a[: self.live]), self.b[:, : self.live], self.bias)
+
+    def live_params(self):
+        return self.live * (self.a.shape[1] + self.b.shape[0]) + self.bias.numel()
+
+
+def linear(n_in, n_out, lowrank):
+    """A dense nn.Linear, or with lowrank = (rank, buffer) efficient InRank's factors."""
+    if lowrank is None:
+        return nn.Linear(n_in, n_out)
+    return InRankFactors(n_in, n_out, *live_width(n_in, n_out, *lowrank))
+
+
 class Block(nn.Module):
-    def __init__(self, c, heads):
+    def __init__(self, c, heads, lowrank=None):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
         self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
-        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.c_fc, self.mlp_proj = linear(c, 4 * c, lowrank), linear(4 * c, c, lowrank)
         self.heads = heads
 
     def forward(self, x):
@@ -26,13 +70,16 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, layers, heads, c, vocab=50304, ctx=1024):
+    def __init__(self, layers, heads, c, vocab=50304, ctx=1024, lowrank=None):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, c), nn.Embedding(ctx, c)
-        self.blocks = nn.ModuleList(Block(c, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(c, heads, lowrank) for _ in range(layers))
         self.ln_f = nn.LayerNorm(c)
-        # GPT-2's init, as ours: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases.
+        # GPT-2's init, as ours: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases
+        # (InRank's factors keep their own init).
         for name, p in self.named_parameters():
+            if name.endswith((".a", ".b")):
+                continue
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
                 nn.init.normal_(p, std=std)
@@ -46,6 +93,12 @@ class GPT(nn.Module):
         logits = self.ln_f(x) @ self.wte.weight.T  # tied LM head
         return F.cross_entropy(logits[..., :50257].reshape(-1, 50257), targets.reshape(-1))
 
+    def live_params(self):
+        """Parameters as `lowrank bench-train` counts them: InRank's factors at their live width."""
+        factors = [m for m in self.modules() if isinstance(m, InRankFactors)]
+        held = sum(p.numel() for m in factors for p in m.parameters())
+        return sum(p.numel() for p in self.parameters()) - held + sum(m.live_params() for m in factors)
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -55,12 +108,17 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (then bf16 autocast, as our bf16 backend)")
+    ap.add_argument("--lowrank", choices=["dense", "efficient"], default="dense",
+                    help="efficient: the MLP matrices as efficient InRank's factors, as its reference code trains them")
+    ap.add_argument("--rank-init", type=int, default=2, help="the rank r (as bench-train's --rank-init)")
+    ap.add_argument("--rank-buffer", type=int, default=100, help="the buffer b, clamped to R // 4 (as bench-train's)")
     args = ap.parse_args()
+    lowrank = (args.rank_init, args.rank_buffer) if args.lowrank == "efficient" else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for spec in args.config:
         name, layers, heads, c = spec.split(":")
-        model = GPT(int(layers), int(heads), int(c)).to(args.device)
+        model = GPT(int(layers), int(heads), int(c), lowrank=lowrank).to(args.device)
         gpu = args.device.startswith("cuda")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=gpu)
         idx = torch.randint(0, 50257, (args.batch, args.seq + 1), device=args.device)
@@ -76,9 +134,12 @@ def main():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         med = sorted(times[2:])[len(times[2:]) // 2]
+        mean = sum(times[2:]) / len(times[2:])
         print(json.dumps(dict(peer="pytorch", torch=torch.__version__, device=args.device, model=name, batch=args.batch, seq=args.seq,
-                              threads=args.threads, median_step_s=med, tok_per_s=args.batch * args.seq / med,
-                              params=sum(p.numel() for p in model.parameters()), loss=loss.item())), flush=True)
+                              lowrank=args.lowrank, rank_init=args.rank_init if lowrank else None,
+                              threads=args.threads, median_step_s=med, mean_step_s=mean, tok_per_s=args.batch * args.seq / med,
+                              params=model.live_params(), params_allocated=sum(p.numel() for p in model.parameters()),
+                              loss=loss.item())), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""scripts/compare-steps.py on a gpu-run.sh folder written here: our bench-train lines, PyTorch's and
-llm.c's, with step times chosen so that each ratio (the peer's time over ours) is known by hand.
+"""scripts/compare-steps.py on a gpu-run.sh folder written here: our bench-train lines, PyTorch's (dense
+and efficient InRank) and llm.c's, with step times chosen so that each ratio (the peer's time over
+ours) is known by hand.
 Run by .ci/run: python3 -m unittest discover -s scripts/tests"""
 import json
 import os
@@ -30,11 +31,15 @@ class CompareSteps(unittest.TestCase):
         out = self.run_on({
             "bench-train": "loading...\n" + row("lowrank", 0.200),
             "bench-train-recompute": row("lowrank", 0.250),
-            "peer-train": row("pytorch", 0.300, torch="2.9"),
+            "bench-train-efficient": row("lowrank", 0.160, lowrank="efficient", rank_init=64),
+            "peer-train": row("pytorch", 0.300, torch="2.9", lowrank="dense", rank_init=None),
+            "peer-train-efficient": row("pytorch", 0.280, torch="2.9", lowrank="efficient", rank_init=64),
             "peer-llmc": row("llm.c", 0.150, recompute=0) + "\n" + row("llm.c", 0.200, recompute=1),
         })
-        # PyTorch 0.300 / ours 0.200; llm.c -r 0 0.150 / 0.200; llm.c -r 1 0.200 / recompute 0.250.
-        self.assertIn("ours / PyTorch: 1.50x; ours / llm.c: 0.75x (GELU kept, llm.c -r 0), 0.80x (GELU recomputed", out)
+        # PyTorch 0.300 / ours 0.200, efficient 0.280 / 0.160; llm.c -r 0 0.150 / 0.200; llm.c -r 1
+        # 0.200 / recompute 0.250.
+        self.assertIn("ours / PyTorch: 1.50x (dense), 1.75x (efficient InRank, as its reference code); "
+                      "ours / llm.c: 0.75x (GELU kept, llm.c -r 0), 0.80x (GELU recomputed", out)
         self.assertIn("peer-llmc -r 1 (llm.c)", out)
         self.assertIn("peer-train (PyTorch 2.9)", out)
 
@@ -42,8 +47,18 @@ class CompareSteps(unittest.TestCase):
         out = self.run_on({"bench-train": row("lowrank", 0.2),
                            "peer-train": json.dumps({"peer": "pytorch", "model": "gpt2", "batch": 4, "seq": 1024,
                                                      "median_step_s": 0.1, "tok_per_s": 40960})})
-        self.assertIn("ours / PyTorch: - (different shapes); ours / llm.c: - (GELU kept", out)
+        self.assertIn("ours / PyTorch: - (different shapes) (dense), - (efficient", out)
+        self.assertIn("ours / llm.c: - (GELU kept", out)
         self.assertIn("steps: no bench-train", self.run_on({"doctor": "{}"}))
+
+    def test_low_rank_steps_pair_only_at_the_same_rank(self):
+        out = self.run_on({"bench-train-efficient": row("lowrank", 0.2, lowrank="efficient", rank_init=64),
+                           "peer-train-efficient": row("pytorch", 0.3, lowrank="efficient", rank_init=96)})
+        self.assertIn("- (different methods) (efficient InRank", out)
+        # A PyTorch line from before the --lowrank flag (no "lowrank" key) is the dense step.
+        out = self.run_on({"bench-train": row("lowrank", 0.2, lowrank="dense", rank_init=2),
+                           "peer-train": row("pytorch", 0.25)})
+        self.assertIn("ours / PyTorch: 1.25x (dense), - (efficient", out)
 
 
 if __name__ == "__main__":
