@@ -155,7 +155,7 @@ fn elementwise(c: &mut Criterion) {
     });
     group.throughput(Throughput::Bytes(4 * n as u64));
     group.bench_function("sum_squares_4M", |b| {
-        b.iter(|| Cpu.sum_squares(g.all()).unwrap())
+        b.iter(|| Cpu.sum_squares(&[g.all()]).unwrap())
     });
     // GPT-2 small's MLP activation for 256 tokens (12 of each per training step).
     let act = 256 * 3072;

@@ -2,9 +2,10 @@
 """The whole training step beside its peers, from one gpu-run.sh folder: our `bench-train` lines
 (bench-train*.log), PyTorch's (peer-train.log, scripts/peer-train.py) and llm.c's CUDA trainer's
 (peer-llmc.log, scripts/peer-llmc.py cuda), each a JSON object with the median step time. Prints a
-table and the ratios users judge the project by: ours against PyTorch, dense and with efficient
+table and the ratios users judge the project by: ours against PyTorch, dense, with efficient
 InRank's factors as its reference code trains them (peer-train-efficient.log beside
-bench-train-efficient.log), and against llm.c with the GELU kept (llm.c's -r 0 beside our default)
+bench-train-efficient.log) and with LoRA adapters as loralib and PEFT train them
+(peer-train-lora.log beside bench-train-lora.log), and against llm.c with the GELU kept (llm.c's -r 0 beside our default)
 and recomputed (llm.c's default -r 1 beside our --recompute-gelu). A ratio is the peer's step time over ours: above 1, ours is faster. A missing
 log leaves its rows out and its ratios "-". Standard library only."""
 import argparse, glob, json, os
@@ -70,7 +71,8 @@ def main():
         return next((k for k, r in table.items() if r.get("peer") == "pytorch" and method(r)[0] == mode), None)
 
     print(f"ours / PyTorch: {ratio('bench-train', pytorch('dense'))} (dense), "
-          f"{ratio('bench-train-efficient', pytorch('efficient'))} (efficient InRank, as its reference code); "
+          f"{ratio('bench-train-efficient', pytorch('efficient'))} (efficient InRank, as its reference code), "
+          f"{ratio('bench-train-lora', pytorch('lora'))} (LoRA, as loralib); "
           f"ours / llm.c: {ratio('bench-train', 'peer-llmc -r 0 (llm.c)')} "
           f"(GELU kept, llm.c -r 0), {ratio('bench-train-recompute', 'peer-llmc -r 1 (llm.c)')} (GELU recomputed, llm.c's default -r 1)")
 

@@ -239,6 +239,12 @@ step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --
 if python3 -c 'import torch' 2>/dev/null; then
   step peer-train-efficient python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
 fi
+# LoRA on every linear layer at r = 8 (the frozen base the random init: a step's time does not
+# depend on its values), beside loralib's way in PyTorch: the fine-tuning step users compare.
+step bench-train-lora "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank lora --lowrank-layers all --rank-init 8
+if python3 -c 'import torch' 2>/dev/null; then
+  step peer-train-lora python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps --lowrank lora --lowrank-layers all --rank-init 8
+fi
 # DLRA's windows on GPT-2 small at r = 64, the bases changed by f32 GEMMs on the device: at every
 # step (K = 1, the parallel integrator) and every tenth, beside the dense step above.
 step bench-train-dlra "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank dlra --rank-init $dlra_rank --dlra-window 1

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The peer's training throughput: the same GPT-2 step (forward, backward, AdamW) in PyTorch, on the
 same device kind, shapes and thread count as `lowrank bench-train`, so the ratio is measured side by side.
-With `--lowrank efficient`, the MLP matrices are efficient InRank's factors as the paper's reference
-code trains them (beside `bench-train --lowrank efficient` at the same rank and buffer).
+With `--lowrank efficient`, the chosen matrices (`--lowrank-layers`, the MLP's by default) are
+efficient InRank's factors as the paper's reference code trains them (beside `bench-train --lowrank
+efficient` at the same rank and buffer); with `--lowrank lora`, LoRA adapters on a frozen base as
+its reference code (loralib) and PEFT train them (beside `bench-train --lowrank lora`).
 Prints one JSON object per configuration."""
 import argparse, json, math, time
 import torch
@@ -45,19 +47,42 @@ class InRankFactors(nn.Module):
         return self.live * (self.a.shape[1] + self.b.shape[0]) + self.bias.numel()
 
 
+class LoRAAdapter(nn.Module):
+    """A LoRA layer as its reference code (github.com/microsoft/LoRA, loralib/layers.py) and PEFT
+    run it, written again here: the frozen base F.linear(x, W0, b0) plus (x·Aᵀ·Bᵀ)·α/r, A (r x n_in)
+    Kaiming-uniform, B (n_out x r) zero, α = 2r as `lowrank`'s default; no dropout (ours has none).
+    Only A and B train: the base's weight gets no gradient, so the backward forms none."""
+
+    def __init__(self, n_in, n_out, rank):
+        super().__init__()
+        self.base = nn.Linear(n_in, n_out)
+        self.base.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, n_in))
+        self.lora_b = nn.Parameter(torch.zeros(n_out, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scaling = 2.0
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+
+
 def linear(n_in, n_out, lowrank):
-    """A dense nn.Linear, or with lowrank = (rank, buffer) efficient InRank's factors."""
+    """A dense nn.Linear, or with lowrank = ("efficient", rank, buffer) efficient InRank's factors,
+    with ("lora", rank, _) a LoRA adapter on a frozen nn.Linear."""
     if lowrank is None:
         return nn.Linear(n_in, n_out)
-    return InRankFactors(n_in, n_out, *live_width(n_in, n_out, *lowrank))
+    mode, rank, buffer = lowrank
+    if mode == "lora":
+        return LoRAAdapter(n_in, n_out, rank)
+    return InRankFactors(n_in, n_out, *live_width(n_in, n_out, rank, buffer))
 
 
 class Block(nn.Module):
-    def __init__(self, c, heads, lowrank=None):
+    def __init__(self, c, heads, mlp=None, attn=None):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
-        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
-        self.c_fc, self.mlp_proj = linear(c, 4 * c, lowrank), linear(4 * c, c, lowrank)
+        self.c_attn, self.c_proj = linear(c, 3 * c, attn), linear(c, c, attn)
+        self.c_fc, self.mlp_proj = linear(c, 4 * c, mlp), linear(4 * c, c, mlp)
         self.heads = heads
 
     def forward(self, x):
@@ -70,21 +95,27 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, layers, heads, c, vocab=50304, ctx=1024, lowrank=None):
+    def __init__(self, layers, heads, c, vocab=50304, ctx=1024, lowrank=None, where="mlp"):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, c), nn.Embedding(ctx, c)
-        self.blocks = nn.ModuleList(Block(c, heads, lowrank) for _ in range(layers))
+        mlp, attn = (lowrank if where in ("mlp", "all") else None), (lowrank if where in ("attn", "all") else None)
+        self.blocks = nn.ModuleList(Block(c, heads, mlp, attn) for _ in range(layers))
         self.ln_f = nn.LayerNorm(c)
         # GPT-2's init, as ours: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases
-        # (InRank's factors keep their own init).
+        # (the low-rank factors keep their own init).
         for name, p in self.named_parameters():
-            if name.endswith((".a", ".b")):
+            if name.endswith((".a", ".b", ".lora_a", ".lora_b")):
                 continue
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * layers) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
+                residual = name.replace(".base.", ".").endswith(("c_proj.weight", "mlp_proj.weight"))
+                std = 0.02 / math.sqrt(2 * layers) if residual else 0.02
                 nn.init.normal_(p, std=std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+        if lowrank is not None and lowrank[0] == "lora":
+            # LoRA trains its adapters alone: embeddings, LayerNorms and every base tensor frozen.
+            for name, p in self.named_parameters():
+                p.requires_grad_(name.endswith((".lora_a", ".lora_b")))
 
     def forward(self, idx, targets):
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
@@ -94,7 +125,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits[..., :50257].reshape(-1, 50257), targets.reshape(-1))
 
     def live_params(self):
-        """Parameters as `lowrank bench-train` counts them: InRank's factors at their live width."""
+        """Parameters as `lowrank bench-train` counts them: InRank's factors at their live width,
+        and in LoRA the trained adapters alone."""
+        if any(isinstance(m, LoRAAdapter) for m in self.modules()):
+            return sum(p.numel() for p in self.parameters() if p.requires_grad)
         factors = [m for m in self.modules() if isinstance(m, InRankFactors)]
         held = sum(p.numel() for m in factors for p in m.parameters())
         return sum(p.numel() for p in self.parameters()) - held + sum(m.live_params() for m in factors)
@@ -108,19 +142,22 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (then bf16 autocast, as our bf16 backend)")
-    ap.add_argument("--lowrank", choices=["dense", "efficient"], default="dense",
-                    help="efficient: the MLP matrices as efficient InRank's factors, as its reference code trains them")
+    ap.add_argument("--lowrank", choices=["dense", "efficient", "lora"], default="dense",
+                    help="efficient: efficient InRank's factors, as its reference code trains them; lora: LoRA adapters "
+                         "on a frozen base, as loralib and PEFT train them")
+    ap.add_argument("--lowrank-layers", choices=["mlp", "attn", "all"], default="mlp", help="which matrices (as bench-train's)")
     ap.add_argument("--rank-init", type=int, default=2, help="the rank r (as bench-train's --rank-init)")
     ap.add_argument("--rank-buffer", type=int, default=100, help="the buffer b, clamped to R // 4 (as bench-train's)")
     args = ap.parse_args()
-    lowrank = (args.rank_init, args.rank_buffer) if args.lowrank == "efficient" else None
+    lowrank = None if args.lowrank == "dense" else (args.lowrank, args.rank_init, args.rank_buffer)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for spec in args.config:
         name, layers, heads, c = spec.split(":")
-        model = GPT(int(layers), int(heads), int(c), lowrank=lowrank).to(args.device)
+        model = GPT(int(layers), int(heads), int(c), lowrank=lowrank, where=args.lowrank_layers).to(args.device)
         gpu = args.device.startswith("cuda")
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=gpu)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=gpu)
         idx = torch.randint(0, 50257, (args.batch, args.seq + 1), device=args.device)
         times = []
         for step in range(args.steps + 2):  # two warm-up steps
@@ -137,6 +174,7 @@ def main():
         mean = sum(times[2:]) / len(times[2:])
         print(json.dumps(dict(peer="pytorch", torch=torch.__version__, device=args.device, model=name, batch=args.batch, seq=args.seq,
                               lowrank=args.lowrank, rank_init=args.rank_init if lowrank else None,
+                              lowrank_layers=args.lowrank_layers if lowrank else None,
                               threads=args.threads, median_step_s=med, mean_step_s=mean, tok_per_s=args.batch * args.seq / med,
                               params=model.live_params(), params_allocated=sum(p.numel() for p in model.parameters()),
                               loss=loss.item())), flush=True)

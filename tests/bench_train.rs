@@ -87,3 +87,36 @@ fn recomputing_gelu_saves_its_activations_and_changes_no_number() {
     );
     assert_eq!(kept["loss"], recomputed["loss"], "{kept}\n{recomputed}");
 }
+
+/// `--lowrank lora` times LoRA's step on the random init without a base checkpoint, and its line
+/// counts the trained adapters alone: rank r on the tiny model's four MLP pairs, r·(128 + 512) per
+/// matrix, two matrices a block, four blocks. A --lora-base given is said not to be read.
+#[test]
+fn lora_needs_no_base_and_counts_its_adapters() {
+    let line = tiny_line(1, &["--lowrank", "lora", "--rank-init", "4"]);
+    assert_eq!(line["lowrank"], "lora", "{line}");
+    assert_eq!(line["params"], 4 * 2 * 4 * (128 + 512), "{line}");
+    let o = lowrank(&[
+        "bench-train",
+        "--model",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "1",
+        "--lowrank",
+        "lora",
+        "--rank-init",
+        "4",
+        "--lora-base",
+        "/no/such/base",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("--lora-base /no/such/base is not read"),
+        "{}",
+        text(&o)
+    );
+}

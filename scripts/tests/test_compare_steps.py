@@ -34,11 +34,13 @@ class CompareSteps(unittest.TestCase):
             "bench-train-efficient": row("lowrank", 0.160, lowrank="efficient", rank_init=64),
             "peer-train": row("pytorch", 0.300, torch="2.9", lowrank="dense", rank_init=None),
             "peer-train-efficient": row("pytorch", 0.280, torch="2.9", lowrank="efficient", rank_init=64),
+            "bench-train-lora": row("lowrank", 0.100, lowrank="lora", rank_init=8),
+            "peer-train-lora": row("pytorch", 0.125, torch="2.9", lowrank="lora", rank_init=8),
             "peer-llmc": row("llm.c", 0.150, recompute=0) + "\n" + row("llm.c", 0.200, recompute=1),
         })
-        # PyTorch 0.300 / ours 0.200, efficient 0.280 / 0.160; llm.c -r 0 0.150 / 0.200; llm.c -r 1
-        # 0.200 / recompute 0.250.
-        self.assertIn("ours / PyTorch: 1.50x (dense), 1.75x (efficient InRank, as its reference code); "
+        # PyTorch 0.300 / ours 0.200, efficient 0.280 / 0.160, LoRA 0.125 / 0.100; llm.c -r 0
+        # 0.150 / 0.200; llm.c -r 1 0.200 / recompute 0.250.
+        self.assertIn("ours / PyTorch: 1.50x (dense), 1.75x (efficient InRank, as its reference code), 1.25x (LoRA, as loralib); "
                       "ours / llm.c: 0.75x (GELU kept, llm.c -r 0), 0.80x (GELU recomputed", out)
         self.assertIn("peer-llmc -r 1 (llm.c)", out)
         self.assertIn("peer-train (PyTorch 2.9)", out)

@@ -57,7 +57,7 @@ class PeerTrainInRank(unittest.TestCase):
         self.assertGreater(float(layer.a.grad[:7].abs().sum()), 0.0)
 
     def test_gpt2_small_reports_its_live_parameters(self):
-        model = self.peer.GPT(12, 12, 768, lowrank=(96, 100))
+        model = self.peer.GPT(12, 12, 768, lowrank=("efficient", 96, 100))
         dense = self.peer.GPT(12, 12, 768)
         # Dense GPT-2 small with the vocabulary padded to 50304, as peer-train.py builds it.
         c, v, l = 768, 50304, 12
@@ -68,6 +68,25 @@ class PeerTrainInRank(unittest.TestCase):
         want = want_dense - l * 2 * (c * 4 * c) + l * 2 * 192 * (c + 4 * c)
         self.assertEqual(model.live_params(), want)
         self.assertEqual(sum(p.numel() for p in model.parameters()), want + l * 2 * (384 - 192) * (c + 4 * c))
+
+    def test_lora_adds_the_scaled_adapter_to_a_frozen_base_and_trains_it_alone(self):
+        import numpy as np
+        import torch
+        torch.manual_seed(2)
+        layer = self.peer.LoRAAdapter(24, 40, rank=3)
+        with torch.no_grad():
+            layer.lora_b.copy_(torch.randn(40, 3))  # B starts at zero; any B tests the product
+        x = torch.randn(5, 24)
+        d = lambda t: t.detach().double().numpy()
+        want = d(x) @ d(layer.base.weight).T + d(layer.base.bias) + 2.0 * (d(x) @ d(layer.lora_a).T @ d(layer.lora_b).T)
+        np.testing.assert_allclose(d(layer(x)), want, rtol=1e-5, atol=1e-5)
+        # GPT-2 small with adapters of rank 8 on all four matrices of every block: only they
+        # train, 12 · 8 · ((768 + 2304) + (768 + 768) + (768 + 3072) + (3072 + 768)) parameters.
+        model = self.peer.GPT(12, 12, 768, lowrank=("lora", 8, 0), where="all")
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.assertEqual(len(trained), 12 * 4 * 2)
+        self.assertTrue(all(n.endswith((".lora_a", ".lora_b")) for n in trained))
+        self.assertEqual(model.live_params(), 12 * 8 * (3072 + 1536 + 3840 + 3840))
 
     def test_one_step_prints_the_low_rank_run(self):
         run = subprocess.run([sys.executable, SCRIPT, "--config", "tiny:2:2:64", "--steps", "1", "--threads", "1",

@@ -158,8 +158,11 @@ pub trait Backend {
         compute_copy: Option<Mut<Self::Buf>>,
     ) -> Result<()>;
 
-    /// Σ x², accumulated in at least f32 per element and f64 across blocks (for gradient norms).
-    fn sum_squares(&self, x: Ref<Self::Buf>) -> Result<f64>;
+    /// Σ x² over every window of `xs` together, accumulated in at least f32 per element and f64
+    /// across blocks and windows, in a fixed order. Several windows make one call (on a GPU one
+    /// wait for the result), so a gradient norm can skip what no backward writes: LoRA's frozen
+    /// base, a frozen W0.
+    fn sum_squares(&self, xs: &[Ref<Self::Buf>]) -> Result<f64>;
 
     // ---- Model ops (GPT-2). Token ids and targets are host slices; the backend stages them. ----
 
@@ -196,12 +199,13 @@ pub trait Backend {
         shape: MatShape,
     ) -> Result<()>;
     /// LayerNorm backward. ACCUMULATES: dinp += ∂/∂x (into the residual gradient) and
-    /// dweight_bias += (∂/∂w then ∂/∂b).
+    /// dweight_bias += (∂/∂w then ∂/∂b). `dweight_bias` None: the weight and bias are frozen
+    /// (LoRA), and their gradient is not formed.
     #[allow(clippy::too_many_arguments)] // one operand per kernel argument, as the launcher takes them
     fn layernorm_backward(
         &self,
         dinp: Mut<Self::Buf>,
-        dweight_bias: Mut<Self::Buf>,
+        dweight_bias: Option<Mut<Self::Buf>>,
         dout: Ref<Self::Buf>,
         inp: Ref<Self::Buf>,
         weight_bias: Ref<Self::Buf>,

@@ -206,13 +206,16 @@ pub(crate) fn check_embedding_backward(
 pub(crate) fn check_layernorm_backward(
     dinp: usize,
     dout: usize,
-    dweight_bias: usize,
+    dweight_bias: Option<usize>,
     s: MatShape,
 ) -> Result<()> {
     let op = "layernorm_backward";
     window_len(op, "dinp", dinp, s.len())?;
     window_len(op, "dout", dout, s.len())?;
-    window_len(op, "dweight_bias", dweight_bias, 2 * s.cols)
+    match dweight_bias {
+        Some(len) => window_len(op, "dweight_bias", len, 2 * s.cols),
+        None => Ok(()),
+    }
 }
 
 /// Checks the operands of `add_bias` (out, bias) and `add_column_sums` (src, dst): a matrix and a

@@ -6,7 +6,7 @@
 
 use crate::backend::{AttentionSaved, Backend};
 use crate::cli::train::{Device, LowRankArgs};
-use crate::lowrank::LowRankConfig;
+use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
 use crate::train::ranks::RankSchedule;
@@ -31,7 +31,8 @@ pub struct Args {
     /// Keep one layer's GELU output and form each again in the backward (`train --recompute-gelu`)
     #[arg(long)]
     recompute_gelu: bool,
-    /// The low-rank settings of `train` (rank logging is left off: it is not part of a step)
+    /// The low-rank settings of `train` (rank logging is left off: it is not part of a step;
+    /// LoRA's frozen base is the random init, see the command's help)
     #[command(flatten)]
     lowrank: LowRankArgs,
 }
@@ -42,10 +43,17 @@ pub fn run(a: Args) -> Result<()> {
 
 fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
     for name in &a.models {
-        let lowrank = &LowRankConfig {
+        let mut lowrank = LowRankConfig {
             rank_log_every: 0,
             ..a.lowrank.config(name)
         };
+        if lowrank.mode == LowRankMode::Lora {
+            if let Some(base) = &lowrank.lora_base {
+                eprintln!("bench-train: --lora-base {base} is not read; the frozen base is the random init (the step's time does not depend on its values)");
+            }
+            lowrank.lora_base = Some("the random init".into());
+        }
+        let lowrank = &lowrank;
         let config = GptConfig::preset(name)?;
         let mut model = Gpt::with_lowrank(b, config, lowrank, a.batch, a.seq, 0)?;
         model.set_recompute_gelu(b, a.recompute_gelu)?;

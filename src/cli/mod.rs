@@ -77,6 +77,9 @@ pub enum Command {
     /// Tokenize text (WikiText-103 or any UTF-8 files) into GPT-2 token shards in llm.c's format
     Tokenize(tokenize::Args),
     /// Training-step throughput (forward, backward, AdamW) on random tokens, as JSON lines
+    ///
+    /// With `--lowrank lora` the frozen base is the random init: a step's time does not depend on
+    /// the base's values, so no --lora-base is needed (one given is not read).
     BenchTrain(bench_train::Args),
     /// Deep linear networks: train the original and the compressed network side by side (CPU, f64)
     Dln(dln::Args),

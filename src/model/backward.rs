@@ -114,18 +114,14 @@ fn ln_backward<B: Backend>(
 ) -> Result<()> {
     b.layernorm_backward(
         d.dresidual.all_mut(),
-        grads.at_mut(off, len),
+        m.trained.base().then(|| grads.at_mut(off, len)),
         d.dbtc.all(),
         x,
         m.w.at(off, len),
         mean,
         rstd,
         rows(m.a),
-    )?;
-    match m.trained.base() {
-        true => Ok(()),
-        false => b.fill(grads.at_mut(off, len), 0.0),
-    }
+    )
 }
 
 /// One block in reverse. On entry `d.dresidual` is ∂/∂(block output); on exit ∂/∂(block input).

@@ -232,8 +232,31 @@ impl<B: Backend> Gpt<B> {
         Ok(())
     }
 
+    /// Zeroes the gradients the backward forms (`has_gradient`), before a step's first
+    /// micro-batch. The backward never writes the others, so they keep the allocation's zeros: in
+    /// LoRA that is most of the buffer, which a step then neither fills nor reads (the optimiser's
+    /// norm runs over its trained groups alone).
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
-        b.fill(self.grads.all_mut(), 0.0)
+        for (offset, len) in self.gradient_spans() {
+            b.fill(self.grads.at_mut(offset, len), 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
+    /// of the gradient buffer: one run in a dense model, one per factor pair or so in LoRA.
+    pub fn gradient_spans(&self) -> Vec<(usize, usize)> {
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (i, t) in self.layout.tensors().iter().enumerate() {
+            if !self.has_gradient(i) {
+                continue;
+            }
+            match spans.last_mut() {
+                Some((offset, len)) if *offset + *len == t.offset => *len += t.len(),
+                _ => spans.push((t.offset, t.len())),
+            }
+        }
+        spans
     }
 
     /// Copies the master weights into the compute dtype: call after changing `params_mut()`

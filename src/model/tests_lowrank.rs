@@ -451,3 +451,57 @@ fn lora_steps_move_only_the_factors() {
     }
     assert!(moved > 0, "no factor moved");
 }
+
+#[test]
+fn a_step_fills_and_writes_only_the_gradients_the_backward_forms() {
+    // The gradient buffer is set to a sentinel, then zero_grads and a forward and backward run:
+    // every tensor with a gradient must come out finite and off the sentinel somewhere; every
+    // other (LoRA's frozen base, InRank's W0) must still hold the sentinel, so zero_grads neither
+    // filled nor the backward wrote it, and the optimiser's norm has nothing there to skip.
+    const SENTINEL: f32 = 7.0;
+    let lora_emb = LowRankConfig {
+        lora_embeddings: true,
+        ..config(LowRankMode::Lora, LowRankLayers::All)
+    };
+    let cases = [
+        config(LowRankMode::Dense, LowRankLayers::Mlp),
+        config(LowRankMode::Lora, LowRankLayers::All),
+        lora_emb,
+        config(LowRankMode::Inrank, LowRankLayers::Mlp),
+    ];
+    for lr in cases {
+        let cfg = GptConfig {
+            n_embd: 16,
+            n_head: 2,
+            ..micro()
+        };
+        let mut gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
+        let spans = gpt.gradient_spans();
+        assert!(!spans.is_empty(), "{:?}: no gradient at all", lr.mode);
+        Cpu.fill(gpt.grads_mut().all_mut(), SENTINEL).unwrap();
+        loss_and_grads(&mut gpt);
+        let grads = Cpu.download(gpt.grads().all()).unwrap();
+        let tensors = gpt.layout().tensors().to_vec();
+        for (i, t) in tensors.iter().enumerate() {
+            let g = &grads[t.offset..t.offset + t.len()];
+            let inside = spans
+                .iter()
+                .any(|&(o, l)| o <= t.offset && t.offset + t.len() <= o + l);
+            assert_eq!(inside, gpt.has_gradient(i), "{}: span membership", t.name);
+            match gpt.has_gradient(i) {
+                true => assert!(
+                    g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != SENTINEL),
+                    "{:?}: {} not formed",
+                    lr.mode,
+                    t.name
+                ),
+                false => assert!(
+                    g.iter().all(|&v| v == SENTINEL),
+                    "{:?}: {} filled or written though the backward forms no gradient for it",
+                    lr.mode,
+                    t.name
+                ),
+            }
+        }
+    }
+}

@@ -65,6 +65,10 @@ pub struct AdamWOptimizer<B: Backend> {
     v: B::Buf,
     /// The trained groups, each with the offset of its moments in `m` and `v`.
     slots: Vec<Slot>,
+    /// The trained groups as maximal contiguous (offset, len) runs: the gradient norm's windows.
+    /// Held-fixed tensors between them (LoRA's base, a frozen W0, DLRA's bases) carry no gradient
+    /// the norm needs, and LoRA's is most of the buffer.
+    norm_windows: Vec<(usize, usize)>,
     /// Parameters the groups tile.
     params: usize,
     /// Moments held: the trained groups' lengths summed.
@@ -113,11 +117,19 @@ impl<B: Backend> AdamWOptimizer<B> {
             });
             state_len += group.len;
         }
+        let mut norm_windows: Vec<(usize, usize)> = Vec::new();
+        for s in &slots {
+            match norm_windows.last_mut() {
+                Some((offset, len)) if *offset + *len == s.group.offset => *len += s.group.len,
+                _ => norm_windows.push((s.group.offset, s.group.len)),
+            }
+        }
         Ok(AdamWOptimizer {
             config,
             m: b.alloc(DType::F32, state_len.max(1))?,
             v: b.alloc(DType::F32, state_len.max(1))?,
             slots,
+            norm_windows,
             params: n,
             state_len,
             step: 0,
@@ -171,7 +183,7 @@ impl<B: Backend> AdamWOptimizer<B> {
         }
     }
 
-    /// One step at learning rate `lr`: the gradient's global norm is measured, the gradient clipped
+    /// One step at learning rate `lr`: the trained groups' gradient norm is measured, the gradient clipped
     /// to `config.clip` (through the fused kernel's gradient scale), and AdamW run over each group.
     /// A non-finite norm is an error and leaves the weights untouched.
     /// `compute_copy` receives the updated weights in the compute dtype.
@@ -183,7 +195,10 @@ impl<B: Backend> AdamWOptimizer<B> {
         grads: &B::Buf,
         mut compute_copy: Option<&mut B::Buf>,
     ) -> Result<StepReport> {
-        let grad_norm = b.sum_squares(grads.all())?.sqrt();
+        let windows: Vec<_> = (self.norm_windows.iter())
+            .map(|&(offset, len)| grads.at(offset, len))
+            .collect();
+        let grad_norm = b.sum_squares(&windows)?.sqrt();
         ensure!(
             grad_norm.is_finite(),
             "the gradient norm is {grad_norm} at step {}: training diverged (lower --lr?)",
@@ -286,6 +301,34 @@ mod tests {
             "{p:?}"
         );
         assert!((p[1] - (2.0 - 0.05)).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn the_norm_runs_over_the_trained_groups_alone() {
+        // Groups: [0, 3) trained with decay, [3, 5) held fixed, [5, 6) and [6, 7) trained (one
+        // norm window, two slots: their decay differs). Gradient (1, 2, 2 | 100, 100 | 4, 0): the
+        // trained norm is √(1 + 4 + 4 + 16) = 5; the held tensors' 100s (never formed by a
+        // backward that skips them) must not count.
+        let group = |offset, len, decay, lr_scale| ParamGroup {
+            offset,
+            len,
+            decay,
+            lr_scale,
+            rule: GroupRule::AdamW,
+        };
+        let groups = [
+            group(0, 3, true, 1.0),
+            group(3, 2, true, 0.0),
+            group(5, 1, true, 1.0),
+            group(6, 1, false, 1.0),
+        ];
+        let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 7, &groups).unwrap();
+        assert_eq!(opt.norm_windows, vec![(0, 3), (5, 2)]);
+        let mut p = buf(&[0.0; 7]);
+        let g = buf(&[1.0, 2.0, 2.0, 100.0, 100.0, 4.0, 0.0]);
+        let rep = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
+        assert_eq!(rep.grad_norm, 5.0);
+        assert_eq!(&p.as_slice()[3..5], &[0.0, 0.0]);
     }
 
     #[test]

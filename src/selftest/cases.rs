@@ -547,7 +547,19 @@ impl Case {
             }
             Case::SumSquares { dtype, n } => {
                 let x = input(b, &mut rng, *dtype, *n)?;
-                return Ok(vec![b.sum_squares(x.all())?]);
+                // From 16 elements on, three windows, one empty, with gaps of 5 between and after
+                // (a norm over a model's trained tensors alone): on a GPU each window is its own
+                // launch into one partials buffer.
+                let n = *n;
+                let windows = match n {
+                    0..16 => vec![x.all()],
+                    _ => vec![
+                        x.at(0, n / 3),
+                        x.at(n / 3, 0),
+                        x.at(n / 3 + 5, n - n / 3 - 10),
+                    ],
+                };
+                return Ok(vec![b.sum_squares(&windows)?]);
             }
             Case::DlraExtend { n, r } => {
                 let (n, r) = (*n, *r);

@@ -225,9 +225,12 @@ impl GptCase {
                     rand(f32t, 2 * c, 1.0)?,
                     rand(act, rows * c, 1.0)?,
                 );
+                // The input-gradient case runs without the parameter gradient (frozen weights,
+                // as in LoRA); the parameter case forms both.
+                let input_only = self.op == GptOp::LayernormBackwardInput;
                 b.layernorm_backward(
                     dinp.all_mut(),
-                    dwb.all_mut(),
+                    (!input_only).then(|| dwb.all_mut()),
                     dout.all(),
                     inp.all(),
                     wb.all(),

@@ -39,7 +39,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's operand list
 pub fn backward(
     dinp: &mut [f32],
-    dweight_bias: &mut [f32],
+    dweight_bias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight_bias: &[f32],
@@ -74,8 +74,12 @@ pub fn backward(
             dwb
         })
         .collect();
-    for p in partials {
-        dweight_bias.iter_mut().zip(p).for_each(|(d, p)| *d += p);
+    // Frozen weights: the row loop forms their partials with dx (one pass over the row), but
+    // nothing adds them up.
+    if let Some(dweight_bias) = dweight_bias {
+        for p in partials {
+            dweight_bias.iter_mut().zip(p).for_each(|(d, p)| *d += p);
+        }
     }
 }
 
@@ -191,7 +195,7 @@ mod tests {
         let (mut dx, mut dwb) = (upload(&cpu, &dx0), upload(&cpu, &dwb0));
         cpu.layernorm_backward(
             dx.all_mut(),
-            dwb.all_mut(),
+            Some(dwb.all_mut()),
             dyb.all(),
             xb.all(),
             wbb.all(),

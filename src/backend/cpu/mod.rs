@@ -227,8 +227,8 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         Ok(())
     }
 
-    fn sum_squares(&self, x: Ref<CpuBuf>) -> Result<f64> {
-        Ok(reduce::sum_squares(x.slice()))
+    fn sum_squares(&self, xs: &[Ref<CpuBuf>]) -> Result<f64> {
+        Ok(xs.iter().map(|x| reduce::sum_squares(x.slice())).sum())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -293,7 +293,7 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
     fn layernorm_backward(
         &self,
         mut dinp: Mut<CpuBuf>,
-        mut dweight_bias: Mut<CpuBuf>,
+        mut dweight_bias: Option<Mut<CpuBuf>>,
         dout: Ref<CpuBuf>,
         inp: Ref<CpuBuf>,
         weight_bias: Ref<CpuBuf>,
@@ -303,11 +303,11 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
     ) -> Result<()> {
         let op = "layernorm_backward";
         check_layernorm(op, inp.len, weight_bias.len, mean.len, rstd.len, shape)?;
-        check_layernorm_backward(dinp.len, dout.len, dweight_bias.len, shape)?;
-        let dw = dweight_bias.slice_mut();
+        let dw_len = dweight_bias.as_ref().map(|d| d.len);
+        check_layernorm_backward(dinp.len, dout.len, dw_len, shape)?;
         layernorm::backward(
             dinp.slice_mut(),
-            dw,
+            dweight_bias.as_mut().map(|d| d.slice_mut()),
             dout.slice(),
             inp.slice(),
             weight_bias.slice(),
@@ -316,7 +316,9 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
             shape,
         );
         dinp.round_to_dtype();
-        dweight_bias.round_to_dtype();
+        if let Some(d) = &mut dweight_bias {
+            d.round_to_dtype();
+        }
         Ok(())
     }
 

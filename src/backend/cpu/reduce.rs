@@ -66,8 +66,11 @@ mod tests {
         let mut b = Cpu.alloc(DType::F32, n).unwrap();
         Cpu.upload(&xs, b.all_mut()).unwrap();
         let want = (n * (n + 1) * (2 * n + 1)) as f64 / 6.0;
-        assert_eq!(Cpu.sum_squares(b.all()).unwrap(), want);
-        assert_eq!(Cpu.sum_squares(b.at(0, 3)).unwrap(), 14.0);
+        assert_eq!(Cpu.sum_squares(&[b.all()]).unwrap(), want);
+        assert_eq!(Cpu.sum_squares(&[b.at(0, 3)]).unwrap(), 14.0);
+        // Windows [0, 3) and [5, 7): 1 + 4 + 9 + 36 + 49, the gap's 16 + 25 left out.
+        assert_eq!(Cpu.sum_squares(&[b.at(0, 3), b.at(5, 2)]).unwrap(), 99.0);
+        assert_eq!(Cpu.sum_squares(&[]).unwrap(), 0.0);
     }
 
     /// The lanes' sums on lengths with and without a tail: integers, so every partial sum is exact

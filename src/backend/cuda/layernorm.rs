@@ -65,7 +65,7 @@ pub fn forward(
 pub fn backward(
     cuda: &Cuda,
     dinp: Mut<CudaBuf>,
-    dweight_bias: Mut<CudaBuf>,
+    dweight_bias: Option<Mut<CudaBuf>>,
     dout: Ref<CudaBuf>,
     inp: Ref<CudaBuf>,
     weight_bias: Ref<CudaBuf>,
@@ -75,20 +75,18 @@ pub fn backward(
     cols: usize,
 ) -> Result<()> {
     let op = "layernorm_backward";
-    for (name, d) in [
-        ("dweight_bias", dweight_bias.dtype()),
-        ("mean", mean.dtype()),
-        ("rstd", rstd.dtype()),
-    ] {
+    for (name, d) in [("mean", mean.dtype()), ("rstd", rstd.dtype())] {
         ensure_f32(op, name, d)?;
+    }
+    if let Some(dwb) = &dweight_bias {
+        ensure_f32(op, "dweight_bias", dwb.dtype())?;
     }
     let sfx = act_suffix(
         op,
         &[dinp.dtype(), dout.dtype(), inp.dtype(), weight_bias.dtype()],
     )?;
-    let (di, dwb, d, x, wb, m, r) = (
+    let (di, d, x, wb, m, r) = (
         dinp.ptr(),
-        dweight_bias.ptr(),
         dout.ptr(),
         inp.ptr(),
         weight_bias.ptr(),
@@ -113,7 +111,11 @@ pub fn backward(
             .arg(&nc)
             .launch(row_grid(rows))?
     };
-
+    // Frozen weights (LoRA): no partials pass, no sums.
+    let Some(dweight_bias) = dweight_bias else {
+        return Ok(());
+    };
+    let dwb = dweight_bias.ptr();
     let chunks = ops::column_chunks(rows);
     let (_pw, pw) = cuda.scratch_f32(chunks * cols)?;
     let (_pb, pb) = cuda.scratch_f32(chunks * cols)?;

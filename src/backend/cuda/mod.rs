@@ -326,8 +326,8 @@ impl Backend for Cuda {
         ops::heavy_ball(self, hp, params, grads, velocity, compute_copy)
     }
 
-    fn sum_squares(&self, x: Ref<CudaBuf>) -> Result<f64> {
-        ops::sum_squares(self, x)
+    fn sum_squares(&self, xs: &[Ref<CudaBuf>]) -> Result<f64> {
+        ops::sum_squares(self, xs)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -402,7 +402,7 @@ impl Backend for Cuda {
     fn layernorm_backward(
         &self,
         dinp: Mut<CudaBuf>,
-        dweight_bias: Mut<CudaBuf>,
+        dweight_bias: Option<Mut<CudaBuf>>,
         dout: Ref<CudaBuf>,
         inp: Ref<CudaBuf>,
         weight_bias: Ref<CudaBuf>,
@@ -418,7 +418,8 @@ impl Backend for Cuda {
             rstd.len,
             shape,
         )?;
-        check_layernorm_backward(dinp.len, dout.len, dweight_bias.len, shape)?;
+        let dw_len = dweight_bias.as_ref().map(|d| d.len);
+        check_layernorm_backward(dinp.len, dout.len, dw_len, shape)?;
         layernorm::backward(
             self,
             dinp,

@@ -140,36 +140,45 @@ pub fn heavy_ball(
     Ok(())
 }
 
-pub fn sum_squares(cuda: &Cuda, x: Ref<CudaBuf>) -> Result<f64> {
-    let n = x.len;
-    if n == 0 {
+/// One launch per window, each writing its blocks' partial sums into its own part of one
+/// partials buffer, and one download of them all: a norm over many windows waits once.
+pub fn sum_squares(cuda: &Cuda, xs: &[Ref<CudaBuf>]) -> Result<f64> {
+    let blocks_of = |n: usize| (REDUCE_BLOCKS as usize).min(n.div_ceil(BLOCK as usize));
+    let total: usize = xs.iter().map(|x| blocks_of(x.len)).sum();
+    if total == 0 {
         return Ok(0.0);
     }
-    let blocks = (REDUCE_BLOCKS as usize).min(n.div_ceil(BLOCK as usize)) as u32;
-    let partials = cuda.stream.alloc_zeros::<f32>(blocks as usize)?;
-    let f = cuda.modules.function(
-        "reduce",
-        if x.dtype() == DType::F32 {
-            "sum_squares_f32"
-        } else {
-            "sum_squares_bf16"
-        },
-    )?;
-    let (xp, pp) = (x.ptr(), super::slice_ptr(&partials, &cuda.stream));
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: x holds n elements; partials holds one f32 per block.
-    unsafe {
-        cuda.stream
-            .launch_builder(&f)
-            .arg(&xp)
-            .arg(&pp)
-            .arg(&n)
-            .launch(cfg)?
-    };
+    let partials = cuda.stream.alloc_zeros::<f32>(total)?;
+    let base = super::slice_ptr(&partials, &cuda.stream);
+    let mut first = 0;
+    for x in xs.iter().filter(|x| x.len > 0) {
+        let (n, blocks) = (x.len, blocks_of(x.len));
+        let f = cuda.modules.function(
+            "reduce",
+            if x.dtype() == DType::F32 {
+                "sum_squares_f32"
+            } else {
+                "sum_squares_bf16"
+            },
+        )?;
+        let (xp, pp) = (x.ptr(), base + (first * size_of::<f32>()) as u64);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: x holds n elements; partials[first..first + blocks] is this window's, one f32
+        // per block, inside the `total` allocated.
+        unsafe {
+            cuda.stream
+                .launch_builder(&f)
+                .arg(&xp)
+                .arg(&pp)
+                .arg(&n)
+                .launch(cfg)?
+        };
+        first += blocks;
+    }
     let host = cuda.stream.clone_dtoh(&partials)?;
     Ok(host.iter().map(|&p| p as f64).sum())
 }

@@ -87,8 +87,8 @@ impl<B: Backend> FunctionErrorProbe<B> {
         let len = ROWS_PER_BATCH * o;
         let (mut errs, mut norms) = (Vec::new(), Vec::new());
         for off in (0..n * o).step_by(len) {
-            errs.push(b.sum_squares(diff.at(off, len))?);
-            norms.push(b.sum_squares(self.reference.at(off, len))?);
+            errs.push(b.sum_squares(&[diff.at(off, len)])?);
+            norms.push(b.sum_squares(&[self.reference.at(off, len)])?);
         }
         Ok(ratio_with_stderr(&errs, &norms))
     }

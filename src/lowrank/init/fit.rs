@@ -153,7 +153,7 @@ pub(super) fn loss_and_grads<B: Backend>(
     b.gemm(&Gemm::new(n, o, r), s.a.at(0, n * r), vt, z)?;
     act.forward(b, s.diff.at_mut(0, n * o), s.z.at(0, n * o))?;
     b.sub(s.diff.at_mut(0, n * o), target)?;
-    let loss = b.sum_squares(s.diff.at(0, n * o))? / n as f64;
+    let loss = b.sum_squares(&[s.diff.at(0, n * o)])? / n as f64;
     act.backward(b, s.diff.at_mut(0, n * o), s.z.at(0, n * o))?;
     // s.diff now holds D ⊙ σ′(z) = (n/2)·∂L/∂z; the factor 2/n rides on the GEMMs' alpha.
     let scale = 2.0 / n as f32;
