@@ -5,8 +5,8 @@ mod common;
 
 use common::{lowrank, text};
 
-/// bench-train's JSON line for the tiny model at B = 2, T = 16 on the CPU, `steps` timed steps.
-fn tiny_line(steps: usize, extra: &[&str]) -> serde_json::Value {
+/// bench-train on the tiny model at B = 2, T = 16 on the CPU, `steps` timed steps.
+fn tiny_run(steps: usize, extra: &[&str]) -> std::process::Output {
     let steps = steps.to_string();
     let args = [
         "bench-train",
@@ -20,7 +20,12 @@ fn tiny_line(steps: usize, extra: &[&str]) -> serde_json::Value {
     ];
     let o = lowrank(&[&args[..], &[steps.as_str()], extra].concat());
     assert!(o.status.success(), "{}", text(&o));
-    serde_json::from_slice(&o.stdout).expect("one JSON line")
+    o
+}
+
+/// `tiny_run`'s JSON line.
+fn tiny_line(steps: usize, extra: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&tiny_run(steps, extra).stdout).expect("one JSON line")
 }
 
 /// The tiny model (4 layers, 4 heads, width 128, vocabulary padded to 50304) at B = 2, T = 16 on
@@ -96,24 +101,17 @@ fn lora_needs_no_base_and_counts_its_adapters() {
     let line = tiny_line(1, &["--lowrank", "lora", "--rank-init", "4"]);
     assert_eq!(line["lowrank"], "lora", "{line}");
     assert_eq!(line["params"], 4 * 2 * 4 * (128 + 512), "{line}");
-    let o = lowrank(&[
-        "bench-train",
-        "--model",
-        "tiny",
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-        "--steps",
-        "1",
-        "--lowrank",
-        "lora",
-        "--rank-init",
-        "4",
-        "--lora-base",
-        "/no/such/base",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let o = tiny_run(
+        1,
+        &[
+            "--lowrank",
+            "lora",
+            "--rank-init",
+            "4",
+            "--lora-base",
+            "/no/such/base",
+        ],
+    );
     assert!(
         text(&o).contains("--lora-base /no/such/base is not read"),
         "{}",

@@ -40,8 +40,7 @@ impl<B: Backend> Gpt<B> {
     /// neighbours alike): weight decay on matrices; the low-rank factors at `--factor-lr-scale`
     /// times the learning rate and by their rule (heavy ball for DLRA's S when asked); DLRA's
     /// bases, and in LoRA every tensor without a gradient, held fixed (learning-rate scale 0: the
-    /// optimiser skips the group; the clipped norm is the trained tensors' since LoRA's backward
-    /// forms no other gradient and DLRA's schedule clears its bases').
+    /// optimiser skips the group, and its clipped norm runs over the trained groups alone).
     pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
         let layout = self.layout();
         let tensors = layout.tensors().iter().enumerate();

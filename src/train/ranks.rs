@@ -62,8 +62,8 @@ impl RankSchedule {
     }
 
     /// Runs between the backward passes of optimiser step `step` (1-based) and the step itself:
-    /// DLRA augments its bases at a window's start and keeps the bases' gradients out of the
-    /// optimiser.
+    /// DLRA augments its bases at a window's start. (The bases' gradients stay out of the
+    /// optimiser by their groups' learning-rate scale 0: neither stepped nor in the norm.)
     pub fn before_step<B: Backend>(
         &mut self,
         b: &B,
@@ -75,7 +75,6 @@ impl RankSchedule {
             LowRankMode::Dlra if self.cfg.dlra_augments(step) => {
                 dlra::augment(b, model, opt, self.cfg.dlra_fresh_moment)
             }
-            LowRankMode::Dlra => dlra::clear_basis_grads(b, model),
             _ => Ok(()),
         }
     }

@@ -210,29 +210,7 @@ pub fn augment<B: Backend>(
             width: 2 * r,
         };
     }
-    clear_basis_grads(b, model)?;
     model.refresh_compute_copy(b)
-}
-
-/// Zeroes the gradients of the bases, which the optimiser must neither step nor count in the
-/// gradient norm it clips by. Runs every step: it reads the layout's windows and copies nothing.
-pub fn clear_basis_grads<B: Backend>(b: &B, model: &mut Gpt<B>) -> Result<()> {
-    let windows: Vec<(usize, usize)> = model
-        .layout()
-        .lowrank()
-        .iter()
-        .filter(|lt| lt.layer.orthonormal_bases)
-        .flat_map(|lt| [lt.ut, lt.vt])
-        .map(|t| {
-            let view = &model.layout().tensors()[t];
-            (view.offset, view.len())
-        })
-        .collect();
-    let grads = model.grads_mut();
-    for (offset, len) in windows {
-        b.fill(grads.at_mut(offset, len), 0.0)?;
-    }
-    Ok(())
 }
 
 /// Truncates every layer by the SVD of its S to the rank `tau` allows (at most the layer's rank;
