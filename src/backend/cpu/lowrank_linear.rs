@@ -1,10 +1,11 @@
 //! The low-rank linear layer y = x·W0 + (x·U)·Vᵀ + b, forward and backward (CPU twin of
 //! kernels/lowrank_linear.cu), composed from the `gemm` op: plain and obviously correct.
-//! Sums go to f32 temporaries and each output is rounded to its dtype once, as the fused kernels do.
+//! Sums accumulate in each output's f32 storage and are rounded to its dtype once, as the fused kernels
+//! do.
 
-use super::{elementwise, Cpu, CpuBuf};
+use super::{elementwise, gemm, Cpu, CpuBuf};
 use crate::backend::{
-    epilogue_pass, Backend, Buffer, DType, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
+    epilogue_pass, Backend, Buffer, Gemm, LinearEpilogue, LowRankGrads, LowRankShape,
     LowRankWeights, Mut, Ref,
 };
 use anyhow::Result;
@@ -32,41 +33,40 @@ pub fn forward(
     cpu.gemm(&Gemm::new(n, k, n_in).trans_b(), x, w.ut, t_live.all_mut())?;
     scatter_padded(t_live.as_slice(), k, sh.scratch_stride(), t.slice_mut());
 
-    let mut acc = cpu.alloc(DType::F32, n * n_out)?;
+    // The sums go straight into y's storage (f32 on the CPU whatever its dtype), rounded to y's
+    // dtype once at the end: no temporary to allocate and copy. Shapes were checked above.
+    let mut y = Mut {
+        len: n * n_out,
+        ..y
+    };
+    let acc = y.slice_mut();
     if let Some(b) = bias {
-        for row in acc.data.chunks_mut(n_out) {
+        for row in acc.chunks_mut(n_out) {
             row.copy_from_slice(&b.slice()[..n_out]);
         }
     }
     let beta = if bias.is_some() { 1.0 } else { 0.0 };
     if let Some(w0) = w.w0 {
-        cpu.gemm(&Gemm::new(n, n_out, n_in).beta(beta), x, w0, acc.all_mut())?;
+        let base = Gemm::new(n, n_out, n_in).beta(beta);
+        gemm::gemm(&base, x.slice(), w0.slice(), acc);
     }
     let beta = if bias.is_some() || w.w0.is_some() {
         1.0
     } else {
         0.0
     };
-    cpu.gemm(
-        &Gemm::new(n, n_out, k).beta(beta),
-        t_live.all(),
-        w.vt,
-        acc.all_mut(),
-    )?;
-    let mut y = Mut {
-        len: n * n_out,
-        ..y
-    };
+    let low_rank = Gemm::new(n, n_out, k).beta(beta);
+    gemm::gemm(&low_rank, t_live.as_slice(), w.vt.slice(), acc);
     // A residual joins the sum before y's one rounding; the GELU reads y as stored (the CUDA
     // epilogue's order for both).
     let epi = match epi {
         LinearEpilogue::Residual(r) => {
-            elementwise::add(&mut acc.data, &r.slice()[..y.len]);
+            elementwise::add(acc, &r.slice()[..n * n_out]);
             LinearEpilogue::None
         }
         other => other,
     };
-    cpu.cast(acc.all(), y.reborrow())?;
+    y.round_to_dtype();
     epilogue_pass(cpu, y, epi)
 }
 
@@ -101,23 +101,19 @@ pub fn backward(
     )?;
     scatter_padded(s_live.as_slice(), k, stride, s.slice_mut());
 
-    // dx = dy·W0ᵀ + s·Ut[:k], accumulated in f32 and rounded once.
-    let mut acc = cpu.alloc(DType::F32, n * n_in)?;
-    if let Some(w0) = w.w0 {
-        cpu.gemm(&Gemm::new(n, n_in, n_out).trans_b(), dy, w0, acc.all_mut())?;
-    }
-    let beta = if w.w0.is_some() { 1.0 } else { 0.0 };
-    cpu.gemm(
-        &Gemm::new(n, n_in, k).beta(beta),
-        s_live.all(),
-        w.ut,
-        acc.all_mut(),
-    )?;
+    // dx = dy·W0ᵀ + s·Ut[:k], accumulated in dx's f32 storage and rounded once.
     let mut dx = Mut {
         len: n * n_in,
         ..dx
     };
-    cpu.cast(acc.all(), dx.reborrow())?;
+    if let Some(w0) = w.w0 {
+        let base = Gemm::new(n, n_in, n_out).trans_b();
+        gemm::gemm(&base, dy.slice(), w0.slice(), dx.slice_mut());
+    }
+    let beta = if w.w0.is_some() { 1.0 } else { 0.0 };
+    let low_rank = Gemm::new(n, n_in, k).beta(beta);
+    gemm::gemm(&low_rank, s_live.as_slice(), w.ut.slice(), dx.slice_mut());
+    dx.round_to_dtype();
     if let Some(u) = gelu_input {
         cpu.gelu_backward(dx, Ref { len: n * n_in, ..u })?;
     }
