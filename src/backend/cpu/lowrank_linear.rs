@@ -1,7 +1,7 @@
 //! The low-rank linear layer y = x·W0 + (x·U)·Vᵀ + b, forward and backward (CPU twin of
 //! kernels/lowrank_linear.cu), composed from the `gemm` op: plain and obviously correct.
-//! Sums accumulate in each output's f32 storage and are rounded to its dtype once, as the fused kernels
-//! do.
+//! Sums accumulate in each output's f32 storage and are rounded to its dtype once, as the fused
+//! kernels do.
 
 use super::{elementwise, gemm, Cpu, CpuBuf};
 use crate::backend::{
