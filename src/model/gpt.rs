@@ -244,7 +244,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
-    /// of the gradient buffer: one run in a dense model, one per factor pair or so in LoRA.
+    /// of the gradient buffer: a single run in a dense model, and few in LoRA, whose factors the
+    /// layout keeps together after the base.
     pub fn gradient_spans(&self) -> Vec<(usize, usize)> {
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, t) in self.layout.tensors().iter().enumerate() {

@@ -183,8 +183,9 @@ impl<B: Backend> AdamWOptimizer<B> {
         }
     }
 
-    /// One step at learning rate `lr`: the trained groups' gradient norm is measured, the gradient clipped
-    /// to `config.clip` (through the fused kernel's gradient scale), and AdamW run over each group.
+    /// One step at learning rate `lr`: the trained groups' gradient norm is measured, the gradient
+    /// clipped to `config.clip` (through the fused kernel's gradient scale), and AdamW run over
+    /// each group.
     /// A non-finite norm is an error and leaves the weights untouched.
     /// `compute_copy` receives the updated weights in the compute dtype.
     pub fn step(
