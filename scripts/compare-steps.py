@@ -5,9 +5,10 @@
 table and the ratios users judge the project by: ours against PyTorch, dense, with efficient
 InRank's factors as its reference code trains them (peer-train-efficient.log beside
 bench-train-efficient.log) and with LoRA adapters as loralib and PEFT train them
-(peer-train-lora.log beside bench-train-lora.log), and against llm.c with the GELU kept (llm.c's -r 0 beside our default)
-and recomputed (llm.c's default -r 1 beside our --recompute-gelu). A ratio is the peer's step time over ours: above 1, ours is faster. A missing
-log leaves its rows out and its ratios "-". Standard library only."""
+(peer-train-lora.log beside bench-train-lora.log), and against llm.c with the GELU kept (llm.c's
+-r 0 beside our default) and recomputed (llm.c's default -r 1 beside our --recompute-gelu). A
+ratio is the peer's step time over ours: above 1, ours is faster. A missing log leaves its rows out
+and its ratios "-". Standard library only."""
 import argparse, glob, json, os
 
 

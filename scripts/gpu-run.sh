@@ -193,7 +193,9 @@ epilogue_fallback GELU 'lowrank_(geluy|dxgelu)_[a-z0-9_]*|gemm_bias_gelu_n[nt]_b
 epilogue_fallback residual 'lowrank_residualy_[a-z0-9_]*|gemm_bias_residual_n[nt]_bf16' LOWRANK_RESIDUAL_EPILOGUE
 epilogue_fallback "bias gradient" 'linear_param_grads_d[wb]' LOWRANK_BIAS_GRAD_EPILOGUE
 step bench "$bin" bench ${bench_size[@]+"${bench_size[@]}"} ${bench_flags[@]+"${bench_flags[@]}"} --json "$out/bench.json"
-if python3 -c 'import torch' 2>/dev/null; then
+# Whether PyTorch imports (the peers need it): asked once, since an import takes seconds.
+torch_ok=0; python3 -c 'import torch' 2>/dev/null && torch_ok=1
+if (( torch_ok )); then
   step peer python3 "$root/scripts/peer-bench.py" ${peer_size[@]+"${peer_size[@]}"} --json "$out/peer.json"
 fi
 # Issue 5's targets, row by row, from the two JSON files of this run, for each of our implementations
@@ -228,7 +230,7 @@ cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/expo
 step bench-train "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
 # The same step with attention's scores in memory: what flash attention buys a whole step.
 step bench-train-materialized env LOWRANK_ATTENTION=materialized "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
-if python3 -c 'import torch' 2>/dev/null; then
+if (( torch_ok )); then
   step peer-train python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps
 fi
 # GPT-2 small with efficient InRank's low-rank MLPs (U·Vᵀ on the fused kernels, no W0) beside the
@@ -236,13 +238,13 @@ fi
 step bench-train-efficient "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
 # The same low-rank step as the paper's reference code trains it, in PyTorch (its factors at their
 # capacity, the forward slicing the live width; scripts/peer-train.py), at the same rank and buffer.
-if python3 -c 'import torch' 2>/dev/null; then
+if (( torch_ok )); then
   step peer-train-efficient python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps --lowrank efficient --rank-init $dlra_rank
 fi
 # LoRA on every linear layer at r = 8 (the frozen base the random init: a step's time does not
 # depend on its values), beside loralib's way in PyTorch: the fine-tuning step users compare.
 step bench-train-lora "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps --lowrank lora --lowrank-layers all --rank-init 8
-if python3 -c 'import torch' 2>/dev/null; then
+if (( torch_ok )); then
   step peer-train-lora python3 "$root/scripts/peer-train.py" "${peer_step_size[@]}" --steps $bench_steps --lowrank lora --lowrank-layers all --rank-init 8
 fi
 # DLRA's windows on GPT-2 small at r = 64, the bases changed by f32 GEMMs on the device: at every
