@@ -1,26 +1,30 @@
 //! Fused optimiser updates, AdamW and heavy ball (CPU twins of kernels/adamw.cu).
 
+use super::simd::vectorized;
 use crate::backend::{AdamW, HeavyBall};
 use rayon::prelude::*;
 
 /// One AdamW step in place: decoupled weight decay, bias-corrected moments.
 pub fn adamw(hp: &AdamW, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let (bc1, bc2) = hp.bias_corrections();
     const CHUNK: usize = 1 << 14;
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let grad = g[i] * hp.grad_scale;
-                m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * grad;
-                v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * grad * grad;
-                let m_hat = m[i] / bc1;
-                let v_hat = v[i] / bc2;
-                p[i] -= hp.lr * (m_hat / (v_hat.sqrt() + hp.eps) + hp.weight_decay * p[i]);
-            }
-        });
+        .for_each(|((p, g), (m, v))| vectorized!(adamw_chunk(hp, p, g, m, v)));
+}
+
+#[inline(always)]
+fn adamw_chunk(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let (bc1, bc2) = hp.bias_corrections();
+    for i in 0..p.len() {
+        let grad = g[i] * hp.grad_scale;
+        m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * grad;
+        v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * grad * grad;
+        let m_hat = m[i] / bc1;
+        let v_hat = v[i] / bc2;
+        p[i] -= hp.lr * (m_hat / (v_hat.sqrt() + hp.eps) + hp.weight_decay * p[i]);
+    }
 }
 
 /// One heavy-ball step in place (friction form, decoupled weight decay).
@@ -30,12 +34,15 @@ pub fn heavy_ball(hp: &HeavyBall, params: &mut [f32], grads: &[f32], z: &mut [f3
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(z.par_chunks_mut(CHUNK))
-        .for_each(|((p, g), z)| {
-            for i in 0..p.len() {
-                z[i] = (1.0 - hp.friction) * z[i] - hp.h * g[i] * hp.grad_scale;
-                p[i] += hp.h * (z[i] - hp.weight_decay * p[i]);
-            }
-        });
+        .for_each(|((p, g), z)| vectorized!(heavy_ball_chunk(hp, p, g, z)));
+}
+
+#[inline(always)]
+fn heavy_ball_chunk(hp: &HeavyBall, p: &mut [f32], g: &[f32], z: &mut [f32]) {
+    for i in 0..p.len() {
+        z[i] = (1.0 - hp.friction) * z[i] - hp.h * g[i] * hp.grad_scale;
+        p[i] += hp.h * (z[i] - hp.weight_decay * p[i]);
+    }
 }
 
 #[cfg(test)]

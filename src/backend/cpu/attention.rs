@@ -14,6 +14,7 @@
 use super::exp::exp;
 use super::gemm::gemm_windows;
 use super::reduce::{dot_f64, sum_f64};
+use super::simd::vectorized;
 use crate::backend::{Gemm, RowStrides, SeqShape};
 use rayon::prelude::*;
 
@@ -108,14 +109,7 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
                     att_rows,
                     RowStrides::new(hs, hs, t_len),
                 );
-                for (t, row) in (r0..).zip(att_rows.chunks_mut(t_len)) {
-                    let (live, masked) = row.split_at_mut(t + 1);
-                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    live.iter_mut().for_each(|x| *x = exp(*x - max));
-                    let sum = sum_f64(live) as f32;
-                    live.iter_mut().for_each(|x| *x /= sum);
-                    masked.fill(0.0);
-                }
+                vectorized!(softmax_rows(att_rows, r0, t_len));
                 let weighted = Gemm::new(r1 - r0, hs, r1);
                 gemm_windows(
                     &weighted,
@@ -132,6 +126,34 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
         for t in 0..t_len {
             out[g.btc_at(bh / heads, t, bh % heads)..][..hs].copy_from_slice(&y[t * hs..][..hs]);
         }
+    }
+}
+
+/// Rows r0.. of a head's scores (rows of `t_len`) become their causal probabilities.
+#[inline(always)]
+fn softmax_rows(att_rows: &mut [f32], r0: usize, t_len: usize) {
+    for (t, row) in (r0..).zip(att_rows.chunks_mut(t_len)) {
+        let (live, masked) = row.split_at_mut(t + 1);
+        let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        live.iter_mut().for_each(|x| *x = exp(*x - max));
+        let sum = sum_f64(live) as f32;
+        live.iter_mut().for_each(|x| *x /= sum);
+        masked.fill(0.0);
+    }
+}
+
+/// Softmax backward in place over rows r0..r1, ds = att ⊙ (datt − Σ att·datt), scaled as the
+/// scores were; zero above the diagonal, where att is.
+#[inline(always)]
+fn softmax_backward_rows(ds: &mut [f32], att: &[f32], r0: usize, r1: usize, scale: f32) {
+    let t_len = att.len() / (r1 - r0);
+    for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
+        let mean = dot_f64(&p[..=t], &ds[..=t]) as f32;
+        ds[..=t]
+            .iter_mut()
+            .zip(p)
+            .for_each(|(d, p)| *d = p * (*d - mean) * scale);
+        ds[t + 1..r1].fill(0.0);
     }
 }
 
@@ -186,16 +208,7 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         gemm_windows(&datt, dy, &x.v, ds, RowStrides::new(hs, hs, t_len));
         let dv = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
         gemm_windows(&dv, att, dy, &mut d.v, RowStrides::new(t_len, hs, hs));
-        // Softmax backward in place, ds = att ⊙ (datt − Σ att·datt), scaled as the scores were;
-        // zero above the diagonal, where att is.
-        for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
-            let mean = dot_f64(&p[..=t], &ds[..=t]) as f32;
-            ds[..=t]
-                .iter_mut()
-                .zip(p)
-                .for_each(|(d, p)| *d = p * (*d - mean) * scale);
-            ds[t + 1..r1].fill(0.0);
-        }
+        vectorized!(softmax_backward_rows(ds, att, r0, r1, scale));
         // Through the scores q·kᵀ: dq = ds·k, dk += dsᵀ·q.
         let dq = Gemm::new(rows, hs, r1);
         gemm_windows(

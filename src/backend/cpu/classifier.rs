@@ -3,6 +3,7 @@
 
 use super::exp::exp;
 use super::reduce::sum_f64;
+use super::simd::vectorized;
 use crate::backend::MatShape;
 use rayon::prelude::*;
 
@@ -22,18 +23,23 @@ pub fn fused(
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
         .for_each(|((row, loss), &target)| {
-            let (real, padding) = row.split_at_mut(vocab);
-            let target = target as usize;
-            let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let target_logit = real[target] - max;
-            real.iter_mut().for_each(|x| *x = exp(*x - max));
-            let sum = sum_f64(real);
-            *loss = (sum.ln() - target_logit as f64) as f32;
-            let scale = (1.0 / sum) as f32 * dloss;
-            real.iter_mut().for_each(|e| *e *= scale);
-            real[target] -= dloss;
-            padding.fill(0.0);
+            *loss = vectorized!(row_loss(row, target as usize, vocab, dloss));
         });
+}
+
+/// One row of `fused`: its loss, and its logits replaced by their gradient.
+#[inline(always)]
+fn row_loss(row: &mut [f32], target: usize, vocab: usize, dloss: f32) -> f32 {
+    let (real, padding) = row.split_at_mut(vocab);
+    let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let target_logit = real[target] - max;
+    real.iter_mut().for_each(|x| *x = exp(*x - max));
+    let sum = sum_f64(real);
+    let scale = (1.0 / sum) as f32 * dloss;
+    real.iter_mut().for_each(|e| *e *= scale);
+    real[target] -= dloss;
+    padding.fill(0.0);
+    (sum.ln() - target_logit as f64) as f32
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Bias, residual, difference, ReLU and column-sum helpers around the GEMMs (CPU twin of
 //! kernels/elementwise.cu).
 
+use super::simd::vectorized;
 use crate::backend::MatShape;
 use rayon::prelude::*;
 
@@ -8,10 +9,16 @@ const CHUNK: usize = 1 << 14;
 /// Rows per parallel task of a column sum: fixed so partial sums add in the same order every run.
 const ROWS_PER_TASK: usize = 64;
 
+/// x[i] = value, in parallel chunks: the gradient buffer's zeroing each step (GPT-2 small's
+/// 124 M values) took 70 ms on one core of a 2-core machine, 35 on both.
+pub fn fill(x: &mut [f32], value: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+}
+
 /// out[r,:] += bias.
 pub fn add_bias(out: &mut [f32], bias: &[f32], s: MatShape) {
     out.par_chunks_mut(s.cols)
-        .for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
+        .for_each(|row| vectorized!(row.iter_mut().zip(bias).for_each(|(o, b)| *o += b)));
 }
 
 /// dst += Σ_r src[r,:].
@@ -35,7 +42,7 @@ pub fn add_column_sums(dst: &mut [f32], src: &[f32], s: MatShape) {
 fn zip_apply(out: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(*o, x)));
+        .for_each(|(o, x)| vectorized!(o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(*o, x))));
 }
 
 /// out += x.

@@ -1,6 +1,7 @@
 //! GPT-2's tanh-approximated GELU, forward and in-place backward (CPU twin of kernels/gelu.cu).
 
 use super::exp::exp;
+use super::simd::vectorized;
 use rayon::prelude::*;
 
 /// √(2/π).
@@ -21,24 +22,30 @@ fn sigmoid_2u(x: f32) -> f32 {
 pub fn forward(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * sigmoid_2u(x);
-            }
-        });
+        .for_each(|(o, x)| vectorized!(forward_chunk(o, x)));
+}
+
+#[inline(always)]
+fn forward_chunk(out: &mut [f32], inp: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = x * sigmoid_2u(x);
+    }
 }
 
 /// d ← d · GELU′(inp), GELU′ = σ(2u) + 2x·σ(2u)(1 − σ(2u))·du/dx.
 pub fn backward_inplace(d: &mut [f32], inp: &[f32]) {
     d.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(d, x)| {
-            for (d, &x) in d.iter_mut().zip(x) {
-                let sg = sigmoid_2u(x);
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                *d *= sg + 2.0 * x * sg * (1.0 - sg) * du;
-            }
-        });
+        .for_each(|(d, x)| vectorized!(backward_chunk(d, x)));
+}
+
+#[inline(always)]
+fn backward_chunk(d: &mut [f32], inp: &[f32]) {
+    for (d, &x) in d.iter_mut().zip(inp) {
+        let sg = sigmoid_2u(x);
+        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+        *d *= sg + 2.0 * x * sg * (1.0 - sg) * du;
+    }
 }
 
 #[cfg(test)]

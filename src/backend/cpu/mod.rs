@@ -13,6 +13,7 @@ mod gemm;
 mod layernorm;
 mod lowrank_linear;
 mod reduce;
+mod simd;
 #[cfg(test)]
 mod test_util;
 
@@ -137,7 +138,7 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         Ok(src.slice().to_vec())
     }
     fn fill(&self, mut dst: Mut<CpuBuf>, value: f32) -> Result<()> {
-        dst.slice_mut().fill(value);
+        elementwise::fill(dst.slice_mut(), value);
         dst.round_to_dtype();
         Ok(())
     }

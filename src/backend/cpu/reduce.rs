@@ -1,21 +1,27 @@
 //! Reductions (CPU twin of kernels/reduce.cu).
 
+use super::simd::vectorized;
 use rayon::prelude::*;
 
 /// Σ x² in f64. Chunk sums are collected in order and added sequentially: rayon's own `sum`
 /// reduces in an order that depends on work stealing, and a gradient norm that changed from run to
 /// run would break bit-exact resumption.
 pub fn sum_squares(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x.par_chunks(1 << 14).map(chunk_sum_squares).collect();
+    let partials: Vec<f64> = x
+        .par_chunks(1 << 14)
+        .map(|c| vectorized!(chunk_sum_squares(c)))
+        .collect();
     partials.iter().sum()
 }
 
 /// Σ x² of one chunk.
+#[inline(always)]
 fn chunk_sum_squares(x: &[f32]) -> f64 {
     lane_sum(x, |v| v as f64 * v as f64)
 }
 
 /// Σ x in f64.
+#[inline(always)]
 pub fn sum_f64(x: &[f32]) -> f64 {
     lane_sum(x, |v| v as f64)
 }
@@ -38,6 +44,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 }
 
 /// Σ aᵢ·bᵢ in f64, in lanes as `lane_sum`.
+#[inline(always)]
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     const LANES: usize = 8;
     assert_eq!(a.len(), b.len(), "dot_f64 of unequal lengths");
