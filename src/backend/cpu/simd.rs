@@ -19,12 +19,14 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        use std::arch::is_x86_feature_detected as has;
+        // Every feature the function enables, not AVX-512F alone: the first AVX-512 CPUs (Xeon
+        // Phi) lack VL, BW and DQ.
+        if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { x86_v4(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has!("avx2") && has!("fma") {
             // SAFETY: as above.
             return unsafe { x86_v3(f) };
         }
