@@ -13,20 +13,22 @@
 /// `vectorized!`, on helpers marked `#[inline(always)]`.
 #[inline(always)]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(test)]
-    if BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
-        return f();
-    }
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
+        let widest = widest_allowed();
         // Every feature the function enables, not AVX-512F alone: the first AVX-512 CPUs (Xeon
         // Phi) lack VL, BW and DQ.
-        if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") {
+        if widest >= Path::Avx512
+            && has!("avx512f")
+            && has!("avx512vl")
+            && has!("avx512bw")
+            && has!("avx512dq")
+        {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { x86_v4(f) };
         }
-        if has!("avx2") && has!("fma") {
+        if widest >= Path::Avx2 && has!("avx2") && has!("fma") {
             // SAFETY: as above.
             return unsafe { x86_v3(f) };
         }
@@ -59,23 +61,50 @@ unsafe fn x86_v3<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-#[cfg(test)]
-static BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The code paths of `dispatch`, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    /// Only tests choose it by name (`at_most`); the build's own code is this path.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Baseline,
+    Avx2,
+    Avx512,
+}
 
-/// Runs `f` with every `vectorized!` loop on the baseline path (a test's reference: tests running
-/// beside it meanwhile get the same bits either way, which is what the tests of this check).
+#[cfg(not(test))]
+#[inline(always)]
+fn widest_allowed() -> Path {
+    Path::Avx512
+}
+
+/// Tests cap the path to hold the narrower ones to the same bits.
 #[cfg(test)]
-pub fn on_baseline<R>(f: impl FnOnce() -> R) -> R {
+static WIDEST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(Path::Avx512 as u8);
+
+#[cfg(test)]
+fn widest_allowed() -> Path {
+    match WIDEST.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Path::Baseline,
+        1 => Path::Avx2,
+        _ => Path::Avx512,
+    }
+}
+
+/// Runs `f` with every `vectorized!` loop on `path` at the widest (a test's reference: tests
+/// running beside it meanwhile get the same bits either way, which is what the tests of this
+/// check).
+#[cfg(test)]
+pub fn at_most<R>(path: Path, f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::Ordering::Relaxed;
-    BASELINE.store(true, Relaxed);
+    WIDEST.store(path as u8, Relaxed);
     let r = f();
-    BASELINE.store(false, Relaxed);
+    WIDEST.store(Path::Avx512 as u8, Relaxed);
     r
 }
 
 #[cfg(test)]
 mod tests {
-    use super::on_baseline;
+    use super::{at_most, Path};
     use crate::backend::cpu::test_util::{random, upload};
     use crate::backend::cpu::{Cpu, CpuBf16};
     use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, MatShape, SeqShape};
@@ -189,18 +218,19 @@ mod tests {
         out
     }
 
-    /// The widest path this CPU has gives the baseline's bits in every op (what a run resumed on
-    /// another machine relies on); on a CPU without AVX2 both sides run the baseline.
+    /// The AVX-512 and AVX2 paths give the baseline's bits in every op (what a run resumed on
+    /// another machine relies on); a path this CPU lacks runs the next narrower one.
     #[test]
     fn vectorized_loops_give_the_baselines_bits() {
-        let wide = outputs();
-        let base = on_baseline(outputs);
-        for ((op, w), (_, b)) in wide.iter().zip(&base) {
-            let first = w.iter().zip(b).position(|(w, b)| w != b);
-            assert!(
-                first.is_none(),
-                "{op}: element {first:?} differs between the paths"
-            );
+        let base = at_most(Path::Baseline, outputs);
+        for path in [Path::Avx2, Path::Avx512] {
+            for ((op, w), (_, b)) in at_most(path, outputs).iter().zip(&base) {
+                let first = w.iter().zip(b).position(|(w, b)| w != b);
+                assert!(
+                    first.is_none(),
+                    "{op}: element {first:?} differs between {path:?} and the baseline"
+                );
+            }
         }
     }
 }
