@@ -6,17 +6,24 @@ use rayon::prelude::*;
 
 /// One AdamW step in place: decoupled weight decay, bias-corrected moments.
 pub fn adamw(hp: &AdamW, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let bc = hp.bias_corrections();
     const CHUNK: usize = 1 << 14;
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| vectorized!(adamw_chunk(hp, p, g, m, v)));
+        .for_each(|((p, g), (m, v))| vectorized!(adamw_chunk(hp, bc, p, g, m, v)));
 }
 
 #[inline(always)]
-fn adamw_chunk(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let (bc1, bc2) = hp.bias_corrections();
+fn adamw_chunk(
+    hp: &AdamW,
+    (bc1, bc2): (f32, f32),
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
     for i in 0..p.len() {
         let grad = g[i] * hp.grad_scale;
         m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * grad;

@@ -145,8 +145,13 @@ fn softmax_rows(att_rows: &mut [f32], r0: usize, t_len: usize) {
 /// Softmax backward in place over rows r0..r1, ds = att ⊙ (datt − Σ att·datt), scaled as the
 /// scores were; zero above the diagonal, where att is.
 #[inline(always)]
-fn softmax_backward_rows(ds: &mut [f32], att: &[f32], r0: usize, r1: usize, scale: f32) {
-    let t_len = att.len() / (r1 - r0);
+fn softmax_backward_rows(
+    ds: &mut [f32],
+    att: &[f32],
+    (r0, r1): (usize, usize),
+    t_len: usize,
+    scale: f32,
+) {
     for (t, (p, ds)) in (r0..).zip(att.chunks(t_len).zip(ds.chunks_mut(t_len))) {
         let mean = dot_f64(&p[..=t], &ds[..=t]) as f32;
         ds[..=t]
@@ -208,7 +213,7 @@ fn head_backward(x: &Head, dy: &[f32], att: &[f32], g: Geometry) -> Head {
         gemm_windows(&datt, dy, &x.v, ds, RowStrides::new(hs, hs, t_len));
         let dv = Gemm::new(r1, hs, rows).trans_a().beta(1.0);
         gemm_windows(&dv, att, dy, &mut d.v, RowStrides::new(t_len, hs, hs));
-        vectorized!(softmax_backward_rows(ds, att, r0, r1, scale));
+        vectorized!(softmax_backward_rows(ds, att, (r0, r1), t_len, scale));
         // Through the scores q·kᵀ: dq = ds·k, dk += dsᵀ·q.
         let dq = Gemm::new(rows, hs, r1);
         gemm_windows(

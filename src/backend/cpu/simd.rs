@@ -64,7 +64,7 @@ unsafe fn x86_v3<R>(f: impl FnOnce() -> R) -> R {
 /// The code paths of `dispatch`, narrowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Path {
-    /// Only tests choose it by name (`at_most`); the build's own code is this path.
+    /// The code as built (only tests name it, to run on it: `at_most`).
     #[cfg_attr(not(test), allow(dead_code))]
     Baseline,
     Avx2,
