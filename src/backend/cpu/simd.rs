@@ -7,6 +7,9 @@
 //! Every path gives the same bits: the loops use IEEE +, −, ×, ÷ and √, which each lane width
 //! rounds alike, Rust never fuses a multiply and an add by itself (enabling FMA only makes
 //! `mul_add` an instruction), and sums keep the order the source gives them.
+//!
+//! Other architectures have the baseline path alone (the wider paths' names stay, unused).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 /// Runs `f` compiled for AVX-512 or AVX2 + FMA when the CPU has them (std caches the check), else
 /// as built. `f` must be inlined into the wider function, with what it calls: call it through
