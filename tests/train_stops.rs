@@ -61,11 +61,11 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[test]
-fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
-    let dir = tmp("nan");
+/// `lowrank train` at a learning rate that overflows the weights after the first step, with a
+/// checkpoint every `checkpoint_every` steps; the error's text.
+fn diverge(dir: &std::path::Path, checkpoint_every: &str) -> String {
     let o = train(
-        &dir,
+        dir,
         &[
             "--steps",
             "50",
@@ -74,16 +74,50 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
             "--clip",
             "0",
             "--checkpoint-every",
-            "1",
+            checkpoint_every,
             "--warmup",
             "0",
         ],
     );
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("diverged"), "{}", text(&o));
-    if let Ok(latest) = std::fs::read_to_string(dir.join("latest")) {
-        assert!(dir.join(latest.trim()).join("model.safetensors").exists());
-    }
+    let err = text(&o);
+    assert!(err.contains("training diverged"), "{err}");
+    err
+}
+
+/// The step a divergence error names ("... at step N: training diverged").
+fn diverged_at(err: &str) -> u64 {
+    let (before, _) = err.split_once(": training diverged").expect("a divergence");
+    let n = before.rsplit("at step ").next().unwrap();
+    n.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no step in {err}"))
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+    let dir = tmp("nan");
+    let err = diverge(&dir, "1");
+    // Step 1 starts from the init, so its loss is finite and its checkpoint is written.
+    let step = diverged_at(&err);
+    assert!(step >= 2, "{err}");
+    let last = format!("checkpoint-{:07}", step - 1);
+    assert_eq!(std::fs::read_to_string(dir.join("latest")).unwrap(), last);
+    assert!(dir.join(&last).join("model.safetensors").exists());
+    // The error names that checkpoint and how to continue from it.
+    assert!(err.contains(&last), "{err}");
+    let resume = format!("--resume {}", dir.display());
+    assert!(err.contains(&resume) && err.contains("lower --lr"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_run_diverging_before_its_first_checkpoint_says_there_is_none() {
+    let dir = tmp("nan-early");
+    let err = diverge(&dir, "1000");
+    assert!(!dir.join("latest").exists());
+    assert!(err.contains("before any checkpoint was written"), "{err}");
+    assert!(!err.contains("--resume"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -51,6 +51,16 @@ impl Default for AdamWConfig {
 }
 
 /// What one optimiser step saw: the gradient norm before clipping and the scale applied.
+/// A step whose loss or gradient norm is not finite: the run cannot go on, and the step has
+/// changed nothing (the training loop says which checkpoint to continue from).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} at step {step}: training diverged")]
+pub struct Diverged {
+    /// The quantity that is not finite, with its value.
+    pub what: String,
+    pub step: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
     pub grad_norm: f64,
@@ -200,11 +210,13 @@ impl<B: Backend> AdamWOptimizer<B> {
             .map(|&(offset, len)| grads.at(offset, len))
             .collect();
         let grad_norm = b.sum_squares(&windows)?.sqrt();
-        ensure!(
-            grad_norm.is_finite(),
-            "the gradient norm is {grad_norm} at step {}: training diverged (lower --lr?)",
-            self.step + 1
-        );
+        if !grad_norm.is_finite() {
+            return Err(Diverged {
+                what: format!("the gradient norm is {grad_norm}"),
+                step: self.step + 1,
+            }
+            .into());
+        }
         let clip = self.config.clip as f64;
         let clip_scale = if clip > 0.0 && grad_norm > clip {
             (clip / grad_norm) as f32

@@ -3,5 +3,5 @@
 pub mod adamw;
 pub mod schedule;
 
-pub use adamw::{AdamWConfig, AdamWOptimizer, GroupRule, ParamGroup};
+pub use adamw::{AdamWConfig, AdamWOptimizer, Diverged, GroupRule, ParamGroup};
 pub use schedule::{Decay, LrSchedule};

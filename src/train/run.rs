@@ -15,10 +15,10 @@ use crate::model::generate::{generate, Sampling};
 use crate::model::hf::{complete_lora, load_checkpoint, load_lora_base};
 use crate::model::Trained;
 use crate::model::{Gpt, GptConfig};
-use crate::optim::{AdamWConfig, AdamWOptimizer, LrSchedule};
+use crate::optim::{AdamWConfig, AdamWOptimizer, Diverged, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
 use crate::util::rng::Rng;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -247,11 +247,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         // At the ranks the forward and backward just ran (the schedule may change them below).
         let flops_per_token = model.training_flops_per_token();
         if !train_loss.is_finite() {
-            bail!(
-                "the training loss is {train_loss} at step {}: training diverged; the last checkpoint in {} is intact (lower --lr or raise --warmup)",
-                step + 1,
-                opts.out.display()
-            );
+            let what = format!("the training loss is {train_loss}");
+            let diverged = Diverged {
+                what,
+                step: step + 1,
+            };
+            bail!(run_diverged(&opts.out, &cfg, &diverged));
         }
         ranks.before_step(b, &mut model, &mut opt, step + 1)?;
         if opts.check_compute_copy {
@@ -261,7 +262,13 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let lr = schedule.lr(step + 1);
         let bufs = model.optimizer_buffers();
         let optimizer = profile::range(|| "optimizer".into());
-        let report = opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)?;
+        let report =
+            (opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)).map_err(|e| {
+                match e.downcast_ref::<Diverged>() {
+                    Some(d) => anyhow!(run_diverged(&opts.out, &cfg, d)),
+                    None => e,
+                }
+            })?;
         b.synchronize()?;
         drop(optimizer);
         step += 1;
@@ -400,16 +407,39 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
 /// What a failed write (a full disk) leaves: the run stops, and the last complete checkpoint (if
 /// any) is where it continues from.
 fn run_stops(out: &Path, what: &str) -> String {
-    let last = match checkpoint::latest_dir(out) {
-        Ok(Some(dir)) => format!(
+    let last = match last_checkpoint(out) {
+        Some(dir) => format!(
             "the last complete checkpoint, {}, is intact: free some space and continue from it \
              with --resume {}",
             dir.display(),
             out.display()
         ),
-        _ => "no earlier checkpoint was written".to_string(),
+        None => "no earlier checkpoint was written".to_string(),
     };
     format!("{what}, so the run stops; {last}")
+}
+
+/// What a diverged step leaves (it changed nothing): the last complete checkpoint, if any, to
+/// continue from at a lower learning rate, or a fresh start.
+fn run_diverged(out: &Path, cfg: &TrainConfig, d: &Diverged) -> String {
+    let (lr, warmup) = (cfg.lr, cfg.warmup);
+    match last_checkpoint(out) {
+        Some(dir) => format!(
+            "{d}; the last complete checkpoint, {}, is intact: continue from it with --resume {} \
+             and a lower --lr (this run's: {lr:e})",
+            dir.display(),
+            out.display()
+        ),
+        None => format!(
+            "{d} before any checkpoint was written: start again with a lower --lr (this run's: \
+             {lr:e}) or a longer --warmup (this run's: {warmup} steps)"
+        ),
+    }
+}
+
+/// The run's last complete checkpoint, if it has one (an unreadable `latest` counts as none).
+fn last_checkpoint(out: &Path) -> Option<PathBuf> {
+    checkpoint::latest_dir(out).ok().flatten()
 }
 
 /// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.
