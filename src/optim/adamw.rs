@@ -50,7 +50,6 @@ impl Default for AdamWConfig {
     }
 }
 
-/// What one optimiser step saw: the gradient norm before clipping and the scale applied.
 /// A step whose loss or gradient norm is not finite: the run cannot go on, and the step has
 /// changed nothing (the training loop says which checkpoint to continue from).
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +60,7 @@ pub struct Diverged {
     pub step: u32,
 }
 
+/// What one optimiser step saw: the gradient norm before clipping and the scale applied.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
     pub grad_norm: f64,
