@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{lowrank, records, text, tmp, train, trajectory, SMALL};
+use common::{lowrank, records, text, tmp, train, trajectory};
 use std::path::Path;
 
 /// LoRA at rank 4 on every linear layer (the base comes with `--lora-base`).
@@ -414,23 +414,23 @@ fn bad_settings_fail_before_training_with_a_sentence() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A run resumed without `--lr` and `--warmup` keeps the ones it was started with rather than
-/// the defaults (3e-3 and 30 % of 6 steps = 1 here), so it continues exactly.
+/// `train --resume DIR` alone, as an interruption says to continue, keeps every setting of the
+/// run (SMALL's batch, sequence and evaluation, its --steps, and its --lr and --warmup rather than
+/// the defaults, 3e-3 and 30 % of the steps), so it continues exactly; once finished, the same
+/// command trains nothing and says so.
 #[test]
-fn a_resumed_run_keeps_its_schedule_when_the_flags_are_not_repeated() {
+fn a_resumed_run_keeps_every_setting_when_its_flags_are_not_repeated() {
     let (a, b) = (tmp("schedule-straight"), tmp("schedule-resumed"));
-    // SMALL without its --warmup: the resumed call must give no schedule flag.
-    assert_eq!(SMALL[SMALL.len() - 2], "--warmup");
     let run = |out: &Path, extra: &[&str]| {
-        let (a, b) = (out.to_str().unwrap(), &SMALL[..SMALL.len() - 2]);
-        lowrank(&[&["train", "--out", a, "--steps", "6"], b, extra].concat())
+        let args = ["--steps", "6", "--lr", "1e-3", "--warmup", "4"];
+        train(out, &[&args[..], extra].concat())
     };
-    let schedule = ["--lr", "1e-3", "--warmup", "4"];
-    let o = run(&a, &schedule);
+    let o = run(&a, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&b, &[&schedule[..], &["--stop-at", "3"]].concat());
+    let o = run(&b, &["--stop-at", "3"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&b, &["--resume", b.to_str().unwrap()]);
+    let resume = ["train", "--resume", b.to_str().unwrap()];
+    let o = lowrank(&resume);
     assert!(o.status.success(), "{}", text(&o));
     let (ra, rb) = (records(&a), records(&b));
     // Warm-up 4 to a peak of 1e-3: the fourth step's rate is the peak (the default warm-up of 1
@@ -442,6 +442,19 @@ fn a_resumed_run_keeps_its_schedule_when_the_flags_are_not_repeated() {
     );
     assert!(rb[4]["lr"].as_f64().unwrap() < 1e-3, "{}", rb[4]);
     assert_eq!(trajectory(&ra), trajectory(&rb));
+    let o = lowrank(&resume);
+    assert!(
+        o.status.success() && text(&o).contains("nothing to train"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(records(&b).len(), 6);
+    // A larger --steps trains it further, with the rest of its settings.
+    let o = lowrank(&[&resume[..], &["--steps", "7"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let rb = records(&b);
+    assert_eq!(rb.len(), 7);
+    assert_eq!(rb[6]["tokens"].as_u64(), Some(7 * 2 * 16), "{}", rb[6]);
     std::fs::remove_dir_all(&a).ok();
     std::fs::remove_dir_all(&b).ok();
 }

@@ -38,7 +38,8 @@ pub mod selftest;
 pub mod tokenize;
 pub mod train;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,9 +91,15 @@ pub enum Command {
     InitStudy(init_study::Args),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Parses the command line (clap's message and exit on a bad one) and runs the subcommand.
+pub fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => {
+            let m = matches.subcommand_matches("train");
+            train::run(a, m.context("the train subcommand's arguments")?)
+        }
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => export::run(a),
         Command::Sample(a) => sample::run(a),

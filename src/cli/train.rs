@@ -11,9 +11,13 @@ use crate::train::config::{default_lr, default_warmup};
 use crate::train::{self, checkpoint, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
 use anyhow::{Context, Result};
+use clap::ArgMatches;
+use resume::on_command_line;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+mod resume;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -85,7 +89,9 @@ pub struct Args {
     /// dense runs only (LoRA takes its base with --lora-base)
     #[arg(long, value_name = "CKPT")]
     init_from: Option<String>,
-    /// Continue the run in this directory from its latest checkpoint (same settings required)
+    /// Continue the run in this directory from its latest checkpoint, with its settings: a flag
+    /// given beside it changes the schedule (--steps, --lr, --eval-every, ...), while those that
+    /// define the model and its data (--model, --data, --batch, --lowrank, ...) must be the run's
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Stop after this step with a checkpoint, as an interruption would
@@ -253,28 +259,18 @@ pub enum Device {
     Cuda,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    // A resumed run keeps the schedule it was started with unless the flags are given again, so
-    // that it continues exactly whatever the defaults were then.
-    let saved = (a.resume.as_deref())
-        .map(|dir| checkpoint::load_state(dir).map(|state| state.config))
-        .transpose()?;
-    let lr = (a.lr)
-        .or(saved.as_ref().map(|c| c.lr))
-        .unwrap_or_else(|| default_lr(&a.model));
-    let warmup = (a.warmup)
-        .or(saved.as_ref().map(|c| c.warmup))
-        .unwrap_or_else(|| default_warmup(a.steps));
-    let cfg = TrainConfig {
+/// The settings this command line asks for (defaults where a flag is not given).
+pub(crate) fn config(a: &Args) -> TrainConfig {
+    TrainConfig {
         model: a.model.clone(),
-        data: a.data,
-        val_data: a.val_data,
+        data: a.data.clone(),
+        val_data: a.val_data.clone(),
         batch: a.batch,
         seq: a.seq,
         accum: a.accum,
-        lr,
+        lr: a.lr.unwrap_or_else(|| default_lr(&a.model)),
         final_lr_frac: a.final_lr_frac,
-        warmup,
+        warmup: a.warmup.unwrap_or_else(|| default_warmup(a.steps)),
         steps: a.steps,
         decay: a.decay,
         weight_decay: a.weight_decay,
@@ -284,9 +280,36 @@ pub fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
         lowrank: a.lowrank.config(&a.model),
-        init_from: a.init_from,
+        init_from: a.init_from.clone(),
         recompute_gelu: a.recompute_gelu,
+    }
+}
+
+/// `lowrank train`; `m` says which of `a`'s flags the command line gave (a resumed run keeps its
+/// own settings for the others).
+pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
+    let flags = config(&a);
+    let (cfg, finished) = match &a.resume {
+        None => (flags, None),
+        Some(dir) => {
+            let state = checkpoint::load_state(dir)?;
+            let cfg = resume::resumed_config(&flags, &state.config, on_command_line(m));
+            // Settings the run cannot change are refused by train::run, finished or not.
+            let done = state.step >= cfg.steps && cfg.resume_mismatch(&state.config).is_none();
+            (cfg, done.then_some((dir, state.step)))
+        }
     };
+    // Resuming a finished run (a restart script run once more) does nothing, and says so.
+    if let Some((dir, step)) = finished {
+        println!(
+            "nothing to train: the run in {} is at step {step} of its {} steps; --steps with a \
+             larger number trains it further (the learning-rate schedule stretches to the new \
+             length)",
+            dir.display(),
+            cfg.steps
+        );
+        return Ok(());
+    }
     let fresh = || {
         PathBuf::from("runs").join(format!(
             "{}-{}",
