@@ -411,6 +411,16 @@ fn bad_settings_fail_before_training_with_a_sentence() {
         "{}",
         text(&o)
     );
+    // A resumed run writes into its own directory: --out naming another is refused.
+    let elsewhere = tmp("bad-elsewhere");
+    let (d, e) = (dir.to_str().unwrap(), elsewhere.to_str().unwrap());
+    let o = lowrank(&["train", "--resume", d, "--out", e, "--steps", "3"]);
+    assert!(
+        !o.status.success() && text(&o).contains("name different directories"),
+        "{}",
+        text(&o)
+    );
+    assert!(!elsewhere.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 

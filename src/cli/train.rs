@@ -10,10 +10,10 @@ use crate::optim::Decay;
 use crate::train::config::{default_lr, default_warmup};
 use crate::train::{self, checkpoint, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::ArgMatches;
 use resume::on_command_line;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -292,6 +292,15 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
     let (cfg, finished) = match &a.resume {
         None => (flags, None),
         Some(dir) => {
+            if let Some(out) = a.out.as_deref().filter(|out| !same_dir(out, dir)) {
+                bail!(
+                    "--out {} and --resume {} name different directories: a resumed run goes on \
+                     writing into its own (drop --out; --init-from starts a new run from a \
+                     checkpoint's weights)",
+                    out.display(),
+                    dir.display()
+                );
+            }
             let state = checkpoint::load_state(dir)?;
             let cfg = resume::resumed_config(&flags, &state.config, on_command_line(m));
             // Settings the run cannot change are refused by train::run, finished or not.
@@ -355,6 +364,14 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether two paths name one directory (a path that does not exist names none).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// "YYYYMMDD-HHMMSS" in UTC, for default run directories that never collide with an earlier run.
