@@ -4,8 +4,8 @@ use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
 use crate::model::{hf, Gpt};
-use crate::train::evaluate;
-use anyhow::{Context, Result};
+use crate::train::{checkpoint, evaluate, TrainConfig};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -14,16 +14,17 @@ pub struct Args {
     /// GPT-2 safetensors file
     #[arg(long, value_name = "PATH")]
     ckpt: PathBuf,
-    /// Shards to evaluate on (a file or a pattern with `*`) [default: the validation split of the
-    /// corpus built into the binary, which `train` uses without --data]
+    /// Shards to evaluate on (a file or a pattern with `*`) [default: a run's own validation
+    /// split; for a model file, the validation split of the corpus built into the binary, which
+    /// `train` uses without --data]
     #[arg(long, value_name = "GLOB")]
     data: Option<String>,
     /// Sequences per batch
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Tokens per sequence
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
+    /// Tokens per sequence [default: a run's own; for a model file, its context (GPT-2: 1024)]
+    #[arg(long)]
+    seq: Option<usize>,
     /// Evaluate at most this many batches [default: the whole split]
     #[arg(long)]
     max_batches: Option<usize>,
@@ -37,14 +38,25 @@ pub fn run(a: Args) -> Result<()> {
 
 fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
-    let set = match &a.data {
-        Some(data) => ShardSet::open(data).with_context(|| format!("cannot open {data:?}"))?,
-        None => default_corpus().val,
+    // A run's checkpoint (not a model file) says what it validated on.
+    let run = match a.ckpt.is_dir() {
+        true => checkpoint::load_state(&a.ckpt)
+            .ok()
+            .map(|state| state.config),
+        false => None,
     };
-    let mut model = Gpt::from_checkpoint(b, &ck, a.batch, a.seq)?;
+    let set = match (&a.data, &run) {
+        (Some(data), _) => ShardSet::open(data).with_context(|| format!("cannot open {data:?}"))?,
+        (None, Some(cfg)) => run_validation(cfg)?,
+        (None, None) => default_corpus().val,
+    };
+    let seq = (a.seq)
+        .or(run.as_ref().map(|cfg| cfg.seq))
+        .unwrap_or(ck.config.max_seq);
+    let mut model = Gpt::from_checkpoint(b, &ck, a.batch, seq)?;
     let shape = BatchShape {
         batch: a.batch,
-        seq_len: a.seq,
+        seq_len: seq,
     };
     let loss = evaluate::mean_loss(
         b,
@@ -54,10 +66,24 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         a.max_batches.unwrap_or(usize::MAX),
     )?;
     println!(
-        "{}: loss {loss:.4}, perplexity {:.3} on {}",
+        "{}: loss {loss:.4}, perplexity {:.3} on {}, {seq} tokens a sequence",
         a.ckpt.display(),
         loss.exp(),
         set.describe()
     );
     Ok(())
+}
+
+/// The validation split a run evaluated on: its `--val-data`, its `--data` with `_train_` as
+/// `_val_`, or the built-in corpus's.
+fn run_validation(cfg: &TrainConfig) -> Result<ShardSet> {
+    match (cfg.val_pattern(), &cfg.data) {
+        (Some(val), _) => ShardSet::open(&val)
+            .with_context(|| format!("cannot open the run's validation data {val:?}")),
+        (None, None) => Ok(default_corpus().val),
+        (None, Some(data)) => bail!(
+            "the run trained on {data:?}, which names no validation split (no `_train_` in it, no \
+             --val-data): pass --data"
+        ),
+    }
 }

@@ -1,0 +1,113 @@
+//! `lowrank eval` on what `train` wrote: a run's checkpoint evaluates on the run's own validation
+//! split at the run's sequence length unless told otherwise.
+
+mod common;
+
+use common::{lowrank, text, tmp, train};
+use std::path::Path;
+
+/// The loss `eval ARGS` prints ("...: loss L, perplexity ...").
+fn eval_loss(args: &[&str]) -> f64 {
+    let o = lowrank(&[&["eval"], args].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let loss = out.split("loss ").nth(1).and_then(|s| s.split(',').next());
+    loss.and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no loss in {out}"))
+}
+
+/// Shards of two WikiText-named files, whose names pin their split: NAME_{train,val}_*.bin.
+fn wiki_shards(dir: &Path) -> String {
+    let corpus = dir.join("text");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let article = |title: &str, body: &str| format!(" = {title} = \n\n {}\n", body.repeat(60));
+    std::fs::write(
+        corpus.join("wiki.train.tokens"),
+        article("Bread", "The baker walked to the market and sold bread . "),
+    )
+    .unwrap();
+    std::fs::write(
+        corpus.join("wiki.valid.tokens"),
+        article("Fish", "The fisher sailed to the harbour and sold fish . "),
+    )
+    .unwrap();
+    let shards = dir.join("shards");
+    let o = lowrank(&[
+        "tokenize",
+        corpus.to_str().unwrap(),
+        "--out",
+        shards.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    shards
+        .join("shards_train_*.bin")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_runs_checkpoint_evaluates_on_its_own_validation_split() {
+    let dir = tmp("eval-own");
+    let data = wiki_shards(&dir);
+    let run = dir.join("run");
+    // SMALL: batch 2, 16 tokens a sequence, one validation batch at every other step.
+    let o = train(&run, &["--steps", "2", "--data", &data]);
+    assert!(o.status.success(), "{}", text(&o));
+    let last = common::records(&run).pop().unwrap();
+    let logged = last["val_loss"]
+        .as_f64()
+        .expect("a validation loss at the last step");
+    let r = run.to_str().unwrap();
+    // With only the batch the run validated with: its data, its 16 tokens, its logged loss.
+    let own = eval_loss(&["--ckpt", r, "--batch", "2", "--max-batches", "1"]);
+    assert!(
+        (own - logged).abs() < 1e-4,
+        "eval {own} against the run's {logged}"
+    );
+    let val = data.replace("_train_", "_val_");
+    let same = [
+        "--data",
+        &val,
+        "--seq",
+        "16",
+        "--batch",
+        "2",
+        "--max-batches",
+        "1",
+    ];
+    assert_eq!(eval_loss(&[&["--ckpt", r], &same[..]].concat()), own);
+    // The training split is another text: another loss.
+    let on_train = ["--data", &data, "--batch", "2", "--max-batches", "1"];
+    assert_ne!(eval_loss(&[&["--ckpt", r], &on_train[..]].concat()), own);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_run_without_a_validation_split_asks_for_data() {
+    let dir = tmp("eval-noval");
+    let data = wiki_shards(&dir);
+    // The same shard under a name without `_train_`: no validation split can be derived.
+    let lone = dir.join("lone.bin");
+    std::fs::copy(data.replace('*', "000000"), &lone).unwrap();
+    let run = dir.join("run");
+    let o = train(
+        &run,
+        &[
+            "--steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--data",
+            lone.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lowrank(&["eval", "--ckpt", run.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("names no validation split"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
