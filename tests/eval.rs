@@ -80,6 +80,9 @@ fn a_runs_checkpoint_evaluates_on_its_own_validation_split() {
     // The training split is another text: another loss.
     let on_train = ["--data", &data, "--batch", "2", "--max-batches", "1"];
     assert_ne!(eval_loss(&[&["--ckpt", r], &on_train[..]].concat()), own);
+    // --builtin: the corpus built into the binary instead.
+    let o = lowrank(&["eval", "--ckpt", r, "--builtin", "--max-batches", "1"]);
+    assert!(text(&o).contains("default-corpus-val"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
 

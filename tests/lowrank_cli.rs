@@ -111,7 +111,7 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    // … whose checkpoint `eval` reads, by default on the built-in corpus's validation split …
+    // … whose checkpoint `eval` reads, by default on the run's own validation split (the built-in corpus's) …
     let o = lowrank(&[
         "eval",
         "--ckpt",

@@ -41,7 +41,7 @@ runs="full-lr3e-4 full-lr1e-3 lora-r2-lr3e-3 lora-r8-lr3e-3 lora-r32-lr3e-3 lora
 # stories (what it forgot); the base is the starting point of both.
 for d in base $runs; do
   echo "$d code: $("$bin" eval --ckpt "$d" --seq 64 --data "$work/code/code_val_*.bin")"
-  echo "$d stories: $("$bin" eval --ckpt "$d" --seq 64)"
+  echo "$d stories: $("$bin" eval --ckpt "$d" --seq 64 --builtin)"
 done | tee eval.txt
 # What each writes after the start of a Rust function (the same seed for all).
 for d in base $runs; do

@@ -15,10 +15,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     ckpt: PathBuf,
     /// Shards to evaluate on (a file or a pattern with `*`) [default: a run's own validation
-    /// split; for a model file, the validation split of the corpus built into the binary, which
-    /// `train` uses without --data]
+    /// split; for a model file, that of the corpus built into the binary (--builtin)]
     #[arg(long, value_name = "GLOB")]
     data: Option<String>,
+    /// Evaluate on the validation split of the corpus built into the binary (what `train`
+    /// without --data trains on), whatever the checkpoint's run trained on
+    #[arg(long, conflicts_with = "data")]
+    builtin: bool,
     /// Sequences per batch
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -47,8 +50,8 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     };
     let set = match (&a.data, &run) {
         (Some(data), _) => ShardSet::open(data).with_context(|| format!("cannot open {data:?}"))?,
-        (None, Some(cfg)) => run_validation(cfg)?,
-        (None, None) => default_corpus().val,
+        (None, Some(cfg)) if !a.builtin => run_validation(cfg)?,
+        (None, _) => default_corpus().val,
     };
     let seq = (a.seq)
         .or(run.as_ref().map(|cfg| cfg.seq))
