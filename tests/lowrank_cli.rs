@@ -111,7 +111,8 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    // … whose checkpoint `eval` reads, by default on the run's own validation split (the built-in corpus's) …
+    // … whose checkpoint `eval` reads, by default on the run's own validation split (the
+    // built-in corpus's) …
     let o = lowrank(&[
         "eval",
         "--ckpt",
