@@ -12,6 +12,7 @@ mod gelu;
 mod gemm;
 mod layernorm;
 mod lowrank_linear;
+mod pages;
 mod reduce;
 mod simd;
 #[cfg(test)]
@@ -125,7 +126,7 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
         Ok(CpuBuf {
             dtype,
-            data: vec![0.0; len],
+            data: pages::zeroed(len),
         })
     }
     fn upload(&self, src: &[f32], mut dst: Mut<CpuBuf>) -> Result<()> {
