@@ -1,6 +1,6 @@
 //! Progress on the terminal: a bar when stderr is a terminal, plain lines otherwise (logs, CI).
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
 pub struct Progress {
@@ -15,7 +15,7 @@ impl Progress {
         if !std::io::stderr().is_terminal() {
             return Progress { bar: None, every };
         }
-        let bar = ProgressBar::new(total as u64).with_position(start as u64);
+        let bar = bar_at(start, total, ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
@@ -58,5 +58,34 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+/// A bar of `total` steps at step `start` (a resumed run's). indicatif's rate estimator counts
+/// from step 0, so it would take a resumed run's finished steps for one step's progress: the ETA
+/// near zero, recovering over minutes. Recording them at once, then forgetting that rate, starts
+/// the estimate from the steps this process trains.
+fn bar_at(start: u32, total: u32, target: ProgressDrawTarget) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    bar.set_position(start as u64);
+    bar.tick();
+    bar.reset_eta();
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A run resumed at step 5000 of 10000 whose next step takes at least 50 ms has at least
+    /// 4999 × 50 ms ≈ 250 s to go (the estimator counting the resumed steps said ≈ 0.05 s).
+    #[test]
+    fn a_resumed_bar_estimates_from_the_steps_it_trains() {
+        let bar = bar_at(5000, 10_000, ProgressDrawTarget::hidden());
+        std::thread::sleep(Duration::from_millis(50));
+        bar.set_position(5001);
+        bar.tick();
+        assert!(bar.eta() > Duration::from_secs(100), "{:?}", bar.eta());
     }
 }
