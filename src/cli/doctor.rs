@@ -26,23 +26,38 @@ pub fn run(args: Args) -> Result<()> {
         None => println!("kernels: none (built without nvcc: a CPU-only binary; run scripts/install-cuda-compiler.sh and rebuild)"),
     }
     if !KERNEL_FILES.is_empty() {
-        println!(
-            "{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}",
-            "file", "kernel", "arch", "regs", "smem", "stack", "spill-st", "spill-ld"
-        );
+        // Columns as wide as the longest file and kernel names (the flash kernels' run past 24).
+        let resources = || KERNEL_FILES.iter().flat_map(|f| f.resources);
+        let file_w = KERNEL_FILES.iter().map(|f| f.name.len()).max().unwrap_or(0);
+        let kernel_w = resources().map(|r| r.kernel.len()).max().unwrap_or(0);
+        let row = |cells: [&dyn std::fmt::Display; 8]| {
+            let [file, kernel, arch, regs, smem, stack, st, ld] = cells;
+            println!(
+                "{file:<file_w$} {kernel:<kernel_w$} {arch:<7} {regs:>5} {smem:>7} {stack:>6} {st:>8} {ld:>8}"
+            )
+        };
+        row([
+            &"file",
+            &"kernel",
+            &"arch",
+            &"regs",
+            &"smem",
+            &"stack",
+            &"spill-st",
+            &"spill-ld",
+        ]);
         for f in KERNEL_FILES {
             for r in f.resources {
-                println!(
-                    "{:<12} {:<24} {:<7} {:>5} {:>7} {:>6} {:>7} {:>7}",
-                    f.name,
-                    r.kernel,
-                    r.arch,
-                    r.registers,
-                    r.shared_bytes,
-                    r.stack_bytes,
-                    r.spill_stores,
-                    r.spill_loads
-                );
+                row([
+                    &f.name,
+                    &r.kernel,
+                    &r.arch,
+                    &r.registers,
+                    &r.shared_bytes,
+                    &r.stack_bytes,
+                    &r.spill_stores,
+                    &r.spill_loads,
+                ]);
             }
         }
     }
