@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{lowrank, text, tmp, train};
+use common::{lowrank, text, tmp, tokenize_texts, train};
 use std::path::Path;
 
 /// The loss `eval ARGS` prints ("...: loss L, perplexity ...").
@@ -18,27 +18,14 @@ fn eval_loss(args: &[&str]) -> f64 {
 
 /// Shards of two WikiText-named files, whose names pin their split: NAME_{train,val}_*.bin.
 fn wiki_shards(dir: &Path) -> String {
-    let corpus = dir.join("text");
-    std::fs::create_dir_all(&corpus).unwrap();
     let article = |title: &str, body: &str| format!(" = {title} = \n\n {}\n", body.repeat(60));
-    std::fs::write(
-        corpus.join("wiki.train.tokens"),
-        article("Bread", "The baker walked to the market and sold bread . "),
-    )
-    .unwrap();
-    std::fs::write(
-        corpus.join("wiki.valid.tokens"),
-        article("Fish", "The fisher sailed to the harbour and sold fish . "),
-    )
-    .unwrap();
-    let shards = dir.join("shards");
-    let o = lowrank(&[
-        "tokenize",
-        corpus.to_str().unwrap(),
-        "--out",
-        shards.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let train = article("Bread", "The baker walked to the market and sold bread . ");
+    let valid = article("Fish", "The fisher sailed to the harbour and sold fish . ");
+    let files = [
+        ("wiki.train.tokens", &*train),
+        ("wiki.valid.tokens", &*valid),
+    ];
+    let shards = tokenize_texts(dir, &files, &[]);
     shards
         .join("shards_train_*.bin")
         .to_str()

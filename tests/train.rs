@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{lowrank, records, text, tmp, train, trajectory};
+use common::{lowrank, records, text, tmp, tokenize_texts, train, trajectory};
 use std::path::Path;
 
 /// LoRA at rank 4 on every linear layer (the base comes with `--lora-base`).
@@ -222,23 +222,8 @@ fn eval_and_plot_read_what_train_wrote() {
     let png = std::fs::read(dir.join("loss.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     // Evaluate the checkpoint on a shard written by `tokenize`.
-    let corpus = dir.join("text");
-    std::fs::create_dir_all(&corpus).unwrap();
-    std::fs::write(
-        corpus.join("a.txt"),
-        "The baker walked to the market and sold bread. ".repeat(40),
-    )
-    .unwrap();
-    let shards = dir.join("shards");
-    let o = lowrank(&[
-        "tokenize",
-        corpus.to_str().unwrap(),
-        "--out",
-        shards.to_str().unwrap(),
-        "--val-fraction",
-        "0",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let bread = "The baker walked to the market and sold bread. ".repeat(40);
+    let shards = tokenize_texts(&dir, &[("a.txt", &bread)], &["--val-fraction", "0"]);
     let pattern = shards.join("shards_train_*.bin");
     let eval = |run: &Path| {
         let o = lowrank(&[

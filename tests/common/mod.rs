@@ -94,3 +94,18 @@ pub fn trajectory(rs: &[serde_json::Value]) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Writes `files` (name, text) into DIR/text and tokenizes them with `lowrank tokenize` (and
+/// `extra` flags) into DIR/shards, whose path it returns (shards named `shards_{split}_*.bin`).
+pub fn tokenize_texts(dir: &Path, files: &[(&str, &str)], extra: &[&str]) -> PathBuf {
+    let corpus = dir.join("text");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for (name, body) in files {
+        std::fs::write(corpus.join(name), body).unwrap();
+    }
+    let shards = dir.join("shards");
+    let (c, s) = (corpus.to_str().unwrap(), shards.to_str().unwrap());
+    let o = lowrank(&[&["tokenize", c, "--out", s], extra].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    shards
+}
