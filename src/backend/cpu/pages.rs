@@ -9,8 +9,10 @@
 /// A transparent huge page on x86-64 (and on aarch64 with 4 KB base pages).
 const HUGE_PAGE: usize = 2 << 20;
 
-/// `len` zeros, on huge pages where the kernel grants them. The zeros come from a fresh mapping
-/// untouched until the first write (calloc), so the advice precedes every page fault.
+/// `len` zeros, on huge pages where the kernel grants them. A large buffer's zeros come from a
+/// fresh mapping that calloc leaves untouched (glibc maps every allocation above its threshold,
+/// 128 KB to 32 MB, afresh), so the advice precedes every page fault; a smaller one may come
+/// from heap memory touched before, whose pages khugepaged may merge later.
 pub fn zeroed(len: usize) -> Vec<f32> {
     let v = vec![0.0f32; len];
     advise_huge_pages(&v);
