@@ -410,14 +410,16 @@ fn bad_settings_fail_before_training_with_a_sentence() {
 }
 
 /// `train --resume DIR` alone, as an interruption says to continue, keeps every setting of the
-/// run (SMALL's batch, sequence and evaluation, its --steps, and its --lr and --warmup rather than
-/// the defaults, 3e-3 and 30 % of the steps), so it continues exactly; once finished, the same
-/// command trains nothing and says so.
+/// run (SMALL's batch, sequence and evaluation, its --steps, its device, and its --lr and
+/// --warmup rather than the defaults, 3e-3 and 30 % of the steps), so it continues exactly; once
+/// finished, the same command trains nothing and says so.
 #[test]
 fn a_resumed_run_keeps_every_setting_when_its_flags_are_not_repeated() {
     let (a, b) = (tmp("schedule-straight"), tmp("schedule-resumed"));
     let run = |out: &Path, extra: &[&str]| {
-        let args = ["--steps", "6", "--lr", "1e-3", "--warmup", "4"];
+        let args = [
+            "--steps", "6", "--lr", "1e-3", "--warmup", "4", "--device", "cpu-bf16",
+        ];
         train(out, &[&args[..], extra].concat())
     };
     let o = run(&a, &[]);
@@ -427,6 +429,7 @@ fn a_resumed_run_keeps_every_setting_when_its_flags_are_not_repeated() {
     let resume = ["train", "--resume", b.to_str().unwrap()];
     let o = lowrank(&resume);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("on cpu-bf16"), "{}", text(&o));
     let (ra, rb) = (records(&a), records(&b));
     // Warm-up 4 to a peak of 1e-3: the fourth step's rate is the peak (the default warm-up of 1
     // would have reached it at the first).

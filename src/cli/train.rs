@@ -7,6 +7,7 @@ use crate::lowrank::{
     DlraRule, LowRankConfig, LowRankInit, LowRankLayers, LowRankMode, MomentTransport,
 };
 use crate::optim::Decay;
+pub use crate::train::config::Device;
 use crate::train::config::{default_lr, default_warmup};
 use crate::train::{self, checkpoint, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
@@ -115,7 +116,7 @@ pub struct Args {
     #[arg(long)]
     check_compute_copy: bool,
     /// Backend: cpu (f32 reference), cpu-bf16 (the CPU in the GPU's precision) or cuda (bf16; not
-    /// yet verified on a GPU)
+    /// yet verified on a GPU); a resumed run keeps its own unless given
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     #[command(flatten)]
@@ -248,17 +249,6 @@ impl LowRankArgs {
     }
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
-pub enum Device {
-    /// The f32 reference
-    Cpu,
-    /// The CPU in the CUDA backend's precision: bf16 weights and activations, f32 master weights,
-    /// gradients and optimiser state (previews a GPU run's numerics)
-    CpuBf16,
-    /// The GPU: bf16 compute (not yet verified on a GPU)
-    Cuda,
-}
-
 /// The settings this command line asks for (defaults where a flag is not given).
 pub(crate) fn config(a: &Args) -> TrainConfig {
     TrainConfig {
@@ -282,6 +272,7 @@ pub(crate) fn config(a: &Args) -> TrainConfig {
         lowrank: a.lowrank.config(&a.model),
         init_from: a.init_from.clone(),
         recompute_gelu: a.recompute_gelu,
+        device: a.device,
     }
 }
 
@@ -349,7 +340,7 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
         }),
         check_compute_copy: a.check_compute_copy,
     };
-    let summary = on_device!(a.device, b => train::run(b, cfg, opts)?);
+    let summary = on_device!(cfg.device, b => train::run(b, cfg, opts)?);
     if !summary.interrupted {
         let val = summary
             .last_val_loss

@@ -39,6 +39,24 @@ pub struct TrainConfig {
     /// memory setting, the same gradients.
     #[serde(default)]
     pub recompute_gelu: bool,
+    /// Where the run trains (a resumed run keeps it unless told otherwise; it may move: the
+    /// checkpoint holds f32 master weights either way). Absent in configs from before it: cpu.
+    #[serde(default)]
+    pub device: Device,
+}
+
+/// The backend a run trains on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Device {
+    /// The f32 reference
+    #[default]
+    Cpu,
+    /// The CPU in the CUDA backend's precision: bf16 weights and activations, f32 master weights,
+    /// gradients and optimiser state (previews a GPU run's numerics)
+    CpuBf16,
+    /// The GPU: bf16 compute (not yet verified on a GPU)
+    Cuda,
 }
 
 /// The peak learning rate a run of `model` takes when `--lr` is not given: for the GPT-2 presets

@@ -74,6 +74,7 @@ pub fn resumed_config(
         },
         init_from: pick!("init_from" => init_from),
         recompute_gelu: pick!("recompute_gelu" => recompute_gelu),
+        device: pick!("device" => device),
     }
 }
 
@@ -112,7 +113,7 @@ mod tests {
         "--lora-alpha", "3", "--lora-embeddings", "--rank-log-every", "6", "--factor-lr-scale", "2",
         "--dln-eps", "0.5", "--dlra-window", "3", "--dlra-tau", "0.1",
         "--dlra-fresh-moment", "mean", "--dlra-rule", "heavy-ball", "--dlra-friction", "0.3",
-        "--init-from", "/ckpt", "--recompute-gelu",
+        "--init-from", "/ckpt", "--recompute-gelu", "--device", "cpu-bf16",
     ];
 
     /// A configuration's settings by name (the low-rank ones as `lowrank.NAME`).
