@@ -27,9 +27,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !KERNEL_FILES.is_empty() {
         // Columns as wide as the longest file and kernel names (the flash kernels' run past 24).
-        let resources = || KERNEL_FILES.iter().flat_map(|f| f.resources);
         let file_w = KERNEL_FILES.iter().map(|f| f.name.len()).max().unwrap_or(0);
-        let kernel_w = resources().map(|r| r.kernel.len()).max().unwrap_or(0);
+        let kernel_w = (KERNEL_FILES.iter().flat_map(|f| f.resources))
+            .map(|r| r.kernel.len())
+            .max()
+            .unwrap_or(0);
         let row = |cells: [&dyn std::fmt::Display; 8]| {
             let [file, kernel, arch, regs, smem, stack, st, ld] = cells;
             println!(
