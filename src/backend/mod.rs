@@ -270,6 +270,20 @@ pub trait Backend {
         heads: usize,
     ) -> Result<()>;
 
+    /// Causal attention of rows `start`.. of one sequence whose earlier rows are already in
+    /// `qkv`: decoding, a token (or a prompt) at a time, with the earlier tokens' k and v as the
+    /// cache. qkv holds rows 0..start + n (3C each, laid out as `attention_forward`'s), out the n
+    /// new rows (`new`: n × C); row i attends to rows 0..=i, scores scaled by 1/√hs. Saves
+    /// nothing: no backward follows a decoding step.
+    fn attention_cached(
+        &self,
+        out: Mut<Self::Buf>,
+        qkv: Ref<Self::Buf>,
+        start: usize,
+        new: MatShape,
+        heads: usize,
+    ) -> Result<()>;
+
     /// The fused classifier over rows of `shape.cols` (padded vocab) logits, of which the first
     /// `vocab` are real: losses[r] = −log softmax(logits[r,..vocab])[targets[r]] (f32), and in
     /// place of the logits dlogits = (softmax − onehot(target))·dloss, zero in the padding columns.

@@ -166,6 +166,32 @@ pub(crate) fn check_attention(
     Ok(())
 }
 
+/// Checks the operands of `attention_cached`: qkv (start + n rows of 3C) and out (n × C) of one
+/// dtype, C split into whole heads.
+pub(crate) fn check_attention_cached<T: Buffer>(
+    out: &Ref<T>,
+    qkv: &Ref<T>,
+    start: usize,
+    new: MatShape,
+    heads: usize,
+) -> Result<()> {
+    let op = "attention_cached";
+    let c = new.cols;
+    ensure!(
+        heads > 0 && c.is_multiple_of(heads),
+        "{op}: {c} channels do not split into {heads} heads"
+    );
+    window_len(op, "qkv", qkv.len, 3 * (start + new.rows) * c)?;
+    window_len(op, "out", out.len, new.len())?;
+    ensure!(
+        out.dtype() == qkv.dtype(),
+        "{op}: out is {:?} but qkv is {:?}",
+        out.dtype(),
+        qkv.dtype()
+    );
+    Ok(())
+}
+
 /// Checks the operands of `fused_classifier`.
 pub(crate) fn check_classifier(
     logits: usize,

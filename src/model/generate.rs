@@ -48,9 +48,10 @@ impl Sampling {
 }
 
 /// Continues `prompt` (non-empty token ids) by `new_tokens`, calling `emit` with each as it is
-/// chosen; stops early after a token `stop` returns true for. The model's first row sees the last
-/// `model.seq()` tokens; shorter contexts are padded after their end, which causal attention
-/// never reads (as are the other rows of a model built for a batch). Returns the generated tokens.
+/// chosen; stops early after a token `stop` returns true for. Each token sees at most the last
+/// `model.seq()` tokens, in the batch's first sequence. Within that window each new token is one
+/// `Gpt::decode` row against the earlier tokens' cached k and v; past it the window slides, and
+/// its positions change, so each token's window is computed anew. Returns the generated tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     b: &B,
@@ -69,14 +70,16 @@ pub fn generate<B: Backend>(
     let (window, vocab) = (model.seq(), model.config().vocab_size);
     let padded = model.config().padded_vocab;
     let mut tokens = prompt.to_vec();
-    let mut inputs = vec![0u32; model.batch() * window];
+    // The window is tokens[first..]; its positions 0..computed are in the model's activations.
+    let (mut first, mut computed) = (0, 0);
     for _ in 0..new_tokens {
-        let context = &tokens[tokens.len().saturating_sub(window)..];
-        inputs[..context.len()].copy_from_slice(context);
-        inputs[context.len()..window].fill(0);
-        model.forward(b, &inputs, None)?;
+        if tokens.len() - first > window {
+            (first, computed) = (tokens.len() - window, 0);
+        }
+        model.decode(b, &tokens[first + computed..], computed)?;
+        computed = tokens.len() - first;
         let logits = model.logits();
-        let row = logits.off + (context.len() - 1) * padded;
+        let row = logits.off + (computed - 1) * padded;
         let logits = b.download(logits.buf.at(row, vocab))?;
         let next = sampling.next_token(&logits, rng);
         tokens.push(next);

@@ -4,7 +4,7 @@
 use super::activations::{ActivationGrads, Activations};
 use super::backward::{backward, Saved};
 use super::config::GptConfig;
-use super::forward::forward;
+use super::forward::{forward, Rows};
 use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer, DType, MatShape, Ref};
 use crate::lowrank::cost::{cost, Cost};
@@ -29,6 +29,8 @@ pub struct Gpt<B: Backend> {
     inputs: Vec<u32>,
     /// Set by a forward with targets, cleared by the backward that consumes its dlogits.
     has_loss_gradient: bool,
+    /// Positions of the first sequence that `decode` calls since the last `forward` computed.
+    decoded: usize,
     /// Which parameters train: the backward forms no other gradient.
     trained: Trained,
 }
@@ -144,6 +146,7 @@ impl<B: Backend> Gpt<B> {
             lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
+            decoded: 0,
             trained: Trained::of(lr),
         };
         gpt.refresh_compute_copy(backend)?;
@@ -167,6 +170,7 @@ impl<B: Backend> Gpt<B> {
         self.inputs.clear();
         self.inputs.extend_from_slice(inputs);
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        self.decoded = 0;
         forward(
             b,
             &self.layout,
@@ -174,6 +178,7 @@ impl<B: Backend> Gpt<B> {
             &mut self.lowrank,
             &mut self.acts,
             inputs,
+            Rows::All,
         )?;
         let Some(targets) = targets else {
             return Ok(None);
@@ -194,6 +199,36 @@ impl<B: Backend> Gpt<B> {
         Ok(Some(
             (losses.iter().map(|&x| x as f64).sum::<f64>() / tokens as f64) as f32,
         ))
+    }
+
+    /// Runs the network on positions `start`..`start + tokens.len()` of the batch's first
+    /// sequence, whose earlier positions the calls since the last `forward` computed (start 0:
+    /// a new sequence), leaving their logits in those rows of `logits()`. Decoding: attention
+    /// reads the earlier positions' k and v where their forward left them, so a token costs one
+    /// row's work instead of a whole window's. Saves nothing for a backward.
+    pub fn decode(&mut self, b: &B, tokens: &[u32], start: usize) -> Result<()> {
+        let (n, seq) = (tokens.len(), self.seq());
+        ensure!(n > 0, "decode needs at least one token");
+        ensure!(
+            start <= self.decoded,
+            "decode at position {start}: only positions 0..{} are computed",
+            self.decoded
+        );
+        ensure!(
+            start + n <= seq,
+            "decode of positions {start}..{}: the model was built for {seq}",
+            start + n
+        );
+        let vocab = self.config.vocab_size;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {t} is outside the vocabulary of {vocab}");
+        }
+        self.has_loss_gradient = false;
+        self.decoded = start + n;
+        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        let rows = Rows::Next { start, n };
+        let (lr, a) = (&mut self.lowrank, &mut self.acts);
+        forward(b, &self.layout, w, lr, a, tokens, rows)
     }
 
     /// Adds the gradient of `loss_scale` · (the last forward's mean loss) to `grads()`: call
@@ -301,6 +336,7 @@ impl<B: Backend> Gpt<B> {
         &self.params
     }
     pub fn params_mut(&mut self) -> &mut B::Buf {
+        self.decoded = 0; // new weights: the decoded positions' k and v are stale
         &mut self.params
     }
     /// The f32 gradients, laid out as `layout()`.
@@ -312,6 +348,7 @@ impl<B: Backend> Gpt<B> {
     }
     /// Parameters, gradients and compute copy together, for an optimiser step.
     pub fn optimizer_buffers(&mut self) -> OptimizerBuffers<'_, B> {
+        self.decoded = 0;
         OptimizerBuffers {
             params: &mut self.params,
             grads: &self.grads,
@@ -364,6 +401,7 @@ impl<B: Backend> Gpt<B> {
         &self.lowrank
     }
     pub fn lowrank_mut(&mut self) -> &mut LowRankRuntime<B> {
+        self.decoded = 0;
         &mut self.lowrank
     }
     /// Bytes of activations, activation gradients and low-rank scratch.

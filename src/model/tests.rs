@@ -133,9 +133,9 @@ impl Reference<'_> {
         out
     }
 
-    /// Mean cross-entropy over all positions of `batch` sequences.
-    pub(super) fn loss(&self, inputs: &[u32], targets: &[u32], batch: usize) -> f64 {
-        let (c, seq) = (self.cfg.n_embd, inputs.len() / batch);
+    /// The logits (real vocabulary only) of one sequence's every position.
+    pub(super) fn logits(&self, tokens: &[u32]) -> Rows {
+        let c = self.cfg.n_embd;
         let (wte, wpe) = (
             self.tensor("transformer.wte.weight"),
             self.tensor("transformer.wpe.weight"),
@@ -150,46 +150,54 @@ impl Reference<'_> {
                 .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
                 .collect()
         };
-        let mut total = 0.0;
-        for bi in 0..batch {
-            let tokens = &inputs[bi * seq..(bi + 1) * seq];
-            let mut x: Rows = tokens
+        let mut x: Rows = tokens
+            .iter()
+            .enumerate()
+            .map(|(t, &tok)| {
+                (0..c)
+                    .map(|i| wte[tok as usize * c + i] + wpe[t * c + i])
+                    .collect()
+            })
+            .collect();
+        for l in 0..self.cfg.n_layer {
+            let h = format!("transformer.h.{l}");
+            let qkv = self.linear(
+                &self.layernorm(&x, &format!("{h}.ln_1")),
+                &format!("{h}.attn.c_attn"),
+            );
+            x = add(
+                &x,
+                &self.linear(&self.attention(&qkv), &format!("{h}.attn.c_proj")),
+            );
+            let fc = self.linear(
+                &self.layernorm(&x, &format!("{h}.ln_2")),
+                &format!("{h}.mlp.c_fc"),
+            );
+            let fc: Rows = fc
                 .iter()
-                .enumerate()
-                .map(|(t, &tok)| {
-                    (0..c)
-                        .map(|i| wte[tok as usize * c + i] + wpe[t * c + i])
-                        .collect()
-                })
+                .map(|r| r.iter().map(|&v| gelu(v)).collect())
                 .collect();
-            for l in 0..self.cfg.n_layer {
-                let h = format!("transformer.h.{l}");
-                let qkv = self.linear(
-                    &self.layernorm(&x, &format!("{h}.ln_1")),
-                    &format!("{h}.attn.c_attn"),
-                );
-                x = add(
-                    &x,
-                    &self.linear(&self.attention(&qkv), &format!("{h}.attn.c_proj")),
-                );
-                let fc = self.linear(
-                    &self.layernorm(&x, &format!("{h}.ln_2")),
-                    &format!("{h}.mlp.c_fc"),
-                );
-                let fc: Rows = fc
-                    .iter()
-                    .map(|r| r.iter().map(|&v| gelu(v)).collect())
-                    .collect();
-                x = add(&x, &self.linear(&fc, &format!("{h}.mlp.c_proj")));
-            }
-            for (t, row) in self.layernorm(&x, "transformer.ln_f").iter().enumerate() {
-                // Only the real vocabulary: padding rows of wte never reach the loss.
-                let logits: Vec<f64> = (0..self.cfg.vocab_size)
+            x = add(&x, &self.linear(&fc, &format!("{h}.mlp.c_proj")));
+        }
+        // Only the real vocabulary: padding rows of wte never reach the loss.
+        (self.layernorm(&x, "transformer.ln_f").iter())
+            .map(|row| {
+                (0..self.cfg.vocab_size)
                     .map(|v| (0..c).map(|i| row[i] * wte[v * c + i]).sum())
-                    .collect();
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Mean cross-entropy over all positions of `batch` sequences.
+    pub(super) fn loss(&self, inputs: &[u32], targets: &[u32], batch: usize) -> f64 {
+        let seq = inputs.len() / batch;
+        let mut total = 0.0;
+        for (tokens, targets) in inputs.chunks(seq).zip(targets.chunks(seq)) {
+            for (logits, &target) in self.logits(tokens).iter().zip(targets) {
                 let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + logits.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
-                total += lse - logits[targets[bi * seq + t] as usize];
+                total += lse - logits[target as usize];
             }
         }
         total / inputs.len() as f64
@@ -233,13 +241,9 @@ fn gradients_match_f64_reference_with_gelu_recomputed() {
     assert_gradients_match_reference(gpt, &[]);
 }
 
-/// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
-/// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
-/// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) must get exactly
-/// zero gradient.
-pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
-    let (cpu, cfg, batch, seq) = (Cpu, *gpt.config(), gpt.batch(), gpt.seq());
-    // GPT-2's small init would leave attention nearly uniform and hide errors in its gradient.
+/// Large random weights in every tensor (LayerNorm scales around 1), returned as uploaded: GPT-2's
+/// small init would leave attention nearly uniform and hide errors in it.
+fn large_random_weights(gpt: &mut Gpt<Cpu>) -> Vec<f32> {
     let mut rng = Rng::new(2);
     let p: Vec<f32> = gpt
         .layout()
@@ -256,8 +260,55 @@ pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[Low
                 .collect::<Vec<_>>()
         })
         .collect();
-    cpu.upload(&p, gpt.params_mut().all_mut()).unwrap();
-    gpt.refresh_compute_copy(&cpu).unwrap();
+    Cpu.upload(&p, gpt.params_mut().all_mut()).unwrap();
+    gpt.refresh_compute_copy(&Cpu).unwrap();
+    p
+}
+
+/// Decoding the batch's first sequence in pieces (three positions, one, the rest) after a forward
+/// of a whole batch leaves in its rows the logits the f64 reference gives that sequence alone:
+/// each piece attends to the k and v the earlier pieces left, embeds its own positions, and reads
+/// nothing of the batch's other sequences.
+pub(super) fn assert_decoding_matches_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
+    let (cfg, batch, seq) = (*gpt.config(), gpt.batch(), gpt.seq());
+    let p: Vec<f64> = large_random_weights(&mut gpt)
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let tokens = random_tokens(seq, cfg.vocab_size, 5);
+    let batch_tokens = random_tokens(batch * seq, cfg.vocab_size, 6);
+    gpt.forward(&Cpu, &batch_tokens, None).unwrap();
+    for (start, end) in [(0, 3), (3, 4), (4, seq)] {
+        gpt.decode(&Cpu, &tokens[start..end], start).unwrap();
+    }
+    let logits = Cpu.download(gpt.logits()).unwrap();
+    let layout = gpt.layout();
+    let want = Reference {
+        cfg,
+        layout,
+        p: &p,
+        lowrank,
+    }
+    .logits(&tokens);
+    let scale = want.iter().flatten().fold(0.0f64, |m, z| m.max(z.abs()));
+    for (t, want) in want.iter().enumerate() {
+        let row = &logits[t * cfg.padded_vocab..][..cfg.vocab_size];
+        for (v, (&got, &want)) in row.iter().zip(want).enumerate() {
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * scale,
+                "position {t}, token {v}: decoded logit {got}, reference {want}"
+            );
+        }
+    }
+}
+
+/// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
+/// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
+/// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) must get exactly
+/// zero gradient.
+pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
+    let (cpu, cfg, batch, seq) = (Cpu, *gpt.config(), gpt.batch(), gpt.seq());
+    let p = large_random_weights(&mut gpt);
     let (inputs, targets) = (
         random_tokens(batch * seq, cfg.vocab_size, 3),
         random_tokens(batch * seq, cfg.vocab_size, 4),
@@ -393,6 +444,38 @@ fn forward_without_targets_gives_logits_matching_the_reference_loss() {
         (from_logits - want).abs() < 1e-5 * want,
         "{from_logits} vs {want}"
     );
+}
+
+#[test]
+fn decoding_in_pieces_gives_the_references_logits() {
+    assert_decoding_matches_reference(Gpt::new(&Cpu, micro(), 1, 6, 1).unwrap(), &[]);
+    assert_decoding_matches_reference(Gpt::new(&Cpu, micro(), 3, 6, 1).unwrap(), &[]);
+}
+
+/// Decoding needs the positions before its start computed since the last forward or weight
+/// change, and room in the model's window.
+#[test]
+fn decoding_refuses_positions_it_has_not_computed_and_past_the_window() {
+    let (cpu, cfg) = (Cpu, micro());
+    let mut gpt = Gpt::new(&cpu, cfg, 2, 6, 1).unwrap();
+    let tokens = random_tokens(12, cfg.vocab_size, 2);
+    let err = |r: anyhow::Result<()>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(gpt.decode(&cpu, &tokens[..1], 1)),
+        "decode at position 1: only positions 0..0 are computed"
+    );
+    gpt.decode(&cpu, &tokens[..4], 0).unwrap();
+    gpt.decode(&cpu, &tokens[4..5], 4).unwrap();
+    assert_eq!(
+        err(gpt.decode(&cpu, &tokens[5..7], 5)),
+        "decode of positions 5..7: the model was built for 6"
+    );
+    gpt.forward(&cpu, &tokens, None).unwrap();
+    assert!(err(gpt.decode(&cpu, &tokens[..1], 2)).contains("only positions 0..0"));
+    gpt.decode(&cpu, &tokens[..2], 0).unwrap();
+    gpt.params_mut();
+    assert!(err(gpt.decode(&cpu, &tokens[2..3], 2)).contains("only positions 0..0"));
+    assert!(err(gpt.decode(&cpu, &[99], 0)).contains("outside the vocabulary of 11"));
 }
 
 #[test]

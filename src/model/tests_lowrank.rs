@@ -2,7 +2,10 @@
 //! the function unchanged, and DLRA's augmentation and truncation.
 
 use super::hf::ModelCheckpoint;
-use super::tests::{assert_gradients_match_reference, micro, random_tokens, LowRankRef};
+use super::tests::{
+    assert_decoding_matches_reference, assert_gradients_match_reference, micro, random_tokens,
+    LowRankRef,
+};
 use super::{Gpt, GptConfig};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};
@@ -76,6 +79,20 @@ fn every_gradient_matches_the_reference_in_every_low_rank_mode() {
     assert!(!with_grad("transformer.ln_f.weight"));
     let refs = reference_layers(&gpt, cfg.lora_scale() as f64);
     assert_gradients_match_reference(gpt, &refs);
+}
+
+/// Decoding through every kind of low-rank layer (a frozen base, a middle factor, factors alone)
+/// gives the reference's logits.
+#[test]
+fn decoding_matches_the_reference_in_every_low_rank_mode() {
+    use LowRankLayers::*;
+    use LowRankMode::*;
+    for (mode, layers) in [(Efficient, All), (Lora, All), (Dln, Mlp), (Dlra, Attn)] {
+        let cfg = config(mode, layers);
+        let gpt = Gpt::with_lowrank(&Cpu, micro(), &cfg, 2, 6, 1).unwrap();
+        let refs = reference_layers(&gpt, cfg.lora_scale() as f64);
+        assert_decoding_matches_reference(gpt, &refs);
+    }
 }
 
 #[test]

@@ -130,6 +130,31 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads
     }
 }
 
+/// Rows start.. of one sequence (out: n × C) from the k and v of rows 0..start + n (qkv: 3C a
+/// row): `Backend::attention_cached`. Each (new row, head) pair is a parallel task: a dot product
+/// per earlier row, their softmax, and the probabilities' sum of v rows. Decoding meets one row
+/// of k and v per earlier token once, so nothing is gathered first.
+pub fn cached(out: &mut [f32], qkv: &[f32], start: usize, channels: usize, heads: usize) {
+    let hs = channels / heads;
+    let scale = 1.0 / (hs as f32).sqrt();
+    out.par_chunks_mut(hs).enumerate().for_each(|(task, y)| {
+        let (t, h) = (start + task / heads, task % heads);
+        let at = |row: usize, part: usize| &qkv[(row * 3 + part) * channels + h * hs..][..hs];
+        let q = at(t, 0);
+        let mut p: Vec<f32> = (0..=t)
+            .map(|row| scale * dot_f64(q, at(row, 1)) as f32)
+            .collect();
+        let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        p.iter_mut().for_each(|x| *x = exp(*x - max));
+        let sum = sum_f64(&p) as f32;
+        y.fill(0.0);
+        for (row, &w) in p.iter().enumerate() {
+            let w = w / sum;
+            y.iter_mut().zip(at(row, 2)).for_each(|(y, &v)| *y += w * v);
+        }
+    });
+}
+
 /// Rows r0.. of a head's scores (rows of `t_len`) become their causal probabilities.
 #[inline(always)]
 fn softmax_rows(att_rows: &mut [f32], r0: usize, t_len: usize) {
@@ -346,6 +371,39 @@ mod tests {
                 "d{name} along a direction: {got} against {want}"
             );
         }
+    }
+
+    /// Rows start.. of a sequence from its earlier rows' k and v: the rows the f64 reference gives
+    /// the whole sequence, for one new row at the end, several after a prefix, and all of them.
+    #[test]
+    fn cached_attention_gives_the_whole_sequences_rows() {
+        let (t_len, c, nh) = (9, 15, 3);
+        let s = SeqShape::new(1, t_len, c);
+        let qkv = random(3 * s.len(), 11);
+        let qkv64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+        let want = attention64(&qkv64, s, nh).0;
+        let cpu = Cpu;
+        for (start, n) in [(8, 1), (3, 4), (0, 9), (0, 1)] {
+            let rows = upload(&cpu, &qkv[..3 * (start + n) * c]);
+            let mut out = upload(&cpu, &vec![f32::NAN; n * c]);
+            let new = crate::backend::MatShape::new(n, c);
+            cpu.attention_cached(out.all_mut(), rows.all(), start, new, nh)
+                .unwrap();
+            let what = format!("rows {start}..{}", start + n);
+            assert_close(&what, out.as_slice(), &want[start * c..][..n * c], 1e-5);
+        }
+        // The cache must hold every earlier row.
+        let rows = upload(&cpu, &qkv[..3 * 4 * c]);
+        let mut out = cpu.alloc(DType::F32, c).unwrap();
+        let new = crate::backend::MatShape::new(1, c);
+        let err = cpu
+            .attention_cached(out.all_mut(), rows.all(), 4, new, nh)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("qkv window has 180 elements, the shape needs 225"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ mod simd;
 mod test_util;
 
 use super::shapes::{
-    check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
-    check_layernorm_backward, check_matrix_and_row, window_len,
+    check_attention, check_attention_cached, check_classifier, check_embedding,
+    check_embedding_backward, check_layernorm, check_layernorm_backward, check_matrix_and_row,
+    window_len,
 };
 use super::{
     check_update, same_len, AdamW, Backend, Buffer, DType, Gemm, HeavyBall, LinearEpilogue,
@@ -393,6 +394,19 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         attention::forward(out.slice_mut(), att.slice_mut(), qkv.slice(), shape, heads);
         out.round_to_dtype();
         att.round_to_dtype();
+        Ok(())
+    }
+    fn attention_cached(
+        &self,
+        mut out: Mut<CpuBuf>,
+        qkv: Ref<CpuBuf>,
+        start: usize,
+        new: MatShape,
+        heads: usize,
+    ) -> Result<()> {
+        check_attention_cached(&out.as_ref(), &qkv, start, new, heads)?;
+        attention::cached(out.slice_mut(), qkv.slice(), start, new.cols, heads);
+        out.round_to_dtype();
         Ok(())
     }
     fn attention_backward(

@@ -2,6 +2,7 @@
 //! One file per op family, mirroring kernels/ (launchers live here, kernels there).
 
 mod attention;
+mod attention_cached;
 mod classifier;
 mod dense;
 mod device;
@@ -21,8 +22,9 @@ pub use lowrank_linear::{merge_base_from_env, multicast_clusters, product_tile, 
 pub use settings::{settings, AttentionImpl};
 
 use super::shapes::{
-    check_attention, check_classifier, check_embedding, check_embedding_backward, check_layernorm,
-    check_layernorm_backward, check_matrix_and_row, window_len,
+    check_attention, check_attention_cached, check_classifier, check_embedding,
+    check_embedding_backward, check_layernorm, check_layernorm_backward, check_matrix_and_row,
+    window_len,
 };
 use super::{
     same_len, AdamW, AttentionSaved, Backend, Buffer, DType, DenseGrads, Gemm, HeavyBall,
@@ -494,6 +496,17 @@ impl Backend for Cuda {
                 attention::forward(self, out, att, qkv, b, t, c, heads)
             }
         }
+    }
+    fn attention_cached(
+        &self,
+        out: Mut<CudaBuf>,
+        qkv: Ref<CudaBuf>,
+        start: usize,
+        new: MatShape,
+        heads: usize,
+    ) -> Result<()> {
+        check_attention_cached(&out.as_ref(), &qkv, start, new, heads)?;
+        attention_cached::forward(self, out, qkv, start, new, heads)
     }
     fn attention_backward(
         &self,
