@@ -13,7 +13,8 @@
 template <typename T>
 __device__ __forceinline__ void attention_cached_body(T* __restrict__ out, const T* __restrict__ qkv, int start, int C, int hs,
                                                       float scale) {
-    extern __shared__ float scores[];  // start + n floats: row i's scores, then its probabilities
+    extern __shared__ __align__(16) unsigned char cached_smem[];
+    float* scores = reinterpret_cast<float*>(cached_smem);  // start + n: row i's scores, then probabilities
     __shared__ float partial[CACHED_WARPS][32 * CACHED_LANE_VALUES];
     __shared__ float warp_max[CACHED_WARPS];
     const int h = blockIdx.x, row = blockIdx.y, i = start + row;

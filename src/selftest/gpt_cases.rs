@@ -26,6 +26,11 @@ pub enum GptOp {
     AttentionForwardOut,
     AttentionForwardAtt,
     AttentionBackward,
+    /// The rows from `start` of one sequence (`SeqShape::seq` rows in all), against the k and v of
+    /// every row so far.
+    AttentionCached {
+        start: usize,
+    },
     ClassifierLosses,
     ClassifierGrads,
 }
@@ -65,7 +70,9 @@ pub struct GptCase {
 
 /// Every op on a ragged shape (T=7, C=48, 3 heads of 16) with bf16 and with f32 activations, and
 /// on GPT-2 small's widths in bf16; attention also on the head sizes of flash attention's kernels
-/// (64 and 32) with a ragged last tile of 64 rows, on a single token and at T = 1024.
+/// (64 and 32) with a ragged last tile of 64 rows, on a single token and at T = 1024. Cached
+/// attention: rows after a prefix, a whole prompt, GPT-2 small decoding its 1024th token, and
+/// head sizes of 96 (lanes partly idle) and 256 (the kernel's largest).
 pub fn cases() -> Vec<GptCase> {
     let ragged = (SeqShape::new(2, 7, 48), 3, 1000);
     let small = (SeqShape::new(4, 64, 768), 12, 50257);
@@ -103,6 +110,22 @@ pub fn cases() -> Vec<GptCase> {
             });
         }
     }
+    let cached = [
+        (SeqShape::new(1, 7, 48), 3, 4, DType::BF16),
+        (SeqShape::new(1, 7, 48), 3, 4, DType::F32),
+        (SeqShape::new(1, 77, 96), 1, 0, DType::BF16),
+        (SeqShape::new(1, 1024, 768), 12, 1023, DType::BF16),
+        (SeqShape::new(1, 33, 512), 2, 30, DType::BF16),
+    ];
+    for (s, heads, start, act) in cached {
+        out.push(GptCase {
+            op: GptOp::AttentionCached { start },
+            s,
+            heads,
+            vocab: 1000,
+            act,
+        });
+    }
     out
 }
 
@@ -113,15 +136,15 @@ fn padded(vocab: usize) -> usize {
 impl GptCase {
     /// The op in snake case, `_f32` appended for f32 activations.
     pub fn op(&self) -> String {
-        let name = format!("{:?}", self.op)
-            .chars()
-            .fold(String::new(), |mut acc, c| {
-                if c.is_uppercase() && !acc.is_empty() {
-                    acc.push('_');
-                }
-                acc.push(c.to_ascii_lowercase());
-                acc
-            });
+        let debug = format!("{:?}", self.op);
+        let variant = debug.split(' ').next().unwrap_or_default();
+        let name = variant.chars().fold(String::new(), |mut acc, c| {
+            if c.is_uppercase() && !acc.is_empty() {
+                acc.push('_');
+            }
+            acc.push(c.to_ascii_lowercase());
+            acc
+        });
         match self.act {
             DType::BF16 => name,
             DType::F32 => name + "_f32",
@@ -129,10 +152,14 @@ impl GptCase {
     }
 
     pub fn shape(&self) -> String {
-        format!(
+        let shape = format!(
             "B{} T{} C{} h{}",
             self.s.batch, self.s.seq, self.s.channels, self.heads
-        )
+        );
+        match self.op {
+            GptOp::AttentionCached { start } => format!("{shape} from {start}"),
+            _ => shape,
+        }
     }
 
     /// Attention's scores are rounded to bf16 before the softmax on the GPU (as llm.c does) but not
@@ -310,6 +337,13 @@ impl GptCase {
                     }
                 }
             }
+            GptOp::AttentionCached { start } => {
+                let qkv = rand(act, 3 * rows * c, 1.0)?;
+                let new = MatShape::new(rows - start, c);
+                let mut out = poisoned(act, new.len())?;
+                b.attention_cached(out.all_mut(), qkv.all(), start, new, self.heads)?;
+                b.download(out.all())?
+            }
             GptOp::ClassifierLosses | GptOp::ClassifierGrads => {
                 let cols = padded(self.vocab);
                 let mut logits = rand(act, rows * cols, 2.0)?;
@@ -348,5 +382,15 @@ mod tests {
             );
         }
         assert_eq!(cases()[0].op(), "embedding_forward");
+        let cached = (cases().into_iter())
+            .find(|c| matches!(c.op, GptOp::AttentionCached { .. }) && c.s.seq == 1024)
+            .expect("a cached attention case at T 1024");
+        assert_eq!(
+            (cached.op(), cached.shape()),
+            (
+                "attention_cached".into(),
+                "B1 T1024 C768 h12 from 1023".into()
+            )
+        );
     }
 }

@@ -162,8 +162,8 @@ mod tests {
         let outcomes: Vec<Outcome> = model.map(|c| check(&c, &CpuBf16, &Cpu, 7)).collect();
         assert_eq!(
             outcomes.len(),
-            14,
-            "six parameterisations, loss and gradients; two with GELU recomputed"
+            20,
+            "six parameterisations, loss, gradients and decoding; two with GELU recomputed"
         );
         for o in &outcomes {
             assert!(o.pass && o.rel_err > 0.0, "{o:?}");

@@ -18,6 +18,8 @@ const SEQ: usize = 37;
 pub enum ModelOutput {
     Loss,
     Grads,
+    /// The first sequence's logits, decoded in pieces after the batch's forward (`Gpt::decode`).
+    Decoded,
 }
 
 #[derive(Clone, Debug)]
@@ -29,11 +31,12 @@ pub struct ModelCase {
 }
 
 /// Every parameterisation on every linear layer (LoRA over the random init as its base), at a rank
-/// that is not a multiple of 8; the gradients of a dense and a low-rank MLP with GELU recomputed.
+/// that is not a multiple of 8: the loss, the gradients and decoding; the gradients of a dense and
+/// a low-rank MLP with GELU recomputed.
 pub fn cases() -> Vec<ModelCase> {
     use LowRankMode::*;
     let modes = [Dense, Efficient, Inrank, Lora, Dln, Dlra];
-    let outputs = [ModelOutput::Loss, ModelOutput::Grads];
+    let outputs = [ModelOutput::Loss, ModelOutput::Grads, ModelOutput::Decoded];
     let case = |mode, output, recompute_gelu| ModelCase {
         mode,
         output,
@@ -50,6 +53,7 @@ impl ModelCase {
         let out = match self.output {
             ModelOutput::Loss => "loss",
             ModelOutput::Grads => "grads",
+            ModelOutput::Decoded => "decoded",
         };
         let recompute = if self.recompute_gelu {
             "_recompute"
@@ -64,13 +68,14 @@ impl ModelCase {
     }
 
     /// Two bf16 computations of the same step differ by rounding at every layer. Measured between
-    /// f32 and bf16 on the CPU (three seeds, every mode): the loss by at most 3e-5 and the
-    /// gradients by 5e-3 to 9e-3 (relative); two bf16 computations with their own rounding points
-    /// and summation orders differ by about √2 times that.
+    /// f32 and bf16 on the CPU (three seeds, every mode): the loss by at most 3e-5, the gradients
+    /// by 5e-3 to 9e-3 and the decoded logits by 6e-3 to 8e-3 (relative); two bf16 computations
+    /// with their own rounding points and summation orders differ by about √2 times that.
     pub fn bound(&self) -> f64 {
         match self.output {
             ModelOutput::Loss => 5e-4,
             ModelOutput::Grads => 3e-2,
+            ModelOutput::Decoded => 3e-2,
         }
     }
 
@@ -100,6 +105,14 @@ impl ModelCase {
             ModelOutput::Grads => {
                 model.backward(b, 1.0)?;
                 b.download(model.grads().all())?
+            }
+            ModelOutput::Decoded => {
+                // A prompt, one token, the rest: each piece reads the earlier pieces' k and v.
+                for (start, end) in [(0, 20), (20, 21), (21, SEQ)] {
+                    model.decode(b, &targets[start..end], start)?;
+                }
+                let rows = SEQ * config.padded_vocab;
+                b.download(model.logits().buf.at(0, rows))?
             }
         })
     }
