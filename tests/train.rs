@@ -291,6 +291,12 @@ fn eval_and_plot_read_what_train_wrote() {
         assert!(o.status.success(), "{}", text(&o));
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(out.starts_with("The baker") && out.len() > 12, "{out}");
+        // The speed on stderr, out of the text's way.
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("12 tokens in ") && err.contains(" tokens/s) on cpu"),
+            "{err}"
+        );
         assert_eq!(
             out,
             String::from_utf8_lossy(&sample(run, &["--seed", "5"]).stdout)

@@ -9,6 +9,7 @@ use crate::util::rng::Rng;
 use anyhow::{ensure, Result};
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -88,9 +89,19 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         Ok(())
     };
     let mut rng = Rng::new(a.seed);
-    generate(
+    let started = Instant::now();
+    let tokens = generate(
         b, &mut model, &prompt, a.tokens, sampling, &mut rng, stop, emit,
     )?;
+    b.synchronize()?;
+    let secs = started.elapsed().as_secs_f64();
     writeln!(out)?;
+    // On stderr, so that stdout is the text alone.
+    eprintln!(
+        "{} tokens in {secs:.2} s ({:.1} tokens/s) on {}, a context of {window}",
+        tokens.len(),
+        tokens.len() as f64 / secs,
+        b.name()
+    );
     Ok(())
 }
