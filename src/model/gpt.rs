@@ -95,6 +95,29 @@ impl<B: Backend> Gpt<B> {
         seq: usize,
         seed: u64,
     ) -> Result<Self> {
+        Self::build(backend, config, lr, batch, seq, Some(seed))
+    }
+
+    /// `with_lowrank`'s model with every parameter zero, for a checkpoint's tensors to replace.
+    pub(super) fn unset(
+        backend: &B,
+        config: GptConfig,
+        lr: &LowRankConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Self> {
+        Self::build(backend, config, lr, batch, seq, None)
+    }
+
+    /// The model, its parameters GPT-2's init seeded by `init`, or zero without one.
+    fn build(
+        backend: &B,
+        config: GptConfig,
+        lr: &LowRankConfig,
+        batch: usize,
+        seq: usize,
+        init: Option<u64>,
+    ) -> Result<Self> {
         config.validate()?;
         lr.validate()?;
         let layers = layer::plan(lr, &config)?;
@@ -112,7 +135,9 @@ impl<B: Backend> Gpt<B> {
         let mut params = backend
             .alloc(DType::F32, layout.len())
             .context("allocating the parameters")?;
-        backend.upload(&initial_values(&layout, lr, seed)?, params.all_mut())?;
+        if let Some(seed) = init {
+            backend.upload(&initial_values(&layout, lr, seed)?, params.all_mut())?;
+        }
         let compute_copy = match backend.compute_dtype() {
             DType::F32 => None,
             dtype => Some(

@@ -5,7 +5,7 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
 use super::params::SpanRole;
 use crate::backend::{Backend, Buffer};
-use crate::lowrank::{LowRankConfig, LowRankInit};
+use crate::lowrank::LowRankConfig;
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
@@ -267,7 +267,7 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
             tensors,
         });
     }
-    let ck = checkpoint::load(path)?;
+    let ck = checkpoint::load_model(path)?;
     let lowrank = ck.state.config.lowrank;
     let tensors = match (&ck.state.lora_base_fingerprint, &lowrank.lora_base) {
         (Some(recorded), Some(base)) => {
@@ -330,12 +330,9 @@ pub fn complete_lora(
 impl<B: Backend> Gpt<B> {
     /// The model a checkpoint holds, at its live ranks, for batches of `batch` × `seq` tokens.
     pub fn from_checkpoint(b: &B, ck: &ModelCheckpoint, batch: usize, seq: usize) -> Result<Self> {
-        // The checkpoint's tensors replace the init: skip a costly one (function-aware fits).
-        let lowrank = LowRankConfig {
-            init: LowRankInit::Random,
-            ..ck.lowrank.clone()
-        };
-        let mut model = Gpt::with_lowrank(b, ck.config, &lowrank, batch, seq, 0)?;
+        // The checkpoint's tensors replace every parameter: no init to draw (for GPT-2 small,
+        // 124M normal draws were most of `sample`'s start-up).
+        let mut model = Gpt::unset(b, ck.config, &ck.lowrank, batch, seq)?;
         RankSchedule::restore(&mut model, ck.ranks.as_ref())?;
         model.load_hf_tensors(b, &ck.tensors)?;
         Ok(model)
