@@ -36,12 +36,14 @@ if [[ $smoke == 1 ]]; then
   steps=6 lora_steps=6 every=3 rank_every=3 train_size=(--batch 2 --seq 32 --eval-batches 2)
   step_size=(--model tiny --batch 2 --seq 32); peer_step_size=(--device cpu --config tiny:4:4:128 --batch 2 --seq 32)
   dlra_rank=8 bench_steps=3
+  decode_model=tiny decode_size=(--tokens 20 --context 64); peer_decode_size=(--device cpu --config tiny:4:4:128 --tokens 20 --context 64)
 else
   bench_size=(); peer_size=(); selftest_size=()
   steps=30 lora_steps=20 every=10 rank_every=5 train_size=()
   step_size=(--model gpt2 --batch 8 --seq 1024); peer_step_size=(--device cuda --config gpt2:12:12:768 --batch 8 --seq 1024)
   llmc_step_size=(--config gpt2:12:12:768 --batch 8 --seq 1024)
   dlra_rank=64 bench_steps=10
+  decode_model=gpt2 decode_size=(--tokens 200 --context 1024); peer_decode_size=(--device cuda --config gpt2:12:12:768 --tokens 200 --context 1024)
   # The CUDA libraries live in the Python environment's nvidia packages; the driver may be off the
   # path; ncu and compute-sanitizer wherever their installs put them. One scan of the disk finds
   # them all (a cold disk may take tens of seconds per scan, out of the budget).
@@ -227,6 +229,14 @@ cap=90 step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank
 cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" ${train_size[@]+"${train_size[@]}"} --steps $lora_steps --warmup 5 --eval-every $every --out "$out/train-smoke-lora-emb"
 cap=90 step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
 cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
+# Decoding speed (KV cache, a row a token): GPT-2 small greedy at its full context from a
+# one-step checkpoint of its init (the speed does not depend on the weights), beside PyTorch
+# decoding the same way with a static cache (scripts/peer-sample.py, bf16 weights as our compute copy).
+cap=60 step decode-ckpt "$bin" train --device cuda --model $decode_model --steps 1 --batch 1 --seq 64 --checkpoint-every 0 --eval-every 0 --out "$out/decode-ckpt"
+cap=60 step decode "$bin" sample --device cuda --ckpt "$out/decode-ckpt" "${decode_size[@]}" --no-stop --temperature 0 --prompt "The history of"
+if (( torch_ok )); then
+  cap=60 step peer-decode python3 "$root/scripts/peer-sample.py" "${peer_decode_size[@]}" --prompt-tokens 4
+fi
 step bench-train "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
 # The same step with attention's scores in memory: what flash attention buys a whole step.
 step bench-train-materialized env LOWRANK_ATTENTION=materialized "$bin" bench-train --device cuda "${step_size[@]}" --steps $bench_steps
@@ -319,6 +329,9 @@ fi
     printf '%-33s %s\n' "$l:" "$(grep -hE 'passed, [0-9]+ failed' "$out/$l.log" 2>/dev/null | tail -1)"
   done
   printf '%-33s %s\n' "kernels (kernels.md):" "$(tail -n 1 "$out/kernel-status.log")"
+  # Decoding's tokens/s, ours and PyTorch's.
+  printf '%-33s %s\n' "decode (ours):" "$(grep -h 'tokens/s' "$out/decode.log" 2>/dev/null | tail -1)"
+  printf '%-33s %s\n' "decode (PyTorch):" "$(grep -h '"tok_per_s"' "$out/peer-decode.log" 2>/dev/null | tail -1)"
   # The training step beside PyTorch's and llm.c's (scripts/compare-steps.py).
   python3 "$root/scripts/compare-steps.py" "$out" 2>&1 || true
   # Which cuBLASLt every GEMM went through (doctor: its version and file; a warning if not CUDA 13's).
