@@ -229,9 +229,10 @@ cap=90 step train-smoke-lora "$bin" train --device cuda --lowrank lora --lowrank
 cap=90 step train-smoke-lora-emb "$bin" train --device cuda --lowrank lora --lora-embeddings --rank-init 8 --lora-base "$lora_base" ${train_size[@]+"${train_size[@]}"} --steps $lora_steps --warmup 5 --eval-every $every --out "$out/train-smoke-lora-emb"
 cap=90 step sample "$bin" sample --device cuda --ckpt "$out/train-smoke-lora" --prompt "Once upon a time" --tokens 40 --seed 1
 cap=90 step export "$bin" export --ckpt "$out/train-smoke-lora" --out "$out/export"
-# Decoding speed (KV cache, a row a token): GPT-2 small greedy at its full context from a
-# one-step checkpoint of its init (the speed does not depend on the weights), beside PyTorch
-# decoding the same way with a static cache (scripts/peer-sample.py, bf16 weights as our compute copy).
+# Decoding speed (KV cache, a row a token): GPT-2 small greedy, built for its 1024-token context
+# (positions 0..204 decoded: a 4-token prompt and 200 tokens), from a one-step checkpoint of its
+# init (the speed does not depend on the weights), beside PyTorch decoding the same way with a
+# static cache (scripts/peer-sample.py, bf16 weights as our compute copy). Both time the prompt too.
 cap=60 step decode-ckpt "$bin" train --device cuda --model $decode_model --steps 1 --batch 1 --seq 64 --checkpoint-every 0 --eval-every 0 --out "$out/decode-ckpt"
 cap=60 step decode "$bin" sample --device cuda --ckpt "$out/decode-ckpt" "${decode_size[@]}" --no-stop --temperature 0 --prompt "The history of"
 if (( torch_ok )); then

@@ -178,7 +178,7 @@ pub(crate) fn check_attention_cached<T: Buffer>(
     let op = "attention_cached";
     let c = new.cols;
     ensure!(
-        heads > 0 && c.is_multiple_of(heads),
+        heads > 0 && c > 0 && c.is_multiple_of(heads),
         "{op}: {c} channels do not split into {heads} heads"
     );
     window_len(op, "qkv", qkv.len, 3 * (start + new.rows) * c)?;

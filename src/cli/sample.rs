@@ -98,8 +98,9 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
     writeln!(out)?;
     // On stderr, so that stdout is the text alone.
     eprintln!(
-        "{} tokens in {secs:.2} s ({:.1} tokens/s) on {}, a context of {window}",
+        "{} tokens in {secs:.2} s with the prompt's {} ({:.1} tokens/s) on {}, a context of {window}",
         tokens.len(),
+        prompt.len(),
         tokens.len() as f64 / secs,
         b.name()
     );

@@ -140,7 +140,7 @@ mod tests {
         }
     }
 
-    /// Greedy generation through the padded, sliding window picks at each step the argmax of a
+    /// Greedy generation through the sliding window picks at each step the argmax of a
     /// model built for exactly the last min(len, window) tokens, with no padding.
     #[test]
     fn greedy_generation_matches_unpadded_forwards_of_each_context() {

@@ -249,11 +249,14 @@ impl<B: Backend> Gpt<B> {
             bail!("token id {t} is outside the vocabulary of {vocab}");
         }
         self.has_loss_gradient = false;
-        self.decoded = start + n;
+        // Until the forward succeeds, positions from `start` on hold what a failed one left.
+        self.decoded = start;
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
         let rows = Rows::Next { start, n };
         let (lr, a) = (&mut self.lowrank, &mut self.acts);
-        forward(b, &self.layout, w, lr, a, tokens, rows)
+        forward(b, &self.layout, w, lr, a, tokens, rows)?;
+        self.decoded = start + n;
+        Ok(())
     }
 
     /// Adds the gradient of `loss_scale` · (the last forward's mean loss) to `grads()`: call
@@ -323,6 +326,7 @@ impl<B: Backend> Gpt<B> {
     /// Copies the master weights into the compute dtype: call after changing `params_mut()`
     /// (an optimiser step given `compute_copy` does it itself).
     pub fn refresh_compute_copy(&mut self, b: &B) -> Result<()> {
+        self.decoded = 0; // the weights a forward reads change
         match &mut self.compute_copy {
             Some(copy) => b.cast(self.params.all(), copy.all_mut()),
             None => Ok(()),

@@ -453,7 +453,7 @@ fn decoding_in_pieces_gives_the_references_logits() {
 }
 
 /// Decoding needs the positions before its start computed since the last forward or weight
-/// change, and room in the model's window.
+/// change (the master weights or their compute copy), and room in the model's window.
 #[test]
 fn decoding_refuses_positions_it_has_not_computed_and_past_the_window() {
     let (cpu, cfg) = (Cpu, micro());
@@ -474,6 +474,9 @@ fn decoding_refuses_positions_it_has_not_computed_and_past_the_window() {
     assert!(err(gpt.decode(&cpu, &tokens[..1], 2)).contains("only positions 0..0"));
     gpt.decode(&cpu, &tokens[..2], 0).unwrap();
     gpt.params_mut();
+    assert!(err(gpt.decode(&cpu, &tokens[2..3], 2)).contains("only positions 0..0"));
+    gpt.decode(&cpu, &tokens[..2], 0).unwrap();
+    gpt.refresh_compute_copy(&cpu).unwrap();
     assert!(err(gpt.decode(&cpu, &tokens[2..3], 2)).contains("only positions 0..0"));
     assert!(err(gpt.decode(&cpu, &[99], 0)).contains("outside the vocabulary of 11"));
 }

@@ -10,8 +10,9 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 /// The kernel's warps (CACHED_WARPS) and the head size its lanes hold (32 · CACHED_LANE_VALUES).
 const THREADS: u32 = 32 * 4;
 const MAX_HEAD_SIZE: usize = 32 * 8;
-/// Scores of the earlier rows, one f32 each, in the shared memory a block gets without opting in
-/// (48 KiB, less the kernel's 4 KiB of partial sums): GPT-2's context is 1024.
+/// Scores of the earlier rows, one f32 each, in the shared memory a block gets without opting in:
+/// 40 KiB of them beside the kernel's 4.2 KiB of static arrays, within 48 KiB (GPT-2's context is
+/// 1024). It also keeps the grid's new rows (its y dimension) far below CUDA's 65535.
 const MAX_ROWS: usize = 10 * 1024;
 
 pub fn forward(
