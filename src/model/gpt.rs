@@ -29,7 +29,8 @@ pub struct Gpt<B: Backend> {
     inputs: Vec<u32>,
     /// Set by a forward with targets, cleared by the backward that consumes its dlogits.
     has_loss_gradient: bool,
-    /// Positions of the first sequence that `decode` calls since the last `forward` computed.
+    /// Positions of the first sequence that `decode` calls computed since the last `forward` or
+    /// change of the weights (their k and v are the cache later calls read).
     decoded: usize,
     /// Which parameters train: the backward forms no other gradient.
     trained: Trained,
@@ -227,8 +228,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Runs the network on positions `start`..`start + tokens.len()` of the batch's first
-    /// sequence, whose earlier positions the calls since the last `forward` computed (start 0:
-    /// a new sequence), leaving their logits in those rows of `logits()`. Decoding: attention
+    /// sequence, whose earlier positions the calls since the last `forward` or change of the
+    /// weights computed (start 0: a new sequence), leaving their logits in those rows of `logits()`. Decoding: attention
     /// reads the earlier positions' k and v where their forward left them, so a token costs one
     /// row's work instead of a whole window's. Saves nothing for a backward.
     pub fn decode(&mut self, b: &B, tokens: &[u32], start: usize) -> Result<()> {
