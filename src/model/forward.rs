@@ -58,6 +58,7 @@ impl Span {
             Rows::All => (0, planned),
             Rows::Next { start, n } => (start, n),
         };
+        assert!(first + len <= planned, "rows {first}+{len} of {planned}");
         Span {
             rows,
             first,
@@ -66,21 +67,13 @@ impl Span {
         }
     }
     /// The span's rows of a window of `planned` rows (of any width).
-    fn of<'a, T>(&self, r: Ref<'a, T>) -> Ref<'a, T> {
+    fn of<'a, T: Buffer>(&self, r: Ref<'a, T>) -> Ref<'a, T> {
         let width = r.len / self.planned;
-        Ref {
-            buf: r.buf,
-            off: r.off + self.first * width,
-            len: self.len * width,
-        }
+        r.buf.at(r.off + self.first * width, self.len * width)
     }
-    fn of_mut<'a, T>(&self, r: Mut<'a, T>) -> Mut<'a, T> {
+    fn of_mut<'a, T: Buffer>(&self, r: Mut<'a, T>) -> Mut<'a, T> {
         let width = r.len / self.planned;
-        Mut {
-            buf: r.buf,
-            off: r.off + self.first * width,
-            len: self.len * width,
-        }
+        r.buf.at_mut(r.off + self.first * width, self.len * width)
     }
     /// The span's rows × `cols`.
     fn matrix(&self, cols: usize) -> MatShape {
