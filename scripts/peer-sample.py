@@ -35,8 +35,10 @@ class Cache:
 
 @torch.inference_mode()
 def decode(model, cache, tokens, start):
-    """Logits of positions start..start + n of `tokens` (1, n), after positions 0..start are cached."""
+    """Logits of the last of positions start..start + n of `tokens` (1, n), after positions 0..start
+    are cached: a prompt from position 0, or one new token (the only masks it needs)."""
     n = tokens.shape[1]
+    assert n == 1 or start == 0, "several new tokens after a cached prefix would need a mask"
     x = model.wte(tokens) + model.wpe(torch.arange(start, start + n, device=tokens.device))
     for blk, (kc, vc) in zip(model.blocks, cache.kv):
         c = x.shape[2]
