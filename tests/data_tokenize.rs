@@ -183,21 +183,56 @@ fn plain_files_split_by_fraction_and_fill_shards() {
     );
 }
 
+/// Tokenizes two small files into `out` as the shards named `name`: a val shard (the first
+/// document) and a train shard. Their files' bytes, by file name.
+fn write_old_shards(dir: &Path, out: &Path, name: &str) -> Vec<(String, Vec<u8>)> {
+    let inputs = [dir.join("old1.txt"), dir.join("old2.txt")];
+    std::fs::write(&inputs[0], "Old text, tokenized first.").unwrap();
+    std::fs::write(&inputs[1], "More old text.").unwrap();
+    let (first, second) = (path_str(&inputs[0]), path_str(&inputs[1]));
+    let run = tokenize(&[first, second, "--out", path_str(out), "--name", name]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let shards: Vec<(String, Vec<u8>)> = file_names(out)
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(out.join(n)).unwrap()))
+        .collect();
+    assert_eq!(shards.len(), 2);
+    shards
+}
+
+/// `out` holds exactly `shards`, byte for byte, and nothing else (no staging folder either).
+fn assert_holds(out: &Path, shards: &[(String, Vec<u8>)]) {
+    let names: Vec<String> = shards.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(file_names(out), names);
+    for (name, bytes) in shards {
+        assert!(
+            std::fs::read(out.join(name)).unwrap() == *bytes,
+            "{name} changed"
+        );
+    }
+}
+
 /// A shard that cannot be written (a full disk, here RLIMIT_FSIZE at 1 MiB with SIGXFSZ ignored, so
 /// the write fails instead of the signal killing the process) is named once, with the system's
-/// reason, and leaves no temporary file taking space.
+/// reason; the run leaves no partial shard or temporary file taking space, and the shards it was to
+/// replace with `--overwrite` are as they were.
 #[cfg(unix)]
 #[test]
-fn a_full_disk_names_the_shard_and_leaves_no_temporary_file() {
+fn a_full_disk_names_the_shard_and_loses_nothing() {
     let dir = scratch("full");
+    let out = dir.join("out");
+    let old = write_old_shards(&dir, &out, "out");
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(60_000); // ~600 k tokens
     std::fs::write(dir.join("big.txt"), text).unwrap();
-    let out = dir.join("out");
     let run = Command::new("sh")
         .arg("-c")
         .arg(r#"trap "" XFSZ; ulimit -f 1024; exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_lowrank"))
-        .args(["tokenize", "--val-fraction", "0", "--out"])
+        .args(["tokenize", "--val-fraction", "0", "--overwrite", "--out"])
         .args([path_str(&out), path_str(&dir.join("big.txt"))])
         .output()
         .unwrap();
@@ -205,7 +240,7 @@ fn a_full_disk_names_the_shard_and_leaves_no_temporary_file() {
     assert!(!run.status.success(), "{stderr}");
     assert!(stderr.contains("out_train_000000.bin: "), "{stderr}");
     assert_eq!(stderr.matches("File too large").count(), 1, "{stderr}");
-    assert_eq!(file_names(&out), Vec::<String>::new());
+    assert_holds(&out, &old);
 }
 
 #[test]
@@ -219,6 +254,71 @@ fn invalid_utf8_input_names_the_file_and_offset() {
     assert!(
         stderr.contains("bad.txt") && stderr.contains("invalid UTF-8 at byte offset 10"),
         "{stderr}"
+    );
+}
+
+/// Every input that is not UTF-8 is named in one refusal, before anything is tokenized: the good
+/// files before and after them write no shard, and the old shards stay.
+#[test]
+fn every_invalid_input_is_named_before_anything_is_written() {
+    let dir = scratch("utf8-many");
+    let out = dir.join("out");
+    let old = write_old_shards(&dir, &out, "t");
+    let input = dir.join("texts");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "fine").unwrap();
+    std::fs::write(input.join("b.txt"), b"latin-1 caf\xe9").unwrap();
+    std::fs::write(input.join("c.txt"), "also fine").unwrap();
+    std::fs::write(input.join("d.bin"), b"\x1f\x8b\x08 gzip").unwrap();
+    std::fs::write(input.join("e.txt"), "").unwrap();
+    let run = tokenize(&[
+        path_str(&input),
+        "--out",
+        path_str(&out),
+        "--name",
+        "t",
+        "--overwrite",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 of the 5 input files are not UTF-8"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("b.txt: invalid UTF-8 at byte offset 11"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("d.bin: invalid UTF-8 at byte offset 1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("a.txt") && !stderr.contains("e.txt"),
+        "{stderr}"
+    );
+    assert_holds(&out, &old);
+}
+
+/// A run killed part-way leaves its hidden staging folder; the next run removes it, says so, and
+/// writes its shards as usual.
+#[test]
+fn an_interrupted_runs_staging_folder_is_cleared() {
+    let dir = scratch("interrupted");
+    let out = dir.join("out");
+    let staging = out.join(".t.tokenizing");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("t_train_000000.bin"), b"partial").unwrap();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "Hello world").unwrap();
+    let run = tokenize(&[path_str(&input), "--out", path_str(&out), "--name", "t"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("left by an interrupted run"), "{stderr}");
+    assert_eq!(file_names(&out), ["t_val_000000.bin"]); // one document: the first goes to val
+    assert_eq!(
+        raw_tokens(&out.join("t_val_000000.bin")),
+        [50256, 15496, 995]
     );
 }
 

@@ -12,6 +12,12 @@
 //!
 //! Shards are filled to `shard_tokens` each (documents may straddle two shards, as in llm.c), in
 //! input order, so the output is the same on any number of cores.
+//!
+//! A run is all or nothing. Every input is checked to be UTF-8 before any is tokenized, so a bad
+//! file is named in a second, not after the files before it took their minutes. Shards are written
+//! to a hidden staging folder in `out_dir` and moved beside any earlier ones only when every split
+//! is complete; a failed run removes its staging folder, and `--overwrite` removes the old shards
+//! only then, so a failure (a full disk, a bad file) leaves the old shards as they were.
 
 use super::error::DataError;
 use super::progress::Progress;
@@ -84,14 +90,36 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
     let files = list_input_files(&config.inputs)?;
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
-    clear_old_shards(&config.out_dir, &config.name, config.overwrite)?;
+    let old_shards = old_shards(&config.out_dir, &config.name, config.overwrite)?;
+    let start = Instant::now();
+    check_utf8(&files)?;
 
+    let staging = Staging::create(&config.out_dir, &config.name)?;
+    let (summary, staged) = tokenize_into(config, &files, &staging.dir)?;
+    for path in old_shards {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing old shard {}", path.display()))?;
+    }
+    staging.publish(&staged, &config.out_dir)?;
+    Ok(TokenizeSummary {
+        seconds: start.elapsed().as_secs_f64(),
+        ..summary
+    })
+}
+
+/// Tokenizes `files` into shards in `dir`: the summary and the shards' file names.
+fn tokenize_into(
+    config: &TokenizeConfig,
+    files: &[(PathBuf, u64)],
+    dir: &Path,
+) -> Result<(TokenizeSummary, Vec<String>)> {
     let start = Instant::now();
     let total_bytes = files.iter().map(|(_, len)| len).sum();
     let progress = Progress::new(total_bytes);
-    let mut writers = [Split::Train, Split::Val, Split::Test].map(|s| ShardWriter::new(config, s));
+    let mut writers =
+        [Split::Train, Split::Val, Split::Test].map(|s| ShardWriter::new(config, dir, s));
     let mut free_documents = 0; // documents not pinned to a split by their file name, so far
-    for group in group_files(&files) {
+    for group in group_files(files) {
         let texts = read_texts(group)?;
         let documents = assign_splits(group, &texts, &mut free_documents, config.val_fraction);
         let tokens: Vec<Vec<u16>> = documents
@@ -110,7 +138,8 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
         progress.advance(text_bytes - documents.iter().map(|(_, t)| t.len() as u64).sum::<u64>());
     }
     progress.finish();
-    let [train, val, test] = writers.map(|w| w.finish());
+    let mut staged = Vec::new();
+    let [train, val, test] = writers.map(|w| w.finish(&mut staged));
     let summary = TokenizeSummary {
         train: train?,
         val: val?,
@@ -123,7 +152,51 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
     if summary.train.tokens == 0 {
         eprintln!("warning: no training documents: every document went to val or test");
     }
-    Ok(summary)
+    Ok((summary, staged))
+}
+
+/// Every input is UTF-8, or an error naming each file that is not (the first few) and where.
+fn check_utf8(files: &[(PathBuf, u64)]) -> Result<()> {
+    let check = |(path, len): &(PathBuf, u64)| -> Result<Option<DataError>, DataError> {
+        if *len == 0 {
+            return Ok(None); // nothing to map, and nothing to get wrong
+        }
+        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        // SAFETY: read-only; an input changed under the scan is caught again when it is read.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
+        Ok(wikitext::as_utf8(path, &map).err())
+    };
+    let invalid: Vec<DataError> = files
+        .par_iter()
+        .map(check)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    match invalid.len() {
+        0 => Ok(()),
+        1 => Err(invalid.into_iter().next().unwrap().into()),
+        n => {
+            const LISTED: usize = 10;
+            let mut message = format!(
+                "{n} of the {} input files are not UTF-8 text; convert them (e.g. with iconv) or \
+                 remove them, then run again (nothing was written):",
+                files.len()
+            );
+            for err in invalid.iter().take(LISTED) {
+                if let DataError::InvalidUtf8 { path, offset } = err {
+                    message += &format!(
+                        "\n  {}: invalid UTF-8 at byte offset {offset}",
+                        path.display()
+                    );
+                }
+            }
+            if n > LISTED {
+                message += &format!("\n  and {} more", n - LISTED);
+            }
+            bail!(message)
+        }
+    }
 }
 
 /// Each document of a group's files with its split, in input order; `free_documents` counts the
@@ -237,13 +310,10 @@ fn read_texts(group: &[(PathBuf, u64)]) -> Result<Vec<String>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-fn shard_path(out_dir: &Path, name: &str, split: Split, index: usize) -> PathBuf {
-    out_dir.join(format!("{name}_{}_{index:06}.bin", split.name()))
-}
-
-/// Refuses to mix a new run's shards with an old run's (a shorter run would leave stale shards that
-/// a `*` pattern still matches), unless told to remove them.
-fn clear_old_shards(out_dir: &Path, name: &str, overwrite: bool) -> Result<()> {
+/// This name's shards already in `out_dir`, which a successful run replaces when `overwrite`; else
+/// a refusal if there are any (a shorter run would leave stale shards that a `*` pattern still
+/// matches).
+fn old_shards(out_dir: &Path, name: &str, overwrite: bool) -> Result<Vec<PathBuf>> {
     let mut old = Vec::new();
     for split in [Split::Train, Split::Val, Split::Test] {
         let pattern = out_dir.join(format!("{name}_{}_*.bin", split.name()));
@@ -251,35 +321,68 @@ fn clear_old_shards(out_dir: &Path, name: &str, overwrite: bool) -> Result<()> {
             old.extend(set);
         }
     }
-    if old.is_empty() {
-        return Ok(());
-    }
-    if !overwrite {
+    if !old.is_empty() && !overwrite {
         bail!(
             "{} already holds {} shard(s) named {name}_*: pass --overwrite to replace them, or choose another --out or --name",
             out_dir.display(),
             old.len()
         );
     }
-    for path in old {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing old shard {}", path.display()))?;
+    Ok(old)
+}
+
+/// The hidden folder a run writes its shards to, removed when dropped: a run that fails (or returns
+/// early) leaves nothing behind. One left by an interrupted run is removed by the next.
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn create(out_dir: &Path, name: &str) -> Result<Staging> {
+        let dir = out_dir.join(format!(".{name}.tokenizing"));
+        if dir.exists() {
+            eprintln!(
+                "tokenize: removing {}, left by an interrupted run",
+                dir.display()
+            );
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Staging { dir })
     }
-    Ok(())
+
+    /// Moves the shards named `staged` into `out_dir` (a rename: the same file system).
+    fn publish(self, staged: &[String], out_dir: &Path) -> Result<()> {
+        for name in staged {
+            let (from, to) = (self.dir.join(name), out_dir.join(name));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Empty after a publish; holds the partial shards after a failure.
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
 }
 
 /// Fills one split's shards to `shard_tokens` each, in order.
 struct ShardWriter<'a> {
     config: &'a TokenizeConfig,
+    dir: &'a Path,
     split: Split,
     buffer: Vec<u16>,
     counts: SplitCounts,
 }
 
 impl<'a> ShardWriter<'a> {
-    fn new(config: &'a TokenizeConfig, split: Split) -> Self {
+    fn new(config: &'a TokenizeConfig, dir: &'a Path, split: Split) -> Self {
         ShardWriter {
             config,
+            dir,
             split,
             buffer: Vec::new(),
             counts: SplitCounts::default(),
@@ -302,22 +405,25 @@ impl<'a> ShardWriter<'a> {
     }
 
     fn flush(&mut self) -> Result<(), DataError> {
-        let path = shard_path(
-            &self.config.out_dir,
-            &self.config.name,
-            self.split,
-            self.counts.shards,
-        );
-        write_shard(&path, &self.buffer)?;
+        write_shard(
+            &self.dir.join(self.shard_name(self.counts.shards)),
+            &self.buffer,
+        )?;
         self.buffer.clear();
         self.counts.shards += 1;
         Ok(())
     }
 
-    fn finish(mut self) -> Result<SplitCounts, DataError> {
+    fn shard_name(&self, index: usize) -> String {
+        format!("{}_{}_{index:06}.bin", self.config.name, self.split.name())
+    }
+
+    /// Writes the last, partly filled shard; adds the names of all this split's shards to `names`.
+    fn finish(mut self, names: &mut Vec<String>) -> Result<SplitCounts, DataError> {
         if !self.buffer.is_empty() {
             self.flush()?;
         }
+        names.extend((0..self.counts.shards).map(|i| self.shard_name(i)));
         Ok(self.counts)
     }
 }
