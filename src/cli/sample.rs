@@ -33,7 +33,8 @@ pub struct Args {
     /// Seed of the draws (the same seed, prompt and model give the same text)
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Tokens of context the model sees [default: the model's context, at most prompt + --tokens]
+    /// Tokens of context the model sees (the window; when it is full it restarts from its last
+    /// half) [default: the model's context, at most prompt + --tokens]
     #[arg(long)]
     context: Option<usize>,
     /// Keep going after <|endoftext|> (a new document starts)

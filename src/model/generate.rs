@@ -50,8 +50,11 @@ impl Sampling {
 /// Continues `prompt` (non-empty token ids) by `new_tokens`, calling `emit` with each as it is
 /// chosen; stops early after a token `stop` returns true for. Each token sees at most the last
 /// `model.seq()` tokens, in the batch's first sequence. Within that window each new token is one
-/// `Gpt::decode` row against the earlier tokens' cached k and v; past it the window slides, and
-/// its positions change, so each token's window is computed anew. Returns the generated tokens.
+/// `Gpt::decode` row against the earlier tokens' cached k and v. When the window is full it
+/// restarts from its last half (⌈window/2⌉ tokens, computed anew: GPT-2's positions are absolute,
+/// so the cached rows do not carry over) and fills again a row a token, as llama.cpp's context
+/// shift does: past the window a token sees between half a window and a window of context, and
+/// costs a row, not a whole window's forward. Returns the generated tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     b: &B,
@@ -70,11 +73,12 @@ pub fn generate<B: Backend>(
     let (window, vocab) = (model.seq(), model.config().vocab_size);
     let padded = model.config().padded_vocab;
     let mut tokens = prompt.to_vec();
-    // The window is tokens[first..]; its positions 0..computed are in the model's activations.
-    let (mut first, mut computed) = (0, 0);
+    // The window is tokens[first..]; its positions 0..computed are in the model's activations. A
+    // prompt longer than the window starts it full.
+    let (mut first, mut computed) = (prompt.len().saturating_sub(window), 0);
     for _ in 0..new_tokens {
         if tokens.len() - first > window {
-            (first, computed) = (tokens.len() - window, 0);
+            (first, computed) = (tokens.len() - window.div_ceil(2), 0);
         }
         model.decode(b, &tokens[first + computed..], computed)?;
         computed = tokens.len() - first;
@@ -140,12 +144,14 @@ mod tests {
         }
     }
 
-    /// Greedy generation through the sliding window picks at each step the argmax of a
-    /// model built for exactly the last min(len, window) tokens, with no padding.
+    /// Greedy generation through the sliding window: each token's logits are those of a model
+    /// built for exactly its window's tokens, with no padding (all of them up to `window`, then,
+    /// whenever the window would pass `window`, the last ⌈window/2⌉ and on from there), and the
+    /// token is their argmax.
     #[test]
-    fn greedy_generation_matches_unpadded_forwards_of_each_context() {
+    fn greedy_generation_matches_exact_forwards_of_each_window() {
         let (cfg, window) = (micro(), 4);
-        // Large weights, the same in every model, make the argmax depend on the whole context.
+        // Large weights, the same in every model, so that the window's tokens move the logits.
         let big = Rng::new(9).normal_vec(Gpt::new(&Cpu, cfg, 1, 1, 5).unwrap().layout().len(), 0.5);
         let model_for = |batch, seq| {
             let mut m = Gpt::new(&Cpu, cfg, batch, seq, 5).unwrap();
@@ -179,19 +185,68 @@ mod tests {
         assert_eq!(out.len(), 7);
         assert_eq!(out, emitted);
 
-        let mut tokens = prompt.clone();
-        for &got in &out {
-            let context = &tokens[tokens.len().saturating_sub(window)..];
+        // The logits after `context`, from a model built for exactly its length.
+        let exact_logits = |context: &[u32]| {
             let mut exact = model_for(1, context.len());
             exact.forward(&Cpu, context, None).unwrap();
             let all = Cpu.download(exact.logits()).unwrap();
-            let last = &all[(context.len() - 1) * cfg.padded_vocab..][..cfg.vocab_size];
-            let want = (0..last.len())
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]))
-                .unwrap();
-            assert_eq!(got as usize, want, "after {tokens:?}");
-            tokens.push(got);
-        }
+            all[(context.len() - 1) * cfg.padded_vocab..][..cfg.vocab_size].to_vec()
+        };
+        // Generates 1, 2, ... tokens after `prompt` and checks each last token's logits, which the
+        // generating model holds at the end, against the exact model of its window (the greedy
+        // choice alone seldom depends on more than the last few tokens). Returns the tokens and
+        // the windows' lengths.
+        let check_windows = |model: &mut Gpt<Cpu>, prompt: &[u32], n: usize| {
+            let mut tokens = prompt.to_vec();
+            let mut first = prompt.len().saturating_sub(window); // the window's first token
+            let mut lengths = Vec::new();
+            for made in 1..=n {
+                if tokens.len() - first > window {
+                    first = tokens.len() - 2; // ⌈4/2⌉
+                }
+                let context = &tokens[first..];
+                let out = generate(
+                    &Cpu,
+                    model,
+                    prompt,
+                    made,
+                    greedy,
+                    &mut Rng::new(1),
+                    never,
+                    |_| Ok(()),
+                );
+                let out = out.unwrap();
+                assert_eq!(
+                    out[..made - 1],
+                    tokens[prompt.len()..],
+                    "greedy: the same prefix"
+                );
+                let logits = Cpu.download(model.logits()).unwrap();
+                let got = &logits[(context.len() - 1) * cfg.padded_vocab..][..cfg.vocab_size];
+                let want = exact_logits(context);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    err < 1e-4,
+                    "after {tokens:?} ({lengths:?}): logits off by {err}"
+                );
+                let argmax = (0..want.len())
+                    .max_by(|&a, &b| want[a].total_cmp(&want[b]))
+                    .unwrap();
+                assert_eq!(out[made - 1] as usize, argmax, "after {tokens:?}");
+                lengths.push(context.len());
+                tokens.push(out[made - 1]);
+            }
+            (tokens.split_off(prompt.len()), lengths)
+        };
+        let (checked, lengths) = check_windows(&mut model, &prompt, 7);
+        assert_eq!((checked, lengths), (out.clone(), vec![2, 3, 4, 2, 3, 4, 2]));
+        // A prompt longer than the window: the first token sees a whole window.
+        let long = random_tokens(6, cfg.vocab_size, 4);
+        assert_eq!(check_windows(&mut model, &long, 3).1, [4, 2, 3]);
         // A model built for a batch generates in its first row: the same tokens.
         let mut batched = model_for(3, window);
         let rows = generate(
