@@ -83,7 +83,7 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
     let emit = |t: u32| -> Result<()> {
         let bytes = match t == u32::from(EOT_TOKEN) {
             true => b"\n<|endoftext|>\n".to_vec(),
-            false => tokenizer::gpt2().decode_bytes(&[t]).unwrap_or_default(),
+            false => tokenizer::decode_bytes(&[t]).unwrap_or_default(),
         };
         out.write_all(&bytes)?;
         out.flush()?;

@@ -4,16 +4,23 @@
 use super::shard::EOT_TOKEN;
 use tiktoken_rs::CoreBPE;
 
-/// The GPT-2 tokenizer, loaded once per process (about 0.1–0.3 s to build its tables).
-pub fn gpt2() -> &'static CoreBPE {
-    tiktoken_rs::r50k_base_singleton()
+thread_local! {
+    /// The GPT-2 tokenizer, one per thread that tokenizes (about 0.1–0.3 s to build its tables).
+    /// Not one per process: the tokenizer's regex keeps state (lazy DFA caches, a backtracking VM's
+    /// program) behind shared pointers that its clones share too, and threads sharing one spend
+    /// more time on that than on tokenizing (`tokenize` on 2 threads used twice the CPU of 1).
+    static GPT2: CoreBPE = tiktoken_rs::r50k_base().expect("tiktoken-rs's r50k_base ships with the crate");
+}
+
+/// Runs `f` with this thread's GPT-2 tokenizer.
+fn with_gpt2<R>(f: impl FnOnce(&CoreBPE) -> R) -> R {
+    GPT2.with(f)
 }
 
 /// Token ids of `text` as ordinary text: a literal "<|endoftext|>" inside it is not the special token.
 pub fn encode(text: &str) -> Vec<u16> {
     // Every r50k_base id is < 50257 and so fits u16, which is what the shard format stores.
-    gpt2()
-        .encode_ordinary(text)
+    with_gpt2(|bpe| bpe.encode_ordinary(text))
         .into_iter()
         .map(|t| t as u16)
         .collect()
@@ -23,16 +30,22 @@ pub fn encode(text: &str) -> Vec<u16> {
 pub fn encode_document(text: &str) -> Vec<u16> {
     let mut tokens = Vec::with_capacity(text.len() / 3 + 1);
     tokens.push(EOT_TOKEN);
-    tokens.extend(gpt2().encode_ordinary(text).into_iter().map(|t| t as u16));
+    tokens.extend(encode(text));
     tokens
 }
 
 /// The text of token ids (lossy where a multi-byte character is split across ids).
 pub fn decode(tokens: &[u32]) -> String {
-    match gpt2().decode_bytes(tokens) {
+    match with_gpt2(|bpe| bpe.decode_bytes(tokens)) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => format!("<undecodable token {}>", e.token),
     }
+}
+
+/// The bytes of token ids (a multi-byte character may be split across ids), or None if one is
+/// not a GPT-2 token.
+pub fn decode_bytes(tokens: &[u32]) -> Option<Vec<u8>> {
+    with_gpt2(|bpe| bpe.decode_bytes(tokens)).ok()
 }
 
 #[cfg(test)]
