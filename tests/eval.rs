@@ -101,3 +101,55 @@ fn a_run_without_a_validation_split_asks_for_data() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--stride S`: every token of the validation shard but its first is scored once (the count its
+/// header gives, less one), at S = --seq (disjoint windows and the tail) and S < --seq alike;
+/// without it, disjoint whole batches as training validates. A stride past --seq, or 0, is
+/// refused.
+#[test]
+fn a_stride_scores_every_token_of_the_split() {
+    let dir = tmp("eval-stride");
+    let data = wiki_shards(&dir);
+    let run = dir.join("run");
+    let o = train(
+        &run,
+        &["--steps", "2", "--eval-every", "0", "--data", &data],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let val = data.replace("_train_", "_val_");
+    let header = std::fs::read(val.replace('*', "000000")).unwrap();
+    let val_tokens = i32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+    let r = run.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let base = [
+            "eval", "--ckpt", r, "--data", &val, "--seq", "16", "--batch", "2",
+        ];
+        lowrank(&[&base[..], extra].concat())
+    };
+    for stride in ["16", "5"] {
+        let o = eval(&["--stride", stride]);
+        assert!(o.status.success(), "{}", text(&o));
+        let want = format!("on {} tokens of", val_tokens - 1);
+        let says = text(&o);
+        assert!(
+            says.contains(&want) && says.contains(&format!("stride {stride})")),
+            "{says}"
+        );
+    }
+    let disjoint = text(&eval(&[]));
+    let windows = (val_tokens - 1) / 16 / 2 * 2; // whole batches of 2 windows of 16
+    let want = format!("on {} tokens of", windows * 16);
+    assert!(
+        disjoint.contains(&want) && disjoint.contains("disjoint)"),
+        "{disjoint}"
+    );
+    let o = eval(&["--stride", "17"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("--stride 17: must be 1 to the sequence length 16"),
+        "{}",
+        text(&o)
+    );
+    assert!(!eval(&["--stride", "0"]).status.success());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -31,6 +31,13 @@ pub struct Args {
     /// Evaluate at most this many batches [default: the whole split]
     #[arg(long)]
     max_batches: Option<usize>,
+    /// Score every token of the split once, in windows of --seq tokens that start S tokens
+    /// apart, each scoring only its tokens the window before did not: every token but the first
+    /// has at least seq − S tokens of context (Hugging Face's sliding-window perplexity; S = --seq
+    /// is the disjoint windows, each shard's tail included). Without it: disjoint windows, whole
+    /// batches only, as training's validation loss
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    stride: Option<u64>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
 }
@@ -57,22 +64,30 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         .or(run.as_ref().map(|cfg| cfg.seq))
         .unwrap_or(ck.config.max_seq);
     let mut model = Gpt::from_checkpoint(b, &ck, a.batch, seq)?;
-    let shape = BatchShape {
-        batch: a.batch,
-        seq_len: seq,
+    let max_batches = a.max_batches.unwrap_or(usize::MAX);
+    let (scored, how) = match a.stride {
+        Some(stride) => {
+            let stride = stride as usize;
+            let scored = evaluate::sliding_loss(b, &mut model, &set, stride, max_batches)?;
+            (scored, format!("stride {stride}"))
+        }
+        None => {
+            let shape = BatchShape {
+                batch: a.batch,
+                seq_len: seq,
+            };
+            let scored = evaluate::mean_loss(b, &mut model, &set, shape, max_batches, true)?;
+            (scored, "disjoint".to_string())
+        }
     };
-    let loss = evaluate::mean_loss(
-        b,
-        &mut model,
-        &set,
-        shape,
-        a.max_batches.unwrap_or(usize::MAX),
-    )?;
     println!(
-        "{}: loss {loss:.4}, perplexity {:.3} on {}, {seq} tokens a sequence",
+        "{}: loss {:.4}, perplexity {:.3} on {} tokens of {} ({} windows of {seq} tokens, {how})",
         a.ckpt.display(),
-        loss.exp(),
-        set.describe()
+        scored.loss,
+        scored.loss.exp(),
+        scored.tokens,
+        set.describe(),
+        scored.windows,
     );
     Ok(())
 }

@@ -31,6 +31,7 @@ mod pipeline;
 mod progress;
 mod shard;
 mod shardset;
+mod sliding;
 pub mod tokenizer;
 mod wikitext;
 
@@ -44,4 +45,5 @@ pub use shard::{
     validate, write_shard, EOT_TOKEN, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, VOCAB_SIZE,
 };
 pub use shardset::{Shard, ShardSet, Split};
+pub use sliding::{copy_window, sliding_windows, SlidingWindow};
 pub use wikitext::{article_title, split_documents, Document};

@@ -188,27 +188,20 @@ impl<B: Backend> Gpt<B> {
         inputs: &[u32],
         targets: Option<&[u32]>,
     ) -> Result<Option<f32>> {
-        self.check_tokens("inputs", inputs)?;
-        if let Some(t) = targets {
-            self.check_tokens("targets", t)?;
-        }
-        self.has_loss_gradient = false;
-        self.inputs.clear();
-        self.inputs.extend_from_slice(inputs);
-        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
-        self.decoded = 0;
-        forward(
-            b,
-            &self.layout,
-            w,
-            &mut self.lowrank,
-            &mut self.acts,
-            inputs,
-            Rows::All,
-        )?;
         let Some(targets) = targets else {
+            self.forward_inputs(b, inputs)?;
             return Ok(None);
         };
+        let losses = self.forward_losses(b, inputs, targets)?;
+        let sum: f64 = losses.iter().map(|&x| x as f64).sum();
+        Ok(Some((sum / losses.len() as f64) as f32))
+    }
+
+    /// `forward` with targets, returning each position's cross-entropy (B·T, row-major) instead of
+    /// their mean: for an evaluation that scores some positions only.
+    pub fn forward_losses(&mut self, b: &B, inputs: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens("targets", targets)?;
+        self.forward_inputs(b, inputs)?;
         let a = &mut self.acts;
         let (tokens, vocab) = (a.shape.tokens(), self.config.vocab_size);
         let shape = MatShape::new(tokens, a.padded_vocab);
@@ -222,9 +215,26 @@ impl<B: Backend> Gpt<B> {
         )?;
         let losses = b.download(a.losses.all())?;
         self.has_loss_gradient = true;
-        Ok(Some(
-            (losses.iter().map(|&x| x as f64).sum::<f64>() / tokens as f64) as f32,
-        ))
+        Ok(losses)
+    }
+
+    /// The forward of `inputs` up to the logits.
+    fn forward_inputs(&mut self, b: &B, inputs: &[u32]) -> Result<()> {
+        self.check_tokens("inputs", inputs)?;
+        self.has_loss_gradient = false;
+        self.inputs.clear();
+        self.inputs.extend_from_slice(inputs);
+        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        self.decoded = 0;
+        forward(
+            b,
+            &self.layout,
+            w,
+            &mut self.lowrank,
+            &mut self.acts,
+            inputs,
+            Rows::All,
+        )
     }
 
     /// Runs the network on positions `start`..`start + tokens.len()` of the batch's first

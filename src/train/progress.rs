@@ -5,26 +5,39 @@ use std::io::IsTerminal;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// What is counted: "step" (training), "batch" (evaluation).
+    unit: &'static str,
     /// Without a bar, print a line every this many steps.
     every: u32,
 }
 
 impl Progress {
+    /// Training's progress: `total` steps, from step `start`.
     pub fn new(start: u32, total: u32) -> Self {
+        Self::counting("step", start, total)
+    }
+
+    /// Progress over `total` of `unit` (a noun: "batch"), from `start`.
+    pub fn counting(unit: &'static str, start: u32, total: u32) -> Self {
         let every = (total / 50).max(1);
         if !std::io::stderr().is_terminal() {
-            return Progress { bar: None, every };
+            return Progress {
+                bar: None,
+                unit,
+                every,
+            };
         }
         let bar = bar_at(start, total, ProgressDrawTarget::stderr());
+        let template =
+            format!("{{bar:30.cyan/blue}} {unit} {{pos}}/{{len}} {{msg}} [{{elapsed_precise}}<{{eta_precise}}]");
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(&template)
+                .expect("a valid template")
+                .progress_chars("=> "),
         );
         Progress {
             bar: Some(bar),
+            unit,
             every,
         }
     }
@@ -36,11 +49,11 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(line.to_string());
                 if force_line {
-                    bar.println(format!("step {step}/{total} {line}"));
+                    bar.println(format!("{} {step}/{total} {line}", self.unit));
                 }
             }
             None if force_line || step.is_multiple_of(self.every) || step == total => {
-                eprintln!("step {step}/{total} {line}")
+                eprintln!("{} {step}/{total} {line}", self.unit)
             }
             None => {}
         }

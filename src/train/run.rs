@@ -306,7 +306,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let val_loss = match (&val_set, eval_now) {
             (Some(val), true) => Some({
                 let _eval = profile::range(|| "eval".into());
-                evaluate::mean_loss(b, &mut model, val, shape, cfg.eval_batches)?
+                evaluate::mean_loss(b, &mut model, val, shape, cfg.eval_batches, false)?.loss as f32
             }),
             _ => None,
         };
