@@ -40,6 +40,8 @@ def main():
     p.add_argument("--stride", type=int, help="score every token, in windows this many tokens apart")
     p.add_argument("--adapter", help="a PEFT LoRA adapter (`lowrank export --adapter`) to apply")
     a = p.parse_args()
+    if a.stride is not None and not 1 <= a.stride <= a.seq:
+        raise SystemExit(f"--stride {a.stride}: must be 1 to --seq {a.seq}")
 
     header = np.fromfile(a.shard, dtype=np.int32, count=HEADER_INTS)
     if header[0] != MAGIC:
@@ -51,7 +53,7 @@ def main():
 
         model = PeftModel.from_pretrained(model, a.adapter).eval()
     what = f"{a.model} + {a.adapter}" if a.adapter else a.model
-    if a.stride:
+    if a.stride is not None:  # every token: --windows does not apply
         loss, scored = sliding(model, tokens, a.seq, a.stride)
         print(f"{what}: loss {loss:.4f} on {scored} tokens of {a.shard}, stride {a.stride} "
               f"(transformers {model.__class__.__name__})")

@@ -3,10 +3,12 @@
 in a process pool, as llm.c's data scripts (dev/data/fineweb.py) and nanoGPT's prepare.py do, so the
 tokens/s are compared side by side; with --compare, also a check that both give the same tokens.
 
-Each file is one document, `<|endoftext|>` + encode_ordinary(text), files in path order, read
-without newline translation (as ours: "\\r\\n" stays two characters). Feed it files without WikiText
-article headers (` = Title = ` lines), which ours splits into documents and this does not. Timed
-from the first read to the tokens in memory, as ours times reading, tokenizing and writing shards.
+Each file is one document, `<|endoftext|>` + encode_ordinary(text), files in path order (by path
+component, as ours), read without newline translation (as ours: "\\r\\n" stays two characters); a
+whitespace-only file is no document, as in ours. Feed it files without WikiText article headers
+(` = Title = ` lines), which ours splits into documents and this does not. Timed from the pool's
+start (its processes' start-up and loading the ranks included) to the tokens in memory; ours is
+timed as a whole process, reading, tokenizing and writing shards.
 
 The BPE ranks are tiktoken-rs's copy of r50k_base (the same file tiktoken downloads, which this
 machine may not reach): --bpe, or found in cargo's registry.
@@ -47,7 +49,8 @@ def init_worker(bpe):
 
 def encode_file(path):
     with open(path, encoding="utf-8", newline="") as f:
-        return [EOT] + _encoding.encode_ordinary(f.read())
+        text = f.read()
+    return [EOT] + _encoding.encode_ordinary(text) if text.strip() else []
 
 
 def input_files(inputs):
@@ -58,7 +61,7 @@ def input_files(inputs):
             for root, dirs, names in os.walk(p):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 found += [os.path.join(root, n) for n in names if not n.startswith(".")]
-            files += sorted(found)
+            files += sorted(found, key=lambda p: p.split(os.sep))
         else:
             files.append(p)
     return files

@@ -404,3 +404,27 @@ fn shards_on_disk_feed_the_loader() {
     ];
     assert_eq!(batches, expected);
 }
+
+/// An --out folder inside an input folder is not read as input: a second run over the same
+/// folder with --overwrite tokenizes the same one document, not the first run's shards.
+#[test]
+fn an_output_folder_inside_an_input_is_skipped() {
+    let dir = scratch("out-inside");
+    let input = dir.join("texts");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "Hello world").unwrap();
+    let out = input.join("shards");
+    for _ in 0..2 {
+        let run = tokenize(&[path_str(&input), "--out", path_str(&out), "--overwrite"]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr),
+        );
+        assert!(run.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("tokenized 1 documents into 3 tokens"),
+            "{stdout}"
+        );
+    }
+    assert_eq!(file_names(&out), ["shards_val_000000.bin"]);
+}

@@ -104,8 +104,8 @@ fn a_run_without_a_validation_split_asks_for_data() {
 
 /// `--stride S`: every token of the validation shard but its first is scored once (the count its
 /// header gives, less one), at S = --seq (disjoint windows and the tail) and S < --seq alike;
-/// without it, disjoint whole batches as training validates. A stride past --seq, or 0, is
-/// refused.
+/// without it, disjoint whole batches as training validates. A stride past --seq, or 0, and no
+/// batches at all are refused.
 #[test]
 fn a_stride_scores_every_token_of_the_split() {
     let dir = tmp("eval-stride");
@@ -151,5 +151,8 @@ fn a_stride_scores_every_token_of_the_split() {
         text(&o)
     );
     assert!(!eval(&["--stride", "0"]).status.success());
+    assert!(!eval(&["--stride", "4", "--max-batches", "0"])
+        .status
+        .success());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -29,13 +29,14 @@ pub struct Args {
     #[arg(long)]
     seq: Option<usize>,
     /// Evaluate at most this many batches [default: the whole split]
-    #[arg(long)]
-    max_batches: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batches: Option<u64>,
     /// Score every token of the split once, in windows of --seq tokens that start S tokens
-    /// apart, each scoring only its tokens the window before did not: every token but the first
-    /// has at least seq − S tokens of context (Hugging Face's sliding-window perplexity; S = --seq
-    /// is the disjoint windows, each shard's tail included). Without it: disjoint windows, whole
-    /// batches only, as training's validation loss
+    /// apart, each scoring only its tokens the window before did not: past a shard's first window
+    /// a token has more than seq − S tokens of context (Hugging Face's sliding-window perplexity;
+    /// S = --seq is the disjoint windows, each shard's tail included; a shard of --seq tokens or
+    /// fewer is left out, with a warning). Without it: disjoint windows in whole batches, as
+    /// training's validation loss
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     stride: Option<u64>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
@@ -64,7 +65,7 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         .or(run.as_ref().map(|cfg| cfg.seq))
         .unwrap_or(ck.config.max_seq);
     let mut model = Gpt::from_checkpoint(b, &ck, a.batch, seq)?;
-    let max_batches = a.max_batches.unwrap_or(usize::MAX);
+    let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {
             let stride = stride as usize;

@@ -32,6 +32,7 @@ mod progress;
 mod shard;
 mod shardset;
 mod sliding;
+mod staging;
 pub mod tokenizer;
 mod wikitext;
 

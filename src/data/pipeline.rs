@@ -14,15 +14,16 @@
 //! input order, so the output is the same on any number of cores.
 //!
 //! A run is all or nothing. Every input is checked to be UTF-8 before any is tokenized, so a bad
-//! file is named in a second, not after the files before it took their minutes. Shards are written
-//! to a hidden staging folder in `out_dir` and moved beside any earlier ones only when every split
-//! is complete; a failed run removes its staging folder, and `--overwrite` removes the old shards
-//! only then, so a failure (a full disk, a bad file) leaves the old shards as they were.
+//! file is named before the files ahead of it take their minutes. Shards are written to a hidden
+//! staging folder in `out_dir` (`staging`) and replace the old ones (with `--overwrite`) only when
+//! every split is complete, so a failure (a full disk, a bad file) leaves the old shards as they
+//! were. An `out_dir` inside an input folder is not read as input.
 
 use super::error::DataError;
 use super::progress::Progress;
 use super::shard::write_shard;
 use super::shardset::Split;
+use super::staging::Staging;
 use super::{tokenizer, wikitext};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -40,7 +41,8 @@ pub struct TokenizeConfig {
     pub name: String,
     pub val_fraction: f64,
     pub shard_tokens: usize,
-    /// Remove this name's existing shards in `out_dir` instead of refusing to run.
+    /// Replace this name's existing shards in `out_dir` (once the new ones are complete) instead of
+    /// refusing to run.
     pub overwrite: bool,
 }
 
@@ -87,33 +89,33 @@ pub fn tokenize_files(config: &TokenizeConfig) -> Result<TokenizeSummary> {
             config.val_fraction
         );
     }
-    let files = list_input_files(&config.inputs)?;
+    let start = Instant::now();
+    // Refused at once, before the inputs are read; listed again under the lock below.
+    old_shards(&config.out_dir, &config.name, config.overwrite)?;
+    let files = list_input_files(&config.inputs, &config.out_dir)?;
+    check_utf8(&files)?;
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
-    let old_shards = old_shards(&config.out_dir, &config.name, config.overwrite)?;
-    let start = Instant::now();
-    check_utf8(&files)?;
-
     let staging = Staging::create(&config.out_dir, &config.name)?;
-    let (summary, staged) = tokenize_into(config, &files, &staging.dir)?;
-    for path in old_shards {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing old shard {}", path.display()))?;
-    }
-    staging.publish(&staged, &config.out_dir)?;
+    let old_shards = old_shards(&config.out_dir, &config.name, config.overwrite)?;
+    let (counts, staged) = tokenize_into(config, &files, staging.dir())?;
+    staging.replace(&old_shards, &staged, &config.out_dir)?;
+    let [train, val, test] = counts;
     Ok(TokenizeSummary {
+        train,
+        val,
+        test,
         seconds: start.elapsed().as_secs_f64(),
-        ..summary
     })
 }
 
-/// Tokenizes `files` into shards in `dir`: the summary and the shards' file names.
+/// Tokenizes `files` into shards in `dir`: what each split (train, val, test) received, and the
+/// shards' file names.
 fn tokenize_into(
     config: &TokenizeConfig,
     files: &[(PathBuf, u64)],
     dir: &Path,
-) -> Result<(TokenizeSummary, Vec<String>)> {
-    let start = Instant::now();
+) -> Result<([SplitCounts; 3], Vec<String>)> {
     let total_bytes = files.iter().map(|(_, len)| len).sum();
     let progress = Progress::new(total_bytes);
     let mut writers =
@@ -140,63 +142,60 @@ fn tokenize_into(
     progress.finish();
     let mut staged = Vec::new();
     let [train, val, test] = writers.map(|w| w.finish(&mut staged));
-    let summary = TokenizeSummary {
-        train: train?,
-        val: val?,
-        test: test?,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    if summary.train.tokens + summary.val.tokens + summary.test.tokens == 0 {
+    let counts = [train?, val?, test?];
+    if counts.iter().all(|c| c.tokens == 0) {
         bail!("the inputs hold no text (every file empty or whitespace)");
     }
-    if summary.train.tokens == 0 {
+    if counts[0].tokens == 0 {
         eprintln!("warning: no training documents: every document went to val or test");
     }
-    Ok((summary, staged))
+    Ok((counts, staged))
 }
 
-/// Every input is UTF-8, or an error naming each file that is not (the first few) and where.
+/// Every input is UTF-8, or an error naming each file that is not (the first ten) and where.
 fn check_utf8(files: &[(PathBuf, u64)]) -> Result<()> {
-    let check = |(path, len): &(PathBuf, u64)| -> Result<Option<DataError>, DataError> {
-        if *len == 0 {
-            return Ok(None); // nothing to map, and nothing to get wrong
-        }
-        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-        // SAFETY: read-only; an input changed under the scan is caught again when it is read.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
-        Ok(wikitext::as_utf8(path, &map).err())
-    };
-    let invalid: Vec<DataError> = files
-        .par_iter()
-        .map(check)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    match invalid.len() {
-        0 => Ok(()),
-        1 => Err(invalid.into_iter().next().unwrap().into()),
-        n => {
-            const LISTED: usize = 10;
-            let mut message = format!(
-                "{n} of the {} input files are not UTF-8 text; convert them (e.g. with iconv) or \
-                 remove them, then run again (nothing was written):",
-                files.len()
-            );
-            for err in invalid.iter().take(LISTED) {
-                if let DataError::InvalidUtf8 { path, offset } = err {
-                    message += &format!(
-                        "\n  {}: invalid UTF-8 at byte offset {offset}",
-                        path.display()
-                    );
-                }
-            }
-            if n > LISTED {
-                message += &format!("\n  and {} more", n - LISTED);
-            }
-            bail!(message)
-        }
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    if total > GROUP_BYTES {
+        let mib = total as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "tokenize: checking that {} files ({mib:.0} MiB) are UTF-8",
+            files.len()
+        );
     }
+    // Read, not memory-mapped: a file truncated under a map would kill the process with SIGBUS.
+    let first_invalid = |path: &Path| -> Result<Option<usize>, DataError> {
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        Ok(std::str::from_utf8(&bytes).err().map(|e| e.valid_up_to()))
+    };
+    let offsets = files
+        .par_iter()
+        .map(|(path, _)| first_invalid(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let invalid: Vec<(&Path, usize)> = files
+        .iter()
+        .zip(offsets)
+        .filter_map(|((path, _), offset)| Some((path.as_path(), offset?)))
+        .collect();
+    if invalid.is_empty() {
+        return Ok(());
+    }
+    const LISTED: usize = 10;
+    let (n, of) = (invalid.len(), files.len());
+    let mut message = match n {
+        1 => format!("1 of the {of} input files is not UTF-8 text; convert it (e.g. with iconv) or remove it"),
+        _ => format!("{n} of the {of} input files are not UTF-8 text; convert them (e.g. with iconv) or remove them"),
+    };
+    message += ", then run again (nothing was written):";
+    for (path, offset) in invalid.iter().take(LISTED) {
+        message += &format!(
+            "\n  {}: invalid UTF-8 at byte offset {offset}",
+            path.display()
+        );
+    }
+    if n > LISTED {
+        message += &format!("\n  and {} more", n - LISTED);
+    }
+    bail!(message)
 }
 
 /// Each document of a group's files with its split, in input order; `free_documents` counts the
@@ -242,16 +241,17 @@ pub fn pinned_split(path: &Path) -> Option<Split> {
     .find_map(|(prefix, split)| name.starts_with(prefix).then_some(split))
 }
 
-/// Every input file with its size: files as given, folders walked recursively; sorted by path
-/// within each folder, inputs in command-line order.
-fn list_input_files(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>> {
+/// Every input file with its size: files as given, folders walked recursively (but `out_dir`,
+/// whose shards are not text); sorted by path within each folder, inputs in command-line order.
+fn list_input_files(inputs: &[PathBuf], out_dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let out_dir = std::fs::canonicalize(out_dir).ok(); // none yet: nothing to skip
     let mut files = Vec::new();
     for input in inputs {
         let meta =
             std::fs::metadata(input).with_context(|| format!("input {}", input.display()))?;
         if meta.is_dir() {
             let mut found = Vec::new();
-            walk(input, &mut found)?;
+            walk(input, out_dir.as_deref(), &mut found)?;
             found.sort();
             files.extend(found);
         } else {
@@ -264,7 +264,10 @@ fn list_input_files(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-fn walk(dir: &Path, found: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+fn walk(dir: &Path, skip: Option<&Path>, found: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+    if skip.is_some() && std::fs::canonicalize(dir).ok().as_deref() == skip {
+        return Ok(());
+    }
     for entry in
         std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?
     {
@@ -275,7 +278,7 @@ fn walk(dir: &Path, found: &mut Vec<(PathBuf, u64)>) -> Result<()> {
         let path = entry.path();
         let meta = std::fs::metadata(&path).with_context(|| format!("input {}", path.display()))?;
         if meta.is_dir() {
-            walk(&path, found)?;
+            walk(&path, skip, found)?;
         } else {
             found.push((path, meta.len()));
         }
@@ -329,44 +332,6 @@ fn old_shards(out_dir: &Path, name: &str, overwrite: bool) -> Result<Vec<PathBuf
         );
     }
     Ok(old)
-}
-
-/// The hidden folder a run writes its shards to, removed when dropped: a run that fails (or returns
-/// early) leaves nothing behind. One left by an interrupted run is removed by the next.
-struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    fn create(out_dir: &Path, name: &str) -> Result<Staging> {
-        let dir = out_dir.join(format!(".{name}.tokenizing"));
-        if dir.exists() {
-            eprintln!(
-                "tokenize: removing {}, left by an interrupted run",
-                dir.display()
-            );
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Staging { dir })
-    }
-
-    /// Moves the shards named `staged` into `out_dir` (a rename: the same file system).
-    fn publish(self, staged: &[String], out_dir: &Path) -> Result<()> {
-        for name in staged {
-            let (from, to) = (self.dir.join(name), out_dir.join(name));
-            std::fs::rename(&from, &to)
-                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // Empty after a publish; holds the partial shards after a failure.
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
 }
 
 /// Fills one split's shards to `shard_tokens` each, in order.

@@ -1,11 +1,13 @@
-//! Sliding-window evaluation: every token of a split scored once, each with at least T − S tokens
-//! of context (Hugging Face's "perplexity of fixed-length models" with a stride S).
+//! Sliding-window evaluation: every token of a split scored once, each past its shard's first
+//! window with more than T − S tokens of context (Hugging Face's "perplexity of fixed-length
+//! models" with a stride S).
 //!
 //! In each shard of n ≥ T+1 tokens, window k holds the T+1 tokens from s_k = min(k·S, n−1−T) (inputs
 //! its first T, targets its last T). The first window scores all its T targets; each later one
 //! scores only the targets past the previous window's last, so every token but the shard's first
-//! is scored exactly once, and a scored target has at least T − S tokens before it in its window
-//! (the last window, moved back to end at the shard's end, has more). Windows never span shards;
+//! is scored exactly once, and a target scored by a later window has at least T − S + 1 tokens
+//! of its shard before it in the window (the last window, moved back to end at the shard's end,
+//! gives more). Windows never span shards;
 //! a shard of T tokens or fewer has no full window and is left out. S = T scores the disjoint
 //! windows of evaluation during training plus each shard's tail.
 

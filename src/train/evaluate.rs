@@ -80,6 +80,18 @@ pub fn sliding_loss<B: Backend>(
         "--stride {stride}: must be 1 to the sequence length {seq}"
     );
     let windows = sliding_windows(set, seq, stride);
+    let short = set
+        .shards()
+        .iter()
+        .filter(|s| s.tokens().len() <= seq)
+        .count();
+    if short > 0 && !windows.is_empty() {
+        eprintln!(
+            "warning: {short} of {} shards hold {seq} tokens or fewer, no whole window of {}: left out",
+            set.shards().len(),
+            seq + 1
+        );
+    }
     ensure!(
         !windows.is_empty(),
         "no shard of {} holds more than {seq} tokens, a window's {}: use a shorter --seq",
