@@ -428,3 +428,58 @@ fn an_output_folder_inside_an_input_is_skipped() {
     }
     assert_eq!(file_names(&out), ["shards_val_000000.bin"]);
 }
+
+/// Ctrl-C (SIGINT) while tokenizing stops the run within a document's work: it says so, exits as
+/// a process killed by SIGINT would (130), and leaves the old shards as they were, with no
+/// staging folder or lock behind.
+#[cfg(unix)]
+#[test]
+fn an_interrupt_writes_nothing_and_keeps_the_old_shards() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("sigint");
+    let out = dir.join("out");
+    let old = write_old_shards(&dir, &out, "out");
+    let input = dir.join("texts");
+    std::fs::create_dir_all(&input).unwrap();
+    // 200 files of 120 kB, ~5 s of work on 2 cores: the interrupt comes at the first 10 %.
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(2_700);
+    for i in 0..200 {
+        std::fs::write(input.join(format!("{i:03}.txt")), &text).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lowrank"))
+        .args([
+            "tokenize",
+            "--overwrite",
+            "--out",
+            path_str(&out),
+            path_str(&input),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("tokenize: 10%") {
+        assert!(
+            stderr.read_line(&mut said).unwrap() > 0,
+            "ended first: {said}"
+        );
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    said += &rest;
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(said.contains("interrupted: nothing was written"), "{said}");
+    assert!(
+        !said.contains("100%"),
+        "the run finished before the interrupt: {said}"
+    );
+    assert_holds(&out, &old);
+}

@@ -3,6 +3,8 @@
 use crate::data::{tokenize_files, TokenizeConfig};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -38,6 +40,16 @@ pub fn run(args: Args) -> Result<()> {
         Some(name) => name,
         None => default_name(&args.out)?,
     };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting now (the next run removes the staging folder)");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: stopping, writing nothing (Ctrl-C again to exit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
     let config = TokenizeConfig {
         inputs: args.inputs,
         out_dir: args.out,
@@ -45,9 +57,17 @@ pub fn run(args: Args) -> Result<()> {
         val_fraction: args.val_fraction,
         shard_tokens: args.shard_tokens as usize,
         overwrite: args.overwrite,
+        interrupted: interrupted.clone(),
     };
-    let summary = tokenize_files(&config)?;
-    println!("{}", summary.line(&config.out_dir));
+    match tokenize_files(&config) {
+        Ok(summary) => println!("{}", summary.line(&config.out_dir)),
+        // Interrupted, the run exits as a process killed by SIGINT would: 128 + 2.
+        Err(e) if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e),
+    }
     Ok(())
 }
 

@@ -28,6 +28,8 @@ use super::{tokenizer, wikitext};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Files are read and tokenized in groups of about this many bytes: big enough to keep every core
@@ -44,6 +46,9 @@ pub struct TokenizeConfig {
     /// Replace this name's existing shards in `out_dir` (once the new ones are complete) instead of
     /// refusing to run.
     pub overwrite: bool,
+    /// Set (by a Ctrl-C handler) to stop: the run ends with an error within a document's work,
+    /// writing nothing.
+    pub interrupted: Arc<AtomicBool>,
 }
 
 /// What one split received.
@@ -121,17 +126,28 @@ fn tokenize_into(
     let mut writers =
         [Split::Train, Split::Val, Split::Test].map(|s| ShardWriter::new(config, dir, s));
     let mut free_documents = 0; // documents not pinned to a split by their file name, so far
+    let interrupted = || config.interrupted.load(Ordering::Relaxed);
     for group in group_files(files) {
         let texts = read_texts(group)?;
         let documents = assign_splits(group, &texts, &mut free_documents, config.val_fraction);
         let tokens: Vec<Vec<u16>> = documents
             .par_iter()
             .map(|(_, text)| {
+                if interrupted() {
+                    return Vec::new(); // the run is over: skip the work
+                }
                 let ids = tokenizer::encode_document(text);
                 progress.advance(text.len() as u64);
                 ids
             })
             .collect();
+        if interrupted() {
+            progress.finish();
+            bail!(
+                "interrupted: nothing was written; {} holds what it held before",
+                config.out_dir.display()
+            );
+        }
         for ((split, _), ids) in documents.iter().zip(&tokens) {
             writers[split.index()].push(ids)?;
         }
