@@ -114,3 +114,24 @@ pub fn main() -> anyhow::Result<()> {
         Command::InitStudy(a) => init_study::run(a),
     }
 }
+
+/// The Ctrl-C handling of a long command: the first Ctrl-C sets the returned flag, which the
+/// command polls to stop cleanly, and prints `stopping`; a second prints `exiting` and exits at
+/// once with 130 (128 + SIGINT), as the signal would have.
+fn interrupt_flag(
+    stopping: &'static str,
+    exiting: &'static str,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("{exiting}");
+            std::process::exit(130);
+        }
+        eprintln!("{stopping}");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(interrupted)
+}

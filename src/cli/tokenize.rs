@@ -3,8 +3,7 @@
 use crate::data::{tokenize_files, TokenizeConfig};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -40,16 +39,10 @@ pub fn run(args: Args) -> Result<()> {
         Some(name) => name,
         None => default_name(&args.out)?,
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting now (the next run removes the staging folder)");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: stopping, writing nothing (Ctrl-C again to exit at once)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let interrupted = super::interrupt_flag(
+        "interrupt: stopping, writing nothing (Ctrl-C again to exit at once)",
+        "second interrupt: exiting now (the next run removes the staging folder)",
+    )?;
     let config = TokenizeConfig {
         inputs: args.inputs,
         out_dir: args.out,

@@ -11,12 +11,10 @@ pub use crate::train::config::Device;
 use crate::train::config::{default_lr, default_warmup};
 use crate::train::{self, checkpoint, RunOptions, SampleEvery, TrainConfig};
 use crate::util::profile::CaptureWindow;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::ArgMatches;
 use resume::on_command_line;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 mod resume;
 
@@ -318,16 +316,10 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
         ))
     };
     let out = a.resume.clone().or(a.out).unwrap_or_else(fresh);
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let interrupted = super::interrupt_flag(
+        "interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)",
+        "second interrupt: exiting without a checkpoint",
+    )?;
     let opts = RunOptions {
         out: out.clone(),
         resume: a.resume,
