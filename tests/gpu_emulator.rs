@@ -283,6 +283,33 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
             "loss {i}: {g} on the emulated GPU, {c} on cpu-bf16 (all: {gpu:?} vs {cpu:?})"
         );
     }
+    // The checkpoints' weights and moments, copied off the device, follow the CPU's: over each
+    // file (a tensor that started at zero, a bias, has moved by a few Adam steps, whose signs
+    // bf16 may flip, so it is not held alone), but for DLRA's orthonormal bases, which the two
+    // may turn differently within their span (seen: U·S·Vᵀ the same, U and V not).
+    let basis = |name: &str| name.ends_with(".lowrank_ut") || name.ends_with(".lowrank_vt");
+    for (file, bound) in [("model.safetensors", 1e-2), ("optimizer.safetensors", 5e-2)] {
+        let load = |device: &str| {
+            let path = out_dir.join(device).join("checkpoint-0000004").join(file);
+            lowrank::train::tensor_file::load(&path).unwrap().0
+        };
+        let (gpu, cpu) = (load("cuda"), load("cpu-bf16"));
+        let names = |ts: &[lowrank::train::tensor_file::HostTensor]| -> Vec<(String, Vec<usize>)> {
+            ts.iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect()
+        };
+        assert_eq!(names(&gpu), names(&cpu), "{file}");
+        let (mut diff, mut size) = (0.0f64, 0.0f64);
+        for (g, c) in gpu.iter().zip(&cpu).filter(|(g, _)| !basis(&g.name)) {
+            for (a, b) in g.data.iter().zip(&c.data) {
+                diff += ((a - b) as f64).powi(2);
+                size += (*b as f64).powi(2);
+            }
+        }
+        let rel = (diff / size).sqrt();
+        assert!(rel < bound, "{file}: |gpu − cpu| / |cpu| = {rel:.3e}");
+    }
 }
 
 /// `bench --smoke` on the emulated Hopper: every op family and, for the low-rank layer, every

@@ -15,14 +15,15 @@ const LORA_ALL: [&str; 6] = [
     "4",
 ];
 
-/// Trains 6 steps straight and as 3 + 3 with a resume; returns both runs' records.
+/// Trains 6 steps straight and as 3 + 3 with a resume; returns both runs' records. A checkpoint
+/// every step: the one resumed from is written into the memory of the snapshots before it.
 fn straight_and_resumed(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let (a, b) = (
         tmp(&format!("{name}-straight")),
         tmp(&format!("{name}-resumed")),
     );
     let with = |more: &[&'static str]| -> Vec<&str> {
-        let mut args = vec!["--steps", "6"];
+        let mut args = vec!["--steps", "6", "--checkpoint-every", "1"];
         args.extend_from_slice(extra);
         args.extend_from_slice(more);
         args

@@ -187,3 +187,46 @@ fn a_full_disk_at_a_checkpoint_stops_the_run_and_loses_nothing_written_before() 
     std::fs::remove_dir_all(&straight).ok();
     std::fs::remove_dir_all(&run).ok();
 }
+
+/// Periodic checkpoints are written behind the next steps: one that fails (a full disk) stops the
+/// run at a later step, naming that checkpoint and the intact one before it, and the resumed run
+/// still ends where the uninterrupted one did.
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_failing_behind_the_steps_stops_the_run_and_names_the_last_intact_one() {
+    let (straight, run) = (tmp("disk-behind-straight"), tmp("disk-behind"));
+    let every = ["--steps", "7", "--checkpoint-every", "2"];
+    let o = train(&straight, &every);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(&run, &[&every[..], &["--stop-at", "2"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Resumed on a full disk: step 4's checkpoint fails while steps 5.. run.
+    let dir = run.to_str().unwrap();
+    let o = train_on_a_full_disk(&[&every[..], &["--out", dir, "--resume", dir]].concat());
+    let said = text(&o);
+    assert!(!o.status.success(), "{said}");
+    for needle in [
+        "the checkpoint of step 4 could not be written, so the run stops",
+        "checkpoint-0000002, is intact",
+        "File too large",
+    ] {
+        assert!(said.contains(needle), "no {needle:?} in:\n{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("latest")).unwrap(),
+        "checkpoint-0000002"
+    );
+    let checkpoints: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints, ["checkpoint-0000002"], "{said}");
+
+    let o = train(&run, &[&every[..], &["--resume", dir]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(trajectory(&records(&straight)), trajectory(&records(&run)));
+    std::fs::remove_dir_all(&straight).ok();
+    std::fs::remove_dir_all(&run).ok();
+}

@@ -51,7 +51,14 @@ pub trait Backend {
     /// Copies host values into a window, rounding to the window's dtype.
     fn upload(&self, src: &[f32], dst: Mut<Self::Buf>) -> Result<()>;
     /// Copies a window to the host as f32 (waits for pending work).
-    fn download(&self, src: Ref<Self::Buf>) -> Result<Vec<f32>>;
+    fn download(&self, src: Ref<Self::Buf>) -> Result<Vec<f32>> {
+        let mut values = vec![0.0; src.len];
+        self.download_into(src, &mut values)?;
+        Ok(values)
+    }
+    /// Copies a window into host memory of its length as f32 (waits for pending work): memory
+    /// kept from an earlier copy is not faulted in again (a checkpoint's snapshot, every time).
+    fn download_into(&self, src: Ref<Self::Buf>, dst: &mut [f32]) -> Result<()>;
     /// Sets every element of a window to `value` (NaN poisons outputs in tests).
     fn fill(&self, dst: Mut<Self::Buf>, value: f32) -> Result<()>;
     /// Copies a window into another of the same length, converting dtype (f32 → bf16 rounds to nearest even).

@@ -74,7 +74,7 @@ pub struct Args {
     /// Validation batches per evaluation
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
-    /// Write a checkpoint every K steps (0: only at the end or on interruption)
+    /// Write a checkpoint every K steps (0: only at the end or on interruption); training pauses to copy the step's tensors off the device, and the files are written behind the next steps
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u32,
     /// Seed of the initialisation and the data order
@@ -338,8 +338,18 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
             .last_val_loss
             .map(|v| format!(", validation loss {v:.4} (ppl {:.2})", v.exp()))
             .unwrap_or_default();
+        let c = &summary.checkpoints;
+        let checkpoints = match c.written {
+            0 => String::new(),
+            n => format!(
+                "; {n} checkpoint{} ({:.1} s of writing, training paused {:.1} s for them)",
+                if n == 1 { "" } else { "s" },
+                c.writing.as_secs_f64(),
+                c.paused.as_secs_f64()
+            ),
+        };
         println!(
-            "done: {} steps, final training loss {:.4}{val}; metrics in {}, plot with `lowrank plot {}`",
+            "done: {} steps, final training loss {:.4}{val}{checkpoints}; metrics in {}, plot with `lowrank plot {}`",
             summary.step,
             summary.last_train_loss.unwrap_or(f32::NAN),
             out.join("metrics.jsonl").display(),

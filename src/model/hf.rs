@@ -9,7 +9,7 @@ use crate::lowrank::LowRankConfig;
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
-use crate::train::tensor_file::{self, HostTensor};
+use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -71,35 +71,34 @@ impl<B: Backend> Gpt<B> {
 
     /// Every parameter tensor with its HF name and shape (f32, on the host).
     pub fn to_hf_tensors(&self, b: &B) -> Result<Vec<HostTensor>> {
-        let host = b.download(self.params().all())?;
+        Ok(self.to_hf_flat(b, Vec::new())?.into_host_tensors())
+    }
+
+    /// Every parameter with its HF name and shape, in the one buffer they come off the device in:
+    /// `reuse`'s memory (a checkpoint's last snapshot's), grown if need be.
+    pub fn to_hf_flat(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
         let vocab = self.config().vocab_size;
-        Ok(self
-            .layout()
-            .tensors()
-            .iter()
-            .map(|t| {
-                let shape = hf_rows(&t.name, &t.shape, vocab);
-                let len: usize = shape.iter().product();
-                HostTensor {
-                    name: t.name.clone(),
-                    shape,
-                    data: host[t.offset..t.offset + len].to_vec(),
-                }
+        let spans = (self.layout().tensors().iter())
+            .map(|t| Span {
+                name: t.name.clone(),
+                shape: hf_rows(&t.name, &t.shape, vocab),
+                offset: t.offset,
             })
-            .collect())
+            .collect();
+        let (all, mut values) = (self.params().all(), reuse);
+        values.resize(all.len, 0.0);
+        b.download_into(all, &mut values)?;
+        Ok(FlatTensors { values, spans })
     }
 
     /// What a checkpoint stores: every parameter, except in LoRA, whose checkpoint holds its
     /// trained tensors alone (the factors, and the embeddings with --lora-embeddings), as a PEFT
     /// adapter does; `complete_lora` completes them from the base again.
-    pub fn checkpoint_tensors(&self, b: &B) -> Result<Vec<HostTensor>> {
-        let all = self.to_hf_tensors(b)?;
+    pub fn checkpoint_tensors(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
+        let all = self.to_hf_flat(b, reuse)?;
         Ok(match self.trained().base() {
             true => all,
-            false => (all.into_iter().enumerate())
-                .filter(|(i, _)| self.has_gradient(*i))
-                .map(|(_, t)| t)
-                .collect(),
+            false => all.retain(|i| self.has_gradient(i)),
         })
     }
 

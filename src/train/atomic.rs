@@ -4,11 +4,20 @@
 
 use anyhow::{Context, Result};
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Replaces `path` with `bytes` atomically.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |f| f.write_all(bytes))
+}
+
+/// Replaces `path` atomically with what `fill` writes (through a buffer): a file too large to be
+/// formed in memory first is streamed to its temporary, then renamed over `path`.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -22,11 +31,13 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let result = (|| -> Result<()> {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
+        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w)
+            .and_then(|()| w.flush())
             .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-        f.sync_all()
+        w.get_ref()
+            .sync_all()
             .with_context(|| format!("cannot flush {} to disk", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;

@@ -6,7 +6,7 @@
 
 use super::atomic;
 use super::config::TrainConfig;
-use super::tensor_file::{self, HostTensor};
+use super::tensor_file::{self, FlatTensors, HostTensor, TensorRef};
 use crate::data::LoaderPosition;
 use crate::lowrank::LiveRank;
 use anyhow::{Context, Result};
@@ -57,14 +57,18 @@ pub struct Checkpoint {
 /// latest one as it was.
 pub fn save(
     run_dir: &Path,
-    model: &[HostTensor],
-    m: Vec<f32>,
-    v: Vec<f32>,
+    model: &FlatTensors,
+    m: &[f32],
+    v: &[f32],
     state: &TrainState,
 ) -> Result<PathBuf> {
     let name = format!("checkpoint-{:07}", state.step);
     let dir = run_dir.join(&name);
     let previous = latest_dir(run_dir).ok().flatten();
+    if previous.as_deref() != Some(dir.as_path()) {
+        // What a write cut short (a killed process) left of this step's checkpoint.
+        fs::remove_dir_all(&dir).ok();
+    }
     let written = write_files(&dir, model, m, v, state)
         .and_then(|()| atomic::write(&run_dir.join(LATEST), name.as_bytes()));
     if let Err(e) = written {
@@ -83,9 +87,9 @@ pub fn save(
 /// The files of one checkpoint directory, each written atomically.
 fn write_files(
     dir: &Path,
-    model: &[HostTensor],
-    m: Vec<f32>,
-    v: Vec<f32>,
+    model: &FlatTensors,
+    m: &[f32],
+    v: &[f32],
     state: &TrainState,
 ) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -99,20 +103,13 @@ fn write_files(
     ) {
         meta.insert(LORA_BASE_KEY.to_string(), base.clone());
     }
-    tensor_file::save(&dir.join("model.safetensors"), model, meta)?;
-    let moments = [
-        HostTensor {
-            name: "adamw.m".into(),
-            shape: vec![m.len()],
-            data: m,
-        },
-        HostTensor {
-            name: "adamw.v".into(),
-            shape: vec![v.len()],
-            data: v,
-        },
-    ];
-    tensor_file::save(&dir.join("optimizer.safetensors"), &moments, HashMap::new())?;
+    tensor_file::save_views(&dir.join("model.safetensors"), model.views(), meta)?;
+    let shapes = [[m.len()], [v.len()]];
+    let moments = [("adamw.m", m), ("adamw.v", v)]
+        .into_iter()
+        .zip(&shapes)
+        .map(|((name, data), shape)| TensorRef { name, shape, data });
+    tensor_file::save_views(&dir.join("optimizer.safetensors"), moments, HashMap::new())?;
     atomic::write(
         &dir.join("state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),

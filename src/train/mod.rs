@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod checkpoint_writer;
 pub mod config;
 pub mod evaluate;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! AdamW with clipping and the LR schedule, evaluation, metrics, progress, checkpoints, Ctrl-C.
 
 use super::checkpoint::{self, TrainState};
+use super::checkpoint_writer::{CheckpointWriter, Snapshot, WriteFailed};
 use super::config::TrainConfig;
 use super::metrics::{MetricsWriter, StepRecord};
 use super::progress::Progress;
@@ -22,7 +23,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a run writes, and how it starts and stops.
 pub struct RunOptions {
@@ -54,6 +55,16 @@ pub struct RunSummary {
     pub last_train_loss: Option<f32>,
     pub last_val_loss: Option<f32>,
     pub interrupted: bool,
+    pub checkpoints: CheckpointCost,
+}
+
+/// What a run's checkpoints cost: training pauses to copy a step's tensors off the device (and,
+/// were the last checkpoint still being written, for that); the files are written behind it.
+#[derive(Debug, Default)]
+pub struct CheckpointCost {
+    pub written: u32,
+    pub paused: Duration,
+    pub writing: Duration,
 }
 
 /// The train and validation shard sets of a configuration.
@@ -217,8 +228,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         last_train_loss: None,
         last_val_loss: None,
         interrupted: false,
+        checkpoints: CheckpointCost::default(),
     };
+    let mut writer = CheckpointWriter::new(&opts.out);
     while step < cfg.steps {
+        // A checkpoint written behind the last steps that failed (a full disk) stops the run.
+        writer.poll().map_err(|f| checkpoint_failed(&opts.out, f))?;
         if opts.profile.is_some_and(|w| w.starts_at(step + 1)) {
             b.profiler_capture(true)?;
         }
@@ -252,6 +267,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 what,
                 step: step + 1,
             };
+            writer.settle();
             bail!(run_diverged(&opts.out, &cfg, &diverged));
         }
         ranks.before_step(b, &mut model, &mut opt, step + 1)?;
@@ -265,7 +281,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let report =
             (opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)).map_err(|e| {
                 match e.downcast_ref::<Diverged>() {
-                    Some(d) => anyhow!(run_diverged(&opts.out, &cfg, d)),
+                    Some(d) => {
+                        writer.settle();
+                        anyhow!(run_diverged(&opts.out, &cfg, d))
+                    }
                     None => e,
                 }
             })?;
@@ -324,9 +343,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             val_ppl: val_loss.map(f32::exp),
             ranks: logged_ranks,
         };
-        metrics
-            .write(&record)
-            .with_context(|| run_stops(&opts.out, &format!("step {step} could not be logged")))?;
+        metrics.write(&record).with_context(|| {
+            writer.settle();
+            run_stops(&opts.out, &format!("step {step} could not be logged"))
+        })?;
         let mut line = format!(
             "loss {train_loss:.4} lr {lr:.2e} |g| {:.3} {tok_per_s:.0} tok/s",
             report.grad_norm
@@ -357,7 +377,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             || step == cfg.steps
             || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
         {
-            let _checkpoint = profile::range(|| "checkpoint".into());
+            let checkpoint_range = profile::range(|| "checkpoint".into());
+            let paused = Instant::now();
+            // One snapshot on the host at a time: the last checkpoint is written first.
+            (writer.wait()).map_err(|f| checkpoint_failed(&opts.out, f))?;
             let state = TrainState {
                 step,
                 tokens,
@@ -366,24 +389,17 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 ranks: RankSchedule::state(&model),
                 lora_base_fingerprint: lora_fingerprint.clone(),
             };
-            let tensors = match lora_fingerprint {
-                Some(_) => model.checkpoint_tensors(b)?,
-                None => model.to_hf_tensors(b)?,
-            };
-            let dir = checkpoint::save(
-                &opts.out,
-                &tensors,
-                b.download(opt.state()[0])?,
-                b.download(opt.state()[1])?,
-                &state,
-            )
-            .with_context(|| {
-                run_stops(
-                    &opts.out,
-                    &format!("the checkpoint of step {step} could not be written"),
-                )
-            })?;
+            // Copied off the device here, into the last snapshot's memory; written to disk
+            // behind the next steps.
+            let lora = lora_fingerprint.is_some();
+            let snapshot = take_snapshot(b, &model, &opt, lora, state, writer.take_spare())?;
+            (writer.start(snapshot)).map_err(|f| checkpoint_failed(&opts.out, f))?;
+            summary.checkpoints.paused += paused.elapsed();
+            drop(checkpoint_range);
             if stop {
+                let dir = (writer.wait())
+                    .map_err(|f| checkpoint_failed(&opts.out, f))?
+                    .context("the checkpoint just started")?;
                 progress.println(&format!(
                     "{} at step {step}: checkpoint {}; continue with --resume {}",
                     if interrupted {
@@ -399,9 +415,42 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             }
         }
     }
+    // The last checkpoint, written behind the last step (a stop waited for its own).
+    (writer.wait()).map_err(|f| checkpoint_failed(&opts.out, f))?;
+    (summary.checkpoints.written, summary.checkpoints.writing) = writer.written();
     progress.finish();
     summary.step = step;
     Ok(summary)
+}
+
+/// The step's tensors copied off the device for a checkpoint (in LoRA with a fingerprinted base,
+/// the trained ones alone), into `spare`'s memory when there is one.
+fn take_snapshot<B: Backend>(
+    b: &B,
+    model: &Gpt<B>,
+    opt: &AdamWOptimizer<B>,
+    lora: bool,
+    state: TrainState,
+    spare: Option<Snapshot>,
+) -> Result<Snapshot> {
+    let (values, mut m, mut v) =
+        spare.map_or_else(Default::default, |s| (s.model.values, s.m, s.v));
+    let model = match lora {
+        true => model.checkpoint_tensors(b, values)?,
+        false => model.to_hf_flat(b, values)?,
+    };
+    let [dm, dv] = opt.state();
+    for (host, device) in [(&mut m, dm), (&mut v, dv)] {
+        host.resize(device.len, 0.0);
+        b.download_into(device, host)?;
+    }
+    Ok(Snapshot { model, m, v, state })
+}
+
+/// A checkpoint that could not be written (a full disk) stops the run.
+fn checkpoint_failed(out: &Path, f: WriteFailed) -> anyhow::Error {
+    let what = format!("the checkpoint of step {} could not be written", f.step);
+    f.error.context(run_stops(out, &what))
 }
 
 /// What a failed write (a full disk) leaves: the run stops, and the last complete checkpoint (if
@@ -437,7 +486,8 @@ fn run_diverged(out: &Path, cfg: &TrainConfig, d: &Diverged) -> String {
     }
 }
 
-/// The run's last complete checkpoint, if it has one (an unreadable `latest` counts as none).
+/// The run's last complete checkpoint, if it has one (an unreadable `latest` counts as none): with
+/// none in flight (`CheckpointWriter::settle`).
 fn last_checkpoint(out: &Path) -> Option<PathBuf> {
     checkpoint::latest_dir(out).ok().flatten()
 }

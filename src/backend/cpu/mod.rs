@@ -136,8 +136,10 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         dst.round_to_dtype();
         Ok(())
     }
-    fn download(&self, src: Ref<CpuBuf>) -> Result<Vec<f32>> {
-        Ok(src.slice().to_vec())
+    fn download_into(&self, src: Ref<CpuBuf>, dst: &mut [f32]) -> Result<()> {
+        same_len("download_into", dst.len(), src.len)?;
+        dst.copy_from_slice(src.slice());
+        Ok(())
     }
     fn fill(&self, mut dst: Mut<CpuBuf>, value: f32) -> Result<()> {
         elementwise::fill(dst.slice_mut(), value);

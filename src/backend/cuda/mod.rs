@@ -203,17 +203,26 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn download(&self, src: Ref<CudaBuf>) -> Result<Vec<f32>> {
-        let bytes: Vec<u8> = self
-            .stream
-            .clone_dtoh(&src.buf.mem.slice(Self::byte_range(&src)))?;
-        Ok(match src.dtype() {
-            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
-            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(&bytes)
-                .into_iter()
-                .map(f32::from)
-                .collect(),
-        })
+    fn download_into(&self, src: Ref<CudaBuf>, dst: &mut [f32]) -> Result<()> {
+        same_len("download_into", dst.len(), src.len)?;
+        let view = src.buf.mem.slice(Self::byte_range(&src));
+        match src.dtype() {
+            // Straight into the caller's memory, no staging vector: a checkpoint's copy off the
+            // device pauses training, and GPT-2 medium's weights and moments are 4.3 GB.
+            DType::F32 => self
+                .stream
+                .memcpy_dtoh(&view, bytemuck::cast_slice_mut(dst))?,
+            DType::BF16 => {
+                let bytes: Vec<u8> = self.stream.clone_dtoh(&view)?;
+                let values = bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]));
+                dst.iter_mut()
+                    .zip(values)
+                    .for_each(|(d, v)| *d = v.to_f32());
+            }
+        }
+        Ok(())
     }
 
     fn fill(&self, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
