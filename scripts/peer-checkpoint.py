@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch side of a checkpoint's cost: GPT-2 (transformers' GPT2LMHeadModel) after one AdamW
 step, its state saved as PyTorch users save it, `torch.save({"model": ..., "optimizer": ...})`,
-here made durable the way `lowrank train` writes a checkpoint (a temporary file, fsync, rename).
+here made durable the way `lowrank train` writes a checkpoint (a temporary file, fsync, rename,
+fsync of the folder).
 Prints one JSON line: the bytes, the seconds of torch.save and of the fsync and rename, which a
 training loop calling torch.save waits for in full."""
 
@@ -39,6 +40,9 @@ def main():
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.rename(tmp, path)
+    fd = os.open(a.out, os.O_RDONLY)  # the rename made durable, as ours does
+    os.fsync(fd)
+    os.close(fd)
     t2 = time.perf_counter()
     size = os.path.getsize(path)
     os.remove(path)

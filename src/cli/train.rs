@@ -74,7 +74,7 @@ pub struct Args {
     /// Validation batches per evaluation
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
-    /// Write a checkpoint every K steps (0: only at the end or on interruption); training pauses to copy the step's tensors off the device, and the files are written behind the next steps
+    /// Write a checkpoint every K steps (0: only at the end or on interruption); training pauses to copy the step's tensors off the device, and the files are written behind the next steps (a checkpoint due before the last is written waits for it; the run's end and a stop wait for their own)
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u32,
     /// Seed of the initialisation and the data order
@@ -342,10 +342,11 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
         let checkpoints = match c.written {
             0 => String::new(),
             n => format!(
-                "; {n} checkpoint{} ({:.1} s of writing, training paused {:.1} s for them)",
+                "; {n} checkpoint{} ({:.1} s of writing: training paused {:.1} s for them, the end waited {:.1} s for the last)",
                 if n == 1 { "" } else { "s" },
                 c.writing.as_secs_f64(),
-                c.paused.as_secs_f64()
+                c.paused.as_secs_f64(),
+                c.last_wait.as_secs_f64()
             ),
         };
         println!(

@@ -1,6 +1,7 @@
 //! Checkpoints written on a thread of their own while training goes on. The step's tensors are
-//! copied off the device (the only pause), and the files, GPT-2 medium's 4.3 GB, are written and
-//! flushed to disk behind the next steps. One checkpoint at a time: the next waits for the last.
+//! copied off the device (training's pause), and the files, GPT-2 medium's 4.3 GB, are written and
+//! flushed to disk behind the next steps. One checkpoint at a time: the next waits for the last
+//! (checkpoints closer together than a write takes are written as if in the loop).
 
 use super::checkpoint::{self, TrainState};
 use super::tensor_file::FlatTensors;

@@ -59,12 +59,17 @@ pub struct RunSummary {
 }
 
 /// What a run's checkpoints cost: training pauses to copy a step's tensors off the device (and,
-/// were the last checkpoint still being written, for that); the files are written behind it.
+/// were the last checkpoint still being written, for that) while the files are written behind
+/// it; the run's end waits for the last one's.
 #[derive(Debug, Default)]
 pub struct CheckpointCost {
     pub written: u32,
-    pub paused: Duration,
+    /// Time spent writing them (behind the steps, but for the last).
     pub writing: Duration,
+    /// Training's pauses: the copies off the device, and waits for a write not yet done.
+    pub paused: Duration,
+    /// The run's end waiting for the last checkpoint's write.
+    pub last_wait: Duration,
 }
 
 /// The train and validation shard sets of a configuration.
@@ -415,8 +420,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             }
         }
     }
-    // The last checkpoint, written behind the last step (a stop waited for its own).
+    // The last checkpoint, written after the last step (a stop waited for its own).
+    let last_wait = Instant::now();
     (writer.wait()).map_err(|f| checkpoint_failed(&opts.out, f))?;
+    summary.checkpoints.last_wait = last_wait.elapsed();
     (summary.checkpoints.written, summary.checkpoints.writing) = writer.written();
     progress.finish();
     summary.step = step;

@@ -73,6 +73,11 @@ impl FlatTensors {
         let mut end = 0;
         for s in &mut spans {
             let len = s.shape.iter().product::<usize>();
+            debug_assert!(
+                s.offset >= end,
+                "tensor {} overlaps the one before it",
+                s.name
+            );
             self.values.copy_within(s.offset..s.offset + len, end);
             (s.offset, end) = (end, end + len);
         }

@@ -208,7 +208,9 @@ impl Backend for Cuda {
         let view = src.buf.mem.slice(Self::byte_range(&src));
         match src.dtype() {
             // Straight into the caller's memory, no staging vector: a checkpoint's copy off the
-            // device pauses training, and GPT-2 medium's weights and moments are 4.3 GB.
+            // device pauses training, and GPT-2 medium's weights and moments are 4.3 GB. Into
+            // pageable memory the copy is done when the call returns (CUDA's rule for
+            // device-to-pageable copies, which clone_dtoh relied on too); pinned, it would not be.
             DType::F32 => self
                 .stream
                 .memcpy_dtoh(&view, bytemuck::cast_slice_mut(dst))?,
