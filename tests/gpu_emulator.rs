@@ -325,6 +325,107 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
     }
 }
 
+/// A CUDA run's memory plan (the banner's "memory: about N MB", checked against the GPU's free
+/// memory before anything is allocated) bounds what the run allocates on the emulated GPU at its
+/// peak, attention's and the rank log's scratch included, with materialised attention too (whose
+/// B·heads·T² scores are the largest scratch). On a GPU 10 MB short of the plan the run is refused
+/// before it writes anything, with the batch that fits at the same tokens a step, and those
+/// settings then train on that GPU.
+#[test]
+fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
+    let Some(emu) = Emulator::get() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu-memory");
+    let _ = std::fs::remove_dir_all(&dir);
+    let train = |name: &str, extra: &[&str], env: &[(&str, &OsStr)]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--device",
+            "cuda",
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+        ];
+        args.extend(["--eval-batches", "1", "--rank-log-every", "1"]);
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let mut env = env.to_vec();
+        env.push(("LOWRANK_EMU_PEAK", OsStr::new("1")));
+        (emu.run(&args, "80", "4", &env), out)
+    };
+    let text = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    // "… 327 MB …" after `after`, in bytes (the banner rounds to the MB).
+    let mb = |t: &str, after: &str| -> usize {
+        let rest = &t[t
+            .find(after)
+            .unwrap_or_else(|| panic!("no {after:?} in:\n{t}"))
+            + after.len()..];
+        let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        assert!(
+            rest[n.len()..].starts_with(" MB"),
+            "{after:?} not in MB:\n{t}"
+        );
+        n.parse::<usize>().unwrap() * 1_000_000
+    };
+    let peak = |t: &str| -> usize {
+        let after = "peak device memory ";
+        let rest = &t[t.find(after).unwrap_or_else(|| panic!("no peak in:\n{t}")) + after.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    // A GPU of 900 MB, whose free memory the banner gives in MB.
+    let gpu = 900_000_000usize;
+    let roomy = gpu.to_string();
+    let roomy = ("LOWRANK_EMU_MEMORY", OsStr::new(&roomy));
+    for (name, extra, attention) in [
+        ("flash", &["--batch", "8"][..], "flash"),
+        (
+            "materialized",
+            &["--batch", "8", "--seq", "128"][..],
+            "materialized",
+        ),
+    ] {
+        let (o, _) = train(
+            name,
+            extra,
+            &[("LOWRANK_ATTENTION", OsStr::new(attention)), roomy],
+        );
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        // What the backend held before the plan was made (cuBLASLt's workspace) plus the plan.
+        let held = gpu - mb(&t, "of the GPU's ");
+        let planned = mb(&t, "memory: about ");
+        assert!(
+            peak(&t) <= held + planned + 1_000_000,
+            "{name}: peak {} bytes, planned {planned} beside {held} held before:\n{t}",
+            peak(&t)
+        );
+    }
+
+    let t = text(&train("roomy", &[], &[roomy]).0);
+    let (held, planned) = (gpu - mb(&t, "of the GPU's "), mb(&t, "memory: about "));
+    let limit = (held + planned - 10_000_000).to_string();
+    let small = [("LOWRANK_EMU_MEMORY", OsStr::new(&limit))];
+    let (refused, out) = train("small", &[], &small);
+    let t = text(&refused);
+    assert!(!refused.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "tiny at batch 8 × 64 tokens needs about {} MB",
+            planned / 1_000_000
+        )) && t.contains("Try --batch 4 --accum 2 (")
+            && t.contains("the same 8 sequences a step"),
+        "{t}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let (fits, out) = train("small", &["--batch", "4", "--accum", "2"], &small);
+    let t = text(&fits);
+    assert!(fits.status.success(), "{t}");
+    assert!(out.join("checkpoint-0000002").exists(), "{t}");
+}
+
 /// `bench --smoke` on the emulated Hopper: every op family and, for the low-rank layer, every
 /// implementation (fused, whose y and dx products take the TMA kernels; the same on the merged
 /// weight, for passes with W0; the TMA kernel's ping-pong schedule; the cp.async wgmma ones;

@@ -312,6 +312,18 @@ pub trait Backend {
         None
     }
 
+    /// Bytes a buffer of `len` elements of `dtype` takes (the CPU keeps bf16 values in f32).
+    fn stored_bytes(&self, dtype: DType, len: usize) -> usize {
+        len * dtype.size_bytes()
+    }
+    /// Bytes the device has free for new buffers; None where buffers live in the host's memory.
+    fn device_memory_free(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+    /// The most one `attention_forward` or `attention_backward` at (B, T, C) with `heads` heads
+    /// allocates beside its operands (and frees on return), for a run's memory plan.
+    fn attention_scratch_bytes(&self, shape: SeqShape, heads: usize) -> usize;
+
     /// The settings that change how the backend computes (name, effective value), for the record
     /// of a run or a benchmark: CUDA's LOWRANK_* variables (`lowrank doctor` shows the same); none
     /// on the CPU.

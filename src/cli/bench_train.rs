@@ -7,7 +7,8 @@
 use crate::backend::{AttentionSaved, Backend};
 use crate::cli::train::{Device, LowRankArgs};
 use crate::lowrank::{LowRankConfig, LowRankMode};
-use crate::model::{Gpt, GptConfig};
+use crate::model::memory::{self, Proposal, Purpose};
+use crate::model::{ActivationPlan, Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
 use crate::train::ranks::RankSchedule;
 use crate::util::rng::Rng;
@@ -55,8 +56,23 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         }
         let lowrank = &lowrank;
         let config = GptConfig::preset(name)?;
-        let mut model = Gpt::with_lowrank(b, config, lowrank, a.batch, a.seq, 0)?;
-        model.set_recompute_gelu(b, a.recompute_gelu)?;
+        let plan = ActivationPlan {
+            batch: a.batch,
+            seq: a.seq,
+            recompute_gelu: a.recompute_gelu,
+        };
+        let proposal = Proposal {
+            model: name,
+            config: &config,
+            lr: lowrank,
+            plan,
+            purpose: Purpose::Training {
+                checkpoints: false,
+                accum: 1,
+            },
+        };
+        let memory = memory::check(b, &proposal)?.plan;
+        let mut model = Gpt::with_plan(b, config, lowrank, plan, 0)?;
         let mut opt = AdamWOptimizer::new(
             b,
             AdamWConfig::default(),
@@ -102,7 +118,8 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             "lowrank": lowrank.mode, "rank_init": lowrank.rank_init, "attention": attention,
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
-            "params": model.num_params(), "activation_bytes": model.activation_bytes(), "loss": loss,
+            "params": model.num_params(), "activation_bytes": memory.activations,
+            "memory_bytes": memory.device(), "loss": loss,
             "recompute_gelu": a.recompute_gelu,
             "settings": b.settings().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         });

@@ -3,7 +3,8 @@
 use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
-use crate::model::{hf, Gpt};
+use crate::model::memory::{self, Proposal, Purpose};
+use crate::model::{hf, ActivationPlan, Gpt};
 use crate::train::{checkpoint, evaluate, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -64,6 +65,17 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     let seq = (a.seq)
         .or(run.as_ref().map(|cfg| cfg.seq))
         .unwrap_or(ck.config.max_seq);
+    let name = ck.preset.clone().unwrap_or_else(|| "the model".into());
+    memory::check(
+        b,
+        &Proposal {
+            model: &name,
+            config: &ck.config,
+            lr: &ck.lowrank,
+            plan: ActivationPlan::new(a.batch, seq),
+            purpose: Purpose::Inference,
+        },
+    )?;
     let mut model = Gpt::from_checkpoint(b, &ck, a.batch, seq)?;
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {

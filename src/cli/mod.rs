@@ -59,6 +59,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pre-train a GPT-2-class model (with no --data: the tiny model on the built-in corpus)
+    ///
+    /// Before anything is allocated the run's memory is planned from its shapes and printed; a
+    /// run that would not fit the GPU's free memory (--device cuda) or the machine's available
+    /// memory is refused with the batch that would fit at the same tokens a step
+    /// (LOWRANK_MEMORY_CHECK=0 starts it anyway).
     Train(train::Args),
     /// Loss and perplexity of a checkpoint on a split
     Eval(eval::Args),

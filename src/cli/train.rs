@@ -349,8 +349,11 @@ pub fn run(a: Args, m: &ArgMatches) -> Result<()> {
                 c.last_wait.as_secs_f64()
             ),
         };
+        let peak = crate::util::meminfo::peak_resident()
+            .map(|b| format!("; peak host memory {}", crate::util::meminfo::gb(b)))
+            .unwrap_or_default();
         println!(
-            "done: {} steps, final training loss {:.4}{val}{checkpoints}; metrics in {}, plot with `lowrank plot {}`",
+            "done: {} steps, final training loss {:.4}{val}{checkpoints}{peak}; metrics in {}, plot with `lowrank plot {}`",
             summary.step,
             summary.last_train_loss.unwrap_or(f32::NAN),
             out.join("metrics.jsonl").display(),

@@ -122,36 +122,29 @@ impl<B: Backend> LowRankRuntime<B> {
         lora_scale: Option<f32>,
     ) -> Result<Self> {
         let dt = b.compute_dtype();
-        let scratch = |l: &LowRankLayer| capacity_shape(l, rows).scratch_len();
-        let max = |f: &dyn Fn(&LowRankLayer) -> usize| layers.iter().map(f).max().unwrap_or(0);
-        let t = layers
-            .iter()
-            .map(|l| b.alloc(dt, scratch(l)))
+        let sizes = ScratchSizes::new(&layers, rows, rank_init, lora_scale.is_some());
+        let t = (sizes.t.iter())
+            .map(|&len| b.alloc(dt, len))
             .collect::<Result<_>>()?;
-        let trained = layers.iter().any(|l| l.has_mid);
-        let kind = match lora_scale {
-            Some(scale) => Some(MiddleKind::Fixed {
-                eye: identity(b, dt, rank_init)?,
-                eye_f32: identity(b, DType::F32, rank_init)?,
+        let kind = match (lora_scale, sizes.middle) {
+            (Some(scale), Some(MiddleSizes::Fixed { rank })) => Some(MiddleKind::Fixed {
+                eye: identity(b, dt, rank)?,
+                eye_f32: identity(b, DType::F32, rank)?,
                 scale,
             }),
-            None if trained => Some(MiddleKind::Trained {
-                m_f32: b.alloc(DType::F32, max(&|l| l.capacity * l.capacity))?,
-                vt_f32: b.alloc(DType::F32, max(&|l| l.capacity * l.n_out))?,
+            (None, Some(MiddleSizes::Trained { m, vt })) => Some(MiddleKind::Trained {
+                m_f32: b.alloc(DType::F32, m)?,
+                vt_f32: b.alloc(DType::F32, vt)?,
             }),
-            None => None,
+            _ => None,
         };
         let middle = match kind {
             Some(kind) => Some(Middle {
                 kind,
-                vt_eff: layers
-                    .iter()
-                    .map(|l| b.alloc(dt, l.capacity * l.n_out))
+                vt_eff: (sizes.vt_eff.iter())
+                    .map(|&len| b.alloc(dt, len))
                     .collect::<Result<_>>()?,
-                grads: b.alloc(
-                    DType::F32,
-                    max(&|l| ScratchGrads::new(l.capacity, l.n_in, l.n_out).len),
-                )?,
+                grads: b.alloc(DType::F32, sizes.grads)?,
             }),
             None => None,
         };
@@ -166,13 +159,24 @@ impl<B: Backend> LowRankRuntime<B> {
             })
             .collect();
         Ok(LowRankRuntime {
-            s: b.alloc(dt, max(&scratch).max(1))?,
+            s: b.alloc(dt, sizes.s)?,
             t,
             middle,
             live,
             layers,
             truncated: false,
         })
+    }
+
+    /// Bytes `new` would allocate, counted before anything is.
+    pub fn bytes_planned(
+        b: &B,
+        layers: &[LowRankLayer],
+        rows: usize,
+        rank_init: usize,
+        lora: bool,
+    ) -> usize {
+        ScratchSizes::new(layers, rows, rank_init, lora).bytes(b)
     }
 
     /// y = x·W0 + (x·U)·Vᵀ + b through the fused op, at the layer's live width, then `epi`.
@@ -290,23 +294,6 @@ impl<B: Backend> LowRankRuntime<B> {
             _ => None,
         }
     }
-
-    /// Bytes of scratch held.
-    pub fn bytes(&self) -> usize {
-        let middle = self.middle.iter().flat_map(|m| {
-            let own = match &m.kind {
-                MiddleKind::Fixed { eye, eye_f32, .. } => [eye, eye_f32],
-                MiddleKind::Trained { m_f32, vt_f32 } => [m_f32, vt_f32],
-            };
-            m.vt_eff.iter().chain(own).chain([&m.grads])
-        });
-        self.t
-            .iter()
-            .chain([&self.s])
-            .chain(middle)
-            .map(|x| x.len() * x.dtype().size_bytes())
-            .sum()
-    }
 }
 
 /// A layer's operands: W0 and Ut from the weights, Vt from them or, with a middle factor, the
@@ -327,6 +314,67 @@ fn weights<'a, T: Buffer>(
 }
 
 /// The op's shape at full capacity (sizes the scratch once).
+/// The lengths of `LowRankRuntime`'s buffers: what `new` allocates and `bytes_planned` counts.
+struct ScratchSizes {
+    /// Per layer, t = x·U (compute dtype).
+    t: Vec<usize>,
+    /// s = dy·V, shared (compute dtype).
+    s: usize,
+    middle: Option<MiddleSizes>,
+    /// With a middle: per layer Vt_eff (compute dtype), and the f32 gradients shared.
+    vt_eff: Vec<usize>,
+    grads: usize,
+}
+
+enum MiddleSizes {
+    /// LoRA's r × r identity, in the compute dtype and in f32.
+    Fixed { rank: usize },
+    /// f32 copies of the widest M and Vt.
+    Trained { m: usize, vt: usize },
+}
+
+impl ScratchSizes {
+    fn new(layers: &[LowRankLayer], rows: usize, rank_init: usize, lora: bool) -> Self {
+        let scratch = |l: &LowRankLayer| capacity_shape(l, rows).scratch_len();
+        let max = |f: &dyn Fn(&LowRankLayer) -> usize| layers.iter().map(f).max().unwrap_or(0);
+        let middle = match lora {
+            true => Some(MiddleSizes::Fixed { rank: rank_init }),
+            false if layers.iter().any(|l| l.has_mid) => Some(MiddleSizes::Trained {
+                m: max(&|l| l.capacity * l.capacity),
+                vt: max(&|l| l.capacity * l.n_out),
+            }),
+            false => None,
+        };
+        let (vt_eff, grads) = match middle {
+            Some(_) => (
+                layers.iter().map(|l| l.capacity * l.n_out).collect(),
+                max(&|l| ScratchGrads::new(l.capacity, l.n_in, l.n_out).len),
+            ),
+            None => (Vec::new(), 0),
+        };
+        ScratchSizes {
+            t: layers.iter().map(scratch).collect(),
+            s: max(&scratch).max(1),
+            middle,
+            vt_eff,
+            grads,
+        }
+    }
+
+    fn bytes<B: Backend>(&self, b: &B) -> usize {
+        let mut compute = self.t.iter().chain(&self.vt_eff).sum::<usize>() + self.s;
+        let mut f32s = self.grads;
+        match self.middle {
+            Some(MiddleSizes::Fixed { rank }) => {
+                (compute, f32s) = (compute + rank * rank, f32s + rank * rank)
+            }
+            Some(MiddleSizes::Trained { m, vt }) => f32s += m + vt,
+            None => {}
+        }
+        b.stored_bytes(b.compute_dtype(), compute) + b.stored_bytes(DType::F32, f32s)
+    }
+}
+
 fn capacity_shape(l: &LowRankLayer, rows: usize) -> LowRankShape {
     LowRankShape {
         n: rows,

@@ -2,6 +2,7 @@
 //! (llm.c's ActivationTensors), in the backend's compute dtype; LayerNorm statistics and losses in f32.
 
 use super::config::GptConfig;
+use super::gpt::ActivationPlan;
 use crate::backend::{Backend, Buffer, DType, Mut, Ref, SeqShape};
 use anyhow::Result;
 
@@ -46,37 +47,90 @@ pub struct Activations<B: Backend> {
 }
 
 impl<B: Backend> Activations<B> {
-    pub fn new(b: &B, cfg: &GptConfig, batch: usize, seq: usize) -> Result<Self> {
+    /// The buffers for `batch` sequences of `seq` tokens, with every layer's GELU output or,
+    /// `recompute_gelu`, one layer's (`set_recompute_gelu`).
+    pub fn new(
+        b: &B,
+        cfg: &GptConfig,
+        batch: usize,
+        seq: usize,
+        recompute_gelu: bool,
+    ) -> Result<Self> {
         let shape = SeqShape::new(batch, seq, cfg.n_embd);
-        let (l, btc, bt) = (cfg.n_layer, shape.len(), shape.tokens());
-        let dt = b.compute_dtype();
-        let saved = b.attention_saved(cfg.head_size(), dt);
-        let (att_dtype, att) = (saved.dtype(dt), saved.len(shape, cfg.n_head));
-        let alloc = |dtype, len| b.alloc(dtype, len);
+        let [encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, att, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, residual3, lnf, lnf_mean, lnf_rstd, logits, losses] =
+            Self::sizes(b, cfg, shape, recompute_gelu);
+        let alloc = |(dtype, len)| b.alloc(dtype, len);
         Ok(Activations {
             shape,
             heads: cfg.n_head,
             padded_vocab: cfg.padded_vocab,
-            encoded: alloc(dt, btc)?,
-            ln1: alloc(dt, l * btc)?,
-            ln1_mean: alloc(DType::F32, l * bt)?,
-            ln1_rstd: alloc(DType::F32, l * bt)?,
-            qkv: alloc(dt, l * 3 * btc)?,
-            atty: alloc(dt, l * btc)?,
-            att: alloc(att_dtype, l * att)?,
-            residual2: alloc(dt, l * btc)?,
-            ln2: alloc(dt, l * btc)?,
-            ln2_mean: alloc(DType::F32, l * bt)?,
-            ln2_rstd: alloc(DType::F32, l * bt)?,
-            fch: alloc(dt, l * 4 * btc)?,
-            fch_gelu: alloc(dt, l * 4 * btc)?,
-            residual3: alloc(dt, l * btc)?,
-            lnf: alloc(dt, btc)?,
-            lnf_mean: alloc(DType::F32, bt)?,
-            lnf_rstd: alloc(DType::F32, bt)?,
-            logits: alloc(dt, bt * cfg.padded_vocab)?,
-            losses: alloc(DType::F32, bt)?,
+            encoded: alloc(encoded)?,
+            ln1: alloc(ln1)?,
+            ln1_mean: alloc(ln1_mean)?,
+            ln1_rstd: alloc(ln1_rstd)?,
+            qkv: alloc(qkv)?,
+            atty: alloc(atty)?,
+            att: alloc(att)?,
+            residual2: alloc(residual2)?,
+            ln2: alloc(ln2)?,
+            ln2_mean: alloc(ln2_mean)?,
+            ln2_rstd: alloc(ln2_rstd)?,
+            fch: alloc(fch)?,
+            fch_gelu: alloc(fch_gelu)?,
+            residual3: alloc(residual3)?,
+            lnf: alloc(lnf)?,
+            lnf_mean: alloc(lnf_mean)?,
+            lnf_rstd: alloc(lnf_rstd)?,
+            logits: alloc(logits)?,
+            losses: alloc(losses)?,
         })
+    }
+
+    /// Each buffer's (dtype, length), in the fields' order: what `new` allocates and what
+    /// `bytes_planned` counts before anything is.
+    fn sizes(
+        b: &B,
+        cfg: &GptConfig,
+        shape: SeqShape,
+        recompute_gelu: bool,
+    ) -> [(DType, usize); 19] {
+        let (l, btc, bt) = (cfg.n_layer, shape.len(), shape.tokens());
+        let dt = b.compute_dtype();
+        let saved = b.attention_saved(cfg.head_size(), dt);
+        let gelu_layers = if recompute_gelu { 1 } else { l };
+        let f32 = DType::F32;
+        [
+            (dt, btc),
+            (dt, l * btc),
+            (f32, l * bt),
+            (f32, l * bt),
+            (dt, l * 3 * btc),
+            (dt, l * btc),
+            (saved.dtype(dt), l * saved.len(shape, cfg.n_head)),
+            (dt, l * btc),
+            (dt, l * btc),
+            (f32, l * bt),
+            (f32, l * bt),
+            (dt, l * 4 * btc),
+            (dt, gelu_layers * 4 * btc),
+            (dt, l * btc),
+            (dt, btc),
+            (f32, bt),
+            (f32, bt),
+            (dt, bt * cfg.padded_vocab),
+            (f32, bt),
+        ]
+    }
+
+    /// Bytes `new` would allocate for `plan`, and `ActivationGrads::new` beside them.
+    pub fn bytes_planned(b: &B, cfg: &GptConfig, plan: ActivationPlan) -> usize {
+        let shape = SeqShape::new(plan.batch, plan.seq, cfg.n_embd);
+        let grads = ActivationGrads::<B>::sizes(b, shape, plan.recompute_gelu);
+        (Self::sizes(b, cfg, shape, plan.recompute_gelu)
+            .iter()
+            .chain(&grads))
+        .map(|&(dtype, len)| b.stored_bytes(dtype, len))
+        .sum()
     }
 
     /// (slices, index) of layer `l`'s GELU(fch) in `fch_gelu`, for `layer`: its own slice, or
@@ -99,34 +153,6 @@ impl<B: Backend> Activations<B> {
         self.fch_gelu = b.alloc(self.fch.dtype(), layers * 4 * self.shape.len())?;
         Ok(())
     }
-
-    /// Bytes held, for the start-up banner.
-    pub fn bytes(&self) -> usize {
-        [
-            &self.encoded,
-            &self.ln1,
-            &self.ln1_mean,
-            &self.ln1_rstd,
-            &self.qkv,
-            &self.atty,
-            &self.att,
-            &self.residual2,
-            &self.ln2,
-            &self.ln2_mean,
-            &self.ln2_rstd,
-            &self.fch,
-            &self.fch_gelu,
-            &self.residual3,
-            &self.lnf,
-            &self.lnf_mean,
-            &self.lnf_rstd,
-            &self.logits,
-            &self.losses,
-        ]
-        .iter()
-        .map(|b| b.len() * b.dtype().size_bytes())
-        .sum()
-    }
 }
 
 /// Gradients of activations: one running residual-stream gradient and scratch reused by every
@@ -146,23 +172,30 @@ pub struct ActivationGrads<B: Backend> {
 }
 
 impl<B: Backend> ActivationGrads<B> {
-    pub fn new(b: &B, shape: SeqShape) -> Result<Self> {
-        let (dt, btc) = (b.compute_dtype(), shape.len());
+    pub fn new(b: &B, shape: SeqShape, recompute_gelu: bool) -> Result<Self> {
+        let [dresidual, dbtc, dqkv, dfch, gelu] = Self::sizes(b, shape, recompute_gelu);
+        let alloc = |(dtype, len)| b.alloc(dtype, len);
         Ok(ActivationGrads {
-            dresidual: b.alloc(dt, btc)?,
-            dbtc: b.alloc(dt, btc)?,
-            dqkv: b.alloc(dt, 3 * btc)?,
-            dfch: b.alloc(dt, 4 * btc)?,
-            gelu: None,
+            dresidual: alloc(dresidual)?,
+            dbtc: alloc(dbtc)?,
+            dqkv: alloc(dqkv)?,
+            dfch: alloc(dfch)?,
+            gelu: recompute_gelu.then(|| alloc(gelu)).transpose()?,
         })
     }
 
-    pub fn bytes(&self) -> usize {
-        [&self.dresidual, &self.dbtc, &self.dqkv, &self.dfch]
-            .into_iter()
-            .chain(&self.gelu)
-            .map(|b| b.len() * b.dtype().size_bytes())
-            .sum()
+    /// (dtype, length) of each buffer, in the fields' order; the last (`gelu`) is allocated only
+    /// when recomputing GELU, and is empty otherwise.
+    fn sizes(b: &B, shape: SeqShape, recompute_gelu: bool) -> [(DType, usize); 5] {
+        let (dt, btc) = (b.compute_dtype(), shape.len());
+        let gelu = if recompute_gelu { 4 * btc } else { 0 };
+        [
+            (dt, btc),
+            (dt, btc),
+            (dt, 3 * btc),
+            (dt, 4 * btc),
+            (dt, gelu),
+        ]
     }
 }
 

@@ -8,7 +8,9 @@ use super::forward::{forward, Rows};
 use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer, DType, MatShape, Ref};
 use crate::lowrank::cost::{cost, Cost};
-use crate::lowrank::{layer, start_factors, LowRankConfig, LowRankMode, LowRankRuntime};
+use crate::lowrank::{
+    layer, start_factors, LowRankConfig, LowRankLayer, LowRankMode, LowRankRuntime,
+};
 use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -63,6 +65,56 @@ impl Trained {
     pub fn embeddings(self) -> bool {
         self != Trained::Lora { embeddings: false }
     }
+    /// Whether the backward forms the gradient of `layout`'s tensor `index` (`Gpt::has_gradient`).
+    pub fn has_gradient(self, layout: &ParamLayout, index: usize) -> bool {
+        let t = &layout.tensors()[index];
+        let embedding = t.offset == layout.wte().offset || t.offset == layout.wpe().offset;
+        t.trainable
+            && match layout.role(index) {
+                SpanRole::Plain if embedding => self.embeddings(),
+                SpanRole::Plain => self.base(),
+                SpanRole::Factor | SpanRole::Basis => true,
+            }
+    }
+}
+
+/// What a model's activations are allocated for: micro-batches of `batch` sequences of `seq`
+/// tokens, every layer's GELU output kept or (`recompute_gelu`) one layer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationPlan {
+    pub batch: usize,
+    pub seq: usize,
+    pub recompute_gelu: bool,
+}
+
+impl ActivationPlan {
+    pub fn new(batch: usize, seq: usize) -> Self {
+        ActivationPlan {
+            batch,
+            seq,
+            recompute_gelu: false,
+        }
+    }
+
+    /// The low-rank layers of a model of `config` with `lr`'s, after the checks that refuse a
+    /// model before anything is allocated: the settings, the ranks, the batch and the context.
+    pub fn check(&self, config: &GptConfig, lr: &LowRankConfig) -> Result<Vec<LowRankLayer>> {
+        config.validate()?;
+        lr.validate()?;
+        let layers = layer::plan(lr, config)?;
+        let (batch, seq) = (self.batch, self.seq);
+        ensure!(
+            batch > 0 && seq > 0,
+            "batch ({batch}) and sequence length ({seq}) must be positive"
+        );
+        ensure!(
+            seq <= config.max_seq,
+            "sequence length {seq} exceeds the model's context of {} tokens; use --seq {} or less",
+            config.max_seq,
+            config.max_seq
+        );
+        Ok(layers)
+    }
 }
 
 /// The buffers one optimiser step updates, borrowed together.
@@ -96,7 +148,19 @@ impl<B: Backend> Gpt<B> {
         seq: usize,
         seed: u64,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, batch, seq, Some(seed))
+        Self::with_plan(backend, config, lr, ActivationPlan::new(batch, seq), seed)
+    }
+
+    /// `with_lowrank`'s model with activations as `plan` says (`--recompute-gelu`'s keep one
+    /// layer's GELU output from the start, never allocating every layer's).
+    pub fn with_plan(
+        backend: &B,
+        config: GptConfig,
+        lr: &LowRankConfig,
+        plan: ActivationPlan,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::build(backend, config, lr, plan, Some(seed))
     }
 
     /// `with_lowrank`'s model with every parameter zero, for a checkpoint's tensors to replace.
@@ -107,7 +171,7 @@ impl<B: Backend> Gpt<B> {
         batch: usize,
         seq: usize,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, batch, seq, None)
+        Self::build(backend, config, lr, ActivationPlan::new(batch, seq), None)
     }
 
     /// The model, its parameters GPT-2's init seeded by `init`, or zero without one.
@@ -115,23 +179,15 @@ impl<B: Backend> Gpt<B> {
         backend: &B,
         config: GptConfig,
         lr: &LowRankConfig,
-        batch: usize,
-        seq: usize,
+        plan: ActivationPlan,
         init: Option<u64>,
     ) -> Result<Self> {
-        config.validate()?;
-        lr.validate()?;
-        let layers = layer::plan(lr, &config)?;
-        ensure!(
-            batch > 0 && seq > 0,
-            "batch ({batch}) and sequence length ({seq}) must be positive"
-        );
-        ensure!(
-            seq <= config.max_seq,
-            "sequence length {seq} exceeds the model's context of {} tokens; use --seq {} or less",
-            config.max_seq,
-            config.max_seq
-        );
+        let layers = plan.check(&config, lr)?;
+        let ActivationPlan {
+            batch,
+            seq,
+            recompute_gelu,
+        } = plan;
         let layout = ParamLayout::with_lowrank(&config, &layers);
         let mut params = backend
             .alloc(DType::F32, layout.len())
@@ -150,13 +206,14 @@ impl<B: Backend> Gpt<B> {
         let grads = backend
             .alloc(DType::F32, layout.len())
             .context("allocating the gradients")?;
-        let acts = Activations::new(backend, &config, batch, seq).with_context(|| {
-            format!(
+        let acts =
+            Activations::new(backend, &config, batch, seq, recompute_gelu).with_context(|| {
+                format!(
                 "allocating the activations of {batch} sequences × {seq} tokens (they grow with \
                  both: a smaller --batch with a larger --accum keeps the tokens per step)"
             )
-        })?;
-        let dacts = ActivationGrads::new(backend, acts.shape)
+            })?;
+        let dacts = ActivationGrads::new(backend, acts.shape, recompute_gelu)
             .context("allocating the activation gradients")?;
         let lora_scale = (lr.mode == LowRankMode::Lora).then(|| lr.lora_scale());
         let lowrank = LowRankRuntime::new(backend, layers, batch * seq, lr.rank_init, lora_scale)
@@ -401,14 +458,7 @@ impl<B: Backend> Gpt<B> {
     /// Whether the backward forms the gradient of layout tensor `index`: not for a frozen base
     /// W0, and in LoRA only for the factors (and the embeddings if they train).
     pub fn has_gradient(&self, index: usize) -> bool {
-        let (l, t) = (&self.layout, &self.layout.tensors()[index]);
-        let embedding = t.offset == l.wte().offset || t.offset == l.wpe().offset;
-        t.trainable
-            && match l.role(index) {
-                SpanRole::Plain if embedding => self.trained.embeddings(),
-                SpanRole::Plain => self.trained.base(),
-                SpanRole::Factor | SpanRole::Basis => true,
-            }
+        self.trained.has_gradient(&self.layout, index)
     }
     pub fn trained(&self) -> Trained {
         self.trained
@@ -443,10 +493,6 @@ impl<B: Backend> Gpt<B> {
     pub fn lowrank_mut(&mut self) -> &mut LowRankRuntime<B> {
         self.decoded = 0;
         &mut self.lowrank
-    }
-    /// Bytes of activations, activation gradients and low-rank scratch.
-    pub fn activation_bytes(&self) -> usize {
-        self.acts.bytes() + self.dacts.bytes() + self.lowrank.bytes()
     }
 
     fn check_tokens(&self, what: &str, tokens: &[u32]) -> Result<()> {

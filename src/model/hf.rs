@@ -3,7 +3,8 @@
 
 use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::Gpt;
-use super::params::SpanRole;
+use super::gpt::Trained;
+use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::LowRankConfig;
 use crate::optim::{GroupRule, ParamGroup};
@@ -42,31 +43,7 @@ impl<B: Backend> Gpt<B> {
     /// bases, and in LoRA every tensor without a gradient, held fixed (learning-rate scale 0: the
     /// optimiser skips the group, and its clipped norm runs over the trained groups alone).
     pub fn param_groups(&self, lr: &LowRankConfig) -> Vec<ParamGroup> {
-        let layout = self.layout();
-        let tensors = layout.tensors().iter().enumerate();
-        tensors
-            .filter(|(_, t)| t.trainable)
-            .map(|(i, t)| {
-                let role = layout.role(i);
-                ParamGroup {
-                    offset: t.offset,
-                    len: t.len(),
-                    decay: t.weight_decay,
-                    lr_scale: match role {
-                        // LoRA trains its factors (and the embeddings if asked) alone, as in Hu
-                        // et al. and PEFT: attention, LayerNorms and biases keep the base's values.
-                        SpanRole::Plain if self.has_gradient(i) => 1.0,
-                        SpanRole::Plain => 0.0,
-                        SpanRole::Factor => lr.factor_lr_scale,
-                        SpanRole::Basis => 0.0,
-                    },
-                    rule: match role {
-                        SpanRole::Factor => lr.factor_rule(),
-                        _ => GroupRule::AdamW,
-                    },
-                }
-            })
-            .collect()
+        param_groups(self.layout(), self.trained(), lr)
     }
 
     /// Every parameter tensor with its HF name and shape (f32, on the host).
@@ -336,6 +313,34 @@ impl<B: Backend> Gpt<B> {
         model.load_hf_tensors(b, &ck.tensors)?;
         Ok(model)
     }
+}
+
+/// `Gpt::param_groups` of a model with this layout that trains `trained`, before one is built.
+pub fn param_groups(layout: &ParamLayout, trained: Trained, lr: &LowRankConfig) -> Vec<ParamGroup> {
+    let tensors = layout.tensors().iter().enumerate();
+    tensors
+        .filter(|(_, t)| t.trainable)
+        .map(|(i, t)| {
+            let role = layout.role(i);
+            ParamGroup {
+                offset: t.offset,
+                len: t.len(),
+                decay: t.weight_decay,
+                lr_scale: match role {
+                    // LoRA trains its factors (and the embeddings if asked) alone, as in Hu
+                    // et al. and PEFT: attention, LayerNorms and biases keep the base's values.
+                    SpanRole::Plain if trained.has_gradient(layout, i) => 1.0,
+                    SpanRole::Plain => 0.0,
+                    SpanRole::Factor => lr.factor_lr_scale,
+                    SpanRole::Basis => 0.0,
+                },
+                rule: match role {
+                    SpanRole::Factor => lr.factor_rule(),
+                    _ => GroupRule::AdamW,
+                },
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

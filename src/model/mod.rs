@@ -10,6 +10,7 @@ pub mod generate;
 mod gpt;
 pub mod hf;
 mod linear;
+pub mod memory;
 pub mod params;
 #[cfg(test)]
 mod tests;
@@ -17,5 +18,5 @@ mod tests;
 mod tests_lowrank;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
-pub use gpt::{Gpt, OptimizerBuffers, Trained};
+pub use gpt::{ActivationPlan, Gpt, OptimizerBuffers, Trained};
 pub use params::{BlockTensor, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};

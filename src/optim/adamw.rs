@@ -146,6 +146,14 @@ impl<B: Backend> AdamWOptimizer<B> {
         })
     }
 
+    /// The moments `new` keeps per moment: the lengths of the groups that train.
+    pub fn state_len(groups: &[ParamGroup]) -> usize {
+        (groups.iter())
+            .filter(|g| g.lr_scale != 0.0)
+            .map(|g| g.len)
+            .sum()
+    }
+
     /// Where the moments of parameters [offset, offset + len) start in `m` and `v`.
     fn state_offset(&self, offset: usize, len: usize) -> Result<usize> {
         self.slots

@@ -14,8 +14,9 @@ use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::generate::{generate, Sampling};
 use crate::model::hf::{complete_lora, load_checkpoint, load_lora_base};
+use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
-use crate::model::{Gpt, GptConfig};
+use crate::model::{ActivationPlan, Gpt, GptConfig};
 use crate::optim::{AdamWConfig, AdamWOptimizer, Diverged, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
 use crate::util::rng::Rng;
@@ -123,8 +124,26 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     // Settings first: a bad schedule is refused before the model (seconds for GPT-2) is built.
     let schedule = LrSchedule::new(cfg.lr, cfg.final_lr_frac, cfg.warmup, cfg.steps, cfg.decay)?;
     let gpt_config = GptConfig::preset(&cfg.model)?;
-    // Capacities first: a rank that does not fit is refused before anything is written.
-    crate::lowrank::layer::plan(&cfg.lowrank, &gpt_config)?;
+    // Capacities and memory first: a rank that does not fit, or a batch the machine cannot hold,
+    // is refused before anything is read or written.
+    let plan = ActivationPlan {
+        batch: cfg.batch,
+        seq: cfg.seq,
+        recompute_gelu: cfg.recompute_gelu,
+    };
+    let memory = memory::check(
+        b,
+        &Proposal {
+            model: &cfg.model,
+            config: &gpt_config,
+            lr: &cfg.lowrank,
+            plan,
+            purpose: Purpose::Training {
+                checkpoints: true,
+                accum: cfg.accum,
+            },
+        },
+    )?;
     let mut resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
     if let Some(ck) = &resume {
         if let Some(diff) = cfg.resume_mismatch(&ck.state.config) {
@@ -147,8 +166,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let (train_set, val_set) = open_data(&cfg)?;
     // The model first: its shape checks (--seq against the context, say) refuse a run before the
     // output directory exists.
-    let mut model = Gpt::with_lowrank(b, gpt_config, &cfg.lowrank, cfg.batch, cfg.seq, cfg.seed)?;
-    model.set_recompute_gelu(b, cfg.recompute_gelu)?;
+    let mut model = Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(
@@ -201,7 +219,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         };
         model.load_hf_tensors(b, &tensors)?;
         RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
-        opt.load_state(b, &ck.m, &ck.v)
+        // Taken, not borrowed: the moments' host copy is not held through the run.
+        let (m, v) = (std::mem::take(&mut ck.m), std::mem::take(&mut ck.v));
+        opt.load_state(b, &m, &v)
             .with_context(|| format!("resuming from {}", ck.dir.display()))?;
         opt.step = ck.state.step;
         loader.restore(&ck.state.loader)?;
@@ -219,6 +239,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));
+    progress.println(&memory.describe());
     let settings = b.settings();
     if !settings.is_empty() {
         let shown: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();

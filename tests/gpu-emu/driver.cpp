@@ -69,6 +69,25 @@ CUresult sticky = SUCCESS;  // the first launch failure, returned by every call 
 std::map<CUdeviceptr, size_t> allocations;
 int dummy_context, dummy_stream;
 
+// The emulated GPU's memory: 80 GiB, or LOWRANK_EMU_MEMORY bytes, so that a test can run a
+// command on a GPU too small for it. An allocation past it fails as cuMemAlloc does.
+size_t memory_limit() {
+    static const size_t n = [] {
+        const char* s = std::getenv("LOWRANK_EMU_MEMORY");
+        return s ? size_t(std::strtoull(s, nullptr, 10)) : size_t(80) << 30;
+    }();
+    return n;
+}
+size_t allocated = 0;
+
+// LOWRANK_EMU_PEAK=1: the most ever allocated at once, on stderr when the process exits.
+struct PeakReport {
+    size_t peak = 0;
+    ~PeakReport() {
+        if (std::getenv("LOWRANK_EMU_PEAK")) std::fprintf(stderr, "emulated GPU: peak device memory %zu bytes\n", peak);
+    }
+} peak_report;
+
 CUresult report(CUresult rc, const std::string& what) {
     std::fprintf(stderr, "emulated GPU: %s\n", what.c_str());
     return rc;
@@ -154,13 +173,14 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
 CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
     GUARD();
     if (d != 0) return INVALID_DEVICE;
-    *bytes = size_t(80) << 30;
+    *bytes = memory_limit();
     return SUCCESS;
 }
 
 CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
     GUARD();
-    *free = *total = size_t(80) << 30;
+    *total = memory_limit();
+    *free = *total - allocated;
     return SUCCESS;
 }
 
@@ -266,7 +286,10 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     // (build.sh's LOWRANK_EMU_SANITIZE=address) a kernel's first byte past the end is caught; new
     // memory holds NaN bytes, as unset memory holds garbage.
     void* m = nullptr;
+    if (bytes > memory_limit() - allocated) return OUT_OF_MEMORY;
     if (posix_memalign(&m, 256, bytes) != 0) return OUT_OF_MEMORY;
+    allocated += bytes;
+    peak_report.peak = std::max(peak_report.peak, allocated);
     std::memset(m, 0xff, bytes);
     *p = CUdeviceptr(m);
     allocations[*p] = bytes;
@@ -276,6 +299,7 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = allocations.find(p);
     if (it == allocations.end()) return report(INVALID_VALUE, "cuMemFree of a pointer that is not an allocation");
+    allocated -= it->second;
     allocations.erase(it);
     std::free(reinterpret_cast<void*>(p));
     return SUCCESS;

@@ -88,6 +88,15 @@ fn row_blocks(t_len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |r0| (r0, (r0 + block).min(t_len)))
 }
 
+/// What `forward` and `backward` allocate beside their operands, at most: every head's output
+/// or q, k, v gradients before they are scattered (3·B·T·C values), and per thread one head's
+/// rows (q, k, v, dy and their gradients: 7·T·hs) and its T × T score gradients.
+pub fn scratch_bytes(s: SeqShape, heads: usize) -> usize {
+    let hs = s.channels / heads.max(1);
+    let per_thread = s.seq * s.seq + 7 * s.seq * hs;
+    4 * (3 * s.len() + rayon::current_num_threads() * per_thread)
+}
+
 /// out = softmax(q·kᵀ/√hs, causal)·v per head; att keeps the probabilities.
 pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: SeqShape, heads: usize) {
     let g = Geometry::new(s, heads);

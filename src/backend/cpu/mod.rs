@@ -124,6 +124,12 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
         }
     }
 
+    fn stored_bytes(&self, _dtype: DType, len: usize) -> usize {
+        len * 4
+    }
+    fn attention_scratch_bytes(&self, shape: SeqShape, heads: usize) -> usize {
+        attention::scratch_bytes(shape, heads)
+    }
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
         Ok(CpuBuf {
             dtype,

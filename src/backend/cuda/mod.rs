@@ -478,6 +478,23 @@ impl Backend for Cuda {
         same_len("relu_backward", d.len, inp.len)?;
         elementwise::relu_backward(self, d, inp)
     }
+    fn device_memory_free(&self) -> Result<Option<usize>> {
+        let (free, _) = (self.ctx.mem_get_info())
+            .with_context(|| format!("cannot read GPU {}'s free memory", self.info.ordinal))?;
+        Ok(Some(free))
+    }
+    fn attention_scratch_bytes(&self, s: SeqShape, heads: usize) -> usize {
+        let act = self.compute_dtype();
+        match self.attention_saved(s.channels / heads.max(1), act) {
+            // The backward's per-row dot products of dout and out, f32.
+            AttentionSaved::LogSumExp => 4 * s.tokens() * heads,
+            // The backward's q, k, v and dout by head, their gradients, and the B·heads·T² score
+            // gradients.
+            AttentionSaved::Probabilities => {
+                act.size_bytes() * (7 * s.len() + heads * s.batch * s.seq * s.seq)
+            }
+        }
+    }
     fn attention_saved(&self, head_size: usize, act: DType) -> AttentionSaved {
         let flash = self.attention_impl == AttentionImpl::Flash
             && act == DType::BF16

@@ -1,0 +1,401 @@
+//! The memory a model takes, planned from its shapes before anything is allocated, and the check
+//! that refuses a run that would not fit with a sentence saying what would. A CPU run past the
+//! machine's memory is otherwise killed by the kernel without a word, a minute in (GPT-2 medium at
+//! batch 8 × 1024 on a 24 GB machine); a GPU run fails at whichever allocation comes last.
+
+use super::activations::Activations;
+use super::config::GptConfig;
+use super::gpt::{ActivationPlan, Gpt, Trained};
+use super::hf::param_groups;
+use super::params::{BlockTensor, ParamLayout};
+use crate::backend::{Backend, DType, SeqShape};
+use crate::lowrank::{LowRankConfig, LowRankRuntime};
+use crate::optim::AdamWOptimizer;
+use crate::util::meminfo::{self, gb};
+use anyhow::{bail, Result};
+
+/// Bytes a model holds, by what holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The f32 master weights and their copy in the compute dtype.
+    pub weights: usize,
+    pub gradients: usize,
+    /// AdamW's two f32 moments of the trained tensors (training only).
+    pub optimizer: usize,
+    /// Activations, their gradients and the low-rank layers' scratch: these grow with the batch.
+    pub activations: usize,
+    /// The most an op allocates and frees during a step (attention's), with the rank log's Gram
+    /// matrices and a margin for the small ones: an estimate, the rest is exact.
+    pub scratch: usize,
+    /// Host memory whatever the device: the copy each checkpoint is written from (the weights
+    /// and both moments), held through a training run,
+    pub checkpoint: usize,
+    /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
+    /// and the update's Gram matrices with their eigensolvers' work.
+    pub rank_log: usize,
+}
+
+/// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
+/// `accum` micro-batches a step) or only runs forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Training { checkpoints: bool, accum: usize },
+    Inference,
+}
+
+/// The small scratch an estimate does not list (LayerNorm's and bias gradients' partial sums,
+/// split-K slices, the CPU GEMM's packing and transposed copies, what the allocator keeps), with
+/// a hundredth of the rest beside it (`margin`): on the CPU, GPT-2 small's runs peaked 87 MB
+/// above what the plan listed, GPT-2 medium's 150 MB (2026-12-07).
+const MARGIN: usize = 128 << 20;
+
+/// `MARGIN` and a hundredth of the `listed` bytes.
+fn margin(listed: usize) -> usize {
+    MARGIN + listed / 100
+}
+
+impl MemoryPlan {
+    /// What the backend's own memory must hold: all but the host's copies.
+    pub fn device(&self) -> usize {
+        self.weights + self.gradients + self.optimizer + self.activations + self.scratch
+    }
+
+    /// What the host must hold whatever the device.
+    pub fn host(&self) -> usize {
+        self.checkpoint + self.rank_log
+    }
+
+    /// Everything, for a backend whose buffers live in host memory.
+    pub fn total(&self) -> usize {
+        self.device() + self.host()
+    }
+
+    /// What holds the memory, by name: the device's parts, and the host's beside them.
+    fn parts(&self, on_device: bool) -> String {
+        let named = [
+            ("weights", self.weights),
+            ("gradients", self.gradients),
+            ("AdamW's moments", self.optimizer),
+            ("activations", self.activations),
+            ("scratch", self.scratch),
+        ];
+        let mut shown: Vec<String> = (named.iter())
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(name, bytes)| format!("{name} {}", gb(*bytes)))
+            .collect();
+        let host = if on_device { " on the host" } else { "" };
+        for (name, bytes) in [
+            ("checkpoint copy", self.checkpoint),
+            ("rank log", self.rank_log),
+        ] {
+            if bytes > 0 {
+                shown.push(format!("{name} {}{host}", gb(bytes)));
+            }
+        }
+        shown.join(", ")
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    /// The memory `with_plan` and (for training) the optimiser and checkpoints would take on `b`,
+    /// from the shapes alone; the same checks as `with_plan` refuse a model first.
+    pub fn memory_plan(
+        b: &B,
+        config: &GptConfig,
+        lr: &LowRankConfig,
+        plan: ActivationPlan,
+        purpose: Purpose,
+    ) -> Result<MemoryPlan> {
+        let layers = plan.check(config, lr)?;
+        let layout = ParamLayout::with_lowrank(config, &layers);
+        let (n, compute) = (layout.len(), b.compute_dtype());
+        let copy = match compute {
+            DType::F32 => 0,
+            dtype => b.stored_bytes(dtype, n),
+        };
+        let rows = plan.batch * plan.seq;
+        let lora = lr.mode == crate::lowrank::LowRankMode::Lora;
+        let activations = Activations::bytes_planned(b, config, plan)
+            + LowRankRuntime::bytes_planned(b, &layers, rows, lr.rank_init, lora);
+        let shape = SeqShape::new(plan.batch, plan.seq, config.n_embd);
+        let mut scratch = b.attention_scratch_bytes(shape, config.n_head);
+        let mut mem = MemoryPlan {
+            weights: b.stored_bytes(DType::F32, n) + copy,
+            gradients: b.stored_bytes(DType::F32, n),
+            activations,
+            ..Default::default()
+        };
+        if let Purpose::Training { checkpoints, .. } = purpose {
+            let groups = param_groups(&layout, Trained::of(lr), lr);
+            let state = AdamWOptimizer::<B>::state_len(&groups);
+            mem.optimizer = 2 * b.stored_bytes(DType::F32, state);
+            if checkpoints {
+                // The checkpoint's copy: every tensor off the device, then the moments.
+                mem.checkpoint = 4 * (n + 2 * state);
+            }
+            if !lr.is_low_rank() && lr.rank_log_every > 0 {
+                // The rank log keeps each dense MLP matrix's W0 on the host, forms its update
+                // D = W − W0 (f32, twice, and in the compute dtype) and D's Gram matrix on the
+                // backend one matrix at a time, and eigensolves the Gram matrices on the host,
+                // all of them downloaded first, in f64 on each thread.
+                let fc = layout.block(0, BlockTensor::FcWeight);
+                let (c, matrix, matrices) = (config.n_embd, fc.len(), 2 * config.n_layer);
+                let eigensolves = rayon::current_num_threads() * 4 * 8 * c * c;
+                mem.rank_log = 4 * matrix * matrices + 4 * c * c * matrices + eigensolves;
+                scratch = scratch.max(
+                    2 * b.stored_bytes(DType::F32, matrix)
+                        + b.stored_bytes(compute, matrix)
+                        + b.stored_bytes(DType::F32, c * c),
+                );
+            }
+        }
+        mem.scratch = scratch + margin(mem.total() + scratch);
+        Ok(mem)
+    }
+}
+
+/// What `check` knows of the run it plans, for its sentences.
+pub struct Proposal<'a> {
+    /// "gpt2-medium", say.
+    pub model: &'a str,
+    pub config: &'a GptConfig,
+    pub lr: &'a LowRankConfig,
+    pub plan: ActivationPlan,
+    pub purpose: Purpose,
+}
+
+/// The run's memory plan, after checking that it fits what `b` and the host have free: when it
+/// does not, an error naming what the run needs, what there is, and the nearest settings that
+/// fit (`--recompute-gelu`, a smaller `--batch` with a larger `--accum` for the same tokens a
+/// step). `LOWRANK_MEMORY_CHECK=0` skips the refusal (an estimate can be wrong), not the plan.
+pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
+    let plan_for = |plan| Gpt::memory_plan(b, p.config, p.lr, plan, p.purpose);
+    let mem = plan_for(p.plan)?;
+    let room = Room::of(b)?;
+    let skip = std::env::var("LOWRANK_MEMORY_CHECK").is_ok_and(|v| v == "0");
+    let Some(short) = room.short_of(&mem).filter(|_| !skip) else {
+        return Ok(Checked { plan: mem, room });
+    };
+    let ActivationPlan {
+        batch,
+        seq,
+        recompute_gelu,
+    } = p.plan;
+    let mut options = Vec::new();
+    if !recompute_gelu {
+        let plan = ActivationPlan {
+            recompute_gelu: true,
+            ..p.plan
+        };
+        let m = plan_for(plan)?;
+        if room.short_of(&m).is_none() {
+            options.push(format!("--recompute-gelu ({})", gb(room.need(&m))));
+        }
+    }
+    // The largest smaller batch that fits, first as it is and then with GELU recomputed.
+    let smaller = (1..batch).rev().filter(|d| batch.is_multiple_of(*d));
+    let fitting = [recompute_gelu, true]
+        .into_iter()
+        .find_map(|recompute_gelu| {
+            smaller.clone().find_map(|batch| {
+                let plan = ActivationPlan {
+                    batch,
+                    recompute_gelu,
+                    ..p.plan
+                };
+                let m = plan_for(plan).ok()?;
+                room.short_of(&m).is_none().then_some((plan, m))
+            })
+        });
+    if let Some((plan, m)) = fitting {
+        let recompute = match plan.recompute_gelu && !recompute_gelu {
+            true => " --recompute-gelu",
+            false => "",
+        };
+        options.push(match p.purpose {
+            Purpose::Training { accum, .. } => format!(
+                "--batch {}{recompute} --accum {} ({}, the same {} sequences a step)",
+                plan.batch,
+                accum * batch / plan.batch,
+                gb(room.need(&m)),
+                accum * batch
+            ),
+            Purpose::Inference => {
+                format!("--batch {}{recompute} ({})", plan.batch, gb(room.need(&m)))
+            }
+        });
+    }
+    let advice = match options.is_empty() {
+        false => format!("Try {}.", options.join(", or ")),
+        true => format!(
+            "Even a batch of one sequence does not fit (the weights, gradients and optimiser \
+             state alone take {}): try a shorter --seq or a smaller --model.",
+            gb(mem.weights + mem.gradients + mem.optimizer)
+        ),
+    };
+    bail!(
+        "{} at batch {batch} × {seq} tokens needs about {} on {}: {}. {short}. {advice} \
+         (LOWRANK_MEMORY_CHECK=0 starts it anyway.)",
+        p.model,
+        gb(room.need(&mem)),
+        b.name(),
+        room.parts(&mem),
+    )
+}
+
+/// Memory free for a run: the device's, where buffers are not in host memory, and the host's.
+struct Room {
+    device: Option<usize>,
+    host: Option<usize>,
+}
+
+impl Room {
+    fn of<B: Backend>(b: &B) -> Result<Room> {
+        Ok(Room {
+            device: b.device_memory_free()?,
+            host: meminfo::host_available(),
+        })
+    }
+
+    /// The bytes `check` quotes: the device's share where there is a device, else everything.
+    fn need(&self, m: &MemoryPlan) -> usize {
+        match self.device {
+            Some(_) => m.device(),
+            None => m.total(),
+        }
+    }
+
+    fn parts(&self, m: &MemoryPlan) -> String {
+        m.parts(self.device.is_some())
+    }
+
+    /// What is short for `m`, as a sentence; None when it fits (or nothing is known).
+    fn short_of(&self, m: &MemoryPlan) -> Option<String> {
+        match (self.device, self.host) {
+            (Some(free), _) if m.device() > free => Some(format!("The GPU has {} free", gb(free))),
+            (Some(_), Some(host)) if m.host() > host => Some(format!(
+                "Its copies on the host need {} and the host has {} available",
+                gb(m.host()),
+                gb(host)
+            )),
+            (None, Some(host)) if m.total() > host => {
+                Some(format!("The machine has {} available", gb(host)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A plan that fits, with the memory that was free for it.
+pub struct Checked {
+    pub plan: MemoryPlan,
+    room: Room,
+}
+
+impl Checked {
+    /// The banner's words: "memory: about 13.4 GB of 22.1 GB available (weights ...)".
+    pub fn describe(&self) -> String {
+        let (m, room) = (&self.plan, &self.room);
+        let of = match (room.device, room.host) {
+            (Some(free), _) => format!(" of the GPU's {} free", gb(free)),
+            (None, Some(host)) => format!(" of {} available", gb(host)),
+            (None, None) => String::new(),
+        };
+        format!("memory: about {}{of} ({})", gb(room.need(m)), room.parts(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{Cpu, CpuBf16};
+    use crate::lowrank::LowRankMode;
+
+    /// GPT-2 small's parameters, the vocabulary padded to 50304 rows: embeddings, 12 blocks (two
+    /// LayerNorms, the attention's qkv and projection, the MLP's two matrices, with biases), ln_f.
+    const GPT2_PADDED: usize = 50304 * 768
+        + 1024 * 768
+        + 12 * (2 * 2 * 768
+            + 768 * 2304
+            + 2304
+            + 768 * 768
+            + 768
+            + 768 * 3072
+            + 3072
+            + 3072 * 768
+            + 768)
+        + 2 * 768;
+
+    fn training() -> Purpose {
+        Purpose::Training {
+            checkpoints: true,
+            accum: 1,
+        }
+    }
+
+    fn plan<B: Backend>(b: &B, lr: &LowRankConfig, purpose: Purpose) -> MemoryPlan {
+        let config = GptConfig::preset("gpt2").unwrap();
+        Gpt::memory_plan(b, &config, lr, ActivationPlan::new(1, 64), purpose).unwrap()
+    }
+
+    /// Four bytes a parameter for the weights and for their gradients, eight for AdamW's moments
+    /// and twelve for the checkpoint's copy (weights and moments); the bf16 compute copy is kept
+    /// in f32 on the CPU, four more; inference keeps no moments and no copy.
+    #[test]
+    fn gpt2_small_takes_its_bytes_a_parameter() {
+        let dense = LowRankConfig {
+            rank_log_every: 0,
+            ..Default::default()
+        };
+        let n = GPT2_PADDED;
+        let m = plan(&Cpu, &dense, training());
+        assert_eq!(
+            (
+                m.weights,
+                m.gradients,
+                m.optimizer,
+                m.checkpoint,
+                m.rank_log
+            ),
+            (4 * n, 4 * n, 8 * n, 12 * n, 0)
+        );
+        assert_eq!(plan(&CpuBf16, &dense, training()).weights, 8 * n);
+        let inference = plan(&Cpu, &dense, Purpose::Inference);
+        assert_eq!((inference.optimizer, inference.checkpoint), (0, 0));
+        assert_eq!(inference.activations, m.activations);
+
+        // The rank log: each MLP matrix's W0 (768 × 3072, 24 of them), their 768² Gram matrices,
+        // and each thread's eigensolver work.
+        let logged = plan(&Cpu, &LowRankConfig::default(), training());
+        let threads = rayon::current_num_threads();
+        let grams = 24 * 4 * 768 * 768;
+        assert_eq!(
+            logged.rank_log,
+            24 * 4 * 768 * 3072 + grams + threads * 32 * 768 * 768
+        );
+    }
+
+    /// LoRA keeps moments for its adapters alone: rank 8 on the MLP's two matrices of 12 blocks,
+    /// 8 · (768 + 3072) values each.
+    #[test]
+    fn lora_keeps_moments_of_its_adapters_alone() {
+        let lora = LowRankConfig {
+            mode: LowRankMode::Lora,
+            rank_init: 8,
+            lora_base: Some("the random init".into()),
+            ..Default::default()
+        };
+        let adapters = 12 * 2 * 8 * (768 + 3072);
+        assert_eq!(plan(&Cpu, &lora, training()).optimizer, 8 * adapters);
+    }
+
+    /// A plan is refused as a model would be: a sequence past the context.
+    #[test]
+    fn a_plan_checks_what_the_model_would() {
+        let config = GptConfig::preset("gpt2").unwrap();
+        let lr = LowRankConfig::default();
+        let e = Gpt::memory_plan(&Cpu, &config, &lr, ActivationPlan::new(1, 2048), training())
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds the model's context"), "{e}");
+    }
+}
