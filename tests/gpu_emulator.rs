@@ -326,11 +326,11 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
 }
 
 /// A CUDA run's memory plan (the banner's "memory: about N MB", checked against the GPU's free
-/// memory before anything is allocated) bounds what the run allocates on the emulated GPU at its
-/// peak, attention's and the rank log's scratch included, with materialised attention too (whose
-/// B·heads·T² scores are the largest scratch). On a GPU 10 MB short of the plan the run is refused
-/// before it writes anything, with the batch that fits at the same tokens a step, and those
-/// settings then train on that GPU.
+/// memory before anything is allocated) is, less its margin, what the run allocates on the
+/// emulated GPU at its peak to within the banner's rounding, attention's scratch included, with
+/// materialised attention too (whose B·heads·T² score gradients, 6 MB here, are the largest
+/// scratch). On a GPU 10 MB short of the plan the run is refused before it writes anything, with
+/// the batch that fits at the same tokens a step, and those settings then train on that GPU.
 #[test]
 fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
     let Some(emu) = Emulator::get() else { return };
@@ -379,11 +379,12 @@ fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
     let gpu = 900_000_000usize;
     let roomy = gpu.to_string();
     let roomy = ("LOWRANK_EMU_MEMORY", OsStr::new(&roomy));
+    let mut flash = (0, 0);
     for (name, extra, attention) in [
         ("flash", &["--batch", "8"][..], "flash"),
         (
             "materialized",
-            &["--batch", "8", "--seq", "128"][..],
+            &["--batch", "16", "--seq", "128"][..],
             "materialized",
         ),
     ] {
@@ -394,18 +395,24 @@ fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
         );
         let t = text(&o);
         assert!(o.status.success(), "{t}");
-        // What the backend held before the plan was made (cuBLASLt's workspace) plus the plan.
+        // What the backend held before the plan was made (cuBLASLt's workspace), and the plan
+        // without its margin: at the peak every buffer listed is allocated, attention's scratch
+        // (the largest transient) included, and little else. Each figure is rounded to the MB.
         let held = gpu - mb(&t, "of the GPU's ");
         let planned = mb(&t, "memory: about ");
+        let listed = planned - mb(&t, "margin ");
+        let peak = peak(&t);
         assert!(
-            peak(&t) <= held + planned + 1_000_000,
-            "{name}: peak {} bytes, planned {planned} beside {held} held before:\n{t}",
-            peak(&t)
+            peak.abs_diff(held + listed) <= 3_000_000,
+            "{name}: peak {peak} bytes, planned {listed} without the margin, beside {held} \
+             held before:\n{t}"
         );
+        if name == "flash" {
+            flash = (held, planned);
+        }
     }
 
-    let t = text(&train("roomy", &[], &[roomy]).0);
-    let (held, planned) = (gpu - mb(&t, "of the GPU's "), mb(&t, "memory: about "));
+    let (held, planned) = flash;
     let limit = (held + planned - 10_000_000).to_string();
     let small = [("LOWRANK_EMU_MEMORY", OsStr::new(&limit))];
     let (refused, out) = train("small", &[], &small);

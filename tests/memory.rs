@@ -43,12 +43,18 @@ fn run_measured(args: &[&str]) -> (String, f64, bool) {
 
 /// GPT-2 small for two steps on the CPU, a checkpoint after each and the rank log on (its Gram
 /// matrices and W0 copies), then efficient InRank at rank 64 on `cpu-bf16` (the compute copy,
-/// the low-rank scratch): each run's peak
-/// resident memory stays under the plan its banner states, and the plan overstates it by less
-/// than 10 %. (Measured 2026-12-07: 4.95 GB against a plan of 5.0, 3.20 against 3.3.)
+/// the low-rank scratch): each run's peak resident memory stays under the plan its banner states
+/// and the plan overstates it by less than 10 %, give or take the banner's rounding to 0.1 GB.
+/// (Measured 2026-12-07 on 2 cores: 4.18 GB against a plan of 4.2, 3.62 against 3.7.) Each run
+/// is checked against the machine's memory first: with less than 8 GB available, this is skipped.
 #[test]
 #[cfg(target_os = "linux")]
 fn cpu_runs_stay_within_the_memory_they_plan() {
+    let available = lowrank::util::meminfo::host_available().unwrap_or(0);
+    if available < 8_000_000_000 {
+        eprintln!("skipped: {available} bytes available, the runs need 4.2 GB beside other tests");
+        return;
+    }
     let out = tmp("memory-plan");
     let common = [
         "--model", "gpt2", "--batch", "2", "--seq", "128", "--steps", "2",
@@ -82,9 +88,9 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-/// GPT-2 large at batch 64 × 1024 needs hundreds of GB: refused at once with what it needs and
-/// what the machine has, before the run directory exists (without the check, the kernel kills
-/// such a run a minute in without a word).
+/// GPT-2 large at batch 4096 × 1024 needs some 25 TB: refused at once with what it needs and what
+/// the machine has, before the run directory exists (without the check, the kernel kills such a
+/// run once its pages are touched, without a word).
 #[test]
 #[cfg(target_os = "linux")]
 fn a_run_past_the_machine_is_refused_before_it_starts() {
@@ -94,14 +100,14 @@ fn a_run_past_the_machine_is_refused_before_it_starts() {
         "--model",
         "gpt2-large",
         "--batch",
-        "64",
+        "4096",
         "--seq",
         "1024",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(
-        failed_with(&o, "gpt2-large at batch 64 × 1024 tokens needs about"),
+        failed_with(&o, "gpt2-large at batch 4096 × 1024 tokens needs about"),
         "{}",
         text(&o)
     );

@@ -68,7 +68,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             plan,
             purpose: Purpose::Training {
                 checkpoints: false,
-                accum: 1,
+                accum: None,
             },
         };
         let memory = memory::check(b, &proposal)?.plan;
@@ -118,7 +118,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             "lowrank": lowrank.mode, "rank_init": lowrank.rank_init, "attention": attention,
             "threads": rayon::current_num_threads(), "median_step_s": med, "mean_step_s": mean,
             "tok_per_s": tok_per_s, "tflops": tflops, "mfu": b.peak_tflops().map(|p| tflops / p),
-            "params": model.num_params(), "activation_bytes": memory.activations,
+            "params": model.num_params(), "activation_bytes": model.activation_bytes(b),
             "memory_bytes": memory.device(), "loss": loss,
             "recompute_gelu": a.recompute_gelu,
             "settings": b.settings().into_iter().collect::<std::collections::BTreeMap<_, _>>(),

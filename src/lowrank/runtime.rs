@@ -168,6 +168,20 @@ impl<B: Backend> LowRankRuntime<B> {
         })
     }
 
+    /// Bytes of scratch held, as allocated (`bytes_planned` counts them before).
+    pub fn bytes(&self, b: &B) -> usize {
+        let middle = self.middle.iter().flat_map(|m| {
+            let own = match &m.kind {
+                MiddleKind::Fixed { eye, eye_f32, .. } => [eye, eye_f32],
+                MiddleKind::Trained { m_f32, vt_f32 } => [m_f32, vt_f32],
+            };
+            m.vt_eff.iter().chain(own).chain([&m.grads])
+        });
+        (self.t.iter().chain([&self.s]).chain(middle))
+            .map(|x| b.stored_bytes(x.dtype(), x.len()))
+            .sum()
+    }
+
     /// Bytes `new` would allocate, counted before anything is.
     pub fn bytes_planned(
         b: &B,

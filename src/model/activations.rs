@@ -31,7 +31,7 @@ pub struct Activations<B: Backend> {
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
     /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; after
-    /// `set_recompute_gelu`, fch_gelu holds one layer's (the forward's, which the projection reads
+    /// `ActivationPlan::recompute_gelu`, fch_gelu holds one layer's (the forward's, which the projection reads
     /// at once) and the backward forms each layer's again from fch (`gelu_slot`).
     pub fch: B::Buf,
     pub fch_gelu: B::Buf,
@@ -48,7 +48,7 @@ pub struct Activations<B: Backend> {
 
 impl<B: Backend> Activations<B> {
     /// The buffers for `batch` sequences of `seq` tokens, with every layer's GELU output or,
-    /// `recompute_gelu`, one layer's (`set_recompute_gelu`).
+    /// `recompute_gelu`, one layer's, the backward forming each layer's again from fch.
     pub fn new(
         b: &B,
         cfg: &GptConfig,
@@ -133,6 +133,34 @@ impl<B: Backend> Activations<B> {
         .sum()
     }
 
+    /// Bytes held, as allocated (`bytes_planned` counts them before).
+    pub fn bytes(&self, b: &B) -> usize {
+        [
+            &self.encoded,
+            &self.ln1,
+            &self.ln1_mean,
+            &self.ln1_rstd,
+            &self.qkv,
+            &self.atty,
+            &self.att,
+            &self.residual2,
+            &self.ln2,
+            &self.ln2_mean,
+            &self.ln2_rstd,
+            &self.fch,
+            &self.fch_gelu,
+            &self.residual3,
+            &self.lnf,
+            &self.lnf_mean,
+            &self.lnf_rstd,
+            &self.logits,
+            &self.losses,
+        ]
+        .iter()
+        .map(|x| b.stored_bytes(x.dtype(), x.len()))
+        .sum()
+    }
+
     /// (slices, index) of layer `l`'s GELU(fch) in `fch_gelu`, for `layer`: its own slice, or
     /// the only one when the backward recomputes them.
     pub fn gelu_slot(&self, l: usize) -> (usize, usize) {
@@ -140,18 +168,6 @@ impl<B: Backend> Activations<B> {
             1 => (1, 0),
             layers => (layers, l),
         }
-    }
-
-    /// Keeps one layer's GELU(fch) instead of every layer's (`on`), or every layer's again: the
-    /// buffer is allocated anew, so set it before a forward, not between a forward and its
-    /// backward.
-    pub fn set_recompute_gelu(&mut self, b: &B, on: bool) -> Result<()> {
-        let layers = match on {
-            true => 1,
-            false => self.fch.len() / (4 * self.shape.len()),
-        };
-        self.fch_gelu = b.alloc(self.fch.dtype(), layers * 4 * self.shape.len())?;
-        Ok(())
     }
 }
 
@@ -167,7 +183,7 @@ pub struct ActivationGrads<B: Backend> {
     /// (B, T, 4C): the gradient of the MLP hidden layer.
     pub dfch: B::Buf,
     /// (B, T, 4C): a layer's GELU(fch) formed again for the backward, when the forward kept only
-    /// one layer's (`Activations::set_recompute_gelu`).
+    /// one layer's (`ActivationPlan::recompute_gelu`).
     pub gelu: Option<B::Buf>,
 }
 
@@ -182,6 +198,14 @@ impl<B: Backend> ActivationGrads<B> {
             dfch: alloc(dfch)?,
             gelu: recompute_gelu.then(|| alloc(gelu)).transpose()?,
         })
+    }
+
+    pub fn bytes(&self, b: &B) -> usize {
+        [&self.dresidual, &self.dbtc, &self.dqkv, &self.dfch]
+            .into_iter()
+            .chain(&self.gelu)
+            .map(|x| b.stored_bytes(x.dtype(), x.len()))
+            .sum()
     }
 
     /// (dtype, length) of each buffer, in the fields' order; the last (`gelu`) is allocated only

@@ -347,22 +347,6 @@ impl<B: Backend> Gpt<B> {
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
     }
 
-    /// Keeps one layer's GELU output instead of every layer's, forming each again in the backward
-    /// (llm.c's `-r 1`): (n_layer − 2) × B·T·4C activations fewer for a GELU pass per layer in the
-    /// backward; the gradients are the same. Set it before a forward.
-    pub fn set_recompute_gelu(&mut self, b: &B, on: bool) -> Result<()> {
-        ensure!(
-            !self.has_loss_gradient,
-            "recomputing GELU is set before a forward, not between a forward and its backward"
-        );
-        self.acts.set_recompute_gelu(b, on)?;
-        let len = 4 * self.acts.shape.len();
-        self.dacts.gelu = on
-            .then(|| b.alloc(self.acts.fch.dtype(), len))
-            .transpose()?;
-        Ok(())
-    }
-
     /// Zeroes the gradients the backward forms (`has_gradient`), before a step's first
     /// micro-batch. The backward never writes the others, so they keep the allocation's zeros: in
     /// LoRA that is most of the buffer, which a step then neither fills nor reads (the optimiser's
@@ -493,6 +477,11 @@ impl<B: Backend> Gpt<B> {
     pub fn lowrank_mut(&mut self) -> &mut LowRankRuntime<B> {
         self.decoded = 0;
         &mut self.lowrank
+    }
+
+    /// Bytes of activations, activation gradients and low-rank scratch held, as allocated.
+    pub fn activation_bytes(&self, b: &B) -> usize {
+        self.acts.bytes(b) + self.dacts.bytes(b) + self.lowrank.bytes(b)
     }
 
     fn check_tokens(&self, what: &str, tokens: &[u32]) -> Result<()> {

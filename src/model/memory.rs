@@ -24,9 +24,11 @@ pub struct MemoryPlan {
     pub optimizer: usize,
     /// Activations, their gradients and the low-rank layers' scratch: these grow with the batch.
     pub activations: usize,
-    /// The most an op allocates and frees during a step (attention's), with the rank log's Gram
-    /// matrices and a margin for the small ones: an estimate, the rest is exact.
+    /// The most an op allocates and frees during a step (attention's, or the rank log's update
+    /// and Gram matrix): an estimate, as `margin` is; the rest is exact.
     pub scratch: usize,
+    /// For what the plan does not list (`MARGIN`).
+    pub margin: usize,
     /// Host memory whatever the device: the copy each checkpoint is written from (the weights
     /// and both moments), held through a training run,
     pub checkpoint: usize,
@@ -36,28 +38,31 @@ pub struct MemoryPlan {
 }
 
 /// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
-/// `accum` micro-batches a step) or only runs forward.
+/// `accum` micro-batches a step, None where the command has no `--accum`) or only runs forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    Training { checkpoints: bool, accum: usize },
+    Training {
+        checkpoints: bool,
+        accum: Option<usize>,
+    },
     Inference,
 }
 
-/// The small scratch an estimate does not list (LayerNorm's and bias gradients' partial sums,
-/// split-K slices, the CPU GEMM's packing and transposed copies, what the allocator keeps), with
-/// a hundredth of the rest beside it (`margin`): on the CPU, GPT-2 small's runs peaked 87 MB
-/// above what the plan listed, GPT-2 medium's 150 MB (2026-12-07).
+/// The margin for what the plan does not list (LayerNorm's and bias gradients' partial sums,
+/// split-K slices, the CPU GEMM's packing and transposed copies, what the allocator keeps): this
+/// and a hundredth of the device's listed bytes. On the CPU, GPT-2 small's runs peaked 87 MB above
+/// what the plan listed, GPT-2 medium's 150 MB (2026-12-07).
 const MARGIN: usize = 128 << 20;
-
-/// `MARGIN` and a hundredth of the `listed` bytes.
-fn margin(listed: usize) -> usize {
-    MARGIN + listed / 100
-}
 
 impl MemoryPlan {
     /// What the backend's own memory must hold: all but the host's copies.
     pub fn device(&self) -> usize {
-        self.weights + self.gradients + self.optimizer + self.activations + self.scratch
+        self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.scratch
+            + self.margin
     }
 
     /// What the host must hold whatever the device.
@@ -78,6 +83,7 @@ impl MemoryPlan {
             ("AdamW's moments", self.optimizer),
             ("activations", self.activations),
             ("scratch", self.scratch),
+            ("margin", self.margin),
         ];
         let mut shown: Vec<String> = (named.iter())
             .filter(|(_, bytes)| *bytes > 0)
@@ -142,14 +148,19 @@ impl<B: Backend> Gpt<B> {
                 let (c, matrix, matrices) = (config.n_embd, fc.len(), 2 * config.n_layer);
                 let eigensolves = rayon::current_num_threads() * 4 * 8 * c * c;
                 mem.rank_log = 4 * matrix * matrices + 4 * c * c * matrices + eigensolves;
+                let copy = match compute {
+                    DType::F32 => 0,
+                    dtype => b.stored_bytes(dtype, matrix),
+                };
                 scratch = scratch.max(
                     2 * b.stored_bytes(DType::F32, matrix)
-                        + b.stored_bytes(compute, matrix)
+                        + copy
                         + b.stored_bytes(DType::F32, c * c),
                 );
             }
         }
-        mem.scratch = scratch + margin(mem.total() + scratch);
+        mem.scratch = scratch;
+        mem.margin = MARGIN + mem.device() / 100;
         Ok(mem)
     }
 }
@@ -166,81 +177,120 @@ pub struct Proposal<'a> {
 
 /// The run's memory plan, after checking that it fits what `b` and the host have free: when it
 /// does not, an error naming what the run needs, what there is, and the nearest settings that
-/// fit (`--recompute-gelu`, a smaller `--batch` with a larger `--accum` for the same tokens a
-/// step). `LOWRANK_MEMORY_CHECK=0` skips the refusal (an estimate can be wrong), not the plan.
+/// fit (`alternatives`). `LOWRANK_MEMORY_CHECK=0` skips the refusal (an estimate can be wrong).
 pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
-    let plan_for = |plan| Gpt::memory_plan(b, p.config, p.lr, plan, p.purpose);
-    let mem = plan_for(p.plan)?;
+    let mem = Gpt::memory_plan(b, p.config, p.lr, p.plan, p.purpose)?;
     let room = Room::of(b)?;
     let skip = std::env::var("LOWRANK_MEMORY_CHECK").is_ok_and(|v| v == "0");
     let Some(short) = room.short_of(&mem).filter(|_| !skip) else {
         return Ok(Checked { plan: mem, room });
     };
-    let ActivationPlan {
-        batch,
-        seq,
-        recompute_gelu,
-    } = p.plan;
-    let mut options = Vec::new();
-    if !recompute_gelu {
-        let plan = ActivationPlan {
-            recompute_gelu: true,
-            ..p.plan
-        };
-        let m = plan_for(plan)?;
-        if room.short_of(&m).is_none() {
-            options.push(format!("--recompute-gelu ({})", gb(room.need(&m))));
+    let options = alternatives(b, p, &room);
+    let training = matches!(p.purpose, Purpose::Training { .. });
+    let advice = match (options.is_empty(), room.device) {
+        (false, _) => format!("Try {}.", options.join(", or ")),
+        (true, Some(free)) if mem.device() <= free => "Its checkpoints are copied to the host \
+            at 12 bytes a trained parameter: a smaller --model, or a host with more memory."
+            .to_string(),
+        (true, _) => {
+            let one = ActivationPlan { batch: 1, ..p.plan };
+            let need = Gpt::memory_plan(b, p.config, p.lr, one, p.purpose)
+                .map_or(String::new(), |m| {
+                    format!(" (it needs {})", gb(room.need(&m)))
+                });
+            let model = if training {
+                " or a smaller --model"
+            } else {
+                ""
+            };
+            format!("Even a batch of one sequence does not fit{need}: try a shorter --seq{model}.")
         }
-    }
-    // The largest smaller batch that fits, first as it is and then with GELU recomputed.
-    let smaller = (1..batch).rev().filter(|d| batch.is_multiple_of(*d));
-    let fitting = [recompute_gelu, true]
-        .into_iter()
-        .find_map(|recompute_gelu| {
-            smaller.clone().find_map(|batch| {
-                let plan = ActivationPlan {
-                    batch,
-                    recompute_gelu,
-                    ..p.plan
-                };
-                let m = plan_for(plan).ok()?;
-                room.short_of(&m).is_none().then_some((plan, m))
-            })
-        });
-    if let Some((plan, m)) = fitting {
-        let recompute = match plan.recompute_gelu && !recompute_gelu {
-            true => " --recompute-gelu",
-            false => "",
-        };
-        options.push(match p.purpose {
-            Purpose::Training { accum, .. } => format!(
-                "--batch {}{recompute} --accum {} ({}, the same {} sequences a step)",
-                plan.batch,
-                accum * batch / plan.batch,
-                gb(room.need(&m)),
-                accum * batch
-            ),
-            Purpose::Inference => {
-                format!("--batch {}{recompute} ({})", plan.batch, gb(room.need(&m)))
-            }
-        });
-    }
-    let advice = match options.is_empty() {
-        false => format!("Try {}.", options.join(", or ")),
-        true => format!(
-            "Even a batch of one sequence does not fit (the weights, gradients and optimiser \
-             state alone take {}): try a shorter --seq or a smaller --model.",
-            gb(mem.weights + mem.gradients + mem.optimizer)
-        ),
     };
     bail!(
-        "{} at batch {batch} × {seq} tokens needs about {} on {}: {}. {short}. {advice} \
+        "{} at batch {} × {} tokens needs about {} on {}: {}. {short}. {advice} \
          (LOWRANK_MEMORY_CHECK=0 starts it anyway.)",
         p.model,
+        p.plan.batch,
+        p.plan.seq,
         gb(room.need(&mem)),
         b.name(),
         room.parts(&mem),
     )
+}
+
+/// The settings nearest the proposal's that fit, as the flags to pass and what they would need:
+/// for training, no rank log (its host copies) and GELU recomputed at the same batch; then the
+/// largest smaller batch (one that divides it where `--accum`, raised, keeps the sequences a
+/// step), as it is or, for training, with GELU recomputed too.
+fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<String> {
+    let need = |plan: ActivationPlan, lr: &LowRankConfig| -> Option<String> {
+        let m = Gpt::memory_plan(b, p.config, lr, plan, p.purpose).ok()?;
+        room.short_of(&m).is_none().then(|| gb(room.need(&m)))
+    };
+    let training = matches!(p.purpose, Purpose::Training { .. });
+    let recompute = ActivationPlan {
+        recompute_gelu: true,
+        ..p.plan
+    };
+    let mut options = Vec::new();
+    if training && !p.lr.is_low_rank() && p.lr.rank_log_every > 0 {
+        let quiet = LowRankConfig {
+            rank_log_every: 0,
+            ..p.lr.clone()
+        };
+        options.extend(need(p.plan, &quiet).map(|n| format!("--rank-log-every 0 ({n})")));
+    }
+    if training && !p.plan.recompute_gelu {
+        options.extend(need(recompute, p.lr).map(|n| format!("--recompute-gelu ({n})")));
+    }
+    let batch = p.plan.batch;
+    let mut plans = vec![p.plan];
+    if training && !p.plan.recompute_gelu {
+        plans.push(recompute);
+    }
+    // Training with --accum keeps its sequences a step only at a divisor of the batch; elsewhere
+    // the largest smaller batch that fits will do (memory grows with the batch: bisect).
+    let keeps_sequences = matches!(p.purpose, Purpose::Training { accum: Some(_), .. });
+    let smaller = plans.iter().find_map(|&plan| {
+        let fits = |d: usize| need(ActivationPlan { batch: d, ..plan }, p.lr);
+        let best = match keeps_sequences {
+            true => (1..batch)
+                .rev()
+                .find(|d| batch.is_multiple_of(*d) && fits(*d).is_some()),
+            false if batch > 1 && fits(1).is_some() => {
+                let (mut lo, mut hi) = (1, batch - 1); // fits(lo); find the largest that does
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    (lo, hi) = if fits(mid).is_some() {
+                        (mid, hi)
+                    } else {
+                        (lo, mid - 1)
+                    };
+                }
+                Some(lo)
+            }
+            false => None,
+        };
+        best.and_then(|d| Some((ActivationPlan { batch: d, ..plan }, fits(d)?)))
+    });
+    if let Some((plan, n)) = smaller {
+        let recompute = match plan.recompute_gelu && !p.plan.recompute_gelu {
+            true => " --recompute-gelu",
+            false => "",
+        };
+        options.push(match p.purpose {
+            Purpose::Training {
+                accum: Some(accum), ..
+            } => format!(
+                "--batch {}{recompute} --accum {} ({n}, the same {} sequences a step)",
+                plan.batch,
+                accum * batch / plan.batch,
+                accum * batch
+            ),
+            _ => format!("--batch {}{recompute} ({n})", plan.batch),
+        });
+    }
+    options
 }
 
 /// Memory free for a run: the device's, where buffers are not in host memory, and the host's.
@@ -309,6 +359,7 @@ impl Checked {
 mod tests {
     use super::*;
     use crate::backend::cpu::{Cpu, CpuBf16};
+    use crate::backend::Buffer;
     use crate::lowrank::LowRankMode;
 
     /// GPT-2 small's parameters, the vocabulary padded to 50304 rows: embeddings, 12 blocks (two
@@ -329,7 +380,7 @@ mod tests {
     fn training() -> Purpose {
         Purpose::Training {
             checkpoints: true,
-            accum: 1,
+            accum: Some(1),
         }
     }
 
@@ -387,6 +438,55 @@ mod tests {
         };
         let adapters = 12 * 2 * 8 * (768 + 3072);
         assert_eq!(plan(&Cpu, &lora, training()).optimizer, 8 * adapters);
+    }
+
+    /// The activations, their gradients and the low-rank scratch planned are what a model built
+    /// for the same plan then holds, in every parameterisation, with GELU kept or recomputed, in
+    /// f32 and in bf16 (the compute copy too), on a ragged batch.
+    #[test]
+    fn the_plan_counts_what_the_model_allocates() {
+        fn compare<B: Backend>(b: &B) {
+            let config = GptConfig::preset("tiny").unwrap();
+            for mode in [
+                LowRankMode::Dense,
+                LowRankMode::Inrank,
+                LowRankMode::Efficient,
+                LowRankMode::Lora,
+                LowRankMode::Dln,
+                LowRankMode::Dlra,
+            ] {
+                for recompute_gelu in [false, true] {
+                    let lr = LowRankConfig {
+                        mode,
+                        layers: crate::lowrank::LowRankLayers::All,
+                        rank_init: 6,
+                        lora_base: (mode == LowRankMode::Lora).then(|| "random".into()),
+                        ..Default::default()
+                    };
+                    let plan = ActivationPlan {
+                        batch: 3,
+                        seq: 7,
+                        recompute_gelu,
+                    };
+                    let m = Gpt::memory_plan(b, &config, &lr, plan, Purpose::Inference).unwrap();
+                    let model = Gpt::with_plan(b, config, &lr, plan, 1).unwrap();
+                    let n = model.params().len();
+                    assert_eq!(
+                        m.activations,
+                        model.activation_bytes(b),
+                        "{mode:?} {plan:?}"
+                    );
+                    assert_eq!(m.gradients, b.stored_bytes(DType::F32, n));
+                    let copy = match b.compute_dtype() {
+                        DType::F32 => 0,
+                        dtype => b.stored_bytes(dtype, n),
+                    };
+                    assert_eq!(m.weights, b.stored_bytes(DType::F32, n) + copy);
+                }
+            }
+        }
+        compare(&Cpu);
+        compare(&CpuBf16);
     }
 
     /// A plan is refused as a model would be: a sequence past the context.

@@ -1,9 +1,10 @@
 //! Whole-model tests: an independent f64 reference forward (plain loops over the Hugging Face
 //! names), the loss and EVERY parameter's gradient against it, the loss at init, and bad input.
 
-use super::{Gpt, GptConfig, ParamLayout};
+use super::{ActivationPlan, Gpt, GptConfig, ParamLayout};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};
+use crate::lowrank::LowRankConfig;
 use crate::util::rng::Rng;
 
 /// Parameters in f64, looked up by Hugging Face name.
@@ -236,8 +237,11 @@ fn gradients_match_f64_reference_with_gelu_recomputed() {
         n_layer: 3,
         ..micro()
     };
-    let mut gpt = Gpt::new(&Cpu, cfg, 2, 5, 1).unwrap();
-    gpt.set_recompute_gelu(&Cpu, true).unwrap();
+    let plan = ActivationPlan {
+        recompute_gelu: true,
+        ..ActivationPlan::new(2, 5)
+    };
+    let gpt = Gpt::with_plan(&Cpu, cfg, &LowRankConfig::default(), plan, 1).unwrap();
     assert_gradients_match_reference(gpt, &[]);
 }
 

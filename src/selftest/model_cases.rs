@@ -6,7 +6,7 @@
 
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
-use crate::model::{Gpt, GptConfig};
+use crate::model::{ActivationPlan, Gpt, GptConfig};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -26,7 +26,7 @@ pub enum ModelOutput {
 pub struct ModelCase {
     pub mode: LowRankMode,
     pub output: ModelOutput,
-    /// GELU formed again in the backward (`Gpt::set_recompute_gelu`).
+    /// GELU formed again in the backward (`ActivationPlan::recompute_gelu`).
     pub recompute_gelu: bool,
 }
 
@@ -89,8 +89,12 @@ impl ModelCase {
             ..LowRankConfig::default()
         };
         let config = GptConfig::preset("tiny")?;
-        let mut model = Gpt::with_lowrank(b, config, &lr, BATCH, SEQ, seed)?;
-        model.set_recompute_gelu(b, self.recompute_gelu)?;
+        let plan = ActivationPlan {
+            batch: BATCH,
+            seq: SEQ,
+            recompute_gelu: self.recompute_gelu,
+        };
+        let mut model = Gpt::with_plan(b, config, &lr, plan, seed)?;
         let mut rng = Rng::new(seed ^ 0x5EED);
         let mut tokens = |n: usize| -> Vec<u32> {
             (0..n)

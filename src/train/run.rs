@@ -140,7 +140,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             plan,
             purpose: Purpose::Training {
                 checkpoints: true,
-                accum: cfg.accum,
+                accum: Some(cfg.accum),
             },
         },
     )?;
