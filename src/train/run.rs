@@ -369,9 +369,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             val_ppl: val_loss.map(f32::exp),
             ranks: logged_ranks,
         };
-        metrics.write(&record).with_context(|| {
+        metrics.write(&record).map_err(|e| {
             writer.settle();
-            run_stops(&opts.out, &format!("step {step} could not be logged"))
+            let stops = run_stops(&opts.out, &format!("step {step} could not be logged"), &e);
+            e.context(stops)
         })?;
         let mut line = format!(
             "loss {train_loss:.4} lr {lr:.2e} |g| {:.3} {tok_per_s:.0} tok/s",
@@ -478,22 +479,40 @@ fn take_snapshot<B: Backend>(
 /// A checkpoint that could not be written (a full disk) stops the run.
 fn checkpoint_failed(out: &Path, f: WriteFailed) -> anyhow::Error {
     let what = format!("the checkpoint of step {} could not be written", f.step);
-    f.error.context(run_stops(out, &what))
+    let stops = run_stops(out, &what, &f.error);
+    f.error.context(stops)
 }
 
-/// What a failed write (a full disk) leaves: the run stops, and the last complete checkpoint (if
-/// any) is where it continues from.
-fn run_stops(out: &Path, what: &str) -> String {
+/// What a failed write leaves: the run stops, and the last complete checkpoint (if any) is where
+/// it continues from once what failed the write (`error`) is mended.
+fn run_stops(out: &Path, what: &str, error: &anyhow::Error) -> String {
     let last = match last_checkpoint(out) {
         Some(dir) => format!(
-            "the last complete checkpoint, {}, is intact: free some space and continue from it \
-             with --resume {}",
+            "the last complete checkpoint, {}, is intact: {}continue from it with --resume {}",
             dir.display(),
+            remedy(error, out),
             out.display()
         ),
         None => "no earlier checkpoint was written".to_string(),
     };
     format!("{what}, so the run stops; {last}")
+}
+
+/// What to mend before resuming, from the operating system's error under `error`: space for a
+/// full disk, quota or file-size limit, permission for a refused or read-only directory, and
+/// nothing named otherwise (the error itself follows the sentence).
+fn remedy(error: &anyhow::Error, out: &Path) -> String {
+    use std::io::ErrorKind::*;
+    let io = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>());
+    match io.map(std::io::Error::kind) {
+        Some(StorageFull | QuotaExceeded | FileTooLarge) => "free some space and ".to_string(),
+        Some(PermissionDenied | ReadOnlyFilesystem) => {
+            format!("make {} writable and ", out.display())
+        }
+        _ => String::new(),
+    }
 }
 
 /// What a diverged step leaves (it changed nothing): the last complete checkpoint, if any, to
@@ -623,7 +642,33 @@ fn sample<B: Backend>(b: &B, model: &mut Gpt<B>, tokens: usize, step: u32) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::split_windows;
+    use super::{remedy, split_windows};
+    use anyhow::Context;
+    use std::io::{Error, ErrorKind};
+    use std::path::Path;
+
+    /// The advice before `--resume` follows the operating system's error under the context the
+    /// writer adds: a full disk (or quota, or file-size limit) asks for space, a refused or
+    /// read-only directory for permission, anything else (an I/O error) names no remedy.
+    #[test]
+    fn a_failed_write_is_told_what_to_mend() {
+        let failed = |kind: ErrorKind| {
+            let e: anyhow::Result<()> = Err(Error::from(kind)).context("writing model.safetensors");
+            remedy(&e.unwrap_err(), Path::new("runs/x"))
+        };
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::FileTooLarge,
+        ] {
+            assert_eq!(failed(kind), "free some space and ", "{kind:?}");
+        }
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::ReadOnlyFilesystem] {
+            assert_eq!(failed(kind), "make runs/x writable and ", "{kind:?}");
+        }
+        assert_eq!(failed(ErrorKind::Other), "");
+        assert_eq!(remedy(&anyhow::anyhow!("no I/O error"), Path::new("x")), "");
+    }
 
     #[test]
     fn windows_split_into_shifted_inputs_and_targets() {
