@@ -154,7 +154,7 @@ fn a_full_disk_at_a_checkpoint_stops_the_run_and_loses_nothing_written_before() 
     assert!(!o.status.success(), "{said}");
     for needle in [
         "the checkpoint of step 4 could not be written, so the run stops",
-        "checkpoint-0000002, is intact",
+        "checkpoint-0000002, is intact: free some space and continue from it",
         &format!("--resume {dir}"),
         "File too large",
     ] {

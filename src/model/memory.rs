@@ -185,13 +185,16 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
     let Some(short) = room.short_of(&mem).filter(|_| !skip) else {
         return Ok(Checked { plan: mem, room });
     };
-    let options = alternatives(b, p, &room);
+    let options: Vec<String> = (alternatives(b, p, &room).iter())
+        .map(|(a, need)| a.describe(p, need))
+        .collect();
     let training = matches!(p.purpose, Purpose::Training { .. });
     let advice = match (options.is_empty(), room.device) {
         (false, _) => format!("Try {}.", options.join(", or ")),
-        (true, Some(free)) if mem.device() <= free => "Its checkpoints are copied to the host \
-            at 12 bytes a trained parameter: a smaller --model, or a host with more memory."
-            .to_string(),
+        (true, Some(free)) if mem.device() <= free => {
+            "No batch changes what the host holds: a smaller --model, or a host with more memory."
+                .to_string()
+        }
         (true, _) => {
             let one = ActivationPlan { batch: 1, ..p.plan };
             let need = Gpt::memory_plan(b, p.config, p.lr, one, p.purpose)
@@ -218,92 +221,136 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
     )
 }
 
-/// The settings nearest the proposal's that fit, as the flags to pass and what they would need:
-/// for training, no rank log (its host copies) and GELU recomputed at the same batch; then the
-/// largest smaller batch (one that divides it where `--accum`, raised, keeps the sequences a
-/// step), as it is or, for training, with GELU recomputed too.
-fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<String> {
-    let need = |plan: ActivationPlan, lr: &LowRankConfig| -> Option<String> {
-        let m = Gpt::memory_plan(b, p.config, lr, plan, p.purpose).ok()?;
+/// Settings that fit where the proposal's do not: the batch, GELU recomputed, the rank log off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Alternative {
+    plan: ActivationPlan,
+    rank_log_off: bool,
+}
+
+impl Alternative {
+    /// The flags to pass for it: "--batch 4 --recompute-gelu --accum 2 (…, the same 8 sequences a
+    /// step)", with what it would need.
+    fn describe(&self, p: &Proposal, need: &str) -> String {
+        let mut flags = String::new();
+        if self.plan.batch != p.plan.batch {
+            flags += &format!(" --batch {}", self.plan.batch);
+        }
+        if self.plan.recompute_gelu && !p.plan.recompute_gelu {
+            flags += " --recompute-gelu";
+        }
+        if self.rank_log_off {
+            flags += " --rank-log-every 0";
+        }
+        let same = match p.purpose {
+            Purpose::Training {
+                accum: Some(accum), ..
+            } if self.plan.batch != p.plan.batch => {
+                let sequences = accum * p.plan.batch;
+                flags += &format!(" --accum {}", sequences / self.plan.batch);
+                format!(", the same {sequences} sequences a step")
+            }
+            _ => String::new(),
+        };
+        format!("{} ({need}{same})", flags.trim_start())
+    }
+}
+
+/// The settings nearest the proposal's that fit, with what each would need: for training, no
+/// rank log (its host copies) or GELU recomputed at the same batch; then the largest smaller
+/// batch (one that divides it where `--accum`, raised, keeps the sequences a step) reached as it
+/// is or, for training and where the same batch did not fit so, with GELU recomputed, no rank
+/// log, or both (of equal batches, the fewest changes).
+fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<(Alternative, String)> {
+    let quiet = LowRankConfig {
+        rank_log_every: 0,
+        ..p.lr.clone()
+    };
+    let need = |a: Alternative| -> Option<String> {
+        let lr = if a.rank_log_off { &quiet } else { p.lr };
+        let m = Gpt::memory_plan(b, p.config, lr, a.plan, p.purpose).ok()?;
         room.short_of(&m).is_none().then(|| gb(room.need(&m)))
     };
     let training = matches!(p.purpose, Purpose::Training { .. });
-    let recompute = ActivationPlan {
-        recompute_gelu: true,
-        ..p.plan
+    let as_is = Alternative {
+        plan: p.plan,
+        rank_log_off: false,
     };
-    let mut options = Vec::new();
+    let mut same_batch = Vec::new();
     if training && !p.lr.is_low_rank() && p.lr.rank_log_every > 0 {
-        let quiet = LowRankConfig {
-            rank_log_every: 0,
-            ..p.lr.clone()
+        same_batch.push(Alternative {
+            rank_log_off: true,
+            ..as_is
+        });
+    }
+    if training && !p.plan.recompute_gelu {
+        let plan = ActivationPlan {
+            recompute_gelu: true,
+            ..p.plan
         };
-        options.extend(need(p.plan, &quiet).map(|n| format!("--rank-log-every 0 ({n})")));
+        same_batch.push(Alternative { plan, ..as_is });
+        if let [quiet, _] = same_batch[..] {
+            same_batch.push(Alternative { plan, ..quiet });
+        }
     }
-    if training && !p.plan.recompute_gelu {
-        options.extend(need(recompute, p.lr).map(|n| format!("--recompute-gelu ({n})")));
-    }
-    let batch = p.plan.batch;
-    let mut plans = vec![p.plan];
-    if training && !p.plan.recompute_gelu {
-        plans.push(recompute);
+    let mut found = Vec::new();
+    let mut variants = vec![as_is];
+    for a in same_batch {
+        match need(a) {
+            // Both together only where neither alone fits.
+            Some(n) if !(a.rank_log_off && a.plan.recompute_gelu) || found.is_empty() => {
+                found.push((a, n))
+            }
+            Some(_) => {}
+            None => variants.push(a),
+        }
     }
     // Training with --accum keeps its sequences a step only at a divisor of the batch; elsewhere
     // the largest smaller batch that fits will do (memory grows with the batch: bisect).
+    let batch = p.plan.batch;
     let keeps_sequences = matches!(p.purpose, Purpose::Training { accum: Some(_), .. });
-    let smaller = plans.iter().find_map(|&plan| {
-        let fits = |d: usize| need(ActivationPlan { batch: d, ..plan }, p.lr);
+    // The largest batch any variant reaches; of equals, the one that changes least.
+    let smaller = variants.iter().rev().filter_map(|&v| {
+        let at = |d: usize| Alternative {
+            plan: ActivationPlan { batch: d, ..v.plan },
+            ..v
+        };
+        let fits = |d: usize| need(at(d)).is_some();
         let best = match keeps_sequences {
             true => (1..batch)
                 .rev()
-                .find(|d| batch.is_multiple_of(*d) && fits(*d).is_some()),
-            false if batch > 1 && fits(1).is_some() => {
+                .find(|d| batch.is_multiple_of(*d) && fits(*d)),
+            false if batch > 1 && fits(1) => {
                 let (mut lo, mut hi) = (1, batch - 1); // fits(lo); find the largest that does
                 while lo < hi {
                     let mid = (lo + hi).div_ceil(2);
-                    (lo, hi) = if fits(mid).is_some() {
-                        (mid, hi)
-                    } else {
-                        (lo, mid - 1)
-                    };
+                    (lo, hi) = if fits(mid) { (mid, hi) } else { (lo, mid - 1) };
                 }
                 Some(lo)
             }
             false => None,
         };
-        best.and_then(|d| Some((ActivationPlan { batch: d, ..plan }, fits(d)?)))
+        best.and_then(|d| Some((at(d), need(at(d))?)))
     });
-    if let Some((plan, n)) = smaller {
-        let recompute = match plan.recompute_gelu && !p.plan.recompute_gelu {
-            true => " --recompute-gelu",
-            false => "",
-        };
-        options.push(match p.purpose {
-            Purpose::Training {
-                accum: Some(accum), ..
-            } => format!(
-                "--batch {}{recompute} --accum {} ({n}, the same {} sequences a step)",
-                plan.batch,
-                accum * batch / plan.batch,
-                accum * batch
-            ),
-            _ => format!("--batch {}{recompute} ({n})", plan.batch),
-        });
-    }
-    options
+    found.extend(smaller.max_by_key(|(a, _)| a.plan.batch));
+    found
 }
 
-/// Memory free for a run: the device's, where buffers are not in host memory, and the host's.
+/// Memory free for a run: the device's, where buffers are not in host memory, and the host's
+/// (and whether a container's limit set it).
 struct Room {
     device: Option<usize>,
     host: Option<usize>,
+    cgroup: bool,
 }
 
 impl Room {
     fn of<B: Backend>(b: &B) -> Result<Room> {
+        let host = meminfo::host_room();
         Ok(Room {
             device: b.device_memory_free()?,
-            host: meminfo::host_available(),
+            host: host.map(|h| h.bytes),
+            cgroup: host.is_some_and(|h| h.cgroup),
         })
     }
 
@@ -319,17 +366,30 @@ impl Room {
         m.parts(self.device.is_some())
     }
 
+    /// "the machine has 23.8 GB", or what a container's memory limit leaves.
+    fn host_has(&self, host: usize) -> String {
+        match self.cgroup {
+            true => format!("its container's memory limit leaves {}", gb(host)),
+            false => format!("the machine has {}", gb(host)),
+        }
+    }
+
     /// What is short for `m`, as a sentence; None when it fits (or nothing is known).
     fn short_of(&self, m: &MemoryPlan) -> Option<String> {
         match (self.device, self.host) {
             (Some(free), _) if m.device() > free => Some(format!("The GPU has {} free", gb(free))),
             (Some(_), Some(host)) if m.host() > host => Some(format!(
-                "Its copies on the host need {} and the host has {} available",
+                "Its copies on the host need {} and {} available",
                 gb(m.host()),
-                gb(host)
+                self.host_has(host)
             )),
             (None, Some(host)) if m.total() > host => {
-                Some(format!("The machine has {} available", gb(host)))
+                let has = self.host_has(host);
+                Some(format!(
+                    "{}{} available",
+                    has[..1].to_uppercase(),
+                    &has[1..]
+                ))
             }
             _ => None,
         }
@@ -487,6 +547,95 @@ mod tests {
         }
         compare(&Cpu);
         compare(&CpuBf16);
+    }
+
+    /// What `alternatives` offers fits the room and is the nearest that does: on a host of a
+    /// given size, each suggestion's plan fits; a smaller batch is the largest that fits (for
+    /// eval, any batch: the next one up does not fit; for training with --accum, a divisor of
+    /// the batch, the next divisor up not fitting, the accumulation keeping the sequences a step).
+    #[test]
+    fn alternatives_fit_and_go_no_further_than_they_must() {
+        let config = GptConfig::preset("gpt2").unwrap();
+        let dense = LowRankConfig::default();
+        let room = |host: usize| Room {
+            device: None,
+            host: Some(host),
+            cgroup: false,
+        };
+        let total = |lr: &LowRankConfig, plan: ActivationPlan, purpose| {
+            Gpt::memory_plan(&Cpu, &config, lr, plan, purpose)
+                .unwrap()
+                .total()
+        };
+        let quiet = LowRankConfig {
+            rank_log_every: 0,
+            ..dense.clone()
+        };
+        let at = |batch| ActivationPlan::new(batch, 256);
+
+        // Evaluation at batch 50 on a host that holds batch 20 and a little.
+        let p = Proposal {
+            model: "gpt2",
+            config: &config,
+            lr: &dense,
+            plan: at(50),
+            purpose: Purpose::Inference,
+        };
+        let host = total(&dense, at(20), Purpose::Inference) + 1_000_000;
+        let found = alternatives(&Cpu, &p, &room(host));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0.plan, at(20));
+        assert_eq!(found[0].0.describe(&p, "x"), "--batch 20 (x)");
+
+        // Training at batch 12 with --accum 3, on a host that holds batch 6 with the rank log
+        // off and a little: neither the rank log off nor GELU recomputed fits at 12, so the
+        // largest divisor that fits comes with whichever of them it needs.
+        let training = Purpose::Training {
+            checkpoints: true,
+            accum: Some(3),
+        };
+        let p = Proposal {
+            plan: at(12),
+            purpose: training,
+            ..p
+        };
+        let host = total(&quiet, at(6), training) + 1_000_000;
+        let found = alternatives(&Cpu, &p, &room(host));
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (a, _) = found[0];
+        let lr = if a.rank_log_off { &quiet } else { &dense };
+        assert!(total(lr, a.plan, training) <= host);
+        assert!(12 % a.plan.batch == 0 && a.plan.batch >= 6, "{a:?}");
+        let above = [12, 6, 4, 3, 2, 1]
+            .into_iter()
+            .rev()
+            .find(|&d| d > a.plan.batch)
+            .unwrap();
+        assert!(
+            total(
+                &quiet,
+                ActivationPlan {
+                    batch: above,
+                    ..a.plan
+                },
+                training
+            ) > host
+        );
+        let said = a.describe(&p, "x");
+        assert!(
+            said.starts_with(&format!("--batch {}", a.plan.batch))
+                && said.contains(&format!("--accum {}", 36 / a.plan.batch))
+                && said.ends_with("(x, the same 36 sequences a step)"),
+            "{said}"
+        );
+        // With room for the rank log's absence at batch 12, that alone is offered first.
+        let host = total(&quiet, at(12), training) + 1_000_000;
+        let found = alternatives(&Cpu, &p, &room(host));
+        assert!(
+            found[0].0.rank_log_off && found[0].0.plan == at(12),
+            "{found:?}"
+        );
+        assert_eq!(found[0].0.describe(&p, "x"), "--rank-log-every 0 (x)");
     }
 
     /// A plan is refused as a model would be: a sequence past the context.

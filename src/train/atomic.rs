@@ -35,7 +35,7 @@ pub fn write_with(
         let mut w = BufWriter::with_capacity(1 << 20, f);
         fill(&mut w)
             .and_then(|()| w.flush())
-            .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         w.get_ref()
             .sync_all()
             .with_context(|| format!("cannot flush {} to disk", tmp.display()))?;

@@ -21,7 +21,7 @@ pub fn mean_loss<B: Backend>(
     let mut loader = EvalLoader::new(set, shape, Some(max_batches))?;
     ensure!(
         loader.batch_count() > 0,
-        "the data ({}) holds fewer than one batch of {}×{} tokens: a smaller --batch or --seq fits",
+        "the data to evaluate on ({}) holds fewer than one batch of {}×{} tokens",
         set.describe(),
         shape.batch,
         shape.seq_len + 1

@@ -67,7 +67,7 @@ impl MetricsWriter {
         let line = serde_json::to_string(r)?;
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.flush())
-            .context("cannot append to metrics.jsonl (disk full?)")
+            .context("cannot append to metrics.jsonl")
     }
 }
 

@@ -5,9 +5,29 @@
 /// (`MemAvailable` of /proc/meminfo: free memory plus the page cache and reclaimable slabs it
 /// would give up), or less where this process's cgroup (a container's) has a memory limit.
 pub fn host_available() -> Option<usize> {
+    host_room().map(|r| r.bytes)
+}
+
+/// `host_available`'s bytes, and whether a cgroup's limit set them.
+#[derive(Clone, Copy, Debug)]
+pub struct HostRoom {
+    pub bytes: usize,
+    pub cgroup: bool,
+}
+
+pub fn host_room() -> Option<HostRoom> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let machine = kib_field(&read("/proc/meminfo")?, "MemAvailable:")?;
-    Some(cgroup_room(&read).map_or(machine, |room| room.min(machine)))
+    Some(match cgroup_room(&read) {
+        Some(room) if room < machine => HostRoom {
+            bytes: room,
+            cgroup: true,
+        },
+        _ => HostRoom {
+            bytes: machine,
+            cgroup: false,
+        },
+    })
 }
 
 /// The room left under the memory limits of this process's cgroup and its ancestors (cgroup v2,
