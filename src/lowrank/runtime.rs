@@ -327,7 +327,6 @@ fn weights<'a, T: Buffer>(
     }
 }
 
-/// The op's shape at full capacity (sizes the scratch once).
 /// The lengths of `LowRankRuntime`'s buffers: what `new` allocates and `bytes_planned` counts.
 struct ScratchSizes {
     /// Per layer, t = x·U (compute dtype).
@@ -389,6 +388,7 @@ impl ScratchSizes {
     }
 }
 
+/// The op's shape at full capacity (sizes the scratch once).
 fn capacity_shape(l: &LowRankLayer, rows: usize) -> LowRankShape {
     LowRankShape {
         n: rows,

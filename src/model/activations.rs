@@ -30,9 +30,9 @@ pub struct Activations<B: Backend> {
     pub ln2: B::Buf,
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
-    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; after
-    /// `ActivationPlan::recompute_gelu`, fch_gelu holds one layer's (the forward's, which the projection reads
-    /// at once) and the backward forms each layer's again from fch (`gelu_slot`).
+    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; with
+    /// `ActivationPlan::recompute_gelu`, fch_gelu holds one layer's (the forward's, which the
+    /// projection reads at once) and the backward forms each layer's again from fch (`gelu_slot`).
     pub fch: B::Buf,
     pub fch_gelu: B::Buf,
     /// Residual stream after the MLP, (B, T, C) per layer; the last one feeds ln_f.
@@ -47,16 +47,13 @@ pub struct Activations<B: Backend> {
 }
 
 impl<B: Backend> Activations<B> {
-    /// The buffers for `batch` sequences of `seq` tokens, with every layer's GELU output or,
-    /// `recompute_gelu`, one layer's, the backward forming each layer's again from fch.
-    pub fn new(
-        b: &B,
-        cfg: &GptConfig,
-        batch: usize,
-        seq: usize,
-        recompute_gelu: bool,
-    ) -> Result<Self> {
-        let shape = SeqShape::new(batch, seq, cfg.n_embd);
+    /// The buffers for `plan`'s batches, with every layer's GELU output or, recomputing GELU,
+    /// one layer's, the backward forming each layer's again from fch.
+    pub fn new(b: &B, cfg: &GptConfig, plan: ActivationPlan) -> Result<Self> {
+        let (shape, recompute_gelu) = (
+            SeqShape::new(plan.batch, plan.seq, cfg.n_embd),
+            plan.recompute_gelu,
+        );
         let [encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, att, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, residual3, lnf, lnf_mean, lnf_rstd, logits, losses] =
             Self::sizes(b, cfg, shape, recompute_gelu);
         let alloc = |(dtype, len)| b.alloc(dtype, len);

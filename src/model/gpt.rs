@@ -206,13 +206,12 @@ impl<B: Backend> Gpt<B> {
         let grads = backend
             .alloc(DType::F32, layout.len())
             .context("allocating the gradients")?;
-        let acts =
-            Activations::new(backend, &config, batch, seq, recompute_gelu).with_context(|| {
-                format!(
+        let acts = Activations::new(backend, &config, plan).with_context(|| {
+            format!(
                 "allocating the activations of {batch} sequences × {seq} tokens (they grow with \
                  both: a smaller --batch with a larger --accum keeps the tokens per step)"
             )
-            })?;
+        })?;
         let dacts = ActivationGrads::new(backend, acts.shape, recompute_gelu)
             .context("allocating the activation gradients")?;
         let lora_scale = (lr.mode == LowRankMode::Lora).then(|| lr.lora_scale());
