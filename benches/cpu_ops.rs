@@ -203,7 +203,8 @@ fn dlra_window(c: &mut Criterion) {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    Cpu.upload(&grads, model.grads_mut().all_mut()).unwrap();
+                    Cpu.upload(&grads, model.grads_mut().unwrap().all_mut())
+                        .unwrap();
                     let t0 = Instant::now();
                     schedule::augment(&Cpu, &mut model, &mut opt, FreshMoment::Zero).unwrap();
                     schedule::truncate(&Cpu, &mut model, &mut opt, None).unwrap();

@@ -329,7 +329,7 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
 /// memory before anything is allocated) is, less its margin, what the run allocates on the
 /// emulated GPU at its peak to within the banner's rounding, attention's scratch included, with
 /// materialised attention too (whose B·heads·T² score gradients, 6 MB here, are the largest
-/// scratch). On a GPU 10 MB short of the plan the run is refused before it writes anything, with
+/// scratch); so does `eval`'s forward-only model, at less than half the training run's plan. On a GPU 10 MB short of the plan the run is refused before it writes anything, with
 /// the batch that fits at the same tokens a step, and those settings then train on that GPU.
 #[test]
 fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
@@ -411,6 +411,26 @@ fn training_stays_within_its_memory_plan_and_a_smaller_gpu_is_told_what_fits() {
             flash = (held, planned);
         }
     }
+
+    // `eval` of the flash run's checkpoint: its model runs forward only, so the GPU holds the
+    // weights, one layer's activations and the logits, as its own plan says, and no gradients:
+    // well under the training run's peak at the same batch.
+    let ckpt = dir.join("flash");
+    let args = ["eval", "--device", "cuda", "--ckpt", ckpt.to_str().unwrap()];
+    let args = [&args[..], &["--batch", "8", "--max-batches", "1"]].concat();
+    let env = [roomy, ("LOWRANK_EMU_PEAK", OsStr::new("1"))];
+    let o = emu.run(&args, "80", "4", &env);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let held = gpu - mb(&t, "of the GPU's ");
+    let listed = mb(&t, "memory: about ") - mb(&t, "margin ");
+    assert!(
+        peak(&t).abs_diff(held + listed) <= 3_000_000 && listed < flash.1 / 2,
+        "eval: peak {} bytes, planned {listed} without the margin, beside {held} held before; \
+         training planned {}:\n{t}",
+        peak(&t),
+        flash.1
+    );
 
     let (held, planned) = flash;
     let limit = (held + planned - 10_000_000).to_string();

@@ -8,7 +8,7 @@ use crate::backend::{AttentionSaved, Backend};
 use crate::cli::train::{Device, LowRankArgs};
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::memory::{self, Proposal, Purpose};
-use crate::model::{ActivationPlan, Gpt, GptConfig};
+use crate::model::{ActivationPlan, Gpt, GptConfig, Keep};
 use crate::optim::{AdamWConfig, AdamWOptimizer};
 use crate::train::ranks::RankSchedule;
 use crate::util::rng::Rng;
@@ -59,7 +59,9 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
         let plan = ActivationPlan {
             batch: a.batch,
             seq: a.seq,
-            recompute_gelu: a.recompute_gelu,
+            keep: Keep::Backward {
+                recompute_gelu: a.recompute_gelu,
+            },
         };
         let proposal = Proposal {
             model: name,
@@ -97,7 +99,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
                 .unwrap_or(f32::NAN);
             model.backward(b, 1.0)?;
             ranks.before_step(b, &mut model, &mut opt, step)?;
-            let bufs = model.optimizer_buffers();
+            let bufs = model.optimizer_buffers()?;
             opt.step(b, 1e-4, bufs.params, bufs.grads, bufs.compute_copy)?;
             ranks.after_step(b, &mut model, &mut opt, step)?;
             b.synchronize()?;

@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
 use crate::model::memory::{self, Proposal, Purpose};
-use crate::model::{hf, ActivationPlan, Gpt};
+use crate::model::{hf, ActivationPlan, Gpt, Keep};
 use crate::train::{checkpoint, evaluate, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -66,17 +66,25 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         .or(run.as_ref().map(|cfg| cfg.seq))
         .unwrap_or(ck.config.max_seq);
     let name = ck.preset.clone().unwrap_or_else(|| "the model".into());
-    memory::check(
+    // Losses alone: one layer's activations, each layer's forward writing over the last's.
+    let plan = ActivationPlan {
+        batch: a.batch,
+        seq,
+        keep: Keep::Nothing,
+    };
+    let memory = memory::check(
         b,
         &Proposal {
             model: &name,
             config: &ck.config,
             lr: &ck.lowrank,
-            plan: ActivationPlan::new(a.batch, seq),
+            plan,
             purpose: Purpose::Inference,
         },
     )?;
-    let mut model = Gpt::from_checkpoint(b, &ck, a.batch, seq)?;
+    eprintln!("{}", memory.describe());
+    let mut model = Gpt::from_checkpoint(b, &ck, plan)?;
+    drop(ck); // its tensors are the model's now
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {

@@ -4,7 +4,7 @@
 use crate::backend::cpu::Cpu;
 use crate::data::EOT_TOKEN;
 use crate::lowrank::LowRankMode;
-use crate::model::{hf, Gpt, GptConfig};
+use crate::model::{hf, ActivationPlan, Gpt, GptConfig, Keep};
 use crate::train::atomic;
 use crate::train::tensor_file::{self, HostTensor};
 use anyhow::{ensure, Context, Result};
@@ -30,6 +30,13 @@ pub struct Args {
     adapter: bool,
 }
 
+/// Export reads the model's weights and runs nothing: the smallest activations there are.
+const WEIGHTS_ONLY: ActivationPlan = ActivationPlan {
+    batch: 1,
+    seq: 1,
+    keep: Keep::Nothing,
+};
+
 pub fn run(a: Args) -> Result<()> {
     let run_files = ["latest", "state.json", "metrics.jsonl"];
     ensure!(
@@ -43,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
     let file = fresh(&a, "model.safetensors")?;
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
     // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
-    let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
+    let model = Gpt::from_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
     let tensors = model.dense_tensors()?;
     let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     if let Some(preset) = &ck.preset {
@@ -114,7 +121,7 @@ fn adapter(a: &Args) -> Result<()> {
         a.ckpt.display()
     );
     let file = fresh(a, "adapter_model.safetensors")?;
-    let model = Gpt::from_checkpoint(&Cpu, &ck, 1, 1)?;
+    let model = Gpt::from_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
     let (mut tensors, targets) = model.lora_adapter_tensors()?;
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
     // lm_head too, since PEFT's copy of wte would no longer be tied to the head.

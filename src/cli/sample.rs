@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{tokenizer, EOT_TOKEN};
 use crate::model::generate::{generate, Sampling};
-use crate::model::{hf, Gpt};
+use crate::model::{hf, ActivationPlan, Gpt, Keep};
 use crate::util::rng::Rng;
 use anyhow::{ensure, Result};
 use std::io::Write;
@@ -70,7 +70,12 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         }
         None => (prompt.len() + a.tokens).clamp(1, max),
     };
-    let mut model = Gpt::from_checkpoint(b, &ck, 1, window)?;
+    let plan = ActivationPlan {
+        batch: 1,
+        seq: window,
+        keep: Keep::KvCache,
+    };
+    let mut model = Gpt::from_checkpoint(b, &ck, plan)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -1,42 +1,69 @@
 //! Activation buffers, planned once for (B, T): one buffer per activation kind covering all layers
-//! (llm.c's ActivationTensors), in the backend's compute dtype; LayerNorm statistics and losses in f32.
+//! (llm.c's ActivationTensors), in the backend's compute dtype; LayerNorm statistics and losses in
+//! f32. A model that never runs a backward keeps one layer's of each, every layer's forward
+//! writing over the last's (`Keep`).
 
 use super::config::GptConfig;
-use super::gpt::ActivationPlan;
+use super::gpt::{ActivationPlan, Keep};
 use crate::backend::{Backend, Buffer, DType, Mut, Ref, SeqShape};
 use anyhow::Result;
 
+/// A buffer of per-layer slices: every layer's, or fewer that the layers take in turn (one: each
+/// layer's forward overwrites the last's).
+pub struct PerLayer<T> {
+    buf: T,
+    slices: usize,
+}
+
+impl<T: Buffer> PerLayer<T> {
+    /// Layer `l`'s slice.
+    pub fn layer(&self, l: usize) -> Ref<'_, T> {
+        let per = self.buf.len() / self.slices;
+        self.buf.at(l % self.slices * per, per)
+    }
+    pub fn layer_mut(&mut self, l: usize) -> Mut<'_, T> {
+        let per = self.buf.len() / self.slices;
+        self.buf.at_mut(l % self.slices * per, per)
+    }
+    /// Whether it holds every one of `n_layer` layers' slices.
+    pub fn holds_every_layer(&self, n_layer: usize) -> bool {
+        self.slices == n_layer
+    }
+}
+
 /// Everything the forward pass writes and the backward pass reads. Per-layer buffers hold
-/// `n_layer` consecutive slices; `Activations::layer` picks one.
+/// `n_layer` consecutive slices, or one (`Keep`); `PerLayer::layer` picks a layer's.
 pub struct Activations<B: Backend> {
     /// (B, T, C) tokens, channels; heads and padded vocab for the other shapes.
     pub shape: SeqShape,
     pub heads: usize,
+    pub n_layer: usize,
     pub padded_vocab: usize,
     /// Token + position embedding, the input of block 0.
     pub encoded: B::Buf,
-    pub ln1: B::Buf,
-    pub ln1_mean: B::Buf,
-    pub ln1_rstd: B::Buf,
-    /// (B, T, 3C) per layer.
-    pub qkv: B::Buf,
+    pub ln1: PerLayer<B::Buf>,
+    pub ln1_mean: PerLayer<B::Buf>,
+    pub ln1_rstd: PerLayer<B::Buf>,
+    /// (B, T, 3C) per layer; every layer's when decoding, whose later tokens attend to the keys
+    /// and values of the earlier ones' rows.
+    pub qkv: PerLayer<B::Buf>,
     /// Attention output before its projection, (B, T, C) per layer.
-    pub atty: B::Buf,
+    pub atty: PerLayer<B::Buf>,
     /// What attention saves for its backward, per layer: the softmax probabilities (B, heads, T, T)
     /// or, with flash attention, the rows' log-sum-exp (B, heads, T; `Backend::attention_saved`).
-    pub att: B::Buf,
+    pub att: PerLayer<B::Buf>,
     /// Residual stream after attention, (B, T, C) per layer.
-    pub residual2: B::Buf,
-    pub ln2: B::Buf,
-    pub ln2_mean: B::Buf,
-    pub ln2_rstd: B::Buf,
-    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; with
-    /// `ActivationPlan::recompute_gelu`, fch_gelu holds one layer's (the forward's, which the
-    /// projection reads at once) and the backward forms each layer's again from fch (`gelu_slot`).
-    pub fch: B::Buf,
-    pub fch_gelu: B::Buf,
+    pub residual2: PerLayer<B::Buf>,
+    pub ln2: PerLayer<B::Buf>,
+    pub ln2_mean: PerLayer<B::Buf>,
+    pub ln2_rstd: PerLayer<B::Buf>,
+    /// MLP hidden layer before and after GELU, (B, T, 4C) per layer; recomputing GELU
+    /// (`Keep::Backward`), fch_gelu holds one layer's (the forward's, which the projection reads
+    /// at once) and the backward forms each layer's again from fch.
+    pub fch: PerLayer<B::Buf>,
+    pub fch_gelu: PerLayer<B::Buf>,
     /// Residual stream after the MLP, (B, T, C) per layer; the last one feeds ln_f.
-    pub residual3: B::Buf,
+    pub residual3: PerLayer<B::Buf>,
     pub lnf: B::Buf,
     pub lnf_mean: B::Buf,
     pub lnf_rstd: B::Buf,
@@ -46,35 +73,42 @@ pub struct Activations<B: Backend> {
     pub losses: B::Buf,
 }
 
+/// A buffer's dtype, the length of one slice and how many slices it holds (one for a buffer
+/// that is not per layer).
+type Size = (DType, usize, usize);
+
 impl<B: Backend> Activations<B> {
-    /// The buffers for `plan`'s batches, with every layer's GELU output or, recomputing GELU,
-    /// one layer's, the backward forming each layer's again from fch.
+    /// The buffers for `plan`'s batches, with as many layers' as `plan.keep` needs.
     pub fn new(b: &B, cfg: &GptConfig, plan: ActivationPlan) -> Result<Self> {
-        let (shape, recompute_gelu) = (
-            SeqShape::new(plan.batch, plan.seq, cfg.n_embd),
-            plan.recompute_gelu,
-        );
+        let shape = SeqShape::new(plan.batch, plan.seq, cfg.n_embd);
         let [encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, att, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, residual3, lnf, lnf_mean, lnf_rstd, logits, losses] =
-            Self::sizes(b, cfg, shape, recompute_gelu);
-        let alloc = |(dtype, len)| b.alloc(dtype, len);
+            Self::sizes(b, cfg, shape, plan.keep);
+        let alloc = |(dtype, len, slices)| b.alloc(dtype, len * slices);
+        let per_layer = |size: Size| -> Result<PerLayer<B::Buf>> {
+            Ok(PerLayer {
+                buf: alloc(size)?,
+                slices: size.2,
+            })
+        };
         Ok(Activations {
             shape,
             heads: cfg.n_head,
+            n_layer: cfg.n_layer,
             padded_vocab: cfg.padded_vocab,
             encoded: alloc(encoded)?,
-            ln1: alloc(ln1)?,
-            ln1_mean: alloc(ln1_mean)?,
-            ln1_rstd: alloc(ln1_rstd)?,
-            qkv: alloc(qkv)?,
-            atty: alloc(atty)?,
-            att: alloc(att)?,
-            residual2: alloc(residual2)?,
-            ln2: alloc(ln2)?,
-            ln2_mean: alloc(ln2_mean)?,
-            ln2_rstd: alloc(ln2_rstd)?,
-            fch: alloc(fch)?,
-            fch_gelu: alloc(fch_gelu)?,
-            residual3: alloc(residual3)?,
+            ln1: per_layer(ln1)?,
+            ln1_mean: per_layer(ln1_mean)?,
+            ln1_rstd: per_layer(ln1_rstd)?,
+            qkv: per_layer(qkv)?,
+            atty: per_layer(atty)?,
+            att: per_layer(att)?,
+            residual2: per_layer(residual2)?,
+            ln2: per_layer(ln2)?,
+            ln2_mean: per_layer(ln2_mean)?,
+            ln2_rstd: per_layer(ln2_rstd)?,
+            fch: per_layer(fch)?,
+            fch_gelu: per_layer(fch_gelu)?,
+            residual3: per_layer(residual3)?,
             lnf: alloc(lnf)?,
             lnf_mean: alloc(lnf_mean)?,
             lnf_rstd: alloc(lnf_rstd)?,
@@ -83,57 +117,66 @@ impl<B: Backend> Activations<B> {
         })
     }
 
-    /// Each buffer's (dtype, length), in the fields' order: what `new` allocates and what
-    /// `bytes_planned` counts before anything is.
-    fn sizes(
-        b: &B,
-        cfg: &GptConfig,
-        shape: SeqShape,
-        recompute_gelu: bool,
-    ) -> [(DType, usize); 19] {
-        let (l, btc, bt) = (cfg.n_layer, shape.len(), shape.tokens());
+    /// Each buffer's size, in the fields' order: what `new` allocates and what `bytes_planned`
+    /// counts before anything is.
+    fn sizes(b: &B, cfg: &GptConfig, shape: SeqShape, keep: Keep) -> [Size; 19] {
+        let (btc, bt) = (shape.len(), shape.tokens());
         let dt = b.compute_dtype();
         let saved = b.attention_saved(cfg.head_size(), dt);
-        let gelu_layers = if recompute_gelu { 1 } else { l };
+        let every = cfg.n_layer;
+        let (layers, qkv_layers, gelu_layers) = match keep {
+            Keep::Backward { recompute_gelu } => {
+                (every, every, [every, 1][recompute_gelu as usize])
+            }
+            Keep::KvCache => (1, every, 1),
+            Keep::Nothing => (1, 1, 1),
+        };
         let f32 = DType::F32;
         [
-            (dt, btc),
-            (dt, l * btc),
-            (f32, l * bt),
-            (f32, l * bt),
-            (dt, l * 3 * btc),
-            (dt, l * btc),
-            (saved.dtype(dt), l * saved.len(shape, cfg.n_head)),
-            (dt, l * btc),
-            (dt, l * btc),
-            (f32, l * bt),
-            (f32, l * bt),
-            (dt, l * 4 * btc),
-            (dt, gelu_layers * 4 * btc),
-            (dt, l * btc),
-            (dt, btc),
-            (f32, bt),
-            (f32, bt),
-            (dt, bt * cfg.padded_vocab),
-            (f32, bt),
+            (dt, btc, 1),
+            (dt, btc, layers),
+            (f32, bt, layers),
+            (f32, bt, layers),
+            (dt, 3 * btc, qkv_layers),
+            (dt, btc, layers),
+            (saved.dtype(dt), saved.len(shape, cfg.n_head), layers),
+            (dt, btc, layers),
+            (dt, btc, layers),
+            (f32, bt, layers),
+            (f32, bt, layers),
+            (dt, 4 * btc, layers),
+            (dt, 4 * btc, gelu_layers),
+            (dt, btc, layers),
+            (dt, btc, 1),
+            (f32, bt, 1),
+            (f32, bt, 1),
+            (dt, bt * cfg.padded_vocab, 1),
+            (f32, bt, 1),
         ]
     }
 
-    /// Bytes `new` would allocate for `plan`, and `ActivationGrads::new` beside them.
+    /// Bytes `new` would allocate for `plan`, and `ActivationGrads::new` beside them when the
+    /// plan keeps the activations for a backward.
     pub fn bytes_planned(b: &B, cfg: &GptConfig, plan: ActivationPlan) -> usize {
         let shape = SeqShape::new(plan.batch, plan.seq, cfg.n_embd);
-        let grads = ActivationGrads::<B>::sizes(b, shape, plan.recompute_gelu);
-        (Self::sizes(b, cfg, shape, plan.recompute_gelu)
-            .iter()
-            .chain(&grads))
-        .map(|&(dtype, len)| b.stored_bytes(dtype, len))
-        .sum()
+        let grads = match plan.keep {
+            Keep::Backward { recompute_gelu } => {
+                ActivationGrads::<B>::sizes(b, shape, recompute_gelu)
+                    .map(|(dtype, len)| b.stored_bytes(dtype, len))
+                    .iter()
+                    .sum()
+            }
+            Keep::KvCache | Keep::Nothing => 0,
+        };
+        let acts: usize = (Self::sizes(b, cfg, shape, plan.keep).iter())
+            .map(|&(dtype, len, slices)| b.stored_bytes(dtype, len * slices))
+            .sum();
+        acts + grads
     }
 
     /// Bytes held, as allocated (`bytes_planned` counts them before).
     pub fn bytes(&self, b: &B) -> usize {
-        [
-            &self.encoded,
+        let per_layer = [
             &self.ln1,
             &self.ln1_mean,
             &self.ln1_rstd,
@@ -147,24 +190,19 @@ impl<B: Backend> Activations<B> {
             &self.fch,
             &self.fch_gelu,
             &self.residual3,
+        ]
+        .map(|p| &p.buf);
+        let whole = [
+            &self.encoded,
             &self.lnf,
             &self.lnf_mean,
             &self.lnf_rstd,
             &self.logits,
             &self.losses,
-        ]
-        .iter()
-        .map(|x| b.stored_bytes(x.dtype(), x.len()))
-        .sum()
-    }
-
-    /// (slices, index) of layer `l`'s GELU(fch) in `fch_gelu`, for `layer`: its own slice, or
-    /// the only one when the backward recomputes them.
-    pub fn gelu_slot(&self, l: usize) -> (usize, usize) {
-        match self.fch_gelu.len() / (4 * self.shape.len()) {
-            1 => (1, 0),
-            layers => (layers, l),
-        }
+        ];
+        (per_layer.iter().chain(&whole))
+            .map(|x| b.stored_bytes(x.dtype(), x.len()))
+            .sum()
     }
 }
 
@@ -218,16 +256,4 @@ impl<B: Backend> ActivationGrads<B> {
             (dt, gelu),
         ]
     }
-}
-
-/// Layer `l`'s slice of a per-layer buffer (which holds `n_layer` equal slices).
-pub fn layer<T: Buffer>(buf: &T, n_layer: usize, l: usize) -> Ref<'_, T> {
-    let per = buf.len() / n_layer;
-    buf.at(l * per, per)
-}
-
-/// Layer `l`'s slice of a per-layer buffer, writable.
-pub fn layer_mut<T: Buffer>(buf: &mut T, n_layer: usize, l: usize) -> Mut<'_, T> {
-    let per = buf.len() / n_layer;
-    buf.at_mut(l * per, per)
 }

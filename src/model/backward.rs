@@ -1,7 +1,7 @@
 //! The backward pass, the forward's blocks in reverse: gradients of the parameters ACCUMULATE into
 //! a buffer with the parameters' layout; activation gradients live in a few reused buffers.
 
-use super::activations::{layer, ActivationGrads, Activations};
+use super::activations::{ActivationGrads, Activations, PerLayer};
 use super::forward::{block_input, rows, view};
 use super::gpt::Trained;
 use super::linear::{self, Pair};
@@ -61,7 +61,7 @@ pub(super) fn backward<B: Backend>(
     loss_scale: f32,
 ) -> Result<()> {
     let (a, layout, s) = (m.a, m.layout, m.a.shape);
-    let n_layer = a.ln1.len() / s.len();
+    let n_layer = a.n_layer;
     b.fill(d.dresidual.all_mut(), 0.0)?;
 
     // The tied LM head. The classifier's dlogits hold 1/(B·T); alpha applies the loss scale.
@@ -79,13 +79,13 @@ pub(super) fn backward<B: Backend>(
             .alpha(loss_scale);
         b.gemm(&dwte, a.logits.all(), a.lnf.all(), grad_of(grads, wte))?;
     }
-    let last = layer(&a.residual3, n_layer, n_layer - 1);
+    let last = a.residual3.layer(n_layer - 1);
     let stats = (a.lnf_mean.all(), a.lnf_rstd.all());
     ln_backward(b, m, grads, d, layout.ln_f(), last, stats)?;
 
     for l in (0..n_layer).rev() {
         let _range = crate::util::profile::range(|| format!("block {l} backward"));
-        block_backward(b, m, lr, grads, d, n_layer, l)?;
+        block_backward(b, m, lr, grads, d, l)?;
     }
 
     if !m.trained.embeddings() {
@@ -131,10 +131,9 @@ fn block_backward<B: Backend>(
     lr: &mut LowRankRuntime<B>,
     grads: &mut B::Buf,
     d: &mut ActivationGrads<B>,
-    n_layer: usize,
     l: usize,
 ) -> Result<()> {
-    let mut blk = Block { m, lr, n_layer, l };
+    let mut blk = Block { m, lr, l };
     mlp_part(b, &mut blk, grads, d)?;
     attention_part(b, &mut blk, grads, d)
 }
@@ -150,13 +149,12 @@ type LinearIo<'a, B> = (
 struct Block<'a, 'm, B: Backend> {
     m: &'a Saved<'m, B>,
     lr: &'a mut LowRankRuntime<B>,
-    n_layer: usize,
     l: usize,
 }
 
 impl<B: Backend> Block<'_, '_, B> {
-    fn lay<'b>(&self, buf: &'b B::Buf) -> Ref<'b, B::Buf> {
-        layer(buf, self.n_layer, self.l)
+    fn lay<'b>(&self, buf: &'b PerLayer<B::Buf>) -> Ref<'b, B::Buf> {
+        buf.layer(self.l)
     }
     /// Layer `pair`'s backward: dx written, its parameter gradients accumulated.
     fn linear(
@@ -179,7 +177,7 @@ impl<B: Backend> Block<'_, '_, B> {
         d: &mut ActivationGrads<B>,
         weight: BlockTensor,
         x: Ref<B::Buf>,
-        stats: (&B::Buf, &B::Buf),
+        stats: (&PerLayer<B::Buf>, &PerLayer<B::Buf>),
     ) -> Result<()> {
         let window = self.m.layout.block_ln(self.l, weight);
         let stats = (self.lay(stats.0), self.lay(stats.1));
@@ -202,10 +200,7 @@ fn mlp_part<B: Backend>(
             b.gelu_forward(gelu.all_mut(), blk.lay(&a.fch))?;
             gelu.all()
         }
-        None => {
-            let (slots, slot) = a.gelu_slot(blk.l);
-            layer(&a.fch_gelu, slots, slot)
-        }
+        None => blk.lay(&a.fch_gelu),
     };
     // dfch = (dresidual·Wprojᵀ)·GELU′(fch): the GELU's backward rides on the projection's dx.
     let io = (x, d.dresidual.all(), d.dfch.all_mut());
@@ -239,6 +234,6 @@ fn attention_part<B: Backend>(
     b.attention_backward(dqkv, d.dbtc.all(), qkv, out, att, a.shape, a.heads)?;
     let io = (blk.lay(&a.ln1), d.dqkv.all(), d.dbtc.all_mut());
     blk.linear(b, grads, (QkvWeight, QkvBias), io, None)?;
-    let x = block_input(&a.encoded, &a.residual3, blk.n_layer, blk.l);
+    let x = block_input(&a.encoded, &a.residual3, blk.l);
     blk.ln_backward(b, grads, d, Ln1Weight, x, (&a.ln1_mean, &a.ln1_rstd))
 }

@@ -1,6 +1,6 @@
 //! The forward pass, written once against `Backend`: embedding → blocks → ln_f → logits.
 
-use super::activations::{layer, layer_mut, Activations};
+use super::activations::{Activations, PerLayer};
 use super::linear;
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, Gemm, LinearEpilogue, MatShape, Mut, Ref, SeqShape};
@@ -107,13 +107,13 @@ pub(super) fn forward<B: Backend>(
         w.at(wpe.offset + positions * s.channels, seqs.seq * s.channels),
         seqs,
     )?;
-    let n_layer = a.ln1.len() / s.len();
+    let n_layer = a.n_layer;
     for l in 0..n_layer {
         let _range = crate::util::profile::range(|| format!("block {l} forward"));
-        block_forward(b, layout, w, lr, a, sp, n_layer, l)?;
+        block_forward(b, layout, w, lr, a, sp, l)?;
     }
     let (off, len) = layout.ln_f();
-    let last = sp.of(layer(&a.residual3, n_layer, n_layer - 1));
+    let last = sp.of(a.residual3.layer(n_layer - 1));
     b.layernorm_forward(
         sp.of_mut(a.lnf.all_mut()),
         sp.of_mut(a.lnf_mean.all_mut()),
@@ -140,22 +140,20 @@ pub(super) fn rows<B: Backend>(a: &Activations<B>) -> MatShape {
 /// The input of block `l`: the embeddings, or the previous block's output.
 pub(super) fn block_input<'a, T: Buffer>(
     encoded: &'a T,
-    residual3: &'a T,
-    n_layer: usize,
+    residual3: &'a PerLayer<T>,
     l: usize,
 ) -> Ref<'a, T> {
     if l == 0 {
         encoded.all()
     } else {
-        layer(residual3, n_layer, l - 1)
+        residual3.layer(l - 1)
     }
 }
 
-/// Where block `l`'s weights and per-layer activation slices live.
+/// Where block `l`'s weights live.
 struct Block<'a, T> {
     layout: &'a ParamLayout,
     w: &'a T,
-    n_layer: usize,
     l: usize,
 }
 
@@ -167,7 +165,6 @@ impl<'a, T: Buffer> Block<'a, T> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn block_forward<B: Backend>(
     b: &B,
     layout: &ParamLayout,
@@ -175,15 +172,9 @@ fn block_forward<B: Backend>(
     lr: &mut LowRankRuntime<B>,
     a: &mut Activations<B>,
     sp: Span,
-    n_layer: usize,
     l: usize,
 ) -> Result<()> {
-    let blk = Block {
-        layout,
-        w,
-        n_layer,
-        l,
-    };
+    let blk = Block { layout, w, l };
     attention_part(b, &blk, lr, a, sp)?;
     mlp_part(b, &blk, lr, a, sp)
 }
@@ -197,21 +188,19 @@ fn attention_part<B: Backend>(
     sp: Span,
 ) -> Result<()> {
     use BlockTensor::*;
-    let (n_layer, l, shape) = (blk.n_layer, blk.l, sp.matrix(a.shape.channels));
-    let x = sp.of(block_input(&a.encoded, &a.residual3, n_layer, l));
-    let (ln1, mean, rstd) = (&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd);
-    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
+    let (l, shape) = (blk.l, sp.matrix(a.shape.channels));
+    let x = sp.of(block_input(&a.encoded, &a.residual3, l));
     b.layernorm_forward(
-        sp.of_mut(layer_mut(ln1, n_layer, l)),
-        sp.of_mut(mean),
-        sp.of_mut(rstd),
+        sp.of_mut(a.ln1.layer_mut(l)),
+        sp.of_mut(a.ln1_mean.layer_mut(l)),
+        sp.of_mut(a.ln1_rstd.layer_mut(l)),
         x,
         blk.ln(Ln1Weight),
         shape,
     )?;
     let (lay, w) = (blk.layout, blk.w);
-    let qkv = sp.of_mut(layer_mut(&mut a.qkv, n_layer, l));
-    let x = sp.of(layer(&a.ln1, n_layer, l));
+    let qkv = sp.of_mut(a.qkv.layer_mut(l));
+    let x = sp.of(a.ln1.layer(l));
     linear::forward(
         b,
         lay,
@@ -223,13 +212,10 @@ fn attention_part<B: Backend>(
         qkv,
         LinearEpilogue::None,
     )?;
-    let (atty, qkv) = (
-        layer_mut(&mut a.atty, n_layer, l),
-        layer(&a.qkv, n_layer, l),
-    );
+    let (atty, qkv) = (a.atty.layer_mut(l), a.qkv.layer(l));
     match sp.rows {
         Rows::All => {
-            let att = layer_mut(&mut a.att, n_layer, l);
+            let att = a.att.layer_mut(l);
             b.attention_forward(atty, att, qkv, a.shape, a.heads)?;
         }
         Rows::Next { start, n } => {
@@ -238,12 +224,9 @@ fn attention_part<B: Backend>(
             b.attention_cached(sp.of_mut(atty), cache, start, shape, a.heads)?;
         }
     }
-    let (y, x) = (
-        sp.of_mut(layer_mut(&mut a.residual2, n_layer, l)),
-        sp.of(layer(&a.atty, n_layer, l)),
-    );
+    let (y, x) = (sp.of_mut(a.residual2.layer_mut(l)), sp.of(a.atty.layer(l)));
     let pair = (AttnProjWeight, AttnProjBias);
-    let residual = sp.of(block_input(&a.encoded, &a.residual3, n_layer, l));
+    let residual = sp.of(block_input(&a.encoded, &a.residual3, l));
     let epi = LinearEpilogue::Residual(residual);
     linear::forward(b, lay, w, lr, l, pair, x, y, epi)
 }
@@ -257,29 +240,22 @@ fn mlp_part<B: Backend>(
     sp: Span,
 ) -> Result<()> {
     use BlockTensor::*;
-    let (n_layer, l, shape) = (blk.n_layer, blk.l, sp.matrix(a.shape.channels));
-    let lay = |buf| sp.of(layer(buf, n_layer, l));
-    let (ln2, mean, rstd) = (&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd);
-    let (mean, rstd) = (layer_mut(mean, n_layer, l), layer_mut(rstd, n_layer, l));
+    let (l, shape) = (blk.l, sp.matrix(a.shape.channels));
     b.layernorm_forward(
-        sp.of_mut(layer_mut(ln2, n_layer, l)),
-        sp.of_mut(mean),
-        sp.of_mut(rstd),
-        lay(&a.residual2),
+        sp.of_mut(a.ln2.layer_mut(l)),
+        sp.of_mut(a.ln2_mean.layer_mut(l)),
+        sp.of_mut(a.ln2_rstd.layer_mut(l)),
+        sp.of(a.residual2.layer(l)),
         blk.ln(Ln2Weight),
         shape,
     )?;
     let (layout, w) = (blk.layout, blk.w);
-    let (slots, slot) = a.gelu_slot(l);
-    let fch = sp.of_mut(layer_mut(&mut a.fch, n_layer, l));
-    let fch_gelu = LinearEpilogue::Gelu(sp.of_mut(layer_mut(&mut a.fch_gelu, slots, slot)));
-    let (fc, x) = ((FcWeight, FcBias), lay(&a.ln2));
+    let fch = sp.of_mut(a.fch.layer_mut(l));
+    let fch_gelu = LinearEpilogue::Gelu(sp.of_mut(a.fch_gelu.layer_mut(l)));
+    let (fc, x) = ((FcWeight, FcBias), sp.of(a.ln2.layer(l)));
     linear::forward(b, layout, w, lr, l, fc, x, fch, fch_gelu)?;
-    let y = sp.of_mut(layer_mut(&mut a.residual3, n_layer, l));
-    let (proj, x) = (
-        (FcProjWeight, FcProjBias),
-        sp.of(layer(&a.fch_gelu, slots, slot)),
-    );
-    let residual = LinearEpilogue::Residual(lay(&a.residual2));
+    let y = sp.of_mut(a.residual3.layer_mut(l));
+    let (proj, x) = ((FcProjWeight, FcProjBias), sp.of(a.fch_gelu.layer(l)));
+    let residual = LinearEpilogue::Residual(sp.of(a.residual2.layer(l)));
     linear::forward(b, layout, w, lr, l, proj, x, y, residual)
 }

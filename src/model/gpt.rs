@@ -14,17 +14,17 @@ use crate::lowrank::{
 use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
-/// A GPT-2 on a backend: f32 master parameters, their compute-dtype copy, f32 gradients with the
-/// same layout, and activations planned for (batch, seq).
+/// A GPT-2 on a backend: f32 master parameters, their compute-dtype copy, activations planned for
+/// (batch, seq) and, in a model that trains, f32 gradients with the parameters' layout.
 pub struct Gpt<B: Backend> {
     config: GptConfig,
     layout: ParamLayout,
     params: B::Buf,
     /// The weights in the compute dtype (bf16 on CUDA); None when that is f32 and `params` serves.
     compute_copy: Option<B::Buf>,
-    grads: B::Buf,
     acts: Activations<B>,
-    dacts: ActivationGrads<B>,
+    /// None in a model that only runs forward (`ActivationPlan::trains`).
+    gradients: Option<Gradients<B>>,
     /// Live ranks and scratch of the low-rank layers (none in a dense model).
     lowrank: LowRankRuntime<B>,
     /// The last forward's token ids, for the embedding backward.
@@ -79,21 +79,51 @@ impl Trained {
 }
 
 /// What a model's activations are allocated for: micro-batches of `batch` sequences of `seq`
-/// tokens, every layer's GELU output kept or (`recompute_gelu`) one layer's.
+/// tokens, kept for what `keep` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActivationPlan {
     pub batch: usize,
     pub seq: usize,
-    pub recompute_gelu: bool,
+    pub keep: Keep,
+}
+
+/// What a model keeps its activations for past the forward that writes them, and so how many
+/// layers' each buffer holds; only a model that keeps them for the backward has gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Every layer's, for the backward (training). With `recompute_gelu`, one layer's GELU output
+    /// and the backward forms each layer's again from fch (llm.c's `-r 1`).
+    Backward { recompute_gelu: bool },
+    /// Every layer's qkv, whose keys and values the later tokens attend to when decoding
+    /// (`Gpt::decode`), and one layer's of the rest, each layer's forward writing over the last's.
+    KvCache,
+    /// One layer's of everything: a forward's losses or logits alone (evaluation, export).
+    Nothing,
 }
 
 impl ActivationPlan {
+    /// A plan for training: every layer's activations kept, GELU's included.
     pub fn new(batch: usize, seq: usize) -> Self {
         ActivationPlan {
             batch,
             seq,
-            recompute_gelu: false,
+            keep: Keep::Backward {
+                recompute_gelu: false,
+            },
         }
+    }
+
+    /// Whether the backward forms GELU's output again (one layer's kept).
+    pub fn recomputes_gelu(&self) -> bool {
+        self.keep
+            == Keep::Backward {
+                recompute_gelu: true,
+            }
+    }
+
+    /// Whether a model of this plan runs a backward, and so has gradients.
+    pub fn trains(&self) -> bool {
+        matches!(self.keep, Keep::Backward { .. })
     }
 
     /// The low-rank layers of a model of `config` with `lr`'s, after the checks that refuse a
@@ -115,6 +145,13 @@ impl ActivationPlan {
         );
         Ok(layers)
     }
+}
+
+/// What a model that trains adds: the parameters' gradients and the backward's scratch.
+struct Gradients<B: Backend> {
+    /// f32, with the parameters' layout.
+    params: B::Buf,
+    acts: ActivationGrads<B>,
 }
 
 /// The buffers one optimiser step updates, borrowed together.
@@ -163,15 +200,14 @@ impl<B: Backend> Gpt<B> {
         Self::build(backend, config, lr, plan, Some(seed))
     }
 
-    /// `with_lowrank`'s model with every parameter zero, for a checkpoint's tensors to replace.
+    /// `with_plan`'s model with every parameter zero, for a checkpoint's tensors to replace.
     pub(super) fn unset(
         backend: &B,
         config: GptConfig,
         lr: &LowRankConfig,
-        batch: usize,
-        seq: usize,
+        plan: ActivationPlan,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, ActivationPlan::new(batch, seq), None)
+        Self::build(backend, config, lr, plan, None)
     }
 
     /// The model, its parameters GPT-2's init seeded by `init`, or zero without one.
@@ -183,11 +219,7 @@ impl<B: Backend> Gpt<B> {
         init: Option<u64>,
     ) -> Result<Self> {
         let layers = plan.check(&config, lr)?;
-        let ActivationPlan {
-            batch,
-            seq,
-            recompute_gelu,
-        } = plan;
+        let (batch, seq) = (plan.batch, plan.seq);
         let layout = ParamLayout::with_lowrank(&config, &layers);
         let mut params = backend
             .alloc(DType::F32, layout.len())
@@ -203,17 +235,22 @@ impl<B: Backend> Gpt<B> {
                     .context("allocating the compute copy of the weights")?,
             ),
         };
-        let grads = backend
-            .alloc(DType::F32, layout.len())
-            .context("allocating the gradients")?;
         let acts = Activations::new(backend, &config, plan).with_context(|| {
             format!(
                 "allocating the activations of {batch} sequences × {seq} tokens (they grow with \
                  both: a smaller --batch with a larger --accum keeps the tokens per step)"
             )
         })?;
-        let dacts = ActivationGrads::new(backend, acts.shape, recompute_gelu)
-            .context("allocating the activation gradients")?;
+        let gradients = match plan.keep {
+            Keep::Backward { recompute_gelu } => Some(Gradients {
+                params: backend
+                    .alloc(DType::F32, layout.len())
+                    .context("allocating the gradients")?,
+                acts: ActivationGrads::new(backend, acts.shape, recompute_gelu)
+                    .context("allocating the activation gradients")?,
+            }),
+            Keep::KvCache | Keep::Nothing => None,
+        };
         let lora_scale = (lr.mode == LowRankMode::Lora).then(|| lr.lora_scale());
         let lowrank = LowRankRuntime::new(backend, layers, batch * seq, lr.rank_init, lora_scale)
             .context("allocating the low-rank scratch")?;
@@ -222,9 +259,8 @@ impl<B: Backend> Gpt<B> {
             layout,
             params,
             compute_copy,
-            grads,
             acts,
-            dacts,
+            gradients,
             lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
@@ -302,6 +338,11 @@ impl<B: Backend> Gpt<B> {
         let (n, seq) = (tokens.len(), self.seq());
         ensure!(n > 0, "decode needs at least one token");
         ensure!(
+            self.acts.qkv.holds_every_layer(self.config.n_layer),
+            "decode needs every layer's keys and values, which a model built to evaluate does \
+             not keep (build it with Keep::KvCache)"
+        );
+        ensure!(
             start <= self.decoded,
             "decode at position {start}: only positions 0..{} are computed",
             self.decoded
@@ -334,6 +375,7 @@ impl<B: Backend> Gpt<B> {
             bail!("backward needs a forward with targets first (each backward consumes one forward's loss gradient)");
         }
         self.has_loss_gradient = false;
+        let g = (self.gradients.as_mut()).ok_or_else(only_forward)?;
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
         let saved = Saved {
             layout: &self.layout,
@@ -342,7 +384,7 @@ impl<B: Backend> Gpt<B> {
             inputs: &self.inputs,
             trained: self.trained,
         };
-        let (grads, d) = (&mut self.grads, &mut self.dacts);
+        let (grads, d) = (&mut g.params, &mut g.acts);
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
     }
 
@@ -351,8 +393,10 @@ impl<B: Backend> Gpt<B> {
     /// LoRA that is most of the buffer, which a step then neither fills nor reads (the optimiser's
     /// norm runs over its trained groups alone).
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
-        for (offset, len) in self.gradient_spans() {
-            b.fill(self.grads.at_mut(offset, len), 0.0)?;
+        let spans = self.gradient_spans();
+        let grads = self.grads_mut()?;
+        for (offset, len) in spans {
+            b.fill(grads.at_mut(offset, len), 0.0)?;
         }
         Ok(())
     }
@@ -419,21 +463,24 @@ impl<B: Backend> Gpt<B> {
         self.decoded = 0; // new weights: the decoded positions' k and v are stale
         &mut self.params
     }
-    /// The f32 gradients, laid out as `layout()`.
-    pub fn grads(&self) -> &B::Buf {
-        &self.grads
+    /// The f32 gradients, laid out as `layout()`; an error in a model built to run forward only.
+    pub fn grads(&self) -> Result<&B::Buf> {
+        let g = self.gradients.as_ref().ok_or_else(only_forward)?;
+        Ok(&g.params)
     }
-    pub fn grads_mut(&mut self) -> &mut B::Buf {
-        &mut self.grads
+    pub fn grads_mut(&mut self) -> Result<&mut B::Buf> {
+        let g = self.gradients.as_mut().ok_or_else(only_forward)?;
+        Ok(&mut g.params)
     }
     /// Parameters, gradients and compute copy together, for an optimiser step.
-    pub fn optimizer_buffers(&mut self) -> OptimizerBuffers<'_, B> {
+    pub fn optimizer_buffers(&mut self) -> Result<OptimizerBuffers<'_, B>> {
+        let g = self.gradients.as_ref().ok_or_else(only_forward)?;
         self.decoded = 0;
-        OptimizerBuffers {
+        Ok(OptimizerBuffers {
             params: &mut self.params,
-            grads: &self.grads,
+            grads: &g.params,
             compute_copy: self.compute_copy.as_mut(),
-        }
+        })
     }
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
@@ -480,7 +527,8 @@ impl<B: Backend> Gpt<B> {
 
     /// Bytes of activations, activation gradients and low-rank scratch held, as allocated.
     pub fn activation_bytes(&self, b: &B) -> usize {
-        self.acts.bytes(b) + self.dacts.bytes(b) + self.lowrank.bytes(b)
+        let dacts = (self.gradients.as_ref()).map_or(0, |g| g.acts.bytes(b));
+        self.acts.bytes(b) + dacts + self.lowrank.bytes(b)
     }
 
     fn check_tokens(&self, what: &str, tokens: &[u32]) -> Result<()> {
@@ -501,6 +549,14 @@ impl<B: Backend> Gpt<B> {
         }
         Ok(())
     }
+}
+
+/// The error of a gradient asked of a model without them.
+fn only_forward() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this model was built to run forward only (its activations planned without a backward): \
+         it has no gradients"
+    )
 }
 
 /// The layout's GPT-2 init, with each low-rank layer's factors from `lowrank::start_factors`

@@ -2,8 +2,7 @@
 //! the padding rows), so a user can load ours in transformers and we can load theirs.
 
 use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
-use super::gpt::Gpt;
-use super::gpt::Trained;
+use super::gpt::{ActivationPlan, Gpt, Trained};
 use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::LowRankConfig;
@@ -80,12 +79,14 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
-    /// Every parameter must be present with its HF shape.
+    /// Every parameter must be present with its HF shape; the tensors are checked before any is
+    /// written, then copied in one by one (no staging copy of the whole model: GPT-2 medium's
+    /// 1.4 GB).
     pub fn load_hf_tensors(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
         let by_name: HashMap<&str, &HostTensor> =
             tensors.iter().map(|t| (canonical(&t.name), t)).collect();
         let vocab = self.config().vocab_size;
-        let mut host = vec![0.0f32; self.layout().len()];
+        let mut sources = Vec::with_capacity(self.layout().tensors().len());
         for t in self.layout().tensors() {
             let want = hf_rows(&t.name, &t.shape, vocab);
             let src = by_name
@@ -98,7 +99,7 @@ impl<B: Backend> Gpt<B> {
                 src.shape,
                 want
             );
-            host[t.offset..t.offset + src.data.len()].copy_from_slice(&src.data);
+            sources.push((t.offset, t.len(), &src.data));
         }
         let known: Vec<&str> = self
             .layout()
@@ -113,7 +114,14 @@ impl<B: Backend> Gpt<B> {
         {
             bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
         }
-        b.upload(&host, self.params_mut().all_mut())?;
+        let params = self.params_mut();
+        for (offset, len, data) in sources {
+            b.upload(data, params.at_mut(offset, data.len()))?;
+            if data.len() < len {
+                // The embedding's padding rows, past the vocabulary.
+                b.fill(params.at_mut(offset + data.len(), len - data.len()), 0.0)?;
+            }
+        }
         self.refresh_compute_copy(b)
     }
 }
@@ -304,11 +312,11 @@ pub fn complete_lora(
 }
 
 impl<B: Backend> Gpt<B> {
-    /// The model a checkpoint holds, at its live ranks, for batches of `batch` × `seq` tokens.
-    pub fn from_checkpoint(b: &B, ck: &ModelCheckpoint, batch: usize, seq: usize) -> Result<Self> {
+    /// The model a checkpoint holds, at its live ranks, with activations as `plan` says.
+    pub fn from_checkpoint(b: &B, ck: &ModelCheckpoint, plan: ActivationPlan) -> Result<Self> {
         // The checkpoint's tensors replace every parameter: no init to draw (for GPT-2 small,
         // 124M normal draws were most of `sample`'s start-up).
-        let mut model = Gpt::unset(b, ck.config, &ck.lowrank, batch, seq)?;
+        let mut model = Gpt::unset(b, ck.config, &ck.lowrank, plan)?;
         RankSchedule::restore(&mut model, ck.ranks.as_ref())?;
         model.load_hf_tensors(b, &ck.tensors)?;
         Ok(model)
@@ -371,13 +379,21 @@ mod tests {
                 ..t.clone()
             })
             .collect();
+        // Every value written over, the embedding's padding rows zeroed.
+        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
         b.load_hf_tensors(&Cpu, &unprefixed).unwrap();
         assert_eq!(b.params().as_slice(), a.params().as_slice());
+        let padding = &b.params().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
+        assert!(padding.iter().all(|&x| x == 0.0));
+        // A checkpoint that does not fit is refused before anything is written.
+        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
         let mut wrong = ts.clone();
-        wrong[0].shape = vec![7];
+        let last = wrong.len() - 1;
+        wrong[last].shape = vec![7];
         let e = b.load_hf_tensors(&Cpu, &wrong).unwrap_err();
         assert!(e.to_string().contains("another shape"), "{e}");
         let e = b.load_hf_tensors(&Cpu, &ts[1..]).unwrap_err();
         assert!(e.to_string().contains("lacks tensor"), "{e}");
+        assert!(b.params().as_slice().iter().all(|&x| x == 7.0));
     }
 }

@@ -5,14 +5,14 @@
 
 use super::activations::Activations;
 use super::config::GptConfig;
-use super::gpt::{ActivationPlan, Gpt, Trained};
+use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
 use super::hf::param_groups;
 use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, DType, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
 use crate::optim::AdamWOptimizer;
 use crate::util::meminfo::{self, gb};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 /// Bytes a model holds, by what holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,10 +35,15 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
+    /// The checkpoint a model that only runs forward is built from, read onto the host first and
+    /// freed once the model holds its tensors: beside the weights, never the activations. It is
+    /// read before the check (which needs its shape), so the memory available then excludes it.
+    pub loading: usize,
 }
 
 /// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
-/// `accum` micro-batches a step, None where the command has no `--accum`) or only runs forward.
+/// `accum` micro-batches a step, None where the command has no `--accum`) or only runs forward
+/// (built from a checkpoint's tensors, read onto the host first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
     Training {
@@ -67,12 +72,15 @@ impl MemoryPlan {
 
     /// What the host must hold whatever the device.
     pub fn host(&self) -> usize {
-        self.checkpoint + self.rank_log
+        self.checkpoint + self.rank_log + self.loading
     }
 
-    /// Everything, for a backend whose buffers live in host memory.
+    /// Everything, for a backend whose buffers live in host memory: the most held at once, while
+    /// the model runs or while it is loaded (the checkpoint beside the weights; the activations'
+    /// pages are not touched yet).
     pub fn total(&self) -> usize {
-        self.device() + self.host()
+        let running = self.device() + self.checkpoint + self.rank_log;
+        running.max(self.weights + self.margin + self.loading)
     }
 
     /// What holds the memory, by name: the device's parts, and the host's beside them.
@@ -98,7 +106,14 @@ impl MemoryPlan {
                 shown.push(format!("{name} {}{host}", gb(bytes)));
             }
         }
-        shown.join(", ")
+        match self.loading {
+            0 => shown.join(", "),
+            read => format!(
+                "{}; first the checkpoint's {} read{host}",
+                shown.join(", "),
+                gb(read)
+            ),
+        }
     }
 }
 
@@ -127,11 +142,22 @@ impl<B: Backend> Gpt<B> {
         let mut scratch = b.attention_scratch_bytes(shape, config.n_head);
         let mut mem = MemoryPlan {
             weights: b.stored_bytes(DType::F32, n) + copy,
-            gradients: b.stored_bytes(DType::F32, n),
+            gradients: match plan.trains() {
+                true => b.stored_bytes(DType::F32, n),
+                false => 0,
+            },
             activations,
             ..Default::default()
         };
+        if purpose == Purpose::Inference {
+            mem.loading = 4 * n;
+        }
         if let Purpose::Training { checkpoints, .. } = purpose {
+            ensure!(
+                plan.trains(),
+                "a training run's activations must be kept for the backward, not {:?}",
+                plan.keep
+            );
             let groups = param_groups(&layout, Trained::of(lr), lr);
             let state = AdamWOptimizer::<B>::state_len(&groups);
             mem.optimizer = 2 * b.stored_bytes(DType::F32, state);
@@ -236,7 +262,7 @@ impl Alternative {
         if self.plan.batch != p.plan.batch {
             flags += &format!(" --batch {}", self.plan.batch);
         }
-        if self.plan.recompute_gelu && !p.plan.recompute_gelu {
+        if self.plan.recomputes_gelu() && !p.plan.recomputes_gelu() {
             flags += " --recompute-gelu";
         }
         if self.rank_log_off {
@@ -283,9 +309,11 @@ fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<(Alternativ
             ..as_is
         });
     }
-    if training && !p.plan.recompute_gelu {
+    if training && !p.plan.recomputes_gelu() {
         let plan = ActivationPlan {
-            recompute_gelu: true,
+            keep: Keep::Backward {
+                recompute_gelu: true,
+            },
             ..p.plan
         };
         same_batch.push(Alternative { plan, ..as_is });
@@ -298,7 +326,7 @@ fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<(Alternativ
     for a in same_batch {
         match need(a) {
             // Both together only where neither alone fits.
-            Some(n) if !(a.rank_log_off && a.plan.recompute_gelu) || found.is_empty() => {
+            Some(n) if !(a.rank_log_off && a.plan.recomputes_gelu()) || found.is_empty() => {
                 found.push((a, n))
             }
             Some(_) => {}
@@ -374,9 +402,14 @@ impl Room {
         }
     }
 
+    /// The host's memory for `m`: what is available, and the checkpoint it holds already.
+    fn host_for(&self, m: &MemoryPlan) -> Option<usize> {
+        self.host.map(|h| h + m.loading)
+    }
+
     /// What is short for `m`, as a sentence; None when it fits (or nothing is known).
     fn short_of(&self, m: &MemoryPlan) -> Option<String> {
-        match (self.device, self.host) {
+        match (self.device, self.host_for(m)) {
             (Some(free), _) if m.device() > free => Some(format!("The GPU has {} free", gb(free))),
             (Some(_), Some(host)) if m.host() > host => Some(format!(
                 "Its copies on the host need {} and {} available",
@@ -406,7 +439,7 @@ impl Checked {
     /// The banner's words: "memory: about 13.4 GB of 22.1 GB available (weights ...)".
     pub fn describe(&self) -> String {
         let (m, room) = (&self.plan, &self.room);
-        let of = match (room.device, room.host) {
+        let of = match (room.device, room.host_for(m)) {
             (Some(free), _) => format!(" of the GPU's {} free", gb(free)),
             (None, Some(host)) => format!(" of {} available", gb(host)),
             (None, None) => String::new(),
@@ -416,235 +449,5 @@ impl Checked {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::{Cpu, CpuBf16};
-    use crate::backend::Buffer;
-    use crate::lowrank::LowRankMode;
-
-    /// GPT-2 small's parameters, the vocabulary padded to 50304 rows: embeddings, 12 blocks (two
-    /// LayerNorms, the attention's qkv and projection, the MLP's two matrices, with biases), ln_f.
-    const GPT2_PADDED: usize = 50304 * 768
-        + 1024 * 768
-        + 12 * (2 * 2 * 768
-            + 768 * 2304
-            + 2304
-            + 768 * 768
-            + 768
-            + 768 * 3072
-            + 3072
-            + 3072 * 768
-            + 768)
-        + 2 * 768;
-
-    fn training() -> Purpose {
-        Purpose::Training {
-            checkpoints: true,
-            accum: Some(1),
-        }
-    }
-
-    fn plan<B: Backend>(b: &B, lr: &LowRankConfig, purpose: Purpose) -> MemoryPlan {
-        let config = GptConfig::preset("gpt2").unwrap();
-        Gpt::memory_plan(b, &config, lr, ActivationPlan::new(1, 64), purpose).unwrap()
-    }
-
-    /// Four bytes a parameter for the weights and for their gradients, eight for AdamW's moments
-    /// and twelve for the checkpoint's copy (weights and moments); the bf16 compute copy is kept
-    /// in f32 on the CPU, four more; inference keeps no moments and no copy.
-    #[test]
-    fn gpt2_small_takes_its_bytes_a_parameter() {
-        let dense = LowRankConfig {
-            rank_log_every: 0,
-            ..Default::default()
-        };
-        let n = GPT2_PADDED;
-        let m = plan(&Cpu, &dense, training());
-        assert_eq!(
-            (
-                m.weights,
-                m.gradients,
-                m.optimizer,
-                m.checkpoint,
-                m.rank_log
-            ),
-            (4 * n, 4 * n, 8 * n, 12 * n, 0)
-        );
-        assert_eq!(plan(&CpuBf16, &dense, training()).weights, 8 * n);
-        let inference = plan(&Cpu, &dense, Purpose::Inference);
-        assert_eq!((inference.optimizer, inference.checkpoint), (0, 0));
-        assert_eq!(inference.activations, m.activations);
-
-        // The rank log: each MLP matrix's W0 (768 × 3072, 24 of them), their 768² Gram matrices,
-        // and each thread's eigensolver work.
-        let logged = plan(&Cpu, &LowRankConfig::default(), training());
-        let threads = rayon::current_num_threads();
-        let grams = 24 * 4 * 768 * 768;
-        assert_eq!(
-            logged.rank_log,
-            24 * 4 * 768 * 3072 + grams + threads * 32 * 768 * 768
-        );
-    }
-
-    /// LoRA keeps moments for its adapters alone: rank 8 on the MLP's two matrices of 12 blocks,
-    /// 8 · (768 + 3072) values each.
-    #[test]
-    fn lora_keeps_moments_of_its_adapters_alone() {
-        let lora = LowRankConfig {
-            mode: LowRankMode::Lora,
-            rank_init: 8,
-            lora_base: Some("the random init".into()),
-            ..Default::default()
-        };
-        let adapters = 12 * 2 * 8 * (768 + 3072);
-        assert_eq!(plan(&Cpu, &lora, training()).optimizer, 8 * adapters);
-    }
-
-    /// The activations, their gradients and the low-rank scratch planned are what a model built
-    /// for the same plan then holds, in every parameterisation, with GELU kept or recomputed, in
-    /// f32 and in bf16 (the compute copy too), on a ragged batch.
-    #[test]
-    fn the_plan_counts_what_the_model_allocates() {
-        fn compare<B: Backend>(b: &B) {
-            let config = GptConfig::preset("tiny").unwrap();
-            for mode in [
-                LowRankMode::Dense,
-                LowRankMode::Inrank,
-                LowRankMode::Efficient,
-                LowRankMode::Lora,
-                LowRankMode::Dln,
-                LowRankMode::Dlra,
-            ] {
-                for recompute_gelu in [false, true] {
-                    let lr = LowRankConfig {
-                        mode,
-                        layers: crate::lowrank::LowRankLayers::All,
-                        rank_init: 6,
-                        lora_base: (mode == LowRankMode::Lora).then(|| "random".into()),
-                        ..Default::default()
-                    };
-                    let plan = ActivationPlan {
-                        batch: 3,
-                        seq: 7,
-                        recompute_gelu,
-                    };
-                    let m = Gpt::memory_plan(b, &config, &lr, plan, Purpose::Inference).unwrap();
-                    let model = Gpt::with_plan(b, config, &lr, plan, 1).unwrap();
-                    let n = model.params().len();
-                    assert_eq!(
-                        m.activations,
-                        model.activation_bytes(b),
-                        "{mode:?} {plan:?}"
-                    );
-                    assert_eq!(m.gradients, b.stored_bytes(DType::F32, n));
-                    let copy = match b.compute_dtype() {
-                        DType::F32 => 0,
-                        dtype => b.stored_bytes(dtype, n),
-                    };
-                    assert_eq!(m.weights, b.stored_bytes(DType::F32, n) + copy);
-                }
-            }
-        }
-        compare(&Cpu);
-        compare(&CpuBf16);
-    }
-
-    /// What `alternatives` offers fits the room and is the nearest that does: on a host of a
-    /// given size, each suggestion's plan fits; a smaller batch is the largest that fits (for
-    /// eval, any batch: the next one up does not fit; for training with --accum, a divisor of
-    /// the batch, the next divisor up not fitting, the accumulation keeping the sequences a step).
-    #[test]
-    fn alternatives_fit_and_go_no_further_than_they_must() {
-        let config = GptConfig::preset("gpt2").unwrap();
-        let dense = LowRankConfig::default();
-        let room = |host: usize| Room {
-            device: None,
-            host: Some(host),
-            cgroup: false,
-        };
-        let total = |lr: &LowRankConfig, plan: ActivationPlan, purpose| {
-            Gpt::memory_plan(&Cpu, &config, lr, plan, purpose)
-                .unwrap()
-                .total()
-        };
-        let quiet = LowRankConfig {
-            rank_log_every: 0,
-            ..dense.clone()
-        };
-        let at = |batch| ActivationPlan::new(batch, 256);
-
-        // Evaluation at batch 50 on a host that holds batch 20 and a little.
-        let p = Proposal {
-            model: "gpt2",
-            config: &config,
-            lr: &dense,
-            plan: at(50),
-            purpose: Purpose::Inference,
-        };
-        let host = total(&dense, at(20), Purpose::Inference) + 1_000_000;
-        let found = alternatives(&Cpu, &p, &room(host));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].0.plan, at(20));
-        assert_eq!(found[0].0.describe(&p, "x"), "--batch 20 (x)");
-
-        // Training at batch 12 with --accum 3, on a host that holds batch 6 with the rank log
-        // off and a little: neither the rank log off nor GELU recomputed fits at 12, so the
-        // largest divisor that fits comes with whichever of them it needs.
-        let training = Purpose::Training {
-            checkpoints: true,
-            accum: Some(3),
-        };
-        let p = Proposal {
-            plan: at(12),
-            purpose: training,
-            ..p
-        };
-        let host = total(&quiet, at(6), training) + 1_000_000;
-        let found = alternatives(&Cpu, &p, &room(host));
-        assert_eq!(found.len(), 1, "{found:?}");
-        let (a, _) = found[0];
-        let lr = if a.rank_log_off { &quiet } else { &dense };
-        assert!(total(lr, a.plan, training) <= host);
-        assert!(12 % a.plan.batch == 0 && a.plan.batch >= 6, "{a:?}");
-        let above = [12, 6, 4, 3, 2, 1]
-            .into_iter()
-            .rev()
-            .find(|&d| d > a.plan.batch)
-            .unwrap();
-        assert!(
-            total(
-                &quiet,
-                ActivationPlan {
-                    batch: above,
-                    ..a.plan
-                },
-                training
-            ) > host
-        );
-        let said = a.describe(&p, "x");
-        assert!(
-            said.starts_with(&format!("--batch {}", a.plan.batch))
-                && said.contains(&format!("--accum {}", 36 / a.plan.batch))
-                && said.ends_with("(x, the same 36 sequences a step)"),
-            "{said}"
-        );
-        // With room for the rank log's absence at batch 12, that alone is offered first.
-        let host = total(&quiet, at(12), training) + 1_000_000;
-        let found = alternatives(&Cpu, &p, &room(host));
-        assert!(
-            found[0].0.rank_log_off && found[0].0.plan == at(12),
-            "{found:?}"
-        );
-        assert_eq!(found[0].0.describe(&p, "x"), "--rank-log-every 0 (x)");
-    }
-
-    /// A plan is refused as a model would be: a sequence past the context.
-    #[test]
-    fn a_plan_checks_what_the_model_would() {
-        let config = GptConfig::preset("gpt2").unwrap();
-        let lr = LowRankConfig::default();
-        let e = Gpt::memory_plan(&Cpu, &config, &lr, ActivationPlan::new(1, 2048), training())
-            .unwrap_err();
-        assert!(e.to_string().contains("exceeds the model's context"), "{e}");
-    }
-}
+#[path = "memory_tests.rs"]
+mod tests;

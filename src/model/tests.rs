@@ -1,7 +1,7 @@
 //! Whole-model tests: an independent f64 reference forward (plain loops over the Hugging Face
 //! names), the loss and EVERY parameter's gradient against it, the loss at init, and bad input.
 
-use super::{ActivationPlan, Gpt, GptConfig, ParamLayout};
+use super::{ActivationPlan, Gpt, GptConfig, Keep, ParamLayout};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::LowRankConfig;
@@ -238,7 +238,9 @@ fn gradients_match_f64_reference_with_gelu_recomputed() {
         ..micro()
     };
     let plan = ActivationPlan {
-        recompute_gelu: true,
+        keep: Keep::Backward {
+            recompute_gelu: true,
+        },
         ..ActivationPlan::new(2, 5)
     };
     let gpt = Gpt::with_plan(&Cpu, cfg, &LowRankConfig::default(), plan, 1).unwrap();
@@ -324,7 +326,7 @@ pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[Low
     gpt.backward(&cpu, 0.75).unwrap();
     gpt.forward(&cpu, &inputs, Some(&targets)).unwrap();
     gpt.backward(&cpu, 0.25).unwrap();
-    let grads = cpu.download(gpt.grads().all()).unwrap();
+    let grads = cpu.download(gpt.grads().unwrap().all()).unwrap();
 
     let layout = gpt.layout().clone();
     let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
@@ -454,6 +456,56 @@ fn forward_without_targets_gives_logits_matching_the_reference_loss() {
 fn decoding_in_pieces_gives_the_references_logits() {
     assert_decoding_matches_reference(Gpt::new(&Cpu, micro(), 1, 6, 1).unwrap(), &[]);
     assert_decoding_matches_reference(Gpt::new(&Cpu, micro(), 3, 6, 1).unwrap(), &[]);
+}
+
+/// Models that keep nothing for a backward (one layer's buffers, each layer's forward writing
+/// over the last's; every layer's qkv when they decode) give the f64 reference's loss on a batch
+/// and, keeping the keys and values, its decoded logits. Three layers, so the one slice is written
+/// over twice. They have no gradients, and say so; one without the keys and values cannot decode.
+#[test]
+fn models_that_run_forward_only_match_the_reference() {
+    let cfg = GptConfig {
+        n_layer: 3,
+        ..micro()
+    };
+    let build = |keep| {
+        let plan = ActivationPlan {
+            keep,
+            ..ActivationPlan::new(3, 6)
+        };
+        Gpt::with_plan(&Cpu, cfg, &LowRankConfig::default(), plan, 1).unwrap()
+    };
+    for keep in [Keep::Nothing, Keep::KvCache] {
+        let mut gpt = build(keep);
+        let p: Vec<f64> = (large_random_weights(&mut gpt).iter())
+            .map(|&x| x as f64)
+            .collect();
+        let (inputs, targets) = (
+            random_tokens(18, cfg.vocab_size, 3),
+            random_tokens(18, cfg.vocab_size, 4),
+        );
+        let loss = gpt.forward(&Cpu, &inputs, Some(&targets)).unwrap().unwrap() as f64;
+        let want = Reference {
+            cfg,
+            layout: gpt.layout(),
+            p: &p,
+            lowrank: &[],
+        }
+        .loss(&inputs, &targets, 3);
+        assert!(
+            ((loss - want) / want).abs() < 1e-5,
+            "{keep:?}: loss {loss} vs f64 reference {want}"
+        );
+        let err = gpt.backward(&Cpu, 1.0).unwrap_err().to_string();
+        assert!(err.contains("built to run forward only"), "{err}");
+        assert!(gpt.grads().is_err() && gpt.zero_grads(&Cpu).is_err());
+    }
+    assert_decoding_matches_reference(build(Keep::KvCache), &[]);
+    let err = build(Keep::Nothing).decode(&Cpu, &[0], 0).unwrap_err();
+    assert!(
+        err.to_string().contains("every layer's keys and values"),
+        "{err}"
+    );
 }
 
 /// Decoding needs the positions before its start computed since the last forward or weight

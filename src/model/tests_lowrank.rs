@@ -6,7 +6,7 @@ use super::tests::{
     assert_decoding_matches_reference, assert_gradients_match_reference, micro, random_tokens,
     LowRankRef,
 };
-use super::{Gpt, GptConfig};
+use super::{ActivationPlan, Gpt, GptConfig, Keep};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::dlra::{schedule as dlra, FreshMoment};
@@ -220,13 +220,13 @@ fn dlra_augmentation_keeps_w_and_gives_the_tangent_gradient_of_s() {
     let loss = loss_and_grads(&mut gpt);
     dlra::augment(&Cpu, &mut gpt, &mut opt, FreshMoment::Zero).unwrap();
     let params = Cpu.download(gpt.params().all()).unwrap();
-    let tangent = Cpu.download(gpt.grads().all()).unwrap();
+    let tangent = Cpu.download(gpt.grads().unwrap().all()).unwrap();
     let again = loss_and_grads(&mut gpt);
     assert!(
         (again - loss).abs() <= 1e-6 * loss.abs(),
         "{loss} → {again}"
     );
-    let full = Cpu.download(gpt.grads().all()).unwrap();
+    let full = Cpu.download(gpt.grads().unwrap().all()).unwrap();
     let (r, k) = (3, 6);
     for (i, lt) in gpt.layout().lowrank().iter().enumerate() {
         let (n_in, n_out) = (lt.layer.n_in, lt.layer.n_out);
@@ -270,7 +270,7 @@ fn dlra_augmentation_keeps_w_and_gives_the_tangent_gradient_of_s() {
         }
     }
     // The optimiser moves S, never the bases.
-    let bufs = gpt.optimizer_buffers();
+    let bufs = gpt.optimizer_buffers().unwrap();
     opt.step(&Cpu, 1e-2, bufs.params, bufs.grads, bufs.compute_copy)
         .unwrap();
     let stepped = Cpu.download(gpt.params().all()).unwrap();
@@ -354,13 +354,17 @@ fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
         }),
         tensors: gpt.to_hf_tensors(&Cpu).unwrap(),
     };
-    let mut back = Gpt::from_checkpoint(&Cpu, &ck, 2, 6).unwrap();
+    let plan = ActivationPlan {
+        keep: Keep::Nothing,
+        ..ActivationPlan::new(2, 6)
+    };
+    let mut back = Gpt::from_checkpoint(&Cpu, &ck, plan).unwrap();
     assert_eq!(back.lowrank().live, gpt.lowrank().live);
     back.forward(&Cpu, &inputs, None).unwrap();
     assert_eq!(Cpu.download(back.logits()).unwrap(), want);
     // Read at the capacity instead, the same tensors make another function.
     let wide = ModelCheckpoint { ranks: None, ..ck };
-    let mut wrong = Gpt::from_checkpoint(&Cpu, &wide, 2, 6).unwrap();
+    let mut wrong = Gpt::from_checkpoint(&Cpu, &wide, plan).unwrap();
     wrong
         .lowrank_mut()
         .live
@@ -431,7 +435,7 @@ fn lora_steps_move_only_the_factors() {
         AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(&lr)).unwrap();
     let before = Cpu.download(gpt.params().all()).unwrap();
     loss_and_grads(&mut gpt);
-    let grads = Cpu.download(gpt.grads().all()).unwrap();
+    let grads = Cpu.download(gpt.grads().unwrap().all()).unwrap();
     let tensors = gpt.layout().tensors().to_vec();
     let is_factor = |name: &str| name.ends_with(".lowrank_ut") || name.ends_with(".lowrank_vt");
     let squares = |factor: bool| -> f64 {
@@ -453,7 +457,7 @@ fn lora_steps_move_only_the_factors() {
     assert_eq!(opt.state().map(|w| w.len), [factors; 2]);
     assert_eq!(squares(false), 0.0);
 
-    let bufs = gpt.optimizer_buffers();
+    let bufs = gpt.optimizer_buffers().unwrap();
     let report = opt
         .step(&Cpu, 1e-2, bufs.params, bufs.grads, bufs.compute_copy)
         .unwrap();
@@ -501,9 +505,10 @@ fn a_step_fills_and_writes_only_the_gradients_the_backward_forms() {
         let mut gpt = Gpt::with_lowrank(&Cpu, cfg, &lr, 2, 6, 3).unwrap();
         let spans = gpt.gradient_spans();
         assert!(!spans.is_empty(), "{:?}: no gradient at all", lr.mode);
-        Cpu.fill(gpt.grads_mut().all_mut(), SENTINEL).unwrap();
+        Cpu.fill(gpt.grads_mut().unwrap().all_mut(), SENTINEL)
+            .unwrap();
         loss_and_grads(&mut gpt);
-        let grads = Cpu.download(gpt.grads().all()).unwrap();
+        let grads = Cpu.download(gpt.grads().unwrap().all()).unwrap();
         let tensors = gpt.layout().tensors().to_vec();
         for (i, t) in tensors.iter().enumerate() {
             let g = &grads[t.offset..t.offset + t.len()];

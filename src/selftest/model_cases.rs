@@ -6,7 +6,7 @@
 
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
-use crate::model::{ActivationPlan, Gpt, GptConfig};
+use crate::model::{ActivationPlan, Gpt, GptConfig, Keep};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -89,10 +89,19 @@ impl ModelCase {
             ..LowRankConfig::default()
         };
         let config = GptConfig::preset("tiny")?;
+        // Each output from a model keeping what it needs: the loss from one layer's activations,
+        // decoding from every layer's keys and values.
+        let keep = match self.output {
+            ModelOutput::Loss => Keep::Nothing,
+            ModelOutput::Grads => Keep::Backward {
+                recompute_gelu: self.recompute_gelu,
+            },
+            ModelOutput::Decoded => Keep::KvCache,
+        };
         let plan = ActivationPlan {
             batch: BATCH,
             seq: SEQ,
-            recompute_gelu: self.recompute_gelu,
+            keep,
         };
         let mut model = Gpt::with_plan(b, config, &lr, plan, seed)?;
         let mut rng = Rng::new(seed ^ 0x5EED);
@@ -102,13 +111,13 @@ impl ModelCase {
                 .collect()
         };
         let (inputs, targets) = (tokens(BATCH * SEQ), tokens(BATCH * SEQ));
-        model.zero_grads(b)?;
         let loss = model.forward(b, &inputs, Some(&targets))?;
         Ok(match self.output {
             ModelOutput::Loss => vec![loss.unwrap_or(f32::NAN)],
             ModelOutput::Grads => {
+                model.zero_grads(b)?;
                 model.backward(b, 1.0)?;
-                b.download(model.grads().all())?
+                b.download(model.grads()?.all())?
             }
             ModelOutput::Decoded => {
                 // A prompt, one token, the rest: each piece reads the earlier pieces' k and v.

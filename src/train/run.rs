@@ -16,7 +16,7 @@ use crate::model::generate::{generate, Sampling};
 use crate::model::hf::{complete_lora, load_checkpoint, load_lora_base};
 use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
-use crate::model::{ActivationPlan, Gpt, GptConfig};
+use crate::model::{ActivationPlan, Gpt, GptConfig, Keep};
 use crate::optim::{AdamWConfig, AdamWOptimizer, Diverged, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
 use crate::util::rng::Rng;
@@ -129,7 +129,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let plan = ActivationPlan {
         batch: cfg.batch,
         seq: cfg.seq,
-        recompute_gelu: cfg.recompute_gelu,
+        keep: Keep::Backward {
+            recompute_gelu: cfg.recompute_gelu,
+        },
     };
     let memory = memory::check(
         b,
@@ -302,7 +304,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             ensure_current_copy(b, &model, &when)?;
         }
         let lr = schedule.lr(step + 1);
-        let bufs = model.optimizer_buffers();
+        let bufs = model.optimizer_buffers()?;
         let optimizer = profile::range(|| "optimizer".into());
         let report =
             (opt.step(b, lr, bufs.params, bufs.grads, bufs.compute_copy)).map_err(|e| {

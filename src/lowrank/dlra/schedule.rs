@@ -164,13 +164,13 @@ pub fn augment<B: Backend>(
                 })
         })
         .collect();
-    let bufs = model.optimizer_buffers();
+    let bufs = model.optimizer_buffers()?;
     basis::extend(b, bufs.params, bufs.grads, &jobs).context("DLRA augmentation")?;
 
     // Ûᵀ·(G·V)·S and S·(Uᵀ·G)·V̂ of every layer, in one download.
     let shapes = ranks.iter().flat_map(|&r| [(2 * r, r), (r, 2 * r)]);
     let mut products = Products::new(b, shapes)?;
-    let (params, grads) = (model.params(), model.grads());
+    let (params, grads) = (model.params(), model.grads()?);
     for (i, p) in places.iter().enumerate() {
         let (r, n_in, n_out) = (ranks[i], p.layer.n_in, p.layer.n_out);
         let (u_hat, gu) = (params.at(p.ut, 2 * r * n_in), grads.at(p.ut, r * n_in));
@@ -203,7 +203,10 @@ pub fn augment<B: Backend>(
     for (i, (p, (padded, g_s, state))) in places.iter().zip(updates).enumerate() {
         store_coefficients(b, model, opt, p, padded.as_ref(), &state)?;
         let sq = p.layer.capacity * p.layer.capacity;
-        b.upload(&flat(g_s.as_ref(), sq), model.grads_mut().at_mut(p.mid, sq))?;
+        b.upload(
+            &flat(g_s.as_ref(), sq),
+            model.grads_mut()?.at_mut(p.mid, sq),
+        )?;
         let r = ranks[i];
         model.lowrank_mut().live[i] = LiveRank {
             rank: r,
