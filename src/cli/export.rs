@@ -51,18 +51,21 @@ pub fn run(a: Args) -> Result<()> {
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
     // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
     let model = Gpt::from_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
+    let (preset, config) = (ck.preset, ck.config);
+    drop(ck.tensors); // the model's now: one copy of the weights fewer while they are merged
+    let merged = model.layout().lowrank().len();
     let tensors = model.dense_tensors()?;
+    drop(model);
     let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    if let Some(preset) = &ck.preset {
+    if let Some(preset) = preset {
         // Our loaders read the shape from it (tiny's 32-wide heads are not GPT-2's 64).
-        meta.insert("lowrank_model".to_string(), preset.clone());
+        meta.insert("lowrank_model".to_string(), preset);
     }
     fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     tensor_file::save(&file, &tensors, meta)?;
-    let config = serde_json::to_string_pretty(&hf_config(&ck.config))?;
+    let config = serde_json::to_string_pretty(&hf_config(&config))?;
     atomic::write(&a.out.join("config.json"), config.as_bytes())?;
     let params: usize = tensors.iter().map(|t| t.data.len()).sum();
-    let merged = model.layout().lowrank().len();
     println!(
         "wrote {}: a dense GPT-2 of {} tensors, {:.2}M parameters{}, in Hugging Face's GPT-2 layout (for GPT2LMHeadModel.from_pretrained)",
         a.out.display(),

@@ -76,6 +76,7 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         keep: Keep::KvCache,
     };
     let mut model = Gpt::from_checkpoint(b, &ck, plan)?;
+    drop(ck); // its tensors are the model's now
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

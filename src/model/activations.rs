@@ -18,10 +18,20 @@ pub struct PerLayer<T> {
 impl<T: Buffer> PerLayer<T> {
     /// Layer `l`'s slice.
     pub fn layer(&self, l: usize) -> Ref<'_, T> {
+        debug_assert!(
+            self.slices == 1 || l < self.slices,
+            "layer {l} of {}",
+            self.slices
+        );
         let per = self.buf.len() / self.slices;
         self.buf.at(l % self.slices * per, per)
     }
     pub fn layer_mut(&mut self, l: usize) -> Mut<'_, T> {
+        debug_assert!(
+            self.slices == 1 || l < self.slices,
+            "layer {l} of {}",
+            self.slices
+        );
         let per = self.buf.len() / self.slices;
         self.buf.at_mut(l % self.slices * per, per)
     }
@@ -218,7 +228,7 @@ pub struct ActivationGrads<B: Backend> {
     /// (B, T, 4C): the gradient of the MLP hidden layer.
     pub dfch: B::Buf,
     /// (B, T, 4C): a layer's GELU(fch) formed again for the backward, when the forward kept only
-    /// one layer's (`ActivationPlan::recompute_gelu`).
+    /// one layer's (`Keep::Backward`'s `recompute_gelu`).
     pub gelu: Option<B::Buf>,
 }
 

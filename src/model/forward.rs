@@ -35,7 +35,7 @@ pub(super) fn view<'a, T: Buffer>(buf: &'a T, t: &TensorView) -> Ref<'a, T> {
 /// The token rows of the planned (B, T) activations a forward computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Rows {
-    /// All B·T, saving what the backward reads (training, evaluation).
+    /// All B·T, leaving what the backward reads where the model keeps it (`Keep`).
     All,
     /// Positions `start`..`start + n` of sequence 0, whose earlier positions a previous forward
     /// computed for the same tokens: decoding, where attention reads their k and v from qkv.

@@ -1,5 +1,5 @@
-//! `Gpt`: the parameters, gradients and activations of a GPT-2, and its forward and backward
-//! passes over a fixed (batch, seq).
+//! `Gpt`: the parameters, activations and (in a model that trains) gradients of a GPT-2, and its
+//! forward and backward passes over a fixed (batch, seq).
 
 use super::activations::{ActivationGrads, Activations};
 use super::backward::{backward, Saved};
@@ -371,11 +371,11 @@ impl<B: Backend> Gpt<B> {
     /// `zero_grads` before the first micro-batch of a step, and pass 1/steps to accumulate. The
     /// gradient of a tensor without [`Gpt::has_gradient`] stays zero.
     pub fn backward(&mut self, b: &B, loss_scale: f32) -> Result<()> {
+        let g = (self.gradients.as_mut()).ok_or_else(only_forward)?;
         if !self.has_loss_gradient {
             bail!("backward needs a forward with targets first (each backward consumes one forward's loss gradient)");
         }
         self.has_loss_gradient = false;
-        let g = (self.gradients.as_mut()).ok_or_else(only_forward)?;
         let w = self.compute_copy.as_ref().unwrap_or(&self.params);
         let saved = Saved {
             layout: &self.layout,

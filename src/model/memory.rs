@@ -76,11 +76,16 @@ impl MemoryPlan {
     }
 
     /// Everything, for a backend whose buffers live in host memory: the most held at once, while
-    /// the model runs or while it is loaded (the checkpoint beside the weights; the activations'
-    /// pages are not touched yet).
+    /// the model runs or while it is loaded.
     pub fn total(&self) -> usize {
         let running = self.device() + self.checkpoint + self.rank_log;
-        running.max(self.weights + self.margin + self.loading)
+        running.max(self.while_loading())
+    }
+
+    /// What a host backend holds while the model is loaded: the checkpoint beside the weights
+    /// (the activations' pages are not touched yet).
+    fn while_loading(&self) -> usize {
+        self.weights + self.margin + self.loading
     }
 
     /// What holds the memory, by name: the device's parts, and the host's beside them.
@@ -106,10 +111,15 @@ impl MemoryPlan {
                 shown.push(format!("{name} {}{host}", gb(bytes)));
             }
         }
+        let beside = if on_device {
+            host
+        } else {
+            " beside the weights"
+        };
         match self.loading {
             0 => shown.join(", "),
             read => format!(
-                "{}; first the checkpoint's {} read{host}",
+                "{}; while loading, the checkpoint's {}{beside}",
                 shown.join(", "),
                 gb(read)
             ),
@@ -119,7 +129,8 @@ impl MemoryPlan {
 
 impl<B: Backend> Gpt<B> {
     /// The memory `with_plan` and (for training) the optimiser and checkpoints would take on `b`,
-    /// from the shapes alone; the same checks as `with_plan` refuse a model first.
+    /// or (for inference) the checkpoint `from_checkpoint` reads, from the shapes alone; the same
+    /// checks as `with_plan` refuse a model first.
     pub fn memory_plan(
         b: &B,
         config: &GptConfig,
@@ -208,10 +219,16 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
     let mem = Gpt::memory_plan(b, p.config, p.lr, p.plan, p.purpose)?;
     let room = Room::of(b)?;
     let skip = std::env::var("LOWRANK_MEMORY_CHECK").is_ok_and(|v| v == "0");
-    let Some(short) = room.short_of(&mem).filter(|_| !skip) else {
-        return Ok(Checked { plan: mem, room });
-    };
-    let options: Vec<String> = (alternatives(b, p, &room).iter())
+    match refusal(b, p, &mem, &room).filter(|_| !skip) {
+        Some(sentence) => bail!(sentence),
+        None => Ok(Checked { plan: mem, room }),
+    }
+}
+
+/// Why `mem` does not fit `room`, what it needs and what would fit instead; None when it fits.
+fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Option<String> {
+    let short = room.short_of(mem)?;
+    let options: Vec<String> = (alternatives(b, p, room).iter())
         .map(|(a, need)| a.describe(p, need))
         .collect();
     let training = matches!(p.purpose, Purpose::Training { .. });
@@ -219,6 +236,11 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
         (false, _) => format!("Try {}.", options.join(", or ")),
         (true, Some(free)) if mem.device() <= free => {
             "No batch changes what the host holds: a smaller --model, or a host with more memory."
+                .to_string()
+        }
+        (true, None) if room.host_for(mem).is_some_and(|h| mem.while_loading() > h) => {
+            "Its weights do not fit beside the checkpoint they are read from, whatever the batch: \
+             a machine with more memory."
                 .to_string()
         }
         (true, _) => {
@@ -235,16 +257,16 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
             format!("Even a batch of one sequence does not fit{need}: try a shorter --seq{model}.")
         }
     };
-    bail!(
+    Some(format!(
         "{} at batch {} × {} tokens needs about {} on {}: {}. {short}. {advice} \
          (LOWRANK_MEMORY_CHECK=0 starts it anyway.)",
         p.model,
         p.plan.batch,
         p.plan.seq,
-        gb(room.need(&mem)),
+        gb(room.need(mem)),
         b.name(),
-        room.parts(&mem),
-    )
+        room.parts(mem),
+    ))
 }
 
 /// Settings that fit where the proposal's do not: the batch, GELU recomputed, the rank log off.
@@ -407,6 +429,14 @@ impl Room {
         self.host.map(|h| h + m.loading)
     }
 
+    /// Says that `host_for` counts the checkpoint already read.
+    fn counting(m: &MemoryPlan) -> &'static str {
+        match m.loading {
+            0 => "",
+            _ => ", counting the checkpoint it has read",
+        }
+    }
+
     /// What is short for `m`, as a sentence; None when it fits (or nothing is known).
     fn short_of(&self, m: &MemoryPlan) -> Option<String> {
         match (self.device, self.host_for(m)) {
@@ -419,9 +449,10 @@ impl Room {
             (None, Some(host)) if m.total() > host => {
                 let has = self.host_has(host);
                 Some(format!(
-                    "{}{} available",
+                    "{}{} available{}",
                     has[..1].to_uppercase(),
-                    &has[1..]
+                    &has[1..],
+                    Self::counting(m)
                 ))
             }
             _ => None,
@@ -441,7 +472,7 @@ impl Checked {
         let (m, room) = (&self.plan, &self.room);
         let of = match (room.device, room.host_for(m)) {
             (Some(free), _) => format!(" of the GPU's {} free", gb(free)),
-            (None, Some(host)) => format!(" of {} available", gb(host)),
+            (None, Some(host)) => format!(" of {} available{}", gb(host), Room::counting(m)),
             (None, None) => String::new(),
         };
         format!("memory: about {}{of} ({})", gb(room.need(m)), room.parts(m))

@@ -198,6 +198,51 @@ fn the_plan_counts_what_the_model_allocates() {
     compare(&CpuBf16);
 }
 
+/// A model evaluated from a checkpoint: at a small batch the most the host holds is the
+/// checkpoint beside the weights, at a large one the forward. The checkpoint it has read already
+/// counts as available; where the weights do not fit beside it, no batch is suggested.
+#[test]
+fn inference_plans_the_checkpoint_read_beside_the_weights() {
+    let config = GptConfig::preset("gpt2").unwrap();
+    let dense = LowRankConfig::default();
+    let eval_at = |batch, seq| ActivationPlan {
+        batch,
+        seq,
+        keep: Keep::Nothing,
+    };
+    let plan = |at| Gpt::memory_plan(&Cpu, &config, &dense, at, Purpose::Inference).unwrap();
+    let (small, large) = (plan(eval_at(1, 64)), plan(eval_at(8, 1024)));
+    assert_eq!(small.loading, 4 * GPT2_PADDED);
+    assert_eq!(small.total(), small.weights + small.margin + small.loading);
+    assert!(small.device() < small.total());
+    assert_eq!(large.total(), large.device());
+    assert!(large.weights + large.margin + large.loading < large.total());
+
+    let room = |host| Room {
+        device: None,
+        host: Some(host),
+        cgroup: false,
+    };
+    let p = Proposal {
+        model: "gpt2",
+        config: &config,
+        lr: &dense,
+        plan: eval_at(1, 64),
+        purpose: Purpose::Inference,
+    };
+    // What is free beside the checkpoint already read: the weights and the margin.
+    let free = small.total() - small.loading;
+    assert_eq!(refusal(&Cpu, &p, &small, &room(free)), None);
+    let refused = refusal(&Cpu, &p, &small, &room(free - 1)).unwrap();
+    assert!(
+        refused.contains("counting the checkpoint it has read")
+            && refused.contains("Its weights do not fit beside the checkpoint")
+            && !refused.contains("--batch")
+            && !refused.contains("--seq"),
+        "{refused}"
+    );
+}
+
 /// What `alternatives` offers fits the room and is the nearest that does: on a host of a
 /// given size, each suggestion's plan fits; a smaller batch is the largest that fits (for
 /// eval, any batch: the next one up does not fit; for training with --accum, a divisor of

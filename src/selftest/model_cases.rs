@@ -1,6 +1,7 @@
-//! Selftest cases of a whole training step: the tiny GPT in each parameterisation, a forward with
-//! targets and a backward, on the backend under test and on the reference (the CPU in the CUDA
-//! backend's precision, `CpuBf16`). The per-op cases check each kernel; these check the model's
+//! Selftest cases of whole models: the tiny GPT in each parameterisation, its loss (a model that
+//! runs forward only), its gradients (a forward with targets and a backward) and its decoding
+//! (a model that keeps every layer's keys and values), on the backend under test and on the
+//! reference (the CPU in the CUDA backend's precision, `CpuBf16`). The per-op cases check each kernel; these check the model's
 //! use of them (windows, dtypes, the low-rank runtime's scratch) end to end. The loss and the
 //! gradients are separate cases, so the one number is not hidden behind the many.
 
@@ -26,7 +27,7 @@ pub enum ModelOutput {
 pub struct ModelCase {
     pub mode: LowRankMode,
     pub output: ModelOutput,
-    /// GELU formed again in the backward (`ActivationPlan::recompute_gelu`).
+    /// GELU formed again in the backward (`Keep::Backward`'s `recompute_gelu`).
     pub recompute_gelu: bool,
 }
 
