@@ -17,11 +17,20 @@ last window is shorter):
     lowrank eval --ckpt DIR --data SHARD --seq 64 --stride 32
     python3 scripts/hf-check.py DIR SHARD --seq 64 --stride 32
 
+With `--time`, the windows' forward runs once untimed and once timed, and the seconds of the timed
+one and the process's peak memory are printed beside the loss, to set against the same
+`lowrank eval` timed whole (benches/results/cpu-eval-2026-12-07-forward-only.md):
+
+    /usr/bin/time -f "%e s %M KB" lowrank eval --ckpt DIR --data SHARD --batch 8 --seq 1024 --max-batches 1
+    python3 scripts/hf-check.py DIR SHARD --seq 1024 --windows 8 --time
+
 With `--adapter ADAPTER` (from `lowrank export --adapter` of a LoRA run), DIR is the LoRA base's
 export and PEFT applies the adapter to it. Needs torch and transformers (and peft for
 --adapter); CPU is enough.
 """
 import argparse
+import resource
+import time
 
 import numpy as np
 import torch
@@ -39,6 +48,7 @@ def main():
     p.add_argument("--windows", type=int, default=16, help="windows from the shard's start")
     p.add_argument("--stride", type=int, help="score every token, in windows this many tokens apart")
     p.add_argument("--adapter", help="a PEFT LoRA adapter (`lowrank export --adapter`) to apply")
+    p.add_argument("--time", action="store_true", help="time the windows' forward (after one untimed)")
     a = p.parse_args()
     if a.stride is not None and not 1 <= a.stride <= a.seq:
         raise SystemExit(f"--stride {a.stride}: must be 1 to --seq {a.seq}")
@@ -64,9 +74,17 @@ def main():
     rows = np.stack([tokens[k * a.seq : k * a.seq + a.seq + 1] for k in range(a.windows)]).astype(np.int64)
     x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
     with torch.no_grad():
+        if a.time:
+            model(x)
+        started = time.perf_counter()
         logits = model(x).logits
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    print(f"{what}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__})")
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        took = time.perf_counter() - started
+    timed = ""
+    if a.time:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        timed = f"; forward and loss {took:.2f} s on {torch.get_num_threads()} threads, peak memory {peak:.2f} GB"
+    print(f"{what}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__}){timed}")
 
 
 def sliding(model, tokens, seq, stride):
