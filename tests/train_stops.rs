@@ -180,10 +180,21 @@ fn a_full_disk_at_a_checkpoint_stops_the_run_and_loses_nothing_written_before() 
         "the failed checkpoint left files behind"
     );
 
-    // With space again, the resume ends where the uninterrupted run ended.
+    // What a killed process leaves of a checkpoint at a step the run never saves again: a
+    // directory without its state.json. A directory of the user's own stays.
+    let killed = run.join("checkpoint-0000009");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join(".model.safetensors.tmp-1"), [0u8; 4096]).unwrap();
+    std::fs::create_dir_all(run.join("checkpoint-notes")).unwrap();
+
+    // With space again, the resume ends where the uninterrupted run ended, and the first
+    // checkpoint it writes removes the killed write's remains.
     let o = train(&run, &["--steps", "4", "--resume", dir]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(trajectory(&records(&straight)), trajectory(&records(&run)));
+    assert!(!killed.exists(), "a killed write's directory stayed");
+    assert!(run.join("checkpoint-notes").is_dir());
+    assert!(run.join("checkpoint-0000004/state.json").is_file());
     std::fs::remove_dir_all(&straight).ok();
     std::fs::remove_dir_all(&run).ok();
 }

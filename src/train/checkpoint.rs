@@ -54,7 +54,7 @@ pub struct Checkpoint {
 
 /// Writes a checkpoint of `state.step` under `run_dir` and makes it the latest. A write that fails
 /// (a full disk) removes what it wrote of the new checkpoint, freeing that space, and leaves the
-/// latest one as it was.
+/// latest one as it was. What writes cut short by a killed process left is removed first.
 pub fn save(
     run_dir: &Path,
     model: &FlatTensors,
@@ -65,8 +65,9 @@ pub fn save(
     let name = format!("checkpoint-{:07}", state.step);
     let dir = run_dir.join(&name);
     let previous = latest_dir(run_dir).ok().flatten();
+    remove_incomplete(run_dir);
     if previous.as_deref() != Some(dir.as_path()) {
-        // What a write cut short (a killed process) left of this step's checkpoint.
+        // This step's checkpoint, written before a kill that came before `latest` moved to it.
         fs::remove_dir_all(&dir).ok();
     }
     let written = write_files(&dir, model, m, v, state)
@@ -82,6 +83,24 @@ pub fn save(
         fs::remove_dir_all(&prev).ok();
     }
     Ok(dir)
+}
+
+/// Removes the checkpoint directories under `run_dir` that lack their state.json, which is
+/// written last: what a write cut short by a killed process left (at a step the run may never
+/// save again; GPT-2 medium's are up to 4.3 GB). None can be loaded; the latest always has one.
+fn remove_incomplete(run_dir: &Path) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let digits = name.to_str().and_then(|n| n.strip_prefix("checkpoint-"));
+        let named = digits.is_some_and(|d| d.len() == 7 && d.bytes().all(|c| c.is_ascii_digit()));
+        let path = entry.path();
+        if named && path.is_dir() && !path.join("state.json").exists() {
+            fs::remove_dir_all(&path).ok();
+        }
+    }
 }
 
 /// The files of one checkpoint directory, each written atomically.
