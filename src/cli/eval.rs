@@ -83,8 +83,7 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         },
     )?;
     eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_checkpoint(b, &ck, plan)?;
-    drop(ck); // its tensors are the model's now
+    let mut model = Gpt::from_checkpoint(b, ck, plan)?;
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {

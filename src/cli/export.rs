@@ -50,9 +50,8 @@ pub fn run(a: Args) -> Result<()> {
     let file = fresh(&a, "model.safetensors")?;
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
     // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
-    let model = Gpt::from_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
-    let (preset, config) = (ck.preset, ck.config);
-    drop(ck.tensors); // the model's now: one copy of the weights fewer while they are merged
+    let (preset, config) = (ck.preset.clone(), ck.config);
+    let model = Gpt::from_checkpoint(&Cpu, ck, WEIGHTS_ONLY)?;
     let merged = model.layout().lowrank().len();
     let tensors = model.dense_tensors()?;
     drop(model);
@@ -117,14 +116,14 @@ fn hf_config(c: &GptConfig) -> serde_json::Value {
 /// `--adapter`: the factors of a LoRA run in PEFT's format.
 fn adapter(a: &Args) -> Result<()> {
     let ck = hf::load_model_checkpoint(&a.ckpt)?;
-    let lr = &ck.lowrank;
+    let lr = ck.lowrank.clone();
     ensure!(
         lr.mode == LowRankMode::Lora,
         "--adapter: {} is not a LoRA run; export the merged model (without --adapter)",
         a.ckpt.display()
     );
     let file = fresh(a, "adapter_model.safetensors")?;
-    let model = Gpt::from_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
+    let model = Gpt::from_checkpoint(&Cpu, ck, WEIGHTS_ONLY)?;
     let (mut tensors, targets) = model.lora_adapter_tensors()?;
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
     // lm_head too, since PEFT's copy of wte would no longer be tied to the head.

@@ -75,8 +75,7 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         seq: window,
         keep: Keep::KvCache,
     };
-    let mut model = Gpt::from_checkpoint(b, &ck, plan)?;
-    drop(ck); // its tensors are the model's now
+    let mut model = Gpt::from_checkpoint(b, ck, plan)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -145,7 +145,7 @@ mod tests {
 
             let mut dense = Gpt::new(&Cpu, micro(), 2, 5, 9).unwrap();
             dense
-                .load_hf_tensors(&Cpu, &lowrank.dense_tensors().unwrap())
+                .load_hf_tensors(&Cpu, lowrank.dense_tensors().unwrap())
                 .unwrap();
             dense.forward(&Cpu, &inputs, None).unwrap();
             let got = Cpu.download(dense.logits()).unwrap();

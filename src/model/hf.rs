@@ -80,17 +80,19 @@ impl<B: Backend> Gpt<B> {
 
     /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
     /// Every parameter must be present with its HF shape; the tensors are checked before any is
-    /// written, then copied in one by one (no staging copy of the whole model: GPT-2 medium's
-    /// 1.4 GB).
-    pub fn load_hf_tensors(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
-        let by_name: HashMap<&str, &HostTensor> =
-            tensors.iter().map(|t| (canonical(&t.name), t)).collect();
+    /// written, then copied in one by one, each freed once copied: the tensors and the weights
+    /// they fill hold about one copy of the model between them (GPT-2 XL: 6.2 GB, not 12.4).
+    pub fn load_hf_tensors(&mut self, b: &B, tensors: Vec<HostTensor>) -> Result<()> {
         let vocab = self.config().vocab_size;
-        let mut sources = Vec::with_capacity(self.layout().tensors().len());
+        let mut by_name: HashMap<String, HostTensor> = (tensors.into_iter())
+            .map(|t| (canonical(&t.name).to_string(), t))
+            .collect();
+        let mut slots = Vec::with_capacity(self.layout().tensors().len());
         for t in self.layout().tensors() {
             let want = hf_rows(&t.name, &t.shape, vocab);
+            let name = canonical(&t.name);
             let src = by_name
-                .get(canonical(&t.name))
+                .get(name)
                 .with_context(|| format!("the checkpoint lacks tensor {}", t.name))?;
             ensure!(
                 src.shape == want,
@@ -99,24 +101,21 @@ impl<B: Backend> Gpt<B> {
                 src.shape,
                 want
             );
-            sources.push((t.offset, t.len(), &src.data));
+            slots.push((t.offset, t.len(), name.to_string()));
         }
-        let known: Vec<&str> = self
-            .layout()
-            .tensors()
-            .iter()
-            .map(|t| canonical(&t.name))
+        let known: std::collections::HashSet<&str> =
+            slots.iter().map(|(_, _, name)| name.as_str()).collect();
+        let mut extra: Vec<&String> = (by_name.keys())
+            .filter(|n| !ignorable(n) && !known.contains(n.as_str()))
             .collect();
-        if let Some(extra) = tensors
-            .iter()
-            .map(|t| t.name.as_str())
-            .find(|n| !ignorable(n) && !known.contains(&canonical(n)))
-        {
+        extra.sort();
+        if let Some(extra) = extra.first() {
             bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
         }
         let params = self.params_mut();
-        for (offset, len, data) in sources {
-            b.upload(data, params.at_mut(offset, data.len()))?;
+        for (offset, len, name) in slots {
+            let data = by_name.remove(&name).context("checked above")?.data;
+            b.upload(&data, params.at_mut(offset, data.len()))?;
             if data.len() < len {
                 // The embedding's padding rows, past the vocabulary.
                 b.fill(params.at_mut(offset + data.len(), len - data.len()), 0.0)?;
@@ -214,6 +213,7 @@ pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
 
 /// What it takes to rebuild a trained model: its shape, its low-rank settings and live ranks (a
 /// safetensors file is dense), and its tensors.
+#[derive(Clone)]
 pub struct ModelCheckpoint {
     /// The preset's name (`tiny`, `gpt2`, ...) where the checkpoint records it.
     pub preset: Option<String>,
@@ -312,13 +312,14 @@ pub fn complete_lora(
 }
 
 impl<B: Backend> Gpt<B> {
-    /// The model a checkpoint holds, at its live ranks, with activations as `plan` says.
-    pub fn from_checkpoint(b: &B, ck: &ModelCheckpoint, plan: ActivationPlan) -> Result<Self> {
+    /// The model a checkpoint holds, at its live ranks, with activations as `plan` says; the
+    /// checkpoint's tensors are freed as they fill it.
+    pub fn from_checkpoint(b: &B, ck: ModelCheckpoint, plan: ActivationPlan) -> Result<Self> {
         // The checkpoint's tensors replace every parameter: no init to draw (for GPT-2 small,
         // 124M normal draws were most of `sample`'s start-up).
         let mut model = Gpt::unset(b, ck.config, &ck.lowrank, plan)?;
         RankSchedule::restore(&mut model, ck.ranks.as_ref())?;
-        model.load_hf_tensors(b, &ck.tensors)?;
+        model.load_hf_tensors(b, ck.tensors)?;
         Ok(model)
     }
 }
@@ -381,7 +382,7 @@ mod tests {
             .collect();
         // Every value written over, the embedding's padding rows zeroed.
         Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
-        b.load_hf_tensors(&Cpu, &unprefixed).unwrap();
+        b.load_hf_tensors(&Cpu, unprefixed).unwrap();
         assert_eq!(b.params().as_slice(), a.params().as_slice());
         let padding = &b.params().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
         assert!(padding.iter().all(|&x| x == 0.0));
@@ -390,9 +391,9 @@ mod tests {
         let mut wrong = ts.clone();
         let last = wrong.len() - 1;
         wrong[last].shape = vec![7];
-        let e = b.load_hf_tensors(&Cpu, &wrong).unwrap_err();
+        let e = b.load_hf_tensors(&Cpu, wrong).unwrap_err();
         assert!(e.to_string().contains("another shape"), "{e}");
-        let e = b.load_hf_tensors(&Cpu, &ts[1..]).unwrap_err();
+        let e = b.load_hf_tensors(&Cpu, ts[1..].to_vec()).unwrap_err();
         assert!(e.to_string().contains("lacks tensor"), "{e}");
         assert!(b.params().as_slice().iter().all(|&x| x == 7.0));
     }

@@ -35,10 +35,13 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
-    /// The checkpoint a model that only runs forward is built from, read onto the host first and
-    /// freed once the model holds its tensors: beside the weights, never the activations. It is
-    /// read before the check (which needs its shape), so the memory available then excludes it.
+    /// The checkpoint a model that only runs forward is built from, read onto the host before
+    /// the check (which needs its shape), so the memory available then excludes it. Its tensors
+    /// are freed one by one as they fill the weights,
     pub loading: usize,
+    /// so that, on a host backend, the weights and the checkpoint's rest hold this more than the
+    /// weights at the most: its largest tensor (the token embedding).
+    pub loading_peak: usize,
 }
 
 /// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
@@ -82,10 +85,10 @@ impl MemoryPlan {
         running.max(self.while_loading())
     }
 
-    /// What a host backend holds while the model is loaded: the checkpoint beside the weights
-    /// (the activations' pages are not touched yet).
+    /// What a host backend holds while the model is loaded: the weights and the checkpoint's
+    /// tensors not yet copied into them (the activations' pages are not touched yet).
     fn while_loading(&self) -> usize {
-        self.weights + self.margin + self.loading
+        self.weights + self.margin + self.loading_peak
     }
 
     /// What holds the memory, by name: the device's parts, and the host's beside them.
@@ -111,15 +114,10 @@ impl MemoryPlan {
                 shown.push(format!("{name} {}{host}", gb(bytes)));
             }
         }
-        let beside = if on_device {
-            host
-        } else {
-            " beside the weights"
-        };
         match self.loading {
             0 => shown.join(", "),
             read => format!(
-                "{}; while loading, the checkpoint's {}{beside}",
+                "{}; the checkpoint's {} read{host} first, freed as it fills the weights",
                 shown.join(", "),
                 gb(read)
             ),
@@ -162,6 +160,11 @@ impl<B: Backend> Gpt<B> {
         };
         if purpose == Purpose::Inference {
             mem.loading = 4 * n;
+            mem.loading_peak = 4
+                * (layout.tensors().iter())
+                    .map(|t| t.len())
+                    .max()
+                    .unwrap_or(0);
         }
         if let Purpose::Training { checkpoints, .. } = purpose {
             ensure!(
@@ -239,9 +242,7 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
                 .to_string()
         }
         (true, None) if room.host_for(mem).is_some_and(|h| mem.while_loading() > h) => {
-            "Its weights do not fit beside the checkpoint they are read from, whatever the batch: \
-             a machine with more memory."
-                .to_string()
+            "Its weights do not fit, whatever the batch: a machine with more memory.".to_string()
         }
         (true, _) => {
             let one = ActivationPlan { batch: 1, ..p.plan };

@@ -358,13 +358,13 @@ fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
         keep: Keep::Nothing,
         ..ActivationPlan::new(2, 6)
     };
-    let mut back = Gpt::from_checkpoint(&Cpu, &ck, plan).unwrap();
+    let mut back = Gpt::from_checkpoint(&Cpu, ck.clone(), plan).unwrap();
     assert_eq!(back.lowrank().live, gpt.lowrank().live);
     back.forward(&Cpu, &inputs, None).unwrap();
     assert_eq!(Cpu.download(back.logits()).unwrap(), want);
     // Read at the capacity instead, the same tensors make another function.
     let wide = ModelCheckpoint { ranks: None, ..ck };
-    let mut wrong = Gpt::from_checkpoint(&Cpu, &wide, plan).unwrap();
+    let mut wrong = Gpt::from_checkpoint(&Cpu, wide, plan).unwrap();
     wrong
         .lowrank_mut()
         .live

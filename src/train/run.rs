@@ -189,7 +189,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let (_, tensors) = load_checkpoint(Path::new(init))
             .with_context(|| format!("cannot load --init-from {init}"))?;
         model
-            .load_hf_tensors(b, &tensors)
+            .load_hf_tensors(b, tensors)
             .with_context(|| format!("--init-from {init} does not fit --model {}", cfg.model))?;
     }
     // A dense run's W0 for rank monitoring: its starting weights (the seeded init or
@@ -219,7 +219,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             }
             _ => saved,
         };
-        model.load_hf_tensors(b, &tensors)?;
+        model.load_hf_tensors(b, tensors)?;
         RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
         // Taken, not borrowed: the moments' host copy is not held through the run.
         let (m, v) = (std::mem::take(&mut ck.m), std::mem::take(&mut ck.v));
