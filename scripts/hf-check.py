@@ -52,6 +52,8 @@ def main():
     a = p.parse_args()
     if a.stride is not None and not 1 <= a.stride <= a.seq:
         raise SystemExit(f"--stride {a.stride}: must be 1 to --seq {a.seq}")
+    if a.stride is not None and a.time:
+        raise SystemExit("--time times the windows' one forward: leave out --stride")
 
     header = np.fromfile(a.shard, dtype=np.int32, count=HEADER_INTS)
     if header[0] != MAGIC:
@@ -82,7 +84,8 @@ def main():
         took = time.perf_counter() - started
     timed = ""
     if a.time:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        # KiB on Linux, / 1e6 as /usr/bin/time's %M is read beside it (not GB of 1e9 bytes).
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         timed = f"; forward and loss {took:.2f} s on {torch.get_num_threads()} threads, peak memory {peak:.2f} GB"
     print(f"{what}: loss {loss.item():.4f} on {a.windows} windows of {a.shard} (transformers {model.__class__.__name__}){timed}")
 

@@ -59,10 +59,11 @@ fn run_measured(args: &[&str]) -> (String, f64, bool) {
 /// and the plan overstates it by less than 10 %, give or take the banner's rounding to 0.1 GB.
 /// (Measured 2026-12-07 on 2 cores: 4.18 GB against a plan of 4.2, 3.62 against 3.7.) Then
 /// `eval` of the first run's checkpoint, whose model keeps one layer's activations and no
-/// gradients: at batch 1 × 64 its peak is the checkpoint read beside the weights, at 4 × 1024 the
-/// forward (the logits, one layer's activations); each stays under its plan, which overstates
-/// it by no more than the plan's margin and scratch (estimates both) and the rounding. (Measured
-/// 2026-12-07: 1.01 GB against 1.1, 1.77 against 2.0.) Each run is checked against the machine's
+/// gradients: at batch 1 × 64 its peak is the loading (the weights, and the checkpoint's tensors
+/// not yet copied into them), at 4 × 1024 the forward (the logits, one layer's activations); each
+/// stays under its plan, which overstates it by no more than the plan's margin and scratch
+/// (estimates both) and the rounding. (Measured 2026-12-07: 0.69 GB against 792 MB, 1.81 against
+/// 2.0.) Each run is checked against the machine's
 /// memory first: with less than 8 GB available, this is skipped.
 #[test]
 #[cfg(target_os = "linux")]

@@ -323,6 +323,13 @@ pub trait Backend {
     /// The most one `attention_forward` or `attention_backward` at (B, T, C) with `heads` heads
     /// allocates beside its operands (and frees on return), for a run's memory plan.
     fn attention_scratch_bytes(&self, shape: SeqShape, heads: usize) -> usize;
+    /// What `gemm` of `g` allocates beside its operands and keeps for later calls (the CPU's
+    /// transposed copies), for a run's memory plan; none where the backend needs no copies or
+    /// holds its workspace from the start (cuBLASLt's).
+    fn gemm_scratch_bytes(&self, g: &Gemm) -> usize {
+        let _ = g;
+        0
+    }
 
     /// The settings that change how the backend computes (name, effective value), for the record
     /// of a run or a benchmark: CUDA's LOWRANK_* variables (`lowrank doctor` shows the same); none

@@ -84,9 +84,23 @@ impl<B: Backend> Gpt<B> {
     /// they fill hold about one copy of the model between them (GPT-2 XL: 6.2 GB, not 12.4).
     pub fn load_hf_tensors(&mut self, b: &B, tensors: Vec<HostTensor>) -> Result<()> {
         let vocab = self.config().vocab_size;
-        let mut by_name: HashMap<String, HostTensor> = (tensors.into_iter())
-            .map(|t| (canonical(&t.name).to_string(), t))
-            .collect();
+        let mut by_name: HashMap<String, HostTensor> = HashMap::with_capacity(tensors.len());
+        for t in tensors {
+            ensure!(
+                t.data.len() == t.shape.iter().product::<usize>(),
+                "the checkpoint's tensor {} has shape {:?} but {} values",
+                t.name,
+                t.shape,
+                t.data.len()
+            );
+            let name = canonical(&t.name).to_string();
+            if let Some(twin) = by_name.insert(name, t) {
+                bail!(
+                    "the checkpoint holds tensor {} twice (with and without `transformer.`)",
+                    twin.name
+                );
+            }
+        }
         let mut slots = Vec::with_capacity(self.layout().tensors().len());
         for t in self.layout().tensors() {
             let want = hf_rows(&t.name, &t.shape, vocab);
@@ -112,6 +126,10 @@ impl<B: Backend> Gpt<B> {
         if let Some(extra) = extra.first() {
             bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
         }
+        // The masks and the tied head it also holds, freed before the copies.
+        let known: std::collections::HashSet<String> =
+            known.into_iter().map(str::to_string).collect();
+        by_name.retain(|name, _| known.contains(name));
         let params = self.params_mut();
         for (offset, len, name) in slots {
             let data = by_name.remove(&name).context("checked above")?.data;
@@ -382,19 +400,37 @@ mod tests {
             .collect();
         // Every value written over, the embedding's padding rows zeroed.
         Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
-        b.load_hf_tensors(&Cpu, unprefixed).unwrap();
+        b.load_hf_tensors(&Cpu, unprefixed.clone()).unwrap();
         assert_eq!(b.params().as_slice(), a.params().as_slice());
         let padding = &b.params().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
         assert!(padding.iter().all(|&x| x == 0.0));
         // A checkpoint that does not fit is refused before anything is written.
         Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
         let mut wrong = ts.clone();
-        let last = wrong.len() - 1;
-        wrong[last].shape = vec![7];
+        let matrix = wrong.iter().rposition(|t| t.shape.len() == 2).unwrap();
+        wrong[matrix].shape = vec![wrong[matrix].data.len()];
         let e = b.load_hf_tensors(&Cpu, wrong).unwrap_err();
         assert!(e.to_string().contains("another shape"), "{e}");
+        let mut torn = ts.clone();
+        torn[matrix].data.pop();
+        let e = b.load_hf_tensors(&Cpu, torn).unwrap_err();
+        assert!(e.to_string().contains("values"), "{e}");
         let e = b.load_hf_tensors(&Cpu, ts[1..].to_vec()).unwrap_err();
         assert!(e.to_string().contains("lacks tensor"), "{e}");
+        let mut extra = ts.clone();
+        extra.push(HostTensor {
+            name: "transformer.h.99.mlp.c_fc.weight".into(),
+            ..ts[0].clone()
+        });
+        let e = b.load_hf_tensors(&Cpu, extra).unwrap_err();
+        assert!(
+            e.to_string().contains("has tensor h.99.mlp.c_fc.weight"),
+            "{e}"
+        );
+        let mut twice = ts.clone();
+        twice.push(unprefixed[0].clone());
+        let e = b.load_hf_tensors(&Cpu, twice).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
         assert!(b.params().as_slice().iter().all(|&x| x == 7.0));
     }
 }

@@ -8,7 +8,7 @@ use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
 use super::hf::param_groups;
 use super::params::{BlockTensor, ParamLayout};
-use crate::backend::{Backend, DType, SeqShape};
+use crate::backend::{Backend, DType, Gemm, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
 use crate::optim::AdamWOptimizer;
 use crate::util::meminfo::{self, gb};
@@ -25,7 +25,8 @@ pub struct MemoryPlan {
     /// Activations, their gradients and the low-rank layers' scratch: these grow with the batch.
     pub activations: usize,
     /// The most an op allocates and frees during a step (attention's, or the rank log's update
-    /// and Gram matrix): an estimate, as `margin` is; the rest is exact.
+    /// and Gram matrix), and the copies the CPU's GEMM keeps (the LM head's transposed
+    /// embedding, from 1024 channels): an estimate, as `margin` is; the rest is exact.
     pub scratch: usize,
     /// For what the plan does not list (`MARGIN`).
     pub margin: usize,
@@ -149,6 +150,10 @@ impl<B: Backend> Gpt<B> {
             + LowRankRuntime::bytes_planned(b, &layers, rows, lr.rank_init, lora);
         let shape = SeqShape::new(plan.batch, plan.seq, config.n_embd);
         let mut scratch = b.attention_scratch_bytes(shape, config.n_head);
+        // The LM head's product (the largest), whose copies a backend may keep between calls:
+        // held beside everything else, so added, not the larger of the two.
+        let head = Gemm::new(rows, config.padded_vocab, config.n_embd).trans_b();
+        let kept = b.gemm_scratch_bytes(&head);
         let mut mem = MemoryPlan {
             weights: b.stored_bytes(DType::F32, n) + copy,
             gradients: match plan.trains() {
@@ -199,7 +204,7 @@ impl<B: Backend> Gpt<B> {
                 );
             }
         }
-        mem.scratch = scratch;
+        mem.scratch = scratch + kept;
         mem.margin = MARGIN + mem.device() / 100;
         Ok(mem)
     }
@@ -241,7 +246,7 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
             "No batch changes what the host holds: a smaller --model, or a host with more memory."
                 .to_string()
         }
-        (true, None) if room.host_for(mem).is_some_and(|h| mem.while_loading() > h) => {
+        (true, None) if loading_does_not_fit(b, p, room) => {
             "Its weights do not fit, whatever the batch: a machine with more memory.".to_string()
         }
         (true, _) => {
@@ -268,6 +273,18 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
         b.name(),
         room.parts(mem),
     ))
+}
+
+/// Whether even the loading of the proposal's checkpoint does not fit `room`, at the smallest
+/// shape (the margin grows with the batch), so that no batch or sequence length would help.
+fn loading_does_not_fit<B: Backend>(b: &B, p: &Proposal, room: &Room) -> bool {
+    let least = ActivationPlan {
+        batch: 1,
+        seq: 1,
+        ..p.plan
+    };
+    let plan = Gpt::memory_plan(b, p.config, p.lr, least, p.purpose);
+    plan.is_ok_and(|m| room.host_for(&m).is_some_and(|h| m.while_loading() > h))
 }
 
 /// Settings that fit where the proposal's do not: the batch, GELU recomputed, the rank log off.

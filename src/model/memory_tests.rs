@@ -240,10 +240,18 @@ fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
     // largest tensor.
     let free = small.total() - small.loading;
     assert_eq!(refusal(&Cpu, &p, &small, &room(free)), None);
+    // A byte short: one token fewer a window would do (the margin grows with the activations).
     let refused = refusal(&Cpu, &p, &small, &room(free - 1)).unwrap();
     assert!(
         refused.contains("counting the checkpoint it has read")
-            && refused.contains("Its weights do not fit, whatever the batch")
+            && refused.contains("try a shorter --seq"),
+        "{refused}"
+    );
+    // Short of loading even one token's model: no setting helps.
+    let least = plan(eval_at(1, 1));
+    let refused = refusal(&Cpu, &p, &small, &room(least.total() - least.loading - 1)).unwrap();
+    assert!(
+        refused.contains("Its weights do not fit, whatever the batch")
             && !refused.contains("--batch")
             && !refused.contains("--seq"),
         "{refused}"

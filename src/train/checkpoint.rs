@@ -65,7 +65,7 @@ pub fn save(
     let name = format!("checkpoint-{:07}", state.step);
     let dir = run_dir.join(&name);
     let previous = latest_dir(run_dir).ok().flatten();
-    remove_incomplete(run_dir);
+    remove_incomplete(run_dir, previous.as_deref());
     if previous.as_deref() != Some(dir.as_path()) {
         // This step's checkpoint, written before a kill that came before `latest` moved to it.
         fs::remove_dir_all(&dir).ok();
@@ -87,17 +87,19 @@ pub fn save(
 
 /// Removes the checkpoint directories under `run_dir` that lack their state.json, which is
 /// written last: what a write cut short by a killed process left (at a step the run may never
-/// save again; GPT-2 medium's are up to 4.3 GB). None can be loaded; the latest always has one.
-fn remove_incomplete(run_dir: &Path) {
+/// save again; GPT-2 medium's are up to 4.3 GB). None can be loaded; the latest, which always
+/// has one, is left alone whatever a failing disk says, as are links and other names.
+fn remove_incomplete(run_dir: &Path, latest: Option<&Path>) {
     let Ok(entries) = fs::read_dir(run_dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let digits = name.to_str().and_then(|n| n.strip_prefix("checkpoint-"));
-        let named = digits.is_some_and(|d| d.len() == 7 && d.bytes().all(|c| c.is_ascii_digit()));
-        let path = entry.path();
-        if named && path.is_dir() && !path.join("state.json").exists() {
+        let named = digits.is_some_and(|d| d.len() >= 7 && d.bytes().all(|c| c.is_ascii_digit()));
+        let (path, dir) = (entry.path(), entry.file_type().is_ok_and(|t| t.is_dir()));
+        let incomplete = matches!(path.join("state.json").try_exists(), Ok(false));
+        if named && dir && incomplete && Some(path.as_path()) != latest {
             fs::remove_dir_all(&path).ok();
         }
     }

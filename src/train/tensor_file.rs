@@ -166,8 +166,20 @@ pub fn load(path: &Path) -> Result<(Vec<HostTensor>, HashMap<String, String>)> {
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let data_start = 8 + header_len as u64;
+    let infos = header.tensors();
+    if let Some((name, info)) =
+        (infos.iter()).find(|(_, i)| !matches!(i.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16))
+    {
+        bail!(
+            "{}: tensor {name} has dtype {:?}; only f32, bf16 and f16 are supported",
+            path.display(),
+            info.dtype
+        );
+    }
     let mut tensors = Vec::new();
-    for (name, info) in header.tensors() {
+    // In the file's order, so reads run forward.
+    for name in header.offset_keys() {
+        let info = infos[&name];
         let (start, end) = info.data_offsets;
         let mut read = |bytes: &mut [u8]| -> Result<()> {
             file.seek(SeekFrom::Start(data_start + start as u64))
@@ -190,10 +202,7 @@ pub fn load(path: &Path) -> Result<(Vec<HostTensor>, HashMap<String, String>)> {
                 read(bytemuck::cast_slice_mut(&mut values))?;
                 values.into_iter().map(f32::from).collect()
             }
-            other => bail!(
-                "{}: tensor {name} has dtype {other:?}; only f32, bf16 and f16 are supported",
-                path.display()
-            ),
+            _ => unreachable!("dtypes checked above"),
         };
         tensors.push(HostTensor {
             name,

@@ -18,14 +18,48 @@ thread_local! {
     static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
+/// How `gemm` computes a product with op(B) = Bᵀ of long rows: through whichever copies move
+/// fewer values (`gemm_through_copies`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copies {
+    /// Bᵀ (n·k values).
+    TransposedB,
+    /// op(A)ᵀ (m·k; none when A is stored transposed) and C (m·n, twice when beta reads it),
+    /// computing Cᵀ = B·op(A)ᵀ.
+    SwappedProduct,
+}
+
+/// The copies `gemm` makes for `g`; None for a product computed in place.
+fn copies(g: &Gemm) -> Option<Copies> {
+    if !(g.trans_b && g.k >= TRANSPOSE_B_MIN_K && g.m >= TRANSPOSE_B_MIN_M) {
+        return None;
+    }
+    let copy_a = if g.trans_a { 0 } else { g.m * g.k };
+    let copy_c = g.m * g.n * if g.beta == 0.0 { 1 } else { 2 };
+    Some(match copy_a + copy_c >= g.n * g.k {
+        true => Copies::TransposedB,
+        false => Copies::SwappedProduct,
+    })
+}
+
+/// Bytes of the copies `gemm` makes for `g`, which it keeps on its thread for later calls (GPT-2
+/// medium's LM head at 4 × 1024 tokens: wteᵀ, 206 MB), for a run's memory plan.
+pub fn scratch_bytes(g: &Gemm) -> usize {
+    4 * match copies(g) {
+        None => 0,
+        Some(Copies::TransposedB) => g.k * g.n,
+        Some(Copies::SwappedProduct) => g.k * g.m + g.n * g.m,
+    }
+}
+
 /// C = alpha·op(A)·op(B) + beta·C for each batch entry. Slices are checked by `Gemm::check`.
 pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
-    if g.trans_b && g.k >= TRANSPOSE_B_MIN_K && g.m >= TRANSPOSE_B_MIN_M {
+    if let Some(way) = copies(g) {
         // A rayon worker may reach here again while an outer call holds the scratch (work
         // stealing inside the gemm crate's parallel loop): that call gets buffers of its own.
         return SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => gemm_through_copies(g, a, b, c, &mut scratch),
-            Err(_) => gemm_through_copies(g, a, b, c, &mut Default::default()),
+            Ok(mut scratch) => gemm_through_copies(g, way, a, b, c, &mut scratch),
+            Err(_) => gemm_through_copies(g, way, a, b, c, &mut Default::default()),
         });
     }
     for i in 0..g.batch {
@@ -40,16 +74,19 @@ pub fn gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     }
 }
 
-/// A product with op(B) = Bᵀ of long rows, through whichever copies move fewer values: Bᵀ
-/// (n·k values), or op(A)ᵀ (m·k, none when A is stored transposed) and C (m·n, twice when beta
-/// reads it), computing Cᵀ = B·op(A)ᵀ with neither operand transposed. A GPT-2 layer's dx with
-/// 256 rows copies 0.98 M values the second way instead of 2.4 M the first; with thousands of
-/// rows, the first way is the cheaper one.
-fn gemm_through_copies(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], scratch: &mut [Vec<f32>; 2]) {
+/// A product with op(B) = Bᵀ of long rows, through the copies `way` names, neither operand then
+/// transposed. A GPT-2 layer's dx with 256 rows copies 0.98 M values the second way instead of
+/// 2.4 M the first; with thousands of rows, the first way is the cheaper one.
+fn gemm_through_copies(
+    g: &Gemm,
+    way: Copies,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    scratch: &mut [Vec<f32>; 2],
+) {
     let [first, second] = scratch;
-    let copy_a = if g.trans_a { 0 } else { g.m * g.k };
-    let copy_c = g.m * g.n * if g.beta == 0.0 { 1 } else { 2 };
-    if copy_a + copy_c >= g.n * g.k {
+    if way == Copies::TransposedB {
         let untransposed = Gemm {
             trans_b: false,
             stride_b: g.k * g.n,
@@ -317,6 +354,31 @@ mod tests {
 
     /// The blocked transpose against its definition, on shapes ragged against the 4 × 4 blocks
     /// and the 32-row bands, every element exact.
+    /// The copies `gemm` keeps on its thread are what `scratch_bytes` plans for it: wteᵀ-like
+    /// (k·n) with many rows, op(A)ᵀ and Cᵀ (k·m + n·m) with few, none below 1024 columns of K.
+    #[test]
+    fn kept_copies_are_what_scratch_bytes_plans() {
+        let cases = [
+            (Gemm::new(128, 64, 1024).trans_b(), 1024 * 64),
+            (Gemm::new(64, 4096, 1024).trans_b(), 1024 * 64 + 4096 * 64),
+            (Gemm::new(128, 64, 768).trans_b(), 0),
+        ];
+        for (g, values) in cases {
+            assert_eq!(super::scratch_bytes(&g), 4 * values, "{g:?}");
+            // A thread of its own: its scratch starts empty.
+            let kept = std::thread::spawn(move || {
+                let mut rng = Rng::new(1);
+                let (a, b) = (
+                    rng.normal_vec(g.m * g.k, 1.0),
+                    rng.normal_vec(g.n * g.k, 1.0),
+                );
+                super::gemm(&g, &a, &b, &mut vec![0.0; g.m * g.n]);
+                super::SCRATCH.with(|s| s.borrow().iter().map(Vec::len).sum::<usize>())
+            });
+            assert_eq!(kept.join().unwrap(), values, "{g:?}");
+        }
+    }
+
     #[test]
     fn transpose_matches_its_definition() {
         let mut rng = Rng::new(3);

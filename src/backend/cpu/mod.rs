@@ -130,6 +130,9 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
     fn attention_scratch_bytes(&self, shape: SeqShape, heads: usize) -> usize {
         attention::scratch_bytes(shape, heads)
     }
+    fn gemm_scratch_bytes(&self, g: &Gemm) -> usize {
+        gemm::scratch_bytes(g)
+    }
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
         Ok(CpuBuf {
             dtype,
