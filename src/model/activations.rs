@@ -1,7 +1,7 @@
 //! Activation buffers, planned once for (B, T): one buffer per activation kind covering all layers
 //! (llm.c's ActivationTensors), in the backend's compute dtype; LayerNorm statistics and losses in
 //! f32. A model that never runs a backward keeps one layer's of each, every layer's forward
-//! writing over the last's (`Keep`).
+//! writing over the last's, and to decode every layer's qkv (`Keep`).
 
 use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Keep};
@@ -18,22 +18,22 @@ pub struct PerLayer<T> {
 impl<T: Buffer> PerLayer<T> {
     /// Layer `l`'s slice.
     pub fn layer(&self, l: usize) -> Ref<'_, T> {
-        debug_assert!(
-            self.slices == 1 || l < self.slices,
-            "layer {l} of {}",
-            self.slices
-        );
-        let per = self.buf.len() / self.slices;
-        self.buf.at(l % self.slices * per, per)
+        let (offset, len) = self.slice(l);
+        self.buf.at(offset, len)
     }
     pub fn layer_mut(&mut self, l: usize) -> Mut<'_, T> {
+        let (offset, len) = self.slice(l);
+        self.buf.at_mut(offset, len)
+    }
+    /// Where layer `l`'s slice lies: its own, or the one every layer takes in turn.
+    fn slice(&self, l: usize) -> (usize, usize) {
         debug_assert!(
             self.slices == 1 || l < self.slices,
             "layer {l} of {}",
             self.slices
         );
         let per = self.buf.len() / self.slices;
-        self.buf.at_mut(l % self.slices * per, per)
+        (l % self.slices * per, per)
     }
     /// Whether it holds every one of `n_layer` layers' slices.
     pub fn holds_every_layer(&self, n_layer: usize) -> bool {

@@ -117,18 +117,16 @@ impl<B: Backend> Gpt<B> {
             );
             slots.push((t.offset, t.len(), name.to_string()));
         }
-        let known: std::collections::HashSet<&str> =
-            slots.iter().map(|(_, _, name)| name.as_str()).collect();
+        let known: std::collections::HashSet<String> =
+            slots.iter().map(|(_, _, name)| name.clone()).collect();
         let mut extra: Vec<&String> = (by_name.keys())
-            .filter(|n| !ignorable(n) && !known.contains(n.as_str()))
+            .filter(|n| !ignorable(n) && !known.contains(*n))
             .collect();
         extra.sort();
         if let Some(extra) = extra.first() {
             bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
         }
         // The masks and the tied head it also holds, freed before the copies.
-        let known: std::collections::HashSet<String> =
-            known.into_iter().map(str::to_string).collect();
         by_name.retain(|name, _| known.contains(name));
         let params = self.params_mut();
         for (offset, len, name) in slots {
