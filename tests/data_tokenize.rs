@@ -1,13 +1,15 @@
 //! `lowrank tokenize` run as a user would, then its shards read back through the library.
 
+mod common;
+
+use common::{tmp, Scratch};
 use lowrank::data::{BatchShape, DataError, EvalLoader, ShardSet, Split};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// A fresh, empty folder for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lowrank-data-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh, empty folder for one test, removed when it passes.
+fn scratch(test: &str) -> Scratch {
+    let dir = tmp(&format!("data-{test}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -54,7 +54,6 @@ fn a_short_study_reports_every_method_and_writes_its_files() {
         assert!(b["final_rel_loss"].as_f64().unwrap() < 1.0, "{b}");
     }
     assert!(dir.join("curves.png").exists() && dir.join("curves.jsonl").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// With a rank budget above the target's and the τ truncation, DLRA heavy ball converges and ends at
@@ -82,5 +81,4 @@ fn tolerance_truncation_finds_the_targets_rank() {
     let b = &best[0];
     assert_eq!(b["final_rank"].as_u64(), Some(2), "{b}");
     assert!(b["final_rel_loss"].as_f64().unwrap() < 1e-6, "{b}");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -70,7 +70,6 @@ fn a_runs_checkpoint_evaluates_on_its_own_validation_split() {
     // --builtin: the corpus built into the binary instead.
     let o = lowrank(&["eval", "--ckpt", r, "--builtin", "--max-batches", "1"]);
     assert!(text(&o).contains("default-corpus-val"), "{}", text(&o));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -99,7 +98,6 @@ fn a_run_without_a_validation_split_asks_for_data() {
         "{}",
         text(&o)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `--stride S`: every token of the validation shard but its first is scored once (the count its
@@ -154,5 +152,4 @@ fn a_stride_scores_every_token_of_the_split() {
     assert!(!eval(&["--stride", "4", "--max-batches", "0"])
         .status
         .success());
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{lowrank, text, tmp};
+use common::{lowrank, text, tmp_file};
 
 #[test]
 fn bad_study_settings_fail_with_a_sentence() {
@@ -28,7 +28,7 @@ fn bad_study_settings_fail_with_a_sentence() {
 
 /// Relative errors of (activation, rank, method) rows from a study at `scale`, without the fit.
 fn errors(activation: &str, scale: &str) -> Vec<f64> {
-    let json = tmp(&format!("study-{activation}-{scale}")).with_extension("json");
+    let json = tmp_file(&format!("study-{activation}-{scale}"), "json");
     let o = lowrank(&[
         "init-study",
         "--shapes",

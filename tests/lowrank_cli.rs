@@ -285,9 +285,6 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
             .all(|r| r["rank"].as_u64().unwrap() >= 2 && r.get("r90").is_some()),
         "{last}"
     );
-    for d in [base, lora, eff] {
-        std::fs::remove_dir_all(d).ok();
-    }
 }
 
 /// A LoRA checkpoint holds its trained tensors alone, as a PEFT adapter does, and reads its base
@@ -383,7 +380,4 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
     assert!(o.status.success(), "{}", text(&o));
     let (tensors, _) = tensor_file::load(&latest(&lora)).unwrap();
     assert_eq!(tensors.len(), whole.len(), "{}", latest(&lora).display());
-    for d in [base, lora] {
-        std::fs::remove_dir_all(d).ok();
-    }
 }

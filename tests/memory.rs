@@ -31,7 +31,10 @@ fn bytes_after(t: &str, label: &str) -> f64 {
 #[cfg(target_os = "linux")]
 fn run_measured(args: &[&str]) -> (String, f64, bool) {
     use std::process::{Command, Stdio};
-    let dir = tmp("memory-log");
+    // One directory a call: the tests run side by side.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = tmp(&format!("memory-log-{call}"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("log");
     let file = std::fs::File::create(&log).unwrap();
@@ -48,7 +51,6 @@ fn run_measured(args: &[&str]) -> (String, f64, bool) {
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32, "wait4 failed");
     let out = std::fs::read_to_string(&log).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     (out, usage.ru_maxrss as f64 * 1024.0, ok)
 }
@@ -129,7 +131,6 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
             }
         }
     }
-    std::fs::remove_dir_all(&out).ok();
 }
 
 /// GPT-2 large at batch 4096 × 1024 needs some 25 TB: refused at once with what it needs and what

@@ -49,8 +49,6 @@ fn straight_and_resumed(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         trajectory(&rb),
         "{name}: resumed run diverged from the uninterrupted one"
     );
-    std::fs::remove_dir_all(&a).ok();
-    std::fs::remove_dir_all(&b).ok();
     ra
 }
 
@@ -86,7 +84,6 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     assert!(train(&base, &["--steps", "2"]).status.success());
     let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
     straight_and_resumed("lora", &[&LORA_ALL[..], &base_arg[..]].concat());
-    std::fs::remove_dir_all(&base).ok();
     let ra = straight_and_resumed("dense", &[]);
     for key in [
         "step",
@@ -164,7 +161,6 @@ fn every_method_trains_in_bf16_with_a_current_compute_copy() {
     for (name, extra) in &runs {
         let dir = tmp(&format!("bf16-{name}"));
         checked(&dir, extra);
-        std::fs::remove_dir_all(dir).ok();
     }
     // A resume reloads the master weights mid-window: the copy must follow.
     let dir = tmp("bf16-resume");
@@ -174,7 +170,6 @@ fn every_method_trains_in_bf16_with_a_current_compute_copy() {
         &[&dlra[..], &["--resume", dir.to_str().unwrap()]].concat(),
     );
     assert_eq!(records(&dir).len(), 12);
-    std::fs::remove_dir_all(&dir).ok();
     // Dense: bf16 rounding moves the validation losses, by little (single training batches can
     // amplify rounding-level differences of the weights: scripts/compare-runs.py).
     let (bf16, f32) = (tmp("bf16-dense"), tmp("bf16-dense-f32"));
@@ -191,9 +186,6 @@ fn every_method_trains_in_bf16_with_a_current_compute_copy() {
     assert!(lb != lf, "cpu-bf16 computed exactly the f32 losses: {lb:?}");
     for (b, f) in lb.iter().zip(&lf) {
         assert!((b - f).abs() <= 0.02 * f, "bf16 {lb:?}\nf32  {lf:?}");
-    }
-    for d in [base, bf16, f32] {
-        std::fs::remove_dir_all(d).ok();
     }
 }
 
@@ -337,8 +329,6 @@ fn eval_and_plot_read_what_train_wrote() {
         assert!(line.contains(&last_val(run)), "{line} vs {}", last_val(run));
     }
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&dlra).ok();
 }
 
 #[test]
@@ -413,7 +403,6 @@ fn bad_settings_fail_before_training_with_a_sentence() {
         text(&o)
     );
     assert!(!elsewhere.exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `train --resume DIR` alone, as an interruption says to continue, keeps every setting of the
@@ -460,8 +449,6 @@ fn a_resumed_run_keeps_every_setting_when_its_flags_are_not_repeated() {
     let rb = records(&b);
     assert_eq!(rb.len(), 7);
     assert_eq!(rb[6]["tokens"].as_u64(), Some(7 * 2 * 16), "{}", rb[6]);
-    std::fs::remove_dir_all(&a).ok();
-    std::fs::remove_dir_all(&b).ok();
 }
 
 /// `--init-from` starts a dense run from a checkpoint's weights: at a negligible learning rate its
@@ -513,9 +500,6 @@ fn a_run_started_from_a_checkpoint_continues_its_function() {
         "{}",
         text(&o)
     );
-    for d in [base, tuned, fresh] {
-        std::fs::remove_dir_all(d).ok();
-    }
 }
 
 #[test]
@@ -541,6 +525,4 @@ fn samples_during_training_are_printed_and_change_nothing() {
     }
     assert!(!text(&o).contains("step 1 sample:"), "{}", text(&o));
     assert_eq!(trajectory(&records(&plain)), trajectory(&records(&sampled)));
-    std::fs::remove_dir_all(&plain).ok();
-    std::fs::remove_dir_all(&sampled).ok();
 }

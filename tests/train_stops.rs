@@ -58,7 +58,6 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
         records(&dir).last().unwrap()["step"].as_u64(),
         Some(step + 1)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `lowrank train` at a learning rate that overflows the weights after the first step, with a
@@ -108,7 +107,6 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     assert!(err.contains(&last), "{err}");
     let resume = format!("--resume {}", dir.display());
     assert!(err.contains(&resume) && err.contains("lower --lr"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -118,7 +116,6 @@ fn a_run_diverging_before_its_first_checkpoint_says_there_is_none() {
     assert!(!dir.join("latest").exists());
     assert!(err.contains("before any checkpoint was written"), "{err}");
     assert!(!err.contains("--resume"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `lowrank train ARGS` where writing a file past 1 MiB fails as on a full disk: RLIMIT_FSIZE, with
@@ -195,8 +192,6 @@ fn a_full_disk_at_a_checkpoint_stops_the_run_and_loses_nothing_written_before() 
     assert!(!killed.exists(), "a killed write's directory stayed");
     assert!(run.join("checkpoint-notes").is_dir());
     assert!(run.join("checkpoint-0000004/state.json").is_file());
-    std::fs::remove_dir_all(&straight).ok();
-    std::fs::remove_dir_all(&run).ok();
 }
 
 /// Periodic checkpoints are written behind the next steps: one that fails (a full disk) stops the
@@ -238,6 +233,4 @@ fn a_checkpoint_failing_behind_the_steps_stops_the_run_and_names_the_last_intact
     let o = train(&run, &[&every[..], &["--resume", dir]].concat());
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(trajectory(&records(&straight)), trajectory(&records(&run)));
-    std::fs::remove_dir_all(&straight).ok();
-    std::fs::remove_dir_all(&run).ok();
 }

@@ -28,11 +28,53 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A fresh (removed) temporary directory path unique to this test process.
-pub fn tmp(name: &str) -> PathBuf {
+/// A fresh temporary path unique to this test process, for a directory a command creates (or
+/// a file, `tmp_file`): removed when dropped at the end of a test that passes, kept after a
+/// failure (dropped while panicking) for a look at what the command left.
+pub struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        match std::thread::panicking() {
+            true if self.0.exists() => eprintln!("kept {} for a look", self.0.display()),
+            true => {}
+            false if self.0.is_dir() => std::fs::remove_dir_all(&self.0).unwrap_or_default(),
+            false => std::fs::remove_file(&self.0).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+/// `lowrank-test-NAME-PID` in the temporary directory, emptied of an earlier run's remains.
+pub fn tmp(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("lowrank-test-{name}-{}", std::process::id()));
     std::fs::remove_dir_all(&d).ok();
-    d
+    Scratch(d)
+}
+
+/// `tmp` for a file: `lowrank-test-NAME-PID.EXT`.
+pub fn tmp_file(name: &str, ext: &str) -> Scratch {
+    let f = std::env::temp_dir().join(format!("lowrank-test-{name}-{}.{ext}", std::process::id()));
+    std::fs::remove_file(&f).ok();
+    Scratch(f)
 }
 
 /// Runs `lowrank ARGS` and asserts that it fails with a message containing `needle`.
