@@ -163,3 +163,85 @@ fn a_run_past_the_machine_is_refused_before_it_starts() {
     );
     assert!(!out.exists(), "a refused run created {}", out.display());
 }
+
+/// A checkpoint whose model no machine here holds (GPT-2's shape at 6400 channels and 48
+/// layers: 23.6 billion parameters, 94 GB of f32, in a sparse file) is refused by `eval` and
+/// `sample` from its header alone, before any of its values is read: the refusal says that its
+/// weights do not fit, and the command's peak memory is that of the binary (before the check
+/// came first, the read ran the machine out of memory and the kernel killed it without a word).
+/// Skipped on a host with more memory available than the model takes.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_checkpoint_past_the_machine_is_refused_before_it_is_read() {
+    use std::io::Write;
+    let (c, layers, vocab, context) = (6400usize, 48, 50257, 1024);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("wte.weight".into(), vec![vocab, c]),
+        ("wpe.weight".into(), vec![context, c]),
+        ("ln_f.weight".into(), vec![c]),
+        ("ln_f.bias".into(), vec![c]),
+    ];
+    for l in 0..layers {
+        for (name, shape) in [
+            ("ln_1.weight", vec![c]),
+            ("ln_1.bias", vec![c]),
+            ("attn.c_attn.weight", vec![c, 3 * c]),
+            ("attn.c_attn.bias", vec![3 * c]),
+            ("attn.c_proj.weight", vec![c, c]),
+            ("attn.c_proj.bias", vec![c]),
+            ("ln_2.weight", vec![c]),
+            ("ln_2.bias", vec![c]),
+            ("mlp.c_fc.weight", vec![c, 4 * c]),
+            ("mlp.c_fc.bias", vec![4 * c]),
+            ("mlp.c_proj.weight", vec![4 * c, c]),
+            ("mlp.c_proj.bias", vec![c]),
+        ] {
+            shapes.push((format!("h.{l}.{name}"), shape));
+        }
+    }
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut bytes = 0;
+    for (name, shape) in &shapes {
+        let len = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [bytes, bytes + len]}),
+        );
+        bytes += len;
+    }
+    assert!(bytes > 90_000_000_000, "{bytes} bytes");
+    let available = lowrank::util::meminfo::host_available().unwrap_or(0);
+    if available > bytes {
+        eprintln!("skipped: {available} bytes available hold the {bytes}-byte model");
+        return;
+    }
+    let dir = tmp("memory-past-the-machine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge.safetensors");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    file.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(&text).unwrap();
+    // The values: a hole of the right length, which takes no disk.
+    file.set_len(8 + text.len() as u64 + bytes as u64).unwrap();
+    drop(file);
+    let ckpt = path.to_str().unwrap();
+    for args in [
+        vec!["eval", "--ckpt", ckpt, "--batch", "1", "--seq", "64"],
+        vec!["sample", "--ckpt", ckpt, "--tokens", "1"],
+    ] {
+        let (out, peak, ok) = run_measured(&args);
+        assert!(
+            !ok && (out.contains("the model at ") || out.contains("the model with a context of")),
+            "`lowrank {}` should be refused:\n{out}",
+            args.join(" ")
+        );
+        assert!(
+            out.contains("Its weights alone do not fit: a machine with more memory."),
+            "{out}"
+        );
+        assert!(peak < 1e9, "peak {peak} bytes: values were read\n{out}");
+    }
+}

@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
-use crate::model::memory::{self, Proposal, Purpose};
+use crate::model::memory;
 use crate::model::{hf, ActivationPlan, Gpt, Keep};
 use crate::train::{checkpoint, evaluate, TrainConfig};
 use anyhow::{bail, Context, Result};
@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
-    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    let ck = hf::open_model_checkpoint(&a.ckpt)?;
     // A run's checkpoint (not a model file) says what it validated on.
     let run = match a.ckpt.is_dir() {
         true => checkpoint::load_state(&a.ckpt)
@@ -65,25 +65,15 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     let seq = (a.seq)
         .or(run.as_ref().map(|cfg| cfg.seq))
         .unwrap_or(ck.config.max_seq);
-    let name = ck.preset.clone().unwrap_or_else(|| "the model".into());
     // Losses alone: one layer's activations, each layer's forward writing over the last's.
     let plan = ActivationPlan {
         batch: a.batch,
         seq,
         keep: Keep::Nothing,
     };
-    let memory = memory::check(
-        b,
-        &Proposal {
-            model: &name,
-            config: &ck.config,
-            lr: &ck.lowrank,
-            plan,
-            purpose: Purpose::Inference,
-        },
-    )?;
+    let memory = memory::check_checkpoint(b, &ck, plan)?;
     eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_checkpoint(b, ck, plan)?;
+    let mut model = Gpt::from_checkpoint(b, ck.read()?, plan)?;
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {

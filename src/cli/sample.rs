@@ -4,6 +4,7 @@ use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{tokenizer, EOT_TOKEN};
 use crate::model::generate::{generate, Sampling};
+use crate::model::memory;
 use crate::model::{hf, ActivationPlan, Gpt, Keep};
 use crate::util::rng::Rng;
 use anyhow::{ensure, Result};
@@ -54,7 +55,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
-    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    let ck = hf::open_model_checkpoint(&a.ckpt)?;
     let prompt: Vec<u32> = tokenizer::encode_document(&a.prompt)
         .into_iter()
         .map(u32::from)
@@ -75,7 +76,9 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         seq: window,
         keep: Keep::KvCache,
     };
-    let mut model = Gpt::from_checkpoint(b, ck, plan)?;
+    let memory = memory::check_checkpoint(b, &ck, plan)?;
+    eprintln!("{}", memory.describe());
+    let mut model = Gpt::from_checkpoint(b, ck.read()?, plan)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

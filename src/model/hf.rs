@@ -9,7 +9,7 @@ use crate::lowrank::LowRankConfig;
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
-use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span};
+use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span, TensorFile};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -177,23 +177,22 @@ impl<B: Backend> Gpt<B> {
 
 /// The configuration a set of HF tensors describes: width from wte, depth from the h.N blocks,
 /// context from wpe, and GPT-2's 64-wide heads.
-pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
+pub fn infer_config<'a>(shapes: impl Iterator<Item = (&'a str, &'a [usize])>) -> Result<GptConfig> {
+    let shapes: Vec<(&str, &[usize])> = shapes.map(|(n, s)| (canonical(n), s)).collect();
     let find = |n: &str| {
-        tensors
-            .iter()
-            .find(|t| canonical(&t.name) == n)
+        (shapes.iter())
+            .find(|(name, _)| *name == n)
+            .map(|(_, shape)| *shape)
             .with_context(|| format!("not a GPT-2 checkpoint: no {n}"))
     };
     let (wte, wpe) = (find("wte.weight")?, find("wpe.weight")?);
     ensure!(
-        wte.shape.len() == 2 && wpe.shape.len() == 2,
+        wte.len() == 2 && wpe.len() == 2,
         "not a GPT-2 checkpoint: embeddings are not matrices"
     );
-    let n_layer = tensors
-        .iter()
-        .filter_map(|t| {
-            canonical(&t.name)
-                .strip_prefix("h.")?
+    let n_layer = (shapes.iter())
+        .filter_map(|(name, _)| {
+            name.strip_prefix("h.")?
                 .split('.')
                 .next()?
                 .parse::<usize>()
@@ -201,11 +200,11 @@ pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
         })
         .max()
         .map_or(0, |l| l + 1);
-    let n_embd = wte.shape[1];
+    let n_embd = wte[1];
     ensure!(
-        wte.shape[0] == GPT2_VOCAB,
+        wte[0] == GPT2_VOCAB,
         "the checkpoint's vocabulary has {} tokens; GPT-2's has {GPT2_VOCAB}",
-        wte.shape[0]
+        wte[0]
     );
     let config = GptConfig {
         n_layer,
@@ -213,7 +212,7 @@ pub fn infer_config(tensors: &[HostTensor]) -> Result<GptConfig> {
         n_embd,
         vocab_size: GPT2_VOCAB,
         padded_vocab: GPT2_PADDED_VOCAB,
-        max_seq: wpe.shape[0],
+        max_seq: wpe[0],
     };
     config.validate()?;
     Ok(config)
@@ -241,7 +240,25 @@ pub struct ModelCheckpoint {
 
 /// `load_checkpoint` with the low-rank settings a run directory records.
 pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
-    // A Hugging Face model directory (ours from `export`, or a hub snapshot): its safetensors.
+    open_model_checkpoint(path)?.read()
+}
+
+/// A checkpoint whose shape and settings are known and whose tensors are not read yet: a command
+/// checks the memory its model will take before `read` takes any (GPT-2 XL's tensors alone are
+/// 6.2 GB, and a machine without them would kill the reading process without a word).
+pub struct CheckpointSource {
+    pub preset: Option<String>,
+    pub config: GptConfig,
+    pub lowrank: LowRankConfig,
+    pub ranks: Option<RankState>,
+    file: TensorFile,
+    /// A LoRA run's base (its path) and the fingerprint the run recorded of it.
+    lora_base: Option<(String, String)>,
+}
+
+/// Opens the checkpoint `path` names: a run or checkpoint directory, a Hugging Face model
+/// directory (ours from `export`, or a hub snapshot), or a safetensors file.
+pub fn open_model_checkpoint(path: &Path) -> Result<CheckpointSource> {
     let hf_dir = path.join("model.safetensors");
     let no_state = !path.join("state.json").exists() && !path.join("latest").exists();
     let path = match path.is_dir() && no_state && hf_dir.is_file() {
@@ -249,40 +266,57 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
         false => path,
     };
     if path.is_file() {
-        let (tensors, meta) = tensor_file::load(path)?;
-        if let Some(base) = meta.get(checkpoint::LORA_BASE_KEY) {
+        let file = TensorFile::open(path)?;
+        if let Some(base) = file.metadata.get(checkpoint::LORA_BASE_KEY) {
             bail!("{} holds a LoRA run's trained tensors alone, without its base {base}: pass its checkpoint directory, whose state.json says how to complete them", path.display());
         }
-        let preset = meta.get("lowrank_model").cloned();
+        let preset = file.metadata.get("lowrank_model").cloned();
         let config = match &preset {
             Some(name) => GptConfig::preset(name)?,
-            None => infer_config(&tensors)?,
+            None => infer_config(file.shapes())?,
         };
-        let lowrank = LowRankConfig::default();
-        return Ok(ModelCheckpoint {
+        return Ok(CheckpointSource {
             preset,
             config,
-            lowrank,
+            lowrank: LowRankConfig::default(),
             ranks: None,
-            tensors,
+            file,
+            lora_base: None,
         });
     }
-    let ck = checkpoint::load_model(path)?;
-    let lowrank = ck.state.config.lowrank;
-    let tensors = match (&ck.state.lora_base_fingerprint, &lowrank.lora_base) {
-        (Some(recorded), Some(base)) => {
-            let (base_tensors, fingerprint) = load_lora_base(base)?;
-            complete_lora(ck.model, base_tensors, base, &fingerprint, recorded)?
-        }
-        _ => ck.model,
+    let ck = checkpoint::open_model(path)?;
+    let state = ck.state;
+    let lowrank = state.config.lowrank;
+    let lora_base = match (state.lora_base_fingerprint, &lowrank.lora_base) {
+        (Some(recorded), Some(base)) => Some((base.clone(), recorded)),
+        _ => None,
     };
-    Ok(ModelCheckpoint {
-        preset: Some(ck.state.config.model.clone()),
-        config: GptConfig::preset(&ck.state.config.model)?,
+    Ok(CheckpointSource {
+        config: GptConfig::preset(&state.config.model)?,
+        preset: Some(state.config.model),
         lowrank,
-        ranks: ck.state.ranks,
-        tensors,
+        ranks: state.ranks,
+        file: ck.model,
+        lora_base,
     })
+}
+
+impl CheckpointSource {
+    /// The tensors' values (a LoRA run's completed by its base's).
+    pub fn read(self) -> Result<ModelCheckpoint> {
+        let mut tensors = self.file.read()?;
+        if let Some((base, recorded)) = &self.lora_base {
+            let (base_tensors, fingerprint) = load_lora_base(base)?;
+            tensors = complete_lora(tensors, base_tensors, base, &fingerprint, recorded)?;
+        }
+        Ok(ModelCheckpoint {
+            preset: self.preset,
+            config: self.config,
+            lowrank: self.lowrank,
+            ranks: self.ranks,
+            tensors,
+        })
+    }
 }
 
 /// A LoRA run's base tensors, read from `path` (a run or checkpoint directory, a Hugging Face
@@ -385,7 +419,11 @@ mod tests {
             "HF's wte has no padding rows"
         );
         // Without our metadata, GPT-2's 64-wide heads are assumed: tiny's 128 channels → 2 heads.
-        assert_eq!(infer_config(&ts).unwrap(), GptConfig { n_head: 2, ..cfg });
+        let shapes = ts.iter().map(|t| (t.name.as_str(), t.shape.as_slice()));
+        assert_eq!(
+            infer_config(shapes).unwrap(),
+            GptConfig { n_head: 2, ..cfg }
+        );
         let mut b = Gpt::new(&Cpu, cfg, 1, 8, 2).unwrap();
         assert_ne!(b.params().as_slice(), a.params().as_slice());
         // Unprefixed names, as in the files transformers publishes, load too.

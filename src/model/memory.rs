@@ -6,7 +6,7 @@
 use super::activations::Activations;
 use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
-use super::hf::param_groups;
+use super::hf::{param_groups, CheckpointSource};
 use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, DType, Gemm, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
@@ -36,9 +36,9 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
-    /// The checkpoint a model that only runs forward is built from, read onto the host before
-    /// the check (which needs its shape), so the memory available then excludes it. Its tensors
-    /// are freed one by one as they fill the weights,
+    /// The checkpoint a model that only runs forward is built from, read onto the host after the
+    /// check (which needs only its header). Its tensors are freed one by one as they fill the
+    /// weights,
     pub loading: usize,
     /// so that, on a host backend, the weights and the checkpoint's rest hold this more than the
     /// weights at the most: its largest tensor (the token embedding).
@@ -220,6 +220,25 @@ pub struct Proposal<'a> {
     pub purpose: Purpose,
 }
 
+impl Proposal<'_> {
+    /// The flag that sets the sequence length: `sample`, the one command that builds a model
+    /// to decode (one sequence), calls it --context; the others --seq.
+    fn seq_flag(&self) -> &'static str {
+        match self.plan.keep {
+            Keep::KvCache => "--context",
+            _ => "--seq",
+        }
+    }
+
+    /// "at batch 8 × 1024 tokens", or, for one sequence decoded, "with a context of 1024 tokens".
+    fn shape(&self) -> String {
+        match self.plan.keep {
+            Keep::KvCache => format!("with a context of {} tokens", self.plan.seq),
+            _ => format!("at batch {} × {} tokens", self.plan.batch, self.plan.seq),
+        }
+    }
+}
+
 /// The run's memory plan, after checking that it fits what `b` and the host have free: when it
 /// does not, an error naming what the run needs, what there is, and the nearest settings that
 /// fit (`alternatives`). `LOWRANK_MEMORY_CHECK=0` skips the refusal (an estimate can be wrong).
@@ -233,42 +252,67 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
     }
 }
 
+/// `check` for a model to be built from `ck` (opened, not read) to run forward only (eval,
+/// sample), named by its preset where the checkpoint records one.
+pub fn check_checkpoint<B: Backend>(
+    b: &B,
+    ck: &CheckpointSource,
+    plan: ActivationPlan,
+) -> Result<Checked> {
+    let name = ck.preset.as_deref().unwrap_or("the model");
+    check(
+        b,
+        &Proposal {
+            model: name,
+            config: &ck.config,
+            lr: &ck.lowrank,
+            plan,
+            purpose: Purpose::Inference,
+        },
+    )
+}
+
 /// Why `mem` does not fit `room`, what it needs and what would fit instead; None when it fits.
 fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Option<String> {
     let short = room.short_of(mem)?;
     let options: Vec<String> = (alternatives(b, p, room).iter())
         .map(|(a, need)| a.describe(p, need))
         .collect();
-    let training = matches!(p.purpose, Purpose::Training { .. });
+    let model = match p.purpose {
+        Purpose::Training { .. } => "--model",
+        Purpose::Inference => "model",
+    };
     let advice = match (options.is_empty(), room.device) {
         (false, _) => format!("Try {}.", options.join(", or ")),
         (true, Some(free)) if mem.device() <= free => {
-            "No batch changes what the host holds: a smaller --model, or a host with more memory."
-                .to_string()
+            format!("No batch changes what the host holds: a smaller {model}, or a host with more memory.")
         }
         (true, None) if loading_does_not_fit(b, p, room) => {
-            "Its weights do not fit, whatever the batch: a machine with more memory.".to_string()
+            "Its weights alone do not fit: a machine with more memory.".to_string()
         }
+        // Only a shorter sequence (or, training, a smaller model) is left.
         (true, _) => {
-            let one = ActivationPlan { batch: 1, ..p.plan };
-            let need = Gpt::memory_plan(b, p.config, p.lr, one, p.purpose)
-                .map_or(String::new(), |m| {
-                    format!(" (it needs {})", gb(room.need(&m)))
-                });
-            let model = if training {
-                " or a smaller --model"
-            } else {
-                ""
+            let flag = p.seq_flag();
+            let smaller = match p.purpose {
+                Purpose::Training { .. } => " or a smaller --model",
+                Purpose::Inference => "",
             };
-            format!("Even a batch of one sequence does not fit{need}: try a shorter --seq{model}.")
+            let one = ActivationPlan { batch: 1, ..p.plan };
+            match Gpt::memory_plan(b, p.config, p.lr, one, p.purpose) {
+                Ok(m) if p.plan.batch > 1 => format!(
+                    "Even a batch of one sequence does not fit (it needs {}): try a shorter \
+                     {flag}{smaller}.",
+                    gb(room.need(&m))
+                ),
+                _ => format!("Try a shorter {flag}{smaller}."),
+            }
         }
     };
     Some(format!(
-        "{} at batch {} × {} tokens needs about {} on {}: {}. {short}. {advice} \
+        "{} {} needs about {} on {}: {}. {short}. {advice} \
          (LOWRANK_MEMORY_CHECK=0 starts it anyway.)",
         p.model,
-        p.plan.batch,
-        p.plan.seq,
+        p.shape(),
         gb(room.need(mem)),
         b.name(),
         room.parts(mem),
@@ -284,7 +328,7 @@ fn loading_does_not_fit<B: Backend>(b: &B, p: &Proposal, room: &Room) -> bool {
         ..p.plan
     };
     let plan = Gpt::memory_plan(b, p.config, p.lr, least, p.purpose);
-    plan.is_ok_and(|m| room.host_for(&m).is_some_and(|h| m.while_loading() > h))
+    plan.is_ok_and(|m| room.host.is_some_and(|h| m.while_loading() > h))
 }
 
 /// Settings that fit where the proposal's do not: the batch, GELU recomputed, the rank log off.
@@ -442,27 +486,21 @@ impl Room {
         }
     }
 
-    /// The host's memory for `m`: what is available, and the checkpoint it holds already.
-    fn host_for(&self, m: &MemoryPlan) -> Option<usize> {
-        self.host.map(|h| h + m.loading)
-    }
-
-    /// Says that `host_for` counts the checkpoint already read.
-    fn counting(m: &MemoryPlan) -> &'static str {
-        match m.loading {
-            0 => "",
-            _ => ", counting the checkpoint it has read",
-        }
-    }
-
     /// What is short for `m`, as a sentence; None when it fits (or nothing is known).
     fn short_of(&self, m: &MemoryPlan) -> Option<String> {
-        match (self.device, self.host_for(m)) {
-            (Some(free), _) if m.device() > free => Some(format!("The GPU has {} free", gb(free))),
+        // The shortfall too: need and room, both rounded, may read the same.
+        let short = |need: usize, has: usize| format!(" ({} short)", gb(need - has));
+        match (self.device, self.host) {
+            (Some(free), _) if m.device() > free => Some(format!(
+                "The GPU has {} free{}",
+                gb(free),
+                short(m.device(), free)
+            )),
             (Some(_), Some(host)) if m.host() > host => Some(format!(
-                "Its copies on the host need {} and {} available",
+                "Its copies on the host need {} and {} available{}",
                 gb(m.host()),
-                self.host_has(host)
+                self.host_has(host),
+                short(m.host(), host)
             )),
             (None, Some(host)) if m.total() > host => {
                 let has = self.host_has(host);
@@ -470,7 +508,7 @@ impl Room {
                     "{}{} available{}",
                     has[..1].to_uppercase(),
                     &has[1..],
-                    Self::counting(m)
+                    short(m.total(), host)
                 ))
             }
             _ => None,
@@ -488,9 +526,9 @@ impl Checked {
     /// The banner's words: "memory: about 13.4 GB of 22.1 GB available (weights ...)".
     pub fn describe(&self) -> String {
         let (m, room) = (&self.plan, &self.room);
-        let of = match (room.device, room.host_for(m)) {
+        let of = match (room.device, room.host) {
             (Some(free), _) => format!(" of the GPU's {} free", gb(free)),
-            (None, Some(host)) => format!(" of {} available{}", gb(host), Room::counting(m)),
+            (None, Some(host)) => format!(" of {} available", gb(host)),
             (None, None) => String::new(),
         };
         format!("memory: about {}{of} ({})", gb(room.need(m)), room.parts(m))

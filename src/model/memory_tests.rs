@@ -202,8 +202,8 @@ fn the_plan_counts_what_the_model_allocates() {
 
 /// A model evaluated from a checkpoint: at a small batch the most the host holds is while the
 /// checkpoint's tensors fill the weights (the weights and its largest tensor), at a large one the
-/// forward. The checkpoint it has read already counts as available; where the loading does not
-/// fit, no batch is suggested.
+/// forward. The check comes before the checkpoint is read, so all of it must be available; where
+/// the loading does not fit, no batch is suggested.
 #[test]
 fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
     let config = GptConfig::preset("gpt2").unwrap();
@@ -236,26 +236,64 @@ fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
         plan: eval_at(1, 64),
         purpose: Purpose::Inference,
     };
-    // Free beside the checkpoint already read, which becomes the weights: the margin and the
-    // largest tensor.
-    let free = small.total() - small.loading;
+    // The checkpoint (as large as the weights it fills), the margin and the largest tensor.
+    let free = small.total();
     assert_eq!(refusal(&Cpu, &p, &small, &room(free)), None);
     // A byte short: one token fewer a window would do (the margin grows with the activations).
     let refused = refusal(&Cpu, &p, &small, &room(free - 1)).unwrap();
     assert!(
-        refused.contains("counting the checkpoint it has read")
-            && refused.contains("try a shorter --seq"),
+        refused.contains("The machine has") && refused.contains("Try a shorter --seq."),
         "{refused}"
     );
     // Short of loading even one token's model: no setting helps.
     let least = plan(eval_at(1, 1));
-    let refused = refusal(&Cpu, &p, &small, &room(least.total() - least.loading - 1)).unwrap();
+    let refused = refusal(&Cpu, &p, &small, &room(least.total() - 1)).unwrap();
     assert!(
-        refused.contains("Its weights do not fit, whatever the batch")
+        refused.contains("Its weights alone do not fit: a machine with more memory")
             && !refused.contains("--batch")
             && !refused.contains("--seq"),
         "{refused}"
     );
+}
+
+/// `sample`'s model (one sequence, keys and values kept for decoding): its refusal speaks of
+/// the context, its flag --context, and offers no batch (sample has none) and no --seq.
+#[test]
+fn a_sampling_model_past_the_host_is_told_of_its_context() {
+    let config = GptConfig::preset("gpt2").unwrap();
+    let dense = LowRankConfig::default();
+    let decoding = ActivationPlan {
+        batch: 1,
+        seq: 1024,
+        keep: Keep::KvCache,
+    };
+    let mem = Gpt::memory_plan(&Cpu, &config, &dense, decoding, Purpose::Inference).unwrap();
+    let p = Proposal {
+        model: "gpt2",
+        config: &config,
+        lr: &dense,
+        plan: decoding,
+        purpose: Purpose::Inference,
+    };
+    let room = |host| Room {
+        device: None,
+        host: Some(host),
+        cgroup: false,
+    };
+    let free = mem.total();
+    assert_eq!(refusal(&Cpu, &p, &mem, &room(free)), None);
+    let refused = refusal(&Cpu, &p, &mem, &room(free - 1)).unwrap();
+    assert!(
+        refused.starts_with("gpt2 with a context of 1024 tokens needs about")
+            && refused.contains("Try a shorter --context.")
+            && !refused.contains("--batch")
+            && !refused.contains("--seq")
+            && !refused.contains("--model"),
+        "{refused}"
+    );
+    // Need and room rounded may read the same: the shortfall says by how much.
+    let refused = refusal(&Cpu, &p, &mem, &room(free - 52_000_000)).unwrap();
+    assert!(refused.contains("available (52 MB short)."), "{refused}");
 }
 
 /// What `alternatives` offers fits the room and is the nearest that does: on a host of a
@@ -297,7 +335,7 @@ fn alternatives_fit_and_go_no_further_than_they_must() {
     };
     let twenty = Gpt::memory_plan(&Cpu, &config, &dense, eval_at(20), Purpose::Inference);
     let twenty = twenty.unwrap();
-    let host = twenty.total() - twenty.loading + 1_000_000;
+    let host = twenty.total() + 1_000_000;
     let found = alternatives(&Cpu, &p, &room(host));
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0.plan, eval_at(20));

@@ -6,7 +6,7 @@
 
 use super::atomic;
 use super::config::TrainConfig;
-use super::tensor_file::{self, FlatTensors, HostTensor, TensorRef};
+use super::tensor_file::{self, FlatTensors, HostTensor, TensorFile, TensorRef};
 use crate::data::LoaderPosition;
 use crate::lowrank::LiveRank;
 use anyhow::{Context, Result};
@@ -174,26 +174,28 @@ pub fn load_state(path: &Path) -> Result<TrainState> {
     read_state(&checkpoint_dir(path)?)
 }
 
-/// A checkpoint's model and training state, without the optimiser's moments: what evaluating,
-/// sampling and exporting need (for GPT-2 small a third of the checkpoint's bytes).
+/// A checkpoint's model file, opened (its values not read yet), and its training state, without
+/// the optimiser's moments: what evaluating, sampling and exporting need (for GPT-2 small a third
+/// of the checkpoint's bytes).
 pub struct CheckpointModel {
     pub dir: PathBuf,
-    pub model: Vec<HostTensor>,
+    pub model: TensorFile,
     pub state: TrainState,
 }
 
-/// Loads the model and state of a run directory's latest checkpoint (or a checkpoint directory
-/// itself).
-pub fn load_model(path: &Path) -> Result<CheckpointModel> {
+/// Opens the model and reads the state of a run directory's latest checkpoint (or a checkpoint
+/// directory itself).
+pub fn open_model(path: &Path) -> Result<CheckpointModel> {
     let dir = checkpoint_dir(path)?;
     let state = read_state(&dir)?;
-    let (model, _) = tensor_file::load(&dir.join("model.safetensors"))?;
+    let model = TensorFile::open(&dir.join("model.safetensors"))?;
     Ok(CheckpointModel { dir, model, state })
 }
 
 /// Loads the latest checkpoint of a run directory (or a checkpoint directory itself).
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let CheckpointModel { dir, model, state } = load_model(path)?;
+    let CheckpointModel { dir, model, state } = open_model(path)?;
+    let model = model.read()?;
     let (mut moments, _) = tensor_file::load(&dir.join("optimizer.safetensors"))?;
     let mut take = |name: &str| -> Result<Vec<f32>> {
         let i = moments

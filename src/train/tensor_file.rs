@@ -5,8 +5,9 @@ use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A tensor on the host: its name, shape (row-major) and values.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,66 +153,109 @@ pub fn save_views<'a>(
 }
 
 /// Reads every tensor of a safetensors file as f32 (f32, bf16 and f16 files are accepted), plus its
-/// metadata. The file is mapped for its header alone; the values are read into their vectors, so
-/// its pages are not counted again beside them while it loads (GPT-2 XL's are 6.2 GB).
+/// metadata: `TensorFile::open`, then `read`.
 pub fn load(path: &Path) -> Result<(Vec<HostTensor>, HashMap<String, String>)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
-    // SAFETY: the file is only read; a concurrent writer would replace it by rename, not modify it.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", path.display()))?;
-    // Checks the header and that the tensors' byte ranges tile the rest of the file.
-    let (header_len, header) = SafeTensors::read_metadata(&map)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let data_start = 8 + header_len as u64;
-    let infos = header.tensors();
-    if let Some((name, info)) =
-        (infos.iter()).find(|(_, i)| !matches!(i.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16))
-    {
-        bail!(
-            "{}: tensor {name} has dtype {:?}; only f32, bf16 and f16 are supported",
-            path.display(),
-            info.dtype
-        );
+    let file = TensorFile::open(path)?;
+    let metadata = file.metadata.clone();
+    Ok((file.read()?, metadata))
+}
+
+/// A safetensors file whose header is read and checked and whose values are not read yet: what
+/// it holds is known (a model's shape, so the memory it will take) before its values take any.
+pub struct TensorFile {
+    path: PathBuf,
+    file: File,
+    /// Where the values begin: after the header's length and the header.
+    data_start: u64,
+    /// The tensors in the file's order, so that reads run forward.
+    tensors: Vec<(String, TensorInfo)>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Reads `path`'s header: every tensor's byte range must lie in the file, without gaps or
+    /// overlaps (safetensors checks that), and every dtype must be f32, bf16 or f16. The file is
+    /// mapped for its header alone; `read` reads the values into their vectors, so the file's
+    /// pages are not counted again beside them while it loads (GPT-2 XL's are 6.2 GB).
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        // SAFETY: the file is only read; a concurrent writer would replace it by rename, not
+        // modify it.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        let (header_len, header) = SafeTensors::read_metadata(&map)
+            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        let infos = header.tensors();
+        if let Some((name, info)) =
+            (infos.iter()).find(|(_, i)| !matches!(i.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16))
+        {
+            bail!(
+                "{}: tensor {name} has dtype {:?}; only f32, bf16 and f16 are supported",
+                path.display(),
+                info.dtype
+            );
+        }
+        let tensors = (header.offset_keys().into_iter())
+            .map(|name| {
+                let info = infos[&name].clone();
+                (name, info)
+            })
+            .collect();
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            file,
+            data_start: 8 + header_len as u64,
+            tensors,
+            metadata: header.metadata().clone().unwrap_or_default(),
+        })
     }
-    let mut tensors = Vec::new();
-    // In the file's order, so reads run forward.
-    for name in header.offset_keys() {
-        let info = infos[&name];
-        let (start, end) = info.data_offsets;
-        let mut read = |bytes: &mut [u8]| -> Result<()> {
-            file.seek(SeekFrom::Start(data_start + start as u64))
-                .and_then(|_| file.read_exact(bytes))
-                .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
-        };
-        let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => {
-                let mut values = vec![0.0f32; (end - start) / 4];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                values
-            }
-            Dtype::BF16 => {
-                let mut values = vec![half::bf16::ZERO; (end - start) / 2];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                values.into_iter().map(f32::from).collect()
-            }
-            Dtype::F16 => {
-                let mut values = vec![half::f16::ZERO; (end - start) / 2];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                values.into_iter().map(f32::from).collect()
-            }
-            _ => unreachable!("dtypes checked above"),
-        };
-        tensors.push(HostTensor {
-            name,
-            shape: info.shape.clone(),
-            data,
-        });
+
+    /// Each tensor's name and shape, in the file's order.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        (self.tensors.iter()).map(|(name, info)| (name.as_str(), info.shape.as_slice()))
     }
-    tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((tensors, metadata))
+
+    /// Every tensor's values as f32, the tensors sorted by name.
+    pub fn read(mut self) -> Result<Vec<HostTensor>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for (name, info) in std::mem::take(&mut self.tensors) {
+            let (start, end) = info.data_offsets;
+            let (file, path) = (&mut self.file, &self.path);
+            let at = self.data_start + start as u64;
+            let mut read = |bytes: &mut [u8]| -> Result<()> {
+                file.seek(SeekFrom::Start(at))
+                    .and_then(|_| file.read_exact(bytes))
+                    .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
+            };
+            let data: Vec<f32> = match info.dtype {
+                Dtype::F32 => {
+                    let mut values = vec![0.0f32; (end - start) / 4];
+                    read(bytemuck::cast_slice_mut(&mut values))?;
+                    values
+                }
+                Dtype::BF16 => {
+                    let mut values = vec![half::bf16::ZERO; (end - start) / 2];
+                    read(bytemuck::cast_slice_mut(&mut values))?;
+                    values.into_iter().map(f32::from).collect()
+                }
+                Dtype::F16 => {
+                    let mut values = vec![half::f16::ZERO; (end - start) / 2];
+                    read(bytemuck::cast_slice_mut(&mut values))?;
+                    values.into_iter().map(f32::from).collect()
+                }
+                _ => unreachable!("dtypes checked by open"),
+            };
+            tensors.push(HostTensor {
+                name,
+                shape: info.shape,
+                data,
+            });
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tensors)
+    }
 }
 
 /// A 64-bit fingerprint of tensors' names, shapes and values (FNV-1a over each tensor, then over
