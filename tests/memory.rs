@@ -65,8 +65,8 @@ fn run_measured(args: &[&str]) -> (String, f64, bool) {
 /// not yet copied into them), at 4 × 1024 the forward (the logits, one layer's activations); each
 /// stays under its plan, which overstates it by no more than the plan's margin and scratch
 /// (estimates both) and the rounding. (Measured 2026-12-07: 0.69 GB against 792 MB, 1.81 against
-/// 2.0.) Each run is checked against the machine's
-/// memory first: with less than 8 GB available, this is skipped.
+/// 2.0.) Each run's checkpoint is exported, within the export's plan likewise. Each run is
+/// checked against the machine's memory first: with less than 8 GB available, this is skipped.
 #[test]
 #[cfg(target_os = "linux")]
 fn cpu_runs_stay_within_the_memory_they_plan() {
@@ -101,6 +101,20 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
         assert!(
             peak <= planned + 0.05e9 && planned <= 1.10 * peak + 0.05e9,
             "{extra:?}: peak {:.3} GB, planned {:.1} GB\n{t}",
+            peak / 1e9,
+            planned / 1e9
+        );
+        // The export holds the model and one merged layer's product, within its plan (it held
+        // three copies of the model before it streamed the tensors to the file).
+        let exported = out.join("exported");
+        let args = ["export", "--ckpt", out.to_str().unwrap(), "--out"];
+        let (t, peak, ok) = run_measured(&[&args[..], &[exported.to_str().unwrap()]].concat());
+        assert!(ok, "{t}");
+        let planned = planned_gb(&t);
+        let estimates = bytes_after(&t, "margin ") + bytes_after(&t, "scratch ");
+        assert!(
+            peak <= planned + 0.05e9 && planned <= peak + estimates + 0.05e9,
+            "export of {extra:?}: peak {:.3} GB, planned {:.1} GB\n{t}",
             peak / 1e9,
             planned / 1e9
         );

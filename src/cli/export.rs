@@ -4,7 +4,7 @@
 use crate::backend::cpu::Cpu;
 use crate::data::EOT_TOKEN;
 use crate::lowrank::LowRankMode;
-use crate::model::{hf, ActivationPlan, Gpt, GptConfig, Keep};
+use crate::model::{hf, memory, ActivationPlan, Gpt, GptConfig, Keep};
 use crate::train::atomic;
 use crate::train::tensor_file::{self, HostTensor};
 use anyhow::{ensure, Context, Result};
@@ -48,27 +48,32 @@ pub fn run(a: Args) -> Result<()> {
         return adapter(&a);
     }
     let file = fresh(&a, "model.safetensors")?;
-    let ck = hf::load_model_checkpoint(&a.ckpt)?;
-    // Products of the factors on the host (f32 GEMMs), whatever device trained the model.
+    let ck = hf::open_model_checkpoint(&a.ckpt)?;
+    // Products of the factors on the host (f32 GEMMs), whatever device trained the model: it
+    // holds the model and one low-rank layer's product (within the plan's margin).
+    let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
+    eprintln!("{}", memory.describe());
     let (preset, config) = (ck.preset.clone(), ck.config);
-    let model = Gpt::from_checkpoint(&Cpu, ck, WEIGHTS_ONLY)?;
+    let model = Gpt::from_checkpoint(&Cpu, ck.read()?, WEIGHTS_ONLY)?;
     let merged = model.layout().lowrank().len();
     let tensors = model.dense_tensors()?;
-    drop(model);
+    let count = tensors.len();
+    let params: usize = (tensors.iter())
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
     let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     if let Some(preset) = preset {
         // Our loaders read the shape from it (tiny's 32-wide heads are not GPT-2's 64).
         meta.insert("lowrank_model".to_string(), preset);
     }
     fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    tensor_file::save(&file, &tensors, meta)?;
+    tensor_file::save_views(&file, tensors, meta)?;
     let config = serde_json::to_string_pretty(&hf_config(&config))?;
     atomic::write(&a.out.join("config.json"), config.as_bytes())?;
-    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
     println!(
         "wrote {}: a dense GPT-2 of {} tensors, {:.2}M parameters{}, in Hugging Face's GPT-2 layout (for GPT2LMHeadModel.from_pretrained)",
         a.out.display(),
-        tensors.len(),
+        count,
         params as f64 / 1e6,
         match merged {
             0 => String::new(),

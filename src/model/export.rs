@@ -2,66 +2,78 @@
 //! live width, stored as the layer's `{prefix}.weight`, so that Hugging Face's GPT2LMHeadModel and
 //! any other GPT-2 tool (our `eval`, `sample` and `--init-from` too) read it.
 
+use super::hf::hf_rows;
+use super::params::LowRankTensors;
 use super::Gpt;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer, DType, Gemm};
-use crate::train::tensor_file::HostTensor;
+use crate::train::tensor_file::{HostTensor, Outgoing, Values};
 use anyhow::{ensure, Result};
 
 impl Gpt<Cpu> {
-    /// Every tensor of the dense GPT-2 with this model's function, HF-named (f32).
-    pub fn dense_tensors(&self) -> Result<Vec<HostTensor>> {
-        let b = &Cpu;
-        let (layout, params) = (self.layout(), self.params());
-        let factor_names: Vec<&str> = layout
-            .lowrank()
-            .iter()
+    /// Every tensor of the dense GPT-2 with this model's function, HF-named (f32): the dense
+    /// ones borrowed from the weights, each low-rank layer's product formed when it is written
+    /// (`tensor_file::save_views`), so that an export holds the model and one layer's product.
+    pub fn dense_tensors(&self) -> Result<Vec<Outgoing<'_>>> {
+        let (layout, values) = (self.layout(), self.params().as_slice());
+        let vocab = self.config().vocab_size;
+        let factors: Vec<usize> = (layout.lowrank().iter())
             .flat_map(|lt| [Some(lt.ut), Some(lt.vt), lt.w0, lt.mid])
             .flatten()
-            .map(|i| layout.tensors()[i].name.as_str())
             .collect();
-        let mut tensors: Vec<HostTensor> = self
-            .to_hf_tensors(b)?
-            .into_iter()
-            .filter(|t| !factor_names.contains(&t.name.as_str()))
+        let mut tensors: Vec<Outgoing> = (layout.tensors().iter().enumerate())
+            .filter(|(i, _)| !factors.contains(i))
+            .map(|(_, t)| {
+                // The embedding's first `vocab` rows: HF's has no padding rows.
+                let shape = hf_rows(&t.name, &t.shape, vocab);
+                let len = shape.iter().product::<usize>();
+                Outgoing {
+                    name: t.name.clone(),
+                    shape,
+                    values: Values::Borrowed(&values[t.offset..t.offset + len]),
+                }
+            })
             .collect();
-        let host = b.download(params.all())?;
         for (lt, live) in layout.lowrank().iter().zip(&self.lowrank().live) {
             let (l, k) = (&lt.layer, live.width);
-            let window = |i: usize| {
-                let t = &layout.tensors()[i];
-                (t.offset, t.len())
-            };
-            // M (k × k): a trained middle's live block (dln's M, DLRA's S, stored contiguously at
-            // the tensor's start), LoRA's (α/r)·I, or I.
-            let mut m = vec![0.0f32; k * k];
-            match lt.mid {
-                Some(mid) => m.copy_from_slice(&host[window(mid).0..][..k * k]),
-                None => {
-                    let scale = self.lowrank().lora_scale().unwrap_or(1.0);
-                    (0..k).for_each(|p| m[p * k + p] = scale);
-                }
-            }
-            let mut mid = b.alloc(DType::F32, k * k)?;
-            b.upload(&m, mid.all_mut())?;
-            let mut vt_eff = b.alloc(DType::F32, k * l.n_out)?;
-            let vt = params.at(window(lt.vt).0, k * l.n_out);
-            b.gemm(&Gemm::new(k, l.n_out, k), mid.all(), vt, vt_eff.all_mut())?;
-            let mut w = b.alloc(DType::F32, l.n_in * l.n_out)?;
-            match lt.w0 {
-                Some(w0) => b.cast(params.at(window(w0).0, l.n_in * l.n_out), w.all_mut())?,
-                None => b.fill(w.all_mut(), 0.0)?,
-            }
-            let ut = params.at(window(lt.ut).0, k * l.n_in);
-            let product = Gemm::new(l.n_in, l.n_out, k).trans_a().beta(1.0);
-            b.gemm(&product, ut, vt_eff.all(), w.all_mut())?;
-            tensors.push(HostTensor {
+            tensors.push(Outgoing {
                 name: format!("{}.weight", l.prefix),
                 shape: vec![l.n_in, l.n_out],
-                data: b.download(w.all())?,
+                values: Values::Formed(Box::new(move || self.merged(lt, k))),
             });
         }
         Ok(tensors)
+    }
+
+    /// A low-rank layer's W = W0 + Utᵀ·M·Vt at live width `k`.
+    fn merged(&self, lt: &LowRankTensors, k: usize) -> Result<Vec<f32>> {
+        let b = &Cpu;
+        let (layout, params, l) = (self.layout(), self.params(), &lt.layer);
+        let offset = |i: usize| layout.tensors()[i].offset;
+        // M (k × k): a trained middle's live block (dln's M, DLRA's S, stored contiguously at
+        // the tensor's start), LoRA's (α/r)·I, or I.
+        let mut m = vec![0.0f32; k * k];
+        match lt.mid {
+            Some(mid) => m.copy_from_slice(&params.as_slice()[offset(mid)..][..k * k]),
+            None => {
+                let scale = self.lowrank().lora_scale().unwrap_or(1.0);
+                (0..k).for_each(|p| m[p * k + p] = scale);
+            }
+        }
+        let mut mid = b.alloc(DType::F32, k * k)?;
+        b.upload(&m, mid.all_mut())?;
+        let mut vt_eff = b.alloc(DType::F32, k * l.n_out)?;
+        let vt = params.at(offset(lt.vt), k * l.n_out);
+        b.gemm(&Gemm::new(k, l.n_out, k), mid.all(), vt, vt_eff.all_mut())?;
+        let mut w = b.alloc(DType::F32, l.n_in * l.n_out)?;
+        match lt.w0 {
+            Some(w0) => b.cast(params.at(offset(w0), l.n_in * l.n_out), w.all_mut())?,
+            None => b.fill(w.all_mut(), 0.0)?,
+        }
+        let ut = params.at(offset(lt.ut), k * l.n_in);
+        let product = Gemm::new(l.n_in, l.n_out, k).trans_a().beta(1.0);
+        b.gemm(&product, ut, vt_eff.all(), w.all_mut())?;
+        b.download(w.all())
     }
 }
 
@@ -145,7 +157,7 @@ mod tests {
 
             let mut dense = Gpt::new(&Cpu, micro(), 2, 5, 9).unwrap();
             dense
-                .load_hf_tensors(&Cpu, lowrank.dense_tensors().unwrap())
+                .load_hf_tensors(&Cpu, host_tensors(lowrank.dense_tensors().unwrap()))
                 .unwrap();
             dense.forward(&Cpu, &inputs, None).unwrap();
             let got = Cpu.download(dense.logits()).unwrap();
@@ -172,11 +184,17 @@ mod tests {
         }
     }
 
+    fn host_tensors(tensors: Vec<Outgoing>) -> Vec<HostTensor> {
+        (tensors.into_iter())
+            .map(|t| t.into_host().unwrap())
+            .collect()
+    }
+
     /// PEFT's formula on the adapter, in f64 loops: W = W0 + scale·Aᵀ·Bᵀ for each layer, against
     /// the merged export.
     fn assert_adapter_rebuilds_the_merged_weights(gpt: &Gpt<Cpu>, scale: f64) {
         let (adapter, targets) = gpt.lora_adapter_tensors().unwrap();
-        let merged = gpt.dense_tensors().unwrap();
+        let merged = host_tensors(gpt.dense_tensors().unwrap());
         let base = gpt.to_hf_tensors(&Cpu).unwrap();
         let find =
             |ts: &[HostTensor], name: &str| ts.iter().find(|t| t.name == name).unwrap().clone();

@@ -27,7 +27,7 @@ fn ignorable(name: &str) -> bool {
 }
 
 /// The HF shape of a tensor: the token embedding without our padding rows.
-fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
+pub(super) fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
     let mut s = shape.to_vec();
     if canonical(name) == "wte.weight" {
         s[0] = vocab;

@@ -2,7 +2,7 @@
 
 use super::atomic;
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::fs::File;
@@ -105,48 +105,115 @@ pub fn save(path: &Path, tensors: &[HostTensor], metadata: HashMap<String, Strin
     save_views(path, tensors.iter().map(HostTensor::view), metadata)
 }
 
+/// A tensor to write (f32): its name, shape (row-major) and values.
+pub struct Outgoing<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Values<'a>,
+}
+
+/// An outgoing tensor's values: borrowed, or formed when the writer reaches the tensor and freed
+/// once written, so that a file of formed tensors (a merged export's layers) never holds them
+/// all at once.
+pub enum Values<'a> {
+    Borrowed(&'a [f32]),
+    Formed(Box<dyn FnOnce() -> Result<Vec<f32>> + 'a>),
+}
+
+impl<'a> From<TensorRef<'a>> for Outgoing<'a> {
+    fn from(t: TensorRef<'a>) -> Self {
+        Outgoing {
+            name: t.name.to_string(),
+            shape: t.shape.to_vec(),
+            values: Values::Borrowed(t.data),
+        }
+    }
+}
+
+impl Outgoing<'_> {
+    /// The tensor with its values on the host (formed if they are not yet).
+    pub fn into_host(self) -> Result<HostTensor> {
+        let data = match self.values {
+            Values::Borrowed(values) => values.to_vec(),
+            Values::Formed(form) => form()?,
+        };
+        ensure_len(&self.name, &self.shape, data.len())?;
+        Ok(HostTensor {
+            name: self.name,
+            shape: self.shape,
+            data,
+        })
+    }
+}
+
+/// The JSON header `safetensors::serialize` writes for `tensors` (in order, laid end to end),
+/// but for the metadata's keys, sorted rather than in their HashMap's random order: the same
+/// tensors and metadata make the same bytes every time.
+fn header(tensors: &[Outgoing], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let metadata: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
+    let mut json = format!("{{\"__metadata__\":{}", serde_json::to_string(&metadata)?);
+    let mut offset = 0;
+    for t in tensors {
+        let start = offset;
+        offset += 4 * t.shape.iter().product::<usize>();
+        let info = TensorInfo {
+            dtype: Dtype::F32,
+            shape: t.shape.clone(),
+            data_offsets: (start, offset),
+        };
+        json += &format!(
+            ",{}:{}",
+            serde_json::to_string(&t.name)?,
+            serde_json::to_string(&info)?
+        );
+    }
+    json.push('}');
+    Ok(json.into_bytes())
+}
+
+fn ensure_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
+    ensure!(
+        shape.iter().product::<usize>() == len,
+        "tensor {name} has shape {shape:?} but {len} values"
+    );
+    Ok(())
+}
+
 /// Writes `tensors` and `metadata` to `path` atomically, streaming the values to the file: the
 /// bytes of `safetensors::serialize` (the header, tensors in name order), without forming them in
 /// memory first (a GPT-2 medium checkpoint's moments are 2.8 GB).
-pub fn save_views<'a>(
+pub fn save_views<'a, T: Into<Outgoing<'a>>>(
     path: &Path,
-    tensors: impl IntoIterator<Item = TensorRef<'a>>,
+    tensors: impl IntoIterator<Item = T>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let mut tensors: Vec<TensorRef<'a>> = tensors.into_iter().collect();
+    let mut tensors: Vec<Outgoing<'a>> = tensors.into_iter().map(Into::into).collect();
     for t in &tensors {
-        ensure!(
-            t.shape.iter().product::<usize>() == t.data.len(),
-            "tensor {} has shape {:?} but {} values",
-            t.name,
-            t.shape,
-            t.data.len()
-        );
+        if let Values::Borrowed(values) = t.values {
+            ensure_len(&t.name, &t.shape, values.len())?;
+        }
     }
     // safetensors' order: by dtype's alignment, then by name; ours are all f32.
-    tensors.sort_by(|a, b| a.name.cmp(b.name));
-    let mut offset = 0;
-    let infos = tensors.iter().map(|t| {
-        let start = offset;
-        offset += std::mem::size_of_val(t.data);
-        let info = TensorInfo {
-            dtype: Dtype::F32,
-            shape: t.shape.to_vec(),
-            data_offsets: (start, offset),
-        };
-        (t.name.to_string(), info)
-    });
-    let header = Metadata::new(Some(metadata), infos.collect())
-        .and_then(|m| Ok(serde_json::to_vec(&m)?))
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let header =
+        header(&tensors, metadata).with_context(|| format!("cannot encode {}", path.display()))?;
     // The header is padded with spaces to a multiple of 8 bytes, as safetensors aligns it.
     let padded = header.len().next_multiple_of(8);
     atomic::write_with(path, |w| {
         w.write_all(&(padded as u64).to_le_bytes())?;
         w.write_all(&header)?;
         w.write_all(&vec![b' '; padded - header.len()])?;
-        for t in &tensors {
-            w.write_all(bytemuck::cast_slice(t.data))?;
+        for t in tensors {
+            match t.values {
+                Values::Borrowed(values) => w.write_all(bytemuck::cast_slice(values))?,
+                Values::Formed(form) => {
+                    // Forming can fail as a write does: the file is then not made.
+                    let values = form()
+                        .and_then(|v| ensure_len(&t.name, &t.shape, v.len()).map(|_| v))
+                        .map_err(std::io::Error::other)?;
+                    w.write_all(bytemuck::cast_slice(&values))?;
+                }
+            }
         }
         Ok(())
     })
@@ -417,11 +484,9 @@ mod tests {
                 data: rng.normal_vec(shape.iter().product(), 1.0),
             })
             .collect();
+        // One key: safetensors writes several in its HashMap's order (ours are sorted).
         for extra in 0..9 {
-            let meta = HashMap::from([
-                ("format".to_string(), "pt".to_string()),
-                ("note".to_string(), "x".repeat(extra)),
-            ]);
+            let meta = HashMap::from([("note".to_string(), "x".repeat(extra))]);
             save(&p, &tensors, meta.clone()).unwrap();
             let views = tensors.iter().map(|t| (t.name.as_str(), F32View(t)));
             let want = safetensors::serialize(views, Some(meta)).unwrap();
@@ -431,6 +496,37 @@ mod tests {
                 "metadata of {extra} bytes"
             );
         }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The same tensors and metadata saved twice make the same bytes, the metadata's keys sorted
+    /// (each save's HashMap iterates its own random order: with eight keys, the two orders
+    /// would differ almost always), and read back whole.
+    #[test]
+    fn the_same_tensors_make_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("lowrank-st-same-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors = [HostTensor {
+            name: "w".into(),
+            shape: vec![2],
+            data: vec![1.0, -2.0],
+        }];
+        let keys = ["format", "lowrank_model", "a", "z", "m", "b", "y", "c"];
+        let meta = || -> HashMap<String, String> {
+            keys.iter().map(|k| (k.to_string(), k.repeat(2))).collect()
+        };
+        let (p, q) = (dir.join("p.safetensors"), dir.join("q.safetensors"));
+        save(&p, &tensors, meta()).unwrap();
+        save(&q, &tensors, meta()).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes, std::fs::read(&q).unwrap());
+        let text = String::from_utf8_lossy(&bytes);
+        let at = |k: &str| text.find(&format!("\"{k}\":\"{}\"", k.repeat(2))).unwrap();
+        let mut sorted = keys;
+        sorted.sort();
+        assert!(sorted.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
+        let (read, read_meta) = load(&p).unwrap();
+        assert_eq!((read.as_slice(), read_meta), (&tensors[..], meta()));
         std::fs::remove_dir_all(&dir).ok();
     }
 
