@@ -179,7 +179,7 @@ fn a_run_past_the_machine_is_refused_before_it_starts() {
 }
 
 /// A checkpoint whose model no machine here holds (GPT-2's shape at 6400 channels and 48
-/// layers: 23.6 billion parameters, 94 GB of f32, in a sparse file) is refused by `eval` and
+/// layers: 23.9 billion parameters, 95.7 GB of f32, in a sparse file) is refused by `eval` and
 /// `sample` from its header alone, before any of its values is read: the refusal says that its
 /// weights do not fit, and the command's peak memory is that of the binary (before the check
 /// came first, the read ran the machine out of memory and the kernel killed it without a word).

@@ -50,6 +50,18 @@ pub trait Backend {
     fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
     /// Copies host values into a window, rounding to the window's dtype.
     fn upload(&self, src: &[f32], dst: Mut<Self::Buf>) -> Result<()>;
+    /// Fills a window with the values `fill` writes into a host slice of its length: a staging
+    /// vector, then uploaded; a host backend hands over the window itself, so that a checkpoint
+    /// is read straight into the weights.
+    fn upload_with(
+        &self,
+        dst: Mut<Self::Buf>,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut staged = vec![0.0; dst.len];
+        fill(&mut staged)?;
+        self.upload(&staged, dst)
+    }
     /// Copies a window to the host as f32 (waits for pending work).
     fn download(&self, src: Ref<Self::Buf>) -> Result<Vec<f32>> {
         let mut values = vec![0.0; src.len];

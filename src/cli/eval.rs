@@ -73,7 +73,7 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
     };
     let memory = memory::check_checkpoint(b, &ck, plan)?;
     eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_checkpoint(b, ck.read()?, plan)?;
+    let mut model = Gpt::from_source(b, ck, plan)?;
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {

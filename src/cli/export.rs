@@ -54,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
     eprintln!("{}", memory.describe());
     let (preset, config) = (ck.preset.clone(), ck.config);
-    let model = Gpt::from_checkpoint(&Cpu, ck.read()?, WEIGHTS_ONLY)?;
+    let model = Gpt::from_source(&Cpu, ck, WEIGHTS_ONLY)?;
     let merged = model.layout().lowrank().len();
     let tensors = model.dense_tensors()?;
     let count = tensors.len();
@@ -120,7 +120,7 @@ fn hf_config(c: &GptConfig) -> serde_json::Value {
 
 /// `--adapter`: the factors of a LoRA run in PEFT's format.
 fn adapter(a: &Args) -> Result<()> {
-    let ck = hf::load_model_checkpoint(&a.ckpt)?;
+    let ck = hf::open_model_checkpoint(&a.ckpt)?;
     let lr = ck.lowrank.clone();
     ensure!(
         lr.mode == LowRankMode::Lora,
@@ -128,20 +128,27 @@ fn adapter(a: &Args) -> Result<()> {
         a.ckpt.display()
     );
     let file = fresh(a, "adapter_model.safetensors")?;
-    let model = Gpt::from_checkpoint(&Cpu, ck, WEIGHTS_ONLY)?;
+    let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
+    eprintln!("{}", memory.describe());
+    let model = Gpt::from_source(&Cpu, ck, WEIGHTS_ONLY)?;
     let (mut tensors, targets) = model.lora_adapter_tensors()?;
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
     // lm_head too, since PEFT's copy of wte would no longer be tied to the head.
     let modules_to_save = lr.lora_embeddings.then_some(["wte", "wpe", "lm_head"]);
     if lr.lora_embeddings {
-        for t in model.to_hf_tensors(&Cpu)? {
-            match t.name.as_str() {
-                "transformer.wte.weight" => tensors.push(HostTensor {
+        // The two embeddings alone, copied from the weights; wte again as the head.
+        for t in model.dense_tensors()? {
+            let head = match t.name.as_str() {
+                "transformer.wte.weight" => true,
+                "transformer.wpe.weight" => false,
+                _ => continue,
+            };
+            let t = t.into_host()?;
+            if head {
+                tensors.push(HostTensor {
                     name: "base_model.model.lm_head.weight".into(),
                     ..t.clone()
-                }),
-                "transformer.wpe.weight" => {}
-                _ => continue,
+                });
             }
             tensors.push(HostTensor {
                 name: format!("base_model.model.{}", t.name),

@@ -78,7 +78,7 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
     };
     let memory = memory::check_checkpoint(b, &ck, plan)?;
     eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_checkpoint(b, ck.read()?, plan)?;
+    let mut model = Gpt::from_source(b, ck, plan)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

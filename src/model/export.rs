@@ -2,7 +2,6 @@
 //! live width, stored as the layer's `{prefix}.weight`, so that Hugging Face's GPT2LMHeadModel and
 //! any other GPT-2 tool (our `eval`, `sample` and `--init-from` too) read it.
 
-use super::hf::hf_rows;
 use super::params::LowRankTensors;
 use super::Gpt;
 use crate::backend::cpu::Cpu;
@@ -16,21 +15,18 @@ impl Gpt<Cpu> {
     /// (`tensor_file::save_views`), so that an export holds the model and one layer's product.
     pub fn dense_tensors(&self) -> Result<Vec<Outgoing<'_>>> {
         let (layout, values) = (self.layout(), self.params().as_slice());
-        let vocab = self.config().vocab_size;
         let factors: Vec<usize> = (layout.lowrank().iter())
             .flat_map(|lt| [Some(lt.ut), Some(lt.vt), lt.w0, lt.mid])
             .flatten()
             .collect();
-        let mut tensors: Vec<Outgoing> = (layout.tensors().iter().enumerate())
+        let mut tensors: Vec<Outgoing> = (self.hf_spans().into_iter().enumerate())
             .filter(|(i, _)| !factors.contains(i))
             .map(|(_, t)| {
-                // The embedding's first `vocab` rows: HF's has no padding rows.
-                let shape = hf_rows(&t.name, &t.shape, vocab);
-                let len = shape.iter().product::<usize>();
+                let len = t.shape.iter().product::<usize>();
                 Outgoing {
-                    name: t.name.clone(),
-                    shape,
                     values: Values::Borrowed(&values[t.offset..t.offset + len]),
+                    name: t.name,
+                    shape: t.shape,
                 }
             })
             .collect();
@@ -73,7 +69,7 @@ impl Gpt<Cpu> {
         let ut = params.at(offset(lt.ut), k * l.n_in);
         let product = Gemm::new(l.n_in, l.n_out, k).trans_a().beta(1.0);
         b.gemm(&product, ut, vt_eff.all(), w.all_mut())?;
-        b.download(w.all())
+        Ok(w.into_vec())
     }
 }
 
@@ -88,7 +84,7 @@ impl Gpt<Cpu> {
             lr.lora_scale().is_some(),
             "only a LoRA run has an adapter: export the merged model instead"
         );
-        let host = Cpu.download(self.params().all())?;
+        let host = self.params().as_slice();
         let mut tensors = Vec::new();
         let mut targets = Vec::new();
         for (lt, live) in layout.lowrank().iter().zip(&lr.live) {

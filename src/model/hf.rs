@@ -9,7 +9,7 @@ use crate::lowrank::LowRankConfig;
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
-use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span, TensorFile};
+use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span, TensorFile, TensorSource};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +27,7 @@ fn ignorable(name: &str) -> bool {
 }
 
 /// The HF shape of a tensor: the token embedding without our padding rows.
-pub(super) fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
+fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
     let mut s = shape.to_vec();
     if canonical(name) == "wte.weight" {
         s[0] = vocab;
@@ -50,17 +50,23 @@ impl<B: Backend> Gpt<B> {
         Ok(self.to_hf_flat(b, Vec::new())?.into_host_tensors())
     }
 
-    /// Every parameter with its HF name and shape, in the one buffer they come off the device in:
-    /// `reuse`'s memory (a checkpoint's last snapshot's), grown if need be.
-    pub fn to_hf_flat(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
+    /// Every parameter's HF name and shape (the token embedding without its padding rows) and
+    /// where its values lie in the weights, in the layout's order.
+    pub fn hf_spans(&self) -> Vec<Span> {
         let vocab = self.config().vocab_size;
-        let spans = (self.layout().tensors().iter())
+        (self.layout().tensors().iter())
             .map(|t| Span {
                 name: t.name.clone(),
                 shape: hf_rows(&t.name, &t.shape, vocab),
                 offset: t.offset,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every parameter with its HF name and shape, in the one buffer they come off the device in:
+    /// `reuse`'s memory (a checkpoint's last snapshot's), grown if need be.
+    pub fn to_hf_flat(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
+        let spans = self.hf_spans();
         let (all, mut values) = (self.params().all(), reuse);
         values.resize(all.len, 0.0);
         b.download_into(all, &mut values)?;
@@ -80,61 +86,48 @@ impl<B: Backend> Gpt<B> {
 
     /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
     /// Every parameter must be present with its HF shape; the tensors are checked before any is
-    /// written, then copied in one by one, each freed once copied: the tensors and the weights
-    /// they fill hold about one copy of the model between them (GPT-2 XL: 6.2 GB, not 12.4).
-    pub fn load_hf_tensors(&mut self, b: &B, tensors: Vec<HostTensor>) -> Result<()> {
+    /// written, then each read into its parameter: a checkpoint file straight into the weights
+    /// on a host backend (one tensor staged at a time on a device), tensors held in memory freed
+    /// one by one.
+    pub fn load_hf_tensors(&mut self, b: &B, mut tensors: impl TensorSource) -> Result<()> {
         let vocab = self.config().vocab_size;
-        let mut by_name: HashMap<String, HostTensor> = HashMap::with_capacity(tensors.len());
-        for t in tensors {
-            ensure!(
-                t.data.len() == t.shape.iter().product::<usize>(),
-                "the checkpoint's tensor {} has shape {:?} but {} values",
-                t.name,
-                t.shape,
-                t.data.len()
-            );
-            let name = canonical(&t.name).to_string();
-            if let Some(twin) = by_name.insert(name, t) {
-                bail!(
-                    "the checkpoint holds tensor {} twice (with and without `transformer.`)",
-                    twin.name
-                );
+        // Each tensor by its canonical name: its name in the source and its shape.
+        let mut by_name: HashMap<String, (String, Vec<usize>)> = HashMap::new();
+        for (name, shape) in tensors.listing()? {
+            let key = canonical(&name).to_string();
+            if let Some((twin, _)) = by_name.insert(key, (name, shape)) {
+                bail!("the checkpoint holds tensor {twin} twice (with and without `transformer.`)");
             }
         }
         let mut slots = Vec::with_capacity(self.layout().tensors().len());
         for t in self.layout().tensors() {
             let want = hf_rows(&t.name, &t.shape, vocab);
-            let name = canonical(&t.name);
-            let src = by_name
-                .get(name)
+            let (name, shape) = by_name
+                .remove(canonical(&t.name))
                 .with_context(|| format!("the checkpoint lacks tensor {}", t.name))?;
             ensure!(
-                src.shape == want,
-                "checkpoint of another shape: tensor {} is {:?}, this model needs {:?}",
+                shape == want,
+                "checkpoint of another shape: tensor {} is {shape:?}, this model needs {want:?}",
                 t.name,
-                src.shape,
-                want
             );
-            slots.push((t.offset, t.len(), name.to_string()));
+            slots.push((t.offset, t.len(), name, want.iter().product::<usize>()));
         }
-        let known: std::collections::HashSet<String> =
-            slots.iter().map(|(_, _, name)| name.clone()).collect();
-        let mut extra: Vec<&String> = (by_name.keys())
-            .filter(|n| !ignorable(n) && !known.contains(*n))
-            .collect();
+        // What is left is not the model's: masks and a tied head may go, anything else may not.
+        let mut extra: Vec<&String> = by_name.keys().filter(|n| !ignorable(n)).collect();
         extra.sort();
         if let Some(extra) = extra.first() {
             bail!("the checkpoint has tensor {extra}, which this model does not: is it a GPT-2 of this shape?");
         }
-        // The masks and the tied head it also holds, freed before the copies.
-        by_name.retain(|name, _| known.contains(name));
+        for (name, _) in by_name.values() {
+            tensors.skip(name);
+        }
         let params = self.params_mut();
-        for (offset, len, name) in slots {
-            let data = by_name.remove(&name).context("checked above")?.data;
-            b.upload(&data, params.at_mut(offset, data.len()))?;
-            if data.len() < len {
+        for (offset, len, name, hf_len) in slots {
+            let mut read = |dst: &mut [f32]| tensors.read_into(&name, dst);
+            b.upload_with(params.at_mut(offset, hf_len), &mut read)?;
+            if hf_len < len {
                 // The embedding's padding rows, past the vocabulary.
-                b.fill(params.at_mut(offset + data.len(), len - data.len()), 0.0)?;
+                b.fill(params.at_mut(offset + hf_len, len - hf_len), 0.0)?;
             }
         }
         self.refresh_compute_copy(b)
@@ -365,11 +358,45 @@ impl<B: Backend> Gpt<B> {
     /// The model a checkpoint holds, at its live ranks, with activations as `plan` says; the
     /// checkpoint's tensors are freed as they fill it.
     pub fn from_checkpoint(b: &B, ck: ModelCheckpoint, plan: ActivationPlan) -> Result<Self> {
+        Self::loaded(
+            b,
+            ck.config,
+            &ck.lowrank,
+            ck.ranks.as_ref(),
+            ck.tensors,
+            plan,
+        )
+    }
+
+    /// `from_checkpoint` for a checkpoint opened, not read: its file is read tensor by tensor
+    /// into the weights (a LoRA run's tensors are completed from its base in memory first).
+    pub fn from_source(b: &B, src: CheckpointSource, plan: ActivationPlan) -> Result<Self> {
+        match src.lora_base {
+            Some(_) => Self::from_checkpoint(b, src.read()?, plan),
+            None => Self::loaded(
+                b,
+                src.config,
+                &src.lowrank,
+                src.ranks.as_ref(),
+                src.file,
+                plan,
+            ),
+        }
+    }
+
+    fn loaded(
+        b: &B,
+        config: GptConfig,
+        lowrank: &LowRankConfig,
+        ranks: Option<&RankState>,
+        tensors: impl TensorSource,
+        plan: ActivationPlan,
+    ) -> Result<Self> {
         // The checkpoint's tensors replace every parameter: no init to draw (for GPT-2 small,
         // 124M normal draws were most of `sample`'s start-up).
-        let mut model = Gpt::unset(b, ck.config, &ck.lowrank, plan)?;
-        RankSchedule::restore(&mut model, ck.ranks.as_ref())?;
-        model.load_hf_tensors(b, ck.tensors)?;
+        let mut model = Gpt::unset(b, config, lowrank, plan)?;
+        RankSchedule::restore(&mut model, ranks)?;
+        model.load_hf_tensors(b, tensors)?;
         Ok(model)
     }
 }
@@ -440,6 +467,22 @@ mod tests {
         assert_eq!(b.params().as_slice(), a.params().as_slice());
         let padding = &b.params().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
         assert!(padding.iter().all(|&x| x == 0.0));
+        // The same from a file, read straight into the weights, a mask beside them skipped.
+        let dir = std::env::temp_dir().join(format!("lowrank-hf-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let mut with_mask = unprefixed.clone();
+        with_mask.push(HostTensor {
+            name: "h.0.attn.bias".into(),
+            shape: vec![1, 1, 4, 4],
+            data: vec![1.0; 16],
+        });
+        tensor_file::save(&path, &with_mask, HashMap::new()).unwrap();
+        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        b.load_hf_tensors(&Cpu, TensorFile::open(&path).unwrap())
+            .unwrap();
+        assert_eq!(b.params().as_slice(), a.params().as_slice());
+        std::fs::remove_dir_all(&dir).ok();
         // A checkpoint that does not fit is refused before anything is written.
         Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
         let mut wrong = ts.clone();

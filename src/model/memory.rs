@@ -36,13 +36,17 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
-    /// The checkpoint a model that only runs forward is built from, read onto the host after the
-    /// check (which needs only its header). Its tensors are freed one by one as they fill the
-    /// weights,
+    /// The checkpoint a model that only runs forward is built from, where it is held whole on the
+    /// host while it loads: a LoRA run's, completed from its base in memory (other checkpoints
+    /// are read from their files tensor by tensor, into the weights). Its tensors are freed one
+    /// by one as they fill the weights,
     pub loading: usize,
     /// so that, on a host backend, the weights and the checkpoint's rest hold this more than the
     /// weights at the most: its largest tensor (the token embedding).
     pub loading_peak: usize,
+    /// On a device backend, the host memory a checkpoint read from its file passes through, one
+    /// tensor at a time (its largest); a host backend reads into the weights themselves.
+    pub staging: usize,
 }
 
 /// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
@@ -76,7 +80,7 @@ impl MemoryPlan {
 
     /// What the host must hold whatever the device.
     pub fn host(&self) -> usize {
-        self.checkpoint + self.rank_log + self.loading
+        self.checkpoint + self.rank_log + self.loading + self.staging
     }
 
     /// Everything, for a backend whose buffers live in host memory: the most held at once, while
@@ -86,8 +90,9 @@ impl MemoryPlan {
         running.max(self.while_loading())
     }
 
-    /// What a host backend holds while the model is loaded: the weights and the checkpoint's
-    /// tensors not yet copied into them (the activations' pages are not touched yet).
+    /// What a host backend holds while the model is loaded: the weights and, for a checkpoint
+    /// held whole, its tensors not yet copied into them (the activations' pages are not touched
+    /// yet).
     fn while_loading(&self) -> usize {
         self.weights + self.margin + self.loading_peak
     }
@@ -115,14 +120,19 @@ impl MemoryPlan {
                 shown.push(format!("{name} {}{host}", gb(bytes)));
             }
         }
-        match self.loading {
-            0 => shown.join(", "),
-            read => format!(
-                "{}; the checkpoint's {} read{host} first, freed as it fills the weights",
-                shown.join(", "),
-                gb(read)
-            ),
+        if self.loading > 0 {
+            shown.push(format!(
+                "the checkpoint's {} read{host} first, freed as it fills the weights",
+                gb(self.loading)
+            ));
         }
+        if on_device && self.staging > 0 {
+            shown.push(format!(
+                "the checkpoint's tensors passed through the host one at a time (the largest {})",
+                gb(self.staging)
+            ));
+        }
+        shown.join(", ")
     }
 }
 
@@ -164,12 +174,16 @@ impl<B: Backend> Gpt<B> {
             ..Default::default()
         };
         if purpose == Purpose::Inference {
-            mem.loading = 4 * n;
-            mem.loading_peak = 4
+            let largest = 4
                 * (layout.tensors().iter())
                     .map(|t| t.len())
                     .max()
                     .unwrap_or(0);
+            match lora {
+                // `Gpt::from_source`: completed from its base in memory.
+                true => (mem.loading, mem.loading_peak) = (4 * n, largest),
+                false => mem.staging = largest,
+            }
         }
         if let Purpose::Training { checkpoints, .. } = purpose {
             ensure!(
@@ -221,20 +235,13 @@ pub struct Proposal<'a> {
 }
 
 impl Proposal<'_> {
-    /// The flag that sets the sequence length: `sample`, the one command that builds a model
-    /// to decode (one sequence), calls it --context; the others --seq.
-    fn seq_flag(&self) -> &'static str {
-        match self.plan.keep {
-            Keep::KvCache => "--context",
-            _ => "--seq",
-        }
-    }
-
-    /// "at batch 8 × 1024 tokens", or, for one sequence decoded, "with a context of 1024 tokens".
+    /// " at batch 8 × 1024 tokens", for one sequence decoded " with a context of 1024 tokens",
+    /// and nothing for a model that runs nothing (`export`'s, one token's activations).
     fn shape(&self) -> String {
-        match self.plan.keep {
-            Keep::KvCache => format!("with a context of {} tokens", self.plan.seq),
-            _ => format!("at batch {} × {} tokens", self.plan.batch, self.plan.seq),
+        match (self.plan.keep, self.plan.batch * self.plan.seq) {
+            (Keep::KvCache, _) => format!(" with a context of {} tokens", self.plan.seq),
+            (Keep::Nothing, 1) => String::new(),
+            _ => format!(" at batch {} × {} tokens", self.plan.batch, self.plan.seq),
         }
     }
 }
@@ -287,12 +294,16 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
         (true, Some(free)) if mem.device() <= free => {
             format!("No batch changes what the host holds: a smaller {model}, or a host with more memory.")
         }
-        (true, None) if loading_does_not_fit(b, p, room) => {
+        (true, None) if least_does_not_fit(b, p, room) => {
             "Its weights alone do not fit: a machine with more memory.".to_string()
         }
         // Only a shorter sequence (or, training, a smaller model) is left.
         (true, _) => {
-            let flag = p.seq_flag();
+            // sample's --context defaults to the prompt and --tokens.
+            let flag = match p.plan.keep {
+                Keep::KvCache => "--context (or fewer --tokens)",
+                _ => "--seq",
+            };
             let smaller = match p.purpose {
                 Purpose::Training { .. } => " or a smaller --model",
                 Purpose::Inference => "",
@@ -309,7 +320,7 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
         }
     };
     Some(format!(
-        "{} {} needs about {} on {}: {}. {short}. {advice} \
+        "{}{} needs about {} on {}: {}. {short}. {advice} \
          (LOWRANK_MEMORY_CHECK=0 starts it anyway.)",
         p.model,
         p.shape(),
@@ -319,16 +330,16 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
     ))
 }
 
-/// Whether even the loading of the proposal's checkpoint does not fit `room`, at the smallest
-/// shape (the margin grows with the batch), so that no batch or sequence length would help.
-fn loading_does_not_fit<B: Backend>(b: &B, p: &Proposal, room: &Room) -> bool {
+/// Whether the proposal does not fit `room` even at one token (the margin grows with the batch),
+/// so that no batch or sequence length would help: its weights alone do not fit.
+fn least_does_not_fit<B: Backend>(b: &B, p: &Proposal, room: &Room) -> bool {
     let least = ActivationPlan {
         batch: 1,
         seq: 1,
         ..p.plan
     };
     let plan = Gpt::memory_plan(b, p.config, p.lr, least, p.purpose);
-    plan.is_ok_and(|m| room.host.is_some_and(|h| m.while_loading() > h))
+    plan.is_ok_and(|m| room.short_of(&m).is_some())
 }
 
 /// Settings that fit where the proposal's do not: the batch, GELU recomputed, the rank log off.

@@ -56,13 +56,33 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
         (4 * n, 4 * n, 8 * n, 12 * n, 0)
     );
     assert_eq!(plan(&CpuBf16, &dense, training()).weights, 8 * n);
+    // Inference reads the checkpoint tensor by tensor into the weights: a device backend
+    // stages the largest, the token embedding's padded rows, on the host.
     let inference = plan(&Cpu, &dense, Purpose::Inference);
     assert_eq!(
-        (inference.optimizer, inference.checkpoint, inference.loading),
-        (0, 0, 4 * n)
+        (
+            inference.optimizer,
+            inference.checkpoint,
+            inference.loading,
+            inference.loading_peak,
+            inference.staging
+        ),
+        (0, 0, 0, 0, 4 * 50304 * 768)
     );
-    // The largest tensor, the token embedding's padded rows.
-    assert_eq!(inference.loading_peak, 4 * 50304 * 768);
+    // A LoRA run's checkpoint is completed from its base in memory, then copied in: held
+    // whole (as large as the f32 weights), freed tensor by tensor.
+    let lora = LowRankConfig {
+        mode: crate::lowrank::LowRankMode::Lora,
+        rank_init: 8,
+        lora_base: Some("the base".into()),
+        ..dense.clone()
+    };
+    let lora = plan(&Cpu, &lora, Purpose::Inference);
+    assert!(lora.weights > 4 * n);
+    assert_eq!(
+        (lora.loading, lora.loading_peak, lora.staging),
+        (lora.weights, 4 * 50304 * 768, 0)
+    );
     assert_eq!(inference.activations, m.activations);
     let config = GptConfig::preset("gpt2").unwrap();
     let forward_only = |keep| {
@@ -200,12 +220,13 @@ fn the_plan_counts_what_the_model_allocates() {
     compare(&CpuBf16);
 }
 
-/// A model evaluated from a checkpoint: at a small batch the most the host holds is while the
-/// checkpoint's tensors fill the weights (the weights and its largest tensor), at a large one the
-/// forward. The check comes before the checkpoint is read, so all of it must be available; where
-/// the loading does not fit, no batch is suggested.
+/// A model evaluated from a checkpoint read into its weights holds no more than while it runs;
+/// a LoRA run's, held whole while it fills them, at a small batch the most the host holds is
+/// then (the weights and its largest tensor), at a large one the forward. The check comes before
+/// the checkpoint is read, so all of it must be available; where even one token's model does not
+/// fit, no batch or length is suggested.
 #[test]
-fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
+fn inference_plans_the_checkpoint_read_into_the_weights() {
     let config = GptConfig::preset("gpt2").unwrap();
     let dense = LowRankConfig::default();
     let eval_at = |batch, seq| ActivationPlan {
@@ -213,16 +234,29 @@ fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
         seq,
         keep: Keep::Nothing,
     };
-    let plan = |at| Gpt::memory_plan(&Cpu, &config, &dense, at, Purpose::Inference).unwrap();
-    let (small, large) = (plan(eval_at(1, 64)), plan(eval_at(8, 1024)));
-    assert_eq!(small.loading, 4 * GPT2_PADDED);
-    assert_eq!(
-        small.total(),
-        small.weights + small.margin + small.loading_peak
+    let plan_for = |lr: &LowRankConfig, at| {
+        Gpt::memory_plan(&Cpu, &config, lr, at, Purpose::Inference).unwrap()
+    };
+    let plan = |at| plan_for(&dense, at);
+    let small = plan(eval_at(1, 64));
+    assert_eq!(small.total(), small.device());
+    assert_eq!(small.host(), small.staging);
+    let lora = LowRankConfig {
+        mode: crate::lowrank::LowRankMode::Lora,
+        rank_init: 8,
+        lora_base: Some("the base".into()),
+        ..dense.clone()
+    };
+    let (small_lora, large_lora) = (
+        plan_for(&lora, eval_at(1, 64)),
+        plan_for(&lora, eval_at(8, 1024)),
     );
-    assert!(small.device() < small.total());
-    assert_eq!(large.total(), large.device());
-    assert!(large.weights + large.margin + large.loading_peak < large.total());
+    assert_eq!(
+        small_lora.total(),
+        small_lora.weights + small_lora.margin + small_lora.loading_peak
+    );
+    assert!(small_lora.device() < small_lora.total());
+    assert_eq!(large_lora.total(), large_lora.device());
 
     let room = |host| Room {
         device: None,
@@ -236,7 +270,6 @@ fn inference_plans_the_checkpoint_freed_as_it_fills_the_weights() {
         plan: eval_at(1, 64),
         purpose: Purpose::Inference,
     };
-    // The checkpoint (as large as the weights it fills), the margin and the largest tensor.
     let free = small.total();
     assert_eq!(refusal(&Cpu, &p, &small, &room(free)), None);
     // A byte short: one token fewer a window would do (the margin grows with the activations).
@@ -285,7 +318,7 @@ fn a_sampling_model_past_the_host_is_told_of_its_context() {
     let refused = refusal(&Cpu, &p, &mem, &room(free - 1)).unwrap();
     assert!(
         refused.starts_with("gpt2 with a context of 1024 tokens needs about")
-            && refused.contains("Try a shorter --context.")
+            && refused.contains("Try a shorter --context (or fewer --tokens).")
             && !refused.contains("--batch")
             && !refused.contains("--seq")
             && !refused.contains("--model"),

@@ -27,6 +27,49 @@ impl HostTensor {
     }
 }
 
+/// Tensors a model is loaded from: their names and shapes known first (to check them all before
+/// anything is written), then each one's values read into memory the loader chooses, once.
+pub trait TensorSource {
+    /// Each tensor's name (as its source spells it) and shape; an error where a tensor's values
+    /// do not fill its shape.
+    fn listing(&self) -> Result<Vec<(String, Vec<usize>)>>;
+    /// Tensor `name`'s values into `dst` (of its length). Each tensor is read once: a source that
+    /// holds them may free it then.
+    fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()>;
+    /// Tensor `name` will not be read: a source that holds it may free it now.
+    fn skip(&mut self, _name: &str) {}
+}
+
+/// Tensors read already, each freed once read or skipped.
+impl TensorSource for Vec<HostTensor> {
+    fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        (self.iter())
+            .map(|t| {
+                ensure_len(&t.name, &t.shape, t.data.len())?;
+                Ok((t.name.clone(), t.shape.clone()))
+            })
+            .collect()
+    }
+
+    fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let t = (self.iter_mut())
+            .find(|t| t.name == name)
+            .with_context(|| format!("no tensor {name}"))?;
+        ensure!(
+            t.data.len() == dst.len(),
+            "tensor {name} has {} values, not {} (read twice?)",
+            t.data.len(),
+            dst.len()
+        );
+        dst.copy_from_slice(&std::mem::take(&mut t.data));
+        Ok(())
+    }
+
+    fn skip(&mut self, name: &str) {
+        self.retain(|t| t.name != name);
+    }
+}
+
 /// A tensor to write, borrowed: its name, shape (row-major) and values.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRef<'a> {
@@ -180,8 +223,10 @@ fn ensure_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
 }
 
 /// Writes `tensors` and `metadata` to `path` atomically, streaming the values to the file: the
-/// bytes of `safetensors::serialize` (the header, tensors in name order), without forming them in
-/// memory first (a GPT-2 medium checkpoint's moments are 2.8 GB).
+/// bytes of `safetensors::serialize` (the header, tensors in name order; `header` sorts the
+/// metadata's keys), without forming them in memory first (a GPT-2 medium checkpoint's moments
+/// are 2.8 GB). A formed tensor that fails, or does not fill its shape, fails the write: the file
+/// is then not made (an earlier one at `path` stays).
 pub fn save_views<'a, T: Into<Outgoing<'a>>>(
     path: &Path,
     tensors: impl IntoIterator<Item = T>,
@@ -195,6 +240,13 @@ pub fn save_views<'a, T: Into<Outgoing<'a>>>(
     }
     // safetensors' order: by dtype's alignment, then by name; ours are all f32.
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
+        bail!(
+            "cannot write {}: two tensors are named {}",
+            path.display(),
+            w[0].name
+        );
+    }
     let header =
         header(&tensors, metadata).with_context(|| format!("cannot encode {}", path.display()))?;
     // The header is padded with spaces to a multiple of 8 bytes, as safetensors aligns it.
@@ -210,6 +262,7 @@ pub fn save_views<'a, T: Into<Outgoing<'a>>>(
                     // Forming can fail as a write does: the file is then not made.
                     let values = form()
                         .and_then(|v| ensure_len(&t.name, &t.shape, v.len()).map(|_| v))
+                        .with_context(|| format!("cannot form tensor {}", t.name))
                         .map_err(std::io::Error::other)?;
                     w.write_all(bytemuck::cast_slice(&values))?;
                 }
@@ -242,8 +295,8 @@ pub struct TensorFile {
 impl TensorFile {
     /// Reads `path`'s header: every tensor's byte range must lie in the file, without gaps or
     /// overlaps (safetensors checks that), and every dtype must be f32, bf16 or f16. The file is
-    /// mapped for its header alone; `read` reads the values into their vectors, so the file's
-    /// pages are not counted again beside them while it loads (GPT-2 XL's are 6.2 GB).
+    /// mapped for its header alone; `read_into` reads a tensor's values where its caller says (a
+    /// model's weights), so the file's pages are not counted again beside them as it loads.
     pub fn open(path: &Path) -> Result<TensorFile> {
         let file = File::open(path)
             .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
@@ -285,43 +338,63 @@ impl TensorFile {
 
     /// Every tensor's values as f32, the tensors sorted by name.
     pub fn read(mut self) -> Result<Vec<HostTensor>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut tensors = Vec::with_capacity(self.tensors.len());
-        for (name, info) in std::mem::take(&mut self.tensors) {
-            let (start, end) = info.data_offsets;
-            let (file, path) = (&mut self.file, &self.path);
-            let at = self.data_start + start as u64;
-            let mut read = |bytes: &mut [u8]| -> Result<()> {
-                file.seek(SeekFrom::Start(at))
-                    .and_then(|_| file.read_exact(bytes))
-                    .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
-            };
-            let data: Vec<f32> = match info.dtype {
-                Dtype::F32 => {
-                    let mut values = vec![0.0f32; (end - start) / 4];
-                    read(bytemuck::cast_slice_mut(&mut values))?;
-                    values
-                }
-                Dtype::BF16 => {
-                    let mut values = vec![half::bf16::ZERO; (end - start) / 2];
-                    read(bytemuck::cast_slice_mut(&mut values))?;
-                    values.into_iter().map(f32::from).collect()
-                }
-                Dtype::F16 => {
-                    let mut values = vec![half::f16::ZERO; (end - start) / 2];
-                    read(bytemuck::cast_slice_mut(&mut values))?;
-                    values.into_iter().map(f32::from).collect()
-                }
-                _ => unreachable!("dtypes checked by open"),
-            };
-            tensors.push(HostTensor {
-                name,
-                shape: info.shape,
-                data,
-            });
+        let shapes = self.listing()?;
+        let mut tensors = Vec::with_capacity(shapes.len());
+        // In the file's order, so that reads run forward.
+        for (name, shape) in shapes {
+            let mut data = vec![0.0; shape.iter().product()];
+            self.read_into(&name, &mut data)?;
+            tensors.push(HostTensor { name, shape, data });
         }
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(tensors)
+    }
+}
+
+impl TensorSource for TensorFile {
+    fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok((self.shapes())
+            .map(|(name, shape)| (name.to_string(), shape.to_vec()))
+            .collect())
+    }
+
+    /// Straight from the file into `dst` (a model's weights, on a host backend), bf16 and f16
+    /// widened to f32.
+    fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (path, file) = (&self.path, &mut self.file);
+        let info = (self.tensors.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, info)| info)
+            .with_context(|| format!("{} holds no tensor {name}", path.display()))?;
+        let len = info.shape.iter().product::<usize>();
+        ensure!(
+            dst.len() == len,
+            "tensor {name} of {} has {len} values, not {}",
+            path.display(),
+            dst.len()
+        );
+        let at = self.data_start + info.data_offsets.0 as u64;
+        let mut read = |bytes: &mut [u8]| -> Result<()> {
+            file.seek(SeekFrom::Start(at))
+                .and_then(|_| file.read_exact(bytes))
+                .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
+        };
+        match info.dtype {
+            Dtype::F32 => read(bytemuck::cast_slice_mut(dst))?,
+            Dtype::BF16 => {
+                let mut values = vec![half::bf16::ZERO; len];
+                read(bytemuck::cast_slice_mut(&mut values))?;
+                (dst.iter_mut().zip(values)).for_each(|(d, v)| *d = v.into());
+            }
+            Dtype::F16 => {
+                let mut values = vec![half::f16::ZERO; len];
+                read(bytemuck::cast_slice_mut(&mut values))?;
+                (dst.iter_mut().zip(values)).for_each(|(d, v)| *d = v.into());
+            }
+            _ => unreachable!("dtypes checked by open"),
+        }
+        Ok(())
     }
 }
 

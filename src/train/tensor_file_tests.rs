@@ -185,6 +185,60 @@ fn the_same_tensors_make_the_same_bytes() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Formed tensors are formed as they are written; one that fails or does not fill its shape
+/// fails the write, which leaves the file there was; two tensors of one name are refused.
+#[test]
+fn formed_tensors_write_or_fail_leaving_the_old_file() {
+    let dir = std::env::temp_dir().join(format!("lowrank-st-formed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("m.safetensors");
+    let formed = |name: &str, values: Vec<f32>| Outgoing {
+        name: name.into(),
+        shape: vec![2],
+        values: Values::Formed(Box::new(move || Ok(values))),
+    };
+    let kept = [1.0f32, 2.0];
+    let borrowed = Outgoing {
+        name: "a".into(),
+        shape: vec![2],
+        values: Values::Borrowed(&kept),
+    };
+    save_views(&p, [borrowed, formed("b", vec![3.0, 4.0])], HashMap::new()).unwrap();
+    let want = vec![
+        HostTensor {
+            name: "a".into(),
+            shape: vec![2],
+            data: kept.to_vec(),
+        },
+        HostTensor {
+            name: "b".into(),
+            shape: vec![2],
+            data: vec![3.0, 4.0],
+        },
+    ];
+    assert_eq!(load(&p).unwrap().0, want);
+    let failing = Outgoing {
+        name: "c".into(),
+        shape: vec![2],
+        values: Values::Formed(Box::new(|| anyhow::bail!("no product"))),
+    };
+    let e = save_views(&p, [failing], HashMap::new()).unwrap_err();
+    assert!(format!("{e:#}").contains("no product"), "{e:#}");
+    let e = save_views(&p, [formed("c", vec![1.0; 3])], HashMap::new()).unwrap_err();
+    assert!(format!("{e:#}").contains("3 values"), "{e:#}");
+    let e = save_views(
+        &p,
+        [formed("c", vec![0.0; 2]), formed("c", vec![0.0; 2])],
+        HashMap::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("two tensors are named c"), "{e}");
+    assert_eq!(load(&p).unwrap().0, want);
+    let leftovers = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(leftovers, 1, "a failed write left its temporary file");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn flat_tensors_give_their_spans_and_keep_the_chosen_ones_packed() {
     let flat = FlatTensors {

@@ -40,6 +40,9 @@ impl CpuBuf {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
 }
 
 impl Buffer for CpuBuf {
@@ -142,6 +145,15 @@ impl<const BF16: bool> Backend for CpuAt<BF16> {
     fn upload(&self, src: &[f32], mut dst: Mut<CpuBuf>) -> Result<()> {
         same_len("upload", src.len(), dst.len)?;
         dst.slice_mut().copy_from_slice(src);
+        dst.round_to_dtype();
+        Ok(())
+    }
+    fn upload_with(
+        &self,
+        mut dst: Mut<CpuBuf>,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        fill(dst.slice_mut())?;
         dst.round_to_dtype();
         Ok(())
     }
