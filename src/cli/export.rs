@@ -6,8 +6,8 @@ use crate::data::EOT_TOKEN;
 use crate::lowrank::LowRankMode;
 use crate::model::{hf, memory, ActivationPlan, Gpt, GptConfig, Keep};
 use crate::train::atomic;
-use crate::train::tensor_file::{self, HostTensor};
-use anyhow::{ensure, Context, Result};
+use crate::train::tensor_file::{self, Outgoing, Values};
+use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
@@ -131,31 +131,36 @@ fn adapter(a: &Args) -> Result<()> {
     let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
     eprintln!("{}", memory.describe());
     let model = Gpt::from_source(&Cpu, ck, WEIGHTS_ONLY)?;
-    let (mut tensors, targets) = model.lora_adapter_tensors()?;
+    let (factors, targets) = model.lora_adapter_tensors()?;
+    let mut tensors: Vec<Outgoing> = factors.iter().map(|t| t.view().into()).collect();
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of
     // lm_head too, since PEFT's copy of wte would no longer be tied to the head.
     let modules_to_save = lr.lora_embeddings.then_some(["wte", "wpe", "lm_head"]);
     if lr.lora_embeddings {
-        // The two embeddings alone, copied from the weights; wte again as the head.
+        // The two embeddings borrowed from the weights; wte again as the head.
         for t in model.dense_tensors()? {
             let head = match t.name.as_str() {
                 "transformer.wte.weight" => true,
                 "transformer.wpe.weight" => false,
                 _ => continue,
             };
-            let t = t.into_host()?;
+            let Values::Borrowed(values) = t.values else {
+                bail!("{} is not one of the weights", t.name);
+            };
+            let named = |name: String| Outgoing {
+                name,
+                shape: t.shape.clone(),
+                values: Values::Borrowed(values),
+            };
             if head {
-                tensors.push(HostTensor {
-                    name: "base_model.model.lm_head.weight".into(),
-                    ..t.clone()
-                });
+                tensors.push(named("base_model.model.lm_head.weight".into()));
             }
-            tensors.push(HostTensor {
-                name: format!("base_model.model.{}", t.name),
-                ..t
-            });
+            tensors.push(named(format!("base_model.model.{}", t.name)));
         }
     }
+    let params: usize = (tensors.iter())
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
     let r = lr.rank_init;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -173,7 +178,7 @@ fn adapter(a: &Args) -> Result<()> {
     });
     fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    tensor_file::save(&file, &tensors, meta)?;
+    tensor_file::save_views(&file, tensors, meta)?;
     let text = serde_json::to_string_pretty(&config)?;
     atomic::write(&a.out.join("adapter_config.json"), text.as_bytes())?;
     println!(
@@ -184,7 +189,7 @@ fn adapter(a: &Args) -> Result<()> {
             Some(_) => ", with the trained embeddings as modules_to_save",
             None => "",
         },
-        tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 / 1e6,
+        params as f64 / 1e6,
         lr.lora_base.as_deref().unwrap_or("(unrecorded)")
     );
     Ok(())

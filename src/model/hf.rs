@@ -85,10 +85,11 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Loads HF-named tensors into the parameters (padding rows zeroed), refreshing the compute copy.
-    /// Every parameter must be present with its HF shape; the tensors are checked before any is
-    /// written, then each read into its parameter: a checkpoint file straight into the weights
-    /// on a host backend (one tensor staged at a time on a device), tensors held in memory freed
-    /// one by one.
+    /// Every parameter must be present with its HF shape; names and shapes are checked before any
+    /// tensor is written, then each is read into its parameter: a checkpoint file straight into
+    /// the weights on a host backend (one tensor staged at a time on a device), tensors held in
+    /// memory freed one by one. A read that fails midway (a disk error) leaves the weights partly
+    /// written: the caller discards the model.
     pub fn load_hf_tensors(&mut self, b: &B, mut tensors: impl TensorSource) -> Result<()> {
         let vocab = self.config().vocab_size;
         // Each tensor by its canonical name: its name in the source and its shape.
@@ -237,8 +238,9 @@ pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
 }
 
 /// A checkpoint whose shape and settings are known and whose tensors are not read yet: a command
-/// checks the memory its model will take before `read` takes any (GPT-2 XL's tensors alone are
-/// 6.2 GB, and a machine without them would kill the reading process without a word).
+/// checks the memory its model will take before `Gpt::from_source` reads any of it into the
+/// weights (GPT-2 XL's tensors alone are 6.2 GB, and a machine without them would kill the
+/// reading process without a word).
 pub struct CheckpointSource {
     pub preset: Option<String>,
     pub config: GptConfig,
@@ -295,6 +297,15 @@ pub fn open_model_checkpoint(path: &Path) -> Result<CheckpointSource> {
 }
 
 impl CheckpointSource {
+    /// Its tensors to load from: the file itself, read tensor by tensor into the weights, or a
+    /// LoRA run's, completed from its base in memory.
+    pub fn into_tensors(self) -> Result<Box<dyn TensorSource>> {
+        Ok(match self.lora_base {
+            Some(_) => Box::new(self.read()?.tensors),
+            None => Box::new(self.file),
+        })
+    }
+
     /// The tensors' values (a LoRA run's completed by its base's).
     pub fn read(self) -> Result<ModelCheckpoint> {
         let mut tensors = self.file.read()?;
@@ -355,36 +366,17 @@ pub fn complete_lora(
 }
 
 impl<B: Backend> Gpt<B> {
-    /// The model a checkpoint holds, at its live ranks, with activations as `plan` says; the
-    /// checkpoint's tensors are freed as they fill it.
-    pub fn from_checkpoint(b: &B, ck: ModelCheckpoint, plan: ActivationPlan) -> Result<Self> {
-        Self::loaded(
-            b,
-            ck.config,
-            &ck.lowrank,
-            ck.ranks.as_ref(),
-            ck.tensors,
-            plan,
-        )
-    }
-
-    /// `from_checkpoint` for a checkpoint opened, not read: its file is read tensor by tensor
-    /// into the weights (a LoRA run's tensors are completed from its base in memory first).
+    /// The model a checkpoint holds, at its live ranks, with activations as `plan` says: its
+    /// file read tensor by tensor into the weights (a LoRA run's tensors completed from its base
+    /// in memory first).
     pub fn from_source(b: &B, src: CheckpointSource, plan: ActivationPlan) -> Result<Self> {
-        match src.lora_base {
-            Some(_) => Self::from_checkpoint(b, src.read()?, plan),
-            None => Self::loaded(
-                b,
-                src.config,
-                &src.lowrank,
-                src.ranks.as_ref(),
-                src.file,
-                plan,
-            ),
-        }
+        let (config, lowrank, ranks) = (src.config, src.lowrank.clone(), src.ranks.clone());
+        let tensors = src.into_tensors()?;
+        Self::from_tensors(b, config, &lowrank, ranks.as_ref(), tensors, plan)
     }
 
-    fn loaded(
+    /// The model of this shape, low-rank settings and live ranks with `tensors`' values.
+    pub fn from_tensors(
         b: &B,
         config: GptConfig,
         lowrank: &LowRankConfig,
@@ -472,11 +464,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.safetensors");
         let mut with_mask = unprefixed.clone();
-        with_mask.push(HostTensor {
-            name: "h.0.attn.bias".into(),
-            shape: vec![1, 1, 4, 4],
-            data: vec![1.0; 16],
-        });
+        for name in ["h.0.attn.bias", "transformer.h.1.attn.masked_bias"] {
+            with_mask.push(HostTensor {
+                name: name.into(),
+                shape: vec![1, 1, 4, 4],
+                data: vec![1.0; 16],
+            });
+        }
+        // From memory, the masks skipped (a source that holds them frees them then).
+        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        b.load_hf_tensors(&Cpu, with_mask.clone()).unwrap();
+        assert_eq!(b.params().as_slice(), a.params().as_slice());
         tensor_file::save(&path, &with_mask, HashMap::new()).unwrap();
         Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
         b.load_hf_tensors(&Cpu, TensorFile::open(&path).unwrap())

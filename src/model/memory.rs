@@ -44,14 +44,15 @@ pub struct MemoryPlan {
     /// so that, on a host backend, the weights and the checkpoint's rest hold this more than the
     /// weights at the most: its largest tensor (the token embedding).
     pub loading_peak: usize,
-    /// On a device backend, the host memory a checkpoint read from its file passes through, one
-    /// tensor at a time (its largest); a host backend reads into the weights themselves.
+    /// The host memory a checkpoint passes through on its way to a device backend's weights, one
+    /// tensor at a time (its largest): part of `host`, which only a device's check reads; a host
+    /// backend reads into its weights themselves.
     pub staging: usize,
 }
 
 /// Whether a model trains (optimiser state; a host copy for checkpoints when it writes them;
 /// `accum` micro-batches a step, None where the command has no `--accum`) or only runs forward
-/// (built from a checkpoint's tensors, read onto the host first).
+/// (built from a checkpoint's tensors, read into its weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
     Training {
@@ -138,7 +139,7 @@ impl MemoryPlan {
 
 impl<B: Backend> Gpt<B> {
     /// The memory `with_plan` and (for training) the optimiser and checkpoints would take on `b`,
-    /// or (for inference) the checkpoint `from_checkpoint` reads, from the shapes alone; the same
+    /// or (for inference) the checkpoint `from_source` reads, from the shapes alone; the same
     /// checks as `with_plan` refuse a model first.
     pub fn memory_plan(
         b: &B,
@@ -179,10 +180,10 @@ impl<B: Backend> Gpt<B> {
                     .map(|t| t.len())
                     .max()
                     .unwrap_or(0);
-            match lora {
-                // `Gpt::from_source`: completed from its base in memory.
-                true => (mem.loading, mem.loading_peak) = (4 * n, largest),
-                false => mem.staging = largest,
+            mem.staging = largest;
+            if lora {
+                // `CheckpointSource::into_tensors`: completed from its base in memory.
+                (mem.loading, mem.loading_peak) = (4 * n, largest);
             }
         }
         if let Purpose::Training { checkpoints, .. } = purpose {
@@ -294,8 +295,17 @@ fn refusal<B: Backend>(b: &B, p: &Proposal, mem: &MemoryPlan, room: &Room) -> Op
         (true, Some(free)) if mem.device() <= free => {
             format!("No batch changes what the host holds: a smaller {model}, or a host with more memory.")
         }
-        (true, None) if least_does_not_fit(b, p, room) => {
-            "Its weights alone do not fit: a machine with more memory.".to_string()
+        (true, device) if least_does_not_fit(b, p, room) => {
+            let what = match p.purpose {
+                Purpose::Training { .. } => "Its weights, gradients and AdamW's moments alone",
+                Purpose::Inference => "Its weights alone",
+            };
+            let more = if device.is_some() {
+                "a GPU"
+            } else {
+                "a machine"
+            };
+            format!("{what} do not fit: {more} with more memory.")
         }
         // Only a shorter sequence (or, training, a smaller model) is left.
         (true, _) => {

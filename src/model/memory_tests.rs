@@ -81,7 +81,7 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
     assert!(lora.weights > 4 * n);
     assert_eq!(
         (lora.loading, lora.loading_peak, lora.staging),
-        (lora.weights, 4 * 50304 * 768, 0)
+        (lora.weights, 4 * 50304 * 768, 4 * 50304 * 768)
     );
     assert_eq!(inference.activations, m.activations);
     let config = GptConfig::preset("gpt2").unwrap();
@@ -284,6 +284,19 @@ fn inference_plans_the_checkpoint_read_into_the_weights() {
     assert!(
         refused.contains("Its weights alone do not fit: a machine with more memory")
             && !refused.contains("--batch")
+            && !refused.contains("--seq"),
+        "{refused}"
+    );
+    // On a GPU short of one token's model (the host roomy): the same, of the GPU.
+    let gpu = Room {
+        device: Some(least.device() - 1),
+        host: Some(1 << 40),
+        cgroup: false,
+    };
+    let refused = refusal(&Cpu, &p, &small, &gpu).unwrap();
+    assert!(
+        refused.contains("The GPU has")
+            && refused.contains("Its weights alone do not fit: a GPU with more memory")
             && !refused.contains("--seq"),
         "{refused}"
     );

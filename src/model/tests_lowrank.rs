@@ -1,7 +1,6 @@
 //! Low-rank models against the f64 reference: every gradient in every mode, rank growth leaving
 //! the function unchanged, and DLRA's augmentation and truncation.
 
-use super::hf::ModelCheckpoint;
 use super::tests::{
     assert_decoding_matches_reference, assert_gradients_match_reference, micro, random_tokens,
     LowRankRef,
@@ -344,27 +343,25 @@ fn a_checkpoint_rebuilds_a_low_rank_model_at_its_live_ranks() {
     let inputs = random_tokens(12, gpt.config().vocab_size, 4);
     gpt.forward(&Cpu, &inputs, None).unwrap();
     let want = Cpu.download(gpt.logits()).unwrap();
-    let ck = ModelCheckpoint {
-        preset: None,
-        config: *gpt.config(),
-        lowrank: dlra_config(),
-        ranks: Some(RankState {
-            live: gpt.lowrank().live.clone(),
-            truncated: false,
-        }),
-        tensors: gpt.to_hf_tensors(&Cpu).unwrap(),
+    let ranks = RankState {
+        live: gpt.lowrank().live.clone(),
+        truncated: false,
     };
+    let tensors = gpt.to_hf_tensors(&Cpu).unwrap();
     let plan = ActivationPlan {
         keep: Keep::Nothing,
         ..ActivationPlan::new(2, 6)
     };
-    let mut back = Gpt::from_checkpoint(&Cpu, ck.clone(), plan).unwrap();
+    let (config, lowrank) = (*gpt.config(), dlra_config());
+    let load = |ranks: Option<&RankState>| {
+        Gpt::from_tensors(&Cpu, config, &lowrank, ranks, tensors.clone(), plan).unwrap()
+    };
+    let mut back = load(Some(&ranks));
     assert_eq!(back.lowrank().live, gpt.lowrank().live);
     back.forward(&Cpu, &inputs, None).unwrap();
     assert_eq!(Cpu.download(back.logits()).unwrap(), want);
     // Read at the capacity instead, the same tensors make another function.
-    let wide = ModelCheckpoint { ranks: None, ..ck };
-    let mut wrong = Gpt::from_checkpoint(&Cpu, wide, plan).unwrap();
+    let mut wrong = load(None);
     wrong
         .lowrank_mut()
         .live

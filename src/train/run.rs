@@ -13,7 +13,7 @@ use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_T
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::generate::{generate, Sampling};
-use crate::model::hf::{complete_lora, load_checkpoint, load_lora_base};
+use crate::model::hf::{complete_lora, load_lora_base, open_model_checkpoint};
 use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
 use crate::model::{ActivationPlan, Gpt, GptConfig, Keep};
@@ -186,7 +186,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         lora_base = Some((path, tensors, fingerprint));
     }
     if let Some(init) = &cfg.init_from {
-        let (_, tensors) = load_checkpoint(Path::new(init))
+        // Read tensor by tensor into the weights: the checkpoint is not held beside the model.
+        let tensors = open_model_checkpoint(Path::new(init))
+            .and_then(|src| src.into_tensors())
             .with_context(|| format!("cannot load --init-from {init}"))?;
         model
             .load_hf_tensors(b, tensors)

@@ -40,6 +40,18 @@ pub trait TensorSource {
     fn skip(&mut self, _name: &str) {}
 }
 
+impl<T: TensorSource + ?Sized> TensorSource for Box<T> {
+    fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        (**self).listing()
+    }
+    fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
+        (**self).read_into(name, dst)
+    }
+    fn skip(&mut self, name: &str) {
+        (**self).skip(name)
+    }
+}
+
 /// Tensors read already, each freed once read or skipped.
 impl TensorSource for Vec<HostTensor> {
     fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
@@ -173,6 +185,7 @@ impl<'a> From<TensorRef<'a>> for Outgoing<'a> {
     }
 }
 
+#[cfg(test)]
 impl Outgoing<'_> {
     /// The tensor with its values on the host (formed if they are not yet).
     pub fn into_host(self) -> Result<HostTensor> {
@@ -375,27 +388,32 @@ impl TensorSource for TensorFile {
             dst.len()
         );
         let at = self.data_start + info.data_offsets.0 as u64;
-        let mut read = |bytes: &mut [u8]| -> Result<()> {
-            file.seek(SeekFrom::Start(at))
-                .and_then(|_| file.read_exact(bytes))
-                .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
-        };
-        match info.dtype {
-            Dtype::F32 => read(bytemuck::cast_slice_mut(dst))?,
-            Dtype::BF16 => {
-                let mut values = vec![half::bf16::ZERO; len];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                (dst.iter_mut().zip(values)).for_each(|(d, v)| *d = v.into());
-            }
-            Dtype::F16 => {
-                let mut values = vec![half::f16::ZERO; len];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                (dst.iter_mut().zip(values)).for_each(|(d, v)| *d = v.into());
-            }
-            _ => unreachable!("dtypes checked by open"),
-        }
-        Ok(())
+        file.seek(SeekFrom::Start(at))
+            .and_then(|_| match info.dtype {
+                Dtype::F32 => file.read_exact(bytemuck::cast_slice_mut(dst)),
+                Dtype::BF16 => read_widened::<half::bf16>(file, dst),
+                Dtype::F16 => read_widened::<half::f16>(file, dst),
+                _ => unreachable!("dtypes checked by open"),
+            })
+            .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
     }
+}
+
+/// `dst.len()` half-precision values from `file`'s position into `dst` as f32, a chunk at a time:
+/// no copy of the whole tensor beside the weights it is read into.
+fn read_widened<T: bytemuck::Pod + Into<f32>>(
+    file: &mut File,
+    dst: &mut [f32],
+) -> std::io::Result<()> {
+    use std::io::Read;
+    const CHUNK: usize = 1 << 20;
+    let mut chunk = vec![T::zeroed(); CHUNK.min(dst.len())];
+    for out in dst.chunks_mut(CHUNK) {
+        let values = &mut chunk[..out.len()];
+        file.read_exact(bytemuck::cast_slice_mut(values))?;
+        (out.iter_mut().zip(values.iter())).for_each(|(d, &v)| *d = v.into());
+    }
+    Ok(())
 }
 
 /// A 64-bit fingerprint of tensors' names, shapes and values (FNV-1a over each tensor, then over

@@ -92,6 +92,20 @@ fn mixed_dtypes_load_as_f32_and_a_truncated_file_is_refused() {
         ("c", &[2, 2], &values[1..]),
     ];
     assert_eq!(got, want);
+    // A bf16 tensor longer than `read_widened`'s chunk, each value its own (exact in bf16).
+    let long: Vec<f32> = (0..(1 << 20) + 5)
+        .map(|i| (i % 251) as f32 - 125.0)
+        .collect();
+    let long_bf16: Vec<half::bf16> = long.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    let view = RawView(
+        Dtype::BF16,
+        vec![long.len()],
+        bytemuck::cast_slice(&long_bf16).to_vec(),
+    );
+    let long_bytes = safetensors::serialize([("long", &view)], None).unwrap();
+    let q = dir.join("long.safetensors");
+    std::fs::write(&q, &long_bytes).unwrap();
+    assert_eq!(load(&q).unwrap().0[0].data, long);
     std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
     let e = load(&p).unwrap_err();
     assert!(format!("{e:#}").contains("not a safetensors file"), "{e:#}");
