@@ -55,6 +55,21 @@ fn run_measured(args: &[&str]) -> (String, f64, bool) {
     (out, usage.ru_maxrss as f64 * 1024.0, ok)
 }
 
+/// A forward-only command (`run_measured`'s result) succeeded, its peak under the plan it printed
+/// and the plan over the peak by no more than its estimates (margin and scratch) and rounding.
+#[cfg(target_os = "linux")]
+fn assert_forward_within_plan(what: &str, (t, peak, ok): (String, f64, bool)) {
+    assert!(ok, "{t}");
+    let planned = planned_gb(&t);
+    let estimates = bytes_after(&t, "margin ") + bytes_after(&t, "scratch ");
+    assert!(
+        peak <= planned + 0.05e9 && planned <= peak + estimates + 0.05e9,
+        "{what}: peak {:.3} GB, planned {:.1} GB\n{t}",
+        peak / 1e9,
+        planned / 1e9
+    );
+}
+
 /// GPT-2 small for two steps on the CPU, a checkpoint after each and the rank log on (its Gram
 /// matrices and W0 copies), then efficient InRank at rank 64 on `cpu-bf16` (the compute copy,
 /// the low-rank scratch): each run's peak resident memory stays under the plan its banner states
@@ -108,20 +123,12 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
         // three copies of the model before it streamed the tensors to the file).
         let exported = out.join("exported");
         let args = ["export", "--ckpt", out.to_str().unwrap(), "--out"];
-        let (t, peak, ok) = run_measured(&[&args[..], &[exported.to_str().unwrap()]].concat());
-        assert!(ok, "{t}");
-        let planned = planned_gb(&t);
-        let estimates = bytes_after(&t, "margin ") + bytes_after(&t, "scratch ");
-        assert!(
-            peak <= planned + 0.05e9 && planned <= peak + estimates + 0.05e9,
-            "export of {extra:?}: peak {:.3} GB, planned {:.1} GB\n{t}",
-            peak / 1e9,
-            planned / 1e9
-        );
+        let export = run_measured(&[&args[..], &[exported.to_str().unwrap()]].concat());
+        assert_forward_within_plan(&format!("export of {extra:?}"), export);
         if extra.contains(&"--checkpoint-every") {
             for (batch, seq) in [("1", "64"), ("4", "1024")] {
                 let ckpt = out.to_str().unwrap();
-                let (t, peak, ok) = run_measured(&[
+                let eval = run_measured(&[
                     "eval",
                     "--ckpt",
                     ckpt,
@@ -133,15 +140,7 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
                     "--max-batches",
                     "1",
                 ]);
-                assert!(ok, "{t}");
-                let planned = planned_gb(&t);
-                let estimates = bytes_after(&t, "margin ") + bytes_after(&t, "scratch ");
-                assert!(
-                    peak <= planned + 0.05e9 && planned <= peak + estimates + 0.05e9,
-                    "eval {batch} × {seq}: peak {:.3} GB, planned {:.1} GB\n{t}",
-                    peak / 1e9,
-                    planned / 1e9
-                );
+                assert_forward_within_plan(&format!("eval {batch} × {seq}"), eval);
             }
         }
     }
