@@ -25,9 +25,11 @@ impl<T: Buffer> PerLayer<T> {
         let (offset, len) = self.slice(l);
         self.buf.at_mut(offset, len)
     }
-    /// Where layer `l`'s slice lies: its own, or the one every layer takes in turn.
+    /// Where layer `l`'s slice lies: its own, or the one every layer takes in turn. A layer past
+    /// the slices of a buffer holding several would wrap onto another's: a bug, checked in every
+    /// build (a comparison a layer).
     fn slice(&self, l: usize) -> (usize, usize) {
-        debug_assert!(
+        assert!(
             self.slices == 1 || l < self.slices,
             "layer {l} of {}",
             self.slices
