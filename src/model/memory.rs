@@ -261,7 +261,7 @@ pub fn check<B: Backend>(b: &B, p: &Proposal) -> Result<Checked> {
 }
 
 /// `check` for a model to be built from `ck` (opened, not read) to run forward only (eval,
-/// sample), named by its preset where the checkpoint records one.
+/// sample, export), named by its preset where the checkpoint records one.
 pub fn check_checkpoint<B: Backend>(
     b: &B,
     ck: &CheckpointSource,
