@@ -3,8 +3,7 @@
 use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{default_corpus, BatchShape, ShardSet};
-use crate::model::memory;
-use crate::model::{hf, ActivationPlan, Gpt, Keep};
+use crate::model::{hf, ActivationPlan, Keep};
 use crate::train::{checkpoint, evaluate, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -71,9 +70,7 @@ fn eval<B: Backend>(b: &B, a: &Args) -> Result<()> {
         seq,
         keep: Keep::Nothing,
     };
-    let memory = memory::check_checkpoint(b, &ck, plan)?;
-    eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_source(b, ck, plan)?;
+    let mut model = super::checked_model(b, ck, plan)?;
     let max_batches = a.max_batches.map_or(usize::MAX, |n| n as usize);
     let (scored, how) = match a.stride {
         Some(stride) => {

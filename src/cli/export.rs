@@ -4,7 +4,7 @@
 use crate::backend::cpu::Cpu;
 use crate::data::EOT_TOKEN;
 use crate::lowrank::LowRankMode;
-use crate::model::{hf, memory, ActivationPlan, Gpt, GptConfig, Keep};
+use crate::model::{hf, ActivationPlan, GptConfig, Keep};
 use crate::train::atomic;
 use crate::train::tensor_file::{self, Outgoing, Values};
 use anyhow::{bail, ensure, Context, Result};
@@ -51,10 +51,8 @@ pub fn run(a: Args) -> Result<()> {
     let ck = hf::open_model_checkpoint(&a.ckpt)?;
     // Products of the factors on the host (f32 GEMMs), whatever device trained the model: it
     // holds the model and one low-rank layer's product (within the plan's margin).
-    let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
-    eprintln!("{}", memory.describe());
     let (preset, config) = (ck.preset.clone(), ck.config);
-    let model = Gpt::from_source(&Cpu, ck, WEIGHTS_ONLY)?;
+    let model = super::checked_model(&Cpu, ck, WEIGHTS_ONLY)?;
     let merged = model.layout().lowrank().len();
     let tensors = model.dense_tensors()?;
     let count = tensors.len();
@@ -128,9 +126,7 @@ fn adapter(a: &Args) -> Result<()> {
         a.ckpt.display()
     );
     let file = fresh(a, "adapter_model.safetensors")?;
-    let memory = memory::check_checkpoint(&Cpu, &ck, WEIGHTS_ONLY)?;
-    eprintln!("{}", memory.describe());
-    let model = Gpt::from_source(&Cpu, ck, WEIGHTS_ONLY)?;
+    let model = super::checked_model(&Cpu, ck, WEIGHTS_ONLY)?;
     let (factors, targets) = model.lora_adapter_tensors()?;
     let mut tensors: Vec<Outgoing> = factors.iter().map(|t| t.view().into()).collect();
     // Trained embeddings travel as PEFT's modules_to_save: whole copies of wte and wpe, and of

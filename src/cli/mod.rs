@@ -38,6 +38,9 @@ pub mod selftest;
 pub mod tokenize;
 pub mod train;
 
+use crate::backend::Backend;
+use crate::model::hf::CheckpointSource;
+use crate::model::{memory, ActivationPlan, Gpt};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -139,4 +142,17 @@ fn interrupt_flag(
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(interrupted)
+}
+
+/// The model a command that only runs it forward (eval, sample, export) builds from `ck`: its
+/// memory checked first, from the checkpoint's header, and the plan printed on stderr (stdout
+/// is the command's output).
+fn checked_model<B: Backend>(
+    b: &B,
+    ck: CheckpointSource,
+    plan: ActivationPlan,
+) -> anyhow::Result<Gpt<B>> {
+    let memory = memory::check_checkpoint(b, &ck, plan)?;
+    eprintln!("{}", memory.describe());
+    Gpt::from_source(b, ck, plan)
 }

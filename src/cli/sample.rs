@@ -4,8 +4,7 @@ use crate::backend::Backend;
 use crate::cli::train::Device;
 use crate::data::{tokenizer, EOT_TOKEN};
 use crate::model::generate::{generate, Sampling};
-use crate::model::memory;
-use crate::model::{hf, ActivationPlan, Gpt, Keep};
+use crate::model::{hf, ActivationPlan, Keep};
 use crate::util::rng::Rng;
 use anyhow::{ensure, Result};
 use std::io::Write;
@@ -76,9 +75,7 @@ fn sample<B: Backend>(b: &B, a: &Args) -> Result<()> {
         seq: window,
         keep: Keep::KvCache,
     };
-    let memory = memory::check_checkpoint(b, &ck, plan)?;
-    eprintln!("{}", memory.describe());
-    let mut model = Gpt::from_source(b, ck, plan)?;
+    let mut model = super::checked_model(b, ck, plan)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
