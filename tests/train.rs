@@ -84,6 +84,14 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     assert!(train(&base, &["--steps", "2"]).status.success());
     let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
     straight_and_resumed("lora", &[&LORA_ALL[..], &base_arg[..]].concat());
+    // A dense run from another's weights: the rank log measures W − W0 from --init-from's.
+    let from = [
+        "--init-from",
+        base.to_str().unwrap(),
+        "--rank-log-every",
+        "1",
+    ];
+    straight_and_resumed("init-from", &from);
     let ra = straight_and_resumed("dense", &[]);
     for key in [
         "step",

@@ -81,7 +81,7 @@ fn bench<B: Backend>(b: &B, a: &Args) -> Result<()> {
             model.layout().trainable_len(),
             &model.param_groups(lowrank),
         )?;
-        let mut ranks = RankSchedule::new(lowrank, &model, None);
+        let mut ranks = RankSchedule::new(lowrank, b, &model, None)?;
         let mut rng = Rng::new(0);
         let tokens: Vec<u32> = (0..a.batch * (a.seq + 1))
             .map(|_| rng.below(50257) as u32)

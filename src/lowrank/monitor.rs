@@ -7,7 +7,7 @@
 use super::spectrum::live_spectra;
 use crate::backend::{Backend, Buffer, DType, Gemm, Ref};
 use crate::linalg::{explained_rank, gram_explained_rank};
-use crate::model::{BlockTensor, Gpt, ParamLayout};
+use crate::model::{BlockTensor, Gpt};
 use anyhow::Result;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -53,25 +53,40 @@ pub struct DenseMonitor {
 }
 
 impl DenseMonitor {
-    /// Keeps W0 of every dense MLP matrix from `initial` (the parameters at step 0, host f32).
-    pub fn new(layout: &ParamLayout, n_layer: usize, initial: &[f32]) -> Self {
-        let mut layers = Vec::new();
-        for l in 0..n_layer {
-            for kind in [BlockTensor::FcWeight, BlockTensor::FcProjWeight] {
-                if layout.lowrank_index(l, kind).is_some() {
-                    continue;
-                }
+    /// Keeps W0 of every dense MLP matrix: with `seed`, GPT-2's init that seed draws (a resumed
+    /// run's model holds its checkpoint's values), else `model`'s values now, its starting
+    /// weights, copied to the host matrix by matrix.
+    pub fn new<B: Backend>(b: &B, model: &Gpt<B>, seed: Option<u64>) -> Result<Self> {
+        let layout = model.layout();
+        let dense: Vec<(usize, BlockTensor)> = (0..model.config().n_layer)
+            .flat_map(|l| [(l, BlockTensor::FcWeight), (l, BlockTensor::FcProjWeight)])
+            .filter(|&(l, kind)| layout.lowrank_index(l, kind).is_none())
+            .collect();
+        let w0s: Vec<Vec<f32>> = match seed {
+            // On every core, as the model's init draws them.
+            Some(seed) => (dense.par_iter())
+                .map(|&(l, kind)| layout.init_block(l, kind, seed))
+                .collect(),
+            None => (dense.iter())
+                .map(|&(l, kind)| {
+                    let t = layout.block(l, kind);
+                    b.download(model.params().at(t.offset, t.len()))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let layers = (dense.into_iter().zip(w0s))
+            .map(|((l, kind), w0)| {
                 let t = layout.block(l, kind);
-                layers.push(DenseLayer {
+                DenseLayer {
                     prefix: t.name.trim_end_matches(".weight").to_string(),
                     offset: t.offset,
                     n_in: t.shape[0],
                     n_out: t.shape[1],
-                    w0: initial[t.offset..t.offset + t.len()].to_vec(),
-                });
-            }
-        }
-        DenseMonitor { layers }
+                    w0,
+                }
+            })
+            .collect();
+        Ok(DenseMonitor { layers })
     }
 
     pub fn ranks<B: Backend>(&mut self, b: &B, model: &Gpt<B>) -> Result<Vec<LayerRank>> {

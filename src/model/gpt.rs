@@ -201,7 +201,7 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// `with_plan`'s model with every parameter zero, for a checkpoint's tensors to replace.
-    pub(super) fn unset(
+    pub fn unset(
         backend: &B,
         config: GptConfig,
         lr: &LowRankConfig,

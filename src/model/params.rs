@@ -377,19 +377,32 @@ impl ParamLayout {
             .into_par_iter()
             .zip(&self.tensors)
             .enumerate()
-            .for_each(|(i, (part, t))| match t.init {
-                Init::Zeros => {}
-                Init::Ones => part.fill(1.0),
-                Init::Normal { std, drawn } => {
-                    let mut rng =
-                        Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let n = drawn.min(part.len());
-                    part[..n]
-                        .iter_mut()
-                        .for_each(|x| *x = (rng.normal() * std) as f32);
-                }
-            });
+            .for_each(|(i, (part, t))| init_tensor(t, i, seed, part));
         values
+    }
+
+    /// Block tensor `t` of `layer` as `init_values(seed)` holds it.
+    pub fn init_block(&self, layer: usize, t: BlockTensor, seed: u64) -> Vec<f32> {
+        let index = self.blocks[layer][t as usize];
+        let tensor = &self.tensors[index];
+        let mut values = vec![0.0; tensor.len()];
+        init_tensor(tensor, index, seed, &mut values);
+        values
+    }
+}
+
+/// Tensor `index`'s initial values into `part`, zeros until then.
+fn init_tensor(t: &TensorView, index: usize, seed: u64, part: &mut [f32]) {
+    match t.init {
+        Init::Zeros => {}
+        Init::Ones => part.fill(1.0),
+        Init::Normal { std, drawn } => {
+            let mut rng = Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let n = drawn.min(part.len());
+            part[..n]
+                .iter_mut()
+                .for_each(|x| *x = (rng.normal() * std) as f32);
+        }
     }
 }
 

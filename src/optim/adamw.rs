@@ -4,7 +4,7 @@
 //! first-moment buffer.
 
 use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, Mut, Ref};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 /// A contiguous run of parameters sharing a weight-decay setting and a learning-rate scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -180,25 +180,31 @@ impl<B: Backend> AdamWOptimizer<B> {
         [self.m.at(0, self.state_len), self.v.at(0, self.state_len)]
     }
 
-    /// Restores `state()` from a checkpoint; one written before moments were kept for the trained
-    /// groups alone (in the parameters' layout, one value per parameter) is read too.
-    pub fn load_state(&mut self, b: &B, m: &[f32], v: &[f32]) -> Result<()> {
+    /// Restores `state()` from a checkpoint whose moments hold `len` values each, which
+    /// `read(i, dst)` writes into `dst` (i = 0 for m, 1 for v): straight into the moments, on a
+    /// host backend. One written before moments were kept for the trained groups alone (in the
+    /// parameters' layout, one value per parameter) is read too, through a copy.
+    pub fn load_state(
+        &mut self,
+        b: &B,
+        len: usize,
+        read: &mut dyn FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
         let (held, n) = (self.state_len, self.params);
-        match (m.len(), v.len()) {
-            (a, c) if a == held && c == held => {
-                b.upload(m, self.m.at_mut(0, held))?;
-                b.upload(v, self.v.at_mut(0, held))
-            }
-            (a, c) if a == n && c == n => {
-                for s in &self.slots {
-                    let (from, len) = (s.group.offset, s.group.len);
-                    b.upload(&m[from..from + len], self.m.at_mut(s.state, len))?;
-                    b.upload(&v[from..from + len], self.v.at_mut(s.state, len))?;
-                }
-                Ok(())
-            }
-            (a, _) => bail!("the checkpoint's optimiser state holds {a} values; this model's optimiser keeps {held} (for {n} parameters): was it written by another configuration?"),
+        if len == held {
+            b.upload_with(self.m.at_mut(0, held), &mut |dst| read(0, dst))?;
+            return b.upload_with(self.v.at_mut(0, held), &mut |dst| read(1, dst));
         }
+        ensure!(len == n, "the checkpoint's optimiser state holds {len} values; this model's optimiser keeps {held} (for {n} parameters): was it written by another configuration?");
+        for (i, moment) in [&mut self.m, &mut self.v].into_iter().enumerate() {
+            let mut per_param = vec![0.0; n];
+            read(i, &mut per_param)?;
+            for s in &self.slots {
+                let (from, len) = (s.group.offset, s.group.len);
+                b.upload(&per_param[from..from + len], moment.at_mut(s.state, len))?;
+            }
+        }
+        Ok(())
     }
 
     /// One step at learning rate `lr`: the trained groups' gradient norm is measured, the gradient
@@ -405,19 +411,29 @@ mod tests {
             group(6, 2, 1.0),
         ];
         let new = || AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 8, &groups).unwrap();
+        // Moments served as a checkpoint's file serves them, each into the window it is given.
+        let load = |opt: &mut AdamWOptimizer<Cpu>, m: &[f32], v: &[f32]| {
+            assert_eq!(m.len(), v.len());
+            opt.load_state(&Cpu, m.len(), &mut |i, dst| {
+                dst.copy_from_slice([m, v][i]);
+                Ok(())
+            })
+        };
         let mut opt = new();
         let m: Vec<f32> = (1..=5).map(|x| x as f32).collect();
         let v: Vec<f32> = (11..=15).map(|x| x as f32).collect();
-        opt.load_state(&Cpu, &m, &v).unwrap();
+        load(&mut opt, &m, &v).unwrap();
         let got = opt.moments(6, 2).unwrap().map(|w| Cpu.download(w).unwrap());
         assert_eq!(got, [vec![4.0, 5.0], vec![14.0, 15.0]]);
         // One value per parameter (the layout checkpoints had before): the trained windows.
         let mut old = new();
         let per_param: Vec<f32> = (0..8).map(|x| x as f32).collect();
-        old.load_state(&Cpu, &per_param, &per_param).unwrap();
+        let per_param_v: Vec<f32> = (0..8).map(|x| 10.0 + x as f32).collect();
+        load(&mut old, &per_param, &per_param_v).unwrap();
         let got = old.state().map(|w| Cpu.download(w).unwrap());
         assert_eq!(got[0], vec![2.0, 3.0, 4.0, 6.0, 7.0]);
-        let e = new().load_state(&Cpu, &[0.0; 3], &[0.0; 3]).unwrap_err();
+        assert_eq!(got[1], vec![12.0, 13.0, 14.0, 16.0, 17.0]);
+        let e = load(&mut new(), &[0.0; 3], &[0.0; 3]).unwrap_err();
         assert!(e.to_string().contains("holds 3 values"), "{e}");
     }
 

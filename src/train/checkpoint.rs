@@ -6,10 +6,10 @@
 
 use super::atomic;
 use super::config::TrainConfig;
-use super::tensor_file::{self, FlatTensors, HostTensor, TensorFile, TensorRef};
+use super::tensor_file::{self, FlatTensors, TensorFile, TensorRef, TensorSource};
 use crate::data::LoaderPosition;
 use crate::lowrank::LiveRank;
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
@@ -43,13 +43,49 @@ pub struct RankState {
     pub truncated: bool,
 }
 
-/// A checkpoint read back from disk.
-pub struct Checkpoint {
+/// optimizer.safetensors' tensors: AdamW's first and second moments.
+const MOMENTS: [&str; 2] = ["adamw.m", "adamw.v"];
+
+/// A checkpoint to resume from, its files' headers read and their values not yet: the run reads
+/// them straight into its weights and moments (`Moments::read_into`).
+pub struct OpenCheckpoint {
     pub dir: PathBuf,
-    pub model: Vec<HostTensor>,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    pub model: TensorFile,
+    pub moments: Moments,
     pub state: TrainState,
+}
+
+/// A checkpoint's AdamW moments, not read yet.
+pub struct Moments {
+    file: TensorFile,
+    /// Values in each moment.
+    pub len: usize,
+}
+
+impl Moments {
+    fn open(dir: &Path) -> Result<Moments> {
+        let path = dir.join("optimizer.safetensors");
+        let file = TensorFile::open(&path)?;
+        let lens = MOMENTS.map(|name| {
+            (file.shapes())
+                .find(|(n, _)| *n == name)
+                .map(|(_, shape)| shape.iter().product::<usize>())
+                .with_context(|| format!("{}: optimizer state lacks {name}", dir.display()))
+        });
+        let [m, v] = lens;
+        let (m, v) = (m?, v?);
+        ensure!(
+            m == v,
+            "{} is damaged: its moments hold {m} and {v} values",
+            path.display()
+        );
+        Ok(Moments { file, len: m })
+    }
+
+    /// Moment `i` (0: m, 1: v) into `dst`, of `len` values.
+    pub fn read_into(&mut self, i: usize, dst: &mut [f32]) -> Result<()> {
+        self.file.read_into(MOMENTS[i], dst)
+    }
 }
 
 /// Writes a checkpoint of `state.step` under `run_dir` and makes it the latest. A write that fails
@@ -126,8 +162,7 @@ fn write_files(
     }
     tensor_file::save_views(&dir.join("model.safetensors"), model.views(), meta)?;
     let shapes = [[m.len()], [v.len()]];
-    let moments = [("adamw.m", m), ("adamw.v", v)]
-        .into_iter()
+    let moments = (MOMENTS.into_iter().zip([m, v]))
         .zip(&shapes)
         .map(|((name, data), shape)| TensorRef { name, shape, data });
     tensor_file::save_views(&dir.join("optimizer.safetensors"), moments, HashMap::new())?;
@@ -192,24 +227,15 @@ pub fn open_model(path: &Path) -> Result<CheckpointModel> {
     Ok(CheckpointModel { dir, model, state })
 }
 
-/// Loads the latest checkpoint of a run directory (or a checkpoint directory itself).
-pub fn load(path: &Path) -> Result<Checkpoint> {
+/// Opens the latest checkpoint of a run directory (or a checkpoint directory itself) to resume
+/// from: its state read, its tensor files' headers checked.
+pub fn open(path: &Path) -> Result<OpenCheckpoint> {
     let CheckpointModel { dir, model, state } = open_model(path)?;
-    let model = model.read()?;
-    let (mut moments, _) = tensor_file::load(&dir.join("optimizer.safetensors"))?;
-    let mut take = |name: &str| -> Result<Vec<f32>> {
-        let i = moments
-            .iter()
-            .position(|t| t.name == name)
-            .with_context(|| format!("{}: optimizer state lacks {name}", dir.display()))?;
-        Ok(moments.swap_remove(i).data)
-    };
-    let (m, v) = (take("adamw.m")?, take("adamw.v")?);
-    Ok(Checkpoint {
+    let moments = Moments::open(&dir)?;
+    Ok(OpenCheckpoint {
         dir,
         model,
-        m,
-        v,
+        moments,
         state,
     })
 }

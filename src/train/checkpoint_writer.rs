@@ -36,16 +36,21 @@ pub struct CheckpointWriter {
     spare: Option<Snapshot>,
     written: u32,
     writing: Duration,
+    /// Where `settle` says that a checkpoint failed: above the progress bar, which a plain line
+    /// on stderr would be drawn into (and, as the bar redraws, wiped with).
+    warn: Box<dyn Fn(&str)>,
 }
 
 impl CheckpointWriter {
-    pub fn new(run_dir: &Path) -> Self {
+    /// Writes under `run_dir`; `warn` prints a warning line.
+    pub fn new(run_dir: &Path, warn: impl Fn(&str) + 'static) -> Self {
         CheckpointWriter {
             run_dir: run_dir.to_path_buf(),
             pending: None,
             spare: None,
             written: 0,
             writing: Duration::ZERO,
+            warn: Box::new(warn),
         }
     }
 
@@ -114,14 +119,14 @@ impl CheckpointWriter {
         (self.written, self.writing)
     }
 
-    /// Waits for the checkpoint in flight, saying on stderr if it failed: before a run that
-    /// stops for another reason names its last complete checkpoint.
+    /// Waits for the checkpoint in flight, warning if it failed: before a run that stops for
+    /// another reason names its last complete checkpoint.
     pub fn settle(&mut self) {
         if let Err(f) = self.wait() {
-            eprintln!(
+            (self.warn)(&format!(
                 "warning: the checkpoint of step {} could not be written: {:#}",
                 f.step, f.error
-            );
+            ));
         }
     }
 }
@@ -130,5 +135,87 @@ impl Drop for CheckpointWriter {
     /// A run that stops on an error still completes the checkpoint it had started.
     fn drop(&mut self) {
         self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::LoaderPosition;
+    use crate::train::config::{Device, TrainConfig};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn snapshot(step: u32) -> Snapshot {
+        let config = TrainConfig {
+            model: "tiny".into(),
+            data: None,
+            val_data: None,
+            batch: 1,
+            seq: 8,
+            accum: 1,
+            lr: 1e-3,
+            final_lr_frac: 0.1,
+            warmup: 1,
+            steps: step,
+            decay: crate::optim::Decay::Cosine,
+            weight_decay: 0.1,
+            clip: 1.0,
+            eval_every: 0,
+            eval_batches: 1,
+            checkpoint_every: 1,
+            seed: 1,
+            lowrank: Default::default(),
+            init_from: None,
+            recompute_gelu: false,
+            device: Device::Cpu,
+        };
+        let loader = LoaderPosition {
+            seed: 1,
+            epoch: 0,
+            index: 0,
+            windows_per_epoch: 1,
+        };
+        Snapshot {
+            model: FlatTensors {
+                values: vec![1.0],
+                spans: Vec::new(),
+            },
+            m: vec![0.0],
+            v: vec![0.0],
+            state: TrainState {
+                step,
+                tokens: 0,
+                loader,
+                config,
+                ranks: None,
+                lora_base_fingerprint: None,
+            },
+        }
+    }
+
+    /// A checkpoint that fails while the run stops for another reason is reported through the
+    /// printer the run gives (its progress bar's), not written across the bar.
+    #[test]
+    fn a_failed_checkpoint_is_reported_through_the_warning_printer() {
+        // The run directory is a file: the checkpoint's directory cannot be made in it.
+        let run_dir = std::env::temp_dir().join(format!("lowrank-writer-{}", std::process::id()));
+        std::fs::write(&run_dir, b"not a directory").unwrap();
+        let said = Rc::new(RefCell::new(Vec::<String>::new()));
+        let mut writer = CheckpointWriter::new(&run_dir, {
+            let said = said.clone();
+            move |w: &str| said.borrow_mut().push(w.to_string())
+        });
+        writer.start(snapshot(7)).unwrap();
+        writer.settle();
+        // Settled: nothing is left in flight for the drop to report again.
+        drop(writer);
+        std::fs::remove_file(&run_dir).unwrap();
+        let said = said.borrow();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("warning: the checkpoint of step 7 could not be written: "),
+            "{said:?}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod progress;
 pub mod ranks;
 pub mod run;
+mod stops;
 pub mod tensor_file;
 
 pub use config::TrainConfig;

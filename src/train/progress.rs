@@ -3,6 +3,8 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
+/// Clones share one bar.
+#[derive(Clone)]
 pub struct Progress {
     bar: Option<ProgressBar>,
     /// What is counted: "step" (training), "batch" (evaluation).

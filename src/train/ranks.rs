@@ -26,15 +26,28 @@ pub struct RankSchedule {
 }
 
 impl RankSchedule {
-    /// `initial` is the dense run's parameters at step 0 (regenerated from the seed on resume).
-    pub fn new<B: Backend>(cfg: &LowRankConfig, model: &Gpt<B>, initial: Option<&[f32]>) -> Self {
-        let dense = initial
-            .filter(|_| !cfg.is_low_rank() && cfg.rank_log_every > 0)
-            .map(|w0| DenseMonitor::new(model.layout(), model.config().n_layer, w0));
-        RankSchedule {
+    /// The schedule of `model`. A dense run that logs ranks keeps its MLP matrices' starting
+    /// values, the W0 of the W − W0 it measures: the model's now, or with `redraw`, GPT-2's init
+    /// drawn again from that seed (a resumed run's model holds its checkpoint's values).
+    pub fn new<B: Backend>(
+        cfg: &LowRankConfig,
+        b: &B,
+        model: &Gpt<B>,
+        redraw: Option<u64>,
+    ) -> Result<Self> {
+        let dense = match Self::monitors_dense(cfg) {
+            true => Some(DenseMonitor::new(b, model, redraw)?),
+            false => None,
+        };
+        Ok(RankSchedule {
             cfg: cfg.clone(),
             dense,
-        }
+        })
+    }
+
+    /// Whether a run of `cfg` measures its dense matrices' ranks, against their starting values.
+    pub fn monitors_dense(cfg: &LowRankConfig) -> bool {
+        !cfg.is_low_rank() && cfg.rank_log_every > 0
     }
 
     /// Restores the live ranks a checkpoint recorded.

@@ -1,14 +1,16 @@
 //! The training loop, written once against `Backend`: micro-batches with gradient accumulation,
 //! AdamW with clipping and the LR schedule, evaluation, metrics, progress, checkpoints, Ctrl-C.
 
-use super::checkpoint::{self, TrainState};
-use super::checkpoint_writer::{CheckpointWriter, Snapshot, WriteFailed};
+use super::checkpoint::{self, OpenCheckpoint, TrainState};
+use super::checkpoint_writer::{CheckpointWriter, Snapshot};
 use super::config::TrainConfig;
 use super::metrics::{MetricsWriter, StepRecord};
 use super::progress::Progress;
 use super::ranks::RankSchedule;
+use super::stops::{checkpoint_failed, refuse_to_overwrite, run_diverged, run_stops};
+use super::tensor_file::TensorSource;
 use super::{atomic, evaluate};
-use crate::backend::{Backend, Buffer};
+use crate::backend::Backend;
 use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_TOKEN};
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
@@ -146,7 +148,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             },
         },
     )?;
-    let mut resume = opts.resume.as_deref().map(checkpoint::load).transpose()?;
+    let resume = opts.resume.as_deref().map(checkpoint::open).transpose()?;
     if let Some(ck) = &resume {
         if let Some(diff) = cfg.resume_mismatch(&ck.state.config) {
             bail!("cannot resume from {}: it was trained with different {diff}; pass the same settings or start a new run", ck.dir.display());
@@ -168,7 +170,16 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let (train_set, val_set) = open_data(&cfg)?;
     // The model first: its shape checks (--seq against the context, say) refuse a run before the
     // output directory exists.
-    let mut model = Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?;
+    // A resumed run's checkpoint replaces every value: its model is built without GPT-2's init
+    // (GPT-2 medium's 355M normal draws, seconds) and --init-from is not read again. A dense
+    // run's rank log measures W − W0 from the starting weights: GPT-2's init, which it draws
+    // again for its MLP matrices alone, or --init-from's, for which the model starts as it did.
+    let starting_weights =
+        resume.is_none() || (RankSchedule::monitors_dense(&cfg.lowrank) && cfg.init_from.is_some());
+    let mut model = match starting_weights {
+        true => Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?,
+        false => Gpt::unset(b, gpt_config, &cfg.lowrank, plan)?,
+    };
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(
@@ -185,7 +196,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         lora_base = Some((path, tensors, fingerprint));
     }
-    if let Some(init) = &cfg.init_from {
+    if let Some(init) = cfg.init_from.as_ref().filter(|_| starting_weights) {
         // Read tensor by tensor into the weights: the checkpoint is not held beside the model.
         let tensors = open_model_checkpoint(Path::new(init))
             .and_then(|src| src.into_tensors())
@@ -194,12 +205,9 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             .load_hf_tensors(b, tensors)
             .with_context(|| format!("--init-from {init} does not fit --model {}", cfg.model))?;
     }
-    // A dense run's W0 for rank monitoring: its starting weights (the seeded init or
-    // --init-from's), taken before a resumed run's checkpoint replaces them.
-    let initial = match cfg.lowrank.is_low_rank() {
-        true => None,
-        false => Some(b.download(model.params().all())?),
-    };
+    // Before a resumed run's checkpoint replaces the starting weights.
+    let redraw = (!starting_weights).then_some(cfg.seed);
+    let mut ranks = RankSchedule::new(&cfg.lowrank, b, &model, redraw)?;
     let adamw = AdamWConfig {
         weight_decay: cfg.weight_decay,
         clip: cfg.clip,
@@ -213,29 +221,37 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     };
     let mut loader = Loader::new(&train_set, shape, cfg.seed)?;
     let (mut step, mut tokens) = (0u32, 0u64);
-    if let Some(ck) = &mut resume {
-        let saved = std::mem::take(&mut ck.model);
-        let tensors = match (&ck.state.lora_base_fingerprint, lora_base.as_mut()) {
-            (Some(recorded), Some((path, base, fingerprint))) => {
-                complete_lora(saved, std::mem::take(base), path, fingerprint, recorded)?
-            }
-            _ => saved,
-        };
-        model.load_hf_tensors(b, tensors)?;
-        RankSchedule::restore(&mut model, ck.state.ranks.as_ref())?;
-        // Taken, not borrowed: the moments' host copy is not held through the run.
-        let (m, v) = (std::mem::take(&mut ck.m), std::mem::take(&mut ck.v));
-        opt.load_state(b, &m, &v)
-            .with_context(|| format!("resuming from {}", ck.dir.display()))?;
-        opt.step = ck.state.step;
-        loader.restore(&ck.state.loader)?;
-        (step, tokens) = (ck.state.step, ck.state.tokens);
-    }
     // Checkpoints leave the base out only where its fingerprint vouches for the frozen weights: a
     // run resumed from a checkpoint that holds them (written before checkpoints left them out) may
     // have trained on a base that has changed on disk since, so it keeps writing them.
     let full_checkpoint =
         (resume.as_ref()).is_some_and(|ck| ck.state.lora_base_fingerprint.is_none());
+    if let Some(ck) = resume {
+        // Read tensor by tensor into the weights and moments: the checkpoint is not held beside
+        // the model (a LoRA run's trained tensors are completed from its base in memory).
+        let OpenCheckpoint {
+            dir,
+            model: saved,
+            mut moments,
+            state,
+        } = ck;
+        let tensors: Box<dyn TensorSource> =
+            match (&state.lora_base_fingerprint, lora_base.as_mut()) {
+                (Some(recorded), Some((path, base, fingerprint))) => {
+                    let trained = saved.read()?;
+                    let base = std::mem::take(base);
+                    Box::new(complete_lora(trained, base, path, fingerprint, recorded)?)
+                }
+                _ => Box::new(saved),
+            };
+        model.load_hf_tensors(b, tensors)?;
+        RankSchedule::restore(&mut model, state.ranks.as_ref())?;
+        opt.load_state(b, moments.len, &mut |i, dst| moments.read_into(i, dst))
+            .with_context(|| format!("resuming from {}", dir.display()))?;
+        opt.step = state.step;
+        loader.restore(&state.loader)?;
+        (step, tokens) = (state.step, state.tokens);
+    }
     let lora_fingerprint = match full_checkpoint {
         true => None,
         false => lora_base.map(|(_, _, fingerprint)| fingerprint),
@@ -249,8 +265,6 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         let shown: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
         progress.println(&format!("settings: {}", shown.join(" ")));
     }
-    let mut ranks = RankSchedule::new(&cfg.lowrank, &model, initial.as_deref());
-    drop(initial);
 
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let mut summary = RunSummary {
@@ -260,7 +274,10 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         interrupted: false,
         checkpoints: CheckpointCost::default(),
     };
-    let mut writer = CheckpointWriter::new(&opts.out);
+    let mut writer = CheckpointWriter::new(&opts.out, {
+        let progress = progress.clone();
+        move |warning: &str| progress.println(warning)
+    });
     while step < cfg.steps {
         // A checkpoint written behind the last steps that failed (a full disk) stops the run.
         writer.poll().map_err(|f| checkpoint_failed(&opts.out, f))?;
@@ -480,69 +497,6 @@ fn take_snapshot<B: Backend>(
     Ok(Snapshot { model, m, v, state })
 }
 
-/// A checkpoint that could not be written (a full disk) stops the run.
-fn checkpoint_failed(out: &Path, f: WriteFailed) -> anyhow::Error {
-    let what = format!("the checkpoint of step {} could not be written", f.step);
-    let stops = run_stops(out, &what, &f.error);
-    f.error.context(stops)
-}
-
-/// What a failed write leaves: the run stops, and the last complete checkpoint (if any) is where
-/// it continues from once what failed the write (`error`) is mended.
-fn run_stops(out: &Path, what: &str, error: &anyhow::Error) -> String {
-    let last = match last_checkpoint(out) {
-        Some(dir) => format!(
-            "the last complete checkpoint, {}, is intact: {}continue from it with --resume {}",
-            dir.display(),
-            remedy(error, out),
-            out.display()
-        ),
-        None => "no earlier checkpoint was written".to_string(),
-    };
-    format!("{what}, so the run stops; {last}")
-}
-
-/// What to mend before resuming, from the operating system's error under `error`: space for a
-/// full disk, quota or file-size limit, permission for a refused or read-only directory, and
-/// nothing named otherwise (the error itself follows the sentence).
-fn remedy(error: &anyhow::Error, out: &Path) -> String {
-    use std::io::ErrorKind::*;
-    let io = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>());
-    match io.map(std::io::Error::kind) {
-        Some(StorageFull | QuotaExceeded | FileTooLarge) => "free some space and ".to_string(),
-        Some(PermissionDenied | ReadOnlyFilesystem) => {
-            format!("make {} writable and ", out.display())
-        }
-        _ => String::new(),
-    }
-}
-
-/// What a diverged step leaves (it changed nothing): the last complete checkpoint, if any, to
-/// continue from at a lower learning rate, or a fresh start.
-fn run_diverged(out: &Path, cfg: &TrainConfig, d: &Diverged) -> String {
-    let (lr, warmup) = (cfg.lr, cfg.warmup);
-    match last_checkpoint(out) {
-        Some(dir) => format!(
-            "{d}; the last complete checkpoint, {}, is intact: continue from it with --resume {} \
-             and a lower --lr (this run's: {lr:e})",
-            dir.display(),
-            out.display()
-        ),
-        None => format!(
-            "{d} before any checkpoint was written: start again with a lower --lr (this run's: \
-             {lr:e}) or a longer --warmup (this run's: {warmup} steps)"
-        ),
-    }
-}
-
-/// The run's last complete checkpoint, if it has one (an unreadable `latest` counts as none): with
-/// none in flight (`CheckpointWriter::settle`).
-fn last_checkpoint(out: &Path) -> Option<PathBuf> {
-    checkpoint::latest_dir(out).ok().flatten()
-}
-
 /// Parameters and FLOPs per token of the configuration at its live ranks, next to dense.
 fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
     let (c, dense) = (
@@ -582,14 +536,6 @@ fn cost_line<B: Backend>(lr: &LowRankConfig, model: &Gpt<B>) -> String {
 fn flag_value(v: &impl clap::ValueEnum) -> String {
     v.to_possible_value()
         .map_or_else(String::new, |p| p.get_name().to_string())
-}
-
-/// A fresh run must not silently mix its metrics and checkpoints with an earlier run's.
-fn refuse_to_overwrite(out: &Path) -> Result<()> {
-    if checkpoint::latest_dir(out)?.is_some() || out.join("metrics.jsonl").exists() {
-        bail!("{} already holds a training run: continue it with --resume {}, or choose another --out", out.display(), out.display());
-    }
-    Ok(())
 }
 
 fn banner<B: Backend>(
@@ -646,33 +592,7 @@ fn sample<B: Backend>(b: &B, model: &mut Gpt<B>, tokens: usize, step: u32) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::{remedy, split_windows};
-    use anyhow::Context;
-    use std::io::{Error, ErrorKind};
-    use std::path::Path;
-
-    /// The advice before `--resume` follows the operating system's error under the context the
-    /// writer adds: a full disk (or quota, or file-size limit) asks for space, a refused or
-    /// read-only directory for permission, anything else (an I/O error) names no remedy.
-    #[test]
-    fn a_failed_write_is_told_what_to_mend() {
-        let failed = |kind: ErrorKind| {
-            let e: anyhow::Result<()> = Err(Error::from(kind)).context("writing model.safetensors");
-            remedy(&e.unwrap_err(), Path::new("runs/x"))
-        };
-        for kind in [
-            ErrorKind::StorageFull,
-            ErrorKind::QuotaExceeded,
-            ErrorKind::FileTooLarge,
-        ] {
-            assert_eq!(failed(kind), "free some space and ", "{kind:?}");
-        }
-        for kind in [ErrorKind::PermissionDenied, ErrorKind::ReadOnlyFilesystem] {
-            assert_eq!(failed(kind), "make runs/x writable and ", "{kind:?}");
-        }
-        assert_eq!(failed(ErrorKind::Other), "");
-        assert_eq!(remedy(&anyhow::anyhow!("no I/O error"), Path::new("x")), "");
-    }
+    use super::split_windows;
 
     #[test]
     fn windows_split_into_shifted_inputs_and_targets() {
