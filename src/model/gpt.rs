@@ -225,7 +225,9 @@ impl<B: Backend> Gpt<B> {
             .alloc(DType::F32, layout.len())
             .context("allocating the parameters")?;
         if let Some(seed) = init {
-            backend.upload(&initial_values(&layout, lr, seed)?, params.all_mut())?;
+            // Drawn straight into the parameters on a host backend.
+            let mut init = |values: &mut [f32]| initial_values(&layout, lr, seed, values);
+            backend.upload_with(params.all_mut(), &mut init)?;
         }
         let compute_copy = match backend.compute_dtype() {
             DType::F32 => None,
@@ -559,10 +561,16 @@ fn only_forward() -> anyhow::Error {
     )
 }
 
-/// The layout's GPT-2 init, with each low-rank layer's factors from `lowrank::start_factors`
-/// (each layer on its own generator, seeded by `seed` and the layer's index).
-fn initial_values(layout: &ParamLayout, lr: &LowRankConfig, seed: u64) -> Result<Vec<f32>> {
-    let mut values = layout.init_values(seed);
+/// The layout's GPT-2 init into `values`, with each low-rank layer's factors from
+/// `lowrank::start_factors` (each layer on its own generator, seeded by `seed` and the layer's
+/// index).
+fn initial_values(
+    layout: &ParamLayout,
+    lr: &LowRankConfig,
+    seed: u64,
+    values: &mut [f32],
+) -> Result<()> {
+    layout.init_into(seed, values);
     for (i, lt) in layout.lowrank().iter().enumerate() {
         let l = &lt.layer;
         let width = l.width(l.start_rank(lr.rank_init));
@@ -574,5 +582,5 @@ fn initial_values(layout: &ParamLayout, lr: &LowRankConfig, seed: u64) -> Result
             values[off..off + data.len()].copy_from_slice(&data);
         }
     }
-    Ok(values)
+    Ok(())
 }

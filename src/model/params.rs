@@ -361,12 +361,16 @@ impl ParamLayout {
         SpanRole::Plain
     }
 
-    /// GPT-2's initial parameters. Each tensor draws from its own generator, seeded by `seed` and
-    /// its index, so tensors initialise in parallel and one tensor's values do not depend on
-    /// another's size.
-    pub fn init_values(&self, seed: u64) -> Vec<f32> {
-        let mut values = vec![0.0f32; self.len];
-        let mut rest = values.as_mut_slice();
+    /// GPT-2's initial parameters into `values` (the layout's length, whatever it held). Each
+    /// tensor draws from its own generator, seeded by `seed` and its index, so tensors initialise
+    /// in parallel and one tensor's values do not depend on another's size.
+    pub fn init_into(&self, seed: u64, values: &mut [f32]) {
+        assert_eq!(
+            values.len(),
+            self.len,
+            "init_into needs the layout's length"
+        );
+        let mut rest = values;
         let mut parts = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let (part, tail) = rest.split_at_mut(t.len());
@@ -378,10 +382,9 @@ impl ParamLayout {
             .zip(&self.tensors)
             .enumerate()
             .for_each(|(i, (part, t))| init_tensor(t, i, seed, part));
-        values
     }
 
-    /// Block tensor `t` of `layer` as `init_values(seed)` holds it.
+    /// Block tensor `t` of `layer` as `init_into(seed, ..)` writes it.
     pub fn init_block(&self, layer: usize, t: BlockTensor, seed: u64) -> Vec<f32> {
         let index = self.blocks[layer][t as usize];
         let tensor = &self.tensors[index];
@@ -391,17 +394,18 @@ impl ParamLayout {
     }
 }
 
-/// Tensor `index`'s initial values into `part`, zeros until then.
+/// Tensor `index`'s initial values into `part`.
 fn init_tensor(t: &TensorView, index: usize, seed: u64, part: &mut [f32]) {
     match t.init {
-        Init::Zeros => {}
+        Init::Zeros => part.fill(0.0),
         Init::Ones => part.fill(1.0),
         Init::Normal { std, drawn } => {
             let mut rng = Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let n = drawn.min(part.len());
-            part[..n]
+            let (drawn, rest) = part.split_at_mut(drawn.min(part.len()));
+            drawn
                 .iter_mut()
                 .for_each(|x| *x = (rng.normal() * std) as f32);
+            rest.fill(0.0);
         }
     }
 }
@@ -485,9 +489,15 @@ mod tests {
     fn init_follows_gpt2_and_is_deterministic_by_seed() {
         let cfg = GptConfig::preset("tiny").unwrap();
         let layout = ParamLayout::new(&cfg);
-        let values = layout.init_values(42);
-        assert_eq!(values, layout.init_values(42));
-        assert_ne!(values, layout.init_values(43));
+        // Into memory holding anything: every value is written.
+        let init = |seed| {
+            let mut values = vec![f32::NAN; layout.len()];
+            layout.init_into(seed, &mut values);
+            values
+        };
+        let values = init(42);
+        assert_eq!(values, init(42));
+        assert_ne!(values, init(43));
         let of = |name: &str| {
             let t = layout.find(name).unwrap();
             &values[t.offset..t.offset + t.len()]
