@@ -434,21 +434,42 @@ impl<B: Backend> Gpt<B> {
     /// (tensor name, index within it, master value, copy value); None when the copy is current
     /// (or there is none). A stale copy means a forward on old weights.
     pub fn stale_compute_copy(&self, b: &B) -> Result<Option<(String, usize, f32, f32)>> {
+        // 4 Mi values at a time: 8 MB on a device and 32 MB on the host, within the memory
+        // plan's margin, where the whole model cast and both copies downloaded were not planned.
+        self.first_stale(b, 1 << 22)
+    }
+
+    /// `stale_compute_copy`, `chunk` values at a time.
+    pub(super) fn first_stale(
+        &self,
+        b: &B,
+        chunk: usize,
+    ) -> Result<Option<(String, usize, f32, f32)>> {
         let Some(copy) = &self.compute_copy else {
             return Ok(None);
         };
-        let mut current = b.alloc(copy.dtype(), copy.len())?;
-        b.cast(self.params.all(), current.all_mut())?;
-        let (want, have) = (b.download(current.all())?, b.download(copy.all())?);
-        let Some(i) = (0..want.len()).find(|&i| want[i].to_bits() != have[i].to_bits()) else {
-            return Ok(None);
-        };
-        let t = (self.layout.tensors().iter())
-            .find(|t| (t.offset..t.offset + t.len()).contains(&i))
-            .map_or(("(padding)".to_string(), i), |t| {
-                (t.name.clone(), i - t.offset)
-            });
-        Ok(Some((t.0, t.1, want[i], have[i])))
+        let len = copy.len();
+        let chunk = chunk.clamp(1, len.max(1));
+        let mut current = b.alloc(copy.dtype(), chunk)?;
+        let (mut want, mut have) = (vec![0.0; chunk], vec![0.0; chunk]);
+        for start in (0..len).step_by(chunk) {
+            let n = chunk.min(len - start);
+            let (want, have) = (&mut want[..n], &mut have[..n]);
+            b.cast(self.params.at(start, n), current.at_mut(0, n))?;
+            b.download_into(current.at(0, n), want)?;
+            b.download_into(copy.at(start, n), have)?;
+            let Some(j) = (0..n).find(|&j| want[j].to_bits() != have[j].to_bits()) else {
+                continue;
+            };
+            let i = start + j;
+            let (name, at) = (self.layout.tensors().iter())
+                .find(|t| (t.offset..t.offset + t.len()).contains(&i))
+                .map_or(("(padding)".to_string(), i), |t| {
+                    (t.name.clone(), i - t.offset)
+                });
+            return Ok(Some((name, at, want[j], have[j])));
+        }
+        Ok(None)
     }
 
     /// Logits (batch·seq × padded_vocab) of the last forward without targets; columns from

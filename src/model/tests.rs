@@ -2,7 +2,7 @@
 //! names), the loss and EVERY parameter's gradient against it, the loss at init, and bad input.
 
 use super::{ActivationPlan, Gpt, GptConfig, Keep, ParamLayout};
-use crate::backend::cpu::Cpu;
+use crate::backend::cpu::{Cpu, CpuBf16};
 use crate::backend::{Backend, Buffer};
 use crate::lowrank::LowRankConfig;
 use crate::util::rng::Rng;
@@ -575,4 +575,32 @@ fn bad_input_gets_clear_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("does not split into 3 heads"), "{err}");
+}
+
+/// The compute-copy check (`train --check-compute-copy`) passes a current copy and names the
+/// first stale weight wherever it lies, whether the check's chunks are smaller than a tensor or
+/// hold the whole model.
+#[test]
+fn a_stale_compute_copy_is_named_in_any_chunk() {
+    let plan = ActivationPlan::new(1, 4);
+    let lr = LowRankConfig::default();
+    let mut gpt = Gpt::with_plan(&CpuBf16, micro(), &lr, plan, 1).unwrap();
+    let name = "transformer.h.1.mlp.c_fc.weight";
+    let offset = gpt.layout().find(name).unwrap().offset;
+    assert!(offset > 7 * 10, "past the first chunks of 7");
+    for chunk in [7, 1 << 20] {
+        assert_eq!(gpt.first_stale(&CpuBf16, chunk).unwrap(), None, "{chunk}");
+    }
+    // A master weight changed and its copy left as it was.
+    let params = gpt.params_mut();
+    CpuBf16
+        .upload(&[3.0], params.at_mut(offset + 5, 1))
+        .unwrap();
+    for chunk in [7, 1 << 20] {
+        let (tensor, i, master, copy) = gpt.first_stale(&CpuBf16, chunk).unwrap().unwrap();
+        assert_eq!((tensor.as_str(), i, master), (name, 5, 3.0), "{chunk}");
+        assert!((copy.abs()) < 0.5, "the init's value: {copy}");
+    }
+    gpt.refresh_compute_copy(&CpuBf16).unwrap();
+    assert_eq!(gpt.first_stale(&CpuBf16, 7).unwrap(), None);
 }
