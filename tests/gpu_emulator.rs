@@ -223,16 +223,20 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
 /// augmented at steps 1 and 4 and S is truncated by an SVD at step 3; the check that the bf16
 /// compute copy follows the f32 master weights) on the emulated GPU, and the same on the CPU
 /// backend in bf16: the losses agree to 0.2 % (measured: 0.005 %), where a wrong launch, buffer or
-/// update would move them by far more.
+/// update would move them by far more. A run stopped after step 2 and resumed ends where the
+/// straight run does.
 #[test]
 fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
     let Some(emu) = Emulator::get() else { return };
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu-train");
     let _ = std::fs::remove_dir_all(&out_dir);
     let mut losses = Vec::new();
-    for device in ["cuda", "cpu-bf16"] {
-        let run_dir = out_dir.join(device);
-        let args = [
+    // "cuda-resumed" stops after step 2 and is resumed: its checkpoint read back into the GPU's
+    // weights and moments, through a host staging copy, continues the straight run.
+    for run in ["cuda", "cpu-bf16", "cuda-resumed"] {
+        let run_dir = out_dir.join(run);
+        let device = run.trim_end_matches("-resumed");
+        let mut args = vec![
             "train",
             "--device",
             device,
@@ -261,14 +265,34 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
             "--out",
             run_dir.to_str().unwrap(),
         ];
-        let out = emu.run(&args, "80", "108", &[]);
-        assert!(
-            out.status.success(),
-            "train --device {device} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let resume = ["train", "--resume", run_dir.to_str().unwrap()];
+        let runs: Vec<&[&str]> = match run.ends_with("-resumed") {
+            true => {
+                args.extend(["--stop-at", "2"]);
+                vec![&args, &resume]
+            }
+            false => vec![&args],
+        };
+        for args in runs {
+            let out = emu.run(args, "80", "108", &[]);
+            assert!(
+                out.status.success(),
+                "{args:?} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         losses.push(read_losses(&run_dir.join("metrics.jsonl")));
+    }
+    // The resumed run's losses are the straight run's but for the order of the emulated
+    // blocks' atomic additions.
+    for (i, (r, g)) in losses[2].iter().zip(&losses[0]).enumerate() {
+        assert!(
+            ((r - g) / g).abs() < 1e-5,
+            "loss {i}: {r} resumed, {g} straight on the emulated GPU ({:?} vs {:?})",
+            losses[2],
+            losses[0]
+        );
     }
     let (gpu, cpu) = (&losses[0], &losses[1]);
     assert_eq!(
@@ -294,6 +318,18 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
             lowrank::train::tensor_file::load(&path).unwrap().0
         };
         let (gpu, cpu) = (load("cuda"), load("cpu-bf16"));
+        // The resumed run's weights and moments are the straight run's.
+        for (r, g) in load("cuda-resumed").iter().zip(&gpu) {
+            let d = (r.data.iter().zip(&g.data)).map(|(a, b)| ((a - b) as f64).powi(2));
+            let n = g.data.iter().map(|&b| (b as f64).powi(2));
+            let (d, n) = (d.sum::<f64>().sqrt(), n.sum::<f64>().sqrt());
+            assert!(
+                r.name == g.name && d <= 1e-4 * n + 1e-12,
+                "{file} {}: resumed {} off the straight run by {d:.3e} (|straight| = {n:.3e})",
+                g.name,
+                r.name
+            );
+        }
         let names = |ts: &[lowrank::train::tensor_file::HostTensor]| -> Vec<(String, Vec<usize>)> {
             ts.iter()
                 .map(|t| (t.name.clone(), t.shape.clone()))

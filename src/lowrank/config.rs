@@ -224,6 +224,12 @@ impl LowRankConfig {
         self.mode != LowRankMode::Dense
     }
 
+    /// True when a run logs its dense MLP matrices' ranks (r90 of W − W0 against their starting
+    /// values, which it keeps).
+    pub fn logs_dense_ranks(&self) -> bool {
+        !self.is_low_rank() && self.rank_log_every > 0
+    }
+
     /// True while a growing mode may still change ranks at `step` (stage 1).
     pub fn grows(&self) -> bool {
         matches!(self.mode, LowRankMode::Inrank | LowRankMode::Efficient)

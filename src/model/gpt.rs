@@ -197,7 +197,7 @@ impl<B: Backend> Gpt<B> {
         plan: ActivationPlan,
         seed: u64,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, plan, Some(seed))
+        Self::build(backend, config, lr, plan, Start::Init(seed))
     }
 
     /// `with_plan`'s model with every parameter zero, for a checkpoint's tensors to replace.
@@ -207,16 +207,29 @@ impl<B: Backend> Gpt<B> {
         lr: &LowRankConfig,
         plan: ActivationPlan,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, plan, None)
+        Self::build(backend, config, lr, plan, Start::Zero)
     }
 
-    /// The model, its parameters GPT-2's init seeded by `init`, or zero without one.
+    /// `with_plan`'s model for a base checkpoint to complete (LoRA's, `load_lora_base`): its
+    /// low-rank factors as `with_plan` draws them, every other parameter zero for the base to
+    /// fill (GPT-2's init of them, GPT-2 medium's 355M draws, would be thrown away).
+    pub fn for_base(
+        backend: &B,
+        config: GptConfig,
+        lr: &LowRankConfig,
+        plan: ActivationPlan,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::build(backend, config, lr, plan, Start::Factors(seed))
+    }
+
+    /// The model, its parameters as `start` says.
     fn build(
         backend: &B,
         config: GptConfig,
         lr: &LowRankConfig,
         plan: ActivationPlan,
-        init: Option<u64>,
+        start: Start,
     ) -> Result<Self> {
         let layers = plan.check(&config, lr)?;
         let (batch, seq) = (plan.batch, plan.seq);
@@ -224,9 +237,10 @@ impl<B: Backend> Gpt<B> {
         let mut params = backend
             .alloc(DType::F32, layout.len())
             .context("allocating the parameters")?;
-        if let Some(seed) = init {
+        if let Start::Init(seed) | Start::Factors(seed) = start {
             // Drawn straight into the parameters on a host backend.
-            let mut init = |values: &mut [f32]| initial_values(&layout, lr, seed, values);
+            let dense = matches!(start, Start::Init(_));
+            let mut init = |values: &mut [f32]| initial_values(&layout, lr, seed, dense, values);
             backend.upload_with(params.all_mut(), &mut init)?;
         }
         let compute_copy = match backend.compute_dtype() {
@@ -434,8 +448,9 @@ impl<B: Backend> Gpt<B> {
     /// (tensor name, index within it, master value, copy value); None when the copy is current
     /// (or there is none). A stale copy means a forward on old weights.
     pub fn stale_compute_copy(&self, b: &B) -> Result<Option<(String, usize, f32, f32)>> {
-        // 4 Mi values at a time: 8 MB on a device and 32 MB on the host, within the memory
-        // plan's margin, where the whole model cast and both copies downloaded were not planned.
+        // 4 Mi values at a time: tens of MB (the cast chunk, both chunks as f32 on the host, a
+        // device's bf16 download staged), within the memory plan's margin, where the whole model
+        // cast and both copies downloaded were not planned.
         self.first_stale(b, 1 << 22)
     }
 
@@ -582,16 +597,32 @@ fn only_forward() -> anyhow::Error {
     )
 }
 
-/// The layout's GPT-2 init into `values`, with each low-rank layer's factors from
-/// `lowrank::start_factors` (each layer on its own generator, seeded by `seed` and the layer's
-/// index).
+/// What a new model's parameters start as.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Zero: a checkpoint replaces every value.
+    Zero,
+    /// GPT-2's init seeded by the value, each low-rank layer's factors from
+    /// `lowrank::start_factors`.
+    Init(u64),
+    /// `Init`'s factors, every other value zero: a base fills them.
+    Factors(u64),
+}
+
+/// The layout's GPT-2 init into `values` (with `dense` false, zeros), with each low-rank layer's
+/// factors from `lowrank::start_factors` (each layer on its own generator, seeded by `seed` and
+/// the layer's index).
 fn initial_values(
     layout: &ParamLayout,
     lr: &LowRankConfig,
     seed: u64,
+    dense: bool,
     values: &mut [f32],
 ) -> Result<()> {
-    layout.init_into(seed, values);
+    match dense {
+        true => layout.init_into(seed, values),
+        false => values.fill(0.0),
+    }
     for (i, lt) in layout.lowrank().iter().enumerate() {
         let l = &lt.layer;
         let width = l.width(l.start_rank(lr.rank_init));

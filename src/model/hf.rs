@@ -143,7 +143,7 @@ impl<B: Backend> Gpt<B> {
         let by_name: HashMap<&str, &HostTensor> =
             tensors.iter().map(|t| (canonical(&t.name), t)).collect();
         let vocab = self.config().vocab_size;
-        let mut host = b.download(self.params().all())?;
+        let mut windows = Vec::new();
         for t in self.layout().tensors() {
             if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
                 continue;
@@ -162,9 +162,14 @@ impl<B: Backend> Gpt<B> {
                 src.shape,
                 want
             );
-            host[t.offset..t.offset + src.data.len()].copy_from_slice(&src.data);
+            windows.push((t.offset, &src.data));
         }
-        b.upload(&host, self.params_mut().all_mut())?;
+        // Each tensor into its window (the embedding's padding rows keep their zeros): no copy
+        // of the whole model on the host beside the base's tensors.
+        let params = self.params_mut();
+        for (offset, data) in windows {
+            b.upload(data, params.at_mut(offset, data.len()))?;
+        }
         self.refresh_compute_copy(b)
     }
 }

@@ -199,7 +199,7 @@ impl<B: Backend> Gpt<B> {
                 // The checkpoint's copy: every tensor off the device, then the moments.
                 mem.checkpoint = 4 * (n + 2 * state);
             }
-            if !lr.is_low_rank() && lr.rank_log_every > 0 {
+            if lr.logs_dense_ranks() {
                 // The rank log keeps each dense MLP matrix's W0 on the host, forms its update
                 // D = W − W0 (f32, twice, and in the compute dtype) and D's Gram matrix on the
                 // backend one matrix at a time, and eigensolves the Gram matrices on the host,
@@ -408,7 +408,7 @@ fn alternatives<B: Backend>(b: &B, p: &Proposal, room: &Room) -> Vec<(Alternativ
         rank_log_off: false,
     };
     let mut same_batch = Vec::new();
-    if training && !p.lr.is_low_rank() && p.lr.rank_log_every > 0 {
+    if training && p.lr.logs_dense_ranks() {
         same_batch.push(Alternative {
             rank_log_off: true,
             ..as_is

@@ -384,7 +384,8 @@ impl ParamLayout {
             .for_each(|(i, (part, t))| init_tensor(t, i, seed, part));
     }
 
-    /// Block tensor `t` of `layer` as `init_into(seed, ..)` writes it.
+    /// Block tensor `t` of `layer` as `init_into(seed, ..)` writes it: one the layout holds (a
+    /// weight low-rank factors replaced has none, and panics, as `block` does).
     pub fn init_block(&self, layer: usize, t: BlockTensor, seed: u64) -> Vec<f32> {
         let index = self.blocks[layer][t as usize];
         let tensor = &self.tensors[index];
@@ -527,5 +528,20 @@ mod tests {
             .iter()
             .all(|&v| v == 0.0));
         assert!(of("transformer.ln_f.weight").iter().all(|&v| v == 1.0));
+    }
+
+    /// A dense run's rank log draws its MLP matrices' W0 again on resume (`init_block`): the
+    /// values the whole model's init gave them.
+    #[test]
+    fn a_block_tensor_drawn_alone_equals_the_whole_init() {
+        let layout = ParamLayout::new(&GptConfig::preset("tiny").unwrap());
+        let mut values = vec![0.0; layout.len()];
+        layout.init_into(7, &mut values);
+        for (layer, t) in [(0, FcWeight), (1, FcProjWeight), (1, QkvWeight)] {
+            let view = layout.block(layer, t);
+            let whole = &values[view.offset..view.offset + view.len()];
+            assert_eq!(layout.init_block(layer, t, 7), whole, "{}", view.name);
+            assert_ne!(layout.init_block(layer, t, 8), whole, "{}", view.name);
+        }
     }
 }

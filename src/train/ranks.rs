@@ -35,7 +35,7 @@ impl RankSchedule {
         model: &Gpt<B>,
         redraw: Option<u64>,
     ) -> Result<Self> {
-        let dense = match Self::monitors_dense(cfg) {
+        let dense = match cfg.logs_dense_ranks() {
             true => Some(DenseMonitor::new(b, model, redraw)?),
             false => None,
         };
@@ -43,11 +43,6 @@ impl RankSchedule {
             cfg: cfg.clone(),
             dense,
         })
-    }
-
-    /// Whether a run of `cfg` measures its dense matrices' ranks, against their starting values.
-    pub fn monitors_dense(cfg: &LowRankConfig) -> bool {
-        !cfg.is_low_rank() && cfg.rank_log_every > 0
     }
 
     /// Restores the live ranks a checkpoint recorded.

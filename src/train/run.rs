@@ -169,16 +169,19 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     }
     let (train_set, val_set) = open_data(&cfg)?;
     // The model first: its shape checks (--seq against the context, say) refuse a run before the
-    // output directory exists.
-    // A resumed run's checkpoint replaces every value: its model is built without GPT-2's init
-    // (GPT-2 medium's 355M normal draws, seconds) and --init-from is not read again. A dense
-    // run's rank log measures W − W0 from the starting weights: GPT-2's init, which it draws
-    // again for its MLP matrices alone, or --init-from's, for which the model starts as it did.
-    let starting_weights =
-        resume.is_none() || (RankSchedule::monitors_dense(&cfg.lowrank) && cfg.init_from.is_some());
-    let mut model = match starting_weights {
-        true => Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?,
-        false => Gpt::unset(b, gpt_config, &cfg.lowrank, plan)?,
+    // output directory exists. GPT-2's init is drawn only where it stays: not under a resumed run's checkpoint, nor
+    // --init-from's weights (a dense run's), nor LoRA's base (its factors alone are drawn), each
+    // of which replaces every value it covers. A dense run's rank log measures W − W0 from the
+    // starting weights: a resumed one draws the init of its MLP matrices alone again, or reads
+    // --init-from's weights again.
+    let fresh = resume.is_none();
+    let read_init_from = fresh || cfg.lowrank.logs_dense_ranks();
+    let mut model = match (fresh, &cfg.lowrank.lora_base) {
+        (true, Some(_)) => Gpt::for_base(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?,
+        (true, None) if cfg.init_from.is_none() => {
+            Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?
+        }
+        _ => Gpt::unset(b, gpt_config, &cfg.lowrank, plan)?,
     };
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
@@ -196,7 +199,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         }
         lora_base = Some((path, tensors, fingerprint));
     }
-    if let Some(init) = cfg.init_from.as_ref().filter(|_| starting_weights) {
+    if let Some(init) = cfg.init_from.as_ref().filter(|_| read_init_from) {
         // Read tensor by tensor into the weights: the checkpoint is not held beside the model.
         let tensors = open_model_checkpoint(Path::new(init))
             .and_then(|src| src.into_tensors())
@@ -206,7 +209,7 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
             .with_context(|| format!("--init-from {init} does not fit --model {}", cfg.model))?;
     }
     // Before a resumed run's checkpoint replaces the starting weights.
-    let redraw = (!starting_weights).then_some(cfg.seed);
+    let redraw = (!fresh && cfg.init_from.is_none()).then_some(cfg.seed);
     let mut ranks = RankSchedule::new(&cfg.lowrank, b, &model, redraw)?;
     let adamw = AdamWConfig {
         weight_decay: cfg.weight_decay,
@@ -244,7 +247,8 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 }
                 _ => Box::new(saved),
             };
-        model.load_hf_tensors(b, tensors)?;
+        (model.load_hf_tensors(b, tensors))
+            .with_context(|| format!("resuming from {}", dir.display()))?;
         RankSchedule::restore(&mut model, state.ranks.as_ref())?;
         opt.load_state(b, moments.len, &mut |i, dst| moments.read_into(i, dst))
             .with_context(|| format!("resuming from {}", dir.display()))?;
