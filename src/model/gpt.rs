@@ -197,7 +197,7 @@ impl<B: Backend> Gpt<B> {
         plan: ActivationPlan,
         seed: u64,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, plan, Start::Init(seed))
+        Self::starting(backend, config, lr, plan, Start::Init(seed))
     }
 
     /// `with_plan`'s model with every parameter zero, for a checkpoint's tensors to replace.
@@ -207,24 +207,11 @@ impl<B: Backend> Gpt<B> {
         lr: &LowRankConfig,
         plan: ActivationPlan,
     ) -> Result<Self> {
-        Self::build(backend, config, lr, plan, Start::Zero)
+        Self::starting(backend, config, lr, plan, Start::Zero)
     }
 
-    /// `with_plan`'s model for a base checkpoint to complete (LoRA's, `load_lora_base`): its
-    /// low-rank factors as `with_plan` draws them, every other parameter zero for the base to
-    /// fill (GPT-2's init of them, GPT-2 medium's 355M draws, would be thrown away).
-    pub fn for_base(
-        backend: &B,
-        config: GptConfig,
-        lr: &LowRankConfig,
-        plan: ActivationPlan,
-        seed: u64,
-    ) -> Result<Self> {
-        Self::build(backend, config, lr, plan, Start::Factors(seed))
-    }
-
-    /// The model, its parameters as `start` says.
-    fn build(
+    /// `with_plan`'s model, its parameters as `start` says.
+    pub fn starting(
         backend: &B,
         config: GptConfig,
         lr: &LowRankConfig,
@@ -598,14 +585,15 @@ fn only_forward() -> anyhow::Error {
 }
 
 /// What a new model's parameters start as.
-#[derive(Clone, Copy)]
-enum Start {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Start {
     /// Zero: a checkpoint replaces every value.
     Zero,
     /// GPT-2's init seeded by the value, each low-rank layer's factors from
     /// `lowrank::start_factors`.
     Init(u64),
-    /// `Init`'s factors, every other value zero: a base fills them.
+    /// `Init`'s factors, every other value zero for a base checkpoint to fill (LoRA's,
+    /// `load_lora_base`): GPT-2's init of them (GPT-2 medium's 355M draws) would be thrown away.
     Factors(u64),
 }
 

@@ -18,5 +18,5 @@ mod tests;
 mod tests_lowrank;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
-pub use gpt::{ActivationPlan, Gpt, Keep, OptimizerBuffers, Trained};
+pub use gpt::{ActivationPlan, Gpt, Keep, OptimizerBuffers, Start, Trained};
 pub use params::{BlockTensor, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};

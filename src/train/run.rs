@@ -18,7 +18,7 @@ use crate::model::generate::{generate, Sampling};
 use crate::model::hf::{complete_lora, load_lora_base, open_model_checkpoint};
 use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
-use crate::model::{ActivationPlan, Gpt, GptConfig, Keep};
+use crate::model::{ActivationPlan, Gpt, GptConfig, Keep, Start};
 use crate::optim::{AdamWConfig, AdamWOptimizer, Diverged, LrSchedule};
 use crate::util::profile::{self, CaptureWindow};
 use crate::util::rng::Rng;
@@ -169,20 +169,19 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     }
     let (train_set, val_set) = open_data(&cfg)?;
     // The model first: its shape checks (--seq against the context, say) refuse a run before the
-    // output directory exists. GPT-2's init is drawn only where it stays: not under a resumed run's checkpoint, nor
-    // --init-from's weights (a dense run's), nor LoRA's base (its factors alone are drawn), each
-    // of which replaces every value it covers. A dense run's rank log measures W − W0 from the
-    // starting weights: a resumed one draws the init of its MLP matrices alone again, or reads
-    // --init-from's weights again.
+    // output directory exists. GPT-2's init is drawn only where it stays: not under a resumed
+    // run's checkpoint, nor --init-from's weights (a dense run's), nor LoRA's base (its factors
+    // alone are drawn), each of which replaces every value it covers. A dense run's rank log
+    // measures W − W0 from the starting weights: a resumed one draws the init of its MLP
+    // matrices alone again, or reads --init-from's weights again.
     let fresh = resume.is_none();
     let read_init_from = fresh || cfg.lowrank.logs_dense_ranks();
-    let mut model = match (fresh, &cfg.lowrank.lora_base) {
-        (true, Some(_)) => Gpt::for_base(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?,
-        (true, None) if cfg.init_from.is_none() => {
-            Gpt::with_plan(b, gpt_config, &cfg.lowrank, plan, cfg.seed)?
-        }
-        _ => Gpt::unset(b, gpt_config, &cfg.lowrank, plan)?,
+    let start = match (fresh, &cfg.lowrank.lora_base) {
+        (true, Some(_)) => Start::Factors(cfg.seed),
+        (true, None) if cfg.init_from.is_none() => Start::Init(cfg.seed),
+        _ => Start::Zero,
     };
+    let mut model = Gpt::starting(b, gpt_config, &cfg.lowrank, plan, start)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(
