@@ -284,6 +284,18 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
             .all(|r| r["rank"].as_u64().unwrap() >= 2 && r.get("r90").is_some()),
         "{last}"
     );
+    // A low-rank run's checkpoint is no LoRA base: its layers are factors. Refused with what to
+    // do instead.
+    let args = ["--steps", "1", "--lowrank", "lora", "--lora-base"];
+    let o = train(
+        &tmp("lora-on-factors"),
+        &[&args[..], &[eff.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        failed_with(&o, "`--lowrank efficient` run") && text(&o).contains("lowrank export"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A LoRA checkpoint holds its trained tensors alone, as a PEFT adapter does, and reads its base

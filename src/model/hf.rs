@@ -3,9 +3,10 @@
 
 use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::{ActivationPlan, Gpt, Trained};
+use super::lora_base::{CompletedLora, LoraBase};
 use super::params::{ParamLayout, SpanRole};
 use crate::backend::{Backend, Buffer};
-use crate::lowrank::LowRankConfig;
+use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
 use crate::train::ranks::RankSchedule;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// GPT-2 checkpoints from transformers may or may not prefix names with "transformer.".
-fn canonical(name: &str) -> &str {
+pub(super) fn canonical(name: &str) -> &str {
     name.strip_prefix("transformer.").unwrap_or(name)
 }
 
@@ -88,9 +89,36 @@ impl<B: Backend> Gpt<B> {
     /// Every parameter must be present with its HF shape; names and shapes are checked before any
     /// tensor is written, then each is read into its parameter: a checkpoint file straight into
     /// the weights on a host backend (one tensor staged at a time on a device), tensors held in
-    /// memory freed one by one. A read that fails midway (a disk error) leaves the weights partly
-    /// written: the caller discards the model.
-    pub fn load_hf_tensors(&mut self, b: &B, mut tensors: impl TensorSource) -> Result<()> {
+    /// memory freed one by one; then the source `finish`es (a LoRA checkpoint's base is held
+    /// against its recorded fingerprint). A read that fails midway (a disk error) or a source that
+    /// fails to finish leaves the weights partly written: the caller discards the model.
+    pub fn load_hf_tensors(&mut self, b: &B, tensors: impl TensorSource) -> Result<()> {
+        self.load_tensors(b, tensors, |_| false)
+    }
+
+    /// LoRA's frozen base, from the dense GPT-2 checkpoint of this shape at `path`: every tensor
+    /// but the factors, which keep their starting values, each low-rank layer's W0 from the
+    /// base's `{prefix}.weight`; read into the weights tensor by tensor. Returns the base's
+    /// fingerprint, which the run's checkpoints record.
+    pub fn load_lora_base(&mut self, b: &B, path: &str) -> Result<String> {
+        let factored: Vec<&str> = (self.layout().tensors().iter())
+            .filter_map(|t| canonical(&t.name).strip_suffix(".lowrank_w0"))
+            .collect();
+        let mut base = LoraBase::open(path, &factored)?;
+        let factor = |name: &str| name.ends_with(".lowrank_ut") || name.ends_with(".lowrank_vt");
+        (self.load_tensors(b, &mut base, factor)).with_context(|| {
+            format!("--lora-base {path} is not a dense GPT-2 checkpoint of this model's shape")
+        })?;
+        base.fingerprint()
+    }
+
+    /// `load_hf_tensors` of the parameters but those `keep` names, which keep their values.
+    fn load_tensors(
+        &mut self,
+        b: &B,
+        mut tensors: impl TensorSource,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         let vocab = self.config().vocab_size;
         // Each tensor by its canonical name: its name in the source and its shape.
         let mut by_name: HashMap<String, (String, Vec<usize>)> = HashMap::new();
@@ -101,11 +129,15 @@ impl<B: Backend> Gpt<B> {
             }
         }
         let mut slots = Vec::with_capacity(self.layout().tensors().len());
-        for t in self.layout().tensors() {
+        for t in self.layout().tensors().iter().filter(|t| !keep(&t.name)) {
             let want = hf_rows(&t.name, &t.shape, vocab);
-            let (name, shape) = by_name
-                .remove(canonical(&t.name))
-                .with_context(|| format!("the checkpoint lacks tensor {}", t.name))?;
+            let (name, shape) =
+                by_name.remove(canonical(&t.name)).with_context(|| {
+                    match canonical(&t.name).strip_suffix(".lowrank_w0") {
+                        Some(prefix) => format!("the checkpoint lacks tensor {prefix}.weight"),
+                        None => format!("the checkpoint lacks tensor {}", t.name),
+                    }
+                })?;
             ensure!(
                 shape == want,
                 "checkpoint of another shape: tensor {} is {shape:?}, this model needs {want:?}",
@@ -131,45 +163,7 @@ impl<B: Backend> Gpt<B> {
                 b.fill(params.at_mut(offset + hf_len, len - hf_len), 0.0)?;
             }
         }
-        self.refresh_compute_copy(b)
-    }
-}
-
-impl<B: Backend> Gpt<B> {
-    /// LoRA's frozen base: every dense tensor, and each low-rank layer's W0 from the base's
-    /// `{prefix}.weight`, taken from a dense GPT-2 checkpoint of this shape; the factors keep their
-    /// starting values.
-    pub fn load_lora_base(&mut self, b: &B, tensors: &[HostTensor]) -> Result<()> {
-        let by_name: HashMap<&str, &HostTensor> =
-            tensors.iter().map(|t| (canonical(&t.name), t)).collect();
-        let vocab = self.config().vocab_size;
-        let mut windows = Vec::new();
-        for t in self.layout().tensors() {
-            if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
-                continue;
-            }
-            let name = match t.name.strip_suffix(".lowrank_w0") {
-                Some(prefix) => format!("{prefix}.weight"),
-                None => t.name.clone(),
-            };
-            let want = hf_rows(&name, &t.shape, vocab);
-            let src = by_name.get(canonical(&name)).with_context(|| {
-                format!("--lora-base lacks tensor {name}: it must be a dense GPT-2 checkpoint")
-            })?;
-            ensure!(
-                src.shape == want,
-                "--lora-base is a checkpoint of another shape: tensor {name} is {:?}, this model (--model) needs {:?}",
-                src.shape,
-                want
-            );
-            windows.push((t.offset, &src.data));
-        }
-        // Each tensor into its window (the embedding's padding rows keep their zeros): no copy
-        // of the whole model on the host beside the base's tensors.
-        let params = self.params_mut();
-        for (offset, data) in windows {
-            b.upload(data, params.at_mut(offset, data.len()))?;
-        }
+        tensors.finish()?;
         self.refresh_compute_copy(b)
     }
 }
@@ -217,14 +211,6 @@ pub fn infer_config<'a>(shapes: impl Iterator<Item = (&'a str, &'a [usize])>) ->
     Ok(config)
 }
 
-/// A model's configuration and tensors from a run directory, a checkpoint directory, or a
-/// safetensors file: ours names its preset in the metadata; for Hugging Face's the shape is
-/// inferred from the tensors.
-pub fn load_checkpoint(path: &Path) -> Result<(GptConfig, Vec<HostTensor>)> {
-    let ck = load_model_checkpoint(path)?;
-    Ok((ck.config, ck.tensors))
-}
-
 /// What it takes to rebuild a trained model: its shape, its low-rank settings and live ranks (a
 /// safetensors file is dense), and its tensors.
 #[derive(Clone)]
@@ -237,7 +223,8 @@ pub struct ModelCheckpoint {
     pub tensors: Vec<HostTensor>,
 }
 
-/// `load_checkpoint` with the low-rank settings a run directory records.
+/// A model's configuration, low-rank settings and tensors from a run directory, a checkpoint
+/// directory, a Hugging Face model directory or a safetensors file, read into memory.
 pub fn load_model_checkpoint(path: &Path) -> Result<ModelCheckpoint> {
     open_model_checkpoint(path)?.read()
 }
@@ -303,77 +290,45 @@ pub fn open_model_checkpoint(path: &Path) -> Result<CheckpointSource> {
 
 impl CheckpointSource {
     /// Its tensors to load from: the file itself, read tensor by tensor into the weights, or a
-    /// LoRA run's, completed from its base in memory.
+    /// LoRA run's, completed from its base tensor by tensor (the base's fingerprint checked once
+    /// it is read).
     pub fn into_tensors(self) -> Result<Box<dyn TensorSource>> {
         Ok(match self.lora_base {
-            Some(_) => Box::new(self.read()?.tensors),
+            Some((base, recorded)) => Box::new(CompletedLora::new(self.file, &base, recorded)?),
             None => Box::new(self.file),
         })
     }
 
-    /// The tensors' values (a LoRA run's completed by its base's).
+    /// The tensors' values (a LoRA run's completed by its base's), sorted by name.
     pub fn read(self) -> Result<ModelCheckpoint> {
-        let mut tensors = self.file.read()?;
-        if let Some((base, recorded)) = &self.lora_base {
-            let (base_tensors, fingerprint) = load_lora_base(base)?;
-            tensors = complete_lora(tensors, base_tensors, base, &fingerprint, recorded)?;
-        }
+        let (preset, config) = (self.preset.clone(), self.config);
+        let (lowrank, ranks) = (self.lowrank.clone(), self.ranks.clone());
+        let tensors = tensor_file::read_all(self.into_tensors()?)?;
         Ok(ModelCheckpoint {
-            preset: self.preset,
-            config: self.config,
-            lowrank: self.lowrank,
-            ranks: self.ranks,
+            preset,
+            config,
+            lowrank,
+            ranks,
             tensors,
         })
     }
-}
 
-/// A LoRA run's base tensors, read from `path` (a run or checkpoint directory, a Hugging Face
-/// model directory or a safetensors file), and their fingerprint.
-pub fn load_lora_base(path: &str) -> Result<(Vec<HostTensor>, String)> {
-    let (_, tensors) = load_checkpoint(Path::new(path))
-        .with_context(|| format!("cannot load the LoRA base {path}"))?;
-    let fingerprint = tensor_file::fingerprint(&tensors);
-    Ok((tensors, fingerprint))
-}
-
-/// A whole LoRA model's tensors from a checkpoint's trained tensors and the base's: each low-rank
-/// layer's W0 is the base's `{prefix}.weight`, and every other tensor the base's unless the
-/// checkpoint holds it (the embeddings with --lora-embeddings). The base must be the very one the
-/// run was trained on: its fingerprint must be the recorded one.
-pub fn complete_lora(
-    trained: Vec<HostTensor>,
-    base: Vec<HostTensor>,
-    base_path: &str,
-    fingerprint: &str,
-    recorded: &str,
-) -> Result<Vec<HostTensor>> {
-    ensure!(
-        fingerprint == recorded,
-        "the LoRA base {base_path} is not the one this run was trained on (its tensors' fingerprint is {fingerprint}, the run recorded {recorded}): a LoRA checkpoint holds its trained tensors alone, so it needs that very base; put it back at that path"
-    );
-    let factored: Vec<&str> = (trained.iter())
-        .filter_map(|t| canonical(&t.name).strip_suffix(".lowrank_ut"))
-        .collect();
-    let held: Vec<&str> = trained.iter().map(|t| canonical(&t.name)).collect();
-    let mut whole: Vec<HostTensor> = (base.into_iter())
-        .filter(|t| !held.contains(&canonical(&t.name)))
-        .map(|t| match canonical(&t.name).strip_suffix(".weight") {
-            Some(prefix) if factored.contains(&prefix) => HostTensor {
-                name: format!("{prefix}.lowrank_w0"),
-                ..t
-            },
-            _ => t,
-        })
-        .collect();
-    whole.extend(trained);
-    Ok(whole)
+    /// Its file, where it holds a dense model (LoRA's base must be one).
+    pub fn dense_file(self) -> Result<TensorFile> {
+        let mode = self.lowrank.mode;
+        ensure!(
+            mode == LowRankMode::Dense,
+            "it is the checkpoint of a `--lowrank {}` run, whose layers are factors: LoRA's base must be a dense model (`lowrank export --ckpt RUN --out DIR` merges a run into one)",
+            format!("{mode:?}").to_lowercase()
+        );
+        Ok(self.file)
+    }
 }
 
 impl<B: Backend> Gpt<B> {
     /// The model a checkpoint holds, at its live ranks, with activations as `plan` says: its
-    /// file read tensor by tensor into the weights (a LoRA run's tensors completed from its base
-    /// in memory first).
+    /// file read tensor by tensor into the weights (a LoRA run's tensors completed from its base,
+    /// read tensor by tensor too).
     pub fn from_source(b: &B, src: CheckpointSource, plan: ActivationPlan) -> Result<Self> {
         let (config, lowrank, ranks) = (src.config, src.lowrank.clone(), src.ranks.clone());
         let tensors = src.into_tensors()?;

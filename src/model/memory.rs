@@ -36,14 +36,6 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
-    /// The checkpoint a model that only runs forward is built from, where it is held whole on the
-    /// host while it loads: a LoRA run's, completed from its base in memory (other checkpoints
-    /// are read from their files tensor by tensor, into the weights). Its tensors are freed one
-    /// by one as they fill the weights,
-    pub loading: usize,
-    /// so that, on a host backend, the weights and the checkpoint's rest hold this more than the
-    /// weights at the most: its largest tensor (the token embedding).
-    pub loading_peak: usize,
     /// The host memory a checkpoint passes through on its way to a device backend's weights, one
     /// tensor at a time (its largest): part of `host`, which only a device's check reads; a host
     /// backend reads into its weights themselves.
@@ -81,21 +73,13 @@ impl MemoryPlan {
 
     /// What the host must hold whatever the device.
     pub fn host(&self) -> usize {
-        self.checkpoint + self.rank_log + self.loading + self.staging
+        self.checkpoint + self.rank_log + self.staging
     }
 
-    /// Everything, for a backend whose buffers live in host memory: the most held at once, while
-    /// the model runs or while it is loaded.
+    /// Everything, for a backend whose buffers live in host memory (a checkpoint is read into
+    /// its weights, and a LoRA base too, tensor by tensor: nothing is held beside them).
     pub fn total(&self) -> usize {
-        let running = self.device() + self.checkpoint + self.rank_log;
-        running.max(self.while_loading())
-    }
-
-    /// What a host backend holds while the model is loaded: the weights and, for a checkpoint
-    /// held whole, its tensors not yet copied into them (the activations' pages are not touched
-    /// yet).
-    fn while_loading(&self) -> usize {
-        self.weights + self.margin + self.loading_peak
+        self.device() + self.checkpoint + self.rank_log
     }
 
     /// What holds the memory, by name: the device's parts, and the host's beside them.
@@ -120,12 +104,6 @@ impl MemoryPlan {
             if bytes > 0 {
                 shown.push(format!("{name} {}{host}", gb(bytes)));
             }
-        }
-        if self.loading > 0 {
-            shown.push(format!(
-                "the checkpoint's {} read{host} first, freed as it fills the weights",
-                gb(self.loading)
-            ));
         }
         if on_device && self.staging > 0 {
             shown.push(format!(
@@ -181,10 +159,6 @@ impl<B: Backend> Gpt<B> {
                     .max()
                     .unwrap_or(0);
             mem.staging = largest;
-            if lora {
-                // `CheckpointSource::into_tensors`: completed from its base in memory.
-                (mem.loading, mem.loading_peak) = (4 * n, largest);
-            }
         }
         if let Purpose::Training { checkpoints, .. } = purpose {
             ensure!(

@@ -56,21 +56,14 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
         (4 * n, 4 * n, 8 * n, 12 * n, 0)
     );
     assert_eq!(plan(&CpuBf16, &dense, training()).weights, 8 * n);
-    // Inference reads the checkpoint tensor by tensor into the weights: a device backend
-    // stages the largest, the token embedding's padded rows, on the host.
+    // Inference reads the checkpoint tensor by tensor into the weights (a LoRA run's, and its
+    // base, too): a device backend stages the largest, the token embedding's padded rows, on the
+    // host, and nothing else is held beside the weights.
     let inference = plan(&Cpu, &dense, Purpose::Inference);
     assert_eq!(
-        (
-            inference.optimizer,
-            inference.checkpoint,
-            inference.loading,
-            inference.loading_peak,
-            inference.staging
-        ),
-        (0, 0, 0, 0, 4 * 50304 * 768)
+        (inference.optimizer, inference.checkpoint, inference.staging),
+        (0, 0, 4 * 50304 * 768)
     );
-    // A LoRA run's checkpoint is completed from its base in memory, then copied in: held
-    // whole (as large as the f32 weights), freed tensor by tensor.
     let lora = LowRankConfig {
         mode: crate::lowrank::LowRankMode::Lora,
         rank_init: 8,
@@ -79,10 +72,8 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
     };
     let lora = plan(&Cpu, &lora, Purpose::Inference);
     assert!(lora.weights > 4 * n);
-    assert_eq!(
-        (lora.loading, lora.loading_peak, lora.staging),
-        (lora.weights, 4 * 50304 * 768, 4 * 50304 * 768)
-    );
+    assert_eq!(lora.host(), 4 * 50304 * 768);
+    assert_eq!(lora.total(), lora.device());
     assert_eq!(inference.activations, m.activations);
     let config = GptConfig::preset("gpt2").unwrap();
     let forward_only = |keep| {
@@ -241,23 +232,6 @@ fn inference_plans_the_checkpoint_read_into_the_weights() {
     let small = plan(eval_at(1, 64));
     assert_eq!(small.total(), small.device());
     assert_eq!(small.host(), small.staging);
-    let lora = LowRankConfig {
-        mode: crate::lowrank::LowRankMode::Lora,
-        rank_init: 8,
-        lora_base: Some("the base".into()),
-        ..dense.clone()
-    };
-    let (small_lora, large_lora) = (
-        plan_for(&lora, eval_at(1, 64)),
-        plan_for(&lora, eval_at(8, 1024)),
-    );
-    assert_eq!(
-        small_lora.total(),
-        small_lora.weights + small_lora.margin + small_lora.loading_peak
-    );
-    assert!(small_lora.device() < small_lora.total());
-    assert_eq!(large_lora.total(), large_lora.device());
-
     let room = |host| Room {
         device: None,
         host: Some(host),

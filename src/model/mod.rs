@@ -10,6 +10,7 @@ pub mod generate;
 mod gpt;
 pub mod hf;
 mod linear;
+pub mod lora_base;
 pub mod memory;
 pub mod params;
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_T
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::generate::{generate, Sampling};
-use crate::model::hf::{complete_lora, load_lora_base, open_model_checkpoint};
+use crate::model::hf::open_model_checkpoint;
+use crate::model::lora_base::CompletedLora;
 use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
 use crate::model::{ActivationPlan, Gpt, GptConfig, Keep, Start};
@@ -188,15 +189,11 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         &opts.out.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
-    // LoRA's base: loaded into a fresh run; a resumed run's checkpoint holds the trained tensors
-    // alone, which the base completes. Its fingerprint goes into every checkpoint.
-    let mut lora_base = None;
-    if let Some(path) = &cfg.lowrank.lora_base {
-        let (tensors, fingerprint) = load_lora_base(path)?;
-        if resume.is_none() {
-            model.load_lora_base(b, &tensors)?;
-        }
-        lora_base = Some((path, tensors, fingerprint));
+    // LoRA's base: read into a fresh run's weights tensor by tensor, fingerprinted as it is read;
+    // every checkpoint records the fingerprint.
+    let mut lora_fingerprint = None;
+    if let (Some(path), true) = (&cfg.lowrank.lora_base, fresh) {
+        lora_fingerprint = Some(model.load_lora_base(b, path)?);
     }
     if let Some(init) = cfg.init_from.as_ref().filter(|_| read_init_from) {
         // Read tensor by tensor into the weights: the checkpoint is not held beside the model.
@@ -223,29 +220,26 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     };
     let mut loader = Loader::new(&train_set, shape, cfg.seed)?;
     let (mut step, mut tokens) = (0u32, 0u64);
-    // Checkpoints leave the base out only where its fingerprint vouches for the frozen weights: a
-    // run resumed from a checkpoint that holds them (written before checkpoints left them out) may
-    // have trained on a base that has changed on disk since, so it keeps writing them.
-    let full_checkpoint =
-        (resume.as_ref()).is_some_and(|ck| ck.state.lora_base_fingerprint.is_none());
     if let Some(ck) = resume {
         // Read tensor by tensor into the weights and moments: the checkpoint is not held beside
-        // the model (a LoRA run's trained tensors are completed from its base in memory).
+        // the model. A LoRA run's trained tensors are completed from its base, which must still
+        // have the fingerprint the run recorded. Checkpoints leave the base out only where its
+        // fingerprint vouches for the frozen weights: a run resumed from a checkpoint that holds
+        // them (written before checkpoints left them out) may have trained on a base that has
+        // changed on disk since, so it keeps writing them.
         let OpenCheckpoint {
             dir,
             model: saved,
             mut moments,
             state,
         } = ck;
-        let tensors: Box<dyn TensorSource> =
-            match (&state.lora_base_fingerprint, lora_base.as_mut()) {
-                (Some(recorded), Some((path, base, fingerprint))) => {
-                    let trained = saved.read()?;
-                    let base = std::mem::take(base);
-                    Box::new(complete_lora(trained, base, path, fingerprint, recorded)?)
-                }
-                _ => Box::new(saved),
-            };
+        lora_fingerprint = state.lora_base_fingerprint.clone();
+        let tensors: Box<dyn TensorSource> = match (&lora_fingerprint, &cfg.lowrank.lora_base) {
+            (Some(recorded), Some(base)) => {
+                Box::new(CompletedLora::new(saved, base, recorded.clone())?)
+            }
+            _ => Box::new(saved),
+        };
         (model.load_hf_tensors(b, tensors))
             .with_context(|| format!("resuming from {}", dir.display()))?;
         RankSchedule::restore(&mut model, state.ranks.as_ref())?;
@@ -255,10 +249,6 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         loader.restore(&state.loader)?;
         (step, tokens) = (state.step, state.tokens);
     }
-    let lora_fingerprint = match full_checkpoint {
-        true => None,
-        false => lora_base.map(|(_, _, fingerprint)| fingerprint),
-    };
     let mut metrics = MetricsWriter::open(&opts.out.join("metrics.jsonl"), Some(step))?;
     let progress = Progress::new(step, cfg.steps);
     progress.println(&banner(b, &cfg, &model, &train_set, step));

@@ -38,18 +38,45 @@ pub trait TensorSource {
     fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()>;
     /// Tensor `name` will not be read: a source that holds it may free it now.
     fn skip(&mut self, _name: &str) {}
+    /// Every tensor is read or skipped: a source that vouches for what it gave (a LoRA base's
+    /// fingerprint) says here whether it was what it should be.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
-impl<T: TensorSource + ?Sized> TensorSource for Box<T> {
-    fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
-        (**self).listing()
+macro_rules! forward_tensor_source {
+    ($($source:ty),*) => {$(
+        impl<T: TensorSource + ?Sized> TensorSource for $source {
+            fn listing(&self) -> Result<Vec<(String, Vec<usize>)>> {
+                (**self).listing()
+            }
+            fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
+                (**self).read_into(name, dst)
+            }
+            fn skip(&mut self, name: &str) {
+                (**self).skip(name)
+            }
+            fn finish(&mut self) -> Result<()> {
+                (**self).finish()
+            }
+        }
+    )*};
+}
+forward_tensor_source!(Box<T>, &mut T);
+
+/// Every tensor of `src` read into memory (in its order, then sorted by name), and `finish`ed.
+pub fn read_all(mut src: impl TensorSource) -> Result<Vec<HostTensor>> {
+    let shapes = src.listing()?;
+    let mut tensors = Vec::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let mut data = vec![0.0; shape.iter().product()];
+        src.read_into(&name, &mut data)?;
+        tensors.push(HostTensor { name, shape, data });
     }
-    fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
-        (**self).read_into(name, dst)
-    }
-    fn skip(&mut self, name: &str) {
-        (**self).skip(name)
-    }
+    src.finish()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tensors)
 }
 
 /// Tensors read already, each freed once read or skipped.
@@ -349,18 +376,10 @@ impl TensorFile {
         (self.tensors.iter()).map(|(name, info)| (name.as_str(), info.shape.as_slice()))
     }
 
-    /// Every tensor's values as f32, the tensors sorted by name.
-    pub fn read(mut self) -> Result<Vec<HostTensor>> {
-        let shapes = self.listing()?;
-        let mut tensors = Vec::with_capacity(shapes.len());
-        // In the file's order, so that reads run forward.
-        for (name, shape) in shapes {
-            let mut data = vec![0.0; shape.iter().product()];
-            self.read_into(&name, &mut data)?;
-            tensors.push(HostTensor { name, shape, data });
-        }
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(tensors)
+    /// Every tensor's values as f32, the tensors sorted by name (read in the file's order, so
+    /// that reads run forward).
+    pub fn read(self) -> Result<Vec<HostTensor>> {
+        read_all(self)
     }
 }
 
@@ -374,22 +393,34 @@ impl TensorSource for TensorFile {
     /// Straight from the file into `dst` (a model's weights, on a host backend), bf16 and f16
     /// widened to f32.
     fn read_into(&mut self, name: &str, dst: &mut [f32]) -> Result<()> {
-        use std::io::{Read, Seek, SeekFrom};
-        let (path, file) = (&self.path, &mut self.file);
-        let info = (self.tensors.iter())
-            .find(|(n, _)| n == name)
-            .map(|(_, info)| info)
-            .with_context(|| format!("{} holds no tensor {name}", path.display()))?;
-        let len = info.shape.iter().product::<usize>();
+        let len = self.info(name)?.shape.iter().product::<usize>();
         ensure!(
             dst.len() == len,
             "tensor {name} of {} has {len} values, not {}",
-            path.display(),
+            self.path.display(),
             dst.len()
         );
-        let at = self.data_start + info.data_offsets.0 as u64;
+        self.read_values(name, 0, dst)
+    }
+}
+
+impl TensorFile {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        (self.tensors.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, info)| info)
+            .with_context(|| format!("{} holds no tensor {name}", self.path.display()))
+    }
+
+    /// Values `start..start + dst.len()` of tensor `name` into `dst`, bf16 and f16 widened to f32.
+    fn read_values(&mut self, name: &str, start: usize, dst: &mut [f32]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self.info(name)?;
+        let (dtype, offset) = (info.dtype, info.data_offsets.0);
+        let at = self.data_start + (offset + start * dtype.bitsize() / 8) as u64;
+        let (path, file) = (&self.path, &mut self.file);
         file.seek(SeekFrom::Start(at))
-            .and_then(|_| match info.dtype {
+            .and_then(|_| match dtype {
                 Dtype::F32 => file.read_exact(bytemuck::cast_slice_mut(dst)),
                 Dtype::BF16 => read_widened::<half::bf16>(file, dst),
                 Dtype::F16 => read_widened::<half::f16>(file, dst),
@@ -397,7 +428,25 @@ impl TensorSource for TensorFile {
             })
             .with_context(|| format!("cannot read tensor {name} of {}", path.display()))
     }
+
+    /// Tensor `name`'s hash for a fingerprint (`TensorHash`), its values read a chunk at a time:
+    /// a tensor is hashed without a copy of it in memory.
+    pub fn hash(&mut self, name: &str) -> Result<u64> {
+        let shape = self.info(name)?.shape.clone();
+        let len = shape.iter().product::<usize>();
+        let mut hash = TensorHash::new(name, &shape);
+        let mut chunk = vec![0.0; CHUNK.min(len)];
+        for start in (0..len).step_by(CHUNK) {
+            let values = &mut chunk[..CHUNK.min(len - start)];
+            self.read_values(name, start, values)?;
+            hash = hash.values(values);
+        }
+        Ok(hash.finish())
+    }
 }
+
+/// Values read at a time where a tensor is not read into its destination whole.
+const CHUNK: usize = 1 << 20;
 
 /// `dst.len()` half-precision values from `file`'s position into `dst` as f32, a chunk at a time:
 /// no copy of the whole tensor beside the weights it is read into.
@@ -406,7 +455,6 @@ fn read_widened<T: bytemuck::Pod + Into<f32>>(
     dst: &mut [f32],
 ) -> std::io::Result<()> {
     use std::io::Read;
-    const CHUNK: usize = 1 << 20;
     let mut chunk = vec![T::zeroed(); CHUNK.min(dst.len())];
     for out in dst.chunks_mut(CHUNK) {
         let values = &mut chunk[..out.len()];
@@ -418,21 +466,52 @@ fn read_widened<T: bytemuck::Pod + Into<f32>>(
 
 /// A 64-bit fingerprint of tensors' names, shapes and values (FNV-1a over each tensor, then over
 /// the tensors' hashes in order), as 16 hex digits: tells whether a file still holds the tensors a
-/// run was built on. Not cryptographic: it guards against mistakes, not adversaries.
+/// run was built on. Not cryptographic: it guards against mistakes, not adversaries. A source
+/// read tensor by tensor is fingerprinted with `TensorHash` and `fingerprint_of`.
+#[cfg(test)]
 pub fn fingerprint(tensors: &[HostTensor]) -> String {
     use rayon::prelude::*;
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(PRIME);
-    let hashes: Vec<u64> = tensors
-        .par_iter()
-        .map(|t| {
-            let mut h = t.name.bytes().fold(OFFSET, |h, b| mix(h, b.into()));
-            h = t.shape.iter().fold(mix(h, 0xff), |h, &d| mix(h, d as u64));
-            t.data.iter().fold(h, |h, x| mix(h, x.to_bits().into()))
-        })
+    let hashes: Vec<u64> = (tensors.par_iter())
+        .map(|t| TensorHash::new(&t.name, &t.shape).values(&t.data).finish())
         .collect();
-    format!("{:016x}", hashes.into_iter().fold(OFFSET, mix))
+    fingerprint_of(hashes)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv_mix(h: u64, word: u64) -> u64 {
+    (h ^ word).wrapping_mul(0x0100_0000_01b3)
+}
+
+/// One tensor's hash for a fingerprint, its values given a piece at a time.
+pub struct TensorHash(u64);
+
+impl TensorHash {
+    pub fn new(name: &str, shape: &[usize]) -> TensorHash {
+        let h = name.bytes().fold(FNV_OFFSET, |h, b| fnv_mix(h, b.into()));
+        TensorHash(
+            shape
+                .iter()
+                .fold(fnv_mix(h, 0xff), |h, &d| fnv_mix(h, d as u64)),
+        )
+    }
+
+    /// The next of its values.
+    pub fn values(mut self, values: &[f32]) -> TensorHash {
+        self.0 = values
+            .iter()
+            .fold(self.0, |h, x| fnv_mix(h, x.to_bits().into()));
+        self
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+/// The fingerprint of tensors whose hashes these are, in order.
+pub fn fingerprint_of(hashes: impl IntoIterator<Item = u64>) -> String {
+    format!("{:016x}", hashes.into_iter().fold(FNV_OFFSET, fnv_mix))
 }
 
 #[cfg(test)]
