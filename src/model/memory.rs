@@ -6,7 +6,7 @@
 use super::activations::Activations;
 use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
-use super::hf::{param_groups, CheckpointSource};
+use super::hf::{hf_rows, param_groups, CheckpointSource};
 use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, DType, Gemm, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
@@ -166,12 +166,25 @@ impl<B: Backend> Gpt<B> {
                 "a training run's activations must be kept for the backward, not {:?}",
                 plan.keep
             );
-            let groups = param_groups(&layout, Trained::of(lr), lr);
+            let trained = Trained::of(lr);
+            let groups = param_groups(&layout, trained, lr);
             let state = AdamWOptimizer::<B>::state_len(&groups);
             mem.optimizer = 2 * b.stored_bytes(DType::F32, state);
             if checkpoints {
-                // The checkpoint's copy: every tensor off the device, then the moments.
-                mem.checkpoint = 4 * (n + 2 * state);
+                // The checkpoint's copy: every tensor off the device (in LoRA its trained
+                // tensors alone, a PEFT adapter's; a run resumed from a checkpoint written before
+                // they were, which holds every tensor, keeps writing all of them: unplanned),
+                // then the moments.
+                let saved = match trained.base() {
+                    true => n,
+                    false => (layout.tensors().iter().enumerate())
+                        .filter(|&(i, _)| trained.has_gradient(&layout, i))
+                        .map(|(_, t)| t)
+                        .map(|t| hf_rows(&t.name, &t.shape, config.vocab_size))
+                        .map(|shape| shape.iter().product::<usize>())
+                        .sum(),
+                };
+                mem.checkpoint = 4 * (saved + 2 * state);
             }
             if lr.logs_dense_ranks() {
                 // The rank log keeps each dense MLP matrix's W0 on the host, forms its update

@@ -70,10 +70,24 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
         lora_base: Some("the base".into()),
         ..dense.clone()
     };
-    let lora = plan(&Cpu, &lora, Purpose::Inference);
-    assert!(lora.weights > 4 * n);
-    assert_eq!(lora.host(), 4 * 50304 * 768);
-    assert_eq!(lora.total(), lora.device());
+    let lora_inference = plan(&Cpu, &lora, Purpose::Inference);
+    assert!(lora_inference.weights > 4 * n);
+    assert_eq!(lora_inference.host(), 4 * 50304 * 768);
+    assert_eq!(lora_inference.total(), lora_inference.device());
+    // A LoRA run's checkpoint copies its trained tensors alone: the factors of the 12 MLP's two
+    // matrices, 8 × (768 + 3072) values each, and their moments; with --lora-embeddings also
+    // wte (its 50257 rows, not the padding) and wpe.
+    let factors = 12 * 2 * 8 * (768 + 3072);
+    assert_eq!(plan(&Cpu, &lora, training()).checkpoint, 12 * factors);
+    let embeddings = LowRankConfig {
+        lora_embeddings: true,
+        ..lora
+    };
+    let trained = factors + 50257 * 768 + 1024 * 768;
+    assert_eq!(
+        plan(&Cpu, &embeddings, training()).checkpoint,
+        4 * trained + 8 * (factors + 50304 * 768 + 1024 * 768)
+    );
     assert_eq!(inference.activations, m.activations);
     let config = GptConfig::preset("gpt2").unwrap();
     let forward_only = |keep| {

@@ -145,32 +145,6 @@ impl FlatTensors {
         })
     }
 
-    /// Keeps the tensors `keep` picks (by index), moving their values together in place.
-    pub fn retain(mut self, keep: impl Fn(usize) -> bool) -> FlatTensors {
-        let mut spans: Vec<Span> = (std::mem::take(&mut self.spans).into_iter().enumerate())
-            .filter(|(i, _)| keep(*i))
-            .map(|(_, s)| s)
-            .collect();
-        // In offset order each tensor moves towards the front, over values already moved.
-        spans.sort_by_key(|s| s.offset);
-        let mut end = 0;
-        for s in &mut spans {
-            let len = s.shape.iter().product::<usize>();
-            debug_assert!(
-                s.offset >= end,
-                "tensor {} overlaps the one before it",
-                s.name
-            );
-            self.values.copy_within(s.offset..s.offset + len, end);
-            (s.offset, end) = (end, end + len);
-        }
-        self.values.truncate(end);
-        FlatTensors {
-            values: self.values,
-            spans,
-        }
-    }
-
     pub fn into_host_tensors(self) -> Vec<HostTensor> {
         self.views()
             .map(|t| HostTensor {
