@@ -198,12 +198,13 @@ fn dlra_window(c: &mut Criterion) {
         let n = model.layout().trainable_len();
         let mut opt =
             AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &model.param_groups(&lr)).unwrap();
-        let grads = Rng::new(r as u64).normal_vec(model.layout().len(), 1e-3);
+        let len = model.grads().unwrap().buf().len();
+        let grads = Rng::new(r as u64).normal_vec(len, 1e-3);
         group.bench_function(format!("gpt2_layer_r{r}"), |bench| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    Cpu.upload(&grads, model.grads_mut().unwrap().all_mut())
+                    Cpu.upload(&grads, model.grads_mut().unwrap().buf_mut().all_mut())
                         .unwrap();
                     let t0 = Instant::now();
                     schedule::augment(&Cpu, &mut model, &mut opt, FreshMoment::Zero).unwrap();

@@ -8,6 +8,7 @@ use crate::backend::{
     Ref,
 };
 use crate::model::TensorView;
+use crate::optim::ParamGrads;
 use anyhow::{anyhow, Result};
 
 /// A layer's live rank r and width k (the rows of Ut and Vt the op reads: r plus the buffer while
@@ -229,7 +230,7 @@ impl<B: Backend> LowRankRuntime<B> {
         i: usize,
         v: &LayerViews,
         w: &B::Buf,
-        grads: &mut B::Buf,
+        grads: &mut ParamGrads<B>,
         x: Ref<B::Buf>,
         dy: Ref<B::Buf>,
         dx: Mut<B::Buf>,
@@ -242,11 +243,12 @@ impl<B: Backend> LowRankRuntime<B> {
         );
         let Some(mid) = &mut self.middle else {
             let weights = weights(None, v, w);
+            let (k, n_in, n_out) = (sh.rank, sh.n_in, sh.n_out);
             let g = LowRankGrads {
-                buf: grads,
-                dut: v.ut.offset,
-                dvt: v.vt.offset,
-                dbias: v.bias_grad.then_some(v.bias.offset),
+                dut: grads.offset(v.ut.offset, k * n_in),
+                dvt: grads.offset(v.vt.offset, k * n_out),
+                dbias: (v.bias_grad).then(|| grads.offset(v.bias.offset, n_out)),
+                buf: grads.buf_mut(),
             };
             return b.lowrank_linear_backward(&sh, x, weights, t, dy, s, dx, gelu_input, g);
         };

@@ -1,5 +1,6 @@
 //! The backward pass, the forward's blocks in reverse: gradients of the parameters ACCUMULATE into
-//! a buffer with the parameters' layout; activation gradients live in a few reused buffers.
+//! `ParamGrads` (addressed by the parameters' offsets); activation gradients live in a few reused
+//! buffers.
 
 use super::activations::{ActivationGrads, Activations, PerLayer};
 use super::forward::{block_input, rows, view};
@@ -8,6 +9,7 @@ use super::linear::{self, Pair};
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, DenseGrads, Gemm, MatShape, Mut, Ref};
 use crate::lowrank::LowRankRuntime;
+use crate::optim::ParamGrads;
 use anyhow::Result;
 
 /// The model state the backward pass reads: layout, compute-dtype weights, activations, inputs.
@@ -26,7 +28,7 @@ pub(super) struct Saved<'a, B: Backend> {
 pub(super) fn linear_backward<B: Backend>(
     b: &B,
     (dx, gelu_input): (Mut<B::Buf>, Option<Ref<B::Buf>>),
-    grads: Option<&mut B::Buf>,
+    grads: Option<&mut ParamGrads<B>>,
     x: Ref<B::Buf>,
     dy: Ref<B::Buf>,
     w: &B::Buf,
@@ -34,8 +36,10 @@ pub(super) fn linear_backward<B: Backend>(
 ) -> Result<()> {
     let (n_in, n_out) = (weight.shape[0], weight.shape[1]);
     let rows = x.len / n_in;
-    if let Some(buf) = grads {
-        let (dw, db) = (weight.offset, bias.offset);
+    if let Some(grads) = grads {
+        let dw = grads.offset(weight.offset, weight.len());
+        let db = grads.offset(bias.offset, bias.len());
+        let buf = grads.buf_mut();
         b.linear_param_grads(x, dy, (n_in, n_out), DenseGrads { buf, dw, db })?;
     }
     let g = Gemm::new(rows, n_in, n_out).trans_b();
@@ -45,8 +49,8 @@ pub(super) fn linear_backward<B: Backend>(
     }
 }
 
-/// A tensor's window in the gradient buffer.
-fn grad_of<'a, T: Buffer>(grads: &'a mut T, t: &TensorView) -> Mut<'a, T> {
+/// A tensor's gradient.
+fn grad_of<'a, B: Backend>(grads: &'a mut ParamGrads<B>, t: &TensorView) -> Mut<'a, B::Buf> {
     grads.at_mut(t.offset, t.len())
 }
 
@@ -56,7 +60,7 @@ pub(super) fn backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     d: &mut ActivationGrads<B>,
     loss_scale: f32,
 ) -> Result<()> {
@@ -106,7 +110,7 @@ pub(super) fn backward<B: Backend>(
 fn ln_backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     d: &mut ActivationGrads<B>,
     (off, len): (usize, usize),
     x: Ref<B::Buf>,
@@ -129,7 +133,7 @@ fn block_backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     d: &mut ActivationGrads<B>,
     l: usize,
 ) -> Result<()> {
@@ -160,7 +164,7 @@ impl<B: Backend> Block<'_, '_, B> {
     fn linear(
         &mut self,
         b: &B,
-        grads: &mut B::Buf,
+        grads: &mut ParamGrads<B>,
         pair: Pair,
         (x, dy, dx): LinearIo<B>,
         gelu_input: Option<Ref<B::Buf>>,
@@ -173,7 +177,7 @@ impl<B: Backend> Block<'_, '_, B> {
     fn ln_backward(
         &self,
         b: &B,
-        grads: &mut B::Buf,
+        grads: &mut ParamGrads<B>,
         d: &mut ActivationGrads<B>,
         weight: BlockTensor,
         x: Ref<B::Buf>,
@@ -189,7 +193,7 @@ impl<B: Backend> Block<'_, '_, B> {
 fn mlp_part<B: Backend>(
     b: &B,
     blk: &mut Block<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;
@@ -222,7 +226,7 @@ fn mlp_part<B: Backend>(
 fn attention_part<B: Backend>(
     b: &B,
     blk: &mut Block<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;

@@ -11,6 +11,7 @@ use crate::lowrank::cost::{cost, Cost};
 use crate::lowrank::{
     layer, start_factors, LowRankConfig, LowRankLayer, LowRankMode, LowRankRuntime,
 };
+use crate::optim::ParamGrads;
 use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -75,6 +76,23 @@ impl Trained {
                 SpanRole::Plain => self.base(),
                 SpanRole::Factor | SpanRole::Basis => true,
             }
+    }
+    /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
+    /// of the parameters: a single run in a dense model (its frozen tensors, InRank's W0, lie
+    /// past it), and few in LoRA, whose factors lie between the frozen matrices. Only these have
+    /// gradient memory (`ParamGrads`).
+    pub fn gradient_spans(self, layout: &ParamLayout) -> Vec<(usize, usize)> {
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (i, t) in layout.tensors().iter().enumerate() {
+            if !self.has_gradient(layout, i) {
+                continue;
+            }
+            match spans.last_mut() {
+                Some((offset, len)) if *offset + *len == t.offset => *len += t.len(),
+                _ => spans.push((t.offset, t.len())),
+            }
+        }
+        spans
     }
 }
 
@@ -149,15 +167,15 @@ impl ActivationPlan {
 
 /// What a model that trains adds: the parameters' gradients and the backward's scratch.
 struct Gradients<B: Backend> {
-    /// f32, with the parameters' layout.
-    params: B::Buf,
+    /// f32, those of the tensors the backward forms a gradient for alone.
+    params: ParamGrads<B>,
     acts: ActivationGrads<B>,
 }
 
 /// The buffers one optimiser step updates, borrowed together.
 pub struct OptimizerBuffers<'a, B: Backend> {
     pub params: &'a mut B::Buf,
-    pub grads: &'a B::Buf,
+    pub grads: &'a ParamGrads<B>,
     /// Where the step writes the compute-dtype weights (None on a backend computing in f32).
     pub compute_copy: Option<&'a mut B::Buf>,
 }
@@ -246,8 +264,7 @@ impl<B: Backend> Gpt<B> {
         })?;
         let gradients = match plan.keep {
             Keep::Backward { recompute_gelu } => Some(Gradients {
-                params: backend
-                    .alloc(DType::F32, layout.len())
+                params: ParamGrads::new(backend, &Trained::of(lr).gradient_spans(&layout))
                     .context("allocating the gradients")?,
                 acts: ActivationGrads::new(backend, acts.shape, recompute_gelu)
                     .context("allocating the activation gradients")?,
@@ -391,34 +408,10 @@ impl<B: Backend> Gpt<B> {
         backward(b, &saved, &mut self.lowrank, grads, d, loss_scale)
     }
 
-    /// Zeroes the gradients the backward forms (`has_gradient`), before a step's first
-    /// micro-batch. The backward never writes the others, so they keep the allocation's zeros: in
-    /// LoRA that is most of the buffer, which a step then neither fills nor reads (the optimiser's
-    /// norm runs over its trained groups alone).
+    /// Zeroes the gradients, before a step's first micro-batch: those the backward forms
+    /// (`has_gradient`), the only ones there is memory for.
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
-        let spans = self.gradient_spans();
-        let grads = self.grads_mut()?;
-        for (offset, len) in spans {
-            b.fill(grads.at_mut(offset, len), 0.0)?;
-        }
-        Ok(())
-    }
-
-    /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
-    /// of the gradient buffer: a single run in a dense model, and few in LoRA, whose factors the
-    /// layout keeps together after the base.
-    pub fn gradient_spans(&self) -> Vec<(usize, usize)> {
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        for (i, t) in self.layout.tensors().iter().enumerate() {
-            if !self.has_gradient(i) {
-                continue;
-            }
-            match spans.last_mut() {
-                Some((offset, len)) if *offset + *len == t.offset => *len += t.len(),
-                _ => spans.push((t.offset, t.len())),
-            }
-        }
-        spans
+        b.fill(self.grads_mut()?.buf_mut().all_mut(), 0.0)
     }
 
     /// Copies the master weights into the compute dtype: call after changing `params_mut()`
@@ -488,12 +481,13 @@ impl<B: Backend> Gpt<B> {
         self.decoded = 0; // new weights: the decoded positions' k and v are stale
         &mut self.params
     }
-    /// The f32 gradients, laid out as `layout()`; an error in a model built to run forward only.
-    pub fn grads(&self) -> Result<&B::Buf> {
+    /// The f32 gradients, addressed by the parameters' offsets; an error in a model built to run
+    /// forward only.
+    pub fn grads(&self) -> Result<&ParamGrads<B>> {
         let g = self.gradients.as_ref().ok_or_else(only_forward)?;
         Ok(&g.params)
     }
-    pub fn grads_mut(&mut self) -> Result<&mut B::Buf> {
+    pub fn grads_mut(&mut self) -> Result<&mut ParamGrads<B>> {
         let g = self.gradients.as_mut().ok_or_else(only_forward)?;
         Ok(&mut g.params)
     }

@@ -7,6 +7,7 @@ use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, LinearEpilogue, Mut, Ref};
 use crate::lowrank::runtime::LayerViews;
 use crate::lowrank::LowRankRuntime;
+use crate::optim::ParamGrads;
 use anyhow::Result;
 
 /// Block `l`'s (weight, bias) pair, e.g. (FcWeight, FcBias).
@@ -43,7 +44,7 @@ pub(super) fn backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut B::Buf,
+    grads: &mut ParamGrads<B>,
     l: usize,
     (weight, bias): Pair,
     x: Ref<B::Buf>,

@@ -19,6 +19,7 @@ use anyhow::{bail, ensure, Result};
 pub struct MemoryPlan {
     /// The f32 master weights and their copy in the compute dtype.
     pub weights: usize,
+    /// The gradients of the tensors the backward forms one for (`ParamGrads`).
     pub gradients: usize,
     /// AdamW's two f32 moments of the trained tensors (training only).
     pub optimizer: usize,
@@ -143,10 +144,15 @@ impl<B: Backend> Gpt<B> {
         // held beside everything else, so added, not the larger of the two.
         let head = Gemm::new(rows, config.padded_vocab, config.n_embd).trans_b();
         let kept = b.gemm_scratch_bytes(&head);
+        // `ParamGrads`: the tensors the backward forms a gradient for alone.
+        let trained = Trained::of(lr);
+        let gradients = (trained.gradient_spans(&layout).iter())
+            .map(|&(_, len)| len)
+            .sum();
         let mut mem = MemoryPlan {
             weights: b.stored_bytes(DType::F32, n) + copy,
             gradients: match plan.trains() {
-                true => b.stored_bytes(DType::F32, n),
+                true => b.stored_bytes(DType::F32, gradients),
                 false => 0,
             },
             activations,
@@ -166,7 +172,6 @@ impl<B: Backend> Gpt<B> {
                 "a training run's activations must be kept for the backward, not {:?}",
                 plan.keep
             );
-            let trained = Trained::of(lr);
             let groups = param_groups(&layout, trained, lr);
             let state = AdamWOptimizer::<B>::state_len(&groups);
             mem.optimizer = 2 * b.stored_bytes(DType::F32, state);

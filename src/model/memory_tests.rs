@@ -210,7 +210,7 @@ fn the_plan_counts_what_the_model_allocates() {
                 );
                 let gradients = model
                     .grads()
-                    .map_or(0, |g| b.stored_bytes(g.dtype(), g.len()));
+                    .map_or(0, |g| b.stored_bytes(g.buf().dtype(), g.buf().len()));
                 assert_eq!(m.gradients, gradients);
                 assert_eq!(gradients > 0, plan.trains());
                 let copy = match b.compute_dtype() {

@@ -310,8 +310,8 @@ pub(super) fn assert_decoding_matches_reference(mut gpt: Gpt<Cpu>, lowrank: &[Lo
 
 /// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
 /// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
-/// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) must get exactly
-/// zero gradient.
+/// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) have no gradient
+/// memory (`ParamGrads` panics at a window of theirs), so nothing can be formed for them.
 pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
     let (cpu, cfg, batch, seq) = (Cpu, *gpt.config(), gpt.batch(), gpt.seq());
     let p = large_random_weights(&mut gpt);
@@ -326,7 +326,6 @@ pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[Low
     gpt.backward(&cpu, 0.75).unwrap();
     gpt.forward(&cpu, &inputs, Some(&targets)).unwrap();
     gpt.backward(&cpu, 0.25).unwrap();
-    let grads = cpu.download(gpt.grads().unwrap().all()).unwrap();
 
     let layout = gpt.layout().clone();
     let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
@@ -348,17 +347,14 @@ pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[Low
     let h = 1e-5;
     let mut worst = (0.0f64, String::new());
     for (index, t) in layout.tensors().iter().enumerate() {
-        let ours = &grads[t.offset..t.offset + t.len()];
         if !gpt.has_gradient(index) {
-            assert!(
-                ours.iter().all(|&g| g == 0.0),
-                "{}: frozen, got gradient",
-                t.name
-            );
             continue;
         }
+        let ours = cpu
+            .download(gpt.grads().unwrap().at(t.offset, t.len()))
+            .unwrap();
         let (mut diff2, mut norm2) = (0.0, 0.0);
-        for (i, g) in (t.offset..t.offset + t.len()).zip(ours) {
+        for (i, g) in (t.offset..t.offset + t.len()).zip(&ours) {
             let x = p64[i];
             p64[i] = x + h;
             let up = reference(&p64);
@@ -386,11 +382,14 @@ pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[Low
         }
     }
     let wte = layout.wte();
-    let padding = &grads[wte.offset + cfg.vocab_size * cfg.n_embd..wte.offset + wte.len()];
-    assert!(
-        padding.iter().all(|&g| g == 0.0),
-        "padding rows of wte got gradient"
-    );
+    if gpt.has_gradient(0) {
+        let real = cfg.vocab_size * cfg.n_embd;
+        let padding = gpt.grads().unwrap().at(wte.offset + real, wte.len() - real);
+        assert!(
+            cpu.download(padding).unwrap().iter().all(|&g| g == 0.0),
+            "padding rows of wte got gradient"
+        );
+    }
     eprintln!("worst relative gradient error {:e} in {}", worst.0, worst.1);
 }
 

@@ -3,6 +3,7 @@
 //! step by heavy ball instead (DLRA heavy ball on the coefficients S), its velocity kept in the
 //! first-moment buffer.
 
+use super::ParamGrads;
 use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, Mut, Ref};
 use anyhow::{ensure, Context, Result};
 
@@ -217,7 +218,7 @@ impl<B: Backend> AdamWOptimizer<B> {
         b: &B,
         lr: f32,
         params: &mut B::Buf,
-        grads: &B::Buf,
+        grads: &ParamGrads<B>,
         mut compute_copy: Option<&mut B::Buf>,
     ) -> Result<StepReport> {
         let windows: Vec<_> = (self.norm_windows.iter())
@@ -290,6 +291,13 @@ mod tests {
         b
     }
 
+    /// Gradients of every parameter, these.
+    fn grads(xs: &[f32]) -> ParamGrads<Cpu> {
+        let mut g = ParamGrads::new(&Cpu, &[(0, xs.len())]).unwrap();
+        Cpu.upload(xs, g.buf_mut().all_mut()).unwrap();
+        g
+    }
+
     #[test]
     fn clips_by_global_norm_decays_only_marked_groups_and_scales_group_lr() {
         // Gradient (3, 4): norm 5, clipped to 1 → scaled by 0.2. With m = v = 0 the first Adam step
@@ -318,7 +326,7 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamWOptimizer::new(&Cpu, cfg, 2, &groups).unwrap();
-        let (mut p, g) = (buf(&[2.0, 2.0]), buf(&[3.0, 4.0]));
+        let (mut p, g) = (buf(&[2.0, 2.0]), grads(&[3.0, 4.0]));
         let rep = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
         assert!((rep.grad_norm - 5.0).abs() < 1e-12);
         assert!((rep.clip_scale - 0.2).abs() < 1e-7);
@@ -352,7 +360,7 @@ mod tests {
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 7, &groups).unwrap();
         assert_eq!(opt.norm_windows, vec![(0, 3), (5, 2)]);
         let mut p = buf(&[0.0; 7]);
-        let g = buf(&[1.0, 2.0, 2.0, 100.0, 100.0, 4.0, 0.0]);
+        let g = grads(&[1.0, 2.0, 2.0, 100.0, 100.0, 4.0, 0.0]);
         let rep = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
         assert_eq!(rep.grad_norm, 5.0);
         assert_eq!(&p.as_slice()[3..5], &[0.0, 0.0]);
@@ -381,7 +389,7 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamWOptimizer::new(&Cpu, cfg, 3, &groups).unwrap();
-        let (mut p, g) = (buf(&[1.0, 1.0, 1.0]), buf(&[0.0, 3.0, 4.0]));
+        let (mut p, g) = (buf(&[1.0, 1.0, 1.0]), grads(&[0.0, 3.0, 4.0]));
         opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
         let p = p.as_slice();
         assert_eq!(p[0], 1.0);
@@ -465,7 +473,7 @@ mod tests {
         }];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &short).is_err());
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 2, &short[..]).unwrap();
-        let (mut p, g) = (buf(&[1.0, 1.0]), buf(&[f32::NAN, 1.0]));
+        let (mut p, g) = (buf(&[1.0, 1.0]), grads(&[f32::NAN, 1.0]));
         let e = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap_err();
         assert!(e.to_string().contains("diverged"), "{e}");
         assert_eq!(

@@ -118,7 +118,7 @@ impl ModelCase {
             ModelOutput::Grads => {
                 model.zero_grads(b)?;
                 model.backward(b, 1.0)?;
-                b.download(model.grads()?.all())?
+                b.download(model.grads()?.buf().all())?
             }
             ModelOutput::Decoded => {
                 // A prompt, one token, the rest: each piece reads the earlier pieces' k and v.

@@ -146,6 +146,7 @@ pub fn augment<B: Backend>(
     let ranks: Vec<usize> = model.lowrank().live.iter().map(|l| l.rank).collect();
     // The gradient rows are S·(G·V)ᵀ and S·(Uᵀ·G): with S diagonal, the same spans as G·V and
     // Gᵀ·U, and the products below carry a factor σ to divide out.
+    let grads = model.grads()?;
     let jobs: Vec<Extension> = places
         .iter()
         .enumerate()
@@ -157,7 +158,7 @@ pub fn augment<B: Backend>(
                 .map(move |(t, (basis, n))| Extension {
                     name: &p.layer.prefix,
                     basis,
-                    dir: basis,
+                    dir: grads.offset(basis, r * n),
                     n,
                     r,
                     seed: ((i as u64) << 1) | t as u64,
@@ -165,7 +166,7 @@ pub fn augment<B: Backend>(
         })
         .collect();
     let bufs = model.optimizer_buffers()?;
-    basis::extend(b, bufs.params, bufs.grads, &jobs).context("DLRA augmentation")?;
+    (basis::extend(b, bufs.params, bufs.grads.buf(), &jobs)).context("DLRA augmentation")?;
 
     // Ûᵀ·(G·V)·S and S·(Uᵀ·G)·V̂ of every layer, in one download.
     let shapes = ranks.iter().flat_map(|&r| [(2 * r, r), (r, 2 * r)]);
