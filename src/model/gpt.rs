@@ -16,7 +16,8 @@ use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
 /// A GPT-2 on a backend: f32 master parameters, their compute-dtype copy, activations planned for
-/// (batch, seq) and, in a model that trains, f32 gradients with the parameters' layout.
+/// (batch, seq) and, in a model that trains, f32 gradients of the tensors that have one
+/// (`ParamGrads`).
 pub struct Gpt<B: Backend> {
     config: GptConfig,
     layout: ParamLayout,

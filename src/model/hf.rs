@@ -77,7 +77,7 @@ impl<B: Backend> Gpt<B> {
     /// What a checkpoint stores: every parameter, except in LoRA, whose checkpoint holds its
     /// trained tensors alone (the factors, and the embeddings with --lora-embeddings), as a PEFT
     /// adapter does (`CompletedLora` completes them from the base again): only those come off the
-    /// device, one after the other in `reuse`'s memory (GPT-2 medium's at r = 8 take 4.7 MB
+    /// device, one after the other in `reuse`'s memory (GPT-2 medium's at r = 8 take 7.9 MB
     /// where the whole model takes 1.4 GB).
     pub fn checkpoint_tensors(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
         if self.trained().base() {
@@ -129,7 +129,7 @@ impl<B: Backend> Gpt<B> {
         let mut base = LoraBase::open(path, &factored)?;
         let factor = |name: &str| name.ends_with(".lowrank_ut") || name.ends_with(".lowrank_vt");
         (self.load_tensors(b, &mut base, factor)).with_context(|| {
-            format!("--lora-base {path} is not a dense GPT-2 checkpoint of this model's shape")
+            format!("cannot load --lora-base {path} into this model (it must be a dense GPT-2 checkpoint of the model's shape)")
         })?;
         base.fingerprint()
     }
@@ -156,7 +156,9 @@ impl<B: Backend> Gpt<B> {
             let (name, shape) =
                 by_name.remove(canonical(&t.name)).with_context(|| {
                     match canonical(&t.name).strip_suffix(".lowrank_w0") {
-                        Some(prefix) => format!("the checkpoint lacks tensor {prefix}.weight"),
+                        Some(p) => format!(
+                            "the checkpoint lacks tensor {p}.lowrank_w0 (a LoRA base's {p}.weight)"
+                        ),
                         None => format!("the checkpoint lacks tensor {}", t.name),
                     }
                 })?;

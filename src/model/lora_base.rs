@@ -146,10 +146,15 @@ mod tests {
     use super::*;
     use crate::train::tensor_file::{fingerprint, save, HostTensor};
 
-    /// A base file of the tiny preset's (the shape comes from its metadata) with these tensors.
-    fn base_file(name: &str, tensors: &[HostTensor]) -> String {
-        let dir = std::env::temp_dir().join(format!("lowrank-lora-base-{}", std::process::id()));
+    /// A directory of the test's own.
+    fn test_dir(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lowrank-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A base file of the tiny preset's (the shape comes from its metadata) with these tensors.
+    fn base_file(dir: &Path, name: &str, tensors: &[HostTensor]) -> String {
         let path = dir.join(name);
         let meta = [("lowrank_model".to_string(), "tiny".to_string())].into();
         save(&path, tensors, meta).unwrap();
@@ -176,7 +181,8 @@ mod tests {
             tensor("transformer.h.0.attn.c_attn.weight", vec![3, 9], 0.3),
             tensor("transformer.wte.weight", vec![(1 << 20) + 3], 0.4),
         ];
-        let path = base_file("base.safetensors", &tensors);
+        let dir = test_dir("lora-base-part");
+        let path = base_file(&dir, "base.safetensors", &tensors);
         let whole = fingerprint(&TensorFile::open(Path::new(&path)).unwrap().read().unwrap());
         let mut base = LoraBase::open(&path, &["h.0.mlp.c_fc"]).unwrap();
         let mut listing = base.listing().unwrap();
@@ -201,9 +207,10 @@ mod tests {
         // One value's last bit changed: another fingerprint.
         let mut changed = tensors.clone();
         changed[3].data[1 << 20] = f32::from_bits(changed[3].data[1 << 20].to_bits() ^ 1);
-        let other = base_file("changed.safetensors", &changed);
+        let other = base_file(&dir, "changed.safetensors", &changed);
         let mut other = LoraBase::open(&other, &["h.0.mlp.c_fc"]).unwrap();
         assert_ne!(other.fingerprint().unwrap(), whole);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// A LoRA checkpoint's tensors complete from the base (the checkpoint's own before the
@@ -220,7 +227,8 @@ mod tests {
             tensor("h.0.mlp.c_fc.lowrank_vt", vec![2, 5], 0.5),
             tensor("transformer.wte.weight", vec![4, 3], 0.6),
         ];
-        let base_path = base_file("lora-base.safetensors", &base);
+        let dir = test_dir("lora-completed");
+        let base_path = base_file(&dir, "lora-base.safetensors", &base);
         let recorded = fingerprint(
             &TensorFile::open(Path::new(&base_path))
                 .unwrap()
@@ -228,7 +236,7 @@ mod tests {
                 .unwrap(),
         );
         let trained_file = || {
-            let path = base_file("lora-trained.safetensors", &trained);
+            let path = base_file(&dir, "lora-trained.safetensors", &trained);
             TensorFile::open(Path::new(&path)).unwrap()
         };
         let completed = CompletedLora::new(trained_file(), &base_path, recorded.clone());
@@ -250,5 +258,6 @@ mod tests {
             format!("{e:#}").contains("not the one this run was trained on"),
             "{e:#}"
         );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -5,7 +5,7 @@
 
 use super::ParamGrads;
 use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, Mut, Ref};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// A contiguous run of parameters sharing a weight-decay setting and a learning-rate scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -78,7 +78,8 @@ pub struct AdamWOptimizer<B: Backend> {
     slots: Vec<Slot>,
     /// The trained groups as maximal contiguous (offset, len) runs: the gradient norm's windows.
     /// Held-fixed tensors between them (LoRA's base, a frozen W0, DLRA's bases) carry no gradient
-    /// the norm needs, and LoRA's is most of the buffer.
+    /// the norm needs (LoRA's base and a W0 have no gradient memory: each window must lie within
+    /// one of `ParamGrads`' runs, which `step` checks).
     norm_windows: Vec<(usize, usize)>,
     /// Parameters the groups tile.
     params: usize,
@@ -221,6 +222,14 @@ impl<B: Backend> AdamWOptimizer<B> {
         grads: &ParamGrads<B>,
         mut compute_copy: Option<&mut B::Buf>,
     ) -> Result<StepReport> {
+        // Every trained group lies in a norm window: each must have gradient memory.
+        let missing = self
+            .norm_windows
+            .iter()
+            .find(|&&(o, l)| !grads.covers(o, l));
+        if let Some(&(offset, len)) = missing {
+            bail!("parameters {offset}..{} train but have no gradient memory: the optimiser's groups and the model's gradients disagree", offset + len);
+        }
         let windows: Vec<_> = (self.norm_windows.iter())
             .map(|&(offset, len)| grads.at(offset, len))
             .collect();
@@ -481,5 +490,11 @@ mod tests {
             &[1.0, 1.0],
             "a diverged step must leave the weights untouched"
         );
+        // Gradients that lack a trained parameter's: an error before anything moves.
+        let mut partial = ParamGrads::new(&Cpu, &[(1, 1)]).unwrap();
+        Cpu.upload(&[1.0], partial.buf_mut().all_mut()).unwrap();
+        let e = opt.step(&Cpu, 0.1, &mut p, &partial, None).unwrap_err();
+        assert!(e.to_string().contains("no gradient memory"), "{e}");
+        assert_eq!(p.as_slice(), &[1.0, 1.0]);
     }
 }
