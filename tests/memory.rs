@@ -74,14 +74,17 @@ fn assert_forward_within_plan(what: &str, (t, peak, ok): (String, f64, bool)) {
 /// matrices and W0 copies), then efficient InRank at rank 64 on `cpu-bf16` (the compute copy,
 /// the low-rank scratch): each run's peak resident memory stays under the plan its banner states
 /// and the plan overstates it by less than 10 %, give or take the banner's rounding to 0.1 GB.
-/// (Measured 2026-12-07 on 2 cores: 4.18 GB against a plan of 4.2, 3.62 against 3.7.) Then
-/// `eval` of the first run's checkpoint, whose model keeps one layer's activations and no
-/// gradients: at batch 1 × 64 its peak is the loading (the weights, and the checkpoint's tensors
-/// not yet copied into them), at 4 × 1024 the forward (the logits, one layer's activations); each
-/// stays under its plan, which overstates it by no more than the plan's margin and scratch
-/// (estimates both) and the rounding. (Measured 2026-12-07: 0.69 GB against 792 MB, 1.81 against
-/// 2.0.) Each run's checkpoint is exported, within the export's plan likewise. Each run is
-/// checked against the machine's memory first: with less than 8 GB available, this is skipped.
+/// (Measured 2026-12-07 on 2 cores: 4.18 GB against a plan of 4.2, 3.62 against 3.7.) Then LoRA
+/// at rank 8 on the first run's checkpoint, whose gradients and checkpoint copy are its factors'
+/// alone, its base read into the weights tensor by tensor (0.80 GB against 895 MB; before either,
+/// it planned 1.9 GB). Then `eval` of the first run's checkpoint, whose model keeps one layer's
+/// activations and no gradients: at batch 1 × 64 its peak is the weights, at 4 × 1024 the forward
+/// (the logits, one layer's activations), and of the LoRA run's at 1 × 64, completed from its
+/// base tensor by tensor; each stays under its plan, which overstates it by no more than the
+/// plan's margin and scratch (estimates both) and the rounding. (Measured 2026-12-07: 0.69 GB
+/// against 792 MB, 1.81 against 2.0, LoRA's 0.56 against 659 MB.) Each run's checkpoint is
+/// exported, within the export's plan likewise. Each run is checked against the machine's memory
+/// first: with less than 8 GB available, this is skipped.
 #[test]
 #[cfg(target_os = "linux")]
 fn cpu_runs_stay_within_the_memory_they_plan() {
@@ -90,11 +93,14 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
         eprintln!("skipped: {available} bytes available, the runs need 4.2 GB beside other tests");
         return;
     }
-    let out = tmp("memory-plan");
     let common = [
         "--model", "gpt2", "--batch", "2", "--seq", "128", "--steps", "2",
     ];
-    let runs: [&[&str]; 2] = [
+    // Each run's directory lives to the end: the third trains on the first's checkpoint.
+    let outs: Vec<_> = (0..3).map(|i| tmp(&format!("memory-plan-{i}"))).collect();
+    let base = &outs[0];
+    let lora = ["--lowrank", "lora", "--rank-init", "8", "--lora-base"];
+    let runs: [&[&str]; 3] = [
         &["--checkpoint-every", "1", "--rank-log-every", "1"],
         &[
             "--lowrank",
@@ -104,9 +110,10 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
             "--device",
             "cpu-bf16",
         ],
+        &[&lora[..], &[base.to_str().unwrap()]].concat(),
     ];
-    for extra in runs {
-        std::fs::remove_dir_all(&out).ok();
+    for (i, extra) in runs.into_iter().enumerate() {
+        let out = &outs[i];
         let mut args = vec!["train", "--eval-every", "0", "--out", out.to_str().unwrap()];
         args.extend(common);
         args.extend(extra);
@@ -125,23 +132,28 @@ fn cpu_runs_stay_within_the_memory_they_plan() {
         let args = ["export", "--ckpt", out.to_str().unwrap(), "--out"];
         let export = run_measured(&[&args[..], &[exported.to_str().unwrap()]].concat());
         assert_forward_within_plan(&format!("export of {extra:?}"), export);
-        if extra.contains(&"--checkpoint-every") {
-            for (batch, seq) in [("1", "64"), ("4", "1024")] {
-                let ckpt = out.to_str().unwrap();
-                let eval = run_measured(&[
-                    "eval",
-                    "--ckpt",
-                    ckpt,
-                    "--builtin",
-                    "--batch",
-                    batch,
-                    "--seq",
-                    seq,
-                    "--max-batches",
-                    "1",
-                ]);
-                assert_forward_within_plan(&format!("eval {batch} × {seq}"), eval);
-            }
+        // Evaluated from the dense run's checkpoint, and from the LoRA run's, completed from its
+        // base tensor by tensor into the weights.
+        let shapes: &[(&str, &str)] = match i {
+            0 => &[("1", "64"), ("4", "1024")],
+            2 => &[("1", "64")],
+            _ => &[],
+        };
+        for &(batch, seq) in shapes {
+            let ckpt = out.to_str().unwrap();
+            let eval = run_measured(&[
+                "eval",
+                "--ckpt",
+                ckpt,
+                "--builtin",
+                "--batch",
+                batch,
+                "--seq",
+                seq,
+                "--max-batches",
+                "1",
+            ]);
+            assert_forward_within_plan(&format!("eval of run {i} at {batch} × {seq}"), eval);
         }
     }
 }
