@@ -98,6 +98,20 @@ fn a_run_without_a_validation_split_asks_for_data() {
         "{}",
         text(&o)
     );
+    // A checkpoint path that names nothing is said to, not to hold no checkpoint; a directory
+    // without one is.
+    let gone = dir.join("gone");
+    for (path, says) in [
+        (gone.as_path(), "does not exist"),
+        (&dir, "holds no checkpoint"),
+    ] {
+        let o = lowrank(&["eval", "--ckpt", path.to_str().unwrap()]);
+        assert!(
+            !o.status.success() && text(&o).contains(says),
+            "{}",
+            text(&o)
+        );
+    }
 }
 
 /// `--stride S`: every token of the validation shard but its first is scored once (the count its

@@ -183,6 +183,7 @@ pub fn latest_dir(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// The checkpoint directory `path` names: a run directory's latest, or a checkpoint itself.
 fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
+    ensure!(path.exists(), "{} does not exist", path.display());
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
