@@ -361,6 +361,124 @@ fn training_on_the_emulated_gpu_follows_the_cpu_backend() {
     }
 }
 
+/// LoRA with trained embeddings on the emulated GPU follows the CPU in the GPU's precision: its
+/// base put into the weights tensor by tensor, gradients packed for its trained tensors alone
+/// (the factors' offsets translated in the fused low-rank backward), AdamW over them, and a
+/// checkpoint of those tensors copied off the device one by one; the checkpoint then evaluates on
+/// the emulated GPU, completed from its base, to the CPU's loss.
+#[test]
+fn lora_on_the_emulated_gpu_follows_the_cpu_backend() {
+    let Some(emu) = Emulator::get() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-emu-lora");
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str]| {
+        let out = emu.run(args, "80", "108", &[]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} failed:\n{text}");
+        text
+    };
+    let base = dir.join("base");
+    let base = base.to_str().unwrap();
+    run(&["train", "--steps", "2", "--eval-every", "0", "--out", base]);
+    for device in ["cuda", "cpu-bf16"] {
+        let out = dir.join(device);
+        run(&[
+            "train",
+            "--device",
+            device,
+            "--lowrank",
+            "lora",
+            "--rank-init",
+            "4",
+            "--lora-embeddings",
+            "--lora-base",
+            base,
+            "--check-compute-copy",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--eval-every",
+            "3",
+            "--eval-batches",
+            "1",
+            "--batch",
+            "3",
+            "--seq",
+            "40",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+    let losses = |device: &str| read_losses(&dir.join(device).join("metrics.jsonl"));
+    let (gpu, cpu) = (losses("cuda"), losses("cpu-bf16"));
+    assert_eq!(
+        gpu.len(),
+        4,
+        "three training losses and one validation loss: {gpu:?}"
+    );
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(
+            ((g - c) / c).abs() < 2e-3,
+            "loss {i}: {g} on the emulated GPU, {c} on cpu-bf16 ({gpu:?} vs {cpu:?})"
+        );
+    }
+    // The checkpoints hold the same tensors (the factors, wte and wpe), near in value: three
+    // Adam steps, whose first moves every element by the learning rate with its gradient's sign,
+    // which bf16 may flip where a gradient is near zero, left the Ut 0–4 % apart and the Vt,
+    // which start at zero (LoRA's B), 0.4–14 % (seen); a tensor copied off the device from the
+    // wrong place would be off by its whole size, so 10 % and 50 % bound them.
+    let load = |device: &str| {
+        let path = dir
+            .join(device)
+            .join("checkpoint-0000003/model.safetensors");
+        lowrank::train::tensor_file::load(&path).unwrap().0
+    };
+    let (gpu, cpu) = (load("cuda"), load("cpu-bf16"));
+    assert_eq!(
+        gpu.len(),
+        4 * 2 * 2 + 2,
+        "tiny's 4 blocks × 2 MLP matrices × (Ut, Vt), wte, wpe"
+    );
+    for (g, c) in gpu.iter().zip(&cpu) {
+        assert_eq!((&g.name, &g.shape), (&c.name, &c.shape));
+        let d = (g.data.iter().zip(&c.data)).map(|(a, b)| ((a - b) as f64).powi(2));
+        let n = c.data.iter().map(|&b| (b as f64).powi(2));
+        let (d, n) = (d.sum::<f64>().sqrt(), n.sum::<f64>().sqrt());
+        let bound = match g.name.ends_with(".lowrank_vt") {
+            true => 0.5,
+            false => 0.1,
+        };
+        assert!(
+            d <= bound * n,
+            "{}: |gpu − cpu| = {d:.3e}, |cpu| = {n:.3e}",
+            g.name
+        );
+    }
+    // Evaluated on the emulated GPU and on the CPU from the emulated GPU's checkpoint.
+    let eval = |device: &str| -> f64 {
+        let ckpt = dir.join("cuda");
+        let args = ["eval", "--ckpt", ckpt.to_str().unwrap(), "--device", device];
+        let text = run(&[&args[..], &["--max-batches", "1"]].concat());
+        let loss = text
+            .split("loss ")
+            .last()
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        loss.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no loss in:\n{text}"))
+    };
+    let (on_gpu, on_cpu) = (eval("cuda"), eval("cpu"));
+    assert!(
+        ((on_gpu - on_cpu) / on_cpu).abs() < 5e-3,
+        "eval: {on_gpu} on the emulated GPU, {on_cpu} on the CPU"
+    );
+}
+
 /// A CUDA run's memory plan (the banner's "memory: about N MB", checked against the GPU's free
 /// memory before anything is allocated) is, less its margin, what the run allocates on the
 /// emulated GPU at its peak to within the banner's rounding, attention's scratch included, with
