@@ -28,7 +28,7 @@ fn ignorable(name: &str) -> bool {
 }
 
 /// The HF shape of a tensor: the token embedding without our padding rows.
-pub(super) fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
+fn hf_rows(name: &str, shape: &[usize], vocab: usize) -> Vec<usize> {
     let mut s = shape.to_vec();
     if canonical(name) == "wte.weight" {
         s[0] = vocab;
@@ -83,27 +83,14 @@ impl<B: Backend> Gpt<B> {
         if self.trained().base() {
             return self.to_hf_flat(b, reuse);
         }
-        let (mut spans, mut from) = (Vec::new(), Vec::new());
-        let mut end = 0;
-        for (i, span) in self.hf_spans().into_iter().enumerate() {
-            if self.has_gradient(i) {
-                from.push(span.offset);
-                let len = span.shape.iter().product::<usize>();
-                spans.push(Span {
-                    offset: end,
-                    ..span
-                });
-                end += len;
-            }
-        }
+        let packed = trained_spans(self.layout(), self.trained(), self.config().vocab_size);
         let mut values = reuse;
-        values.resize(end, 0.0);
-        let mut rest = values.as_mut_slice();
-        for (span, from) in spans.iter().zip(from) {
-            let (dst, tail) = rest.split_at_mut(span.shape.iter().product());
-            b.download_into(self.params().at(from, dst.len()), dst)?;
-            rest = tail;
+        values.resize(packed.iter().map(|(s, _)| s.elements()).sum(), 0.0);
+        for (span, from) in &packed {
+            let dst = &mut values[span.offset..span.offset + span.elements()];
+            b.download_into(self.params().at(*from, dst.len()), dst)?;
         }
+        let spans = packed.into_iter().map(|(span, _)| span).collect();
         Ok(FlatTensors { values, spans })
     }
 
@@ -190,6 +177,29 @@ impl<B: Backend> Gpt<B> {
         tensors.finish()?;
         self.refresh_compute_copy(b)
     }
+}
+
+/// The tensors with a gradient (a LoRA checkpoint's), each with its HF name and shape at its
+/// place packed one after the other, and its offset in the parameters.
+pub(super) fn trained_spans(
+    layout: &ParamLayout,
+    trained: Trained,
+    vocab: usize,
+) -> Vec<(Span, usize)> {
+    let mut end = 0;
+    (layout.tensors().iter().enumerate())
+        .filter(|&(i, _)| trained.has_gradient(layout, i))
+        .map(|(_, t)| {
+            let shape = hf_rows(&t.name, &t.shape, vocab);
+            let span = Span {
+                name: t.name.clone(),
+                shape,
+                offset: end,
+            };
+            end += span.elements();
+            (span, t.offset)
+        })
+        .collect()
 }
 
 /// The configuration a set of HF tensors describes: width from wte, depth from the h.N blocks,

@@ -6,7 +6,7 @@
 use super::activations::Activations;
 use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
-use super::hf::{hf_rows, param_groups, CheckpointSource};
+use super::hf::{param_groups, trained_spans, CheckpointSource};
 use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, DType, Gemm, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
@@ -182,11 +182,8 @@ impl<B: Backend> Gpt<B> {
                 // then the moments.
                 let saved = match trained.base() {
                     true => n,
-                    false => (layout.tensors().iter().enumerate())
-                        .filter(|&(i, _)| trained.has_gradient(&layout, i))
-                        .map(|(_, t)| t)
-                        .map(|t| hf_rows(&t.name, &t.shape, config.vocab_size))
-                        .map(|shape| shape.iter().product::<usize>())
+                    false => (trained_spans(&layout, trained, config.vocab_size).iter())
+                        .map(|(span, _)| span.elements())
                         .sum(),
                 };
                 mem.checkpoint = 4 * (saved + 2 * state);

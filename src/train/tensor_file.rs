@@ -133,15 +133,19 @@ pub struct Span {
     pub offset: usize,
 }
 
+impl Span {
+    /// How many values its tensor has.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 impl FlatTensors {
     pub fn views(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.spans.iter().map(|s| {
-            let len = s.shape.iter().product::<usize>();
-            TensorRef {
-                name: &s.name,
-                shape: &s.shape,
-                data: &self.values[s.offset..s.offset + len],
-            }
+        self.spans.iter().map(|s| TensorRef {
+            name: &s.name,
+            shape: &s.shape,
+            data: &self.values[s.offset..s.offset + s.elements()],
         })
     }
 
