@@ -84,6 +84,17 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     assert!(train(&base, &["--steps", "2"]).status.success());
     let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
     straight_and_resumed("lora", &[&LORA_ALL[..], &base_arg[..]].concat());
+    // InRank in the GPU's precision: its frozen W0 keeps no f32 master there (the compute copy
+    // holds it), so its checkpoint stores the copy's W0, which the resume reads back into it.
+    let inrank = [
+        "--device",
+        "cpu-bf16",
+        "--lowrank",
+        "inrank",
+        "--rank-warmup",
+        "2",
+    ];
+    straight_and_resumed("inrank-bf16", &[&inrank[..], &["--rank-gap", "2"]].concat());
     // A dense run from another's weights: the rank log measures W − W0 from --init-from's.
     let from = [
         "--init-from",

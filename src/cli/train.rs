@@ -108,7 +108,8 @@ pub struct Args {
     #[arg(long, default_value_t = 48)]
     sample_tokens: usize,
     /// Verify before each optimiser update and after each step (rank changes included) that the
-    /// compute copy of the weights (bf16 on cuda and cpu-bf16) equals the master weights, and stop
+    /// compute copy of the weights (bf16 on cuda and cpu-bf16) equals the f32 master weights (those
+    /// of the trained tensors: a frozen tensor is kept in the copy alone), and stop
     /// with an error naming the first stale tensor (a debugging aid: one cast and two downloads of
     /// the weights per check)
     #[arg(long)]

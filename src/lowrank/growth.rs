@@ -17,7 +17,7 @@
 use super::config::MomentTransport;
 use super::runtime::LiveRank;
 use super::spectrum::live_spectra;
-use crate::backend::{Backend, Buffer};
+use crate::backend::Backend;
 use crate::linalg::factor::to_transposed;
 use crate::linalg::{explained_rank, CoreSvd};
 use crate::model::Gpt;

@@ -8,7 +8,7 @@ use crate::backend::{
     Ref,
 };
 use crate::model::TensorView;
-use crate::optim::ParamGrads;
+use crate::optim::PackedParams;
 use anyhow::{anyhow, Result};
 
 /// A layer's live rank r and width k (the rows of Ut and Vt the op reads: r plus the buffer while
@@ -230,7 +230,7 @@ impl<B: Backend> LowRankRuntime<B> {
         i: usize,
         v: &LayerViews,
         w: &B::Buf,
-        grads: &mut ParamGrads<B>,
+        grads: &mut PackedParams<B>,
         x: Ref<B::Buf>,
         dy: Ref<B::Buf>,
         dx: Mut<B::Buf>,

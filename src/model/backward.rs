@@ -1,5 +1,5 @@
 //! The backward pass, the forward's blocks in reverse: gradients of the parameters ACCUMULATE into
-//! `ParamGrads` (addressed by the parameters' offsets); activation gradients live in a few reused
+//! `PackedParams` (addressed by the parameters' offsets); activation gradients live in a few reused
 //! buffers.
 
 use super::activations::{ActivationGrads, Activations, PerLayer};
@@ -9,7 +9,7 @@ use super::linear::{self, Pair};
 use super::params::{BlockTensor, ParamLayout, TensorView};
 use crate::backend::{Backend, Buffer, DenseGrads, Gemm, MatShape, Mut, Ref};
 use crate::lowrank::LowRankRuntime;
-use crate::optim::ParamGrads;
+use crate::optim::PackedParams;
 use anyhow::Result;
 
 /// The model state the backward pass reads: layout, compute-dtype weights, activations, inputs.
@@ -28,7 +28,7 @@ pub(super) struct Saved<'a, B: Backend> {
 pub(super) fn linear_backward<B: Backend>(
     b: &B,
     (dx, gelu_input): (Mut<B::Buf>, Option<Ref<B::Buf>>),
-    grads: Option<&mut ParamGrads<B>>,
+    grads: Option<&mut PackedParams<B>>,
     x: Ref<B::Buf>,
     dy: Ref<B::Buf>,
     w: &B::Buf,
@@ -50,7 +50,7 @@ pub(super) fn linear_backward<B: Backend>(
 }
 
 /// A tensor's gradient.
-fn grad_of<'a, B: Backend>(grads: &'a mut ParamGrads<B>, t: &TensorView) -> Mut<'a, B::Buf> {
+fn grad_of<'a, B: Backend>(grads: &'a mut PackedParams<B>, t: &TensorView) -> Mut<'a, B::Buf> {
     grads.at_mut(t.offset, t.len())
 }
 
@@ -60,7 +60,7 @@ pub(super) fn backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     d: &mut ActivationGrads<B>,
     loss_scale: f32,
 ) -> Result<()> {
@@ -110,7 +110,7 @@ pub(super) fn backward<B: Backend>(
 fn ln_backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     d: &mut ActivationGrads<B>,
     (off, len): (usize, usize),
     x: Ref<B::Buf>,
@@ -133,7 +133,7 @@ fn block_backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     d: &mut ActivationGrads<B>,
     l: usize,
 ) -> Result<()> {
@@ -164,7 +164,7 @@ impl<B: Backend> Block<'_, '_, B> {
     fn linear(
         &mut self,
         b: &B,
-        grads: &mut ParamGrads<B>,
+        grads: &mut PackedParams<B>,
         pair: Pair,
         (x, dy, dx): LinearIo<B>,
         gelu_input: Option<Ref<B::Buf>>,
@@ -177,7 +177,7 @@ impl<B: Backend> Block<'_, '_, B> {
     fn ln_backward(
         &self,
         b: &B,
-        grads: &mut ParamGrads<B>,
+        grads: &mut PackedParams<B>,
         d: &mut ActivationGrads<B>,
         weight: BlockTensor,
         x: Ref<B::Buf>,
@@ -193,7 +193,7 @@ impl<B: Backend> Block<'_, '_, B> {
 fn mlp_part<B: Backend>(
     b: &B,
     blk: &mut Block<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;
@@ -226,7 +226,7 @@ fn mlp_part<B: Backend>(
 fn attention_part<B: Backend>(
     b: &B,
     blk: &mut Block<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     d: &mut ActivationGrads<B>,
 ) -> Result<()> {
     use BlockTensor::*;

@@ -10,11 +10,19 @@ use crate::train::tensor_file::{HostTensor, Outgoing, Values};
 use anyhow::{ensure, Result};
 
 impl Gpt<Cpu> {
+    /// Every parameter, laid out as `layout()`: `Cpu` computes in f32, so its masters are every
+    /// tensor's (`Weights`).
+    fn host_params(&self) -> &[f32] {
+        let masters = self.params();
+        assert!(masters.is_whole(self.layout().len()));
+        masters.buf().as_slice()
+    }
+
     /// Every tensor of the dense GPT-2 with this model's function, HF-named (f32): the dense
     /// ones borrowed from the weights, each low-rank layer's product formed when it is written
     /// (`tensor_file::save_views`), so that an export holds the model and one layer's product.
     pub fn dense_tensors(&self) -> Result<Vec<Outgoing<'_>>> {
-        let (layout, values) = (self.layout(), self.params().as_slice());
+        let (layout, values) = (self.layout(), self.host_params());
         let factors: Vec<usize> = (layout.lowrank().iter())
             .flat_map(|lt| [Some(lt.ut), Some(lt.vt), lt.w0, lt.mid])
             .flatten()
@@ -50,7 +58,7 @@ impl Gpt<Cpu> {
         // the tensor's start), LoRA's (α/r)·I, or I.
         let mut m = vec![0.0f32; k * k];
         match lt.mid {
-            Some(mid) => m.copy_from_slice(&params.as_slice()[offset(mid)..][..k * k]),
+            Some(mid) => m.copy_from_slice(&self.host_params()[offset(mid)..][..k * k]),
             None => {
                 let scale = self.lowrank().lora_scale().unwrap_or(1.0);
                 (0..k).for_each(|p| m[p * k + p] = scale);
@@ -84,7 +92,7 @@ impl Gpt<Cpu> {
             lr.lora_scale().is_some(),
             "only a LoRA run has an adapter: export the merged model instead"
         );
-        let host = self.params().as_slice();
+        let host = self.host_params();
         let mut tensors = Vec::new();
         let mut targets = Vec::new();
         for (lt, live) in layout.lowrank().iter().zip(&lr.live) {
@@ -145,7 +153,8 @@ mod tests {
             // export must read each layer at its live width only.
             let n = lowrank.layout().len();
             let values = Rng::new(4).normal_vec(n, 0.5);
-            Cpu.upload(&values, lowrank.params_mut().all_mut()).unwrap();
+            Cpu.upload(&values, lowrank.params_mut().buf_mut().all_mut())
+                .unwrap();
             lowrank.refresh_compute_copy(&Cpu).unwrap();
             let inputs = random_tokens(10, micro().vocab_size, 2);
             lowrank.forward(&Cpu, &inputs, None).unwrap();

@@ -155,7 +155,8 @@ mod tests {
         let big = Rng::new(9).normal_vec(Gpt::new(&Cpu, cfg, 1, 1, 5).unwrap().layout().len(), 0.5);
         let model_for = |batch, seq| {
             let mut m = Gpt::new(&Cpu, cfg, batch, seq, 5).unwrap();
-            Cpu.upload(&big, m.params_mut().all_mut()).unwrap();
+            Cpu.upload(&big, m.params_mut().buf_mut().all_mut())
+                .unwrap();
             m.refresh_compute_copy(&Cpu).unwrap();
             m
         };

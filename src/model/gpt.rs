@@ -6,24 +6,23 @@ use super::backward::{backward, Saved};
 use super::config::GptConfig;
 use super::forward::{forward, Rows};
 use super::params::{ParamLayout, SpanRole};
-use crate::backend::{Backend, Buffer, DType, MatShape, Ref};
+use super::weights::Weights;
+use crate::backend::{Backend, Buffer, MatShape, Ref};
 use crate::lowrank::cost::{cost, Cost};
 use crate::lowrank::{
     layer, start_factors, LowRankConfig, LowRankLayer, LowRankMode, LowRankRuntime,
 };
-use crate::optim::ParamGrads;
+use crate::optim::PackedParams;
 use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
-/// A GPT-2 on a backend: f32 master parameters, their compute-dtype copy, activations planned for
-/// (batch, seq) and, in a model that trains, f32 gradients of the tensors that have one
-/// (`ParamGrads`).
+/// A GPT-2 on a backend: its weights (f32 masters, and their compute-dtype copy: `Weights`),
+/// activations planned for (batch, seq) and, in a model that trains, f32 gradients of the tensors
+/// that have one (`PackedParams`).
 pub struct Gpt<B: Backend> {
     config: GptConfig,
     layout: ParamLayout,
-    params: B::Buf,
-    /// The weights in the compute dtype (bf16 on CUDA); None when that is f32 and `params` serves.
-    compute_copy: Option<B::Buf>,
+    weights: Weights<B>,
     acts: Activations<B>,
     /// None in a model that only runs forward (`ActivationPlan::trains`).
     gradients: Option<Gradients<B>>,
@@ -81,7 +80,7 @@ impl Trained {
     /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
     /// of the parameters: a single run in a dense model (its frozen tensors, InRank's W0, lie
     /// past it), and few in LoRA, whose factors lie between the frozen matrices. Only these have
-    /// gradient memory (`ParamGrads`).
+    /// gradient memory (`PackedParams`).
     pub fn gradient_spans(self, layout: &ParamLayout) -> Vec<(usize, usize)> {
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, t) in layout.tensors().iter().enumerate() {
@@ -169,14 +168,15 @@ impl ActivationPlan {
 /// What a model that trains adds: the parameters' gradients and the backward's scratch.
 struct Gradients<B: Backend> {
     /// f32, those of the tensors the backward forms a gradient for alone.
-    params: ParamGrads<B>,
+    params: PackedParams<B>,
     acts: ActivationGrads<B>,
 }
 
 /// The buffers one optimiser step updates, borrowed together.
 pub struct OptimizerBuffers<'a, B: Backend> {
-    pub params: &'a mut B::Buf,
-    pub grads: &'a ParamGrads<B>,
+    /// The f32 masters: those of the tensors with a gradient at least.
+    pub params: &'a mut PackedParams<B>,
+    pub grads: &'a PackedParams<B>,
     /// Where the step writes the compute-dtype weights (None on a backend computing in f32).
     pub compute_copy: Option<&'a mut B::Buf>,
 }
@@ -240,23 +240,14 @@ impl<B: Backend> Gpt<B> {
         let layers = plan.check(&config, lr)?;
         let (batch, seq) = (plan.batch, plan.seq);
         let layout = ParamLayout::with_lowrank(&config, &layers);
-        let mut params = backend
-            .alloc(DType::F32, layout.len())
-            .context("allocating the parameters")?;
+        let trained = Trained::of(lr);
+        let mut weights = Weights::new(backend, &layout, trained, plan.trains())?;
         if let Start::Init(seed) | Start::Factors(seed) = start {
             // Drawn straight into the parameters on a host backend.
             let dense = matches!(start, Start::Init(_));
             let mut init = |values: &mut [f32]| initial_values(&layout, lr, seed, dense, values);
-            backend.upload_with(params.all_mut(), &mut init)?;
+            weights.fill_with(backend, &mut init)?;
         }
-        let compute_copy = match backend.compute_dtype() {
-            DType::F32 => None,
-            dtype => Some(
-                backend
-                    .alloc(dtype, layout.len())
-                    .context("allocating the compute copy of the weights")?,
-            ),
-        };
         let acts = Activations::new(backend, &config, plan).with_context(|| {
             format!(
                 "allocating the activations of {batch} sequences × {seq} tokens (they grow with \
@@ -265,7 +256,7 @@ impl<B: Backend> Gpt<B> {
         })?;
         let gradients = match plan.keep {
             Keep::Backward { recompute_gelu } => Some(Gradients {
-                params: ParamGrads::new(backend, &Trained::of(lr).gradient_spans(&layout))
+                params: PackedParams::new(backend, &trained.gradient_spans(&layout))
                     .context("allocating the gradients")?,
                 acts: ActivationGrads::new(backend, acts.shape, recompute_gelu)
                     .context("allocating the activation gradients")?,
@@ -278,15 +269,14 @@ impl<B: Backend> Gpt<B> {
         let mut gpt = Gpt {
             config,
             layout,
-            params,
-            compute_copy,
+            weights,
             acts,
             gradients,
             lowrank,
             inputs: Vec::new(),
             has_loss_gradient: false,
             decoded: 0,
-            trained: Trained::of(lr),
+            trained,
         };
         gpt.refresh_compute_copy(backend)?;
         Ok(gpt)
@@ -337,7 +327,7 @@ impl<B: Backend> Gpt<B> {
         self.has_loss_gradient = false;
         self.inputs.clear();
         self.inputs.extend_from_slice(inputs);
-        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        let w = self.weights.compute();
         self.decoded = 0;
         forward(
             b,
@@ -380,7 +370,7 @@ impl<B: Backend> Gpt<B> {
         self.has_loss_gradient = false;
         // Until the forward succeeds, positions from `start` on hold what a failed one left.
         self.decoded = start;
-        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        let w = self.weights.compute();
         let rows = Rows::Next { start, n };
         let (lr, a) = (&mut self.lowrank, &mut self.acts);
         forward(b, &self.layout, w, lr, a, tokens, rows)?;
@@ -397,7 +387,7 @@ impl<B: Backend> Gpt<B> {
             bail!("backward needs a forward with targets first (each backward consumes one forward's loss gradient)");
         }
         self.has_loss_gradient = false;
-        let w = self.compute_copy.as_ref().unwrap_or(&self.params);
+        let w = self.weights.compute();
         let saved = Saved {
             layout: &self.layout,
             w,
@@ -419,15 +409,13 @@ impl<B: Backend> Gpt<B> {
     /// (an optimiser step given `compute_copy` does it itself).
     pub fn refresh_compute_copy(&mut self, b: &B) -> Result<()> {
         self.decoded = 0; // the weights a forward reads change
-        match &mut self.compute_copy {
-            Some(copy) => b.cast(self.params.all(), copy.all_mut()),
-            None => Ok(()),
-        }
+        self.weights.refresh(b)
     }
 
     /// The first parameter whose compute copy is not its master weight in the compute dtype, as
     /// (tensor name, index within it, master value, copy value); None when the copy is current
-    /// (or there is none). A stale copy means a forward on old weights.
+    /// (or there is none). A stale copy means a forward on old weights. A tensor without a master
+    /// (a frozen one beside a copy: `Weights`) is in the copy alone, with nothing to differ from.
     pub fn stale_compute_copy(&self, b: &B) -> Result<Option<(String, usize, f32, f32)>> {
         // 4 Mi values at a time: tens of MB (the cast chunk, both chunks as f32 on the host, a
         // device's bf16 download staged), within the memory plan's margin, where the whole model
@@ -441,31 +429,15 @@ impl<B: Backend> Gpt<B> {
         b: &B,
         chunk: usize,
     ) -> Result<Option<(String, usize, f32, f32)>> {
-        let Some(copy) = &self.compute_copy else {
+        let Some((i, want, have)) = self.weights.first_stale(b, chunk)? else {
             return Ok(None);
         };
-        let len = copy.len();
-        let chunk = chunk.clamp(1, len.max(1));
-        let mut current = b.alloc(copy.dtype(), chunk)?;
-        let (mut want, mut have) = (vec![0.0; chunk], vec![0.0; chunk]);
-        for start in (0..len).step_by(chunk) {
-            let n = chunk.min(len - start);
-            let (want, have) = (&mut want[..n], &mut have[..n]);
-            b.cast(self.params.at(start, n), current.at_mut(0, n))?;
-            b.download_into(current.at(0, n), want)?;
-            b.download_into(copy.at(start, n), have)?;
-            let Some(j) = (0..n).find(|&j| want[j].to_bits() != have[j].to_bits()) else {
-                continue;
-            };
-            let i = start + j;
-            let (name, at) = (self.layout.tensors().iter())
-                .find(|t| (t.offset..t.offset + t.len()).contains(&i))
-                .map_or(("(padding)".to_string(), i), |t| {
-                    (t.name.clone(), i - t.offset)
-                });
-            return Ok(Some((name, at, want[j], have[j])));
-        }
-        Ok(None)
+        let (name, at) = (self.layout.tensors().iter())
+            .find(|t| (t.offset..t.offset + t.len()).contains(&i))
+            .map_or(("(padding)".to_string(), i), |t| {
+                (t.name.clone(), i - t.offset)
+            });
+        Ok(Some((name, at, want, have)))
     }
 
     /// Logits (batch·seq × padded_vocab) of the last forward without targets; columns from
@@ -474,21 +446,30 @@ impl<B: Backend> Gpt<B> {
         self.acts.logits.all()
     }
 
-    /// The f32 master parameters, laid out as `layout()`.
-    pub fn params(&self) -> &B::Buf {
-        &self.params
+    /// The f32 master parameters, addressed by `layout()`'s offsets: every tensor's on a backend
+    /// computing in f32, else those with a gradient alone (`Weights`).
+    pub fn params(&self) -> &PackedParams<B> {
+        self.weights.masters()
     }
-    pub fn params_mut(&mut self) -> &mut B::Buf {
+    pub fn params_mut(&mut self) -> &mut PackedParams<B> {
         self.decoded = 0; // new weights: the decoded positions' k and v are stale
-        &mut self.params
+        self.weights.masters_and_copy().0
+    }
+    /// The weights: the masters and the compute copy.
+    pub fn weights(&self) -> &Weights<B> {
+        &self.weights
+    }
+    pub fn weights_mut(&mut self) -> &mut Weights<B> {
+        self.decoded = 0;
+        &mut self.weights
     }
     /// The f32 gradients, addressed by the parameters' offsets; an error in a model built to run
     /// forward only.
-    pub fn grads(&self) -> Result<&ParamGrads<B>> {
+    pub fn grads(&self) -> Result<&PackedParams<B>> {
         let g = self.gradients.as_ref().ok_or_else(only_forward)?;
         Ok(&g.params)
     }
-    pub fn grads_mut(&mut self) -> Result<&mut ParamGrads<B>> {
+    pub fn grads_mut(&mut self) -> Result<&mut PackedParams<B>> {
         let g = self.gradients.as_mut().ok_or_else(only_forward)?;
         Ok(&mut g.params)
     }
@@ -496,10 +477,11 @@ impl<B: Backend> Gpt<B> {
     pub fn optimizer_buffers(&mut self) -> Result<OptimizerBuffers<'_, B>> {
         let g = self.gradients.as_ref().ok_or_else(only_forward)?;
         self.decoded = 0;
+        let (params, compute_copy) = self.weights.masters_and_copy();
         Ok(OptimizerBuffers {
-            params: &mut self.params,
+            params,
             grads: &g.params,
-            compute_copy: self.compute_copy.as_mut(),
+            compute_copy,
         })
     }
     pub fn layout(&self) -> &ParamLayout {

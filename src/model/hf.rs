@@ -5,7 +5,7 @@ use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
 use super::gpt::{ActivationPlan, Gpt, Trained};
 use super::lora_base::{CompletedLora, LoraBase};
 use super::params::{ParamLayout, SpanRole};
-use crate::backend::{Backend, Buffer};
+use crate::backend::Backend;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::optim::{GroupRule, ParamGroup};
 use crate::train::checkpoint::{self, RankState};
@@ -67,10 +67,9 @@ impl<B: Backend> Gpt<B> {
     /// Every parameter with its HF name and shape, in the one buffer they come off the device in:
     /// `reuse`'s memory (a checkpoint's last snapshot's), grown if need be.
     pub fn to_hf_flat(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
-        let spans = self.hf_spans();
-        let (all, mut values) = (self.params().all(), reuse);
-        values.resize(all.len, 0.0);
-        b.download_into(all, &mut values)?;
+        let (spans, mut values) = (self.hf_spans(), reuse);
+        values.resize(self.layout().len(), 0.0);
+        self.weights().download_into(b, 0, &mut values)?;
         Ok(FlatTensors { values, spans })
     }
 
@@ -88,7 +87,7 @@ impl<B: Backend> Gpt<B> {
         values.resize(packed.iter().map(|(s, _)| s.elements()).sum(), 0.0);
         for (span, from) in &packed {
             let dst = &mut values[span.offset..span.offset + span.elements()];
-            b.download_into(self.params().at(*from, dst.len()), dst)?;
+            self.weights().download_into(b, *from, dst)?;
         }
         let spans = packed.into_iter().map(|(span, _)| span).collect();
         Ok(FlatTensors { values, spans })
@@ -165,13 +164,14 @@ impl<B: Backend> Gpt<B> {
         for (name, _) in by_name.values() {
             tensors.skip(name);
         }
-        let params = self.params_mut();
+        // Into the masters, or a tensor without one into the compute copy (`Weights`).
+        let weights = self.weights_mut();
         for (offset, len, name, hf_len) in slots {
             let mut read = |dst: &mut [f32]| tensors.read_into(&name, dst);
-            b.upload_with(params.at_mut(offset, hf_len), &mut read)?;
+            b.upload_with(weights.window_mut(offset, hf_len), &mut read)?;
             if hf_len < len {
                 // The embedding's padding rows, past the vocabulary.
-                b.fill(params.at_mut(offset + hf_len, len - hf_len), 0.0)?;
+                b.fill(weights.window_mut(offset + hf_len, len - hf_len), 0.0)?;
             }
         }
         tensors.finish()?;
@@ -419,6 +419,7 @@ pub fn param_groups(layout: &ParamLayout, trained: Trained, lr: &LowRankConfig) 
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
+    use crate::backend::Buffer;
 
     #[test]
     fn round_trip_through_hf_tensors_and_shape_errors() {
@@ -438,7 +439,7 @@ mod tests {
             GptConfig { n_head: 2, ..cfg }
         );
         let mut b = Gpt::new(&Cpu, cfg, 1, 8, 2).unwrap();
-        assert_ne!(b.params().as_slice(), a.params().as_slice());
+        assert_ne!(b.params().buf().as_slice(), a.params().buf().as_slice());
         // Unprefixed names, as in the files transformers publishes, load too.
         let unprefixed: Vec<HostTensor> = ts
             .iter()
@@ -448,10 +449,10 @@ mod tests {
             })
             .collect();
         // Every value written over, the embedding's padding rows zeroed.
-        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        Cpu.fill(b.params_mut().buf_mut().all_mut(), 7.0).unwrap();
         b.load_hf_tensors(&Cpu, unprefixed.clone()).unwrap();
-        assert_eq!(b.params().as_slice(), a.params().as_slice());
-        let padding = &b.params().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
+        assert_eq!(b.params().buf().as_slice(), a.params().buf().as_slice());
+        let padding = &b.params().buf().as_slice()[GPT2_VOCAB * 128..GPT2_PADDED_VOCAB * 128];
         assert!(padding.iter().all(|&x| x == 0.0));
         // The same from a file, read straight into the weights, a mask beside them skipped.
         let dir = std::env::temp_dir().join(format!("lowrank-hf-file-{}", std::process::id()));
@@ -466,17 +467,17 @@ mod tests {
             });
         }
         // From memory, the masks skipped (a source that holds them frees them then).
-        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        Cpu.fill(b.params_mut().buf_mut().all_mut(), 7.0).unwrap();
         b.load_hf_tensors(&Cpu, with_mask.clone()).unwrap();
-        assert_eq!(b.params().as_slice(), a.params().as_slice());
+        assert_eq!(b.params().buf().as_slice(), a.params().buf().as_slice());
         tensor_file::save(&path, &with_mask, HashMap::new()).unwrap();
-        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        Cpu.fill(b.params_mut().buf_mut().all_mut(), 7.0).unwrap();
         b.load_hf_tensors(&Cpu, TensorFile::open(&path).unwrap())
             .unwrap();
-        assert_eq!(b.params().as_slice(), a.params().as_slice());
+        assert_eq!(b.params().buf().as_slice(), a.params().buf().as_slice());
         std::fs::remove_dir_all(&dir).ok();
         // A checkpoint that does not fit is refused before anything is written.
-        Cpu.fill(b.params_mut().all_mut(), 7.0).unwrap();
+        Cpu.fill(b.params_mut().buf_mut().all_mut(), 7.0).unwrap();
         let mut wrong = ts.clone();
         let matrix = wrong.iter().rposition(|t| t.shape.len() == 2).unwrap();
         wrong[matrix].shape = vec![wrong[matrix].data.len()];
@@ -502,6 +503,6 @@ mod tests {
         twice.push(unprefixed[0].clone());
         let e = b.load_hf_tensors(&Cpu, twice).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
-        assert!(b.params().as_slice().iter().all(|&x| x == 7.0));
+        assert!(b.params().buf().as_slice().iter().all(|&x| x == 7.0));
     }
 }

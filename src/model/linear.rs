@@ -7,7 +7,7 @@ use super::params::{BlockTensor, ParamLayout};
 use crate::backend::{Backend, LinearEpilogue, Mut, Ref};
 use crate::lowrank::runtime::LayerViews;
 use crate::lowrank::LowRankRuntime;
-use crate::optim::ParamGrads;
+use crate::optim::PackedParams;
 use anyhow::Result;
 
 /// Block `l`'s (weight, bias) pair, e.g. (FcWeight, FcBias).
@@ -44,7 +44,7 @@ pub(super) fn backward<B: Backend>(
     b: &B,
     m: &Saved<B>,
     lr: &mut LowRankRuntime<B>,
-    grads: &mut ParamGrads<B>,
+    grads: &mut PackedParams<B>,
     l: usize,
     (weight, bias): Pair,
     x: Ref<B::Buf>,

@@ -8,6 +8,7 @@ use super::config::GptConfig;
 use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
 use super::hf::{param_groups, trained_spans, CheckpointSource};
 use super::params::{BlockTensor, ParamLayout};
+use super::weights::master_windows;
 use crate::backend::{Backend, DType, Gemm, SeqShape};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
 use crate::optim::AdamWOptimizer;
@@ -17,9 +18,10 @@ use anyhow::{bail, ensure, Result};
 /// Bytes a model holds, by what holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryPlan {
-    /// The f32 master weights and their copy in the compute dtype.
+    /// The f32 master weights (beside a compute copy, of the tensors that train alone) and the
+    /// copy.
     pub weights: usize,
-    /// The gradients of the tensors the backward forms one for (`ParamGrads`).
+    /// The gradients of the tensors the backward forms one for (`PackedParams`).
     pub gradients: usize,
     /// AdamW's two f32 moments of the trained tensors (training only).
     pub optimizer: usize,
@@ -134,6 +136,11 @@ impl<B: Backend> Gpt<B> {
             DType::F32 => 0,
             dtype => b.stored_bytes(dtype, n),
         };
+        let trained = Trained::of(lr);
+        // `Weights`: f32 masters of the tensors that train alone beside a compute copy.
+        let masters = (master_windows(&layout, trained, plan.trains(), compute).iter())
+            .map(|&(_, len)| len)
+            .sum();
         let rows = plan.batch * plan.seq;
         let lora = lr.mode == crate::lowrank::LowRankMode::Lora;
         let activations = Activations::bytes_planned(b, config, plan)
@@ -144,13 +151,12 @@ impl<B: Backend> Gpt<B> {
         // held beside everything else, so added, not the larger of the two.
         let head = Gemm::new(rows, config.padded_vocab, config.n_embd).trans_b();
         let kept = b.gemm_scratch_bytes(&head);
-        // `ParamGrads`: the tensors the backward forms a gradient for alone.
-        let trained = Trained::of(lr);
+        // `PackedParams`: the tensors the backward forms a gradient for alone.
         let gradients = (trained.gradient_spans(&layout).iter())
             .map(|&(_, len)| len)
             .sum();
         let mut mem = MemoryPlan {
-            weights: b.stored_bytes(DType::F32, n) + copy,
+            weights: b.stored_bytes(DType::F32, masters) + copy,
             gradients: match plan.trains() {
                 true => b.stored_bytes(DType::F32, gradients),
                 false => 0,
@@ -159,12 +165,15 @@ impl<B: Backend> Gpt<B> {
             ..Default::default()
         };
         if purpose == Purpose::Inference {
-            let largest = 4
-                * (layout.tensors().iter())
-                    .map(|t| t.len())
-                    .max()
-                    .unwrap_or(0);
-            mem.staging = largest;
+            let largest = (layout.tensors().iter()).map(|t| t.len()).max();
+            let largest = largest.unwrap_or(0);
+            // Read as f32, then (the weights being in the copy alone) rounded to the compute
+            // dtype on the host on its way to the device.
+            let rounded = match compute {
+                DType::F32 => 0,
+                dtype => b.stored_bytes(dtype, largest),
+            };
+            mem.staging = 4 * largest + rounded;
         }
         if let Purpose::Training { checkpoints, .. } = purpose {
             ensure!(

@@ -80,24 +80,35 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
     assert_eq!(plan(&Cpu, &lora, training()).checkpoint, 12 * factors);
     let embeddings = LowRankConfig {
         lora_embeddings: true,
-        ..lora
+        ..lora.clone()
     };
     let trained = factors + 50257 * 768 + 1024 * 768;
     assert_eq!(
         plan(&Cpu, &embeddings, training()).checkpoint,
         4 * trained + 8 * (factors + 50304 * 768 + 1024 * 768)
     );
-    assert_eq!(inference.activations, m.activations);
+    // Beside a compute copy (which cpu-bf16 keeps in f32: four bytes) only the trained tensors
+    // have f32 masters: LoRA's factors; a model that only evaluates has none, and its tensors
+    // are rounded on the host on their way into the copy.
+    let lora_bf16 = plan(&CpuBf16, &lora, training()).weights;
+    assert_eq!(lora_bf16, 4 * factors + 4 * (n + factors));
     let config = GptConfig::preset("gpt2").unwrap();
-    let forward_only = |keep| {
-        let plan = ActivationPlan {
-            keep,
-            ..ActivationPlan::new(1, 64)
-        };
-        Gpt::memory_plan(&Cpu, &config, &dense, plan, Purpose::Inference).unwrap()
+    let forward_only = |keep| ActivationPlan {
+        keep,
+        ..ActivationPlan::new(1, 64)
     };
-    assert_eq!(forward_only(Keep::Nothing).gradients, 0);
-    assert_eq!(forward_only(Keep::KvCache).gradients, 0);
+    let at = forward_only(Keep::Nothing);
+    let eval_bf16 = Gpt::memory_plan(&CpuBf16, &config, &dense, at, Purpose::Inference).unwrap();
+    assert_eq!(
+        (eval_bf16.weights, eval_bf16.staging),
+        (4 * n, 8 * 50304 * 768)
+    );
+    assert_eq!(inference.activations, m.activations);
+    for keep in [Keep::Nothing, Keep::KvCache] {
+        let at = forward_only(keep);
+        let m = Gpt::memory_plan(&Cpu, &config, &dense, at, Purpose::Inference).unwrap();
+        assert_eq!(m.gradients, 0);
+    }
 
     // The rank log: each MLP matrix's W0 (768 × 3072, 24 of them), their 768² Gram matrices,
     // and each thread's eigensolver work.
@@ -201,7 +212,7 @@ fn the_plan_counts_what_the_model_allocates() {
                 };
                 let m = Gpt::memory_plan(b, &config, &lr, plan, Purpose::Inference).unwrap();
                 let model = Gpt::with_plan(b, config, &lr, plan, 1).unwrap();
-                let n = model.params().len();
+                let (masters, n) = (model.params().buf().len(), model.layout().len());
                 assert_eq!(
                     m.activations,
                     model.activation_bytes(b),
@@ -216,7 +227,12 @@ fn the_plan_counts_what_the_model_allocates() {
                     DType::F32 => 0,
                     dtype => b.stored_bytes(dtype, n),
                 };
-                assert_eq!(m.weights, b.stored_bytes(DType::F32, n) + copy);
+                assert_eq!(m.weights, b.stored_bytes(DType::F32, masters) + copy);
+                // Beside a copy, a model that runs forward only keeps no f32 master, and LoRA
+                // and InRank none of their frozen tensors.
+                let frozen =
+                    !plan.trains() || matches!(mode, LowRankMode::Lora | LowRankMode::Inrank);
+                assert_eq!(masters < n, copy > 0 && frozen, "{mode:?} {plan:?}");
             }
         }
     }

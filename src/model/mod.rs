@@ -17,7 +17,9 @@ pub mod params;
 mod tests;
 #[cfg(test)]
 mod tests_lowrank;
+mod weights;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
 pub use gpt::{ActivationPlan, Gpt, Keep, OptimizerBuffers, Start, Trained};
 pub use params::{BlockTensor, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};
+pub use weights::{master_windows, Weights};

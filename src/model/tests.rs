@@ -266,7 +266,8 @@ fn large_random_weights(gpt: &mut Gpt<Cpu>) -> Vec<f32> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    Cpu.upload(&p, gpt.params_mut().all_mut()).unwrap();
+    Cpu.upload(&p, gpt.params_mut().buf_mut().all_mut())
+        .unwrap();
     gpt.refresh_compute_copy(&Cpu).unwrap();
     p
 }
@@ -311,7 +312,7 @@ pub(super) fn assert_decoding_matches_reference(mut gpt: Gpt<Cpu>, lowrank: &[Lo
 /// Large random weights everywhere (padding rows and dormant low-rank rows included: they must
 /// not matter), then the loss and EVERY parameter's gradient against the f64 reference by central
 /// differences. Frozen tensors (low-rank bases; in LoRA all but the factors) have no gradient
-/// memory (`ParamGrads` panics at a window of theirs), so nothing can be formed for them.
+/// memory (`PackedParams` panics at a window of theirs), so nothing can be formed for them.
 pub(super) fn assert_gradients_match_reference(mut gpt: Gpt<Cpu>, lowrank: &[LowRankRef]) {
     let (cpu, cfg, batch, seq) = (Cpu, *gpt.config(), gpt.batch(), gpt.seq());
     let p = large_random_weights(&mut gpt);
@@ -433,7 +434,7 @@ fn forward_without_targets_gives_logits_matching_the_reference_loss() {
         .sum::<f64>()
         / 4.0;
     let p: Vec<f64> = cpu
-        .download(gpt.params().all())
+        .download(gpt.params().buf().all())
         .unwrap()
         .iter()
         .map(|&x| x as f64)

@@ -215,10 +215,10 @@ fn max_abs(a: impl IntoIterator<Item = f64>) -> f64 {
 #[test]
 fn dlra_augmentation_keeps_w_and_gives_the_tangent_gradient_of_s() {
     let (mut gpt, mut opt) = dlra_model();
-    let before = Cpu.download(gpt.params().all()).unwrap();
+    let before = Cpu.download(gpt.params().buf().all()).unwrap();
     let loss = loss_and_grads(&mut gpt);
     dlra::augment(&Cpu, &mut gpt, &mut opt, FreshMoment::Zero).unwrap();
-    let params = Cpu.download(gpt.params().all()).unwrap();
+    let params = Cpu.download(gpt.params().buf().all()).unwrap();
     // DLRA trains every tensor: its gradients are the parameters' own layout.
     let every = [(0, gpt.layout().trainable_len())];
     assert_eq!(gpt.trained().gradient_spans(gpt.layout()), every);
@@ -276,7 +276,7 @@ fn dlra_augmentation_keeps_w_and_gives_the_tangent_gradient_of_s() {
     let bufs = gpt.optimizer_buffers().unwrap();
     opt.step(&Cpu, 1e-2, bufs.params, bufs.grads, bufs.compute_copy)
         .unwrap();
-    let stepped = Cpu.download(gpt.params().all()).unwrap();
+    let stepped = Cpu.download(gpt.params().buf().all()).unwrap();
     for i in 0..gpt.layout().lowrank().len() {
         let ([ut, s, vt], [ut2, s2, vt2]) = (
             dlra_tensors(&gpt, &params, i, k),
@@ -301,10 +301,10 @@ fn dlra_truncation_is_the_best_rank_r_approximation() {
         let s = rng.normal_vec(36, 1.0);
         Cpu.upload(&s, gpt.params_mut().at_mut(off, 36)).unwrap();
     }
-    let before = Cpu.download(gpt.params().all()).unwrap();
+    let before = Cpu.download(gpt.params().buf().all()).unwrap();
     let changes = dlra::truncate(&Cpu, &mut gpt, &mut opt, None).unwrap();
     assert!(changes.is_empty(), "the rank stays 3: {changes:?}");
-    let after = Cpu.download(gpt.params().all()).unwrap();
+    let after = Cpu.download(gpt.params().buf().all()).unwrap();
     for (i, lt) in gpt.layout().lowrank().iter().enumerate() {
         let (n_in, n_out) = (lt.layer.n_in, lt.layer.n_out);
         assert_eq!(gpt.lowrank().live[i], LiveRank { rank: 3, width: 3 });
@@ -434,7 +434,7 @@ fn lora_steps_move_only_the_factors() {
     let n = gpt.layout().trainable_len();
     let mut opt =
         AdamWOptimizer::new(&Cpu, AdamWConfig::default(), n, &gpt.param_groups(&lr)).unwrap();
-    let before = Cpu.download(gpt.params().all()).unwrap();
+    let before = Cpu.download(gpt.params().buf().all()).unwrap();
     loss_and_grads(&mut gpt);
     let tensors = gpt.layout().tensors().to_vec();
     let is_factor = |name: &str| name.ends_with(".lowrank_ut") || name.ends_with(".lowrank_vt");
@@ -463,7 +463,7 @@ fn lora_steps_move_only_the_factors() {
         "clipped norm {} vs the factors' {want}",
         report.grad_norm
     );
-    let after = Cpu.download(gpt.params().all()).unwrap();
+    let after = Cpu.download(gpt.params().buf().all()).unwrap();
     let window =
         |buf: &[f32], t: &crate::model::TensorView| buf[t.offset..t.offset + t.len()].to_vec();
     let mut moved = 0;

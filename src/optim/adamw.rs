@@ -3,7 +3,7 @@
 //! step by heavy ball instead (DLRA heavy ball on the coefficients S), its velocity kept in the
 //! first-moment buffer.
 
-use super::ParamGrads;
+use super::PackedParams;
 use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall, Mut, Ref};
 use anyhow::{bail, ensure, Context, Result};
 
@@ -79,7 +79,7 @@ pub struct AdamWOptimizer<B: Backend> {
     /// The trained groups as maximal contiguous (offset, len) runs: the gradient norm's windows.
     /// Held-fixed tensors between them (LoRA's base, a frozen W0, DLRA's bases) carry no gradient
     /// the norm needs (LoRA's base and a W0 have no gradient memory: each window must lie within
-    /// one of `ParamGrads`' runs, which `step` checks).
+    /// one of `PackedParams`' runs, which `step` checks).
     norm_windows: Vec<(usize, usize)>,
     /// Parameters the groups tile.
     params: usize,
@@ -213,22 +213,23 @@ impl<B: Backend> AdamWOptimizer<B> {
     /// clipped to `config.clip` (through the fused kernel's gradient scale), and AdamW run over
     /// each group.
     /// A non-finite norm is an error and leaves the weights untouched.
-    /// `compute_copy` receives the updated weights in the compute dtype.
+    /// `params` are the f32 masters (each trained group must have one: the gradients' windows
+    /// are theirs); `compute_copy` receives the updated weights in the compute dtype.
     pub fn step(
         &mut self,
         b: &B,
         lr: f32,
-        params: &mut B::Buf,
-        grads: &ParamGrads<B>,
+        params: &mut PackedParams<B>,
+        grads: &PackedParams<B>,
         mut compute_copy: Option<&mut B::Buf>,
     ) -> Result<StepReport> {
         // Every trained group lies in a norm window: each must have gradient memory.
         let missing = self
             .norm_windows
             .iter()
-            .find(|&&(o, l)| !grads.covers(o, l));
+            .find(|&&(o, l)| !grads.covers(o, l) || !params.covers(o, l));
         if let Some(&(offset, len)) = missing {
-            bail!("parameters {offset}..{} train but have no gradient memory: the optimiser's groups and the model's gradients disagree", offset + len);
+            bail!("parameters {offset}..{} train but have no gradient or master memory: the optimiser's groups and the model's gradients disagree", offset + len);
         }
         let windows: Vec<_> = (self.norm_windows.iter())
             .map(|&(offset, len)| grads.at(offset, len))
@@ -294,15 +295,9 @@ mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
 
-    fn buf(xs: &[f32]) -> crate::backend::cpu::CpuBuf {
-        let mut b = Cpu.alloc(DType::F32, xs.len()).unwrap();
-        Cpu.upload(xs, b.all_mut()).unwrap();
-        b
-    }
-
-    /// Gradients of every parameter, these.
-    fn grads(xs: &[f32]) -> ParamGrads<Cpu> {
-        let mut g = ParamGrads::new(&Cpu, &[(0, xs.len())]).unwrap();
+    /// Values (masters or gradients) of every parameter, these.
+    fn whole(xs: &[f32]) -> PackedParams<Cpu> {
+        let mut g = PackedParams::new(&Cpu, &[(0, xs.len())]).unwrap();
         Cpu.upload(xs, g.buf_mut().all_mut()).unwrap();
         g
     }
@@ -335,11 +330,11 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamWOptimizer::new(&Cpu, cfg, 2, &groups).unwrap();
-        let (mut p, g) = (buf(&[2.0, 2.0]), grads(&[3.0, 4.0]));
+        let (mut p, g) = (whole(&[2.0, 2.0]), whole(&[3.0, 4.0]));
         let rep = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
         assert!((rep.grad_norm - 5.0).abs() < 1e-12);
         assert!((rep.clip_scale - 0.2).abs() < 1e-7);
-        let p = p.as_slice();
+        let p = p.buf().as_slice();
         assert!(
             (p[0] - (2.0 - 0.1 * (1.0 + 0.5 * 2.0))).abs() < 1e-6,
             "{p:?}"
@@ -368,11 +363,11 @@ mod tests {
         ];
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 7, &groups).unwrap();
         assert_eq!(opt.norm_windows, vec![(0, 3), (5, 2)]);
-        let mut p = buf(&[0.0; 7]);
-        let g = grads(&[1.0, 2.0, 2.0, 100.0, 100.0, 4.0, 0.0]);
+        let mut p = whole(&[0.0; 7]);
+        let g = whole(&[1.0, 2.0, 2.0, 100.0, 100.0, 4.0, 0.0]);
         let rep = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
         assert_eq!(rep.grad_norm, 5.0);
-        assert_eq!(&p.as_slice()[3..5], &[0.0, 0.0]);
+        assert_eq!(&p.buf().as_slice()[3..5], &[0.0, 0.0]);
     }
 
     #[test]
@@ -398,9 +393,9 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamWOptimizer::new(&Cpu, cfg, 3, &groups).unwrap();
-        let (mut p, g) = (buf(&[1.0, 1.0, 1.0]), grads(&[0.0, 3.0, 4.0]));
+        let (mut p, g) = (whole(&[1.0, 1.0, 1.0]), whole(&[0.0, 3.0, 4.0]));
         opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap();
-        let p = p.as_slice();
+        let p = p.buf().as_slice();
         assert_eq!(p[0], 1.0);
         assert!((p[1] - 0.9).abs() < 1e-6, "{p:?}");
         assert!((p[2] - 0.84).abs() < 1e-6, "{p:?}");
@@ -482,19 +477,32 @@ mod tests {
         }];
         assert!(AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 3, &short).is_err());
         let mut opt = AdamWOptimizer::new(&Cpu, AdamWConfig::default(), 2, &short[..]).unwrap();
-        let (mut p, g) = (buf(&[1.0, 1.0]), grads(&[f32::NAN, 1.0]));
+        let (mut p, g) = (whole(&[1.0, 1.0]), whole(&[f32::NAN, 1.0]));
         let e = opt.step(&Cpu, 0.1, &mut p, &g, None).unwrap_err();
         assert!(e.to_string().contains("diverged"), "{e}");
         assert_eq!(
-            p.as_slice(),
+            p.buf().as_slice(),
             &[1.0, 1.0],
             "a diverged step must leave the weights untouched"
         );
         // Gradients that lack a trained parameter's: an error before anything moves.
-        let mut partial = ParamGrads::new(&Cpu, &[(1, 1)]).unwrap();
+        let mut partial = PackedParams::new(&Cpu, &[(1, 1)]).unwrap();
         Cpu.upload(&[1.0], partial.buf_mut().all_mut()).unwrap();
         let e = opt.step(&Cpu, 0.1, &mut p, &partial, None).unwrap_err();
-        assert!(e.to_string().contains("no gradient memory"), "{e}");
-        assert_eq!(p.as_slice(), &[1.0, 1.0]);
+        assert!(
+            e.to_string().contains("no gradient or master memory"),
+            "{e}"
+        );
+        assert_eq!(p.buf().as_slice(), &[1.0, 1.0]);
+        // Masters that lack a trained parameter's (beside a compute copy, a frozen tensor has
+        // none): the same error, and nothing moves.
+        let mut masters = PackedParams::new(&Cpu, &[(1, 1)]).unwrap();
+        Cpu.upload(&[1.0], masters.buf_mut().all_mut()).unwrap();
+        let e = (opt.step(&Cpu, 0.1, &mut masters, &whole(&[1.0, 1.0]), None)).unwrap_err();
+        assert!(
+            e.to_string().contains("no gradient or master memory"),
+            "{e}"
+        );
+        assert_eq!(masters.buf().as_slice(), &[1.0]);
     }
 }

@@ -144,7 +144,8 @@ mod tests {
     /// Models of any batch and length with the same weights.
     fn model_for(weights: &[f32], batch: usize, seq: usize) -> Gpt<Cpu> {
         let mut m = Gpt::new(&Cpu, CFG, batch, seq, 5).unwrap();
-        Cpu.upload(weights, m.params_mut().all_mut()).unwrap();
+        Cpu.upload(weights, m.params_mut().buf_mut().all_mut())
+            .unwrap();
         m.refresh_compute_copy(&Cpu).unwrap();
         m
     }

@@ -24,7 +24,7 @@
 use super::basis::{self, Extension, Products};
 use super::integrator::{tangent_from_blocks, Cut};
 use super::{FreshMoment, Keep, Moments};
-use crate::backend::{Backend, Buffer, Ref};
+use crate::backend::{Backend, Ref};
 use crate::lowrank::growth::RankChange;
 use crate::lowrank::{LiveRank, LowRankLayer};
 use crate::model::Gpt;
@@ -146,7 +146,7 @@ pub fn augment<B: Backend>(
     let ranks: Vec<usize> = model.lowrank().live.iter().map(|l| l.rank).collect();
     // The gradient rows are S·(G·V)ᵀ and S·(Uᵀ·G): with S diagonal, the same spans as G·V and
     // Gᵀ·U, and the products below carry a factor σ to divide out.
-    let grads = model.grads()?;
+    let (params, grads) = (model.params(), model.grads()?);
     let jobs: Vec<Extension> = places
         .iter()
         .enumerate()
@@ -157,7 +157,7 @@ pub fn augment<B: Backend>(
                 .enumerate()
                 .map(move |(t, (basis, n))| Extension {
                     name: &p.layer.prefix,
-                    basis,
+                    basis: params.offset(basis, 2 * r * n),
                     dir: grads.offset(basis, r * n),
                     n,
                     r,
@@ -166,7 +166,8 @@ pub fn augment<B: Backend>(
         })
         .collect();
     let bufs = model.optimizer_buffers()?;
-    (basis::extend(b, bufs.params, bufs.grads.buf(), &jobs)).context("DLRA augmentation")?;
+    let (params, dirs) = (bufs.params.buf_mut(), bufs.grads.buf());
+    (basis::extend(b, params, dirs, &jobs)).context("DLRA augmentation")?;
 
     // Ûᵀ·(G·V)·S and S·(Uᵀ·G)·V̂ of every layer, in one download.
     let shapes = ranks.iter().flat_map(|&r| [(2 * r, r), (r, 2 * r)]);
@@ -252,7 +253,9 @@ pub fn truncate<B: Backend>(
         let live = model.lowrank().live[i];
         let cap = p.layer.capacity;
         for (basis, n, rotation) in [(p.ut, p.layer.n_in, &cut.p), (p.vt, p.layer.n_out, &cut.q)] {
-            basis::rotate(b, model.params_mut(), basis, n, cap, rotation.as_ref())?;
+            let params = model.params_mut();
+            let at = params.offset(basis, cap * n);
+            basis::rotate(b, params.buf_mut(), at, n, cap, rotation.as_ref())?;
         }
         store_coefficients(b, model, opt, p, cut.s().as_ref(), &cut.state)?;
         let to = cut.rank();
