@@ -124,9 +124,9 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
 }
 
 /// `--device cpu-bf16` runs the program the CUDA backend runs (bf16 weights and activations, f32
-/// master weights): every method trains there with its compute copy current before and after
-/// every step (growth, truncation, DLRA's basis changes, LoRA's base, a resume), and a dense run's
-/// validation losses follow the f32 reference's to bf16's precision.
+/// master weights of the trained tensors): every method trains there with its compute copy
+/// current before and after every step (growth, truncation, DLRA's basis changes, LoRA, a
+/// resume), and a dense run's validation losses follow the f32 reference's to bf16's precision.
 #[test]
 fn every_method_trains_in_bf16_with_a_current_compute_copy() {
     let base = tmp("bf16-lora-base");

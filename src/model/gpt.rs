@@ -447,7 +447,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// The f32 master parameters, addressed by `layout()`'s offsets: every tensor's on a backend
-    /// computing in f32, else those with a gradient alone (`Weights`).
+    /// computing in f32, else those with a gradient alone, none in a model that only runs
+    /// forward (`Weights`).
     pub fn params(&self) -> &PackedParams<B> {
         self.weights.masters()
     }

@@ -523,3 +523,66 @@ fn a_step_fills_and_writes_only_the_gradients_the_backward_forms() {
         assert_eq!(grads.buf().len(), with_gradient, "{:?}", lr.mode);
     }
 }
+
+/// On cpu-bf16, as on a GPU, LoRA's base keeps no f32 master: `load_lora_base` writes it into the
+/// compute copy, each value rounded to bf16 (as `half` rounds it; each W0 from the base's dense
+/// weight), and at the start, V being zero, the LoRA model computes its base's loss.
+#[test]
+fn a_lora_base_lands_in_the_bf16_copy_and_computes_the_bases_loss() {
+    use crate::backend::cpu::CpuBf16;
+    use crate::train::tensor_file::{self, HostTensor};
+    let b = &CpuBf16;
+    let lr = config(LowRankMode::Lora, LowRankLayers::Mlp);
+    // A LoRA base has GPT-2's vocabulary.
+    let cfg = GptConfig::preset("tiny").unwrap();
+    let plan = ActivationPlan::new(2, 6);
+    let mut base = Gpt::with_plan(b, cfg, &LowRankConfig::default(), plan, 5).unwrap();
+    // Weights far from the init's, so that the loss is far from a uniform guess's.
+    let n = base.layout().len();
+    let values = crate::util::rng::Rng::new(9).normal_vec(n, 0.3);
+    b.upload(&values, base.params_mut().buf_mut().all_mut())
+        .unwrap();
+    base.refresh_compute_copy(b).unwrap();
+    let tensors: Vec<HostTensor> = base.to_hf_tensors(b).unwrap();
+    let dir = std::env::temp_dir().join(format!("lowrank-bf16-base-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    tensor_file::save(&path, &tensors, Default::default()).unwrap();
+
+    let mut lora = Gpt::with_plan(b, cfg, &lr, plan, 1).unwrap();
+    lora.load_lora_base(b, path.to_str().unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let masters: usize = lora.params().windows().map(|(_, len)| len).sum();
+    let mut factors = 0;
+    for t in lora.layout().tensors() {
+        let mut got = vec![0.0; t.len()];
+        lora.weights().download_into(b, t.offset, &mut got).unwrap();
+        if let Some(prefix) = t.name.strip_suffix(".lowrank_vt") {
+            assert!(got.iter().all(|&x| x == 0.0), "{prefix}: V starts at zero");
+        }
+        if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
+            factors += t.len();
+            continue;
+        }
+        let name = t.name.replace(".lowrank_w0", ".weight");
+        let from = (tensors.iter()).find(|h| h.name == name).unwrap();
+        for (i, (&g, &x)) in got.iter().zip(&from.data).enumerate() {
+            let want = half::bf16::from_f32(x).to_f32();
+            assert_eq!(g.to_bits(), want.to_bits(), "{}[{i}]", t.name);
+        }
+    }
+    assert_eq!(masters, factors, "the factors alone keep f32 masters");
+    let vocab = base.config().vocab_size;
+    let (inputs, targets) = (random_tokens(12, vocab, 3), random_tokens(12, vocab, 4));
+    let want = base.forward(b, &inputs, Some(&targets)).unwrap().unwrap();
+    let got = lora.forward(b, &inputs, Some(&targets)).unwrap().unwrap();
+    let uniform = (vocab as f32).ln();
+    assert!(
+        (want - uniform).abs() > 0.1,
+        "{want} vs a uniform guess's {uniform}"
+    );
+    assert!(
+        (got - want).abs() <= 2e-3 * want,
+        "LoRA at its start {got}, base {want}"
+    );
+}

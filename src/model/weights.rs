@@ -28,6 +28,9 @@ pub fn master_windows(
     }
 }
 
+/// Values of the copy a host-device transfer rounds or stages at a time (8 MB in bf16).
+const CHUNK: usize = 1 << 22;
+
 /// A model's weights: f32 masters of `master_windows` and the compute copy of every parameter.
 pub struct Weights<B: Backend> {
     masters: PackedParams<B>,
@@ -80,7 +83,9 @@ impl<B: Backend> Weights<B> {
     }
 
     /// Sets every parameter to what `fill` writes into a host slice of them all: straight into
-    /// the masters on a host backend computing in f32, else staged and uploaded.
+    /// the masters on a host backend computing in f32, else staged and uploaded, each value to
+    /// where it is kept (the copy of a master's follows at `refresh`). The copy's share goes a
+    /// chunk at a time: a device rounds what it uploads on the host, in a vector of its length.
     pub fn fill_with(
         &mut self,
         b: &B,
@@ -91,17 +96,37 @@ impl<B: Backend> Weights<B> {
         }
         let mut staged = vec![0.0; self.len];
         fill(&mut staged)?;
-        let windows: Vec<_> = self.masters.windows().collect();
-        for (offset, len) in windows {
-            b.upload(
-                &staged[offset..offset + len],
-                self.masters.at_mut(offset, len),
-            )?;
+        for (at, n, in_masters) in self.pieces(0, self.len) {
+            let values = &staged[at..at + n];
+            match (in_masters, &mut self.copy) {
+                (true, _) => b.upload(values, self.masters.at_mut(at, n))?,
+                (false, Some(copy)) => {
+                    for (i, chunk) in values.chunks(CHUNK).enumerate() {
+                        b.upload(chunk, copy.at_mut(at + i * CHUNK, chunk.len()))?;
+                    }
+                }
+                (false, None) => unreachable!("without a copy the masters hold every parameter"),
+            }
         }
-        match &mut self.copy {
-            Some(copy) => b.upload(&staged, copy.all_mut()),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Parameters `offset..end` cut where the masters' windows begin and end, as (start,
+    /// length, whether the masters hold them), in order.
+    fn pieces(&self, offset: usize, end: usize) -> Vec<(usize, usize, bool)> {
+        let mut pieces = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let next = self.masters.windows().find(|&(o, l)| o + l > at);
+            let (until, in_masters) = match next {
+                Some((o, l)) if o <= at => ((o + l).min(end), true),
+                Some((o, _)) => (o.min(end), false),
+                None => (end, false),
+            };
+            pieces.push((at, until - at, in_masters));
+            at = until;
         }
+        pieces
     }
 
     /// Casts the masters into the copy (a tensor without a master is there already).
@@ -115,26 +140,21 @@ impl<B: Backend> Weights<B> {
         Ok(())
     }
 
-    /// Copies parameters `offset..offset + dst.len()` to the host from where each is kept, a run
-    /// of masters or of the copy at a time.
+    /// Copies parameters `offset..offset + dst.len()` to the host from where each is kept: a run
+    /// of masters at a time, the copy's a chunk at a time (a device stages a bf16 download on the
+    /// host: InRank's W0, 0.4 GB of GPT-2 medium's, would pass whole).
     pub fn download_into(&self, b: &B, offset: usize, dst: &mut [f32]) -> Result<()> {
-        let end = offset + dst.len();
-        let mut at = offset;
-        while at < end {
-            let next = self.masters.windows().find(|&(o, l)| o + l > at);
-            let (until, in_masters) = match next {
-                Some((o, l)) if o <= at => ((o + l).min(end), true),
-                Some((o, _)) => (o.min(end), false),
-                None => (end, false),
-            };
-            let n = until - at;
-            let src = match (in_masters, &self.copy) {
-                (true, _) => self.masters.at(at, n),
-                (false, Some(copy)) => copy.at(at, n),
+        for (at, n, in_masters) in self.pieces(offset, offset + dst.len()) {
+            let dst = &mut dst[at - offset..][..n];
+            match (in_masters, &self.copy) {
+                (true, _) => b.download_into(self.masters.at(at, n), dst)?,
+                (false, Some(copy)) => {
+                    for (i, chunk) in dst.chunks_mut(CHUNK).enumerate() {
+                        b.download_into(copy.at(at + i * CHUNK, chunk.len()), chunk)?;
+                    }
+                }
                 (false, None) => unreachable!("without a copy the masters hold every parameter"),
-            };
-            b.download_into(src, &mut dst[at - offset..until - offset])?;
-            at = until;
+            }
         }
         Ok(())
     }
@@ -246,10 +266,51 @@ mod tests {
         assert_eq!(w.masters().buf().len(), 0);
         w.fill_with(&CpuBf16, &mut { values }).unwrap();
         assert!(w.compute().as_slice().iter().all(|&x| x == 1.0));
+        // One that trains: the factors' values into their masters exact, the rest into the copy
+        // rounded, the factors' copy written at the refresh.
+        let mut lora = Weights::new(&CpuBf16, &layout, LORA, true).unwrap();
+        lora.fill_with(&CpuBf16, &mut { values }).unwrap();
+        assert!(lora.masters().buf().as_slice().iter().all(|&x| x == FINE));
+        let first = lora.masters().windows().next().unwrap().0;
+        let stale = lora.first_stale(&CpuBf16, 5).unwrap();
+        assert_eq!(stale, Some((first, 1.0, 0.0)));
+        assert_eq!(lora.compute().as_slice()[first - 1], 1.0);
+        lora.refresh(&CpuBf16).unwrap();
+        assert!(lora.compute().as_slice().iter().all(|&x| x == 1.0));
         let mut f32s = Weights::new(&Cpu, &layout, LORA, true).unwrap();
         assert!(f32s.masters().is_whole(layout.len()));
         f32s.fill_with(&Cpu, &mut { values }).unwrap();
         assert!(f32s.compute().as_slice().iter().all(|&x| x == FINE));
         assert_eq!(f32s.first_stale(&Cpu, 5).unwrap(), None);
+    }
+
+    /// Every parameter a value of its own, fine-grained: reads that start inside a master window
+    /// and end past it, or start before one and end inside it, give each value from where it is
+    /// kept (the masters exact, the rest rounded; the masters' copy, not yet refreshed, zero).
+    #[test]
+    fn reads_across_the_masters_edges_take_each_value_from_where_it_is_kept() {
+        let layout = lora_layout();
+        let value = |i: usize| (i % 1000) as f32 * FINE + 1.0;
+        let mut w = Weights::new(&CpuBf16, &layout, LORA, true).unwrap();
+        let mut fill = |v: &mut [f32]| {
+            (v.iter_mut().enumerate()).for_each(|(i, x)| *x = value(i));
+            Ok(())
+        };
+        w.fill_with(&CpuBf16, &mut fill).unwrap();
+        let windows: Vec<_> = w.masters().windows().collect();
+        let kept = |i: usize| match windows.iter().any(|&(o, l)| (o..o + l).contains(&i)) {
+            true => value(i),
+            false => half::bf16::from_f32(value(i)).to_f32(),
+        };
+        assert!(windows.len() > 1);
+        for &(o, l) in &windows {
+            for (start, n) in [(o + l / 2, l), (o - 5, 10), (o, l)] {
+                let mut got = vec![f32::NAN; n];
+                w.download_into(&CpuBf16, start, &mut got).unwrap();
+                for (j, &x) in got.iter().enumerate() {
+                    assert_eq!(x, kept(start + j), "parameter {} of {start}+{n}", start + j);
+                }
+            }
+        }
     }
 }

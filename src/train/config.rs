@@ -40,7 +40,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub recompute_gelu: bool,
     /// Where the run trains (a resumed run keeps it unless told otherwise; it may move: the
-    /// checkpoint holds f32 master weights either way). Absent in configs from before it: cpu.
+    /// checkpoint holds f32 values either way, the masters of the trained tensors and, of a
+    /// frozen tensor on a bf16 device, the bf16 values the forward read). Absent in configs from
+    /// before it: cpu.
     #[serde(default)]
     pub device: Device,
 }
@@ -52,8 +54,8 @@ pub enum Device {
     /// The f32 reference
     #[default]
     Cpu,
-    /// The CPU in the CUDA backend's precision: bf16 weights and activations, f32 master weights,
-    /// gradients and optimiser state (previews a GPU run's numerics)
+    /// The CPU in the CUDA backend's precision: bf16 weights and activations, f32 master weights
+    /// of the trained tensors, gradients and optimiser state (previews a GPU run's numerics)
     CpuBf16,
     /// The GPU: bf16 compute (not yet verified on a GPU)
     Cuda,

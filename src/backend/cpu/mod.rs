@@ -74,7 +74,8 @@ impl Mut<'_, CpuBuf> {
 }
 
 /// The CPU backend, computing in f32 (`Cpu`) or, as the CUDA backend does, with bf16 weights and
-/// activations around f32 master weights, gradients and optimiser state (`CpuBf16`: every op
+/// activations around f32 master weights (of the trained tensors), gradients and optimiser state
+/// (`CpuBf16`: every op
 /// rounds its bf16 outputs once, as the kernels do, so a run previews the GPU's numerics and
 /// exercises the model's compute-copy paths without a GPU). Stateless: threads come from rayon's
 /// global pool.
