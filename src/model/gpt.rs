@@ -242,11 +242,26 @@ impl<B: Backend> Gpt<B> {
         let layout = ParamLayout::with_lowrank(&config, &layers);
         let trained = Trained::of(lr);
         let mut weights = Weights::new(backend, &layout, trained, plan.trains())?;
-        if let Start::Init(seed) | Start::Factors(seed) = start {
-            // Drawn straight into the parameters on a host backend.
-            let dense = matches!(start, Start::Init(_));
-            let mut init = |values: &mut [f32]| initial_values(&layout, lr, seed, dense, values);
-            weights.fill_with(backend, &mut init)?;
+        match start {
+            Start::Init(seed) => {
+                // Drawn straight into the parameters on a host backend.
+                let mut init = |values: &mut [f32]| {
+                    layout.init_into(seed, values);
+                    for (offset, data) in start_factor_values(&layout, lr, seed)? {
+                        values[offset..offset + data.len()].copy_from_slice(&data);
+                    }
+                    Ok(())
+                };
+                weights.fill_with(backend, &mut init)?;
+            }
+            // Each factor into its window, the rest left as allocated (zero) for the base: a
+            // device stages the factors alone, not every parameter.
+            Start::Factors(seed) => {
+                for (offset, data) in start_factor_values(&layout, lr, seed)? {
+                    backend.upload(&data, weights.window_mut(offset, data.len()))?;
+                }
+            }
+            Start::Zero => {}
         }
         let acts = Activations::new(backend, &config, plan).with_context(|| {
             format!(
@@ -575,20 +590,15 @@ pub enum Start {
     Factors(u64),
 }
 
-/// The layout's GPT-2 init into `values` (with `dense` false, zeros), with each low-rank layer's
-/// factors from `lowrank::start_factors` (each layer on its own generator, seeded by `seed` and
-/// the layer's index).
-fn initial_values(
+/// Each low-rank layer's starting factors from `lowrank::start_factors` (each layer on its own
+/// generator, seeded by `seed` and the layer's index), as (offset in the parameters, values):
+/// the live rows of each factor tensor, from its start.
+fn start_factor_values(
     layout: &ParamLayout,
     lr: &LowRankConfig,
     seed: u64,
-    dense: bool,
-    values: &mut [f32],
-) -> Result<()> {
-    match dense {
-        true => layout.init_into(seed, values),
-        false => values.fill(0.0),
-    }
+) -> Result<Vec<(usize, Vec<f32>)>> {
+    let mut values = Vec::new();
     for (i, lt) in layout.lowrank().iter().enumerate() {
         let l = &lt.layer;
         let width = l.width(l.start_rank(lr.rank_init));
@@ -596,9 +606,8 @@ fn initial_values(
         let f = start_factors(lr, l, width, &mut rng)?;
         let mid = lt.mid.zip(f.mid);
         for (t, data) in [(lt.ut, f.ut), (lt.vt, f.vt)].into_iter().chain(mid) {
-            let off = layout.tensors()[t].offset;
-            values[off..off + data.len()].copy_from_slice(&data);
+            values.push((layout.tensors()[t].offset, data));
         }
     }
-    Ok(())
+    Ok(values)
 }

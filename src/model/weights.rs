@@ -193,16 +193,20 @@ mod tests {
     use crate::lowrank::{layer, LowRankConfig, LowRankMode};
     use crate::model::GptConfig;
 
-    /// The tiny GPT's layout with LoRA on every MLP matrix.
-    fn lora_layout() -> ParamLayout {
-        let config = GptConfig::preset("tiny").unwrap();
-        let lr = LowRankConfig {
+    /// LoRA at rank 4 on every MLP matrix.
+    fn lora_config() -> LowRankConfig {
+        LowRankConfig {
             mode: LowRankMode::Lora,
             rank_init: 4,
             lora_base: Some("set by the test".into()),
             ..Default::default()
-        };
-        ParamLayout::with_lowrank(&config, &layer::plan(&lr, &config).unwrap())
+        }
+    }
+
+    /// The tiny GPT's layout with `lora_config`.
+    fn lora_layout() -> ParamLayout {
+        let config = GptConfig::preset("tiny").unwrap();
+        ParamLayout::with_lowrank(&config, &layer::plan(&lora_config(), &config).unwrap())
     }
 
     const LORA: Trained = Trained::Lora { embeddings: false };
@@ -311,6 +315,109 @@ mod tests {
                     assert_eq!(x, kept(start + j), "parameter {} of {start}+{n}", start + j);
                 }
             }
+        }
+    }
+    /// On cpu-bf16, as on a GPU, LoRA's base keeps no f32 master: `load_lora_base` writes it into the
+    /// compute copy, each value rounded to bf16 (as `half` rounds it; each W0 from the base's dense
+    /// weight), and at the start, V being zero, the LoRA model computes its base's loss.
+    #[test]
+    fn a_lora_base_lands_in_the_bf16_copy_and_computes_the_bases_loss() {
+        use crate::model::tests::random_tokens;
+        use crate::model::{ActivationPlan, Gpt};
+        use crate::train::tensor_file::{self, HostTensor};
+        let b = &CpuBf16;
+        let lr = lora_config();
+        // A LoRA base has GPT-2's vocabulary.
+        let cfg = GptConfig::preset("tiny").unwrap();
+        let plan = ActivationPlan::new(2, 6);
+        let mut base = Gpt::with_plan(b, cfg, &LowRankConfig::default(), plan, 5).unwrap();
+        // Weights far from the init's, so that the loss is far from a uniform guess's.
+        let n = base.layout().len();
+        let values = crate::util::rng::Rng::new(9).normal_vec(n, 0.3);
+        b.upload(&values, base.params_mut().buf_mut().all_mut())
+            .unwrap();
+        base.refresh_compute_copy(b).unwrap();
+        let tensors: Vec<HostTensor> = base.to_hf_tensors(b).unwrap();
+        let dir = std::env::temp_dir().join(format!("lowrank-bf16-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        tensor_file::save(&path, &tensors, Default::default()).unwrap();
+
+        let mut lora = Gpt::with_plan(b, cfg, &lr, plan, 1).unwrap();
+        lora.load_lora_base(b, path.to_str().unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let masters: usize = lora.params().windows().map(|(_, len)| len).sum();
+        let mut factors = 0;
+        for t in lora.layout().tensors() {
+            let mut got = vec![0.0; t.len()];
+            lora.weights().download_into(b, t.offset, &mut got).unwrap();
+            if let Some(prefix) = t.name.strip_suffix(".lowrank_vt") {
+                assert!(got.iter().all(|&x| x == 0.0), "{prefix}: V starts at zero");
+            }
+            if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
+                factors += t.len();
+                continue;
+            }
+            let name = t.name.replace(".lowrank_w0", ".weight");
+            let from = (tensors.iter()).find(|h| h.name == name).unwrap();
+            for (i, (&g, &x)) in got.iter().zip(&from.data).enumerate() {
+                let want = half::bf16::from_f32(x).to_f32();
+                assert_eq!(g.to_bits(), want.to_bits(), "{}[{i}]", t.name);
+            }
+        }
+        assert_eq!(masters, factors, "the factors alone keep f32 masters");
+        let vocab = base.config().vocab_size;
+        let (inputs, targets) = (random_tokens(12, vocab, 3), random_tokens(12, vocab, 4));
+        let want = base.forward(b, &inputs, Some(&targets)).unwrap().unwrap();
+        let got = lora.forward(b, &inputs, Some(&targets)).unwrap().unwrap();
+        let uniform = (vocab as f32).ln();
+        assert!(
+            (want - uniform).abs() > 0.1,
+            "{want} vs a uniform guess's {uniform}"
+        );
+        assert!(
+            (got - want).abs() <= 2e-3 * want,
+            "LoRA at its start {got}, base {want}"
+        );
+    }
+
+    /// A LoRA run's fresh start (`Start::Factors`) draws the factors `Start::Init` draws and
+    /// leaves every other value zero for the base, on cpu-bf16 as on the f32 CPU.
+    #[test]
+    fn a_lora_start_draws_the_inits_factors_alone() {
+        use crate::model::{ActivationPlan, Gpt, Start};
+        let (cfg, plan) = (
+            GptConfig::preset("tiny").unwrap(),
+            ActivationPlan::new(1, 4),
+        );
+        let lr = lora_config();
+        fn all<B: Backend>(b: &B, gpt: &crate::model::Gpt<B>) -> Vec<f32> {
+            let mut v = vec![0.0; gpt.layout().len()];
+            gpt.weights().download_into(b, 0, &mut v).unwrap();
+            v
+        }
+        let on = |b: &dyn Fn(Start) -> Vec<f32>| (b(Start::Factors(3)), b(Start::Init(3)));
+        let cpu = |s| all(&Cpu, &Gpt::starting(&Cpu, cfg, &lr, plan, s).unwrap());
+        let bf16 = |s| {
+            all(
+                &CpuBf16,
+                &Gpt::starting(&CpuBf16, cfg, &lr, plan, s).unwrap(),
+            )
+        };
+        let layout = lora_layout();
+        for (factors, init) in [on(&cpu), on(&bf16)] {
+            let mut drawn = 0;
+            for t in layout.tensors() {
+                let window = |v: &[f32]| v[t.offset..t.offset + t.len()].to_vec();
+                if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
+                    assert_eq!(window(&factors), window(&init), "{}", t.name);
+                    drawn += window(&init).iter().filter(|&&x| x != 0.0).count();
+                } else {
+                    assert!(window(&factors).iter().all(|&x| x == 0.0), "{}", t.name);
+                    assert!(window(&init).iter().any(|&x| x != 0.0) || t.name.contains("bias"));
+                }
+            }
+            assert!(drawn > 0, "U is drawn");
         }
     }
 }
