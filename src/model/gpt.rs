@@ -6,14 +6,11 @@ use super::backward::{backward, Saved};
 use super::config::GptConfig;
 use super::forward::{forward, Rows};
 use super::params::{ParamLayout, SpanRole};
-use super::weights::Weights;
+use super::weights::{Start, Weights};
 use crate::backend::{Backend, Buffer, MatShape, Ref};
 use crate::lowrank::cost::{cost, Cost};
-use crate::lowrank::{
-    layer, start_factors, LowRankConfig, LowRankLayer, LowRankMode, LowRankRuntime,
-};
+use crate::lowrank::{layer, LowRankConfig, LowRankLayer, LowRankMode, LowRankRuntime};
 use crate::optim::PackedParams;
-use crate::util::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 
 /// A GPT-2 on a backend: its weights (f32 masters, and their compute-dtype copy: `Weights`),
@@ -242,27 +239,7 @@ impl<B: Backend> Gpt<B> {
         let layout = ParamLayout::with_lowrank(&config, &layers);
         let trained = Trained::of(lr);
         let mut weights = Weights::new(backend, &layout, trained, plan.trains())?;
-        match start {
-            Start::Init(seed) => {
-                // Drawn straight into the parameters on a host backend.
-                let mut init = |values: &mut [f32]| {
-                    layout.init_into(seed, values);
-                    for (offset, data) in start_factor_values(&layout, lr, seed)? {
-                        values[offset..offset + data.len()].copy_from_slice(&data);
-                    }
-                    Ok(())
-                };
-                weights.fill_with(backend, &mut init)?;
-            }
-            // Each factor into its window, the rest left as allocated (zero) for the base: a
-            // device stages the factors alone, not every parameter.
-            Start::Factors(seed) => {
-                for (offset, data) in start_factor_values(&layout, lr, seed)? {
-                    backend.upload(&data, weights.window_mut(offset, data.len()))?;
-                }
-            }
-            Start::Zero => {}
-        }
+        weights.start(backend, &layout, lr, start)?;
         let acts = Activations::new(backend, &config, plan).with_context(|| {
             format!(
                 "allocating the activations of {batch} sequences × {seq} tokens (they grow with \
@@ -575,39 +552,4 @@ fn only_forward() -> anyhow::Error {
         "this model was built to run forward only (its activations planned without a backward): \
          it has no gradients"
     )
-}
-
-/// What a new model's parameters start as.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Start {
-    /// Zero: a checkpoint replaces every value.
-    Zero,
-    /// GPT-2's init seeded by the value, each low-rank layer's factors from
-    /// `lowrank::start_factors`.
-    Init(u64),
-    /// `Init`'s factors, every other value zero for a base checkpoint to fill (LoRA's,
-    /// `load_lora_base`): GPT-2's init of them (GPT-2 medium's 355M draws) would be thrown away.
-    Factors(u64),
-}
-
-/// Each low-rank layer's starting factors from `lowrank::start_factors` (each layer on its own
-/// generator, seeded by `seed` and the layer's index), as (offset in the parameters, values):
-/// the live rows of each factor tensor, from its start.
-fn start_factor_values(
-    layout: &ParamLayout,
-    lr: &LowRankConfig,
-    seed: u64,
-) -> Result<Vec<(usize, Vec<f32>)>> {
-    let mut values = Vec::new();
-    for (i, lt) in layout.lowrank().iter().enumerate() {
-        let l = &lt.layer;
-        let width = l.width(l.start_rank(lr.rank_init));
-        let mut rng = Rng::new(seed ^ (0xFAC7_0125 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let f = start_factors(lr, l, width, &mut rng)?;
-        let mid = lt.mid.zip(f.mid);
-        for (t, data) in [(lt.ut, f.ut), (lt.vt, f.vt)].into_iter().chain(mid) {
-            values.push((layout.tensors()[t].offset, data));
-        }
-    }
-    Ok(values)
 }

@@ -20,6 +20,6 @@ mod tests_lowrank;
 mod weights;
 
 pub use config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB, PRESETS};
-pub use gpt::{ActivationPlan, Gpt, Keep, OptimizerBuffers, Start, Trained};
+pub use gpt::{ActivationPlan, Gpt, Keep, OptimizerBuffers, Trained};
 pub use params::{BlockTensor, Init, LowRankTensors, ParamLayout, SpanRole, TensorView};
-pub use weights::{master_windows, Weights};
+pub use weights::{master_windows, Start, Weights};

@@ -8,7 +8,9 @@
 use super::gpt::Trained;
 use super::params::ParamLayout;
 use crate::backend::{Backend, Buffer, DType, Mut};
+use crate::lowrank::{start_factors, LowRankConfig};
 use crate::optim::PackedParams;
+use crate::util::rng::Rng;
 use anyhow::{Context, Result};
 
 /// The parameter windows that keep f32 masters on a backend computing in `compute`: every
@@ -79,6 +81,38 @@ impl<B: Backend> Weights<B> {
         match &mut self.copy {
             Some(copy) if !self.masters.covers(offset, len) => copy.at_mut(offset, len),
             _ => self.masters.at_mut(offset, len),
+        }
+    }
+
+    /// Sets the parameters as `start` says (`Start::Zero`: as allocated, zero).
+    pub fn start(
+        &mut self,
+        b: &B,
+        layout: &ParamLayout,
+        lr: &LowRankConfig,
+        start: Start,
+    ) -> Result<()> {
+        match start {
+            Start::Init(seed) => {
+                // Drawn straight into the parameters on a host backend.
+                let mut init = |values: &mut [f32]| {
+                    layout.init_into(seed, values);
+                    for (offset, data) in start_factor_values(layout, lr, seed)? {
+                        values[offset..offset + data.len()].copy_from_slice(&data);
+                    }
+                    Ok(())
+                };
+                self.fill_with(b, &mut init)
+            }
+            // Each factor into its window, the rest left as allocated (zero) for the base: a
+            // device stages the factors alone, not every parameter.
+            Start::Factors(seed) => {
+                for (offset, data) in start_factor_values(layout, lr, seed)? {
+                    b.upload(&data, self.window_mut(offset, data.len()))?;
+                }
+                Ok(())
+            }
+            Start::Zero => Ok(()),
         }
     }
 
@@ -184,6 +218,41 @@ impl<B: Backend> Weights<B> {
         }
         Ok(None)
     }
+}
+
+/// What a new model's parameters start as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Start {
+    /// Zero: a checkpoint replaces every value.
+    Zero,
+    /// GPT-2's init seeded by the value, each low-rank layer's factors from
+    /// `lowrank::start_factors`.
+    Init(u64),
+    /// `Init`'s factors, every other value zero for a base checkpoint to fill (LoRA's,
+    /// `load_lora_base`): GPT-2's init of them (GPT-2 medium's 355M draws) would be thrown away.
+    Factors(u64),
+}
+
+/// Each low-rank layer's starting factors from `lowrank::start_factors` (each layer on its own
+/// generator, seeded by `seed` and the layer's index), as (offset in the parameters, values):
+/// the live rows of each factor tensor, from its start.
+fn start_factor_values(
+    layout: &ParamLayout,
+    lr: &LowRankConfig,
+    seed: u64,
+) -> Result<Vec<(usize, Vec<f32>)>> {
+    let mut values = Vec::new();
+    for (i, lt) in layout.lowrank().iter().enumerate() {
+        let l = &lt.layer;
+        let width = l.width(l.start_rank(lr.rank_init));
+        let mut rng = Rng::new(seed ^ (0xFAC7_0125 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let f = start_factors(lr, l, width, &mut rng)?;
+        let mid = lt.mid.zip(f.mid);
+        for (t, data) in [(lt.ut, f.ut), (lt.vt, f.vt)].into_iter().chain(mid) {
+            values.push((layout.tensors()[t].offset, data));
+        }
+    }
+    Ok(values)
 }
 
 #[cfg(test)]
