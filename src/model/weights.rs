@@ -30,8 +30,9 @@ pub fn master_windows(
     }
 }
 
-/// Values of the copy a host-device transfer rounds or stages at a time (8 MB in bf16).
-const CHUNK: usize = 1 << 22;
+/// Values of the copy a host-device transfer rounds or stages at a time (8 MB in bf16); in unit
+/// tests a few hundred, so that their small models' pieces span several chunks.
+const CHUNK: usize = if cfg!(test) { 300 } else { 1 << 22 };
 
 /// A model's weights: f32 masters of `master_windows` and the compute copy of every parameter.
 pub struct Weights<B: Backend> {
@@ -84,7 +85,8 @@ impl<B: Backend> Weights<B> {
         }
     }
 
-    /// Sets the parameters as `start` says (`Start::Zero`: as allocated, zero).
+    /// Sets the parameters as `start` says (`Start::Zero`: as allocated, zero); the copy of the
+    /// masters' tensors follows at `refresh`.
     pub fn start(
         &mut self,
         b: &B,
@@ -94,7 +96,7 @@ impl<B: Backend> Weights<B> {
     ) -> Result<()> {
         match start {
             Start::Init(seed) => {
-                // Drawn straight into the parameters on a host backend.
+                // Drawn straight into the parameters on a host backend computing in f32.
                 let mut init = |values: &mut [f32]| {
                     layout.init_into(seed, values);
                     for (offset, data) in start_factor_values(layout, lr, seed)? {
@@ -359,7 +361,7 @@ mod tests {
 
     /// Every parameter a value of its own, fine-grained: reads that start inside a master window
     /// and end past it, or start before one and end inside it, give each value from where it is
-    /// kept (the masters exact, the rest rounded; the masters' copy, not yet refreshed, zero).
+    /// kept (the masters exact, the rest rounded), several chunks of the copy's at a time.
     #[test]
     fn reads_across_the_masters_edges_take_each_value_from_where_it_is_kept() {
         let layout = lora_layout();
@@ -386,6 +388,7 @@ mod tests {
             }
         }
     }
+
     /// On cpu-bf16, as on a GPU, LoRA's base keeps no f32 master: `load_lora_base` writes it into the
     /// compute copy, each value rounded to bf16 (as `half` rounds it; each W0 from the base's dense
     /// weight), and at the start, V being zero, the LoRA model computes its base's loss.
@@ -450,43 +453,45 @@ mod tests {
         );
     }
 
-    /// A LoRA run's fresh start (`Start::Factors`) draws the factors `Start::Init` draws and
-    /// leaves every other value zero for the base, on cpu-bf16 as on the f32 CPU.
+    /// A LoRA run's fresh start (`Start::Factors`) draws the factors `Start::Init` draws (U
+    /// random, V zero, as LoRA starts), leaves every other value zero for the base, and its bf16
+    /// copy current, on cpu-bf16 as on the f32 CPU.
     #[test]
     fn a_lora_start_draws_the_inits_factors_alone() {
         use crate::model::{ActivationPlan, Gpt, Start};
-        let (cfg, plan) = (
-            GptConfig::preset("tiny").unwrap(),
-            ActivationPlan::new(1, 4),
-        );
-        let lr = lora_config();
-        fn all<B: Backend>(b: &B, gpt: &crate::model::Gpt<B>) -> Vec<f32> {
-            let mut v = vec![0.0; gpt.layout().len()];
-            gpt.weights().download_into(b, 0, &mut v).unwrap();
-            v
-        }
-        let on = |b: &dyn Fn(Start) -> Vec<f32>| (b(Start::Factors(3)), b(Start::Init(3)));
-        let cpu = |s| all(&Cpu, &Gpt::starting(&Cpu, cfg, &lr, plan, s).unwrap());
-        let bf16 = |s| {
-            all(
-                &CpuBf16,
-                &Gpt::starting(&CpuBf16, cfg, &lr, plan, s).unwrap(),
-            )
-        };
-        let layout = lora_layout();
-        for (factors, init) in [on(&cpu), on(&bf16)] {
-            let mut drawn = 0;
-            for t in layout.tensors() {
-                let window = |v: &[f32]| v[t.offset..t.offset + t.len()].to_vec();
-                if t.name.ends_with(".lowrank_ut") || t.name.ends_with(".lowrank_vt") {
-                    assert_eq!(window(&factors), window(&init), "{}", t.name);
-                    drawn += window(&init).iter().filter(|&&x| x != 0.0).count();
+        fn check<B: Backend>(b: &B) {
+            let (cfg, plan) = (
+                GptConfig::preset("tiny").unwrap(),
+                ActivationPlan::new(1, 4),
+            );
+            let lr = lora_config();
+            let start = |s| Gpt::starting(b, cfg, &lr, plan, s).unwrap();
+            let (factors, init) = (start(Start::Factors(3)), start(Start::Init(3)));
+            assert_eq!(factors.stale_compute_copy(b).unwrap(), None);
+            let all = |gpt: &Gpt<B>| {
+                let mut v = vec![0.0; gpt.layout().len()];
+                gpt.weights().download_into(b, 0, &mut v).unwrap();
+                v
+            };
+            let (f, i) = (all(&factors), all(&init));
+            for t in factors.layout().tensors() {
+                let (f, i) = (&f[t.offset..][..t.len()], &i[t.offset..][..t.len()]);
+                if t.name.ends_with(".lowrank_ut") {
+                    assert_eq!(f, i, "{}", t.name);
+                    assert!(f.iter().any(|&x| x != 0.0), "{}: U is drawn", t.name);
+                } else if t.name.ends_with(".lowrank_vt") {
+                    assert!(
+                        f.iter().chain(i).all(|&x| x == 0.0),
+                        "{}: V starts at 0",
+                        t.name
+                    );
                 } else {
-                    assert!(window(&factors).iter().all(|&x| x == 0.0), "{}", t.name);
-                    assert!(window(&init).iter().any(|&x| x != 0.0) || t.name.contains("bias"));
+                    assert!(f.iter().all(|&x| x == 0.0), "{}", t.name);
+                    assert!(i.iter().any(|&x| x != 0.0) || t.name.contains("bias"));
                 }
             }
-            assert!(drawn > 0, "U is drawn");
         }
+        check(&Cpu);
+        check(&CpuBf16);
     }
 }
