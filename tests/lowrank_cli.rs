@@ -1,6 +1,6 @@
 //! Low-rank training flags as a user meets them: bad settings fail before training with a sentence,
 //! a LoRA run's checkpoint evaluates (and holds its factors alone), a LoRA base of another shape is
-//! refused, and an efficient-InRank run logs its ranks.
+//! refused, an efficient-InRank run logs its ranks, and an InRank checkpoint leaves its W0 out.
 
 mod common;
 
@@ -19,6 +19,18 @@ const SMALL: [&str; 8] = [
     "--eval-every",
     "0",
 ];
+
+/// The model file of a run's latest checkpoint.
+fn latest(run: &Path) -> std::path::PathBuf {
+    let name = std::fs::read_to_string(run.join("latest")).unwrap();
+    run.join(name.trim()).join("model.safetensors")
+}
+
+/// A checkpoint's state.json, as JSON.
+fn state_of(model_file: &Path) -> serde_json::Value {
+    let state = std::fs::read_to_string(model_file.with_file_name("state.json")).unwrap();
+    serde_json::from_str(&state).unwrap()
+}
 
 fn train(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--out", out.to_str().unwrap()];
@@ -318,10 +330,6 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let latest = |run: &Path| {
-        let name = std::fs::read_to_string(run.join("latest")).unwrap();
-        run.join(name.trim()).join("model.safetensors")
-    };
     let (tensors, meta) = tensor_file::load(&latest(&lora)).unwrap();
     // tiny's 4 blocks × (c_fc, c_proj) × (Ut, Vt).
     assert_eq!(tensors.len(), 16, "{:?}", meta);
@@ -378,17 +386,88 @@ fn lora_checkpoints_hold_their_factors_alone_and_need_their_very_base() {
     let whole = lowrank::model::hf::load_model_checkpoint(&lora)
         .unwrap()
         .tensors;
-    let (file, state) = (latest(&lora), latest(&lora).with_file_name("state.json"));
-    let meta = [("lowrank_model", "tiny"), ("format", "pt")];
-    let meta = meta.map(|(k, v)| (k.to_string(), v.to_string())).into();
-    tensor_file::save(&file, &whole, meta).unwrap();
-    let mut s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    s.as_object_mut().unwrap().remove("lora_base_fingerprint");
-    std::fs::write(&state, s.to_string()).unwrap();
+    as_written_before(&latest(&lora), &whole, "lora_base_fingerprint");
     let more = ["--steps", "4", "--lowrank", "lora", "--rank-init", "2"];
     let o = train(&lora, &[&more[..], resume[1]].concat());
     assert!(o.status.success(), "{}", text(&o));
     let (tensors, _) = tensor_file::load(&latest(&lora)).unwrap();
     assert_eq!(tensors.len(), whole.len(), "{}", latest(&lora).display());
+}
+
+/// Rewrites the checkpoint of `model_file` as checkpoints were written before they left frozen
+/// tensors out: `whole` (every tensor) in its model file, no `key` in its state.json.
+fn as_written_before(model_file: &Path, whole: &[tensor_file::HostTensor], key: &str) {
+    let meta = [("lowrank_model", "tiny"), ("format", "pt")];
+    let meta = meta.map(|(k, v)| (k.to_string(), v.to_string())).into();
+    tensor_file::save(model_file, whole, meta).unwrap();
+    let mut s = state_of(model_file);
+    s.as_object_mut().unwrap().remove(key).unwrap();
+    std::fs::write(model_file.with_file_name("state.json"), s.to_string()).unwrap();
+}
+
+/// An InRank checkpoint leaves out its frozen W0, which the run's seed draws again: `eval` gives
+/// the validation loss the run logged, `export` merges the same W0, a resume continues. A
+/// checkpoint written before (every W0 in it, no seed recorded) resumes on its own W0 and keeps
+/// writing them.
+#[test]
+fn inrank_checkpoints_leave_their_w0_out_and_draw_it_again() {
+    let (run, merged) = (tmp("inrank-lean"), tmp("inrank-merged"));
+    let inrank = ["--lowrank", "inrank", "--seed", "5"];
+    let o = common::train(&run, &[&inrank[..], &["--steps", "2"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let (tensors, _) = tensor_file::load(&latest(&run)).unwrap();
+    let is_w0 = |t: &tensor_file::HostTensor| t.name.ends_with(".lowrank_w0");
+    assert!(!tensors.is_empty() && !tensors.iter().any(is_w0));
+    assert_eq!(state_of(&latest(&run))["w0_seed"], 5);
+    let logged = common::records(&run).pop().unwrap()["val_loss"].as_f64();
+    let loss = |args: &[&str]| {
+        let o = lowrank(&[&["eval"], args].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        let printed = t.split("loss ").nth(1).unwrap().split(',').next().unwrap();
+        printed.parse::<f64>().unwrap()
+    };
+    // On the run's validation split and the one batch it validated with: the loss it logged, to
+    // the printed digits.
+    let r = run.to_str().unwrap();
+    let own = loss(&["--ckpt", r, "--batch", "2", "--max-batches", "1"]);
+    assert!((own - logged.unwrap()).abs() <= 1e-4, "{own} vs {logged:?}");
+    let m = merged.to_str().unwrap();
+    let o = lowrank(&["export", "--ckpt", r, "--out", m]);
+    assert!(o.status.success(), "{}", text(&o));
+    let same = [
+        "--builtin",
+        "--seq",
+        "16",
+        "--batch",
+        "2",
+        "--max-batches",
+        "1",
+    ];
+    let (low, dense) = (
+        loss(&[&["--ckpt", r], &same[..]].concat()),
+        loss(&[&["--ckpt", m], &same[..]].concat()),
+    );
+    assert!((low - dense).abs() <= 1e-4, "{low} vs {dense}");
+    let resume = |steps: &str| {
+        let args = [&inrank[..], &["--steps", steps, "--resume", r]].concat();
+        let o = common::train(&run, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    resume("3");
+    assert_eq!(common::records(&run).len(), 3);
+    // The earlier layout, one W0 changed: read and written again, not drawn.
+    let mut whole = lowrank::model::hf::load_model_checkpoint(&run)
+        .unwrap()
+        .tensors;
+    let changed = whole.iter_mut().find(|t| is_w0(t)).unwrap();
+    changed.data.iter_mut().for_each(|x| *x *= 0.5);
+    let changed = changed.clone();
+    as_written_before(&latest(&run), &whole, "w0_seed");
+    resume("4");
+    let (tensors, _) = tensor_file::load(&latest(&run)).unwrap();
+    assert_eq!(tensors.len(), whole.len());
+    let kept = tensors.iter().find(|t| t.name == changed.name).unwrap();
+    assert_eq!(kept.data, changed.data, "{}", changed.name);
+    assert!(state_of(&latest(&run)).get("w0_seed").is_none());
 }

@@ -85,7 +85,8 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let base_arg = ["--lora-embeddings", "--lora-base", base.to_str().unwrap()];
     straight_and_resumed("lora", &[&LORA_ALL[..], &base_arg[..]].concat());
     // InRank in the GPU's precision: its frozen W0 keeps no f32 master there (the compute copy
-    // holds it), so its checkpoint stores the copy's W0, which the resume reads back into it.
+    // holds it), and its checkpoint leaves it out: the resume draws it again from the seed and
+    // rounds it into the copy as the start did.
     let inrank = [
         "--device",
         "cpu-bf16",

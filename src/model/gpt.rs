@@ -74,6 +74,11 @@ impl Trained {
                 SpanRole::Factor | SpanRole::Basis => true,
             }
     }
+    /// Whether the backward forms every tensor's gradient: `layout` has no frozen tensor (LoRA's
+    /// base, InRank's W0), so a checkpoint stores every tensor.
+    pub fn every_tensor(self, layout: &ParamLayout) -> bool {
+        (0..layout.tensors().len()).all(|i| self.has_gradient(layout, i))
+    }
     /// The tensors whose gradient the backward forms, as maximal contiguous (offset, len) runs
     /// of the parameters: a single run in a dense model (its frozen tensors, InRank's W0, lie
     /// past it), and few in LoRA, whose factors lie between the frozen matrices. Only these have

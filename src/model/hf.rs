@@ -2,13 +2,14 @@
 //! the padding rows), so a user can load ours in transformers and we can load theirs.
 
 use super::config::{GptConfig, GPT2_PADDED_VOCAB, GPT2_VOCAB};
+use super::drawn_w0::DrawnW0;
 use super::gpt::{ActivationPlan, Gpt, Trained};
 use super::lora_base::{CompletedLora, LoraBase};
 use super::params::{ParamLayout, SpanRole};
 use crate::backend::Backend;
-use crate::lowrank::{LowRankConfig, LowRankMode};
+use crate::lowrank::{layer, LowRankConfig, LowRankMode};
 use crate::optim::{GroupRule, ParamGroup};
-use crate::train::checkpoint::{self, RankState};
+use crate::train::checkpoint::{self, RankState, TrainState};
 use crate::train::ranks::RankSchedule;
 use crate::train::tensor_file::{self, FlatTensors, HostTensor, Span, TensorFile, TensorSource};
 use anyhow::{bail, ensure, Context, Result};
@@ -73,16 +74,18 @@ impl<B: Backend> Gpt<B> {
         Ok(FlatTensors { values, spans })
     }
 
-    /// What a checkpoint stores: every parameter, except in LoRA, whose checkpoint holds its
-    /// trained tensors alone (the factors, and the embeddings with --lora-embeddings), as a PEFT
-    /// adapter does (`CompletedLora` completes them from the base again): only those come off the
-    /// device, one after the other in `reuse`'s memory (GPT-2 medium's at r = 8 take 7.9 MB
-    /// where the whole model takes 1.4 GB).
+    /// What a checkpoint stores: the trained tensors. That is every parameter in most runs; a
+    /// LoRA checkpoint holds its factors (and the embeddings with --lora-embeddings) alone, as a
+    /// PEFT adapter does (`CompletedLora` completes them from the base again), and an InRank
+    /// checkpoint leaves out its frozen W0 (`DrawnW0` draws them again from the run's seed). Only
+    /// those come off the device, one after the other in `reuse`'s memory (GPT-2 medium's LoRA
+    /// factors at r = 8 take 7.9 MB where the whole model takes 1.4 GB).
     pub fn checkpoint_tensors(&self, b: &B, reuse: Vec<f32>) -> Result<FlatTensors> {
-        if self.trained().base() {
+        let (layout, trained) = (self.layout(), self.trained());
+        if trained.every_tensor(layout) {
             return self.to_hf_flat(b, reuse);
         }
-        let packed = trained_spans(self.layout(), self.trained(), self.config().vocab_size);
+        let packed = trained_spans(layout, trained, self.config().vocab_size);
         let mut values = reuse;
         values.resize(packed.iter().map(|(s, _)| s.elements()).sum(), 0.0);
         for (span, from) in &packed {
@@ -273,8 +276,56 @@ pub struct CheckpointSource {
     pub lowrank: LowRankConfig,
     pub ranks: Option<RankState>,
     file: TensorFile,
-    /// A LoRA run's base (its path) and the fingerprint the run recorded of it.
-    lora_base: Option<(String, String)>,
+    completion: Completion,
+}
+
+/// What completes a checkpoint's model file, as its training state records: a LoRA run's trained
+/// tensors by its base, which must still have the fingerprint the run recorded, and an InRank
+/// run's by its frozen W0, drawn again from the run's seed. A checkpoint written before they were
+/// left out holds every tensor and records neither.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Completion {
+    #[default]
+    Whole,
+    LoraBase {
+        path: String,
+        fingerprint: String,
+    },
+    DrawnW0 {
+        seed: u64,
+    },
+}
+
+impl Completion {
+    pub fn of(state: &TrainState) -> Self {
+        let lora =
+            (state.lora_base_fingerprint.clone()).zip(state.config.lowrank.lora_base.clone());
+        match (lora, state.w0_seed) {
+            (Some((fingerprint, path)), _) => Completion::LoraBase { path, fingerprint },
+            (None, Some(seed)) => Completion::DrawnW0 { seed },
+            (None, None) => Completion::Whole,
+        }
+    }
+
+    /// `file`, the model file of a checkpoint of this shape and these low-rank settings,
+    /// completed: read tensor by tensor, a LoRA base's too (its fingerprint checked once read).
+    pub fn tensors(
+        self,
+        file: TensorFile,
+        config: &GptConfig,
+        lowrank: &LowRankConfig,
+    ) -> Result<Box<dyn TensorSource>> {
+        Ok(match self {
+            Completion::Whole => Box::new(file),
+            Completion::LoraBase { path, fingerprint } => {
+                Box::new(CompletedLora::new(file, &path, fingerprint)?)
+            }
+            Completion::DrawnW0 { seed } => {
+                let layout = ParamLayout::with_lowrank(config, &layer::plan(lowrank, config)?);
+                Box::new(DrawnW0::new(file, layout, seed)?)
+            }
+        })
+    }
 }
 
 /// Opens the checkpoint `path` names: a run or checkpoint directory, a Hugging Face model
@@ -302,35 +353,26 @@ pub fn open_model_checkpoint(path: &Path) -> Result<CheckpointSource> {
             lowrank: LowRankConfig::default(),
             ranks: None,
             file,
-            lora_base: None,
+            completion: Completion::Whole,
         });
     }
     let ck = checkpoint::open_model(path)?;
     let state = ck.state;
-    let lowrank = state.config.lowrank;
-    let lora_base = match (state.lora_base_fingerprint, &lowrank.lora_base) {
-        (Some(recorded), Some(base)) => Some((base.clone(), recorded)),
-        _ => None,
-    };
     Ok(CheckpointSource {
         config: GptConfig::preset(&state.config.model)?,
+        completion: Completion::of(&state),
         preset: Some(state.config.model),
-        lowrank,
+        lowrank: state.config.lowrank,
         ranks: state.ranks,
         file: ck.model,
-        lora_base,
     })
 }
 
 impl CheckpointSource {
-    /// Its tensors to load from: the file itself, read tensor by tensor into the weights, or a
-    /// LoRA run's, completed from its base tensor by tensor (the base's fingerprint checked once
-    /// it is read).
+    /// Its tensors to load from: the file, read tensor by tensor into the weights, as its
+    /// `Completion` completes it.
     pub fn into_tensors(self) -> Result<Box<dyn TensorSource>> {
-        Ok(match self.lora_base {
-            Some((base, recorded)) => Box::new(CompletedLora::new(self.file, &base, recorded)?),
-            None => Box::new(self.file),
-        })
+        (self.completion).tensors(self.file, &self.config, &self.lowrank)
     }
 
     /// The tensors' values (a LoRA run's completed by its base's), sorted by name.

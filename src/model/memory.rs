@@ -185,11 +185,11 @@ impl<B: Backend> Gpt<B> {
             let state = AdamWOptimizer::<B>::state_len(&groups);
             mem.optimizer = 2 * b.stored_bytes(DType::F32, state);
             if checkpoints {
-                // The checkpoint's copy: every tensor off the device (in LoRA its trained
-                // tensors alone, a PEFT adapter's; a run resumed from a checkpoint written before
-                // they were, which holds every tensor, keeps writing all of them: unplanned),
-                // then the moments.
-                let saved = match trained.base() {
+                // The checkpoint's copy: the trained tensors off the device (every one in most
+                // runs; in LoRA its factors, a PEFT adapter's; in InRank all but its frozen W0;
+                // a run resumed from a checkpoint written before they were left out, which holds
+                // every tensor, keeps writing all of them: unplanned), then the moments.
+                let saved = match trained.every_tensor(&layout) {
                     true => n,
                     false => (trained_spans(&layout, trained, config.vocab_size).iter())
                         .map(|(span, _)| span.elements())

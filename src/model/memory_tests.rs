@@ -87,6 +87,18 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
         plan(&Cpu, &embeddings, training()).checkpoint,
         4 * trained + 8 * (factors + 50304 * 768 + 1024 * 768)
     );
+    // An InRank run's checkpoint leaves out its frozen W0 (the 12 MLPs' two 768 × 3072 matrices):
+    // it copies the trained tensors (wte without its 47 padding rows, the factors at capacity
+    // 384) and their moments.
+    let inrank = LowRankConfig {
+        mode: crate::lowrank::LowRankMode::Inrank,
+        ..dense.clone()
+    };
+    let trainable = n - 12 * 2 * 768 * 3072 + 12 * 2 * 384 * (768 + 3072);
+    assert_eq!(
+        plan(&Cpu, &inrank, training()).checkpoint,
+        4 * (trainable - 47 * 768) + 8 * trainable
+    );
     // Beside a compute copy (which cpu-bf16 keeps in f32: four bytes) only the trained tensors
     // have f32 masters: LoRA's factors; a model that only evaluates has none, and its tensors
     // are rounded on the host on their way into the copy.

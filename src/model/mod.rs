@@ -4,6 +4,7 @@
 mod activations;
 mod backward;
 pub mod config;
+pub mod drawn_w0;
 mod export;
 mod forward;
 pub mod generate;

@@ -363,7 +363,8 @@ impl ParamLayout {
 
     /// GPT-2's initial parameters into `values` (the layout's length, whatever it held). Each
     /// tensor draws from its own generator, seeded by `seed` and its index, so tensors initialise
-    /// in parallel and one tensor's values do not depend on another's size.
+    /// in parallel (a large one in parallel chunks too) and one tensor's values do not depend on
+    /// another's size.
     pub fn init_into(&self, seed: u64, values: &mut [f32]) {
         assert_eq!(
             values.len(),
@@ -388,10 +389,23 @@ impl ParamLayout {
     /// weight low-rank factors replaced has none, and panics, as `block` does).
     pub fn init_block(&self, layer: usize, t: BlockTensor, seed: u64) -> Vec<f32> {
         let index = self.blocks[layer][t as usize];
-        let tensor = &self.tensors[index];
-        let mut values = vec![0.0; tensor.len()];
-        init_tensor(tensor, index, seed, &mut values);
+        let mut values = vec![0.0; self.tensors[index].len()];
+        self.init_tensor_into(index, seed, &mut values);
         values
+    }
+
+    /// Tensor `index`'s values as `init_into(seed, ..)` writes them, into `dst` (of its length):
+    /// InRank's frozen W0, which a checkpoint leaves out, is drawn again so (`DrawnW0`).
+    pub fn init_tensor_into(&self, index: usize, seed: u64, dst: &mut [f32]) {
+        let tensor = &self.tensors[index];
+        assert_eq!(
+            dst.len(),
+            tensor.len(),
+            "{} has {} values",
+            tensor.name,
+            tensor.len()
+        );
+        init_tensor(tensor, index, seed, dst);
     }
 }
 
@@ -401,11 +415,10 @@ fn init_tensor(t: &TensorView, index: usize, seed: u64, part: &mut [f32]) {
         Init::Zeros => part.fill(0.0),
         Init::Ones => part.fill(1.0),
         Init::Normal { std, drawn } => {
-            let mut rng = Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            // One generator's sequence, drawn in parallel chunks (GPT-2 medium's wte is 51M).
+            let rng = Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (drawn, rest) = part.split_at_mut(drawn.min(part.len()));
-            drawn
-                .iter_mut()
-                .for_each(|x| *x = (rng.normal() * std) as f32);
+            rng.normals_into(std, drawn);
             rest.fill(0.0);
         }
     }

@@ -1,5 +1,6 @@
 //! Checkpoints: DIR/checkpoint-NNNNNNN/ holds model.safetensors (Hugging Face GPT-2 names; a LoRA
-//! run's holds its trained tensors alone, its base staying where `--lora-base` named it),
+//! run's holds its trained tensors alone, its base staying where `--lora-base` named it; an
+//! InRank run's leaves out its frozen W0, drawn again from the run's seed),
 //! optimizer.safetensors (AdamW moments) and state.json (step, loader position, config). Each file
 //! is written atomically, the directory is complete before DIR/latest is switched to it, and only
 //! then is the previous checkpoint removed: an interruption at any point leaves a loadable one.
@@ -32,6 +33,10 @@ pub struct TrainState {
     /// (`tensor_file::fingerprint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora_base_fingerprint: Option<String>,
+    /// Set when model.safetensors leaves out an InRank run's frozen W0: each is GPT-2's init of
+    /// that tensor drawn again from this seed (the run's), as the run's start drew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w0_seed: Option<u64>,
 }
 
 /// model.safetensors' metadata key naming the base a LoRA checkpoint's tensors complete.

@@ -190,6 +190,7 @@ mod tests {
                 config,
                 ranks: None,
                 lora_base_fingerprint: None,
+                w0_seed: None,
             },
         }
     }

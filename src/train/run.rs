@@ -8,15 +8,13 @@ use super::metrics::{MetricsWriter, StepRecord};
 use super::progress::Progress;
 use super::ranks::RankSchedule;
 use super::stops::{checkpoint_failed, refuse_to_overwrite, run_diverged, run_stops};
-use super::tensor_file::TensorSource;
 use super::{atomic, evaluate};
 use crate::backend::Backend;
 use crate::data::{default_corpus, tokenizer, BatchShape, Loader, ShardSet, EOT_TOKEN};
 use crate::lowrank::cost::cost;
 use crate::lowrank::{LowRankConfig, LowRankMode};
 use crate::model::generate::{generate, Sampling};
-use crate::model::hf::open_model_checkpoint;
-use crate::model::lora_base::CompletedLora;
+use crate::model::hf::{open_model_checkpoint, Completion};
 use crate::model::memory::{self, Proposal, Purpose};
 use crate::model::Trained;
 use crate::model::{ActivationPlan, Gpt, GptConfig, Keep, Start};
@@ -183,6 +181,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
         _ => Start::Zero,
     };
     let mut model = Gpt::starting(b, gpt_config, &cfg.lowrank, plan, start)?;
+    // InRank's frozen W0 as the start drew it: checkpoints leave it out, to be drawn again.
+    let has_w0 = model.layout().lowrank().iter().any(|lt| lt.w0.is_some());
+    let mut w0_seed = match start {
+        Start::Init(seed) if has_w0 => Some(seed),
+        _ => None,
+    };
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     atomic::write(
@@ -222,24 +226,17 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     let (mut step, mut tokens) = (0u32, 0u64);
     if let Some(ck) = resume {
         // Read tensor by tensor into the weights and moments: the checkpoint is not held beside
-        // the model. A LoRA run's trained tensors are completed from its base, which must still
-        // have the fingerprint the run recorded. Checkpoints leave the base out only where its
-        // fingerprint vouches for the frozen weights: a run resumed from a checkpoint that holds
-        // them (written before checkpoints left them out) may have trained on a base that has
-        // changed on disk since, so it keeps writing them.
+        // the model. Checkpoints leave frozen tensors out only where the run vouches for them
+        // (`Completion`): a run resumed from a checkpoint that holds them (written before they
+        // were left out) keeps writing them, since a LoRA base on disk may have changed since.
         let OpenCheckpoint {
             dir,
             model: saved,
             mut moments,
             state,
         } = ck;
-        lora_fingerprint = state.lora_base_fingerprint.clone();
-        let tensors: Box<dyn TensorSource> = match (&lora_fingerprint, &cfg.lowrank.lora_base) {
-            (Some(recorded), Some(base)) => {
-                Box::new(CompletedLora::new(saved, base, recorded.clone())?)
-            }
-            _ => Box::new(saved),
-        };
+        (lora_fingerprint, w0_seed) = (state.lora_base_fingerprint.clone(), state.w0_seed);
+        let tensors = Completion::of(&state).tensors(saved, model.config(), &cfg.lowrank)?;
         (model.load_hf_tensors(b, tensors))
             .with_context(|| format!("resuming from {}", dir.display()))?;
         RankSchedule::restore(&mut model, state.ranks.as_ref())?;
@@ -429,11 +426,12 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
                 config: cfg.clone(),
                 ranks: RankSchedule::state(&model),
                 lora_base_fingerprint: lora_fingerprint.clone(),
+                w0_seed,
             };
             // Copied off the device here, into the last snapshot's memory; written to disk
             // behind the next steps.
-            let lora = lora_fingerprint.is_some();
-            let snapshot = take_snapshot(b, &model, &opt, lora, state, writer.take_spare())?;
+            let frozen_out = lora_fingerprint.is_some() || w0_seed.is_some();
+            let snapshot = take_snapshot(b, &model, &opt, frozen_out, state, writer.take_spare())?;
             (writer.start(snapshot)).map_err(|f| checkpoint_failed(&opts.out, f))?;
             summary.checkpoints.paused += paused.elapsed();
             drop(checkpoint_range);
@@ -466,19 +464,20 @@ pub fn run<B: Backend>(b: &B, cfg: TrainConfig, opts: RunOptions) -> Result<RunS
     Ok(summary)
 }
 
-/// The step's tensors copied off the device for a checkpoint (in LoRA with a fingerprinted base,
-/// the trained ones alone), into `spare`'s memory when there is one.
+/// The step's tensors copied off the device for a checkpoint (with `frozen_out`, the trained ones
+/// alone: LoRA's base is fingerprinted, InRank's W0 drawn again from the seed), into `spare`'s
+/// memory when there is one.
 fn take_snapshot<B: Backend>(
     b: &B,
     model: &Gpt<B>,
     opt: &AdamWOptimizer<B>,
-    lora: bool,
+    frozen_out: bool,
     state: TrainState,
     spare: Option<Snapshot>,
 ) -> Result<Snapshot> {
     let (values, mut m, mut v) =
         spare.map_or_else(Default::default, |s| (s.model.values, s.m, s.v));
-    let model = match lora {
+    let model = match frozen_out {
         true => model.checkpoint_tensors(b, values)?,
         false => model.to_hf_flat(b, values)?,
     };
