@@ -75,7 +75,8 @@ impl Trained {
             }
     }
     /// Whether the backward forms every tensor's gradient: `layout` has no frozen tensor (LoRA's
-    /// base, InRank's W0), so a checkpoint stores every tensor.
+    /// base, InRank's W0), so a checkpoint stores every tensor (one with a frozen tensor stores
+    /// them too where it resumed from a checkpoint written before they were left out).
     pub fn every_tensor(self, layout: &ParamLayout) -> bool {
         (0..layout.tensors().len()).all(|i| self.has_gradient(layout, i))
     }

@@ -146,7 +146,7 @@ impl<B: Backend> Gpt<B> {
                 by_name.remove(canonical(&t.name)).with_context(|| {
                     match canonical(&t.name).strip_suffix(".lowrank_w0") {
                         Some(p) => format!(
-                            "the checkpoint lacks tensor {p}.lowrank_w0 (a LoRA base's {p}.weight)"
+                            "the checkpoint lacks tensor {p}.lowrank_w0 (a LoRA base's {p}.weight; an InRank checkpoint that leaves its W0 out records `w0_seed` in its state.json, and a lowrank older than that checkpoint cannot read it)"
                         ),
                         None => format!("the checkpoint lacks tensor {}", t.name),
                     }
@@ -375,7 +375,7 @@ impl CheckpointSource {
         (self.completion).tensors(self.file, &self.config, &self.lowrank)
     }
 
-    /// The tensors' values (a LoRA run's completed by its base's), sorted by name.
+    /// The tensors' values (completed as its `Completion` says), sorted by name.
     pub fn read(self) -> Result<ModelCheckpoint> {
         let (preset, config) = (self.preset.clone(), self.config);
         let (lowrank, ranks) = (self.lowrank.clone(), self.ranks.clone());

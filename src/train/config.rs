@@ -41,8 +41,9 @@ pub struct TrainConfig {
     pub recompute_gelu: bool,
     /// Where the run trains (a resumed run keeps it unless told otherwise; it may move: the
     /// checkpoint holds f32 values either way, the masters of the trained tensors and, of a
-    /// frozen tensor on a bf16 device, the bf16 values the forward read). Absent in configs from
-    /// before it: cpu.
+    /// frozen tensor on a bf16 device, the bf16 values the forward read; InRank's W0, left out,
+    /// is drawn again in f32, which a bf16 device rounds as the run's start did). Absent in
+    /// configs from before it: cpu.
     #[serde(default)]
     pub device: Device,
 }
