@@ -32,6 +32,15 @@ fn state_of(model_file: &Path) -> serde_json::Value {
     serde_json::from_str(&state).unwrap()
 }
 
+/// The loss `lowrank eval ARGS` prints (to 4 decimals).
+fn eval_loss(args: &[&str]) -> f64 {
+    let o = lowrank(&[&["eval"], args].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    let printed = t.split("loss ").nth(1).unwrap().split(',').next().unwrap();
+    printed.parse::<f64>().unwrap()
+}
+
 fn train(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--out", out.to_str().unwrap()];
     args.extend_from_slice(&SMALL);
@@ -238,12 +247,8 @@ fn lora_base_of_another_shape_is_refused_and_efficient_runs_log_ranks() {
     let o = export(&[]);
     assert!(failed_with(&o, "--overwrite"), "{}", text(&o));
     let loss = |ckpt: &Path| {
-        let args = ["eval", "--ckpt", ckpt.to_str().unwrap(), "--seq", "16"];
-        let o = lowrank(&[&args[..], &["--max-batches", "2"]].concat());
-        assert!(o.status.success(), "{}", text(&o));
-        let t = text(&o);
-        let printed = t.split("loss ").nth(1).unwrap().split(',').next().unwrap();
-        printed.parse::<f64>().unwrap()
+        let ckpt = ckpt.to_str().unwrap();
+        eval_loss(&["--ckpt", ckpt, "--seq", "16", "--max-batches", "2"])
     };
     // Printed to 4 decimals: equal but for rounding at the last digit.
     let (low, dense) = (loss(&lora), loss(&file));
@@ -420,17 +425,10 @@ fn inrank_checkpoints_leave_their_w0_out_and_draw_it_again() {
     assert!(!tensors.is_empty() && !tensors.iter().any(is_w0));
     assert_eq!(state_of(&latest(&run))["w0_seed"], 5);
     let logged = common::records(&run).pop().unwrap()["val_loss"].as_f64();
-    let loss = |args: &[&str]| {
-        let o = lowrank(&[&["eval"], args].concat());
-        assert!(o.status.success(), "{}", text(&o));
-        let t = text(&o);
-        let printed = t.split("loss ").nth(1).unwrap().split(',').next().unwrap();
-        printed.parse::<f64>().unwrap()
-    };
     // On the run's validation split and the one batch it validated with: the loss it logged, to
     // the printed digits.
     let r = run.to_str().unwrap();
-    let own = loss(&["--ckpt", r, "--batch", "2", "--max-batches", "1"]);
+    let own = eval_loss(&["--ckpt", r, "--batch", "2", "--max-batches", "1"]);
     assert!((own - logged.unwrap()).abs() <= 1e-4, "{own} vs {logged:?}");
     let m = merged.to_str().unwrap();
     let o = lowrank(&["export", "--ckpt", r, "--out", m]);
@@ -445,8 +443,8 @@ fn inrank_checkpoints_leave_their_w0_out_and_draw_it_again() {
         "1",
     ];
     let (low, dense) = (
-        loss(&[&["--ckpt", r], &same[..]].concat()),
-        loss(&[&["--ckpt", m], &same[..]].concat()),
+        eval_loss(&[&["--ckpt", r], &same[..]].concat()),
+        eval_loss(&[&["--ckpt", m], &same[..]].concat()),
     );
     assert!((low - dense).abs() <= 1e-4, "{low} vs {dense}");
     let resume = |steps: &str| {

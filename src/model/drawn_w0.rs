@@ -107,17 +107,24 @@ mod tests {
         }
     }
 
+    const PLAN: ActivationPlan = ActivationPlan {
+        batch: 1,
+        seq: 8,
+        keep: Keep::Nothing,
+    };
+
+    /// The tiny GPT with InRank layers as a fresh run's start draws it from seed 11.
+    fn started() -> Gpt<Cpu> {
+        let cfg = GptConfig::preset("tiny").unwrap();
+        Gpt::starting(&Cpu, cfg, &inrank(), PLAN, Start::Init(11)).unwrap()
+    }
+
     /// An InRank model's checkpoint tensors lack its W0; completed by their draws from the seed,
     /// they rebuild the model the start drew, value for value.
     #[test]
     fn a_checkpoint_without_w0_rebuilds_the_model_its_seed_started() {
-        let (b, cfg, lr) = (Cpu, GptConfig::preset("tiny").unwrap(), inrank());
-        let plan = ActivationPlan {
-            batch: 1,
-            seq: 8,
-            keep: Keep::Nothing,
-        };
-        let started = Gpt::starting(&b, cfg, &lr, plan, Start::Init(11)).unwrap();
+        let (b, started) = (Cpu, started());
+        let (cfg, lr, plan) = (*started.config(), inrank(), PLAN);
         let saved = (started.checkpoint_tensors(&b, Vec::new()).unwrap()).into_host_tensors();
         let w0s = (started.layout().tensors().iter())
             .filter(|t| t.name.ends_with(".lowrank_w0"))
@@ -149,14 +156,8 @@ mod tests {
     /// A checkpoint that holds a W0 (written before checkpoints left them out) gives its own.
     #[test]
     fn a_stored_w0_is_read_not_drawn() {
-        let (b, cfg, lr) = (Cpu, GptConfig::preset("tiny").unwrap(), inrank());
-        let plan = ActivationPlan {
-            batch: 1,
-            seq: 8,
-            keep: Keep::Nothing,
-        };
-        let started = Gpt::starting(&b, cfg, &lr, plan, Start::Init(11)).unwrap();
-        let mut whole = started.to_hf_tensors(&b).unwrap();
+        let started = started();
+        let mut whole = started.to_hf_tensors(&Cpu).unwrap();
         let name = "transformer.h.1.mlp.c_proj.lowrank_w0";
         let stored = whole.iter_mut().find(|t| t.name == name).unwrap();
         stored.data.iter_mut().for_each(|x| *x = 0.5);
