@@ -20,7 +20,7 @@ pub struct DrawnW0<S> {
 
 impl<S: TensorSource> DrawnW0<S> {
     /// `stored` completed by the W0 of `layout` it does not hold (by canonical name), each drawn
-    /// as `layout.init_into(seed, ..)` draws it.
+    /// as a fresh start from `seed` draws it (`ParamLayout::init_tensor_into`).
     pub fn new(stored: S, layout: ParamLayout, seed: u64) -> Result<Self> {
         let listing = stored.listing()?;
         let held: HashSet<&str> = listing.iter().map(|(name, _)| canonical(name)).collect();

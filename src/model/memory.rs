@@ -39,9 +39,9 @@ pub struct MemoryPlan {
     /// and a dense run's rank log: its initial MLP weights, which it measures the update from,
     /// and the update's Gram matrices with their eigensolvers' work.
     pub rank_log: usize,
-    /// The host memory a checkpoint passes through on its way to a device backend's weights, one
-    /// tensor at a time (its largest): part of `host`, which only a device's check reads; a host
-    /// backend reads into its weights themselves.
+    /// The host memory the weights pass through on their way to a device backend, one tensor at
+    /// a time (the largest): a checkpoint's, a LoRA base's or a fresh start's init. Part of
+    /// `host`, which only a device's check reads; a host backend writes its weights themselves.
     pub staging: usize,
 }
 
@@ -110,7 +110,7 @@ impl MemoryPlan {
         }
         if on_device && self.staging > 0 {
             shown.push(format!(
-                "the checkpoint's tensors passed through the host one at a time (the largest {})",
+                "the weights passed through the host a tensor at a time (the largest {})",
                 gb(self.staging)
             ));
         }
@@ -164,17 +164,15 @@ impl<B: Backend> Gpt<B> {
             activations,
             ..Default::default()
         };
-        if purpose == Purpose::Inference {
-            let largest = (layout.tensors().iter()).map(|t| t.len()).max();
-            let largest = largest.unwrap_or(0);
-            // Read as f32, then (the weights being in the copy alone) rounded to the compute
-            // dtype on the host on its way to the device.
-            let rounded = match compute {
-                DType::F32 => 0,
-                dtype => b.stored_bytes(dtype, largest),
-            };
-            mem.staging = 4 * largest + rounded;
-        }
+        // Read or drawn as f32, then (a tensor in the copy alone) rounded to the compute dtype on
+        // the host on its way to the device.
+        let largest = (layout.tensors().iter()).map(|t| t.len()).max();
+        let largest = largest.unwrap_or(0);
+        let rounded = match compute {
+            DType::F32 => 0,
+            dtype => b.stored_bytes(dtype, largest),
+        };
+        mem.staging = 4 * largest + rounded;
         if let Purpose::Training { checkpoints, .. } = purpose {
             ensure!(
                 plan.trains(),

@@ -56,6 +56,11 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
         (4 * n, 4 * n, 8 * n, 12 * n, 0)
     );
     assert_eq!(plan(&CpuBf16, &dense, training()).weights, 8 * n);
+    // A fresh start's init, as a load, goes to a device a tensor at a time: the largest is the
+    // token embedding with its padding rows (f32, and rounded beside it where a copy holds it,
+    // which cpu-bf16 keeps in f32: four more).
+    assert_eq!(m.staging, 4 * 50304 * 768);
+    assert_eq!(plan(&CpuBf16, &dense, training()).staging, 8 * 50304 * 768);
     // Inference reads the checkpoint tensor by tensor into the weights (a LoRA run's, and its
     // base, too): a device backend stages the largest, the token embedding's padded rows, on the
     // host, and nothing else is held beside the weights.

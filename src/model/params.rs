@@ -14,7 +14,6 @@
 use super::config::GptConfig;
 use crate::lowrank::LowRankLayer;
 use crate::util::rng::Rng;
-use rayon::prelude::*;
 
 /// GPT-2's initialisation standard deviation.
 const INIT_STD: f64 = 0.02;
@@ -361,32 +360,8 @@ impl ParamLayout {
         SpanRole::Plain
     }
 
-    /// GPT-2's initial parameters into `values` (the layout's length, whatever it held). Each
-    /// tensor draws from its own generator, seeded by `seed` and its index, so tensors initialise
-    /// in parallel (a large one in parallel chunks too) and one tensor's values do not depend on
-    /// another's size.
-    pub fn init_into(&self, seed: u64, values: &mut [f32]) {
-        assert_eq!(
-            values.len(),
-            self.len,
-            "init_into needs the layout's length"
-        );
-        let mut rest = values;
-        let mut parts = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            let (part, tail) = rest.split_at_mut(t.len());
-            parts.push(part);
-            rest = tail;
-        }
-        parts
-            .into_par_iter()
-            .zip(&self.tensors)
-            .enumerate()
-            .for_each(|(i, (part, t))| init_tensor(t, i, seed, part));
-    }
-
-    /// Block tensor `t` of `layer` as `init_into(seed, ..)` writes it: one the layout holds (a
-    /// weight low-rank factors replaced has none, and panics, as `block` does).
+    /// Block tensor `t` of `layer` as a fresh model's start draws it (`init_tensor_into`): one the
+    /// layout holds (a weight low-rank factors replaced has none, and panics, as `block` does).
     pub fn init_block(&self, layer: usize, t: BlockTensor, seed: u64) -> Vec<f32> {
         let index = self.blocks[layer][t as usize];
         let mut values = vec![0.0; self.tensors[index].len()];
@@ -394,8 +369,11 @@ impl ParamLayout {
         values
     }
 
-    /// Tensor `index`'s values as `init_into(seed, ..)` writes them, into `dst` (of its length):
-    /// InRank's frozen W0, which a checkpoint leaves out, is drawn again so (`DrawnW0`).
+    /// GPT-2's initial values of tensor `index` into `dst` (of its length, whatever it held), as
+    /// a fresh model's start draws them (`Weights::start`), and so again wherever they are needed
+    /// (a dense run's rank log, InRank's W0 left out of checkpoints: `DrawnW0`). Each tensor draws
+    /// from its own generator, seeded by `seed` and its index, on every core: one tensor's values
+    /// do not depend on another's size.
     pub fn init_tensor_into(&self, index: usize, seed: u64, dst: &mut [f32]) {
         let tensor = &self.tensors[index];
         assert_eq!(
@@ -506,7 +484,9 @@ mod tests {
         // Into memory holding anything: every value is written.
         let init = |seed| {
             let mut values = vec![f32::NAN; layout.len()];
-            layout.init_into(seed, &mut values);
+            for (i, t) in layout.tensors().iter().enumerate() {
+                layout.init_tensor_into(i, seed, &mut values[t.offset..t.offset + t.len()]);
+            }
             values
         };
         let values = init(42);
@@ -541,20 +521,5 @@ mod tests {
             .iter()
             .all(|&v| v == 0.0));
         assert!(of("transformer.ln_f.weight").iter().all(|&v| v == 1.0));
-    }
-
-    /// A dense run's rank log draws its MLP matrices' W0 again on resume (`init_block`): the
-    /// values the whole model's init gave them.
-    #[test]
-    fn a_block_tensor_drawn_alone_equals_the_whole_init() {
-        let layout = ParamLayout::new(&GptConfig::preset("tiny").unwrap());
-        let mut values = vec![0.0; layout.len()];
-        layout.init_into(7, &mut values);
-        for (layer, t) in [(0, FcWeight), (1, FcProjWeight), (1, QkvWeight)] {
-            let view = layout.block(layer, t);
-            let whole = &values[view.offset..view.offset + view.len()];
-            assert_eq!(layout.init_block(layer, t, 7), whole, "{}", view.name);
-            assert_ne!(layout.init_block(layer, t, 8), whole, "{}", view.name);
-        }
     }
 }

@@ -6,7 +6,7 @@
 //! GPT-2 XL 6.2 GB fewer; a backend computing in f32 has no copy and masters of every tensor.
 
 use super::gpt::Trained;
-use super::params::ParamLayout;
+use super::params::{Init, ParamLayout};
 use crate::backend::{Backend, Buffer, DType, Mut};
 use crate::lowrank::{start_factors, LowRankConfig};
 use crate::optim::PackedParams;
@@ -30,7 +30,7 @@ pub fn master_windows(
     }
 }
 
-/// Values of the copy a host-device transfer rounds or stages at a time (8 MB in bf16); in unit
+/// Values of the copy a download stages at a time (8 MB in bf16; an upload stages a tensor); in unit
 /// tests a few hundred, so that their small models' pieces span several chunks.
 const CHUNK: usize = if cfg!(test) { 300 } else { 1 << 22 };
 
@@ -39,8 +39,6 @@ pub struct Weights<B: Backend> {
     masters: PackedParams<B>,
     /// None when the backend computes in f32: then the masters hold every parameter.
     copy: Option<B::Buf>,
-    /// The parameters' count.
-    len: usize,
 }
 
 impl<B: Backend> Weights<B> {
@@ -56,8 +54,7 @@ impl<B: Backend> Weights<B> {
                     .context("allocating the compute copy of the weights")?,
             ),
         };
-        let len = layout.len();
-        Ok(Weights { masters, copy, len })
+        Ok(Weights { masters, copy })
     }
 
     /// What the forward and backward read: the copy, or where there is none the masters (then
@@ -95,16 +92,22 @@ impl<B: Backend> Weights<B> {
         start: Start,
     ) -> Result<()> {
         match start {
+            // Tensor by tensor into where each is kept, as a checkpoint is read: straight into
+            // it on a host backend, a device staging one tensor (not the whole layout: GPT-2
+            // medium's 1.4 GB of f32), each drawn on every core; a tensor that starts at zero is
+            // left as allocated. Then the factors, as `Factors` sets them.
             Start::Init(seed) => {
-                // Drawn straight into the parameters on a host backend computing in f32.
-                let mut init = |values: &mut [f32]| {
-                    layout.init_into(seed, values);
-                    for (offset, data) in start_factor_values(layout, lr, seed)? {
-                        values[offset..offset + data.len()].copy_from_slice(&data);
+                for (i, t) in layout.tensors().iter().enumerate() {
+                    if t.init == Init::Zeros {
+                        continue;
                     }
-                    Ok(())
-                };
-                self.fill_with(b, &mut init)
+                    let mut draw = |dst: &mut [f32]| {
+                        layout.init_tensor_into(i, seed, dst);
+                        Ok(())
+                    };
+                    b.upload_with(self.window_mut(t.offset, t.len()), &mut draw)?;
+                }
+                self.start(b, layout, lr, Start::Factors(seed))
             }
             // Each factor into its window, the rest left as allocated (zero) for the base: a
             // device stages the factors alone, not every parameter.
@@ -116,35 +119,6 @@ impl<B: Backend> Weights<B> {
             }
             Start::Zero => Ok(()),
         }
-    }
-
-    /// Sets every parameter to what `fill` writes into a host slice of them all: straight into
-    /// the masters on a host backend computing in f32, else staged and uploaded, each value to
-    /// where it is kept (the copy of a master's follows at `refresh`). The copy's share goes a
-    /// chunk at a time: a device rounds what it uploads on the host, in a vector of its length.
-    pub fn fill_with(
-        &mut self,
-        b: &B,
-        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
-    ) -> Result<()> {
-        if self.masters.is_whole(self.len) {
-            return b.upload_with(self.masters.buf_mut().all_mut(), fill);
-        }
-        let mut staged = vec![0.0; self.len];
-        fill(&mut staged)?;
-        for (at, n, in_masters) in self.pieces(0, self.len) {
-            let values = &staged[at..at + n];
-            match (in_masters, &mut self.copy) {
-                (true, _) => b.upload(values, self.masters.at_mut(at, n))?,
-                (false, Some(copy)) => {
-                    for (i, chunk) in values.chunks(CHUNK).enumerate() {
-                        b.upload(chunk, copy.at_mut(at + i * CHUNK, chunk.len()))?;
-                    }
-                }
-                (false, None) => unreachable!("without a copy the masters hold every parameter"),
-            }
-        }
-        Ok(())
     }
 
     /// Parameters `offset..end` cut where the masters' windows begin and end, as (start,
@@ -281,6 +255,23 @@ mod tests {
     }
 
     const LORA: Trained = Trained::Lora { embeddings: false };
+
+    /// Every parameter set to what `fill` writes into a host slice of them all, each tensor
+    /// uploaded into where it is kept, as a start or a load writes it.
+    fn set_all<B: Backend>(
+        w: &mut Weights<B>,
+        b: &B,
+        layout: &ParamLayout,
+        fill: impl Fn(&mut [f32]),
+    ) {
+        let mut all = vec![0.0; layout.len()];
+        fill(&mut all);
+        for t in layout.tensors() {
+            let window = w.window_mut(t.offset, t.len());
+            b.upload(&all[t.offset..t.offset + t.len()], window)
+                .unwrap();
+        }
+    }
     /// 1 + 2⁻¹⁰: exact in f32, 1.0 in bf16 (8 significant bits).
     const FINE: f32 = 1.0 + 1.0 / 1024.0;
 
@@ -333,18 +324,15 @@ mod tests {
     #[test]
     fn a_forward_only_model_keeps_its_weights_in_the_copy_and_f32_keeps_every_master() {
         let layout = lora_layout();
-        let values = |v: &mut [f32]| {
-            v.fill(FINE);
-            Ok(())
-        };
+        let values = |v: &mut [f32]| v.fill(FINE);
         let mut w = Weights::new(&CpuBf16, &layout, LORA, false).unwrap();
         assert_eq!(w.masters().buf().len(), 0);
-        w.fill_with(&CpuBf16, &mut { values }).unwrap();
+        set_all(&mut w, &CpuBf16, &layout, values);
         assert!(w.compute().as_slice().iter().all(|&x| x == 1.0));
         // One that trains: the factors' values into their masters exact, the rest into the copy
         // rounded, the factors' copy written at the refresh.
         let mut lora = Weights::new(&CpuBf16, &layout, LORA, true).unwrap();
-        lora.fill_with(&CpuBf16, &mut { values }).unwrap();
+        set_all(&mut lora, &CpuBf16, &layout, values);
         assert!(lora.masters().buf().as_slice().iter().all(|&x| x == FINE));
         let first = lora.masters().windows().next().unwrap().0;
         let stale = lora.first_stale(&CpuBf16, 5).unwrap();
@@ -354,9 +342,40 @@ mod tests {
         assert!(lora.compute().as_slice().iter().all(|&x| x == 1.0));
         let mut f32s = Weights::new(&Cpu, &layout, LORA, true).unwrap();
         assert!(f32s.masters().is_whole(layout.len()));
-        f32s.fill_with(&Cpu, &mut { values }).unwrap();
+        set_all(&mut f32s, &Cpu, &layout, values);
         assert!(f32s.compute().as_slice().iter().all(|&x| x == FINE));
         assert_eq!(f32s.first_stale(&Cpu, 5).unwrap(), None);
+    }
+
+    /// A dense run's rank log draws its MLP matrices' W0 again on resume (`init_block`): the
+    /// values a fresh model's start gave them, on the f32 CPU and, rounded, in a bf16 copy.
+    #[test]
+    fn a_started_model_holds_what_its_seed_draws_again() {
+        use super::super::params::BlockTensor::{FcProjWeight, FcWeight, QkvWeight};
+        let config = GptConfig::preset("tiny").unwrap();
+        let layout = ParamLayout::new(&config);
+        let dense = LowRankConfig::default();
+        let mut f32s = Weights::new(&Cpu, &layout, Trained::All, false).unwrap();
+        f32s.start(&Cpu, &layout, &dense, Start::Init(7)).unwrap();
+        let mut bf16s = Weights::new(&CpuBf16, &layout, Trained::All, false).unwrap();
+        bf16s
+            .start(&CpuBf16, &layout, &dense, Start::Init(7))
+            .unwrap();
+        for (layer, t) in [(0, FcWeight), (1, FcProjWeight), (1, QkvWeight)] {
+            let view = layout.block(layer, t);
+            let mut held = vec![f32::NAN; view.len()];
+            f32s.download_into(&Cpu, view.offset, &mut held).unwrap();
+            let drawn = layout.init_block(layer, t, 7);
+            assert_eq!(held, drawn, "{}", view.name);
+            assert_ne!(layout.init_block(layer, t, 8), drawn, "{}", view.name);
+            bf16s
+                .download_into(&CpuBf16, view.offset, &mut held)
+                .unwrap();
+            let rounded: Vec<f32> = (drawn.iter())
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect();
+            assert_eq!(held, rounded, "{}", view.name);
+        }
     }
 
     /// Every parameter a value of its own, fine-grained: reads that start inside a master window
@@ -367,11 +386,8 @@ mod tests {
         let layout = lora_layout();
         let value = |i: usize| (i % 1000) as f32 * FINE + 1.0;
         let mut w = Weights::new(&CpuBf16, &layout, LORA, true).unwrap();
-        let mut fill = |v: &mut [f32]| {
-            (v.iter_mut().enumerate()).for_each(|(i, x)| *x = value(i));
-            Ok(())
-        };
-        w.fill_with(&CpuBf16, &mut fill).unwrap();
+        let fill = |v: &mut [f32]| (v.iter_mut().enumerate()).for_each(|(i, x)| *x = value(i));
+        set_all(&mut w, &CpuBf16, &layout, fill);
         let windows: Vec<_> = w.masters().windows().collect();
         let kept = |i: usize| match windows.iter().any(|&(o, l)| (o..o + l).contains(&i)) {
             true => value(i),
