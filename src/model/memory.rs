@@ -74,9 +74,10 @@ impl MemoryPlan {
             + self.margin
     }
 
-    /// What the host must hold whatever the device.
+    /// What the host must hold whatever the device: the staging is over (freed) before the
+    /// first checkpoint's copy is taken, the rank log is kept from before a resume's read.
     pub fn host(&self) -> usize {
-        self.checkpoint + self.rank_log + self.staging
+        self.checkpoint.max(self.staging) + self.rank_log
     }
 
     /// Everything, for a backend whose buffers live in host memory (a checkpoint is read into

@@ -61,6 +61,8 @@ fn gpt2_small_takes_its_bytes_a_parameter() {
     // which cpu-bf16 keeps in f32: four more).
     assert_eq!(m.staging, 4 * 50304 * 768);
     assert_eq!(plan(&CpuBf16, &dense, training()).staging, 8 * 50304 * 768);
+    // Staged before the first checkpoint's copy is taken, never beside it.
+    assert_eq!(m.host(), 12 * n);
     // Inference reads the checkpoint tensor by tensor into the weights (a LoRA run's, and its
     // base, too): a device backend stages the largest, the token embedding's padded rows, on the
     // host, and nothing else is held beside the weights.
