@@ -97,21 +97,47 @@ std::vector<float> unpack_a(const Problem& p, const TA* A) {
 // TILE_COLS columns rather than once per column.
 constexpr int64_t TILE_ROWS = 256, TILE_COLS = 8;
 
-// acc[c * TILE_ROWS + r] = sum over q (in order) of a[q * lda + r] * b[c * k + q], r < rows, c < cols.
-// Only this function's own buffers are touched, so it is left uninstrumented: under
+// acc[c * TILE_ROWS + r] = sum over q (in order) of a[q * lda + r] * b[q * TILE_COLS + c], r < rows
+// (every one of the TILE_COLS columns is formed: b holds zeros or stale values past the tile's
+// own). A register tile of ROW_VECTORS vectors of rows by all the columns runs down q, so each
+// element's sum is formed in q's order as the plain loop would, without acc's round trip through
+// memory per q. Only this function's own buffers are touched, so it is left uninstrumented: under
 // AddressSanitizer it is the emulator's hottest loop.
 __attribute__((no_sanitize_address, noinline)) void tile_product(const float* a, int64_t lda, int64_t rows,
-                                                                   const double* b, int64_t k, int64_t cols,
-                                                                   double* acc) {
-    std::fill(acc, acc + TILE_COLS * TILE_ROWS, 0.0);
-    for (int64_t q = 0; q < k; q++) {
-        const float* aq = a + q * lda;
-        for (int64_t c = 0; c < cols; c++) {
-            const double bq = b[c * k + q];
-            double* out = acc + c * TILE_ROWS;
-            for (int64_t r = 0; r < rows; r++) out[r] += double(aq[r]) * bq;
+                                                                   const double* b, int64_t k, double* acc) {
+    typedef float floats __attribute__((vector_size(32)));
+    typedef double doubles __attribute__((vector_size(64)));
+    constexpr int64_t LANES = 8;
+#if defined(__AVX512F__)
+    constexpr int64_t ROW_VECTORS = 2;  // 16 accumulators of 32 registers
+#else
+    constexpr int64_t ROW_VECTORS = 1;  // 8 accumulators of two AVX registers each
+#endif
+    constexpr int64_t BLOCK = LANES * ROW_VECTORS;
+    int64_t r0 = 0;
+    for (; r0 + BLOCK <= rows; r0 += BLOCK) {
+        doubles sum[ROW_VECTORS][TILE_COLS] = {};
+        for (int64_t q = 0; q < k; q++) {
+            doubles aq[ROW_VECTORS];
+            for (int64_t v = 0; v < ROW_VECTORS; v++) {
+                floats f;
+                std::memcpy(&f, a + q * lda + r0 + v * LANES, sizeof f);
+                aq[v] = __builtin_convertvector(f, doubles);
+            }
+            for (int64_t c = 0; c < TILE_COLS; c++) {
+                const double bq = b[q * TILE_COLS + c];
+                for (int64_t v = 0; v < ROW_VECTORS; v++) sum[v][c] += aq[v] * bq;
+            }
         }
+        for (int64_t c = 0; c < TILE_COLS; c++)
+            for (int64_t v = 0; v < ROW_VECTORS; v++) std::memcpy(acc + c * TILE_ROWS + r0 + v * LANES, &sum[v][c], sizeof(doubles));
     }
+    for (; r0 < rows; r0++)
+        for (int64_t c = 0; c < TILE_COLS; c++) {
+            double sum = 0.0;
+            for (int64_t q = 0; q < k; q++) sum += double(a[q * lda + r0]) * b[q * TILE_COLS + c];
+            acc[c * TILE_ROWS + r0] = sum;
+        }
 }
 
 // Columns [begin, end) of the batch-flattened output (column index = batch * n + j); `a` is
@@ -128,12 +154,12 @@ void run_columns(const Args& g, const std::vector<float>& a, int64_t begin, int6
             const TA* B = static_cast<const TA*>(g.b) + bi * p.sb;
             for (int64_t c = 0; c < cols; c++)
                 for (int64_t q = 0; q < p.k; q++)
-                    bcols[size_t(c * p.k + q)] = p.tb ? load(B + j0 + c + q * p.ldb) : load(B + q + (j0 + c) * p.ldb);
+                    bcols[size_t(q * TILE_COLS + c)] = p.tb ? load(B + j0 + c + q * p.ldb) : load(B + q + (j0 + c) * p.ldb);
         }
         for (int64_t i0 = 0; i0 < p.m; i0 += TILE_ROWS) {
             const int64_t rows = std::min(TILE_ROWS, p.m - i0);
             if (g.alpha != 0.0)
-                tile_product(a.data() + bi * p.k * p.m + i0, p.m, rows, bcols.data(), p.k, cols, acc.data());
+                tile_product(a.data() + bi * p.k * p.m + i0, p.m, rows, bcols.data(), p.k, acc.data());
             else
                 std::fill(acc.begin(), acc.end(), 0.0);
             const TC* bias = static_cast<const TC*>(g.bias);

@@ -24,8 +24,13 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
+// EMU_ASAN: the kernels run under AddressSanitizer (build.sh), this file itself uninstrumented, so
+// ASan's own macros are no-ops here: its interface is called directly.
+#if defined(EMU_ASAN)
 #include <sanitizer/asan_interface.h>
+#define EMU_UNPOISON(addr, size) __asan_unpoison_memory_region((addr), (size))
+#else
+#define EMU_UNPOISON(addr, size) ((void)(addr), (void)(size))
 #endif
 
 #include "emu.h"
@@ -162,13 +167,11 @@ void release_block(Launch& l) {
 // A fresh fiber's stack, laid out as emu_switch leaves a switched-out one: FP control words, six
 // registers, then fiber_main as the return address, entered with the stack aligned as after a call.
 void* fresh_stack(char* base, size_t bytes) {
-#if defined(__SANITIZE_ADDRESS__)
     // ASan poisons a frame's redzones on entry and clears them on return. The only frame of a
     // finished fiber that never returns is fiber_main's, at the top: clearing the top page is
     // enough (the whole stack, 16 times the shadow writes, was a fifth of an emulated model
     // step). A failed block abandons deeper frames: run_blocks clears its stacks whole then.
-    ASAN_UNPOISON_MEMORY_REGION(base + bytes - 4096, 4096);
-#endif
+    EMU_UNPOISON(base + bytes - 4096, 4096);
     auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
     auto* sp = reinterpret_cast<uint64_t*>(top - 72);
     const uint32_t mxcsr = 0x1f80;
@@ -513,9 +516,7 @@ std::pair<size_t, std::string> run_blocks(const char* name, Entry entry, int maj
         if (!failed())
             for (Launch& l : ls) land_all_copies(l);
         if (Launch* bad = failed()) {
-#if defined(__SANITIZE_ADDRESS__)
-            ASAN_UNPOISON_MEMORY_REGION(stack.data(), threads * cluster * STACK_BYTES);
-#endif
+            EMU_UNPOISON(stack.data(), threads * cluster * STACK_BYTES);
             stop = true;
             L = outer;
             return {g * cluster + bad->rank, bad->error};
