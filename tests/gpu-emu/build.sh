@@ -31,9 +31,10 @@ flags=(-std=c++17 -O3 -march=native -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unu
 # TLS ("cannot allocate memory in static TLS block"), a preloaded one can; cudarc's dlopen then
 # finds the preloaded library by its file.
 # Instrumented (`checked`): the code that reads or writes device memory: the kernels, cp.async and
-# the TMA copies (warp_ops.cpp, tma.cpp), the driver's copies, the fake cuBLASLt. Not: the
-# scheduler (runtime.cpp) and the wgmma model (wgmma.cpp), which touch shared memory only, through
-# smem_at's own bounds check; instrumented, they were a third of an emulated Hopper run.
+# the TMA copies (cp_async.cpp, tma.cpp), the driver's copies, the fake cuBLASLt. Not: the
+# scheduler (runtime.cpp) and the models of ldmatrix, mma.sync and wgmma (warp_ops.cpp,
+# wgmma.cpp), which touch registers and shared memory only, through smem_at's own bounds check;
+# instrumented, they were a third of an emulated Hopper run.
 checked=()
 case ${LOWRANK_EMU_SANITIZE:-} in
   "") ;;
@@ -94,12 +95,12 @@ for f in "$out"/kernels/*.cu; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
-for part in runtime warp_ops wgmma tma driver; do
+for part in runtime warp_ops cp_async wgmma tma driver; do
   obj=$out/obj/$part.o
   objects+=("$obj")
   newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue
   case $part in
-    runtime | wgmma) "$cxx" "${flags[@]}" -c "$here/$part.cpp" -o "$obj" ;;
+    runtime | warp_ops | wgmma) "$cxx" "${flags[@]}" -c "$here/$part.cpp" -o "$obj" ;;
     *) "$cxx" "${flags[@]}" "${checked[@]}" -c "$here/$part.cpp" -o "$obj" ;;
   esac
 done

@@ -1,8 +1,8 @@
-// The warp-wide instructions of the mma.sync kernels for the emulator: cp.async (16-byte copies
-// that land at cp.async.wait_group; a copy into a chunk another warp read by ldmatrix since the
-// last __syncthreads, or that an in-flight wgmma reads, fails the launch), ldmatrix .x4 (plain and
-// transposed) and mma.sync m16n8k16 bf16, each a warp collective: the lanes deposit their operands
-// and the last to arrive computes every lane's result (runtime.cpp's scheduler holds the others).
+// The warp-wide instructions of the mma.sync kernels for the emulator: ldmatrix .x4 (plain and
+// transposed; the reads are recorded against later cp.asyncs of other warps, cp_async.cpp) and
+// mma.sync m16n8k16 bf16, each a warp collective: the lanes deposit their operands and the last to
+// arrive computes every lane's result (runtime.cpp's scheduler holds the others). Registers and
+// shared memory only (through smem_at's bounds check): build.sh leaves it uninstrumented.
 #include <cstring>
 #include <vector>
 
@@ -42,15 +42,6 @@ void check_row(Launch& l, uint32_t addr) {
     }
 }
 
-void perform(Launch& l, const std::vector<Copy>& group) {
-    for (const Copy& c : group) {
-        unsigned char* dst = smem_at(l, c.dst, 16, "a cp.async destination");
-        --l.landing[chunk_of(c.dst)];
-        if (c.pred) std::memcpy(dst, c.src, 16);
-        else std::memset(dst, 0, 16);
-    }
-}
-
 // ldmatrix .x4 for the whole warp, from the row addresses the lanes deposited.
 void ldmatrix_all(WarpSlots& w, bool t) {
     Launch& l = launch_state();
@@ -85,41 +76,6 @@ void warp_collective(int op, void (*all)(WarpSlots&)) {
         for (int i = f->warp * 32; i < f->warp * 32 + w.lanes; ++i) l.fibers[i].state = State::Ready;
     }
     if (f->state != State::Ready) yield();
-}
-
-void cp_async(uint32_t dst, const void* src, bool pred) {
-    Launch& l = launch_state();
-    if (dst % 16 != 0) fail(format("cp.async destination %#x is not 16-byte aligned", dst).c_str());
-    smem_at(l, dst, 16, "a cp.async destination");
-    if (l.wgmma_reads[chunk_of(dst)])
-        fail(format("cp.async into shared memory at %#x that an in-flight wgmma.mma_async may still read (its "
-                    "wgmma.wait_group, then a barrier, must come first)",
-                    dst)
-                 .c_str());
-    const size_t c = chunk_of(dst);
-    if (l.read_generation[c] == l.block_generation && l.read_warp[c] != l.cur->warp)
-        fail(format("cp.async into shared memory at %#x that %s read by ldmatrix since the last __syncthreads (nothing "
-                    "orders the read before the copy: a barrier between them must come first)",
-                    dst, l.read_warp[c] < 0 ? "other warps" : format("warp %d", l.read_warp[c]).c_str())
-                 .c_str());
-    ++l.landing[c];
-    if (pred && reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("cp.async source is not 16-byte aligned");
-    l.cur->open.push_back({dst, src, pred});
-}
-
-void cp_async_commit_group() {
-    Fiber* f = launch_state().cur;
-    f->committed.push_back(std::move(f->open));
-    f->open.clear();
-}
-
-void cp_async_wait_group(int n) {
-    Launch& l = launch_state();
-    Fiber* f = l.cur;
-    while (f->committed.size() > size_t(n)) {
-        perform(l, f->committed.front());
-        f->committed.erase(f->committed.begin());
-    }
 }
 
 void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans) {
