@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the emulated GPU into OUT (default target/gpu-emu): libcuda.so, a fake CUDA driver whose
-# kernels are kernels/*.cu compiled for the CPU by g++ (driver.cpp, runtime.cpp, warp_ops.cpp, emu.h), and
+# kernels are kernels/*.cu compiled for the CPU by g++ (driver.cpp, runtime.cpp, warp_ops.cpp,
+# cp_async.cpp, wgmma.cpp, tma.cpp, emu.h), and
 # libcublasLt.so (cublaslt.cpp). With OUT on LD_LIBRARY_PATH, cudarc loads them in place of
 # NVIDIA's libraries and the binary's CUDA backend runs end to end on the CPU:
 #
@@ -43,8 +44,10 @@ case ${LOWRANK_EMU_SANITIZE:-} in
     checked=(-fsanitize=address) ;;
   *) echo "build.sh: LOWRANK_EMU_SANITIZE=$LOWRANK_EMU_SANITIZE: only 'address' is supported" >&2; exit 1 ;;
 esac
-# Other flags than last time: rebuild everything.
-echo "${flags[*]} ${checked[*]}" > "$out/flags.new"
+# Other flags than last time, or another CPU under -march=native: rebuild everything.
+# (What -march=native turns on, every target option, by its checksum.)
+native=$("$cxx" -march=native -Q --help=target 2>/dev/null | cksum | cut -d' ' -f1)
+echo "${flags[*]} ${checked[*]} (native target options: ${native})" > "$out/flags.new"
 if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o "$out"/*.so; mv "$out/flags.new" "$out/flags"; fi
 rm -f "$out/flags.new"
 
@@ -98,7 +101,7 @@ for p in "${pids[@]}"; do wait "$p"; done
 for part in runtime warp_ops cp_async wgmma tma driver; do
   obj=$out/obj/$part.o
   objects+=("$obj")
-  newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h || continue
+  newer "$obj" "$here/$part.cpp" "$here"/*.h "$here"/include/*.h "$0" || continue
   case $part in
     runtime | warp_ops | wgmma) "$cxx" "${flags[@]}" -c "$here/$part.cpp" -o "$obj" ;;
     *) "$cxx" "${flags[@]}" "${checked[@]}" -c "$here/$part.cpp" -o "$obj" ;;

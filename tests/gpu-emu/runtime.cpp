@@ -167,10 +167,12 @@ void release_block(Launch& l) {
 // A fresh fiber's stack, laid out as emu_switch leaves a switched-out one: FP control words, six
 // registers, then fiber_main as the return address, entered with the stack aligned as after a call.
 void* fresh_stack(char* base, size_t bytes) {
-    // ASan poisons a frame's redzones on entry and clears them on return. The only frame of a
-    // finished fiber that never returns is fiber_main's, at the top: clearing the top page is
-    // enough (the whole stack, 16 times the shadow writes, was a fifth of an emulated model
-    // step). A failed block abandons deeper frames: run_blocks clears its stacks whole then.
+    // ASan poisons an instrumented frame's redzones on entry and clears them on return. Every
+    // kernel frame returns before its fiber finishes; the one frame that never returns is
+    // fiber_main's, at the top, uninstrumented since build.sh leaves this file so: clearing the
+    // top page is a precaution (the whole stack, 16 times the shadow writes, was a fifth of an
+    // emulated model step). A failed block abandons deeper frames: run_blocks clears its stacks
+    // whole then.
     EMU_UNPOISON(base + bytes - 4096, 4096);
     auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
     auto* sp = reinterpret_cast<uint64_t*>(top - 72);

@@ -7,7 +7,7 @@
 // asynchronous as on the GPU: its product is taken from shared memory at issue and must still be
 // what shared memory holds when the wait_group that retires it runs, and only then are the
 // accumulators written. The races around it fail the launch with a sentence: a cp.async into
-// shared memory an in-flight wgmma may read (checked in runtime.cpp), a wgmma reading shared
+// shared memory an in-flight wgmma may read (checked in cp_async.cpp), a wgmma reading shared
 // memory whose cp.async has not landed, a wgmma without a wgmma.fence, a thread exiting with
 // wgmmas in flight, an sm_90a instruction on the emulated sm_80.
 #include <algorithm>

@@ -3,7 +3,7 @@
 use crate::emulator::Emulator;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The selftest's cases of the fused layer's y and dx products (with the GELU and residual
@@ -63,13 +63,18 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
         ),
     ];
     // The runs two at a time (or one per core): one run leaves a core idle while its host part
-    // (the CPU reference, the inputs) runs. Each traces its launches to a file of its own.
+    // (the CPU reference, the inputs) runs. Each traces its launches to a file of its own. After
+    // a failure no worker starts another run.
     let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
     let results = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, runs.len()));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
                 let run = next.fetch_add(1, Ordering::Relaxed);
                 let Some((arch, sms, filter, skip, settings)) = runs.get(run) else { break };
                 let json = emu.dir.join(format!("selftest-{run}.json"));
@@ -92,10 +97,12 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
                 env.extend(settings.iter().map(|&(k, v)| (k, OsStr::new(v))));
                 let out = emu.run(&args, arch, sms, &env);
                 let stdout = String::from_utf8_lossy(&out.stdout);
+                let passed = out.status.success()
+                    && stdout.contains("Emulated GPU")
+                    && stdout.contains(" 0 failed");
+                failed.fetch_or(!passed, Ordering::Relaxed);
                 assert!(
-                    out.status.success()
-                        && stdout.contains("Emulated GPU")
-                        && stdout.contains(" 0 failed"),
+                    passed,
                     "selftest on the emulated sm_{arch} ({sms} SMs, {settings:?}) failed:\n{stdout}\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
