@@ -62,8 +62,8 @@ fn selftest_passes_on_the_emulated_gpu_and_launches_every_kernel() {
             vec![order("reverse"), imp("multicast"), warp],
         ),
     ];
-    // The runs two at a time (or one per core): one run leaves a core idle while its host part
-    // (the CPU reference, the inputs) runs. Each traces its launches to a file of its own. After
+    // The runs on a worker per core, at least two (one run alone leaves a core idle while its
+    // host part, the CPU reference and the inputs, runs). Each traces its launches to a file of its own. After
     // a failure no worker starts another run.
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
