@@ -30,10 +30,6 @@ pub fn master_windows(
     }
 }
 
-/// Values of the copy a download stages at a time (8 MB in bf16; an upload stages a tensor); in unit
-/// tests a few hundred, so that their small models' pieces span several chunks.
-const CHUNK: usize = if cfg!(test) { 300 } else { 1 << 22 };
-
 /// A model's weights: f32 masters of `master_windows` and the compute copy of every parameter.
 pub struct Weights<B: Backend> {
     masters: PackedParams<B>,
@@ -150,19 +146,14 @@ impl<B: Backend> Weights<B> {
         Ok(())
     }
 
-    /// Copies parameters `offset..offset + dst.len()` to the host from where each is kept: a run
-    /// of masters at a time, the copy's a chunk at a time (a device stages a bf16 download on the
-    /// host: InRank's W0, 0.4 GB of GPT-2 medium's, would pass whole).
+    /// Copies parameters `offset..offset + dst.len()` to the host from where each is kept, a run of
+    /// masters or of the copy at a time (a device stages a bf16 run in pieces of its own).
     pub fn download_into(&self, b: &B, offset: usize, dst: &mut [f32]) -> Result<()> {
         for (at, n, in_masters) in self.pieces(offset, offset + dst.len()) {
             let dst = &mut dst[at - offset..][..n];
             match (in_masters, &self.copy) {
                 (true, _) => b.download_into(self.masters.at(at, n), dst)?,
-                (false, Some(copy)) => {
-                    for (i, chunk) in dst.chunks_mut(CHUNK).enumerate() {
-                        b.download_into(copy.at(at + i * CHUNK, chunk.len()), chunk)?;
-                    }
-                }
+                (false, Some(copy)) => b.download_into(copy.at(at, n), dst)?,
                 (false, None) => unreachable!("without a copy the masters hold every parameter"),
             }
         }
@@ -380,7 +371,7 @@ mod tests {
 
     /// Every parameter a value of its own, fine-grained: reads that start inside a master window
     /// and end past it, or start before one and end inside it, give each value from where it is
-    /// kept (the masters exact, the rest rounded), several chunks of the copy's at a time.
+    /// kept (the masters exact, the rest rounded).
     #[test]
     fn reads_across_the_masters_edges_take_each_value_from_where_it_is_kept() {
         let layout = lora_layout();

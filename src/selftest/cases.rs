@@ -207,6 +207,12 @@ pub fn all_cases() -> Vec<Case> {
             cases.push(Case::Cast { from, to, n });
         }
     }
+    // Past a device's host staging of bf16 copies: the upload and the download in two pieces.
+    cases.push(Case::Cast {
+        from: DType::BF16,
+        to: DType::BF16,
+        n: crate::backend::cuda::TRANSFER_STAGE + 4099,
+    });
     cases.push(Case::Fill {
         dtype: DType::F32,
         n: 12_345,

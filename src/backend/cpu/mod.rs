@@ -18,6 +18,9 @@ mod simd;
 #[cfg(test)]
 mod test_util;
 
+/// The host side of a device's bf16 copies.
+pub(crate) use cast::{from_bf16, to_bf16};
+
 use super::shapes::{
     check_attention, check_attention_cached, check_classifier, check_embedding,
     check_embedding_backward, check_layernorm, check_layernorm_backward, check_matrix_and_row,

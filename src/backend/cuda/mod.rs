@@ -16,10 +16,12 @@ mod lowrank_linear;
 mod modules;
 mod ops;
 mod settings;
+mod transfer;
 
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
 pub use lowrank_linear::{merge_base_from_env, multicast_clusters, product_tile, LowRankImpl};
 pub use settings::{settings, AttentionImpl};
+pub use transfer::STAGE as TRANSFER_STAGE;
 
 use super::shapes::{
     check_attention, check_attention_cached, check_classifier, check_embedding,
@@ -32,7 +34,6 @@ use super::{
 };
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
-use half::bf16;
 use std::sync::Arc;
 
 /// A device buffer: raw bytes plus the dtype and element count they hold.
@@ -157,11 +158,6 @@ impl Cuda {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
-
-    fn byte_range(r: &Ref<CudaBuf>) -> std::ops::Range<usize> {
-        let s = r.buf.dtype.size_bytes();
-        r.off * s..(r.off + r.len) * s
-    }
 }
 
 impl Backend for Cuda {
@@ -188,43 +184,11 @@ impl Backend for Cuda {
     }
 
     fn upload(&self, src: &[f32], dst: Mut<CudaBuf>) -> Result<()> {
-        same_len("upload", src.len(), dst.len)?;
-        let range = Self::byte_range(&dst.as_ref());
-        let converted: Vec<bf16>;
-        let bytes: &[u8] = match dst.dtype() {
-            DType::F32 => bytemuck::cast_slice(src),
-            DType::BF16 => {
-                converted = src.iter().map(|&x| bf16::from_f32(x)).collect();
-                bytemuck::cast_slice(&converted)
-            }
-        };
-        self.stream
-            .memcpy_htod(bytes, &mut dst.buf.mem.slice_mut(range))?;
-        Ok(())
+        transfer::upload(self, src, dst)
     }
 
     fn download_into(&self, src: Ref<CudaBuf>, dst: &mut [f32]) -> Result<()> {
-        same_len("download_into", dst.len(), src.len)?;
-        let view = src.buf.mem.slice(Self::byte_range(&src));
-        match src.dtype() {
-            // Straight into the caller's memory, no staging vector: a checkpoint's copy off the
-            // device pauses training, and GPT-2 medium's weights and moments are 4.3 GB. Into
-            // pageable memory the copy is done when the call returns (CUDA's rule for
-            // device-to-pageable copies, which clone_dtoh relied on too); pinned, it would not be.
-            DType::F32 => self
-                .stream
-                .memcpy_dtoh(&view, bytemuck::cast_slice_mut(dst))?,
-            DType::BF16 => {
-                let bytes: Vec<u8> = self.stream.clone_dtoh(&view)?;
-                let values = bytes
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]));
-                dst.iter_mut()
-                    .zip(values)
-                    .for_each(|(d, v)| *d = v.to_f32());
-            }
-        }
-        Ok(())
+        transfer::download_into(self, src, dst)
     }
 
     fn fill(&self, dst: Mut<CudaBuf>, value: f32) -> Result<()> {
