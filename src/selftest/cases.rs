@@ -1,11 +1,14 @@
 //! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
 
-use crate::backend::{AdamW, Backend, Buffer, DType, DenseGrads, Gemm, HeavyBall};
+use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall};
 use crate::linalg::factor::random_orthonormal;
 use crate::lowrank::dlra::basis::{extend, Extension};
 use crate::util::rng::Rng;
 use anyhow::Result;
 
+#[path = "gemm_cases.rs"]
+mod gemm_cases;
+pub use gemm_cases::GemmCase;
 #[path = "lowrank_cases.rs"]
 mod lowrank_cases;
 pub use lowrank_cases::LowRankCase;
@@ -25,47 +28,10 @@ const GEMM_F32_BOUND: f64 = 1e-4;
 /// the other way when the f32 values differ in their last bits.
 const BF16_BOUND: f64 = 1e-2;
 
-/// What a `Case::GemmBias` does after the bias.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum BiasThen {
-    /// Nothing (`gemm_bias`).
-    Nothing,
-    /// GELU(C) too (`gemm_bias_gelu`); the output compared is C followed by GELU(C).
-    Gelu,
-    /// C += a residual matrix (`gemm_bias_residual`; on CUDA, cuBLASLt's input matrix C).
-    Residual,
-}
-
 #[derive(Clone, Debug)]
 pub enum Case {
-    Gemm {
-        g: Gemm,
-        ab: DType,
-        out: DType,
-    },
-    /// A linear layer's forward, bf16 throughout: C = A·B (or A·Bᵀ) + bias, with the bias
-    /// `bias_offset` elements into its buffer (0: 16-byte aligned, cuBLASLt's bias epilogue on
-    /// CUDA; 1: the GEMM and a bias pass), then `then`.
-    GemmBias {
-        g: Gemm,
-        bias_offset: usize,
-        then: BiasThen,
-    },
-    /// The MLP projection's dx: C = (A·Bᵀ) ⊙ GELU′(U), bf16 throughout, U `offset` elements into
-    /// its buffer (0: cuBLASLt's DGELU epilogue on CUDA; 1: the GEMM and a GELU backward pass).
-    GemmGeluBackward {
-        g: Gemm,
-        offset: usize,
-    },
-    /// A dense linear layer's parameter gradients from bf16 x (rows × n_in) and dy (rows × n_out),
-    /// accumulated onto random f32 values in one buffer (db before dW, at odd offsets): dW, or
-    /// with `db` the bias gradient (its own case, so n_out sums are not hidden among n_in·n_out).
-    LinearParamGrads {
-        rows: usize,
-        n_in: usize,
-        n_out: usize,
-        db: bool,
-    },
+    /// A dense GEMM, or a linear layer's fused epilogue or parameter gradients.
+    Gemm(GemmCase),
     Cast {
         from: DType,
         to: DType,
@@ -103,6 +69,20 @@ pub enum Case {
     Model(ModelCase),
 }
 
+/// A window of `n` values of `dtype` drawn from N(0, 1).
+fn input<B: Backend>(b: &B, rng: &mut Rng, dtype: DType, n: usize) -> Result<B::Buf> {
+    let mut buf = b.alloc(dtype, n)?;
+    b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
+    Ok(buf)
+}
+
+/// A window of `n` NaNs: an output element the op leaves unwritten fails the comparison.
+fn poisoned<B: Backend>(b: &B, dtype: DType, n: usize) -> Result<B::Buf> {
+    let mut buf = b.alloc(dtype, n)?;
+    b.fill(buf.all_mut(), f32::NAN)?;
+    Ok(buf)
+}
+
 fn dt(d: DType) -> &'static str {
     match d {
         DType::F32 => "f32",
@@ -112,91 +92,7 @@ fn dt(d: DType) -> &'static str {
 
 /// Every case the selftest runs.
 pub fn all_cases() -> Vec<Case> {
-    let mut cases = Vec::new();
-    let shapes = [
-        (1, 1, 1),
-        (17, 33, 65),
-        (128, 256, 64),
-        (257, 129, 1023),
-        (1024, 768, 3072),
-        (512, 4096, 1024),
-    ];
-    for &(m, n, k) in &shapes {
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let mut g = Gemm::new(m, n, k);
-            g.trans_a = ta;
-            g.trans_b = tb;
-            for out in [DType::F32, DType::BF16] {
-                cases.push(Case::Gemm {
-                    g,
-                    ab: DType::BF16,
-                    out,
-                });
-            }
-        }
-    }
-    // Accumulating into C (the dW += xᵀ·dy of a backward pass), f32 operands, and a batch.
-    cases.push(Case::Gemm {
-        g: Gemm::new(96, 80, 200).trans_a().beta(1.0).alpha(0.5),
-        ab: DType::BF16,
-        out: DType::F32,
-    });
-    // f32 operands: the DLRA bases' products (Gram matrices over n = 3072, the projection
-    // E −= Pᵀ·U, rotations), which need true f32 (a TF32 path would fail the bound).
-    for g in [
-        Gemm::new(65, 47, 129),
-        Gemm::new(64, 64, 3072).trans_b(),
-        Gemm::new(61, 3072, 61).trans_a().alpha(-1.0).beta(1.0),
-        Gemm::new(128, 768, 128),
-    ] {
-        cases.push(Case::Gemm {
-            g,
-            ab: DType::F32,
-            out: DType::F32,
-        });
-    }
-    cases.push(Case::Gemm {
-        g: Gemm::new(65, 33, 17).trans_b().batched(12),
-        ab: DType::BF16,
-        out: DType::F32,
-    });
-    for g in [
-        Gemm::new(17, 40, 65),
-        Gemm::new(257, 136, 1023).trans_b(),
-        Gemm::new(1024, 3072, 768),
-    ] {
-        for bias_offset in [0, 1] {
-            for then in [BiasThen::Nothing, BiasThen::Gelu, BiasThen::Residual] {
-                cases.push(Case::GemmBias {
-                    g,
-                    bias_offset,
-                    then,
-                });
-            }
-            // dx = dy·Wᵀ of the same layer: n a multiple of 8, as cuBLASLt's DGELU needs.
-            let g = Gemm::new(g.m, g.n, g.k).trans_b();
-            cases.push(Case::GemmGeluBackward {
-                g,
-                offset: bias_offset,
-            });
-        }
-    }
-    // Ragged, one row (where cuBLASLt's bias gradient is not used), and GPT-2 small's fc.
-    for (rows, n_in, n_out) in [
-        (17, 40, 65),
-        (1000, 96, 200),
-        (1, 16, 24),
-        (8192, 768, 3072),
-    ] {
-        for db in [false, true] {
-            cases.push(Case::LinearParamGrads {
-                rows,
-                n_in,
-                n_out,
-                db,
-            });
-        }
-    }
+    let mut cases: Vec<Case> = gemm_cases::cases().into_iter().map(Case::Gemm).collect();
     for n in [1, 1_000_003] {
         for (from, to) in [
             (DType::F32, DType::BF16),
@@ -255,35 +151,7 @@ pub fn all_cases() -> Vec<Case> {
 impl Case {
     pub fn op(&self) -> String {
         match self {
-            Case::Gemm { g, ab, out } => format!(
-                "gemm_{}{}_{}->{}{}",
-                if g.trans_a { "t" } else { "n" },
-                if g.trans_b { "t" } else { "n" },
-                dt(*ab),
-                dt(*out),
-                if g.beta != 0.0 { "_acc" } else { "" }
-            ),
-            Case::GemmBias {
-                g,
-                bias_offset,
-                then,
-            } => format!(
-                "gemm_bias{}_n{}_bf16{}",
-                match then {
-                    BiasThen::Nothing => "",
-                    BiasThen::Gelu => "_gelu",
-                    BiasThen::Residual => "_residual",
-                },
-                if g.trans_b { "t" } else { "n" },
-                if *bias_offset > 0 { "_unaligned" } else { "" }
-            ),
-            Case::LinearParamGrads { db, .. } => {
-                format!("linear_param_grads_{}", if *db { "db" } else { "dw" })
-            }
-            Case::GemmGeluBackward { offset, .. } => format!(
-                "gemm_gelu_backward_nt_bf16{}",
-                if *offset > 0 { "_unaligned" } else { "" }
-            ),
+            Case::Gemm(c) => c.op(),
             Case::Cast { from, to, .. } => format!("cast_{}_{}", dt(*from), dt(*to)),
             Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
             Case::AdamW { copy: None, .. } => "adamw_state".into(),
@@ -304,12 +172,7 @@ impl Case {
     pub fn work(&self) -> f64 {
         let f = |x: usize| x as f64;
         match self {
-            Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
-                f(g.m) * f(g.n) * f(g.k) * f(g.batch)
-            }
-            Case::LinearParamGrads {
-                rows, n_in, n_out, ..
-            } => f(*rows) * f(*n_in) * f(*n_out),
+            Case::Gemm(c) => c.work(),
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -329,13 +192,7 @@ impl Case {
 
     pub fn shape(&self) -> String {
         match self {
-            Case::Gemm { g, .. } if g.batch > 1 => format!("{}x{}x{} x{}", g.m, g.n, g.k, g.batch),
-            Case::Gemm { g, .. } | Case::GemmBias { g, .. } | Case::GemmGeluBackward { g, .. } => {
-                format!("{}x{}x{}", g.m, g.n, g.k)
-            }
-            Case::LinearParamGrads {
-                rows, n_in, n_out, ..
-            } => format!("{rows}x{n_in}>{n_out}"),
+            Case::Gemm(c) => c.shape(),
             Case::Cast { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
@@ -350,10 +207,8 @@ impl Case {
 
     pub fn bound(&self) -> f64 {
         match self {
-            Case::Gemm {
-                out: DType::BF16, ..
-            }
-            | Case::Cast {
+            Case::Gemm(c) => c.bound(),
+            Case::Cast {
                 to: DType::BF16, ..
             }
             | Case::AdamW {
@@ -363,18 +218,14 @@ impl Case {
             | Case::HeavyBall {
                 copy: Some(DType::BF16),
                 ..
-            }
-            | Case::GemmBias { .. }
-            | Case::GemmGeluBackward { .. } => BF16_BOUND,
+            } => BF16_BOUND,
             // bf16 operands and a bf16 t or s on both sides: an element of t that rounds the other
             // way (2⁻⁸ relative) moves f32 outputs too, so every output gets the bf16 bound.
             Case::LowRank(_) => BF16_BOUND,
             Case::Gpt(c) => c.bound(),
             Case::Model(c) => c.bound(),
             // Orthonormalisation divides by the new directions' lengths: f32 GEMM rounding, amplified.
-            Case::Gemm { .. } | Case::DlraExtend { .. } | Case::LinearParamGrads { .. } => {
-                GEMM_F32_BOUND
-            }
+            Case::DlraExtend { .. } => GEMM_F32_BOUND,
             _ => F32_BOUND,
         }
     }
@@ -390,93 +241,8 @@ impl Case {
     /// Runs the case on `b` with inputs drawn from `seed`, returning the output as f64.
     pub fn run<B: Backend>(&self, b: &B, seed: u64) -> Result<Vec<f64>> {
         let mut rng = Rng::new(seed);
-        let input = |b: &B, rng: &mut Rng, dtype: DType, n: usize| -> Result<B::Buf> {
-            let mut buf = b.alloc(dtype, n)?;
-            b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
-            Ok(buf)
-        };
-        let poisoned = |b: &B, dtype: DType, n: usize| -> Result<B::Buf> {
-            let mut buf = b.alloc(dtype, n)?;
-            b.fill(buf.all_mut(), f32::NAN)?;
-            Ok(buf)
-        };
         let out: Vec<f32> = match self {
-            Case::Gemm { g, ab, out } => {
-                let (la, lb, lc) = g.required_lens();
-                let a = input(b, &mut rng, *ab, la)?;
-                let bm = input(b, &mut rng, *ab, lb)?;
-                let mut c = if g.beta != 0.0 {
-                    input(b, &mut rng, *out, lc)?
-                } else {
-                    poisoned(b, *out, lc)?
-                };
-                b.gemm(g, a.all(), bm.all(), c.all_mut())?;
-                b.download(c.all())?
-            }
-            Case::GemmBias {
-                g,
-                bias_offset,
-                then,
-            } => {
-                let (la, lb, lc) = g.required_lens();
-                let bf = DType::BF16;
-                let (a, bm) = (input(b, &mut rng, bf, la)?, input(b, &mut rng, bf, lb)?);
-                let bias = input(b, &mut rng, bf, g.n + bias_offset)?;
-                let mut c = poisoned(b, bf, lc)?;
-                let bias = bias.at(*bias_offset, g.n);
-                match then {
-                    BiasThen::Nothing => {
-                        b.gemm_bias(g, a.all(), bm.all(), bias, c.all_mut())?;
-                        b.download(c.all())?
-                    }
-                    BiasThen::Gelu => {
-                        let mut out = poisoned(b, bf, lc)?;
-                        b.gemm_bias_gelu(g, a.all(), bm.all(), bias, c.all_mut(), out.all_mut())?;
-                        [b.download(c.all())?, b.download(out.all())?].concat()
-                    }
-                    BiasThen::Residual => {
-                        // At C's scale (A and B are N(0, 1): C's variance is k), so a residual
-                        // the epilogue lost in part could not hide under the bf16 bound.
-                        let mut r = b.alloc(bf, lc)?;
-                        b.upload(&rng.normal_vec(lc, (g.k as f64).sqrt()), r.all_mut())?;
-                        b.gemm_bias_residual(g, a.all(), bm.all(), bias, r.all(), c.all_mut())?;
-                        b.download(c.all())?
-                    }
-                }
-            }
-            Case::LinearParamGrads {
-                rows,
-                n_in,
-                n_out,
-                db,
-            } => {
-                let (bf, (n_in, n_out)) = (DType::BF16, (*n_in, *n_out));
-                let x = input(b, &mut rng, bf, rows * n_in)?;
-                let dy = input(b, &mut rng, bf, rows * n_out)?;
-                let (db_at, dw_at) = (3, 4 + n_out);
-                let mut grads = input(b, &mut rng, DType::F32, dw_at + n_in * n_out + 5)?;
-                let buf = &mut grads;
-                let dense = DenseGrads {
-                    buf,
-                    dw: dw_at,
-                    db: db_at,
-                };
-                b.linear_param_grads(x.all(), dy.all(), (n_in, n_out), dense)?;
-                match db {
-                    true => b.download(grads.at(db_at, n_out))?,
-                    false => b.download(grads.at(dw_at, n_in * n_out))?,
-                }
-            }
-            Case::GemmGeluBackward { g, offset } => {
-                let (la, lb, lc) = g.required_lens();
-                let bf = DType::BF16;
-                let (a, bm) = (input(b, &mut rng, bf, la)?, input(b, &mut rng, bf, lb)?);
-                let u = input(b, &mut rng, bf, lc + offset)?;
-                let mut c = poisoned(b, bf, lc)?;
-                let u = u.at(*offset, lc);
-                b.gemm_gelu_backward(g, a.all(), bm.all(), u, c.all_mut())?;
-                b.download(c.all())?
-            }
+            Case::Gemm(c) => c.run(b, &mut rng)?,
             Case::Cast { from, to, n } => {
                 let src = input(b, &mut rng, *from, *n)?;
                 let mut dst = poisoned(b, *to, *n)?;
