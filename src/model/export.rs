@@ -124,7 +124,7 @@ impl Gpt<Cpu> {
 mod tests {
     use super::*;
     use crate::lowrank::{LowRankConfig, LowRankLayers, LowRankMode};
-    use crate::model::tests::{micro, random_tokens};
+    use crate::model::reference::{micro, random_tokens};
     use crate::util::rng::Rng;
 
     /// In every low-rank mode, a dense GPT-2 built from the exported tensors (through the dense

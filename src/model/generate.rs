@@ -99,7 +99,7 @@ pub fn generate<B: Backend>(
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
-    use crate::model::tests::{micro, random_tokens};
+    use crate::model::reference::{micro, random_tokens};
 
     /// Frequencies of `draws` tokens against `want` (probabilities): every |f − p| within 4.5
     /// standard deviations of a binomial count.

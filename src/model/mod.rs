@@ -15,6 +15,8 @@ pub mod lora_base;
 pub mod memory;
 pub mod params;
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_lowrank;

@@ -1,10 +1,8 @@
 //! Low-rank models against the f64 reference: every gradient in every mode, rank growth leaving
 //! the function unchanged, and DLRA's augmentation and truncation.
 
-use super::tests::{
-    assert_decoding_matches_reference, assert_gradients_match_reference, micro, random_tokens,
-    LowRankRef,
-};
+use super::reference::{micro, random_tokens, LowRankRef};
+use super::tests::{assert_decoding_matches_reference, assert_gradients_match_reference};
 use super::{ActivationPlan, Gpt, GptConfig, Keep};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Buffer};

@@ -401,7 +401,7 @@ mod tests {
     /// weight), and at the start, V being zero, the LoRA model computes its base's loss.
     #[test]
     fn a_lora_base_lands_in_the_bf16_copy_and_computes_the_bases_loss() {
-        use crate::model::tests::random_tokens;
+        use crate::model::reference::random_tokens;
         use crate::model::{ActivationPlan, Gpt};
         use crate::train::tensor_file::{self, HostTensor};
         let b = &CpuBf16;
