@@ -1,7 +1,8 @@
 //! The Backend trait: the instruction set of a training step.
 //!
 //! Model, low-rank methods, optimisers and the training loop are written once against it. Ops take
-//! buffer windows plus explicit shapes and never synchronise unless they return a host value.
+//! buffer windows plus explicit shapes and never synchronise unless they copy to or from host
+//! memory or return a host value.
 //! `cpu` is the f32 reference (and the test oracle); `cuda` computes in bf16 with fp32 master weights.
 
 mod buffer;
@@ -21,6 +22,10 @@ mod lowrank;
 pub use lowrank::{LowRankGrads, LowRankShape, LowRankWeights, SCRATCH_ROW_ALIGN};
 
 use anyhow::{ensure, Result};
+
+/// Values a device backend's copy of a bf16 window stages on the host at a time (8 MB), converted
+/// from or to the caller's f32 there.
+pub const HOST_STAGE: usize = 1 << 22;
 
 /// What a linear layer's forward does to its output y besides storing it. A backend may apply it
 /// in the epilogue of the GEMM that writes y, a pass over y fewer; [`epilogue_pass`] is the pass.

@@ -9,8 +9,7 @@ use super::gpt::{ActivationPlan, Gpt, Keep, Trained};
 use super::hf::{param_groups, trained_spans, CheckpointSource};
 use super::params::{BlockTensor, ParamLayout};
 use super::weights::master_windows;
-use crate::backend::cuda::TRANSFER_STAGE;
-use crate::backend::{Backend, DType, Gemm, SeqShape};
+use crate::backend::{Backend, DType, Gemm, SeqShape, HOST_STAGE};
 use crate::lowrank::{LowRankConfig, LowRankRuntime};
 use crate::optim::AdamWOptimizer;
 use crate::util::meminfo::{self, gb};
@@ -167,12 +166,12 @@ impl<B: Backend> Gpt<B> {
             ..Default::default()
         };
         // Read or drawn as f32, then (a tensor in the copy alone) rounded to the compute dtype on
-        // the host on its way to the device, a piece of at most `TRANSFER_STAGE` values at a time.
+        // the host on its way to the device, a piece of at most `HOST_STAGE` values at a time.
         let largest = (layout.tensors().iter()).map(|t| t.len()).max();
         let largest = largest.unwrap_or(0);
         let rounded = match compute {
             DType::F32 => 0,
-            dtype => b.stored_bytes(dtype, largest.min(TRANSFER_STAGE)),
+            dtype => b.stored_bytes(dtype, largest.min(HOST_STAGE)),
         };
         mem.staging = 4 * largest + rounded;
         if let Purpose::Training { checkpoints, .. } = purpose {

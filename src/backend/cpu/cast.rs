@@ -83,6 +83,9 @@ mod tests {
         let mut xs = vec![1.0 + e / 2.0, 1.0 + 1.5 * e, -0.0, f32::MAX, f32::INFINITY];
         xs.push(f32::from_bits(0x7F7F_8000)); // halfway from bf16's largest to 2¹²⁸: infinity
         xs.push(f32::from_bits(0x0000_8001)); // a subnormal just past a tie
+        xs.push(f32::from_bits(0x0000_8000)); // subnormal ties: down to 0, and 0x18000 up to 0x20000
+        xs.push(f32::from_bits(0x0001_8000));
+        xs.push(-(1.0 + 1.5 * e)); // a negative tie, away from zero to the even
         xs.extend((0..3 * super::TASK + 5).map(|_| f32::from_bits(rng.next_u64() as u32)));
         let n = xs.len();
         let mut halves = vec![half::bf16::ZERO; n];
@@ -92,7 +95,9 @@ mod tests {
         let mut nans = 0;
         for (i, (&x, &y)) in xs.iter().zip(&back).enumerate() {
             if x.is_nan() {
-                assert!(y.is_nan(), "NaN {i} became {y}");
+                // Quieted, its payload's top bits kept.
+                let want = (x.to_bits() | 0x0040_0000) & 0xFFFF_0000;
+                assert_eq!(y.to_bits(), want, "NaN {i} became {y}");
                 nans += 1;
                 continue;
             }
@@ -103,6 +108,10 @@ mod tests {
             );
         }
         assert!(nans > 0 && back[5] == f32::INFINITY && back[0] == 1.0 && back[1] == 1.0 + 2.0 * e);
+        assert_eq!(
+            back[7..10],
+            [0.0, f32::from_bits(0x0002_0000), -(1.0 + 2.0 * e)]
+        );
     }
 
     #[test]

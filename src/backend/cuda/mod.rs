@@ -21,7 +21,6 @@ mod transfer;
 pub use device::{device_count, driver_present, driver_version, DeviceInfo};
 pub use lowrank_linear::{merge_base_from_env, multicast_clusters, product_tile, LowRankImpl};
 pub use settings::{settings, AttentionImpl};
-pub use transfer::STAGE as TRANSFER_STAGE;
 
 use super::shapes::{
     check_attention, check_attention_cached, check_classifier, check_embedding,
