@@ -37,6 +37,14 @@ pub enum Case {
         to: DType,
         n: usize,
     },
+    /// An upload into a window `offset` elements into a buffer filled with 0.5, and a download of
+    /// the window and one element either side: the host side of a device's copies (in pieces past
+    /// `HOST_STAGE` values for bf16), and that nothing beside the window is written.
+    Transfer {
+        dtype: DType,
+        n: usize,
+        offset: usize,
+    },
     Fill {
         dtype: DType,
         n: usize,
@@ -103,12 +111,17 @@ pub fn all_cases() -> Vec<Case> {
             cases.push(Case::Cast { from, to, n });
         }
     }
-    // Past a device's host staging of bf16 copies: the upload and the download in two pieces.
-    cases.push(Case::Cast {
-        from: DType::BF16,
-        to: DType::BF16,
-        n: crate::backend::HOST_STAGE + 4099,
-    });
+    // bf16 past a device's host staging: the upload and the download in two pieces each.
+    for (dtype, n) in [
+        (DType::F32, 1000),
+        (DType::BF16, crate::backend::HOST_STAGE + 4099),
+    ] {
+        cases.push(Case::Transfer {
+            dtype,
+            n,
+            offset: 3,
+        });
+    }
     cases.push(Case::Fill {
         dtype: DType::F32,
         n: 12_345,
@@ -153,6 +166,7 @@ impl Case {
         match self {
             Case::Gemm(c) => c.op(),
             Case::Cast { from, to, .. } => format!("cast_{}_{}", dt(*from), dt(*to)),
+            Case::Transfer { dtype, .. } => format!("transfer_{}", dt(*dtype)),
             Case::Fill { dtype, .. } => format!("fill_{}", dt(*dtype)),
             Case::AdamW { copy: None, .. } => "adamw_state".into(),
             Case::AdamW { copy: Some(d), .. } => format!("adamw_copy_{}", dt(*d)),
@@ -174,6 +188,7 @@ impl Case {
         match self {
             Case::Gemm(c) => c.work(),
             Case::Cast { n, .. }
+            | Case::Transfer { n, .. }
             | Case::Fill { n, .. }
             | Case::AdamW { n, .. }
             | Case::HeavyBall { n, .. }
@@ -198,6 +213,7 @@ impl Case {
             | Case::AdamW { n, .. }
             | Case::HeavyBall { n, .. }
             | Case::SumSquares { n, .. } => n.to_string(),
+            Case::Transfer { n, offset, .. } => format!("{n} at {offset}"),
             Case::DlraExtend { n, r } => format!("{r}x{n}"),
             Case::LowRank(c) => c.shape(),
             Case::Gpt(c) => c.shape(),
@@ -243,6 +259,12 @@ impl Case {
         let mut rng = Rng::new(seed);
         let out: Vec<f32> = match self {
             Case::Gemm(c) => c.run(b, &mut rng)?,
+            Case::Transfer { dtype, n, offset } => {
+                let mut buf = b.alloc(*dtype, n + offset + 1)?;
+                b.fill(buf.all_mut(), 0.5)?;
+                b.upload(&rng.normal_vec(*n, 1.0), buf.at_mut(*offset, *n))?;
+                b.download(buf.at(offset - 1, n + 2))?
+            }
             Case::Cast { from, to, n } => {
                 let src = input(b, &mut rng, *from, *n)?;
                 let mut dst = poisoned(b, *to, *n)?;
