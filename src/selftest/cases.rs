@@ -111,7 +111,7 @@ pub fn all_cases() -> Vec<Case> {
             cases.push(Case::Cast { from, to, n });
         }
     }
-    // bf16 past a device's host staging: the upload and the download in two pieces each.
+    // A window of f32, and of bf16 past a device's host staging (two pieces each way).
     for (dtype, n) in [
         (DType::F32, 1000),
         (DType::BF16, crate::backend::HOST_STAGE + 4099),
