@@ -55,9 +55,18 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// `n` values from N(0, std²) as f32.
+    /// `n` values from N(0, std²) as f32: what `normal() * std` gives n times over, and the
+    /// generator left where those n draws leave it. Past a chunk they are drawn on every core
+    /// (`normals_into`), the same values: a selftest case's GPT-2-sized inputs took most of its
+    /// reference side's time drawn on one core.
     pub fn normal_vec(&mut self, n: usize, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (self.normal() * std) as f32).collect()
+        if n <= DRAW_CHUNK {
+            return (0..n).map(|_| (self.normal() * std) as f32).collect();
+        }
+        let mut values = vec![0.0; n];
+        self.normals_into(std, &mut values);
+        *self = self.jumped(2 * n as u128); // two steps a normal
+        values
     }
 
     /// `dst` filled with what `normal() * std` would give, as f32, drawn one after the other
@@ -233,14 +242,26 @@ mod tests {
     }
 
     /// Drawn in parallel chunks (1000 values in tests), the same values as one generator's
-    /// sequence gives.
+    /// sequence gives, and `normal_vec` leaves the generator where that sequence does.
     #[test]
     fn normals_in_parallel_chunks_are_the_sequential_ones() {
         let n = 5 * DRAW_CHUNK + 17;
-        let want = Rng::new(5).normal_vec(n, 0.02);
+        let mut sequential = Rng::new(5);
+        let want: Vec<f32> = (0..n)
+            .map(|_| (sequential.normal() * 0.02) as f32)
+            .collect();
         let mut got = vec![0.0; n];
         Rng::new(5).normals_into(0.02, &mut got);
         assert_eq!(got, want);
+        for n in [DRAW_CHUNK, DRAW_CHUNK + 1, n] {
+            let (mut drawn, mut stepped) = (Rng::new(5), Rng::new(5));
+            let values = drawn.normal_vec(n, 0.02);
+            assert_eq!(values, want[..n], "{n} values");
+            (0..n).for_each(|_| {
+                stepped.normal();
+            });
+            assert_eq!(drawn, stepped, "the generator after {n} values");
+        }
     }
 
     #[test]
