@@ -1,5 +1,6 @@
 //! The selftest's cases: each op family at ragged and realistic shapes, in every dtype it supports.
 
+use super::draws::normals;
 use crate::backend::{AdamW, Backend, Buffer, DType, HeavyBall};
 use crate::linalg::factor::random_orthonormal;
 use crate::lowrank::dlra::basis::{extend, Extension};
@@ -80,7 +81,7 @@ pub enum Case {
 /// A window of `n` values of `dtype` drawn from N(0, 1).
 fn input<B: Backend>(b: &B, rng: &mut Rng, dtype: DType, n: usize) -> Result<B::Buf> {
     let mut buf = b.alloc(dtype, n)?;
-    b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
+    b.upload(&normals(rng, n, 1.0), buf.all_mut())?;
     Ok(buf)
 }
 
@@ -262,7 +263,7 @@ impl Case {
             Case::Transfer { dtype, n, offset } => {
                 let mut buf = b.alloc(*dtype, n + offset + 1)?;
                 b.fill(buf.all_mut(), 0.5)?;
-                b.upload(&rng.normal_vec(*n, 1.0), buf.at_mut(*offset, *n))?;
+                b.upload(&normals(&mut rng, *n, 1.0), buf.at_mut(*offset, *n))?;
                 b.download(buf.at(offset - 1, n + 2))?
             }
             Case::Cast { from, to, n } => {
@@ -281,7 +282,7 @@ impl Case {
                 let g = input(b, &mut rng, DType::F32, *n)?;
                 let mut m = input(b, &mut rng, DType::F32, *n)?;
                 // v must be non-negative: square a normal draw.
-                let v_host: Vec<f32> = rng.normal_vec(*n, 1.0).iter().map(|x| x * x).collect();
+                let v_host: Vec<f32> = normals(&mut rng, *n, 1.0).iter().map(|x| x * x).collect();
                 let mut v = b.alloc(DType::F32, *n)?;
                 b.upload(&v_host, v.all_mut())?;
                 let hp = AdamW {

@@ -5,6 +5,7 @@
 //! a large one.
 
 use crate::backend::{AttentionSaved, Backend, Buffer, DType, MatShape, SeqShape};
+use crate::selftest::draws::normals;
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -194,7 +195,7 @@ impl GptCase {
         let m = MatShape::new(rows, c);
         let mut rand = |dtype: DType, n: usize, std: f64| -> Result<B::Buf> {
             let mut buf = b.alloc(dtype, n)?;
-            b.upload(&rng.normal_vec(n, std), buf.all_mut())?;
+            b.upload(&normals(&mut rng, n, std), buf.all_mut())?;
             Ok(buf)
         };
         let poisoned = |dtype: DType, n: usize| -> Result<B::Buf> {

@@ -1,9 +1,11 @@
 //! Selftest cases of the low-rank linear layer: each output of the forward and of the backward is
 //! its own case, so a small output (db) is not hidden behind a large one (dx) in one relative error.
 
+use super::input;
 use crate::backend::{
     Backend, Buffer, DType, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
 };
+use crate::selftest::draws::normals;
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -217,11 +219,11 @@ impl LowRankCase {
         // bf16 operands on both backends, so the CPU reference sees exactly the GPU's inputs.
         let (sh, cap, op) = (self.sh, self.capacity, DType::BF16);
         let mut rng = Rng::new(seed);
-        let x = random(b, &mut rng, sh.n * sh.n_in, op)?;
-        let w0 = random(b, &mut rng, sh.n_in * sh.n_out, op)?;
-        let ut = random(b, &mut rng, cap * sh.n_in, op)?;
-        let vt = random(b, &mut rng, cap * sh.n_out, op)?;
-        let bias = random(b, &mut rng, sh.n_out, op)?;
+        let x = input(b, &mut rng, op, sh.n * sh.n_in)?;
+        let w0 = input(b, &mut rng, op, sh.n_in * sh.n_out)?;
+        let ut = input(b, &mut rng, op, cap * sh.n_in)?;
+        let vt = input(b, &mut rng, op, cap * sh.n_out)?;
+        let bias = input(b, &mut rng, op, sh.n_out)?;
         let w = LowRankWeights {
             w0: self.base.then(|| w0.all()),
             ut: ut.all(),
@@ -244,7 +246,7 @@ impl LowRankCase {
             let residual = match self.output {
                 LowRankOutput::ResidualY => {
                     let var = sh.n_in * (sh.rank + usize::from(self.base));
-                    let r = rng.normal_vec(sh.n * sh.n_out, (var as f64).sqrt());
+                    let r = normals(&mut rng, sh.n * sh.n_out, (var as f64).sqrt());
                     let mut buf = b.alloc(self.out, r.len())?;
                     b.upload(&r, buf.all_mut())?;
                     Some(buf)
@@ -265,29 +267,25 @@ impl LowRankCase {
         }
         // A saved t whose padding is NaN: the backward must read only its live columns.
         let stride = sh.scratch_stride();
-        let t_host: Vec<f32> = (0..sh.scratch_len())
-            .map(|i| {
-                let v = rng.normal() as f32;
-                if i % stride < sh.rank {
-                    v
-                } else {
-                    f32::NAN
-                }
-            })
-            .collect();
+        let mut t_host = normals(&mut rng, sh.scratch_len(), 1.0);
+        t_host
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| i % stride >= sh.rank)
+            .for_each(|(_, v)| *v = f32::NAN);
         let mut t = b.alloc(op, t_host.len())?;
         b.upload(&t_host, t.all_mut())?;
-        let dy = random(b, &mut rng, sh.n * sh.n_out, op)?;
+        let dy = input(b, &mut rng, op, sh.n * sh.n_out)?;
         // One gradient buffer as the training step's: dUt's and dVt's capacity rows and db, back to
         // back, drawn at random (the backward accumulates onto them).
         let (dut_at, dvt_at, db_at) = (0, cap * sh.n_in, cap * (sh.n_in + sh.n_out));
-        let mut grads = random(b, &mut rng, db_at + sh.n_out, DType::F32)?;
+        let mut grads = input(b, &mut rng, DType::F32, db_at + sh.n_out)?;
         let mut s = poisoned(sh.scratch_len(), op)?;
         let mut dx = poisoned(sh.n * sh.n_in, self.out)?;
         // The pre-activation u whose GELU was the layer's input, drawn only where it is read, so
         // the other cases see the same inputs as before.
         let gelu_input = match self.output {
-            LowRankOutput::DxGelu => Some(random(b, &mut rng, sh.n * sh.n_in, self.out)?),
+            LowRankOutput::DxGelu => Some(input(b, &mut rng, self.out, sh.n * sh.n_in)?),
             _ => None,
         };
         let g = LowRankGrads {
@@ -327,13 +325,6 @@ impl LowRankCase {
             }
         })
     }
-}
-
-/// A buffer of N(0, 1) values drawn from `rng`.
-fn random<B: Backend>(b: &B, rng: &mut Rng, n: usize, dtype: DType) -> Result<B::Buf> {
-    let mut buf = b.alloc(dtype, n)?;
-    b.upload(&rng.normal_vec(n, 1.0), buf.all_mut())?;
-    Ok(buf)
 }
 
 #[cfg(test)]

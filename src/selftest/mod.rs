@@ -2,6 +2,7 @@
 //! poisoned (NaN) before the launch so an unwritten element fails the check.
 
 mod cases;
+mod draws;
 
 pub use cases::{all_cases, Case};
 
@@ -106,8 +107,9 @@ pub fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
 
 /// Runs one case on `test` and on the reference backend with the same seed and compares.
 pub fn check<T: Backend, R: Backend>(case: &Case, test: &T, reference: &R, seed: u64) -> Outcome {
+    // Both runs draw the same inputs: the second is handed the first's draws.
     let result: Result<(Vec<f64>, Vec<f64>)> =
-        (|| Ok((case.run(test, seed)?, case.run(reference, seed)?)))();
+        draws::shared(|| Ok((case.run(test, seed)?, case.run(reference, seed)?)));
     let bound = case.bound();
     let (rel_err, error, mismatch) = match result {
         Ok((out, want)) => {

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     s: [u64; 4],
 }
