@@ -80,8 +80,19 @@ pub enum Case {
 
 /// A window of `n` values of `dtype` drawn from N(0, 1).
 fn input<B: Backend>(b: &B, rng: &mut Rng, dtype: DType, n: usize) -> Result<B::Buf> {
+    scaled_input(b, rng, dtype, n, 1.0)
+}
+
+/// A window of `n` values of `dtype` drawn from N(0, std²).
+fn scaled_input<B: Backend>(
+    b: &B,
+    rng: &mut Rng,
+    dtype: DType,
+    n: usize,
+    std: f64,
+) -> Result<B::Buf> {
     let mut buf = b.alloc(dtype, n)?;
-    b.upload(&normals(rng, n, 1.0), buf.all_mut())?;
+    b.upload(&normals(rng, n, std), buf.all_mut())?;
     Ok(buf)
 }
 

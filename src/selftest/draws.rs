@@ -12,22 +12,24 @@ use std::collections::HashMap;
 /// A draw: the generator's state before it, the count and the standard deviation's bits.
 type Key = (Rng, usize, u64);
 
+/// A draw made: its values and the generator's state after it.
+type Made = (Vec<f32>, Rng);
+
 thread_local! {
     /// The draws made within `shared` and not yet handed over; None outside it.
-    static KEPT: RefCell<Option<HashMap<Key, Vec<f32>>>> = const { RefCell::new(None) };
+    static KEPT: RefCell<Option<HashMap<Key, Made>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with draws kept for a second run to take; what is left is dropped at the end (or if
-/// `f` panics).
+/// `f` panics). A `shared` within `f` keeps its own, and the outer one's are back after it.
 pub fn shared<T>(f: impl FnOnce() -> T) -> T {
-    struct Clear;
-    impl Drop for Clear {
+    struct Restore(Option<HashMap<Key, Made>>);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            KEPT.with(|k| *k.borrow_mut() = None);
+            KEPT.with(|k| *k.borrow_mut() = self.0.take());
         }
     }
-    KEPT.with(|k| *k.borrow_mut() = Some(HashMap::new()));
-    let _end = Clear;
+    let _outer = Restore(KEPT.with(|k| k.borrow_mut().replace(HashMap::new())));
     f()
 }
 
@@ -35,15 +37,14 @@ pub fn shared<T>(f: impl FnOnce() -> T) -> T {
 /// drawn (and kept for the next run, within `shared`).
 pub fn normals(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
     let key = (rng.clone(), n, std.to_bits());
-    let kept = KEPT.with(|k| k.borrow_mut().as_mut().and_then(|m| m.remove(&key)));
-    if let Some(values) = kept {
-        *rng = rng.jumped(2 * n as u128); // two steps a normal, as normal_vec leaves it
+    if let Some((values, after)) = KEPT.with(|k| k.borrow_mut().as_mut()?.remove(&key)) {
+        *rng = after;
         return values;
     }
     let values = rng.normal_vec(n, std);
     KEPT.with(|k| {
         if let Some(m) = k.borrow_mut().as_mut() {
-            m.insert(key, values.clone());
+            m.insert(key, (values.clone(), rng.clone()));
         }
     });
     values
@@ -58,30 +59,61 @@ mod tests {
     }
 
     /// Two runs from one seed: the second is handed the first's draws (none is left kept), and
-    /// both get what the generator draws, ending where it ends.
+    /// both get what the generator draws, ending where it ends. Two of the draws have the same
+    /// count and deviation from different states, so a key without the state would swap them.
     #[test]
     fn a_second_run_is_handed_the_first_runs_draws() {
         let run = || {
             let mut rng = Rng::new(3);
             let a = normals(&mut rng, 5000, 1.0);
-            let b = normals(&mut rng, 7, 0.5);
-            let c = normals(&mut rng, 0, 1.0);
-            (a, b, c, rng)
+            let b = normals(&mut rng, 5000, 1.0);
+            let c = normals(&mut rng, 7, 0.5);
+            let d = normals(&mut rng, 0, 1.0);
+            (vec![a, b, c, d], rng)
         };
         let mut want = Rng::new(3);
-        let (a, b) = (want.normal_vec(5000, 1.0), want.normal_vec(7, 0.5));
+        let drawn: Vec<Vec<f32>> = [(5000, 1.0), (5000, 1.0), (7, 0.5), (0, 1.0)]
+            .into_iter()
+            .map(|(n, std)| want.normal_vec(n, std))
+            .collect();
         let (first, second) = shared(|| {
             let first = run();
-            assert_eq!(kept(), Some(3), "the first run's three draws are kept");
+            assert_eq!(kept(), Some(4), "the first run's draws are kept");
             let second = run();
             assert_eq!(kept(), Some(0), "the second run took them all");
             (first, second)
         });
         for got in [first, second] {
-            assert_eq!((&got.0, &got.1, got.2.len()), (&a, &b, 0));
-            assert_eq!(got.3, want);
+            assert_eq!(got.0, drawn);
+            assert_eq!(got.1, want);
         }
         assert_eq!(kept(), None, "nothing kept after `shared`");
+    }
+
+    /// From one state and deviation, draws of different counts are different draws.
+    #[test]
+    fn the_count_is_part_of_a_draw() {
+        shared(|| {
+            let long = normals(&mut Rng::new(1), 100, 1.0);
+            let (mut rng, mut want) = (Rng::new(1), Rng::new(1));
+            assert_eq!(normals(&mut rng, 50, 1.0), long[..50]);
+            want.normal_vec(50, 1.0);
+            assert_eq!(rng, want);
+        });
+    }
+
+    /// A `shared` within another keeps its own draws, and the outer one's are back after it.
+    #[test]
+    fn a_nested_shared_leaves_the_outer_draws() {
+        shared(|| {
+            normals(&mut Rng::new(1), 10, 1.0);
+            shared(|| {
+                assert_eq!(kept(), Some(0));
+                normals(&mut Rng::new(2), 10, 1.0);
+            });
+            assert_eq!(kept(), Some(1));
+        });
+        assert_eq!(kept(), None);
     }
 
     /// Outside `shared` nothing is kept, and a different deviation is a different draw.

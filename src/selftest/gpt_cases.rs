@@ -4,8 +4,8 @@
 //! parameters and statistics in f32, each output its own case so a small one is not hidden behind
 //! a large one.
 
+use super::{poisoned, scaled_input};
 use crate::backend::{AttentionSaved, Backend, Buffer, DType, MatShape, SeqShape};
-use crate::selftest::draws::normals;
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -193,16 +193,7 @@ impl GptCase {
         let (s, act, f32t) = (self.s, self.act, DType::F32);
         let (rows, c) = (s.tokens(), s.channels);
         let m = MatShape::new(rows, c);
-        let mut rand = |dtype: DType, n: usize, std: f64| -> Result<B::Buf> {
-            let mut buf = b.alloc(dtype, n)?;
-            b.upload(&normals(&mut rng, n, std), buf.all_mut())?;
-            Ok(buf)
-        };
-        let poisoned = |dtype: DType, n: usize| -> Result<B::Buf> {
-            let mut buf = b.alloc(dtype, n)?;
-            b.fill(buf.all_mut(), f32::NAN)?;
-            Ok(buf)
-        };
+        let mut rand = |dtype: DType, n: usize, std: f64| scaled_input(b, &mut rng, dtype, n, std);
         let mut ids = Rng::new(seed ^ 0xABCD);
         let tokens: Vec<u32> = (0..rows)
             .map(|_| ids.below(self.vocab as u64) as u32)
@@ -213,7 +204,7 @@ impl GptCase {
                     rand(act, self.vocab * c, 0.02)?,
                     rand(act, s.seq * c, 0.02)?,
                 );
-                let mut out = poisoned(act, rows * c)?;
+                let mut out = poisoned(b, act, rows * c)?;
                 b.embedding_forward(out.all_mut(), &tokens, wte.all(), wpe.all(), s)?;
                 b.download(out.all())?
             }
@@ -228,9 +219,9 @@ impl GptCase {
             | GptOp::LayernormBackwardParams => {
                 let (inp, wb) = (rand(act, rows * c, 1.0)?, rand(act, 2 * c, 1.0)?);
                 let (mut out, mut mean, mut rstd) = (
-                    poisoned(act, rows * c)?,
-                    poisoned(f32t, rows)?,
-                    poisoned(f32t, rows)?,
+                    poisoned(b, act, rows * c)?,
+                    poisoned(b, f32t, rows)?,
+                    poisoned(b, f32t, rows)?,
                 );
                 b.layernorm_forward(
                     out.all_mut(),
@@ -288,7 +279,7 @@ impl GptCase {
                 b.download(dst.all())?
             }
             GptOp::GeluForward => {
-                let (inp, mut out) = (rand(act, rows * c, 2.0)?, poisoned(act, rows * c)?);
+                let (inp, mut out) = (rand(act, rows * c, 2.0)?, poisoned(b, act, rows * c)?);
                 b.gelu_forward(out.all_mut(), inp.all())?;
                 b.download(out.all())?
             }
@@ -303,7 +294,7 @@ impl GptCase {
                 b.download(out.all())?
             }
             GptOp::ReluForward => {
-                let (inp, mut out) = (rand(act, rows * c, 1.0)?, poisoned(act, rows * c)?);
+                let (inp, mut out) = (rand(act, rows * c, 1.0)?, poisoned(b, act, rows * c)?);
                 b.relu_forward(out.all_mut(), inp.all())?;
                 b.download(out.all())?
             }
@@ -316,15 +307,15 @@ impl GptCase {
                 let saved = b.attention_saved(c / self.heads, act);
                 let (att_dtype, att_len) = (saved.dtype(act), saved.len(s, self.heads));
                 let qkv = rand(act, 3 * rows * c, 1.0)?;
-                let mut out = poisoned(act, rows * c)?;
-                let mut att = poisoned(att_dtype, att_len)?;
+                let mut out = poisoned(b, act, rows * c)?;
+                let mut att = poisoned(b, att_dtype, att_len)?;
                 b.attention_forward(out.all_mut(), att.all_mut(), qkv.all(), s, self.heads)?;
                 match self.op {
                     GptOp::AttentionForwardOut => b.download(out.all())?,
                     GptOp::AttentionForwardAtt => b.download(att.all())?,
                     _ => {
                         let (dout, mut dqkv) =
-                            (rand(act, rows * c, 1.0)?, poisoned(act, 3 * rows * c)?);
+                            (rand(act, rows * c, 1.0)?, poisoned(b, act, 3 * rows * c)?);
                         b.attention_backward(
                             dqkv.all_mut(),
                             dout.all(),
@@ -341,14 +332,14 @@ impl GptCase {
             GptOp::AttentionCached { start } => {
                 let qkv = rand(act, 3 * rows * c, 1.0)?;
                 let new = MatShape::new(rows - start, c);
-                let mut out = poisoned(act, new.len())?;
+                let mut out = poisoned(b, act, new.len())?;
                 b.attention_cached(out.all_mut(), qkv.all(), start, new, self.heads)?;
                 b.download(out.all())?
             }
             GptOp::ClassifierLosses | GptOp::ClassifierGrads => {
                 let cols = padded(self.vocab);
                 let mut logits = rand(act, rows * cols, 2.0)?;
-                let mut losses = poisoned(f32t, rows)?;
+                let mut losses = poisoned(b, f32t, rows)?;
                 b.fused_classifier(
                     logits.all_mut(),
                     losses.all_mut(),

@@ -1,7 +1,7 @@
 //! Selftest cases of the low-rank linear layer: each output of the forward and of the backward is
 //! its own case, so a small output (db) is not hidden behind a large one (dx) in one relative error.
 
-use super::input;
+use super::{input, poisoned};
 use crate::backend::{
     Backend, Buffer, DType, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
 };
@@ -229,15 +229,10 @@ impl LowRankCase {
             ut: ut.all(),
             vt: vt.all(),
         };
-        let poisoned = |n: usize, dtype: DType| -> Result<B::Buf> {
-            let mut buf = b.alloc(dtype, n)?;
-            b.fill(buf.all_mut(), f32::NAN)?;
-            Ok(buf)
-        };
         if self.is_forward() {
-            let mut t = poisoned(sh.scratch_len(), op)?;
-            let mut y = poisoned(sh.n * sh.n_out, self.out)?;
-            let mut gelu = poisoned(sh.n * sh.n_out, self.out)?;
+            let mut t = poisoned(b, op, sh.scratch_len())?;
+            let mut y = poisoned(b, self.out, sh.n * sh.n_out)?;
+            let mut gelu = poisoned(b, self.out, sh.n * sh.n_out)?;
             let bias = self.bias.then(|| bias.all());
             // The residual, drawn only where it is read, so the other cases' inputs stay the same,
             // and at y's scale (x, W0, Ut and Vt are N(0, 1): y's variance is about
@@ -280,8 +275,8 @@ impl LowRankCase {
         // back, drawn at random (the backward accumulates onto them).
         let (dut_at, dvt_at, db_at) = (0, cap * sh.n_in, cap * (sh.n_in + sh.n_out));
         let mut grads = input(b, &mut rng, DType::F32, db_at + sh.n_out)?;
-        let mut s = poisoned(sh.scratch_len(), op)?;
-        let mut dx = poisoned(sh.n * sh.n_in, self.out)?;
+        let mut s = poisoned(b, op, sh.scratch_len())?;
+        let mut dx = poisoned(b, self.out, sh.n * sh.n_in)?;
         // The pre-activation u whose GELU was the layer's input, drawn only where it is read, so
         // the other cases see the same inputs as before.
         let gelu_input = match self.output {
