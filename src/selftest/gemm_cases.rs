@@ -2,9 +2,8 @@
 //! dtype, accumulating, with f32 operands and batched; and a linear layer's fused epilogues (bias,
 //! GELU, residual, GELU′) and parameter gradients.
 
-use super::{dt, input, poisoned, BF16_BOUND, GEMM_F32_BOUND};
+use super::{dt, input, poisoned, scaled_input, BF16_BOUND, GEMM_F32_BOUND};
 use crate::backend::{Backend, Buffer, DType, DenseGrads, Gemm};
-use crate::selftest::draws::normals;
 use crate::util::rng::Rng;
 use anyhow::Result;
 
@@ -248,8 +247,7 @@ impl GemmCase {
                     BiasThen::Residual => {
                         // At C's scale (A and B are N(0, 1): C's variance is k), so a residual
                         // the epilogue lost in part could not hide under the bf16 bound.
-                        let mut r = b.alloc(bf, lc)?;
-                        b.upload(&normals(rng, lc, (g.k as f64).sqrt()), r.all_mut())?;
+                        let r = scaled_input(b, rng, bf, lc, (g.k as f64).sqrt())?;
                         b.gemm_bias_residual(g, a.all(), bm.all(), bias, r.all(), c.all_mut())?;
                         b.download(c.all())?
                     }

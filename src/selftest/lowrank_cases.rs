@@ -1,7 +1,7 @@
 //! Selftest cases of the low-rank linear layer: each output of the forward and of the backward is
 //! its own case, so a small output (db) is not hidden behind a large one (dx) in one relative error.
 
-use super::{input, poisoned};
+use super::{input, poisoned, scaled_input};
 use crate::backend::{
     Backend, Buffer, DType, LinearEpilogue, LowRankGrads, LowRankShape, LowRankWeights,
 };
@@ -241,10 +241,8 @@ impl LowRankCase {
             let residual = match self.output {
                 LowRankOutput::ResidualY => {
                     let var = sh.n_in * (sh.rank + usize::from(self.base));
-                    let r = normals(&mut rng, sh.n * sh.n_out, (var as f64).sqrt());
-                    let mut buf = b.alloc(self.out, r.len())?;
-                    b.upload(&r, buf.all_mut())?;
-                    Some(buf)
+                    let std = (var as f64).sqrt();
+                    Some(scaled_input(b, &mut rng, self.out, sh.n * sh.n_out, std)?)
                 }
                 _ => None,
             };
